@@ -1,0 +1,24 @@
+//! Errors of the storage layer. No gRPC codes here: `crate::status` maps them.
+
+/// What can go wrong inside a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The store has no room left for this write, even after eviction (or the disk is full).
+    #[error("storage full: {0}")]
+    Full(String),
+    /// A blob larger than the configured maximum.
+    #[error("blob of {len} bytes exceeds the maximum of {max} bytes")]
+    TooLarge { len: u64, max: u64 },
+    /// The writer was fed a different number of bytes than announced.
+    #[error("write length mismatch: announced {announced} bytes, got {got}")]
+    LengthMismatch { announced: u64, got: u64 },
+    /// On-disk bytes that fail their checks.
+    #[error("corrupt data in {at}")]
+    Corrupt { at: String },
+    /// An earlier I/O error stopped all writes; the store refuses to guess what reached disk.
+    #[error("writes stopped after an earlier I/O error: {0}")]
+    Poisoned(String),
+    /// Any other I/O error.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}

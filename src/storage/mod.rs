@@ -1,0 +1,61 @@
+//! The storage engine: fixed-size keys to immutable byte blobs.
+//!
+//! This layer knows nothing of protobufs, gRPC or REAPI digests: the `cas` layer derives a
+//! [`Key`] from a digest (or an action-cache entry) and hands bytes down. It could become its own
+//! crate without edits; `tests/layering.rs` checks that it imports nothing from the layers above.
+//!
+//! The seam is the [`Store`] trait: [`MemoryStore`] for unit tests, the segment engine for
+//! `kiln serve`.
+
+mod blob;
+mod error;
+mod key;
+mod memory;
+
+pub use blob::Blob;
+pub use error::StorageError;
+pub use key::Key;
+pub use memory::MemoryStore;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// A key-value store of immutable blobs, the one interface the CAS and AC are built on.
+///
+/// Concurrency: every method may be called from many tasks at once. A blob becomes visible to
+/// `get`/`contains` only when its writer's `commit` returns, and then whole.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Looks a blob up. `Ok(None)` is a miss (including a record that failed its checksum,
+    /// which the engine counts and never returns). A hit counts as a touch for eviction.
+    fn get(&self, key: &Key) -> Result<Option<Blob>, StorageError>;
+
+    /// Whether a blob is present, without reading it. A hit counts as a touch for eviction.
+    fn contains(&self, key: &Key) -> Result<bool, StorageError>;
+
+    /// Starts writing a blob of exactly `len` bytes. Dropping the writer without `commit`
+    /// abandons the write; nothing becomes visible.
+    async fn begin_write(&self, key: Key, len: u64) -> Result<Box<dyn BlobWriter>, StorageError>;
+
+    /// Writes a whole blob held in memory: a convenience over `begin_write`.
+    async fn put(&self, key: Key, data: Bytes) -> Result<(), StorageError> {
+        let mut w = self.begin_write(key, data.len() as u64).await?;
+        w.write(data).await?;
+        w.commit().await
+    }
+
+    /// Largest blob this store accepts, in bytes.
+    fn max_blob_size(&self) -> u64;
+}
+
+/// An in-progress write, fed in order by one task.
+#[async_trait]
+pub trait BlobWriter: Send {
+    /// Appends the next chunk. Writing more than the announced length is an error.
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError>;
+
+    /// Publishes the blob once all `len` bytes arrived. When this returns `Ok`, the blob is
+    /// durable according to the store's durability setting. Replaces any older blob under
+    /// the same key (the action cache rewrites entries).
+    async fn commit(self: Box<Self>) -> Result<(), StorageError>;
+}
