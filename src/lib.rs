@@ -1,6 +1,18 @@
 //! kiln: a single-box Remote Execution API v2 build cache and execution appliance.
 //!
-//! Layers, top to bottom (dependencies point down only): `api` (tonic services) -> `cas`
-//! (CAS/AC semantics) -> `storage` (the engine). See README.md and `src/storage/FORMAT.md`.
+//! Layers, top to bottom (dependencies point down only):
+//! - [`setup`] and `main.rs`: CLI and config to live objects, in one place;
+//! - [`api`]: tonic services, thin: proto to validated domain types to `cas`;
+//! - [`cas`]: CAS and action-cache semantics over a [`storage::Store`];
+//! - [`storage`]: the engine, keys to bytes, no protos or gRPC.
+//!
+//! [`digest`] is the shared vocabulary; errors map to gRPC statuses only in `api::status`.
 
+pub mod api;
+pub mod cas;
+pub mod config;
+pub mod digest;
+pub mod proto;
+pub mod server;
+pub mod setup;
 pub mod storage;

@@ -1,1 +1,78 @@
-fn main() {}
+//! The `kiln` command: `serve` (the REAPI server) and admin tools.
+
+use clap::{Parser, Subcommand};
+use kiln::config::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Single-box REAPI v2 build cache and execution appliance")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the REAPI server (defaults embedded: ./kiln-data, 127.0.0.1:8980).
+    Serve {
+        /// TOML config file; every field is optional (see tuning/kiln.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// TCP address to listen on; repeat for several. Replaces the config's list.
+        #[arg(long)]
+        listen: Vec<String>,
+        /// Data directory. Overrides the config.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn load(config: Option<PathBuf>) -> Result<Config, String> {
+    match config {
+        Some(path) => Config::load(&path).map_err(|e| e.to_string()),
+        None => Ok(Config::default()),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = match cli.command {
+        Command::Serve { config, listen, data_dir } => runtime.block_on(async {
+            let mut config = load(config)?;
+            if !listen.is_empty() {
+                config.server.listen = listen;
+            }
+            if let Some(dir) = data_dir {
+                config.server.data_dir = dir;
+            }
+            kiln::setup::serve(config, shutdown_signal()).await.map_err(|e| e.to_string())
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kiln: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

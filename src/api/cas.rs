@@ -1,0 +1,170 @@
+//! ContentAddressableStorage: FindMissingBlobs, BatchUpdateBlobs, BatchReadBlobs, GetTree.
+
+use super::status::{rpc_ok, rpc_status};
+use super::{CacheServices, validate_instance};
+use crate::cas::{CasError, compression, get_tree_page};
+use crate::digest::{Digest, DigestFunction};
+use crate::proto::reapi::content_addressable_storage_server::ContentAddressableStorage;
+use crate::proto::reapi::{
+    BatchReadBlobsRequest, BatchReadBlobsResponse, BatchUpdateBlobsRequest, BatchUpdateBlobsResponse,
+    FindMissingBlobsRequest, FindMissingBlobsResponse, GetTreeRequest, GetTreeResponse, SpliceBlobRequest,
+    SpliceBlobResponse, SplitBlobRequest, SplitBlobResponse, batch_read_blobs_response, batch_update_blobs_response,
+    compressor,
+};
+use bytes::Bytes;
+use futures::Stream;
+use std::pin::Pin;
+use tonic::{Request, Response, Status};
+
+/// Directories per GetTree page when the client does not choose.
+const DEFAULT_TREE_PAGE: usize = 1000;
+
+pub(super) struct CasService {
+    state: CacheServices,
+}
+
+impl CasService {
+    pub(super) fn new(state: CacheServices) -> Self {
+        Self { state }
+    }
+
+    fn check_batch_total(&self, total: u64, what: &str) -> Result<(), Status> {
+        let max = self.state.limits.max_batch_total_size_bytes;
+        if total > max {
+            return Err(Status::invalid_argument(format!(
+                "{what} totals {total} bytes, over the advertised max_batch_total_size_bytes of {max}; \
+                 use ByteStream for large blobs"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn update_one(&self, function: DigestFunction, req: crate::proto::reapi::batch_update_blobs_request::Request)
+    -> Result<(), CasError> {
+        let digest = Digest::from_field(function, req.digest.as_ref(), "requests.digest")?;
+        let data = match compressor::Value::try_from(req.compressor) {
+            Ok(compressor::Value::Identity) => req.data,
+            Ok(compressor::Value::Zstd) => compression::decompress_exact(&req.data, &digest)?,
+            _ => {
+                return Err(CasError::InvalidArgument(format!(
+                    "unsupported compressor {} for {digest}; supported: IDENTITY, ZSTD",
+                    req.compressor
+                )));
+            }
+        };
+        self.state.cas.put(&digest, data).await
+    }
+}
+
+type TreeStream = Pin<Box<dyn Stream<Item = Result<GetTreeResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ContentAddressableStorage for CasService {
+    async fn find_missing_blobs(
+        &self,
+        request: Request<FindMissingBlobsRequest>,
+    ) -> Result<Response<FindMissingBlobsResponse>, Status> {
+        let req = request.into_inner();
+        validate_instance(&req.instance_name)?;
+        let function = DigestFunction::from_proto(req.digest_function)?;
+        let digests = req
+            .blob_digests
+            .iter()
+            .map(|d| Digest::from_proto(function, d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let missing = self.state.cas.find_missing(&digests)?;
+        Ok(Response::new(FindMissingBlobsResponse {
+            missing_blob_digests: missing.iter().map(Digest::to_proto).collect(),
+        }))
+    }
+
+    async fn batch_update_blobs(
+        &self,
+        request: Request<BatchUpdateBlobsRequest>,
+    ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
+        let req = request.into_inner();
+        validate_instance(&req.instance_name)?;
+        let function = DigestFunction::from_proto(req.digest_function)?;
+        let total: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
+        self.check_batch_total(total, "BatchUpdateBlobs request data")?;
+        let mut responses = Vec::with_capacity(req.requests.len());
+        for r in req.requests {
+            let digest = r.digest.clone();
+            let status = match self.update_one(function, r).await {
+                Ok(()) => rpc_ok(),
+                Err(e) => rpc_status(&e),
+            };
+            responses.push(batch_update_blobs_response::Response { digest, status: Some(status) });
+        }
+        Ok(Response::new(BatchUpdateBlobsResponse { responses }))
+    }
+
+    async fn batch_read_blobs(
+        &self,
+        request: Request<BatchReadBlobsRequest>,
+    ) -> Result<Response<BatchReadBlobsResponse>, Status> {
+        let req = request.into_inner();
+        validate_instance(&req.instance_name)?;
+        let function = DigestFunction::from_proto(req.digest_function)?;
+        let digests = req
+            .digests
+            .iter()
+            .map(|d| Digest::from_proto(function, d))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.check_batch_total(digests.iter().map(|d| d.size).sum(), "BatchReadBlobs requested sizes")?;
+        let zstd_ok = req.acceptable_compressors.contains(&(compressor::Value::Zstd as i32));
+        let mut responses = Vec::with_capacity(digests.len());
+        for d in digests {
+            let (data, comp, status) = match self.state.cas.get_bytes(&d) {
+                Ok(data) if zstd_ok && data.len() > 512 => {
+                    (compression::compress(&data), compressor::Value::Zstd, rpc_ok())
+                }
+                Ok(data) => (data, compressor::Value::Identity, rpc_ok()),
+                Err(e) => (Bytes::new(), compressor::Value::Identity, rpc_status(&e)),
+            };
+            responses.push(batch_read_blobs_response::Response {
+                digest: Some(d.to_proto()),
+                data,
+                compressor: comp as i32,
+                status: Some(status),
+            });
+        }
+        Ok(Response::new(BatchReadBlobsResponse { responses }))
+    }
+
+    type GetTreeStream = TreeStream;
+
+    async fn get_tree(&self, request: Request<GetTreeRequest>) -> Result<Response<Self::GetTreeStream>, Status> {
+        let req = request.into_inner();
+        validate_instance(&req.instance_name)?;
+        let function = DigestFunction::from_proto(req.digest_function)?;
+        let root = Digest::from_field(function, req.root_digest.as_ref(), "root_digest")?;
+        if req.page_size < 0 {
+            return Err(Status::invalid_argument(format!("negative page_size {}", req.page_size)));
+        }
+        let page_size = if req.page_size == 0 { DEFAULT_TREE_PAGE } else { req.page_size as usize };
+        // The first page is computed here so that a bad root or token fails the call itself.
+        let first = get_tree_page(&self.state.cas, &root, page_size, &req.page_token)?;
+        let cas = self.state.cas.clone();
+        let stream = async_stream::try_stream! {
+            let mut page = first;
+            loop {
+                let token = page.next_page_token.clone();
+                yield GetTreeResponse { directories: page.directories, next_page_token: token.clone() };
+                if token.is_empty() {
+                    break;
+                }
+                page = get_tree_page(&cas, &root, page_size, &token)?;
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn split_blob(&self, _request: Request<SplitBlobRequest>) -> Result<Response<SplitBlobResponse>, Status> {
+        Err(Status::unimplemented("SplitBlob is not supported (CacheCapabilities.split_blob_support is false)"))
+    }
+
+    async fn splice_blob(&self, _request: Request<SpliceBlobRequest>) -> Result<Response<SpliceBlobResponse>, Status> {
+        Err(Status::unimplemented("SpliceBlob is not supported (CacheCapabilities.splice_blob_support is false)"))
+    }
+}

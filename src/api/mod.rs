@@ -1,0 +1,110 @@
+//! REAPI gRPC services. Thin: decode and validate the request into domain types, call `cas`
+//! (or `exec`), encode the answer. Status codes are chosen in [`status`] only.
+
+mod action_cache;
+mod bytestream;
+mod capabilities;
+mod cas;
+pub mod resource_name;
+pub mod status;
+mod uploads;
+
+use crate::cas::{ActionCache, Cas};
+use crate::proto::bytestream::byte_stream_server::ByteStreamServer;
+use crate::proto::reapi::action_cache_server::ActionCacheServer;
+use crate::proto::reapi::capabilities_server::CapabilitiesServer;
+use crate::proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::Status;
+use tonic::codec::CompressionEncoding;
+
+/// Request limits of the front end; each is advertised or documented to clients.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest total blob payload in one batch call (advertised in Capabilities).
+    pub max_batch_total_size_bytes: u64,
+    /// Largest total bytes inlined into one GetActionResult response.
+    pub max_inline_bytes: u64,
+    /// Largest gRPC message accepted; bigger than the batch limit so an oversized batch gets
+    /// a clear INVALID_ARGUMENT instead of a transport error.
+    pub max_message_bytes: usize,
+    /// How long an interrupted ByteStream upload stays resumable.
+    pub upload_idle_timeout: Duration,
+    /// Bytes per ByteStream read message.
+    pub read_chunk_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_batch_total_size_bytes: 4 << 20,
+            max_inline_bytes: 1 << 20,
+            max_message_bytes: 64 << 20,
+            upload_idle_timeout: Duration::from_secs(600),
+            read_chunk_bytes: 64 << 10,
+        }
+    }
+}
+
+/// Everything the cache services share.
+#[derive(Clone)]
+pub struct CacheServices {
+    cas: Cas,
+    ac: ActionCache,
+    limits: Limits,
+    uploads: Arc<uploads::UploadRegistry>,
+}
+
+impl CacheServices {
+    /// The cache front end over a CAS and an action cache.
+    pub fn new(cas: Cas, ac: ActionCache, limits: Limits) -> Self {
+        let uploads = Arc::new(uploads::UploadRegistry::new(limits.upload_idle_timeout));
+        Self { cas, ac, limits, uploads }
+    }
+
+    /// Adds Capabilities, CAS, ByteStream and ActionCache to a route table.
+    pub fn add_to(&self, routes: &mut tonic::service::RoutesBuilder) {
+        let max = self.limits.max_message_bytes;
+        let zstd = CompressionEncoding::Zstd;
+        routes.add_service(
+            CapabilitiesServer::new(capabilities::CapabilitiesService::new(self.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        );
+        routes.add_service(
+            ContentAddressableStorageServer::new(cas::CasService::new(self.clone()))
+                .accept_compressed(zstd)
+                .send_compressed(zstd)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        );
+        routes.add_service(
+            ByteStreamServer::new(bytestream::ByteStreamService::new(self.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        );
+        routes.add_service(
+            ActionCacheServer::new(action_cache::ActionCacheService::new(self.clone()))
+                .accept_compressed(zstd)
+                .send_compressed(zstd)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        );
+    }
+}
+
+/// Checks a request's instance name: any `/`-separated path without empty or reserved segments.
+pub fn validate_instance(instance: &str) -> Result<(), Status> {
+    if instance.is_empty() {
+        return Ok(());
+    }
+    for seg in instance.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." || resource_name::RESERVED.contains(&seg) {
+            return Err(Status::invalid_argument(format!(
+                "invalid instance_name {instance:?}: segment {seg:?} is empty or reserved"
+            )));
+        }
+    }
+    Ok(())
+}

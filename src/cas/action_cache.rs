@@ -1,0 +1,242 @@
+//! Action-cache semantics: per-instance entries, validation on update, and a completeness check
+//! on read so a client is never handed a result whose outputs are gone.
+
+use super::{Cas, CasError};
+use crate::digest::{Digest, DigestFunction};
+use crate::proto::reapi::{ActionResult, Tree};
+use crate::storage::{Key, Store};
+use bytes::Bytes;
+use prost::Message;
+use sha2::{Digest as _, Sha256};
+use std::sync::Arc;
+
+/// Which outputs a `GetActionResult` caller wants inlined, and the byte budget for them.
+#[derive(Clone, Debug, Default)]
+pub struct InlineRequest {
+    /// Fill `stdout_raw`.
+    pub stdout: bool,
+    /// Fill `stderr_raw`.
+    pub stderr: bool,
+    /// Paths of output files whose `contents` to fill.
+    pub files: Vec<String>,
+    /// Total inlined bytes allowed; blobs that do not fit stay referenced by digest only.
+    pub max_bytes: u64,
+}
+
+/// The action cache: `ActionResult`s keyed by instance name and action digest.
+#[derive(Clone)]
+pub struct ActionCache {
+    cas: Cas,
+    store: Arc<dyn Store>,
+}
+
+impl ActionCache {
+    /// An action cache over `store`, checking completeness against `cas`.
+    pub fn new(cas: Cas, store: Arc<dyn Store>) -> Self {
+        Self { cas, store }
+    }
+
+    /// The storage key of an entry: a hash of instance name, digest function and action digest,
+    /// so instance names are separate namespaces.
+    pub fn key(instance: &str, action: &Digest) -> Key {
+        let mut h = Sha256::new();
+        h.update(b"kiln-ac\0");
+        h.update((instance.len() as u64).to_le_bytes());
+        h.update(instance.as_bytes());
+        h.update([action.function.tag()]);
+        h.update(action.hash);
+        h.update(action.size.to_le_bytes());
+        Key::new(Key::SPACE_AC, h.finalize().into())
+    }
+
+    /// Looks an action up. Fails with `ActionNotFound` on a miss and when any referenced blob
+    /// is missing; every referenced blob's life is extended on a hit.
+    pub fn get(
+        &self,
+        instance: &str,
+        action: &Digest,
+        inline: &InlineRequest,
+    ) -> Result<ActionResult, CasError> {
+        let Some(blob) = self.store.get(&Self::key(instance, action))? else {
+            return Err(CasError::ActionNotFound(*action));
+        };
+        let Ok(mut result) = ActionResult::decode(blob.to_bytes()) else {
+            tracing::warn!(%action, instance, "undecodable action-cache entry treated as a miss");
+            return Err(CasError::ActionNotFound(*action));
+        };
+        if !self.is_complete(&result, action.function)? {
+            return Err(CasError::ActionNotFound(*action));
+        }
+        self.inline_outputs(&mut result, action.function, inline)?;
+        Ok(result)
+    }
+
+    /// Stores a result after validating every digest in it.
+    pub async fn update(&self, instance: &str, action: &Digest, result: &ActionResult) -> Result<(), CasError> {
+        for d in referenced_digests(result) {
+            Digest::from_proto(action.function, d)?;
+        }
+        let mut stored = result.clone();
+        // Inline bytes are served from the CAS on demand; keep entries small.
+        stored.stdout_raw = Bytes::new();
+        stored.stderr_raw = Bytes::new();
+        for f in &mut stored.output_files {
+            f.contents = Bytes::new();
+        }
+        self.store.put(Self::key(instance, action), Bytes::from(stored.encode_to_vec())).await?;
+        Ok(())
+    }
+
+    fn is_complete(&self, result: &ActionResult, function: DigestFunction) -> Result<bool, CasError> {
+        for d in referenced_digests(result) {
+            let Ok(d) = Digest::from_proto(function, d) else { return Ok(false) };
+            if !self.cas.contains(&d)? {
+                return Ok(false);
+            }
+        }
+        for dir in &result.output_directories {
+            let Some(tree_digest) = dir.tree_digest.as_ref() else { continue };
+            let Ok(tree_digest) = Digest::from_proto(function, tree_digest) else { return Ok(false) };
+            let Some(tree) = self.cas.get(&tree_digest)? else { return Ok(false) };
+            let Ok(tree) = Tree::decode(tree.to_bytes()) else { return Ok(false) };
+            let files = tree.root.iter().chain(tree.children.iter()).flat_map(|d| d.files.iter());
+            for f in files {
+                let Some(Ok(d)) = f.digest.as_ref().map(|d| Digest::from_proto(function, d)) else {
+                    return Ok(false);
+                };
+                if !self.cas.contains(&d)? {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn inline_outputs(
+        &self,
+        result: &mut ActionResult,
+        function: DigestFunction,
+        inline: &InlineRequest,
+    ) -> Result<(), CasError> {
+        let mut budget = inline.max_bytes;
+        let mut take = |d: Option<&crate::proto::reapi::Digest>| -> Result<Option<Bytes>, CasError> {
+            let Some(d) = d else { return Ok(None) };
+            let d = Digest::from_proto(function, d)?;
+            if d.size > budget {
+                return Ok(None);
+            }
+            budget -= d.size;
+            Ok(self.cas.get(&d)?.map(|b| b.to_bytes()))
+        };
+        if inline.stdout {
+            if let Some(b) = take(result.stdout_digest.as_ref())? {
+                result.stdout_raw = b;
+            }
+        }
+        if inline.stderr {
+            if let Some(b) = take(result.stderr_digest.as_ref())? {
+                result.stderr_raw = b;
+            }
+        }
+        for f in &mut result.output_files {
+            if inline.files.iter().any(|p| *p == f.path) {
+                if let Some(b) = take(f.digest.as_ref())? {
+                    f.contents = b;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every blob digest an action result points at directly (trees' contents aside).
+fn referenced_digests(result: &ActionResult) -> impl Iterator<Item = &crate::proto::reapi::Digest> {
+    result
+        .output_files
+        .iter()
+        .filter_map(|f| f.digest.as_ref())
+        .chain(result.output_directories.iter().filter_map(|d| d.tree_digest.as_ref()))
+        .chain(result.stdout_digest.as_ref())
+        .chain(result.stderr_digest.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::reapi::{Directory, FileNode, OutputDirectory, OutputFile};
+    use crate::storage::MemoryStore;
+
+    fn setup() -> (Cas, ActionCache) {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(1 << 30));
+        let cas = Cas::new(store.clone());
+        (cas.clone(), ActionCache::new(cas, store))
+    }
+
+    async fn put(cas: &Cas, data: &[u8]) -> Digest {
+        let d = DigestFunction::Sha256.digest_of(data);
+        cas.put(&d, Bytes::copy_from_slice(data)).await.unwrap();
+        d
+    }
+
+    #[tokio::test]
+    async fn miss_hit_and_instance_separation() {
+        let (cas, ac) = setup();
+        let action = put(&cas, b"action").await;
+        let out = put(&cas, b"output").await;
+        let result = ActionResult {
+            output_files: vec![OutputFile { path: "o".into(), digest: Some(out.to_proto()), ..Default::default() }],
+            exit_code: 0,
+            ..Default::default()
+        };
+        let none = InlineRequest::default();
+        assert!(matches!(ac.get("a", &action, &none), Err(CasError::ActionNotFound(_))));
+        ac.update("a", &action, &result).await.unwrap();
+        assert_eq!(ac.get("a", &action, &none).unwrap().output_files.len(), 1);
+        assert!(matches!(ac.get("b", &action, &none), Err(CasError::ActionNotFound(_))));
+        let inline = InlineRequest { files: vec!["o".into()], max_bytes: 100, ..Default::default() };
+        assert_eq!(ac.get("a", &action, &inline).unwrap().output_files[0].contents.as_ref(), b"output");
+    }
+
+    #[tokio::test]
+    async fn incomplete_results_are_misses() {
+        let (cas, ac) = setup();
+        let action = put(&cas, b"action2").await;
+        let absent = DigestFunction::Sha256.digest_of(b"never uploaded");
+        let with_missing_stdout = ActionResult { stdout_digest: Some(absent.to_proto()), ..Default::default() };
+        ac.update("", &action, &with_missing_stdout).await.unwrap();
+        assert!(matches!(ac.get("", &action, &InlineRequest::default()), Err(CasError::ActionNotFound(_))));
+
+        // A tree whose file is missing also makes the result incomplete.
+        let tree = Tree {
+            root: Some(Directory {
+                files: vec![FileNode { name: "f".into(), digest: Some(absent.to_proto()), ..Default::default() }],
+                ..Default::default()
+            }),
+            children: vec![],
+        };
+        let tree_digest = put(&cas, &tree.encode_to_vec()).await;
+        let with_tree = ActionResult {
+            output_directories: vec![OutputDirectory {
+                path: "d".into(),
+                tree_digest: Some(tree_digest.to_proto()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        ac.update("", &action, &with_tree).await.unwrap();
+        assert!(ac.get("", &action, &InlineRequest::default()).is_err());
+        put(&cas, b"never uploaded").await;
+        assert!(ac.get("", &action, &InlineRequest::default()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn update_rejects_bad_digests() {
+        let (_cas, ac) = setup();
+        let action = DigestFunction::Sha256.digest_of(b"x");
+        let bad = ActionResult {
+            stdout_digest: Some(crate::proto::reapi::Digest { hash: "zz".into(), size_bytes: 1 }),
+            ..Default::default()
+        };
+        assert!(matches!(ac.update("", &action, &bad).await, Err(CasError::Digest(_))));
+    }
+}

@@ -1,0 +1,165 @@
+//! kiln's configuration: a TOML file whose every field has an embedded default, so `kiln serve`
+//! needs no file at all. `tuning/kiln.toml` lists every field with its default and advice; a
+//! test keeps it equal to [`Config::default`].
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listeners and data directory.
+    pub server: ServerConfig,
+    /// Limits of the cache front end.
+    pub cache: CacheConfig,
+    /// The storage engine.
+    pub storage: StorageConfig,
+}
+
+/// Where kiln listens and keeps its data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// TCP addresses for gRPC. Default `["127.0.0.1:8980"]`; use `0.0.0.0:8980` to serve a
+    /// team's machines. Symptom when wrong: clients get "connection refused".
+    pub listen: Vec<String>,
+    /// Data directory (segments, index, Unix socket). Default `./kiln-data`; on a build box a
+    /// dedicated NVMe filesystem.
+    pub data_dir: PathBuf,
+    /// Unix socket file name inside the data dir (or an absolute path); empty disables it.
+    /// Default `kiln.sock`. Co-located workers and tools connect here.
+    pub unix_socket: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec!["127.0.0.1:8980".into()],
+            data_dir: PathBuf::from("./kiln-data"),
+            unix_socket: "kiln.sock".into(),
+        }
+    }
+}
+
+/// Request limits of the cache services.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Largest total payload of one BatchUpdateBlobs/BatchReadBlobs call, advertised in
+    /// Capabilities. Default 4 MiB (gRPC's default message limit, which clients assume).
+    /// Raising it helps only clients that raise their own message limit.
+    pub max_batch_total_size_bytes: u64,
+    /// Largest total bytes inlined into one GetActionResult. Default 1 MiB.
+    pub max_inline_bytes: u64,
+    /// Largest gRPC message accepted. Default 64 MiB: well above the batch limit so oversized
+    /// batches get a clear INVALID_ARGUMENT rather than a transport error.
+    pub max_message_bytes: u64,
+    /// Seconds an interrupted ByteStream upload stays resumable. Default 600.
+    pub upload_idle_timeout_secs: u64,
+    /// Bytes per ByteStream read message. Default 64 KiB; 256 KiB can help on fast links.
+    pub read_chunk_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_total_size_bytes: 4 << 20,
+            max_inline_bytes: 1 << 20,
+            max_message_bytes: 64 << 20,
+            upload_idle_timeout_secs: 600,
+            read_chunk_bytes: 64 << 10,
+        }
+    }
+}
+
+/// Storage settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Largest blob accepted, advertised as max_cas_blob_size_bytes. Default 16 GiB.
+    pub max_blob_size_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { max_blob_size_bytes: 16 << 30 }
+    }
+}
+
+/// A configuration that cannot work, with the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    /// A value out of range.
+    #[error("invalid config value {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Rejects values that cannot work, naming the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| Err(ConfigError::Invalid { field, reason: reason.to_string() });
+        if self.server.listen.is_empty() && self.server.unix_socket.is_empty() {
+            return invalid("server.listen", "no TCP address and no Unix socket: nothing to serve on");
+        }
+        for addr in &self.server.listen {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError::Invalid {
+                    field: "server.listen",
+                    reason: format!("{addr:?} is not an IP:port address"),
+                });
+            }
+        }
+        if self.cache.max_batch_total_size_bytes < 1024 {
+            return invalid("cache.max_batch_total_size_bytes", "must be at least 1024");
+        }
+        if self.cache.max_message_bytes < self.cache.max_batch_total_size_bytes + 64 * 1024 {
+            return invalid("cache.max_message_bytes", "must exceed max_batch_total_size_bytes by 64 KiB or more");
+        }
+        if self.cache.read_chunk_bytes == 0 || self.cache.read_chunk_bytes > self.cache.max_message_bytes / 2 {
+            return invalid("cache.read_chunk_bytes", "must be between 1 and half of max_message_bytes");
+        }
+        if self.storage.max_blob_size_bytes == 0 {
+            return invalid("storage.max_blob_size_bytes", "must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_config_matches_embedded_defaults() {
+        let text = include_str!("../tuning/kiln.toml");
+        let parsed: Config = toml::from_str(text).unwrap();
+        assert_eq!(parsed, Config::default());
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut c = Config::default();
+        c.server.listen = vec!["nonsense".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("server.listen"));
+        let mut c = Config::default();
+        c.cache.max_message_bytes = 1;
+        assert!(c.validate().unwrap_err().to_string().contains("max_message_bytes"));
+        assert!(toml::from_str::<Config>("[server]\nbogus = 1").is_err());
+    }
+}

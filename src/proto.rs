@@ -1,0 +1,45 @@
+//! Generated protobuf and gRPC code for every protocol kiln speaks (see `proto/`).
+#![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+/// `build.bazel.*`
+pub mod build {
+    pub mod bazel {
+        pub mod remote {
+            pub mod execution {
+                pub mod v2 {
+                    tonic::include_proto!("build.bazel.remote.execution.v2");
+                }
+            }
+        }
+        pub mod semver {
+            tonic::include_proto!("build.bazel.semver");
+        }
+    }
+}
+
+/// `google.*`
+pub mod google {
+    pub mod bytestream {
+        tonic::include_proto!("google.bytestream");
+    }
+    pub mod longrunning {
+        tonic::include_proto!("google.longrunning");
+    }
+    pub mod rpc {
+        tonic::include_proto!("google.rpc");
+    }
+    pub mod devtools {
+        pub mod remoteworkers {
+            pub mod v1test2 {
+                tonic::include_proto!("google.devtools.remoteworkers.v1test2");
+            }
+        }
+    }
+}
+
+/// Short alias for the REAPI v2 package.
+pub use build::bazel::remote::execution::v2 as reapi;
+/// Short alias for ByteStream.
+pub use google::bytestream;
+/// Short alias for the Remote Worker API.
+pub use google::devtools::remoteworkers::v1test2 as rwapi;

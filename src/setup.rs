@@ -1,0 +1,134 @@
+//! The one place that turns a [`Config`] into live objects and starts them.
+
+use crate::api::{CacheServices, Limits};
+use crate::cas::{ActionCache, Cas};
+use crate::config::Config;
+use crate::server::{self, Listeners};
+use crate::storage::{MemoryStore, Store};
+use std::future::Future;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Failures while starting a server.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A directory, socket or listener could not be set up.
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SetupError {
+    let what = what.into();
+    move |source| SetupError::Io { what, source }
+}
+
+/// The front-end limits a config asks for.
+pub fn limits(config: &Config) -> Limits {
+    Limits {
+        max_batch_total_size_bytes: config.cache.max_batch_total_size_bytes,
+        max_inline_bytes: config.cache.max_inline_bytes,
+        max_message_bytes: config.cache.max_message_bytes as usize,
+        upload_idle_timeout: Duration::from_secs(config.cache.upload_idle_timeout_secs),
+        read_chunk_bytes: config.cache.read_chunk_bytes as usize,
+    }
+}
+
+/// Opens the store the config describes.
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, SetupError> {
+    Ok(Arc::new(MemoryStore::new(config.storage.max_blob_size_bytes)))
+}
+
+/// The Unix socket path of a config, if enabled.
+pub fn unix_socket_path(config: &Config) -> Option<PathBuf> {
+    let s = &config.server.unix_socket;
+    (!s.is_empty()).then(|| config.server.data_dir.join(s))
+}
+
+/// Binds every listener of the config and prints one `listening ...` line per listener to
+/// stdout (tests and scripts read these to learn the chosen ports).
+pub async fn bind(config: &Config) -> Result<Listeners, SetupError> {
+    let mut listeners = Listeners::default();
+    let mut out = std::io::stdout().lock();
+    for addr in &config.server.listen {
+        let l = tokio::net::TcpListener::bind(addr).await.map_err(io(format!("cannot listen on {addr}")))?;
+        let local = l.local_addr().map_err(io("local_addr"))?;
+        tracing::info!(%local, "listening on TCP");
+        let _ = writeln!(out, "listening grpc://{local}");
+        listeners.tcp.push(l);
+    }
+    if let Some(path) = unix_socket_path(config) {
+        // A socket file left by an earlier process would make bind fail.
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(io(format!("cannot remove stale socket {}", path.display())))?;
+        }
+        let l = tokio::net::UnixListener::bind(&path).map_err(io(format!("cannot bind {}", path.display())))?;
+        set_socket_mode(&path)?;
+        tracing::info!(path = %path.display(), "listening on Unix socket");
+        let _ = writeln!(out, "listening unix:{}", path.display());
+        listeners.unix.push(l);
+    }
+    let _ = out.flush();
+    Ok(listeners)
+}
+
+fn set_socket_mode(path: &std::path::Path) -> Result<(), SetupError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(io(format!("cannot chmod {}", path.display())))
+}
+
+/// A server whose listeners are bound and whose objects are built, not yet serving.
+pub struct Prepared {
+    routes: tonic::service::Routes,
+    listeners: Listeners,
+}
+
+impl Prepared {
+    /// Builds everything a config describes and binds its listeners.
+    pub async fn new(config: &Config) -> Result<Self, SetupError> {
+        config.validate()?;
+        let dir = &config.server.data_dir;
+        std::fs::create_dir_all(dir).map_err(io(format!("cannot create data dir {}", dir.display())))?;
+        let store = open_store(config)?;
+        let cas = Cas::new(store.clone());
+        let ac = ActionCache::new(cas.clone(), store);
+        let services = CacheServices::new(cas, ac, limits(config));
+        let mut routes = tonic::service::RoutesBuilder::default();
+        services.add_to(&mut routes);
+        let listeners = bind(config).await?;
+        Ok(Self { routes: routes.routes(), listeners })
+    }
+
+    /// The bound TCP addresses (useful with port 0).
+    pub fn tcp_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.listeners.tcp.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), SetupError> {
+        server::run(self.routes, self.listeners, shutdown).await?;
+        Ok(())
+    }
+}
+
+/// Runs `kiln serve` until `shutdown` resolves, printing `ready` to stdout once it accepts calls.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), SetupError> {
+    let prepared = Prepared::new(&config).await?;
+    tracing::info!(data_dir = %config.server.data_dir.display(), "kiln ready");
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "ready");
+        let _ = out.flush();
+    }
+    prepared.run(shutdown).await?;
+    tracing::info!("kiln stopped");
+    Ok(())
+}

@@ -1,0 +1,731 @@
+//! Real-client end-to-end test: Bazel 2.1.0 against `kiln serve` as its
+//! `--remote_cache`.
+//!
+//! Bazel comes from `tests/install-bazel.sh` (npm package
+//! `@bazel/bazel-linux_x64@2.1.0`, a self-contained binary with an embedded
+//! JDK). Set `KILN_BAZEL` to use another binary. The test never skips: without
+//! Bazel it fails and says how to install it.
+//!
+//! The workspace in `tests/bazel/workspace` has only genrules (bash, coreutils,
+//! awk, sed), so Bazel builds it fully offline: its only external repositories
+//! are the ones embedded in the Bazel binary (`@bazel_tools`, `@platforms`,
+//! `@local_config_platform`), which the test checks. Every flag is passed on
+//! the command line and all rc files are ignored.
+//!
+//! Scenarios:
+//! * `second_build_is_all_remote_cache_hits`: build once against a fresh
+//!   kiln (every spawn is a miss, results are uploaded), `clean --expunge`,
+//!   build again in a fresh output base: every spawn must be a remote cache
+//!   hit and every output byte-identical (same mode bits) to the first build.
+//! * `remote_download_minimal_all_hits`: same first build, then a build with
+//!   `--remote_download_minimal` (all hits, outputs stay remote), a build with
+//!   `--remote_download_toplevel` in a fresh output base (all hits, top-level
+//!   outputs downloaded byte-identical), and finally a partial rebuild after
+//!   changing one source: the dependent chain misses and runs locally, which
+//!   makes Bazel fetch the remote-only outputs it needs (the 6 MiB big.bin,
+//!   the executable tool) from kiln.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Bazel servers are heavy (a JVM each) and share the machine's two cores:
+/// run the scenarios one after the other.
+static BAZEL_LOCK: Mutex<()> = Mutex::new(());
+
+/// `workspace(name = ...)` in tests/bazel/workspace/WORKSPACE.
+const WORKSPACE_NAME: &str = "kiln_e2e";
+/// Repositories Bazel 2.1 materialises from its own embedded files.
+const EMBEDDED_REPOS: &[&str] = &["bazel_tools", "local_config_platform", "platforms"];
+/// Deadline for kiln to print `ready`.
+const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// Deadline for a single Bazel client invocation.
+const BAZEL_COMMAND_TIMEOUT: Duration = Duration::from_secs(330);
+/// Spawns in one full build of the workspace: 7 genrules in the target
+/// configuration plus `:transform_tool` again in the host configuration.
+const EXPECTED_SPAWNS: usize = 8;
+
+// ---------------------------------------------------------------------------
+// kiln server
+// ---------------------------------------------------------------------------
+
+/// A running `kiln serve`, killed on drop.
+struct KilnServer {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl KilnServer {
+    fn start(data_dir: &Path, log: &Path) -> Self {
+        fs::create_dir_all(data_dir).unwrap();
+        let log_file = fs::File::create(log).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .expect("failed to spawn kiln");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel::<String>();
+        // Keeps draining stdout after `ready` so the server never blocks on a
+        // full pipe.
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // Once nobody listens any more, keep draining anyway.
+                let _ = tx.send(line);
+            }
+        });
+        let mut server = KilnServer {
+            child,
+            port: 0,
+            log: log.to_path_buf(),
+        };
+        let deadline = Instant::now() + SERVER_READY_TIMEOUT;
+        let mut seen = Vec::new();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(remaining) {
+                Ok(line) => {
+                    if let Some(rest) = line.trim().strip_prefix("listening grpc://") {
+                        let port = rest
+                            .rsplit(':')
+                            .next()
+                            .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok());
+                        match port {
+                            Some(p) => server.port = p,
+                            None => server.fail(&format!("cannot parse port from {line:?}")),
+                        }
+                    }
+                    let ready = line.trim() == "ready";
+                    seen.push(line);
+                    if ready {
+                        break;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => server.fail(&format!(
+                    "kiln did not print `ready` within {SERVER_READY_TIMEOUT:?}; stdout so far: {seen:?}"
+                )),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = server.child.wait().ok();
+                    server.fail(&format!(
+                        "kiln closed stdout before `ready` (exit status {status:?}); stdout: {seen:?}"
+                    ));
+                }
+            }
+        }
+        if server.port == 0 {
+            server.fail(&format!(
+                "kiln printed `ready` without a `listening grpc://` line; stdout: {seen:?}"
+            ));
+        }
+        eprintln!("kiln ready: {}", seen.join(" | "));
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("grpc://127.0.0.1:{}", self.port)
+    }
+
+    /// The last lines of the server's stderr, for failure messages.
+    fn log_tail(&self) -> String {
+        tail(&fs::read_to_string(&self.log).unwrap_or_default(), 60)
+    }
+
+    fn fail(&self, msg: &str) -> ! {
+        panic!(
+            "{msg}\n---- kiln stderr (last lines, full log at {}) ----\n{}",
+            self.log.display(),
+            self.log_tail()
+        )
+    }
+}
+
+impl Drop for KilnServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Bazel
+// ---------------------------------------------------------------------------
+
+fn bazel_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("KILN_BAZEL") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "KILN_BAZEL={} does not exist; unset it or run tests/install-bazel.sh",
+            path.display()
+        );
+        return path;
+    }
+    let dir = std::env::var_os("KILN_BAZEL_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bazel-npm"),
+        PathBuf::from,
+    );
+    let path = dir.join("node_modules/@bazel/bazel-linux_x64/bazel-2.1.0-linux-x86_64");
+    assert!(
+        path.is_file(),
+        "Bazel 2.1.0 not found at {}.\n\
+         This end-to-end test needs a real Bazel client and is never skipped.\n\
+         Install it with `bash tests/install-bazel.sh` (npm package \
+         @bazel/bazel-linux_x64@2.1.0, into target/bazel-npm or $KILN_BAZEL_DIR), \
+         or point KILN_BAZEL at a Bazel 2.1.0 binary.",
+        path.display()
+    );
+    path
+}
+
+/// One spawn from `--execution_log_json_file`.
+#[derive(Debug)]
+struct Spawn {
+    progress: String,
+    runner: String,
+    remote_cache_hit: bool,
+}
+
+struct BuildResult {
+    stderr: String,
+    spawns: Vec<Spawn>,
+    processes_line: String,
+}
+
+impl BuildResult {
+    fn hits(&self) -> usize {
+        self.spawns.iter().filter(|s| s.remote_cache_hit).count()
+    }
+
+    fn describe(&self) -> String {
+        let mut out = format!("{}\nspawns:\n", self.processes_line);
+        for s in &self.spawns {
+            let _ = writeln!(
+                out,
+                "  hit={:<5} runner={:<18} {}",
+                s.remote_cache_hit, s.runner, s.progress
+            );
+        }
+        let warnings = remote_warnings(&self.stderr);
+        if !warnings.is_empty() {
+            let _ = writeln!(out, "remote warnings/errors:\n  {}", warnings.join("\n  "));
+        }
+        out
+    }
+}
+
+/// Runs Bazel with its own `--output_user_root` and shuts down, on drop, every
+/// Bazel server it may have started.
+struct Bazel<'a> {
+    bin: PathBuf,
+    workspace: PathBuf,
+    user_root: PathBuf,
+    scratch: PathBuf,
+    output_bases: Vec<PathBuf>,
+    server: &'a KilnServer,
+    invocation: usize,
+}
+
+impl<'a> Bazel<'a> {
+    fn new(root: &Path, server: &'a KilnServer) -> Self {
+        let workspace = root.join("workspace");
+        copy_dir(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bazel/workspace"),
+            &workspace,
+        );
+        let scratch = root.join("bazel-scratch");
+        fs::create_dir_all(&scratch).unwrap();
+        Bazel {
+            bin: bazel_binary(),
+            workspace,
+            user_root: root.join("bazel-user-root"),
+            scratch,
+            output_bases: Vec::new(),
+            server,
+            invocation: 0,
+        }
+    }
+
+    fn fail(&self, msg: &str) -> ! {
+        self.server.fail(msg)
+    }
+
+    fn output_base(&mut self, name: &str) -> PathBuf {
+        let ob = self.user_root.join(name);
+        if !self.output_bases.contains(&ob) {
+            self.output_bases.push(ob.clone());
+        }
+        ob
+    }
+
+    /// Runs one Bazel command; returns (success, stdout, stderr).
+    fn run(&mut self, output_base: &Path, command: &str, args: &[String]) -> (bool, String, String) {
+        let mut cmd = Command::new(&self.bin);
+        cmd.current_dir(&self.workspace)
+            .arg("--ignore_all_rc_files")
+            .arg(format!("--output_user_root={}", self.user_root.display()))
+            .arg(format!("--output_base={}", output_base.display()))
+            // Safety net: a server we failed to shut down still goes away.
+            .arg("--max_idle_secs=300")
+            .arg(command)
+            .args(args)
+            .env_remove("BAZELISK_SKIP_WRAPPER")
+            .env_remove("JAVA_HOME")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        run_with_deadline(cmd, BAZEL_COMMAND_TIMEOUT)
+    }
+
+    /// `bazel build //...` against kiln with the given extra flags. Panics
+    /// (with Bazel's and kiln's logs) if the build fails.
+    fn build(&mut self, output_base_name: &str, label: &str, extra: &[&str]) -> BuildResult {
+        self.invocation += 1;
+        let output_base = self.output_base(output_base_name);
+        let exec_log = self.scratch.join(format!("exec-{}-{label}.json", self.invocation));
+        let mut args: Vec<String> = [
+            "--color=no",
+            "--curses=no",
+            "--noshow_progress",
+            "--show_result=0",
+            "--incompatible_strict_action_env",
+            "--remote_timeout=60",
+        ]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect();
+        args.push(format!("--remote_cache={}", self.server.url()));
+        args.push(format!("--execution_log_json_file={}", exec_log.display()));
+        args.extend(extra.iter().map(|s| (*s).to_string()));
+        args.push("//...".to_string());
+        eprintln!("[{label}] bazel build {}", args.join(" "));
+        let started = Instant::now();
+        let (ok, _stdout, stderr) = self.run(&output_base, "build", &args);
+        eprintln!("[{label}] finished in {:.1?}", started.elapsed());
+        if !ok {
+            self.fail(&format!("[{label}] bazel build failed:\n{stderr}"));
+        }
+        let log = fs::read_to_string(&exec_log).unwrap_or_else(|e| {
+            self.fail(&format!(
+                "[{label}] no execution log at {}: {e}\n{stderr}",
+                exec_log.display()
+            ))
+        });
+        let spawns = parse_exec_log(&log);
+        let processes_line = stderr
+            .lines()
+            .find(|l| l.starts_with("INFO: ") && (l.contains(" processes") || l.contains(" process:")))
+            .unwrap_or("<no `INFO: N processes` line>")
+            .to_string();
+        let result = BuildResult {
+            stderr,
+            spawns,
+            processes_line,
+        };
+        eprintln!("[{label}] {}", result.describe());
+        result
+    }
+
+    fn shutdown(&mut self, output_base_name: &str) {
+        let output_base = self.output_base(output_base_name);
+        let (ok, _, stderr) = self.run(&output_base, "shutdown", &[]);
+        assert!(ok, "bazel shutdown failed: {stderr}");
+    }
+
+    fn clean_expunge(&mut self, output_base_name: &str) {
+        let output_base = self.output_base(output_base_name);
+        let (ok, _, stderr) = self.run(&output_base, "clean", &["--expunge".to_string()]);
+        if !ok {
+            self.fail(&format!("bazel clean --expunge failed: {stderr}"));
+        }
+    }
+}
+
+impl Drop for Bazel<'_> {
+    fn drop(&mut self) {
+        for ob in std::mem::take(&mut self.output_bases) {
+            // `shutdown` does not start a server when none is running.
+            let (ok, _, stderr) = self.run(&ob, "shutdown", &[]);
+            if !ok {
+                eprintln!("bazel shutdown for {} failed: {stderr}", ob.display());
+            }
+        }
+    }
+}
+
+/// Runs `cmd` with piped stdout/stderr, killing it after `timeout`.
+/// Returns (exit status success, stdout, stderr). No polling: the deadline is
+/// a channel receive on the stderr reader thread, which finishes when the
+/// process closes its stderr (i.e. exits).
+fn run_with_deadline(mut cmd: Command, timeout: Duration) -> (bool, String, String) {
+    let mut child = cmd.spawn().expect("failed to spawn bazel");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_thread = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        let _ = tx.send(s);
+    });
+    let Ok(stderr) = rx.recv_timeout(timeout) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("bazel {cmd:?} did not finish within {timeout:?}; killed it");
+    };
+    let status = child.wait().expect("wait for bazel");
+    let stdout = out_thread.join().unwrap_or_default();
+    (status.success(), stdout, stderr)
+}
+
+/// Parses Bazel 2.1's `--execution_log_json_file`: a stream of pretty-printed
+/// `SpawnExec` JSON objects whose top-level fields are indented by two
+/// spaces; `progressMessage` and `runner` come before `remoteCacheHit`.
+fn parse_exec_log(text: &str) -> Vec<Spawn> {
+    fn string_value(line: &str) -> String {
+        let v = line.split_once(':').map_or("", |(_, v)| v).trim();
+        let v = v.trim_end_matches(',');
+        v.trim_matches('"').to_string()
+    }
+    let mut spawns = Vec::new();
+    let mut progress = String::new();
+    let mut runner = String::new();
+    for line in text.lines() {
+        let Some(field) = line.strip_prefix("  \"") else { continue };
+        if field.starts_with("progressMessage\"") {
+            progress = string_value(line);
+        } else if field.starts_with("runner\"") {
+            runner = string_value(line);
+        } else if field.starts_with("remoteCacheHit\"") {
+            spawns.push(Spawn {
+                progress: std::mem::take(&mut progress),
+                runner: std::mem::take(&mut runner),
+                remote_cache_hit: string_value(line) == "true",
+            });
+        }
+    }
+    spawns
+}
+
+/// WARNING/ERROR lines of Bazel's output that concern the remote cache.
+fn remote_warnings(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("WARNING") || l.starts_with("ERROR"))
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("remote") || l.contains("cache") || l.contains("grpc")
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Outputs
+// ---------------------------------------------------------------------------
+
+/// Contents and mode bits of an output file.
+#[derive(PartialEq, Eq)]
+struct Output {
+    bytes: Vec<u8>,
+    mode: u32,
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Output({} bytes, mode {:o})", self.bytes.len(), self.mode)
+    }
+}
+
+/// Every regular file under `bazel-out/<config>/bin` of an output base,
+/// keyed by its path relative to `bazel-out` (e.g. `k8-fastbuild/bin/big.bin`).
+fn snapshot_outputs(output_base: &Path) -> BTreeMap<String, Output> {
+    let bazel_out = output_base.join("execroot").join(WORKSPACE_NAME).join("bazel-out");
+    let mut files = BTreeMap::new();
+    let Ok(configs) = fs::read_dir(&bazel_out) else {
+        return files;
+    };
+    for config in configs {
+        let bin = config.unwrap().path().join("bin");
+        if bin.is_dir() {
+            collect_files(&bazel_out, &bin, &mut files);
+        }
+    }
+    files
+}
+
+fn collect_files(base: &Path, dir: &Path, files: &mut BTreeMap<String, Output>) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            collect_files(base, &path, files);
+        } else if meta.is_file() {
+            let rel = path.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+            let output = Output {
+                bytes: fs::read(&path).unwrap(),
+                mode: meta.permissions().mode() & 0o777,
+            };
+            files.insert(rel, output);
+        }
+    }
+}
+
+/// Asserts that `actual` has exactly the files of `expected` (restricted to
+/// keys accepted by `filter`), byte for byte and with the same mode bits.
+fn assert_same_outputs(
+    label: &str,
+    expected: &BTreeMap<String, Output>,
+    actual: &BTreeMap<String, Output>,
+    filter: impl Fn(&str) -> bool,
+) {
+    let expected: BTreeMap<_, _> = expected.iter().filter(|(k, _)| filter(k)).collect();
+    let actual: BTreeMap<_, _> = actual.iter().filter(|(k, _)| filter(k)).collect();
+    assert!(!expected.is_empty(), "[{label}] nothing to compare");
+    let expected_names: Vec<_> = expected.keys().collect();
+    let actual_names: Vec<_> = actual.keys().collect();
+    assert_eq!(actual_names, expected_names, "[{label}] different output files");
+    for (name, want) in &expected {
+        let got = actual[name];
+        assert!(
+            got.bytes == want.bytes,
+            "[{label}] {name}: contents differ ({} bytes vs {} bytes expected)",
+            got.bytes.len(),
+            want.bytes.len()
+        );
+        assert_eq!(got.mode, want.mode, "[{label}] {name}: mode differs");
+    }
+    eprintln!("[{label}] {} outputs byte-identical", expected.len());
+}
+
+fn is_top_level(name: &str) -> bool {
+    !name.starts_with("host/")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------
+// Assertions on builds
+// ---------------------------------------------------------------------------
+
+/// The first build against an empty kiln: every spawn runs locally (a miss)
+/// and its result is uploaded without any remote-cache warning.
+fn assert_cold_build(bazel: &Bazel<'_>, build: &BuildResult) {
+    if build.spawns.len() != EXPECTED_SPAWNS || build.hits() != 0 {
+        bazel.fail(&format!(
+            "cold build: expected {EXPECTED_SPAWNS} spawns and no hit, got {} spawns / {} hits\n{}",
+            build.spawns.len(),
+            build.hits(),
+            build.describe()
+        ));
+    }
+    let warnings = remote_warnings(&build.stderr);
+    if !warnings.is_empty() {
+        bazel.fail(&format!(
+            "cold build: Bazel reported remote cache problems (uploads failed?):\n{}\n\nfull output:\n{}",
+            warnings.join("\n"),
+            build.stderr
+        ));
+    }
+}
+
+/// Every spawn of `build` was a remote cache hit, by the execution log and by
+/// Bazel's `INFO: N processes: N remote cache hit.` summary.
+fn assert_all_hits(bazel: &Bazel<'_>, label: &str, build: &BuildResult) {
+    let n = build.spawns.len();
+    let summary = format!("INFO: {n} processes: {n} remote cache hit.");
+    let ok = n == EXPECTED_SPAWNS
+        && build.hits() == n
+        && build.processes_line.trim() == summary
+        && remote_warnings(&build.stderr).is_empty();
+    if !ok {
+        bazel.fail(&format!(
+            "[{label}] expected all {EXPECTED_SPAWNS} spawns to be remote cache hits \
+             (`{summary}`), got {} of {n}\n{}\n\nfull Bazel output:\n{}",
+            build.hits(),
+            build.describe(),
+            build.stderr
+        ));
+    }
+}
+
+/// Only Bazel's embedded repositories were materialised: nothing was fetched.
+fn assert_nothing_fetched(output_base: &Path) {
+    let mut repos: Vec<String> = fs::read_dir(output_base.join("external"))
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('@'))
+                .collect()
+        })
+        .unwrap_or_default();
+    repos.sort();
+    for repo in &repos {
+        assert!(
+            EMBEDDED_REPOS.contains(&repo.as_str()),
+            "Bazel materialised external repository {repo:?} (all: {repos:?}); \
+             the workspace must build offline from embedded repositories only"
+        );
+    }
+}
+
+/// Starts kiln and Bazel under `root`, runs the cold build in output base
+/// `ob1`, snapshots its outputs, then `clean --expunge` + `shutdown`.
+fn cold_build(bazel: &mut Bazel<'_>) -> BTreeMap<String, Output> {
+    let cold = bazel.build("ob1", "cold", &["--remote_download_outputs=all"]);
+    assert_cold_build(bazel, &cold);
+    let ob1 = bazel.output_base("ob1");
+    assert_nothing_fetched(&ob1);
+    let outputs = snapshot_outputs(&ob1);
+    for must in [
+        "k8-fastbuild/bin/empty.out",
+        "k8-fastbuild/bin/manifest/none.txt",
+        "k8-fastbuild/bin/big.bin",
+        "k8-fastbuild/bin/final.txt",
+        "host/bin/transform.sh",
+    ] {
+        assert!(outputs.contains_key(must), "cold build lacks {must}: {outputs:?}");
+    }
+    assert!(outputs["k8-fastbuild/bin/empty.out"].bytes.is_empty());
+    assert!(outputs["k8-fastbuild/bin/big.bin"].bytes.len() >= 4 << 20);
+    assert!(outputs["host/bin/transform.sh"].mode & 0o111 != 0, "tool is not executable");
+    bazel.clean_expunge("ob1");
+    bazel.shutdown("ob1");
+    outputs
+}
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    BAZEL_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+#[test]
+fn second_build_is_all_remote_cache_hits() {
+    let _guard = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let server = KilnServer::start(&tmp.path().join("kiln-data"), &tmp.path().join("kiln.log"));
+    let mut bazel = Bazel::new(tmp.path(), &server);
+
+    let first = cold_build(&mut bazel);
+
+    let warm = bazel.build("ob2", "warm", &["--remote_download_outputs=all"]);
+    assert_all_hits(&bazel, "warm", &warm);
+    let second = snapshot_outputs(&bazel.output_base("ob2"));
+    assert_same_outputs("warm", &first, &second, |_| true);
+    bazel.shutdown("ob2");
+}
+
+#[test]
+fn remote_download_minimal_all_hits() {
+    let _guard = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let server = KilnServer::start(&tmp.path().join("kiln-data"), &tmp.path().join("kiln.log"));
+    let mut bazel = Bazel::new(tmp.path(), &server);
+
+    let first = cold_build(&mut bazel);
+
+    // Build without the bytes: all hits, nothing downloaded.
+    let minimal = bazel.build("ob2", "minimal", &["--remote_download_minimal"]);
+    assert_all_hits(&bazel, "minimal", &minimal);
+    let downloaded = snapshot_outputs(&bazel.output_base("ob2"));
+    assert!(
+        !downloaded.contains_key("k8-fastbuild/bin/big.bin"),
+        "--remote_download_minimal downloaded outputs: {downloaded:?}"
+    );
+
+    // Top-level outputs fetched in a fresh output base: all hits, and the
+    // top-level outputs are byte-identical to the cold build's.
+    let toplevel = bazel.build("ob3", "toplevel", &["--remote_download_toplevel"]);
+    assert_all_hits(&bazel, "toplevel", &toplevel);
+    let fetched = snapshot_outputs(&bazel.output_base("ob3"));
+    assert_same_outputs("toplevel", &first, &fetched, is_top_level);
+    bazel.shutdown("ob3");
+
+    // Partial rebuild without the bytes, in the minimal build's output base:
+    // a changed source makes the manifest -> stage1 -> stage2 -> stage3 chain
+    // miss (the unchanged actions are not even looked up again: Bazel knows
+    // them from the previous build); those actions run locally and need the
+    // remote-only outputs of the earlier hits (the 6 MiB big.bin, the host
+    // transform.sh tool) downloaded from kiln as their inputs.
+    let gamma = bazel.workspace.join("data/nested/gamma.txt");
+    fs::write(&gamma, "gamma ray\nchanged by the test\n").unwrap();
+    let partial = bazel.build("ob2", "partial", &["--remote_download_minimal"]);
+    let misses: Vec<&str> = partial
+        .spawns
+        .iter()
+        .filter(|s| !s.remote_cache_hit)
+        .map(|s| s.progress.as_str())
+        .collect();
+    let expected_misses = [
+        "Executing genrule //:manifest",
+        "Executing genrule //:stage1",
+        "Executing genrule //:stage2",
+        "Executing genrule //:stage3",
+    ];
+    let mut sorted = misses.clone();
+    sorted.sort_unstable();
+    if sorted != expected_misses || !remote_warnings(&partial.stderr).is_empty() {
+        bazel.fail(&format!(
+            "[partial] expected exactly {expected_misses:?} to miss, got {misses:?}\n{}\n{}",
+            partial.describe(),
+            partial.stderr
+        ));
+    }
+    let ob2 = bazel.output_base("ob2");
+    let final_txt = fs::read_to_string(ob2.join(format!(
+        "execroot/{WORKSPACE_NAME}/bazel-out/k8-fastbuild/bin/final.txt"
+    )))
+    .unwrap();
+    assert!(
+        final_txt.contains(":CHANGED BY THE TEST\n"),
+        "rebuilt final.txt lacks the change:\n{final_txt}"
+    );
+    // stage2's record of big.bin's digest (computed from the downloaded
+    // input) matches the cold build's.
+    let cold_final = String::from_utf8_lossy(&first["k8-fastbuild/bin/final.txt"].bytes).into_owned();
+    let digest_line = |s: &str| s.lines().find(|l| l.contains("  -")).map(|l| l.split(':').nth(2).unwrap_or("").to_string());
+    assert_eq!(
+        digest_line(&final_txt),
+        digest_line(&cold_final),
+        "big.bin fetched as an input differs from the cold build's"
+    );
+    bazel.shutdown("ob2");
+}
