@@ -15,6 +15,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The storage engine.
     pub storage: StorageConfig,
+    /// Remote execution: scheduler and bots.
+    pub execution: ExecutionConfig,
 }
 
 /// Where kiln listens and keeps its data.
@@ -83,7 +85,60 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { max_blob_size_bytes: 16 << 30 }
+        Self {
+            max_blob_size_bytes: 16 << 30,
+        }
+    }
+}
+
+/// Remote execution settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutionConfig {
+    /// Serve Execution, Operations and the Bots socket. Default true. With false the server is
+    /// a cache only and Capabilities says `exec_enabled: false`.
+    pub enabled: bool,
+    /// Unix socket for bots (`kiln worker`, any Remote Worker API bot), in the data dir unless
+    /// absolute; mode 0660. It also serves CAS/ByteStream for staging. Default `bots.sock`.
+    pub bots_socket: String,
+    /// Extra TCP addresses serving the Bots service (plus CAS/ByteStream) for bots on other
+    /// machines. Default none: bots are co-located.
+    pub bots_listen: Vec<String>,
+    /// Timeout for actions that set none, seconds. Default 600.
+    pub default_timeout_secs: u64,
+    /// Largest timeout an action may ask for, seconds; more is INVALID_ARGUMENT. Default 3600.
+    pub max_timeout_secs: u64,
+    /// How long UpdateBotSession waits for work before answering, milliseconds. Default 5000.
+    /// Must be well under `bot_timeout_secs`.
+    pub bot_poll_ms: u64,
+    /// A bot that has not called for this long is lost and its actions are requeued, seconds.
+    /// Default 30. Too low: busy bots are declared lost (log "bot lost").
+    pub bot_timeout_secs: u64,
+    /// Times an action is requeued after losing its bot before it fails with UNAVAILABLE.
+    /// Default 2.
+    pub max_requeues: u32,
+    /// How long a queued action may wait while no connected bot can satisfy its platform
+    /// before it fails with FAILED_PRECONDITION naming the property, seconds. Default 60.
+    pub unmatched_grace_secs: u64,
+    /// How long a completed operation stays visible to WaitExecution/GetOperation, seconds.
+    /// Default 600.
+    pub operation_retention_secs: u64,
+}
+
+impl Default for ExecutionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bots_socket: "bots.sock".into(),
+            bots_listen: vec![],
+            default_timeout_secs: 600,
+            max_timeout_secs: 3600,
+            bot_poll_ms: 5000,
+            bot_timeout_secs: 30,
+            max_requeues: 2,
+            unmatched_grace_secs: 60,
+            operation_retention_secs: 600,
+        }
     }
 }
 
@@ -92,10 +147,16 @@ impl Default for StorageConfig {
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The file is not valid TOML for this schema.
     #[error("invalid config {path}: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     /// A value out of range.
     #[error("invalid config value {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
@@ -104,17 +165,31 @@ pub enum ConfigError {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })?;
         config.validate()?;
         Ok(config)
     }
 
     /// Rejects values that cannot work, naming the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field, reason: &str| Err(ConfigError::Invalid { field, reason: reason.to_string() });
+        let invalid = |field, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.to_string(),
+            })
+        };
         if self.server.listen.is_empty() && self.server.unix_socket.is_empty() {
-            return invalid("server.listen", "no TCP address and no Unix socket: nothing to serve on");
+            return invalid(
+                "server.listen",
+                "no TCP address and no Unix socket: nothing to serve on",
+            );
         }
         for addr in &self.server.listen {
             if addr.parse::<std::net::SocketAddr>().is_err() {
@@ -128,13 +203,48 @@ impl Config {
             return invalid("cache.max_batch_total_size_bytes", "must be at least 1024");
         }
         if self.cache.max_message_bytes < self.cache.max_batch_total_size_bytes + 64 * 1024 {
-            return invalid("cache.max_message_bytes", "must exceed max_batch_total_size_bytes by 64 KiB or more");
+            return invalid(
+                "cache.max_message_bytes",
+                "must exceed max_batch_total_size_bytes by 64 KiB or more",
+            );
         }
-        if self.cache.read_chunk_bytes == 0 || self.cache.read_chunk_bytes > self.cache.max_message_bytes / 2 {
-            return invalid("cache.read_chunk_bytes", "must be between 1 and half of max_message_bytes");
+        if self.cache.read_chunk_bytes == 0
+            || self.cache.read_chunk_bytes > self.cache.max_message_bytes / 2
+        {
+            return invalid(
+                "cache.read_chunk_bytes",
+                "must be between 1 and half of max_message_bytes",
+            );
         }
         if self.storage.max_blob_size_bytes == 0 {
             return invalid("storage.max_blob_size_bytes", "must be positive");
+        }
+        let e = &self.execution;
+        if e.default_timeout_secs == 0 || e.default_timeout_secs > e.max_timeout_secs {
+            return invalid(
+                "execution.default_timeout_secs",
+                "must be between 1 and max_timeout_secs",
+            );
+        }
+        if e.bot_poll_ms == 0 || e.bot_poll_ms * 2 > e.bot_timeout_secs * 1000 {
+            return invalid(
+                "execution.bot_poll_ms",
+                "must be positive and at most half of bot_timeout_secs",
+            );
+        }
+        if e.enabled && e.bots_socket.is_empty() && e.bots_listen.is_empty() {
+            return invalid(
+                "execution.bots_socket",
+                "execution is enabled but bots have nowhere to connect",
+            );
+        }
+        for addr in &e.bots_listen {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError::Invalid {
+                    field: "execution.bots_listen",
+                    reason: format!("{addr:?} is not an IP:port address"),
+                });
+            }
         }
         Ok(())
     }
@@ -156,10 +266,20 @@ mod tests {
     fn validation_names_the_field() {
         let mut c = Config::default();
         c.server.listen = vec!["nonsense".into()];
-        assert!(c.validate().unwrap_err().to_string().contains("server.listen"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("server.listen")
+        );
         let mut c = Config::default();
         c.cache.max_message_bytes = 1;
-        assert!(c.validate().unwrap_err().to_string().contains("max_message_bytes"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_message_bytes")
+        );
         assert!(toml::from_str::<Config>("[server]\nbogus = 1").is_err());
     }
 }

@@ -9,7 +9,11 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "Single-box REAPI v2 build cache and execution appliance")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Single-box REAPI v2 build cache and execution appliance"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -29,6 +33,28 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Run actions for a server as a Remote Worker API bot.
+    Worker {
+        /// The server's bots listener: `unix:<data>/bots.sock` or `grpc://HOST:PORT`.
+        #[arg(long)]
+        server: String,
+        /// Directory for the file cache and action directories (one filesystem, so staging
+        /// can hardlink from the cache).
+        #[arg(long)]
+        work_dir: PathBuf,
+        /// Actions run at once.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Extra platform property `key=value` to advertise; repeat for several.
+        #[arg(long = "property")]
+        properties: Vec<String>,
+        /// RLIMIT_AS for each action, bytes (0: unlimited).
+        #[arg(long, default_value_t = 0)]
+        memory_limit_bytes: u64,
+        /// RLIMIT_NOFILE for each action (0: inherited).
+        #[arg(long, default_value_t = 0)]
+        open_files_limit: u64,
+    },
 }
 
 fn load(config: Option<PathBuf>) -> Result<Config, String> {
@@ -39,7 +65,8 @@ fn load(config: Option<PathBuf>) -> Result<Config, String> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -51,13 +78,21 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let result = match cli.command {
-        Command::Serve { config, listen, data_dir } => runtime.block_on(async {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+        } => runtime.block_on(async {
             let mut config = load(config)?;
             if !listen.is_empty() {
                 config.server.listen = listen;
@@ -65,7 +100,41 @@ fn main() -> ExitCode {
             if let Some(dir) = data_dir {
                 config.server.data_dir = dir;
             }
-            kiln::setup::serve(config, shutdown_signal()).await.map_err(|e| e.to_string())
+            kiln::setup::serve(config, shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())
+        }),
+        Command::Worker {
+            server,
+            work_dir,
+            concurrency,
+            properties,
+            memory_limit_bytes,
+            open_files_limit,
+        } => runtime.block_on(async {
+            let properties = properties
+                .iter()
+                .map(|p| {
+                    p.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .ok_or_else(|| format!("--property {p:?} is not key=value"))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            let config = kiln::worker::WorkerConfig {
+                server,
+                work_dir,
+                concurrency,
+                properties,
+                limits: kiln::worker::Limits {
+                    memory_bytes: memory_limit_bytes,
+                    open_files: open_files_limit,
+                    core_dumps: false,
+                },
+            };
+            tokio::select! {
+                r = kiln::worker::run(config) => r.map_err(|e| e.to_string()),
+                () = shutdown_signal() => Ok(()),
+            }
         }),
     };
     match result {

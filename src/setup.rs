@@ -3,6 +3,7 @@
 use crate::api::{CacheServices, Limits};
 use crate::cas::{ActionCache, Cas};
 use crate::config::Config;
+use crate::exec::{Scheduler, SchedulerConfig, Timeouts};
 use crate::server::{self, Listeners};
 use crate::storage::{MemoryStore, Store};
 use std::future::Future;
@@ -19,7 +20,10 @@ pub enum SetupError {
     Config(#[from] crate::config::ConfigError),
     /// A directory, socket or listener could not be set up.
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -38,12 +42,71 @@ pub fn limits(config: &Config) -> Limits {
         max_message_bytes: config.cache.max_message_bytes as usize,
         upload_idle_timeout: Duration::from_secs(config.cache.upload_idle_timeout_secs),
         read_chunk_bytes: config.cache.read_chunk_bytes as usize,
+        exec_enabled: config.execution.enabled,
     }
+}
+
+/// The scheduler settings a config asks for.
+pub fn scheduler_config(config: &Config) -> SchedulerConfig {
+    let e = &config.execution;
+    SchedulerConfig {
+        timeouts: Timeouts {
+            default: Duration::from_secs(e.default_timeout_secs),
+            max: Duration::from_secs(e.max_timeout_secs),
+        },
+        bot_poll: Duration::from_millis(e.bot_poll_ms),
+        bot_timeout: Duration::from_secs(e.bot_timeout_secs),
+        max_requeues: e.max_requeues,
+        unmatched_grace: Duration::from_secs(e.unmatched_grace_secs),
+        retention: Duration::from_secs(e.operation_retention_secs),
+    }
+}
+
+/// The bots socket path of a config, if execution and the socket are enabled.
+pub fn bots_socket_path(config: &Config) -> Option<PathBuf> {
+    let s = &config.execution.bots_socket;
+    (config.execution.enabled && !s.is_empty()).then(|| config.server.data_dir.join(s))
+}
+
+/// Binds the bots listeners (Unix socket, mode 0660, and any TCP addresses), printing
+/// `listening bots unix:PATH` / `listening bots grpc://ADDR` lines to stdout.
+pub async fn bind_bots(config: &Config) -> Result<Listeners, SetupError> {
+    let mut listeners = Listeners::default();
+    let mut out = std::io::stdout().lock();
+    for addr in &config.execution.bots_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(io(format!("cannot listen on {addr}")))?;
+        let local = l.local_addr().map_err(io("local_addr"))?;
+        let _ = writeln!(out, "listening bots grpc://{local}");
+        listeners.tcp.push(l);
+    }
+    if let Some(path) = bots_socket_path(config) {
+        listeners.unix.push(bind_unix(&path)?);
+        tracing::info!(path = %path.display(), "bots listening on Unix socket");
+        let _ = writeln!(out, "listening bots unix:{}", path.display());
+    }
+    let _ = out.flush();
+    Ok(listeners)
+}
+
+fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, SetupError> {
+    // A socket file left by an earlier process would make bind fail.
+    if path.exists() {
+        std::fs::remove_file(path)
+            .map_err(io(format!("cannot remove stale socket {}", path.display())))?;
+    }
+    let l = tokio::net::UnixListener::bind(path)
+        .map_err(io(format!("cannot bind {}", path.display())))?;
+    set_socket_mode(path)?;
+    Ok(l)
 }
 
 /// Opens the store the config describes.
 pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, SetupError> {
-    Ok(Arc::new(MemoryStore::new(config.storage.max_blob_size_bytes)))
+    Ok(Arc::new(MemoryStore::new(
+        config.storage.max_blob_size_bytes,
+    )))
 }
 
 /// The Unix socket path of a config, if enabled.
@@ -58,7 +121,9 @@ pub async fn bind(config: &Config) -> Result<Listeners, SetupError> {
     let mut listeners = Listeners::default();
     let mut out = std::io::stdout().lock();
     for addr in &config.server.listen {
-        let l = tokio::net::TcpListener::bind(addr).await.map_err(io(format!("cannot listen on {addr}")))?;
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(io(format!("cannot listen on {addr}")))?;
         let local = l.local_addr().map_err(io("local_addr"))?;
         tracing::info!(%local, "listening on TCP");
         let _ = writeln!(out, "listening grpc://{local}");
@@ -67,9 +132,11 @@ pub async fn bind(config: &Config) -> Result<Listeners, SetupError> {
     if let Some(path) = unix_socket_path(config) {
         // A socket file left by an earlier process would make bind fail.
         if path.exists() {
-            std::fs::remove_file(&path).map_err(io(format!("cannot remove stale socket {}", path.display())))?;
+            std::fs::remove_file(&path)
+                .map_err(io(format!("cannot remove stale socket {}", path.display())))?;
         }
-        let l = tokio::net::UnixListener::bind(&path).map_err(io(format!("cannot bind {}", path.display())))?;
+        let l = tokio::net::UnixListener::bind(&path)
+            .map_err(io(format!("cannot bind {}", path.display())))?;
         set_socket_mode(&path)?;
         tracing::info!(path = %path.display(), "listening on Unix socket");
         let _ = writeln!(out, "listening unix:{}", path.display());
@@ -89,6 +156,8 @@ fn set_socket_mode(path: &std::path::Path) -> Result<(), SetupError> {
 pub struct Prepared {
     routes: tonic::service::Routes,
     listeners: Listeners,
+    /// The bots server (Bots + CAS + ByteStream), when execution is enabled.
+    bots: Option<(tonic::service::Routes, Listeners)>,
 }
 
 impl Prepared {
@@ -96,31 +165,77 @@ impl Prepared {
     pub async fn new(config: &Config) -> Result<Self, SetupError> {
         config.validate()?;
         let dir = &config.server.data_dir;
-        std::fs::create_dir_all(dir).map_err(io(format!("cannot create data dir {}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(io(format!("cannot create data dir {}", dir.display())))?;
         let store = open_store(config)?;
         let cas = Cas::new(store.clone());
         let ac = ActionCache::new(cas.clone(), store);
-        let services = CacheServices::new(cas, ac, limits(config));
+        let limits = limits(config);
+        let max_message = limits.max_message_bytes;
+        let services = CacheServices::new(cas.clone(), ac.clone(), limits);
         let mut routes = tonic::service::RoutesBuilder::default();
         services.add_to(&mut routes);
+        let mut bots = None;
+        if config.execution.enabled {
+            let scheduler = Scheduler::new(cas, ac, scheduler_config(config));
+            scheduler.spawn_reaper();
+            crate::api::add_exec_services(&scheduler, max_message, &mut routes);
+            let mut bot_routes = tonic::service::RoutesBuilder::default();
+            services.add_to(&mut bot_routes);
+            crate::bots::add_to(&scheduler, &mut bot_routes);
+            bots = Some((bot_routes.routes(), bind_bots(config).await?));
+        }
         let listeners = bind(config).await?;
-        Ok(Self { routes: routes.routes(), listeners })
+        Ok(Self {
+            routes: routes.routes(),
+            listeners,
+            bots,
+        })
     }
 
     /// The bound TCP addresses (useful with port 0).
     pub fn tcp_addrs(&self) -> Vec<std::net::SocketAddr> {
-        self.listeners.tcp.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.listeners
+            .tcp
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// Serves until `shutdown` resolves.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), SetupError> {
-        server::run(self.routes, self.listeners, shutdown).await?;
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), SetupError> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let main = server::run(self.routes, self.listeners, stopped());
+        match self.bots {
+            None => main.await?,
+            Some((routes, listeners)) => {
+                let (a, b) = tokio::join!(main, server::run(routes, listeners, stopped()));
+                a?;
+                b?;
+            }
+        }
         Ok(())
     }
 }
 
 /// Runs `kiln serve` until `shutdown` resolves, printing `ready` to stdout once it accepts calls.
-pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), SetupError> {
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SetupError> {
     let prepared = Prepared::new(&config).await?;
     tracing::info!(data_dir = %config.server.data_dir.display(), "kiln ready");
     {

@@ -6,8 +6,10 @@
 use super::resource_name::ResourceNameError;
 use crate::cas::CasError;
 use crate::digest::DigestError;
+use crate::exec::ExecError;
 use crate::proto::google::rpc;
 use crate::storage::StorageError;
+use prost::Message;
 use tonic::{Code, Status};
 
 /// The gRPC code for a CAS/AC error.
@@ -28,7 +30,9 @@ pub fn cas_code(err: &CasError) -> Code {
 pub fn storage_code(err: &StorageError) -> Code {
     match err {
         StorageError::Full(_) => Code::ResourceExhausted,
-        StorageError::TooLarge { .. } | StorageError::LengthMismatch { .. } => Code::InvalidArgument,
+        StorageError::TooLarge { .. } | StorageError::LengthMismatch { .. } => {
+            Code::InvalidArgument
+        }
         StorageError::Corrupt { .. } => Code::DataLoss,
         StorageError::Poisoned(_) => Code::Unavailable,
         StorageError::Io(_) => Code::Internal,
@@ -37,17 +41,28 @@ pub fn storage_code(err: &StorageError) -> Code {
 
 /// A per-item status (`google.rpc.Status`) for batch responses.
 pub fn rpc_status(err: &CasError) -> rpc::Status {
-    rpc::Status { code: cas_code(err) as i32, message: err.to_string(), details: vec![] }
+    rpc::Status {
+        code: cas_code(err) as i32,
+        message: err.to_string(),
+        details: vec![],
+    }
 }
 
 /// The OK per-item status.
 pub fn rpc_ok() -> rpc::Status {
-    rpc::Status { code: Code::Ok as i32, message: String::new(), details: vec![] }
+    rpc::Status {
+        code: Code::Ok as i32,
+        message: String::new(),
+        details: vec![],
+    }
 }
 
 impl From<CasError> for Status {
     fn from(err: CasError) -> Self {
-        if let CasError::Storage(StorageError::Io(_) | StorageError::Poisoned(_) | StorageError::Corrupt { .. }) = &err {
+        if let CasError::Storage(
+            StorageError::Io(_) | StorageError::Poisoned(_) | StorageError::Corrupt { .. },
+        ) = &err
+        {
             tracing::error!(error = %err, "storage failure");
         }
         Status::new(cas_code(&err), err.to_string())
@@ -69,5 +84,63 @@ impl From<DigestError> for Status {
 impl From<ResourceNameError> for Status {
     fn from(err: ResourceNameError) -> Self {
         Status::invalid_argument(err.to_string())
+    }
+}
+
+/// The gRPC code for an execution error.
+pub fn exec_code(err: &ExecError) -> Code {
+    match err {
+        ExecError::MissingBlobs(_) | ExecError::NoMatchingBot(_) => Code::FailedPrecondition,
+        ExecError::InvalidArgument(_) => Code::InvalidArgument,
+        ExecError::OperationNotFound(_) | ExecError::BotSessionNotFound(_) => Code::NotFound,
+        ExecError::BotLost { .. } => Code::Unavailable,
+        ExecError::Cancelled => Code::Cancelled,
+        ExecError::Bot { code, .. } => Code::from_i32(*code),
+        ExecError::Cas(e) => cas_code(e),
+    }
+}
+
+/// The `google.rpc.Status` for an execution error, with REAPI details: one
+/// `PreconditionFailure` violation (type MISSING, subject `blobs/{hash}/{size}`) per missing
+/// blob.
+pub fn exec_rpc_status(err: &ExecError) -> rpc::Status {
+    let details = match err {
+        ExecError::MissingBlobs(blobs) => {
+            let failure = rpc::PreconditionFailure {
+                violations: blobs
+                    .iter()
+                    .map(|d| rpc::precondition_failure::Violation {
+                        r#type: "MISSING".into(),
+                        subject: format!("blobs/{}/{}", d.hash_hex(), d.size),
+                        description: String::new(),
+                    })
+                    .collect(),
+            };
+            vec![prost_types::Any {
+                type_url: "type.googleapis.com/google.rpc.PreconditionFailure".into(),
+                value: failure.encode_to_vec(),
+            }]
+        }
+        ExecError::Bot { details, .. } => details.clone(),
+        _ => vec![],
+    };
+    rpc::Status {
+        code: exec_code(err) as i32,
+        message: err.to_string(),
+        details,
+    }
+}
+
+impl From<ExecError> for Status {
+    fn from(err: ExecError) -> Self {
+        let status = exec_rpc_status(&err);
+        if status.details.is_empty() {
+            return Status::new(exec_code(&err), status.message);
+        }
+        Status::with_details(
+            exec_code(&err),
+            status.message.clone(),
+            status.encode_to_vec().into(),
+        )
     }
 }
