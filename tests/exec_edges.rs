@@ -71,9 +71,9 @@ async fn identical_concurrent_executes_run_once() {
         .action(&sh(&format!("echo run >> {}; sleep 1", counter.display())))
         .await;
     // Both requests queue before any worker exists, so they surely overlap.
-    let (a, b) = (c.clone(), c.clone());
-    let first = tokio::spawn(async move { a.execute(&d).await.unwrap() });
-    let second = tokio::spawn(async move { b.execute(&d).await.unwrap() });
+    let (c1, c2) = (c.clone(), c.clone());
+    let first = tokio::spawn(async move { c1.execute(&d).await.unwrap() });
+    let second = tokio::spawn(async move { c2.execute(&d).await.unwrap() });
     let list = poll("two operations listed", || {
         let c = c.clone();
         async move {

@@ -42,8 +42,7 @@ pub(super) fn render(
         let status = o
             .error
             .as_ref()
-            .map(exec_rpc_status)
-            .unwrap_or_else(super::status::rpc_ok);
+            .map_or_else(super::status::rpc_ok, exec_rpc_status);
         let response = ExecuteResponse {
             result: o.result.clone(),
             cached_result: o.cached,

@@ -269,7 +269,7 @@ impl Scheduler {
             let meta = r.execution_metadata.get_or_insert_with(Default::default);
             meta.queued_timestamp = Some(c.queued_at.into());
             if meta.worker.is_empty() {
-                meta.worker = c.bot_id.clone();
+                meta.worker.clone_from(&c.bot_id);
             }
         }
         let ok = status.code == 0;
@@ -280,27 +280,22 @@ impl Scheduler {
                 }
             }
         }
-        let error = (!ok).then(|| ExecError::Bot {
-            code: status.code,
-            message: status.message,
-            details: status.details,
-        });
-        if ok && result.is_none() {
-            let error = Some(ExecError::Bot {
-                code: 13,
-                message: "bot completed the lease without a result".into(),
+        let error = if !ok {
+            Some(ExecError::Bot {
+                code: status.code,
+                message: status.message,
+                details: status.details,
+            })
+        } else if result.is_none() {
+            let message = "bot completed the lease without a result".into();
+            Some(ExecError::Bot {
+                code: RPC_INTERNAL,
+                message,
                 details: vec![],
-            });
-            self.lock().finish(
-                &c.name,
-                Outcome {
-                    result: None,
-                    cached: false,
-                    error,
-                },
-            );
-            return;
-        }
+            })
+        } else {
+            None
+        };
         self.lock().finish(
             &c.name,
             Outcome {
@@ -311,3 +306,6 @@ impl Scheduler {
         );
     }
 }
+
+/// google.rpc.Code INTERNAL (the exec layer does not depend on tonic).
+const RPC_INTERNAL: i32 = 13;

@@ -14,6 +14,8 @@ pub mod platform;
 mod prepare;
 mod reaper;
 mod state;
+#[cfg(test)]
+mod tests;
 
 pub use bots::{LeaseReport, LeaseState, LeaseView};
 pub use error::ExecError;
@@ -169,7 +171,7 @@ impl Scheduler {
                 _ => {
                     let name = uuid::Uuid::new_v4().to_string();
                     let rx = st.insert(
-                        name.clone(),
+                        &name,
                         params.instance,
                         digest,
                         prepared.action,

@@ -74,16 +74,14 @@ fn reap_unmatched(st: &mut State, config: &SchedulerConfig, now: Instant) {
         }
         let since = *op.unmatched_since.get_or_insert(now);
         if now.duration_since(since) >= config.unmatched_grace {
-            let why = match offers.first() {
-                None => "no bot is connected".to_string(),
-                Some(_) => {
-                    let unmet = offers
-                        .iter()
-                        .filter_map(|o| op.platform.first_unmet(o))
-                        .next()
-                        .unwrap_or_default();
-                    format!("no connected bot satisfies platform property {unmet}")
-                }
+            let why = if offers.is_empty() {
+                "no bot is connected".to_string()
+            } else {
+                let unmet = offers
+                    .iter()
+                    .find_map(|o| op.platform.first_unmet(o))
+                    .unwrap_or_default();
+                format!("no connected bot satisfies platform property {unmet}")
             };
             failed.push((name, why));
         }

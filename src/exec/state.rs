@@ -52,6 +52,7 @@ pub(super) struct LeaseEntry {
 }
 
 /// One bot session.
+#[allow(clippy::struct_field_names)]
 pub(super) struct Bot {
     pub bot_id: String,
     pub properties: Properties,
@@ -76,7 +77,7 @@ impl State {
     #[allow(clippy::too_many_arguments)]
     pub fn insert(
         &mut self,
-        name: String,
+        name: &str,
         instance: String,
         digest: Digest,
         action: Action,
@@ -87,7 +88,7 @@ impl State {
         let (tx, rx) = watch::channel(OpSnapshot::at(Stage::Queued));
         if mergeable {
             self.inflight
-                .insert((instance.clone(), digest), name.clone());
+                .insert((instance.clone(), digest), name.to_string());
         }
         let op = Op {
             instance,
@@ -103,8 +104,8 @@ impl State {
             unmatched_since: None,
             seq: 0,
         };
-        self.ops.insert(name.clone(), op);
-        self.enqueue(&name);
+        self.ops.insert(name.to_string(), op);
+        self.enqueue(name);
         rx
     }
 

@@ -4,7 +4,7 @@
 #![allow(deprecated)]
 
 use super::cache::FileCache;
-use super::capture::{capture, hash_file};
+use super::capture::{Captured, capture, hash_file};
 use super::client::Client;
 use super::error::{WorkerError, io};
 use super::run::{Limits, run};
@@ -14,7 +14,7 @@ use crate::exec::within_root;
 use crate::proto::google::rpc;
 use crate::proto::reapi::{Action, ActionResult, Command, ExecutedActionMetadata};
 use prost::Message;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
@@ -91,16 +91,20 @@ pub async fn execute(ctx: &Context, action: Action, cancel: watch::Receiver<bool
     outcome
 }
 
-async fn execute_in(
+fn invalid(what: &'static str, reason: impl std::fmt::Display) -> WorkerError {
+    WorkerError::Invalid {
+        what,
+        reason: reason.to_string(),
+    }
+}
+
+/// Fetches the Command, stages the input root under `dir/root`, and creates the working
+/// directory and the parents of declared outputs. Returns the command, root and working dir.
+async fn prepare(
     ctx: &Context,
     action: &Action,
-    dir: &std::path::Path,
-    cancel: watch::Receiver<bool>,
-) -> Result<LeaseOutcome, WorkerError> {
-    let mut meta = ExecutedActionMetadata {
-        worker_start_timestamp: Some(SystemTime::now().into()),
-        ..Default::default()
-    };
+    dir: &Path,
+) -> Result<(Command, PathBuf, PathBuf), WorkerError> {
     let function = crate::digest::DigestFunction::Sha256;
     let command_digest = Digest::from_field(
         function,
@@ -112,29 +116,26 @@ async fn execute_in(
         action.input_root_digest.as_ref(),
         "Action.input_root_digest",
     )?;
-    meta.input_fetch_start_timestamp = Some(SystemTime::now().into());
-    let command_bytes = ctx
-        .client
-        .batch_read(&[command_digest])
-        .await?
+    let mut blobs = ctx.client.batch_read(&[command_digest]).await?;
+    let bytes = blobs
         .remove(&command_digest)
         .ok_or(WorkerError::MissingInput(command_digest))?;
-    let cmd = Command::decode(command_bytes).map_err(|e| WorkerError::Invalid {
-        what: "Command",
-        reason: e.to_string(),
-    })?;
+    let cmd = Command::decode(bytes).map_err(|e| invalid("Command", e))?;
     if cmd.arguments.is_empty() {
-        return Err(WorkerError::Invalid {
-            what: "Command",
-            reason: "no arguments".into(),
-        });
+        return Err(invalid("Command", "no arguments"));
     }
     std::fs::create_dir_all(dir).map_err(io(format!("mkdir {}", dir.display())))?;
     let root = dir.join("root");
     stage(&ctx.client, &ctx.cache, &input_root, &root).await?;
-    let wd_rel = within_root("", &cmd.working_directory).ok_or_else(|| WorkerError::Escape {
-        path: cmd.working_directory.clone(),
-        reason: "working directory leaves the input root".into(),
+    let escape = |path: &str, reason: &str| WorkerError::Escape {
+        path: path.to_string(),
+        reason: reason.into(),
+    };
+    let wd_rel = within_root("", &cmd.working_directory).ok_or_else(|| {
+        escape(
+            &cmd.working_directory,
+            "working directory leaves the input root",
+        )
     })?;
     let workdir = root.join(&wd_rel);
     std::fs::create_dir_all(&workdir).map_err(io(format!("mkdir {}", workdir.display())))?;
@@ -144,25 +145,72 @@ async fn execute_in(
         .chain(&cmd.output_files)
         .chain(&cmd.output_directories)
     {
-        let rel = within_root(&wd_rel, p).ok_or_else(|| WorkerError::Escape {
-            path: p.clone(),
-            reason: "leaves the action directory".into(),
-        })?;
+        let rel =
+            within_root(&wd_rel, p).ok_or_else(|| escape(p, "leaves the action directory"))?;
         if let Some((parent, _)) = rel.rsplit_once('/') {
             std::fs::create_dir_all(root.join(parent))
                 .map_err(io(format!("mkdir parent of {p}")))?;
         }
     }
-    meta.input_fetch_completed_timestamp = Some(SystemTime::now().into());
+    Ok((cmd, root, workdir))
+}
+
+/// Captures outputs (none for a timed-out run) plus stdout/stderr.
+async fn collect(
+    cmd: Command,
+    root: PathBuf,
+    dir: &Path,
+    timed_out: bool,
+) -> Result<Captured, WorkerError> {
+    let function = crate::digest::DigestFunction::Sha256;
+    let (stdout, stderr) = (dir.join("stdout"), dir.join("stderr"));
+    tokio::task::spawn_blocking(move || -> Result<_, WorkerError> {
+        // Timed-out actions still return whatever stdout/stderr they wrote, but no outputs.
+        let mut c = if timed_out {
+            Captured::default()
+        } else {
+            capture(function, &cmd, &root)?
+        };
+        let (out_d, out_src) = hash_file(function, &stdout)?;
+        let (err_d, err_src) = hash_file(function, &stderr)?;
+        c.result.stdout_digest = Some(out_d.to_proto());
+        c.result.stderr_digest = Some(err_d.to_proto());
+        c.blobs.push((out_d, out_src));
+        c.blobs.push((err_d, err_src));
+        Ok(c)
+    })
+    .await
+    .map_err(|e| invalid("capture task", e))?
+}
+
+async fn execute_in(
+    ctx: &Context,
+    action: &Action,
+    dir: &Path,
+    cancel: watch::Receiver<bool>,
+) -> Result<LeaseOutcome, WorkerError> {
+    let now = || Some(SystemTime::now().into());
+    let mut meta = ExecutedActionMetadata {
+        worker_start_timestamp: now(),
+        input_fetch_start_timestamp: now(),
+        ..Default::default()
+    };
+    let (cmd, root, workdir) = prepare(ctx, action, dir).await?;
+    meta.input_fetch_completed_timestamp = now();
     let timeout = action
         .timeout
         .as_ref()
         .map_or(Duration::from_secs(600), |t| {
             Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)
         });
-    let (stdout, stderr) = (dir.join("stdout"), dir.join("stderr"));
     let ran = run(
-        &cmd, &workdir, &stdout, &stderr, timeout, ctx.limits, cancel,
+        &cmd,
+        &workdir,
+        &dir.join("stdout"),
+        &dir.join("stderr"),
+        timeout,
+        ctx.limits,
+        cancel,
     )
     .await?;
     meta.execution_start_timestamp = Some(ran.started.into());
@@ -178,33 +226,13 @@ async fn execute_in(
             status: status(tonic::Code::Cancelled, "cancelled"),
         });
     }
-    meta.output_upload_start_timestamp = Some(SystemTime::now().into());
-    let (cmd2, root2, so, se) = (cmd.clone(), root.clone(), stdout.clone(), stderr.clone());
-    let captured = tokio::task::spawn_blocking(move || -> Result<_, WorkerError> {
-        // Timed-out actions still return whatever stdout/stderr they wrote, but no outputs.
-        let mut c = if ran.timed_out {
-            Default::default()
-        } else {
-            capture(function, &cmd2, &root2)?
-        };
-        let (out_d, out_src) = hash_file(function, &so)?;
-        let (err_d, err_src) = hash_file(function, &se)?;
-        c.result.stdout_digest = Some(out_d.to_proto());
-        c.result.stderr_digest = Some(err_d.to_proto());
-        c.blobs.push((out_d, out_src));
-        c.blobs.push((err_d, err_src));
-        Ok(c)
-    })
-    .await
-    .map_err(|e| WorkerError::Invalid {
-        what: "capture task",
-        reason: e.to_string(),
-    })??;
-    let mut result = captured.result;
+    meta.output_upload_start_timestamp = now();
+    let captured = collect(cmd, root, dir, ran.timed_out).await?;
     ctx.client.upload(captured.blobs).await?;
+    let mut result = captured.result;
     result.exit_code = ran.exit_code;
-    meta.output_upload_completed_timestamp = Some(SystemTime::now().into());
-    meta.worker_completed_timestamp = Some(SystemTime::now().into());
+    meta.output_upload_completed_timestamp = now();
+    meta.worker_completed_timestamp = now();
     result.execution_metadata = Some(meta);
     let status = if ran.timed_out {
         status(
@@ -225,19 +253,19 @@ fn remove_tree(dir: &std::path::Path) {
     if std::fs::remove_dir_all(dir).is_ok() {
         return;
     }
-    fn chmod_dirs(p: &std::path::Path) {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(m) = std::fs::symlink_metadata(p) {
-            if m.is_dir() {
-                let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755));
-                for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-                    chmod_dirs(&e.path());
-                }
-            }
-        }
-    }
     chmod_dirs(dir);
     if let Err(e) = std::fs::remove_dir_all(dir) {
         tracing::warn!(error = %e, dir = %dir.display(), "cannot remove action directory");
+    }
+}
+
+/// Makes every directory under `p` writable (actions may leave read-only ones behind).
+fn chmod_dirs(p: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+        let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755));
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            chmod_dirs(&e.path());
+        }
     }
 }

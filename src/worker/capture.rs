@@ -122,11 +122,10 @@ pub fn capture(
                 ..Default::default()
             };
             let is_dir = std::fs::metadata(&full).is_ok_and(|m| m.is_dir());
-            match want_dir {
-                Some(true) => c.result.output_directory_symlinks.push(link.clone()),
-                Some(false) => c.result.output_file_symlinks.push(link.clone()),
-                None if is_dir => c.result.output_directory_symlinks.push(link.clone()),
-                None => c.result.output_file_symlinks.push(link.clone()),
+            if want_dir.unwrap_or(is_dir) {
+                c.result.output_directory_symlinks.push(link.clone());
+            } else {
+                c.result.output_file_symlinks.push(link.clone());
             }
             c.result.output_symlinks.push(link);
         } else if meta.is_dir() {

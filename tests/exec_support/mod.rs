@@ -291,7 +291,7 @@ impl Client {
         let action = Action {
             command_digest: Some(command_digest.to_proto()),
             input_root_digest: Some(root.to_proto()),
-            timeout: (s.timeout_secs > 0).then(|| prost_types::Duration {
+            timeout: (s.timeout_secs > 0).then_some(prost_types::Duration {
                 seconds: s.timeout_secs,
                 nanos: 0,
             }),
