@@ -97,13 +97,28 @@ pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     Ok(())
 }
 
-/// Exposed for benchmarks: stage `root` into `dest` through a cache in `work_dir`.
-pub async fn stage_tree(
-    client: &Client,
-    work_dir: &std::path::Path,
-    root: &crate::digest::Digest,
-    dest: &std::path::Path,
-) -> Result<(), WorkerError> {
-    let cache = Arc::new(cache::FileCache::open(work_dir.join("cache"))?);
-    stage::stage(client, &cache, root, dest).await
+/// Input staging on its own, as a worker does it (used by benchmarks and tools): a file
+/// cache in `work_dir` plus the in-memory Directory cache, kept across calls.
+pub struct Stager {
+    client: Client,
+    cache: Arc<cache::FileCache>,
+}
+
+impl Stager {
+    /// A stager whose cache lives in `work_dir/cache`.
+    pub fn new(client: Client, work_dir: &std::path::Path) -> Result<Self, WorkerError> {
+        Ok(Self {
+            client,
+            cache: Arc::new(cache::FileCache::open(work_dir.join("cache"))?),
+        })
+    }
+
+    /// Stages the tree `root` at `dest` (which must not exist).
+    pub async fn stage(
+        &self,
+        root: &crate::digest::Digest,
+        dest: &std::path::Path,
+    ) -> Result<(), WorkerError> {
+        stage::stage(&self.client, &self.cache, root, dest).await
+    }
 }
