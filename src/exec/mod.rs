@@ -133,15 +133,16 @@ impl Scheduler {
                 .get(&params.instance, &digest, &InlineRequest::default())
             {
                 Ok(result) => {
+                    // Cache hits are answered at once and not kept: at cache-hit rates a
+                    // retained operation per hit would pile up. WaitExecution on such a name
+                    // is NOT_FOUND; a client then re-executes and hits the cache again.
                     let outcome = Outcome {
                         result: Some(result),
                         cached: true,
                         error: None,
                     };
+                    let (_, rx) = watch::channel(OpSnapshot::done(outcome));
                     let name = uuid::Uuid::new_v4().to_string();
-                    let rx =
-                        self.lock()
-                            .insert_done(name.clone(), params.instance, digest, outcome);
                     return Ok(OpHandle {
                         name,
                         action_digest: digest,

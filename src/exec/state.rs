@@ -109,33 +109,6 @@ impl State {
         rx
     }
 
-    /// Adds an operation that is already complete (a cache hit or an early failure).
-    pub fn insert_done(
-        &mut self,
-        name: String,
-        instance: String,
-        digest: Digest,
-        outcome: Outcome,
-    ) -> watch::Receiver<OpSnapshot> {
-        let (tx, rx) = watch::channel(OpSnapshot::done(outcome));
-        let op = Op {
-            instance,
-            digest,
-            action: Action::default(),
-            platform: Properties::default(),
-            priority: 0,
-            mergeable: false,
-            tx,
-            run: Run::Done { at: Instant::now() },
-            attempts: 0,
-            queued_at: SystemTime::now(),
-            unmatched_since: None,
-            seq: 0,
-        };
-        self.ops.insert(name, op);
-        rx
-    }
-
     /// Puts an existing operation (back) into the queue.
     pub fn enqueue(&mut self, name: &str) {
         self.seq += 1;

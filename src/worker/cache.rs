@@ -62,9 +62,17 @@ impl FileCache {
         client: &Client,
         wanted: &HashSet<(Digest, bool)>,
     ) -> Result<(), WorkerError> {
+        let unknown: Vec<(Digest, bool)> = {
+            let known = self.known.lock().expect("cache lock");
+            wanted
+                .iter()
+                .filter(|k| !known.contains(*k))
+                .copied()
+                .collect()
+        };
         let mut need: HashMap<Digest, Vec<bool>> = HashMap::new();
-        for key in wanted {
-            if !self.is_known(key) {
+        for key in unknown {
+            if !self.is_known(&key) {
                 need.entry(key.0).or_default().push(key.1);
             }
         }

@@ -161,7 +161,9 @@ impl Client {
     }
 
     /// Uploads whatever of `blobs` the server lacks.
-    pub async fn upload(&self, blobs: Vec<(Digest, Source)>) -> Result<(), WorkerError> {
+    pub async fn upload(&self, mut blobs: Vec<(Digest, Source)>) -> Result<(), WorkerError> {
+        // The empty blob is always present; most actions' stderr (and many stdouts) are empty.
+        blobs.retain(|(d, _)| !d.is_empty_blob());
         let Some(function) = blobs.first().map(|(d, _)| d.function) else {
             return Ok(());
         };

@@ -73,6 +73,15 @@ fn apply_limits(pid: Pid, limits: Limits) {
     }
 }
 
+/// SIGKILLs a process group when dropped.
+struct GroupKiller(Pid);
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        let _ = kill_process_group(self.0, Signal::KILL);
+    }
+}
+
 /// Runs `cmd` in `workdir`, writing stdout/stderr to the given files.
 pub async fn run(
     cmd: &Command,
@@ -121,6 +130,9 @@ pub async fn run(
         }
     };
     let pid = child.id().and_then(|id| Pid::from_raw(id as i32));
+    // Kills the group however this function ends, also when its future is dropped (the worker
+    // lost its session): on timeout/cancel, and after a normal exit to reap stragglers.
+    let _group = pid.map(GroupKiller);
     if let Some(pid) = pid {
         apply_limits(pid, limits);
     }
@@ -130,7 +142,6 @@ pub async fn run(
         () = tokio::time::sleep(timeout) => { timed_out = true; None }
         _ = cancel.wait_for(|c| *c) => { cancelled = true; None }
     };
-    // Kill the whole group: on timeout/cancel, and after a normal exit to reap stragglers.
     if let Some(pid) = pid {
         let _ = kill_process_group(pid, Signal::KILL);
     }
