@@ -312,3 +312,34 @@ async fn wait_execution_after_a_broken_stream() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_over_tcp_bots_listener_and_socket_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start_with(&format!("{EXEC_CONFIG}bots_listen = [\"127.0.0.1:0\"]\n"));
+    let sock = server.bots.strip_prefix("unix:").unwrap();
+    assert_eq!(
+        std::fs::metadata(sock).unwrap().permissions().mode() & 0o777,
+        0o660
+    );
+    let tcp = server.bots_tcp.clone().expect("TCP bots listener");
+    let _w = server.worker_at(&tcp, 1, &[]);
+    let c = server.client().await;
+    let input = c.put(b"over tcp\n").await;
+    let root = Directory {
+        files: vec![FileNode {
+            name: "in.txt".into(),
+            digest: Some(input.to_proto()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut spec = sh("cat in.txt");
+    spec.input_root = Some(c.put_msg(&root).await);
+    let (_, resp) = c.execute(&c.action(&spec).await).await.unwrap();
+    let r = resp.result.unwrap();
+    assert_eq!(
+        c.get(r.stdout_digest.as_ref().unwrap()).await,
+        b"over tcp\n"
+    );
+}

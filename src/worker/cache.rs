@@ -41,8 +41,18 @@ impl FileCache {
 
     /// Where the cached file of a digest lives.
     pub fn path(&self, d: &Digest, executable: bool) -> PathBuf {
+        self.dir.join(Self::file_name(d, executable))
+    }
+
+    /// The cache directory (staging links relative to it).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The name of a cached file inside [`FileCache::dir`].
+    pub fn file_name(d: &Digest, executable: bool) -> String {
         let x = if executable { "-x" } else { "" };
-        self.dir.join(format!("{}-{}{x}", d.hash_hex(), d.size))
+        format!("{}-{}{x}", d.hash_hex(), d.size)
     }
 
     fn is_known(&self, key: &(Digest, bool)) -> bool {

@@ -56,7 +56,10 @@ pub struct Server {
     child: Child,
     pub dir: tempfile::TempDir,
     pub grpc: String,
+    /// `unix:PATH` of the bots socket.
     pub bots: String,
+    /// `grpc://ADDR` of the TCP bots listener, when configured.
+    pub bots_tcp: Option<String>,
 }
 
 impl Server {
@@ -89,14 +92,19 @@ impl Server {
             .to_string();
         let bots = lines
             .iter()
-            .find_map(|l| l.strip_prefix("listening bots "))
-            .expect("bots line")
-            .to_string();
+            .find_map(|l| l.strip_prefix("listening bots unix:"))
+            .map(|p| format!("unix:{p}"))
+            .expect("bots unix line");
+        let bots_tcp = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("listening bots grpc://"))
+            .map(|a| format!("grpc://{a}"));
         Self {
             child,
             dir,
             grpc,
             bots,
+            bots_tcp,
         }
     }
 
@@ -109,8 +117,13 @@ impl Server {
         Client { ch }
     }
 
-    /// Starts a worker for this server.
+    /// Starts a worker for this server on its bots Unix socket.
     pub fn worker(&self, concurrency: usize, properties: &[&str]) -> Worker {
+        self.worker_at(&self.bots, concurrency, properties)
+    }
+
+    /// Starts a worker connecting to `server` (`unix:` or `grpc://`).
+    pub fn worker_at(&self, server: &str, concurrency: usize, properties: &[&str]) -> Worker {
         let work = self
             .dir
             .path()
@@ -119,7 +132,7 @@ impl Server {
         cmd.args([
             "worker",
             "--server",
-            &self.bots,
+            server,
             "--concurrency",
             &concurrency.to_string(),
             "--work-dir",
