@@ -274,12 +274,7 @@ impl<'a> Bazel<'a> {
     }
 
     /// Runs one Bazel command; returns (success, stdout, stderr).
-    fn run(
-        &mut self,
-        output_base: &Path,
-        command: &str,
-        args: &[String],
-    ) -> (bool, String, String) {
+    fn run(&mut self, output_base: &Path, command: &str, args: &[String]) -> (bool, String, String) {
         let mut cmd = Command::new(&self.bin);
         cmd.current_dir(&self.workspace)
             .arg("--ignore_all_rc_files")
@@ -302,9 +297,7 @@ impl<'a> Bazel<'a> {
     fn build(&mut self, output_base_name: &str, label: &str, extra: &[&str]) -> BuildResult {
         self.invocation += 1;
         let output_base = self.output_base(output_base_name);
-        let exec_log = self
-            .scratch
-            .join(format!("exec-{}-{label}.json", self.invocation));
+        let exec_log = self.scratch.join(format!("exec-{}-{label}.json", self.invocation));
         let mut args: Vec<String> = [
             "--color=no",
             "--curses=no",
@@ -336,9 +329,7 @@ impl<'a> Bazel<'a> {
         let spawns = parse_exec_log(&log);
         let processes_line = stderr
             .lines()
-            .find(|l| {
-                l.starts_with("INFO: ") && (l.contains(" processes") || l.contains(" process:"))
-            })
+            .find(|l| l.starts_with("INFO: ") && (l.contains(" processes") || l.contains(" process:")))
             .unwrap_or("<no `INFO: N processes` line>")
             .to_string();
         let result = BuildResult {
@@ -419,9 +410,7 @@ fn parse_exec_log(text: &str) -> Vec<Spawn> {
     let mut progress = String::new();
     let mut runner = String::new();
     for line in text.lines() {
-        let Some(field) = line.strip_prefix("  \"") else {
-            continue;
-        };
+        let Some(field) = line.strip_prefix("  \"") else { continue };
         if field.starts_with("progressMessage\"") {
             progress = string_value(line);
         } else if field.starts_with("runner\"") {
@@ -463,22 +452,14 @@ struct Output {
 
 impl std::fmt::Debug for Output {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Output({} bytes, mode {:o})",
-            self.bytes.len(),
-            self.mode
-        )
+        write!(f, "Output({} bytes, mode {:o})", self.bytes.len(), self.mode)
     }
 }
 
 /// Every regular file under `bazel-out/<config>/bin` of an output base,
 /// keyed by its path relative to `bazel-out` (e.g. `k8-fastbuild/bin/big.bin`).
 fn snapshot_outputs(output_base: &Path) -> BTreeMap<String, Output> {
-    let bazel_out = output_base
-        .join("execroot")
-        .join(WORKSPACE_NAME)
-        .join("bazel-out");
+    let bazel_out = output_base.join("execroot").join(WORKSPACE_NAME).join("bazel-out");
     let mut files = BTreeMap::new();
     let Ok(configs) = fs::read_dir(&bazel_out) else {
         return files;
@@ -499,11 +480,7 @@ fn collect_files(base: &Path, dir: &Path, files: &mut BTreeMap<String, Output>) 
         if meta.is_dir() {
             collect_files(base, &path, files);
         } else if meta.is_file() {
-            let rel = path
-                .strip_prefix(base)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
+            let rel = path.strip_prefix(base).unwrap().to_string_lossy().into_owned();
             let output = Output {
                 bytes: fs::read(&path).unwrap(),
                 mode: meta.permissions().mode() & 0o777,
@@ -526,10 +503,7 @@ fn assert_same_outputs(
     assert!(!expected.is_empty(), "[{label}] nothing to compare");
     let expected_names: Vec<_> = expected.keys().collect();
     let actual_names: Vec<_> = actual.keys().collect();
-    assert_eq!(
-        actual_names, expected_names,
-        "[{label}] different output files"
-    );
+    assert_eq!(actual_names, expected_names, "[{label}] different output files");
     for (name, want) in &expected {
         let got = actual[name];
         assert!(
@@ -645,26 +619,18 @@ fn cold_build(bazel: &mut Bazel<'_>) -> BTreeMap<String, Output> {
         "k8-fastbuild/bin/final.txt",
         "host/bin/transform.sh",
     ] {
-        assert!(
-            outputs.contains_key(must),
-            "cold build lacks {must}: {outputs:?}"
-        );
+        assert!(outputs.contains_key(must), "cold build lacks {must}: {outputs:?}");
     }
     assert!(outputs["k8-fastbuild/bin/empty.out"].bytes.is_empty());
     assert!(outputs["k8-fastbuild/bin/big.bin"].bytes.len() >= 4 << 20);
-    assert!(
-        outputs["host/bin/transform.sh"].mode & 0o111 != 0,
-        "tool is not executable"
-    );
+    assert!(outputs["host/bin/transform.sh"].mode & 0o111 != 0, "tool is not executable");
     bazel.clean_expunge("ob1");
     bazel.shutdown("ob1");
     outputs
 }
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
-    BAZEL_LOCK
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    BAZEL_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 // ---------------------------------------------------------------------------
@@ -754,13 +720,8 @@ fn remote_download_minimal_all_hits() {
     );
     // stage2's record of big.bin's digest (computed from the downloaded
     // input) matches the cold build's.
-    let cold_final =
-        String::from_utf8_lossy(&first["k8-fastbuild/bin/final.txt"].bytes).into_owned();
-    let digest_line = |s: &str| {
-        s.lines()
-            .find(|l| l.contains("  -"))
-            .map(|l| l.split(':').nth(2).unwrap_or("").to_string())
-    };
+    let cold_final = String::from_utf8_lossy(&first["k8-fastbuild/bin/final.txt"].bytes).into_owned();
+    let digest_line = |s: &str| s.lines().find(|l| l.contains("  -")).map(|l| l.split(':').nth(2).unwrap_or("").to_string());
     assert_eq!(
         digest_line(&final_txt),
         digest_line(&cold_final),
