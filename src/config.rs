@@ -83,7 +83,9 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { max_blob_size_bytes: 16 << 30 }
+        Self {
+            max_blob_size_bytes: 16 << 30,
+        }
     }
 }
 
@@ -92,10 +94,16 @@ impl Default for StorageConfig {
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The file is not valid TOML for this schema.
     #[error("invalid config {path}: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     /// A value out of range.
     #[error("invalid config value {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
@@ -104,17 +112,31 @@ pub enum ConfigError {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })?;
         config.validate()?;
         Ok(config)
     }
 
     /// Rejects values that cannot work, naming the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field, reason: &str| Err(ConfigError::Invalid { field, reason: reason.to_string() });
+        let invalid = |field, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.to_string(),
+            })
+        };
         if self.server.listen.is_empty() && self.server.unix_socket.is_empty() {
-            return invalid("server.listen", "no TCP address and no Unix socket: nothing to serve on");
+            return invalid(
+                "server.listen",
+                "no TCP address and no Unix socket: nothing to serve on",
+            );
         }
         for addr in &self.server.listen {
             if addr.parse::<std::net::SocketAddr>().is_err() {
@@ -128,10 +150,18 @@ impl Config {
             return invalid("cache.max_batch_total_size_bytes", "must be at least 1024");
         }
         if self.cache.max_message_bytes < self.cache.max_batch_total_size_bytes + 64 * 1024 {
-            return invalid("cache.max_message_bytes", "must exceed max_batch_total_size_bytes by 64 KiB or more");
+            return invalid(
+                "cache.max_message_bytes",
+                "must exceed max_batch_total_size_bytes by 64 KiB or more",
+            );
         }
-        if self.cache.read_chunk_bytes == 0 || self.cache.read_chunk_bytes > self.cache.max_message_bytes / 2 {
-            return invalid("cache.read_chunk_bytes", "must be between 1 and half of max_message_bytes");
+        if self.cache.read_chunk_bytes == 0
+            || self.cache.read_chunk_bytes > self.cache.max_message_bytes / 2
+        {
+            return invalid(
+                "cache.read_chunk_bytes",
+                "must be between 1 and half of max_message_bytes",
+            );
         }
         if self.storage.max_blob_size_bytes == 0 {
             return invalid("storage.max_blob_size_bytes", "must be positive");
@@ -156,10 +186,20 @@ mod tests {
     fn validation_names_the_field() {
         let mut c = Config::default();
         c.server.listen = vec!["nonsense".into()];
-        assert!(c.validate().unwrap_err().to_string().contains("server.listen"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("server.listen")
+        );
         let mut c = Config::default();
         c.cache.max_message_bytes = 1;
-        assert!(c.validate().unwrap_err().to_string().contains("max_message_bytes"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_message_bytes")
+        );
         assert!(toml::from_str::<Config>("[server]\nbogus = 1").is_err());
     }
 }

@@ -9,7 +9,11 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "Single-box REAPI v2 build cache and execution appliance")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Single-box REAPI v2 build cache and execution appliance"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,7 +43,8 @@ fn load(config: Option<PathBuf>) -> Result<Config, String> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -51,13 +56,21 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let result = match cli.command {
-        Command::Serve { config, listen, data_dir } => runtime.block_on(async {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+        } => runtime.block_on(async {
             let mut config = load(config)?;
             if !listen.is_empty() {
                 config.server.listen = listen;
@@ -65,7 +78,9 @@ fn main() -> ExitCode {
             if let Some(dir) = data_dir {
                 config.server.data_dir = dir;
             }
-            kiln::setup::serve(config, shutdown_signal()).await.map_err(|e| e.to_string())
+            kiln::setup::serve(config, shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())
         }),
     };
     match result {

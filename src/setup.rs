@@ -19,7 +19,10 @@ pub enum SetupError {
     Config(#[from] crate::config::ConfigError),
     /// A directory, socket or listener could not be set up.
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -43,7 +46,9 @@ pub fn limits(config: &Config) -> Limits {
 
 /// Opens the store the config describes.
 pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, SetupError> {
-    Ok(Arc::new(MemoryStore::new(config.storage.max_blob_size_bytes)))
+    Ok(Arc::new(MemoryStore::new(
+        config.storage.max_blob_size_bytes,
+    )))
 }
 
 /// The Unix socket path of a config, if enabled.
@@ -52,30 +57,29 @@ pub fn unix_socket_path(config: &Config) -> Option<PathBuf> {
     (!s.is_empty()).then(|| config.server.data_dir.join(s))
 }
 
-/// Binds every listener of the config and prints one `listening ...` line per listener to
-/// stdout (tests and scripts read these to learn the chosen ports).
+/// Binds every listener of the config.
 pub async fn bind(config: &Config) -> Result<Listeners, SetupError> {
     let mut listeners = Listeners::default();
-    let mut out = std::io::stdout().lock();
     for addr in &config.server.listen {
-        let l = tokio::net::TcpListener::bind(addr).await.map_err(io(format!("cannot listen on {addr}")))?;
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(io(format!("cannot listen on {addr}")))?;
         let local = l.local_addr().map_err(io("local_addr"))?;
         tracing::info!(%local, "listening on TCP");
-        let _ = writeln!(out, "listening grpc://{local}");
         listeners.tcp.push(l);
     }
     if let Some(path) = unix_socket_path(config) {
         // A socket file left by an earlier process would make bind fail.
         if path.exists() {
-            std::fs::remove_file(&path).map_err(io(format!("cannot remove stale socket {}", path.display())))?;
+            std::fs::remove_file(&path)
+                .map_err(io(format!("cannot remove stale socket {}", path.display())))?;
         }
-        let l = tokio::net::UnixListener::bind(&path).map_err(io(format!("cannot bind {}", path.display())))?;
+        let l = tokio::net::UnixListener::bind(&path)
+            .map_err(io(format!("cannot bind {}", path.display())))?;
         set_socket_mode(&path)?;
         tracing::info!(path = %path.display(), "listening on Unix socket");
-        let _ = writeln!(out, "listening unix:{}", path.display());
         listeners.unix.push(l);
     }
-    let _ = out.flush();
     Ok(listeners)
 }
 
@@ -96,7 +100,8 @@ impl Prepared {
     pub async fn new(config: &Config) -> Result<Self, SetupError> {
         config.validate()?;
         let dir = &config.server.data_dir;
-        std::fs::create_dir_all(dir).map_err(io(format!("cannot create data dir {}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(io(format!("cannot create data dir {}", dir.display())))?;
         let store = open_store(config)?;
         let cas = Cas::new(store.clone());
         let ac = ActionCache::new(cas.clone(), store);
@@ -104,27 +109,47 @@ impl Prepared {
         let mut routes = tonic::service::RoutesBuilder::default();
         services.add_to(&mut routes);
         let listeners = bind(config).await?;
-        Ok(Self { routes: routes.routes(), listeners })
+        Ok(Self {
+            routes: routes.routes(),
+            listeners,
+        })
     }
 
     /// The bound TCP addresses (useful with port 0).
     pub fn tcp_addrs(&self) -> Vec<std::net::SocketAddr> {
-        self.listeners.tcp.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.listeners
+            .tcp
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// Serves until `shutdown` resolves.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), SetupError> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), SetupError> {
         server::run(self.routes, self.listeners, shutdown).await?;
         Ok(())
     }
 }
 
 /// Runs `kiln serve` until `shutdown` resolves, printing `ready` to stdout once it accepts calls.
-pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), SetupError> {
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SetupError> {
     let prepared = Prepared::new(&config).await?;
     tracing::info!(data_dir = %config.server.data_dir.display(), "kiln ready");
     {
+        // One line per listener, then `ready`: scripts and tests read these to learn the ports.
         let mut out = std::io::stdout().lock();
+        for addr in prepared.tcp_addrs() {
+            let _ = writeln!(out, "listening grpc://{addr}");
+        }
+        if let Some(path) = unix_socket_path(&config) {
+            let _ = writeln!(out, "listening unix:{}", path.display());
+        }
         let _ = writeln!(out, "ready");
         let _ = out.flush();
     }

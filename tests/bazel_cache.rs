@@ -236,6 +236,7 @@ struct Bazel<'a> {
     workspace: PathBuf,
     user_root: PathBuf,
     scratch: PathBuf,
+    jvm_tmp: PathBuf,
     output_bases: Vec<PathBuf>,
     server: &'a KilnServer,
     invocation: usize,
@@ -250,11 +251,14 @@ impl<'a> Bazel<'a> {
         );
         let scratch = root.join("bazel-scratch");
         fs::create_dir_all(&scratch).unwrap();
+        let jvm_tmp = root.join("bazel-jvm-tmp");
+        fs::create_dir_all(&jvm_tmp).unwrap();
         Bazel {
             bin: bazel_binary(),
             workspace,
             user_root: root.join("bazel-user-root"),
             scratch,
+            jvm_tmp,
             output_bases: Vec::new(),
             server,
             invocation: 0,
@@ -274,7 +278,12 @@ impl<'a> Bazel<'a> {
     }
 
     /// Runs one Bazel command; returns (success, stdout, stderr).
-    fn run(&mut self, output_base: &Path, command: &str, args: &[String]) -> (bool, String, String) {
+    fn run(
+        &mut self,
+        output_base: &Path,
+        command: &str,
+        args: &[String],
+    ) -> (bool, String, String) {
         let mut cmd = Command::new(&self.bin);
         cmd.current_dir(&self.workspace)
             .arg("--ignore_all_rc_files")
@@ -282,6 +291,10 @@ impl<'a> Bazel<'a> {
             .arg(format!("--output_base={}", output_base.display()))
             // Safety net: a server we failed to shut down still goes away.
             .arg("--max_idle_secs=300")
+            // Keep the JVM's temporary files (Bazel stages the execution log
+            // there) inside the test's temp dir instead of leaking into /tmp.
+            .arg(format!("--host_jvm_args=-Djava.io.tmpdir={}", self.jvm_tmp.display()))
+            .arg("--host_jvm_args=-XX:-UsePerfData")
             .arg(command)
             .args(args)
             .env_remove("BAZELISK_SKIP_WRAPPER")
@@ -297,7 +310,9 @@ impl<'a> Bazel<'a> {
     fn build(&mut self, output_base_name: &str, label: &str, extra: &[&str]) -> BuildResult {
         self.invocation += 1;
         let output_base = self.output_base(output_base_name);
-        let exec_log = self.scratch.join(format!("exec-{}-{label}.json", self.invocation));
+        let exec_log = self
+            .scratch
+            .join(format!("exec-{}-{label}.json", self.invocation));
         let mut args: Vec<String> = [
             "--color=no",
             "--curses=no",
@@ -305,6 +320,11 @@ impl<'a> Bazel<'a> {
             "--show_result=0",
             "--incompatible_strict_action_env",
             "--remote_timeout=60",
+            // No bazel-* convenience symlinks in the workspace: with several
+            // output bases on one workspace, `//...` would otherwise descend
+            // into another output base's execroot through them. Outputs are
+            // read from the output base directly.
+            "--symlink_prefix=/",
         ]
         .iter()
         .map(|s| (*s).to_string())
@@ -329,7 +349,9 @@ impl<'a> Bazel<'a> {
         let spawns = parse_exec_log(&log);
         let processes_line = stderr
             .lines()
-            .find(|l| l.starts_with("INFO: ") && (l.contains(" processes") || l.contains(" process:")))
+            .find(|l| {
+                l.starts_with("INFO: ") && (l.contains(" processes") || l.contains(" process:"))
+            })
             .unwrap_or("<no `INFO: N processes` line>")
             .to_string();
         let result = BuildResult {
@@ -410,7 +432,9 @@ fn parse_exec_log(text: &str) -> Vec<Spawn> {
     let mut progress = String::new();
     let mut runner = String::new();
     for line in text.lines() {
-        let Some(field) = line.strip_prefix("  \"") else { continue };
+        let Some(field) = line.strip_prefix("  \"") else {
+            continue;
+        };
         if field.starts_with("progressMessage\"") {
             progress = string_value(line);
         } else if field.starts_with("runner\"") {
@@ -452,14 +476,22 @@ struct Output {
 
 impl std::fmt::Debug for Output {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Output({} bytes, mode {:o})", self.bytes.len(), self.mode)
+        write!(
+            f,
+            "Output({} bytes, mode {:o})",
+            self.bytes.len(),
+            self.mode
+        )
     }
 }
 
 /// Every regular file under `bazel-out/<config>/bin` of an output base,
 /// keyed by its path relative to `bazel-out` (e.g. `k8-fastbuild/bin/big.bin`).
 fn snapshot_outputs(output_base: &Path) -> BTreeMap<String, Output> {
-    let bazel_out = output_base.join("execroot").join(WORKSPACE_NAME).join("bazel-out");
+    let bazel_out = output_base
+        .join("execroot")
+        .join(WORKSPACE_NAME)
+        .join("bazel-out");
     let mut files = BTreeMap::new();
     let Ok(configs) = fs::read_dir(&bazel_out) else {
         return files;
@@ -480,7 +512,11 @@ fn collect_files(base: &Path, dir: &Path, files: &mut BTreeMap<String, Output>) 
         if meta.is_dir() {
             collect_files(base, &path, files);
         } else if meta.is_file() {
-            let rel = path.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+            let rel = path
+                .strip_prefix(base)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             let output = Output {
                 bytes: fs::read(&path).unwrap(),
                 mode: meta.permissions().mode() & 0o777,
@@ -503,7 +539,10 @@ fn assert_same_outputs(
     assert!(!expected.is_empty(), "[{label}] nothing to compare");
     let expected_names: Vec<_> = expected.keys().collect();
     let actual_names: Vec<_> = actual.keys().collect();
-    assert_eq!(actual_names, expected_names, "[{label}] different output files");
+    assert_eq!(
+        actual_names, expected_names,
+        "[{label}] different output files"
+    );
     for (name, want) in &expected {
         let got = actual[name];
         assert!(
@@ -619,18 +658,26 @@ fn cold_build(bazel: &mut Bazel<'_>) -> BTreeMap<String, Output> {
         "k8-fastbuild/bin/final.txt",
         "host/bin/transform.sh",
     ] {
-        assert!(outputs.contains_key(must), "cold build lacks {must}: {outputs:?}");
+        assert!(
+            outputs.contains_key(must),
+            "cold build lacks {must}: {outputs:?}"
+        );
     }
     assert!(outputs["k8-fastbuild/bin/empty.out"].bytes.is_empty());
     assert!(outputs["k8-fastbuild/bin/big.bin"].bytes.len() >= 4 << 20);
-    assert!(outputs["host/bin/transform.sh"].mode & 0o111 != 0, "tool is not executable");
+    assert!(
+        outputs["host/bin/transform.sh"].mode & 0o111 != 0,
+        "tool is not executable"
+    );
     bazel.clean_expunge("ob1");
     bazel.shutdown("ob1");
     outputs
 }
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
-    BAZEL_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    BAZEL_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 // ---------------------------------------------------------------------------
@@ -720,8 +767,13 @@ fn remote_download_minimal_all_hits() {
     );
     // stage2's record of big.bin's digest (computed from the downloaded
     // input) matches the cold build's.
-    let cold_final = String::from_utf8_lossy(&first["k8-fastbuild/bin/final.txt"].bytes).into_owned();
-    let digest_line = |s: &str| s.lines().find(|l| l.contains("  -")).map(|l| l.split(':').nth(2).unwrap_or("").to_string());
+    let cold_final =
+        String::from_utf8_lossy(&first["k8-fastbuild/bin/final.txt"].bytes).into_owned();
+    let digest_line = |s: &str| {
+        s.lines()
+            .find(|l| l.contains("  -"))
+            .map(|l| l.split(':').nth(2).unwrap_or("").to_string())
+    };
     assert_eq!(
         digest_line(&final_txt),
         digest_line(&cold_final),

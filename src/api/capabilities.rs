@@ -5,8 +5,8 @@ use crate::digest::DigestFunction;
 use crate::proto::build::bazel::semver::SemVer;
 use crate::proto::reapi::capabilities_server::Capabilities;
 use crate::proto::reapi::{
-    ActionCacheUpdateCapabilities, CacheCapabilities, ExecutionCapabilities, GetCapabilitiesRequest,
-    ServerCapabilities, compressor, symlink_absolute_path_strategy,
+    ActionCacheUpdateCapabilities, CacheCapabilities, ExecutionCapabilities,
+    GetCapabilitiesRequest, ServerCapabilities, compressor, symlink_absolute_path_strategy,
 };
 use tonic::{Request, Response, Status};
 
@@ -21,7 +21,12 @@ impl CapabilitiesService {
 }
 
 fn semver(major: i32, minor: i32) -> SemVer {
-    SemVer { major, minor, patch: 0, prerelease: String::new() }
+    SemVer {
+        major,
+        minor,
+        patch: 0,
+        prerelease: String::new(),
+    }
 }
 
 #[tonic::async_trait]
@@ -36,10 +41,13 @@ impl Capabilities for CapabilitiesService {
         Ok(Response::new(ServerCapabilities {
             cache_capabilities: Some(CacheCapabilities {
                 digest_functions: functions.clone(),
-                action_cache_update_capabilities: Some(ActionCacheUpdateCapabilities { update_enabled: true }),
+                action_cache_update_capabilities: Some(ActionCacheUpdateCapabilities {
+                    update_enabled: true,
+                }),
                 cache_priority_capabilities: None,
                 max_batch_total_size_bytes: self.state.limits.max_batch_total_size_bytes as i64,
-                symlink_absolute_path_strategy: symlink_absolute_path_strategy::Value::Allowed as i32,
+                symlink_absolute_path_strategy: symlink_absolute_path_strategy::Value::Allowed
+                    as i32,
                 supported_compressors: vec![zstd],
                 supported_batch_update_compressors: vec![zstd],
                 max_cas_blob_size_bytes: self.state.cas.max_blob_size() as i64,

@@ -60,7 +60,12 @@ impl CacheServices {
     /// The cache front end over a CAS and an action cache.
     pub fn new(cas: Cas, ac: ActionCache, limits: Limits) -> Self {
         let uploads = Arc::new(uploads::UploadRegistry::new(limits.upload_idle_timeout));
-        Self { cas, ac, limits, uploads }
+        Self {
+            cas,
+            ac,
+            limits,
+            uploads,
+        }
     }
 
     /// Adds Capabilities, CAS, ByteStream and ActionCache to a route table.

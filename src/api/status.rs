@@ -28,7 +28,9 @@ pub fn cas_code(err: &CasError) -> Code {
 pub fn storage_code(err: &StorageError) -> Code {
     match err {
         StorageError::Full(_) => Code::ResourceExhausted,
-        StorageError::TooLarge { .. } | StorageError::LengthMismatch { .. } => Code::InvalidArgument,
+        StorageError::TooLarge { .. } | StorageError::LengthMismatch { .. } => {
+            Code::InvalidArgument
+        }
         StorageError::Corrupt { .. } => Code::DataLoss,
         StorageError::Poisoned(_) => Code::Unavailable,
         StorageError::Io(_) => Code::Internal,
@@ -37,17 +39,28 @@ pub fn storage_code(err: &StorageError) -> Code {
 
 /// A per-item status (`google.rpc.Status`) for batch responses.
 pub fn rpc_status(err: &CasError) -> rpc::Status {
-    rpc::Status { code: cas_code(err) as i32, message: err.to_string(), details: vec![] }
+    rpc::Status {
+        code: cas_code(err) as i32,
+        message: err.to_string(),
+        details: vec![],
+    }
 }
 
 /// The OK per-item status.
 pub fn rpc_ok() -> rpc::Status {
-    rpc::Status { code: Code::Ok as i32, message: String::new(), details: vec![] }
+    rpc::Status {
+        code: Code::Ok as i32,
+        message: String::new(),
+        details: vec![],
+    }
 }
 
 impl From<CasError> for Status {
     fn from(err: CasError) -> Self {
-        if let CasError::Storage(StorageError::Io(_) | StorageError::Poisoned(_) | StorageError::Corrupt { .. }) = &err {
+        if let CasError::Storage(
+            StorageError::Io(_) | StorageError::Poisoned(_) | StorageError::Corrupt { .. },
+        ) = &err
+        {
             tracing::error!(error = %err, "storage failure");
         }
         Status::new(cas_code(&err), err.to_string())
