@@ -9,6 +9,7 @@
 //! [`digest`] is the shared vocabulary; errors map to gRPC statuses only in `api::status`.
 
 pub mod api;
+pub mod bench;
 pub mod cas;
 pub mod config;
 pub mod digest;

@@ -33,6 +33,8 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Measure any REAPI endpoint (or this box's limits with `bench baseline`).
+    Bench(kiln::bench::BenchArgs),
 }
 
 fn load(config: Option<PathBuf>) -> Result<Config, String> {
