@@ -84,6 +84,7 @@ fn main() -> ExitCode {
                 .await
                 .map_err(|e| e.to_string())
         }),
+        Command::Bench(args) => runtime.block_on(kiln::bench::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
