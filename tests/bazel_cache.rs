@@ -10,7 +10,8 @@
 //! awk, sed), so Bazel builds it fully offline: its only external repositories
 //! are the ones embedded in the Bazel binary (`@bazel_tools`, `@platforms`,
 //! `@local_config_platform`), which the test checks. Every flag is passed on
-//! the command line and all rc files are ignored.
+//! the command line and all rc files are ignored. See tests/bazel/README.md
+//! for what Bazel 2.1 needs here and why each flag is there.
 //!
 //! Scenarios:
 //! * `second_build_is_all_remote_cache_hits`: build once against a fresh
@@ -243,7 +244,7 @@ struct Bazel<'a> {
 }
 
 impl<'a> Bazel<'a> {
-    fn new(root: &Path, server: &'a KilnServer) -> Self {
+    fn new(bin: PathBuf, root: &Path, server: &'a KilnServer) -> Self {
         let workspace = root.join("workspace");
         copy_dir(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bazel/workspace"),
@@ -254,7 +255,7 @@ impl<'a> Bazel<'a> {
         let jvm_tmp = root.join("bazel-jvm-tmp");
         fs::create_dir_all(&jvm_tmp).unwrap();
         Bazel {
-            bin: bazel_binary(),
+            bin,
             workspace,
             user_root: root.join("bazel-user-root"),
             scratch,
@@ -293,7 +294,10 @@ impl<'a> Bazel<'a> {
             .arg("--max_idle_secs=300")
             // Keep the JVM's temporary files (Bazel stages the execution log
             // there) inside the test's temp dir instead of leaking into /tmp.
-            .arg(format!("--host_jvm_args=-Djava.io.tmpdir={}", self.jvm_tmp.display()))
+            .arg(format!(
+                "--host_jvm_args=-Djava.io.tmpdir={}",
+                self.jvm_tmp.display()
+            ))
             .arg("--host_jvm_args=-XX:-UsePerfData")
             .arg(command)
             .args(args)
@@ -687,9 +691,10 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 #[test]
 fn second_build_is_all_remote_cache_hits() {
     let _guard = lock();
+    let bin = bazel_binary();
     let tmp = tempfile::tempdir().unwrap();
     let server = KilnServer::start(&tmp.path().join("kiln-data"), &tmp.path().join("kiln.log"));
-    let mut bazel = Bazel::new(tmp.path(), &server);
+    let mut bazel = Bazel::new(bin, tmp.path(), &server);
 
     let first = cold_build(&mut bazel);
 
@@ -703,9 +708,10 @@ fn second_build_is_all_remote_cache_hits() {
 #[test]
 fn remote_download_minimal_all_hits() {
     let _guard = lock();
+    let bin = bazel_binary();
     let tmp = tempfile::tempdir().unwrap();
     let server = KilnServer::start(&tmp.path().join("kiln-data"), &tmp.path().join("kiln.log"));
-    let mut bazel = Bazel::new(tmp.path(), &server);
+    let mut bazel = Bazel::new(bin, tmp.path(), &server);
 
     let first = cold_build(&mut bazel);
 
