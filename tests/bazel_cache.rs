@@ -26,13 +26,16 @@
 //!   makes Bazel fetch the remote-only outputs it needs (the 6 MiB big.bin,
 //!   the executable tool) from kiln.
 
+mod common;
+
+use common::process::KilnServer;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::mpsc;
 use std::thread;
@@ -46,8 +49,6 @@ static BAZEL_LOCK: Mutex<()> = Mutex::new(());
 const WORKSPACE_NAME: &str = "kiln_e2e";
 /// Repositories Bazel 2.1 materialises from its own embedded files.
 const EMBEDDED_REPOS: &[&str] = &["bazel_tools", "local_config_platform", "platforms"];
-/// Deadline for kiln to print `ready`.
-const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Deadline for a single Bazel client invocation.
 const BAZEL_COMMAND_TIMEOUT: Duration = Duration::from_secs(330);
 /// Spawns in one full build of the workspace: 7 genrules in the target
@@ -57,111 +58,6 @@ const EXPECTED_SPAWNS: usize = 8;
 // ---------------------------------------------------------------------------
 // kiln server
 // ---------------------------------------------------------------------------
-
-/// A running `kiln serve`, killed on drop.
-struct KilnServer {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl KilnServer {
-    fn start(data_dir: &Path, log: &Path) -> Self {
-        fs::create_dir_all(data_dir).unwrap();
-        let log_file = fs::File::create(log).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file))
-            .spawn()
-            .expect("failed to spawn kiln");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel::<String>();
-        // Keeps draining stdout after `ready` so the server never blocks on a
-        // full pipe.
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // Once nobody listens any more, keep draining anyway.
-                let _ = tx.send(line);
-            }
-        });
-        let mut server = KilnServer {
-            child,
-            port: 0,
-            log: log.to_path_buf(),
-        };
-        let deadline = Instant::now() + SERVER_READY_TIMEOUT;
-        let mut seen = Vec::new();
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(remaining) {
-                Ok(line) => {
-                    if let Some(rest) = line.trim().strip_prefix("listening grpc://") {
-                        let port = rest
-                            .rsplit(':')
-                            .next()
-                            .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok());
-                        match port {
-                            Some(p) => server.port = p,
-                            None => server.fail(&format!("cannot parse port from {line:?}")),
-                        }
-                    }
-                    let ready = line.trim() == "ready";
-                    seen.push(line);
-                    if ready {
-                        break;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => server.fail(&format!(
-                    "kiln did not print `ready` within {SERVER_READY_TIMEOUT:?}; stdout so far: {seen:?}"
-                )),
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = server.child.wait().ok();
-                    server.fail(&format!(
-                        "kiln closed stdout before `ready` (exit status {status:?}); stdout: {seen:?}"
-                    ));
-                }
-            }
-        }
-        if server.port == 0 {
-            server.fail(&format!(
-                "kiln printed `ready` without a `listening grpc://` line; stdout: {seen:?}"
-            ));
-        }
-        eprintln!("kiln ready: {}", seen.join(" | "));
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("grpc://127.0.0.1:{}", self.port)
-    }
-
-    /// The last lines of the server's stderr, for failure messages.
-    fn log_tail(&self) -> String {
-        tail(&fs::read_to_string(&self.log).unwrap_or_default(), 60)
-    }
-
-    fn fail(&self, msg: &str) -> ! {
-        panic!(
-            "{msg}\n---- kiln stderr (last lines, full log at {}) ----\n{}",
-            self.log.display(),
-            self.log_tail()
-        )
-    }
-}
-
-impl Drop for KilnServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Bazel
@@ -575,11 +471,6 @@ fn copy_dir(from: &Path, to: &Path) {
             fs::copy(entry.path(), &target).unwrap();
         }
     }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 // ---------------------------------------------------------------------------

@@ -84,10 +84,4 @@ impl UploadRegistry {
     pub(super) fn touch(state: &mut UploadState) {
         state.last_used = Instant::now();
     }
-
-    /// Number of uploads in progress.
-    #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
-        self.map.lock().expect("upload registry lock").len()
-    }
 }

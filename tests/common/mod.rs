@@ -1,6 +1,8 @@
 //! Test harness: a real kiln server on port 0 with a temp data dir, and clients for it.
 #![allow(dead_code)]
 
+pub mod process;
+
 use kiln::config::Config;
 use kiln::digest::{Digest, DigestFunction};
 use kiln::proto::bytestream::byte_stream_client::ByteStreamClient;
