@@ -223,7 +223,7 @@ mod tests {
         assert_eq!(parse_size("17").unwrap(), 17);
         assert!(parse_size("4XB").is_err());
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("2m").unwrap().as_secs(), 120);
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
     }
 

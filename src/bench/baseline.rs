@@ -22,6 +22,7 @@ use super::workloads::{Clients, OpError, Stop, Workload, drive};
 use crate::config::Config;
 use crate::setup::Prepared;
 use serde::Serialize;
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -85,7 +86,7 @@ impl Baseline {
             self.stream_write_mb_per_s,
         );
         for n in &self.notes {
-            s += &format!("\n  note: {n}");
+            let _ = write!(s, "\n  note: {n}");
         }
         s
     }

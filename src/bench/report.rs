@@ -3,6 +3,7 @@
 use super::stats::Latency;
 use super::workloads::Measured;
 use serde::Serialize;
+use std::fmt::Write as _;
 
 /// The figures of one load run.
 #[derive(Debug, Serialize)]
@@ -95,18 +96,19 @@ impl Report {
             self.ops_per_s
         );
         if (self.items_per_s - self.ops_per_s).abs() > 1e-9 {
-            s += &format!(" ({:.1} items/s)", self.items_per_s);
+            let _ = write!(s, " ({:.1} items/s)", self.items_per_s);
         }
-        s += &format!(
+        let _ = write!(
+            s,
             "\n  data    {:.1} MB/s ({} bytes)\n  latency p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, \
              max {:.3} ms\n  errors  {}",
             self.mb_per_s, self.bytes, l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms, self.errors
         );
         for (msg, n) in &self.error_samples {
-            s += &format!("\n    {n} x {msg}");
+            let _ = write!(s, "\n    {n} x {msg}");
         }
         if let Some(e) = &self.extra {
-            s += &format!("\n  extra   {e}");
+            let _ = write!(s, "\n  extra   {e}");
         }
         s
     }

@@ -144,7 +144,7 @@ impl Workload for SmallRead {
                             s.code, s.message
                         )));
                     }
-                    let hash = r.digest.as_ref().map(|d| d.hash.as_str()).unwrap_or("");
+                    let hash = r.digest.as_ref().map_or("", |d| d.hash.as_str());
                     let Some(b) = picked.iter().find(|b| b.digest.hash_hex() == hash) else {
                         return Err(OpError::Verify(format!(
                             "BatchReadBlobs answered an unrequested digest {hash}"
