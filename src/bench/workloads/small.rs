@@ -122,8 +122,11 @@ impl Workload for SmallRead {
                 clients.bytestream_read(worker, b).await
             }
             SmallApi::Batch => {
-                let picked: Vec<&Blob> = (0..self.batch)
-                    .map(|_| &self.blobs[rng.below(self.blobs.len())])
+                // Distinct digests: servers may answer a repeated digest once.
+                let n = self.blobs.len();
+                let first = rng.below(n);
+                let picked: Vec<&Blob> = (0..self.batch.min(n))
+                    .map(|k| &self.blobs[(first + k) % n])
                     .collect();
                 let resp = clients
                     .cas(worker)
