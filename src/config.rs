@@ -30,6 +30,9 @@ pub struct ServerConfig {
     /// Unix socket file name inside the data dir (or an absolute path); empty disables it.
     /// Default `kiln.sock`. Co-located workers and tools connect here.
     pub unix_socket: String,
+    /// HTTP address of `/metrics` (Prometheus text) and `/status`; empty disables it.
+    /// Default `127.0.0.1:8981`. Point Prometheus here; keep it off public interfaces.
+    pub metrics_listen: String,
 }
 
 impl Default for ServerConfig {
@@ -38,6 +41,7 @@ impl Default for ServerConfig {
             listen: vec!["127.0.0.1:8980".into()],
             data_dir: PathBuf::from("./kiln-data"),
             unix_socket: "kiln.sock".into(),
+            metrics_listen: "127.0.0.1:8981".into(),
         }
     }
 }
@@ -145,6 +149,18 @@ impl Config {
                     reason: format!("{addr:?} is not an IP:port address"),
                 });
             }
+        }
+        if !self.server.metrics_listen.is_empty()
+            && self
+                .server
+                .metrics_listen
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            return Err(ConfigError::Invalid {
+                field: "server.metrics_listen",
+                reason: format!("{:?} is not an IP:port address", self.server.metrics_listen),
+            });
         }
         if self.cache.max_batch_total_size_bytes < 1024 {
             return invalid("cache.max_batch_total_size_bytes", "must be at least 1024");

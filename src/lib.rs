@@ -13,6 +13,7 @@ pub mod bench;
 pub mod cas;
 pub mod config;
 pub mod digest;
+pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod setup;

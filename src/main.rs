@@ -32,6 +32,9 @@ enum Command {
         /// Data directory. Overrides the config.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// HTTP address for /metrics and /status ("" disables). Overrides the config.
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
     /// Measure any REAPI endpoint (or this box's limits with `bench baseline`).
     Bench(kiln::bench::BenchArgs),
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
             config,
             listen,
             data_dir,
+            metrics_listen,
         } => runtime.block_on(async {
             let mut config = load(config)?;
             if !listen.is_empty() {
@@ -79,6 +83,9 @@ fn main() -> ExitCode {
             }
             if let Some(dir) = data_dir {
                 config.server.data_dir = dir;
+            }
+            if let Some(addr) = metrics_listen {
+                config.server.metrics_listen = addr;
             }
             kiln::setup::serve(config, shutdown_signal())
                 .await

@@ -3,6 +3,7 @@
 use crate::api::{CacheServices, Limits};
 use crate::cas::{ActionCache, Cas};
 use crate::config::Config;
+use crate::metrics::{MeteredStore, Metrics};
 use crate::server::{self, Listeners};
 use crate::storage::{MemoryStore, Store};
 use std::future::Future;
@@ -93,6 +94,8 @@ fn set_socket_mode(path: &std::path::Path) -> Result<(), SetupError> {
 pub struct Prepared {
     routes: tonic::service::Routes,
     listeners: Listeners,
+    metrics: Arc<Metrics>,
+    metrics_listener: Option<tokio::net::TcpListener>,
 }
 
 impl Prepared {
@@ -102,17 +105,41 @@ impl Prepared {
         let dir = &config.server.data_dir;
         std::fs::create_dir_all(dir)
             .map_err(io(format!("cannot create data dir {}", dir.display())))?;
-        let store = open_store(config)?;
+        let metrics = Metrics::new();
+        let store: Arc<dyn Store> =
+            Arc::new(MeteredStore::new(open_store(config)?, metrics.clone()));
         let cas = Cas::new(store.clone());
         let ac = ActionCache::new(cas.clone(), store);
         let services = CacheServices::new(cas, ac, limits(config));
         let mut routes = tonic::service::RoutesBuilder::default();
         services.add_to(&mut routes);
         let listeners = bind(config).await?;
+        let metrics_listener = match config.server.metrics_listen.as_str() {
+            "" => None,
+            addr => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(io(format!("cannot listen on {addr} for metrics")))?,
+            ),
+        };
         Ok(Self {
             routes: routes.routes(),
             listeners,
+            metrics,
+            metrics_listener,
         })
+    }
+
+    /// The address of the metrics endpoint, if enabled.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The metrics registry of this server.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// The bound TCP addresses (useful with port 0).
@@ -129,7 +156,26 @@ impl Prepared {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), SetupError> {
-        server::run(self.routes, self.listeners, shutdown).await?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        if let Some(l) = self.metrics_listener {
+            tokio::spawn(crate::metrics::serve_http(
+                l,
+                self.metrics.clone(),
+                stopped(),
+            ));
+        }
+        let grpc = server::run(self.routes, self.listeners, stopped());
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        grpc.await?;
         Ok(())
     }
 }
@@ -149,6 +195,9 @@ pub async fn serve(
         }
         if let Some(path) = unix_socket_path(&config) {
             let _ = writeln!(out, "listening unix:{}", path.display());
+        }
+        if let Some(addr) = prepared.metrics_addr() {
+            let _ = writeln!(out, "listening http://{addr}/metrics");
         }
         let _ = writeln!(out, "ready");
         let _ = out.flush();

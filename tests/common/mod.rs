@@ -16,6 +16,7 @@ use tonic::transport::Channel;
 /// A running in-process server. Dropping it stops the server.
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
+    pub metrics_addr: std::net::SocketAddr,
     pub dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -33,9 +34,11 @@ impl TestServer {
         let mut config = Config::default();
         config.server.listen = vec!["127.0.0.1:0".into()];
         config.server.data_dir = dir.path().to_path_buf();
+        config.server.metrics_listen = "127.0.0.1:0".into();
         tweak(&mut config);
         let prepared = Prepared::new(&config).await.expect("server setup");
         let addr = prepared.tcp_addrs()[0];
+        let metrics_addr = prepared.metrics_addr().expect("metrics endpoint enabled");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             prepared
@@ -47,6 +50,7 @@ impl TestServer {
         });
         Self {
             addr,
+            metrics_addr,
             dir,
             stop: Some(stop),
             task: Some(task),
@@ -78,6 +82,20 @@ impl TestServer {
 
     pub async fn capabilities(&self) -> CapabilitiesClient<Channel> {
         CapabilitiesClient::new(self.channel().await)
+    }
+
+    /// GETs a path of the metrics endpoint and returns the body.
+    pub async fn http_get(&self, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.metrics_addr)
+            .await
+            .unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        out.split_once("\r\n\r\n").unwrap().1.to_string()
     }
 
     /// Stops the server and waits for it to finish.

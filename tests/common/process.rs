@@ -40,6 +40,8 @@ impl KilnServer {
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(data_dir)
+            .arg("--metrics-listen")
+            .arg("127.0.0.1:0")
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
