@@ -24,6 +24,8 @@ pub struct FaultState {
 #[derive(Default, Debug)]
 struct Inner {
     durable: HashMap<PathBuf, Vec<u8>>,
+    /// Page-cache contents at the moment the power went off (`freeze`).
+    at_freeze: Option<HashMap<PathBuf, Vec<u8>>>,
     frozen: bool,
     full: bool,
     ops: u64,
@@ -37,10 +39,18 @@ impl FaultState {
     pub fn new() -> Arc<Self> {
         Arc::default()
     }
-    /// From now on syncs no longer make anything durable: the power is "off" and whatever
-    /// the engine writes next is at the mercy of `crash_image`.
+    /// The power goes off now: `crash_image` starts from the files as they are at this
+    /// moment (page cache included) and later writes, syncs and mapped stores never reach the
+    /// disk. The engine itself keeps running, unaware.
     pub fn freeze(&self) {
-        self.lock().frozen = true;
+        let mut g = self.lock();
+        let snap = g
+            .durable
+            .keys()
+            .map(|p| (p.clone(), std::fs::read(p).unwrap_or_default()))
+            .collect();
+        g.at_freeze = Some(snap);
+        g.frozen = true;
     }
     /// Makes writes and allocations fail with ENOSPC (`true`) or succeed again.
     pub fn set_full(&self, full: bool) {
@@ -78,9 +88,16 @@ impl FaultState {
             rng
         };
         for (path, durable) in &g.durable {
-            let Ok(mut cur) = std::fs::read(path) else {
+            let Ok(on_disk) = std::fs::read(path) else {
                 continue;
             };
+            // What the page cache held when the power went off (a file first touched after
+            // that did not exist: empty).
+            let mut cur = match &g.at_freeze {
+                Some(snap) => snap.get(path).cloned().unwrap_or_default(),
+                None => on_disk.clone(),
+            };
+            cur.resize(on_disk.len().max(cur.len()), 0);
             let pages = cur.len().div_ceil(PAGE);
             let mut changed = false;
             for p in 0..pages {
@@ -106,7 +123,7 @@ impl FaultState {
                     }
                 }
             }
-            if changed {
+            if changed || cur != on_disk {
                 std::fs::write(path, &cur)?;
             }
         }
@@ -137,8 +154,13 @@ impl FaultIo {
         }
         for f in files {
             if !g.durable.contains_key(&f.path) {
-                // First touch in this session: what is on disk now counts as durable.
-                let img = std::fs::read(&f.path).unwrap_or_default();
+                // First touch in this session: what is on disk now counts as durable (if the
+                // power is already off, the file's current bytes never made it).
+                let img = if g.frozen {
+                    Vec::new()
+                } else {
+                    std::fs::read(&f.path).unwrap_or_default()
+                };
                 g.durable.insert(f.path.clone(), img);
             }
         }
