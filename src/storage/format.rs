@@ -4,7 +4,7 @@
 //! All integers are little-endian. Checksums are xxh3-64 with seed 0.
 
 use super::Key;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// Format version written into segment, record and state headers.
 pub const VERSION: u8 = 1;
@@ -91,8 +91,9 @@ impl RecordHeader {
         }
     }
 
-    /// Serialises the header.
-    pub fn encode(&self) -> [u8; RECORD_HEADER_LEN] {
+    /// Serialises the header of a record in segment `seq` (the header checksum is seeded with
+    /// `seq`, so records left over from an earlier use of a recycled file never validate).
+    pub fn encode(&self, seq: u32) -> [u8; RECORD_HEADER_LEN] {
         let mut b = [0u8; RECORD_HEADER_LEN];
         b[0..4].copy_from_slice(&RECORD_MAGIC);
         b[4] = VERSION;
@@ -102,13 +103,13 @@ impl RecordHeader {
         b[8..40].copy_from_slice(&self.key.id);
         b[40..48].copy_from_slice(&self.len.to_le_bytes());
         b[48..56].copy_from_slice(&self.checksum.to_le_bytes());
-        let h = xxh3_64(&b[0..56]);
+        let h = xxh3_64_with_seed(&b[0..56], u64::from(seq));
         b[56..64].copy_from_slice(&h.to_le_bytes());
         b
     }
 
-    /// Parses and checks a header (not the payload).
-    pub fn decode(b: &[u8]) -> Result<Self, FormatError> {
+    /// Parses and checks the header of a record in segment `seq` (not the payload).
+    pub fn decode(b: &[u8], seq: u32) -> Result<Self, FormatError> {
         let b = b.get(..RECORD_HEADER_LEN).ok_or(FormatError::Truncated)?;
         if b[0..4] != RECORD_MAGIC {
             return Err(FormatError::Magic);
@@ -116,7 +117,7 @@ impl RecordHeader {
         if b[4] != VERSION {
             return Err(FormatError::Version(b[4]));
         }
-        if xxh3_64(&b[0..56]) != u64_at(b, 56) {
+        if xxh3_64_with_seed(&b[0..56], u64::from(seq)) != u64_at(b, 56) {
             return Err(FormatError::Checksum);
         }
         let kind = RecordKind::from_u8(b[5]).ok_or(FormatError::Invalid)?;
@@ -351,12 +352,20 @@ mod tests {
     #[test]
     fn record_header_roundtrip_and_damage() {
         let h = RecordHeader::for_payload(RecordKind::Blob, Key::new(1, [7; 32]), b"hello");
-        let mut b = h.encode();
-        assert_eq!(RecordHeader::decode(&b), Ok(h));
+        let mut b = h.encode(7);
+        assert_eq!(RecordHeader::decode(&b, 7), Ok(h));
+        assert_eq!(
+            RecordHeader::decode(&b, 8),
+            Err(FormatError::Checksum),
+            "stale generation"
+        );
         b[45] ^= 1;
-        assert_eq!(RecordHeader::decode(&b), Err(FormatError::Checksum));
-        assert_eq!(RecordHeader::decode(&[0u8; 64]), Err(FormatError::Magic));
-        assert_eq!(RecordHeader::decode(&[0u8; 3]), Err(FormatError::Truncated));
+        assert_eq!(RecordHeader::decode(&b, 7), Err(FormatError::Checksum));
+        assert_eq!(RecordHeader::decode(&[0u8; 64], 7), Err(FormatError::Magic));
+        assert_eq!(
+            RecordHeader::decode(&[0u8; 3], 7),
+            Err(FormatError::Truncated)
+        );
         assert_eq!(record_span(0), 64);
         assert_eq!(record_span(1), 128);
     }

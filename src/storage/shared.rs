@@ -74,7 +74,7 @@ impl Shared {
         inc(&self.counters.record_reads);
         let start = (u64::from(off) * ALIGN) as usize;
         let map = &seg.map[..];
-        let h = RecordHeader::decode(map.get(start..).ok_or(Miss::Corrupt)?)
+        let h = RecordHeader::decode(map.get(start..).ok_or(Miss::Corrupt)?, seq)
             .map_err(|_| Miss::Corrupt)?;
         if h.kind != kind || h.key != *key {
             return Err(Miss::Corrupt);

@@ -77,9 +77,13 @@ impl Engine {
             while pos + RECORD_HEADER_LEN as u64 <= end {
                 let at = pos as usize;
                 let raw = &seg.map[at..at + RECORD_HEADER_LEN];
-                match RecordHeader::decode(raw) {
+                match RecordHeader::decode(raw, seq) {
                     Ok(h) if at + RECORD_HEADER_LEN + h.len as usize <= seg.map.len() => {
-                        in_bad = false;
+                        if in_bad {
+                            // A damaged region between two good records.
+                            rep.corrupt_records += 1;
+                            in_bad = false;
+                        }
                         inc(&sh.counters.record_reads);
                         let p = at + RECORD_HEADER_LEN;
                         let payload = &seg.map[p..p + h.len as usize];
@@ -111,10 +115,10 @@ impl Engine {
                         pos += format::record_span(h.len);
                     }
                     _ => {
-                        if raw.iter().any(|&b| b != 0) && !in_bad {
-                            rep.corrupt_records += 1;
-                            in_bad = true;
-                        }
+                        // Zeros or a bad header: the end of the written area (followed by
+                        // leftovers of the file's previous segment) or damage, which is
+                        // counted once a good record follows it.
+                        in_bad = true;
                         pos += ALIGN;
                     }
                 }

@@ -510,7 +510,7 @@ impl Writer {
             });
         }
         let run = self.run.as_mut().expect("run");
-        run.buf.extend_from_slice(&h.encode());
+        run.buf.extend_from_slice(&h.encode(seq));
         for p in payload {
             run.buf.extend_from_slice(p);
         }
