@@ -3,9 +3,10 @@
 use crate::api::{CacheServices, Limits};
 use crate::cas::{ActionCache, Cas};
 use crate::config::Config;
+use crate::config::{DurabilityMode, IoBackendName};
 use crate::metrics::{MeteredStore, Metrics};
 use crate::server::{self, Listeners};
-use crate::storage::{MemoryStore, Store};
+use crate::storage::{Durability, Engine, EngineConfig, IoBackend, StorageError, Store};
 use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,6 +25,9 @@ pub enum SetupError {
         what: String,
         source: std::io::Error,
     },
+    /// The storage engine could not open.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -45,11 +49,123 @@ pub fn limits(config: &Config) -> Limits {
     }
 }
 
-/// Opens the store the config describes.
-pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, SetupError> {
-    Ok(Arc::new(MemoryStore::new(
-        config.storage.max_blob_size_bytes,
-    )))
+/// The engine settings a config asks for, with the capacity resolved (see
+/// [`resolve_capacity`]).
+pub fn engine_config(config: &Config) -> Result<EngineConfig, SetupError> {
+    let st = &config.storage;
+    let mut e = EngineConfig::new(config.server.data_dir.join("store"));
+    e.capacity_bytes = resolve_capacity(config)?;
+    e.segment_size = st.segment_size_bytes;
+    e.max_blob_size = st.max_blob_size_bytes;
+    e.durability = match st.durability {
+        DurabilityMode::Fdatasync => Durability::Fdatasync,
+        DurabilityMode::Periodic => Durability::Periodic {
+            interval: Duration::from_millis(st.sync_interval_ms.max(1)),
+        },
+    };
+    e.io = match st.io_backend {
+        IoBackendName::Auto => IoBackend::Auto,
+        IoBackendName::IoUring => IoBackend::IoUring,
+        IoBackendName::Psync => IoBackend::Psync,
+    };
+    e.index_slots = st.index_slots;
+    e.probe_limit = st.probe_limit;
+    e.part_size = st.part_size_bytes;
+    e.copy_forward_segments = st.copy_forward_segments;
+    e.max_batch_bytes = st.max_batch_bytes;
+    e.validate()?;
+    Ok(e)
+}
+
+/// The ring's byte capacity: the configured value, or (when 0) the value derived at first
+/// start from free disk space (80%, whole segments) and remembered in `<data_dir>/capacity`,
+/// so the ring keeps its size across restarts.
+pub fn resolve_capacity(config: &Config) -> Result<u64, SetupError> {
+    let st = &config.storage;
+    if st.capacity_bytes != 0 {
+        return Ok(st.capacity_bytes);
+    }
+    let dir = &config.server.data_dir;
+    let file = dir.join("capacity");
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        if let Ok(v) = text.trim().parse::<u64>() {
+            return Ok(v);
+        }
+    }
+    let vfs = nix::sys::statvfs::statvfs(dir.as_path()).map_err(|e| SetupError::Io {
+        what: format!("cannot measure free space of {}", dir.display()),
+        source: e.into(),
+    })?;
+    let free = vfs.blocks_available() as u64 * vfs.fragment_size() as u64;
+    let seg = st.segment_size_bytes.max(1);
+    let capacity = (free / 10 * 8) / seg * seg;
+    tracing::info!(
+        capacity_bytes = capacity,
+        free_bytes = free,
+        "storage capacity derived from free disk space (80%); set storage.capacity_bytes to choose"
+    );
+    std::fs::write(&file, format!("{capacity}\n"))
+        .map_err(io(format!("cannot write {}", file.display())))?;
+    Ok(capacity)
+}
+
+/// Opens the storage engine the config describes, and exports its statistics as metrics.
+pub fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, SetupError> {
+    let engine = Arc::new(Engine::open(engine_config(config)?)?);
+    let st = engine.stats();
+    tracing::info!(
+        io = st.io_engine,
+        segments = st.segments,
+        bytes_used = st.bytes_used,
+        "storage engine open"
+    );
+    let e = engine.clone();
+    metrics.add_gauge_source(Box::new(move || {
+        let s = e.stats();
+        vec![
+            (
+                "storage_bytes_used",
+                "Bytes of live segment files",
+                s.bytes_used as i64,
+            ),
+            (
+                "storage_segments",
+                "Live segments in the ring",
+                s.segments as i64,
+            ),
+            (
+                "storage_corruptions",
+                "Records that failed checks on read (served as misses)",
+                s.corruptions as i64,
+            ),
+            (
+                "storage_evictions",
+                "Segments dropped from the ring",
+                s.evictions as i64,
+            ),
+            (
+                "storage_copy_forwards",
+                "Blobs copied forward because touched while old",
+                s.copy_forwards as i64,
+            ),
+            (
+                "storage_index_displaced",
+                "Index entries displaced by a full probe window",
+                s.index_displaced as i64,
+            ),
+            (
+                "storage_full_errors",
+                "Writes refused because the store was full",
+                s.full_errors as i64,
+            ),
+            (
+                "storage_syncs",
+                "Durable sync rounds completed",
+                s.syncs as i64,
+            ),
+        ]
+    }));
+    Ok(engine)
 }
 
 /// The Unix socket path of a config, if enabled.
@@ -106,8 +222,10 @@ impl Prepared {
         std::fs::create_dir_all(dir)
             .map_err(io(format!("cannot create data dir {}", dir.display())))?;
         let metrics = Metrics::new();
-        let store: Arc<dyn Store> =
-            Arc::new(MeteredStore::new(open_store(config)?, metrics.clone()));
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(
+            open_store(config, &metrics)?,
+            metrics.clone(),
+        ));
         let cas = Cas::new(store.clone());
         let ac = ActionCache::new(cas.clone(), store);
         let services = CacheServices::new(cas, ac, limits(config));

@@ -35,6 +35,10 @@ impl TestServer {
         config.server.listen = vec!["127.0.0.1:0".into()];
         config.server.data_dir = dir.path().to_path_buf();
         config.server.metrics_listen = "127.0.0.1:0".into();
+        // A small ring keeps many test servers cheap.
+        config.storage.capacity_bytes = 256 << 20;
+        config.storage.segment_size_bytes = 16 << 20;
+        config.storage.max_blob_size_bytes = 64 << 20;
         tweak(&mut config);
         let prepared = Prepared::new(&config).await.expect("server setup");
         let addr = prepared.tcp_addrs()[0];
