@@ -32,6 +32,9 @@ pub struct ServerConfig {
     /// Unix socket file name inside the data dir (or an absolute path); empty disables it.
     /// Default `kiln.sock`. Co-located workers and tools connect here.
     pub unix_socket: String,
+    /// HTTP address of `/metrics` (Prometheus text) and `/status`; empty disables it.
+    /// Default `127.0.0.1:8981`. Point Prometheus here; keep it off public interfaces.
+    pub metrics_listen: String,
 }
 
 impl Default for ServerConfig {
@@ -40,6 +43,7 @@ impl Default for ServerConfig {
             listen: vec!["127.0.0.1:8980".into()],
             data_dir: PathBuf::from("./kiln-data"),
             unix_socket: "kiln.sock".into(),
+            metrics_listen: "127.0.0.1:8981".into(),
         }
     }
 }
@@ -75,18 +79,74 @@ impl Default for CacheConfig {
     }
 }
 
-/// Storage settings.
+/// When uploads are acknowledged relative to the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DurabilityMode {
+    /// Acknowledge after fdatasync (group commit). Nothing acknowledged is lost to a crash.
+    Fdatasync,
+    /// Acknowledge once in the page cache; sync every `sync_interval_ms`.
+    Periodic,
+}
+
+/// Which I/O engine appends to segments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoBackendName {
+    /// io_uring, falling back to pread/pwrite (logged once) where unavailable.
+    Auto,
+    /// io_uring or fail to start.
+    IoUring,
+    /// pread/pwrite on the I/O thread.
+    Psync,
+}
+
+/// The storage engine (see `src/storage/FORMAT.md` and tuning/README.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// Largest blob accepted, advertised as max_cas_blob_size_bytes. Default 16 GiB.
+    /// Bytes of segment files (the eviction ring). 0 = derive at first start: 80% of the free
+    /// space of the data dir's file system, remembered in `<data_dir>/capacity` so restarts
+    /// keep it. Symptom when too small: `kiln_evictions` grows fast and hit rates drop.
+    pub capacity_bytes: u64,
+    /// Size of one segment file, the unit of eviction. Default 256 MiB.
+    pub segment_size_bytes: u64,
+    /// Largest blob accepted, advertised as max_cas_blob_size_bytes. Default 4 GiB; at most a
+    /// quarter of the capacity.
     pub max_blob_size_bytes: u64,
+    /// `fdatasync` (default: acknowledged uploads survive power loss) or `periodic`.
+    pub durability: DurabilityMode,
+    /// Sync interval of the `periodic` mode, in milliseconds. Default 200.
+    pub sync_interval_ms: u64,
+    /// `auto` (default), `io_uring` or `psync`.
+    pub io_backend: IoBackendName,
+    /// Index slots of 64 bytes; 0 = derive from capacity (capacity / 16 KiB, at least 65536).
+    /// Symptom when too small: `kiln_index_displaced` above 0.
+    pub index_slots: u64,
+    /// Slots probed per lookup. Default 16.
+    pub probe_limit: u32,
+    /// Bytes per record when a large blob is streamed in parts. Default 1 MiB.
+    pub part_size_bytes: u64,
+    /// Oldest segments whose touched blobs are copied forward; 0 = an eighth of the ring.
+    pub copy_forward_segments: u32,
+    /// Most bytes gathered into one write submission. Default 1 MiB.
+    pub max_batch_bytes: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
-            max_blob_size_bytes: 16 << 30,
+            capacity_bytes: 0,
+            segment_size_bytes: 256 << 20,
+            max_blob_size_bytes: 4 << 30,
+            durability: DurabilityMode::Fdatasync,
+            sync_interval_ms: 200,
+            io_backend: IoBackendName::Auto,
+            index_slots: 0,
+            probe_limit: 16,
+            part_size_bytes: 1 << 20,
+            copy_forward_segments: 0,
+            max_batch_bytes: 1 << 20,
         }
     }
 }
@@ -198,6 +258,18 @@ impl Config {
                     reason: format!("{addr:?} is not an IP:port address"),
                 });
             }
+        }
+        if !self.server.metrics_listen.is_empty()
+            && self
+                .server
+                .metrics_listen
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            return Err(ConfigError::Invalid {
+                field: "server.metrics_listen",
+                reason: format!("{:?} is not an IP:port address", self.server.metrics_listen),
+            });
         }
         if self.cache.max_batch_total_size_bytes < 1024 {
             return invalid("cache.max_batch_total_size_bytes", "must be at least 1024");

@@ -26,8 +26,12 @@ impl DigestFunction {
             Ok(reapi::digest_function::Value::Unknown | reapi::digest_function::Value::Sha256) => {
                 Ok(DigestFunction::Sha256)
             }
-            Ok(other) => Err(DigestError::UnsupportedFunction(other.as_str_name().to_string())),
-            Err(_) => Err(DigestError::UnsupportedFunction(format!("unknown value {value}"))),
+            Ok(other) => Err(DigestError::UnsupportedFunction(
+                other.as_str_name().to_string(),
+            )),
+            Err(_) => Err(DigestError::UnsupportedFunction(format!(
+                "unknown value {value}"
+            ))),
         }
     }
 
@@ -55,7 +59,10 @@ impl DigestFunction {
     /// A fresh incremental hasher for this function.
     pub fn hasher(self) -> Hasher {
         match self {
-            DigestFunction::Sha256 => Hasher { inner: Sha256::new(), size: 0 },
+            DigestFunction::Sha256 => Hasher {
+                inner: Sha256::new(),
+                size: 0,
+            },
         }
     }
 
@@ -91,7 +98,11 @@ impl Hasher {
         let out = self.inner.finalize();
         let mut hash = [0u8; 32];
         hash.copy_from_slice(&out);
-        Digest { function: DigestFunction::Sha256, hash, size: self.size }
+        Digest {
+            function: DigestFunction::Sha256,
+            hash,
+            size: self.size,
+        }
     }
 }
 
@@ -139,11 +150,19 @@ impl Digest {
         if size < 0 {
             return Err(DigestError::BadSize(size.to_string()));
         }
-        Ok(Self { function, hash: parse_hash(hash)?, size: size as u64 })
+        Ok(Self {
+            function,
+            hash: parse_hash(hash)?,
+            size: size as u64,
+        })
     }
 
     /// Parses a size given as text (resource names).
-    pub fn parse_str(function: DigestFunction, hash: &str, size: &str) -> Result<Self, DigestError> {
+    pub fn parse_str(
+        function: DigestFunction,
+        hash: &str,
+        size: &str,
+    ) -> Result<Self, DigestError> {
         let size: i64 = size
             .parse()
             .ok()
@@ -168,7 +187,10 @@ impl Digest {
 
     /// The proto form.
     pub fn to_proto(&self) -> reapi::Digest {
-        reapi::Digest { hash: self.hash_hex(), size_bytes: self.size as i64 }
+        reapi::Digest {
+            hash: self.hash_hex(),
+            size_bytes: self.size as i64,
+        }
     }
 
     /// Lower-case hex of the hash.
@@ -179,7 +201,11 @@ impl Digest {
 
 fn parse_hash(hash: &str) -> Result<[u8; 32], DigestError> {
     let bad = || DigestError::BadHash(truncate(hash));
-    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if hash.len() != 64
+        || !hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return Err(bad());
     }
     let mut out = [0u8; 32];
@@ -188,7 +214,11 @@ fn parse_hash(hash: &str) -> Result<[u8; 32], DigestError> {
 }
 
 fn truncate(s: &str) -> String {
-    if s.len() <= 80 { s.to_string() } else { format!("{}...", &s[..s.floor_char_boundary(80)]) }
+    if s.len() <= 80 {
+        s.to_string()
+    } else {
+        format!("{}...", &s[..s.floor_char_boundary(80)])
+    }
 }
 
 impl fmt::Display for Digest {
@@ -220,12 +250,30 @@ mod tests {
     fn rejects_bad_hashes_and_sizes() {
         let f = DigestFunction::Sha256;
         assert!(Digest::parse(f, EMPTY, 0).is_ok());
-        assert!(matches!(Digest::parse(f, &EMPTY.to_uppercase(), 0), Err(DigestError::BadHash(_))));
-        assert!(matches!(Digest::parse(f, &EMPTY[1..], 0), Err(DigestError::BadHash(_))));
-        assert!(matches!(Digest::parse(f, &format!("{}g", &EMPTY[1..]), 0), Err(DigestError::BadHash(_))));
-        assert!(matches!(Digest::parse(f, EMPTY, -1), Err(DigestError::BadSize(_))));
-        assert!(matches!(Digest::parse_str(f, EMPTY, "+1"), Err(DigestError::BadSize(_))));
-        assert!(matches!(Digest::parse_str(f, EMPTY, "x"), Err(DigestError::BadSize(_))));
+        assert!(matches!(
+            Digest::parse(f, &EMPTY.to_uppercase(), 0),
+            Err(DigestError::BadHash(_))
+        ));
+        assert!(matches!(
+            Digest::parse(f, &EMPTY[1..], 0),
+            Err(DigestError::BadHash(_))
+        ));
+        assert!(matches!(
+            Digest::parse(f, &format!("{}g", &EMPTY[1..]), 0),
+            Err(DigestError::BadHash(_))
+        ));
+        assert!(matches!(
+            Digest::parse(f, EMPTY, -1),
+            Err(DigestError::BadSize(_))
+        ));
+        assert!(matches!(
+            Digest::parse_str(f, EMPTY, "+1"),
+            Err(DigestError::BadSize(_))
+        ));
+        assert!(matches!(
+            Digest::parse_str(f, EMPTY, "x"),
+            Err(DigestError::BadSize(_))
+        ));
         assert_eq!(Digest::parse_str(f, EMPTY, "12").unwrap().size, 12);
     }
 

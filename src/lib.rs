@@ -12,11 +12,13 @@
 //! [`digest`] is the shared vocabulary; errors map to gRPC statuses only in `api::status`.
 
 pub mod api;
+pub mod bench;
 pub mod bots;
 pub mod cas;
 pub mod config;
 pub mod digest;
 pub mod exec;
+pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod setup;

@@ -32,6 +32,9 @@ enum Command {
         /// Data directory. Overrides the config.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// HTTP address for /metrics and /status ("" disables). Overrides the config.
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
     /// Run actions for a server as a Remote Worker API bot.
     Worker {
@@ -55,6 +58,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         open_files_limit: u64,
     },
+    /// Measure any REAPI endpoint (or this box's limits with `bench baseline`).
+    Bench(kiln::bench::BenchArgs),
 }
 
 fn load(config: Option<PathBuf>) -> Result<Config, String> {
@@ -92,6 +97,7 @@ fn main() -> ExitCode {
             config,
             listen,
             data_dir,
+            metrics_listen,
         } => runtime.block_on(async {
             let mut config = load(config)?;
             if !listen.is_empty() {
@@ -99,6 +105,9 @@ fn main() -> ExitCode {
             }
             if let Some(dir) = data_dir {
                 config.server.data_dir = dir;
+            }
+            if let Some(addr) = metrics_listen {
+                config.server.metrics_listen = addr;
             }
             kiln::setup::serve(config, shutdown_signal())
                 .await
@@ -136,6 +145,7 @@ fn main() -> ExitCode {
                 () = shutdown_signal() => Ok(()),
             }
         }),
+        Command::Bench(args) => runtime.block_on(kiln::bench::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

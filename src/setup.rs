@@ -3,9 +3,11 @@
 use crate::api::{CacheServices, Limits};
 use crate::cas::{ActionCache, Cas};
 use crate::config::Config;
+use crate::config::{DurabilityMode, IoBackendName};
 use crate::exec::{Scheduler, SchedulerConfig, Timeouts};
+use crate::metrics::{MeteredStore, Metrics};
 use crate::server::{self, Listeners};
-use crate::storage::{MemoryStore, Store};
+use crate::storage::{Durability, Engine, EngineConfig, IoBackend, StorageError, Store};
 use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,6 +26,9 @@ pub enum SetupError {
         what: String,
         source: std::io::Error,
     },
+    /// The storage engine could not open.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -102,11 +107,123 @@ fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, SetupEr
     Ok(l)
 }
 
-/// Opens the store the config describes.
-pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, SetupError> {
-    Ok(Arc::new(MemoryStore::new(
-        config.storage.max_blob_size_bytes,
-    )))
+/// The engine settings a config asks for, with the capacity resolved (see
+/// [`resolve_capacity`]).
+pub fn engine_config(config: &Config) -> Result<EngineConfig, SetupError> {
+    let st = &config.storage;
+    let mut e = EngineConfig::new(config.server.data_dir.join("store"));
+    e.capacity_bytes = resolve_capacity(config)?;
+    e.segment_size = st.segment_size_bytes;
+    e.max_blob_size = st.max_blob_size_bytes;
+    e.durability = match st.durability {
+        DurabilityMode::Fdatasync => Durability::Fdatasync,
+        DurabilityMode::Periodic => Durability::Periodic {
+            interval: Duration::from_millis(st.sync_interval_ms.max(1)),
+        },
+    };
+    e.io = match st.io_backend {
+        IoBackendName::Auto => IoBackend::Auto,
+        IoBackendName::IoUring => IoBackend::IoUring,
+        IoBackendName::Psync => IoBackend::Psync,
+    };
+    e.index_slots = st.index_slots;
+    e.probe_limit = st.probe_limit;
+    e.part_size = st.part_size_bytes;
+    e.copy_forward_segments = st.copy_forward_segments;
+    e.max_batch_bytes = st.max_batch_bytes;
+    e.validate()?;
+    Ok(e)
+}
+
+/// The ring's byte capacity: the configured value, or (when 0) the value derived at first
+/// start from free disk space (80%, whole segments) and remembered in `<data_dir>/capacity`,
+/// so the ring keeps its size across restarts.
+pub fn resolve_capacity(config: &Config) -> Result<u64, SetupError> {
+    let st = &config.storage;
+    if st.capacity_bytes != 0 {
+        return Ok(st.capacity_bytes);
+    }
+    let dir = &config.server.data_dir;
+    let file = dir.join("capacity");
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        if let Ok(v) = text.trim().parse::<u64>() {
+            return Ok(v);
+        }
+    }
+    let vfs = nix::sys::statvfs::statvfs(dir.as_path()).map_err(|e| SetupError::Io {
+        what: format!("cannot measure free space of {}", dir.display()),
+        source: e.into(),
+    })?;
+    let free = vfs.blocks_available() as u64 * vfs.fragment_size() as u64;
+    let seg = st.segment_size_bytes.max(1);
+    let capacity = (free / 10 * 8) / seg * seg;
+    tracing::info!(
+        capacity_bytes = capacity,
+        free_bytes = free,
+        "storage capacity derived from free disk space (80%); set storage.capacity_bytes to choose"
+    );
+    std::fs::write(&file, format!("{capacity}\n"))
+        .map_err(io(format!("cannot write {}", file.display())))?;
+    Ok(capacity)
+}
+
+/// Opens the storage engine the config describes, and exports its statistics as metrics.
+pub fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, SetupError> {
+    let engine = Arc::new(Engine::open(engine_config(config)?)?);
+    let st = engine.stats();
+    tracing::info!(
+        io = st.io_engine,
+        segments = st.segments,
+        bytes_used = st.bytes_used,
+        "storage engine open"
+    );
+    let e = engine.clone();
+    metrics.add_gauge_source(Box::new(move || {
+        let s = e.stats();
+        vec![
+            (
+                "storage_bytes_used",
+                "Bytes of live segment files",
+                s.bytes_used as i64,
+            ),
+            (
+                "storage_segments",
+                "Live segments in the ring",
+                s.segments as i64,
+            ),
+            (
+                "storage_corruptions",
+                "Records that failed checks on read (served as misses)",
+                s.corruptions as i64,
+            ),
+            (
+                "storage_evictions",
+                "Segments dropped from the ring",
+                s.evictions as i64,
+            ),
+            (
+                "storage_copy_forwards",
+                "Blobs copied forward because touched while old",
+                s.copy_forwards as i64,
+            ),
+            (
+                "storage_index_displaced",
+                "Index entries displaced by a full probe window",
+                s.index_displaced as i64,
+            ),
+            (
+                "storage_full_errors",
+                "Writes refused because the store was full",
+                s.full_errors as i64,
+            ),
+            (
+                "storage_syncs",
+                "Durable sync rounds completed",
+                s.syncs as i64,
+            ),
+        ]
+    }));
+    Ok(engine)
 }
 
 /// The Unix socket path of a config, if enabled.
@@ -115,18 +232,15 @@ pub fn unix_socket_path(config: &Config) -> Option<PathBuf> {
     (!s.is_empty()).then(|| config.server.data_dir.join(s))
 }
 
-/// Binds every listener of the config and prints one `listening ...` line per listener to
-/// stdout (tests and scripts read these to learn the chosen ports).
+/// Binds every listener of the config.
 pub async fn bind(config: &Config) -> Result<Listeners, SetupError> {
     let mut listeners = Listeners::default();
-    let mut out = std::io::stdout().lock();
     for addr in &config.server.listen {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(io(format!("cannot listen on {addr}")))?;
         let local = l.local_addr().map_err(io("local_addr"))?;
         tracing::info!(%local, "listening on TCP");
-        let _ = writeln!(out, "listening grpc://{local}");
         listeners.tcp.push(l);
     }
     if let Some(path) = unix_socket_path(config) {
@@ -139,10 +253,8 @@ pub async fn bind(config: &Config) -> Result<Listeners, SetupError> {
             .map_err(io(format!("cannot bind {}", path.display())))?;
         set_socket_mode(&path)?;
         tracing::info!(path = %path.display(), "listening on Unix socket");
-        let _ = writeln!(out, "listening unix:{}", path.display());
         listeners.unix.push(l);
     }
-    let _ = out.flush();
     Ok(listeners)
 }
 
@@ -158,6 +270,8 @@ pub struct Prepared {
     listeners: Listeners,
     /// The bots server (Bots + CAS + ByteStream), when execution is enabled.
     bots: Option<(tonic::service::Routes, Listeners)>,
+    metrics: Arc<Metrics>,
+    metrics_listener: Option<tokio::net::TcpListener>,
 }
 
 impl Prepared {
@@ -167,7 +281,11 @@ impl Prepared {
         let dir = &config.server.data_dir;
         std::fs::create_dir_all(dir)
             .map_err(io(format!("cannot create data dir {}", dir.display())))?;
-        let store = open_store(config)?;
+        let metrics = Metrics::new();
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(
+            open_store(config, &metrics)?,
+            metrics.clone(),
+        ));
         let cas = Cas::new(store.clone());
         let ac = ActionCache::new(cas.clone(), store);
         let limits = limits(config);
@@ -186,11 +304,33 @@ impl Prepared {
             bots = Some((bot_routes.routes(), bind_bots(config).await?));
         }
         let listeners = bind(config).await?;
+        let metrics_listener = match config.server.metrics_listen.as_str() {
+            "" => None,
+            addr => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(io(format!("cannot listen on {addr} for metrics")))?,
+            ),
+        };
         Ok(Self {
             routes: routes.routes(),
             listeners,
+            metrics,
+            metrics_listener,
             bots,
         })
+    }
+
+    /// The address of the metrics endpoint, if enabled.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The metrics registry of this server.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// The bound TCP addresses (useful with port 0).
@@ -214,15 +354,22 @@ impl Prepared {
                 let _ = rx.wait_for(|s| *s).await;
             }
         };
+        if let Some(l) = self.metrics_listener {
+            tokio::spawn(crate::metrics::serve_http(
+                l,
+                self.metrics.clone(),
+                stopped(),
+            ));
+        }
         tokio::spawn(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
-        let main = server::run(self.routes, self.listeners, stopped());
+        let grpc = server::run(self.routes, self.listeners, stopped());
         match self.bots {
-            None => main.await?,
+            None => grpc.await?,
             Some((routes, listeners)) => {
-                let (a, b) = tokio::join!(main, server::run(routes, listeners, stopped()));
+                let (a, b) = tokio::join!(grpc, server::run(routes, listeners, stopped()));
                 a?;
                 b?;
             }
@@ -239,7 +386,17 @@ pub async fn serve(
     let prepared = Prepared::new(&config).await?;
     tracing::info!(data_dir = %config.server.data_dir.display(), "kiln ready");
     {
+        // One line per listener, then `ready`: scripts and tests read these to learn the ports.
         let mut out = std::io::stdout().lock();
+        for addr in prepared.tcp_addrs() {
+            let _ = writeln!(out, "listening grpc://{addr}");
+        }
+        if let Some(path) = unix_socket_path(&config) {
+            let _ = writeln!(out, "listening unix:{}", path.display());
+        }
+        if let Some(addr) = prepared.metrics_addr() {
+            let _ = writeln!(out, "listening http://{addr}/metrics");
+        }
         let _ = writeln!(out, "ready");
         let _ = out.flush();
     }

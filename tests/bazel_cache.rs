@@ -10,7 +10,8 @@
 //! awk, sed), so Bazel builds it fully offline: its only external repositories
 //! are the ones embedded in the Bazel binary (`@bazel_tools`, `@platforms`,
 //! `@local_config_platform`), which the test checks. Every flag is passed on
-//! the command line and all rc files are ignored.
+//! the command line and all rc files are ignored. See tests/bazel/README.md
+//! for what Bazel 2.1 needs here and why each flag is there.
 //!
 //! Scenarios:
 //! * `second_build_is_all_remote_cache_hits`: build once against a fresh
@@ -25,13 +26,16 @@
 //!   makes Bazel fetch the remote-only outputs it needs (the 6 MiB big.bin,
 //!   the executable tool) from kiln.
 
+mod common;
+
+use common::process::KilnServer;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::mpsc;
 use std::thread;
@@ -45,8 +49,6 @@ static BAZEL_LOCK: Mutex<()> = Mutex::new(());
 const WORKSPACE_NAME: &str = "kiln_e2e";
 /// Repositories Bazel 2.1 materialises from its own embedded files.
 const EMBEDDED_REPOS: &[&str] = &["bazel_tools", "local_config_platform", "platforms"];
-/// Deadline for kiln to print `ready`.
-const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Deadline for a single Bazel client invocation.
 const BAZEL_COMMAND_TIMEOUT: Duration = Duration::from_secs(330);
 /// Spawns in one full build of the workspace: 7 genrules in the target
@@ -56,111 +58,6 @@ const EXPECTED_SPAWNS: usize = 8;
 // ---------------------------------------------------------------------------
 // kiln server
 // ---------------------------------------------------------------------------
-
-/// A running `kiln serve`, killed on drop.
-struct KilnServer {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl KilnServer {
-    fn start(data_dir: &Path, log: &Path) -> Self {
-        fs::create_dir_all(data_dir).unwrap();
-        let log_file = fs::File::create(log).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file))
-            .spawn()
-            .expect("failed to spawn kiln");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel::<String>();
-        // Keeps draining stdout after `ready` so the server never blocks on a
-        // full pipe.
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // Once nobody listens any more, keep draining anyway.
-                let _ = tx.send(line);
-            }
-        });
-        let mut server = KilnServer {
-            child,
-            port: 0,
-            log: log.to_path_buf(),
-        };
-        let deadline = Instant::now() + SERVER_READY_TIMEOUT;
-        let mut seen = Vec::new();
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(remaining) {
-                Ok(line) => {
-                    if let Some(rest) = line.trim().strip_prefix("listening grpc://") {
-                        let port = rest
-                            .rsplit(':')
-                            .next()
-                            .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok());
-                        match port {
-                            Some(p) => server.port = p,
-                            None => server.fail(&format!("cannot parse port from {line:?}")),
-                        }
-                    }
-                    let ready = line.trim() == "ready";
-                    seen.push(line);
-                    if ready {
-                        break;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => server.fail(&format!(
-                    "kiln did not print `ready` within {SERVER_READY_TIMEOUT:?}; stdout so far: {seen:?}"
-                )),
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = server.child.wait().ok();
-                    server.fail(&format!(
-                        "kiln closed stdout before `ready` (exit status {status:?}); stdout: {seen:?}"
-                    ));
-                }
-            }
-        }
-        if server.port == 0 {
-            server.fail(&format!(
-                "kiln printed `ready` without a `listening grpc://` line; stdout: {seen:?}"
-            ));
-        }
-        eprintln!("kiln ready: {}", seen.join(" | "));
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("grpc://127.0.0.1:{}", self.port)
-    }
-
-    /// The last lines of the server's stderr, for failure messages.
-    fn log_tail(&self) -> String {
-        tail(&fs::read_to_string(&self.log).unwrap_or_default(), 60)
-    }
-
-    fn fail(&self, msg: &str) -> ! {
-        panic!(
-            "{msg}\n---- kiln stderr (last lines, full log at {}) ----\n{}",
-            self.log.display(),
-            self.log_tail()
-        )
-    }
-}
-
-impl Drop for KilnServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Bazel
@@ -236,13 +133,14 @@ struct Bazel<'a> {
     workspace: PathBuf,
     user_root: PathBuf,
     scratch: PathBuf,
+    jvm_tmp: PathBuf,
     output_bases: Vec<PathBuf>,
     server: &'a KilnServer,
     invocation: usize,
 }
 
 impl<'a> Bazel<'a> {
-    fn new(root: &Path, server: &'a KilnServer) -> Self {
+    fn new(bin: PathBuf, root: &Path, server: &'a KilnServer) -> Self {
         let workspace = root.join("workspace");
         copy_dir(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bazel/workspace"),
@@ -250,11 +148,14 @@ impl<'a> Bazel<'a> {
         );
         let scratch = root.join("bazel-scratch");
         fs::create_dir_all(&scratch).unwrap();
+        let jvm_tmp = root.join("bazel-jvm-tmp");
+        fs::create_dir_all(&jvm_tmp).unwrap();
         Bazel {
-            bin: bazel_binary(),
+            bin,
             workspace,
             user_root: root.join("bazel-user-root"),
             scratch,
+            jvm_tmp,
             output_bases: Vec::new(),
             server,
             invocation: 0,
@@ -274,7 +175,12 @@ impl<'a> Bazel<'a> {
     }
 
     /// Runs one Bazel command; returns (success, stdout, stderr).
-    fn run(&mut self, output_base: &Path, command: &str, args: &[String]) -> (bool, String, String) {
+    fn run(
+        &mut self,
+        output_base: &Path,
+        command: &str,
+        args: &[String],
+    ) -> (bool, String, String) {
         let mut cmd = Command::new(&self.bin);
         cmd.current_dir(&self.workspace)
             .arg("--ignore_all_rc_files")
@@ -282,6 +188,13 @@ impl<'a> Bazel<'a> {
             .arg(format!("--output_base={}", output_base.display()))
             // Safety net: a server we failed to shut down still goes away.
             .arg("--max_idle_secs=300")
+            // Keep the JVM's temporary files (Bazel stages the execution log
+            // there) inside the test's temp dir instead of leaking into /tmp.
+            .arg(format!(
+                "--host_jvm_args=-Djava.io.tmpdir={}",
+                self.jvm_tmp.display()
+            ))
+            .arg("--host_jvm_args=-XX:-UsePerfData")
             .arg(command)
             .args(args)
             .env_remove("BAZELISK_SKIP_WRAPPER")
@@ -297,7 +210,9 @@ impl<'a> Bazel<'a> {
     fn build(&mut self, output_base_name: &str, label: &str, extra: &[&str]) -> BuildResult {
         self.invocation += 1;
         let output_base = self.output_base(output_base_name);
-        let exec_log = self.scratch.join(format!("exec-{}-{label}.json", self.invocation));
+        let exec_log = self
+            .scratch
+            .join(format!("exec-{}-{label}.json", self.invocation));
         let mut args: Vec<String> = [
             "--color=no",
             "--curses=no",
@@ -305,6 +220,11 @@ impl<'a> Bazel<'a> {
             "--show_result=0",
             "--incompatible_strict_action_env",
             "--remote_timeout=60",
+            // No bazel-* convenience symlinks in the workspace: with several
+            // output bases on one workspace, `//...` would otherwise descend
+            // into another output base's execroot through them. Outputs are
+            // read from the output base directly.
+            "--symlink_prefix=/",
         ]
         .iter()
         .map(|s| (*s).to_string())
@@ -329,7 +249,9 @@ impl<'a> Bazel<'a> {
         let spawns = parse_exec_log(&log);
         let processes_line = stderr
             .lines()
-            .find(|l| l.starts_with("INFO: ") && (l.contains(" processes") || l.contains(" process:")))
+            .find(|l| {
+                l.starts_with("INFO: ") && (l.contains(" processes") || l.contains(" process:"))
+            })
             .unwrap_or("<no `INFO: N processes` line>")
             .to_string();
         let result = BuildResult {
@@ -410,7 +332,9 @@ fn parse_exec_log(text: &str) -> Vec<Spawn> {
     let mut progress = String::new();
     let mut runner = String::new();
     for line in text.lines() {
-        let Some(field) = line.strip_prefix("  \"") else { continue };
+        let Some(field) = line.strip_prefix("  \"") else {
+            continue;
+        };
         if field.starts_with("progressMessage\"") {
             progress = string_value(line);
         } else if field.starts_with("runner\"") {
@@ -452,14 +376,22 @@ struct Output {
 
 impl std::fmt::Debug for Output {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Output({} bytes, mode {:o})", self.bytes.len(), self.mode)
+        write!(
+            f,
+            "Output({} bytes, mode {:o})",
+            self.bytes.len(),
+            self.mode
+        )
     }
 }
 
 /// Every regular file under `bazel-out/<config>/bin` of an output base,
 /// keyed by its path relative to `bazel-out` (e.g. `k8-fastbuild/bin/big.bin`).
 fn snapshot_outputs(output_base: &Path) -> BTreeMap<String, Output> {
-    let bazel_out = output_base.join("execroot").join(WORKSPACE_NAME).join("bazel-out");
+    let bazel_out = output_base
+        .join("execroot")
+        .join(WORKSPACE_NAME)
+        .join("bazel-out");
     let mut files = BTreeMap::new();
     let Ok(configs) = fs::read_dir(&bazel_out) else {
         return files;
@@ -480,7 +412,11 @@ fn collect_files(base: &Path, dir: &Path, files: &mut BTreeMap<String, Output>) 
         if meta.is_dir() {
             collect_files(base, &path, files);
         } else if meta.is_file() {
-            let rel = path.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+            let rel = path
+                .strip_prefix(base)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             let output = Output {
                 bytes: fs::read(&path).unwrap(),
                 mode: meta.permissions().mode() & 0o777,
@@ -503,7 +439,10 @@ fn assert_same_outputs(
     assert!(!expected.is_empty(), "[{label}] nothing to compare");
     let expected_names: Vec<_> = expected.keys().collect();
     let actual_names: Vec<_> = actual.keys().collect();
-    assert_eq!(actual_names, expected_names, "[{label}] different output files");
+    assert_eq!(
+        actual_names, expected_names,
+        "[{label}] different output files"
+    );
     for (name, want) in &expected {
         let got = actual[name];
         assert!(
@@ -532,11 +471,6 @@ fn copy_dir(from: &Path, to: &Path) {
             fs::copy(entry.path(), &target).unwrap();
         }
     }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 // ---------------------------------------------------------------------------
@@ -619,18 +553,26 @@ fn cold_build(bazel: &mut Bazel<'_>) -> BTreeMap<String, Output> {
         "k8-fastbuild/bin/final.txt",
         "host/bin/transform.sh",
     ] {
-        assert!(outputs.contains_key(must), "cold build lacks {must}: {outputs:?}");
+        assert!(
+            outputs.contains_key(must),
+            "cold build lacks {must}: {outputs:?}"
+        );
     }
     assert!(outputs["k8-fastbuild/bin/empty.out"].bytes.is_empty());
     assert!(outputs["k8-fastbuild/bin/big.bin"].bytes.len() >= 4 << 20);
-    assert!(outputs["host/bin/transform.sh"].mode & 0o111 != 0, "tool is not executable");
+    assert!(
+        outputs["host/bin/transform.sh"].mode & 0o111 != 0,
+        "tool is not executable"
+    );
     bazel.clean_expunge("ob1");
     bazel.shutdown("ob1");
     outputs
 }
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
-    BAZEL_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    BAZEL_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 // ---------------------------------------------------------------------------
@@ -640,9 +582,10 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 #[test]
 fn second_build_is_all_remote_cache_hits() {
     let _guard = lock();
+    let bin = bazel_binary();
     let tmp = tempfile::tempdir().unwrap();
     let server = KilnServer::start(&tmp.path().join("kiln-data"), &tmp.path().join("kiln.log"));
-    let mut bazel = Bazel::new(tmp.path(), &server);
+    let mut bazel = Bazel::new(bin, tmp.path(), &server);
 
     let first = cold_build(&mut bazel);
 
@@ -656,9 +599,10 @@ fn second_build_is_all_remote_cache_hits() {
 #[test]
 fn remote_download_minimal_all_hits() {
     let _guard = lock();
+    let bin = bazel_binary();
     let tmp = tempfile::tempdir().unwrap();
     let server = KilnServer::start(&tmp.path().join("kiln-data"), &tmp.path().join("kiln.log"));
-    let mut bazel = Bazel::new(tmp.path(), &server);
+    let mut bazel = Bazel::new(bin, tmp.path(), &server);
 
     let first = cold_build(&mut bazel);
 
@@ -720,8 +664,13 @@ fn remote_download_minimal_all_hits() {
     );
     // stage2's record of big.bin's digest (computed from the downloaded
     // input) matches the cold build's.
-    let cold_final = String::from_utf8_lossy(&first["k8-fastbuild/bin/final.txt"].bytes).into_owned();
-    let digest_line = |s: &str| s.lines().find(|l| l.contains("  -")).map(|l| l.split(':').nth(2).unwrap_or("").to_string());
+    let cold_final =
+        String::from_utf8_lossy(&first["k8-fastbuild/bin/final.txt"].bytes).into_owned();
+    let digest_line = |s: &str| {
+        s.lines()
+            .find(|l| l.contains("  -"))
+            .map(|l| l.split(':').nth(2).unwrap_or("").to_string())
+    };
     assert_eq!(
         digest_line(&final_txt),
         digest_line(&cold_final),

@@ -33,7 +33,11 @@ impl ActionCache for ActionCacheService {
             files: req.inline_output_files,
             max_bytes: self.state.limits.max_inline_bytes,
         };
-        Ok(Response::new(self.state.ac.get(&req.instance_name, &action, &inline)?))
+        Ok(Response::new(self.state.ac.get(
+            &req.instance_name,
+            &action,
+            &inline,
+        )?))
     }
 
     async fn update_action_result(
@@ -44,8 +48,13 @@ impl ActionCache for ActionCacheService {
         validate_instance(&req.instance_name)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let action = Digest::from_field(function, req.action_digest.as_ref(), "action_digest")?;
-        let result = req.action_result.ok_or_else(|| Status::invalid_argument("missing action_result"))?;
-        self.state.ac.update(&req.instance_name, &action, &result).await?;
+        let result = req
+            .action_result
+            .ok_or_else(|| Status::invalid_argument("missing action_result"))?;
+        self.state
+            .ac
+            .update(&req.instance_name, &action, &result)
+            .await?;
         Ok(Response::new(result))
     }
 }

@@ -7,7 +7,8 @@ use crate::cas::compression::{StreamDecoder, ZSTD_LEVEL};
 use crate::cas::{CasError, Upload};
 use crate::proto::bytestream::byte_stream_server::ByteStream;
 use crate::proto::bytestream::{
-    QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest, WriteResponse,
+    QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest,
+    WriteResponse,
 };
 use crate::storage::Blob;
 use bytes::Bytes;
@@ -36,15 +37,25 @@ impl ByteStreamService {
         Response::new(WriteResponse { committed_size })
     }
 
-    async fn new_upload(&self, name: &ResourceName, key: &str) -> Result<Option<UploadStateRef>, Status> {
+    async fn new_upload(
+        &self,
+        name: &ResourceName,
+        key: &str,
+    ) -> Result<Option<UploadStateRef>, Status> {
         let Some(upload) = self.state.cas.begin_upload(name.digest).await? else {
             return Ok(None);
         };
         let decoder = match name.compression {
             Compression::Identity => None,
-            Compression::Zstd => Some(StreamDecoder::new().map_err(|e| Status::internal(e.to_string()))?),
+            Compression::Zstd => {
+                Some(StreamDecoder::new().map_err(|e| Status::internal(e.to_string()))?)
+            }
         };
-        Ok(Some(self.state.uploads.insert(key, UploadState::new(upload, decoder))))
+        Ok(Some(
+            self.state
+                .uploads
+                .insert(key, UploadState::new(upload, decoder)),
+        ))
     }
 }
 
@@ -71,18 +82,35 @@ async fn feed(st: &mut UploadState, data: Bytes) -> Result<(), CasError> {
 impl ByteStream for ByteStreamService {
     type ReadStream = ReadStream;
 
-    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<Self::ReadStream>, Status> {
+    async fn read(
+        &self,
+        request: Request<ReadRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
         let req = request.into_inner();
         let name = ResourceName::parse_read(&req.resource_name)?;
         if req.read_offset < 0 {
-            return Err(Status::out_of_range(format!("negative read_offset {}", req.read_offset)));
+            return Err(Status::out_of_range(format!(
+                "negative read_offset {}",
+                req.read_offset
+            )));
         }
         if req.read_limit < 0 {
-            return Err(Status::invalid_argument(format!("negative read_limit {}", req.read_limit)));
+            return Err(Status::invalid_argument(format!(
+                "negative read_limit {}",
+                req.read_limit
+            )));
         }
         let offset = req.read_offset as u64;
-        let limit = if req.read_limit == 0 { u64::MAX } else { req.read_limit as u64 };
-        let blob = self.state.cas.get(&name.digest)?.ok_or(CasError::BlobNotFound(name.digest))?;
+        let limit = if req.read_limit == 0 {
+            u64::MAX
+        } else {
+            req.read_limit as u64
+        };
+        let blob = self
+            .state
+            .cas
+            .get(&name.digest)?
+            .ok_or(CasError::BlobNotFound(name.digest))?;
         let chunk = self.state.limits.read_chunk_bytes;
         match name.compression {
             Compression::Identity => {
@@ -94,18 +122,27 @@ impl ByteStream for ByteStreamService {
                     )));
                 }
                 let chunks = blob.chunks(offset, limit, chunk);
-                let stream = futures::stream::iter(chunks.into_iter().map(|data| Ok(ReadResponse { data })));
+                let stream =
+                    futures::stream::iter(chunks.into_iter().map(|data| Ok(ReadResponse { data })));
                 Ok(Response::new(Box::pin(stream)))
             }
             Compression::Zstd => Ok(Response::new(compressed_read(blob, offset, limit, chunk))),
         }
     }
 
-    async fn write(&self, request: Request<Streaming<WriteRequest>>) -> Result<Response<WriteResponse>, Status> {
+    async fn write(
+        &self,
+        request: Request<Streaming<WriteRequest>>,
+    ) -> Result<Response<WriteResponse>, Status> {
         let mut stream = request.into_inner();
-        let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty Write stream"))?;
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty Write stream"))?;
         if first.resource_name.is_empty() {
-            return Err(Status::invalid_argument("the first WriteRequest must carry resource_name"));
+            return Err(Status::invalid_argument(
+                "the first WriteRequest must carry resource_name",
+            ));
         }
         let key = first.resource_name.clone();
         let name = ResourceName::parse_write(&key)?;
@@ -131,7 +168,9 @@ impl ByteStream for ByteStreamService {
                 ))
             })?)
         };
-        let Some(entry) = entry else { return Ok(Self::already_present(&name)) };
+        let Some(entry) = entry else {
+            return Ok(Self::already_present(&name));
+        };
         let mut st = entry.lock().await;
         if st.upload.is_none() {
             return Ok(Self::already_present(&name));
@@ -168,7 +207,9 @@ impl ByteStream for ByteStreamService {
                 }
                 let upload = st.upload.take().expect("upload in progress");
                 upload.finish().await?;
-                return Ok(Response::new(WriteResponse { committed_size: st.committed }));
+                return Ok(Response::new(WriteResponse {
+                    committed_size: st.committed,
+                }));
             }
             if self.state.cas.contains(&name.digest)? {
                 // Another client finished the same blob: stop early, as the spec allows.
@@ -196,13 +237,19 @@ impl ByteStream for ByteStreamService {
         let name = ResourceName::parse_write(&key)?;
         if self.state.cas.contains(&name.digest)? {
             let committed_size = Self::already_present(&name).into_inner().committed_size;
-            return Ok(Response::new(QueryWriteStatusResponse { committed_size, complete: true }));
+            return Ok(Response::new(QueryWriteStatusResponse {
+                committed_size,
+                complete: true,
+            }));
         }
         let committed_size = match self.state.uploads.get(&key) {
             Some(entry) => entry.lock().await.committed,
             None => 0,
         };
-        Ok(Response::new(QueryWriteStatusResponse { committed_size, complete: false }))
+        Ok(Response::new(QueryWriteStatusResponse {
+            committed_size,
+            complete: false,
+        }))
     }
 }
 
@@ -211,7 +258,14 @@ impl ByteStream for ByteStreamService {
 fn compressed_read(blob: Blob, offset: u64, limit: u64, chunk: usize) -> ReadStream {
     let (tx, mut rx) = mpsc::channel::<Result<ReadResponse, Status>>(4);
     tokio::task::spawn_blocking(move || {
-        let sink = ChunkSink { tx: tx.clone(), skip: offset, left: limit, chunk, buf: Vec::new(), total: 0 };
+        let sink = ChunkSink {
+            tx: tx.clone(),
+            skip: offset,
+            left: limit,
+            chunk,
+            buf: Vec::new(),
+            total: 0,
+        };
         let result = (|| -> std::io::Result<ChunkSink> {
             let mut enc = zstd::stream::write::Encoder::new(sink, ZSTD_LEVEL)?;
             for piece in blob.chunks(0, u64::MAX, 1 << 20) {

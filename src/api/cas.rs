@@ -6,10 +6,10 @@ use crate::cas::{CasError, compression, get_tree_page};
 use crate::digest::{Digest, DigestFunction};
 use crate::proto::reapi::content_addressable_storage_server::ContentAddressableStorage;
 use crate::proto::reapi::{
-    BatchReadBlobsRequest, BatchReadBlobsResponse, BatchUpdateBlobsRequest, BatchUpdateBlobsResponse,
-    FindMissingBlobsRequest, FindMissingBlobsResponse, GetTreeRequest, GetTreeResponse, SpliceBlobRequest,
-    SpliceBlobResponse, SplitBlobRequest, SplitBlobResponse, batch_read_blobs_response, batch_update_blobs_response,
-    compressor,
+    BatchReadBlobsRequest, BatchReadBlobsResponse, BatchUpdateBlobsRequest,
+    BatchUpdateBlobsResponse, FindMissingBlobsRequest, FindMissingBlobsResponse, GetTreeRequest,
+    GetTreeResponse, SpliceBlobRequest, SpliceBlobResponse, SplitBlobRequest, SplitBlobResponse,
+    batch_read_blobs_response, batch_update_blobs_response, compressor,
 };
 use bytes::Bytes;
 use futures::Stream;
@@ -39,8 +39,11 @@ impl CasService {
         Ok(())
     }
 
-    async fn update_one(&self, function: DigestFunction, req: crate::proto::reapi::batch_update_blobs_request::Request)
-    -> Result<(), CasError> {
+    async fn update_one(
+        &self,
+        function: DigestFunction,
+        req: crate::proto::reapi::batch_update_blobs_request::Request,
+    ) -> Result<(), CasError> {
         let digest = Digest::from_field(function, req.digest.as_ref(), "requests.digest")?;
         let data = match compressor::Value::try_from(req.compressor) {
             Ok(compressor::Value::Identity) => req.data,
@@ -94,7 +97,10 @@ impl ContentAddressableStorage for CasService {
                 Ok(()) => rpc_ok(),
                 Err(e) => rpc_status(&e),
             };
-            responses.push(batch_update_blobs_response::Response { digest, status: Some(status) });
+            responses.push(batch_update_blobs_response::Response {
+                digest,
+                status: Some(status),
+            });
         }
         Ok(Response::new(BatchUpdateBlobsResponse { responses }))
     }
@@ -111,14 +117,21 @@ impl ContentAddressableStorage for CasService {
             .iter()
             .map(|d| Digest::from_proto(function, d))
             .collect::<Result<Vec<_>, _>>()?;
-        self.check_batch_total(digests.iter().map(|d| d.size).sum(), "BatchReadBlobs requested sizes")?;
-        let zstd_ok = req.acceptable_compressors.contains(&(compressor::Value::Zstd as i32));
+        self.check_batch_total(
+            digests.iter().map(|d| d.size).sum(),
+            "BatchReadBlobs requested sizes",
+        )?;
+        let zstd_ok = req
+            .acceptable_compressors
+            .contains(&(compressor::Value::Zstd as i32));
         let mut responses = Vec::with_capacity(digests.len());
         for d in digests {
             let (data, comp, status) = match self.state.cas.get_bytes(&d) {
-                Ok(data) if zstd_ok && data.len() > 512 => {
-                    (compression::compress(&data), compressor::Value::Zstd, rpc_ok())
-                }
+                Ok(data) if zstd_ok && data.len() > 512 => (
+                    compression::compress(&data),
+                    compressor::Value::Zstd,
+                    rpc_ok(),
+                ),
                 Ok(data) => (data, compressor::Value::Identity, rpc_ok()),
                 Err(e) => (Bytes::new(), compressor::Value::Identity, rpc_status(&e)),
             };
@@ -134,15 +147,25 @@ impl ContentAddressableStorage for CasService {
 
     type GetTreeStream = TreeStream;
 
-    async fn get_tree(&self, request: Request<GetTreeRequest>) -> Result<Response<Self::GetTreeStream>, Status> {
+    async fn get_tree(
+        &self,
+        request: Request<GetTreeRequest>,
+    ) -> Result<Response<Self::GetTreeStream>, Status> {
         let req = request.into_inner();
         validate_instance(&req.instance_name)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let root = Digest::from_field(function, req.root_digest.as_ref(), "root_digest")?;
         if req.page_size < 0 {
-            return Err(Status::invalid_argument(format!("negative page_size {}", req.page_size)));
+            return Err(Status::invalid_argument(format!(
+                "negative page_size {}",
+                req.page_size
+            )));
         }
-        let page_size = if req.page_size == 0 { DEFAULT_TREE_PAGE } else { req.page_size as usize };
+        let page_size = if req.page_size == 0 {
+            DEFAULT_TREE_PAGE
+        } else {
+            req.page_size as usize
+        };
         // The first page is computed here so that a bad root or token fails the call itself.
         let first = get_tree_page(&self.state.cas, &root, page_size, &req.page_token)?;
         let cas = self.state.cas.clone();
@@ -160,11 +183,21 @@ impl ContentAddressableStorage for CasService {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn split_blob(&self, _request: Request<SplitBlobRequest>) -> Result<Response<SplitBlobResponse>, Status> {
-        Err(Status::unimplemented("SplitBlob is not supported (CacheCapabilities.split_blob_support is false)"))
+    async fn split_blob(
+        &self,
+        _request: Request<SplitBlobRequest>,
+    ) -> Result<Response<SplitBlobResponse>, Status> {
+        Err(Status::unimplemented(
+            "SplitBlob is not supported (CacheCapabilities.split_blob_support is false)",
+        ))
     }
 
-    async fn splice_blob(&self, _request: Request<SpliceBlobRequest>) -> Result<Response<SpliceBlobResponse>, Status> {
-        Err(Status::unimplemented("SpliceBlob is not supported (CacheCapabilities.splice_blob_support is false)"))
+    async fn splice_blob(
+        &self,
+        _request: Request<SpliceBlobRequest>,
+    ) -> Result<Response<SpliceBlobResponse>, Status> {
+        Err(Status::unimplemented(
+            "SpliceBlob is not supported (CacheCapabilities.splice_blob_support is false)",
+        ))
     }
 }

@@ -5,8 +5,15 @@
 use crate::digest::{Digest, DigestError, DigestFunction};
 
 /// Path segments that can never be part of an instance name.
-pub const RESERVED: [&str; 7] =
-    ["blobs", "uploads", "actions", "actionResults", "operations", "capabilities", "compressed-blobs"];
+pub const RESERVED: [&str; 7] = [
+    "blobs",
+    "uploads",
+    "actions",
+    "actionResults",
+    "operations",
+    "capabilities",
+    "compressed-blobs",
+];
 
 /// Compression of a ByteStream transfer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,23 +64,37 @@ impl ResourceName {
         if !rest.is_empty() {
             return Err(malformed(name, "unexpected parts after the size"));
         }
-        Ok(Self { instance, upload_id: None, digest, compression })
+        Ok(Self {
+            instance,
+            upload_id: None,
+            digest,
+            compression,
+        })
     }
 
     /// Parses a write name: `{instance}/uploads/{uuid}/(compressed-)blobs/.../{size}[/metadata]`.
     pub fn parse_write(name: &str) -> Result<Self, ResourceNameError> {
         let parts = split(name)?;
-        let at = parts
-            .iter()
-            .position(|p| *p == "uploads")
-            .ok_or_else(|| malformed(name, "expected {instance}/uploads/{uuid}/blobs/{hash}/{size}"))?;
+        let at = parts.iter().position(|p| *p == "uploads").ok_or_else(|| {
+            malformed(
+                name,
+                "expected {instance}/uploads/{uuid}/blobs/{hash}/{size}",
+            )
+        })?;
         let instance = instance_of(name, &parts[..at])?;
-        let upload_id = parts.get(at + 1).ok_or_else(|| malformed(name, "missing upload id"))?;
+        let upload_id = parts
+            .get(at + 1)
+            .ok_or_else(|| malformed(name, "missing upload id"))?;
         if RESERVED.contains(upload_id) {
             return Err(malformed(name, "missing upload id"));
         }
         let (digest, compression, _metadata) = parse_blob_part(name, &parts[at + 2..])?;
-        Ok(Self { instance, upload_id: Some((*upload_id).to_string()), digest, compression })
+        Ok(Self {
+            instance,
+            upload_id: Some((*upload_id).to_string()),
+            digest,
+            compression,
+        })
     }
 }
 
@@ -89,8 +110,14 @@ fn split(name: &str) -> Result<Vec<&str>, ResourceNameError> {
 }
 
 fn instance_of(name: &str, parts: &[&str]) -> Result<String, ResourceNameError> {
-    if let Some(bad) = parts.iter().find(|p| RESERVED.contains(p) || **p == "." || **p == "..") {
-        return Err(malformed(name, &format!("instance name may not contain the reserved segment {bad:?}")));
+    if let Some(bad) = parts
+        .iter()
+        .find(|p| RESERVED.contains(p) || **p == "." || **p == "..")
+    {
+        return Err(malformed(
+            name,
+            &format!("instance name may not contain the reserved segment {bad:?}"),
+        ));
     }
     Ok(parts.join("/"))
 }
@@ -104,7 +131,9 @@ fn parse_blob_part<'a>(
     let (compression, mut rest) = match parts.first() {
         Some(&"blobs") => (Compression::Identity, &parts[1..]),
         Some(&"compressed-blobs") => {
-            let c = parts.get(1).ok_or_else(|| malformed(name, "missing compressor"))?;
+            let c = parts
+                .get(1)
+                .ok_or_else(|| malformed(name, "missing compressor"))?;
             let compression = match *c {
                 "zstd" => Compression::Zstd,
                 "identity" => Compression::Identity,
@@ -116,7 +145,11 @@ fn parse_blob_part<'a>(
     };
     let mut function = DigestFunction::Sha256;
     if let Some(first) = rest.first() {
-        if first.len() != 64 && first.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) && rest.len() >= 3
+        if first.len() != 64
+            && first
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && rest.len() >= 3
         {
             function = match *first {
                 "sha256" => DigestFunction::Sha256,
@@ -132,8 +165,15 @@ fn parse_blob_part<'a>(
 }
 
 fn malformed(name: &str, reason: &str) -> ResourceNameError {
-    let name = if name.len() > 300 { format!("{}...", &name[..name.floor_char_boundary(300)]) } else { name.to_string() };
-    ResourceNameError::Malformed { name, reason: reason.to_string() }
+    let name = if name.len() > 300 {
+        format!("{}...", &name[..name.floor_char_boundary(300)])
+    } else {
+        name.to_string()
+    };
+    ResourceNameError::Malformed {
+        name,
+        reason: reason.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -145,9 +185,15 @@ mod tests {
     #[test]
     fn reads() {
         let r = ResourceName::parse_read(&format!("blobs/{H}/0")).unwrap();
-        assert_eq!((r.instance.as_str(), r.compression), ("", Compression::Identity));
+        assert_eq!(
+            (r.instance.as_str(), r.compression),
+            ("", Compression::Identity)
+        );
         let r = ResourceName::parse_read(&format!("a/b/compressed-blobs/zstd/{H}/5")).unwrap();
-        assert_eq!((r.instance.as_str(), r.compression, r.digest.size), ("a/b", Compression::Zstd, 5));
+        assert_eq!(
+            (r.instance.as_str(), r.compression, r.digest.size),
+            ("a/b", Compression::Zstd, 5)
+        );
         let r = ResourceName::parse_read(&format!("i/blobs/sha256/{H}/5")).unwrap();
         assert_eq!(r.instance, "i");
         for bad in [
@@ -169,15 +215,22 @@ mod tests {
         ));
         assert!(matches!(
             ResourceName::parse_read(&format!("blobs/md5/{H}/1")),
-            Err(ResourceNameError::Digest(DigestError::UnsupportedFunction(_)))
+            Err(ResourceNameError::Digest(DigestError::UnsupportedFunction(
+                _
+            )))
         ));
     }
 
     #[test]
     fn writes() {
-        let w = ResourceName::parse_write(&format!("inst/uploads/u-1/blobs/{H}/0/some/metadata")).unwrap();
-        assert_eq!((w.instance.as_str(), w.upload_id.as_deref()), ("inst", Some("u-1")));
-        let w = ResourceName::parse_write(&format!("uploads/u/compressed-blobs/zstd/{H}/7")).unwrap();
+        let w = ResourceName::parse_write(&format!("inst/uploads/u-1/blobs/{H}/0/some/metadata"))
+            .unwrap();
+        assert_eq!(
+            (w.instance.as_str(), w.upload_id.as_deref()),
+            ("inst", Some("u-1"))
+        );
+        let w =
+            ResourceName::parse_write(&format!("uploads/u/compressed-blobs/zstd/{H}/7")).unwrap();
         assert_eq!((w.compression, w.digest.size), (Compression::Zstd, 7));
         for bad in [
             format!("uploads/blobs/{H}/0"),

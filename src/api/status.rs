@@ -34,7 +34,8 @@ pub fn storage_code(err: &StorageError) -> Code {
             Code::InvalidArgument
         }
         StorageError::Corrupt { .. } => Code::DataLoss,
-        StorageError::Poisoned(_) => Code::Unavailable,
+        StorageError::Poisoned(_) | StorageError::Closed => Code::Unavailable,
+        StorageError::Config(_) => Code::FailedPrecondition,
         StorageError::Io(_) => Code::Internal,
     }
 }

@@ -25,7 +25,12 @@ pub(super) struct UploadState {
 
 impl UploadState {
     pub(super) fn new(upload: Upload, decoder: Option<StreamDecoder>) -> Self {
-        Self { upload: Some(upload), decoder, committed: 0, last_used: Instant::now() }
+        Self {
+            upload: Some(upload),
+            decoder,
+            committed: 0,
+            last_used: Instant::now(),
+        }
     }
 }
 
@@ -37,21 +42,35 @@ pub(super) struct UploadRegistry {
 
 impl UploadRegistry {
     pub(super) fn new(idle_timeout: Duration) -> Self {
-        Self { map: Mutex::default(), idle_timeout }
+        Self {
+            map: Mutex::default(),
+            idle_timeout,
+        }
     }
 
     /// The upload under `name`, if one is in progress.
     pub(super) fn get(&self, name: &str) -> Option<Arc<tokio::sync::Mutex<UploadState>>> {
-        self.map.lock().expect("upload registry lock").get(name).cloned()
+        self.map
+            .lock()
+            .expect("upload registry lock")
+            .get(name)
+            .cloned()
     }
 
     /// Registers a new upload (replacing any older one under the same name), dropping uploads
     /// idle for longer than the timeout.
-    pub(super) fn insert(&self, name: &str, state: UploadState) -> Arc<tokio::sync::Mutex<UploadState>> {
+    pub(super) fn insert(
+        &self,
+        name: &str,
+        state: UploadState,
+    ) -> Arc<tokio::sync::Mutex<UploadState>> {
         let entry = Arc::new(tokio::sync::Mutex::new(state));
         let mut map = self.map.lock().expect("upload registry lock");
         let timeout = self.idle_timeout;
-        map.retain(|_, s| s.try_lock().map_or(true, |s| s.last_used.elapsed() < timeout));
+        map.retain(|_, s| {
+            s.try_lock()
+                .map_or(true, |s| s.last_used.elapsed() < timeout)
+        });
         map.insert(name.to_string(), entry.clone());
         entry
     }
@@ -64,11 +83,5 @@ impl UploadRegistry {
     /// Marks an upload as used now.
     pub(super) fn touch(state: &mut UploadState) {
         state.last_used = Instant::now();
-    }
-
-    /// Number of uploads in progress.
-    #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
-        self.map.lock().expect("upload registry lock").len()
     }
 }

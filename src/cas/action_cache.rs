@@ -72,7 +72,12 @@ impl ActionCache {
     }
 
     /// Stores a result after validating every digest in it.
-    pub async fn update(&self, instance: &str, action: &Digest, result: &ActionResult) -> Result<(), CasError> {
+    pub async fn update(
+        &self,
+        instance: &str,
+        action: &Digest,
+        result: &ActionResult,
+    ) -> Result<(), CasError> {
         for d in referenced_digests(result) {
             Digest::from_proto(action.function, d)?;
         }
@@ -83,23 +88,46 @@ impl ActionCache {
         for f in &mut stored.output_files {
             f.contents = Bytes::new();
         }
-        self.store.put(Self::key(instance, action), Bytes::from(stored.encode_to_vec())).await?;
+        self.store
+            .put(
+                Self::key(instance, action),
+                Bytes::from(stored.encode_to_vec()),
+            )
+            .await?;
         Ok(())
     }
 
-    fn is_complete(&self, result: &ActionResult, function: DigestFunction) -> Result<bool, CasError> {
+    fn is_complete(
+        &self,
+        result: &ActionResult,
+        function: DigestFunction,
+    ) -> Result<bool, CasError> {
         for d in referenced_digests(result) {
-            let Ok(d) = Digest::from_proto(function, d) else { return Ok(false) };
+            let Ok(d) = Digest::from_proto(function, d) else {
+                return Ok(false);
+            };
             if !self.cas.contains(&d)? {
                 return Ok(false);
             }
         }
         for dir in &result.output_directories {
-            let Some(tree_digest) = dir.tree_digest.as_ref() else { continue };
-            let Ok(tree_digest) = Digest::from_proto(function, tree_digest) else { return Ok(false) };
-            let Some(tree) = self.cas.get(&tree_digest)? else { return Ok(false) };
-            let Ok(tree) = Tree::decode(tree.to_bytes()) else { return Ok(false) };
-            let files = tree.root.iter().chain(tree.children.iter()).flat_map(|d| d.files.iter());
+            let Some(tree_digest) = dir.tree_digest.as_ref() else {
+                continue;
+            };
+            let Ok(tree_digest) = Digest::from_proto(function, tree_digest) else {
+                return Ok(false);
+            };
+            let Some(tree) = self.cas.get(&tree_digest)? else {
+                return Ok(false);
+            };
+            let Ok(tree) = Tree::decode(tree.to_bytes()) else {
+                return Ok(false);
+            };
+            let files = tree
+                .root
+                .iter()
+                .chain(tree.children.iter())
+                .flat_map(|d| d.files.iter());
             for f in files {
                 let Some(Ok(d)) = f.digest.as_ref().map(|d| Digest::from_proto(function, d)) else {
                     return Ok(false);
@@ -119,15 +147,16 @@ impl ActionCache {
         inline: &InlineRequest,
     ) -> Result<(), CasError> {
         let mut budget = inline.max_bytes;
-        let mut take = |d: Option<&crate::proto::reapi::Digest>| -> Result<Option<Bytes>, CasError> {
-            let Some(d) = d else { return Ok(None) };
-            let d = Digest::from_proto(function, d)?;
-            if d.size > budget {
-                return Ok(None);
-            }
-            budget -= d.size;
-            Ok(self.cas.get(&d)?.map(|b| b.to_bytes()))
-        };
+        let mut take =
+            |d: Option<&crate::proto::reapi::Digest>| -> Result<Option<Bytes>, CasError> {
+                let Some(d) = d else { return Ok(None) };
+                let d = Digest::from_proto(function, d)?;
+                if d.size > budget {
+                    return Ok(None);
+                }
+                budget -= d.size;
+                Ok(self.cas.get(&d)?.map(|b| b.to_bytes()))
+            };
         if inline.stdout {
             if let Some(b) = take(result.stdout_digest.as_ref())? {
                 result.stdout_raw = b;
@@ -155,7 +184,12 @@ fn referenced_digests(result: &ActionResult) -> impl Iterator<Item = &crate::pro
         .output_files
         .iter()
         .filter_map(|f| f.digest.as_ref())
-        .chain(result.output_directories.iter().filter_map(|d| d.tree_digest.as_ref()))
+        .chain(
+            result
+                .output_directories
+                .iter()
+                .filter_map(|d| d.tree_digest.as_ref()),
+        )
         .chain(result.stdout_digest.as_ref())
         .chain(result.stderr_digest.as_ref())
 }
@@ -184,17 +218,36 @@ mod tests {
         let action = put(&cas, b"action").await;
         let out = put(&cas, b"output").await;
         let result = ActionResult {
-            output_files: vec![OutputFile { path: "o".into(), digest: Some(out.to_proto()), ..Default::default() }],
+            output_files: vec![OutputFile {
+                path: "o".into(),
+                digest: Some(out.to_proto()),
+                ..Default::default()
+            }],
             exit_code: 0,
             ..Default::default()
         };
         let none = InlineRequest::default();
-        assert!(matches!(ac.get("a", &action, &none), Err(CasError::ActionNotFound(_))));
+        assert!(matches!(
+            ac.get("a", &action, &none),
+            Err(CasError::ActionNotFound(_))
+        ));
         ac.update("a", &action, &result).await.unwrap();
         assert_eq!(ac.get("a", &action, &none).unwrap().output_files.len(), 1);
-        assert!(matches!(ac.get("b", &action, &none), Err(CasError::ActionNotFound(_))));
-        let inline = InlineRequest { files: vec!["o".into()], max_bytes: 100, ..Default::default() };
-        assert_eq!(ac.get("a", &action, &inline).unwrap().output_files[0].contents.as_ref(), b"output");
+        assert!(matches!(
+            ac.get("b", &action, &none),
+            Err(CasError::ActionNotFound(_))
+        ));
+        let inline = InlineRequest {
+            files: vec!["o".into()],
+            max_bytes: 100,
+            ..Default::default()
+        };
+        assert_eq!(
+            ac.get("a", &action, &inline).unwrap().output_files[0]
+                .contents
+                .as_ref(),
+            b"output"
+        );
     }
 
     #[tokio::test]
@@ -202,14 +255,24 @@ mod tests {
         let (cas, ac) = setup();
         let action = put(&cas, b"action2").await;
         let absent = DigestFunction::Sha256.digest_of(b"never uploaded");
-        let with_missing_stdout = ActionResult { stdout_digest: Some(absent.to_proto()), ..Default::default() };
+        let with_missing_stdout = ActionResult {
+            stdout_digest: Some(absent.to_proto()),
+            ..Default::default()
+        };
         ac.update("", &action, &with_missing_stdout).await.unwrap();
-        assert!(matches!(ac.get("", &action, &InlineRequest::default()), Err(CasError::ActionNotFound(_))));
+        assert!(matches!(
+            ac.get("", &action, &InlineRequest::default()),
+            Err(CasError::ActionNotFound(_))
+        ));
 
         // A tree whose file is missing also makes the result incomplete.
         let tree = Tree {
             root: Some(Directory {
-                files: vec![FileNode { name: "f".into(), digest: Some(absent.to_proto()), ..Default::default() }],
+                files: vec![FileNode {
+                    name: "f".into(),
+                    digest: Some(absent.to_proto()),
+                    ..Default::default()
+                }],
                 ..Default::default()
             }),
             children: vec![],
@@ -234,9 +297,15 @@ mod tests {
         let (_cas, ac) = setup();
         let action = DigestFunction::Sha256.digest_of(b"x");
         let bad = ActionResult {
-            stdout_digest: Some(crate::proto::reapi::Digest { hash: "zz".into(), size_bytes: 1 }),
+            stdout_digest: Some(crate::proto::reapi::Digest {
+                hash: "zz".into(),
+                size_bytes: 1,
+            }),
             ..Default::default()
         };
-        assert!(matches!(ac.update("", &action, &bad).await, Err(CasError::Digest(_))));
+        assert!(matches!(
+            ac.update("", &action, &bad).await,
+            Err(CasError::Digest(_))
+        ));
     }
 }

@@ -10,18 +10,30 @@ pub const ZSTD_LEVEL: i32 = 1;
 
 /// Compresses a whole buffer (small blobs in batch responses).
 pub fn compress(data: &[u8]) -> Bytes {
-    Bytes::from(zstd::bulk::compress(data, ZSTD_LEVEL).expect("zstd compression of an in-memory buffer"))
+    Bytes::from(
+        zstd::bulk::compress(data, ZSTD_LEVEL).expect("zstd compression of an in-memory buffer"),
+    )
 }
 
 /// Decompresses a buffer that must expand to exactly `digest.size` bytes. Reads at most one
 /// byte more than declared, so a decompression bomb costs nothing.
 pub fn decompress_exact(data: &[u8], digest: &Digest) -> Result<Bytes, CasError> {
-    let bad = |reason: String| CasError::BadCompression { digest: *digest, reason };
+    let bad = |reason: String| CasError::BadCompression {
+        digest: *digest,
+        reason,
+    };
     let decoder = zstd::stream::read::Decoder::new(data).map_err(|e| bad(e.to_string()))?;
     let mut out = Vec::with_capacity(digest.size.min(64 << 20) as usize);
-    decoder.take(digest.size + 1).read_to_end(&mut out).map_err(|e| bad(e.to_string()))?;
+    decoder
+        .take(digest.size + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| bad(e.to_string()))?;
     if out.len() as u64 != digest.size {
-        return Err(bad(format!("decompresses to {} bytes, expected {}", out.len(), digest.size)));
+        return Err(bad(format!(
+            "decompresses to {} bytes, expected {}",
+            out.len(),
+            digest.size
+        )));
     }
     Ok(Bytes::from(out))
 }
@@ -36,7 +48,10 @@ pub struct StreamDecoder {
 impl StreamDecoder {
     /// A decoder at the start of a stream.
     pub fn new() -> std::io::Result<Self> {
-        Ok(Self { inner: zstd::stream::raw::Decoder::new()?, finished_frame: false })
+        Ok(Self {
+            inner: zstd::stream::raw::Decoder::new()?,
+            finished_frame: false,
+        })
     }
 
     /// Decodes one compressed chunk, returning the bytes it yields.

@@ -11,7 +11,11 @@ pub enum CasError {
     Digest(#[from] DigestError),
     /// Uploaded bytes whose hash or size differ from the digest they were sent under.
     #[error("uploaded data does not match digest {expected}: got {actual_hash}/{actual_size}")]
-    DigestMismatch { expected: Digest, actual_hash: String, actual_size: u64 },
+    DigestMismatch {
+        expected: Digest,
+        actual_hash: String,
+        actual_size: u64,
+    },
     /// The client sent more bytes than the digest's size.
     #[error("upload for {expected} exceeds its declared size")]
     TooMuchData { expected: Digest },

@@ -69,12 +69,17 @@ impl Cas {
         if digest.is_empty_blob() {
             return Ok(Some(Blob::default()));
         }
-        Ok(self.store.get(&Self::key(digest))?.filter(|b| b.len() == digest.size))
+        Ok(self
+            .store
+            .get(&Self::key(digest))?
+            .filter(|b| b.len() == digest.size))
     }
 
     /// Reads a blob into one buffer, or fails with `BlobNotFound`.
     pub fn get_bytes(&self, digest: &Digest) -> Result<Bytes, CasError> {
-        self.get(digest)?.map(|b| b.to_bytes()).ok_or(CasError::BlobNotFound(*digest))
+        self.get(digest)?
+            .map(|b| b.to_bytes())
+            .ok_or(CasError::BlobNotFound(*digest))
     }
 
     /// Stores a blob held in memory after checking it matches `digest`.
@@ -96,7 +101,10 @@ impl Cas {
         if self.contains(&digest)? {
             return Ok(None);
         }
-        let writer = self.store.begin_write(Self::key(&digest), digest.size).await?;
+        let writer = self
+            .store
+            .begin_write(Self::key(&digest), digest.size)
+            .await?;
         Ok(Some(Upload::new(digest, writer)))
     }
 }
@@ -132,7 +140,10 @@ mod tests {
         cas.put(&d, Bytes::from_static(b"hello")).await.unwrap();
         assert_eq!(cas.get_bytes(&d).unwrap(), Bytes::from_static(b"hello"));
         let wrong = DigestFunction::Sha256.digest_of(b"other");
-        let err = cas.put(&wrong, Bytes::from_static(b"hello")).await.unwrap_err();
+        let err = cas
+            .put(&wrong, Bytes::from_static(b"hello"))
+            .await
+            .unwrap_err();
         assert!(matches!(err, CasError::DigestMismatch { .. }), "{err}");
         assert!(!cas.contains(&wrong).unwrap());
     }

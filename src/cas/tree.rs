@@ -19,7 +19,12 @@ pub struct TreePage {
 /// returns up to `page_size` directories starting at `page_token` (an opaque position from an
 /// earlier page; empty for the start). Directories missing from the CAS are left out with their
 /// subtrees, as the spec asks; a missing root is `BlobNotFound`.
-pub fn get_tree_page(cas: &Cas, root: &Digest, page_size: usize, page_token: &str) -> Result<TreePage, CasError> {
+pub fn get_tree_page(
+    cas: &Cas,
+    root: &Digest,
+    page_size: usize,
+    page_token: &str,
+) -> Result<TreePage, CasError> {
     let skip: usize = if page_token.is_empty() {
         0
     } else {
@@ -39,10 +44,13 @@ pub fn get_tree_page(cas: &Cas, root: &Digest, page_size: usize, page_token: &st
             }
             continue;
         };
-        let dir = Directory::decode(blob.to_bytes())
-            .map_err(|e| CasError::BadMessage { what: "Directory", reason: format!("{d}: {e}") })?;
+        let dir = Directory::decode(blob.to_bytes()).map_err(|e| CasError::BadMessage {
+            what: "Directory",
+            reason: format!("{d}: {e}"),
+        })?;
         for child in &dir.directories {
-            let c = Digest::from_field(root.function, child.digest.as_ref(), "DirectoryNode.digest")?;
+            let c =
+                Digest::from_field(root.function, child.digest.as_ref(), "DirectoryNode.digest")?;
             if seen.insert(c) {
                 queue.push_back(c);
             }
@@ -57,7 +65,9 @@ pub fn get_tree_page(cas: &Cas, root: &Digest, page_size: usize, page_token: &st
         index += 1;
     }
     if skip > index {
-        return Err(CasError::InvalidArgument(format!("page_token {page_token:?} is past the end of the tree")));
+        return Err(CasError::InvalidArgument(format!(
+            "page_token {page_token:?} is past the end of the tree"
+        )));
     }
     Ok(page)
 }
@@ -79,7 +89,10 @@ mod tests {
     }
 
     fn node(name: &str, d: &Digest) -> DirectoryNode {
-        DirectoryNode { name: name.into(), digest: Some(d.to_proto()) }
+        DirectoryNode {
+            name: name.into(),
+            digest: Some(d.to_proto()),
+        }
     }
 
     #[tokio::test]
@@ -87,17 +100,33 @@ mod tests {
         let cas = Cas::new(Arc::new(MemoryStore::new(1 << 20)));
         let leaf = put_dir(&cas, &Directory::default()).await;
         let missing = DigestFunction::Sha256.digest_of(b"no such dir");
-        let mid = put_dir(&cas, &Directory { directories: vec![node("l", &leaf)], ..Default::default() }).await;
+        let mid = put_dir(
+            &cas,
+            &Directory {
+                directories: vec![node("l", &leaf)],
+                ..Default::default()
+            },
+        )
+        .await;
         let root = put_dir(
             &cas,
             &Directory {
-                directories: vec![node("a", &mid), node("b", &mid), node("c", &missing), node("d", &leaf)],
+                directories: vec![
+                    node("a", &mid),
+                    node("b", &mid),
+                    node("c", &missing),
+                    node("d", &leaf),
+                ],
                 ..Default::default()
             },
         )
         .await;
         let all = get_tree_page(&cas, &root, 100, "").unwrap();
-        assert_eq!(all.directories.len(), 3, "root, mid, leaf once each; missing skipped");
+        assert_eq!(
+            all.directories.len(),
+            3,
+            "root, mid, leaf once each; missing skipped"
+        );
         assert!(all.next_page_token.is_empty());
         let p1 = get_tree_page(&cas, &root, 2, "").unwrap();
         assert_eq!(p1.directories.len(), 2);
@@ -105,6 +134,9 @@ mod tests {
         assert_eq!(p2.directories.len(), 1);
         assert!(p2.next_page_token.is_empty());
         assert!(get_tree_page(&cas, &root, 2, "bogus").is_err());
-        assert!(matches!(get_tree_page(&cas, &missing, 2, ""), Err(CasError::BlobNotFound(_))));
+        assert!(matches!(
+            get_tree_page(&cas, &missing, 2, ""),
+            Err(CasError::BlobNotFound(_))
+        ));
     }
 }

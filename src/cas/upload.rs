@@ -15,7 +15,11 @@ pub struct Upload {
 
 impl Upload {
     pub(super) fn new(digest: Digest, writer: Box<dyn BlobWriter>) -> Self {
-        Self { digest, hasher: digest.function.hasher(), writer }
+        Self {
+            digest,
+            hasher: digest.function.hasher(),
+            writer,
+        }
     }
 
     /// The digest this upload must match.
@@ -31,7 +35,9 @@ impl Upload {
     /// Appends the next chunk (uncompressed). More bytes than the digest's size is an error.
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), CasError> {
         if self.hasher.size() + chunk.len() as u64 > self.digest.size {
-            return Err(CasError::TooMuchData { expected: self.digest });
+            return Err(CasError::TooMuchData {
+                expected: self.digest,
+            });
         }
         self.hasher.update(&chunk);
         self.writer.write(chunk).await?;

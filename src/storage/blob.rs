@@ -15,7 +15,10 @@ impl Blob {
     /// A blob made of one extent.
     pub fn from_bytes(bytes: Bytes) -> Self {
         let len = bytes.len() as u64;
-        Self { extents: vec![bytes], len }
+        Self {
+            extents: vec![bytes],
+            len,
+        }
     }
 
     /// A blob made of several extents, in order.
@@ -81,7 +84,10 @@ mod tests {
 
     #[test]
     fn chunks_cover_ranges_across_extents() {
-        let b = Blob::from_extents(vec![Bytes::from_static(b"abcd"), Bytes::from_static(b"efgh")]);
+        let b = Blob::from_extents(vec![
+            Bytes::from_static(b"abcd"),
+            Bytes::from_static(b"efgh"),
+        ]);
         let join = |v: Vec<Bytes>| v.iter().flat_map(|b| b.to_vec()).collect::<Vec<u8>>();
         assert_eq!(join(b.chunks(0, u64::MAX, 3)), b"abcdefgh");
         assert_eq!(join(b.chunks(3, 3, 2)), b"def");

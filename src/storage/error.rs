@@ -18,6 +18,12 @@ pub enum StorageError {
     /// An earlier I/O error stopped all writes; the store refuses to guess what reached disk.
     #[error("writes stopped after an earlier I/O error: {0}")]
     Poisoned(String),
+    /// A configuration value that makes no sense; the message names the field.
+    #[error("invalid storage config: {0}")]
+    Config(String),
+    /// The engine was shut down while the call was in flight.
+    #[error("storage engine closed")]
+    Closed,
     /// Any other I/O error.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

@@ -16,14 +16,23 @@ pub struct MemoryStore {
 impl MemoryStore {
     /// An empty store accepting blobs up to `max_blob_size` bytes.
     pub fn new(max_blob_size: u64) -> Self {
-        Self { map: Arc::default(), max_blob_size }
+        Self {
+            map: Arc::default(),
+            max_blob_size,
+        }
     }
 }
 
 #[async_trait]
 impl Store for MemoryStore {
     fn get(&self, key: &Key) -> Result<Option<Blob>, StorageError> {
-        Ok(self.map.read().expect("lock").get(key).cloned().map(Blob::from_bytes))
+        Ok(self
+            .map
+            .read()
+            .expect("lock")
+            .get(key)
+            .cloned()
+            .map(Blob::from_bytes))
     }
 
     fn contains(&self, key: &Key) -> Result<bool, StorageError> {
@@ -32,9 +41,17 @@ impl Store for MemoryStore {
 
     async fn begin_write(&self, key: Key, len: u64) -> Result<Box<dyn BlobWriter>, StorageError> {
         if len > self.max_blob_size {
-            return Err(StorageError::TooLarge { len, max: self.max_blob_size });
+            return Err(StorageError::TooLarge {
+                len,
+                max: self.max_blob_size,
+            });
         }
-        Ok(Box::new(MemoryWriter { store: self.clone(), key, len, buf: BytesMut::new() }))
+        Ok(Box::new(MemoryWriter {
+            store: self.clone(),
+            key,
+            len,
+            buf: BytesMut::new(),
+        }))
     }
 
     fn max_blob_size(&self) -> u64 {
@@ -54,7 +71,10 @@ impl BlobWriter for MemoryWriter {
     async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
         let got = self.buf.len() as u64 + chunk.len() as u64;
         if got > self.len {
-            return Err(StorageError::LengthMismatch { announced: self.len, got });
+            return Err(StorageError::LengthMismatch {
+                announced: self.len,
+                got,
+            });
         }
         self.buf.extend_from_slice(&chunk);
         Ok(())
@@ -62,9 +82,16 @@ impl BlobWriter for MemoryWriter {
 
     async fn commit(self: Box<Self>) -> Result<(), StorageError> {
         if self.buf.len() as u64 != self.len {
-            return Err(StorageError::LengthMismatch { announced: self.len, got: self.buf.len() as u64 });
+            return Err(StorageError::LengthMismatch {
+                announced: self.len,
+                got: self.buf.len() as u64,
+            });
         }
-        self.store.map.write().expect("lock").insert(self.key, self.buf.freeze());
+        self.store
+            .map
+            .write()
+            .expect("lock")
+            .insert(self.key, self.buf.freeze());
         Ok(())
     }
 }

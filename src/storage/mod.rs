@@ -5,17 +5,31 @@
 //! crate without edits; `tests/layering.rs` checks that it imports nothing from the layers above.
 //!
 //! The seam is the [`Store`] trait: [`MemoryStore`] for unit tests, the segment engine for
-//! `kiln serve`.
+//! `kiln serve` ([`Engine`], configured by [`EngineConfig`]; on-disk format in `FORMAT.md`).
 
 mod blob;
+mod config;
+mod engine;
 mod error;
+pub mod format;
+mod index;
 mod key;
 mod memory;
+mod segment;
+mod shared;
+mod stats;
+pub mod sys;
+mod verify;
+mod writer;
 
 pub use blob::Blob;
+pub use config::{Durability, EngineConfig, IoBackend};
+pub use engine::Engine;
 pub use error::StorageError;
 pub use key::Key;
 pub use memory::MemoryStore;
+pub use stats::StorageStats;
+pub use verify::{VerifyProgress, VerifyReport};
 
 use async_trait::async_trait;
 use bytes::Bytes;

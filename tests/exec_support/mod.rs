@@ -21,7 +21,7 @@ use tonic::transport::Channel;
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Test settings for `[execution]`: quick lost-bot detection and a short platform grace.
-pub const EXEC_CONFIG: &str = "[execution]\nbot_poll_ms = 500\nbot_timeout_secs = 2\nunmatched_grace_secs = 2\nmax_timeout_secs = 100\ndefault_timeout_secs = 60\n";
+pub const EXEC_CONFIG: &str = "[storage]\ncapacity_bytes = 268435456\nsegment_size_bytes = 16777216\nmax_blob_size_bytes = 33554432\n[execution]\nbot_poll_ms = 500\nbot_timeout_secs = 2\nunmatched_grace_secs = 2\nmax_timeout_secs = 100\ndefault_timeout_secs = 60\n";
 
 fn read_lines_until(child: &mut Child, last: &str) -> Vec<String> {
     let stdout = child.stdout.take().expect("piped stdout");
@@ -76,6 +76,7 @@ impl Server {
             .arg(&cfg)
             .arg("--data-dir")
             .arg(dir.path().join("data"))
+            .args(["--metrics-listen", ""])
             .env(
                 "KILN_LOG",
                 std::env::var("KILN_LOG").unwrap_or_else(|_| "warn".into()),

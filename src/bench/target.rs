@@ -1,0 +1,105 @@
+//! Connecting to a target: `grpc://HOST:PORT` (also `http://`) or `unix:PATH`.
+
+use super::BenchError;
+use tonic::transport::{Channel, Endpoint};
+
+/// Largest message the bench accepts or sends; batch calls stay within the server's limit.
+pub const MAX_MESSAGE: usize = 256 << 20;
+
+/// A parsed target address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A TCP `host:port`.
+    Tcp(String),
+    /// A Unix socket path.
+    Unix(std::path::PathBuf),
+}
+
+impl Target {
+    /// Parses `grpc://HOST:PORT`, `http://HOST:PORT` or `unix:PATH` (also `unix://PATH`).
+    pub fn parse(s: &str) -> Result<Self, BenchError> {
+        if let Some(rest) = s.strip_prefix("unix:") {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() {
+                return Err(BenchError::Usage(format!("empty socket path in {s:?}")));
+            }
+            return Ok(Target::Unix(path.into()));
+        }
+        let rest = s
+            .strip_prefix("grpc://")
+            .or_else(|| s.strip_prefix("http://"))
+            .ok_or_else(|| {
+                BenchError::Usage(format!(
+                    "unsupported target {s:?}: use grpc://HOST:PORT or unix:PATH"
+                ))
+            })?;
+        let rest = rest.trim_end_matches('/');
+        if !rest.contains(':') {
+            return Err(BenchError::Usage(format!("target {s:?} lacks a port")));
+        }
+        Ok(Target::Tcp(rest.to_string()))
+    }
+
+    /// Opens one HTTP/2 connection.
+    pub async fn connect(&self) -> Result<Channel, BenchError> {
+        let fail = |e: tonic::transport::Error| {
+            BenchError::Connect(format!(
+                "{}: {e} ({:?})",
+                self,
+                std::error::Error::source(&e)
+            ))
+        };
+        match self {
+            Target::Tcp(hostport) => Endpoint::from_shared(format!("http://{hostport}"))
+                .map_err(fail)?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .map_err(fail),
+            Target::Unix(path) => {
+                let path = path.clone();
+                // The URI is a placeholder: the connector below ignores it.
+                Endpoint::try_from("http://[::]:50051")
+                    .map_err(fail)?
+                    .connect_with_connector(tower::service_fn(move |_| {
+                        let path = path.clone();
+                        async move {
+                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                                tokio::net::UnixStream::connect(path).await?,
+                            ))
+                        }
+                    }))
+                    .await
+                    .map_err(fail)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Tcp(h) => write!(f, "grpc://{h}"),
+            Target::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_targets() {
+        assert_eq!(
+            Target::parse("grpc://127.0.0.1:8980").unwrap(),
+            Target::Tcp("127.0.0.1:8980".into())
+        );
+        assert_eq!(
+            Target::parse("unix:/tmp/k.sock").unwrap(),
+            Target::Unix("/tmp/k.sock".into())
+        );
+        assert!(Target::parse("ftp://x:1").is_err());
+        assert!(Target::parse("grpc://nohost").is_err());
+    }
+}

@@ -1,0 +1,138 @@
+//! A [`Store`] decorator that counts hits, misses and bytes. It overrides nothing else.
+
+use super::{Metrics, OpLabels};
+use crate::storage::{Blob, BlobWriter, Key, StorageError, Store};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// Wraps a store and records every operation in [`Metrics`].
+pub struct MeteredStore {
+    inner: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl MeteredStore {
+    /// Meters `inner`. Use it once, around the store `setup` builds.
+    pub fn new(inner: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+}
+
+fn space(key: &Key) -> &'static str {
+    if key.space == Key::SPACE_AC {
+        "ac"
+    } else {
+        "cas"
+    }
+}
+
+fn outcome<T>(r: &Result<T, StorageError>, hit: impl Fn(&T) -> bool) -> &'static str {
+    match r {
+        Ok(v) if hit(v) => "hit",
+        Ok(_) => "miss",
+        Err(_) => "error",
+    }
+}
+
+#[async_trait]
+impl Store for MeteredStore {
+    fn get(&self, key: &Key) -> Result<Option<Blob>, StorageError> {
+        let r = self.inner.get(key);
+        self.metrics
+            .gets
+            .get_or_create(&OpLabels {
+                space: space(key),
+                result: outcome(&r, Option::is_some),
+            })
+            .inc();
+        if let Ok(Some(b)) = &r {
+            self.metrics.bytes_read.inc_by(b.len());
+        }
+        r
+    }
+
+    fn contains(&self, key: &Key) -> Result<bool, StorageError> {
+        let r = self.inner.contains(key);
+        self.metrics
+            .contains
+            .get_or_create(&OpLabels {
+                space: space(key),
+                result: outcome(&r, |b| *b),
+            })
+            .inc();
+        r
+    }
+
+    async fn begin_write(&self, key: Key, len: u64) -> Result<Box<dyn BlobWriter>, StorageError> {
+        let inner = self.inner.begin_write(key, len).await.inspect_err(|_| {
+            self.metrics.write_errors.inc();
+        })?;
+        Ok(Box::new(MeteredWriter {
+            inner,
+            len,
+            metrics: self.metrics.clone(),
+        }))
+    }
+
+    fn max_blob_size(&self) -> u64 {
+        self.inner.max_blob_size()
+    }
+}
+
+struct MeteredWriter {
+    inner: Box<dyn BlobWriter>,
+    len: u64,
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl BlobWriter for MeteredWriter {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
+        self.inner.write(chunk).await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StorageError> {
+        let (len, metrics) = (self.len, self.metrics.clone());
+        match self.inner.commit().await {
+            Ok(()) => {
+                metrics.writes.inc();
+                metrics.bytes_written.inc_by(len);
+                Ok(())
+            }
+            Err(e) => {
+                metrics.write_errors.inc();
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStore;
+
+    #[tokio::test]
+    async fn counts_hits_misses_and_bytes() {
+        let metrics = Metrics::new();
+        let store = MeteredStore::new(Arc::new(MemoryStore::new(1 << 20)), metrics.clone());
+        let k = Key::new(Key::SPACE_CAS, [1; 32]);
+        assert!(store.get(&k).unwrap().is_none());
+        store.put(k, Bytes::from_static(b"hello")).await.unwrap();
+        assert!(store.contains(&k).unwrap());
+        assert_eq!(store.get(&k).unwrap().unwrap().len(), 5);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"kiln_store_gets_total{space="cas",result="miss"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kiln_store_gets_total{space="cas",result="hit"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("kiln_store_written_bytes_total 5"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+        assert!(metrics.status().contains("written: 1 blobs, 5 bytes"));
+    }
+}

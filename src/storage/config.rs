@@ -1,0 +1,209 @@
+//! The engine's configuration: plain values, documented, validated in one place.
+
+use super::StorageError;
+pub use super::sys::IoBackend;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// When an upload is acknowledged relative to the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `commit` returns after the record, the index and the state file are fdatasynced (group
+    /// commit: one sync round per batch of concurrent commits). Nothing acknowledged is lost
+    /// in a power failure.
+    #[default]
+    Fdatasync,
+    /// `commit` returns once the bytes are in the page cache; a sync runs every `interval`.
+    /// A power failure loses at most the last interval of uploads (they read as misses).
+    Periodic {
+        /// Time between syncs.
+        interval: Duration,
+    },
+}
+
+/// Everything `Engine::open` needs. Build it in code (tests) or from `kiln.toml` (the server).
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Data directory; `segments/`, `index` and `state` live inside.
+    /// Default: none (required). Recommended: a dedicated file system (ext4/xfs) on local SSD.
+    /// Wrong: `open` fails with an I/O error naming the path.
+    pub dir: PathBuf,
+    /// Size of one segment file, the unit of eviction and preallocation.
+    /// Default 256 MiB. Recommended: capacity / 64 .. capacity / 1024, at least 4x the part
+    /// size. Too small: many files and frequent evictions (`evictions` grows fast); too
+    /// large: eviction drops a big slice of the cache at once and disk use can exceed the
+    /// capacity by one segment.
+    pub segment_size: u64,
+    /// Total bytes of segment files (the ring). Disk use stays within capacity + one segment
+    /// (plus the index file). Default 64 GiB. Recommended: the disk's free space minus 10%.
+    /// Too small: a low hit rate (`evictions` high); too large: `StorageError::Full` from the
+    /// file system (`full_errors`).
+    pub capacity_bytes: u64,
+    /// Largest blob accepted. Default 4 GiB. Must be at most a quarter of the capacity, so a
+    /// streaming upload cannot evict its own first parts. Wrong: clients see
+    /// `StorageError::TooLarge`.
+    pub max_blob_size: u64,
+    /// When commits are acknowledged. Default `Fdatasync`. Use `Periodic` only for caches whose
+    /// loss on power failure is cheap; symptom of the default being too slow: commit latency
+    /// around the disk's fdatasync time (0.2-4 ms) with few uploads in flight.
+    pub durability: Durability,
+    /// Which I/O engine writes. Default `Auto` (io_uring, else pread/pwrite with one log line).
+    /// Recommended: `Auto`. Force `Psync` if io_uring misbehaves on a kernel.
+    pub io: IoBackend,
+    /// Index slots (64 bytes each, file size = slots x 64 + 4 KiB). 0 = derive: capacity / 16 KiB
+    /// rounded up to a power of two, at least 65 536. Recommended: 1.5-2x the expected number of
+    /// blobs (load factor <= 0.66). Too small: `index_displaced` grows and blobs become
+    /// unreachable before eviction.
+    pub index_slots: u64,
+    /// Slots probed per lookup/insert. Default 16 (one 1 KiB window). Larger tolerates higher
+    /// load factors but slows misses. Wrong: `index_displaced` > 0 at a low load factor.
+    pub probe_limit: u32,
+    /// Payload bytes per record when a blob is streamed in parts; blobs up to this size are one
+    /// record. Default 1 MiB (PLATFORM.md: 64 KiB-1 MiB appends reach the disk's ceiling).
+    /// Also the most an upload buffers in memory.
+    pub part_size: u64,
+    /// Oldest segments whose blobs are copied forward when touched by `get`/`contains`.
+    /// 0 = derive: an eighth of the ring, at least 1. Too small: hot blobs are evicted
+    /// (`evicted_hits` of the cas layer); too large: needless copies (`copy_forwards`).
+    pub copy_forward_segments: u32,
+    /// Most bytes gathered into one write submission. Default 1 MiB.
+    pub max_batch_bytes: u64,
+}
+
+impl EngineConfig {
+    /// Defaults for a store in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            segment_size: 256 * MIB,
+            capacity_bytes: 64 * GIB,
+            max_blob_size: 4 * GIB,
+            durability: Durability::default(),
+            io: IoBackend::default(),
+            index_slots: 0,
+            probe_limit: 16,
+            part_size: MIB,
+            copy_forward_segments: 0,
+            max_batch_bytes: MIB,
+        }
+    }
+
+    /// Number of segment files in the ring.
+    pub fn segments(&self) -> u32 {
+        (self.capacity_bytes / self.segment_size.max(1)) as u32
+    }
+
+    /// Index slots after applying the default.
+    pub fn effective_index_slots(&self) -> u64 {
+        if self.index_slots == 0 {
+            (self.capacity_bytes / (16 << 10))
+                .next_power_of_two()
+                .max(1 << 16)
+        } else {
+            self.index_slots
+        }
+    }
+
+    /// Copy-forward window after applying the default.
+    pub fn effective_copy_forward(&self) -> u32 {
+        if self.copy_forward_segments == 0 {
+            (self.segments() / 8).max(1)
+        } else {
+            self.copy_forward_segments
+        }
+    }
+
+    /// Rejects nonsense with a message naming the field.
+    pub fn validate(&self) -> Result<(), StorageError> {
+        let bad = |m: String| Err(StorageError::Config(m));
+        if self.segment_size < 64 * 1024 || self.segment_size % 4096 != 0 {
+            return bad(format!(
+                "segment_size {} must be a multiple of 4096 and at least 64 KiB",
+                self.segment_size
+            ));
+        }
+        if self.segment_size > 256 * GIB {
+            return bad(format!(
+                "segment_size {} exceeds 256 GiB (index offsets are 32-bit in 64-byte units)",
+                self.segment_size
+            ));
+        }
+        if self.segments() < 4 {
+            return bad(format!(
+                "capacity_bytes {} holds {} segments of {}; need at least 4",
+                self.capacity_bytes,
+                self.segments(),
+                self.segment_size
+            ));
+        }
+        if self.part_size < 4096 || self.part_size * 4 > self.segment_size {
+            return bad(format!(
+                "part_size {} must be at least 4 KiB and at most segment_size / 4",
+                self.part_size
+            ));
+        }
+        if self.max_blob_size > self.capacity_bytes / 4 || self.max_blob_size >= 1 << 40 {
+            return bad(format!(
+                "max_blob_size {} must be at most capacity_bytes / 4 ({}) and below 1 TiB",
+                self.max_blob_size,
+                self.capacity_bytes / 4
+            ));
+        }
+        if self.max_blob_size / self.part_size > u64::from(u32::MAX) {
+            return bad("max_blob_size / part_size needs fewer than 2^32 parts".into());
+        }
+        if self.probe_limit == 0 || self.probe_limit > 1024 {
+            return bad(format!(
+                "probe_limit {} must be in 1..=1024",
+                self.probe_limit
+            ));
+        }
+        let slots = self.effective_index_slots();
+        if slots < u64::from(self.probe_limit) || slots > 1 << 34 {
+            return bad(format!(
+                "index_slots {slots} must be at least probe_limit and at most 2^34"
+            ));
+        }
+        if self.effective_copy_forward() >= self.segments() {
+            return bad("copy_forward_segments must be smaller than the number of segments".into());
+        }
+        if let Durability::Periodic { interval } = self.durability
+            && interval.is_zero()
+        {
+            return bad("durability.periodic.interval must be > 0".into());
+        }
+        if self.max_batch_bytes < 4096 {
+            return bad("max_batch_bytes must be at least 4096".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_nonsense_is_named() {
+        EngineConfig::new("/tmp/x").validate().unwrap();
+        let mut c = EngineConfig::new("/tmp/x");
+        c.capacity_bytes = c.segment_size;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("capacity_bytes")
+        );
+        let mut c = EngineConfig::new("/tmp/x");
+        c.segment_size = 1000;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("segment_size")
+        );
+    }
+}

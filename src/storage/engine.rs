@@ -1,0 +1,386 @@
+//! The segment engine behind `kiln serve`: opening a store and the `Store` implementation.
+
+use super::config::EngineConfig;
+use super::format::{
+    InvalidRange, MAX_INVALID_RANGES, SEGMENT_HEADER_LEN, STATE_SLOT_LEN, SegmentHeader, State,
+};
+use super::index::Index;
+use super::segment::{SegMap, Segments};
+use super::shared::Shared;
+use super::stats::{Counters, StorageStats, inc};
+use super::sys::mmap::map_readonly;
+use super::sys::{self, IoEngine, IoFile};
+use super::writer::{Body, EPOCH_RESERVE, Req, Writer};
+use super::{Blob, BlobWriter, Key, StorageError, Store};
+use crate::storage::format::PartLoc;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use crossbeam::channel::{Sender, TrySendError, bounded, unbounded};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use tokio::sync::oneshot;
+
+/// Touch requests queued for copy-forward before new ones are dropped.
+const TOUCH_QUEUE: usize = 4096;
+
+/// The persistent store: segments on disk, a mapped index, one I/O thread.
+///
+/// Use [`Engine::open`] for the server and [`Engine::open_with_io`] in tests that inject an
+/// I/O engine (faults, crash images). Concurrency: `get`/`contains`/`begin_write` may be
+/// called from any number of threads or tasks; reads never block on writes.
+pub struct Engine {
+    sh: Arc<Shared>,
+    tx: Mutex<Option<Sender<Req>>>,
+    touch: Sender<Key>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Opens (or creates) the store described by `cfg`, with the configured I/O engine.
+    /// Cost: a few small reads and one map per segment; it never scans records.
+    pub fn open(cfg: EngineConfig) -> Result<Self, StorageError> {
+        cfg.validate()?;
+        let io = sys::build(cfg.io)?;
+        Self::open_with_io(cfg, io)
+    }
+
+    /// Opens the store using `io` for every write (tests pass a fault-injecting engine).
+    pub fn open_with_io(
+        cfg: EngineConfig,
+        mut io: Box<dyn IoEngine>,
+    ) -> Result<Self, StorageError> {
+        cfg.validate()?;
+        let seg_dir = cfg.dir.join("segments");
+        std::fs::create_dir_all(&seg_dir)?;
+        let n = cfg.segments();
+        let state_file = IoFile::open(&cfg.dir.join("state"))?;
+        let mut state = read_state(&mut *io, &state_file)?;
+        let (mut index, created) = Index::open(
+            &cfg.dir.join("index"),
+            cfg.effective_index_slots() as usize,
+            cfg.probe_limit as usize,
+        )?;
+        let mut st = state.take().unwrap_or(State {
+            tail: 1,
+            segments: n,
+            ..State::default()
+        });
+        if created || st.segments != n {
+            if st.head > 0 {
+                tracing::warn!("storage: index or ring size changed; starting with an empty cache");
+            }
+            index.reset();
+            st.tail = st.head + 1;
+            st.segments = n;
+            st.invalid.clear();
+            st.durable = st.durable.max(st.limit);
+            st.limit = st.durable + 1;
+            io.sync(&[Arc::clone(index.file())])?;
+        }
+        // Epochs used after the last durable point are lost; remember them as invalid.
+        if st.limit > st.durable + 1 {
+            tracing::info!(
+                durable = st.durable,
+                limit = st.limit,
+                "storage: unclean stop; ignoring index entries of later epochs"
+            );
+            st.invalid.push(InvalidRange {
+                lo: st.durable + 1,
+                hi: st.limit,
+                max_seq: st.head,
+            });
+        }
+        let tail = st.tail;
+        st.invalid.retain(|r| r.max_seq >= tail && r.lo < r.hi);
+        if st.invalid.len() > MAX_INVALID_RANGES {
+            tracing::warn!(
+                "storage: too many unclean stops within one ring cycle; starting with an empty cache"
+            );
+            index.reset();
+            io.sync(&[Arc::clone(index.file())])?;
+            st.invalid.clear();
+            st.tail = st.head + 1;
+        }
+        let epoch = st.limit.max(st.durable + 1);
+        st.limit = epoch + EPOCH_RESERVE;
+        let segs = Segments::new(&seg_dir, n);
+        map_live_segments(&segs, st.tail, st.head, cfg.segment_size);
+        let sh = Arc::new(Shared {
+            copy_window: cfg.effective_copy_forward(),
+            cfg,
+            index,
+            segs,
+            tail: AtomicU32::new(st.tail),
+            head: AtomicU32::new(st.head),
+            head_end: std::sync::atomic::AtomicU64::new(u64::MAX),
+            invalid: st.invalid.clone(),
+            counters: Counters::default(),
+            poison: OnceLock::new(),
+            io_name: io.name(),
+        });
+        let mut w = Writer::new(Arc::clone(&sh), io, state_file, st, epoch);
+        w.write_state()?;
+        let (tx, rx) = unbounded();
+        let (ttx, trx) = bounded(TOUCH_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("kiln-storage-io".into())
+            .spawn(move || w.run(&rx, &trx))?;
+        tracing::debug!(io = sh.io_name, "storage engine open");
+        Ok(Self {
+            sh,
+            tx: Mutex::new(Some(tx)),
+            touch: ttx,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    fn sender(&self) -> Result<Sender<Req>, StorageError> {
+        self.tx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or(StorageError::Closed)
+    }
+
+    async fn call<T>(
+        &self,
+        f: impl FnOnce(oneshot::Sender<Result<T, StorageError>>) -> Req,
+    ) -> Result<T, StorageError> {
+        let (otx, orx) = oneshot::channel();
+        self.sender()?
+            .send(f(otx))
+            .map_err(|_| StorageError::Closed)?;
+        orx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Makes everything committed so far durable (a sync round), whatever the durability mode.
+    pub async fn sync(&self) -> Result<(), StorageError> {
+        self.call(|reply| Req::Sync { reply }).await
+    }
+
+    /// Commits many small blobs (each at most `part_size`) in one group commit: for batch
+    /// uploads. Larger blobs fall back to one `put` each.
+    pub async fn put_many(&self, items: Vec<(Key, Bytes)>) -> Result<(), StorageError> {
+        let part = self.sh.cfg.part_size;
+        let (small, large): (Vec<_>, Vec<_>) =
+            items.into_iter().partition(|(_, b)| b.len() as u64 <= part);
+        if let Some(m) = self.sh.poison.get() {
+            return Err(StorageError::Poisoned(m.clone()));
+        }
+        if !small.is_empty() {
+            let items = small
+                .into_iter()
+                .map(|(k, b)| (k, Body::Single(b)))
+                .collect();
+            self.call(|reply| Req::Commit { items, reply }).await?;
+        }
+        for (k, b) in large {
+            self.put(k, b).await?;
+        }
+        Ok(())
+    }
+
+    /// Counters for metrics, plus ring occupancy.
+    pub fn stats(&self) -> StorageStats {
+        let mut s = self.sh.counters.snapshot(self.sh.io_name);
+        let (t, h) = (
+            self.sh.tail.load(Ordering::Acquire),
+            self.sh.head.load(Ordering::Acquire),
+        );
+        s.segments = u64::from(h.saturating_sub(t) + u32::from(h >= t));
+        s.bytes_used = s.segments * self.sh.cfg.segment_size;
+        s
+    }
+
+    /// Live index entries, by scanning the whole index (slow; for `kiln status`).
+    pub fn count_entries(&self) -> u64 {
+        self.sh.index.count(|e| self.sh.valid(e))
+    }
+
+    /// Name of the I/O engine in use ("io_uring", "psync", "fault").
+    pub fn io_engine(&self) -> &'static str {
+        self.sh.io_name
+    }
+
+    /// The configuration the engine runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.sh.cfg
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.sh
+    }
+
+    fn touch(&self, e: &super::index::Entry) {
+        if self.sh.is_old(e)
+            && let Err(TrySendError::Full(_)) = self.touch.try_send(e.key)
+        {
+            inc(&self.sh.counters.copy_forward_dropped);
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Closing the channel ends the I/O thread after a final sync (clean stop).
+        self.tx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(t) = self
+            .thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+fn read_state(io: &mut dyn IoEngine, f: &IoFile) -> Result<Option<State>, StorageError> {
+    let mut best: Option<State> = None;
+    for slot in 0..2u64 {
+        let mut b = [0u8; STATE_SLOT_LEN];
+        io.read_at(f, slot * 4096, &mut b)?;
+        if let Ok(s) = State::decode(&b)
+            && best.as_ref().is_none_or(|x| s.generation > x.generation)
+        {
+            best = Some(s);
+        }
+    }
+    Ok(best)
+}
+
+/// Maps segments `tail..=head` whose header names the expected sequence number. Reads one
+/// page per segment, never the records.
+fn map_live_segments(segs: &Segments, tail: u32, head: u32, size: u64) {
+    for seq in tail..=head {
+        let path = segs.path(seq);
+        let Ok(file) = IoFile::open(&path) else {
+            continue;
+        };
+        let Ok(map) = map_readonly(&file.file, size as usize) else {
+            continue;
+        };
+        match SegmentHeader::decode(&map[..SEGMENT_HEADER_LEN as usize]) {
+            Ok(h) if h.seq == u64::from(seq) => segs.install(Arc::new(SegMap { seq, map, file })),
+            _ => tracing::warn!(
+                seq,
+                "storage: segment header missing or stale; its blobs read as misses"
+            ),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for Engine {
+    fn get(&self, key: &Key) -> Result<Option<Blob>, StorageError> {
+        Ok(self.sh.get(key).map(|(e, b)| {
+            self.touch(&e);
+            b
+        }))
+    }
+
+    fn contains(&self, key: &Key) -> Result<bool, StorageError> {
+        Ok(self.sh.lookup(key).is_some_and(|e| {
+            self.touch(&e);
+            true
+        }))
+    }
+
+    async fn begin_write(&self, key: Key, len: u64) -> Result<Box<dyn BlobWriter>, StorageError> {
+        let max = self.sh.cfg.max_blob_size;
+        if len > max {
+            return Err(StorageError::TooLarge { len, max });
+        }
+        if let Some(m) = self.sh.poison.get() {
+            return Err(StorageError::Poisoned(m.clone()));
+        }
+        let part = self.sh.cfg.part_size;
+        Ok(Box::new(EngineWriter {
+            tx: self.sender()?,
+            key,
+            len,
+            part,
+            got: 0,
+            buf: BytesMut::with_capacity(len.min(part) as usize),
+            parts: Vec::new(),
+        }))
+    }
+
+    fn max_blob_size(&self) -> u64 {
+        self.sh.cfg.max_blob_size
+    }
+}
+
+/// Streams one upload: buffers at most one part, sends full parts to the I/O thread.
+struct EngineWriter {
+    tx: Sender<Req>,
+    key: Key,
+    len: u64,
+    part: u64,
+    got: u64,
+    buf: BytesMut,
+    parts: Vec<PartLoc>,
+}
+
+#[async_trait]
+impl BlobWriter for EngineWriter {
+    async fn write(&mut self, mut chunk: Bytes) -> Result<(), StorageError> {
+        let got = self.got + chunk.len() as u64;
+        if got > self.len {
+            return Err(StorageError::LengthMismatch {
+                announced: self.len,
+                got,
+            });
+        }
+        self.got = got;
+        while !chunk.is_empty() {
+            let take = (self.part as usize - self.buf.len()).min(chunk.len());
+            self.buf.extend_from_slice(&chunk.split_to(take));
+            if self.buf.len() as u64 == self.part && self.len > self.part {
+                let data = self.buf.split().freeze();
+                let (otx, orx) = oneshot::channel();
+                self.tx
+                    .send(Req::Part {
+                        key: self.key,
+                        data,
+                        reply: otx,
+                    })
+                    .map_err(|_| StorageError::Closed)?;
+                self.parts
+                    .push(orx.await.map_err(|_| StorageError::Closed)??);
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StorageError> {
+        if self.got != self.len {
+            return Err(StorageError::LengthMismatch {
+                announced: self.len,
+                got: self.got,
+            });
+        }
+        let me = *self;
+        let body = if me.len <= me.part {
+            Body::Single(me.buf.freeze())
+        } else {
+            Body::Parts {
+                total: me.len,
+                parts: me.parts,
+                last: me.buf.freeze(),
+            }
+        };
+        let (otx, orx) = oneshot::channel();
+        me.tx
+            .send(Req::Commit {
+                items: vec![(me.key, body)],
+                reply: otx,
+            })
+            .map_err(|_| StorageError::Closed)?;
+        orx.await.map_err(|_| StorageError::Closed)?
+    }
+}

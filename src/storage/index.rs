@@ -1,0 +1,397 @@
+//! The persistent index: a fixed-size open-addressing table of 64-byte slots in a mapped file.
+//!
+//! Layout, publish rule and memory orderings are specified in `FORMAT.md` ("Index"). In short:
+//! every slot is eight `AtomicU64` words guarded by a per-slot sequence lock (word 0, odd while
+//! a writer is inside). Writers claim a slot with a compare-and-swap on that word, so inserts
+//! need no mutex and may run on several threads; readers never write and retry on a torn read.
+//!
+//! Concurrency contract: `lookup` may run on any number of threads at once with `insert` and
+//! `clear_if`. Two concurrent inserts of the same key both succeed and leave two entries; the
+//! newest (epoch, segment, offset) wins on lookup and the caller clears the older one later.
+
+use super::Key;
+use super::format::RecordKind;
+use super::sys::IoFile;
+use super::sys::mmap::AtomicMap;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering, fence};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+/// Words per slot (64 bytes).
+pub const SLOT_WORDS: usize = 8;
+/// Bytes before the first slot.
+const HEADER_WORDS: usize = 512;
+const MAGIC: u64 = u64::from_le_bytes(*b"KLNINDX1");
+const ENDIAN: u64 = 0x0102_0304_0506_0708;
+const EPOCH_MASK: u64 = (1 << 48) - 1;
+const LEN_MASK: u64 = (1 << 40) - 1;
+
+/// One index entry, unpacked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// The key.
+    pub key: Key,
+    /// `Blob` (points at the data record) or `Manifest` (points at the part list).
+    pub kind: RecordKind,
+    /// Epoch it was published in.
+    pub epoch: u64,
+    /// Segment of the record the entry points at; 0 marks a cleared slot.
+    pub seq: u32,
+    /// Record offset in units of 64 bytes.
+    pub off: u32,
+    /// Blob length (< 1 TiB).
+    pub len: u64,
+    /// For manifests: `seq - span` is the oldest segment holding a part.
+    pub span: u32,
+}
+
+impl Entry {
+    /// Oldest segment this entry depends on.
+    pub fn oldest_seq(&self) -> u32 {
+        self.seq.saturating_sub(self.span)
+    }
+
+    fn newer_than(&self, o: &Entry) -> bool {
+        (self.epoch, self.seq, self.off) > (o.epoch, o.seq, o.off)
+    }
+
+    fn pack(&self) -> [u64; 7] {
+        let id = &self.key.id;
+        let w = |i: usize| u64::from_ne_bytes(id[i * 8..i * 8 + 8].try_into().expect("8"));
+        [
+            w(0),
+            w(1),
+            w(2),
+            w(3),
+            (u64::from(self.key.space) << 56)
+                | ((self.kind as u64) << 48)
+                | (self.epoch & EPOCH_MASK),
+            (u64::from(self.seq) << 32) | u64::from(self.off),
+            (self.len & LEN_MASK) | (u64::from(self.span) << 40),
+        ]
+    }
+
+    fn unpack(w: &[u64; 7]) -> Self {
+        let mut id = [0u8; 32];
+        for i in 0..4 {
+            id[i * 8..i * 8 + 8].copy_from_slice(&w[i].to_ne_bytes());
+        }
+        let kind = if (w[4] >> 48) as u8 == RecordKind::Manifest as u8 {
+            RecordKind::Manifest
+        } else {
+            RecordKind::Blob
+        };
+        Self {
+            key: Key::new((w[4] >> 56) as u8, id),
+            kind,
+            epoch: w[4] & EPOCH_MASK,
+            seq: (w[5] >> 32) as u32,
+            off: w[5] as u32,
+            len: w[6] & LEN_MASK,
+            span: (w[6] >> 40) as u32,
+        }
+    }
+}
+
+/// Result of an insert.
+#[derive(Debug, Default)]
+pub struct Inserted {
+    /// Older entries of the same key: `(slot, version)` to clear once the new one is durable.
+    pub superseded: Vec<(usize, u64)>,
+    /// The window was full of live entries and the oldest one was overwritten.
+    pub displaced: bool,
+}
+
+/// The slot table. See the module docs for the concurrency contract.
+pub struct Index {
+    map: AtomicMap,
+    slots: usize,
+    probe: usize,
+    seed: u64,
+    file: Arc<IoFile>,
+}
+
+impl Index {
+    /// Opens the index at `path`, or creates an empty one when it is missing or was made with
+    /// other parameters (then `created` is true and the caller treats the store as empty).
+    pub fn open(path: &Path, slots: usize, probe: usize) -> io::Result<(Self, bool)> {
+        let want_len = ((HEADER_WORDS + slots * SLOT_WORDS) * 8) as u64;
+        let file = IoFile::open(path)?;
+        let mut created = false;
+        if file.file.metadata()?.len() != want_len {
+            file.file.set_len(0)?;
+            file.file.set_len(want_len)?;
+            created = true;
+        }
+        let map = AtomicMap::new(&file.file)?;
+        let w = map.words();
+        let ok = w[0].load(Ordering::Relaxed) == MAGIC
+            && w[1].load(Ordering::Relaxed) == ENDIAN
+            && w[2].load(Ordering::Relaxed) == slots as u64
+            && w[3].load(Ordering::Relaxed) == probe as u64;
+        let seed = w[4].load(Ordering::Relaxed);
+        let mut me = Self {
+            map,
+            slots,
+            probe,
+            seed,
+            file,
+        };
+        if !ok || created {
+            me.reset();
+            created = true;
+        }
+        Ok((me, created))
+    }
+
+    /// Empties the table and writes a fresh header (new hash seed).
+    pub fn reset(&mut self) {
+        let w = self.map.words();
+        for x in &w[HEADER_WORDS..] {
+            if x.load(Ordering::Relaxed) != 0 {
+                x.store(0, Ordering::Relaxed);
+            }
+        }
+        self.seed = u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().expect("8"));
+        w[4].store(self.seed, Ordering::Relaxed);
+        w[3].store(self.probe as u64, Ordering::Relaxed);
+        w[2].store(self.slots as u64, Ordering::Relaxed);
+        w[1].store(ENDIAN, Ordering::Relaxed);
+        w[0].store(MAGIC, Ordering::Release);
+    }
+
+    /// The backing file (the engine fdatasyncs it as part of each durable epoch).
+    pub fn file(&self) -> &Arc<IoFile> {
+        &self.file
+    }
+
+    fn home(&self, key: &Key) -> usize {
+        let mut b = [0u8; 33];
+        b[0] = key.space;
+        b[1..].copy_from_slice(&key.id);
+        (xxh3_64_with_seed(&b, self.seed) % self.slots as u64) as usize
+    }
+
+    fn slot(&self, i: usize) -> &[AtomicU64] {
+        let base = HEADER_WORDS + i * SLOT_WORDS;
+        &self.map.words()[base..base + SLOT_WORDS]
+    }
+
+    /// Consistent read of slot `i`: `(version, entry)`; `None` if never used.
+    fn read(&self, i: usize) -> Option<(u64, Entry)> {
+        let s = self.slot(i);
+        loop {
+            let v1 = s[0].load(Ordering::Acquire);
+            if v1 == 0 {
+                return None;
+            }
+            if v1 & 1 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let mut w = [0u64; 7];
+            for (d, a) in w.iter_mut().zip(&s[1..]) {
+                *d = a.load(Ordering::Relaxed);
+            }
+            fence(Ordering::Acquire);
+            if s[0].load(Ordering::Relaxed) == v1 {
+                return Some((v1, Entry::unpack(&w)));
+            }
+        }
+    }
+
+    /// The newest entry for `key` that `valid` accepts. Takes no lock and allocates nothing.
+    pub fn lookup(&self, key: &Key, valid: impl Fn(&Entry) -> bool) -> Option<Entry> {
+        let first = u64::from_ne_bytes(key.id[0..8].try_into().expect("8"));
+        let home = self.home(key);
+        let mut best: Option<Entry> = None;
+        for p in 0..self.probe {
+            let i = (home + p) % self.slots;
+            let s = self.slot(i);
+            let v = s[0].load(Ordering::Acquire);
+            if v == 0 {
+                break;
+            }
+            if s[1].load(Ordering::Relaxed) != first {
+                continue;
+            }
+            if let Some((_, e)) = self.read(i)
+                && e.key == *key
+                && e.seq != 0
+                && valid(&e)
+                && best.is_none_or(|b| e.newer_than(&b))
+            {
+                best = Some(e);
+            }
+        }
+        best
+    }
+
+    /// Publishes `entry`. Slots in its window that are never used, cleared or rejected by
+    /// `valid` (evicted segment, crashed epoch) are reused; when none is left, the entry
+    /// pointing at the oldest segment is overwritten.
+    pub fn insert(&self, entry: &Entry, valid: impl Fn(&Entry) -> bool) -> Inserted {
+        let home = self.home(&entry.key);
+        'retry: loop {
+            let mut out = Inserted::default();
+            let mut target: Option<(usize, u64)> = None;
+            let mut oldest: Option<(usize, u64, u32)> = None;
+            for p in 0..self.probe {
+                let i = (home + p) % self.slots;
+                let v = self.slot(i)[0].load(Ordering::Acquire);
+                if v == 0 {
+                    target.get_or_insert((i, 0));
+                    break;
+                }
+                if v & 1 == 1 {
+                    continue;
+                }
+                let Some((v, e)) = self.read(i) else { continue };
+                let live = e.seq != 0 && valid(&e);
+                if !live {
+                    target.get_or_insert((i, v));
+                } else if e.key == entry.key {
+                    out.superseded.push((i, v));
+                } else if oldest.is_none_or(|(_, _, s)| e.seq < s) {
+                    oldest = Some((i, v, e.seq));
+                }
+            }
+            let (i, v) = match (target, oldest) {
+                (Some(t), _) => t,
+                (None, Some((i, v, _))) => {
+                    out.displaced = true;
+                    (i, v)
+                }
+                // Every slot busy being written or holding this key: overwrite the oldest copy.
+                (None, None) => match out.superseded.first() {
+                    Some(&t) => t,
+                    None => continue 'retry,
+                },
+            };
+            out.superseded.retain(|&(s, _)| s != i);
+            if !self.write(i, v, &entry.pack()) {
+                continue 'retry;
+            }
+            return out;
+        }
+    }
+
+    /// Seqlock write: claim by CAS `v -> v+1`, store, release `v+2`. False if the slot changed.
+    fn write(&self, i: usize, v: u64, words: &[u64; 7]) -> bool {
+        let s = self.slot(i);
+        if s[0]
+            .compare_exchange(v, v + 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        fence(Ordering::Release);
+        for (a, &w) in s[1..].iter().zip(words) {
+            a.store(w, Ordering::Relaxed);
+        }
+        s[0].store(v + 2, Ordering::Release);
+        true
+    }
+
+    /// Marks slot `i` cleared if it still holds version `v` (a superseded entry).
+    pub fn clear_if(&self, i: usize, v: u64) {
+        if let Some((cur, e)) = self.read(i)
+            && cur == v
+        {
+            let dead = Entry { seq: 0, ..e };
+            let _ = self.write(i, v, &dead.pack());
+        }
+    }
+
+    /// Counts live entries by scanning every slot: O(slots), for `kiln status`, not metrics.
+    pub fn count(&self, valid: impl Fn(&Entry) -> bool) -> u64 {
+        (0..self.slots)
+            .filter(|&i| self.read(i).is_some_and(|(_, e)| e.seq != 0 && valid(&e)))
+            .count() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u64) -> Key {
+        let mut id = [0u8; 32];
+        id[..8].copy_from_slice(&n.to_le_bytes());
+        Key::new(1, id)
+    }
+
+    fn entry(n: u64, epoch: u64, seq: u32) -> Entry {
+        Entry {
+            key: key(n),
+            kind: RecordKind::Blob,
+            epoch,
+            seq,
+            off: n as u32,
+            len: n,
+            span: 0,
+        }
+    }
+
+    #[test]
+    fn insert_lookup_supersede_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("index");
+        {
+            let (ix, created) = Index::open(&p, 1024, 16).unwrap();
+            assert!(created);
+            for n in 0..500 {
+                assert!(ix.insert(&entry(n, 1, 1), |_| true).superseded.is_empty());
+            }
+            let r = ix.insert(&entry(7, 2, 2), |_| true);
+            assert_eq!(r.superseded.len(), 1);
+            assert_eq!(ix.lookup(&key(7), |_| true).unwrap().epoch, 2);
+            let (s, v) = r.superseded[0];
+            ix.clear_if(s, v);
+            assert_eq!(ix.lookup(&key(7), |e| e.epoch == 1), None);
+        }
+        let (ix, created) = Index::open(&p, 1024, 16).unwrap();
+        assert!(!created);
+        for n in 0..500 {
+            assert_eq!(ix.lookup(&key(n), |_| true).map(|e| e.len), Some(n));
+        }
+        assert_eq!(ix.lookup(&key(9999), |_| true), None);
+        // Segment 1 evicted: its entries count as empty and their slots are reused.
+        assert_eq!(ix.lookup(&key(3), |e| e.seq >= 2), None);
+        assert_eq!(ix.count(|e| e.seq >= 2), 1);
+    }
+
+    #[test]
+    fn full_window_displaces_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ix, _) = Index::open(&dir.path().join("i"), 4, 4).unwrap();
+        for n in 0..4 {
+            ix.insert(&entry(n, 1, 10 + n as u32), |_| true);
+        }
+        let r = ix.insert(&entry(99, 1, 50), |_| true);
+        assert!(r.displaced);
+        assert!(ix.lookup(&key(0), |_| true).is_none());
+        assert!(ix.lookup(&key(99), |_| true).is_some());
+    }
+
+    #[test]
+    fn concurrent_inserts_and_lookups() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ix, _) = Index::open(&dir.path().join("i"), 1 << 14, 16).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..2u64 {
+                let ix = &ix;
+                s.spawn(move || {
+                    for n in 0..3000 {
+                        let k = t * 100_000 + n;
+                        ix.insert(&entry(k, 1, 1), |_| true);
+                        assert!(ix.lookup(&key(k), |_| true).is_some());
+                    }
+                });
+            }
+        });
+        assert_eq!(ix.count(|_| true), 6000);
+    }
+}

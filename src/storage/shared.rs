@@ -1,0 +1,140 @@
+//! State shared by readers (any thread) and the writer thread: the index, the live segment
+//! table, the ring bounds and the read path.
+
+use super::format::{self, ALIGN, RECORD_HEADER_LEN, RecordHeader, RecordKind};
+use super::index::{Entry, Index};
+use super::segment::Segments;
+use super::stats::{Counters, inc};
+use super::{Blob, EngineConfig, Key};
+use crate::storage::format::InvalidRange;
+use bytes::Bytes;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Why a record could not be served.
+#[derive(Debug)]
+pub(crate) enum Miss {
+    /// The segment is gone (evicted): a plain miss.
+    Gone,
+    /// Bytes failed a check: counted as corruption.
+    Corrupt,
+}
+
+pub(crate) struct Shared {
+    pub cfg: EngineConfig,
+    pub index: Index,
+    pub segs: Segments,
+    /// Oldest live segment. Written by the writer (Release), read anywhere (Acquire).
+    pub tail: AtomicU32,
+    /// Newest segment. Written by the writer (Release) after the segment is installed.
+    pub head: AtomicU32,
+    /// End of the written area of the head segment (for verify). Writer: Release.
+    pub head_end: AtomicU64,
+    /// Epoch ranges lost in earlier crashes; fixed for the life of the process.
+    pub invalid: Vec<InvalidRange>,
+    pub copy_window: u32,
+    pub counters: Counters,
+    pub poison: OnceLock<String>,
+    pub io_name: &'static str,
+}
+
+impl Shared {
+    /// Whether an index entry may be served: all its segments live, its epoch not lost.
+    pub fn valid(&self, e: &Entry) -> bool {
+        e.oldest_seq() >= self.tail.load(Ordering::Acquire)
+            && e.seq <= self.head.load(Ordering::Acquire)
+            && !self
+                .invalid
+                .iter()
+                .any(|r| r.lo <= e.epoch && e.epoch < r.hi)
+    }
+
+    pub fn lookup(&self, key: &Key) -> Option<Entry> {
+        self.index.lookup(key, |e| self.valid(e))
+    }
+
+    /// Whether a hit on `e` should be copied forward (it sits in the oldest part of the ring).
+    pub fn is_old(&self, e: &Entry) -> bool {
+        e.oldest_seq()
+            < self
+                .tail
+                .load(Ordering::Acquire)
+                .saturating_add(self.copy_window)
+    }
+
+    /// Reads and checks one record, returning a zero-copy view of its payload.
+    pub fn read_record(
+        &self,
+        seq: u32,
+        off: u32,
+        kind: RecordKind,
+        key: &Key,
+    ) -> Result<Bytes, Miss> {
+        let seg = self.segs.get(seq).ok_or(Miss::Gone)?;
+        inc(&self.counters.record_reads);
+        let start = (u64::from(off) * ALIGN) as usize;
+        let map = &seg.map[..];
+        let h = RecordHeader::decode(map.get(start..).ok_or(Miss::Corrupt)?, seq)
+            .map_err(|_| Miss::Corrupt)?;
+        if h.kind != kind || h.key != *key {
+            return Err(Miss::Corrupt);
+        }
+        let p = start + RECORD_HEADER_LEN;
+        let end = p
+            .checked_add(h.len as usize)
+            .filter(|&e| e <= map.len())
+            .ok_or(Miss::Corrupt)?;
+        if xxhash_rust::xxh3::xxh3_64(&map[p..end]) != h.checksum {
+            return Err(Miss::Corrupt);
+        }
+        Ok(seg.view(p, h.len as usize))
+    }
+
+    /// Reads a whole blob for entry `e`, checking every record.
+    pub fn read_blob(&self, e: &Entry) -> Result<Blob, Miss> {
+        match e.kind {
+            RecordKind::Manifest => {
+                let m = self.read_record(e.seq, e.off, RecordKind::Manifest, &e.key)?;
+                let (total, parts) = format::decode_manifest(&m).map_err(|_| Miss::Corrupt)?;
+                if total != e.len {
+                    return Err(Miss::Corrupt);
+                }
+                let mut ext = Vec::with_capacity(parts.len());
+                for p in parts {
+                    let b = self.read_record(p.seq, p.off, RecordKind::Part, &e.key)?;
+                    if b.len() as u64 != p.len {
+                        return Err(Miss::Corrupt);
+                    }
+                    ext.push(b);
+                }
+                Ok(Blob::from_extents(ext))
+            }
+            _ => {
+                let b = self.read_record(e.seq, e.off, RecordKind::Blob, &e.key)?;
+                if b.len() as u64 != e.len {
+                    return Err(Miss::Corrupt);
+                }
+                Ok(Blob::from_bytes(b))
+            }
+        }
+    }
+
+    /// `read_blob`, counting corruption and logging it.
+    pub fn get(&self, key: &Key) -> Option<(Entry, Blob)> {
+        let e = self.lookup(key)?;
+        match self.read_blob(&e) {
+            Ok(b) => Some((e, b)),
+            Err(Miss::Gone) => None,
+            Err(Miss::Corrupt) => {
+                inc(&self.counters.corruptions);
+                tracing::warn!(
+                    ?key,
+                    seq = e.seq,
+                    off = e.off,
+                    "storage: record failed its checks; served as a miss"
+                );
+                None
+            }
+        }
+    }
+}

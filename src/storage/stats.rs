@@ -1,0 +1,74 @@
+//! Counters for metrics. Relaxed atomics: they are statistics, not synchronisation.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Live counters, updated by readers and the writer thread.
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub(crate) corruptions: AtomicU64,
+    pub(crate) evictions: AtomicU64,
+    pub(crate) copy_forwards: AtomicU64,
+    pub(crate) copy_forward_dropped: AtomicU64,
+    pub(crate) index_displaced: AtomicU64,
+    pub(crate) full_errors: AtomicU64,
+    pub(crate) entries_published: AtomicU64,
+    pub(crate) bytes_written: AtomicU64,
+    pub(crate) syncs: AtomicU64,
+    pub(crate) record_reads: AtomicU64,
+}
+
+pub(crate) fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A snapshot for `/metrics` and `kiln status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    /// Bytes of live segment files (segments x segment size).
+    pub bytes_used: u64,
+    /// Live segments in the ring.
+    pub segments: u64,
+    /// Index entries published since open (rewrites and copy-forwards included).
+    pub entries_published: u64,
+    /// Records that failed their key or checksum check on read (served as misses).
+    pub corruptions: u64,
+    /// Segments dropped from the ring.
+    pub evictions: u64,
+    /// Blobs copied forward because they were touched while old.
+    pub copy_forwards: u64,
+    /// Touches not copied because the queue was full.
+    pub copy_forward_dropped: u64,
+    /// Live index entries overwritten because their probe window was full.
+    pub index_displaced: u64,
+    /// Writes refused with `StorageError::Full`.
+    pub full_errors: u64,
+    /// Payload and header bytes appended.
+    pub bytes_written: u64,
+    /// Durable epochs (sync rounds) completed.
+    pub syncs: u64,
+    /// Record headers read (gets, verify); open performs none.
+    pub record_reads: u64,
+    /// I/O engine in use.
+    pub io_engine: &'static str,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self, io_engine: &'static str) -> StorageStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StorageStats {
+            bytes_used: 0,
+            segments: 0,
+            entries_published: g(&self.entries_published),
+            corruptions: g(&self.corruptions),
+            evictions: g(&self.evictions),
+            copy_forwards: g(&self.copy_forwards),
+            copy_forward_dropped: g(&self.copy_forward_dropped),
+            index_displaced: g(&self.index_displaced),
+            full_errors: g(&self.full_errors),
+            bytes_written: g(&self.bytes_written),
+            syncs: g(&self.syncs),
+            record_reads: g(&self.record_reads),
+            io_engine,
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! A fault-injecting I/O engine for crash, full-disk and error tests.
+//!
+//! It forwards to a real engine (psync or io_uring) and remembers, per file, the image that was last made durable by a
+//! `sync`. `crash_image` then rewrites every file as a power loss could leave it: each 4 KiB
+//! page written since its last sync is kept, dropped (back to the durable image) or torn (a
+//! random prefix of 512-byte sectors new, the rest old). It also fails the Nth operation
+//! with EIO and fails writes and allocations with ENOSPC while the disk is "full".
+
+use super::{IoEngine, IoFile, WriteOp};
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+const PAGE: usize = 4096;
+const SECTOR: usize = 512;
+
+/// Shared control of a [`FaultIo`]: keep one in the test while the engine owns the I/O.
+#[derive(Default, Debug)]
+pub struct FaultState {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default, Debug)]
+struct Inner {
+    durable: HashMap<PathBuf, Vec<u8>>,
+    /// Page-cache contents at the moment the power went off (`freeze`).
+    at_freeze: Option<HashMap<PathBuf, Vec<u8>>>,
+    frozen: bool,
+    full: bool,
+    ops: u64,
+    fail_at: Option<u64>,
+    reads: u64,
+    writes: u64,
+}
+
+impl FaultState {
+    /// A new control block.
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+    /// The power goes off now: `crash_image` starts from the files as they are at this
+    /// moment (page cache included) and later writes, syncs and mapped stores never reach the
+    /// disk. The engine itself keeps running, unaware.
+    pub fn freeze(&self) {
+        let mut g = self.lock();
+        let snap = g
+            .durable
+            .keys()
+            .map(|p| (p.clone(), std::fs::read(p).unwrap_or_default()))
+            .collect();
+        g.at_freeze = Some(snap);
+        g.frozen = true;
+    }
+    /// Makes writes and allocations fail with ENOSPC (`true`) or succeed again.
+    pub fn set_full(&self, full: bool) {
+        self.lock().full = full;
+    }
+    /// Makes the operation with sequence number `n` (counting from now) fail with EIO.
+    pub fn fail_after(&self, n: u64) {
+        let mut g = self.lock();
+        g.fail_at = Some(g.ops + n);
+    }
+    /// Number of `read_at` calls so far (open must not read segments).
+    pub fn reads(&self) -> u64 {
+        self.lock().reads
+    }
+    /// Number of `write_batch` calls so far.
+    pub fn writes(&self) -> u64 {
+        self.lock().writes
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Rewrites every file touched through this engine as a power loss would leave it.
+    /// `seed` drives the choice per page. Call after the engine is dropped.
+    pub fn crash_image(&self, seed: u64) -> io::Result<()> {
+        let g = self.lock();
+        let mut rng = seed | 1;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for (path, durable) in &g.durable {
+            let Ok(on_disk) = std::fs::read(path) else {
+                continue;
+            };
+            // What the page cache held when the power went off (a file first touched after
+            // that did not exist: empty).
+            let mut cur = match &g.at_freeze {
+                Some(snap) => snap.get(path).cloned().unwrap_or_default(),
+                None => on_disk.clone(),
+            };
+            cur.resize(on_disk.len().max(cur.len()), 0);
+            let pages = cur.len().div_ceil(PAGE);
+            let mut changed = false;
+            for p in 0..pages {
+                let lo = p * PAGE;
+                let hi = (lo + PAGE).min(cur.len());
+                let old: Vec<u8> = (lo..hi)
+                    .map(|i| durable.get(i).copied().unwrap_or(0))
+                    .collect();
+                if cur[lo..hi] == old[..] {
+                    continue;
+                }
+                match next() % 3 {
+                    0 => {}
+                    1 => {
+                        cur[lo..hi].copy_from_slice(&old);
+                        changed = true;
+                    }
+                    _ => {
+                        let keep = (next() as usize % (PAGE / SECTOR)) * SECTOR;
+                        let from = (lo + keep).min(hi);
+                        cur[from..hi].copy_from_slice(&old[from - lo..]);
+                        changed = true;
+                    }
+                }
+            }
+            if changed || cur != on_disk {
+                std::fs::write(path, &cur)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The engine side of fault injection: a real engine plus the bookkeeping of [`FaultState`].
+pub struct FaultIo {
+    base: Box<dyn IoEngine>,
+    state: Arc<FaultState>,
+}
+
+impl FaultIo {
+    /// An engine controlled by `state`, forwarding to `base` (psync or io_uring).
+    pub fn new(state: Arc<FaultState>, base: Box<dyn IoEngine>) -> Self {
+        Self { base, state }
+    }
+
+    fn op(&self, files: &[&IoFile], is_write: bool) -> io::Result<()> {
+        let mut g = self.state.lock();
+        g.ops += 1;
+        if g.fail_at == Some(g.ops) {
+            return Err(io::Error::other("injected I/O error"));
+        }
+        if is_write && g.full {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        for f in files {
+            if !g.durable.contains_key(&f.path) {
+                // First touch in this session: what is on disk now counts as durable (if the
+                // power is already off, the file's current bytes never made it).
+                let img = if g.frozen {
+                    Vec::new()
+                } else {
+                    std::fs::read(&f.path).unwrap_or_default()
+                };
+                g.durable.insert(f.path.clone(), img);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl IoEngine for FaultIo {
+    fn name(&self) -> &'static str {
+        "fault"
+    }
+
+    fn write_batch(&mut self, ops: &[WriteOp]) -> io::Result<()> {
+        let files: Vec<&IoFile> = ops.iter().map(|o| &*o.file).collect();
+        self.op(&files, true)?;
+        self.state.lock().writes += 1;
+        self.base.write_batch(ops)
+    }
+
+    fn sync(&mut self, files: &[Arc<IoFile>]) -> io::Result<()> {
+        let refs: Vec<&IoFile> = files.iter().map(|f| &**f).collect();
+        self.op(&refs, false)?;
+        self.base.sync(files)?;
+        let mut g = self.state.lock();
+        if !g.frozen {
+            for f in files {
+                let img = std::fs::read(&f.path)?;
+                g.durable.insert(f.path.clone(), img);
+            }
+        }
+        Ok(())
+    }
+
+    fn allocate(&mut self, file: &IoFile, len: u64) -> io::Result<()> {
+        self.op(&[file], true)?;
+        self.base.allocate(file, len)
+    }
+
+    fn read_at(&mut self, file: &IoFile, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.state.lock().reads += 1;
+        self.base.read_at(file, offset, buf)
+    }
+}

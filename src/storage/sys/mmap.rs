@@ -1,0 +1,63 @@
+//! Memory maps: read-only views of segment files and the shared, atomically accessed index.
+//!
+//! Rules (after bb-storage's memory-mapped block device): only preallocated files are mapped,
+//! mapped files are never shrunk, and bytes are written with pwrite/io_uring, never through a
+//! read-only map. A media error on a mapped page raises SIGBUS; segments are preallocated so
+//! that "file shorter than the map" (the common SIGBUS cause) cannot happen.
+
+use memmap2::{Mmap, MmapMut, MmapOptions};
+use std::fs::File;
+use std::io;
+use std::sync::atomic::AtomicU64;
+
+/// Maps `len` bytes of `file` read-only.
+pub fn map_readonly(file: &File, len: usize) -> io::Result<Mmap> {
+    if file.metadata()?.len() < len as u64 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "file shorter than the map",
+        ));
+    }
+    // SAFETY: the file is at least `len` bytes long and the engine never truncates a mapped
+    // file; other processes are not expected to modify kiln's data directory. Bytes read
+    // through the map are checksummed before they are served.
+    unsafe { MmapOptions::new().len(len).map(file) }
+}
+
+/// A file mapped read-write and seen as an array of `AtomicU64` (the index).
+pub struct AtomicMap {
+    map: MmapMut,
+}
+
+impl AtomicMap {
+    /// Maps the whole of `file` (its length must be a non-zero multiple of 8).
+    pub fn new(file: &File) -> io::Result<Self> {
+        let len = file.metadata()?.len();
+        if len == 0 || len % 8 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "index file length not a multiple of 8",
+            ));
+        }
+        // SAFETY: as for `map_readonly`; the map is only accessed through atomics below, so
+        // concurrent access from many threads is data-race free.
+        let map = unsafe { MmapOptions::new().len(len as usize).map_mut(file)? };
+        Ok(Self { map })
+    }
+
+    /// The mapped words. Every access must go through the atomics.
+    pub fn words(&self) -> &[AtomicU64] {
+        let ptr = self.map.as_ptr();
+        debug_assert_eq!(ptr as usize % std::mem::align_of::<AtomicU64>(), 0);
+        // SAFETY: mmap returns page-aligned memory, so the pointer is aligned for AtomicU64;
+        // the length is a multiple of 8 (checked in `new`); the mapping lives as long as
+        // `self`; AtomicU64 has the same layout as u64 and any bit pattern is valid; all
+        // accesses (ours and other threads') go through atomics, so there is no data race.
+        unsafe { std::slice::from_raw_parts(ptr.cast::<AtomicU64>(), self.map.len() / 8) }
+    }
+
+    /// Flushes dirty pages to disk (msync). The engine normally fdatasyncs the file instead.
+    pub fn flush(&self) -> io::Result<()> {
+        self.map.flush()
+    }
+}

@@ -1,0 +1,145 @@
+#![allow(unsafe_code)]
+//! The storage engine's only `unsafe`: I/O engines (io_uring, pread/pwrite, fault injection),
+//! memory maps and `fallocate`.
+//!
+//! Everything above this module talks to the disk through the [`IoEngine`] trait, which takes
+//! owned buffers (`Bytes`) because io_uring needs the memory to stay put until the kernel is
+//! done with it. Both real engines run the same test suite (`tests/storage_*.rs`).
+
+pub mod fault;
+pub mod mmap;
+pub mod psync;
+pub mod uring;
+
+use bytes::Bytes;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// An open file together with its path (fault injection needs the path to build crash images).
+#[derive(Debug)]
+pub struct IoFile {
+    /// The open file, read-write.
+    pub file: File,
+    /// Where it lives.
+    pub path: PathBuf,
+}
+
+impl IoFile {
+    /// Opens (creating if needed) a file for reading and writing.
+    pub fn open(path: &Path) -> io::Result<Arc<Self>> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        Ok(Arc::new(Self {
+            file,
+            path: path.to_path_buf(),
+        }))
+    }
+}
+
+/// One positioned write: `buf` lands at `offset` in `file`.
+#[derive(Clone, Debug)]
+pub struct WriteOp {
+    /// Target file.
+    pub file: Arc<IoFile>,
+    /// Byte offset in the file.
+    pub offset: u64,
+    /// The bytes; owned so an asynchronous engine can hold them until completion.
+    pub buf: Bytes,
+}
+
+/// The disk, as the engine's single I/O thread sees it.
+///
+/// Concurrency: an engine is owned by one thread (`&mut self`); nothing here is shared.
+/// Every call blocks until the I/O it started has completed, so a buffer is free again
+/// once the call returns.
+pub trait IoEngine: Send + 'static {
+    /// A short name for logs and metrics ("io_uring", "psync", "fault").
+    fn name(&self) -> &'static str;
+    /// Performs all writes (one submission where the engine can batch). Either all bytes
+    /// are written or an error is returned.
+    fn write_batch(&mut self, ops: &[WriteOp]) -> io::Result<()>;
+    /// `fdatasync`s every file in `files`, in one submission where possible.
+    fn sync(&mut self, files: &[Arc<IoFile>]) -> io::Result<()>;
+    /// Reserves `len` bytes of disk for `file` (fallocate; set_len where unsupported).
+    fn allocate(&mut self, file: &IoFile, len: u64) -> io::Result<()>;
+    /// Reads exactly `buf.len()` bytes at `offset` (zero-filled past the end of the file).
+    fn read_at(&mut self, file: &IoFile, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+}
+
+/// `fallocate(fd, 0, 0, len)`, falling back to `set_len` where the file system refuses.
+pub fn fallocate(file: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate only reads its integer arguments; the fd is valid for the call because
+    // `file` is borrowed for its duration.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EOPNOTSUPP | libc::ENOSYS) => {
+            if file.metadata()?.len() < len {
+                file.set_len(len)?;
+            }
+            Ok(())
+        }
+        _ => Err(err),
+    }
+}
+
+/// Shared pread loop: zero-fills past end of file.
+pub(crate) fn pread_exact(file: &File, mut offset: u64, mut buf: &mut [u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    while !buf.is_empty() {
+        match file.read_at(buf, offset) {
+            Ok(0) => {
+                buf.fill(0);
+                return Ok(());
+            }
+            Ok(n) => {
+                offset += n as u64;
+                buf = &mut buf[n..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Which engine to build; see `EngineConfig::io`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum IoBackend {
+    /// io_uring when the kernel allows it, else pread/pwrite (logged once).
+    #[default]
+    Auto,
+    /// io_uring or fail to open.
+    IoUring,
+    /// pread/pwrite on the I/O thread.
+    Psync,
+}
+
+/// Builds the engine `kind` asks for. `Auto` falls back to psync when io_uring setup fails,
+/// and logs that once per process.
+pub fn build(kind: IoBackend) -> io::Result<Box<dyn IoEngine>> {
+    static LOGGED: std::sync::Once = std::sync::Once::new();
+    match kind {
+        IoBackend::Psync => Ok(Box::new(psync::Psync)),
+        IoBackend::IoUring => Ok(Box::new(uring::Uring::new()?)),
+        IoBackend::Auto => match uring::Uring::new() {
+            Ok(u) => Ok(Box::new(u)),
+            Err(e) => {
+                LOGGED.call_once(|| {
+                    tracing::warn!(error = %e, "io_uring unavailable; storage uses pread/pwrite");
+                });
+                Ok(Box::new(psync::Psync))
+            }
+        },
+    }
+}

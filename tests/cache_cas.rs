@@ -1,0 +1,381 @@
+//! Black-box tests of Capabilities and the ContentAddressableStorage service.
+
+mod common;
+
+use bytes::Bytes;
+use common::{TestServer, bytes, digest};
+use kiln::proto::reapi::{
+    BatchReadBlobsRequest, BatchUpdateBlobsRequest, Digest as PDigest, Directory, DirectoryNode,
+    FindMissingBlobsRequest, GetCapabilitiesRequest, GetTreeRequest, batch_update_blobs_request,
+    compressor, digest_function,
+};
+use prost::Message;
+use tonic::Code;
+
+fn upd(data: &[u8]) -> batch_update_blobs_request::Request {
+    batch_update_blobs_request::Request {
+        digest: Some(digest(data).to_proto()),
+        data: Bytes::copy_from_slice(data),
+        compressor: 0,
+    }
+}
+
+#[tokio::test]
+async fn capabilities_tell_the_truth() {
+    let s = TestServer::start().await;
+    let caps = s
+        .capabilities()
+        .await
+        .get_capabilities(GetCapabilitiesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let cache = caps.cache_capabilities.unwrap();
+    assert_eq!(
+        cache.digest_functions,
+        vec![digest_function::Value::Sha256 as i32]
+    );
+    assert_eq!(cache.max_batch_total_size_bytes, 4 << 20);
+    assert!(
+        cache
+            .action_cache_update_capabilities
+            .unwrap()
+            .update_enabled
+    );
+    assert!(
+        cache
+            .supported_compressors
+            .contains(&(compressor::Value::Zstd as i32))
+    );
+    assert!(
+        cache
+            .supported_batch_update_compressors
+            .contains(&(compressor::Value::Zstd as i32))
+    );
+    assert!(cache.max_cas_blob_size_bytes > 0);
+    assert_eq!(caps.low_api_version.unwrap().major, 2);
+    let bad = s
+        .capabilities()
+        .await
+        .get_capabilities(GetCapabilitiesRequest {
+            instance_name: "a/blobs/b".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn find_missing_batch_update_and_read() {
+    let s = TestServer::start().await;
+    let mut cas = s.cas().await;
+    let a = bytes(1000, 1);
+    let b = bytes(70_000, 2);
+    let empty = digest(b"");
+    let req = FindMissingBlobsRequest {
+        blob_digests: vec![
+            digest(&a).to_proto(),
+            digest(&b).to_proto(),
+            empty.to_proto(),
+        ],
+        ..Default::default()
+    };
+    let missing = cas
+        .find_missing_blobs(req.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .missing_blob_digests;
+    assert_eq!(
+        missing,
+        vec![digest(&a).to_proto(), digest(&b).to_proto()],
+        "empty blob is always present"
+    );
+
+    // One good blob, one zstd-compressed blob, one with a wrong hash.
+    let mut compressed = upd(&b);
+    compressed.data = Bytes::from(zstd::bulk::compress(&b, 3).unwrap());
+    compressed.compressor = compressor::Value::Zstd as i32;
+    let mut wrong = upd(b"some data");
+    wrong.digest = Some(digest(b"other data").to_proto());
+    let resp = cas
+        .batch_update_blobs(BatchUpdateBlobsRequest {
+            requests: vec![upd(&a), compressed, wrong],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let codes: Vec<i32> = resp
+        .responses
+        .iter()
+        .map(|r| r.status.as_ref().unwrap().code)
+        .collect();
+    assert_eq!(codes, vec![0, 0, Code::InvalidArgument as i32]);
+    assert!(
+        resp.responses[2]
+            .status
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("does not match")
+    );
+
+    let missing = cas
+        .find_missing_blobs(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .missing_blob_digests;
+    assert!(missing.is_empty(), "{missing:?}");
+    let other = digest(b"other data");
+    let still = cas
+        .find_missing_blobs(FindMissingBlobsRequest {
+            blob_digests: vec![other.to_proto()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .missing_blob_digests;
+    assert_eq!(
+        still.len(),
+        1,
+        "mismatched upload must not be stored under either digest"
+    );
+
+    let read = cas
+        .batch_read_blobs(BatchReadBlobsRequest {
+            digests: vec![digest(&a).to_proto(), other.to_proto(), empty.to_proto()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.responses[0].data.as_ref(), &a[..]);
+    assert_eq!(
+        read.responses[1].status.as_ref().unwrap().code,
+        Code::NotFound as i32
+    );
+    assert_eq!(read.responses[2].status.as_ref().unwrap().code, 0);
+    assert!(read.responses[2].data.is_empty());
+
+    // zstd accepted by the client: the server may compress; the bytes must round-trip.
+    let read = cas
+        .batch_read_blobs(BatchReadBlobsRequest {
+            digests: vec![digest(&b).to_proto()],
+            acceptable_compressors: vec![compressor::Value::Zstd as i32],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let r = &read.responses[0];
+    let data = if r.compressor == compressor::Value::Zstd as i32 {
+        zstd::bulk::decompress(&r.data, b.len()).unwrap()
+    } else {
+        r.data.to_vec()
+    };
+    assert_eq!(data, b);
+}
+
+#[tokio::test]
+async fn bad_requests_get_invalid_argument_with_a_message() {
+    let s = TestServer::start().await;
+    let mut cas = s.cas().await;
+    let cases: Vec<(PDigest, &str)> = vec![
+        (
+            PDigest {
+                hash: "abc".into(),
+                size_bytes: 1,
+            },
+            "64 lower-case hex",
+        ),
+        (
+            PDigest {
+                hash: "E".repeat(64),
+                size_bytes: 1,
+            },
+            "64 lower-case hex",
+        ),
+        (
+            PDigest {
+                hash: "e".repeat(64),
+                size_bytes: -5,
+            },
+            "non-negative",
+        ),
+    ];
+    for (d, want) in cases {
+        let err = cas
+            .find_missing_blobs(FindMissingBlobsRequest {
+                blob_digests: vec![d.clone()],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{d:?}");
+        assert!(err.message().contains(want), "{}", err.message());
+    }
+    let err = cas
+        .find_missing_blobs(FindMissingBlobsRequest {
+            digest_function: digest_function::Value::Md5 as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("MD5"), "{}", err.message());
+    let err = cas
+        .find_missing_blobs(FindMissingBlobsRequest {
+            instance_name: "x/uploads".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Over the advertised batch limit: a clear INVALID_ARGUMENT, not a transport error.
+    let big = bytes(3 << 20, 3);
+    let big2 = bytes(2 << 20, 4);
+    let err = cas
+        .batch_update_blobs(BatchUpdateBlobsRequest {
+            requests: vec![upd(&big), upd(&big2)],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("max_batch_total_size_bytes"),
+        "{}",
+        err.message()
+    );
+    let err = cas
+        .batch_read_blobs(BatchReadBlobsRequest {
+            digests: vec![digest(&big).to_proto(), digest(&big2).to_proto()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Compressed data that does not expand to the declared size.
+    let mut liar = upd(b"hello");
+    liar.data = Bytes::from(zstd::bulk::compress(b"hello world", 1).unwrap());
+    liar.compressor = compressor::Value::Zstd as i32;
+    let resp = cas
+        .batch_update_blobs(BatchUpdateBlobsRequest {
+            requests: vec![liar],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        resp.responses[0].status.as_ref().unwrap().code,
+        Code::InvalidArgument as i32
+    );
+    let mut deflate = upd(b"hello");
+    deflate.compressor = compressor::Value::Deflate as i32;
+    let resp = cas
+        .batch_update_blobs(BatchUpdateBlobsRequest {
+            requests: vec![deflate],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        resp.responses[0].status.as_ref().unwrap().code,
+        Code::InvalidArgument as i32
+    );
+}
+
+#[tokio::test]
+async fn get_tree_streams_pages_of_the_present_tree() {
+    let s = TestServer::start().await;
+    let mut cas = s.cas().await;
+    // A root with 5 distinct subdirectories, one of them missing from the CAS.
+    let mut subdirs = Vec::new();
+    let mut uploads = Vec::new();
+    for i in 0..5u8 {
+        let d = Directory {
+            files: vec![kiln::proto::reapi::FileNode {
+                name: format!("f{i}"),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let enc = d.encode_to_vec();
+        subdirs.push(DirectoryNode {
+            name: format!("d{i}"),
+            digest: Some(digest(&enc).to_proto()),
+        });
+        if i != 3 {
+            uploads.push(upd(&enc));
+        }
+    }
+    let root = Directory {
+        directories: subdirs,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    uploads.push(upd(&root));
+    cas.batch_update_blobs(BatchUpdateBlobsRequest {
+        requests: uploads,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let req = GetTreeRequest {
+        root_digest: Some(digest(&root).to_proto()),
+        page_size: 2,
+        ..Default::default()
+    };
+    let mut stream = cas.get_tree(req.clone()).await.unwrap().into_inner();
+    let mut pages = Vec::new();
+    while let Some(page) = stream.message().await.unwrap() {
+        pages.push(page);
+    }
+    assert_eq!(
+        pages
+            .iter()
+            .map(|p| p.directories.len())
+            .collect::<Vec<_>>(),
+        vec![2, 2, 1]
+    );
+    assert!(pages.last().unwrap().next_page_token.is_empty());
+    // Resuming from a token yields the rest.
+    let token = pages[0].next_page_token.clone();
+    let mut rest = cas
+        .get_tree(GetTreeRequest {
+            page_token: token,
+            ..req.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut n = 0;
+    while let Some(p) = rest.message().await.unwrap() {
+        n += p.directories.len();
+    }
+    assert_eq!(n, 3);
+    let err = cas
+        .get_tree(GetTreeRequest {
+            page_token: "garbage".into(),
+            ..req.clone()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = cas
+        .get_tree(GetTreeRequest {
+            root_digest: Some(digest(b"nope").to_proto()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}

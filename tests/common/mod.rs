@@ -1,0 +1,143 @@
+//! Test harness: a real kiln server on port 0 with a temp data dir, and clients for it.
+#![allow(dead_code)]
+
+pub mod process;
+
+use kiln::config::Config;
+use kiln::digest::{Digest, DigestFunction};
+use kiln::proto::bytestream::byte_stream_client::ByteStreamClient;
+use kiln::proto::reapi::action_cache_client::ActionCacheClient;
+use kiln::proto::reapi::capabilities_client::CapabilitiesClient;
+use kiln::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+use kiln::setup::Prepared;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// A running in-process server. Dropping it stops the server.
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub metrics_addr: std::net::SocketAddr,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server with the default config on 127.0.0.1:0.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server after `tweak` adjusts its config.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.server.listen = vec!["127.0.0.1:0".into()];
+        config.server.data_dir = dir.path().to_path_buf();
+        config.server.metrics_listen = "127.0.0.1:0".into();
+        // A small ring keeps many test servers cheap.
+        config.storage.capacity_bytes = 256 << 20;
+        config.storage.segment_size_bytes = 16 << 20;
+        config.storage.max_blob_size_bytes = 64 << 20;
+        tweak(&mut config);
+        let prepared = Prepared::new(&config).await.expect("server setup");
+        let addr = prepared.tcp_addrs()[0];
+        let metrics_addr = prepared.metrics_addr().expect("metrics endpoint enabled");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            prepared
+                .run(async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("server run");
+        });
+        Self {
+            addr,
+            metrics_addr,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// A fresh connection to the server.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    pub async fn cas(&self) -> ContentAddressableStorageClient<Channel> {
+        ContentAddressableStorageClient::new(self.channel().await)
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20)
+    }
+
+    pub async fn bytestream(&self) -> ByteStreamClient<Channel> {
+        ByteStreamClient::new(self.channel().await)
+    }
+
+    pub async fn ac(&self) -> ActionCacheClient<Channel> {
+        ActionCacheClient::new(self.channel().await)
+    }
+
+    pub async fn capabilities(&self) -> CapabilitiesClient<Channel> {
+        CapabilitiesClient::new(self.channel().await)
+    }
+
+    /// GETs a path of the metrics endpoint and returns the body.
+    pub async fn http_get(&self, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.metrics_addr)
+            .await
+            .unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        out.split_once("\r\n\r\n").unwrap().1.to_string()
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// SHA-256 digest of some bytes.
+pub fn digest(data: &[u8]) -> Digest {
+    DigestFunction::Sha256.digest_of(data)
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}

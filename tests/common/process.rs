@@ -1,0 +1,155 @@
+//! A real `kiln serve` child process for black-box tests: started on port 0, its ports read
+//! from the `listening ...` lines it prints, killed on drop.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Deadline for kiln to print `ready`.
+const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A running `kiln serve`, killed on drop.
+pub struct KilnServer {
+    child: Child,
+    /// The TCP port the server chose.
+    pub port: u16,
+    /// The Unix socket path it printed.
+    pub unix_socket: Option<PathBuf>,
+    log: PathBuf,
+}
+
+impl KilnServer {
+    /// Starts `kiln serve` on port 0 with `data_dir`, logging stderr to `log`, with `extra`
+    /// arguments, and waits for `ready`.
+    pub fn start_with(data_dir: &Path, log: &Path, extra: &[&str]) -> Self {
+        fs::create_dir_all(data_dir).unwrap();
+        let log_file = fs::File::create(log).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--metrics-listen")
+            .arg("127.0.0.1:0")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .expect("failed to spawn kiln");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel::<String>();
+        // Keeps draining stdout after `ready` so the server never blocks on a
+        // full pipe.
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // Once nobody listens any more, keep draining anyway.
+                let _ = tx.send(line);
+            }
+        });
+        let mut server = KilnServer {
+            child,
+            port: 0,
+            unix_socket: None,
+            log: log.to_path_buf(),
+        };
+        let deadline = Instant::now() + SERVER_READY_TIMEOUT;
+        let mut seen = Vec::new();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(remaining) {
+                Ok(line) => {
+                    if let Some(rest) = line.trim().strip_prefix("listening grpc://") {
+                        let port = rest
+                            .rsplit(':')
+                            .next()
+                            .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok());
+                        match port {
+                            Some(p) => server.port = p,
+                            None => server.fail(&format!("cannot parse port from {line:?}")),
+                        }
+                    }
+                    if let Some(rest) = line.trim().strip_prefix("listening unix:") {
+                        server.unix_socket = Some(PathBuf::from(rest));
+                    }
+                    let ready = line.trim() == "ready";
+                    seen.push(line);
+                    if ready {
+                        break;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => server.fail(&format!(
+                    "kiln did not print `ready` within {SERVER_READY_TIMEOUT:?}; stdout so far: {seen:?}"
+                )),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = server.child.wait().ok();
+                    server.fail(&format!(
+                        "kiln closed stdout before `ready` (exit status {status:?}); stdout: {seen:?}"
+                    ));
+                }
+            }
+        }
+        if server.port == 0 {
+            server.fail(&format!(
+                "kiln printed `ready` without a `listening grpc://` line; stdout: {seen:?}"
+            ));
+        }
+        eprintln!("kiln ready: {}", seen.join(" | "));
+        server
+    }
+
+    /// Starts `kiln serve` with default arguments.
+    pub fn start(data_dir: &Path, log: &Path) -> Self {
+        Self::start_with(data_dir, log, &[])
+    }
+
+    /// The gRPC URL clients use.
+    pub fn url(&self) -> String {
+        format!("grpc://127.0.0.1:{}", self.port)
+    }
+
+    /// The last lines of the server's stderr, for failure messages.
+    pub fn log_tail(&self) -> String {
+        tail(&fs::read_to_string(&self.log).unwrap_or_default(), 60)
+    }
+
+    pub fn fail(&self, msg: &str) -> ! {
+        panic!(
+            "{msg}\n---- kiln stderr (last lines, full log at {}) ----\n{}",
+            self.log.display(),
+            self.log_tail()
+        )
+    }
+}
+
+impl KilnServer {
+    /// Kills the server with SIGKILL (no chance to flush anything) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The `http://` endpoint for tonic clients.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for KilnServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

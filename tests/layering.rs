@@ -1,0 +1,43 @@
+//! Keeps the layers honest: the storage engine imports nothing from the layers above it, and
+//! `unsafe` appears only in `src/storage/sys/`.
+
+use std::path::Path;
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn storage_imports_no_upper_layer() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/storage");
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    assert!(!files.is_empty());
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for banned in ["crate::api", "crate::cas", "crate::proto", "crate::exec", "crate::bots", "tonic", "prost"] {
+            assert!(!text.contains(banned), "{} mentions {banned}", f.display());
+        }
+    }
+}
+
+#[test]
+fn unsafe_only_in_storage_sys() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    for f in files {
+        if f.components().any(|c| c.as_os_str() == "sys") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(!text.contains("unsafe {") && !text.contains("unsafe fn"), "{} uses unsafe", f.display());
+    }
+}

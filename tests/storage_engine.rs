@@ -1,0 +1,271 @@
+//! Black-box tests of the segment engine, each run on both I/O engines.
+
+use bytes::Bytes;
+use kiln::storage::sys::{self, IoBackend, IoEngine};
+use kiln::storage::{Durability, Engine, EngineConfig, Key, StorageError, Store};
+use std::path::Path;
+
+const BACKENDS: [IoBackend; 2] = [IoBackend::Psync, IoBackend::IoUring];
+
+fn io(b: IoBackend) -> Box<dyn IoEngine> {
+    sys::build(b).expect("io_uring must be available on kiln's build machines")
+}
+
+fn cfg(dir: &Path) -> EngineConfig {
+    let mut c = EngineConfig::new(dir);
+    c.segment_size = 256 << 10;
+    c.capacity_bytes = 8 * c.segment_size;
+    c.max_blob_size = c.capacity_bytes / 4;
+    c.part_size = 16 << 10;
+    c.index_slots = 4096;
+    c
+}
+
+fn key(n: u64) -> Key {
+    let mut id = [0u8; 32];
+    id[..8].copy_from_slice(&n.to_le_bytes());
+    id[31] = 0xab;
+    Key::new(Key::SPACE_CAS, id)
+}
+
+fn data(n: u64, len: usize) -> Bytes {
+    (0..len)
+        .map(|i| (i as u64).wrapping_mul(31).wrapping_add(n) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn put_get_contains_reopen() {
+    for b in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = rt();
+        {
+            let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
+            assert_eq!(
+                e.io_engine(),
+                if b == IoBackend::Psync {
+                    "psync"
+                } else {
+                    "io_uring"
+                }
+            );
+            rt.block_on(async {
+                for n in 0..50 {
+                    e.put(key(n), data(n, (n as usize * 97) % 5000))
+                        .await
+                        .unwrap();
+                }
+                // Streamed blob spanning many parts (and segments).
+                let big = data(999, 500 << 10);
+                let mut w = e.begin_write(key(999), big.len() as u64).await.unwrap();
+                for c in big.chunks(10_000) {
+                    w.write(Bytes::copy_from_slice(c)).await.unwrap();
+                }
+                w.commit().await.unwrap();
+                assert_eq!(
+                    e.get(&key(999)).unwrap().map(|b| b.to_bytes()),
+                    Some(big),
+                    "{:?}",
+                    e.stats()
+                );
+            });
+            for n in 0..50 {
+                assert!(e.contains(&key(n)).unwrap());
+                assert_eq!(
+                    e.get(&key(n)).unwrap().unwrap().to_bytes(),
+                    data(n, (n as usize * 97) % 5000)
+                );
+            }
+            assert!(!e.contains(&key(1000)).unwrap());
+            assert!(e.get(&key(1000)).unwrap().is_none());
+        }
+        let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
+        for n in 0..50 {
+            assert_eq!(
+                e.get(&key(n)).unwrap().unwrap().to_bytes(),
+                data(n, (n as usize * 97) % 5000),
+                "{b:?} {n}"
+            );
+        }
+        assert_eq!(
+            e.get(&key(999)).unwrap().unwrap().to_bytes(),
+            data(999, 500 << 10)
+        );
+        let rep = e.verify(|_| {}, None);
+        assert_eq!(rep.corrupt_records, 0);
+        assert!(rep.records >= 51);
+        assert_eq!(e.stats().record_reads, 50 + 33 + rep.records);
+    }
+}
+
+#[test]
+fn uncommitted_and_wrong_length_writes_are_invisible() {
+    for b in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
+        rt().block_on(async {
+            let mut w = e.begin_write(key(1), 10).await.unwrap();
+            w.write(Bytes::from_static(b"12345")).await.unwrap();
+            assert!(!e.contains(&key(1)).unwrap());
+            assert!(matches!(
+                w.commit().await,
+                Err(StorageError::LengthMismatch { .. })
+            ));
+            let mut w = e.begin_write(key(2), 3).await.unwrap();
+            assert!(w.write(Bytes::from_static(b"1234")).await.is_err());
+            drop(w);
+            assert!(matches!(
+                e.begin_write(key(3), u64::MAX).await,
+                Err(StorageError::TooLarge { .. })
+            ));
+        });
+        assert!(!e.contains(&key(1)).unwrap() && !e.contains(&key(2)).unwrap());
+    }
+}
+
+#[test]
+fn ac_rewrite_newest_wins_across_reopen() {
+    for b in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Key::new(Key::SPACE_AC, [9; 32]);
+        for round in 0..3u64 {
+            let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
+            if round > 0 {
+                assert_eq!(
+                    e.get(&k).unwrap().unwrap().to_bytes(),
+                    data(round * 10 + 4, 100)
+                );
+            }
+            rt().block_on(async {
+                for v in 0..5 {
+                    e.put(k, data((round + 1) * 10 + v, 100)).await.unwrap();
+                    assert_eq!(
+                        e.get(&k).unwrap().unwrap().to_bytes(),
+                        data((round + 1) * 10 + v, 100)
+                    );
+                }
+            });
+        }
+    }
+}
+
+#[test]
+fn eviction_keeps_disk_bounded_and_copies_touched_blobs_forward() {
+    for b in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        let cap = c.capacity_bytes;
+        let seg = c.segment_size;
+        let e = Engine::open_with_io(c, io(b)).unwrap();
+        let rt = rt();
+        rt.block_on(e.put(key(0), data(0, 1000))).unwrap();
+        // Write 3x the capacity; keep touching blob 0.
+        for n in 1..=(3 * cap / 4096) {
+            rt.block_on(e.put(key(n), data(n, 4000))).unwrap();
+            assert!(
+                e.contains(&key(0)).unwrap(),
+                "{b:?}: touched blob evicted after {n}"
+            );
+        }
+        let s = e.stats();
+        assert!(s.evictions > 0 && s.copy_forwards > 0, "{s:?}");
+        assert!(s.bytes_used <= cap);
+        assert!(
+            !e.contains(&key(1)).unwrap(),
+            "untouched old blob should be gone"
+        );
+        let on_disk: u64 = std::fs::read_dir(dir.path().join("segments"))
+            .unwrap()
+            .map(|f| f.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(on_disk <= cap + seg, "{on_disk}");
+        assert_eq!(e.get(&key(0)).unwrap().unwrap().to_bytes(), data(0, 1000));
+    }
+}
+
+#[test]
+fn reader_keeps_evicted_segment_alive() {
+    for b in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        let cap = c.capacity_bytes;
+        let e = Engine::open_with_io(c, io(b)).unwrap();
+        let rt = rt();
+        rt.block_on(e.put(key(0), data(0, 3000))).unwrap();
+        let held = e.get(&key(0)).unwrap().unwrap();
+        for n in 1..=(2 * cap / 4096) {
+            rt.block_on(e.put(key(n), data(n, 4000))).unwrap();
+        }
+        assert!(!e.contains(&key(0)).unwrap() || e.stats().copy_forwards > 0);
+        assert_eq!(
+            held.to_bytes(),
+            data(0, 3000),
+            "bytes changed under a reader"
+        );
+    }
+}
+
+#[test]
+fn periodic_durability_and_put_many() {
+    for b in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(dir.path());
+        c.durability = Durability::Periodic {
+            interval: std::time::Duration::from_millis(20),
+        };
+        {
+            let e = Engine::open_with_io(c.clone(), io(b)).unwrap();
+            rt().block_on(e.put_many((0..200).map(|n| (key(n), data(n, 100))).collect()))
+                .unwrap();
+            assert!(e.contains(&key(199)).unwrap());
+        }
+        let e = Engine::open_with_io(c, io(b)).unwrap();
+        assert_eq!(
+            e.get(&key(150)).unwrap().unwrap().to_bytes(),
+            data(150, 100)
+        );
+    }
+}
+
+#[test]
+fn verify_reports_corruption_and_check_failures() {
+    for b in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
+            rt().block_on(async {
+                for n in 0..10 {
+                    e.put(key(n), data(n, 500)).await.unwrap();
+                }
+            });
+        }
+        // Flip a payload byte of the first record in the first segment.
+        let p = dir.path().join("segments/seg-00001");
+        let mut f = std::fs::read(&p).unwrap();
+        f[4096 + 64 + 10] ^= 0xff;
+        std::fs::write(&p, f).unwrap();
+        let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
+        assert!(
+            e.get(&key(0)).unwrap().is_none(),
+            "corrupt record must not be served"
+        );
+        assert_eq!(e.stats().corruptions, 1);
+        let mut calls = 0;
+        let check = |k: &Key, _: &kiln::storage::Blob| k != &key(3);
+        let rep = e.verify(|_| calls += 1, Some(&check));
+        assert_eq!(
+            (rep.records, rep.corrupt_records, rep.check_failures),
+            (9, 1, 1)
+        );
+        assert_eq!(rep.failed_keys, vec![key(3)]);
+        assert!(calls >= 1);
+    }
+}
