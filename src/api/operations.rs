@@ -12,7 +12,7 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 /// WaitOperation waits at most this long when the request sets no timeout (or a longer one).
-const MAX_WAIT: Duration = Duration::from_secs(60);
+const MAX_WAIT: Duration = Duration::from_mins(1);
 const DEFAULT_PAGE: usize = 100;
 
 pub(super) struct OperationsService {

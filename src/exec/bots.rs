@@ -273,12 +273,12 @@ impl Scheduler {
             }
         }
         let ok = status.code == 0;
-        if ok && c.write_ac {
-            if let Some(r) = result.as_ref().filter(|r| r.exit_code == 0) {
-                if let Err(e) = self.shared.ac.update(&c.instance, &c.digest, r).await {
-                    tracing::warn!(error = %e, action = %c.digest, "could not store the action result");
-                }
-            }
+        if ok
+            && c.write_ac
+            && let Some(r) = result.as_ref().filter(|r| r.exit_code == 0)
+            && let Err(e) = self.shared.ac.update(&c.instance, &c.digest, r).await
+        {
+            tracing::warn!(error = %e, action = %c.digest, "could not store the action result");
         }
         let error = if !ok {
             Some(ExecError::Bot {

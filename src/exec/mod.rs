@@ -50,14 +50,14 @@ impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
             timeouts: Timeouts {
-                default: Duration::from_secs(600),
-                max: Duration::from_secs(3600),
+                default: Duration::from_mins(10),
+                max: Duration::from_hours(1),
             },
             bot_poll: Duration::from_secs(5),
             bot_timeout: Duration::from_secs(30),
             max_requeues: 2,
-            unmatched_grace: Duration::from_secs(60),
-            retention: Duration::from_secs(600),
+            unmatched_grace: Duration::from_mins(1),
+            retention: Duration::from_mins(10),
         }
     }
 }

@@ -87,7 +87,7 @@ async fn priority_orders_the_queue() {
             id: lease.id,
             state: LeaseState::Completed,
             status: None,
-            result: Some(Default::default()),
+            result: Some(crate::proto::reapi::ActionResult::default()),
         };
         s.update_bot_session(&bot, Properties::default(), vec![report])
             .await
@@ -131,7 +131,7 @@ async fn lost_leases_are_requeued_a_bounded_number_of_times() {
             s.update_bot_session(&bot, Properties::default(), vec![ack]),
         )
         .await;
-        s.reap(std::time::Instant::now() + Duration::from_secs(3600));
+        s.reap(std::time::Instant::now() + Duration::from_hours(1));
     }
     let snap = op.wait_done(Duration::from_secs(5)).await;
     let err = snap

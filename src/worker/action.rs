@@ -200,7 +200,7 @@ async fn execute_in(
     let timeout = action
         .timeout
         .as_ref()
-        .map_or(Duration::from_secs(600), |t| {
+        .map_or(Duration::from_mins(10), |t| {
             Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)
         });
     let ran = run(

@@ -18,7 +18,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
-pub const DEADLINE: Duration = Duration::from_secs(60);
+pub const DEADLINE: Duration = Duration::from_mins(1);
 
 /// Test settings for `[execution]`: quick lost-bot detection and a short platform grace.
 pub const EXEC_CONFIG: &str = "[storage]\ncapacity_bytes = 268435456\nsegment_size_bytes = 16777216\nmax_blob_size_bytes = 33554432\n[execution]\nbot_poll_ms = 500\nbot_timeout_secs = 2\nunmatched_grace_secs = 2\nmax_timeout_secs = 100\ndefault_timeout_secs = 60\n";
