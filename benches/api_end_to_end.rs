@@ -55,6 +55,7 @@ fn end_to_end(c: &mut Criterion) {
     let (channel, _stop) = rt.block_on(async {
         let mut config = Config::default();
         config.server.listen = vec!["127.0.0.1:0".into()];
+        config.server.metrics_listen = String::new();
         config.server.data_dir = dir.path().to_path_buf();
         let prepared = Prepared::new(&config).await.unwrap();
         let addr = prepared.tcp_addrs()[0];

@@ -18,6 +18,7 @@ async fn start() -> (
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.server.listen = vec!["127.0.0.1:0".into()];
+    config.server.metrics_listen = String::new();
     config.server.data_dir = dir.path().to_path_buf();
     let prepared = Prepared::new(&config).await.expect("server setup");
     let tcp = format!("grpc://{}", prepared.tcp_addrs()[0]);

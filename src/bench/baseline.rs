@@ -155,6 +155,7 @@ async fn unary(concurrency: usize, secs: Duration) -> Result<(Rpc, Rpc), BenchEr
     let dir = std::env::temp_dir().join(format!("kiln-baseline-{}", std::process::id()));
     let mut config = Config::default();
     config.server.listen = vec!["127.0.0.1:0".into()];
+    config.server.metrics_listen = String::new();
     config.server.data_dir = dir.clone();
     let prepared = Prepared::new(&config).await.map_err(|e| local(&e))?;
     let addr = prepared.tcp_addrs()[0];
