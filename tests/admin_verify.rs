@@ -8,6 +8,14 @@ use kiln::proto::bytestream::ReadRequest;
 use kiln::proto::reapi::{BatchUpdateBlobsRequest, batch_update_blobs_request};
 use tonic::Code;
 
+/// Runs `kiln verify` on a stopped server's data.
+async fn verify_offline(config: &kiln::config::Config) -> kiln::storage::VerifyReport {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || kiln::admin::verify(&config).unwrap())
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn verify_counts_records_and_damage_is_a_miss() {
     let s = TestServer::start().await;
@@ -36,12 +44,7 @@ async fn verify_counts_records_and_damage_is_a_miss() {
     let mut s = s;
     let server_dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
     s.stop().await;
-    let report = tokio::task::spawn_blocking({
-        let config = config.clone();
-        move || kiln::admin::verify(&config).unwrap()
-    })
-    .await
-    .unwrap();
+    let report = verify_offline(&config).await;
     assert_eq!(
         report.corrupt_records + report.check_failures,
         0,
@@ -66,12 +69,7 @@ async fn verify_counts_records_and_damage_is_a_miss() {
         }
     }
     assert!(flipped, "blob bytes not found in {}", seg_dir.display());
-    let report = tokio::task::spawn_blocking({
-        let config = config.clone();
-        move || kiln::admin::verify(&config).unwrap()
-    })
-    .await
-    .unwrap();
+    let report = verify_offline(&config).await;
     assert!(
         report.corrupt_records + report.check_failures >= 1,
         "{}",
