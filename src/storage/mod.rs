@@ -12,7 +12,7 @@ mod config;
 mod engine;
 mod error;
 pub mod format;
-mod index;
+pub mod index;
 mod key;
 mod memory;
 mod segment;
