@@ -12,6 +12,7 @@ mod config;
 mod engine;
 mod error;
 pub mod format;
+pub mod fuzzing;
 pub mod index;
 mod key;
 mod memory;
