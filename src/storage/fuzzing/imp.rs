@@ -123,6 +123,7 @@ pub fn engine_model(data: &[u8]) {
             }
             _ => {
                 // Power loss (b odd) or clean restart.
+                lossy |= e.stats().evictions > 0;
                 if b & 1 == 1 {
                     fault.freeze();
                     drop(e);
@@ -133,7 +134,6 @@ pub fn engine_model(data: &[u8]) {
                 }
                 fault = FaultState::new();
                 e = open(&fault);
-                lossy |= e.stats().evictions > 0;
             }
         }
     }
