@@ -156,6 +156,10 @@ async fn unary(concurrency: usize, secs: Duration) -> Result<(Rpc, Rpc), BenchEr
     let mut config = Config::default();
     config.server.listen = vec!["127.0.0.1:0".into()];
     config.server.metrics_listen = String::new();
+    // Only empty calls reach this server: a small ring keeps its setup cheap.
+    config.storage.capacity_bytes = 64 << 20;
+    config.storage.segment_size_bytes = 16 << 20;
+    config.storage.max_blob_size_bytes = 16 << 20;
     config.server.data_dir = dir.clone();
     let prepared = Prepared::new(&config).await.map_err(|e| local(&e))?;
     let addr = prepared.tcp_addrs()[0];
