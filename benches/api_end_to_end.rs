@@ -55,6 +55,11 @@ fn end_to_end(c: &mut Criterion) {
     let (channel, _stop) = rt.block_on(async {
         let mut config = Config::default();
         config.server.listen = vec!["127.0.0.1:0".into()];
+        config.server.metrics_listen = String::new();
+        // A 1 GiB ring: large enough for the blobs written here, cheap to set up.
+        config.storage.capacity_bytes = 1 << 30;
+        config.storage.segment_size_bytes = 64 << 20;
+        config.storage.max_blob_size_bytes = 256 << 20;
         config.server.data_dir = dir.path().to_path_buf();
         let prepared = Prepared::new(&config).await.unwrap();
         let addr = prepared.tcp_addrs()[0];

@@ -20,7 +20,7 @@ fn data(len: usize) -> Vec<u8> {
         x ^= x >> 7;
         x ^= x << 17;
         out.extend_from_slice(words[(x % words.len() as u64) as usize].as_bytes());
-        if (x >> 3) & 3 == 0 {
+        if (x >> 40) as u8 > 200 {
             out.extend_from_slice(&x.to_le_bytes()[..3]);
         }
     }

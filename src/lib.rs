@@ -11,6 +11,7 @@
 //!
 //! [`digest`] is the shared vocabulary; errors map to gRPC statuses only in `api::status`.
 
+pub mod admin;
 pub mod api;
 pub mod bench;
 pub mod bots;

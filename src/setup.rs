@@ -226,6 +226,30 @@ pub fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, 
     Ok(engine)
 }
 
+/// Takes an exclusive lock on the data directory (`<data_dir>/lock`), so two processes never
+/// write one store. Hold the returned guard for as long as the store is open.
+pub fn lock_data_dir(config: &Config) -> Result<nix::fcntl::Flock<std::fs::File>, SetupError> {
+    let dir = &config.server.data_dir;
+    std::fs::create_dir_all(dir)
+        .map_err(io(format!("cannot create data dir {}", dir.display())))?;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(format!("cannot open {}", path.display())))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        SetupError::Io {
+            what: format!(
+                "data dir {} is in use by another kiln process",
+                dir.display()
+            ),
+            source: e.into(),
+        }
+    })
+}
+
 /// The Unix socket path of a config, if enabled.
 pub fn unix_socket_path(config: &Config) -> Option<PathBuf> {
     let s = &config.server.unix_socket;
@@ -266,6 +290,7 @@ fn set_socket_mode(path: &std::path::Path) -> Result<(), SetupError> {
 
 /// A server whose listeners are bound and whose objects are built, not yet serving.
 pub struct Prepared {
+    _lock: nix::fcntl::Flock<std::fs::File>,
     routes: tonic::service::Routes,
     listeners: Listeners,
     /// The bots server (Bots + CAS + ByteStream), when execution is enabled.
@@ -278,9 +303,7 @@ impl Prepared {
     /// Builds everything a config describes and binds its listeners.
     pub async fn new(config: &Config) -> Result<Self, SetupError> {
         config.validate()?;
-        let dir = &config.server.data_dir;
-        std::fs::create_dir_all(dir)
-            .map_err(io(format!("cannot create data dir {}", dir.display())))?;
+        let lock = lock_data_dir(config)?;
         let metrics = Metrics::new();
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(
             open_store(config, &metrics)?,
@@ -313,6 +336,7 @@ impl Prepared {
             ),
         };
         Ok(Self {
+            _lock: lock,
             routes: routes.routes(),
             listeners,
             metrics,

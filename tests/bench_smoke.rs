@@ -18,6 +18,11 @@ async fn start() -> (
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.server.listen = vec!["127.0.0.1:0".into()];
+    config.server.metrics_listen = String::new();
+    // A small ring: the default (80% of free disk) costs seconds to set up per server.
+    config.storage.capacity_bytes = 256 << 20;
+    config.storage.segment_size_bytes = 16 << 20;
+    config.storage.max_blob_size_bytes = 64 << 20;
     config.server.data_dir = dir.path().to_path_buf();
     let prepared = Prepared::new(&config).await.expect("server setup");
     let tcp = format!("grpc://{}", prepared.tcp_addrs()[0]);

@@ -15,6 +15,14 @@ fn read_name(d: &Digest) -> String {
     format!("main/blobs/{}/{}", d.hash_hex(), d.size)
 }
 
+/// A read of a whole blob.
+fn read_whole(d: &Digest) -> ReadRequest {
+    ReadRequest {
+        resource_name: read_name(d),
+        ..Default::default()
+    }
+}
+
 fn write_name(d: &Digest, id: &str) -> String {
     format!("main/uploads/{id}/blobs/{}/{}", d.hash_hex(), d.size)
 }
@@ -85,15 +93,7 @@ async fn write_then_read_with_offsets_and_limits() {
     .unwrap();
     assert_eq!(resp.committed_size, data.len() as i64);
 
-    let whole = read_all(
-        &mut bs,
-        ReadRequest {
-            resource_name: read_name(&d),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let whole = read_all(&mut bs, read_whole(&d)).await.unwrap();
     assert_eq!(whole, data);
     let part = read_all(
         &mut bs,
@@ -152,15 +152,7 @@ async fn write_then_read_with_offsets_and_limits() {
     .unwrap_err();
     assert_eq!(neg.code(), Code::InvalidArgument);
     let missing = digest(b"missing");
-    let err = read_all(
-        &mut bs,
-        ReadRequest {
-            resource_name: read_name(&missing),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_err();
+    let err = read_all(&mut bs, read_whole(&missing)).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     // The empty blob is always readable.
     let empty = read_all(
@@ -193,15 +185,7 @@ async fn mismatched_or_oversized_uploads_are_rejected_and_not_stored() {
         "{}",
         err.message()
     );
-    let err = read_all(
-        &mut bs,
-        ReadRequest {
-            resource_name: read_name(&claimed),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_err();
+    let err = read_all(&mut bs, read_whole(&claimed)).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
     // More bytes than the size in the name.
@@ -341,18 +325,7 @@ async fn interrupted_upload_resumes_from_committed_size() {
         .unwrap()
         .into_inner();
     assert_eq!((st.committed_size, st.complete), (data.len() as i64, true));
-    assert_eq!(
-        read_all(
-            &mut bs,
-            ReadRequest {
-                resource_name: read_name(&d),
-                ..Default::default()
-            }
-        )
-        .await
-        .unwrap(),
-        data
-    );
+    assert_eq!(read_all(&mut bs, read_whole(&d)).await.unwrap(), data);
     // Resuming an upload that does not exist is refused with a clear message.
     let other = digest(b"other");
     let err = write(
@@ -466,16 +439,5 @@ async fn many_clients_uploading_the_same_blob() {
         assert_eq!(t.await.unwrap().unwrap().committed_size, data.len() as i64);
     }
     let mut bs = s.bytestream().await;
-    assert_eq!(
-        read_all(
-            &mut bs,
-            ReadRequest {
-                resource_name: read_name(&d),
-                ..Default::default()
-            }
-        )
-        .await
-        .unwrap(),
-        data
-    );
+    assert_eq!(read_all(&mut bs, read_whole(&d)).await.unwrap(), data);
 }

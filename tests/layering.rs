@@ -22,7 +22,15 @@ fn storage_imports_no_upper_layer() {
     assert!(!files.is_empty());
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
-        for banned in ["crate::api", "crate::cas", "crate::proto", "crate::exec", "crate::bots", "tonic", "prost"] {
+        for banned in [
+            "crate::api",
+            "crate::cas",
+            "crate::proto",
+            "crate::exec",
+            "crate::bots",
+            "tonic",
+            "prost",
+        ] {
             assert!(!text.contains(banned), "{} mentions {banned}", f.display());
         }
     }
@@ -38,6 +46,38 @@ fn unsafe_only_in_storage_sys() {
             continue;
         }
         let text = std::fs::read_to_string(&f).unwrap();
-        assert!(!text.contains("unsafe {") && !text.contains("unsafe fn"), "{} uses unsafe", f.display());
+        assert!(
+            !text.contains("unsafe {") && !text.contains("unsafe fn"),
+            "{} uses unsafe",
+            f.display()
+        );
     }
+}
+
+#[test]
+fn every_unsafe_block_has_a_safety_comment() {
+    let sys = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/storage/sys");
+    let mut files = Vec::new();
+    rust_files(&sys, &mut files);
+    let mut blocks = 0;
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            if l.contains("unsafe {") {
+                blocks += 1;
+                let before = &lines[i.saturating_sub(8)..i];
+                assert!(
+                    before.iter().any(|b| b.contains("SAFETY:")),
+                    "{}:{} unsafe without SAFETY",
+                    f.display(),
+                    i + 1
+                );
+            }
+        }
+    }
+    assert!(
+        blocks > 0,
+        "expected the storage sys module to hold the engine's unsafe code"
+    );
 }

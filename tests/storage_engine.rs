@@ -269,3 +269,19 @@ fn verify_reports_corruption_and_check_failures() {
         assert!(calls >= 1);
     }
 }
+
+#[test]
+fn drop_with_live_upload_handle_does_not_hang() {
+    for b in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = rt();
+        let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
+        let mut w = rt.block_on(e.begin_write(key(1), 4)).unwrap();
+        drop(e);
+        let r = rt.block_on(async {
+            w.write(Bytes::from_static(b"abcd")).await?;
+            w.commit().await
+        });
+        assert!(matches!(r, Err(StorageError::Closed)), "{r:?}");
+    }
+}

@@ -86,13 +86,13 @@ fn run(backend: IoBackend, ops: &[Op]) {
                     (None, None) => {}
                     (None, Some(_)) => panic!("{backend:?}: {k} never written but served"),
                     (Some((want, _)), Some(g)) => {
-                        assert_eq!(&g, want, "{backend:?}: wrong bytes for {k}")
+                        assert_eq!(&g, want, "{backend:?}: wrong bytes for {k}");
                     }
                     (Some((_, at)), None) => {
                         assert!(
                             evictions(&e, evictions_before) > *at,
                             "{backend:?}: {k} lost without eviction"
-                        )
+                        );
                     }
                 }
             }

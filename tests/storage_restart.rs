@@ -17,7 +17,9 @@ fn cfg(dir: &Path) -> EngineConfig {
     c.max_blob_size = 1 << 20;
     c.index_slots = 2 * N;
     c.max_batch_bytes = 4 << 20;
-    c.durability = Durability::Periodic { interval: std::time::Duration::from_secs(1) };
+    c.durability = Durability::Periodic {
+        interval: std::time::Duration::from_secs(1),
+    };
     c
 }
 
@@ -31,12 +33,17 @@ fn key(n: u64) -> Key {
 #[test]
 fn reopen_with_1m_blobs_reads_no_records() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     {
         let e = Engine::open(cfg(dir.path())).unwrap();
         rt.block_on(async {
             for batch in 0..N / 20_000 {
-                let items = (batch * 20_000..(batch + 1) * 20_000).map(|n| (key(n), Bytes::copy_from_slice(&n.to_le_bytes()))).collect();
+                let items = (batch * 20_000..(batch + 1) * 20_000)
+                    .map(|n| (key(n), Bytes::copy_from_slice(&n.to_le_bytes())))
+                    .collect();
                 e.put_many(items).await.unwrap();
             }
         });
@@ -51,7 +58,10 @@ fn reopen_with_1m_blobs_reads_no_records() {
         assert_eq!(fault.reads(), 2, "{b:?}");
         assert_eq!(e.stats().record_reads, 0);
         for n in (0..N).step_by(997) {
-            assert_eq!(e.get(&key(n)).unwrap().unwrap().to_bytes(), Bytes::copy_from_slice(&n.to_le_bytes()));
+            assert_eq!(
+                e.get(&key(n)).unwrap().unwrap().to_bytes(),
+                Bytes::copy_from_slice(&n.to_le_bytes())
+            );
         }
         assert!(!e.contains(&key(N + 1)).unwrap());
     }

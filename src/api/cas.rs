@@ -90,18 +90,20 @@ impl ContentAddressableStorage for CasService {
         let function = DigestFunction::from_proto(req.digest_function)?;
         let total: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
         self.check_batch_total(total, "BatchUpdateBlobs request data")?;
-        let mut responses = Vec::with_capacity(req.requests.len());
-        for r in req.requests {
+        // All blobs commit concurrently, so the engine's group commit syncs them together
+        // instead of once per blob.
+        let updates = req.requests.into_iter().map(|r| async move {
             let digest = r.digest.clone();
             let status = match self.update_one(function, r).await {
                 Ok(()) => rpc_ok(),
                 Err(e) => rpc_status(&e),
             };
-            responses.push(batch_update_blobs_response::Response {
+            batch_update_blobs_response::Response {
                 digest,
                 status: Some(status),
-            });
-        }
+            }
+        });
+        let responses = futures::future::join_all(updates).await;
         Ok(Response::new(BatchUpdateBlobsResponse { responses }))
     }
 

@@ -13,6 +13,7 @@
 
 mod bare;
 mod disk;
+mod own_runtime;
 
 use super::BenchError;
 use super::args::BaselineArgs;
@@ -108,7 +109,9 @@ pub async fn run(args: &BaselineArgs) -> Result<Baseline, BenchError> {
         "disk figures use std::fs (pwrite/pread), not io_uring: the crate denies unsafe code \
          outside the storage engine; io_uring and psync reach the same disk ceiling here"
             .to_string(),
-        "client and server share this box's cores in the RPC figures".to_string(),
+        "RPC figures: the server runs on its own 2-thread runtime, the client on the bench's; \
+         both share this box's cores"
+            .to_string(),
     ];
     notes.extend(disk.note.clone());
     Ok(Baseline {
@@ -151,17 +154,31 @@ impl Workload for Capabilities {
 }
 
 async fn unary(concurrency: usize, secs: Duration) -> Result<(Rpc, Rpc), BenchError> {
-    let local = |e: &dyn std::fmt::Display| BenchError::Local(format!("in-process server: {e}"));
     let dir = std::env::temp_dir().join(format!("kiln-baseline-{}", std::process::id()));
     let mut config = Config::default();
     config.server.listen = vec!["127.0.0.1:0".into()];
+    config.server.metrics_listen = String::new();
+    // Only empty calls reach this server: a small ring keeps its setup cheap.
+    config.storage.capacity_bytes = 64 << 20;
+    config.storage.segment_size_bytes = 16 << 20;
+    config.storage.max_blob_size_bytes = 16 << 20;
     config.server.data_dir = dir.clone();
-    let prepared = Prepared::new(&config).await.map_err(|e| local(&e))?;
-    let addr = prepared.tcp_addrs()[0];
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(prepared.run(async move {
-        let _ = stopped.await;
-    }));
+    let (addr, server) = own_runtime::start(move |stopped, ready| async move {
+        match Prepared::new(&config).await {
+            Ok(p) => {
+                let _ = ready.send(Ok(p.tcp_addrs()[0]));
+                let _ = p
+                    .run(async move {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            }
+            Err(e) => {
+                let _ = ready.send(Err(format!("in-process server: {e}")));
+            }
+        }
+    })
+    .await?;
     let mut out = Vec::new();
     for t in [
         format!("grpc://{addr}"),
@@ -186,8 +203,7 @@ async fn unary(concurrency: usize, secs: Duration) -> Result<(Rpc, Rpc), BenchEr
             errors: m.errors,
         });
     }
-    let _ = stop.send(());
-    let _ = server.await;
+    server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
     let unix = out.pop().expect("two runs");
     Ok((out.pop().expect("two runs"), unix))

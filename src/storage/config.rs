@@ -139,6 +139,12 @@ impl EngineConfig {
                 self.segment_size
             ));
         }
+        if self.segments() > 1 << 20 {
+            return bad(format!(
+                "capacity_bytes / segment_size = {} segments; at most 2^20 (raise segment_size)",
+                self.segments()
+            ));
+        }
         if self.part_size < 4096 || self.part_size * 4 > self.segment_size {
             return bad(format!(
                 "part_size {} must be at least 4 KiB and at most segment_size / 4",

@@ -61,12 +61,13 @@ impl Engine {
             cfg.effective_index_slots() as usize,
             cfg.probe_limit as usize,
         )?;
+        let fresh = state.is_none();
         let mut st = state.take().unwrap_or(State {
             tail: 1,
             segments: n,
             ..State::default()
         });
-        if created || st.segments != n {
+        if created || fresh || st.segments != n {
             if st.head > 0 {
                 tracing::warn!("storage: index or ring size changed; starting with an empty cache");
             }
@@ -223,11 +224,16 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        // Closing the channel ends the I/O thread after a final sync (clean stop).
-        self.tx
+        // Ends the I/O thread after a final sync (clean stop), even while upload handles
+        // still hold senders.
+        let tx = self
+            .tx
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
+        if let Some(tx) = tx {
+            let _ = tx.send(Req::Shutdown);
+        }
         if let Some(t) = self
             .thread
             .lock()

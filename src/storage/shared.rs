@@ -92,30 +92,27 @@ impl Shared {
 
     /// Reads a whole blob for entry `e`, checking every record.
     pub fn read_blob(&self, e: &Entry) -> Result<Blob, Miss> {
-        match e.kind {
-            RecordKind::Manifest => {
-                let m = self.read_record(e.seq, e.off, RecordKind::Manifest, &e.key)?;
-                let (total, parts) = format::decode_manifest(&m).map_err(|_| Miss::Corrupt)?;
-                if total != e.len {
+        if e.kind == RecordKind::Manifest {
+            let m = self.read_record(e.seq, e.off, RecordKind::Manifest, &e.key)?;
+            let (total, parts) = format::decode_manifest(&m).map_err(|_| Miss::Corrupt)?;
+            if total != e.len {
+                return Err(Miss::Corrupt);
+            }
+            let mut ext = Vec::with_capacity(parts.len());
+            for p in parts {
+                let b = self.read_record(p.seq, p.off, RecordKind::Part, &e.key)?;
+                if b.len() as u64 != p.len {
                     return Err(Miss::Corrupt);
                 }
-                let mut ext = Vec::with_capacity(parts.len());
-                for p in parts {
-                    let b = self.read_record(p.seq, p.off, RecordKind::Part, &e.key)?;
-                    if b.len() as u64 != p.len {
-                        return Err(Miss::Corrupt);
-                    }
-                    ext.push(b);
-                }
-                Ok(Blob::from_extents(ext))
+                ext.push(b);
             }
-            _ => {
-                let b = self.read_record(e.seq, e.off, RecordKind::Blob, &e.key)?;
-                if b.len() as u64 != e.len {
-                    return Err(Miss::Corrupt);
-                }
-                Ok(Blob::from_bytes(b))
+            Ok(Blob::from_extents(ext))
+        } else {
+            let b = self.read_record(e.seq, e.off, RecordKind::Blob, &e.key)?;
+            if b.len() as u64 != e.len {
+                return Err(Miss::Corrupt);
             }
+            Ok(Blob::from_bytes(b))
         }
     }
 

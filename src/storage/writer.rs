@@ -54,6 +54,9 @@ pub(crate) enum Req {
     Sync {
         reply: oneshot::Sender<Result<(), StorageError>>,
     },
+    /// Finish the batch, run a final sync round, mark a clean stop and exit (sent by
+    /// `Engine::drop`; upload handles still alive afterwards get `Closed`).
+    Shutdown,
 }
 
 struct Active {
@@ -160,7 +163,8 @@ impl Writer {
         }
     }
 
-    /// The thread body: runs until every sender is gone, then syncs and marks a clean stop.
+    /// The thread body: runs until `Shutdown` (or every sender is gone), then syncs and marks
+    /// a clean stop.
     pub fn run(mut self, rx: &Receiver<Req>, touch: &Receiver<Key>) {
         loop {
             let timeout = match self.sh.cfg.durability {
@@ -174,19 +178,26 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            let mut batch: Vec<Req> = first.into_iter().collect();
+            let mut batch: Vec<Req> = Vec::new();
+            let mut stop = false;
             let mut bytes = 0u64;
-            while bytes < self.sh.cfg.max_batch_bytes && batch.len() < 256 {
-                match rx.try_recv() {
-                    Ok(r) => {
-                        bytes += req_bytes(&r);
-                        batch.push(r);
-                    }
-                    Err(_) => break,
+            let mut next = first;
+            while let Some(r) = next.take() {
+                if matches!(r, Req::Shutdown) {
+                    stop = true;
+                    break;
+                }
+                bytes += req_bytes(&r);
+                batch.push(r);
+                if bytes < self.sh.cfg.max_batch_bytes && batch.len() < 256 {
+                    next = rx.try_recv().ok();
                 }
             }
             let touched: Vec<Key> = touch.try_iter().take(256).collect();
             self.process(batch, &touched);
+            if stop {
+                break;
+            }
         }
         self.shutdown();
     }
@@ -238,37 +249,37 @@ impl Writer {
                     wants_sync = true;
                     done.push(Done::Sync(reply));
                 }
+                Req::Shutdown => {}
             }
         }
         // Write everything laid out.
         let wrote = self.flush_ops();
-        let sync_res = match &wrote {
-            Err(e) => Err(clone_err(e)),
-            Ok(()) => {
-                for e in copies {
-                    self.publish(&e);
-                    inc(&self.sh.counters.copy_forwards);
-                }
-                for d in &done {
-                    if let Done::Commit(_, Ok(entries)) = d {
-                        for e in entries {
-                            self.publish(e);
-                        }
+        let sync_res = if let Err(e) = &wrote {
+            Err(clone_err(e))
+        } else {
+            for e in copies {
+                self.publish(&e);
+                inc(&self.sh.counters.copy_forwards);
+            }
+            for d in &done {
+                if let Done::Commit(_, Ok(entries)) = d {
+                    for e in entries {
+                        self.publish(e);
                     }
                 }
-                let periodic_due = match self.sh.cfg.durability {
-                    Durability::Fdatasync => wants_sync,
-                    Durability::Periodic { interval } => {
-                        self.unsynced
-                            && (self.last_sync.elapsed() >= interval
-                                || done.iter().any(|d| matches!(d, Done::Sync(_))))
-                    }
-                };
-                if periodic_due && self.unsynced {
-                    self.sync_epoch()
-                } else {
-                    Ok(())
+            }
+            let periodic_due = match self.sh.cfg.durability {
+                Durability::Fdatasync => wants_sync,
+                Durability::Periodic { interval } => {
+                    self.unsynced
+                        && (self.last_sync.elapsed() >= interval
+                            || done.iter().any(|d| matches!(d, Done::Sync(_))))
                 }
+            };
+            if periodic_due && self.unsynced {
+                self.sync_epoch()
+            } else {
+                Ok(())
             }
         };
         for d in done {
@@ -287,7 +298,7 @@ impl Writer {
                     });
                 }
                 Done::Sync(reply) => {
-                    let _ = reply.send(sync_res.as_ref().map(|_| ()).map_err(clone_err));
+                    let _ = reply.send(sync_res.as_ref().copied().map_err(clone_err));
                 }
             }
         }
@@ -607,7 +618,7 @@ fn req_bytes(r: &Req) -> u64 {
                 Body::Parts { last, .. } => last.len() as u64,
             })
             .sum(),
-        Req::Sync { .. } => 0,
+        Req::Sync { .. } | Req::Shutdown => 0,
     }
 }
 

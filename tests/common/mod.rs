@@ -17,6 +17,7 @@ use tonic::transport::Channel;
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
     pub metrics_addr: std::net::SocketAddr,
+    pub config: Config,
     pub dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -41,6 +42,7 @@ impl TestServer {
         config.storage.max_blob_size_bytes = 64 << 20;
         tweak(&mut config);
         let prepared = Prepared::new(&config).await.expect("server setup");
+        let config_copy = config.clone();
         let addr = prepared.tcp_addrs()[0];
         let metrics_addr = prepared.metrics_addr().expect("metrics endpoint enabled");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -55,6 +57,7 @@ impl TestServer {
         Self {
             addr,
             metrics_addr,
+            config: config_copy,
             dir,
             stop: Some(stop),
             task: Some(task),

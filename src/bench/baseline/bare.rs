@@ -66,24 +66,30 @@ impl ByteStream for Bare {
 /// Read and write MB/s, each for about `secs`.
 pub async fn measure(secs: Duration) -> Result<(f64, f64), BenchError> {
     let local = |e: &dyn std::fmt::Display| BenchError::Local(format!("bare stream: {e}"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| local(&e))?;
-    let addr = listener.local_addr().map_err(|e| local(&e))?;
     let chunk = Bytes::from(crate::bench::data::fill(5, CHUNK));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
+    let server_chunk = chunk.clone();
+    let (addr, server) = super::own_runtime::start(move |stopped, ready| async move {
+        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(format!("bare stream: {e}")));
+                return;
+            }
+        };
+        let _ = ready.send(listener.local_addr().map_err(|e| e.to_string()));
+        let _ = tonic::transport::Server::builder()
             .add_service(ByteStreamServer::new(Bare {
-                chunk: chunk.clone(),
+                chunk: server_chunk,
             }))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 async move {
                     let _ = stopped.await;
                 },
-            ),
-    );
+            )
+            .await;
+    })
+    .await?;
     let channel = super::super::target::Target::parse(&format!("grpc://{addr}"))?
         .connect()
         .await?;
@@ -124,7 +130,6 @@ pub async fn measure(secs: Duration) -> Result<(f64, f64), BenchError> {
         bytes += r.into_inner().committed_size as u64;
     }
     let write = bytes as f64 / 1e6 / start.elapsed().as_secs_f64();
-    let _ = stop.send(());
-    let _ = server.await;
+    server.stop().await;
     Ok((read, write))
 }

@@ -53,7 +53,10 @@ impl AtomicMap {
         // the length is a multiple of 8 (checked in `new`); the mapping lives as long as
         // `self`; AtomicU64 has the same layout as u64 and any bit pattern is valid; all
         // accesses (ours and other threads') go through atomics, so there is no data race.
-        unsafe { std::slice::from_raw_parts(ptr.cast::<AtomicU64>(), self.map.len() / 8) }
+        #[allow(clippy::cast_ptr_alignment)] // page-aligned, see SAFETY
+        unsafe {
+            std::slice::from_raw_parts(ptr.cast::<AtomicU64>(), self.map.len() / 8)
+        }
     }
 
     /// Flushes dirty pages to disk (msync). The engine normally fdatasyncs the file instead.

@@ -1,0 +1,220 @@
+//! Storage engine benchmarks (no gRPC): put/get/contains by blob size, index insert/lookup on
+//! two threads, reopen time at 1M entries, and memory per entry.
+//!
+//! Run: `CARGO_TARGET_DIR=/work/target-storage cargo bench --bench storage_engine`
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use kiln::storage::format::RecordKind;
+use kiln::storage::index::{Entry, Index};
+use kiln::storage::{Durability, Engine, EngineConfig, Key, Store};
+use std::hint::black_box;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn key(n: u64) -> Key {
+    let mut id = [0u8; 32];
+    id[..8].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
+    id[8..16].copy_from_slice(&n.to_le_bytes());
+    Key::new(Key::SPACE_CAS, id)
+}
+
+fn cfg(dir: &Path, durability: Durability) -> EngineConfig {
+    let mut c = EngineConfig::new(dir);
+    c.segment_size = 64 << 20;
+    c.capacity_bytes = 32 * c.segment_size;
+    c.max_blob_size = 64 << 20;
+    c.index_slots = 1 << 21;
+    c.durability = durability;
+    c
+}
+
+const PERIODIC: Durability = Durability::Periodic {
+    interval: Duration::from_millis(200),
+};
+const SIZES: [(usize, &str); 3] = [(1 << 10, "1KiB"), (64 << 10, "64KiB"), (4 << 20, "4MiB")];
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn put(c: &mut Criterion) {
+    let rt = rt();
+    let mut g = c.benchmark_group("storage_put");
+    for (mode, dur) in [("periodic", PERIODIC), ("fdatasync", Durability::Fdatasync)] {
+        for (size, name) in SIZES {
+            if mode == "fdatasync" && size > 64 << 10 {
+                continue;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let e = Engine::open(cfg(dir.path(), dur)).unwrap();
+            let data = Bytes::from(vec![7u8; size]);
+            let mut n = 0u64;
+            g.throughput(Throughput::Bytes(size as u64));
+            g.bench_function(BenchmarkId::new(mode, name), |b| {
+                b.iter(|| {
+                    n += 1;
+                    rt.block_on(e.put(key(n), data.clone())).unwrap();
+                });
+            });
+        }
+    }
+    g.finish();
+}
+
+fn get_contains(c: &mut Criterion) {
+    let rt = rt();
+    let mut g = c.benchmark_group("storage_read");
+    for (size, name) in SIZES {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(cfg(dir.path(), PERIODIC)).unwrap();
+        let count = ((256u64 << 20) / size as u64).min(100_000);
+        let data = Bytes::from(vec![3u8; size]);
+        rt.block_on(async {
+            for n in 0..count {
+                e.put(key(n), data.clone()).await.unwrap();
+            }
+        });
+        let mut n = 0u64;
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(BenchmarkId::new("get", name), |b| {
+            b.iter(|| {
+                n = (n + 1) % count;
+                black_box(e.get(&key(n)).unwrap().unwrap());
+            });
+        });
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(BenchmarkId::new("contains_hit", name), |b| {
+            b.iter(|| {
+                n = (n + 1) % count;
+                black_box(e.contains(&key(n)).unwrap());
+            });
+        });
+        g.bench_function(BenchmarkId::new("contains_miss", name), |b| {
+            b.iter(|| {
+                n += 1;
+                black_box(e.contains(&key(u64::MAX - n)).unwrap());
+            });
+        });
+    }
+    g.finish();
+}
+
+fn entry(k: Key) -> Entry {
+    Entry {
+        key: k,
+        kind: RecordKind::Blob,
+        epoch: 1,
+        seq: 1,
+        off: 0,
+        len: 1,
+        span: 0,
+    }
+}
+
+fn index_two_threads(c: &mut Criterion) {
+    let mut g = c.benchmark_group("storage_index_2threads");
+    let dir = tempfile::tempdir().unwrap();
+    let per_thread = 200_000u64;
+    g.throughput(Throughput::Elements(2 * per_thread));
+    g.sample_size(10);
+    g.bench_function("insert", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let (ix, _) = Index::open(&dir.path().join("ix"), 1 << 20, 16).unwrap();
+                let t = Instant::now();
+                std::thread::scope(|s| {
+                    for th in 0..2u64 {
+                        let ix = &ix;
+                        s.spawn(move || {
+                            for n in 0..per_thread {
+                                ix.insert(&entry(key(th << 40 | n)), |_| true);
+                            }
+                        });
+                    }
+                });
+                total += t.elapsed();
+                drop(ix);
+                std::fs::remove_file(dir.path().join("ix")).unwrap();
+            }
+            total
+        });
+    });
+    let (ix, _) = Index::open(&dir.path().join("ix2"), 1 << 20, 16).unwrap();
+    for n in 0..2 * per_thread {
+        ix.insert(&entry(key(n)), |_| true);
+    }
+    g.bench_function("lookup_hit", |b| {
+        b.iter_custom(|iters| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                std::thread::scope(|s| {
+                    for th in 0..2u64 {
+                        let ix = &ix;
+                        s.spawn(move || {
+                            for n in 0..per_thread {
+                                black_box(ix.lookup(&key(th * per_thread + n), |_| true));
+                            }
+                        });
+                    }
+                });
+            }
+            t.elapsed()
+        });
+    });
+    g.finish();
+}
+
+fn reopen(c: &mut Criterion) {
+    let rt = rt();
+    let mut g = c.benchmark_group("storage_reopen");
+    g.sample_size(10);
+    let n = 1_000_000u64;
+    let dir = tempfile::tempdir().unwrap();
+    let mut conf = cfg(dir.path(), PERIODIC);
+    conf.index_slots = 2 * n;
+    conf.max_batch_bytes = 4 << 20;
+    {
+        let e = Engine::open(conf.clone()).unwrap();
+        rt.block_on(async {
+            for b in 0..n / 20_000 {
+                let items = (b * 20_000..(b + 1) * 20_000)
+                    .map(|i| (key(i), Bytes::copy_from_slice(&i.to_le_bytes())))
+                    .collect();
+                e.put_many(items).await.unwrap();
+            }
+        });
+        let index_bytes = std::fs::metadata(dir.path().join("index")).unwrap().len();
+        let entries = e.count_entries();
+        eprintln!(
+            "memory per entry: index file {index_bytes} B / {entries} entries = {:.1} B (slot 64 B, load {:.2}); no per-entry heap",
+            index_bytes as f64 / entries as f64,
+            entries as f64 / conf.index_slots as f64
+        );
+    }
+    g.bench_function("open_1M_entries", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                let e = Engine::open(conf.clone()).unwrap();
+                total += t.elapsed();
+                assert!(e.contains(&key(5)).unwrap());
+                drop(e);
+            }
+            total
+        });
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = put, get_contains, index_two_threads, reopen
+}
+criterion_main!(benches);

@@ -1,0 +1,102 @@
+//! `kiln verify` finds damaged records, and a damaged blob is never served: it reads as a miss.
+
+mod common;
+
+use bytes::Bytes;
+use common::{TestServer, bytes, digest};
+use kiln::proto::bytestream::ReadRequest;
+use kiln::proto::reapi::{BatchUpdateBlobsRequest, batch_update_blobs_request};
+use tonic::Code;
+
+/// Runs `kiln verify` on a stopped server's data.
+async fn verify_offline(config: &kiln::config::Config) -> kiln::storage::VerifyReport {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || kiln::admin::verify(&config).unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn verify_counts_records_and_damage_is_a_miss() {
+    let s = TestServer::start().await;
+    let blobs: Vec<Vec<u8>> = (0..20).map(|i| bytes(10_000 + i * 100, i as u64)).collect();
+    let requests = blobs
+        .iter()
+        .map(|b| batch_update_blobs_request::Request {
+            digest: Some(digest(b).to_proto()),
+            data: Bytes::from(b.clone()),
+            compressor: 0,
+        })
+        .collect();
+    s.cas()
+        .await
+        .batch_update_blobs(BatchUpdateBlobsRequest {
+            requests,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let config = s.config.clone();
+    let data_dir = s.dir.path().to_path_buf();
+    // The lock keeps verify away from a live server.
+    assert!(kiln::admin::verify(&config).is_err());
+    // Stop the server but keep its data directory.
+    let mut s = s;
+    let server_dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
+    s.stop().await;
+    let report = verify_offline(&config).await;
+    assert_eq!(
+        report.corrupt_records + report.check_failures,
+        0,
+        "{}",
+        kiln::admin::describe(&report)
+    );
+    assert!(report.records >= 20, "{}", kiln::admin::describe(&report));
+
+    // Flip one byte inside the payload of the first blob.
+    let victim = &blobs[0];
+    let needle = &victim[100..132];
+    let seg_dir = data_dir.join("store/segments");
+    let mut flipped = false;
+    for entry in std::fs::read_dir(&seg_dir).unwrap() {
+        let path = entry.unwrap().path();
+        let mut data = std::fs::read(&path).unwrap();
+        if let Some(pos) = data.windows(needle.len()).position(|w| w == needle) {
+            data[pos] ^= 0xff;
+            std::fs::write(&path, &data).unwrap();
+            flipped = true;
+            break;
+        }
+    }
+    assert!(flipped, "blob bytes not found in {}", seg_dir.display());
+    let report = verify_offline(&config).await;
+    assert!(
+        report.corrupt_records + report.check_failures >= 1,
+        "{}",
+        kiln::admin::describe(&report)
+    );
+
+    // Restart on the same data: the damaged blob is a miss, the others still read back.
+    let s2 = TestServer::start_with(|c| *c = config.clone()).await;
+    let mut bs = s2.bytestream().await;
+    let read = |d: kiln::digest::Digest| ReadRequest {
+        resource_name: format!("blobs/{}/{}", d.hash_hex(), d.size),
+        ..Default::default()
+    };
+    let err = match bs.read(read(digest(victim))).await {
+        Err(e) => e,
+        Ok(r) => r
+            .into_inner()
+            .message()
+            .await
+            .expect_err("damaged blob must not be served"),
+    };
+    assert_eq!(err.code(), Code::NotFound);
+    let mut stream = bs.read(read(digest(&blobs[1]))).await.unwrap().into_inner();
+    let mut got = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        got.extend_from_slice(&m.data);
+    }
+    assert_eq!(got, blobs[1]);
+    drop(server_dir);
+}
