@@ -6,6 +6,12 @@
 //! * `noop_round_trip`: `/bin/true` with an empty input root, Execute to COMPLETED, sequential
 //!   (p50/p99) with one worker, and throughput with 1 and 4 workers.
 //! * `stage_10k_files`: staging a cached input tree of 10,000 small files (100 dirs x 100).
+//!
+//! Measured 2026-11-28 on the shared 2-vCPU build VM with a load average of ~11 (other builds
+//! running), release build, so latency figures are inflated by CPU contention:
+//! no-op round trip p50 13.2 ms, p99 169 ms (n=500, 1 worker); 48 actions/s with 1 worker and
+//! 155 actions/s with 4 workers (8 clients); 10k-file staging 158 ms median from a warm
+//! cache (1.4 s with a cold cache, fetched over the bots socket).
 
 mod exec_support;
 
