@@ -15,6 +15,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The storage engine.
     pub storage: StorageConfig,
+    /// Remote execution: scheduler and bots.
+    pub execution: ExecutionConfig,
 }
 
 /// Where kiln listens and keeps its data.
@@ -149,6 +151,57 @@ impl Default for StorageConfig {
     }
 }
 
+/// Remote execution settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutionConfig {
+    /// Serve Execution, Operations and the Bots socket. Default true. With false the server is
+    /// a cache only and Capabilities says `exec_enabled: false`.
+    pub enabled: bool,
+    /// Unix socket for bots (`kiln worker`, any Remote Worker API bot), in the data dir unless
+    /// absolute; mode 0660. It also serves CAS/ByteStream for staging. Default `bots.sock`.
+    pub bots_socket: String,
+    /// Extra TCP addresses serving the Bots service (plus CAS/ByteStream) for bots on other
+    /// machines. Default none: bots are co-located.
+    pub bots_listen: Vec<String>,
+    /// Timeout for actions that set none, seconds. Default 600.
+    pub default_timeout_secs: u64,
+    /// Largest timeout an action may ask for, seconds; more is INVALID_ARGUMENT. Default 3600.
+    pub max_timeout_secs: u64,
+    /// How long UpdateBotSession waits for work before answering, milliseconds. Default 5000.
+    /// Must be well under `bot_timeout_secs`.
+    pub bot_poll_ms: u64,
+    /// A bot that has not called for this long is lost and its actions are requeued, seconds.
+    /// Default 30. Too low: busy bots are declared lost (log "bot lost").
+    pub bot_timeout_secs: u64,
+    /// Times an action is requeued after losing its bot before it fails with UNAVAILABLE.
+    /// Default 2.
+    pub max_requeues: u32,
+    /// How long a queued action may wait while no connected bot can satisfy its platform
+    /// before it fails with FAILED_PRECONDITION naming the property, seconds. Default 60.
+    pub unmatched_grace_secs: u64,
+    /// How long a completed operation stays visible to WaitExecution/GetOperation, seconds.
+    /// Default 600.
+    pub operation_retention_secs: u64,
+}
+
+impl Default for ExecutionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bots_socket: "bots.sock".into(),
+            bots_listen: vec![],
+            default_timeout_secs: 600,
+            max_timeout_secs: 3600,
+            bot_poll_ms: 5000,
+            bot_timeout_secs: 30,
+            max_requeues: 2,
+            unmatched_grace_secs: 60,
+            operation_retention_secs: 600,
+        }
+    }
+}
+
 /// A configuration that cannot work, with the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -237,6 +290,33 @@ impl Config {
         }
         if self.storage.max_blob_size_bytes == 0 {
             return invalid("storage.max_blob_size_bytes", "must be positive");
+        }
+        let e = &self.execution;
+        if e.default_timeout_secs == 0 || e.default_timeout_secs > e.max_timeout_secs {
+            return invalid(
+                "execution.default_timeout_secs",
+                "must be between 1 and max_timeout_secs",
+            );
+        }
+        if e.bot_poll_ms == 0 || e.bot_poll_ms * 2 > e.bot_timeout_secs * 1000 {
+            return invalid(
+                "execution.bot_poll_ms",
+                "must be positive and at most half of bot_timeout_secs",
+            );
+        }
+        if e.enabled && e.bots_socket.is_empty() && e.bots_listen.is_empty() {
+            return invalid(
+                "execution.bots_socket",
+                "execution is enabled but bots have nowhere to connect",
+            );
+        }
+        for addr in &e.bots_listen {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError::Invalid {
+                    field: "execution.bots_listen",
+                    reason: format!("{addr:?} is not an IP:port address"),
+                });
+            }
         }
         Ok(())
     }

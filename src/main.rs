@@ -52,6 +52,28 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8981")]
         metrics: String,
     },
+    /// Run actions for a server as a Remote Worker API bot.
+    Worker {
+        /// The server's bots listener: `unix:<data>/bots.sock` or `grpc://HOST:PORT`.
+        #[arg(long)]
+        server: String,
+        /// Directory for the file cache and action directories (one filesystem, so staging
+        /// can hardlink from the cache).
+        #[arg(long)]
+        work_dir: PathBuf,
+        /// Actions run at once.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Extra platform property `key=value` to advertise; repeat for several.
+        #[arg(long = "property")]
+        properties: Vec<String>,
+        /// RLIMIT_AS for each action, bytes (0: unlimited).
+        #[arg(long, default_value_t = 0)]
+        memory_limit_bytes: u64,
+        /// RLIMIT_NOFILE for each action (0: inherited).
+        #[arg(long, default_value_t = 0)]
+        open_files_limit: u64,
+    },
     /// Measure any REAPI endpoint (or this box's limits with `bench baseline`).
     Bench(kiln::bench::BenchArgs),
 }
@@ -122,6 +144,38 @@ fn main() -> ExitCode {
         Command::Status { metrics } => runtime
             .block_on(kiln::admin::status(&metrics))
             .map(|s| print!("{s}")),
+        Command::Worker {
+            server,
+            work_dir,
+            concurrency,
+            properties,
+            memory_limit_bytes,
+            open_files_limit,
+        } => runtime.block_on(async {
+            let properties = properties
+                .iter()
+                .map(|p| {
+                    p.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .ok_or_else(|| format!("--property {p:?} is not key=value"))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            let config = kiln::worker::WorkerConfig {
+                server,
+                work_dir,
+                concurrency,
+                properties,
+                limits: kiln::worker::Limits {
+                    memory_bytes: memory_limit_bytes,
+                    open_files: open_files_limit,
+                    core_dumps: false,
+                },
+            };
+            tokio::select! {
+                r = kiln::worker::run(config) => r.map_err(|e| e.to_string()),
+                () = shutdown_signal() => Ok(()),
+            }
+        }),
         Command::Bench(args) => runtime.block_on(kiln::bench::run(args)),
     };
     match result {

@@ -4,6 +4,7 @@ use crate::api::{CacheServices, Limits};
 use crate::cas::{ActionCache, Cas};
 use crate::config::Config;
 use crate::config::{DurabilityMode, IoBackendName};
+use crate::exec::{Scheduler, SchedulerConfig, Timeouts};
 use crate::metrics::{MeteredStore, Metrics};
 use crate::server::{self, Listeners};
 use crate::storage::{Durability, Engine, EngineConfig, IoBackend, StorageError, Store};
@@ -46,7 +47,64 @@ pub fn limits(config: &Config) -> Limits {
         max_message_bytes: config.cache.max_message_bytes as usize,
         upload_idle_timeout: Duration::from_secs(config.cache.upload_idle_timeout_secs),
         read_chunk_bytes: config.cache.read_chunk_bytes as usize,
+        exec_enabled: config.execution.enabled,
     }
+}
+
+/// The scheduler settings a config asks for.
+pub fn scheduler_config(config: &Config) -> SchedulerConfig {
+    let e = &config.execution;
+    SchedulerConfig {
+        timeouts: Timeouts {
+            default: Duration::from_secs(e.default_timeout_secs),
+            max: Duration::from_secs(e.max_timeout_secs),
+        },
+        bot_poll: Duration::from_millis(e.bot_poll_ms),
+        bot_timeout: Duration::from_secs(e.bot_timeout_secs),
+        max_requeues: e.max_requeues,
+        unmatched_grace: Duration::from_secs(e.unmatched_grace_secs),
+        retention: Duration::from_secs(e.operation_retention_secs),
+    }
+}
+
+/// The bots socket path of a config, if execution and the socket are enabled.
+pub fn bots_socket_path(config: &Config) -> Option<PathBuf> {
+    let s = &config.execution.bots_socket;
+    (config.execution.enabled && !s.is_empty()).then(|| config.server.data_dir.join(s))
+}
+
+/// Binds the bots listeners (Unix socket, mode 0660, and any TCP addresses), printing
+/// `listening bots unix:PATH` / `listening bots grpc://ADDR` lines to stdout.
+pub async fn bind_bots(config: &Config) -> Result<Listeners, SetupError> {
+    let mut listeners = Listeners::default();
+    let mut out = std::io::stdout().lock();
+    for addr in &config.execution.bots_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(io(format!("cannot listen on {addr}")))?;
+        let local = l.local_addr().map_err(io("local_addr"))?;
+        let _ = writeln!(out, "listening bots grpc://{local}");
+        listeners.tcp.push(l);
+    }
+    if let Some(path) = bots_socket_path(config) {
+        listeners.unix.push(bind_unix(&path)?);
+        tracing::info!(path = %path.display(), "bots listening on Unix socket");
+        let _ = writeln!(out, "listening bots unix:{}", path.display());
+    }
+    let _ = out.flush();
+    Ok(listeners)
+}
+
+fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, SetupError> {
+    // A socket file left by an earlier process would make bind fail.
+    if path.exists() {
+        std::fs::remove_file(path)
+            .map_err(io(format!("cannot remove stale socket {}", path.display())))?;
+    }
+    let l = tokio::net::UnixListener::bind(path)
+        .map_err(io(format!("cannot bind {}", path.display())))?;
+    set_socket_mode(path)?;
+    Ok(l)
 }
 
 /// The engine settings a config asks for, with the capacity resolved (see
@@ -235,6 +293,8 @@ pub struct Prepared {
     _lock: nix::fcntl::Flock<std::fs::File>,
     routes: tonic::service::Routes,
     listeners: Listeners,
+    /// The bots server (Bots + CAS + ByteStream), when execution is enabled.
+    bots: Option<(tonic::service::Routes, Listeners)>,
     metrics: Arc<Metrics>,
     metrics_listener: Option<tokio::net::TcpListener>,
 }
@@ -251,9 +311,21 @@ impl Prepared {
         ));
         let cas = Cas::new(store.clone());
         let ac = ActionCache::new(cas.clone(), store);
-        let services = CacheServices::new(cas, ac, limits(config));
+        let limits = limits(config);
+        let max_message = limits.max_message_bytes;
+        let services = CacheServices::new(cas.clone(), ac.clone(), limits);
         let mut routes = tonic::service::RoutesBuilder::default();
         services.add_to(&mut routes);
+        let mut bots = None;
+        if config.execution.enabled {
+            let scheduler = Scheduler::new(cas, ac, scheduler_config(config));
+            scheduler.spawn_reaper();
+            crate::api::add_exec_services(&scheduler, max_message, &mut routes);
+            let mut bot_routes = tonic::service::RoutesBuilder::default();
+            services.add_to(&mut bot_routes);
+            crate::bots::add_to(&scheduler, &mut bot_routes);
+            bots = Some((bot_routes.routes(), bind_bots(config).await?));
+        }
         let listeners = bind(config).await?;
         let metrics_listener = match config.server.metrics_listen.as_str() {
             "" => None,
@@ -269,6 +341,7 @@ impl Prepared {
             listeners,
             metrics,
             metrics_listener,
+            bots,
         })
     }
 
@@ -312,12 +385,19 @@ impl Prepared {
                 stopped(),
             ));
         }
-        let grpc = server::run(self.routes, self.listeners, stopped());
         tokio::spawn(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
-        grpc.await?;
+        let grpc = server::run(self.routes, self.listeners, stopped());
+        match self.bots {
+            None => grpc.await?,
+            Some((routes, listeners)) => {
+                let (a, b) = tokio::join!(grpc, server::run(routes, listeners, stopped()));
+                a?;
+                b?;
+            }
+        }
         Ok(())
     }
 }

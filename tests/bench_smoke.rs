@@ -136,7 +136,15 @@ async fn every_workload_runs_cleanly() {
 async fn execute_noop_reports_unsupported_or_succeeds() {
     use kiln::proto::reapi::GetCapabilitiesRequest;
     use kiln::proto::reapi::capabilities_client::CapabilitiesClient;
-    let (tcp, _unix, _dir, _stop) = start().await;
+    let (tcp, _unix, dir, _stop) = start().await;
+    // A server that runs actions needs a bot: run `kiln worker` in-process on its bots socket.
+    tokio::spawn(kiln::worker::run(kiln::worker::WorkerConfig {
+        server: format!("unix:{}", dir.path().join("bots.sock").display()),
+        work_dir: dir.path().join("worker"),
+        concurrency: 1,
+        properties: vec![],
+        limits: kiln::worker::Limits::default(),
+    }));
     let mut caps = CapabilitiesClient::connect(tcp.replace("grpc://", "http://"))
         .await
         .unwrap();

@@ -6,7 +6,8 @@ use crate::proto::build::bazel::semver::SemVer;
 use crate::proto::reapi::capabilities_server::Capabilities;
 use crate::proto::reapi::{
     ActionCacheUpdateCapabilities, CacheCapabilities, ExecutionCapabilities,
-    GetCapabilitiesRequest, ServerCapabilities, compressor, symlink_absolute_path_strategy,
+    GetCapabilitiesRequest, PriorityCapabilities, ServerCapabilities, compressor,
+    priority_capabilities::PriorityRange, symlink_absolute_path_strategy,
 };
 use tonic::{Request, Response, Status};
 
@@ -55,7 +56,13 @@ impl Capabilities for CapabilitiesService {
             }),
             execution_capabilities: Some(ExecutionCapabilities {
                 digest_function: DigestFunction::Sha256.to_proto(),
-                exec_enabled: false,
+                exec_enabled: self.state.limits.exec_enabled,
+                execution_priority_capabilities: Some(PriorityCapabilities {
+                    priorities: vec![PriorityRange {
+                        min_priority: i32::MIN,
+                        max_priority: i32::MAX,
+                    }],
+                }),
                 digest_functions: functions,
                 ..Default::default()
             }),

@@ -5,15 +5,21 @@ mod action_cache;
 mod bytestream;
 mod capabilities;
 mod cas;
+mod execution;
+mod operation;
+mod operations;
 pub mod resource_name;
 pub mod status;
 mod uploads;
 
 use crate::cas::{ActionCache, Cas};
+use crate::exec::Scheduler;
 use crate::proto::bytestream::byte_stream_server::ByteStreamServer;
+use crate::proto::google::longrunning::operations_server::OperationsServer;
 use crate::proto::reapi::action_cache_server::ActionCacheServer;
 use crate::proto::reapi::capabilities_server::CapabilitiesServer;
 use crate::proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;
+use crate::proto::reapi::execution_server::ExecutionServer;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::Status;
@@ -33,6 +39,8 @@ pub struct Limits {
     pub upload_idle_timeout: Duration,
     /// Bytes per ByteStream read message.
     pub read_chunk_bytes: usize,
+    /// Whether Execution is served (advertised in Capabilities).
+    pub exec_enabled: bool,
 }
 
 impl Default for Limits {
@@ -43,6 +51,7 @@ impl Default for Limits {
             max_message_bytes: 64 << 20,
             upload_idle_timeout: Duration::from_secs(600),
             read_chunk_bytes: 64 << 10,
+            exec_enabled: false,
         }
     }
 }
@@ -97,6 +106,24 @@ impl CacheServices {
                 .max_encoding_message_size(max),
         );
     }
+}
+
+/// Adds Execution and google.longrunning.Operations over `scheduler` to a route table.
+pub fn add_exec_services(
+    scheduler: &Scheduler,
+    max_message_bytes: usize,
+    routes: &mut tonic::service::RoutesBuilder,
+) {
+    routes.add_service(
+        ExecutionServer::new(execution::ExecutionService::new(scheduler.clone()))
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes),
+    );
+    routes.add_service(
+        OperationsServer::new(operations::OperationsService::new(scheduler.clone()))
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes),
+    );
 }
 
 /// Checks a request's instance name: any `/`-separated path without empty or reserved segments.

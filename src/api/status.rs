@@ -6,8 +6,10 @@
 use super::resource_name::ResourceNameError;
 use crate::cas::CasError;
 use crate::digest::DigestError;
+use crate::exec::ExecError;
 use crate::proto::google::rpc;
 use crate::storage::StorageError;
+use prost::Message;
 use tonic::{Code, Status};
 
 /// The gRPC code for a CAS/AC error.
@@ -83,5 +85,63 @@ impl From<DigestError> for Status {
 impl From<ResourceNameError> for Status {
     fn from(err: ResourceNameError) -> Self {
         Status::invalid_argument(err.to_string())
+    }
+}
+
+/// The gRPC code for an execution error.
+pub fn exec_code(err: &ExecError) -> Code {
+    match err {
+        ExecError::MissingBlobs(_) | ExecError::NoMatchingBot(_) => Code::FailedPrecondition,
+        ExecError::InvalidArgument(_) => Code::InvalidArgument,
+        ExecError::OperationNotFound(_) | ExecError::BotSessionNotFound(_) => Code::NotFound,
+        ExecError::BotLost { .. } => Code::Unavailable,
+        ExecError::Cancelled => Code::Cancelled,
+        ExecError::Bot { code, .. } => Code::from_i32(*code),
+        ExecError::Cas(e) => cas_code(e),
+    }
+}
+
+/// The `google.rpc.Status` for an execution error, with REAPI details: one
+/// `PreconditionFailure` violation (type MISSING, subject `blobs/{hash}/{size}`) per missing
+/// blob.
+pub fn exec_rpc_status(err: &ExecError) -> rpc::Status {
+    let details = match err {
+        ExecError::MissingBlobs(blobs) => {
+            let failure = rpc::PreconditionFailure {
+                violations: blobs
+                    .iter()
+                    .map(|d| rpc::precondition_failure::Violation {
+                        r#type: "MISSING".into(),
+                        subject: format!("blobs/{}/{}", d.hash_hex(), d.size),
+                        description: String::new(),
+                    })
+                    .collect(),
+            };
+            vec![prost_types::Any {
+                type_url: "type.googleapis.com/google.rpc.PreconditionFailure".into(),
+                value: failure.encode_to_vec(),
+            }]
+        }
+        ExecError::Bot { details, .. } => details.clone(),
+        _ => vec![],
+    };
+    rpc::Status {
+        code: exec_code(err) as i32,
+        message: err.to_string(),
+        details,
+    }
+}
+
+impl From<ExecError> for Status {
+    fn from(err: ExecError) -> Self {
+        let status = exec_rpc_status(&err);
+        if status.details.is_empty() {
+            return Status::new(exec_code(&err), status.message);
+        }
+        Status::with_details(
+            exec_code(&err),
+            status.message.clone(),
+            status.encode_to_vec().into(),
+        )
     }
 }

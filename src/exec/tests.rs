@@ -1,0 +1,162 @@
+//! Scheduler tests without gRPC: a fake bot drives leases through the public API.
+
+use super::platform::Properties;
+use super::*;
+use crate::digest::DigestFunction;
+use crate::proto::reapi::{Action, Command, Directory};
+use crate::storage::{MemoryStore, Store};
+use bytes::Bytes;
+use prost::Message;
+
+fn scheduler(max_requeues: u32) -> (Scheduler, Cas) {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(1 << 30));
+    let cas = Cas::new(store.clone());
+    let ac = ActionCache::new(cas.clone(), store);
+    let config = SchedulerConfig {
+        bot_poll: Duration::from_millis(20),
+        max_requeues,
+        ..Default::default()
+    };
+    (Scheduler::new(cas.clone(), ac, config), cas)
+}
+
+async fn put(cas: &Cas, m: &impl Message) -> Digest {
+    let bytes = m.encode_to_vec();
+    let d = DigestFunction::Sha256.digest_of(&bytes);
+    cas.put(&d, Bytes::from(bytes)).await.unwrap();
+    d
+}
+
+async fn action(cas: &Cas, arg: &str, do_not_cache: bool) -> Digest {
+    let command = put(
+        cas,
+        &Command {
+            arguments: vec![arg.into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let root = put(cas, &Directory::default()).await;
+    let action = Action {
+        command_digest: Some(command.to_proto()),
+        input_root_digest: Some(root.to_proto()),
+        do_not_cache,
+        ..Default::default()
+    };
+    put(cas, &action).await
+}
+
+fn params(d: Digest, priority: i32) -> ExecuteParams {
+    ExecuteParams {
+        instance: String::new(),
+        action_digest: d,
+        skip_cache_lookup: false,
+        priority,
+    }
+}
+
+async fn take(s: &Scheduler, session: &str) -> Option<LeaseView> {
+    let views = s
+        .update_bot_session(session, Properties::default(), vec![])
+        .await
+        .unwrap();
+    views.into_iter().find(|v| v.state == LeaseState::Pending)
+}
+
+#[tokio::test]
+async fn priority_orders_the_queue() {
+    let (s, cas) = scheduler(2);
+    let low = s
+        .execute(params(action(&cas, "low", false).await, 10))
+        .await
+        .unwrap();
+    let high = s
+        .execute(params(action(&cas, "high", false).await, -5))
+        .await
+        .unwrap();
+    let default = s
+        .execute(params(action(&cas, "default", false).await, 0))
+        .await
+        .unwrap();
+    let bot = s.create_bot_session("", "b", Properties::default());
+    let mut order = vec![];
+    for _ in 0..3 {
+        let lease = take(&s, &bot).await.unwrap();
+        order.push(lease.id.clone());
+        let report = LeaseReport {
+            id: lease.id,
+            state: LeaseState::Completed,
+            status: None,
+            result: Some(crate::proto::reapi::ActionResult::default()),
+        };
+        s.update_bot_session(&bot, Properties::default(), vec![report])
+            .await
+            .unwrap();
+    }
+    assert_eq!(order, [high.name, default.name, low.name]);
+}
+
+#[tokio::test]
+async fn identical_actions_merge_unless_do_not_cache() {
+    let (s, cas) = scheduler(2);
+    let d = action(&cas, "same", false).await;
+    let a = s.execute(params(d, 0)).await.unwrap();
+    let b = s.execute(params(d, 0)).await.unwrap();
+    assert_eq!(a.name, b.name);
+    let n = action(&cas, "uncached", true).await;
+    let x = s.execute(params(n, 0)).await.unwrap();
+    let y = s.execute(params(n, 0)).await.unwrap();
+    assert_ne!(x.name, y.name);
+}
+
+#[tokio::test]
+async fn lost_leases_are_requeued_a_bounded_number_of_times() {
+    let (s, cas) = scheduler(1);
+    let mut op = s
+        .execute(params(action(&cas, "flaky", false).await, 0))
+        .await
+        .unwrap();
+    for attempt in 0..2 {
+        let bot = s.create_bot_session("", &format!("bot{attempt}"), Properties::default());
+        let lease = take(&s, &bot).await.unwrap();
+        // Acknowledge, then vanish.
+        let ack = LeaseReport {
+            id: lease.id.clone(),
+            state: LeaseState::Active,
+            status: None,
+            result: None,
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_millis(50),
+            s.update_bot_session(&bot, Properties::default(), vec![ack]),
+        )
+        .await;
+        s.reap(std::time::Instant::now() + Duration::from_hours(1));
+    }
+    let snap = op.wait_done(Duration::from_secs(5)).await;
+    let err = snap
+        .outcome
+        .unwrap()
+        .error
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap();
+    assert!(err.contains("lost with its bot 2 time"), "{err}");
+}
+
+#[tokio::test]
+async fn cancelling_a_queued_operation_completes_it() {
+    let (s, cas) = scheduler(2);
+    let mut op = s
+        .execute(params(action(&cas, "c", false).await, 0))
+        .await
+        .unwrap();
+    s.cancel(&op.name).unwrap();
+    let snap = op.wait_done(Duration::from_secs(1)).await;
+    assert!(matches!(
+        snap.outcome.unwrap().error,
+        Some(ExecError::Cancelled)
+    ));
+    let bot = s.create_bot_session("", "b", Properties::default());
+    assert!(take(&s, &bot).await.is_none(), "nothing left to run");
+}

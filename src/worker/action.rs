@@ -1,0 +1,271 @@
+//! Runs one leased action end to end: fetch the Command, stage inputs, run, capture and upload
+//! outputs, and describe the outcome as the lease's result and status.
+// output_files/output_directories are what REAPI v2.0 clients (Bazel 2.x) declare.
+#![allow(deprecated)]
+
+use super::cache::FileCache;
+use super::capture::{Captured, capture, hash_file};
+use super::client::Client;
+use super::error::{WorkerError, io};
+use super::run::{Limits, run};
+use super::stage::stage;
+use crate::digest::Digest;
+use crate::exec::within_root;
+use crate::proto::google::rpc;
+use crate::proto::reapi::{Action, ActionResult, Command, ExecutedActionMetadata};
+use prost::Message;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+
+/// What every action of one worker process shares.
+pub struct Context {
+    /// The server connection.
+    pub client: Client,
+    /// The file cache for staging.
+    pub cache: Arc<FileCache>,
+    /// Action directories are created under here.
+    pub actions_dir: PathBuf,
+    /// Limits for every action.
+    pub limits: Limits,
+}
+
+/// The lease's result and status.
+pub struct LeaseOutcome {
+    /// The action's result, when it ran.
+    pub result: Option<ActionResult>,
+    /// OK, DEADLINE_EXCEEDED (timeout), CANCELLED, FAILED_PRECONDITION (missing input), ...
+    pub status: rpc::Status,
+}
+
+fn status(code: tonic::Code, message: impl Into<String>) -> rpc::Status {
+    rpc::Status {
+        code: code as i32,
+        message: message.into(),
+        details: vec![],
+    }
+}
+
+fn error_status(e: &WorkerError) -> rpc::Status {
+    match e {
+        WorkerError::MissingInput(d) => {
+            let failure = rpc::PreconditionFailure {
+                violations: vec![rpc::precondition_failure::Violation {
+                    r#type: "MISSING".into(),
+                    subject: format!("blobs/{}/{}", d.hash_hex(), d.size),
+                    description: String::new(),
+                }],
+            };
+            let any = prost_types::Any {
+                type_url: "type.googleapis.com/google.rpc.PreconditionFailure".into(),
+                value: failure.encode_to_vec(),
+            };
+            rpc::Status {
+                code: tonic::Code::FailedPrecondition as i32,
+                message: e.to_string(),
+                details: vec![any],
+            }
+        }
+        WorkerError::Escape { .. } | WorkerError::Invalid { .. } => {
+            status(tonic::Code::InvalidArgument, e.to_string())
+        }
+        _ => status(tonic::Code::Internal, e.to_string()),
+    }
+}
+
+/// Runs `action`; never fails, the failure is in the outcome's status.
+pub async fn execute(ctx: &Context, action: Action, cancel: watch::Receiver<bool>) -> LeaseOutcome {
+    let dir = ctx.actions_dir.join(uuid::Uuid::new_v4().to_string());
+    let outcome = match execute_in(ctx, &action, &dir, cancel).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, "action failed");
+            LeaseOutcome {
+                result: None,
+                status: error_status(&e),
+            }
+        }
+    };
+    tokio::task::spawn_blocking(move || remove_tree(&dir));
+    outcome
+}
+
+fn invalid(what: &'static str, reason: impl std::fmt::Display) -> WorkerError {
+    WorkerError::Invalid {
+        what,
+        reason: reason.to_string(),
+    }
+}
+
+/// Fetches the Command, stages the input root under `dir/root`, and creates the working
+/// directory and the parents of declared outputs. Returns the command, root and working dir.
+async fn prepare(
+    ctx: &Context,
+    action: &Action,
+    dir: &Path,
+) -> Result<(Command, PathBuf, PathBuf), WorkerError> {
+    let function = crate::digest::DigestFunction::Sha256;
+    let command_digest = Digest::from_field(
+        function,
+        action.command_digest.as_ref(),
+        "Action.command_digest",
+    )?;
+    let input_root = Digest::from_field(
+        function,
+        action.input_root_digest.as_ref(),
+        "Action.input_root_digest",
+    )?;
+    let mut blobs = ctx.client.batch_read(&[command_digest]).await?;
+    let bytes = blobs
+        .remove(&command_digest)
+        .ok_or(WorkerError::MissingInput(command_digest))?;
+    let cmd = Command::decode(bytes).map_err(|e| invalid("Command", e))?;
+    if cmd.arguments.is_empty() {
+        return Err(invalid("Command", "no arguments"));
+    }
+    std::fs::create_dir_all(dir).map_err(io(format!("mkdir {}", dir.display())))?;
+    let root = dir.join("root");
+    stage(&ctx.client, &ctx.cache, &input_root, &root).await?;
+    let escape = |path: &str, reason: &str| WorkerError::Escape {
+        path: path.to_string(),
+        reason: reason.into(),
+    };
+    let wd_rel = within_root("", &cmd.working_directory).ok_or_else(|| {
+        escape(
+            &cmd.working_directory,
+            "working directory leaves the input root",
+        )
+    })?;
+    let workdir = root.join(&wd_rel);
+    std::fs::create_dir_all(&workdir).map_err(io(format!("mkdir {}", workdir.display())))?;
+    for p in cmd
+        .output_paths
+        .iter()
+        .chain(&cmd.output_files)
+        .chain(&cmd.output_directories)
+    {
+        let rel =
+            within_root(&wd_rel, p).ok_or_else(|| escape(p, "leaves the action directory"))?;
+        if let Some((parent, _)) = rel.rsplit_once('/') {
+            std::fs::create_dir_all(root.join(parent))
+                .map_err(io(format!("mkdir parent of {p}")))?;
+        }
+    }
+    Ok((cmd, root, workdir))
+}
+
+/// Captures outputs (none for a timed-out run) plus stdout/stderr.
+async fn collect(
+    cmd: Command,
+    root: PathBuf,
+    dir: &Path,
+    timed_out: bool,
+) -> Result<Captured, WorkerError> {
+    let function = crate::digest::DigestFunction::Sha256;
+    let (stdout, stderr) = (dir.join("stdout"), dir.join("stderr"));
+    tokio::task::spawn_blocking(move || -> Result<_, WorkerError> {
+        // Timed-out actions still return whatever stdout/stderr they wrote, but no outputs.
+        let mut c = if timed_out {
+            Captured::default()
+        } else {
+            capture(function, &cmd, &root)?
+        };
+        let (out_d, out_src) = hash_file(function, &stdout)?;
+        let (err_d, err_src) = hash_file(function, &stderr)?;
+        c.result.stdout_digest = Some(out_d.to_proto());
+        c.result.stderr_digest = Some(err_d.to_proto());
+        c.blobs.push((out_d, out_src));
+        c.blobs.push((err_d, err_src));
+        Ok(c)
+    })
+    .await
+    .map_err(|e| invalid("capture task", e))?
+}
+
+async fn execute_in(
+    ctx: &Context,
+    action: &Action,
+    dir: &Path,
+    cancel: watch::Receiver<bool>,
+) -> Result<LeaseOutcome, WorkerError> {
+    let now = || Some(SystemTime::now().into());
+    let mut meta = ExecutedActionMetadata {
+        worker_start_timestamp: now(),
+        input_fetch_start_timestamp: now(),
+        ..Default::default()
+    };
+    let (cmd, root, workdir) = prepare(ctx, action, dir).await?;
+    meta.input_fetch_completed_timestamp = now();
+    let timeout = action
+        .timeout
+        .as_ref()
+        .map_or(Duration::from_mins(10), |t| {
+            Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)
+        });
+    let ran = run(
+        &cmd,
+        &workdir,
+        &dir.join("stdout"),
+        &dir.join("stderr"),
+        timeout,
+        ctx.limits,
+        cancel,
+    )
+    .await?;
+    meta.execution_start_timestamp = Some(ran.started.into());
+    meta.execution_completed_timestamp = Some(ran.finished.into());
+    meta.virtual_execution_duration = ran
+        .finished
+        .duration_since(ran.started)
+        .ok()
+        .and_then(|d| prost_types::Duration::try_from(d).ok());
+    if ran.cancelled {
+        return Ok(LeaseOutcome {
+            result: None,
+            status: status(tonic::Code::Cancelled, "cancelled"),
+        });
+    }
+    meta.output_upload_start_timestamp = now();
+    let captured = collect(cmd, root, dir, ran.timed_out).await?;
+    ctx.client.upload(captured.blobs).await?;
+    let mut result = captured.result;
+    result.exit_code = ran.exit_code;
+    meta.output_upload_completed_timestamp = now();
+    meta.worker_completed_timestamp = now();
+    result.execution_metadata = Some(meta);
+    let status = if ran.timed_out {
+        status(
+            tonic::Code::DeadlineExceeded,
+            format!("action timed out after {}s", timeout.as_secs_f64()),
+        )
+    } else {
+        status(tonic::Code::Ok, "")
+    };
+    Ok(LeaseOutcome {
+        result: Some(result),
+        status,
+    })
+}
+
+/// Removes an action directory, making read-only directories writable if the first try fails.
+fn remove_tree(dir: &std::path::Path) {
+    if std::fs::remove_dir_all(dir).is_ok() {
+        return;
+    }
+    chmod_dirs(dir);
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        tracing::warn!(error = %e, dir = %dir.display(), "cannot remove action directory");
+    }
+}
+
+/// Makes every directory under `p` writable (actions may leave read-only ones behind).
+fn chmod_dirs(p: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+        let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755));
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            chmod_dirs(&e.path());
+        }
+    }
+}

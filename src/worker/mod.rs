@@ -1,0 +1,124 @@
+//! `kiln worker`: a Remote Worker API bot that runs actions for a kiln server, reaching it only
+//! through its bots socket (`unix:<data>/bots.sock`) or a TCP bots address.
+//!
+//! What is zero-copy: staging. Input files are kept in a content-addressed cache in the work
+//! dir and hardlinked into each action directory, so a blob crosses the socket once per work
+//! dir and repeated trees (Directory protos are cached in memory) cost no fetch at all. What is
+//! not: filling that cache (BatchReadBlobs/ByteStream over the Unix socket) and uploading
+//! outputs (FindMissingBlobs, then BatchUpdateBlobs/ByteStream). When the storage engine keeps
+//! blobs in files, the cache fill can become a reflink/copy_file_range from the segments.
+//! Namespaces are not used yet: actions run as the worker's user, in their own process group.
+
+mod action;
+mod cache;
+mod capture;
+mod client;
+mod error;
+mod run;
+mod session;
+mod stage;
+
+pub use client::{Client, connect};
+pub use error::WorkerError;
+pub use run::Limits;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Settings of one worker process.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// `unix:PATH` or `grpc://HOST:PORT` of the server's bots listener.
+    pub server: String,
+    /// Cache and action directories live here.
+    pub work_dir: PathBuf,
+    /// Actions run at once (one bot session each).
+    pub concurrency: usize,
+    /// Extra `key=value` properties, added to OSFamily and ISA.
+    pub properties: Vec<(String, String)>,
+    /// Resource limits for every action.
+    pub limits: Limits,
+}
+
+/// The properties every worker advertises: OSFamily (both spellings clients use) and ISA.
+pub fn default_properties() -> Vec<(String, String)> {
+    let isa = match std::env::consts::ARCH {
+        "x86_64" => "x86-64",
+        other => other,
+    };
+    vec![
+        ("OSFamily".into(), "Linux".into()),
+        ("OSFamily".into(), "linux".into()),
+        ("ISA".into(), isa.into()),
+    ]
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "localhost".into(), |s| s.trim().to_string())
+}
+
+/// Connects and runs `concurrency` slots until the process is stopped. Prints `worker ready`
+/// to stdout once connected.
+pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
+    let client = connect(&config.server).await?;
+    let cache = Arc::new(cache::FileCache::open(config.work_dir.join("cache"))?);
+    let actions_dir = config.work_dir.join("actions");
+    if actions_dir.exists() {
+        let _ = std::fs::remove_dir_all(&actions_dir);
+    }
+    std::fs::create_dir_all(&actions_dir)
+        .map_err(error::io(format!("mkdir {}", actions_dir.display())))?;
+    let ctx = Arc::new(action::Context {
+        client,
+        cache,
+        actions_dir,
+        limits: config.limits,
+    });
+    let mut properties = default_properties();
+    properties.extend(config.properties.iter().cloned());
+    let host = hostname();
+    let pid = std::process::id();
+    let mut slots = tokio::task::JoinSet::new();
+    for slot in 0..config.concurrency.max(1) {
+        slots.spawn(session::run_slot(
+            ctx.clone(),
+            format!("{host}-{pid}-{slot}"),
+            properties.clone(),
+        ));
+    }
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "worker ready");
+        let _ = out.flush();
+    }
+    while slots.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Input staging on its own, as a worker does it (used by benchmarks and tools): a file
+/// cache in `work_dir` plus the in-memory Directory cache, kept across calls.
+pub struct Stager {
+    client: Client,
+    cache: Arc<cache::FileCache>,
+}
+
+impl Stager {
+    /// A stager whose cache lives in `work_dir/cache`.
+    pub fn new(client: Client, work_dir: &std::path::Path) -> Result<Self, WorkerError> {
+        Ok(Self {
+            client,
+            cache: Arc::new(cache::FileCache::open(work_dir.join("cache"))?),
+        })
+    }
+
+    /// Stages the tree `root` at `dest` (which must not exist).
+    pub async fn stage(
+        &self,
+        root: &crate::digest::Digest,
+        dest: &std::path::Path,
+    ) -> Result<(), WorkerError> {
+        stage::stage(&self.client, &self.cache, root, dest).await
+    }
+}

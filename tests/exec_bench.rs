@@ -1,0 +1,170 @@
+//! Execution measurements, ignored by default (they print figures, they assert none):
+//!
+//! ```text
+//! cargo test --release --test exec_bench -- --ignored --nocapture --test-threads 1
+//! ```
+//! * `noop_round_trip`: `/bin/true` with an empty input root, Execute to COMPLETED, sequential
+//!   (p50/p99) with one worker, and throughput with 1 and 4 workers.
+//! * `stage_10k_files`: staging a cached input tree of 10,000 small files (100 dirs x 100).
+
+mod exec_support;
+
+use exec_support::*;
+use kiln::proto::reapi::{Directory, DirectoryNode, FileNode};
+use std::time::{Duration, Instant};
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn noop_actions(c: &Client, n: usize, tag: &str) -> Vec<kiln::digest::Digest> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut spec = Spec {
+            args: vec!["/bin/true".into()],
+            ..Default::default()
+        };
+        spec.salt = format!("{tag}-{i}");
+        out.push(c.action(&spec).await);
+    }
+    out
+}
+
+async fn throughput(
+    server: &Server,
+    c: &Client,
+    workers: usize,
+    clients: usize,
+    total: usize,
+) -> f64 {
+    let ws: Vec<Worker> = (0..workers).map(|_| server.worker(1, &[])).collect();
+    let actions = noop_actions(c, total, &format!("tp{workers}")).await;
+    // Warm up: every worker's session is open once one action per worker has run.
+    let start = Instant::now();
+    let chunks: Vec<Vec<_>> = actions.chunks(total / clients).map(<[_]>::to_vec).collect();
+    let mut tasks = vec![];
+    for chunk in chunks {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for d in chunk {
+                let (_, r) = c.execute_req(Client::request(&d, true)).await.unwrap();
+                assert_eq!(r.result.unwrap().exit_code, 0);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    drop(ws);
+    rate
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: run with --ignored --nocapture"]
+async fn noop_round_trip() {
+    let server = Server::start();
+    let c = server.client().await;
+    let w = server.worker(1, &[]);
+    let actions = noop_actions(&c, 520, "rt").await;
+    let mut times = vec![];
+    for (i, d) in actions.iter().enumerate() {
+        let t = Instant::now();
+        let (_, r) = c.execute_req(Client::request(d, true)).await.unwrap();
+        assert_eq!(r.result.unwrap().exit_code, 0);
+        if i >= 20 {
+            times.push(t.elapsed());
+        }
+    }
+    times.sort();
+    println!(
+        "no-op round trip, 1 worker, sequential, n={}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        times.len(),
+        pct(&times, 0.5).as_secs_f64() * 1e3,
+        pct(&times, 0.99).as_secs_f64() * 1e3,
+        times.last().unwrap().as_secs_f64() * 1e3
+    );
+    drop(w);
+    for workers in [1, 4] {
+        let rate = throughput(&server, &c, workers, 8, 800).await;
+        println!(
+            "no-op throughput, {workers} worker(s), 8 concurrent clients: {rate:.0} actions/s"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: run with --ignored --nocapture"]
+async fn stage_10k_files() {
+    let server = Server::start();
+    let c = server.client().await;
+    let mut dirs = vec![];
+    for i in 0..100 {
+        let mut files = vec![];
+        for j in 0..100 {
+            let d = c.put(format!("file {i}/{j}\n").as_bytes()).await;
+            files.push(FileNode {
+                name: format!("f{j:03}"),
+                digest: Some(d.to_proto()),
+                is_executable: j % 10 == 0,
+                ..Default::default()
+            });
+        }
+        let dir = c
+            .put_msg(&Directory {
+                files,
+                ..Default::default()
+            })
+            .await;
+        dirs.push(DirectoryNode {
+            name: format!("d{i:03}"),
+            digest: Some(dir.to_proto()),
+        });
+    }
+    let root = c
+        .put_msg(&Directory {
+            directories: dirs,
+            ..Default::default()
+        })
+        .await;
+    let client = kiln::worker::connect(&server.bots).await.unwrap();
+    let work = server.dir.path().join("stage-work");
+    let stager = kiln::worker::Stager::new(client, &work).unwrap();
+    let t = Instant::now();
+    stager.stage(&root, &work.join("cold")).await.unwrap();
+    println!(
+        "staging 10,000 files, cold cache (fetch over the bots socket): {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let mut warm = vec![];
+    for i in 0..5 {
+        let t = Instant::now();
+        stager
+            .stage(&root, &work.join(format!("warm{i}")))
+            .await
+            .unwrap();
+        warm.push(t.elapsed());
+    }
+    warm.sort();
+    println!(
+        "staging 10,000 files, cached (hardlinks): median {:.1} ms, best {:.1} ms (5 runs)",
+        warm[2].as_secs_f64() * 1e3,
+        warm[0].as_secs_f64() * 1e3
+    );
+    let n = walk_count(&work.join("warm0"));
+    assert_eq!(n, 10_000);
+}
+
+fn walk_count(p: &std::path::Path) -> usize {
+    std::fs::read_dir(p)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            if e.file_type().unwrap().is_dir() {
+                walk_count(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}

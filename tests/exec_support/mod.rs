@@ -1,0 +1,402 @@
+//! Helpers for the black-box execution tests: a real `kiln serve`, real `kiln worker`s, and a
+//! small REAPI client. Everything waits by polling with deadlines, never by sleeping blindly.
+#![allow(dead_code, deprecated)]
+
+use kiln::digest::{Digest, DigestFunction};
+use kiln::proto::google::longrunning::operations_client::OperationsClient;
+use kiln::proto::google::longrunning::{Operation, operation};
+use kiln::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+use kiln::proto::reapi::execution_client::ExecutionClient;
+use kiln::proto::reapi::{
+    self, Action, BatchReadBlobsRequest, BatchUpdateBlobsRequest, Command, Directory,
+    ExecuteOperationMetadata, ExecuteRequest, ExecuteResponse, batch_update_blobs_request,
+};
+use prost::Message;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+pub const DEADLINE: Duration = Duration::from_mins(1);
+
+/// Test settings for `[execution]`: quick lost-bot detection and a short platform grace.
+pub const EXEC_CONFIG: &str = "[storage]\ncapacity_bytes = 268435456\nsegment_size_bytes = 16777216\nmax_blob_size_bytes = 33554432\n[execution]\nbot_poll_ms = 500\nbot_timeout_secs = 2\nunmatched_grace_secs = 2\nmax_timeout_secs = 100\ndefault_timeout_secs = 60\n";
+
+fn read_lines_until(child: &mut Child, last: &str) -> Vec<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                // keep draining so the child never blocks on a full pipe
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut lines = vec![];
+    loop {
+        let left = DEADLINE
+            .checked_sub(start.elapsed())
+            .expect("process did not get ready in time");
+        let line = rx
+            .recv_timeout(left)
+            .expect("process did not get ready in time");
+        let done = line == last;
+        lines.push(line);
+        if done {
+            return lines;
+        }
+    }
+}
+
+/// A running `kiln serve`.
+pub struct Server {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub grpc: String,
+    /// `unix:PATH` of the bots socket.
+    pub bots: String,
+    /// `grpc://ADDR` of the TCP bots listener, when configured.
+    pub bots_tcp: Option<String>,
+}
+
+impl Server {
+    pub fn start() -> Self {
+        Self::start_with(EXEC_CONFIG)
+    }
+
+    pub fn start_with(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("kiln.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--metrics-listen", ""])
+            .env(
+                "KILN_LOG",
+                std::env::var("KILN_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let lines = read_lines_until(&mut child, "ready");
+        let grpc = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("listening grpc://"))
+            .expect("grpc line")
+            .to_string();
+        let bots = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("listening bots unix:"))
+            .map(|p| format!("unix:{p}"))
+            .expect("bots unix line");
+        let bots_tcp = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("listening bots grpc://"))
+            .map(|a| format!("grpc://{a}"));
+        Self {
+            child,
+            dir,
+            grpc,
+            bots,
+            bots_tcp,
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        let ch = Channel::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Client { ch }
+    }
+
+    /// Starts a worker for this server on its bots Unix socket.
+    pub fn worker(&self, concurrency: usize, properties: &[&str]) -> Worker {
+        self.worker_at(&self.bots, concurrency, properties)
+    }
+
+    /// Starts a worker connecting to `server` (`unix:` or `grpc://`).
+    pub fn worker_at(&self, server: &str, concurrency: usize, properties: &[&str]) -> Worker {
+        let work = self
+            .dir
+            .path()
+            .join(format!("work-{}", uuid::Uuid::new_v4()));
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.args([
+            "worker",
+            "--server",
+            server,
+            "--concurrency",
+            &concurrency.to_string(),
+            "--work-dir",
+        ])
+        .arg(&work);
+        for p in properties {
+            cmd.args(["--property", p]);
+        }
+        cmd.env(
+            "KILN_LOG",
+            std::env::var("KILN_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        read_lines_until(&mut child, "worker ready");
+        Worker { child, work }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `kiln worker`.
+pub struct Worker {
+    pub child: Child,
+    pub work: PathBuf,
+}
+
+impl Worker {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A REAPI client.
+#[derive(Clone)]
+pub struct Client {
+    pub ch: Channel,
+}
+
+pub fn sha(data: &[u8]) -> Digest {
+    DigestFunction::Sha256.digest_of(data)
+}
+
+/// What an action looks like, for [`Client::action`].
+#[derive(Default, Clone)]
+pub struct Spec {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub output_paths: Vec<String>,
+    pub output_files: Vec<String>,
+    pub output_directories: Vec<String>,
+    pub working_directory: String,
+    pub input_root: Option<Digest>,
+    pub timeout_secs: i64,
+    pub platform: Vec<(String, String)>,
+    pub do_not_cache: bool,
+    pub salt: String,
+}
+
+pub fn sh(script: &str) -> Spec {
+    Spec {
+        args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        ..Default::default()
+    }
+}
+
+impl Client {
+    pub fn exec(&self) -> ExecutionClient<Channel> {
+        ExecutionClient::new(self.ch.clone())
+    }
+
+    pub fn ops(&self) -> OperationsClient<Channel> {
+        OperationsClient::new(self.ch.clone())
+    }
+
+    pub fn cas(&self) -> ContentAddressableStorageClient<Channel> {
+        ContentAddressableStorageClient::new(self.ch.clone())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    pub async fn put(&self, data: &[u8]) -> Digest {
+        let d = sha(data);
+        let req = BatchUpdateBlobsRequest {
+            requests: vec![batch_update_blobs_request::Request {
+                digest: Some(d.to_proto()),
+                data: data.to_vec().into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let resp = self
+            .cas()
+            .batch_update_blobs(req)
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(resp.responses[0].status.as_ref().map_or(0, |s| s.code), 0);
+        d
+    }
+
+    pub async fn put_msg(&self, m: &impl Message) -> Digest {
+        self.put(&m.encode_to_vec()).await
+    }
+
+    pub async fn get(&self, d: &reapi::Digest) -> Vec<u8> {
+        let req = BatchReadBlobsRequest {
+            digests: vec![d.clone()],
+            ..Default::default()
+        };
+        let resp = self.cas().batch_read_blobs(req).await.unwrap().into_inner();
+        assert_eq!(
+            resp.responses[0].status.as_ref().map_or(0, |s| s.code),
+            0,
+            "blob {d:?}"
+        );
+        resp.responses[0].data.to_vec()
+    }
+
+    /// Uploads Command and Action (and an empty input root unless given); returns the digest.
+    pub async fn action(&self, s: &Spec) -> Digest {
+        let command = Command {
+            arguments: s.args.clone(),
+            environment_variables: s
+                .env
+                .iter()
+                .map(|(k, v)| reapi::command::EnvironmentVariable {
+                    name: k.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+            output_paths: s.output_paths.clone(),
+            output_files: s.output_files.clone(),
+            output_directories: s.output_directories.clone(),
+            working_directory: s.working_directory.clone(),
+            ..Default::default()
+        };
+        let command_digest = self.put_msg(&command).await;
+        let root = match s.input_root {
+            Some(r) => r,
+            None => self.put_msg(&Directory::default()).await,
+        };
+        let platform = (!s.platform.is_empty()).then(|| reapi::Platform {
+            properties: s
+                .platform
+                .iter()
+                .map(|(k, v)| reapi::platform::Property {
+                    name: k.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+        });
+        let action = Action {
+            command_digest: Some(command_digest.to_proto()),
+            input_root_digest: Some(root.to_proto()),
+            timeout: (s.timeout_secs > 0).then_some(prost_types::Duration {
+                seconds: s.timeout_secs,
+                nanos: 0,
+            }),
+            do_not_cache: s.do_not_cache,
+            salt: s.salt.clone().into_bytes().into(),
+            platform,
+        };
+        self.put_msg(&action).await
+    }
+
+    pub fn request(d: &Digest, skip_cache_lookup: bool) -> ExecuteRequest {
+        ExecuteRequest {
+            action_digest: Some(d.to_proto()),
+            skip_cache_lookup,
+            ..Default::default()
+        }
+    }
+
+    /// Executes and follows the stream to the end: every operation seen, and the response.
+    pub async fn execute(
+        &self,
+        d: &Digest,
+    ) -> Result<(Vec<Operation>, ExecuteResponse), tonic::Status> {
+        self.execute_req(Self::request(d, false)).await
+    }
+
+    pub async fn execute_req(
+        &self,
+        req: ExecuteRequest,
+    ) -> Result<(Vec<Operation>, ExecuteResponse), tonic::Status> {
+        let mut stream = tokio::time::timeout(DEADLINE, self.exec().execute(req))
+            .await
+            .expect("Execute timed out")?
+            .into_inner();
+        let mut ops = vec![];
+        while let Some(op) = tokio::time::timeout(DEADLINE, stream.message())
+            .await
+            .expect("stream stalled")?
+        {
+            ops.push(op);
+        }
+        let last = ops.last().expect("at least one operation").clone();
+        assert!(
+            last.done,
+            "stream ended before the operation was done: {last:?}"
+        );
+        Ok((ops, response(&last)))
+    }
+}
+
+/// The ExecuteResponse of a done operation.
+pub fn response(op: &Operation) -> ExecuteResponse {
+    match op.result.as_ref().expect("done operation has a result") {
+        operation::Result::Response(any) => {
+            assert_eq!(
+                any.type_url,
+                "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteResponse"
+            );
+            ExecuteResponse::decode(any.value.as_slice()).unwrap()
+        }
+        operation::Result::Error(e) => panic!("operation error {e:?}"),
+    }
+}
+
+/// The stage of an operation.
+pub fn stage(op: &Operation) -> i32 {
+    let any = op.metadata.as_ref().expect("metadata");
+    assert_eq!(
+        any.type_url,
+        "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteOperationMetadata"
+    );
+    ExecuteOperationMetadata::decode(any.value.as_slice())
+        .unwrap()
+        .stage
+}
+
+/// Polls `f` until it returns Some, failing after the deadline.
+pub async fn poll<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
