@@ -36,6 +36,22 @@ enum Command {
         #[arg(long)]
         metrics_listen: Option<String>,
     },
+    /// Scrub the store: every record's checksum and every CAS blob's SHA-256, with progress.
+    /// Run it while the server is stopped (it takes the data directory's lock).
+    Verify {
+        /// TOML config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory. Overrides the config.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Print a running server's status (from its metrics endpoint).
+    Status {
+        /// The server's metrics address (server.metrics_listen).
+        #[arg(long, default_value = "127.0.0.1:8981")]
+        metrics: String,
+    },
     /// Run actions for a server as a Remote Worker API bot.
     Worker {
         /// The server's bots listener: `unix:<data>/bots.sock` or `grpc://HOST:PORT`.
@@ -57,22 +73,6 @@ enum Command {
         /// RLIMIT_NOFILE for each action (0: inherited).
         #[arg(long, default_value_t = 0)]
         open_files_limit: u64,
-    },
-    /// Scrub the store: every record's checksum and every CAS blob's SHA-256, with progress.
-    /// Run it while the server is stopped (it takes the data directory's lock).
-    Verify {
-        /// TOML config file.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Data directory. Overrides the config.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-    },
-    /// Print a running server's status (from its metrics endpoint).
-    Status {
-        /// The server's metrics address (server.metrics_listen).
-        #[arg(long, default_value = "127.0.0.1:8981")]
-        metrics: String,
     },
     /// Measure any REAPI endpoint (or this box's limits with `bench baseline`).
     Bench(kiln::bench::BenchArgs),
@@ -129,6 +129,21 @@ fn main() -> ExitCode {
                 .await
                 .map_err(|e| e.to_string())
         }),
+        Command::Verify { config, data_dir } => load(config).and_then(|mut config| {
+            if let Some(dir) = data_dir {
+                config.server.data_dir = dir;
+            }
+            let report = kiln::admin::verify(&config).map_err(|e| e.to_string())?;
+            println!("{}", kiln::admin::describe(&report));
+            if report.corrupt_records + report.check_failures > 0 {
+                Err("verify found damaged data (served as misses; re-upload fixes them)".into())
+            } else {
+                Ok(())
+            }
+        }),
+        Command::Status { metrics } => runtime
+            .block_on(kiln::admin::status(&metrics))
+            .map(|s| print!("{s}")),
         Command::Worker {
             server,
             work_dir,
@@ -161,21 +176,6 @@ fn main() -> ExitCode {
                 () = shutdown_signal() => Ok(()),
             }
         }),
-        Command::Verify { config, data_dir } => load(config).and_then(|mut config| {
-            if let Some(dir) = data_dir {
-                config.server.data_dir = dir;
-            }
-            let report = kiln::admin::verify(&config).map_err(|e| e.to_string())?;
-            println!("{}", kiln::admin::describe(&report));
-            if report.corrupt_records + report.check_failures > 0 {
-                Err("verify found damaged data (served as misses; re-upload fixes them)".into())
-            } else {
-                Ok(())
-            }
-        }),
-        Command::Status { metrics } => runtime
-            .block_on(kiln::admin::status(&metrics))
-            .map(|s| print!("{s}")),
         Command::Bench(args) => runtime.block_on(kiln::bench::run(args)),
     };
     match result {
