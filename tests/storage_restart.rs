@@ -33,7 +33,7 @@ fn key(n: u64) -> Key {
 #[test]
 fn reopen_with_1m_blobs_reads_no_records() {
     let dir = tempfile::tempdir().unwrap();
-    let mut displaced = 0;
+    let displaced;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
