@@ -173,23 +173,23 @@ fn reopen(c: &mut Criterion) {
     let rt = rt();
     let mut g = c.benchmark_group("storage_reopen");
     g.sample_size(10);
-    let n = 1_000_000u64;
+    let entries_wanted = 1_000_000u64;
     let dir = tempfile::tempdir().unwrap();
     let mut conf = cfg(dir.path(), PERIODIC);
-    conf.index_slots = 2 * n;
+    conf.index_slots = 2 * entries_wanted;
     conf.max_batch_bytes = 4 << 20;
     {
-        let e = Engine::open(conf.clone()).unwrap();
+        let engine = Engine::open(conf.clone()).unwrap();
         rt.block_on(async {
-            for b in 0..n / 20_000 {
-                let items = (b * 20_000..(b + 1) * 20_000)
+            for batch in 0..entries_wanted / 20_000 {
+                let items = (batch * 20_000..(batch + 1) * 20_000)
                     .map(|i| (key(i), Bytes::copy_from_slice(&i.to_le_bytes())))
                     .collect();
-                e.put_many(items).await.unwrap();
+                engine.put_many(items).await.unwrap();
             }
         });
         let index_bytes = std::fs::metadata(dir.path().join("index")).unwrap().len();
-        let entries = e.count_entries();
+        let entries = engine.count_entries();
         eprintln!(
             "memory per entry: index file {index_bytes} B / {entries} entries = {:.1} B (slot 64 B, load {:.2}); no per-entry heap",
             index_bytes as f64 / entries as f64,
@@ -201,10 +201,10 @@ fn reopen(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let t = Instant::now();
-                let e = Engine::open(conf.clone()).unwrap();
+                let engine = Engine::open(conf.clone()).unwrap();
                 total += t.elapsed();
-                assert!(e.contains(&key(5)).unwrap());
-                drop(e);
+                assert!(engine.contains(&key(5)).unwrap());
+                drop(engine);
             }
             total
         });

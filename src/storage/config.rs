@@ -58,8 +58,9 @@ pub struct EngineConfig {
     /// blobs (load factor <= 0.66). Too small: `index_displaced` grows and blobs become
     /// unreachable before eviction.
     pub index_slots: u64,
-    /// Slots probed per lookup/insert. Default 16 (one 1 KiB window). Larger tolerates higher
-    /// load factors but slows misses. Wrong: `index_displaced` > 0 at a low load factor.
+    /// Slots probed per lookup/insert. Default 32 (a 2 KiB window; measured at load 0.5 over
+    /// 1M inserts: 16 slots displaced ~0.03% of entries, 32 a handful). Larger tolerates higher
+    /// load factors but slows misses. Wrong: `index_displaced` grows at a low load factor.
     pub probe_limit: u32,
     /// Payload bytes per record when a blob is streamed in parts; blobs up to this size are one
     /// record. Default 1 MiB (PLATFORM.md: 64 KiB-1 MiB appends reach the disk's ceiling).
@@ -84,7 +85,7 @@ impl EngineConfig {
             durability: Durability::default(),
             io: IoBackend::default(),
             index_slots: 0,
-            probe_limit: 16,
+            probe_limit: 32,
             part_size: MIB,
             copy_forward_segments: 0,
             max_batch_bytes: MIB,

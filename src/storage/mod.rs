@@ -6,6 +6,13 @@
 //!
 //! The seam is the [`Store`] trait: [`MemoryStore`] for unit tests, the segment engine for
 //! `kiln serve` ([`Engine`], configured by [`EngineConfig`]; on-disk format in `FORMAT.md`).
+//!
+//! Engine files: `config.rs` (EngineConfig, validate), `engine.rs` (open, Store impl, upload
+//! handle), `writer.rs` (the I/O thread: batching, group commit, segment roll/eviction,
+//! copy-forward), `shared.rs` (read path and validity rules), `index.rs` (lock-free mapped slot
+//! table), `segment.rs` (mapped segment table), `format.rs` (every on-disk byte layout),
+//! `verify.rs` (scrub), `stats.rs` (metrics), `sys/` (the only `unsafe`: io_uring, psync,
+//! fault injection, mmap, fallocate), `fuzzing/` (cfg(fuzzing) helpers).
 
 mod blob;
 mod config;

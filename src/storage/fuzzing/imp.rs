@@ -88,7 +88,8 @@ pub fn engine_model(data: &[u8]) {
         let key = Key::new(1 + (a & 1), [a >> 1; 32]);
         match o % 8 {
             0..=2 => {
-                let len = usize::from(b) * usize::from(1 + o / 8) * 37;
+                // Up to ~28 KiB: several 4 KiB parts, below max_blob_size.
+                let len = usize::from(b) * usize::from(1 + (o / 8) % 3) * 37;
                 let v = Bytes::from(vec![i as u8; len]);
                 written.entry(key).or_default().push(v.clone());
                 match rt.block_on(e.put(key, v.clone())) {

@@ -1,0 +1,287 @@
+//! Laying records out in the active segment, gathering contiguous runs into write
+//! submissions, and rolling to the next segment (with eviction). Part of the I/O thread.
+
+use super::{Active, Body, Run, Writer};
+use crate::storage::Key;
+use crate::storage::StorageError;
+use crate::storage::format::{
+    self, ALIGN, PartLoc, RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN,
+    SegmentHeader,
+};
+use crate::storage::index::Entry;
+use crate::storage::segment::SegMap;
+use crate::storage::stats::inc;
+use crate::storage::sys::mmap::map_readonly;
+use crate::storage::sys::{IoFile, WriteOp};
+use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+impl Writer {
+    pub(super) fn flush_ops(&mut self) -> Result<(), StorageError> {
+        self.end_run();
+        if self.ops.is_empty() {
+            return Ok(());
+        }
+        let ops = std::mem::take(&mut self.ops);
+        let n: u64 = ops.iter().map(|o| o.buf.len() as u64).sum();
+        match self.io.write_batch(&ops) {
+            Ok(()) => {
+                self.sh
+                    .counters
+                    .bytes_written
+                    .fetch_add(n, Ordering::Relaxed);
+                if let Some(a) = &self.active {
+                    self.sh.head_end.store(a.pos, Ordering::Release);
+                }
+                self.unsynced = true;
+                Ok(())
+            }
+            Err(e) => Err(self.io_err("segment write", &e)),
+        }
+    }
+
+    pub(super) fn end_run(&mut self) {
+        if let Some(run) = self.run.take()
+            && !run.buf.is_empty()
+        {
+            if !self.dirty.iter().any(|f| Arc::ptr_eq(f, &run.file)) {
+                self.dirty.push(Arc::clone(&run.file));
+            }
+            self.ops.push(WriteOp {
+                file: run.file,
+                offset: run.offset,
+                buf: run.buf.freeze(),
+            });
+        }
+    }
+
+    pub(super) fn lay_out_commit(
+        &mut self,
+        items: &[(Key, Body)],
+    ) -> Result<Vec<Entry>, StorageError> {
+        let mut out = Vec::with_capacity(items.len());
+        for (key, body) in items {
+            out.push(match body {
+                Body::Single(data) => {
+                    let (seq, off) = self.append(RecordKind::Blob, key, &[data])?;
+                    Entry {
+                        key: *key,
+                        kind: RecordKind::Blob,
+                        epoch: 0,
+                        seq,
+                        off,
+                        len: data.len() as u64,
+                        span: 0,
+                    }
+                }
+                Body::Parts { total, parts, last } => {
+                    let mut parts = parts.clone();
+                    if !last.is_empty() {
+                        let (seq, off) = self.append(RecordKind::Part, key, &[last])?;
+                        parts.push(PartLoc {
+                            seq,
+                            off,
+                            len: last.len() as u64,
+                        });
+                    }
+                    self.manifest(key, *total, &parts)?
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    pub(super) fn manifest(
+        &mut self,
+        key: &Key,
+        total: u64,
+        parts: &[PartLoc],
+    ) -> Result<Entry, StorageError> {
+        let oldest = parts.iter().map(|p| p.seq).min().unwrap_or(u32::MAX);
+        if oldest < self.sh.tail.load(Ordering::Acquire) {
+            inc(&self.sh.counters.full_errors);
+            return Err(StorageError::Full(
+                "parts of this upload were evicted before commit; capacity too small for the load"
+                    .into(),
+            ));
+        }
+        let m = Bytes::from(format::encode_manifest(total, parts));
+        let (seq, off) = self.append(RecordKind::Manifest, key, &[&m])?;
+        Ok(Entry {
+            key: *key,
+            kind: RecordKind::Manifest,
+            epoch: 0,
+            seq,
+            off,
+            len: total,
+            span: seq - oldest.min(seq),
+        })
+    }
+
+    /// Re-appends a touched blob still in the oldest part of the ring. The entry is published
+    /// after the batch's write succeeds.
+    pub(super) fn copy_forward(&mut self, key: &Key) -> Option<Entry> {
+        if self.poisoned().is_some() {
+            return None;
+        }
+        let sh = Arc::clone(&self.sh);
+        let e = sh.lookup(key).filter(|e| sh.is_old(e))?;
+        let blob = sh.read_blob(&e).ok()?;
+        let r = if e.kind == RecordKind::Manifest {
+            let mut parts = Vec::new();
+            for ext in blob.chunks(0, u64::MAX, self.sh.cfg.part_size as usize) {
+                let (seq, off) = self.append(RecordKind::Part, key, &[&ext]).ok()?;
+                parts.push(PartLoc {
+                    seq,
+                    off,
+                    len: ext.len() as u64,
+                });
+            }
+            self.manifest(key, blob.len(), &parts).ok()
+        } else {
+            let b = blob.to_bytes();
+            let (seq, off) = self.append(RecordKind::Blob, key, &[&b]).ok()?;
+            Some(Entry {
+                seq,
+                off,
+                span: 0,
+                ..e
+            })
+        };
+        drop(blob);
+        r
+    }
+
+    /// Lays one record out at the end of the active segment (rolling when it does not fit).
+    pub(super) fn append(
+        &mut self,
+        kind: RecordKind,
+        key: &Key,
+        payload: &[&Bytes],
+    ) -> Result<(u32, u32), StorageError> {
+        let len: u64 = payload.iter().map(|p| p.len() as u64).sum();
+        let span = format::record_span(len);
+        let seg_size = self.sh.cfg.segment_size;
+        if self.active.as_ref().is_none_or(|a| a.pos + span > seg_size) {
+            self.roll()?;
+        }
+        let a = self.active.as_mut().expect("rolled");
+        let (seq, pos) = (a.seg.seq, a.pos);
+        a.pos += span;
+        let mut h = RecordHeader {
+            kind,
+            flags: 0,
+            key: *key,
+            len,
+            checksum: 0,
+        };
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        for p in payload {
+            hasher.update(p);
+        }
+        h.checksum = hasher.digest();
+        let contiguous = self.run.as_ref().is_some_and(|r| {
+            Arc::ptr_eq(&r.file, &a.seg.file) && r.offset + r.buf.len() as u64 == pos
+        });
+        if !contiguous
+            || self
+                .run
+                .as_ref()
+                .is_some_and(|r| r.buf.len() as u64 >= self.sh.cfg.max_batch_bytes)
+        {
+            self.end_run();
+            let file = Arc::clone(&self.active.as_ref().expect("active").seg.file);
+            self.run = Some(Run {
+                file,
+                offset: pos,
+                buf: BytesMut::with_capacity(span.max(self.sh.cfg.max_batch_bytes) as usize),
+            });
+        }
+        let run = self.run.as_mut().expect("run");
+        run.buf.extend_from_slice(&h.encode(seq));
+        for p in payload {
+            run.buf.extend_from_slice(p);
+        }
+        let pad = span as usize - RECORD_HEADER_LEN - len as usize;
+        run.buf.extend_from_slice(&[0u8; ALIGN as usize][..pad]);
+        Ok((seq, (pos / ALIGN) as u32))
+    }
+
+    /// Seals the active segment and opens the next one, evicting the oldest when the ring is
+    /// full. Order: state (new tail) durable before an evicted file is overwritten; segment
+    /// header durable before the state names the segment as head.
+    pub(super) fn roll(&mut self) -> Result<(), StorageError> {
+        // Pending bytes of the old segment must reach the disk before its file may change.
+        self.end_run();
+        let sh = Arc::clone(&self.sh);
+        let n = sh.segs.len();
+        let new = self.state.head + 1;
+        let mut reused: Option<Arc<SegMap>> = None;
+        if new - self.state.tail >= n {
+            // Ring full: drop the oldest segment (it shares the file slot with `new`).
+            self.state.tail = new - n + 1;
+            sh.tail.store(self.state.tail, Ordering::Release);
+            reused = sh.segs.take_slot(new);
+            inc(&sh.counters.evictions);
+            // Earlier ops may target the evicted file: write them first.
+            self.flush_ops()?;
+            self.write_state()
+                .map_err(|e| self.io_err("state write", &e))?;
+        }
+        let path = sh.segs.path(new);
+        let size = sh.cfg.segment_size;
+        let (file, map) = match reused.map(Arc::try_unwrap) {
+            Some(Ok(old)) => (old.file, Some(old.map)),
+            other => {
+                if let Some(Err(_held)) = other {
+                    // A reader still holds the old mapping: give it the old inode.
+                    let _ = std::fs::remove_file(&path);
+                }
+                let f = IoFile::open(&path).map_err(|e| self.io_err("segment create", &e))?;
+                (f, None)
+            }
+        };
+        self.io
+            .allocate(&file, size)
+            .map_err(|e| self.io_err("segment allocate", &e))?;
+        let hdr = SegmentHeader {
+            seq: u64::from(new),
+            size,
+        };
+        let mut buf = BytesMut::zeroed(SEGMENT_HEADER_LEN as usize);
+        buf[..64].copy_from_slice(&hdr.encode());
+        let op = WriteOp {
+            file: Arc::clone(&file),
+            offset: 0,
+            buf: buf.freeze(),
+        };
+        self.io
+            .write_batch(&[op])
+            .map_err(|e| self.io_err("segment header write", &e))?;
+        self.io
+            .sync(&[Arc::clone(&file)])
+            .map_err(|e| self.io_err("segment header sync", &e))?;
+        self.state.head = new;
+        self.write_state()
+            .map_err(|e| self.io_err("state write", &e))?;
+        let map = match map {
+            Some(m) => m,
+            None => map_readonly(&file.file, size as usize)
+                .map_err(|e| self.io_err("segment map", &e))?,
+        };
+        let seg = Arc::new(SegMap {
+            seq: new,
+            map,
+            file,
+        });
+        sh.segs.install(Arc::clone(&seg));
+        sh.head.store(new, Ordering::Release);
+        sh.head_end.store(SEGMENT_HEADER_LEN, Ordering::Release);
+        self.active = Some(Active {
+            seg,
+            pos: SEGMENT_HEADER_LEN,
+        });
+        Ok(())
+    }
+}
