@@ -123,7 +123,7 @@ pub struct StorageConfig {
     /// Index slots of 64 bytes; 0 = derive from capacity (capacity / 16 KiB, at least 65536).
     /// Symptom when too small: `kiln_index_displaced` above 0.
     pub index_slots: u64,
-    /// Slots probed per lookup. Default 16.
+    /// Slots probed per lookup. Default 32.
     pub probe_limit: u32,
     /// Bytes per record when a large blob is streamed in parts. Default 1 MiB.
     pub part_size_bytes: u64,
@@ -143,7 +143,7 @@ impl Default for StorageConfig {
             sync_interval_ms: 200,
             io_backend: IoBackendName::Auto,
             index_slots: 0,
-            probe_limit: 16,
+            probe_limit: 32,
             part_size_bytes: 1 << 20,
             copy_forward_segments: 0,
             max_batch_bytes: 1 << 20,
