@@ -28,7 +28,7 @@
 
 mod common;
 
-use common::process::KilnServer;
+use common::process::{KilnServer, KilnWorker};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
@@ -676,5 +676,49 @@ fn remote_download_minimal_all_hits() {
         digest_line(&cold_final),
         "big.bin fetched as an input differs from the cold build's"
     );
+    bazel.shutdown("ob2");
+}
+
+/// `--remote_executor`: every action runs on a `kiln worker` (none locally), and after
+/// `clean --expunge` the next build is all remote cache hits with identical outputs.
+#[test]
+fn remote_execution_then_all_hits() {
+    let _guard = lock();
+    let bin = bazel_binary();
+    let tmp = tempfile::tempdir().unwrap();
+    let server = KilnServer::start(&tmp.path().join("kiln-data"), &tmp.path().join("kiln.log"));
+    let _worker = KilnWorker::start(
+        &server,
+        &tmp.path().join("worker"),
+        &tmp.path().join("worker.log"),
+        2,
+    );
+    let mut bazel = Bazel::new(bin, tmp.path(), &server);
+    let executor = format!("--remote_executor={}", server.url());
+    let extra = [executor.as_str(), "--remote_download_outputs=all"];
+
+    let run = bazel.build("ob1", "remote-exec", &extra);
+    let n = run.spawns.len();
+    let summary = format!("INFO: {n} processes: {n} remote.");
+    if n != EXPECTED_SPAWNS
+        || run.hits() != 0
+        || run.spawns.iter().any(|s| s.runner != "remote")
+        || run.processes_line.trim() != summary
+    {
+        bazel.fail(&format!(
+            "expected all {EXPECTED_SPAWNS} spawns to run remotely (`{summary}`)\n{}\n\nfull Bazel output:\n{}",
+            run.describe(),
+            run.stderr
+        ));
+    }
+    let first = snapshot_outputs(&bazel.output_base("ob1"));
+    assert!(first["k8-fastbuild/bin/big.bin"].bytes.len() >= 4 << 20);
+    bazel.clean_expunge("ob1");
+    bazel.shutdown("ob1");
+
+    let warm = bazel.build("ob2", "remote-exec-warm", &extra);
+    assert_all_hits(&bazel, "remote-exec-warm", &warm);
+    let second = snapshot_outputs(&bazel.output_base("ob2"));
+    assert_same_outputs("remote-exec-warm", &first, &second, |_| true);
     bazel.shutdown("ob2");
 }

@@ -25,6 +25,8 @@ pub struct KilnServer {
     pub port: u16,
     /// The Unix socket path it printed.
     pub unix_socket: Option<PathBuf>,
+    /// The Bots (Remote Worker API) socket it printed, when execution is enabled.
+    pub bots_socket: Option<PathBuf>,
     log: PathBuf,
 }
 
@@ -63,6 +65,7 @@ impl KilnServer {
             child,
             port: 0,
             unix_socket: None,
+            bots_socket: None,
             log: log.to_path_buf(),
         };
         let deadline = Instant::now() + SERVER_READY_TIMEOUT;
@@ -83,6 +86,9 @@ impl KilnServer {
                     }
                     if let Some(rest) = line.trim().strip_prefix("listening unix:") {
                         server.unix_socket = Some(PathBuf::from(rest));
+                    }
+                    if let Some(rest) = line.trim().strip_prefix("listening bots unix:") {
+                        server.bots_socket = Some(PathBuf::from(rest));
                     }
                     let ready = line.trim() == "ready";
                     seen.push(line);
@@ -148,6 +154,45 @@ impl KilnServer {
 }
 
 impl Drop for KilnServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `kiln worker` attached to a server's bots socket, killed on drop.
+pub struct KilnWorker {
+    child: Child,
+}
+
+impl KilnWorker {
+    /// Starts `kiln worker` for `server` with its work dir at `work_dir`, logging to `log`.
+    pub fn start(server: &KilnServer, work_dir: &Path, log: &Path, concurrency: usize) -> Self {
+        let bots = server
+            .bots_socket
+            .as_ref()
+            .unwrap_or_else(|| server.fail("kiln serve printed no `listening bots unix:` line"));
+        fs::create_dir_all(work_dir).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("worker")
+            .arg("--server")
+            .arg(format!("unix:{}", bots.display()))
+            .arg("--work-dir")
+            .arg(work_dir)
+            .arg("--concurrency")
+            .arg(concurrency.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(fs::File::create(log).unwrap()))
+            .stderr(Stdio::from(
+                fs::File::create(log.with_extension("err")).unwrap(),
+            ))
+            .spawn()
+            .expect("failed to spawn kiln worker");
+        Self { child }
+    }
+}
+
+impl Drop for KilnWorker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
