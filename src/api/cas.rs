@@ -39,11 +39,11 @@ impl CasService {
         Ok(())
     }
 
-    async fn update_one(
-        &self,
+    /// Checks one batch item and decompresses it if needed.
+    fn decode_one(
         function: DigestFunction,
         req: crate::proto::reapi::batch_update_blobs_request::Request,
-    ) -> Result<(), CasError> {
+    ) -> Result<(Digest, Bytes), CasError> {
         let digest = Digest::from_field(function, req.digest.as_ref(), "requests.digest")?;
         let data = match compressor::Value::try_from(req.compressor) {
             Ok(compressor::Value::Identity) => req.data,
@@ -55,7 +55,7 @@ impl CasService {
                 )));
             }
         };
-        self.state.cas.put(&digest, data).await
+        Ok((digest, data))
     }
 }
 
@@ -90,20 +90,35 @@ impl ContentAddressableStorage for CasService {
         let function = DigestFunction::from_proto(req.digest_function)?;
         let total: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
         self.check_batch_total(total, "BatchUpdateBlobs request data")?;
-        // All blobs commit concurrently, so the engine's group commit syncs them together
-        // instead of once per blob.
-        let updates = req.requests.into_iter().map(|r| async move {
+        // Valid blobs are stored with one put_many, so the engine commits them in one sync
+        // round instead of one per blob.
+        let mut responses = Vec::with_capacity(req.requests.len());
+        let mut items = Vec::new();
+        let mut positions = Vec::new();
+        for r in req.requests {
             let digest = r.digest.clone();
-            let status = match self.update_one(function, r).await {
+            match Self::decode_one(function, r) {
+                Ok(item) => {
+                    positions.push(responses.len());
+                    items.push(item);
+                    responses.push(batch_update_blobs_response::Response {
+                        digest,
+                        status: None,
+                    });
+                }
+                Err(e) => responses.push(batch_update_blobs_response::Response {
+                    digest,
+                    status: Some(rpc_status(&e)),
+                }),
+            }
+        }
+        let results = self.state.cas.put_many(items).await;
+        for (pos, result) in positions.into_iter().zip(results) {
+            responses[pos].status = Some(match result {
                 Ok(()) => rpc_ok(),
                 Err(e) => rpc_status(&e),
-            };
-            batch_update_blobs_response::Response {
-                digest,
-                status: Some(status),
-            }
-        });
-        let responses = futures::future::join_all(updates).await;
+            });
+        }
         Ok(Response::new(BatchUpdateBlobsResponse { responses }))
     }
 

@@ -95,6 +95,35 @@ impl Cas {
         up.expect("checked above").finish().await
     }
 
+    /// Stores several in-memory blobs after checking each against its digest, committing the
+    /// new ones together. Returns one result per item, in order.
+    pub async fn put_many(&self, items: Vec<(Digest, Bytes)>) -> Vec<Result<(), CasError>> {
+        let mut results: Vec<Result<(), CasError>> = Vec::with_capacity(items.len());
+        let mut to_store = Vec::new();
+        let mut stored_at = Vec::new();
+        for (digest, data) in items {
+            let checked = verify(&digest, &data).and_then(|()| self.contains(&digest));
+            match checked {
+                Ok(true) => results.push(Ok(())),
+                Ok(false) => {
+                    stored_at.push(results.len());
+                    to_store.push((Self::key(&digest), data));
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        if to_store.is_empty() {
+            return results;
+        }
+        if let Err(e) = self.store.put_many(to_store).await {
+            for i in stored_at {
+                results[i] = Err(CasError::Storage(e.duplicate()));
+            }
+        }
+        results
+    }
+
     /// Starts a streamed, verified upload. `None` when the blob is already present (or
     /// empty), so the caller can answer at once.
     pub async fn begin_upload(&self, digest: Digest) -> Result<Option<Upload>, CasError> {
@@ -145,6 +174,27 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, CasError::DigestMismatch { .. }), "{err}");
+        assert!(!cas.contains(&wrong).unwrap());
+    }
+
+    #[tokio::test]
+    async fn put_many_reports_each_item() {
+        let cas = cas();
+        let a = DigestFunction::Sha256.digest_of(b"a");
+        let b = DigestFunction::Sha256.digest_of(b"b");
+        cas.put(&a, Bytes::from_static(b"a")).await.unwrap();
+        let wrong = DigestFunction::Sha256.digest_of(b"not c");
+        let results = cas
+            .put_many(vec![
+                (a, Bytes::from_static(b"a")),
+                (wrong, Bytes::from_static(b"c")),
+                (b, Bytes::from_static(b"b")),
+            ])
+            .await;
+        assert!(results[0].is_ok());
+        assert!(matches!(results[1], Err(CasError::DigestMismatch { .. })));
+        assert!(results[2].is_ok());
+        assert!(cas.contains(&b).unwrap());
         assert!(!cas.contains(&wrong).unwrap());
     }
 

@@ -75,6 +75,24 @@ impl Store for MeteredStore {
         }))
     }
 
+    async fn put_many(&self, items: Vec<(Key, Bytes)>) -> Result<(), StorageError> {
+        let (n, bytes) = (
+            items.len() as u64,
+            items.iter().map(|(_, b)| b.len() as u64).sum(),
+        );
+        match self.inner.put_many(items).await {
+            Ok(()) => {
+                self.metrics.writes.inc_by(n);
+                self.metrics.bytes_written.inc_by(bytes);
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.write_errors.inc();
+                Err(e)
+            }
+        }
+    }
+
     fn max_blob_size(&self) -> u64 {
         self.inner.max_blob_size()
     }

@@ -296,6 +296,11 @@ impl Store for Engine {
         }))
     }
 
+    async fn put_many(&self, items: Vec<(Key, Bytes)>) -> Result<(), StorageError> {
+        // The inherent method: small blobs in one commit request, so one sync round.
+        Engine::put_many(self, items).await
+    }
+
     async fn begin_write(&self, key: Key, len: u64) -> Result<Box<dyn BlobWriter>, StorageError> {
         let max = self.sh.cfg.max_blob_size;
         if len > max {

@@ -28,3 +28,26 @@ pub enum StorageError {
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
+
+impl StorageError {
+    /// A copy of this error, for reporting one failure to several waiters (an `io::Error`
+    /// keeps its kind and message).
+    pub fn duplicate(&self) -> StorageError {
+        match self {
+            StorageError::Full(m) => StorageError::Full(m.clone()),
+            StorageError::TooLarge { len, max } => StorageError::TooLarge {
+                len: *len,
+                max: *max,
+            },
+            StorageError::LengthMismatch { announced, got } => StorageError::LengthMismatch {
+                announced: *announced,
+                got: *got,
+            },
+            StorageError::Corrupt { at } => StorageError::Corrupt { at: at.clone() },
+            StorageError::Poisoned(m) => StorageError::Poisoned(m.clone()),
+            StorageError::Config(m) => StorageError::Config(m.clone()),
+            StorageError::Closed => StorageError::Closed,
+            StorageError::Io(e) => StorageError::Io(std::io::Error::new(e.kind(), e.to_string())),
+        }
+    }
+}

@@ -66,6 +66,15 @@ pub trait Store: Send + Sync + 'static {
         w.commit().await
     }
 
+    /// Writes several whole blobs held in memory. Engines override it to commit them
+    /// together (one sync round for the lot); the default writes them one after another.
+    async fn put_many(&self, items: Vec<(Key, Bytes)>) -> Result<(), StorageError> {
+        for (key, data) in items {
+            self.put(key, data).await?;
+        }
+        Ok(())
+    }
+
     /// Largest blob this store accepts, in bytes.
     fn max_blob_size(&self) -> u64;
 }
