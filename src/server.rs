@@ -27,6 +27,31 @@ fn builder() -> Server {
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
 }
 
+/// One shutdown future shared by several servers: every [`Shutdown::signal`] resolves when the
+/// future given to [`Shutdown::new`] does.
+#[derive(Clone)]
+pub struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Watches `shutdown` on a task of its own.
+    pub fn new(shutdown: impl Future<Output = ()> + Send + 'static) -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = tx.send(true);
+        });
+        Self(rx)
+    }
+
+    /// A future that resolves once shutdown was asked for.
+    pub fn signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+}
+
 /// Serves `routes` on every listener until `shutdown` resolves, then stops accepting and lets
 /// in-flight calls finish.
 pub async fn run(
@@ -34,14 +59,8 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop = Shutdown::new(shutdown);
     let mut tasks = tokio::task::JoinSet::new();
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
     for l in listeners.tcp {
         let incoming = TcpListenerStream::new(l).map(|s| {
             s.inspect(|s| {
@@ -49,16 +68,12 @@ pub async fn run(
             })
         });
         let router = builder().add_routes(routes.clone());
-        tasks.spawn(router.serve_with_incoming_shutdown(incoming, stopped()));
+        tasks.spawn(router.serve_with_incoming_shutdown(incoming, stop.signal()));
     }
     for l in listeners.unix {
         let router = builder().add_routes(routes.clone());
-        tasks.spawn(router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stopped()));
+        tasks.spawn(router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stop.signal()));
     }
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
     while let Some(done) = tasks.join_next().await {
         done.expect("server task panicked")?;
     }

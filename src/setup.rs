@@ -371,29 +371,19 @@ impl Prepared {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), SetupError> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = move || {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }
-        };
+        let stop = server::Shutdown::new(shutdown);
         if let Some(l) = self.metrics_listener {
             tokio::spawn(crate::metrics::serve_http(
                 l,
                 self.metrics.clone(),
-                stopped(),
+                stop.signal(),
             ));
         }
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        });
-        let grpc = server::run(self.routes, self.listeners, stopped());
+        let grpc = server::run(self.routes, self.listeners, stop.signal());
         match self.bots {
             None => grpc.await?,
             Some((routes, listeners)) => {
-                let (a, b) = tokio::join!(grpc, server::run(routes, listeners, stopped()));
+                let (a, b) = tokio::join!(grpc, server::run(routes, listeners, stop.signal()));
                 a?;
                 b?;
             }
