@@ -67,11 +67,16 @@ pub fn describe(report: &VerifyReport) -> String {
 
 /// Fetches `/status` from a running server's metrics address (`HOST:PORT`).
 pub async fn status(addr: &str) -> Result<String, String> {
+    http_get(addr, "/status").await
+}
+
+/// GETs `path` from kiln's metrics endpoint at `addr` and returns the body of a 200 answer.
+pub async fn http_get(addr: &str, path: &str) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("cannot reach kiln's metrics endpoint at {addr}: {e}"))?;
-    let req = format!("GET /status HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     s.write_all(req.as_bytes())
         .await
         .map_err(|e| e.to_string())?;

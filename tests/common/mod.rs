@@ -93,16 +93,9 @@ impl TestServer {
 
     /// GETs a path of the metrics endpoint and returns the body.
     pub async fn http_get(&self, path: &str) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.metrics_addr)
+        kiln::admin::http_get(&self.metrics_addr.to_string(), path)
             .await
-            .unwrap();
-        let req = format!("GET {path} HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-        out.split_once("\r\n\r\n").unwrap().1.to_string()
+            .unwrap()
     }
 
     /// Stops the server and waits for it to finish.
