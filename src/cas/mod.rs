@@ -84,15 +84,8 @@ impl Cas {
 
     /// Stores a blob held in memory after checking it matches `digest`.
     pub async fn put(&self, digest: &Digest, data: Bytes) -> Result<(), CasError> {
-        let mut up = self.begin_upload(*digest).await?;
-        if let Some(up) = up.as_mut() {
-            up.write(data).await?;
-        } else {
-            // Already present: still verify, so a bad request is reported as such.
-            verify(digest, &data)?;
-            return Ok(());
-        }
-        up.expect("checked above").finish().await
+        let mut results = self.put_many(vec![(*digest, data)]).await;
+        results.pop().expect("one result per item")
     }
 
     /// Stores several in-memory blobs after checking each against its digest, committing the
