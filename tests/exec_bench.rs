@@ -23,6 +23,46 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Where a round trip goes, from the timestamps in ExecutedActionMetadata (same host clock).
+const PHASES: [&str; 6] = [
+    "Execute sent -> queued (AC lookup, action check)",
+    "queued -> worker start (dispatch to the bot)",
+    "input fetch (Command, input root)",
+    "execution (fork/exec/wait)",
+    "output upload (stdout/stderr, outputs)",
+    "worker done -> client has the result (report, AC write, publish)",
+];
+
+fn split(
+    sent: std::time::SystemTime,
+    m: &kiln::proto::reapi::ExecutedActionMetadata,
+    received: std::time::SystemTime,
+) -> [Duration; PHASES.len()] {
+    let t = |ts: &Option<prost_types::Timestamp>| {
+        std::time::SystemTime::try_from(ts.clone().expect("timestamp set")).unwrap()
+    };
+    let gap = |a: std::time::SystemTime, b: std::time::SystemTime| {
+        b.duration_since(a).unwrap_or_default()
+    };
+    [
+        gap(sent, t(&m.queued_timestamp)),
+        gap(t(&m.queued_timestamp), t(&m.worker_start_timestamp)),
+        gap(
+            t(&m.input_fetch_start_timestamp),
+            t(&m.input_fetch_completed_timestamp),
+        ),
+        gap(
+            t(&m.execution_start_timestamp),
+            t(&m.execution_completed_timestamp),
+        ),
+        gap(
+            t(&m.output_upload_start_timestamp),
+            t(&m.output_upload_completed_timestamp),
+        ),
+        gap(t(&m.worker_completed_timestamp), received),
+    ]
+}
+
 async fn noop_actions(c: &Client, n: usize, tag: &str) -> Vec<kiln::digest::Digest> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
@@ -74,12 +114,17 @@ async fn noop_round_trip() {
     let w = server.worker(1, &[]);
     let actions = noop_actions(&c, 520, "rt").await;
     let mut times = vec![];
+    let mut phases: Vec<[Duration; PHASES.len()]> = vec![];
     for (i, d) in actions.iter().enumerate() {
+        let sent = std::time::SystemTime::now();
         let t = Instant::now();
         let (_, r) = c.execute_req(Client::request(d, true)).await.unwrap();
-        assert_eq!(r.result.unwrap().exit_code, 0);
+        let received = std::time::SystemTime::now();
+        let result = r.result.unwrap();
+        assert_eq!(result.exit_code, 0);
         if i >= 20 {
             times.push(t.elapsed());
+            phases.push(split(sent, &result.execution_metadata.unwrap(), received));
         }
     }
     times.sort();
@@ -90,6 +135,11 @@ async fn noop_round_trip() {
         pct(&times, 0.99).as_secs_f64() * 1e3,
         times.last().unwrap().as_secs_f64() * 1e3
     );
+    for (k, name) in PHASES.iter().enumerate() {
+        let mut v: Vec<Duration> = phases.iter().map(|p| p[k]).collect();
+        v.sort();
+        println!("  {name}: p50 {:.2} ms", pct(&v, 0.5).as_secs_f64() * 1e3);
+    }
     drop(w);
     for workers in [1, 4] {
         let rate = throughput(&server, &c, workers, 8, 800).await;

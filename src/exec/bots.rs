@@ -90,6 +90,12 @@ impl Scheduler {
         properties: Properties,
         reports: Vec<LeaseReport>,
     ) -> Result<Vec<LeaseView>, ExecError> {
+        // Work is offered only in answer to a call in which the bot says it is idle. A heartbeat
+        // sent while running a lease may be abandoned by the bot once the lease finishes; a new
+        // lease put in that answer would never be seen (and would come back as lost).
+        let idle = !reports
+            .iter()
+            .any(|r| matches!(r.state, LeaseState::Pending | LeaseState::Active));
         let (completions, unknown) = self.apply_reports(session, properties, reports)?;
         for c in completions {
             self.complete(c).await;
@@ -97,9 +103,12 @@ impl Scheduler {
         let deadline = tokio::time::Instant::now() + self.shared.config.bot_poll;
         let mut wake = self.shared.wake.subscribe();
         loop {
-            if let Some(views) =
-                self.answer(session, &unknown, tokio::time::Instant::now() >= deadline)?
-            {
+            if let Some(views) = self.answer(
+                session,
+                &unknown,
+                idle,
+                tokio::time::Instant::now() >= deadline,
+            )? {
                 return Ok(views);
             }
             tokio::select! {
@@ -200,12 +209,13 @@ impl Scheduler {
         Ok((completions, unknown))
     }
 
-    /// The bot's leases now, handing out a new one if it is idle. `None` means nothing new:
-    /// keep waiting (unless `last`).
+    /// The bot's leases now, handing out a new one if it is `idle` and holds none. `None` means
+    /// nothing new: keep waiting (unless `last`).
     fn answer(
         &self,
         session: &str,
         unknown: &[String],
+        idle: bool,
         last: bool,
     ) -> Result<Option<Vec<LeaseView>>, ExecError> {
         let mut st = self.lock();
@@ -235,7 +245,7 @@ impl Scheduler {
                 action: None,
             });
         }
-        if bot.leases.is_empty() {
+        if idle && bot.leases.is_empty() {
             let offer = bot.properties.clone();
             if let Some(name) = st.take_for(&offer) {
                 let op = st.ops.get_mut(&name).expect("queued operations exist");

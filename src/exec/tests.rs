@@ -9,11 +9,15 @@ use bytes::Bytes;
 use prost::Message;
 
 fn scheduler(max_requeues: u32) -> (Scheduler, Cas) {
+    scheduler_polling(max_requeues, Duration::from_millis(20))
+}
+
+fn scheduler_polling(max_requeues: u32, bot_poll: Duration) -> (Scheduler, Cas) {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(1 << 30));
     let cas = Cas::new(store.clone());
     let ac = ActionCache::new(cas.clone(), store);
     let config = SchedulerConfig {
-        bot_poll: Duration::from_millis(20),
+        bot_poll,
         max_requeues,
         ..Default::default()
     };
@@ -159,4 +163,59 @@ async fn cancelling_a_queued_operation_completes_it() {
     ));
     let bot = s.create_bot_session("", "b", Properties::default());
     assert!(take(&s, &bot).await.is_none(), "nothing left to run");
+}
+
+#[tokio::test]
+async fn a_heartbeat_answer_never_carries_new_work() {
+    // A bot's heartbeat (lease ACTIVE) can still be waiting on the server when the bot reports
+    // the lease COMPLETED on another call and abandons the heartbeat. Work handed out in the
+    // heartbeat's answer would never reach the bot and would come back as lost.
+    let (s, cas) = scheduler_polling(2, Duration::from_secs(1));
+    let first = s
+        .execute(params(action(&cas, "first", false).await, 0))
+        .await
+        .unwrap();
+    let bot = s.create_bot_session("", "b", Properties::default());
+    let lease = take(&s, &bot).await.unwrap();
+    assert_eq!(lease.id, first.name);
+    let s = Arc::new(s);
+    let heartbeat = {
+        let s = Arc::clone(&s);
+        let (bot, id) = (bot.clone(), lease.id.clone());
+        tokio::spawn(async move {
+            let active = LeaseReport {
+                id,
+                state: LeaseState::Active,
+                status: None,
+                result: None,
+            };
+            s.update_bot_session(&bot, Properties::default(), vec![active])
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let done = LeaseReport {
+        id: lease.id,
+        state: LeaseState::Completed,
+        status: None,
+        result: Some(crate::proto::reapi::ActionResult::default()),
+    };
+    // Nothing is queued, so this call waits; the bot gives up on it.
+    let _ = tokio::time::timeout(
+        Duration::from_millis(50),
+        s.update_bot_session(&bot, Properties::default(), vec![done]),
+    )
+    .await;
+    let second = s
+        .execute(params(action(&cas, "second", false).await, 0))
+        .await
+        .unwrap();
+    let views = heartbeat.await.unwrap();
+    assert!(
+        views.iter().all(|v| v.state != LeaseState::Pending),
+        "heartbeat answer offered work: {views:?}"
+    );
+    let next = take(&s, &bot).await.expect("the idle call gets the work");
+    assert_eq!(next.id, second.name);
 }
