@@ -75,6 +75,7 @@ impl Scheduler {
             properties,
             last_seen: Instant::now(),
             leases: HashMap::new(),
+            finished: std::collections::VecDeque::new(),
         };
         self.lock().bots.insert(name.clone(), bot);
         tracing::info!(session = %name, bot_id, "bot session created");
@@ -134,6 +135,16 @@ impl Scheduler {
             .ok_or_else(|| ExecError::BotSessionNotFound(session.to_string()))?;
         bot.last_seen = Instant::now();
         bot.properties = properties;
+        // Calls of one bot run concurrently, so a heartbeat sent before the bot finished a lease
+        // can be handled after the call that reported it finished. Such a stale report says
+        // nothing about the bot's leases now (in particular it does not know of newer ones).
+        let stale = reports.iter().any(|r| {
+            matches!(r.state, LeaseState::Pending | LeaseState::Active)
+                && bot.finished.contains(&r.id)
+        });
+        if stale {
+            return Ok((Vec::new(), Vec::new()));
+        }
         let bot_id = bot.bot_id.clone();
         let reported: HashSet<String> = reports.iter().map(|r| r.id.clone()).collect();
         let mut unknown = Vec::new();
@@ -144,12 +155,14 @@ impl Scheduler {
             match (r.state, entry) {
                 (LeaseState::Completed, Some(e)) => {
                     bot.leases.remove(&r.id);
+                    bot.finished(r.id.clone());
                     if !e.cancelled {
                         done.push(r);
                     }
                 }
                 (LeaseState::Cancelled, Some(e)) => {
                     bot.leases.remove(&r.id);
+                    bot.finished(r.id.clone());
                     if !e.cancelled {
                         lost.push((r.id, true));
                     }
@@ -170,6 +183,7 @@ impl Scheduler {
             .collect();
         for (id, e) in forgotten {
             bot.leases.remove(&id);
+            bot.finished(id.clone());
             if !e.cancelled {
                 lost.push((id, e.acked));
             }

@@ -6,7 +6,7 @@ use super::operation::{OpSnapshot, Outcome, Stage};
 use super::platform::Properties;
 use crate::digest::Digest;
 use crate::proto::reapi::Action;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Instant, SystemTime};
 use tokio::sync::watch;
 
@@ -58,6 +58,22 @@ pub(super) struct Bot {
     pub properties: Properties,
     pub last_seen: Instant,
     pub leases: HashMap<String, LeaseEntry>,
+    /// Leases this bot reported COMPLETED or CANCELLED lately (newest last, a few kept): a
+    /// call still naming one as running was overtaken by a later call and is stale.
+    pub finished: VecDeque<String>,
+}
+
+impl Bot {
+    /// How many finished lease ids a session remembers.
+    const FINISHED_KEPT: usize = 8;
+
+    /// Remembers that the bot is done with `id`.
+    pub fn finished(&mut self, id: String) {
+        if self.finished.len() == Self::FINISHED_KEPT {
+            self.finished.pop_front();
+        }
+        self.finished.push_back(id);
+    }
 }
 
 /// Everything under the scheduler's lock.

@@ -219,3 +219,62 @@ async fn a_heartbeat_answer_never_carries_new_work() {
     let next = take(&s, &bot).await.expect("the idle call gets the work");
     assert_eq!(next.id, second.name);
 }
+
+#[tokio::test]
+async fn a_heartbeat_overtaken_by_the_completion_is_ignored() {
+    // The heartbeat for the first lease reaches the server only after the call that completed
+    // that lease and took the next one. It must not make the next lease look forgotten.
+    let (s, cas) = scheduler(2);
+    let first = s
+        .execute(params(action(&cas, "one", false).await, 0))
+        .await
+        .unwrap();
+    let mut second = s
+        .execute(params(action(&cas, "two", false).await, 0))
+        .await
+        .unwrap();
+    let bot = s.create_bot_session("", "b", Properties::default());
+    let lease = take(&s, &bot).await.unwrap();
+    assert_eq!(lease.id, first.name);
+    let report = |id: &str, state| LeaseReport {
+        id: id.to_string(),
+        state,
+        status: None,
+        result: (state == LeaseState::Completed).then(crate::proto::reapi::ActionResult::default),
+    };
+    let views = s
+        .update_bot_session(
+            &bot,
+            Properties::default(),
+            vec![report(&lease.id, LeaseState::Completed)],
+        )
+        .await
+        .unwrap();
+    let next = views
+        .iter()
+        .find(|v| v.state == LeaseState::Pending)
+        .expect("the completing call gets the next lease");
+    assert_eq!(next.id, second.name);
+    // The stale heartbeat.
+    s.update_bot_session(
+        &bot,
+        Properties::default(),
+        vec![report(&lease.id, LeaseState::Active)],
+    )
+    .await
+    .unwrap();
+    let other = s.create_bot_session("", "other", Properties::default());
+    assert!(
+        take(&s, &other).await.is_none(),
+        "the second action was requeued although its bot holds it"
+    );
+    s.update_bot_session(
+        &bot,
+        Properties::default(),
+        vec![report(&second.name, LeaseState::Completed)],
+    )
+    .await
+    .unwrap();
+    let snap = second.wait_done(Duration::from_secs(5)).await;
+    assert!(snap.outcome.unwrap().error.is_none());
+}
