@@ -134,6 +134,14 @@ pub struct StorageConfig {
     /// (`kiln bench --workload upload-small`, medians of 3). Symptom when too small:
     /// `kiln_storage_syncs` close to the commit rate.
     pub max_batch_bytes: u64,
+    /// Bytes written between index checkpoints (sync rounds that also write back the index
+    /// file). An unclean restart replays at most about this much of record headers. Default
+    /// 256 MiB. Symptom when too large: a slow restart after a crash (the `storage: replayed`
+    /// log line); too small: commit latency spikes (`kiln_storage_index_checkpoints` high).
+    pub checkpoint_bytes: u64,
+    /// Longest time between index checkpoints while writes go on, in milliseconds. Default
+    /// 10000.
+    pub checkpoint_interval_ms: u64,
 }
 
 impl Default for StorageConfig {
@@ -150,6 +158,8 @@ impl Default for StorageConfig {
             part_size_bytes: 1 << 20,
             copy_forward_segments: 0,
             max_batch_bytes: 8 << 20,
+            checkpoint_bytes: 256 << 20,
+            checkpoint_interval_ms: 10_000,
         }
     }
 }

@@ -131,6 +131,8 @@ pub fn engine_config(config: &Config) -> Result<EngineConfig, SetupError> {
     e.part_size = st.part_size_bytes;
     e.copy_forward_segments = st.copy_forward_segments;
     e.max_batch_bytes = st.max_batch_bytes;
+    e.checkpoint_bytes = st.checkpoint_bytes;
+    e.checkpoint_interval = Duration::from_millis(st.checkpoint_interval_ms.max(1));
     e.validate()?;
     Ok(e)
 }
@@ -220,6 +222,16 @@ pub fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, 
                 "storage_syncs",
                 "Durable sync rounds completed",
                 s.syncs as i64,
+            ),
+            (
+                "storage_index_checkpoints",
+                "Sync rounds that also wrote back the index file",
+                s.checkpoints as i64,
+            ),
+            (
+                "storage_replayed_records",
+                "Records replayed into the index at open after an unclean stop",
+                s.replayed as i64,
             ),
         ]
     }));

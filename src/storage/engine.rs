@@ -121,7 +121,7 @@ impl Engine {
             io_name: io.name(),
         });
         let mut w = Writer::new(Arc::clone(&sh), io, state_file, st, epoch);
-        w.write_state()?;
+        w.open_round()?;
         let (tx, rx) = unbounded();
         let (ttx, trx) = bounded(TOUCH_QUEUE);
         let thread = std::thread::Builder::new()

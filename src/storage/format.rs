@@ -240,6 +240,8 @@ pub fn decode_manifest(b: &[u8]) -> Result<(u64, Vec<PartLoc>), FormatError> {
 pub const MAX_INVALID_RANGES: usize = 16;
 /// Size of one state slot; the state file holds two, at offsets 0 and 4096.
 pub const STATE_SLOT_LEN: usize = 512;
+/// Where the checkpoint and synced positions sit in a state slot (after the invalid ranges).
+const STATE_POS_AT: usize = 48 + MAX_INVALID_RANGES * 24;
 
 /// Epochs `[lo, hi)` whose index entries are ignored: they were not durable when the store
 /// stopped uncleanly. Entries of such epochs can only point at segments `<= max_seq`.
@@ -272,6 +274,21 @@ pub struct State {
     pub segments: u32,
     /// Crash-invalidated epoch ranges.
     pub invalid: Vec<InvalidRange>,
+    /// Index checkpoint: every record before this position has its entry in the synced index
+    /// file. Records from here to `synced` are replayed into the index on open. Zero: nothing
+    /// to replay (stores written before checkpoints existed synced the index every round).
+    pub checkpoint: Pos,
+    /// Every record before this position is on stable storage (the last sync round's end).
+    pub synced: Pos,
+}
+
+/// A position in the segment ring: segment `seq`, byte offset `off` in it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pos {
+    /// Segment sequence number (0: none).
+    pub seq: u32,
+    /// Byte offset in the segment.
+    pub off: u64,
 }
 
 impl State {
@@ -294,6 +311,10 @@ impl State {
             b[o + 8..o + 16].copy_from_slice(&r.hi.to_le_bytes());
             b[o + 16..o + 20].copy_from_slice(&r.max_seq.to_le_bytes());
         }
+        b[STATE_POS_AT..STATE_POS_AT + 4].copy_from_slice(&self.checkpoint.seq.to_le_bytes());
+        b[STATE_POS_AT + 8..STATE_POS_AT + 16].copy_from_slice(&self.checkpoint.off.to_le_bytes());
+        b[STATE_POS_AT + 16..STATE_POS_AT + 20].copy_from_slice(&self.synced.seq.to_le_bytes());
+        b[STATE_POS_AT + 24..STATE_POS_AT + 32].copy_from_slice(&self.synced.off.to_le_bytes());
         let h = xxh3_64(&b[0..504]);
         b[504..512].copy_from_slice(&h.to_le_bytes());
         b
@@ -333,6 +354,14 @@ impl State {
             head: u32_at(b, 36),
             segments: u32_at(b, 40),
             invalid,
+            checkpoint: Pos {
+                seq: u32_at(b, STATE_POS_AT),
+                off: u64_at(b, STATE_POS_AT + 8),
+            },
+            synced: Pos {
+                seq: u32_at(b, STATE_POS_AT + 16),
+                off: u64_at(b, STATE_POS_AT + 24),
+            },
         })
     }
 }
@@ -384,6 +413,11 @@ mod tests {
                 hi: 7,
                 max_seq: 5,
             }],
+            checkpoint: Pos { seq: 4, off: 4096 },
+            synced: Pos {
+                seq: 5,
+                off: 1 << 33,
+            },
         };
         assert_eq!(State::decode(&s.encode()), Ok(s));
         let parts = [

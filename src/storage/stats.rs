@@ -14,6 +14,8 @@ pub struct Counters {
     pub(crate) entries_published: AtomicU64,
     pub(crate) bytes_written: AtomicU64,
     pub(crate) syncs: AtomicU64,
+    pub(crate) checkpoints: AtomicU64,
+    pub(crate) replayed: AtomicU64,
     pub(crate) record_reads: AtomicU64,
 }
 
@@ -46,7 +48,11 @@ pub struct StorageStats {
     pub bytes_written: u64,
     /// Durable epochs (sync rounds) completed.
     pub syncs: u64,
-    /// Record headers read (gets, verify); open performs none.
+    /// Sync rounds that also wrote back the index file (index checkpoints).
+    pub checkpoints: u64,
+    /// Records replayed into the index at open (after an unclean stop).
+    pub replayed: u64,
+    /// Record headers read (gets, verify); a clean open performs none.
     pub record_reads: u64,
     /// I/O engine in use.
     pub io_engine: &'static str,
@@ -67,6 +73,8 @@ impl Counters {
             full_errors: g(&self.full_errors),
             bytes_written: g(&self.bytes_written),
             syncs: g(&self.syncs),
+            checkpoints: g(&self.checkpoints),
+            replayed: g(&self.replayed),
             record_reads: g(&self.record_reads),
             io_engine,
         }

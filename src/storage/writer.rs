@@ -6,11 +6,12 @@
 //! the whole batch before answering (group commit). See FORMAT.md for the fsync order.
 
 mod layout;
+mod replay;
 
 use super::Key;
 use super::StorageError;
 use super::config::Durability;
-use super::format::{PartLoc, RecordKind, State};
+use super::format::{PartLoc, Pos, RecordKind, State};
 use super::index::Entry;
 use super::segment::SegMap;
 use super::shared::Shared;
@@ -81,6 +82,9 @@ pub(crate) struct Writer {
     pending_clear: Vec<(usize, u64)>,
     unsynced: bool,
     last_sync: Instant,
+    /// Bytes written since the last index checkpoint.
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
 }
 
 enum Done {
@@ -120,6 +124,8 @@ impl Writer {
             pending_clear: Vec::new(),
             unsynced: false,
             last_sync: Instant::now(),
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
         }
     }
 
@@ -203,7 +209,9 @@ impl Writer {
         if self.poisoned().is_some() {
             return;
         }
-        if self.unsynced && self.sync_epoch().is_err() {
+        if (self.unsynced || self.state.checkpoint != self.position())
+            && self.sync_round(true).is_err()
+        {
             return;
         }
         // Clean stop: no epoch beyond the durable one was used, so nothing is invalidated.
@@ -316,12 +324,46 @@ impl Writer {
         self.unsynced = true;
     }
 
-    /// One sync round: segments and index, then the state file naming this epoch durable.
+    /// The position after the last record laid out: where the next one goes.
+    pub(crate) fn position(&self) -> Pos {
+        match &self.active {
+            Some(a) => Pos {
+                seq: a.seg.seq,
+                off: a.pos,
+            },
+            None => Pos {
+                seq: self.state.head + 1,
+                off: 0,
+            },
+        }
+    }
+
+    /// One sync round, with an index checkpoint when one is due.
     fn sync_epoch(&mut self) -> Result<(), StorageError> {
+        let due = self.since_checkpoint >= self.sh.cfg.checkpoint_bytes
+            || self.last_checkpoint.elapsed() >= self.sh.cfg.checkpoint_interval;
+        self.sync_round(due)
+    }
+
+    /// One sync round: the segments written since the last round (and, for a `checkpoint`,
+    /// the index file), then the state file naming this epoch durable and the synced position.
+    /// Every record is laid out and its entry published before a round starts, so a
+    /// checkpoint covers every record before the current position.
+    pub(crate) fn sync_round(&mut self, checkpoint: bool) -> Result<(), StorageError> {
         let mut files = std::mem::take(&mut self.dirty);
-        files.push(Arc::clone(self.sh.index.file()));
+        if checkpoint {
+            files.push(Arc::clone(self.sh.index.file()));
+        }
         if let Err(e) = self.io.sync(&files) {
             return Err(self.poison("fdatasync", &e));
+        }
+        let pos = self.position();
+        self.state.synced = pos;
+        if checkpoint {
+            self.state.checkpoint = pos;
+            self.since_checkpoint = 0;
+            self.last_checkpoint = Instant::now();
+            inc(&self.sh.counters.checkpoints);
         }
         self.state.durable = self.epoch;
         self.epoch += 1;

@@ -31,6 +31,7 @@ impl Writer {
                     .counters
                     .bytes_written
                     .fetch_add(n, Ordering::Relaxed);
+                self.since_checkpoint += n;
                 if let Some(a) = &self.active {
                     self.sh.head_end.store(a.pos, Ordering::Release);
                 }
