@@ -163,6 +163,8 @@ async fn unary(concurrency: usize, secs: Duration) -> Result<(Rpc, Rpc), BenchEr
     config.storage.segment_size_bytes = 16 << 20;
     config.storage.max_blob_size_bytes = 16 << 20;
     config.server.data_dir = dir.clone();
+    // No bots socket either: it would print its `listening bots` line into `--json` output.
+    config.execution.enabled = false;
     let (addr, server) = own_runtime::start(move |stopped, ready| async move {
         match Prepared::new(&config).await {
             Ok(p) => {
