@@ -53,13 +53,13 @@ impl Shared {
         self.index.lookup(key, |e| self.valid(e))
     }
 
-    /// Whether a hit on `e` should be copied forward (it sits in the oldest part of the ring).
+    /// Whether a hit on `e` should be copied forward: its oldest segment will be evicted
+    /// within the next `copy_window` rolls. A segment `s` is evicted when the head reaches
+    /// `s + n` (n = ring size), so in a full ring this is `s < tail + copy_window`, and in a
+    /// ring still filling up nothing is old (copying there would only add writes).
     pub fn is_old(&self, e: &Entry) -> bool {
-        e.oldest_seq()
-            < self
-                .tail
-                .load(Ordering::Acquire)
-                .saturating_add(self.copy_window)
+        let head = u64::from(self.head.load(Ordering::Acquire));
+        u64::from(e.oldest_seq()) + u64::from(self.segs.len()) <= head + u64::from(self.copy_window)
     }
 
     /// Reads and checks one record, returning a zero-copy view of its payload.
