@@ -1,5 +1,5 @@
 //! Storage engine benchmarks (no gRPC): put/get/contains by blob size, index insert/lookup on
-//! two threads, reopen time at 1M entries, and memory per entry.
+//! two threads, reopen time at 1M and 10M entries, and memory per entry.
 //!
 //! Run: `CARGO_TARGET_DIR=/work/target-storage cargo bench --bench storage_engine`
 
@@ -170,14 +170,29 @@ fn index_two_threads(c: &mut Criterion) {
 }
 
 fn reopen(c: &mut Criterion) {
-    let rt = rt();
     let mut g = c.benchmark_group("storage_reopen");
     g.sample_size(10);
-    let entries_wanted = 1_000_000u64;
+    for (entries_wanted, name) in [
+        (1_000_000u64, "open_1M_entries"),
+        (10_000_000, "open_10M_entries"),
+    ] {
+        reopen_at(&mut g, entries_wanted, name);
+    }
+    g.finish();
+}
+
+fn reopen_at(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    entries_wanted: u64,
+    name: &str,
+) {
+    let rt = rt();
     let dir = tempfile::tempdir().unwrap();
     let mut conf = cfg(dir.path(), PERIODIC);
     conf.index_slots = 2 * entries_wanted;
     conf.max_batch_bytes = 4 << 20;
+    // 10M records of 128 bytes need 1.28 GB of segments.
+    conf.capacity_bytes = conf.capacity_bytes.max(entries_wanted * 256);
     {
         let engine = Engine::open(conf.clone()).unwrap();
         rt.block_on(async {
@@ -196,7 +211,7 @@ fn reopen(c: &mut Criterion) {
             entries as f64 / conf.index_slots as f64
         );
     }
-    g.bench_function("open_1M_entries", |b| {
+    g.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
@@ -204,12 +219,12 @@ fn reopen(c: &mut Criterion) {
                 let engine = Engine::open(conf.clone()).unwrap();
                 total += t.elapsed();
                 assert!(engine.contains(&key(5)).unwrap());
+                assert_eq!(engine.stats().replayed, 0, "a clean reopen replays nothing");
                 drop(engine);
             }
             total
         });
     });
-    g.finish();
 }
 
 criterion_group! {
