@@ -45,11 +45,17 @@ async fn execute(clients: &Clients, worker: usize, action: &Digest) -> Result<()
         })
         .await?
         .into_inner();
+    // Read the stream to its end (the server closes it after the done message): dropping it
+    // earlier resets the HTTP/2 stream, and thousands of resets make the h2 client refuse the
+    // connection ("locally-reset streams reached limit").
+    let mut done = None;
     while let Some(op) = stream.next().await {
         let op = op?;
-        if !op.done {
-            continue;
+        if op.done {
+            done = Some(op);
         }
+    }
+    if let Some(op) = done {
         return match op.result {
             Some(operation::Result::Error(s)) => Err(OpError::Rpc(tonic::Status::new(
                 tonic::Code::from(s.code),
