@@ -73,6 +73,14 @@ enum Command {
         /// RLIMIT_NOFILE for each action (0: inherited).
         #[arg(long, default_value_t = 0)]
         open_files_limit: u64,
+        /// Isolation of each action: `none`, or `namespaces` (new network, IPC, UTS and PID
+        /// namespaces per action; needs CAP_SYS_ADMIN).
+        #[arg(long, value_enum, default_value_t = kiln::worker::Isolation::None)]
+        isolation: kiln::worker::Isolation,
+        /// Most bytes of the input file cache in `<work-dir>/cache`; least recently used files
+        /// are removed past it (0: unbounded).
+        #[arg(long, default_value_t = kiln::worker::DEFAULT_CACHE_MAX_BYTES)]
+        cache_max_bytes: u64,
     },
     /// Measure any REAPI endpoint (or this box's limits with `bench baseline`).
     Bench(kiln::bench::BenchArgs),
@@ -151,6 +159,8 @@ fn main() -> ExitCode {
             properties,
             memory_limit_bytes,
             open_files_limit,
+            isolation,
+            cache_max_bytes,
         } => runtime.block_on(async {
             let properties = properties
                 .iter()
@@ -169,7 +179,9 @@ fn main() -> ExitCode {
                     memory_bytes: memory_limit_bytes,
                     open_files: open_files_limit,
                     core_dumps: false,
+                    isolation,
                 },
+                cache_max_bytes,
             };
             tokio::select! {
                 r = kiln::worker::run(config) => r.map_err(|e| e.to_string()),

@@ -144,6 +144,7 @@ async fn execute_noop_reports_unsupported_or_succeeds() {
         concurrency: 1,
         properties: vec![],
         limits: kiln::worker::Limits::default(),
+        cache_max_bytes: kiln::worker::DEFAULT_CACHE_MAX_BYTES,
     }));
     let mut caps = CapabilitiesClient::connect(tcp.replace("grpc://", "http://"))
         .await

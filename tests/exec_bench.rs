@@ -185,7 +185,7 @@ async fn stage_10k_files() {
         .await;
     let client = kiln::worker::connect(&server.bots).await.unwrap();
     let work = server.dir.path().join("stage-work");
-    let stager = kiln::worker::Stager::new(client, &work).unwrap();
+    let stager = kiln::worker::Stager::new(client, &work, 0).unwrap();
     let t = Instant::now();
     stager.stage(&root, &work.join("cold")).await.unwrap();
     println!(

@@ -343,3 +343,129 @@ async fn worker_over_tcp_bots_listener_and_socket_mode() {
         b"over tcp\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_isolation_hides_network_ipc_hostname_and_processes() {
+    // Two workers, told apart by a property: one isolates with namespaces, one does not (the
+    // control: it shows what the checks see without isolation).
+    let server = Server::start();
+    let _isolated = server.worker_with(
+        &server.bots,
+        1,
+        &["sandbox=ns"],
+        &["--isolation", "namespaces"],
+    );
+    let _plain = server.worker(1, &["sandbox=none"]);
+    let c = server.client().await;
+    let script = "readlink /proc/self/ns/net /proc/self/ns/ipc /proc/self/ns/uts; \
+                  cat /proc/sys/kernel/hostname; \
+                  tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\\n' ' '; echo; \
+                  echo \"pid $$\"";
+    let run = |sandbox: &'static str| {
+        let mut spec = sh(script);
+        spec.platform = vec![("sandbox".into(), sandbox.into())];
+        let c = c.clone();
+        async move {
+            let d = c.action(&spec).await;
+            let (_, resp) = c.execute(&d).await.unwrap();
+            let r = resp.result.expect("result");
+            let err = c.get(r.stderr_digest.as_ref().unwrap()).await;
+            assert_eq!(r.exit_code, 0, "{}", String::from_utf8_lossy(&err));
+            let out = c.get(r.stdout_digest.as_ref().unwrap()).await;
+            String::from_utf8(out).unwrap()
+        }
+    };
+    let ns = |name: &str| {
+        std::fs::read_link(format!("/proc/self/ns/{name}"))
+            .unwrap()
+            .display()
+            .to_string()
+    };
+    let host: Vec<String> = ["net", "ipc", "uts"].iter().map(|n| ns(n)).collect();
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+
+    let plain = run("none").await;
+    let lines: Vec<&str> = plain.lines().collect();
+    assert_eq!(lines[..3], host[..], "control run: {plain}");
+    assert_eq!(lines[3], host_name.trim(), "control run: {plain}");
+    assert_ne!(lines[5], "pid 1", "control run: {plain}");
+
+    let isolated = run("ns").await;
+    let lines: Vec<&str> = isolated.lines().collect();
+    for (i, name) in ["net", "ipc", "uts"].iter().enumerate() {
+        assert_ne!(
+            lines[i], host[i],
+            "{name} namespace shared with the host: {isolated}"
+        );
+    }
+    assert_eq!(lines[3], "kiln-action", "{isolated}");
+    assert_eq!(
+        lines[4].trim(),
+        "lo",
+        "only a loopback interface: {isolated}"
+    );
+    assert_eq!(
+        lines[5], "pid 1",
+        "the action is alone in its PID namespace: {isolated}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_file_cache_stays_within_its_bound_least_recently_used_first() {
+    let server = Server::start();
+    let c = server.client().await;
+    // Three input roots of one distinct 400 KiB file each; the cache holds 1 MiB, so two.
+    let mut roots = vec![];
+    let mut files = vec![];
+    for i in 0..3u8 {
+        let body = vec![b'a' + i; 400 << 10];
+        let d = c.put(&body).await;
+        let root = c
+            .put_msg(&Directory {
+                files: vec![FileNode {
+                    name: "f".into(),
+                    digest: Some(d.to_proto()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .await;
+        roots.push(root);
+        files.push((d, body));
+    }
+    let work = server.dir.path().join("stage-bound");
+    let bound = 1 << 20;
+    let stager = kiln::worker::Stager::new(
+        kiln::worker::connect(&server.bots).await.unwrap(),
+        &work,
+        bound,
+    )
+    .unwrap();
+    let cached = |i: usize| {
+        let d = &files[i].0;
+        exists(
+            &work
+                .join("cache")
+                .join(format!("{}-{}", d.hash_hex(), d.size)),
+        )
+    };
+    let mut n = 0;
+    let mut stage = async |i: usize| {
+        n += 1;
+        let dest = work.join(format!("action{n}"));
+        stager.stage(&roots[i], &dest).await.unwrap();
+        assert_eq!(std::fs::read(dest.join("f")).unwrap(), files[i].1);
+        assert!(
+            stager.cache_bytes() <= bound,
+            "{} > {bound}",
+            stager.cache_bytes()
+        );
+    };
+    stage(0).await;
+    stage(1).await;
+    stage(0).await; // 0 is now more recent than 1
+    stage(2).await; // over the bound: 1 goes first
+    assert!(cached(0) && !cached(1) && cached(2));
+    stage(1).await; // fetched again; 0 is now the oldest
+    assert!(!cached(0) && cached(1) && cached(2));
+}

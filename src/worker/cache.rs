@@ -2,10 +2,14 @@
 //! `<work-dir>/cache/`, hardlinked into action directories. Each blob crosses the socket once
 //! per work dir; every later staging of it is a `link(2)`, no bytes copied. Two variants exist
 //! because a hardlink shares its inode's mode: `HASH-SIZE` (0444) and `HASH-SIZE-x` (0555).
+//! The cache is bounded (`--cache-max-bytes`): least recently used files go first, never one
+//! that a staging in progress still has to link (it holds a [`Pin`]). Removing a cached file
+//! does not touch action directories: their hardlinks keep the inode.
 //!
 //! Caveat (shared with every hardlink cache, e.g. Buildbarn's): an action running as the same
 //! user could chmod a staged file and modify the cached inode. Run workers as a different user
-//! from the files' owner, or enable namespaces, if actions are untrusted.
+//! from the files' owner if actions are untrusted (namespace isolation does not prevent it:
+//! there is no mount namespace).
 
 use super::client::{BATCH_BLOB_LIMIT, Client};
 use super::error::{WorkerError, io};
@@ -20,23 +24,92 @@ use std::sync::{Arc, Mutex};
 /// Directory protos kept in memory at most; past this the map is cleared.
 const MAX_DIRS: usize = 200_000;
 
+/// One cached file: its size, when a staging last wanted it, and how many stagings in
+/// progress still need it (a pinned file is never evicted).
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    size: u64,
+    used: u64,
+    pins: u32,
+}
+
+/// The cached files and their total size.
+#[derive(Default)]
+struct Entries {
+    map: HashMap<(Digest, bool), Entry>,
+    bytes: u64,
+    tick: u64,
+}
+
 /// The file and directory caches of one worker process.
 pub struct FileCache {
     dir: PathBuf,
-    known: Mutex<HashSet<(Digest, bool)>>,
+    /// Most bytes of cached files (0: unbounded); least recently used files go first.
+    max_bytes: u64,
+    entries: Mutex<Entries>,
     dirs: Mutex<HashMap<Digest, Arc<Directory>>>,
 }
 
+/// Keeps the files of one staging in the cache until it is dropped (after the hardlinks are
+/// made).
+pub struct Pin {
+    cache: Arc<FileCache>,
+    keys: Vec<(Digest, bool)>,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut e = self.cache.lock();
+        for k in &self.keys {
+            if let Some(x) = e.map.get_mut(k) {
+                x.pins = x.pins.saturating_sub(1);
+            }
+        }
+    }
+}
+
 impl FileCache {
-    /// Opens (creating) the cache under `dir`. Files already there are trusted: they were
-    /// verified when written and are renamed into place only when complete.
-    pub fn open(dir: PathBuf) -> Result<Self, WorkerError> {
+    /// Opens (creating) the cache under `dir`, bounded to `max_bytes` (0: unbounded). Files
+    /// already there are trusted: they were verified when written and are renamed into place
+    /// only when complete; they count as least recently used.
+    pub fn open(dir: PathBuf, max_bytes: u64) -> Result<Self, WorkerError> {
         std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
-        Ok(Self {
+        let mut entries = Entries::default();
+        for f in std::fs::read_dir(&dir).map_err(io(format!("list {}", dir.display())))? {
+            let f = f.map_err(io(format!("list {}", dir.display())))?;
+            let name = f.file_name().to_string_lossy().into_owned();
+            match Self::parse_name(&name) {
+                Some(key) => {
+                    entries.bytes += key.0.size;
+                    entries.map.insert(
+                        key,
+                        Entry {
+                            size: key.0.size,
+                            used: 0,
+                            pins: 0,
+                        },
+                    );
+                }
+                // Leftovers of an interrupted fetch.
+                None => {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+        }
+        let cache = Self {
             dir,
-            known: Mutex::default(),
+            max_bytes,
+            entries: Mutex::new(entries),
             dirs: Mutex::default(),
-        })
+        };
+        cache.evict();
+        Ok(cache)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Where the cached file of a digest lives.
@@ -55,46 +128,65 @@ impl FileCache {
         format!("{}-{}{x}", d.hash_hex(), d.size)
     }
 
-    fn is_known(&self, key: &(Digest, bool)) -> bool {
-        if self.known.lock().expect("cache lock").contains(key) {
-            return true;
-        }
-        let present = self.path(&key.0, key.1).exists();
-        if present {
-            self.known.lock().expect("cache lock").insert(*key);
-        }
-        present
+    fn parse_name(name: &str) -> Option<(Digest, bool)> {
+        let (name, executable) = match name.strip_suffix("-x") {
+            Some(n) => (n, true),
+            None => (name, false),
+        };
+        let (hash, size) = name.split_once('-')?;
+        let d = Digest::parse(
+            crate::digest::DigestFunction::Sha256,
+            hash,
+            size.parse().ok()?,
+        )
+        .ok()?;
+        Some((d, executable))
     }
 
-    /// Makes sure every (digest, executable) file is cached, fetching what is missing.
+    /// Bytes of cached files now.
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+
+    /// Makes sure every (digest, executable) file is cached, fetching what is missing, and
+    /// pins them until the returned guard is dropped.
     pub async fn ensure(
-        &self,
+        self: &Arc<Self>,
         client: &Client,
         wanted: &HashSet<(Digest, bool)>,
-    ) -> Result<(), WorkerError> {
-        let unknown: Vec<(Digest, bool)> = {
-            let known = self.known.lock().expect("cache lock");
-            wanted
-                .iter()
-                .filter(|k| !known.contains(*k))
-                .copied()
-                .collect()
+    ) -> Result<Pin, WorkerError> {
+        let mut pin = Pin {
+            cache: Arc::clone(self),
+            keys: Vec::with_capacity(wanted.len()),
         };
         let mut need: HashMap<Digest, Vec<bool>> = HashMap::new();
-        for key in unknown {
-            if !self.is_known(&key) {
-                need.entry(key.0).or_default().push(key.1);
+        {
+            let mut e = self.lock();
+            e.tick += 1;
+            let tick = e.tick;
+            for key in wanted {
+                match e.map.get_mut(key) {
+                    Some(x) => {
+                        x.pins += 1;
+                        x.used = tick;
+                        pin.keys.push(*key);
+                    }
+                    None => need.entry(key.0).or_default().push(key.1),
+                }
             }
         }
         if need.is_empty() {
-            return Ok(());
+            return Ok(pin);
         }
         let mut small = Vec::new();
         for (d, variants) in &need {
             // The other variant may be here already: copy locally instead of fetching.
-            if let Some(v) = [false, true].into_iter().find(|v| self.is_known(&(*d, *v))) {
+            let other = [false, true]
+                .into_iter()
+                .find(|v| self.pin_if_present(&(*d, *v), &mut pin));
+            if let Some(v) = other {
                 for want in variants {
-                    self.install_copy(&self.path(d, v), d, *want)?;
+                    self.install_copy(&self.path(d, v), d, *want, &mut pin)?;
                 }
             } else if d.size <= BATCH_BLOB_LIMIT {
                 small.push(*d);
@@ -102,7 +194,7 @@ impl FileCache {
                 let tmp = self.tmp_path();
                 client.read_to_file(d, &tmp).await?;
                 for want in variants {
-                    self.install_copy(&tmp, d, *want)?;
+                    self.install_copy(&tmp, d, *want, &mut pin)?;
                 }
                 let _ = std::fs::remove_file(&tmp);
             }
@@ -111,33 +203,115 @@ impl FileCache {
             for want in &need[&d] {
                 let tmp = self.tmp_path();
                 std::fs::write(&tmp, &data).map_err(io(format!("write {}", tmp.display())))?;
-                self.install(&tmp, &d, *want)?;
+                self.install(&tmp, &d, *want, &mut pin)?;
             }
         }
-        Ok(())
+        self.evict();
+        Ok(pin)
+    }
+
+    fn pin_if_present(&self, key: &(Digest, bool), pin: &mut Pin) -> bool {
+        let mut e = self.lock();
+        match e.map.get_mut(key) {
+            Some(x) => {
+                x.pins += 1;
+                pin.keys.push(*key);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes least recently used, unpinned files until the cache is within 90% of its
+    /// bound (so eviction runs in batches, not on every fetch).
+    fn evict(&self) {
+        let mut e = self.lock();
+        if self.max_bytes == 0 || e.bytes <= self.max_bytes {
+            return;
+        }
+        let goal = self.max_bytes / 10 * 9;
+        let mut victims: Vec<((Digest, bool), u64)> = e
+            .map
+            .iter()
+            .filter(|(_, x)| x.pins == 0)
+            .map(|(k, x)| (*k, x.used))
+            .collect();
+        victims.sort_unstable_by_key(|(_, used)| *used);
+        let mut freed = 0u64;
+        let mut removed = 0u64;
+        for (k, _) in victims {
+            if e.bytes <= goal {
+                break;
+            }
+            let path = self.path(&k.0, k.1);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, path = %path.display(), "cannot evict cached file");
+                    continue;
+                }
+            }
+            if let Some(x) = e.map.remove(&k) {
+                e.bytes -= x.size;
+                freed += x.size;
+                removed += 1;
+            }
+        }
+        tracing::debug!(removed, freed, left = e.bytes, "worker file cache evicted");
+        if e.bytes > self.max_bytes {
+            tracing::warn!(
+                bytes = e.bytes,
+                max = self.max_bytes,
+                "worker file cache over its bound: the files of running stagings alone exceed it"
+            );
+        }
     }
 
     fn tmp_path(&self) -> PathBuf {
         self.dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()))
     }
 
-    fn install_copy(&self, from: &Path, d: &Digest, executable: bool) -> Result<(), WorkerError> {
+    fn install_copy(
+        &self,
+        from: &Path,
+        d: &Digest,
+        executable: bool,
+        pin: &mut Pin,
+    ) -> Result<(), WorkerError> {
         let tmp = self.tmp_path();
         std::fs::copy(from, &tmp).map_err(io(format!("copy {}", from.display())))?;
-        self.install(&tmp, d, executable)
+        self.install(&tmp, d, executable, pin)
     }
 
-    /// Sets the variant's mode and renames the complete file into place.
-    fn install(&self, tmp: &Path, d: &Digest, executable: bool) -> Result<(), WorkerError> {
+    /// Sets the variant's mode, renames the complete file into place and pins it.
+    fn install(
+        &self,
+        tmp: &Path,
+        d: &Digest,
+        executable: bool,
+        pin: &mut Pin,
+    ) -> Result<(), WorkerError> {
         let mode = if executable { 0o555 } else { 0o444 };
         std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(mode))
             .map_err(io(format!("chmod {}", tmp.display())))?;
         let dest = self.path(d, executable);
         std::fs::rename(tmp, &dest).map_err(io(format!("rename to {}", dest.display())))?;
-        self.known
-            .lock()
-            .expect("cache lock")
-            .insert((*d, executable));
+        let key = (*d, executable);
+        let mut e = self.lock();
+        let tick = e.tick;
+        let added = !e.map.contains_key(&key);
+        let x = e.map.entry(key).or_insert(Entry {
+            size: d.size,
+            used: tick,
+            pins: 0,
+        });
+        x.pins += 1;
+        x.used = tick;
+        if added {
+            e.bytes += d.size;
+        }
+        pin.keys.push(key);
         Ok(())
     }
 

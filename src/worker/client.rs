@@ -244,33 +244,61 @@ impl Client {
             d.hash_hex(),
             d.size
         );
-        let data = match src {
-            Source::Bytes(b) => b,
-            // Outputs are read once into memory per chunk stream; fine for the sizes actions make.
-            Source::File(p) => Bytes::from(
-                tokio::fs::read(&p)
-                    .await
-                    .map_err(io(format!("read {}", p.display())))?,
-            ),
+        let total = d.size as usize;
+        let request = move |start: usize, data: Bytes| WriteRequest {
+            resource_name: if start == 0 {
+                name.clone()
+            } else {
+                String::new()
+            },
+            write_offset: start as i64,
+            finish_write: start + data.len() == total,
+            data,
         };
-        let total = data.len();
-        let reqs: Vec<WriteRequest> = (0..total.div_ceil(WRITE_CHUNK).max(1))
-            .map(|i| {
-                let start = i * WRITE_CHUNK;
-                let end = (start + WRITE_CHUNK).min(total);
-                WriteRequest {
-                    resource_name: if i == 0 { name.clone() } else { String::new() },
-                    write_offset: start as i64,
-                    finish_write: end == total,
-                    data: data.slice(start..end),
-                }
-            })
-            .collect();
-        self.bytestream
-            .clone()
-            .write(tokio_stream::iter(reqs))
-            .await
-            .map_err(rpc("ByteStream.Write"))?;
+        match src {
+            Source::Bytes(data) => {
+                let reqs: Vec<WriteRequest> = (0..total.div_ceil(WRITE_CHUNK).max(1))
+                    .map(|i| {
+                        let start = i * WRITE_CHUNK;
+                        let end = (start + WRITE_CHUNK).min(total);
+                        request(start, data.slice(start..end))
+                    })
+                    .collect();
+                self.bytestream
+                    .clone()
+                    .write(tokio_stream::iter(reqs))
+                    .await
+                    .map_err(rpc("ByteStream.Write"))?;
+            }
+            // Files are streamed: one chunk in memory at a time, however large the output.
+            Source::File(p) => {
+                use tokio::io::AsyncReadExt;
+                let mut file = tokio::fs::File::open(&p)
+                    .await
+                    .map_err(io(format!("open {}", p.display())))?;
+                let (tx, rx) = tokio::sync::mpsc::channel(2);
+                let mut bytestream = self.bytestream.clone();
+                let send = bytestream.write(tokio_stream::wrappers::ReceiverStream::new(rx));
+                let read = async move {
+                    let mut start = 0usize;
+                    loop {
+                        let want = WRITE_CHUNK.min(total - start);
+                        let mut buf = vec![0u8; want];
+                        file.read_exact(&mut buf)
+                            .await
+                            .map_err(io(format!("read {}", p.display())))?;
+                        let last = start + want == total;
+                        if tx.send(request(start, Bytes::from(buf))).await.is_err() || last {
+                            return Ok::<(), WorkerError>(());
+                        }
+                        start += want;
+                    }
+                };
+                let (sent, read) = tokio::join!(send, read);
+                read?;
+                sent.map_err(rpc("ByteStream.Write"))?;
+            }
+        }
         Ok(())
     }
 }

@@ -14,12 +14,14 @@ mod cache;
 mod capture;
 mod client;
 mod error;
+mod isolation;
 mod run;
 mod session;
 mod stage;
 
 pub use client::{Client, connect};
 pub use error::WorkerError;
+pub use isolation::Isolation;
 pub use run::Limits;
 
 use std::path::PathBuf;
@@ -38,7 +40,12 @@ pub struct WorkerConfig {
     pub properties: Vec<(String, String)>,
     /// Resource limits for every action.
     pub limits: Limits,
+    /// Most bytes of the input file cache in `<work_dir>/cache` (0: unbounded).
+    pub cache_max_bytes: u64,
 }
+
+/// Default bound of the worker's input file cache: 10 GiB.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 10 << 30;
 
 /// The properties every worker advertises: OSFamily (both spellings clients use) and ISA.
 pub fn default_properties() -> Vec<(String, String)> {
@@ -61,8 +68,16 @@ fn hostname() -> String {
 /// Connects and runs `concurrency` slots until the process is stopped. Prints `worker ready`
 /// to stdout once connected.
 pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
+    if config.limits.isolation == Isolation::Namespaces {
+        isolation::probe().map_err(error::io(
+            "--isolation namespaces: cannot create network/IPC/UTS/PID namespaces (needs CAP_SYS_ADMIN)",
+        ))?;
+    }
     let client = connect(&config.server).await?;
-    let cache = Arc::new(cache::FileCache::open(config.work_dir.join("cache"))?);
+    let cache = Arc::new(cache::FileCache::open(
+        config.work_dir.join("cache"),
+        config.cache_max_bytes,
+    )?);
     let actions_dir = config.work_dir.join("actions");
     if actions_dir.exists() {
         let _ = std::fs::remove_dir_all(&actions_dir);
@@ -105,12 +120,24 @@ pub struct Stager {
 }
 
 impl Stager {
-    /// A stager whose cache lives in `work_dir/cache`.
-    pub fn new(client: Client, work_dir: &std::path::Path) -> Result<Self, WorkerError> {
+    /// A stager whose cache lives in `work_dir/cache`, bounded to `cache_max_bytes` (0: none).
+    pub fn new(
+        client: Client,
+        work_dir: &std::path::Path,
+        cache_max_bytes: u64,
+    ) -> Result<Self, WorkerError> {
         Ok(Self {
             client,
-            cache: Arc::new(cache::FileCache::open(work_dir.join("cache"))?),
+            cache: Arc::new(cache::FileCache::open(
+                work_dir.join("cache"),
+                cache_max_bytes,
+            )?),
         })
+    }
+
+    /// Bytes in the file cache now.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache.bytes()
     }
 
     /// Stages the tree `root` at `dest` (which must not exist).

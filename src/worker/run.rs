@@ -5,6 +5,7 @@
 //! between spawn and prlimit is a few microseconds of the child's startup).
 
 use super::error::{WorkerError, io};
+use super::isolation::{self, Isolation};
 use crate::proto::reapi::Command;
 use rustix::process::{Pid, Resource, Rlimit, Signal, kill_process_group, prlimit};
 use std::os::unix::process::CommandExt;
@@ -22,6 +23,8 @@ pub struct Limits {
     pub open_files: u64,
     /// RLIMIT_NPROC is per user, so it is not applied; RLIMIT_CORE is always 0 (no core dumps).
     pub core_dumps: bool,
+    /// Namespaces for each action (see `isolation.rs`).
+    pub isolation: Isolation,
 }
 
 /// How a run ended.
@@ -109,10 +112,13 @@ pub async fn run(
         .stderr(err)
         .process_group(0);
     let started = SystemTime::now();
-    let mut child = match tokio::process::Command::from(command)
-        .kill_on_drop(true)
-        .spawn()
-    {
+    let spawned = match limits.isolation {
+        Isolation::None => tokio::process::Command::from(command)
+            .kill_on_drop(true)
+            .spawn(),
+        Isolation::Namespaces => isolation::spawn(command).await,
+    };
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             // Like a shell: a command that cannot start exits 127 with the reason on stderr.

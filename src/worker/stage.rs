@@ -29,7 +29,8 @@ pub async fn stage(
             ));
         }
     }
-    cache.ensure(client, &files).await?;
+    // Pinned until the links are made: a concurrent staging's eviction cannot remove them.
+    let _pin = cache.ensure(client, &files).await?;
     let cache = cache.clone();
     let (root, dest) = (*root, dest.to_path_buf());
     tokio::task::spawn_blocking(move || {

@@ -125,6 +125,17 @@ impl Server {
 
     /// Starts a worker connecting to `server` (`unix:` or `grpc://`).
     pub fn worker_at(&self, server: &str, concurrency: usize, properties: &[&str]) -> Worker {
+        self.worker_with(server, concurrency, properties, &[])
+    }
+
+    /// Starts a worker connecting to `server` with `extra` command-line arguments.
+    pub fn worker_with(
+        &self,
+        server: &str,
+        concurrency: usize,
+        properties: &[&str],
+        extra: &[&str],
+    ) -> Worker {
         let work = self
             .dir
             .path()
@@ -142,6 +153,7 @@ impl Server {
         for p in properties {
             cmd.args(["--property", p]);
         }
+        cmd.args(extra);
         cmd.env(
             "KILN_LOG",
             std::env::var("KILN_LOG").unwrap_or_else(|_| "warn".into()),
