@@ -81,6 +81,11 @@ enum Command {
         /// are removed past it (0: unbounded).
         #[arg(long, default_value_t = kiln::worker::DEFAULT_CACHE_MAX_BYTES)]
         cache_max_bytes: u64,
+        /// The server's data dir, to copy input files from its store instead of over gRPC
+        /// (default: the directory of a `unix:` --server socket; a store that cannot be read
+        /// means inputs come over gRPC).
+        #[arg(long)]
+        server_data_dir: Option<PathBuf>,
     },
     /// Measure any REAPI endpoint (or this box's limits with `bench baseline`).
     Bench(kiln::bench::BenchArgs),
@@ -161,6 +166,7 @@ fn main() -> ExitCode {
             open_files_limit,
             isolation,
             cache_max_bytes,
+            server_data_dir,
         } => runtime.block_on(async {
             let properties = properties
                 .iter()
@@ -182,6 +188,7 @@ fn main() -> ExitCode {
                     isolation,
                 },
                 cache_max_bytes,
+                server_data_dir,
             };
             tokio::select! {
                 r = kiln::worker::run(config) => r.map_err(|e| e.to_string()),

@@ -145,6 +145,7 @@ async fn execute_noop_reports_unsupported_or_succeeds() {
         properties: vec![],
         limits: kiln::worker::Limits::default(),
         cache_max_bytes: kiln::worker::DEFAULT_CACHE_MAX_BYTES,
+        server_data_dir: None,
     }));
     let mut caps = CapabilitiesClient::connect(tcp.replace("grpc://", "http://"))
         .await

@@ -185,12 +185,27 @@ async fn stage_10k_files() {
         .await;
     let client = kiln::worker::connect(&server.bots).await.unwrap();
     let work = server.dir.path().join("stage-work");
-    let stager = kiln::worker::Stager::new(client, &work, 0).unwrap();
+    let stager = kiln::worker::Stager::new(client.clone(), &work, 0, None).unwrap();
     let t = Instant::now();
     stager.stage(&root, &work.join("cold")).await.unwrap();
     println!(
         "staging 10,000 files, cold cache (fetch over the bots socket): {:.1} ms",
         t.elapsed().as_secs_f64() * 1e3
+    );
+    let local_work = server.dir.path().join("stage-work-local");
+    let local = kiln::worker::Stager::new(
+        client,
+        &local_work,
+        0,
+        Some(&server.dir.path().join("data")),
+    )
+    .unwrap();
+    let t = Instant::now();
+    local.stage(&root, &local_work.join("cold")).await.unwrap();
+    println!(
+        "staging 10,000 files, cold cache, co-located (copied from the server's segments): {:.1} ms, {:?} (store, gRPC) blobs",
+        t.elapsed().as_secs_f64() * 1e3,
+        local.sources()
     );
     let mut warm = vec![];
     for i in 0..5 {

@@ -439,6 +439,7 @@ async fn worker_file_cache_stays_within_its_bound_least_recently_used_first() {
         kiln::worker::connect(&server.bots).await.unwrap(),
         &work,
         bound,
+        None,
     )
     .unwrap();
     let cached = |i: usize| {
@@ -468,4 +469,70 @@ async fn worker_file_cache_stays_within_its_bound_least_recently_used_first() {
     assert!(cached(0) && !cached(1) && cached(2));
     stage(1).await; // fetched again; 0 is now the oldest
     assert!(!cached(0) && cached(1) && cached(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn co_located_staging_copies_from_the_store_not_over_grpc() {
+    let server = Server::start();
+    let c = server.client().await;
+    // Small files, one over the batch limit (a multi-part record), one empty.
+    let mut bodies: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 100 + usize::from(i)]).collect();
+    bodies.push((0..(6 << 20)).map(|i: u32| (i % 251) as u8).collect());
+    bodies.push(vec![]);
+    let mut nodes = vec![];
+    for (i, b) in bodies.iter().enumerate() {
+        let d = if b.len() > 1 << 20 {
+            c.put_stream(b).await
+        } else {
+            c.put(b).await
+        };
+        nodes.push(FileNode {
+            name: format!("f{i:02}"),
+            digest: Some(d.to_proto()),
+            is_executable: i % 3 == 0,
+            ..Default::default()
+        });
+    }
+    let root = c
+        .put_msg(&Directory {
+            files: nodes,
+            ..Default::default()
+        })
+        .await;
+    let client = kiln::worker::connect(&server.bots).await.unwrap();
+    let check = |dest: &std::path::Path| {
+        for (i, b) in bodies.iter().enumerate() {
+            assert_eq!(
+                &std::fs::read(dest.join(format!("f{i:02}"))).unwrap(),
+                b,
+                "file {i}"
+            );
+        }
+    };
+    // Co-located: every file comes from the server's segment files.
+    let local_work = server.dir.path().join("stage-local");
+    let local = kiln::worker::Stager::new(
+        client.clone(),
+        &local_work,
+        0,
+        Some(&server.dir.path().join("data")),
+    )
+    .unwrap();
+    local.stage(&root, &local_work.join("a")).await.unwrap();
+    check(&local_work.join("a"));
+    assert_eq!(
+        local.sources(),
+        (bodies.len() as u64, 0),
+        "(store, gRPC) blobs"
+    );
+    // Not co-located: the same tree over gRPC.
+    let remote_work = server.dir.path().join("stage-remote");
+    let remote = kiln::worker::Stager::new(client, &remote_work, 0, None).unwrap();
+    remote.stage(&root, &remote_work.join("a")).await.unwrap();
+    check(&remote_work.join("a"));
+    assert_eq!(
+        remote.sources(),
+        (0, bodies.len() as u64),
+        "(store, gRPC) blobs"
+    );
 }

@@ -146,6 +146,34 @@ impl Index {
         Ok((me, created))
     }
 
+    /// Opens an existing index read-only, with the parameters its header names: for looking
+    /// up entries of a store that another process owns. Only [`Index::lookup`] may be used.
+    pub fn open_readonly(path: &Path) -> io::Result<Self> {
+        let file = IoFile::open_readonly(path)?;
+        let map = AtomicMap::new_readonly(&file.file)?;
+        let w = map.words();
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("index {what}"));
+        if w.len() < HEADER_WORDS
+            || w[0].load(Ordering::Acquire) != MAGIC
+            || w[1].load(Ordering::Relaxed) != ENDIAN
+        {
+            return Err(bad("header does not match"));
+        }
+        let slots = w[2].load(Ordering::Relaxed) as usize;
+        let probe = w[3].load(Ordering::Relaxed) as usize;
+        let seed = w[4].load(Ordering::Relaxed);
+        if slots == 0 || probe == 0 || w.len() != HEADER_WORDS + slots * SLOT_WORDS {
+            return Err(bad("size does not match its header"));
+        }
+        Ok(Self {
+            map,
+            slots,
+            probe,
+            seed,
+            file,
+        })
+    }
+
     /// Empties the table and writes a fresh header (new hash seed).
     pub fn reset(&mut self) {
         let w = self.map.words();

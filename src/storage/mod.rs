@@ -23,6 +23,7 @@ pub mod fuzzing;
 pub mod index;
 mod key;
 mod memory;
+mod peek;
 mod segment;
 mod shared;
 mod stats;
@@ -36,6 +37,7 @@ pub use engine::Engine;
 pub use error::StorageError;
 pub use key::Key;
 pub use memory::MemoryStore;
+pub use peek::Peek;
 pub use stats::StorageStats;
 pub use verify::{VerifyProgress, VerifyReport};
 

@@ -50,6 +50,11 @@ impl SegMap {
     }
 }
 
+/// Path of the file holding segment `seq` in a ring of `n` files in `dir`.
+pub fn segment_path(dir: &Path, n: u32, seq: u32) -> PathBuf {
+    dir.join(format!("seg-{:05}", seq % n.max(1)))
+}
+
 /// The live segments, by file slot.
 pub struct Segments {
     slots: Vec<RwLock<Option<Arc<SegMap>>>>,
@@ -72,7 +77,7 @@ impl Segments {
 
     /// Path of the file holding segment `seq`.
     pub fn path(&self, seq: u32) -> PathBuf {
-        self.dir.join(format!("seg-{:05}", seq % self.len()))
+        segment_path(&self.dir, self.len(), seq)
     }
 
     fn slot(&self, seq: u32) -> &RwLock<Option<Arc<SegMap>>> {

@@ -1,6 +1,7 @@
 //! The worker's content-addressed file cache: one read-only file per (digest, executable) in
-//! `<work-dir>/cache/`, hardlinked into action directories. Each blob crosses the socket once
-//! per work dir; every later staging of it is a `link(2)`, no bytes copied. Two variants exist
+//! `<work-dir>/cache/`, hardlinked into action directories. A co-located worker fills it by
+//! copying from the server's segment files ([`Peek`]); otherwise each blob crosses the socket
+//! once per work dir. Every later staging of it is a `link(2)`, no bytes copied. Two variants exist
 //! because a hardlink shares its inode's mode: `HASH-SIZE` (0444) and `HASH-SIZE-x` (0555).
 //! The cache is bounded (`--cache-max-bytes`): least recently used files go first, never one
 //! that a staging in progress still has to link (it holds a [`Pin`]). Removing a cached file
@@ -13,12 +14,16 @@
 
 use super::client::{BATCH_BLOB_LIMIT, Client};
 use super::error::{WorkerError, io};
+use crate::cas::Cas;
 use crate::digest::Digest;
 use crate::proto::reapi::Directory;
+use crate::storage::Peek;
 use prost::Message;
 use std::collections::{HashMap, HashSet};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Directory protos kept in memory at most; past this the map is cleared.
@@ -48,6 +53,31 @@ pub struct FileCache {
     max_bytes: u64,
     entries: Mutex<Entries>,
     dirs: Mutex<HashMap<Digest, Arc<Directory>>>,
+    /// The server's store, when this worker shares its disk: files are copied from its
+    /// segments, not fetched over gRPC.
+    store: Option<Arc<Peek>>,
+    /// Blobs copied from the co-located store / fetched over gRPC, since start.
+    pub from_store: AtomicU64,
+    /// Blobs fetched over gRPC (not co-located, or missed in the store).
+    pub over_grpc: AtomicU64,
+}
+
+/// Hashes what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hasher: crate::digest::Hasher,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.hasher.update(&b[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Keeps the files of one staging in the cache until it is dropped (after the hardlinks are
@@ -72,7 +102,11 @@ impl FileCache {
     /// Opens (creating) the cache under `dir`, bounded to `max_bytes` (0: unbounded). Files
     /// already there are trusted: they were verified when written and are renamed into place
     /// only when complete; they count as least recently used.
-    pub fn open(dir: PathBuf, max_bytes: u64) -> Result<Self, WorkerError> {
+    pub fn open(
+        dir: PathBuf,
+        max_bytes: u64,
+        store: Option<Arc<Peek>>,
+    ) -> Result<Self, WorkerError> {
         std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
         let mut entries = Entries::default();
         for f in std::fs::read_dir(&dir).map_err(io(format!("list {}", dir.display())))? {
@@ -101,6 +135,9 @@ impl FileCache {
             max_bytes,
             entries: Mutex::new(entries),
             dirs: Mutex::default(),
+            store,
+            from_store: AtomicU64::new(0),
+            over_grpc: AtomicU64::new(0),
         };
         cache.evict();
         Ok(cache)
@@ -178,7 +215,7 @@ impl FileCache {
         if need.is_empty() {
             return Ok(pin);
         }
-        let mut small = Vec::new();
+        let mut fetch = Vec::new();
         for (d, variants) in &need {
             // The other variant may be here already: copy locally instead of fetching.
             let other = [false, true]
@@ -188,7 +225,43 @@ impl FileCache {
                 for want in variants {
                     self.install_copy(&self.path(d, v), d, *want, &mut pin)?;
                 }
-            } else if d.size <= BATCH_BLOB_LIMIT {
+            } else {
+                fetch.push(*d);
+            }
+        }
+        if let Some(store) = self.store.clone() {
+            let tmps: Vec<(Digest, PathBuf)> =
+                fetch.iter().map(|d| (*d, self.tmp_path())).collect();
+            let copied = tokio::task::spawn_blocking(move || {
+                tmps.into_iter()
+                    .filter(|(d, tmp)| copy_from_store(&store, d, tmp))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| WorkerError::Invalid {
+                what: "store copy task",
+                reason: e.to_string(),
+            })?;
+            let done: HashSet<Digest> = copied.iter().map(|(d, _)| *d).collect();
+            fetch.retain(|d| !done.contains(d));
+            self.from_store
+                .fetch_add(done.len() as u64, Ordering::Relaxed);
+            for (d, tmp) in copied {
+                let mut variants = need[&d].iter();
+                if let Some(first) = variants.next() {
+                    self.install(&tmp, &d, *first, &mut pin)?;
+                    for want in variants {
+                        self.install_copy(&self.path(&d, *first), &d, *want, &mut pin)?;
+                    }
+                }
+            }
+        }
+        self.over_grpc
+            .fetch_add(fetch.len() as u64, Ordering::Relaxed);
+        let mut small = Vec::new();
+        for d in &fetch {
+            let variants = &need[d];
+            if d.size <= BATCH_BLOB_LIMIT {
                 small.push(*d);
             } else {
                 let tmp = self.tmp_path();
@@ -266,6 +339,14 @@ impl FileCache {
                 "worker file cache over its bound: the files of running stagings alone exceed it"
             );
         }
+    }
+
+    /// Blobs copied from the co-located store and fetched over gRPC so far.
+    pub fn sources(&self) -> (u64, u64) {
+        (
+            self.from_store.load(Ordering::Relaxed),
+            self.over_grpc.load(Ordering::Relaxed),
+        )
     }
 
     fn tmp_path(&self) -> PathBuf {
@@ -374,5 +455,37 @@ impl FileCache {
             level = next.into_iter().collect();
         }
         Ok(out)
+    }
+}
+
+/// Copies `d` from the co-located store into `tmp`, checking its SHA-256. On any miss or
+/// mismatch `tmp` is removed and the blob is fetched over gRPC instead.
+fn copy_from_store(store: &Peek, d: &Digest, tmp: &Path) -> bool {
+    let copy = || -> std::io::Result<bool> {
+        let file = std::fs::File::create(tmp)?;
+        if d.is_empty_blob() {
+            return Ok(true);
+        }
+        let mut w = Hashing {
+            inner: std::io::BufWriter::with_capacity(1 << 20, file),
+            hasher: d.function.hasher(),
+        };
+        if !store.copy_to(&Cas::key(d), &mut w)? {
+            return Ok(false);
+        }
+        w.flush()?;
+        Ok(w.hasher.finish() == *d)
+    };
+    match copy() {
+        Ok(true) => true,
+        Ok(false) => {
+            let _ = std::fs::remove_file(tmp);
+            false
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, digest = %d, "copy from the co-located store failed");
+            let _ = std::fs::remove_file(tmp);
+            false
+        }
     }
 }

@@ -42,6 +42,33 @@ pub struct WorkerConfig {
     pub limits: Limits,
     /// Most bytes of the input file cache in `<work_dir>/cache` (0: unbounded).
     pub cache_max_bytes: u64,
+    /// The server's data dir, to copy input files from its store instead of over gRPC.
+    /// `None`: the directory of a `unix:` server socket, if it holds a readable store.
+    pub server_data_dir: Option<PathBuf>,
+}
+
+/// The co-located store: in `server_data_dir`, or else in the directory of a `unix:` bots
+/// socket (`kiln serve` puts `bots.sock` in its data dir). `None`, logged, when it cannot be
+/// read.
+fn co_located_store(config: &WorkerConfig) -> Option<Arc<crate::storage::Peek>> {
+    let data = config.server_data_dir.clone().or_else(|| {
+        config.server.strip_prefix("unix:").and_then(|p| {
+            std::path::Path::new(p)
+                .parent()
+                .map(std::path::Path::to_path_buf)
+        })
+    })?;
+    let dir = crate::setup::store_dir(&data);
+    match crate::storage::Peek::open(&dir) {
+        Ok(p) => {
+            tracing::info!(dir = %dir.display(), "co-located: input files are copied from the server's store");
+            Some(Arc::new(p))
+        }
+        Err(e) => {
+            tracing::info!(dir = %dir.display(), error = %e, "not reading the server's store; input files come over gRPC");
+            None
+        }
+    }
 }
 
 /// Default bound of the worker's input file cache: 10 GiB.
@@ -77,6 +104,7 @@ pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     let cache = Arc::new(cache::FileCache::open(
         config.work_dir.join("cache"),
         config.cache_max_bytes,
+        co_located_store(&config),
     )?);
     let actions_dir = config.work_dir.join("actions");
     if actions_dir.exists() {
@@ -120,19 +148,33 @@ pub struct Stager {
 }
 
 impl Stager {
-    /// A stager whose cache lives in `work_dir/cache`, bounded to `cache_max_bytes` (0: none).
+    /// A stager whose cache lives in `work_dir/cache`, bounded to `cache_max_bytes` (0: none),
+    /// copying input files from the store of the server whose data dir is `server_data_dir`
+    /// when given and readable.
     pub fn new(
         client: Client,
         work_dir: &std::path::Path,
         cache_max_bytes: u64,
+        server_data_dir: Option<&std::path::Path>,
     ) -> Result<Self, WorkerError> {
+        let store = server_data_dir.and_then(|d| {
+            crate::storage::Peek::open(&crate::setup::store_dir(d))
+                .ok()
+                .map(Arc::new)
+        });
         Ok(Self {
             client,
             cache: Arc::new(cache::FileCache::open(
                 work_dir.join("cache"),
                 cache_max_bytes,
+                store,
             )?),
         })
+    }
+
+    /// Input blobs copied from the co-located store and fetched over gRPC so far.
+    pub fn sources(&self) -> (u64, u64) {
+        self.cache.sources()
     }
 
     /// Bytes in the file cache now.

@@ -263,6 +263,38 @@ impl Client {
         d
     }
 
+    /// Uploads a blob of any size with ByteStream.Write (1 MiB messages).
+    pub async fn put_stream(&self, data: &[u8]) -> Digest {
+        use kiln::proto::bytestream::WriteRequest;
+        use kiln::proto::bytestream::byte_stream_client::ByteStreamClient;
+        let d = sha(data);
+        let name = format!(
+            "uploads/{}/blobs/{}/{}",
+            uuid::Uuid::new_v4(),
+            d.hash_hex(),
+            d.size
+        );
+        let chunks: Vec<&[u8]> = data.chunks(1 << 20).collect();
+        let n = chunks.len();
+        let reqs: Vec<WriteRequest> = chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| WriteRequest {
+                resource_name: if i == 0 { name.clone() } else { String::new() },
+                write_offset: (i << 20) as i64,
+                finish_write: i + 1 == n,
+                data: c.to_vec().into(),
+            })
+            .collect();
+        let resp = ByteStreamClient::new(self.ch.clone())
+            .write(tokio_stream::iter(reqs))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(resp.committed_size, d.size as i64);
+        d
+    }
+
     pub async fn put_msg(&self, m: &impl Message) -> Digest {
         self.put(&m.encode_to_vec()).await
     }

@@ -24,30 +24,56 @@ pub fn map_readonly(file: &File, len: usize) -> io::Result<Mmap> {
     unsafe { MmapOptions::new().len(len).map(file) }
 }
 
-/// A file mapped read-write and seen as an array of `AtomicU64` (the index).
+/// A file mapped and seen as an array of `AtomicU64` (the index): read-write for the engine,
+/// read-only for another process peeking at a store it does not own.
 pub struct AtomicMap {
-    map: MmapMut,
+    map: Map,
+}
+
+enum Map {
+    Rw(MmapMut),
+    Ro(Mmap),
+}
+
+fn check_len(file: &File) -> io::Result<u64> {
+    let len = file.metadata()?.len();
+    if len == 0 || len % 8 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "index file length not a multiple of 8",
+        ));
+    }
+    Ok(len)
 }
 
 impl AtomicMap {
     /// Maps the whole of `file` (its length must be a non-zero multiple of 8).
     pub fn new(file: &File) -> io::Result<Self> {
-        let len = file.metadata()?.len();
-        if len == 0 || len % 8 != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "index file length not a multiple of 8",
-            ));
-        }
+        let len = check_len(file)?;
         // SAFETY: as for `map_readonly`; the map is only accessed through atomics below, so
         // concurrent access from many threads is data-race free.
         let map = unsafe { MmapOptions::new().len(len as usize).map_mut(file)? };
-        Ok(Self { map })
+        Ok(Self { map: Map::Rw(map) })
     }
 
-    /// The mapped words. Every access must go through the atomics.
+    /// Maps the whole of `file` read-only. Only loads may be made through [`AtomicMap::words`]
+    /// (a store would fault): for peeking at an index that another process writes.
+    pub fn new_readonly(file: &File) -> io::Result<Self> {
+        let len = check_len(file)?;
+        // SAFETY: as for `new`; the owner process never shrinks the index file, and this side
+        // only loads through the atomics, which see the owner's stores through the shared
+        // page cache.
+        let map = unsafe { MmapOptions::new().len(len as usize).map(file)? };
+        Ok(Self { map: Map::Ro(map) })
+    }
+
+    /// The mapped words. Every access must go through the atomics (only loads on a
+    /// read-only map).
     pub fn words(&self) -> &[AtomicU64] {
-        let ptr = self.map.as_ptr();
+        let (ptr, len) = match &self.map {
+            Map::Rw(m) => (m.as_ptr(), m.len()),
+            Map::Ro(m) => (m.as_ptr(), m.len()),
+        };
         debug_assert_eq!(ptr as usize % std::mem::align_of::<AtomicU64>(), 0);
         // SAFETY: mmap returns page-aligned memory, so the pointer is aligned for AtomicU64;
         // the length is a multiple of 8 (checked in `new`); the mapping lives as long as
@@ -55,12 +81,15 @@ impl AtomicMap {
         // accesses (ours and other threads') go through atomics, so there is no data race.
         #[allow(clippy::cast_ptr_alignment)] // page-aligned, see SAFETY
         unsafe {
-            std::slice::from_raw_parts(ptr.cast::<AtomicU64>(), self.map.len() / 8)
+            std::slice::from_raw_parts(ptr.cast::<AtomicU64>(), len / 8)
         }
     }
 
     /// Flushes dirty pages to disk (msync). The engine normally fdatasyncs the file instead.
     pub fn flush(&self) -> io::Result<()> {
-        self.map.flush()
+        match &self.map {
+            Map::Rw(m) => m.flush(),
+            Map::Ro(_) => Ok(()),
+        }
     }
 }

@@ -27,6 +27,14 @@ pub struct IoFile {
 }
 
 impl IoFile {
+    /// Opens an existing file for reading only (a store owned by another process).
+    pub fn open_readonly(path: &Path) -> io::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            file: File::open(path)?,
+            path: path.to_path_buf(),
+        }))
+    }
+
     /// Opens (creating if needed) a file for reading and writing.
     pub fn open(path: &Path) -> io::Result<Arc<Self>> {
         let file = std::fs::OpenOptions::new()

@@ -1,0 +1,108 @@
+//! Read-only access to a store that another process owns (the `kiln serve` on the same box),
+//! for co-located workers: input blobs are copied from the segment files instead of crossing
+//! gRPC. Nothing here writes or locks. The index is mapped read-only and searched with the
+//! owner's lock-free lookup; every record read is checked (segment-seeded header checksum,
+//! key, kind, payload xxh3), and callers check the SHA-256 of what they copied. A stale index
+//! entry, an evicted segment or one recycled mid-copy is therefore a miss, never wrong bytes.
+
+use super::Key;
+use super::format::{ALIGN, RECORD_HEADER_LEN, RecordHeader, RecordKind, State, decode_manifest};
+use super::index::Index;
+use super::segment::segment_path;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Bytes read per `pread` while copying a record.
+const CHUNK: usize = 1 << 20;
+
+/// A read-only view of the store in a data directory.
+pub struct Peek {
+    index: Index,
+    segments: PathBuf,
+    ring: u32,
+}
+
+impl Peek {
+    /// Opens the store in `data_dir` (its `state`, `index` and `segments/`) read-only.
+    pub fn open(data_dir: &Path) -> io::Result<Self> {
+        let raw = std::fs::read(data_dir.join("state"))?;
+        let state = [0usize, 4096]
+            .iter()
+            .filter_map(|&o| raw.get(o..).and_then(|b| State::decode(b).ok()))
+            .max_by_key(|s| s.generation)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no valid state slot"))?;
+        Ok(Self {
+            index: Index::open_readonly(&data_dir.join("index"))?,
+            segments: data_dir.join("segments"),
+            ring: state.segments,
+        })
+    }
+
+    /// Copies blob `key` into `out`. `Ok(false)`: not in the store, or a record failed its
+    /// checks (`out` may then hold a partial copy: discard it). `Err`: writing `out` failed.
+    pub fn copy_to(&self, key: &Key, out: &mut impl Write) -> io::Result<bool> {
+        let Some(e) = self.index.lookup(key, |_| true) else {
+            return Ok(false);
+        };
+        let off = u64::from(e.off) * ALIGN;
+        match e.kind {
+            RecordKind::Blob => self.copy_record(e.seq, off, key, RecordKind::Blob, out),
+            RecordKind::Manifest => {
+                let mut m = Vec::new();
+                if !self.copy_record(e.seq, off, key, RecordKind::Manifest, &mut m)? {
+                    return Ok(false);
+                }
+                let Ok((_, parts)) = decode_manifest(&m) else {
+                    return Ok(false);
+                };
+                for p in parts {
+                    let off = u64::from(p.off) * ALIGN;
+                    if !self.copy_record(p.seq, off, key, RecordKind::Part, out)? {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+            RecordKind::Part => Ok(false),
+        }
+    }
+
+    fn copy_record(
+        &self,
+        seq: u32,
+        off: u64,
+        key: &Key,
+        kind: RecordKind,
+        out: &mut impl Write,
+    ) -> io::Result<bool> {
+        let Ok(file) = File::open(segment_path(&self.segments, self.ring, seq)) else {
+            return Ok(false);
+        };
+        let mut hdr = [0u8; RECORD_HEADER_LEN];
+        if file.read_exact_at(&mut hdr, off).is_err() {
+            return Ok(false);
+        }
+        let Ok(h) = RecordHeader::decode(&hdr, seq) else {
+            return Ok(false);
+        };
+        if h.key != *key || h.kind != kind {
+            return Ok(false);
+        }
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let mut buf = vec![0u8; CHUNK.min(h.len as usize)];
+        let start = off + RECORD_HEADER_LEN as u64;
+        let mut pos = 0u64;
+        while pos < h.len {
+            let n = (h.len - pos).min(buf.len() as u64) as usize;
+            if file.read_exact_at(&mut buf[..n], start + pos).is_err() {
+                return Ok(false);
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
+            pos += n as u64;
+        }
+        Ok(hasher.digest() == h.checksum)
+    }
+}
