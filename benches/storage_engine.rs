@@ -93,6 +93,18 @@ fn get_contains(c: &mut Criterion) {
                 black_box(e.contains(&key(n)).unwrap());
             });
         });
+        // FindMissingBlobs-style batches of 1000, walking through every stored key.
+        let all: Vec<Key> = (0..count).map(key).collect();
+        let batch = 1000.min(all.len());
+        let mut at = 0usize;
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_function(BenchmarkId::new("contains_many_hit_x1000", name), |b| {
+            b.iter(|| {
+                at = (at + batch) % (all.len() - batch + 1);
+                black_box(e.contains_many(&all[at..at + batch]).unwrap());
+            });
+        });
+        g.throughput(Throughput::Elements(1));
         g.bench_function(BenchmarkId::new("contains_miss", name), |b| {
             b.iter(|| {
                 n += 1;

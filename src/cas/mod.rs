@@ -55,13 +55,15 @@ impl Cas {
 
     /// The digests among `digests` that are not present, in request order.
     pub fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, CasError> {
-        let mut missing = Vec::new();
-        for d in digests {
-            if !self.contains(d)? {
-                missing.push(*d);
-            }
-        }
-        Ok(missing)
+        let asked: Vec<&Digest> = digests.iter().filter(|d| !d.is_empty_blob()).collect();
+        let keys: Vec<Key> = asked.iter().map(|d| Self::key(d)).collect();
+        let present = self.store.contains_many(&keys)?;
+        Ok(asked
+            .into_iter()
+            .zip(present)
+            .filter(|(_, p)| !p)
+            .map(|(d, _)| *d)
+            .collect())
     }
 
     /// Reads a blob. A stored record whose length differs from the digest's size is a miss.

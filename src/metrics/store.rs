@@ -64,6 +64,20 @@ impl Store for MeteredStore {
         r
     }
 
+    fn contains_many(&self, keys: &[Key]) -> Result<Vec<bool>, StorageError> {
+        let r = self.inner.contains_many(keys)?;
+        for (k, hit) in keys.iter().zip(&r) {
+            self.metrics
+                .contains
+                .get_or_create(&OpLabels {
+                    space: space(k),
+                    result: if *hit { "hit" } else { "miss" },
+                })
+                .inc();
+        }
+        Ok(r)
+    }
+
     async fn begin_write(&self, key: Key, len: u64) -> Result<Box<dyn BlobWriter>, StorageError> {
         let inner = self.inner.begin_write(key, len).await.inspect_err(|_| {
             self.metrics.write_errors.inc();

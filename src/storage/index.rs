@@ -239,6 +239,13 @@ impl Index {
         }
     }
 
+    /// Starts loading the first slot `key` would be looked up in (see [`prefetch`]).
+    ///
+    /// [`prefetch`]: crate::storage::sys::mmap::prefetch
+    pub fn prefetch(&self, key: &Key) {
+        crate::storage::sys::mmap::prefetch(&self.slot(self.home(key))[0]);
+    }
+
     /// The newest entry for `key` that `valid` accepts. Takes no lock and allocates nothing.
     pub fn lookup(&self, key: &Key, valid: impl Fn(&Entry) -> bool) -> Option<Entry> {
         let first = u64::from_ne_bytes(key.id[0..8].try_into().expect("8"));

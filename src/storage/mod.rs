@@ -57,6 +57,12 @@ pub trait Store: Send + Sync + 'static {
     /// Whether a blob is present, without reading it. A hit counts as a touch for eviction.
     fn contains(&self, key: &Key) -> Result<bool, StorageError>;
 
+    /// `contains` for many keys, answers in order. Engines override it to overlap the memory
+    /// latency of the lookups (FindMissingBlobs asks for thousands at once).
+    fn contains_many(&self, keys: &[Key]) -> Result<Vec<bool>, StorageError> {
+        keys.iter().map(|k| self.contains(k)).collect()
+    }
+
     /// Starts writing a blob of exactly `len` bytes. Dropping the writer without `commit`
     /// abandons the write; nothing becomes visible.
     async fn begin_write(&self, key: Key, len: u64) -> Result<Box<dyn BlobWriter>, StorageError>;

@@ -93,3 +93,18 @@ impl AtomicMap {
         }
     }
 }
+
+/// Hints the CPU to bring the cache line at `p` in (no effect where unsupported). Used to
+/// overlap the memory latency of index lookups made in a batch.
+#[inline]
+pub fn prefetch<T>(p: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults and never changes memory; `p` is a valid reference.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            std::ptr::from_ref(p).cast::<i8>(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
