@@ -27,7 +27,47 @@ pub struct KilnServer {
     pub unix_socket: Option<PathBuf>,
     /// The Bots (Remote Worker API) socket it printed, when execution is enabled.
     pub bots_socket: Option<PathBuf>,
+    /// `grpc://ADDR` of a TCP bots listener, when configured.
+    pub bots_tcp: Option<String>,
     log: PathBuf,
+}
+
+/// Reads `child`'s stdout lines until one equals `last` (returned with the lines before it),
+/// then keeps draining it in the background so the child never blocks on a full pipe.
+fn read_until(child: &mut Child, last: &str, timeout: Duration) -> Result<Vec<String>, String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel::<String>();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // Once nobody listens any more, keep draining anyway.
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                let done = line.trim() == last;
+                seen.push(line);
+                if done {
+                    return Ok(seen);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(format!(
+                    "did not print `{last}` within {timeout:?}; stdout so far: {seen:?}"
+                ));
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.wait().ok();
+                return Err(format!(
+                    "closed stdout before `{last}` (exit status {status:?}); stdout: {seen:?}"
+                ));
+            }
+        }
+    }
 }
 
 impl KilnServer {
@@ -50,61 +90,39 @@ impl KilnServer {
             .stderr(Stdio::from(log_file))
             .spawn()
             .expect("failed to spawn kiln");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel::<String>();
-        // Keeps draining stdout after `ready` so the server never blocks on a
-        // full pipe.
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // Once nobody listens any more, keep draining anyway.
-                let _ = tx.send(line);
-            }
-        });
+        let lines = read_until(&mut child, "ready", SERVER_READY_TIMEOUT);
         let mut server = KilnServer {
             child,
             port: 0,
             unix_socket: None,
             bots_socket: None,
+            bots_tcp: None,
             log: log.to_path_buf(),
         };
-        let deadline = Instant::now() + SERVER_READY_TIMEOUT;
-        let mut seen = Vec::new();
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(remaining) {
-                Ok(line) => {
-                    if let Some(rest) = line.trim().strip_prefix("listening grpc://") {
-                        let port = rest
-                            .rsplit(':')
-                            .next()
-                            .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok());
-                        match port {
-                            Some(p) => server.port = p,
-                            None => server.fail(&format!("cannot parse port from {line:?}")),
-                        }
-                    }
-                    if let Some(rest) = line.trim().strip_prefix("listening unix:") {
-                        server.unix_socket = Some(PathBuf::from(rest));
-                    }
-                    if let Some(rest) = line.trim().strip_prefix("listening bots unix:") {
-                        server.bots_socket = Some(PathBuf::from(rest));
-                    }
-                    let ready = line.trim() == "ready";
-                    seen.push(line);
-                    if ready {
-                        break;
-                    }
+        let seen = match lines {
+            Ok(lines) => lines,
+            Err(e) => server.fail(&format!("kiln serve: {e}")),
+        };
+        for line in &seen {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix("listening grpc://") {
+                match rest
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+                {
+                    Some(p) => server.port = p,
+                    None => server.fail(&format!("cannot parse port from {line:?}")),
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => server.fail(&format!(
-                    "kiln did not print `ready` within {SERVER_READY_TIMEOUT:?}; stdout so far: {seen:?}"
-                )),
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = server.child.wait().ok();
-                    server.fail(&format!(
-                        "kiln closed stdout before `ready` (exit status {status:?}); stdout: {seen:?}"
-                    ));
-                }
+            }
+            if let Some(rest) = line.strip_prefix("listening unix:") {
+                server.unix_socket = Some(PathBuf::from(rest));
+            }
+            if let Some(rest) = line.strip_prefix("listening bots unix:") {
+                server.bots_socket = Some(PathBuf::from(rest));
+            }
+            if let Some(rest) = line.strip_prefix("listening bots grpc://") {
+                server.bots_tcp = Some(format!("grpc://{rest}"));
             }
         }
         if server.port == 0 {
@@ -160,35 +178,67 @@ impl Drop for KilnServer {
     }
 }
 
-/// A running `kiln worker` attached to a server's bots socket, killed on drop.
+/// A running `kiln worker`, killed on drop.
 pub struct KilnWorker {
     child: Child,
 }
 
 impl KilnWorker {
-    /// Starts `kiln worker` for `server` with its work dir at `work_dir`, logging to `log`.
+    /// Starts `kiln worker` on `server`'s bots socket with its work dir at `work_dir`, logging
+    /// to `log`, and waits until it is connected.
     pub fn start(server: &KilnServer, work_dir: &Path, log: &Path, concurrency: usize) -> Self {
         let bots = server
             .bots_socket
             .as_ref()
             .unwrap_or_else(|| server.fail("kiln serve printed no `listening bots unix:` line"));
+        Self::start_with(
+            &format!("unix:{}", bots.display()),
+            work_dir,
+            log,
+            concurrency,
+            &[],
+        )
+    }
+
+    /// Starts `kiln worker --server <server>` (`unix:PATH` or `grpc://ADDR`) with `extra`
+    /// arguments, and waits for `worker ready`.
+    pub fn start_with(
+        server: &str,
+        work_dir: &Path,
+        log: &Path,
+        concurrency: usize,
+        extra: &[&str],
+    ) -> Self {
         fs::create_dir_all(work_dir).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .arg("worker")
             .arg("--server")
-            .arg(format!("unix:{}", bots.display()))
+            .arg(server)
             .arg("--work-dir")
             .arg(work_dir)
             .arg("--concurrency")
             .arg(concurrency.to_string())
+            .args(extra)
             .stdin(Stdio::null())
-            .stdout(Stdio::from(fs::File::create(log).unwrap()))
-            .stderr(Stdio::from(
-                fs::File::create(log.with_extension("err")).unwrap(),
-            ))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(fs::File::create(log).unwrap()))
             .spawn()
             .expect("failed to spawn kiln worker");
+        if let Err(e) = read_until(&mut child, "worker ready", SERVER_READY_TIMEOUT) {
+            let _ = child.kill();
+            panic!(
+                "kiln worker: {e}\n---- worker stderr ({}) ----\n{}",
+                log.display(),
+                tail(&fs::read_to_string(log).unwrap_or_default(), 60)
+            );
+        }
         Self { child }
+    }
+
+    /// Kills the worker with SIGKILL and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -12,9 +12,11 @@ use kiln::proto::reapi::{
     ExecuteOperationMetadata, ExecuteRequest, ExecuteResponse, batch_update_blobs_request,
 };
 use prost::Message;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+#[path = "../common/process.rs"]
+mod process;
+
+pub use process::{KilnServer, KilnWorker};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
@@ -23,37 +25,9 @@ pub const DEADLINE: Duration = Duration::from_mins(1);
 /// Test settings for `[execution]`: quick lost-bot detection and a short platform grace.
 pub const EXEC_CONFIG: &str = "[storage]\ncapacity_bytes = 268435456\nsegment_size_bytes = 16777216\nmax_blob_size_bytes = 33554432\n[execution]\nbot_poll_ms = 500\nbot_timeout_secs = 2\nunmatched_grace_secs = 2\nmax_timeout_secs = 100\ndefault_timeout_secs = 60\n";
 
-fn read_lines_until(child: &mut Child, last: &str) -> Vec<String> {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                // keep draining so the child never blocks on a full pipe
-            }
-        }
-    });
-    let start = Instant::now();
-    let mut lines = vec![];
-    loop {
-        let left = DEADLINE
-            .checked_sub(start.elapsed())
-            .expect("process did not get ready in time");
-        let line = rx
-            .recv_timeout(left)
-            .expect("process did not get ready in time");
-        let done = line == last;
-        lines.push(line);
-        if done {
-            return lines;
-        }
-    }
-}
-
-/// A running `kiln serve`.
+/// A running `kiln serve` (see `tests/common/process.rs`) in its own temp dir.
 pub struct Server {
-    child: Child,
+    process: KilnServer,
     pub dir: tempfile::TempDir,
     pub grpc: String,
     /// `unix:PATH` of the bots socket.
@@ -71,41 +45,22 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("kiln.toml");
         std::fs::write(&cfg, config).unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&cfg)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--metrics-listen", ""])
-            .env(
-                "KILN_LOG",
-                std::env::var("KILN_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let lines = read_lines_until(&mut child, "ready");
-        let grpc = lines
-            .iter()
-            .find_map(|l| l.strip_prefix("listening grpc://"))
-            .expect("grpc line")
-            .to_string();
-        let bots = lines
-            .iter()
-            .find_map(|l| l.strip_prefix("listening bots unix:"))
-            .map(|p| format!("unix:{p}"))
-            .expect("bots unix line");
-        let bots_tcp = lines
-            .iter()
-            .find_map(|l| l.strip_prefix("listening bots grpc://"))
-            .map(|a| format!("grpc://{a}"));
+        let process = KilnServer::start_with(
+            &dir.path().join("data"),
+            &dir.path().join("serve.log"),
+            &["--config", cfg.to_str().unwrap()],
+        );
+        let bots = process
+            .bots_socket
+            .as_ref()
+            .map(|p| format!("unix:{}", p.display()))
+            .unwrap_or_else(|| process.fail("no `listening bots unix:` line"));
         Self {
-            child,
-            dir,
-            grpc,
+            grpc: format!("127.0.0.1:{}", process.port),
             bots,
-            bots_tcp,
+            bots_tcp: process.bots_tcp.clone(),
+            process,
+            dir,
         }
     }
 
@@ -136,63 +91,22 @@ impl Server {
         properties: &[&str],
         extra: &[&str],
     ) -> Worker {
-        let work = self
-            .dir
-            .path()
-            .join(format!("work-{}", uuid::Uuid::new_v4()));
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
-        cmd.args([
-            "worker",
-            "--server",
+        let id = uuid::Uuid::new_v4();
+        let work = self.dir.path().join(format!("work-{id}"));
+        let mut args: Vec<&str> = properties.iter().flat_map(|p| ["--property", p]).collect();
+        args.extend_from_slice(extra);
+        KilnWorker::start_with(
             server,
-            "--concurrency",
-            &concurrency.to_string(),
-            "--work-dir",
-        ])
-        .arg(&work);
-        for p in properties {
-            cmd.args(["--property", p]);
-        }
-        cmd.args(extra);
-        cmd.env(
-            "KILN_LOG",
-            std::env::var("KILN_LOG").unwrap_or_else(|_| "warn".into()),
-        );
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        read_lines_until(&mut child, "worker ready");
-        Worker { child, work }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+            &work,
+            &self.dir.path().join(format!("worker-{id}.log")),
+            concurrency,
+            &args,
+        )
     }
 }
 
 /// A running `kiln worker`.
-pub struct Worker {
-    pub child: Child,
-    pub work: PathBuf,
-}
-
-impl Worker {
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+pub type Worker = KilnWorker;
 
 /// A REAPI client.
 #[derive(Clone)]
