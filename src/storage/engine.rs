@@ -271,7 +271,9 @@ fn map_live_segments(segs: &Segments, tail: u32, head: u32, size: u64) {
             continue;
         };
         match SegmentHeader::decode(&map[..SEGMENT_HEADER_LEN as usize]) {
-            Ok(h) if h.seq == u64::from(seq) => segs.install(Arc::new(SegMap { seq, map, file })),
+            Ok(h) if h.seq == u64::from(seq) && h.size == size => {
+                segs.install(Arc::new(SegMap { seq, map, file }));
+            }
             _ => tracing::warn!(
                 seq,
                 "storage: segment header missing or stale; its blobs read as misses"

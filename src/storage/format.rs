@@ -8,6 +8,10 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// Format version written into segment, record and state headers.
 pub const VERSION: u8 = 1;
+/// Version byte of state slots: 2 since index checkpoints (format 1.1). Version 1 slots are
+/// still read (their checkpoint fields are zero); binaries that only know 1 refuse 2 and start
+/// with an empty cache instead of trusting an index that was never replayed.
+pub const STATE_VERSION: u8 = 2;
 /// Bytes at the start of a segment reserved for its header; records start here.
 pub const SEGMENT_HEADER_LEN: u64 = 4096;
 /// Length of a record header.
@@ -296,7 +300,7 @@ impl State {
     pub fn encode(&self) -> [u8; STATE_SLOT_LEN] {
         let mut b = [0u8; STATE_SLOT_LEN];
         b[0..4].copy_from_slice(&STATE_MAGIC);
-        b[4] = VERSION;
+        b[4] = STATE_VERSION;
         b[8..16].copy_from_slice(&self.generation.to_le_bytes());
         b[16..24].copy_from_slice(&self.durable.to_le_bytes());
         b[24..32].copy_from_slice(&self.limit.to_le_bytes());
@@ -326,7 +330,7 @@ impl State {
         if b[0..4] != STATE_MAGIC {
             return Err(FormatError::Magic);
         }
-        if b[4] != VERSION {
+        if b[4] != VERSION && b[4] != STATE_VERSION {
             return Err(FormatError::Version(b[4]));
         }
         if xxh3_64(&b[0..504]) != u64_at(b, 504) {

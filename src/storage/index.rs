@@ -118,13 +118,17 @@ impl Index {
     /// other parameters (then `created` is true and the caller treats the store as empty).
     pub fn open(path: &Path, slots: usize, probe: usize) -> io::Result<(Self, bool)> {
         let want_len = ((HEADER_WORDS + slots * SLOT_WORDS) * 8) as u64;
-        let file = IoFile::open(path)?;
         let mut created = false;
-        if file.file.metadata()?.len() != want_len {
-            file.file.set_len(0)?;
-            file.file.set_len(want_len)?;
+        if std::fs::metadata(path).map_or(true, |m| m.len() != want_len) {
+            // A new file renamed into place: a process that still maps the old one (a
+            // co-located worker's `Peek`) keeps a valid mapping of the old inode.
+            let tmp = path.with_extension("new");
+            let f = std::fs::File::create(&tmp)?;
+            f.set_len(want_len)?;
+            std::fs::rename(&tmp, path)?;
             created = true;
         }
+        let file = IoFile::open(path)?;
         let map = AtomicMap::new(&file.file)?;
         let w = map.words();
         let ok = w[0].load(Ordering::Relaxed) == MAGIC

@@ -85,6 +85,10 @@ pub(crate) struct Writer {
     /// Bytes written since the last index checkpoint.
     since_checkpoint: u64,
     last_checkpoint: Instant,
+    /// A failed write left a hole in the active segment: replay stops at the first record
+    /// that does not validate, so records after the hole must reach the index file by a
+    /// checkpoint before they are acknowledged.
+    hole: bool,
 }
 
 enum Done {
@@ -126,6 +130,7 @@ impl Writer {
             last_sync: Instant::now(),
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
+            hole: false,
         }
     }
 
@@ -157,7 +162,9 @@ impl Writer {
         StorageError::Poisoned(msg)
     }
 
-    fn io_err(&self, what: &str, e: &io::Error) -> StorageError {
+    fn io_err(&mut self, what: &str, e: &io::Error) -> StorageError {
+        // Whatever was laid out and not written is a hole (other errors poison the store).
+        self.hole = true;
         if is_enospc(e) {
             inc(&self.sh.counters.full_errors);
             StorageError::Full(format!("{what}: {e}"))
@@ -340,7 +347,8 @@ impl Writer {
 
     /// One sync round, with an index checkpoint when one is due.
     fn sync_epoch(&mut self) -> Result<(), StorageError> {
-        let due = self.since_checkpoint >= self.sh.cfg.checkpoint_bytes
+        let due = self.hole
+            || self.since_checkpoint >= self.sh.cfg.checkpoint_bytes
             || self.last_checkpoint.elapsed() >= self.sh.cfg.checkpoint_interval;
         self.sync_round(due)
     }
@@ -361,6 +369,7 @@ impl Writer {
         self.state.synced = pos;
         if checkpoint {
             self.state.checkpoint = pos;
+            self.hole = false;
             self.since_checkpoint = 0;
             self.last_checkpoint = Instant::now();
             inc(&self.sh.counters.checkpoints);

@@ -60,9 +60,10 @@ impl AtomicMap {
     /// (a store would fault): for peeking at an index that another process writes.
     pub fn new_readonly(file: &File) -> io::Result<Self> {
         let len = check_len(file)?;
-        // SAFETY: as for `new`; the owner process never shrinks the index file, and this side
-        // only loads through the atomics, which see the owner's stores through the shared
-        // page cache.
+        // SAFETY: as for `new`; the owner process never shrinks the index file in place (a
+        // resized index is a new file renamed over the old one, so this mapping keeps the old
+        // inode), and this side only loads through the atomics, which see the owner's stores
+        // through the shared page cache.
         let map = unsafe { MmapOptions::new().len(len as usize).map(file)? };
         Ok(Self { map: Map::Ro(map) })
     }

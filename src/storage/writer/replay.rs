@@ -18,6 +18,9 @@ impl Writer {
     /// Replays what the last checkpoint missed, then runs a checkpoint round so the next open
     /// starts from here. Called once, by `Engine::open`, before the I/O thread starts.
     pub(crate) fn open_round(&mut self) -> Result<(), StorageError> {
+        // First make the new epoch reservation (and any invalid range) durable: replay
+        // publishes in this session's first epoch.
+        self.write_state()?;
         let started = Instant::now();
         let (records, bytes) = self.replay();
         if records > 0 {
@@ -47,7 +50,7 @@ impl Writer {
                 continue;
             };
             let start = if seq == from.seq {
-                from.off.max(SEGMENT_HEADER_LEN)
+                from.off.clamp(SEGMENT_HEADER_LEN, size)
             } else {
                 SEGMENT_HEADER_LEN
             };
@@ -96,7 +99,14 @@ impl Writer {
                         }
                     }
                 };
-                if publish {
+                // Skip records whose entry reached the index file anyway (the kernel writes
+                // mapped pages back on its own): republishing them would only crowd the
+                // probe windows. In log order, a record that needs republishing is never
+                // what the current lookup finds.
+                let indexed = sh
+                    .lookup(&e.key)
+                    .is_some_and(|x| (x.seq, x.off) == (e.seq, e.off));
+                if publish && !indexed {
                     self.publish(&e);
                     records += 1;
                 }
