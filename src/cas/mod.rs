@@ -58,6 +58,7 @@ impl Cas {
         let asked: Vec<&Digest> = digests.iter().filter(|d| !d.is_empty_blob()).collect();
         let keys: Vec<Key> = asked.iter().map(|d| Self::key(d)).collect();
         let present = self.store.contains_many(&keys)?;
+        debug_assert_eq!(present.len(), keys.len(), "one answer per key");
         Ok(asked
             .into_iter()
             .zip(present)

@@ -273,11 +273,10 @@ impl Scheduler {
                     state: LeaseState::Pending,
                     action: Some(op.action.clone()),
                 });
-                st.bots
-                    .get_mut(session)
-                    .expect("checked")
-                    .leases
-                    .insert(name, LeaseEntry::default());
+                let bot = st.bots.get_mut(session).expect("checked");
+                // A requeued lease can come back to the same session: it is live again.
+                bot.finished.retain(|f| *f != name);
+                bot.leases.insert(name, LeaseEntry::default());
                 news = true;
             }
         }

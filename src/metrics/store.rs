@@ -65,15 +65,30 @@ impl Store for MeteredStore {
     }
 
     fn contains_many(&self, keys: &[Key]) -> Result<Vec<bool>, StorageError> {
-        let r = self.inner.contains_many(keys)?;
+        let r = self.inner.contains_many(keys).inspect_err(|_| {
+            if let Some(k) = keys.first() {
+                self.metrics
+                    .contains
+                    .get_or_create(&OpLabels {
+                        space: space(k),
+                        result: "error",
+                    })
+                    .inc();
+            }
+        })?;
+        // One counter update per (space, result), not one per key.
+        let mut counts: std::collections::HashMap<(&'static str, &'static str), u64> =
+            std::collections::HashMap::new();
         for (k, hit) in keys.iter().zip(&r) {
+            *counts
+                .entry((space(k), if *hit { "hit" } else { "miss" }))
+                .or_default() += 1;
+        }
+        for ((space, result), n) in counts {
             self.metrics
                 .contains
-                .get_or_create(&OpLabels {
-                    space: space(k),
-                    result: if *hit { "hit" } else { "miss" },
-                })
-                .inc();
+                .get_or_create(&OpLabels { space, result })
+                .inc_by(n);
         }
         Ok(r)
     }

@@ -377,9 +377,11 @@ impl FileCache {
         std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(mode))
             .map_err(io(format!("chmod {}", tmp.display())))?;
         let dest = self.path(d, executable);
-        std::fs::rename(tmp, &dest).map_err(io(format!("rename to {}", dest.display())))?;
         let key = (*d, executable);
+        // Renamed and pinned under the lock: an eviction running meanwhile cannot remove the
+        // file between the two.
         let mut e = self.lock();
+        std::fs::rename(tmp, &dest).map_err(io(format!("rename to {}", dest.display())))?;
         let tick = e.tick;
         let added = !e.map.contains_key(&key);
         let x = e.map.entry(key).or_insert(Entry {

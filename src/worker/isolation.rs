@@ -1,11 +1,18 @@
 //! Isolation of actions from the host with Linux namespaces (`--isolation namespaces`).
 //!
 //! Each action is started from a fresh OS thread that first moves itself into new network,
-//! IPC, UTS and PID namespaces; the child inherits them. So an action sees no network
-//! interface but a loopback that is down, no SysV IPC objects of the host, the hostname
-//! `kiln-action`, and only its own processes; when its first process exits, every process
-//! left in its PID namespace is killed. The thread then ends, so no thread of the worker stays
-//! in those namespaces. No mount or user namespace: both need a single-threaded caller.
+//! IPC, UTS and PID namespaces; the child inherits them. So an action has no network (no
+//! interface but a loopback that is down), no SysV IPC objects of the host, the hostname
+//! `kiln-action`, and cannot signal processes outside its PID namespace; when its first
+//! process exits, every process left in that namespace is killed. The thread then ends, so
+//! no thread of the worker stays in those namespaces.
+//!
+//! Limits (no mount or user namespace: both need a single-threaded caller): the file system
+//! is the worker's, so `/proc` still lists the host's processes, Unix sockets with a path
+//! (the bots socket among them) stay reachable, and the action runs as the worker's user,
+//! with its read access (the server's store included, for a co-located worker). Run the worker
+//! as a dedicated user for untrusted actions. The first process is PID 1 of its namespace:
+//! signals it has no handler for (`kill -TERM $$`) are ignored, as for any init.
 //! Needs CAP_SYS_ADMIN (the worker running as root, or a systemd unit granting it).
 
 use nix::sched::{CloneFlags, unshare};
