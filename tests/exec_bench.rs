@@ -39,7 +39,7 @@ fn split(
     received: std::time::SystemTime,
 ) -> [Duration; PHASES.len()] {
     let t = |ts: &Option<prost_types::Timestamp>| {
-        std::time::SystemTime::try_from(ts.clone().expect("timestamp set")).unwrap()
+        std::time::SystemTime::try_from((*ts).expect("timestamp set")).unwrap()
     };
     let gap = |a: std::time::SystemTime, b: std::time::SystemTime| {
         b.duration_since(a).unwrap_or_default()

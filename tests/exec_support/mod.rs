@@ -50,11 +50,10 @@ impl Server {
             &dir.path().join("serve.log"),
             &["--config", cfg.to_str().unwrap()],
         );
-        let bots = process
-            .bots_socket
-            .as_ref()
-            .map(|p| format!("unix:{}", p.display()))
-            .unwrap_or_else(|| process.fail("no `listening bots unix:` line"));
+        let bots = process.bots_socket.as_ref().map_or_else(
+            || process.fail("no `listening bots unix:` line"),
+            |p| format!("unix:{}", p.display()),
+        );
         Self {
             grpc: format!("127.0.0.1:{}", process.port),
             bots,
