@@ -68,8 +68,14 @@ impl Engine {
             ..State::default()
         });
         if created || fresh || st.segments != n {
+            // Without a state (lost, or never written) old segment files may still hold
+            // records: continue after the highest seq on disk, so none of them can ever pass
+            // the seq-seeded header check in a new segment.
+            st.head = st.head.max(highest_segment_seq(&seg_dir));
             if st.head > 0 {
-                tracing::warn!("storage: index or ring size changed; starting with an empty cache");
+                tracing::warn!(
+                    "storage: index, state or ring size changed; starting with an empty cache"
+                );
             }
             index.reset();
             st.tail = st.head + 1;
@@ -257,6 +263,28 @@ fn read_state(io: &mut dyn IoEngine, f: &IoFile) -> Result<Option<State>, Storag
         }
     }
     Ok(best)
+}
+
+/// The highest segment seq named by a valid header among the files in `dir` (0 if none).
+/// Reads one header per file.
+fn highest_segment_seq(dir: &std::path::Path) -> u32 {
+    use std::io::Read;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|f| {
+            let mut b = [0u8; 64];
+            std::fs::File::open(f.path())
+                .ok()?
+                .read_exact(&mut b)
+                .ok()?;
+            let h = SegmentHeader::decode(&b).ok()?;
+            u32::try_from(h.seq).ok()
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Maps segments `tail..=head` whose header names the expected sequence number. Reads one
