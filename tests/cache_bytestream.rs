@@ -15,6 +15,15 @@ fn read_name(d: &Digest) -> String {
     format!("main/blobs/{}/{}", d.hash_hex(), d.size)
 }
 
+/// A read of `limit` bytes (0: to the end) from `offset`.
+fn read_range(d: &Digest, offset: i64, limit: i64) -> ReadRequest {
+    ReadRequest {
+        resource_name: read_name(d),
+        read_offset: offset,
+        read_limit: limit,
+    }
+}
+
 /// A read of a whole blob.
 fn read_whole(d: &Digest) -> ReadRequest {
     ReadRequest {
@@ -95,75 +104,26 @@ async fn write_then_read_with_offsets_and_limits() {
 
     let whole = read_all(&mut bs, read_whole(&d)).await.unwrap();
     assert_eq!(whole, data);
-    let part = read_all(
-        &mut bs,
-        ReadRequest {
-            resource_name: read_name(&d),
-            read_offset: 1000,
-            read_limit: 5000,
-        },
-    )
-    .await
-    .unwrap();
+    let part = read_all(&mut bs, read_range(&d, 1000, 5000)).await.unwrap();
     assert_eq!(part, &data[1000..6000]);
-    let tail = read_all(
-        &mut bs,
-        ReadRequest {
-            resource_name: read_name(&d),
-            read_offset: data.len() as i64,
-            read_limit: 0,
-        },
-    )
-    .await
-    .unwrap();
+    let tail = read_all(&mut bs, read_range(&d, data.len() as i64, 0))
+        .await
+        .unwrap();
     assert!(tail.is_empty());
 
-    let past = read_all(
-        &mut bs,
-        ReadRequest {
-            resource_name: read_name(&d),
-            read_offset: data.len() as i64 + 1,
-            read_limit: 0,
-        },
-    )
-    .await
-    .unwrap_err();
+    let past = read_all(&mut bs, read_range(&d, data.len() as i64 + 1, 0))
+        .await
+        .unwrap_err();
     assert_eq!(past.code(), Code::OutOfRange);
-    let neg = read_all(
-        &mut bs,
-        ReadRequest {
-            resource_name: read_name(&d),
-            read_offset: -1,
-            read_limit: 0,
-        },
-    )
-    .await
-    .unwrap_err();
+    let neg = read_all(&mut bs, read_range(&d, -1, 0)).await.unwrap_err();
     assert_eq!(neg.code(), Code::OutOfRange);
-    let neg = read_all(
-        &mut bs,
-        ReadRequest {
-            resource_name: read_name(&d),
-            read_offset: 0,
-            read_limit: -1,
-        },
-    )
-    .await
-    .unwrap_err();
+    let neg = read_all(&mut bs, read_range(&d, 0, -1)).await.unwrap_err();
     assert_eq!(neg.code(), Code::InvalidArgument);
     let missing = digest(b"missing");
     let err = read_all(&mut bs, read_whole(&missing)).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     // The empty blob is always readable.
-    let empty = read_all(
-        &mut bs,
-        ReadRequest {
-            resource_name: read_name(&digest(b"")),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let empty = read_all(&mut bs, read_whole(&digest(b""))).await.unwrap();
     assert!(empty.is_empty());
 }
 

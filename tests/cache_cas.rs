@@ -12,6 +12,24 @@ use kiln::proto::reapi::{
 use prost::Message;
 use tonic::Code;
 
+/// Sends one blob in a BatchUpdateBlobs call; returns that blob's status code.
+async fn status_of_one(
+    cas: &mut kiln::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient<
+        tonic::transport::Channel,
+    >,
+    req: batch_update_blobs_request::Request,
+) -> i32 {
+    let resp = cas
+        .batch_update_blobs(BatchUpdateBlobsRequest {
+            requests: vec![req],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    resp.responses[0].status.as_ref().unwrap().code
+}
+
 fn upd(data: &[u8]) -> batch_update_blobs_request::Request {
     batch_update_blobs_request::Request {
         digest: Some(digest(data).to_proto()),
@@ -264,30 +282,14 @@ async fn bad_requests_get_invalid_argument_with_a_message() {
     let mut liar = upd(b"hello");
     liar.data = Bytes::from(zstd::bulk::compress(b"hello world", 1).unwrap());
     liar.compressor = compressor::Value::Zstd as i32;
-    let resp = cas
-        .batch_update_blobs(BatchUpdateBlobsRequest {
-            requests: vec![liar],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
     assert_eq!(
-        resp.responses[0].status.as_ref().unwrap().code,
+        status_of_one(&mut cas, liar).await,
         Code::InvalidArgument as i32
     );
     let mut deflate = upd(b"hello");
     deflate.compressor = compressor::Value::Deflate as i32;
-    let resp = cas
-        .batch_update_blobs(BatchUpdateBlobsRequest {
-            requests: vec![deflate],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
     assert_eq!(
-        resp.responses[0].status.as_ref().unwrap().code,
+        status_of_one(&mut cas, deflate).await,
         Code::InvalidArgument as i32
     );
 }

@@ -12,10 +12,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const DEFAULT_SIZE: u64 = 4 << 10;
 
 /// Blobs per batch call: `--batch`, or as many as fit in 3 MiB (at most 100).
+/// Blobs per op: `--batch` (default: as many as fit ~3 MiB, at most 100) for the batch API,
+/// one for ByteStream.
 fn batch_of(args: &LoadArgs, size: u64) -> usize {
-    args.batch
-        .unwrap_or_else(|| ((3u64 << 20) / (size + 128)).clamp(1, 100) as usize)
-        .max(1)
+    match args.small_api {
+        SmallApi::Batch => args
+            .batch
+            .unwrap_or_else(|| ((3u64 << 20) / (size + 128)).clamp(1, 100) as usize)
+            .max(1),
+        SmallApi::Bytestream => 1,
+    }
 }
 
 fn api_name(api: SmallApi) -> &'static str {
@@ -39,10 +45,7 @@ impl SmallUpload {
         let size = args.size.unwrap_or(DEFAULT_SIZE);
         Self {
             api: args.small_api,
-            batch: match args.small_api {
-                SmallApi::Batch => batch_of(args, size),
-                SmallApi::Bytestream => 1,
-            },
+            batch: batch_of(args, size),
             maker: BlobMaker::new(seed, size),
             next: AtomicU64::new(0),
         }
@@ -97,10 +100,7 @@ impl SmallRead {
         let size = args.size.unwrap_or(DEFAULT_SIZE);
         Self {
             api: args.small_api,
-            batch: match args.small_api {
-                SmallApi::Batch => batch_of(args, size),
-                SmallApi::Bytestream => 1,
-            },
+            batch: batch_of(args, size),
             count: args.blobs.unwrap_or(1000).max(1),
             maker: BlobMaker::new(seed, size),
             blobs: Vec::new(),
