@@ -3,6 +3,7 @@
 use super::config::EngineConfig;
 use super::format::{
     InvalidRange, MAX_INVALID_RANGES, SEGMENT_HEADER_LEN, STATE_SLOT_LEN, SegmentHeader, State,
+    state_slot_offset,
 };
 use super::index::Index;
 use super::segment::{SegMap, Segments};
@@ -252,17 +253,13 @@ impl Drop for Engine {
 }
 
 fn read_state(io: &mut dyn IoEngine, f: &IoFile) -> Result<Option<State>, StorageError> {
-    let mut best: Option<State> = None;
-    for slot in 0..2u64 {
-        let mut b = [0u8; STATE_SLOT_LEN];
-        io.read_at(f, slot * 4096, &mut b)?;
-        if let Ok(s) = State::decode(&b)
-            && best.as_ref().is_none_or(|x| s.generation > x.generation)
-        {
-            best = Some(s);
-        }
+    let mut slots = [[0u8; STATE_SLOT_LEN]; 2];
+    for (i, b) in slots.iter_mut().enumerate() {
+        io.read_at(f, state_slot_offset(i as u64), b)?;
     }
-    Ok(best)
+    Ok(State::newest(
+        slots.iter().map(<[u8; STATE_SLOT_LEN]>::as_slice),
+    ))
 }
 
 /// The highest segment seq named by a valid header among the files in `dir` (0 if none).

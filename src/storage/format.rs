@@ -295,7 +295,21 @@ pub struct Pos {
     pub off: u64,
 }
 
+/// Byte offset of state slot `i` (0 or 1) in the state file: one page each.
+pub const fn state_slot_offset(i: u64) -> u64 {
+    i * 4096
+}
+
 impl State {
+    /// The valid slot with the highest generation among `slots` (the two slots of a state
+    /// file), if any decodes.
+    pub fn newest<'a>(slots: impl IntoIterator<Item = &'a [u8]>) -> Option<Self> {
+        slots
+            .into_iter()
+            .filter_map(|b| Self::decode(b).ok())
+            .max_by_key(|s| s.generation)
+    }
+
     /// Serialises into one slot.
     pub fn encode(&self) -> [u8; STATE_SLOT_LEN] {
         let mut b = [0u8; STATE_SLOT_LEN];

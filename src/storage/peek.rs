@@ -6,7 +6,9 @@
 //! entry, an evicted segment or one recycled mid-copy is therefore a miss, never wrong bytes.
 
 use super::Key;
-use super::format::{ALIGN, RECORD_HEADER_LEN, RecordHeader, RecordKind, State, decode_manifest};
+use super::format::{
+    ALIGN, RECORD_HEADER_LEN, RecordHeader, RecordKind, State, decode_manifest, state_slot_offset,
+};
 use super::index::Index;
 use super::segment::segment_path;
 use std::fs::File;
@@ -28,10 +30,7 @@ impl Peek {
     /// Opens the store in `data_dir` (its `state`, `index` and `segments/`) read-only.
     pub fn open(data_dir: &Path) -> io::Result<Self> {
         let raw = std::fs::read(data_dir.join("state"))?;
-        let state = [0usize, 4096]
-            .iter()
-            .filter_map(|&o| raw.get(o..).and_then(|b| State::decode(b).ok()))
-            .max_by_key(|s| s.generation)
+        let state = State::newest((0..2).filter_map(|i| raw.get(state_slot_offset(i) as usize..)))
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no valid state slot"))?;
         Ok(Self {
             index: Index::open_readonly(&data_dir.join("index"))?,

@@ -11,7 +11,7 @@ mod replay;
 use super::Key;
 use super::StorageError;
 use super::config::Durability;
-use super::format::{PartLoc, Pos, RecordKind, State};
+use super::format::{PartLoc, Pos, RecordKind, State, state_slot_offset};
 use super::index::Entry;
 use super::segment::SegMap;
 use super::shared::Shared;
@@ -137,7 +137,7 @@ impl Writer {
     /// Writes the state into the slot its generation selects and fdatasyncs it.
     pub fn write_state(&mut self) -> io::Result<()> {
         self.state.generation += 1;
-        let off = (self.state.generation % 2) * 4096;
+        let off = state_slot_offset(self.state.generation % 2);
         let op = WriteOp {
             file: Arc::clone(&self.state_file),
             offset: off,
