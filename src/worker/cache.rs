@@ -56,10 +56,10 @@ pub struct FileCache {
     /// The server's store, when this worker shares its disk: files are copied from its
     /// segments, not fetched over gRPC.
     store: Option<Arc<Peek>>,
-    /// Blobs copied from the co-located store / fetched over gRPC, since start.
-    pub from_store: AtomicU64,
+    /// Blobs copied from the co-located store, since start.
+    from_store: AtomicU64,
     /// Blobs fetched over gRPC (not co-located, or missed in the store).
-    pub over_grpc: AtomicU64,
+    over_grpc: AtomicU64,
 }
 
 /// Hashes what passes through it.
@@ -247,13 +247,7 @@ impl FileCache {
             self.from_store
                 .fetch_add(done.len() as u64, Ordering::Relaxed);
             for (d, tmp) in copied {
-                let mut variants = need[&d].iter();
-                if let Some(first) = variants.next() {
-                    self.install(&tmp, &d, *first, &mut pin)?;
-                    for want in variants {
-                        self.install_copy(&self.path(&d, *first), &d, *want, &mut pin)?;
-                    }
-                }
+                self.install_variants(&tmp, &d, &need[&d], &mut pin)?;
             }
         }
         self.over_grpc
@@ -266,18 +260,13 @@ impl FileCache {
             } else {
                 let tmp = self.tmp_path();
                 client.read_to_file(d, &tmp).await?;
-                for want in variants {
-                    self.install_copy(&tmp, d, *want, &mut pin)?;
-                }
-                let _ = std::fs::remove_file(&tmp);
+                self.install_variants(&tmp, d, variants, &mut pin)?;
             }
         }
         for (d, data) in client.batch_read(&small).await? {
-            for want in &need[&d] {
-                let tmp = self.tmp_path();
-                std::fs::write(&tmp, &data).map_err(io(format!("write {}", tmp.display())))?;
-                self.install(&tmp, &d, *want, &mut pin)?;
-            }
+            let tmp = self.tmp_path();
+            std::fs::write(&tmp, &data).map_err(io(format!("write {}", tmp.display())))?;
+            self.install_variants(&tmp, &d, &need[&d], &mut pin)?;
         }
         self.evict();
         Ok(pin)
@@ -351,6 +340,26 @@ impl FileCache {
 
     fn tmp_path(&self) -> PathBuf {
         self.dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()))
+    }
+
+    /// Installs a complete file `tmp` as every wanted variant: renamed into the first, copied
+    /// into the others.
+    fn install_variants(
+        &self,
+        tmp: &Path,
+        d: &Digest,
+        variants: &[bool],
+        pin: &mut Pin,
+    ) -> Result<(), WorkerError> {
+        let Some((first, rest)) = variants.split_first() else {
+            let _ = std::fs::remove_file(tmp);
+            return Ok(());
+        };
+        self.install(tmp, d, *first, pin)?;
+        for want in rest {
+            self.install_copy(&self.path(d, *first), d, *want, pin)?;
+        }
+        Ok(())
     }
 
     fn install_copy(

@@ -47,18 +47,22 @@ pub struct WorkerConfig {
     pub server_data_dir: Option<PathBuf>,
 }
 
-/// The co-located store: in `server_data_dir`, or else in the directory of a `unix:` bots
-/// socket (`kiln serve` puts `bots.sock` in its data dir). `None`, logged, when it cannot be
-/// read.
-fn co_located_store(config: &WorkerConfig) -> Option<Arc<crate::storage::Peek>> {
-    let data = config.server_data_dir.clone().or_else(|| {
+/// The server's data dir for a config: `server_data_dir`, or else the directory of a `unix:`
+/// bots socket (`kiln serve` puts `bots.sock` in its data dir).
+fn server_data_dir(config: &WorkerConfig) -> Option<PathBuf> {
+    config.server_data_dir.clone().or_else(|| {
         config.server.strip_prefix("unix:").and_then(|p| {
             std::path::Path::new(p)
                 .parent()
                 .map(std::path::Path::to_path_buf)
         })
-    })?;
-    let dir = crate::setup::store_dir(&data);
+    })
+}
+
+/// The store of the server whose data dir is `data`, read-only. `None`, logged, when it
+/// cannot be read.
+fn co_located_store(data: &std::path::Path) -> Option<Arc<crate::storage::Peek>> {
+    let dir = crate::setup::store_dir(data);
     match crate::storage::Peek::open(&dir) {
         Ok(p) => {
             tracing::info!(dir = %dir.display(), "co-located: input files are copied from the server's store");
@@ -104,7 +108,7 @@ pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     let cache = Arc::new(cache::FileCache::open(
         config.work_dir.join("cache"),
         config.cache_max_bytes,
-        co_located_store(&config),
+        server_data_dir(&config).and_then(|d| co_located_store(&d)),
     )?);
     let actions_dir = config.work_dir.join("actions");
     if actions_dir.exists() {
@@ -157,11 +161,7 @@ impl Stager {
         cache_max_bytes: u64,
         server_data_dir: Option<&std::path::Path>,
     ) -> Result<Self, WorkerError> {
-        let store = server_data_dir.and_then(|d| {
-            crate::storage::Peek::open(&crate::setup::store_dir(d))
-                .ok()
-                .map(Arc::new)
-        });
+        let store = server_data_dir.and_then(co_located_store);
         Ok(Self {
             client,
             cache: Arc::new(cache::FileCache::open(
