@@ -1,5 +1,6 @@
-//! Storage engine benchmarks (no gRPC): put/get/contains by blob size, index insert/lookup on
-//! two threads, reopen time at 1M and 10M entries, and memory per entry.
+//! Storage engine benchmarks (no gRPC): put/get/contains by blob size, durable put throughput
+//! (puts followed by a sync round, the figure to hold against the disk's write rate), index
+//! insert/lookup on two threads, reopen time at 1M and 10M entries, and memory per entry.
 //!
 //! Run: `CARGO_TARGET_DIR=/work/target-storage cargo bench --bench storage_engine`
 
@@ -61,6 +62,41 @@ fn put(c: &mut Criterion) {
                 });
             });
         }
+    }
+    g.finish();
+}
+
+/// Sustained durable throughput of 4 MiB puts from one client: each sample puts the same number
+/// of blobs and ends with `Engine::sync`, so its time covers making every byte durable. This is
+/// the figure comparable with `kiln bench baseline`'s "disk write ... +fdatasync" (criterion's
+/// per-put means above hide the sync rounds in a bursty series).
+fn put_durable(c: &mut Criterion) {
+    let rt = rt();
+    let mut g = c.benchmark_group("storage_put_durable");
+    g.sample_size(10);
+    g.sampling_mode(criterion::SamplingMode::Flat);
+    g.measurement_time(Duration::from_secs(30));
+    g.warm_up_time(Duration::from_secs(3));
+    let size = 4usize << 20;
+    for (mode, dur) in [("periodic", PERIODIC), ("fdatasync", Durability::Fdatasync)] {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(cfg(dir.path(), dur)).unwrap();
+        let data = Bytes::from(vec![5u8; size]);
+        let mut n = 0u64;
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(BenchmarkId::new(mode, "4MiB"), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        n += 1;
+                        e.put(key(n), data.clone()).await.unwrap();
+                    }
+                    e.sync().await.unwrap();
+                    t.elapsed()
+                })
+            });
+        });
     }
     g.finish();
 }
@@ -242,6 +278,6 @@ fn reopen_at(
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = put, get_contains, index_two_threads, reopen
+    targets = put, put_durable, get_contains, index_two_threads, reopen
 }
 criterion_main!(benches);

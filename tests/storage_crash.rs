@@ -278,3 +278,118 @@ fn power_loss_after_a_full_disk_keeps_later_acknowledged_writes() {
         }
     }
 }
+
+/// Polls `cond` (every 2 ms, up to 20 s) and fails the test with `what` if it never holds.
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed().as_secs() < 20, "never happened: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// Lifts a sync hold when a test ends, failed or not (the engine's drop waits for the round).
+struct Release(Arc<FaultState>);
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.hold_syncer(false);
+    }
+}
+
+/// In periodic mode the I/O thread goes on appending while a sync round is on the disk:
+/// commits are not held up by a slow fdatasync. (Everything stays in one segment: a roll
+/// writes the state, which waits for the round.)
+#[test]
+fn periodic_commits_go_on_while_a_round_is_syncing() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for b in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(dir.path());
+        c.durability = kiln::storage::Durability::Periodic {
+            interval: std::time::Duration::from_millis(5),
+        };
+        let (fault, fio) = faulty(b);
+        let e = Engine::open_with_io(c.clone(), fio).unwrap();
+        let _release = Release(Arc::clone(&fault));
+        fault.hold_syncer(true);
+        rt.block_on(e.put(key(1, 0), data(0, 4000))).unwrap();
+        wait_for("a periodic round starts", || fault.held_syncs() == 1);
+        let syncs = fault.syncs();
+        for n in 1..20 {
+            let put = async {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(20),
+                    e.put(key(1, n), data(n, 4000)),
+                )
+                .await
+            };
+            rt.block_on(put)
+                .expect("a commit waited for the periodic round")
+                .unwrap();
+        }
+        assert_eq!(fault.held_syncs(), 1, "the round is still on the disk");
+        assert_eq!(fault.syncs(), syncs, "no sync finished meanwhile");
+        fault.hold_syncer(false);
+        rt.block_on(e.sync()).unwrap();
+        assert!(fault.syncs() > syncs);
+        // Power loss right after the explicit sync: everything before it is durable.
+        fault.freeze();
+        drop(e);
+        fault.crash_image(b as u64 + 7).unwrap();
+        let e = Engine::open_with_io(c, io(b)).unwrap();
+        for n in 0..20 {
+            assert_eq!(
+                e.get(&key(1, n)).unwrap().map(|g| g.to_bytes()),
+                Some(data(n, 4000)),
+                "blob {n} lost after a sync"
+            );
+        }
+    }
+}
+
+/// In fdatasync mode a commit is answered only when its round is durable, and the next batch
+/// is written while that round is on the disk (pipelined group commit).
+#[test]
+fn fdatasync_commit_waits_for_its_round_while_the_next_batch_is_written() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for b in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let (fault, fio) = faulty(b);
+        let e = Arc::new(Engine::open_with_io(cfg(dir.path()), fio).unwrap());
+        let _release = Release(Arc::clone(&fault));
+        // The first segment is made (header, state) before the hold.
+        rt.block_on(e.put(key(1, 0), data(0, 100))).unwrap();
+        fault.hold_syncer(true);
+        let writes = fault.writes();
+        let first = rt.spawn({
+            let e = Arc::clone(&e);
+            async move { e.put(key(1, 1), data(1, 3000)).await }
+        });
+        wait_for("the first commit's round starts", || fault.held_syncs() == 1);
+        assert_eq!(fault.writes(), writes + 1);
+        let second = rt.spawn({
+            let e = Arc::clone(&e);
+            async move { e.put(key(1, 2), data(2, 3000)).await }
+        });
+        wait_for("the second batch is written during the round", || {
+            fault.writes() == writes + 2
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!first.is_finished(), "acknowledged before its round was durable");
+        assert!(!second.is_finished(), "acknowledged before any round covered it");
+        fault.hold_syncer(false);
+        rt.block_on(first).unwrap().unwrap();
+        rt.block_on(second).unwrap().unwrap();
+        assert_eq!(
+            e.get(&key(1, 2)).unwrap().unwrap().to_bytes(),
+            data(2, 3000)
+        );
+    }
+}

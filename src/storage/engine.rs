@@ -127,7 +127,7 @@ impl Engine {
             poison: OnceLock::new(),
             io_name: io.name(),
         });
-        let mut w = Writer::new(Arc::clone(&sh), io, state_file, st, epoch);
+        let mut w = Writer::new(Arc::clone(&sh), io, state_file, st, epoch)?;
         w.open_round()?;
         let (tx, rx) = unbounded();
         let (ttx, trx) = bounded(TOUCH_QUEUE);

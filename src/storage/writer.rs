@@ -1,12 +1,14 @@
-//! The I/O thread: the only writer of segments, index entries and the state file.
+//! The I/O thread: the only writer of segments and index entries.
 //!
 //! Uploads (on the tokio runtime) send requests over a channel; the thread takes a batch,
 //! lays the records out in the active segment, writes each contiguous run with one
-//! submission, publishes index entries, and - in `Fdatasync` mode - runs one sync round for
-//! the whole batch before answering (group commit). See FORMAT.md for the fsync order.
+//! submission and publishes index entries. Sync rounds run on a syncer thread meanwhile
+//! (`rounds`); in `Fdatasync` mode a commit is answered when the round covering it is
+//! durable (group commit). See FORMAT.md for the fsync order.
 
 mod layout;
 mod replay;
+mod rounds;
 
 use super::Key;
 use super::StorageError;
@@ -18,10 +20,11 @@ use super::shared::Shared;
 use super::stats::inc;
 use super::sys::{IoEngine, IoFile, WriteOp};
 use bytes::{Bytes, BytesMut};
-use crossbeam::channel::{Receiver, RecvTimeoutError};
+use crossbeam::channel::Receiver;
+use rounds::{InFlight, Syncer, Waiter};
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// Epochs reserved ahead in the state file (see FORMAT.md "Epochs").
@@ -80,8 +83,14 @@ pub(crate) struct Writer {
     ops: Vec<WriteOp>,
     dirty: Vec<Arc<IoFile>>,
     pending_clear: Vec<(usize, u64)>,
+    /// Something was written or published since the last round started.
     unsynced: bool,
-    last_sync: Instant,
+    /// When the last round started.
+    last_round: Instant,
+    syncer: Syncer,
+    in_flight: Option<InFlight>,
+    /// Waiting for the next round (registered after the one in flight started).
+    waiters: Vec<Waiter>,
     /// Bytes written since the last index checkpoint.
     since_checkpoint: u64,
     last_checkpoint: Instant,
@@ -114,8 +123,9 @@ impl Writer {
         state_file: Arc<IoFile>,
         state: State,
         epoch: u64,
-    ) -> Self {
-        Self {
+    ) -> io::Result<Self> {
+        let syncer = Syncer::spawn(io.fork()?)?;
+        Ok(Self {
             sh,
             io,
             state_file,
@@ -127,15 +137,22 @@ impl Writer {
             dirty: Vec::new(),
             pending_clear: Vec::new(),
             unsynced: false,
-            last_sync: Instant::now(),
+            last_round: Instant::now(),
+            syncer,
+            in_flight: None,
+            waiters: Vec::new(),
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             hole: false,
-        }
+        })
     }
 
-    /// Writes the state into the slot its generation selects and fdatasyncs it.
+    /// Writes the state into the slot its generation selects and fdatasyncs it, after the
+    /// round in flight (whose state write must come first).
     pub fn write_state(&mut self) -> io::Result<()> {
+        if let Err(e) = self.join_round() {
+            return Err(io::Error::other(e.to_string()));
+        }
         self.state.generation += 1;
         let off = state_slot_offset(self.state.generation % 2);
         let op = WriteOp {
@@ -176,17 +193,21 @@ impl Writer {
     /// The thread body: runs until `Shutdown` (or every sender is gone), then syncs and marks
     /// a clean stop.
     pub fn run(mut self, rx: &Receiver<Req>, touch: &Receiver<Key>) {
+        let done = self.syncer.done.clone();
         loop {
-            let timeout = match self.sh.cfg.durability {
-                Durability::Periodic { interval } if self.unsynced => {
-                    interval.saturating_sub(self.last_sync.elapsed())
-                }
-                _ => Duration::from_secs(3600),
-            };
-            let first = match rx.recv_timeout(timeout.max(Duration::from_millis(1))) {
-                Ok(r) => Some(r),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
+            let first = crossbeam::select! {
+                recv(rx) -> r => match r {
+                    Ok(r) => Some(r),
+                    Err(_) => break,
+                },
+                recv(done) -> r => {
+                    if let Ok(r) = r {
+                        let _ = self.finish_round(r);
+                    }
+                    self.maybe_start_round();
+                    continue;
+                },
+                default(self.round_timeout()) => None,
             };
             let mut batch: Vec<Req> = Vec::new();
             let mut stop = false;
@@ -205,6 +226,7 @@ impl Writer {
             }
             let touched: Vec<Key> = touch.try_iter().take(256).collect();
             self.process(batch, &touched);
+            self.maybe_start_round();
             if stop {
                 break;
             }
@@ -213,13 +235,17 @@ impl Writer {
     }
 
     fn shutdown(&mut self) {
+        let _ = self.join_round();
         if self.poisoned().is_some() {
+            self.maybe_start_round(); // answers the waiters with the error
             return;
         }
-        if (self.unsynced || self.state.checkpoint != self.position())
-            && self.sync_round(true).is_err()
-        {
-            return;
+        if self.unsynced || self.state.checkpoint != self.position() {
+            if self.sync_round(true).is_err() {
+                return;
+            }
+        } else {
+            self.maybe_start_round(); // nothing to sync: answers the waiters
         }
         // Clean stop: no epoch beyond the durable one was used, so nothing is invalidated.
         self.state.limit = self.state.durable + 1;
@@ -236,7 +262,6 @@ impl Writer {
                 copies.push(e);
             }
         }
-        let mut wants_sync = false;
         for r in batch {
             match r {
                 Req::Part { key, data, reply } => {
@@ -251,24 +276,18 @@ impl Writer {
                     done.push(Done::Part(reply, res));
                 }
                 Req::Commit { items, reply } => {
-                    wants_sync = true;
                     let res = self
                         .poisoned()
                         .map_or_else(|| self.lay_out_commit(&items), Err);
                     done.push(Done::Commit(reply, res));
                 }
-                Req::Sync { reply } => {
-                    wants_sync = true;
-                    done.push(Done::Sync(reply));
-                }
+                Req::Sync { reply } => done.push(Done::Sync(reply)),
                 Req::Shutdown => {}
             }
         }
         // Write everything laid out.
         let wrote = self.flush_ops();
-        let sync_res = if let Err(e) = &wrote {
-            Err(clone_err(e))
-        } else {
+        if wrote.is_ok() {
             for e in copies {
                 self.publish(&e);
                 inc(&self.sh.counters.copy_forwards);
@@ -280,37 +299,28 @@ impl Writer {
                     }
                 }
             }
-            let periodic_due = match self.sh.cfg.durability {
-                Durability::Fdatasync => wants_sync,
-                Durability::Periodic { interval } => {
-                    self.unsynced
-                        && (self.last_sync.elapsed() >= interval
-                            || done.iter().any(|d| matches!(d, Done::Sync(_))))
-                }
-            };
-            if periodic_due && self.unsynced {
-                self.sync_epoch()
-            } else {
-                Ok(())
-            }
-        };
+        }
+        // Answer what is done; commits in `Fdatasync` mode and syncs wait for a round.
+        let fdatasync = self.sh.cfg.durability == Durability::Fdatasync;
         for d in done {
-            match d {
-                Done::Part(reply, res) => {
-                    let _ = reply.send(match (&wrote, res) {
-                        (Err(e), Ok(_)) => Err(clone_err(e)),
-                        (_, r) => r,
-                    });
+            match (d, &wrote) {
+                (Done::Part(reply, res), Ok(())) => {
+                    let _ = reply.send(res);
                 }
-                Done::Commit(reply, res) => {
-                    let _ = reply.send(match (&sync_res, res) {
-                        (_, Err(e)) => Err(e),
-                        (Err(e), Ok(_)) => Err(clone_err(e)),
-                        (Ok(()), Ok(_)) => Ok(()),
-                    });
+                (Done::Part(reply, res), Err(e)) => {
+                    let _ = reply.send(res.and(Err(clone_err(e))));
                 }
-                Done::Sync(reply) => {
-                    let _ = reply.send(sync_res.as_ref().copied().map_err(clone_err));
+                (Done::Commit(reply, Err(e)), _) => {
+                    let _ = reply.send(Err(e));
+                }
+                (Done::Commit(reply, Ok(_)) | Done::Sync(reply), Err(e)) => {
+                    let _ = reply.send(Err(clone_err(e)));
+                }
+                (Done::Commit(reply, Ok(_)), Ok(())) if !fdatasync => {
+                    let _ = reply.send(Ok(()));
+                }
+                (Done::Commit(reply, Ok(_)) | Done::Sync(reply), Ok(())) => {
+                    self.waiters.push(reply);
                 }
             }
         }
@@ -343,52 +353,6 @@ impl Writer {
                 off: 0,
             },
         }
-    }
-
-    /// One sync round, with an index checkpoint when one is due.
-    fn sync_epoch(&mut self) -> Result<(), StorageError> {
-        let due = self.hole
-            || self.since_checkpoint >= self.sh.cfg.checkpoint_bytes
-            || self.last_checkpoint.elapsed() >= self.sh.cfg.checkpoint_interval;
-        self.sync_round(due)
-    }
-
-    /// One sync round: the segments written since the last round (and, for a `checkpoint`,
-    /// the index file), then the state file naming this epoch durable and the synced position.
-    /// Every record is laid out and its entry published before a round starts, so a
-    /// checkpoint covers every record before the current position.
-    pub(crate) fn sync_round(&mut self, checkpoint: bool) -> Result<(), StorageError> {
-        let mut files = std::mem::take(&mut self.dirty);
-        if checkpoint {
-            files.push(Arc::clone(self.sh.index.file()));
-        }
-        if let Err(e) = self.io.sync(&files) {
-            return Err(self.poison("fdatasync", &e));
-        }
-        let pos = self.position();
-        self.state.synced = pos;
-        if checkpoint {
-            self.state.checkpoint = pos;
-            self.hole = false;
-            self.since_checkpoint = 0;
-            self.last_checkpoint = Instant::now();
-            inc(&self.sh.counters.checkpoints);
-        }
-        self.state.durable = self.epoch;
-        self.epoch += 1;
-        if self.epoch >= self.state.limit {
-            self.state.limit = self.epoch + EPOCH_RESERVE;
-        }
-        if let Err(e) = self.write_state() {
-            return Err(self.poison("state write", &e));
-        }
-        inc(&self.sh.counters.syncs);
-        for (slot, v) in std::mem::take(&mut self.pending_clear) {
-            self.sh.index.clear_if(slot, v);
-        }
-        self.unsynced = false;
-        self.last_sync = Instant::now();
-        Ok(())
     }
 }
 

@@ -4,13 +4,15 @@
 //! `sync`. `crash_image` then rewrites every file as a power loss could leave it: each 4 KiB
 //! page written since its last sync is kept, dropped (back to the durable image) or torn (a
 //! random prefix of 512-byte sectors new, the rest old). It also fails the Nth operation
-//! with EIO and fails writes and allocations with ENOSPC while the disk is "full".
+//! with EIO, fails writes and allocations with ENOSPC while the disk is "full", and can hold
+//! the syncs of forked engines (the syncer thread's) until released: a slow disk, to see what
+//! goes on while a sync round is in flight.
 
 use super::{IoEngine, IoFile, WriteOp};
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 const PAGE: usize = 4096;
 const SECTOR: usize = 512;
@@ -19,6 +21,8 @@ const SECTOR: usize = 512;
 #[derive(Default, Debug)]
 pub struct FaultState {
     inner: Mutex<Inner>,
+    /// Signalled when `hold_syncs` is lifted.
+    released: Condvar,
 }
 
 #[derive(Default, Debug)]
@@ -32,6 +36,10 @@ struct Inner {
     fail_at: Option<u64>,
     reads: u64,
     writes: u64,
+    hold: bool,
+    /// Syncs waiting at the hold now.
+    held: u64,
+    syncs: u64,
 }
 
 impl FaultState {
@@ -68,6 +76,20 @@ impl FaultState {
     /// Number of `write_batch` calls so far.
     pub fn writes(&self) -> u64 {
         self.lock().writes
+    }
+    /// Number of `sync` calls completed so far.
+    pub fn syncs(&self) -> u64 {
+        self.lock().syncs
+    }
+    /// While `true`, every `sync` of a forked engine (the syncer thread's) waits, before
+    /// touching the disk, until it is `false` again.
+    pub fn hold_syncer(&self, hold: bool) {
+        self.lock().hold = hold;
+        self.released.notify_all();
+    }
+    /// Number of syncs waiting at the hold right now.
+    pub fn held_syncs(&self) -> u64 {
+        self.lock().held
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -135,12 +157,18 @@ impl FaultState {
 pub struct FaultIo {
     base: Box<dyn IoEngine>,
     state: Arc<FaultState>,
+    /// Made by `fork` (its syncs obey `hold_syncer`).
+    forked: bool,
 }
 
 impl FaultIo {
     /// An engine controlled by `state`, forwarding to `base` (psync or io_uring).
     pub fn new(state: Arc<FaultState>, base: Box<dyn IoEngine>) -> Self {
-        Self { base, state }
+        Self {
+            base,
+            state,
+            forked: false,
+        }
     }
 
     fn op(&self, files: &[&IoFile], is_write: bool) -> io::Result<()> {
@@ -182,14 +210,31 @@ impl IoEngine for FaultIo {
 
     fn sync(&mut self, files: &[Arc<IoFile>]) -> io::Result<()> {
         let refs: Vec<&IoFile> = files.iter().map(|f| &**f).collect();
+        if self.forked {
+            let mut g = self.state.lock();
+            g.held += 1;
+            while g.hold {
+                g = self
+                    .state
+                    .released
+                    .wait(g)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            g.held -= 1;
+        }
         self.op(&refs, false)?;
+        // fdatasync guarantees what the file held when it was called; another thread may
+        // write on meanwhile (the writer appends while the syncer syncs), and those bytes are
+        // not promised.
+        let images = files
+            .iter()
+            .map(|f| Ok((f.path.clone(), std::fs::read(&f.path)?)))
+            .collect::<io::Result<Vec<_>>>()?;
         self.base.sync(files)?;
         let mut g = self.state.lock();
+        g.syncs += 1;
         if !g.frozen {
-            for f in files {
-                let img = std::fs::read(&f.path)?;
-                g.durable.insert(f.path.clone(), img);
-            }
+            g.durable.extend(images);
         }
         Ok(())
     }
@@ -202,5 +247,13 @@ impl IoEngine for FaultIo {
     fn read_at(&mut self, file: &IoFile, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.state.lock().reads += 1;
         self.base.read_at(file, offset, buf)
+    }
+
+    fn fork(&self) -> io::Result<Box<dyn IoEngine>> {
+        Ok(Box::new(Self {
+            base: self.base.fork()?,
+            state: Arc::clone(&self.state),
+            forked: true,
+        }))
     }
 }

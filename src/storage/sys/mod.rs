@@ -61,11 +61,11 @@ pub struct WriteOp {
     pub buf: Bytes,
 }
 
-/// The disk, as the engine's single I/O thread sees it.
+/// The disk, as one of the engine's I/O threads sees it.
 ///
-/// Concurrency: an engine is owned by one thread (`&mut self`); nothing here is shared.
-/// Every call blocks until the I/O it started has completed, so a buffer is free again
-/// once the call returns.
+/// Concurrency: an engine is owned by one thread (`&mut self`); the writer thread and the
+/// syncer thread each own one (`fork`). Every call blocks until the I/O it started has
+/// completed, so a buffer is free again once the call returns.
 pub trait IoEngine: Send + 'static {
     /// A short name for logs and metrics ("io_uring", "psync", "fault").
     fn name(&self) -> &'static str;
@@ -78,6 +78,9 @@ pub trait IoEngine: Send + 'static {
     fn allocate(&mut self, file: &IoFile, len: u64) -> io::Result<()>;
     /// Reads exactly `buf.len()` bytes at `offset` (zero-filled past the end of the file).
     fn read_at(&mut self, file: &IoFile, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// A second engine of the same kind for another thread (the syncer). A fault-injecting
+    /// engine's fork shares its bookkeeping, so crash images see both threads' I/O.
+    fn fork(&self) -> io::Result<Box<dyn IoEngine>>;
 }
 
 /// `fallocate(fd, 0, 0, len)`, falling back to `set_len` where the file system refuses.

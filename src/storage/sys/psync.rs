@@ -36,4 +36,8 @@ impl IoEngine for Psync {
     fn read_at(&mut self, file: &IoFile, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         pread_exact(&file.file, offset, buf)
     }
+
+    fn fork(&self) -> io::Result<Box<dyn IoEngine>> {
+        Ok(Box::new(Self))
+    }
 }

@@ -140,4 +140,8 @@ impl IoEngine for Uring {
         // Only the tiny state file is read this way, once at open: a syscall is fine.
         pread_exact(&file.file, offset, buf)
     }
+
+    fn fork(&self) -> io::Result<Box<dyn IoEngine>> {
+        Ok(Box::new(Self::new()?))
+    }
 }
