@@ -112,7 +112,8 @@ pub struct StorageConfig {
     /// Size of one segment file, the unit of eviction. Default 256 MiB.
     pub segment_size_bytes: u64,
     /// Largest blob accepted, advertised as max_cas_blob_size_bytes. Default 4 GiB; at most a
-    /// quarter of the capacity.
+    /// quarter of the capacity (the default is lowered to that, with a warning, when the
+    /// capacity is smaller than 16 GiB; an explicit larger value refuses to start).
     pub max_blob_size_bytes: u64,
     /// `fdatasync` (default: acknowledged uploads survive power loss) or `periodic`.
     pub durability: DurabilityMode,

@@ -120,7 +120,7 @@ pub fn engine_config(config: &Config) -> Result<EngineConfig, SetupError> {
     let mut e = EngineConfig::new(store_dir(&config.server.data_dir));
     e.capacity_bytes = resolve_capacity(config)?;
     e.segment_size = st.segment_size_bytes;
-    e.max_blob_size = st.max_blob_size_bytes;
+    e.max_blob_size = max_blob_size(st.max_blob_size_bytes, e.capacity_bytes);
     e.durability = match st.durability {
         DurabilityMode::Fdatasync => Durability::Fdatasync,
         DurabilityMode::Periodic => Durability::Periodic {
@@ -141,6 +141,25 @@ pub fn engine_config(config: &Config) -> Result<EngineConfig, SetupError> {
     e.checkpoint_interval = Duration::from_millis(st.checkpoint_interval_ms.max(1));
     e.validate()?;
     Ok(e)
+}
+
+/// The largest blob: as configured, except that the default (4 GiB) shrinks to a quarter of a
+/// smaller capacity (a disk with less than ~21 GB free) instead of refusing to start. A value
+/// set explicitly is kept, and checked by the engine.
+fn max_blob_size(configured: u64, capacity: u64) -> u64 {
+    let default = crate::config::StorageConfig::default().max_blob_size_bytes;
+    if configured == default && configured > capacity / 4 {
+        let lowered = capacity / 4 / (1 << 20) * (1 << 20);
+        tracing::warn!(
+            max_blob_size_bytes = lowered,
+            capacity_bytes = capacity,
+            "storage: the default max_blob_size_bytes (4 GiB) exceeds a quarter of the capacity; \
+             lowered (set storage.capacity_bytes or storage.max_blob_size_bytes to choose)"
+        );
+        lowered
+    } else {
+        configured
+    }
 }
 
 /// The ring's byte capacity: the configured value, or (when 0) the value derived at first
@@ -435,4 +454,28 @@ pub async fn serve(
     prepared.run(shutdown).await?;
     tracing::info!("kiln stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_max_blob_size_fits_a_small_derived_capacity() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.server.data_dir = dir.path().to_path_buf();
+        // A capacity remembered from a first start on a disk with ~10 GB free.
+        std::fs::write(dir.path().join("capacity"), "8589934592\n").unwrap();
+        let e = engine_config(&config).expect("starts with a lowered max blob size");
+        assert_eq!(e.capacity_bytes, 8 << 30);
+        assert_eq!(e.max_blob_size, 2 << 30);
+        // An explicit value is the operator's choice: refused, not silently changed.
+        config.storage.max_blob_size_bytes = 3 << 30;
+        assert!(engine_config(&config).is_err());
+        // A large enough capacity keeps the default.
+        config.storage.max_blob_size_bytes = 4 << 30;
+        config.storage.capacity_bytes = 64 << 30;
+        assert_eq!(engine_config(&config).unwrap().max_blob_size, 4 << 30);
+    }
 }

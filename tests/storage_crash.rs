@@ -59,15 +59,45 @@ impl Rng {
     }
 }
 
+/// Polls `cond` (every 2 ms, up to 20 s) and fails the test with `what` if it never holds.
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed().as_secs() < 20, "never happened: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+fn one_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A runtime whose tasks run while the test thread waits on the fault engine.
+fn two_threads() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Lifts a sync hold when a test ends, failed or not (the engine's drop waits for the round).
+struct Release(Arc<FaultState>);
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.hold_syncer(false);
+    }
+}
+
 /// Random puts (small, multi-part, AC rewrites); power off at a random point; a few more
 /// writes while "off"; crash image; reopen. Checks: no acknowledged write lost, nothing served
 /// that was never written for that key.
 #[test]
 fn power_loss_keeps_acknowledged_and_serves_nothing_corrupt() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = one_thread();
     for b in BACKENDS {
         let mut replayed = 0;
         for seed in 1..=12u64 {
@@ -166,10 +196,7 @@ fn power_loss_keeps_acknowledged_and_serves_nothing_corrupt() {
 
 #[test]
 fn full_disk_fails_uploads_keeps_reads_and_recovers() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = one_thread();
     for b in BACKENDS {
         let dir = tempfile::tempdir().unwrap();
         let (fault, fio) = faulty(b);
@@ -205,10 +232,7 @@ fn full_disk_fails_uploads_keeps_reads_and_recovers() {
 
 #[test]
 fn io_error_poisons_writes_but_not_reads() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = one_thread();
     for b in BACKENDS {
         for nth in 1..6 {
             let dir = tempfile::tempdir().unwrap();
@@ -245,10 +269,7 @@ fn io_error_poisons_writes_but_not_reads() {
 /// acknowledged after the disk recovers must survive a power loss some other way.
 #[test]
 fn power_loss_after_a_full_disk_keeps_later_acknowledged_writes() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = one_thread();
     for b in BACKENDS {
         for seed in 1..=6u64 {
             let dir = tempfile::tempdir().unwrap();
@@ -279,32 +300,12 @@ fn power_loss_after_a_full_disk_keeps_later_acknowledged_writes() {
     }
 }
 
-/// Polls `cond` (every 2 ms, up to 20 s) and fails the test with `what` if it never holds.
-fn wait_for(what: &str, cond: impl Fn() -> bool) {
-    let start = std::time::Instant::now();
-    while !cond() {
-        assert!(start.elapsed().as_secs() < 20, "never happened: {what}");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-}
-
-/// Lifts a sync hold when a test ends, failed or not (the engine's drop waits for the round).
-struct Release(Arc<FaultState>);
-impl Drop for Release {
-    fn drop(&mut self) {
-        self.0.hold_syncer(false);
-    }
-}
-
 /// In periodic mode the I/O thread goes on appending while a sync round is on the disk:
 /// commits are not held up by a slow fdatasync. (Everything stays in one segment: a roll
 /// writes the state, which waits for the round.)
 #[test]
 fn periodic_commits_go_on_while_a_round_is_syncing() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = one_thread();
     for b in BACKENDS {
         let dir = tempfile::tempdir().unwrap();
         let mut c = cfg(dir.path());
@@ -354,11 +355,7 @@ fn periodic_commits_go_on_while_a_round_is_syncing() {
 /// is written while that round is on the disk (pipelined group commit).
 #[test]
 fn fdatasync_commit_waits_for_its_round_while_the_next_batch_is_written() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_threads();
     for b in BACKENDS {
         let dir = tempfile::tempdir().unwrap();
         let (fault, fio) = faulty(b);
@@ -372,7 +369,9 @@ fn fdatasync_commit_waits_for_its_round_while_the_next_batch_is_written() {
             let e = Arc::clone(&e);
             async move { e.put(key(1, 1), data(1, 3000)).await }
         });
-        wait_for("the first commit's round starts", || fault.held_syncs() == 1);
+        wait_for("the first commit's round starts", || {
+            fault.held_syncs() == 1
+        });
         assert_eq!(fault.writes(), writes + 1);
         let second = rt.spawn({
             let e = Arc::clone(&e);
@@ -382,8 +381,22 @@ fn fdatasync_commit_waits_for_its_round_while_the_next_batch_is_written() {
             fault.writes() == writes + 2
         });
         std::thread::sleep(std::time::Duration::from_millis(50));
-        assert!(!first.is_finished(), "acknowledged before its round was durable");
-        assert!(!second.is_finished(), "acknowledged before any round covered it");
+        assert!(
+            !first.is_finished(),
+            "acknowledged before its round was durable"
+        );
+        assert!(
+            !second.is_finished(),
+            "acknowledged before any round covered it"
+        );
+        // Let the first round finish (data sync, state sync); the second is held.
+        fault.pass_syncs(2);
+        wait_for("the first commit is answered", || first.is_finished());
+        wait_for("the second round starts", || fault.held_syncs() == 1);
+        assert!(
+            !second.is_finished(),
+            "answered by a round that started before its batch was written"
+        );
         fault.hold_syncer(false);
         rt.block_on(first).unwrap().unwrap();
         rt.block_on(second).unwrap().unwrap();
@@ -391,5 +404,77 @@ fn fdatasync_commit_waits_for_its_round_while_the_next_batch_is_written() {
             e.get(&key(1, 2)).unwrap().unwrap().to_bytes(),
             data(2, 3000)
         );
+    }
+}
+
+/// A power loss while a round is on the disk, the writer appending meanwhile (and rolling to a
+/// new segment, which waits for the round): what was durable before stays, nothing written
+/// during the round is served with wrong bytes.
+#[test]
+fn power_loss_with_a_round_in_flight() {
+    let rt = two_threads();
+    for b in BACKENDS {
+        for seed in 1..=4u64 {
+            let dir = tempfile::tempdir().unwrap();
+            let mut c = cfg(dir.path());
+            if seed % 2 == 0 {
+                c.durability = kiln::storage::Durability::Periodic {
+                    interval: std::time::Duration::from_millis(2),
+                };
+            }
+            let (fault, fio) = faulty(b);
+            let e = Arc::new(Engine::open_with_io(c.clone(), fio).unwrap());
+            let _release = Release(Arc::clone(&fault));
+            for n in 0..10 {
+                rt.block_on(e.put(key(1, n), data(n, 7000))).unwrap();
+            }
+            rt.block_on(e.sync()).unwrap();
+            fault.hold_syncer(true);
+            // Writers during the round: small blobs, large ones (parts and a manifest), an
+            // AC rewrite of a durable key; 40 x 7 KB and more passes a 128 KiB segment.
+            let writers: Vec<_> = (0..3u64)
+                .map(|w| {
+                    let e = Arc::clone(&e);
+                    rt.spawn(async move {
+                        for i in 0..15u64 {
+                            let n = 100 + w * 100 + i;
+                            let len = if i % 5 == 4 { 20_000 } else { 7000 };
+                            let _ = e.put(key(1, n), data(n, len)).await;
+                        }
+                        let _ = e.put(key(2, 1), data(w + 50, 300)).await;
+                    })
+                })
+                .collect();
+            wait_for("a round is on the disk", || fault.held_syncs() == 1);
+            std::thread::sleep(std::time::Duration::from_millis(30 * seed));
+            fault.freeze();
+            fault.hold_syncer(false);
+            for w in writers {
+                rt.block_on(w).unwrap();
+            }
+            drop(Arc::into_inner(e).expect("writers are done"));
+            fault.crash_image(seed * 31 + b as u64).unwrap();
+            let e = Engine::open_with_io(c, io(b)).unwrap();
+            for n in 0..10 {
+                assert_eq!(
+                    e.get(&key(1, n)).unwrap().map(|g| g.to_bytes()),
+                    Some(data(n, 7000)),
+                    "durable blob {n} lost (seed {seed})"
+                );
+            }
+            for w in 0..3u64 {
+                for i in 0..15u64 {
+                    let n = 100 + w * 100 + i;
+                    let len = if i % 5 == 4 { 20_000 } else { 7000 };
+                    if let Some(g) = e.get(&key(1, n)).unwrap() {
+                        assert_eq!(g.to_bytes(), data(n, len), "wrong bytes for {n}");
+                    }
+                }
+            }
+            if let Some(g) = e.get(&key(2, 1)).unwrap() {
+                let g = g.to_bytes();
+                assert!((50..53).any(|s| g == data(s, 300)), "wrong AC bytes");
+            }
+        }
     }
 }

@@ -21,7 +21,7 @@ use super::stats::inc;
 use super::sys::{IoEngine, IoFile, WriteOp};
 use bytes::{Bytes, BytesMut};
 use crossbeam::channel::Receiver;
-use rounds::{InFlight, Syncer, Waiter};
+use rounds::{InFlight, RoundError, Syncer, Waiter};
 use std::io;
 use std::sync::Arc;
 use std::time::Instant;
@@ -160,8 +160,16 @@ impl Writer {
             offset: off,
             buf: Bytes::copy_from_slice(&self.state.encode()),
         };
-        self.io.write_batch(&[op])?;
-        self.io.sync(&[Arc::clone(&self.state_file)])
+        let r = self
+            .io
+            .write_batch(&[op])
+            .and_then(|()| self.io.sync(&[Arc::clone(&self.state_file)]));
+        if r.is_err() {
+            // The slot may be torn: the next write goes to the same slot again, never over
+            // the newest valid one.
+            self.state.generation -= 1;
+        }
+        r
     }
 
     fn poisoned(&self) -> Option<StorageError> {
@@ -193,7 +201,7 @@ impl Writer {
     /// The thread body: runs until `Shutdown` (or every sender is gone), then syncs and marks
     /// a clean stop.
     pub fn run(mut self, rx: &Receiver<Req>, touch: &Receiver<Key>) {
-        let done = self.syncer.done.clone();
+        let mut done = self.syncer.done.clone();
         loop {
             let first = crossbeam::select! {
                 recv(rx) -> r => match r {
@@ -201,9 +209,13 @@ impl Writer {
                     Err(_) => break,
                 },
                 recv(done) -> r => {
-                    if let Ok(r) = r {
-                        let _ = self.finish_round(r);
-                    }
+                    let r = r.unwrap_or_else(|_| {
+                        // The syncer is gone (it panicked): poison, answer the waiters, and
+                        // stop listening to the closed channel.
+                        done = crossbeam::channel::never();
+                        Err(RoundError::Gone)
+                    });
+                    let _ = self.finish_round(r);
                     self.maybe_start_round();
                     continue;
                 },

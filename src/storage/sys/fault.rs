@@ -37,6 +37,8 @@ struct Inner {
     reads: u64,
     writes: u64,
     hold: bool,
+    /// Syncs still let through the hold.
+    pass: u64,
     /// Syncs waiting at the hold now.
     held: u64,
     syncs: u64,
@@ -64,7 +66,9 @@ impl FaultState {
     pub fn set_full(&self, full: bool) {
         self.lock().full = full;
     }
-    /// Makes the operation with sequence number `n` (counting from now) fail with EIO.
+    /// Makes the operation with sequence number `n` (counting from now) fail with EIO. The
+    /// count covers the writer's and the syncer's engines together, so with rounds in flight
+    /// which operation that is depends on thread timing.
     pub fn fail_after(&self, n: u64) {
         let mut g = self.lock();
         g.fail_at = Some(g.ops + n);
@@ -85,6 +89,11 @@ impl FaultState {
     /// touching the disk, until it is `false` again.
     pub fn hold_syncer(&self, hold: bool) {
         self.lock().hold = hold;
+        self.released.notify_all();
+    }
+    /// Lets `n` more syncs through the hold (a sync round is two: data, then state).
+    pub fn pass_syncs(&self, n: u64) {
+        self.lock().pass += n;
         self.released.notify_all();
     }
     /// Number of syncs waiting at the hold right now.
@@ -210,26 +219,31 @@ impl IoEngine for FaultIo {
 
     fn sync(&mut self, files: &[Arc<IoFile>]) -> io::Result<()> {
         let refs: Vec<&IoFile> = files.iter().map(|f| &**f).collect();
-        if self.forked {
-            let mut g = self.state.lock();
-            g.held += 1;
-            while g.hold {
-                g = self
-                    .state
-                    .released
-                    .wait(g)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-            }
-            g.held -= 1;
-        }
-        self.op(&refs, false)?;
         // fdatasync guarantees what the file held when it was called; another thread may
-        // write on meanwhile (the writer appends while the syncer syncs), and those bytes are
-        // not promised.
+        // write on meanwhile (the writer appends while the syncer syncs, or while the sync is
+        // held: a slow disk), and those bytes are not promised.
         let images = files
             .iter()
             .map(|f| Ok((f.path.clone(), std::fs::read(&f.path)?)))
             .collect::<io::Result<Vec<_>>>()?;
+        if self.forked {
+            let mut g = self.state.lock();
+            if g.hold {
+                g.held += 1;
+                while g.hold && g.pass == 0 {
+                    g = self
+                        .state
+                        .released
+                        .wait(g)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                if g.hold {
+                    g.pass -= 1;
+                }
+                g.held -= 1;
+            }
+        }
+        self.op(&refs, false)?;
         self.base.sync(files)?;
         let mut g = self.state.lock();
         g.syncs += 1;

@@ -38,6 +38,8 @@ struct Job {
 pub(super) enum RoundError {
     Data(io::Error),
     State(io::Error),
+    /// The syncer thread is gone (it panicked).
+    Gone,
 }
 
 /// The syncer thread and its two channels.
@@ -55,11 +57,14 @@ impl Syncer {
             .name("kiln-storage-sync".into())
             .spawn(move || {
                 for job in job_rx {
-                    let r = io.sync(&job.files).map_err(RoundError::Data).and_then(|()| {
-                        io.write_batch(std::slice::from_ref(&job.state))
-                            .and_then(|()| io.sync(std::slice::from_ref(&job.state.file)))
-                            .map_err(RoundError::State)
-                    });
+                    let r = io
+                        .sync(&job.files)
+                        .map_err(RoundError::Data)
+                        .and_then(|()| {
+                            io.write_batch(std::slice::from_ref(&job.state))
+                                .and_then(|()| io.sync(std::slice::from_ref(&job.state.file)))
+                                .map_err(RoundError::State)
+                        });
                     if done_tx.send(r).is_err() {
                         break;
                     }
@@ -185,8 +190,7 @@ impl Writer {
             .as_ref()
             .is_some_and(|tx| tx.send(Job { files, state }).is_ok());
         if !sent {
-            let e = io::Error::other("syncer thread is gone");
-            let _ = self.finish_round(Err(RoundError::Data(e)));
+            let _ = self.finish_round(Err(RoundError::Gone));
         } else if must_wait {
             let _ = self.join_round();
         }
@@ -218,6 +222,10 @@ impl Writer {
             }
             Err(RoundError::Data(e)) => Err(self.poison("fdatasync", &e)),
             Err(RoundError::State(e)) => Err(self.poison("state write", &e)),
+            Err(RoundError::Gone) => {
+                let e = io::Error::other("the storage syncer thread died");
+                Err(self.poison("sync round", &e))
+            }
         };
         for w in f.waiters {
             let _ = w.send(res.as_ref().copied().map_err(clone_err));
@@ -230,9 +238,7 @@ impl Writer {
         if self.in_flight.is_none() {
             return Ok(());
         }
-        let r = self.syncer.done.recv().unwrap_or_else(|_| {
-            Err(RoundError::Data(io::Error::other("syncer thread is gone")))
-        });
+        let r = self.syncer.done.recv().unwrap_or(Err(RoundError::Gone));
         self.finish_round(r)
     }
 
