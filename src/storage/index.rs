@@ -10,7 +10,7 @@
 //! newest (epoch, segment, offset) wins on lookup and the caller clears the older one later.
 
 use super::Key;
-use super::format::RecordKind;
+use super::format::{PartLoc, RecordKind};
 use super::sys::IoFile;
 use super::sys::mmap::AtomicMap;
 use std::io;
@@ -48,6 +48,21 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The entry of a manifest record at (`seq`, `off`) listing `parts` of a blob of `total`
+    /// bytes; its span reaches back to the oldest part (epoch set at publish).
+    pub fn manifest(key: Key, seq: u32, off: u32, total: u64, parts: &[PartLoc]) -> Self {
+        let oldest = parts.iter().map(|p| p.seq).min().unwrap_or(seq).min(seq);
+        Self {
+            key,
+            kind: RecordKind::Manifest,
+            epoch: 0,
+            seq,
+            off,
+            len: total,
+            span: seq - oldest,
+        }
+    }
+
     /// Oldest segment this entry depends on.
     pub fn oldest_seq(&self) -> u32 {
         self.seq.saturating_sub(self.span)

@@ -154,12 +154,7 @@ impl Writer {
             return Err(io::Error::other(e.to_string()));
         }
         self.state.generation += 1;
-        let off = state_slot_offset(self.state.generation % 2);
-        let op = WriteOp {
-            file: Arc::clone(&self.state_file),
-            offset: off,
-            buf: Bytes::copy_from_slice(&self.state.encode()),
-        };
+        let op = self.state_op(&self.state);
         let r = self
             .io
             .write_batch(&[op])
@@ -170,6 +165,15 @@ impl Writer {
             self.state.generation -= 1;
         }
         r
+    }
+
+    /// The write of `state` into the slot its generation selects.
+    fn state_op(&self, state: &State) -> WriteOp {
+        WriteOp {
+            file: Arc::clone(&self.state_file),
+            offset: state_slot_offset(state.generation % 2),
+            buf: Bytes::copy_from_slice(&state.encode()),
+        }
     }
 
     fn poisoned(&self) -> Option<StorageError> {

@@ -109,15 +109,7 @@ impl Writer {
         }
         let m = Bytes::from(format::encode_manifest(total, parts));
         let (seq, off) = self.append(RecordKind::Manifest, key, &[&m])?;
-        Ok(Entry {
-            key: *key,
-            kind: RecordKind::Manifest,
-            epoch: 0,
-            seq,
-            off,
-            len: total,
-            span: seq - oldest.min(seq),
-        })
+        Ok(Entry::manifest(*key, seq, off, total, parts))
     }
 
     /// Re-appends a touched blob still in the oldest part of the ring. The entry is published

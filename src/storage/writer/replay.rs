@@ -74,28 +74,26 @@ impl Writer {
                 }
                 let payload = off as usize + RECORD_HEADER_LEN
                     ..(off + RECORD_HEADER_LEN as u64 + h.len) as usize;
-                let mut e = Entry {
-                    key: h.key,
-                    kind: h.kind,
-                    epoch: 0,
-                    seq,
-                    off: (off / crate::storage::format::ALIGN) as u32,
-                    len: h.len,
-                    span: 0,
-                };
-                let publish = match h.kind {
-                    RecordKind::Blob => true,
-                    RecordKind::Part => false,
+                let at = (off / crate::storage::format::ALIGN) as u32;
+                let entry = match h.kind {
+                    RecordKind::Blob => Some(Entry {
+                        key: h.key,
+                        kind: h.kind,
+                        epoch: 0,
+                        seq,
+                        off: at,
+                        len: h.len,
+                        span: 0,
+                    }),
+                    RecordKind::Part => None,
                     RecordKind::Manifest => {
                         let m = &seg.map[payload];
                         match decode_manifest(m) {
                             Ok((total, parts)) if xxh3_64(m) == h.checksum => {
-                                let oldest = parts.iter().map(|p| p.seq).min().unwrap_or(seq);
-                                e.len = total;
-                                e.span = seq - oldest.min(seq);
-                                oldest >= tail
+                                Some(Entry::manifest(h.key, seq, at, total, &parts))
+                                    .filter(|e| e.oldest_seq() >= tail)
                             }
-                            _ => false,
+                            _ => None,
                         }
                     }
                 };
@@ -103,10 +101,11 @@ impl Writer {
                 // mapped pages back on its own): republishing them would only crowd the
                 // probe windows. In log order, a record that needs republishing is never
                 // what the current lookup finds.
-                let indexed = sh
-                    .lookup(&e.key)
-                    .is_some_and(|x| (x.seq, x.off) == (e.seq, e.off));
-                if publish && !indexed {
+                if let Some(e) = entry
+                    && !sh
+                        .lookup(&e.key)
+                        .is_some_and(|x| (x.seq, x.off) == (e.seq, e.off))
+                {
                     self.publish(&e);
                     records += 1;
                 }

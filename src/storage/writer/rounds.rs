@@ -14,10 +14,9 @@
 use super::{EPOCH_RESERVE, Writer, clone_err};
 use crate::storage::StorageError;
 use crate::storage::config::Durability;
-use crate::storage::format::{State, state_slot_offset};
+use crate::storage::format::State;
 use crate::storage::stats::inc;
 use crate::storage::sys::{IoEngine, IoFile, WriteOp};
-use bytes::Bytes;
 use crossbeam::channel::{Receiver, Sender, unbounded};
 use std::io;
 use std::sync::Arc;
@@ -171,11 +170,7 @@ impl Writer {
             next.limit = self.epoch + EPOCH_RESERVE;
         }
         next.generation += 1;
-        let state = WriteOp {
-            file: Arc::clone(&self.state_file),
-            offset: state_slot_offset(next.generation % 2),
-            buf: Bytes::copy_from_slice(&next.encode()),
-        };
+        let state = self.state_op(&next);
         self.unsynced = false;
         self.last_round = Instant::now();
         self.in_flight = Some(InFlight {
