@@ -101,6 +101,9 @@ pub enum IoBackendName {
     Psync,
 }
 
+/// Default `storage.max_blob_size_bytes`: 4 GiB (setup lowers it to fit a small capacity).
+pub const DEFAULT_MAX_BLOB_SIZE_BYTES: u64 = 4 << 30;
+
 /// The storage engine (see `src/storage/FORMAT.md` and tuning/README.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -150,7 +153,7 @@ impl Default for StorageConfig {
         Self {
             capacity_bytes: 0,
             segment_size_bytes: 256 << 20,
-            max_blob_size_bytes: 4 << 30,
+            max_blob_size_bytes: DEFAULT_MAX_BLOB_SIZE_BYTES,
             durability: DurabilityMode::Fdatasync,
             sync_interval_ms: 200,
             io_backend: IoBackendName::Auto,

@@ -107,14 +107,13 @@ fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, SetupEr
     Ok(l)
 }
 
-/// The engine settings a config asks for, with the capacity resolved (see
-/// [`resolve_capacity`]).
 /// Where the storage engine lives inside a data dir (co-located workers read it from there).
 pub fn store_dir(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("store")
 }
 
-/// The storage engine's settings for a config.
+/// The storage engine's settings for a config, with the capacity resolved (see
+/// [`resolve_capacity`]).
 pub fn engine_config(config: &Config) -> Result<EngineConfig, SetupError> {
     let st = &config.storage;
     let mut e = EngineConfig::new(store_dir(&config.server.data_dir));
@@ -147,8 +146,7 @@ pub fn engine_config(config: &Config) -> Result<EngineConfig, SetupError> {
 /// smaller capacity (a disk with less than ~21 GB free) instead of refusing to start. A value
 /// set explicitly is kept, and checked by the engine.
 fn max_blob_size(configured: u64, capacity: u64) -> u64 {
-    let default = crate::config::StorageConfig::default().max_blob_size_bytes;
-    if configured == default && configured > capacity / 4 {
+    if configured == crate::config::DEFAULT_MAX_BLOB_SIZE_BYTES && configured > capacity / 4 {
         let lowered = capacity / 4 / (1 << 20) * (1 << 20);
         tracing::warn!(
             max_blob_size_bytes = lowered,
