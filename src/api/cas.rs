@@ -39,12 +39,19 @@ impl CasService {
         Ok(())
     }
 
-    /// Checks one batch item and decompresses it if needed.
+    /// Checks one batch item and decompresses it if needed. The declared size is checked
+    /// against the largest blob the store takes before any decompression starts.
     fn decode_one(
         function: DigestFunction,
+        max_blob: u64,
         req: crate::proto::reapi::batch_update_blobs_request::Request,
     ) -> Result<(Digest, Bytes), CasError> {
         let digest = Digest::from_field(function, req.digest.as_ref(), "requests.digest")?;
+        if digest.size > max_blob {
+            return Err(CasError::InvalidArgument(format!(
+                "blob {digest} is larger than the max blob size ({max_blob} bytes)"
+            )));
+        }
         let data = match compressor::Value::try_from(req.compressor) {
             Ok(compressor::Value::Identity) => req.data,
             Ok(compressor::Value::Zstd) => compression::decompress_exact(&req.data, &digest)?,
@@ -56,6 +63,28 @@ impl CasService {
             }
         };
         Ok((digest, data))
+    }
+
+    /// Bounds the memory a batch may expand to: compressed items count at their declared
+    /// (uncompressed) size, which together may not pass the largest message accepted.
+    fn check_declared_total(
+        &self,
+        requests: &[crate::proto::reapi::batch_update_blobs_request::Request],
+    ) -> Result<(), Status> {
+        let declared: u64 = requests
+            .iter()
+            .filter(|r| r.compressor != compressor::Value::Identity as i32)
+            .map(|r| r.digest.as_ref().map_or(0, |d| d.size_bytes.max(0) as u64))
+            .fold(0u64, u64::saturating_add);
+        let max = self.state.limits.max_message_bytes as u64;
+        if declared > max {
+            return Err(Status::invalid_argument(format!(
+                "BatchUpdateBlobs compressed items declare {declared} uncompressed bytes, over \
+                 the {max} bytes one request may expand to (cache.max_message_bytes); use \
+                 ByteStream for large blobs"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -90,6 +119,8 @@ impl ContentAddressableStorage for CasService {
         let function = DigestFunction::from_proto(req.digest_function)?;
         let total: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
         self.check_batch_total(total, "BatchUpdateBlobs request data")?;
+        self.check_declared_total(&req.requests)?;
+        let max_blob = self.state.cas.max_blob_size();
         // Valid blobs are stored with one put_many, so the engine commits them in one sync
         // round instead of one per blob.
         let mut responses = Vec::with_capacity(req.requests.len());
@@ -97,7 +128,7 @@ impl ContentAddressableStorage for CasService {
         let mut positions = Vec::new();
         for r in req.requests {
             let digest = r.digest.clone();
-            match Self::decode_one(function, r) {
+            match Self::decode_one(function, max_blob, r) {
                 Ok(item) => {
                     positions.push(responses.len());
                     items.push(item);

@@ -1,0 +1,83 @@
+//! Serving a route table on already-bound listeners until a shutdown future resolves.
+//!
+//! Taking bound listeners (mini-redis style) lets tests bind port 0 and talk to the real thing.
+
+mod accept;
+
+pub use accept::{ConnectionLimit, DEFAULT_MAX_CONNECTIONS, incoming, raise_fd_limit};
+
+use std::future::Future;
+use std::time::Duration;
+use tokio::net::{TcpListener, UnixListener};
+use tonic::service::Routes;
+use tonic::transport::Server;
+
+/// The sockets one server answers on.
+#[derive(Default)]
+pub struct Listeners {
+    /// TCP listeners (gRPC over HTTP/2 cleartext).
+    pub tcp: Vec<TcpListener>,
+    /// Unix-socket listeners (co-located clients and workers).
+    pub unix: Vec<UnixListener>,
+    /// The cap on connections open at once across these listeners.
+    pub connections: ConnectionLimit,
+}
+
+fn builder() -> Server {
+    Server::builder()
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+}
+
+/// One shutdown future shared by several servers: every [`Shutdown::signal`] resolves when the
+/// future given to [`Shutdown::new`] does.
+#[derive(Clone)]
+pub struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Watches `shutdown` on a task of its own.
+    pub fn new(shutdown: impl Future<Output = ()> + Send + 'static) -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = tx.send(true);
+        });
+        Self(rx)
+    }
+
+    /// A future that resolves once shutdown was asked for.
+    pub fn signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+}
+
+/// Serves `routes` on every listener until `shutdown` resolves, then stops accepting and lets
+/// in-flight calls finish.
+pub async fn run(
+    routes: Routes,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let stop = Shutdown::new(shutdown);
+    let mut tasks = tokio::task::JoinSet::new();
+    let limit = listeners.connections;
+    for l in listeners.tcp {
+        let router = builder().add_routes(routes.clone());
+        let incoming = accept::incoming(l, limit.clone());
+        tasks.spawn(router.serve_with_incoming_shutdown(incoming, stop.signal()));
+    }
+    for l in listeners.unix {
+        let router = builder().add_routes(routes.clone());
+        let incoming = accept::incoming(l, limit.clone());
+        tasks.spawn(router.serve_with_incoming_shutdown(incoming, stop.signal()));
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("server task panicked")?;
+    }
+    Ok(())
+}
