@@ -2,8 +2,8 @@
 
 use super::CacheServices;
 use super::resource_name::{Compression, ResourceName};
-use super::uploads::{UploadRegistry, UploadState};
-use crate::cas::compression::{StreamDecoder, ZSTD_LEVEL};
+use super::uploads::{Reservation, UploadRegistry, UploadState, stream_cost};
+use crate::cas::compression::{DecodeError, StreamDecoder, ZSTD_LEVEL};
 use crate::cas::{CasError, Upload};
 use crate::proto::bytestream::byte_stream_server::ByteStream;
 use crate::proto::bytestream::{
@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures::Stream;
 use std::io::Write;
 use std::pin::Pin;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -37,6 +38,7 @@ impl ByteStreamService {
         Response::new(WriteResponse { committed_size })
     }
 
+    /// Starts (or restarts) the upload under `key`; `None` when the blob is already stored.
     async fn new_upload(
         &self,
         name: &ResourceName,
@@ -54,28 +56,136 @@ impl ByteStreamService {
         Ok(Some(
             self.state
                 .uploads
-                .insert(key, UploadState::new(upload, decoder)),
+                .insert(key, UploadState::new(upload, decoder))?,
         ))
+    }
+
+    /// Feeds the rest of a Write stream into a locked upload. Returns the response once the
+    /// upload finished (or turned out to be stored by someone else).
+    async fn feed_stream(
+        &self,
+        key: &str,
+        name: &ResourceName,
+        feeding: &mut Feeding,
+        first: WriteRequest,
+        stream: &mut Streaming<WriteRequest>,
+    ) -> Result<Response<WriteResponse>, Status> {
+        let uploads = &self.state.uploads;
+        let st = &mut *feeding.state;
+        let mut msg = first;
+        loop {
+            UploadRegistry::touch(st);
+            if !msg.resource_name.is_empty() && msg.resource_name != key {
+                fail(uploads, key, st);
+                return Err(Status::invalid_argument(format!(
+                    "resource_name changed within one Write stream: {:?} after {key:?}",
+                    msg.resource_name
+                )));
+            }
+            if msg.write_offset != st.committed() {
+                return Err(Status::invalid_argument(format!(
+                    "write_offset {} does not match committed_size {}; ask QueryWriteStatus",
+                    msg.write_offset,
+                    st.committed()
+                )));
+            }
+            let len = msg.data.len() as i64;
+            if let Err(e) = feed(st, msg.data).await {
+                fail(uploads, key, st);
+                return Err(e.into());
+            }
+            st.set_committed(st.committed() + len);
+            if msg.finish_write {
+                uploads.remove(key);
+                if st.decoder.as_ref().is_some_and(|d| !d.at_frame_end()) {
+                    st.upload = None;
+                    return Err(Status::invalid_argument(format!(
+                        "compressed upload of {} ends inside a zstd frame",
+                        name.digest
+                    )));
+                }
+                let upload = st.upload.take().expect("upload in progress");
+                st.decoder = None;
+                upload.finish().await?;
+                return Ok(Response::new(WriteResponse {
+                    committed_size: st.committed(),
+                }));
+            }
+            if self.state.cas.contains(&name.digest)? {
+                // Another client finished the same blob: stop early, as the spec allows.
+                fail(uploads, key, st);
+                return Ok(Self::already_present(name));
+            }
+            msg = match stream.message().await? {
+                Some(m) => m,
+                None => {
+                    return Err(Status::invalid_argument(format!(
+                        "Write stream for {key:?} ended without finish_write at {} bytes; \
+                         resume with QueryWriteStatus",
+                        st.committed()
+                    )));
+                }
+            };
+        }
     }
 }
 
-type UploadStateRef = std::sync::Arc<tokio::sync::Mutex<UploadState>>;
+type UploadStateRef = super::uploads::UploadEntry;
 type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResponse, Status>> + Send>>;
 
-/// Feeds one request's data into an upload, decompressing if needed.
+/// A stream's hold on one upload. However the stream stops (an error, the client going away,
+/// the handler being dropped mid-await), an unfinished upload is parked: its buffers freed,
+/// resumable from the bytes on disk.
+struct Feeding {
+    state: tokio::sync::OwnedMutexGuard<UploadState>,
+    registry: Arc<UploadRegistry>,
+    key: String,
+    _reservation: Reservation,
+}
+
+impl Drop for Feeding {
+    fn drop(&mut self) {
+        if self.state.upload.is_some() {
+            self.registry.park(&self.key, &mut self.state);
+        }
+    }
+}
+
+/// Ends an upload that can no longer continue: waiting streams see it gone.
+fn fail(uploads: &UploadRegistry, key: &str, st: &mut UploadState) {
+    st.upload = None;
+    st.decoder = None;
+    uploads.remove(key);
+}
+
+/// Feeds one request's data into an upload, decompressing if needed. A compressed chunk is
+/// decoded in bounded pieces, never past the bytes the digest still expects.
 async fn feed(st: &mut UploadState, data: Bytes) -> Result<(), CasError> {
     let upload: &mut Upload = st.upload.as_mut().expect("upload in progress");
-    let plain = match st.decoder.as_mut() {
-        None => data,
-        Some(dec) => Bytes::from(dec.feed(&data).map_err(|e| CasError::BadCompression {
-            digest: *upload.digest(),
-            reason: e.to_string(),
-        })?),
+    let Some(dec) = st.decoder.as_mut() else {
+        if !data.is_empty() {
+            upload.write(data).await?;
+        }
+        return Ok(());
     };
-    if !plain.is_empty() {
-        upload.write(plain).await?;
+    dec.push(data);
+    loop {
+        match dec.next_chunk(upload.remaining()) {
+            Ok(Some(plain)) => upload.write(plain).await?,
+            Ok(None) => return Ok(()),
+            Err(DecodeError::TooLarge) => {
+                return Err(CasError::TooMuchData {
+                    expected: *upload.digest(),
+                });
+            }
+            Err(e) => {
+                return Err(CasError::BadCompression {
+                    digest: *upload.digest(),
+                    reason: e.to_string(),
+                });
+            }
+        }
     }
-    Ok(())
 }
 
 #[tonic::async_trait]
@@ -101,6 +211,15 @@ impl ByteStream for ByteStreamService {
             )));
         }
         let offset = req.read_offset as u64;
+        if name.compression == Compression::Zstd && req.read_limit != 0 {
+            // REAPI: a compressed read has no meaningful limit, since the client cannot know
+            // how many compressed bytes a range of the blob takes.
+            return Err(Status::invalid_argument(format!(
+                "read_limit {} on a compressed-blobs read; it must be 0 (read_offset counts \
+                 uncompressed bytes)",
+                req.read_limit
+            )));
+        }
         let limit = if req.read_limit == 0 {
             u64::MAX
         } else {
@@ -111,22 +230,22 @@ impl ByteStream for ByteStreamService {
             .cas
             .get(&name.digest)?
             .ok_or(CasError::BlobNotFound(name.digest))?;
+        if offset > blob.len() {
+            return Err(Status::out_of_range(format!(
+                "read_offset {offset} is past the end of {} ({} bytes)",
+                name.digest,
+                blob.len()
+            )));
+        }
         let chunk = self.state.limits.read_chunk_bytes;
         match name.compression {
             Compression::Identity => {
-                if offset > blob.len() {
-                    return Err(Status::out_of_range(format!(
-                        "read_offset {offset} is past the end of {} ({} bytes)",
-                        name.digest,
-                        blob.len()
-                    )));
-                }
                 let chunks = blob.chunks(offset, limit, chunk);
                 let stream =
                     futures::stream::iter(chunks.into_iter().map(|data| Ok(ReadResponse { data })));
                 Ok(Response::new(Box::pin(stream)))
             }
-            Compression::Zstd => Ok(Response::new(compressed_read(blob, offset, limit, chunk))),
+            Compression::Zstd => Ok(Response::new(compressed_read(blob, offset, chunk))),
         }
     }
 
@@ -157,6 +276,12 @@ impl ByteStream for ByteStreamService {
             self.state.uploads.remove(&key);
             return Ok(Self::already_present(&name));
         }
+        // The stream's buffer memory is reserved before any upload state is created.
+        let reservation = self.state.uploads.reserve(stream_cost(
+            name.digest.size,
+            name.compression == Compression::Zstd,
+            self.state.limits.upload_part_bytes,
+        ))?;
         // Offset 0 starts (or restarts) the upload; a later offset resumes an existing one.
         let entry = if first.write_offset == 0 {
             self.new_upload(&name, &key).await?
@@ -171,62 +296,26 @@ impl ByteStream for ByteStreamService {
         let Some(entry) = entry else {
             return Ok(Self::already_present(&name));
         };
-        let mut st = entry.lock().await;
-        if st.upload.is_none() {
-            return Ok(Self::already_present(&name));
-        }
-        let mut msg = first;
-        loop {
-            UploadRegistry::touch(&mut st);
-            if !msg.resource_name.is_empty() && msg.resource_name != key {
-                self.state.uploads.remove(&key);
-                return Err(Status::invalid_argument(format!(
-                    "resource_name changed within one Write stream: {:?} after {key:?}",
-                    msg.resource_name
-                )));
-            }
-            if msg.write_offset != st.committed {
-                return Err(Status::invalid_argument(format!(
-                    "write_offset {} does not match committed_size {}",
-                    msg.write_offset, st.committed
-                )));
-            }
-            let len = msg.data.len() as i64;
-            if let Err(e) = feed(&mut st, msg.data).await {
-                self.state.uploads.remove(&key);
-                return Err(e.into());
-            }
-            st.committed += len;
-            if msg.finish_write {
-                self.state.uploads.remove(&key);
-                if st.decoder.as_ref().is_some_and(|d| !d.at_frame_end()) {
-                    return Err(Status::invalid_argument(format!(
-                        "compressed upload of {} ends inside a zstd frame",
-                        name.digest
-                    )));
-                }
-                let upload = st.upload.take().expect("upload in progress");
-                upload.finish().await?;
-                return Ok(Response::new(WriteResponse {
-                    committed_size: st.committed,
-                }));
-            }
+        let mut feeding = Feeding {
+            state: entry.state.lock_owned().await,
+            registry: self.state.uploads.clone(),
+            key: key.clone(),
+            _reservation: reservation,
+        };
+        if feeding.state.upload.is_none() {
+            // Another stream finished this upload while we waited: a success only if the
+            // blob is really stored.
             if self.state.cas.contains(&name.digest)? {
-                // Another client finished the same blob: stop early, as the spec allows.
-                self.state.uploads.remove(&key);
                 return Ok(Self::already_present(&name));
             }
-            msg = match stream.message().await? {
-                Some(m) => m,
-                None => {
-                    return Err(Status::invalid_argument(format!(
-                        "Write stream for {key:?} ended without finish_write at {} bytes; \
-                         resume with QueryWriteStatus",
-                        st.committed
-                    )));
-                }
-            };
+            return Err(Status::aborted(format!(
+                "upload {key:?} ended in another stream without storing {}; start again at \
+                 offset 0",
+                name.digest
+            )));
         }
+        self.feed_stream(&key, &name, &mut feeding, first, &mut stream)
+            .await
     }
 
     async fn query_write_status(
@@ -243,7 +332,7 @@ impl ByteStream for ByteStreamService {
             }));
         }
         let committed_size = match self.state.uploads.get(&key) {
-            Some(entry) => entry.lock().await.committed,
+            Some(entry) => entry.committed(),
             None => 0,
         };
         Ok(Response::new(QueryWriteStatusResponse {
@@ -253,36 +342,28 @@ impl ByteStream for ByteStreamService {
     }
 }
 
-/// Streams the zstd compression of `blob`, skipping `offset` compressed bytes and stopping after
-/// `limit`. Compression runs on a blocking thread, a few chunks ahead of the client.
-fn compressed_read(blob: Blob, offset: u64, limit: u64, chunk: usize) -> ReadStream {
+/// Streams the zstd compression of `blob` from uncompressed `offset` on (the REAPI rule for
+/// compressed reads: the offset counts uncompressed bytes and the result is a complete zstd
+/// stream of the rest). Compression runs on a blocking thread, a few chunks ahead of the
+/// client, and stops when the client goes away.
+fn compressed_read(blob: Blob, offset: u64, chunk: usize) -> ReadStream {
     let (tx, mut rx) = mpsc::channel::<Result<ReadResponse, Status>>(4);
     tokio::task::spawn_blocking(move || {
         let sink = ChunkSink {
             tx: tx.clone(),
-            skip: offset,
-            left: limit,
             chunk,
             buf: Vec::new(),
-            total: 0,
         };
-        let result = (|| -> std::io::Result<ChunkSink> {
+        let result = (|| -> std::io::Result<()> {
             let mut enc = zstd::stream::write::Encoder::new(sink, ZSTD_LEVEL)?;
-            for piece in blob.chunks(0, u64::MAX, 1 << 20) {
+            enc.set_pledged_src_size(Some(blob.len() - offset))?;
+            for piece in blob.chunks(offset, u64::MAX, 1 << 20) {
                 enc.write_all(&piece)?;
             }
-            let mut sink = enc.finish()?;
-            sink.flush()?;
-            Ok(sink)
+            enc.finish()?.flush()
         })();
         match result {
-            Ok(sink) if sink.total < offset => {
-                let _ = tx.blocking_send(Err(Status::out_of_range(format!(
-                    "read_offset {offset} is past the end of the compressed stream ({} bytes)",
-                    sink.total
-                ))));
-            }
-            Ok(_) => {}
+            Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
             Err(e) => {
                 let _ = tx.blocking_send(Err(Status::internal(format!("compression failed: {e}"))));
@@ -296,14 +377,11 @@ fn compressed_read(blob: Blob, offset: u64, limit: u64, chunk: usize) -> ReadStr
     })
 }
 
-/// Collects compressor output into `chunk`-sized messages, applying offset and limit.
+/// Collects compressor output into `chunk`-sized messages.
 struct ChunkSink {
     tx: mpsc::Sender<Result<ReadResponse, Status>>,
-    skip: u64,
-    left: u64,
     chunk: usize,
     buf: Vec<u8>,
-    total: u64,
 }
 
 impl ChunkSink {
@@ -319,24 +397,18 @@ impl ChunkSink {
 }
 
 impl Write for ChunkSink {
-    fn write(&mut self, mut data: &[u8]) -> std::io::Result<usize> {
-        let n = data.len();
-        self.total += n as u64;
-        let skip = self.skip.min(data.len() as u64) as usize;
-        self.skip -= skip as u64;
-        data = &data[skip..];
-        let take = self.left.min(data.len() as u64) as usize;
-        self.left -= take as u64;
-        for b in data[..take].chunks(self.chunk) {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut rest = data;
+        while !rest.is_empty() {
             let room = self.chunk - self.buf.len();
-            let (now, later) = b.split_at(room.min(b.len()));
+            let (now, later) = rest.split_at(room.min(rest.len()));
             self.buf.extend_from_slice(now);
             if self.buf.len() == self.chunk {
                 self.send()?;
             }
-            self.buf.extend_from_slice(later);
+            rest = later;
         }
-        Ok(n)
+        Ok(data.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

@@ -41,6 +41,12 @@ pub struct Limits {
     pub read_chunk_bytes: usize,
     /// Whether Execution is served (advertised in Capabilities).
     pub exec_enabled: bool,
+    /// Most ByteStream uploads registered at once (streaming or parked for resumption).
+    pub max_open_uploads: usize,
+    /// Memory budget of the upload streams in progress (each reserves what it may buffer).
+    pub max_upload_buffer_bytes: u64,
+    /// Bytes the store buffers per streamed upload (its part size): what one stream reserves.
+    pub upload_part_bytes: u64,
 }
 
 impl Default for Limits {
@@ -52,6 +58,9 @@ impl Default for Limits {
             upload_idle_timeout: Duration::from_secs(600),
             read_chunk_bytes: 64 << 10,
             exec_enabled: false,
+            max_open_uploads: 4096,
+            max_upload_buffer_bytes: 1 << 30,
+            upload_part_bytes: 1 << 20,
         }
     }
 }
@@ -68,13 +77,23 @@ pub struct CacheServices {
 impl CacheServices {
     /// The cache front end over a CAS and an action cache.
     pub fn new(cas: Cas, ac: ActionCache, limits: Limits) -> Self {
-        let uploads = Arc::new(uploads::UploadRegistry::new(limits.upload_idle_timeout));
+        let uploads = uploads::UploadRegistry::new(
+            limits.upload_idle_timeout,
+            limits.max_open_uploads,
+            limits.max_upload_buffer_bytes,
+        );
         Self {
             cas,
             ac,
             limits,
             uploads,
         }
+    }
+
+    /// Gauges of the upload registry (open uploads, buffer memory, refusals) for `/metrics`.
+    pub fn upload_gauges(&self) -> impl Fn() -> Vec<(&'static str, &'static str, i64)> + use<> {
+        let uploads = self.uploads.clone();
+        move || uploads.gauges()
     }
 
     /// Adds Capabilities, CAS, ByteStream and ActionCache to a route table.

@@ -1,25 +1,44 @@
 //! Resumable ByteStream uploads: state kept per upload resource name, so a client whose stream
 //! broke can ask QueryWriteStatus and continue from `committed_size`.
 //!
-//! Concurrency: the registry map is locked only to find or insert an entry; each upload has its
+//! Bounds (every one reported by [`UploadRegistry::gauges`]):
+//! - at most `max_open` uploads are registered; past it, after sweeping idle ones, a new upload
+//!   is RESOURCE_EXHAUSTED;
+//! - a stream that is feeding an upload holds a reservation of the memory it may buffer (one
+//!   storage part, plus the zstd window for compressed uploads) from a budget of
+//!   `max_buffer_bytes`; a stream that cannot reserve is RESOURCE_EXHAUSTED;
+//! - when a stream ends without finishing, its upload is *parked*: cut back to the bytes already
+//!   on disk, so a waiting upload costs no buffer memory (compressed uploads, whose decoder state
+//!   cannot be cut back, are dropped and restart from zero);
+//! - parked uploads idle longer than the idle timeout are swept by a timer task.
+//!
+//! Concurrency: the registry map is locked only to find, insert or sweep; each upload has its
 //! own async mutex, held while one stream feeds it. Many clients uploading the same blob under
 //! different upload ids each write their own copy; the first to finish publishes it and the
 //! others stop early once they see it present.
 
 use crate::cas::Upload;
-use crate::cas::compression::StreamDecoder;
+use crate::cas::compression::{MAX_WINDOW_LOG, StreamDecoder};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::Status;
+
+/// Memory a stream decoding zstd may hold beyond the storage part: the window and a chunk.
+const ZSTD_STREAM_BYTES: u64 = (1 << MAX_WINDOW_LOG) + (256 << 10);
 
 /// An upload in progress.
 pub(super) struct UploadState {
-    /// The verified write into the CAS; `None` once finished.
+    /// The verified write into the CAS; `None` once finished or failed.
     pub upload: Option<Upload>,
     /// Decoder for `compressed-blobs` uploads.
     pub decoder: Option<StreamDecoder>,
     /// Bytes of the request stream accepted so far (compressed bytes for compressed uploads).
-    pub committed: i64,
+    /// Shared with the registry so QueryWriteStatus reads it without waiting for the stream
+    /// that holds the upload.
+    committed: Arc<AtomicI64>,
     last_used: Instant,
 }
 
@@ -28,28 +47,86 @@ impl UploadState {
         Self {
             upload: Some(upload),
             decoder,
-            committed: 0,
+            committed: Arc::default(),
             last_used: Instant::now(),
         }
+    }
+
+    /// Bytes of the request stream accepted so far.
+    pub(super) fn committed(&self) -> i64 {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    /// Records the bytes accepted so far.
+    pub(super) fn set_committed(&self, n: i64) {
+        self.committed.store(n, Ordering::Release);
+    }
+}
+
+/// Memory one stream feeding an upload of `size` bytes may buffer: one storage part (or the
+/// whole blob if smaller), plus the zstd window and an output chunk for compressed uploads.
+pub(super) fn stream_cost(size: u64, compressed: bool, part_bytes: u64) -> u64 {
+    let zstd = if compressed { ZSTD_STREAM_BYTES } else { 0 };
+    size.min(part_bytes) + zstd
+}
+
+/// What the registry counts, for `/metrics`.
+#[derive(Default)]
+struct Counters {
+    refused: AtomicU64,
+    swept: AtomicU64,
+    parked: AtomicU64,
+}
+
+/// One registered upload: its state, locked by the stream feeding it, and its committed size,
+/// readable without the lock.
+#[derive(Clone)]
+pub(super) struct UploadEntry {
+    pub state: Arc<tokio::sync::Mutex<UploadState>>,
+    committed: Arc<AtomicI64>,
+}
+
+impl UploadEntry {
+    /// Bytes accepted so far.
+    pub(super) fn committed(&self) -> i64 {
+        self.committed.load(Ordering::Acquire)
     }
 }
 
 /// Uploads by resource name.
 pub(super) struct UploadRegistry {
-    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<UploadState>>>>,
+    map: Mutex<HashMap<String, UploadEntry>>,
     idle_timeout: Duration,
+    max_open: usize,
+    max_buffer_bytes: u64,
+    buffers: Arc<Semaphore>,
+    counters: Counters,
 }
 
+/// A stream's claim on upload buffer memory, returned when dropped.
+pub(super) struct Reservation(#[allow(dead_code)] OwnedSemaphorePermit);
+
 impl UploadRegistry {
-    pub(super) fn new(idle_timeout: Duration) -> Self {
-        Self {
+    /// A registry with its bounds; starts the idle sweeper if a tokio runtime is running.
+    pub(super) fn new(idle_timeout: Duration, max_open: usize, max_buffer_bytes: u64) -> Arc<Self> {
+        // Permits count KiB so that budgets beyond 4 GiB fit the semaphore's u32 acquire.
+        let permits = (max_buffer_bytes >> 10).min(Semaphore::MAX_PERMITS as u64) as usize;
+        let me = Arc::new(Self {
             map: Mutex::default(),
             idle_timeout,
+            max_open,
+            max_buffer_bytes,
+            buffers: Arc::new(Semaphore::new(permits)),
+            counters: Counters::default(),
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(sweeper(Arc::downgrade(&me)));
         }
+        me
     }
 
     /// The upload under `name`, if one is in progress.
-    pub(super) fn get(&self, name: &str) -> Option<Arc<tokio::sync::Mutex<UploadState>>> {
+    pub(super) fn get(&self, name: &str) -> Option<UploadEntry> {
         self.map
             .lock()
             .expect("upload registry lock")
@@ -57,22 +134,45 @@ impl UploadRegistry {
             .cloned()
     }
 
-    /// Registers a new upload (replacing any older one under the same name), dropping uploads
-    /// idle for longer than the timeout.
-    pub(super) fn insert(
-        &self,
-        name: &str,
-        state: UploadState,
-    ) -> Arc<tokio::sync::Mutex<UploadState>> {
-        let entry = Arc::new(tokio::sync::Mutex::new(state));
+    /// Registers a new upload (replacing any older one under the same name). Past `max_open`
+    /// uploads, idle ones are swept first; if none can go, the upload is refused.
+    pub(super) fn insert(&self, name: &str, state: UploadState) -> Result<UploadEntry, Status> {
+        let entry = UploadEntry {
+            committed: state.committed.clone(),
+            state: Arc::new(tokio::sync::Mutex::new(state)),
+        };
         let mut map = self.map.lock().expect("upload registry lock");
-        let timeout = self.idle_timeout;
-        map.retain(|_, s| {
-            s.try_lock()
-                .map_or(true, |s| s.last_used.elapsed() < timeout)
-        });
+        if map.len() >= self.max_open && !map.contains_key(name) {
+            self.sweep_locked(&mut map, self.idle_timeout);
+        }
+        if map.len() >= self.max_open && !map.contains_key(name) {
+            // Still full: drop the longest-idle parked upload, if any is idle at all.
+            self.sweep_locked(&mut map, Duration::ZERO);
+        }
+        if map.len() >= self.max_open && !map.contains_key(name) {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Status::resource_exhausted(format!(
+                "{} ByteStream uploads are in progress, the limit (cache.max_open_uploads); \
+                 retry later",
+                map.len()
+            )));
+        }
         map.insert(name.to_string(), entry.clone());
-        entry
+        Ok(entry)
+    }
+
+    /// Reserves the buffer memory of one stream, or refuses it.
+    pub(super) fn reserve(&self, bytes: u64) -> Result<Reservation, Status> {
+        let kib = bytes.div_ceil(1024).max(1).min(u64::from(u32::MAX)) as u32;
+        if let Ok(permit) = self.buffers.clone().try_acquire_many_owned(kib) {
+            return Ok(Reservation(permit));
+        }
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        Err(Status::resource_exhausted(format!(
+            "upload buffers are full: streams in progress hold the {} bytes of \
+             cache.max_upload_buffer_bytes; retry later",
+            self.max_buffer_bytes
+        )))
     }
 
     /// Forgets an upload (finished or failed).
@@ -83,5 +183,109 @@ impl UploadRegistry {
     /// Marks an upload as used now.
     pub(super) fn touch(state: &mut UploadState) {
         state.last_used = Instant::now();
+    }
+
+    /// Called when a stream stops feeding an unfinished upload: frees its buffers, or drops
+    /// it when they cannot be freed (the client then restarts at offset 0).
+    pub(super) fn park(&self, name: &str, state: &mut UploadState) {
+        let kept = match (state.upload.as_mut(), state.decoder.is_some()) {
+            (Some(upload), false) => upload.park(),
+            _ => None,
+        };
+        if let Some(kept) = kept {
+            state.set_committed(kept as i64);
+            self.counters.parked.fetch_add(1, Ordering::Relaxed);
+        } else {
+            state.upload = None;
+            state.decoder = None;
+            self.remove(name);
+        }
+        Self::touch(state);
+    }
+
+    /// Drops uploads idle for longer than the timeout.
+    fn sweep(&self) {
+        let mut map = self.map.lock().expect("upload registry lock");
+        self.sweep_locked(&mut map, self.idle_timeout);
+    }
+
+    fn sweep_locked(&self, map: &mut HashMap<String, UploadEntry>, idle: Duration) {
+        let before = map.len();
+        // An upload whose lock is held has a stream feeding it: never idle.
+        map.retain(|_, e| {
+            e.state
+                .try_lock()
+                .map_or(true, |s| s.last_used.elapsed() < idle)
+        });
+        let swept = before - map.len();
+        if swept > 0 {
+            self.counters
+                .swept
+                .fetch_add(swept as u64, Ordering::Relaxed);
+            tracing::debug!(swept, "dropped idle ByteStream uploads");
+        }
+    }
+
+    /// Gauges for `/metrics`: open uploads, buffer bytes reserved, refusals, sweeps, parks.
+    pub(super) fn gauges(&self) -> Vec<(&'static str, &'static str, i64)> {
+        let open = self.map.lock().expect("upload registry lock").len() as i64;
+        let free_kib = self.buffers.available_permits() as u64;
+        let reserved = self.max_buffer_bytes.saturating_sub(free_kib << 10) as i64;
+        let c = &self.counters;
+        vec![
+            (
+                "uploads_open",
+                "ByteStream uploads registered (streaming or parked)",
+                open,
+            ),
+            (
+                "uploads_open_limit",
+                "cache.max_open_uploads",
+                self.max_open as i64,
+            ),
+            (
+                "uploads_buffer_reserved_bytes",
+                "Upload buffer memory reserved by streams in progress",
+                reserved,
+            ),
+            (
+                "uploads_buffer_limit_bytes",
+                "cache.max_upload_buffer_bytes",
+                self.max_buffer_bytes as i64,
+            ),
+            (
+                "uploads_refused",
+                "Uploads refused with RESOURCE_EXHAUSTED (count or buffer limit)",
+                c.refused.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "uploads_swept",
+                "Idle uploads dropped",
+                c.swept.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "uploads_parked",
+                "Unfinished uploads cut back to their bytes on disk when their stream ended",
+                c.parked.load(Ordering::Relaxed) as i64,
+            ),
+        ]
+    }
+}
+
+/// Sweeps idle uploads every tenth of the idle timeout (at least each second) until the
+/// registry is dropped.
+async fn sweeper(registry: Weak<UploadRegistry>) {
+    let period = match registry.upgrade() {
+        Some(r) => (r.idle_timeout / 10).max(Duration::from_secs(1)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match registry.upgrade() {
+            Some(r) => r.sweep(),
+            None => return,
+        }
     }
 }

@@ -11,6 +11,9 @@ pub struct Upload {
     digest: Digest,
     hasher: Hasher,
     writer: Box<dyn BlobWriter>,
+    /// The hash state at the last multiple of the writer's rewind step, so that
+    /// [`Upload::park`] can cut the upload back to what is on disk.
+    mark: Option<Hasher>,
 }
 
 impl Upload {
@@ -19,6 +22,7 @@ impl Upload {
             digest,
             hasher: digest.function.hasher(),
             writer,
+            mark: None,
         }
     }
 
@@ -32,6 +36,11 @@ impl Upload {
         self.hasher.size()
     }
 
+    /// Bytes still expected.
+    pub fn remaining(&self) -> u64 {
+        self.digest.size - self.hasher.size()
+    }
+
     /// Appends the next chunk (uncompressed). More bytes than the digest's size is an error.
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), CasError> {
         if self.hasher.size() + chunk.len() as u64 > self.digest.size {
@@ -39,9 +48,38 @@ impl Upload {
                 expected: self.digest,
             });
         }
-        self.hasher.update(&chunk);
+        match self.writer.rewind_step() {
+            None => self.hasher.update(&chunk),
+            Some(step) => {
+                // Hash up to each step boundary separately and remember the state there.
+                let mut rest = &chunk[..];
+                while !rest.is_empty() {
+                    let to_boundary = step - self.hasher.size() % step;
+                    let (now, later) = rest.split_at(to_boundary.min(rest.len() as u64) as usize);
+                    self.hasher.update(now);
+                    if self.hasher.size().is_multiple_of(step) {
+                        self.mark = Some(self.hasher.clone());
+                    }
+                    rest = later;
+                }
+            }
+        }
         self.writer.write(chunk).await?;
         Ok(())
+    }
+
+    /// Frees the bytes this upload buffers in memory while it waits to be resumed, cutting it
+    /// back to the part already on disk. Returns the bytes it still holds, or `None` when it
+    /// cannot be cut back (the caller then drops it and the client starts again).
+    pub fn park(&mut self) -> Option<u64> {
+        let kept = self.writer.drop_buffered()?;
+        if kept == 0 {
+            self.hasher = self.digest.function.hasher();
+            return Some(0);
+        }
+        let mark = self.mark.as_ref().filter(|m| m.size() == kept)?;
+        self.hasher = mark.clone();
+        Some(kept)
     }
 
     /// Checks the digest and publishes the blob.

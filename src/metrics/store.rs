@@ -153,6 +153,14 @@ impl BlobWriter for MeteredWriter {
             }
         }
     }
+
+    fn rewind_step(&self) -> Option<u64> {
+        self.inner.rewind_step()
+    }
+
+    fn drop_buffered(&mut self) -> Option<u64> {
+        self.inner.drop_buffered()
+    }
 }
 
 #[cfg(test)]

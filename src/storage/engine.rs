@@ -438,4 +438,15 @@ impl BlobWriter for EngineWriter {
             .map_err(|_| StorageError::Closed)?;
         orx.await.map_err(|_| StorageError::Closed)?
     }
+
+    fn rewind_step(&self) -> Option<u64> {
+        Some(self.part)
+    }
+
+    fn drop_buffered(&mut self) -> Option<u64> {
+        // Parts already sent are records on disk; only the partial part is in memory.
+        self.buf = BytesMut::new();
+        self.got = self.parts.len() as u64 * self.part;
+        Some(self.got)
+    }
 }

@@ -97,4 +97,19 @@ pub trait BlobWriter: Send {
     /// durable according to the store's durability setting. Replaces any older blob under
     /// the same key (the action cache rewrites entries).
     async fn commit(self: Box<Self>) -> Result<(), StorageError>;
+
+    /// The step at which [`BlobWriter::drop_buffered`] can cut the write back: bytes are
+    /// handed to the disk in whole multiples of it. `None` (the default) when the writer keeps
+    /// everything in memory until commit and cannot give any of it up.
+    fn rewind_step(&self) -> Option<u64> {
+        None
+    }
+
+    /// Frees the bytes buffered in memory that have not reached the disk yet, so an upload
+    /// whose client went away costs no memory while it waits to be resumed. Returns how many
+    /// bytes the write now holds (a multiple of [`BlobWriter::rewind_step`]); the next
+    /// [`BlobWriter::write`] continues from there. `None` when the writer cannot do this.
+    fn drop_buffered(&mut self) -> Option<u64> {
+        None
+    }
 }
