@@ -10,6 +10,7 @@ use crate::exec::ExecError;
 use crate::proto::google::rpc;
 use crate::storage::StorageError;
 use prost::Message;
+use std::fmt::Write;
 use tonic::{Code, Status};
 
 /// The gRPC code for a CAS/AC error.
@@ -101,22 +102,44 @@ pub fn exec_code(err: &ExecError) -> Code {
     }
 }
 
+/// Bytes of `PreconditionFailure` detail sent at most. The detail travels base64-encoded in the
+/// `grpc-status-details-bin` trailer, and gRPC clients refuse trailers past 8 KiB (grpc-java's
+/// default, Bazel's) or 16 KiB; 4 KiB of detail stays under both with the message. Clients
+/// re-check all their inputs on FAILED_PRECONDITION, so a partial list costs nothing.
+const MAX_VIOLATION_BYTES: usize = 4096;
+
 /// The `google.rpc.Status` for an execution error, with REAPI details: one
 /// `PreconditionFailure` violation (type MISSING, subject `blobs/{hash}/{size}`) per missing
-/// blob.
+/// blob, largest first, as many as fit [`MAX_VIOLATION_BYTES`]; the message says how many
+/// were left out.
 pub fn exec_rpc_status(err: &ExecError) -> rpc::Status {
+    let mut message = err.to_string();
     let details = match err {
         ExecError::MissingBlobs(blobs) => {
-            let failure = rpc::PreconditionFailure {
-                violations: blobs
-                    .iter()
-                    .map(|d| rpc::precondition_failure::Violation {
-                        r#type: "MISSING".into(),
-                        subject: format!("blobs/{}/{}", d.hash_hex(), d.size),
-                        description: String::new(),
-                    })
-                    .collect(),
-            };
+            let mut sorted: Vec<_> = blobs.iter().collect();
+            sorted.sort_by(|a, b| b.size.cmp(&a.size).then(a.hash.cmp(&b.hash)));
+            let mut failure = rpc::PreconditionFailure::default();
+            let mut bytes = 0;
+            for d in &sorted {
+                let v = rpc::precondition_failure::Violation {
+                    r#type: "MISSING".into(),
+                    subject: format!("blobs/{}/{}", d.hash_hex(), d.size),
+                    description: String::new(),
+                };
+                bytes += v.encoded_len() + 3;
+                if bytes > MAX_VIOLATION_BYTES {
+                    break;
+                }
+                failure.violations.push(v);
+            }
+            let left = sorted.len() - failure.violations.len();
+            if left > 0 {
+                let listed = failure.violations.len();
+                let _ = write!(
+                    message,
+                    "; {listed} listed as violations (largest first), {left} more not listed"
+                );
+            }
             vec![prost_types::Any {
                 type_url: "type.googleapis.com/google.rpc.PreconditionFailure".into(),
                 value: failure.encode_to_vec(),
@@ -127,7 +150,7 @@ pub fn exec_rpc_status(err: &ExecError) -> rpc::Status {
     };
     rpc::Status {
         code: exec_code(err) as i32,
-        message: err.to_string(),
+        message,
         details,
     }
 }

@@ -20,7 +20,7 @@ mod tests;
 pub use bots::{LeaseReport, LeaseState, LeaseView};
 pub use error::ExecError;
 pub use operation::{OpHandle, OpSnapshot, Outcome, Stage};
-pub use prepare::{PreparedAction, Timeouts, within_root};
+pub use prepare::{ActionLimits, PreparedAction, Timeouts, within_root};
 
 use crate::cas::{ActionCache, Cas, CasError, InlineRequest};
 use crate::digest::Digest;
@@ -34,6 +34,8 @@ use tokio::sync::watch;
 pub struct SchedulerConfig {
     /// Default and maximum action timeouts.
     pub timeouts: Timeouts,
+    /// Size and shape bounds of the Action, Command and input tree an Execute names.
+    pub action_limits: ActionLimits,
     /// How long an UpdateBotSession call waits for work or a cancellation before answering.
     pub bot_poll: Duration,
     /// A bot silent for this long is lost; its leases are requeued.
@@ -53,6 +55,7 @@ impl Default for SchedulerConfig {
                 default: Duration::from_mins(10),
                 max: Duration::from_hours(1),
             },
+            action_limits: ActionLimits::default(),
             bot_poll: Duration::from_secs(5),
             bot_timeout: Duration::from_secs(30),
             max_requeues: 2,
@@ -155,8 +158,9 @@ impl Scheduler {
         }
         let cas = self.shared.cas.clone();
         let timeouts = self.shared.config.timeouts;
+        let limits = self.shared.config.action_limits;
         let prepared =
-            tokio::task::spawn_blocking(move || prepare::prepare(&cas, &digest, timeouts))
+            tokio::task::spawn_blocking(move || prepare::prepare(&cas, &digest, timeouts, limits))
                 .await
                 .map_err(|e| ExecError::InvalidArgument(format!("input check failed: {e}")))??;
         let mergeable = !prepared.action.do_not_cache;

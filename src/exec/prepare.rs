@@ -11,7 +11,7 @@ use crate::cas::{Cas, CasError};
 use crate::digest::Digest;
 use crate::proto::reapi::{Action, Command, Directory};
 use prost::Message;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 /// The execution timeouts of the config.
@@ -21,6 +21,36 @@ pub struct Timeouts {
     pub default: Duration,
     /// An Action asking for more is rejected.
     pub max: Duration,
+}
+
+/// Bounds on what an Execute may make the server read and decode. Each message is checked
+/// against its limit before it is decoded (a decoded Command of many short arguments takes
+/// about twenty times its wire size), and the input tree's shape is bounded so the worker's
+/// staging is too.
+#[derive(Clone, Copy, Debug)]
+pub struct ActionLimits {
+    /// Largest serialized Action.
+    pub max_action_bytes: u64,
+    /// Largest serialized Command.
+    pub max_command_bytes: u64,
+    /// Largest serialized Directory of the input tree.
+    pub max_directory_bytes: u64,
+    /// Deepest input tree (the root is depth 0).
+    pub max_input_depth: usize,
+    /// Most distinct directories in one input tree.
+    pub max_input_directories: usize,
+}
+
+impl Default for ActionLimits {
+    fn default() -> Self {
+        Self {
+            max_action_bytes: 1 << 20,
+            max_command_bytes: 4 << 20,
+            max_directory_bytes: 4 << 20,
+            max_input_depth: 256,
+            max_input_directories: 1 << 20,
+        }
+    }
 }
 
 /// An action ready to queue.
@@ -36,7 +66,21 @@ fn bad(what: &str, e: impl std::fmt::Display) -> ExecError {
     ExecError::InvalidArgument(format!("invalid {what}: {e}"))
 }
 
-fn load<M: Message + Default>(cas: &Cas, digest: &Digest, what: &str) -> Result<M, ExecError> {
+/// Loads and decodes one message, refusing one over `max` bytes before decoding it.
+fn load<M: Message + Default>(
+    cas: &Cas,
+    digest: &Digest,
+    what: &str,
+    max: u64,
+    limit_name: &str,
+) -> Result<M, ExecError> {
+    if digest.size > max {
+        return Err(ExecError::InvalidArgument(format!(
+            "{what} {digest} is {} bytes, over the limit of {max} bytes \
+             (execution.{limit_name})",
+            digest.size
+        )));
+    }
     match cas.get(digest)? {
         None => Err(ExecError::MissingBlobs(vec![*digest])),
         Some(blob) => M::decode(blob.to_bytes()).map_err(|e| bad(what, format!("{digest}: {e}"))),
@@ -56,8 +100,15 @@ pub fn prepare(
     cas: &Cas,
     digest: &Digest,
     timeouts: Timeouts,
+    limits: ActionLimits,
 ) -> Result<PreparedAction, ExecError> {
-    let mut action: Action = load(cas, digest, "Action")?;
+    let mut action: Action = load(
+        cas,
+        digest,
+        "Action",
+        limits.max_action_bytes,
+        "max_action_bytes",
+    )?;
     let command_digest = digest_field(
         digest.function,
         action.command_digest.as_ref(),
@@ -68,7 +119,13 @@ pub fn prepare(
         action.input_root_digest.as_ref(),
         "Action.input_root_digest",
     )?;
-    let command: Command = match load(cas, &command_digest, "Command") {
+    let command: Command = match load(
+        cas,
+        &command_digest,
+        "Command",
+        limits.max_command_bytes,
+        "max_command_bytes",
+    ) {
         Err(ExecError::MissingBlobs(mut m)) => {
             // Report the input root too if it is also absent, so one round trip fixes both.
             if !cas.contains(&input_root)? {
@@ -79,7 +136,7 @@ pub fn prepare(
         other => other?,
     };
     check_command(&command)?;
-    check_inputs(cas, &input_root)?;
+    check_inputs(cas, &input_root, &limits)?;
     let timeout = match action.timeout.as_ref() {
         Some(t) if t.seconds < 0 || t.nanos < 0 => return Err(bad("Action.timeout", "negative")),
         Some(t) if t.seconds > 0 || t.nanos > 0 => Duration::new(t.seconds as u64, t.nanos as u32),
@@ -158,20 +215,30 @@ pub fn within_root(base: &str, path: &str) -> Option<String> {
     Some(parts.join("/"))
 }
 
-/// Walks the input tree and reports every absent directory or file blob.
-fn check_inputs(cas: &Cas, root: &Digest) -> Result<(), ExecError> {
+/// Walks the input tree and reports every absent directory or file blob. Every Directory must
+/// follow the REAPI rules (names valid, sorted and unique across files, directories and
+/// symlinks); the tree's depth and size are bounded by `limits`.
+fn check_inputs(cas: &Cas, root: &Digest, limits: &ActionLimits) -> Result<(), ExecError> {
     let mut missing = Vec::new();
     let mut files = HashSet::new();
-    let mut seen = HashSet::from([*root]);
+    let mut children: HashMap<Digest, Vec<Digest>> = HashMap::new();
     let mut queue = VecDeque::from([*root]);
+    children.insert(*root, Vec::new());
     while let Some(d) = queue.pop_front() {
-        let dir: Directory = match load(cas, &d, "Directory") {
+        let dir: Directory = match load(
+            cas,
+            &d,
+            "Directory",
+            limits.max_directory_bytes,
+            "max_directory_bytes",
+        ) {
             Err(ExecError::MissingBlobs(m)) => {
                 missing.extend(m);
                 continue;
             }
             other => other?,
         };
+        check_names(&d, &dir)?;
         for f in &dir.files {
             files.insert(digest_field(
                 root.function,
@@ -179,13 +246,25 @@ fn check_inputs(cas: &Cas, root: &Digest) -> Result<(), ExecError> {
                 "FileNode.digest",
             )?);
         }
+        let mut subdirs = Vec::with_capacity(dir.directories.len());
         for c in &dir.directories {
             let c = digest_field(root.function, c.digest.as_ref(), "DirectoryNode.digest")?;
-            if seen.insert(c) {
+            subdirs.push(c);
+            if !children.contains_key(&c) {
+                if children.len() >= limits.max_input_directories {
+                    return Err(ExecError::InvalidArgument(format!(
+                        "input tree {root} has more than {} distinct directories \
+                         (execution.max_input_directories)",
+                        limits.max_input_directories
+                    )));
+                }
+                children.insert(c, Vec::new());
                 queue.push_back(c);
             }
         }
+        children.insert(d, subdirs);
     }
+    check_depth(root, &children, limits.max_input_depth)?;
     let files: Vec<Digest> = files.into_iter().collect();
     missing.extend(cas.find_missing(&files)?);
     if missing.is_empty() {
@@ -193,6 +272,90 @@ fn check_inputs(cas: &Cas, root: &Digest) -> Result<(), ExecError> {
     } else {
         Err(ExecError::MissingBlobs(missing))
     }
+}
+
+/// The REAPI rules for one Directory's entries: each name a single path component, each list
+/// sorted, and no name twice within or across the lists. A duplicate name would make staging
+/// ambiguous (and once let one input overwrite another in the worker's cache).
+fn check_names(digest: &Digest, dir: &Directory) -> Result<(), ExecError> {
+    let lists: [(&str, Vec<&str>); 3] = [
+        ("files", dir.files.iter().map(|f| f.name.as_str()).collect()),
+        (
+            "directories",
+            dir.directories.iter().map(|d| d.name.as_str()).collect(),
+        ),
+        (
+            "symlinks",
+            dir.symlinks.iter().map(|l| l.name.as_str()).collect(),
+        ),
+    ];
+    let mut all = HashSet::new();
+    for (list, names) in &lists {
+        for (i, name) in names.iter().enumerate() {
+            if name.is_empty() || *name == "." || *name == ".." || name.contains(['/', '\0']) {
+                return Err(bad(
+                    "Directory",
+                    format!("{digest}: {list} entry {name:?} is not a single path component"),
+                ));
+            }
+            if i > 0 && names[i - 1] >= *name {
+                return Err(bad(
+                    "Directory",
+                    format!(
+                        "{digest}: {list} are not sorted by name without repeats \
+                         ({:?} then {name:?})",
+                        names[i - 1]
+                    ),
+                ));
+            }
+            if !all.insert(*name) {
+                return Err(bad(
+                    "Directory",
+                    format!("{digest}: the name {name:?} appears in more than one list"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fails when the longest path from `root` (a directory reached by several paths counts at
+/// its deepest) is deeper than `max`. Iterative, so a deep tree cannot overflow the stack.
+fn check_depth(
+    root: &Digest,
+    children: &HashMap<Digest, Vec<Digest>>,
+    max: usize,
+) -> Result<(), ExecError> {
+    // Height of each directory (0 for a leaf), by post-order with an explicit stack.
+    let mut height: HashMap<Digest, usize> = HashMap::with_capacity(children.len());
+    let mut stack = vec![(*root, false)];
+    while let Some((d, expanded)) = stack.pop() {
+        if height.contains_key(&d) {
+            continue;
+        }
+        let kids = children.get(&d).map_or(&[][..], Vec::as_slice);
+        if expanded {
+            let h = kids
+                .iter()
+                .map(|k| height.get(k).map_or(0, |h| h + 1))
+                .max()
+                .unwrap_or(0);
+            if h > max {
+                return Err(ExecError::InvalidArgument(format!(
+                    "input tree {root} is deeper than {max} levels (execution.max_input_depth)"
+                )));
+            }
+            height.insert(d, h);
+        } else {
+            stack.push((d, true));
+            stack.extend(
+                kids.iter()
+                    .filter(|k| !height.contains_key(k))
+                    .map(|k| (*k, false)),
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
