@@ -35,6 +35,12 @@ pub struct ServerConfig {
     /// HTTP address of `/metrics` (Prometheus text) and `/status`; empty disables it.
     /// Default `127.0.0.1:8981`. Point Prometheus here; keep it off public interfaces.
     pub metrics_listen: String,
+    /// Most connections open at once, per server (the client listeners share one cap, the
+    /// bots listeners another). Default 4096. At the cap kiln stops accepting until one
+    /// closes (new clients wait in the kernel backlog). Keep it well under `ulimit -n`, which
+    /// kiln raises to the hard limit at start; metric: `kiln_connections_open`,
+    /// `kiln_accept_fd_exhausted`.
+    pub max_connections: u64,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +50,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./kiln-data"),
             unix_socket: "kiln.sock".into(),
             metrics_listen: "127.0.0.1:8981".into(),
+            max_connections: 4096,
         }
     }
 }
@@ -65,6 +72,16 @@ pub struct CacheConfig {
     pub upload_idle_timeout_secs: u64,
     /// Bytes per ByteStream read message. Default 64 KiB; 256 KiB can help on fast links.
     pub read_chunk_bytes: u64,
+    /// Most ByteStream uploads registered at once, streaming or waiting to be resumed.
+    /// Default 4096. An upload waiting for its client costs a few hundred bytes (its buffers
+    /// are freed when its stream ends); past the limit the idle ones are dropped first, then
+    /// new uploads get RESOURCE_EXHAUSTED. Metric: `kiln_uploads_open`, `kiln_uploads_refused`.
+    pub max_open_uploads: u64,
+    /// Memory budget of ByteStream upload streams in progress. Default 1 GiB. Each stream
+    /// reserves what it may buffer (one `storage.part_size_bytes`, plus 8.25 MiB for a zstd
+    /// upload) and gets RESOURCE_EXHAUSTED when the budget is spent. Raise it for many parallel
+    /// large uploads; metric: `kiln_uploads_buffer_reserved_bytes`, `kiln_uploads_refused`.
+    pub max_upload_buffer_bytes: u64,
 }
 
 impl Default for CacheConfig {
@@ -75,6 +92,8 @@ impl Default for CacheConfig {
             max_message_bytes: 64 << 20,
             upload_idle_timeout_secs: 600,
             read_chunk_bytes: 64 << 10,
+            max_open_uploads: 4096,
+            max_upload_buffer_bytes: 1 << 30,
         }
     }
 }
@@ -200,6 +219,20 @@ pub struct ExecutionConfig {
     /// How long a completed operation stays visible to WaitExecution/GetOperation, seconds.
     /// Default 600.
     pub operation_retention_secs: u64,
+    /// Largest serialized Action an Execute may name, bytes; more is INVALID_ARGUMENT naming
+    /// this setting. Default 1 MiB (real Actions are a few hundred bytes).
+    pub max_action_bytes: u64,
+    /// Largest serialized Command, bytes. Default 4 MiB: a decoded Command of many short
+    /// arguments takes about twenty times its wire size, so this bounds an Execute's memory.
+    /// Raise it only if a build's link lines really are this long (rejections name it).
+    pub max_command_bytes: u64,
+    /// Largest serialized Directory of an input tree, bytes. Default 4 MiB (about 30,000
+    /// entries).
+    pub max_directory_bytes: u64,
+    /// Deepest input tree, in levels below the input root. Default 256.
+    pub max_input_depth: u64,
+    /// Most distinct directories in one input tree. Default 1,048,576.
+    pub max_input_directories: u64,
 }
 
 impl Default for ExecutionConfig {
@@ -215,6 +248,11 @@ impl Default for ExecutionConfig {
             max_requeues: 2,
             unmatched_grace_secs: 60,
             operation_retention_secs: 600,
+            max_action_bytes: 1 << 20,
+            max_command_bytes: 4 << 20,
+            max_directory_bytes: 4 << 20,
+            max_input_depth: 256,
+            max_input_directories: 1 << 20,
         }
     }
 }
@@ -303,6 +341,41 @@ impl Config {
             return invalid(
                 "cache.read_chunk_bytes",
                 "must be between 1 and half of max_message_bytes",
+            );
+        }
+        if self.server.max_connections == 0 {
+            return invalid("server.max_connections", "must be at least 1");
+        }
+        for (field, v) in [
+            (
+                "execution.max_action_bytes",
+                self.execution.max_action_bytes,
+            ),
+            (
+                "execution.max_command_bytes",
+                self.execution.max_command_bytes,
+            ),
+            (
+                "execution.max_directory_bytes",
+                self.execution.max_directory_bytes,
+            ),
+            ("execution.max_input_depth", self.execution.max_input_depth),
+            (
+                "execution.max_input_directories",
+                self.execution.max_input_directories,
+            ),
+        ] {
+            if v == 0 {
+                return invalid(field, "must be at least 1");
+            }
+        }
+        if self.cache.max_open_uploads == 0 {
+            return invalid("cache.max_open_uploads", "must be at least 1");
+        }
+        if self.cache.max_upload_buffer_bytes < self.storage.part_size_bytes + (9 << 20) {
+            return invalid(
+                "cache.max_upload_buffer_bytes",
+                "must hold at least one stream: storage.part_size_bytes + 9 MiB",
             );
         }
         if self.storage.max_blob_size_bytes == 0 {

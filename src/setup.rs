@@ -4,7 +4,7 @@ use crate::api::{CacheServices, Limits};
 use crate::cas::{ActionCache, Cas};
 use crate::config::Config;
 use crate::config::{DurabilityMode, IoBackendName};
-use crate::exec::{Scheduler, SchedulerConfig, Timeouts};
+use crate::exec::{ActionLimits, Scheduler, SchedulerConfig, Timeouts};
 use crate::metrics::{MeteredStore, Metrics};
 use crate::server::{self, Listeners};
 use crate::storage::{Durability, Engine, EngineConfig, IoBackend, StorageError, Store};
@@ -48,6 +48,9 @@ pub fn limits(config: &Config) -> Limits {
         upload_idle_timeout: Duration::from_secs(config.cache.upload_idle_timeout_secs),
         read_chunk_bytes: config.cache.read_chunk_bytes as usize,
         exec_enabled: config.execution.enabled,
+        max_open_uploads: config.cache.max_open_uploads as usize,
+        max_upload_buffer_bytes: config.cache.max_upload_buffer_bytes,
+        upload_part_bytes: config.storage.part_size_bytes,
     }
 }
 
@@ -58,6 +61,13 @@ pub fn scheduler_config(config: &Config) -> SchedulerConfig {
         timeouts: Timeouts {
             default: Duration::from_secs(e.default_timeout_secs),
             max: Duration::from_secs(e.max_timeout_secs),
+        },
+        action_limits: ActionLimits {
+            max_action_bytes: e.max_action_bytes,
+            max_command_bytes: e.max_command_bytes,
+            max_directory_bytes: e.max_directory_bytes,
+            max_input_depth: e.max_input_depth as usize,
+            max_input_directories: e.max_input_directories as usize,
         },
         bot_poll: Duration::from_millis(e.bot_poll_ms),
         bot_timeout: Duration::from_secs(e.bot_timeout_secs),
@@ -76,7 +86,10 @@ pub fn bots_socket_path(config: &Config) -> Option<PathBuf> {
 /// Binds the bots listeners (Unix socket, mode 0660, and any TCP addresses), printing
 /// `listening bots unix:PATH` / `listening bots grpc://ADDR` lines to stdout.
 pub async fn bind_bots(config: &Config) -> Result<Listeners, SetupError> {
-    let mut listeners = Listeners::default();
+    let mut listeners = Listeners {
+        connections: server::ConnectionLimit::new(config.server.max_connections as usize),
+        ..Listeners::default()
+    };
     let mut out = std::io::stdout().lock();
     for addr in &config.execution.bots_listen {
         let l = tokio::net::TcpListener::bind(addr)
@@ -291,9 +304,42 @@ pub fn unix_socket_path(config: &Config) -> Option<PathBuf> {
     (!s.is_empty()).then(|| config.server.data_dir.join(s))
 }
 
+/// Gauges of the connection caps: open connections, the cap, and accepts that hit the fd limit.
+fn connection_gauges(
+    limits: &[(&'static str, server::ConnectionLimit)],
+) -> Vec<(&'static str, &'static str, i64)> {
+    let mut out = Vec::new();
+    for (name, l) in limits {
+        let (open, max, fd): (&'static str, &'static str, &'static str) = if *name == "bots" {
+            (
+                "bots_connections_open",
+                "bots_connections_limit",
+                "bots_accept_fd_exhausted",
+            )
+        } else {
+            (
+                "connections_open",
+                "connections_limit",
+                "accept_fd_exhausted",
+            )
+        };
+        out.push((open, "Connections open now", l.open() as i64));
+        out.push((max, "server.max_connections", l.max() as i64));
+        out.push((
+            fd,
+            "Accepts that failed for lack of file descriptors (backed off)",
+            l.fd_exhausted() as i64,
+        ));
+    }
+    out
+}
+
 /// Binds every listener of the config.
 pub async fn bind(config: &Config) -> Result<Listeners, SetupError> {
-    let mut listeners = Listeners::default();
+    let mut listeners = Listeners {
+        connections: server::ConnectionLimit::new(config.server.max_connections as usize),
+        ..Listeners::default()
+    };
     for addr in &config.server.listen {
         let l = tokio::net::TcpListener::bind(addr)
             .await
@@ -349,6 +395,7 @@ impl Prepared {
         let limits = limits(config);
         let max_message = limits.max_message_bytes;
         let services = CacheServices::new(cas.clone(), ac.clone(), limits);
+        metrics.add_gauge_source(Box::new(services.upload_gauges()));
         let mut routes = tonic::service::RoutesBuilder::default();
         services.add_to(&mut routes);
         let mut bots = None;
@@ -362,6 +409,11 @@ impl Prepared {
             bots = Some((bot_routes.routes(), bind_bots(config).await?));
         }
         let listeners = bind(config).await?;
+        let mut limits = vec![("grpc", listeners.connections.clone())];
+        if let Some((_, l)) = &bots {
+            limits.push(("bots", l.connections.clone()));
+        }
+        metrics.add_gauge_source(Box::new(move || connection_gauges(&limits)));
         let metrics_listener = match config.server.metrics_listen.as_str() {
             "" => None,
             addr => Some(
@@ -432,6 +484,10 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SetupError> {
+    match server::raise_fd_limit() {
+        Ok(n) => tracing::info!(open_files = n, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
+    }
     let prepared = Prepared::new(&config).await?;
     tracing::info!(data_dir = %config.server.data_dir.display(), "kiln ready");
     {

@@ -3,6 +3,7 @@
 
 use super::Metrics;
 use bytes::Bytes;
+use futures::StreamExt;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
@@ -42,15 +43,15 @@ pub async fn serve_http(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    // The same accept loop as gRPC's: bounded, and backing off at the fd limit.
+    let conns = crate::server::incoming(listener, crate::server::ConnectionLimit::new(256));
+    tokio::pin!(conns);
     loop {
-        let (stream, _) = tokio::select! {
+        let stream = tokio::select! {
             () = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics endpoint accept failed");
-                    continue;
-                }
+            accepted = conns.next() => match accepted {
+                Some(Ok(s)) => s,
+                _ => return,
             },
         };
         let metrics = metrics.clone();

@@ -29,6 +29,8 @@ pub struct KilnServer {
     pub bots_socket: Option<PathBuf>,
     /// `grpc://ADDR` of a TCP bots listener, when configured.
     pub bots_tcp: Option<String>,
+    /// `HOST:PORT` of the metrics endpoint it printed.
+    pub metrics: Option<String>,
     log: PathBuf,
 }
 
@@ -97,6 +99,7 @@ impl KilnServer {
             unix_socket: None,
             bots_socket: None,
             bots_tcp: None,
+            metrics: None,
             log: log.to_path_buf(),
         };
         let seen = match lines {
@@ -120,6 +123,9 @@ impl KilnServer {
             }
             if let Some(rest) = line.strip_prefix("listening bots unix:") {
                 server.bots_socket = Some(PathBuf::from(rest));
+            }
+            if let Some(rest) = line.strip_prefix("listening http://") {
+                server.metrics = rest.strip_suffix("/metrics").map(str::to_string);
             }
             if let Some(rest) = line.strip_prefix("listening bots grpc://") {
                 server.bots_tcp = Some(format!("grpc://{rest}"));
@@ -163,6 +169,16 @@ impl KilnServer {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Where the server's stderr goes.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The `http://` endpoint for tonic clients.
