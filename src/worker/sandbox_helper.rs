@@ -112,7 +112,7 @@ pub fn main(args: &SandboxArgs) -> ExitCode {
 }
 
 /// What `--probe` checks once set up: the user is the one asked for, the input root is
-/// writable, and every hidden directory is empty.
+/// writable, and every hidden directory is empty (but for the way to the input root).
 fn probe_checks(args: &SandboxArgs) -> Result<(), String> {
     if nix::unistd::geteuid().as_raw() != args.uid {
         return Err(format!(
@@ -124,8 +124,23 @@ fn probe_checks(args: &SandboxArgs) -> Result<(), String> {
     let f = args.workdir.join(".kiln-probe");
     std::fs::write(&f, b"probe").map_err(|e| format!("cannot write {}: {e}", f.display()))?;
     for h in &args.hide {
-        if std::fs::read_dir(h).is_ok_and(|mut d| d.next().is_some()) {
-            return Err(format!("{} is still visible", h.display()));
+        let towards_root = args
+            .root
+            .strip_prefix(h)
+            .ok()
+            .and_then(|r| r.components().next())
+            .map(|c| c.as_os_str().to_os_string());
+        let Ok(entries) = std::fs::read_dir(h) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if Some(e.file_name()) != towards_root {
+                return Err(format!(
+                    "{} is still visible in {}",
+                    e.file_name().to_string_lossy(),
+                    h.display()
+                ));
+            }
         }
     }
     Ok(())
