@@ -196,9 +196,8 @@ fn main() -> ExitCode {
             action_hide,
             action_writable,
         } => runtime.block_on(async {
-            let (uid, gid) =
-                kiln::worker::resolve_user(action_user.as_deref(), allow_root_actions)
-                    .map_err(|e| e.to_string())?;
+            let (uid, gid) = kiln::worker::resolve_user(action_user.as_deref(), allow_root_actions)
+                .map_err(|e| e.to_string())?;
             let helper = std::env::current_exe()
                 .map_err(|e| format!("cannot find the kiln executable: {e}"))?;
             let sandbox = kiln::worker::Sandbox {

@@ -17,7 +17,11 @@ fn file(name: &str, d: &kiln::digest::Digest) -> FileNode {
 }
 
 /// Runs `script` with the input root `root`, returning (code, message) and stdout.
-async fn run_in(c: &Client, script: &str, root: kiln::digest::Digest) -> (tonic::Code, String, String) {
+async fn run_in(
+    c: &Client,
+    script: &str,
+    root: kiln::digest::Digest,
+) -> (tonic::Code, String, String) {
     let mut spec = sh(script);
     spec.input_root = Some(root);
     spec.do_not_cache = true;
@@ -71,7 +75,10 @@ async fn duplicate_names_are_rejected_and_do_not_poison_later_actions() {
         .await;
     let (code, msg, out) = run_in(&c, "cat y", clean).await;
     assert_eq!(code, tonic::Code::Ok, "{msg}");
-    assert_eq!(out, "content of A\n", "the cached input of A was overwritten");
+    assert_eq!(
+        out, "content of A\n",
+        "the cached input of A was overwritten"
+    );
 }
 
 /// Item 14: a 3,000-level input tree fails cleanly with INVALID_ARGUMENT naming the limit,
@@ -160,7 +167,11 @@ async fn setsid_children_die_with_their_action() {
     for (case, script, timeout) in [
         ("timeout", "setsid sleep 1000.{N} & sleep 1000.{N}", 2),
         ("exit", "setsid sleep 1000.{N} & echo started", 0),
-        ("double fork", "(setsid sh -c 'sleep 1000.{N} & :' &) ; sleep 1000.{N}", 2),
+        (
+            "double fork",
+            "(setsid sh -c 'sleep 1000.{N} & :' &) ; sleep 1000.{N}",
+            2,
+        ),
     ] {
         let marker = format!("1000.{nonce}{}", case.len());
         let mut spec = sh(&script.replace("1000.{N}", &marker));
@@ -185,7 +196,10 @@ async fn setsid_children_die_with_their_action() {
         };
         kill_marked(&marker);
         assert_eq!(code, want, "{case}: {msg}");
-        assert!(left.is_empty(), "{case}: processes {left:?} outlived their action");
+        assert!(
+            left.is_empty(),
+            "{case}: processes {left:?} outlived their action"
+        );
     }
 }
 
@@ -199,7 +213,10 @@ async fn actions_cannot_reach_the_server_or_write_outside() {
     let c = server.client().await;
     let bots = server.bots.strip_prefix("unix:").unwrap().to_string();
     let kiln_sock = server.dir.path().join("data").join("kiln.sock");
-    assert!(kiln_sock.exists(), "the test expects kiln.sock at {kiln_sock:?}");
+    assert!(
+        kiln_sock.exists(),
+        "the test expects kiln.sock at {kiln_sock:?}"
+    );
     let open = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("world-writable-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&open).unwrap();
@@ -226,7 +243,10 @@ async fn actions_cannot_reach_the_server_or_write_outside() {
     let uid: u32 = lines[0].strip_prefix("uid ").unwrap().parse().unwrap();
     assert_ne!(uid, 0, "the action ran as root: {out}");
     for l in &lines[1..3] {
-        assert!(l.starts_with("refused"), "a server socket was reachable: {out}");
+        assert!(
+            l.starts_with("refused"),
+            "a server socket was reachable: {out}"
+        );
     }
     assert_eq!(lines[3], "no-write-outside", "{out}");
     assert_eq!(lines[4], "no-write-data", "{out}");
@@ -240,7 +260,12 @@ async fn actions_cannot_reach_the_server_or_write_outside() {
 fn root_actions_need_allow_root_actions() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["worker", "--server", "unix:/nonexistent/bots.sock", "--work-dir"])
+        .args([
+            "worker",
+            "--server",
+            "unix:/nonexistent/bots.sock",
+            "--work-dir",
+        ])
         .arg(dir.path())
         .args(["--action-user", "0:0"])
         .output()

@@ -3,9 +3,9 @@
 // output_files/output_directories are what REAPI v2.0 clients (Bazel 2.x) declare.
 #![allow(deprecated)]
 
+use super::beneath::create_dirs;
 use super::cache::FileCache;
 use super::capture::{Captured, capture, hash_file};
-use super::beneath::create_dirs;
 use super::client::Client;
 use super::error::{WorkerError, io};
 use super::run::{Limits, run};

@@ -21,12 +21,11 @@ pub fn create_dirs(
     declared: &str,
 ) -> Result<(), WorkerError> {
     let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-    let mut dir: OwnedFd = rustix::fs::open(root, flags, Mode::empty()).map_err(|e| {
-        WorkerError::Io {
+    let mut dir: OwnedFd =
+        rustix::fs::open(root, flags, Mode::empty()).map_err(|e| WorkerError::Io {
             what: format!("open {}", root.display()),
             source: e.into(),
-        }
-    })?;
+        })?;
     for part in rel.split('/').filter(|p| !p.is_empty() && *p != ".") {
         if part == ".." {
             return Err(escape(declared, "`..` in a created path"));

@@ -100,33 +100,24 @@ impl Drop for Killer {
     }
 }
 
-/// The command that runs `cmd`: the sandbox helper when there is a sandbox.
+/// The command that runs `cmd`: the sandbox helper when there is a sandbox, with the read
+/// end of its report pipe.
 fn command(
     cmd: &Command,
     place: &Place<'_>,
     limits: &Limits,
-) -> (std::process::Command, Option<std::io::PipeReader>) {
+) -> Result<(std::process::Command, Option<std::io::PipeReader>), WorkerError> {
     let program = program(&cmd.arguments[0], place.workdir);
-    match &limits.sandbox {
-        Some(sandbox) => match std::io::pipe() {
-            Ok((reader, writer)) => {
-                let new_proc = limits.isolation == Isolation::Namespaces;
-                let mut c = sandbox.command(place, new_proc, Some((&program, &cmd.arguments[1..])));
-                c.stdin(writer);
-                (c, Some(reader))
-            }
-            Err(e) => {
-                // Spawning this fails, reported like any command that cannot start.
-                tracing::warn!(error = %e, "cannot create the sandbox report pipe");
-                (std::process::Command::new("/nonexistent/kiln-no-pipe"), None)
-            }
-        },
-        None => {
-            let mut c = std::process::Command::new(program);
-            c.args(&cmd.arguments[1..]).stdin(Stdio::null());
-            (c, None)
-        }
-    }
+    let Some(sandbox) = &limits.sandbox else {
+        let mut c = std::process::Command::new(program);
+        c.args(&cmd.arguments[1..]).stdin(Stdio::null());
+        return Ok((c, None));
+    };
+    let (reader, writer) = std::io::pipe().map_err(io("sandbox report pipe"))?;
+    let new_proc = limits.isolation == Isolation::Namespaces;
+    let mut c = sandbox.command(place, new_proc, Some((&program, &cmd.arguments[1..])));
+    c.stdin(writer);
+    Ok((c, Some(reader)))
 }
 
 /// Runs `cmd` in `place` (sandboxed if `limits` say so), writing stdout/stderr to the given
@@ -142,7 +133,7 @@ pub async fn run(
 ) -> Result<RunOutcome, WorkerError> {
     let out = std::fs::File::create(stdout).map_err(io(format!("create {}", stdout.display())))?;
     let err = std::fs::File::create(stderr).map_err(io(format!("create {}", stderr.display())))?;
-    let (mut command, report) = command(cmd, place, limits);
+    let (mut command, report) = command(cmd, place, limits)?;
     command
         .env_clear()
         .envs(

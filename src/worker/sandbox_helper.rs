@@ -107,7 +107,7 @@ pub fn main(args: &SandboxArgs) -> ExitCode {
     drop(null);
     let e = std::process::Command::new(program).args(rest).exec();
     // Like a shell: a command that cannot start exits 127 with the reason on stderr.
-    eprintln!("kiln worker: cannot run {program:?}: {e}");
+    eprintln!("kiln worker: cannot run \"{}\": {e}", program.display());
     ExitCode::from(127)
 }
 
@@ -211,20 +211,31 @@ fn setup(args: &SandboxArgs) -> Step<u64> {
         remount(h, true)?;
     }
     if args.new_proc {
-        mount(
+        let r = mount(
             Some("proc"),
             "/proc",
             Some("proc"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
             None::<&str>,
-        )
-        .map_err(ctx("mount /proc"))?;
+        );
+        // A worker that is not root made the PID namespace with CAP_SYS_ADMIN of the host's
+        // user namespace, which this helper's own user namespace does not own: /proc stays
+        // the host's (read-only), as documented for that setup.
+        if uid.is_root() {
+            r.map_err(ctx("mount /proc"))?;
+        }
     }
     let ns = std::fs::metadata("/proc/self/ns/mnt")
         .map_err(ctx("stat /proc/self/ns/mnt"))?
         .ino();
     nix::unistd::chdir(&args.workdir).map_err(ctx(format!("chdir {}", args.workdir.display())))?;
     drop_privileges(args.uid, args.gid)?;
+    // No capability reaches the command, not even an ambient one the worker was given
+    // (systemd `AmbientCapabilities=`); no setuid binary gives one back.
+    match rustix::thread::clear_ambient_capability_set() {
+        Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+        Err(e) => return Err(format!("clear ambient capabilities: {e}")),
+    }
     rustix::thread::set_no_new_privs(true).map_err(ctx("no_new_privs"))?;
     Ok(ns)
 }
@@ -284,8 +295,8 @@ fn remount(target: &Path, read_only: bool) -> Step {
 /// Remounts every mount read-only (`/` must succeed; a mount that cannot be reached or
 /// changed, e.g. one shadowed by another, is left as it is).
 fn read_only_everywhere() -> Step {
-    let info =
-        std::fs::read_to_string("/proc/self/mountinfo").map_err(ctx("read /proc/self/mountinfo"))?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(ctx("read /proc/self/mountinfo"))?;
     let points: Vec<PathBuf> = info
         .lines()
         .filter_map(|l| l.split(' ').nth(4))

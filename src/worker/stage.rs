@@ -87,8 +87,7 @@ pub async fn stage(
 }
 
 fn check_name(name: &str) -> Result<&str, WorkerError> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0')
-    {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
         return Err(WorkerError::Invalid {
             what: "input name",
             reason: format!("{name:?}"),
@@ -177,7 +176,15 @@ fn materialize(
         for f in &dir.files {
             let d = Digest::from_field(p.digest.function, f.digest.as_ref(), "FileNode.digest")?;
             let src = FileCache::file_name(&d, f.is_executable);
-            if linkat(cache_fd, src.as_str(), &fd, f.name.as_str(), AtFlags::empty()).is_err() {
+            if linkat(
+                cache_fd,
+                src.as_str(),
+                &fd,
+                f.name.as_str(),
+                AtFlags::empty(),
+            )
+            .is_err()
+            {
                 // Too many links (EMLINK) or a cross-device work dir: fall back to a copy.
                 copy_new(cache, &d, f.is_executable, &fd, &f.name, &p.path)?;
             }
@@ -254,8 +261,8 @@ fn copy_new(
         source: e.into(),
     })?;
     let mut out = std::fs::File::from(out);
-    let mut src = std::fs::File::open(cache.path(d, executable))
-        .map_err(io(format!("open cached {d}")))?;
+    let mut src =
+        std::fs::File::open(cache.path(d, executable)).map_err(io(format!("open cached {d}")))?;
     std::io::copy(&mut src, &mut out).map_err(io(format!("stage {}", to.display())))?;
     Ok(())
 }
@@ -304,10 +311,12 @@ mod tests {
         };
         let e = check_directory(&across).unwrap_err().to_string();
         assert!(e.contains("duplicate name \"x\""), "{e}");
-        assert!(check_directory(&Directory {
-            files: vec![file("..")],
-            ..Default::default()
-        })
-        .is_err());
+        assert!(
+            check_directory(&Directory {
+                files: vec![file("..")],
+                ..Default::default()
+            })
+            .is_err()
+        );
     }
 }

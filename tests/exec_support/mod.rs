@@ -94,8 +94,7 @@ impl Server {
         extra: &[&str],
     ) -> Worker {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o777))
-            .unwrap();
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let dir = self.dir.path().to_str().unwrap().to_string();
         let mut all = vec!["--action-writable", dir.as_str()];
         all.extend_from_slice(extra);
@@ -408,12 +407,17 @@ impl Client {
 }
 
 /// The (code, message) an Execute ended with: the call's error, or the response's status.
-pub fn outcome(r: &Result<(Vec<Operation>, ExecuteResponse), tonic::Status>) -> (tonic::Code, String) {
+pub fn outcome(
+    r: &Result<(Vec<Operation>, ExecuteResponse), tonic::Status>,
+) -> (tonic::Code, String) {
     match r {
         Err(e) => (e.code(), e.message().to_string()),
-        Ok((_, resp)) => resp.status.as_ref().map_or((tonic::Code::Ok, String::new()), |s| {
-            (tonic::Code::from_i32(s.code), s.message.clone())
-        }),
+        Ok((_, resp)) => resp
+            .status
+            .as_ref()
+            .map_or((tonic::Code::Ok, String::new()), |s| {
+                (tonic::Code::from_i32(s.code), s.message.clone())
+            }),
     }
 }
 
@@ -427,8 +431,10 @@ pub fn processes_with(marker: &str) -> Vec<u32> {
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')));
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        });
         if !zombie && String::from_utf8_lossy(&cmdline).contains(marker) {
             out.push(pid);
         }
