@@ -160,8 +160,18 @@ fn kill_marked(marker: &str) {
 /// left running by an action that exits dies at its end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setsid_children_die_with_their_action() {
+    setsid_children_die(&[]).await;
+}
+
+/// Item 16 with `--isolation namespaces`: the PID namespace takes them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setsid_children_die_with_their_action_in_a_pid_namespace() {
+    setsid_children_die(&["--isolation", "namespaces"]).await;
+}
+
+async fn setsid_children_die(worker_args: &[&str]) {
     let server = Server::start();
-    let _w = server.worker_sandboxed(&server.bots, 1, &[], &[]);
+    let _w = server.worker_sandboxed(&server.bots, 1, &[], worker_args);
     let c = server.client().await;
     let nonce = uuid::Uuid::new_v4().as_u128() % 1_000_000_000;
     for (case, script, timeout) in [

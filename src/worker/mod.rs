@@ -147,6 +147,16 @@ pub async fn run(mut config: WorkerConfig) -> Result<(), WorkerError> {
             .collect();
         s.hide.sort();
         s.hide.dedup();
+        if let Some(p) = s.hide.iter().find(|p| p.parent().is_none()) {
+            return Err(WorkerError::Invalid {
+                what: "hidden directory",
+                reason: format!(
+                    "{} would hide the whole file system from actions (server socket or \
+                     --action-hide at the root?)",
+                    p.display()
+                ),
+            });
+        }
         s.probe(&actions_dir).await?;
     }
     let actions_dir = std::fs::canonicalize(&actions_dir)

@@ -181,10 +181,13 @@ pub async fn run(
         apply_limits(pid, limits);
     }
     if let Some(report) = report {
-        match read_report(report).await {
+        let report = tokio::time::timeout(timeout, read_report(report))
+            .await
+            .unwrap_or_else(|_| Err("setup did not finish within the action's timeout".into()));
+        match report {
             Ok(ns) => reaper::global().set_mount_ns(action, ns),
             Err(e) => {
-                drop(killer);
+                let _ = tokio::task::spawn_blocking(move || drop(killer)).await;
                 let _ = child.wait().await;
                 return Err(WorkerError::Sandbox(e));
             }
