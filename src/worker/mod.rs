@@ -131,6 +131,9 @@ pub async fn run(mut config: WorkerConfig) -> Result<(), WorkerError> {
     }
     std::fs::create_dir_all(&actions_dir)
         .map_err(error::io(format!("mkdir {}", actions_dir.display())))?;
+    // The sandbox binds action directories at their paths: no relative or symlinked ones.
+    let actions_dir = std::fs::canonicalize(&actions_dir)
+        .map_err(error::io(format!("resolve {}", actions_dir.display())))?;
     if let Some(sandbox) = config.limits.sandbox.as_mut() {
         // What actions must never see: the server's data dir (store and sockets) and this
         // worker's own directories (cache, other actions).
@@ -157,10 +160,13 @@ pub async fn run(mut config: WorkerConfig) -> Result<(), WorkerError> {
                 ),
             });
         }
+        s.writable = s
+            .writable
+            .iter()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+            .collect();
         s.probe(&actions_dir).await?;
     }
-    let actions_dir = std::fs::canonicalize(&actions_dir)
-        .map_err(error::io(format!("resolve {}", actions_dir.display())))?;
     let ctx = Arc::new(action::Context {
         client,
         cache,

@@ -169,10 +169,10 @@ fn materialize(
             return Err(too_deep());
         }
         let fd = make_dir(&p, owner)?;
+        // Every Directory in `dirs` was checked by `stage` before anything was made.
         let dir = dirs
             .get(&p.digest)
             .ok_or(WorkerError::MissingInput(p.digest))?;
-        check_directory(dir)?;
         for f in &dir.files {
             let d = Digest::from_field(p.digest.function, f.digest.as_ref(), "FileNode.digest")?;
             let src = FileCache::file_name(&d, f.is_executable);
