@@ -178,6 +178,14 @@ pub async fn run(mut config: WorkerConfig) -> Result<(), WorkerError> {
     let host = hostname();
     let pid = std::process::id();
     let mut slots = tokio::task::JoinSet::new();
+    // Orphans of running actions that exit are reaped as they go, not only at the action's end.
+    slots.spawn(async {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            every.tick().await;
+            let _ = tokio::task::spawn_blocking(|| reaper::global().reap_zombies()).await;
+        }
+    });
     for slot in 0..config.concurrency.max(1) {
         slots.spawn(session::run_slot(
             ctx.clone(),

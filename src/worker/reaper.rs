@@ -153,6 +153,26 @@ impl Reaper {
     }
 }
 
+impl Reaper {
+    /// Reaps orphans of running actions that have exited (zombies re-parented to the worker),
+    /// so an action that keeps leaving short-lived orphans does not fill the process table
+    /// before it ends. Kills nothing.
+    pub fn reap_zombies(&self) {
+        let me = rustix::process::getpid().as_raw_nonzero().get();
+        let running = self.lock();
+        let firsts: HashSet<i32> = running.values().map(|r| r.pid).collect();
+        for p in all_procs() {
+            if p.zombie
+                && p.ppid == me
+                && !firsts.contains(&p.pid)
+                && let Some(pid) = Pid::from_raw(p.pid)
+            {
+                let _ = waitpid(Some(pid), WaitOptions::NOHANG);
+            }
+        }
+    }
+}
+
 /// One round: kills the action's tree (from its first process `action`, while that is still
 /// an unreaped child) and every unattributed orphan under `me` with their descendants, reaps
 /// dead orphans (never `action`: tokio waits for it). Returns (killed, whether anything was
