@@ -158,6 +158,12 @@ pub async fn run(
     };
     let (mut child, action) = match spawned {
         Ok(c) => c,
+        Err(e) if limits.sandbox.is_some() => {
+            // The helper itself did not start: the worker's problem, not the action's.
+            return Err(WorkerError::Sandbox(format!(
+                "cannot start the helper: {e}"
+            )));
+        }
         Err(e) => {
             // Like a shell: a command that cannot start exits 127 with the reason on stderr.
             let _ = std::fs::write(
