@@ -86,7 +86,27 @@ enum Command {
         /// means inputs come over gRPC).
         #[arg(long)]
         server_data_dir: Option<PathBuf>,
+        /// User actions run as: a name or `uid[:gid]` (default: `nobody` when the worker is
+        /// root; a worker that is not root runs them as its own user in a user namespace).
+        #[arg(long)]
+        action_user: Option<String>,
+        /// Allow actions to run as root (uid 0). Root inside the sandbox can undo its mounts
+        /// and reach the server's sockets: only for trusted actions.
+        #[arg(long)]
+        allow_root_actions: bool,
+        /// A directory to hide from actions (covered by an empty tmpfs in their mount
+        /// namespace), beside the server data dir and the work dir; repeat for several.
+        /// Use it for a socket outside the data dir.
+        #[arg(long = "action-hide")]
+        action_hide: Vec<PathBuf>,
+        /// A directory actions may write besides their own (bound read-write into the
+        /// sandbox), e.g. a shared scratch dir; repeat for several.
+        #[arg(long = "action-writable")]
+        action_writable: Vec<PathBuf>,
     },
+    /// The action sandbox helper the worker runs as each action's first process (internal).
+    #[command(hide = true)]
+    ActionSandbox(kiln::worker::SandboxArgs),
     /// Measure any REAPI endpoint (or this box's limits with `bench baseline`).
     Bench(kiln::bench::BenchArgs),
 }
@@ -117,6 +137,10 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    // The sandbox helper must stay single-threaded (user namespaces need it): no runtime.
+    if let Command::ActionSandbox(args) = &cli.command {
+        return kiln::worker::sandbox_main(args);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -167,7 +191,22 @@ fn main() -> ExitCode {
             isolation,
             cache_max_bytes,
             server_data_dir,
+            action_user,
+            allow_root_actions,
+            action_hide,
+            action_writable,
         } => runtime.block_on(async {
+            let (uid, gid) = kiln::worker::resolve_user(action_user.as_deref(), allow_root_actions)
+                .map_err(|e| e.to_string())?;
+            let helper = std::env::current_exe()
+                .map_err(|e| format!("cannot find the kiln executable: {e}"))?;
+            let sandbox = kiln::worker::Sandbox {
+                helper,
+                uid,
+                gid,
+                hide: action_hide,
+                writable: action_writable,
+            };
             let properties = properties
                 .iter()
                 .map(|p| {
@@ -186,6 +225,7 @@ fn main() -> ExitCode {
                     open_files: open_files_limit,
                     core_dumps: false,
                     isolation,
+                    sandbox: Some(std::sync::Arc::new(sandbox)),
                 },
                 cache_max_bytes,
                 server_data_dir,
@@ -196,6 +236,7 @@ fn main() -> ExitCode {
             }
         }),
         Command::Bench(args) => runtime.block_on(kiln::bench::run(args)),
+        Command::ActionSandbox(_) => unreachable!("handled before the runtime starts"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,11 +3,13 @@
 // output_files/output_directories are what REAPI v2.0 clients (Bazel 2.x) declare.
 #![allow(deprecated)]
 
+use super::beneath::create_dirs;
 use super::cache::FileCache;
 use super::capture::{Captured, capture, hash_file};
 use super::client::Client;
 use super::error::{WorkerError, io};
 use super::run::{Limits, run};
+use super::sandbox::Place;
 use super::stage::stage;
 use crate::digest::Digest;
 use crate::exec::within_root;
@@ -125,8 +127,16 @@ async fn prepare(
         return Err(invalid("Command", "no arguments"));
     }
     std::fs::create_dir_all(dir).map_err(io(format!("mkdir {}", dir.display())))?;
+    let owner = ctx.limits.sandbox.as_ref().and_then(|s| s.owner());
+    // The action's private /tmp (bound over /tmp in the sandbox), beside its input root.
+    let tmp = dir.join("tmp");
+    std::fs::create_dir(&tmp).map_err(io(format!("mkdir {}", tmp.display())))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
+            .map_err(io(format!("chown {}", tmp.display())))?;
+    }
     let root = dir.join("root");
-    stage(&ctx.client, &ctx.cache, &input_root, &root).await?;
+    stage(&ctx.client, &ctx.cache, &input_root, &root, owner).await?;
     let escape = |path: &str, reason: &str| WorkerError::Escape {
         path: path.to_string(),
         reason: reason.into(),
@@ -137,8 +147,9 @@ async fn prepare(
             "working directory leaves the input root",
         )
     })?;
+    // Created without following symlinks: the input tree may hold any symlink.
+    create_dirs(&root, &wd_rel, owner, &cmd.working_directory)?;
     let workdir = root.join(&wd_rel);
-    std::fs::create_dir_all(&workdir).map_err(io(format!("mkdir {}", workdir.display())))?;
     for p in cmd
         .output_paths
         .iter()
@@ -148,8 +159,7 @@ async fn prepare(
         let rel =
             within_root(&wd_rel, p).ok_or_else(|| escape(p, "leaves the action directory"))?;
         if let Some((parent, _)) = rel.rsplit_once('/') {
-            std::fs::create_dir_all(root.join(parent))
-                .map_err(io(format!("mkdir parent of {p}")))?;
+            create_dirs(&root, parent, owner, p)?;
         }
     }
     Ok((cmd, root, workdir))
@@ -203,13 +213,19 @@ async fn execute_in(
         .map_or(Duration::from_mins(10), |t| {
             Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)
         });
+    let tmp = dir.join("tmp");
+    let place = Place {
+        root: &root,
+        tmp: &tmp,
+        workdir: &workdir,
+    };
     let ran = run(
         &cmd,
-        &workdir,
+        &place,
         &dir.join("stdout"),
         &dir.join("stderr"),
         timeout,
-        ctx.limits,
+        &ctx.limits,
         cancel,
     )
     .await?;
@@ -260,12 +276,20 @@ fn remove_tree(dir: &std::path::Path) {
 }
 
 /// Makes every directory under `p` writable (actions may leave read-only ones behind).
+/// Iterative: an action can leave a tree deeper than the worker's stack would allow.
 fn chmod_dirs(p: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
-    if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
-        let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755));
-        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-            chmod_dirs(&e.path());
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+            let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755));
+            stack.extend(
+                std::fs::read_dir(&p)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
         }
     }
 }

@@ -7,10 +7,11 @@
 //! that a staging in progress still has to link (it holds a [`Pin`]). Removing a cached file
 //! does not touch action directories: their hardlinks keep the inode.
 //!
-//! Caveat (shared with every hardlink cache, e.g. Buildbarn's): an action running as the same
-//! user could chmod a staged file and modify the cached inode. Run workers as a different user
-//! from the files' owner if actions are untrusted (namespace isolation does not prevent it:
-//! there is no mount namespace).
+//! Cached files are never opened for writing once installed: staging links them, and its copy
+//! fallback creates new files (see `stage.rs`). Caveat shared with every hardlink cache (e.g.
+//! Buildbarn's): an action running as the files' owner could chmod a staged file and modify the
+//! cached inode. So actions run as another user (`--action-user`, default `nobody`, see
+//! `sandbox.rs`): the files stay the worker's, mode 0444/0555, and cannot be changed.
 
 use super::client::{BATCH_BLOB_LIMIT, Client};
 use super::error::{WorkerError, io};
@@ -408,16 +409,28 @@ impl FileCache {
     }
 
     /// The Directory protos of a whole tree, fetched level by level in batches; directories
-    /// seen before come from memory, so repeated trees cost no round trip.
+    /// seen before come from memory, so repeated trees cost no round trip. A tree with more
+    /// than `max_depth` levels below its root fails (INVALID_ARGUMENT) before the next fetch.
     pub async fn tree(
         &self,
         client: &Client,
         root: &Digest,
+        max_depth: usize,
     ) -> Result<HashMap<Digest, Arc<Directory>>, WorkerError> {
         let mut out: HashMap<Digest, Arc<Directory>> = HashMap::new();
         let mut level = vec![*root];
+        let mut depth = 0usize;
         while !level.is_empty() {
+            if depth > max_depth {
+                return Err(WorkerError::Invalid {
+                    what: "input root",
+                    reason: format!("the tree is deeper than the limit of {max_depth} levels"),
+                });
+            }
+            depth += 1;
             let mut fetch = Vec::new();
+            // Directories first seen at this level: only their children can be new.
+            let mut added = Vec::new();
             {
                 let dirs = self.dirs.lock().expect("dir cache lock");
                 for d in level.drain(..) {
@@ -427,6 +440,7 @@ impl FileCache {
                     match dirs.get(&d) {
                         Some(dir) => {
                             out.insert(d, dir.clone());
+                            added.push(dir.clone());
                         }
                         None => fetch.push(d),
                     }
@@ -446,12 +460,13 @@ impl FileCache {
                 })?;
                 let dir = Arc::new(dir);
                 dirs.insert(d, dir.clone());
-                out.insert(d, dir);
+                out.insert(d, dir.clone());
+                added.push(dir);
             }
             drop(dirs);
-            // Next level: children of everything gathered so far that are not yet known.
+            // Next level: children of this level's directories that are not yet known.
             let mut next = HashSet::new();
-            for dir in out.values() {
+            for dir in &added {
                 for c in &dir.directories {
                     let c = Digest::from_field(
                         root.function,

@@ -7,6 +7,7 @@
 
 use super::client::{BATCH_BLOB_LIMIT, Source};
 use super::error::{WorkerError, io};
+use super::stage::MAX_INPUT_DEPTH;
 use crate::digest::{Digest, DigestFunction};
 use crate::exec::within_root;
 use crate::proto::reapi::{
@@ -36,8 +37,15 @@ fn escape(path: &str, reason: impl Into<String>) -> WorkerError {
 }
 
 /// Hashes a file; small ones are kept in memory for a batched upload.
+/// The last component is never followed (`O_NOFOLLOW`): outputs are checked not to be
+/// symlinks before, and all of the action's processes are dead by then.
 pub fn hash_file(function: DigestFunction, path: &Path) -> Result<(Digest, Source), WorkerError> {
-    let mut f = std::fs::File::open(path).map_err(io(format!("open {}", path.display())))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(io(format!("open {}", path.display())))?;
     let len = f
         .metadata()
         .map_err(io(format!("stat {}", path.display())))?
@@ -136,7 +144,7 @@ pub fn capture(
                 });
             }
             let mut children = Vec::new();
-            let root_dir = dir_tree(function, &full, &rel, &mut children, &mut c.blobs)?;
+            let root_dir = dir_tree(function, &full, &rel, &mut children, &mut c.blobs, 0)?;
             let tree = Tree {
                 root: Some(root_dir),
                 children,
@@ -170,14 +178,22 @@ pub fn capture(
     Ok(c)
 }
 
-/// Builds the Directory of `dir`, pushing every descendant Directory into `children`.
+/// Builds the Directory of `dir`, pushing every descendant Directory into `children`. An
+/// output tree deeper than [`MAX_INPUT_DEPTH`] is an error (the recursion stays bounded).
 fn dir_tree(
     function: DigestFunction,
     dir: &Path,
     rel: &str,
     children: &mut Vec<Directory>,
     blobs: &mut Vec<(Digest, Source)>,
+    depth: usize,
 ) -> Result<Directory, WorkerError> {
+    if depth > MAX_INPUT_DEPTH {
+        return Err(WorkerError::Invalid {
+            what: "output directory",
+            reason: format!("{rel:?} is deeper than the limit of {MAX_INPUT_DEPTH} levels"),
+        });
+    }
     let mut out = Directory::default();
     let entries = std::fs::read_dir(dir).map_err(io(format!("list {}", dir.display())))?;
     for entry in entries {
@@ -199,7 +215,7 @@ fn dir_tree(
                 ..Default::default()
             });
         } else if ft.is_dir() {
-            let sub = dir_tree(function, &path, &child_rel, children, blobs)?;
+            let sub = dir_tree(function, &path, &child_rel, children, blobs, depth + 1)?;
             let digest = function.digest_of(&sub.encode_to_vec());
             children.push(sub);
             out.directories.push(DirectoryNode {

@@ -26,6 +26,9 @@ pub enum WorkerError {
     /// Data from the server that does not make sense (bad digest, undecodable message).
     #[error("invalid {what}: {reason}")]
     Invalid { what: &'static str, reason: String },
+    /// The action sandbox could not be set up (see `sandbox.rs`).
+    #[error("action sandbox: {0}")]
+    Sandbox(String),
     /// An output path or symlink that would leave the action directory.
     #[error("output {path:?} escapes the action directory: {reason}")]
     Escape { path: String, reason: String },

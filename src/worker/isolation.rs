@@ -7,11 +7,10 @@
 //! process exits, every process left in that namespace is killed. The thread then ends, so
 //! no thread of the worker stays in those namespaces.
 //!
-//! Limits (no mount or user namespace: both need a single-threaded caller): the file system
-//! is the worker's, so `/proc` still lists the host's processes, Unix sockets with a path
-//! (the bots socket among them) stay reachable, and the action runs as the worker's user,
-//! with its read access (the server's store included, for a co-located worker). Run the worker
-//! as a dedicated user for untrusted actions. The first process is PID 1 of its namespace:
+//! The mount namespace, the action user and a fresh `/proc` for the new PID namespace come
+//! from the sandbox helper (`sandbox.rs`), which is the process started here: a mount or user
+//! namespace needs a single-threaded caller, which this thread is not. The first process is
+//! PID 1 of its namespace:
 //! signals it has no handler for (`kill -TERM $$`) are ignored, as for any init.
 //! Needs CAP_SYS_ADMIN (the worker running as root, or a systemd unit granting it).
 
@@ -59,8 +58,9 @@ pub fn probe() -> io::Result<()> {
         .map_err(|_| io::Error::other("namespace probe thread panicked"))?
 }
 
-/// Spawns `command` inside new namespaces, from a thread that exists only for this.
-pub async fn spawn(command: std::process::Command) -> io::Result<tokio::process::Child> {
+/// Spawns `command` inside new namespaces, from a thread that exists only for this, and
+/// registers it with the reaper (returning its id there).
+pub async fn spawn(command: std::process::Command) -> io::Result<(tokio::process::Child, u64)> {
     let handle = tokio::runtime::Handle::current();
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -69,9 +69,13 @@ pub async fn spawn(command: std::process::Command) -> io::Result<tokio::process:
             let r = enter().and_then(|()| {
                 // The child's reaper belongs to the worker's runtime.
                 let _rt = handle.enter();
-                tokio::process::Command::from(command)
-                    .kill_on_drop(true)
-                    .spawn()
+                super::reaper::global().spawn(move || {
+                    let c = tokio::process::Command::from(command)
+                        .kill_on_drop(true)
+                        .spawn()?;
+                    let pid = c.id();
+                    Ok((c, pid))
+                })
             });
             let _ = tx.send(r);
         })?;

@@ -7,15 +7,25 @@
 //! not: filling that cache (BatchReadBlobs/ByteStream over the Unix socket) and uploading
 //! outputs (FindMissingBlobs, then BatchUpdateBlobs/ByteStream). When the storage engine keeps
 //! blobs in files, the cache fill can become a reflink/copy_file_range from the segments.
-//! Namespaces are not used yet: actions run as the worker's user, in their own process group.
+//!
+//! Actions are untrusted: each runs in a sandbox (`sandbox.rs`: own mount namespace where the
+//! server's data dir, sockets and the work dir are hidden, read-only everywhere but its input
+//! root, as `--action-user`, default `nobody`), every process it starts dies with it
+//! (`reaper.rs`), its input tree is checked (sorted unique names, at most
+//! [`MAX_INPUT_DEPTH`] levels) and staged without recursion or writes into cached files
+//! (`stage.rs`), and output parents are created without following symlinks (`beneath.rs`).
 
 mod action;
+mod beneath;
 mod cache;
 mod capture;
 mod client;
 mod error;
 mod isolation;
+mod reaper;
 mod run;
+mod sandbox;
+mod sandbox_helper;
 mod session;
 mod stage;
 
@@ -23,6 +33,9 @@ pub use client::{Client, connect};
 pub use error::WorkerError;
 pub use isolation::Isolation;
 pub use run::Limits;
+pub use sandbox::{Sandbox, resolve_user};
+pub use sandbox_helper::{SandboxArgs, main as sandbox_main};
+pub use stage::MAX_INPUT_DEPTH;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -98,12 +111,14 @@ fn hostname() -> String {
 
 /// Connects and runs `concurrency` slots until the process is stopped. Prints `worker ready`
 /// to stdout once connected.
-pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
+pub async fn run(mut config: WorkerConfig) -> Result<(), WorkerError> {
     if config.limits.isolation == Isolation::Namespaces {
         isolation::probe().map_err(error::io(
             "--isolation namespaces: cannot create network/IPC/UTS/PID namespaces (needs CAP_SYS_ADMIN)",
         ))?;
     }
+    reaper::enable().map_err(error::io("PR_SET_CHILD_SUBREAPER"))?;
+    let data_dir = server_data_dir(&config);
     let client = connect(&config.server).await?;
     let cache = Arc::new(cache::FileCache::open(
         config.work_dir.join("cache"),
@@ -116,6 +131,42 @@ pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     }
     std::fs::create_dir_all(&actions_dir)
         .map_err(error::io(format!("mkdir {}", actions_dir.display())))?;
+    // The sandbox binds action directories at their paths: no relative or symlinked ones.
+    let actions_dir = std::fs::canonicalize(&actions_dir)
+        .map_err(error::io(format!("resolve {}", actions_dir.display())))?;
+    if let Some(sandbox) = config.limits.sandbox.as_mut() {
+        // What actions must never see: the server's data dir (store and sockets) and this
+        // worker's own directories (cache, other actions).
+        let s = Arc::make_mut(sandbox);
+        s.hide.extend(data_dir.iter().cloned());
+        s.hide.push(
+            std::fs::canonicalize(&config.work_dir)
+                .map_err(error::io(format!("resolve {}", config.work_dir.display())))?,
+        );
+        s.hide = s
+            .hide
+            .iter()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+            .collect();
+        s.hide.sort();
+        s.hide.dedup();
+        if let Some(p) = s.hide.iter().find(|p| p.parent().is_none()) {
+            return Err(WorkerError::Invalid {
+                what: "hidden directory",
+                reason: format!(
+                    "{} would hide the whole file system from actions (server socket or \
+                     --action-hide at the root?)",
+                    p.display()
+                ),
+            });
+        }
+        s.writable = s
+            .writable
+            .iter()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+            .collect();
+        s.probe(&actions_dir).await?;
+    }
     let ctx = Arc::new(action::Context {
         client,
         cache,
@@ -127,6 +178,14 @@ pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     let host = hostname();
     let pid = std::process::id();
     let mut slots = tokio::task::JoinSet::new();
+    // Orphans of running actions that exit are reaped as they go, not only at the action's end.
+    slots.spawn(async {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            every.tick().await;
+            let _ = tokio::task::spawn_blocking(|| reaper::global().reap_zombies()).await;
+        }
+    });
     for slot in 0..config.concurrency.max(1) {
         slots.spawn(session::run_slot(
             ctx.clone(),
@@ -188,6 +247,6 @@ impl Stager {
         root: &crate::digest::Digest,
         dest: &std::path::Path,
     ) -> Result<(), WorkerError> {
-        stage::stage(&self.client, &self.cache, root, dest).await
+        stage::stage(&self.client, &self.cache, root, dest, None).await
     }
 }

@@ -1,21 +1,26 @@
 //! Runs one command: exactly its argv, environment and working directory, stdout/stderr to
-//! files, in its own process group that is killed at the timeout, on cancellation, and after
-//! exit (so stray background processes die with the action). Resource limits are applied to
-//! the child with prlimit(2) right after spawn (std offers no safe pre-exec hook; the window
-//! between spawn and prlimit is a few microseconds of the child's startup).
+//! files, in the action sandbox (`sandbox.rs`) and its own process group. At the timeout, on
+//! cancellation and after exit the group is killed and then every other process the action
+//! started, found by the reaper (`reaper.rs`), so a `setsid` or double-forked child dies with
+//! it too. Resource limits are applied to the child with prlimit(2) right after spawn (std
+//! offers no safe pre-exec hook; the window between spawn and prlimit is a few microseconds
+//! of the child's startup, spent in the sandbox helper before it execs the command).
 
 use super::error::{WorkerError, io};
 use super::isolation::{self, Isolation};
+use super::reaper;
+use super::sandbox::{Place, Sandbox, read_report};
 use crate::proto::reapi::Command;
 use rustix::process::{Pid, Resource, Rlimit, Signal, kill_process_group, prlimit};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 /// Resource limits applied to every action (0 = unlimited).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Limits {
     /// RLIMIT_AS in bytes.
     pub memory_bytes: u64,
@@ -25,6 +30,9 @@ pub struct Limits {
     pub core_dumps: bool,
     /// Namespaces for each action (see `isolation.rs`).
     pub isolation: Isolation,
+    /// The sandbox every action runs in (`sandbox.rs`). `kiln worker` always sets it;
+    /// `None` (the default, for workers embedded in tests) runs actions as the worker's user.
+    pub sandbox: Option<Arc<Sandbox>>,
 }
 
 /// How a run ended.
@@ -52,7 +60,7 @@ fn program(argv0: &str, workdir: &Path) -> PathBuf {
     }
 }
 
-fn apply_limits(pid: Pid, limits: Limits) {
+fn apply_limits(pid: Pid, limits: &Limits) {
     let set = |r: Resource, v: u64| {
         if let Err(e) = prlimit(
             Some(pid),
@@ -76,50 +84,86 @@ fn apply_limits(pid: Pid, limits: Limits) {
     }
 }
 
-/// SIGKILLs a process group when dropped.
-struct GroupKiller(Pid);
+/// SIGKILLs a process group and every process left of the action when dropped (also when
+/// the future running the action is dropped).
+struct Killer {
+    group: Option<Pid>,
+    action: u64,
+}
 
-impl Drop for GroupKiller {
+impl Drop for Killer {
     fn drop(&mut self) {
-        let _ = kill_process_group(self.0, Signal::KILL);
+        if let Some(g) = self.group {
+            let _ = kill_process_group(g, Signal::KILL);
+        }
+        reaper::global().finish(self.action);
     }
 }
 
-/// Runs `cmd` in `workdir`, writing stdout/stderr to the given files.
+/// The command that runs `cmd`: the sandbox helper when there is a sandbox, with the read
+/// end of its report pipe.
+fn command(
+    cmd: &Command,
+    place: &Place<'_>,
+    limits: &Limits,
+) -> Result<(std::process::Command, Option<std::io::PipeReader>), WorkerError> {
+    let program = program(&cmd.arguments[0], place.workdir);
+    let Some(sandbox) = &limits.sandbox else {
+        let mut c = std::process::Command::new(program);
+        c.args(&cmd.arguments[1..]).stdin(Stdio::null());
+        return Ok((c, None));
+    };
+    let (reader, writer) = std::io::pipe().map_err(io("sandbox report pipe"))?;
+    let new_proc = limits.isolation == Isolation::Namespaces;
+    let mut c = sandbox.command(place, new_proc, Some((&program, &cmd.arguments[1..])));
+    c.stdin(writer);
+    Ok((c, Some(reader)))
+}
+
+/// Runs `cmd` in `place` (sandboxed if `limits` say so), writing stdout/stderr to the given
+/// files.
 pub async fn run(
     cmd: &Command,
-    workdir: &Path,
+    place: &Place<'_>,
     stdout: &Path,
     stderr: &Path,
     timeout: Duration,
-    limits: Limits,
+    limits: &Limits,
     mut cancel: watch::Receiver<bool>,
 ) -> Result<RunOutcome, WorkerError> {
     let out = std::fs::File::create(stdout).map_err(io(format!("create {}", stdout.display())))?;
     let err = std::fs::File::create(stderr).map_err(io(format!("create {}", stderr.display())))?;
-    let mut command = std::process::Command::new(program(&cmd.arguments[0], workdir));
+    let (mut command, report) = command(cmd, place, limits)?;
     command
-        .args(&cmd.arguments[1..])
         .env_clear()
         .envs(
             cmd.environment_variables
                 .iter()
                 .map(|e| (&e.name, &e.value)),
         )
-        .current_dir(workdir)
-        .stdin(Stdio::null())
+        .current_dir(place.workdir)
         .stdout(out)
         .stderr(err)
         .process_group(0);
     let started = SystemTime::now();
     let spawned = match limits.isolation {
-        Isolation::None => tokio::process::Command::from(command)
-            .kill_on_drop(true)
-            .spawn(),
+        Isolation::None => reaper::global().spawn(move || {
+            let c = tokio::process::Command::from(command)
+                .kill_on_drop(true)
+                .spawn()?;
+            let pid = c.id();
+            Ok((c, pid))
+        }),
         Isolation::Namespaces => isolation::spawn(command).await,
     };
-    let mut child = match spawned {
+    let (mut child, action) = match spawned {
         Ok(c) => c,
+        Err(e) if limits.sandbox.is_some() => {
+            // The helper itself did not start: the worker's problem, not the action's.
+            return Err(WorkerError::Sandbox(format!(
+                "cannot start the helper: {e}"
+            )));
+        }
         Err(e) => {
             // Like a shell: a command that cannot start exits 127 with the reason on stderr.
             let _ = std::fs::write(
@@ -136,11 +180,24 @@ pub async fn run(
         }
     };
     let pid = child.id().and_then(|id| Pid::from_raw(id as i32));
-    // Kills the group however this function ends, also when its future is dropped (the worker
-    // lost its session): on timeout/cancel, and after a normal exit to reap stragglers.
-    let _group = pid.map(GroupKiller);
+    // Kills the group and the rest however this function ends, also when its future is
+    // dropped (the worker lost its session): on timeout/cancel, and after a normal exit.
+    let killer = Killer { group: pid, action };
     if let Some(pid) = pid {
         apply_limits(pid, limits);
+    }
+    if let Some(report) = report {
+        let report = tokio::time::timeout(timeout, read_report(report))
+            .await
+            .unwrap_or_else(|_| Err("setup did not finish within the action's timeout".into()));
+        match report {
+            Ok(ns) => reaper::global().set_mount_ns(action, ns),
+            Err(e) => {
+                let _ = tokio::task::spawn_blocking(move || drop(killer)).await;
+                let _ = child.wait().await;
+                return Err(WorkerError::Sandbox(e));
+            }
+        }
     }
     let (mut timed_out, mut cancelled) = (false, false);
     let status = tokio::select! {
@@ -155,7 +212,10 @@ pub async fn run(
         Some(s) => s,
         None => child.wait().await,
     }
-    .map_err(io("wait for action"))?;
+    .map_err(io("wait for action"));
+    // Every process left (a setsid'd child, a daemon, ...) dies before outputs are read.
+    let _ = tokio::task::spawn_blocking(move || drop(killer)).await;
+    let status = status?;
     let exit_code = status.code().unwrap_or_else(|| {
         128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
     });

@@ -1,5 +1,13 @@
 //! Stages an input root into an action directory: directories are created, files hardlinked
 //! from the [`FileCache`] (copied only if the filesystem refuses the link), symlinks recreated.
+//!
+//! Every Directory is checked before anything is made from it: names must be valid, sorted and
+//! unique across its files, directories and symlinks (REAPI requires it). A name given twice
+//! would otherwise meet the file staged under it first, and a copy written to that path would
+//! write through the hardlink into the cached file, poisoning every later action. For the same
+//! reason the copy fallback only ever creates a new file (`O_CREAT|O_EXCL`), never opens an
+//! existing one for writing. The tree is walked with an explicit stack (no recursion: a deep
+//! tree cannot overflow the worker's stack) and at most [`MAX_INPUT_DEPTH`] levels deep.
 
 use super::cache::FileCache;
 use super::client::Client;
@@ -8,9 +16,18 @@ use crate::digest::Digest;
 use crate::proto::reapi::Directory;
 use rustix::fs::{AtFlags, Mode, OFlags, linkat, mkdirat, openat, symlinkat};
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsFd, BorrowedFd};
-use std::path::Path;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// Deepest input tree a worker stages (the root is depth 0). Deeper trees fail with
+/// INVALID_ARGUMENT before any fetch beyond this depth. Real source trees stay far below it
+/// (Linux's PATH_MAX of 4096 bytes allows ~2,000 one-letter levels, no tool handles that).
+pub const MAX_INPUT_DEPTH: usize = 512;
+
+/// Owner (uid, gid) given to every directory staging creates, so an action running as that
+/// user can create its outputs; files stay the worker's (read-only hardlinks of the cache).
+pub type Owner = Option<(u32, u32)>;
 
 /// Fetches what is missing and builds the tree of `root` at `dest` (which must not exist).
 pub async fn stage(
@@ -18,10 +35,12 @@ pub async fn stage(
     cache: &Arc<FileCache>,
     root: &Digest,
     dest: &Path,
+    owner: Owner,
 ) -> Result<(), WorkerError> {
-    let dirs = cache.tree(client, root).await?;
+    let dirs = cache.tree(client, root, MAX_INPUT_DEPTH).await?;
     let mut files = HashSet::new();
     for dir in dirs.values() {
+        check_directory(dir)?;
         for f in &dir.files {
             files.insert((
                 Digest::from_field(root.function, f.digest.as_ref(), "FileNode.digest")?,
@@ -48,14 +67,16 @@ pub async fn stage(
                 });
             }
         };
+        let parent: OwnedFd = parent.into();
         materialize(
             cache_dir.as_fd(),
             &cache,
             &dirs,
-            &root,
-            parent.as_fd(),
-            &name,
-            &dest,
+            root,
+            Arc::new(parent),
+            name,
+            dest,
+            owner,
         )
     })
     .await
@@ -66,7 +87,7 @@ pub async fn stage(
 }
 
 fn check_name(name: &str) -> Result<&str, WorkerError> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
         return Err(WorkerError::Invalid {
             what: "input name",
             reason: format!("{name:?}"),
@@ -75,55 +96,227 @@ fn check_name(name: &str) -> Result<&str, WorkerError> {
     Ok(name)
 }
 
-/// Builds one directory with *at() calls relative to open directory handles, so each link
-/// resolves one name instead of two full paths. `dest` is only for messages and the copy
-/// fallback.
+/// Checks that a Directory's names are valid, each list sorted, and no name used twice
+/// across its files, directories and symlinks.
+pub fn check_directory(dir: &Directory) -> Result<(), WorkerError> {
+    let lists: [(&str, Vec<&str>); 3] = [
+        ("files", dir.files.iter().map(|f| f.name.as_str()).collect()),
+        (
+            "directories",
+            dir.directories.iter().map(|d| d.name.as_str()).collect(),
+        ),
+        (
+            "symlinks",
+            dir.symlinks.iter().map(|s| s.name.as_str()).collect(),
+        ),
+    ];
+    let mut seen = HashSet::new();
+    for (what, names) in &lists {
+        for (i, name) in names.iter().enumerate() {
+            check_name(name)?;
+            if i > 0 && names[i - 1] >= *name {
+                return Err(WorkerError::Invalid {
+                    what: "Directory",
+                    reason: format!(
+                        "{what} not sorted or not unique: {:?} then {name:?}",
+                        names[i - 1]
+                    ),
+                });
+            }
+            if !seen.insert(*name) {
+                return Err(WorkerError::Invalid {
+                    what: "Directory",
+                    reason: format!("duplicate name {name:?}"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One directory still to build: its digest, where (an open parent and a name) and how deep.
+struct Pending {
+    digest: Digest,
+    parent: Arc<OwnedFd>,
+    name: String,
+    path: PathBuf,
+    depth: usize,
+}
+
+/// Builds the tree with *at() calls relative to open directory handles (each link resolves
+/// one name, never a symlink), from an explicit stack. A directory's handle stays open only
+/// while children of it are pending, so at most one per level is open.
+#[allow(clippy::too_many_arguments)]
 fn materialize(
-    cache_fd: BorrowedFd<'_>,
+    cache_fd: std::os::fd::BorrowedFd<'_>,
     cache: &FileCache,
     dirs: &HashMap<Digest, Arc<Directory>>,
-    digest: &Digest,
-    parent: BorrowedFd<'_>,
-    name: &str,
-    dest: &Path,
+    root: Digest,
+    parent: Arc<OwnedFd>,
+    name: String,
+    dest: PathBuf,
+    owner: Owner,
 ) -> Result<(), WorkerError> {
+    let mut stack = vec![Pending {
+        digest: root,
+        parent,
+        name,
+        path: dest,
+        depth: 0,
+    }];
+    while let Some(p) = stack.pop() {
+        if p.depth > MAX_INPUT_DEPTH {
+            return Err(too_deep());
+        }
+        let fd = make_dir(&p, owner)?;
+        // Every Directory in `dirs` was checked by `stage` before anything was made.
+        let dir = dirs
+            .get(&p.digest)
+            .ok_or(WorkerError::MissingInput(p.digest))?;
+        for f in &dir.files {
+            let d = Digest::from_field(p.digest.function, f.digest.as_ref(), "FileNode.digest")?;
+            let src = FileCache::file_name(&d, f.is_executable);
+            if linkat(
+                cache_fd,
+                src.as_str(),
+                &fd,
+                f.name.as_str(),
+                AtFlags::empty(),
+            )
+            .is_err()
+            {
+                // Too many links (EMLINK) or a cross-device work dir: fall back to a copy.
+                copy_new(cache, &d, f.is_executable, &fd, &f.name, &p.path)?;
+            }
+        }
+        for s in &dir.symlinks {
+            symlinkat(s.target.as_str(), &fd, s.name.as_str()).map_err(|e| WorkerError::Io {
+                what: format!("symlink in {}", p.path.display()),
+                source: e.into(),
+            })?;
+        }
+        if dir.directories.is_empty() {
+            continue;
+        }
+        let fd = Arc::new(fd);
+        for c in dir.directories.iter().rev() {
+            stack.push(Pending {
+                digest: Digest::from_field(
+                    p.digest.function,
+                    c.digest.as_ref(),
+                    "DirectoryNode.digest",
+                )?,
+                parent: fd.clone(),
+                name: c.name.clone(),
+                path: p.path.join(&c.name),
+                depth: p.depth + 1,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn too_deep() -> WorkerError {
+    WorkerError::Invalid {
+        what: "input root",
+        reason: format!("the tree is deeper than the limit of {MAX_INPUT_DEPTH} levels"),
+    }
+}
+
+/// Creates one directory (owned by `owner` when given) and opens it without following a
+/// symlink.
+fn make_dir(p: &Pending, owner: Owner) -> Result<OwnedFd, WorkerError> {
     let at = |what: &str| {
-        let what = format!("{what} {}", dest.display());
+        let what = format!("{what} {}", p.path.display());
         move |e: rustix::io::Errno| WorkerError::Io {
             what,
             source: e.into(),
         }
     };
-    mkdirat(parent, name, Mode::from_raw_mode(0o755)).map_err(at("mkdir"))?;
+    mkdirat(&*p.parent, p.name.as_str(), Mode::from_raw_mode(0o755)).map_err(at("mkdir"))?;
     let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-    let fd = openat(parent, name, flags, Mode::empty()).map_err(at("open"))?;
-    let dir = dirs.get(digest).ok_or(WorkerError::MissingInput(*digest))?;
-    for f in &dir.files {
-        let d = Digest::from_field(digest.function, f.digest.as_ref(), "FileNode.digest")?;
-        let name = check_name(&f.name)?;
-        let src = FileCache::file_name(&d, f.is_executable);
-        if linkat(cache_fd, src.as_str(), &fd, name, AtFlags::empty()).is_err() {
-            // Too many links (EMLINK) or a cross-device work dir: fall back to a copy.
-            let to = dest.join(name);
-            std::fs::copy(cache.path(&d, f.is_executable), &to)
-                .map_err(io(format!("stage {}", to.display())))?;
+    let fd = openat(&*p.parent, p.name.as_str(), flags, Mode::empty()).map_err(at("open"))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&fd, Some(uid), Some(gid))
+            .map_err(io(format!("chown {}", p.path.display())))?;
+    }
+    Ok(fd)
+}
+
+/// Copies a cached file to a new file `name` in `dir`: created with O_EXCL (an existing name is
+/// an error, never a file written through) and given the cached file's read-only mode.
+fn copy_new(
+    cache: &FileCache,
+    d: &Digest,
+    executable: bool,
+    dir: &OwnedFd,
+    name: &str,
+    path: &Path,
+) -> Result<(), WorkerError> {
+    let to = path.join(name);
+    let mode = if executable { 0o555 } else { 0o444 };
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let out = openat(dir, name, flags, Mode::from_raw_mode(mode)).map_err(|e| WorkerError::Io {
+        what: format!("stage {}", to.display()),
+        source: e.into(),
+    })?;
+    let mut out = std::fs::File::from(out);
+    let mut src =
+        std::fs::File::open(cache.path(d, executable)).map_err(io(format!("open cached {d}")))?;
+    std::io::copy(&mut src, &mut out).map_err(io(format!("stage {}", to.display())))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_directory;
+    use crate::proto::reapi::{Directory, DirectoryNode, FileNode, SymlinkNode};
+
+    fn file(name: &str) -> FileNode {
+        FileNode {
+            name: name.into(),
+            ..Default::default()
         }
     }
-    for s in &dir.symlinks {
-        symlinkat(s.target.as_str(), &fd, check_name(&s.name)?).map_err(at("symlink in"))?;
+
+    #[test]
+    fn names_must_be_sorted_and_unique() {
+        let ok = Directory {
+            files: vec![file("a"), file("b")],
+            directories: vec![DirectoryNode {
+                name: "c".into(),
+                digest: None,
+            }],
+            ..Default::default()
+        };
+        assert!(check_directory(&ok).is_ok());
+        let dup = Directory {
+            files: vec![file("x"), file("x")],
+            ..Default::default()
+        };
+        assert!(check_directory(&dup).is_err());
+        let unsorted = Directory {
+            files: vec![file("b"), file("a")],
+            ..Default::default()
+        };
+        assert!(check_directory(&unsorted).is_err());
+        let across = Directory {
+            files: vec![file("x")],
+            symlinks: vec![SymlinkNode {
+                name: "x".into(),
+                target: "y".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let e = check_directory(&across).unwrap_err().to_string();
+        assert!(e.contains("duplicate name \"x\""), "{e}");
+        assert!(
+            check_directory(&Directory {
+                files: vec![file("..")],
+                ..Default::default()
+            })
+            .is_err()
+        );
     }
-    for c in &dir.directories {
-        let d = Digest::from_field(digest.function, c.digest.as_ref(), "DirectoryNode.digest")?;
-        let name = check_name(&c.name)?;
-        materialize(
-            cache_fd,
-            cache,
-            dirs,
-            &d,
-            fd.as_fd(),
-            name,
-            &dest.join(name),
-        )?;
-    }
-    Ok(())
 }

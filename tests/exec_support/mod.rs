@@ -82,8 +82,28 @@ impl Server {
         self.worker_with(server, concurrency, properties, &[])
     }
 
-    /// Starts a worker connecting to `server` with `extra` command-line arguments.
+    /// Starts a worker connecting to `server` with `extra` command-line arguments. Actions
+    /// may write into this server's temp dir (`--action-writable`, the dir made world-writable
+    /// for the action user `nobody`), where tests leave markers such as pid files; the data dir
+    /// and work dirs inside it stay hidden from actions.
     pub fn worker_with(
+        &self,
+        server: &str,
+        concurrency: usize,
+        properties: &[&str],
+        extra: &[&str],
+    ) -> Worker {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let dir = self.dir.path().to_str().unwrap().to_string();
+        let mut all = vec!["--action-writable", dir.as_str()];
+        all.extend_from_slice(extra);
+        self.worker_sandboxed(server, concurrency, properties, &all)
+    }
+
+    /// Starts a worker with exactly `extra` arguments besides the server, work dir and
+    /// properties: the default sandbox, nothing outside the action dir writable.
+    pub fn worker_sandboxed(
         &self,
         server: &str,
         concurrency: usize,
@@ -356,4 +376,68 @@ pub async fn poll<T, F: std::future::Future<Output = Option<T>>>(
 
 pub fn exists(p: &Path) -> bool {
     p.exists()
+}
+
+impl Client {
+    /// Uploads many small blobs in BatchUpdateBlobs requests of at most 500 blobs.
+    pub async fn put_many(&self, blobs: &[Vec<u8>]) {
+        for chunk in blobs.chunks(500) {
+            let req = BatchUpdateBlobsRequest {
+                requests: chunk
+                    .iter()
+                    .map(|b| batch_update_blobs_request::Request {
+                        digest: Some(sha(b).to_proto()),
+                        data: b.clone().into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            let resp = self
+                .cas()
+                .batch_update_blobs(req)
+                .await
+                .unwrap()
+                .into_inner();
+            for r in resp.responses {
+                assert_eq!(r.status.as_ref().map_or(0, |s| s.code), 0, "{r:?}");
+            }
+        }
+    }
+}
+
+/// The (code, message) an Execute ended with: the call's error, or the response's status.
+pub fn outcome(
+    r: &Result<(Vec<Operation>, ExecuteResponse), tonic::Status>,
+) -> (tonic::Code, String) {
+    match r {
+        Err(e) => (e.code(), e.message().to_string()),
+        Ok((_, resp)) => resp
+            .status
+            .as_ref()
+            .map_or((tonic::Code::Ok, String::new()), |s| {
+                (tonic::Code::from_i32(s.code), s.message.clone())
+            }),
+    }
+}
+
+/// Pids of live processes whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        });
+        if !zombie && String::from_utf8_lossy(&cmdline).contains(marker) {
+            out.push(pid);
+        }
+    }
+    out
 }

@@ -1,0 +1,226 @@
+//! Makes every process an action starts die with it, also one that left the action's process
+//! group and session (`setsid`) or was double-forked away from its parent.
+//!
+//! Which mechanism, and why:
+//! - With `--isolation namespaces` each action has its own PID namespace whose init is the
+//!   action's first process: when it dies the kernel kills everything else in the namespace.
+//! - Always (the fallback that needs no namespace and no cgroup): the worker is a child
+//!   subreaper (`PR_SET_CHILD_SUBREAPER`), so an action's orphaned descendants are re-parented
+//!   to the worker instead of to init and stay findable under it in `/proc`. Each orphan is
+//!   attributed to its action by its mount namespace (every action runs in a mount namespace
+//!   of its own, see `sandbox.rs`, whose inode the sandbox reports before it execs). At the
+//!   end of an action, and at its timeout or cancellation, [`Reaper::finish`] SIGKILLs, round
+//!   after round until none is left, the action's process tree and every orphan under the
+//!   worker that belongs to no action still running (its own, and any a process moved to a
+//!   namespace of its own), and reaps them.
+//!
+//! cgroup v2 (`cgroup.kill`) would be simpler but is not usable everywhere the worker runs: in
+//! containers `/sys/fs/cgroup` is often read-only or still cgroup v1, and it needs a delegated
+//! subtree. The `/proc` walk works wherever `/proc` is mounted.
+//!
+//! Concurrency contract: spawning an action and registering it happen under one lock, and a
+//! sweep holds that lock while it classifies and kills, so a sweep never mistakes a just
+//! started action (a direct child of the worker) for an orphan.
+
+use rustix::process::{Pid, Signal, WaitOptions, kill_process, waitpid};
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// One running action: its first process and, once the sandbox reported it, its mount
+/// namespace.
+#[derive(Clone, Copy, Debug)]
+struct Running {
+    pid: i32,
+    mount_ns: Option<u64>,
+}
+
+/// The actions running in this worker process.
+#[derive(Default)]
+pub struct Reaper {
+    running: Mutex<HashMap<u64, Running>>,
+    next: AtomicU64,
+}
+
+/// The reaper of this process (subreaping is a per-process setting).
+pub fn global() -> &'static Reaper {
+    static REAPER: std::sync::OnceLock<Reaper> = std::sync::OnceLock::new();
+    REAPER.get_or_init(Reaper::default)
+}
+
+/// Makes the worker the subreaper of its descendants. Call once at start.
+pub fn enable() -> std::io::Result<()> {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).map_err(Into::into)
+}
+
+/// How long a sweep keeps killing before it gives up (with a warning).
+const SWEEP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// One process as `/proc/PID/stat` shows it.
+struct Proc {
+    pid: i32,
+    ppid: i32,
+    zombie: bool,
+}
+
+fn read_proc(pid: i32) -> Option<Proc> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut it = rest.split_ascii_whitespace();
+    let state = it.next()?;
+    let ppid = it.next()?.parse().ok()?;
+    Some(Proc {
+        pid,
+        ppid,
+        zombie: state == "Z" || state == "X",
+    })
+}
+
+fn all_procs() -> Vec<Proc> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(read_proc)
+        .collect()
+}
+
+/// The inode of a process's mount namespace (`None` when it has exited).
+pub fn mount_ns(pid: i32) -> Option<u64> {
+    std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+impl Reaper {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Running>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `spawn` (which starts an action's first process and returns its pid) and
+    /// registers the process under the returned id, atomically with respect to sweeps.
+    pub fn spawn<T>(
+        &self,
+        spawn: impl FnOnce() -> std::io::Result<(T, Option<u32>)>,
+    ) -> std::io::Result<(T, u64)> {
+        let mut running = self.lock();
+        let (child, pid) = spawn()?;
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+            running.insert(
+                id,
+                Running {
+                    pid,
+                    mount_ns: None,
+                },
+            );
+        }
+        Ok((child, id))
+    }
+
+    /// Records the mount namespace the sandbox of action `id` reported.
+    pub fn set_mount_ns(&self, id: u64, ns: u64) {
+        if let Some(r) = self.lock().get_mut(&id) {
+            r.mount_ns = Some(ns);
+        }
+    }
+
+    /// Kills what is left of action `id` (its first process included, if alive), forgets it,
+    /// and reaps orphans. Returns how many processes were killed.
+    pub fn finish(&self, id: u64) -> usize {
+        let me = rustix::process::getpid().as_raw_nonzero().get();
+        let start = Instant::now();
+        let mut killed = 0;
+        let action = self.lock().remove(&id).map(|r| r.pid);
+        loop {
+            let running = self.lock();
+            let (n, busy) = sweep_once(me, action, &running);
+            drop(running);
+            killed += n;
+            if !busy {
+                return killed;
+            }
+            if start.elapsed() > SWEEP_DEADLINE {
+                tracing::warn!(killed, "processes of an action survive SIGKILL; giving up");
+                return killed;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Reaper {
+    /// Reaps orphans of running actions that have exited (zombies re-parented to the worker),
+    /// so an action that keeps leaving short-lived orphans does not fill the process table
+    /// before it ends. Kills nothing.
+    pub fn reap_zombies(&self) {
+        let me = rustix::process::getpid().as_raw_nonzero().get();
+        let running = self.lock();
+        let firsts: HashSet<i32> = running.values().map(|r| r.pid).collect();
+        for p in all_procs() {
+            if p.zombie
+                && p.ppid == me
+                && !firsts.contains(&p.pid)
+                && let Some(pid) = Pid::from_raw(p.pid)
+            {
+                let _ = waitpid(Some(pid), WaitOptions::NOHANG);
+            }
+        }
+    }
+}
+
+/// One round: kills the action's tree (from its first process `action`, while that is still
+/// an unreaped child) and every unattributed orphan under `me` with their descendants, reaps
+/// dead orphans (never `action`: tokio waits for it). Returns (killed, whether anything was
+/// found).
+fn sweep_once(me: i32, action: Option<i32>, running: &HashMap<u64, Running>) -> (usize, bool) {
+    let procs = all_procs();
+    let firsts: HashSet<i32> = running.values().map(|r| r.pid).collect();
+    let live_ns: HashSet<u64> = running.values().filter_map(|r| r.mount_ns).collect();
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for p in &procs {
+        children.entry(p.ppid).or_default().push(p.pid);
+    }
+    let zombies: HashSet<i32> = procs.iter().filter(|p| p.zombie).map(|p| p.pid).collect();
+    let mut roots: Vec<i32> = procs
+        .iter()
+        .filter(|p| p.ppid == me && !firsts.contains(&p.pid))
+        .filter(|p| {
+            Some(p.pid) == action
+                || p.zombie
+                || mount_ns(p.pid).is_none_or(|ns| !live_ns.contains(&ns))
+        })
+        .map(|p| p.pid)
+        .collect();
+    let mut targets = HashSet::new();
+    while let Some(p) = roots.pop() {
+        if targets.insert(p) {
+            roots.extend(children.get(&p).into_iter().flatten().copied());
+        }
+    }
+    let mut found = false;
+    let mut killed = 0;
+    for &pid in &targets {
+        let Some(p) = Pid::from_raw(pid) else {
+            continue;
+        };
+        let orphan = procs.iter().any(|x| x.pid == pid && x.ppid == me);
+        if zombies.contains(&pid) {
+            if orphan && Some(pid) != action {
+                // Ours to reap (tokio only waits for the first processes it spawned).
+                let _ = waitpid(Some(p), WaitOptions::NOHANG);
+                found = true;
+            }
+            continue;
+        }
+        if kill_process(p, Signal::KILL).is_ok() {
+            killed += 1;
+            found = true;
+        }
+    }
+    (killed, found)
+}
