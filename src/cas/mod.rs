@@ -6,6 +6,7 @@
 
 mod action_cache;
 pub mod compression;
+pub mod directory;
 mod error;
 mod tree;
 mod upload;

@@ -274,49 +274,10 @@ fn check_inputs(cas: &Cas, root: &Digest, limits: &ActionLimits) -> Result<(), E
     }
 }
 
-/// The REAPI rules for one Directory's entries: each name a single path component, each list
-/// sorted, and no name twice within or across the lists. A duplicate name would make staging
-/// ambiguous (and once let one input overwrite another in the worker's cache).
+/// The REAPI rules for one Directory's entries (see [`crate::cas::directory`]).
 fn check_names(digest: &Digest, dir: &Directory) -> Result<(), ExecError> {
-    let lists: [(&str, Vec<&str>); 3] = [
-        ("files", dir.files.iter().map(|f| f.name.as_str()).collect()),
-        (
-            "directories",
-            dir.directories.iter().map(|d| d.name.as_str()).collect(),
-        ),
-        (
-            "symlinks",
-            dir.symlinks.iter().map(|l| l.name.as_str()).collect(),
-        ),
-    ];
-    let mut all = HashSet::new();
-    for (list, names) in &lists {
-        for (i, name) in names.iter().enumerate() {
-            if name.is_empty() || *name == "." || *name == ".." || name.contains(['/', '\0']) {
-                return Err(bad(
-                    "Directory",
-                    format!("{digest}: {list} entry {name:?} is not a single path component"),
-                ));
-            }
-            if i > 0 && names[i - 1] >= *name {
-                return Err(bad(
-                    "Directory",
-                    format!(
-                        "{digest}: {list} are not sorted by name without repeats \
-                         ({:?} then {name:?})",
-                        names[i - 1]
-                    ),
-                ));
-            }
-            if !all.insert(*name) {
-                return Err(bad(
-                    "Directory",
-                    format!("{digest}: the name {name:?} appears in more than one list"),
-                ));
-            }
-        }
-    }
-    Ok(())
+    crate::cas::directory::check_entries(dir)
+        .map_err(|e| bad("Directory", format!("{digest}: {e}")))
 }
 
 /// Fails when the longest path from `root` (a directory reached by several paths counts at

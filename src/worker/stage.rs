@@ -86,52 +86,12 @@ pub async fn stage(
     })?
 }
 
-fn check_name(name: &str) -> Result<&str, WorkerError> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-        return Err(WorkerError::Invalid {
-            what: "input name",
-            reason: format!("{name:?}"),
-        });
-    }
-    Ok(name)
-}
-
-/// Checks that a Directory's names are valid, each list sorted, and no name used twice
-/// across its files, directories and symlinks.
+/// Checks a Directory's entries by the REAPI rules (see [`crate::cas::directory`]).
 pub fn check_directory(dir: &Directory) -> Result<(), WorkerError> {
-    let lists: [(&str, Vec<&str>); 3] = [
-        ("files", dir.files.iter().map(|f| f.name.as_str()).collect()),
-        (
-            "directories",
-            dir.directories.iter().map(|d| d.name.as_str()).collect(),
-        ),
-        (
-            "symlinks",
-            dir.symlinks.iter().map(|s| s.name.as_str()).collect(),
-        ),
-    ];
-    let mut seen = HashSet::new();
-    for (what, names) in &lists {
-        for (i, name) in names.iter().enumerate() {
-            check_name(name)?;
-            if i > 0 && names[i - 1] >= *name {
-                return Err(WorkerError::Invalid {
-                    what: "Directory",
-                    reason: format!(
-                        "{what} not sorted or not unique: {:?} then {name:?}",
-                        names[i - 1]
-                    ),
-                });
-            }
-            if !seen.insert(*name) {
-                return Err(WorkerError::Invalid {
-                    what: "Directory",
-                    reason: format!("duplicate name {name:?}"),
-                });
-            }
-        }
-    }
-    Ok(())
+    crate::cas::directory::check_entries(dir).map_err(|reason| WorkerError::Invalid {
+        what: "Directory",
+        reason,
+    })
 }
 
 /// One directory still to build: its digest, where (an open parent and a name) and how deep.
@@ -265,58 +225,4 @@ fn copy_new(
         std::fs::File::open(cache.path(d, executable)).map_err(io(format!("open cached {d}")))?;
     std::io::copy(&mut src, &mut out).map_err(io(format!("stage {}", to.display())))?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::check_directory;
-    use crate::proto::reapi::{Directory, DirectoryNode, FileNode, SymlinkNode};
-
-    fn file(name: &str) -> FileNode {
-        FileNode {
-            name: name.into(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn names_must_be_sorted_and_unique() {
-        let ok = Directory {
-            files: vec![file("a"), file("b")],
-            directories: vec![DirectoryNode {
-                name: "c".into(),
-                digest: None,
-            }],
-            ..Default::default()
-        };
-        assert!(check_directory(&ok).is_ok());
-        let dup = Directory {
-            files: vec![file("x"), file("x")],
-            ..Default::default()
-        };
-        assert!(check_directory(&dup).is_err());
-        let unsorted = Directory {
-            files: vec![file("b"), file("a")],
-            ..Default::default()
-        };
-        assert!(check_directory(&unsorted).is_err());
-        let across = Directory {
-            files: vec![file("x")],
-            symlinks: vec![SymlinkNode {
-                name: "x".into(),
-                target: "y".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        let e = check_directory(&across).unwrap_err().to_string();
-        assert!(e.contains("duplicate name \"x\""), "{e}");
-        assert!(
-            check_directory(&Directory {
-                files: vec![file("..")],
-                ..Default::default()
-            })
-            .is_err()
-        );
-    }
 }
