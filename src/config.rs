@@ -233,6 +233,8 @@ pub struct ExecutionConfig {
     pub max_input_depth: u64,
     /// Most distinct directories in one input tree. Default 1,048,576.
     pub max_input_directories: u64,
+    /// Most distinct input files (by digest) in one input tree. Default 1,048,576.
+    pub max_input_files: u64,
 }
 
 impl Default for ExecutionConfig {
@@ -253,6 +255,7 @@ impl Default for ExecutionConfig {
             max_directory_bytes: 4 << 20,
             max_input_depth: 256,
             max_input_directories: 1 << 20,
+            max_input_files: 1 << 20,
         }
     }
 }

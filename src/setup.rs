@@ -68,6 +68,7 @@ pub fn scheduler_config(config: &Config) -> SchedulerConfig {
             max_directory_bytes: e.max_directory_bytes,
             max_input_depth: e.max_input_depth as usize,
             max_input_directories: e.max_input_directories as usize,
+            max_input_files: e.max_input_files as usize,
         },
         bot_poll: Duration::from_millis(e.bot_poll_ms),
         bot_timeout: Duration::from_secs(e.bot_timeout_secs),

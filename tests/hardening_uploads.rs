@@ -108,7 +108,7 @@ async fn zstd_bombs_are_refused_without_expanding() {
     let mut cas = ContentAddressableStorageClient::new(ch.clone());
     let small = rle_bomb(8192);
     assert!(small.len() < 33 * 1024);
-    let items = [1u64 << 30, 1 << 40].map(|size| batch_update_blobs_request::Request {
+    let items = [1000u64, 1 << 30, 1 << 40].map(|size| batch_update_blobs_request::Request {
         digest: Some(Digest { size, ..d }.to_proto()),
         data: small.clone().into(),
         compressor: compressor::Value::Zstd as i32,
@@ -256,8 +256,9 @@ async fn abandoned_uploads_free_their_buffers_and_resume_from_disk() {
     let (tx, call) = open_write(&bs, &name, 0, data[..cut].to_vec()).await;
     let mut q = server.bytestream().await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while committed(&mut q, &name).await != cut as i64 {
-        assert!(Instant::now() < deadline, "upload never reached {cut}");
+    // While the stream is open, QueryWriteStatus reports only what survives it: whole parts.
+    while committed(&mut q, &name).await != 2 * part as i64 {
+        assert!(Instant::now() < deadline, "upload never reached two parts");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let m = server.http_get("/metrics").await;
@@ -314,24 +315,26 @@ async fn open_uploads_and_buffers_are_bounded_and_swept() {
     .await;
     let bs = server.bytestream().await;
     let big = 8 << 20;
-    let name = |i: usize| {
-        let d = Digest {
-            size: big,
-            ..digest(&i.to_le_bytes())
-        };
-        format!(
-            "uploads/{}/blobs/{}/{}",
-            uuid::Uuid::new_v4(),
-            d.hash_hex(),
-            d.size
-        )
-    };
+    let names: Vec<String> = (0..200u32)
+        .map(|i| {
+            let d = Digest {
+                size: big,
+                ..digest(&i.to_le_bytes())
+            };
+            format!(
+                "uploads/{}/blobs/{}/{}",
+                uuid::Uuid::new_v4(),
+                d.hash_hex(),
+                d.size
+            )
+        })
+        .collect();
+    let name = |i: usize| names[i].clone();
     // Four live streams fill the count.
     let mut live = Vec::new();
     for i in 0..4 {
         live.push(open_write(&bs, &name(i), 0, vec![1; 100]).await);
     }
-    let mut q = server.bytestream().await;
     let m = loop {
         let m = server.http_get("/metrics").await;
         if metric(&m, "kiln_uploads_open") == 4 {
@@ -352,17 +355,43 @@ async fn open_uploads_and_buffers_are_bounded_and_swept() {
         .expect_err("a fifth upload while four stream");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("max_open_uploads"), "{err:?}");
-    // End the streams: parked, then swept by the timer alone.
+    // End the streams: their uploads are parked, resumable.
     for (tx, call) in live.drain(..) {
         drop(tx);
         let _ = call.await.unwrap();
     }
-    let _ = committed(&mut q, &name(0)).await;
+    let mut q = server.bytestream().await;
+    assert_eq!(committed(&mut q, &name(0)).await, 0);
+    assert_eq!(
+        metric(&server.http_get("/metrics").await, "kiln_uploads_parked"),
+        4
+    );
+    // Once they have idled a second, a new upload takes the place of the longest idle one
+    // only: three stay resumable.
+    // Parked uploads may be given up once idle for a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (tx, call) = open_write(&bs, &name(10), 0, vec![1; 10]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = server.http_get("/metrics").await;
+        if metric(&m, "kiln_uploads_swept") == 1 && metric(&m, "kiln_uploads_open") == 4 {
+            break;
+        }
+        assert!(!call.is_finished(), "the new upload was refused: {m}");
+        assert!(
+            Instant::now() < deadline,
+            "no parked upload was given up: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(tx);
+    let _ = call.await.unwrap();
+    // The timer sweeps the rest once idle past the timeout, with no new upload arriving.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let m = server.http_get("/metrics").await;
         if metric(&m, "kiln_uploads_open") == 0 {
-            assert!(metric(&m, "kiln_uploads_swept") >= 4, "{m}");
+            assert!(metric(&m, "kiln_uploads_swept") >= 5, "{m}");
             break;
         }
         assert!(Instant::now() < deadline, "idle uploads never swept: {m}");
@@ -459,4 +488,74 @@ async fn a_resume_race_never_reports_success_for_a_blob_not_stored() {
     if let Ok(size) = b {
         panic!("B was told committed_size {size} but the blob is not stored");
     }
+}
+
+/// The same race where A succeeds: B, waiting behind A, is told the full size.
+#[tokio::test]
+async fn a_resume_waiting_behind_a_successful_finish_reports_the_full_size() {
+    let server = TestServer::start().await;
+    let data = bytes(3 << 20, 12);
+    let d = digest(&data);
+    let name = format!(
+        "uploads/{}/blobs/{}/{}",
+        uuid::Uuid::new_v4(),
+        d.hash_hex(),
+        d.size
+    );
+    let bs = server.bytestream().await;
+    let (a_tx, a_call) = open_write(&bs, &name, 0, data[..1 << 20].to_vec()).await;
+    let mut q = server.bytestream().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while committed(&mut q, &name).await != 1 << 20 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (b_tx, b_call) = open_write(&bs, &name, 1 << 20, data[1 << 20..].to_vec()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a_tx.send(write_req(&name, 1 << 20, data[1 << 20..].to_vec(), true))
+        .await
+        .unwrap();
+    assert_eq!(a_call.await.unwrap().unwrap(), data.len() as i64);
+    drop(b_tx);
+    assert_eq!(b_call.await.unwrap().unwrap(), data.len() as i64);
+}
+
+/// A client that asks QueryWriteStatus while its broken stream is still held by the server,
+/// and resumes from the answer, is never refused for good: the answer counts only bytes that
+/// survive the stream ending.
+#[tokio::test]
+async fn a_resume_from_a_status_read_before_the_stream_ended_succeeds() {
+    let server = TestServer::start().await;
+    let part = server.config.storage.part_size_bytes as usize;
+    let data = bytes(4 * part + 99, 13);
+    let d = digest(&data);
+    let name = format!(
+        "uploads/{}/blobs/{}/{}",
+        uuid::Uuid::new_v4(),
+        d.hash_hex(),
+        d.size
+    );
+    let bs = server.bytestream().await;
+    let sent = 3 * part + part / 2;
+    let (tx, call) = open_write(&bs, &name, 0, data[..sent].to_vec()).await;
+    let mut q = server.bytestream().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let at = loop {
+        let c = committed(&mut q, &name).await;
+        if c == 3 * part as i64 {
+            break c;
+        }
+        assert!(c < sent as i64 && c % part as i64 == 0, "reported {c}");
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // Resume while the old stream still holds the upload; it goes away afterwards.
+    let (r_tx, r_call) = open_write(&bs, &name, at, data[at as usize..].to_vec()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(tx);
+    let _ = call.await.unwrap();
+    r_tx.send(write_req(&name, data.len() as i64, vec![], true))
+        .await
+        .unwrap();
+    assert_eq!(r_call.await.unwrap().unwrap(), data.len() as i64);
 }

@@ -16,16 +16,26 @@ use futures::Stream;
 use std::io::Write;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 pub(super) struct ByteStreamService {
     state: CacheServices,
+    /// Compressed reads running at once: each compresses on a blocking thread and waits there
+    /// for its client, so slow readers must not take the whole blocking pool.
+    compress_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Compressed ByteStream reads served at once; more wait their turn.
+const COMPRESS_SLOTS: usize = 32;
 
 impl ByteStreamService {
     pub(super) fn new(state: CacheServices) -> Self {
-        Self { state }
+        Self {
+            state,
+            compress_slots: Arc::new(tokio::sync::Semaphore::new(COMPRESS_SLOTS)),
+        }
     }
 
     /// The reply when the blob is already stored: the full size, or -1 for compressed uploads
@@ -71,7 +81,19 @@ impl ByteStreamService {
         stream: &mut Streaming<WriteRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
         let uploads = &self.state.uploads;
+        let idle = self.state.limits.upload_idle_timeout.min(STREAM_IDLE);
+        let max_compressed = max_compressed_len(name.digest.size);
         let st = &mut *feeding.state;
+        if first.write_offset != st.offset() {
+            // The client resumed from an older QueryWriteStatus answer than the upload's
+            // state now: ABORTED tells it to ask again, which retrying clients do.
+            return Err(Status::aborted(format!(
+                "write_offset {} but the upload of {key:?} continues at {}; ask \
+                 QueryWriteStatus again",
+                first.write_offset,
+                st.offset()
+            )));
+        }
         let mut msg = first;
         loop {
             UploadRegistry::touch(st);
@@ -82,23 +104,30 @@ impl ByteStreamService {
                     msg.resource_name
                 )));
             }
-            if msg.write_offset != st.committed() {
+            if msg.write_offset != st.offset() {
                 return Err(Status::invalid_argument(format!(
-                    "write_offset {} does not match committed_size {}; ask QueryWriteStatus",
+                    "write_offset {} within one stream does not continue at {}",
                     msg.write_offset,
-                    st.committed()
+                    st.offset()
                 )));
             }
             let len = msg.data.len() as i64;
+            if st.decoder.is_some() && (st.offset() + len) as u64 > max_compressed {
+                fail(uploads, key, st);
+                return Err(Status::invalid_argument(format!(
+                    "compressed upload of {} sends more than {max_compressed} bytes, more than \
+                     zstd needs for its size",
+                    name.digest
+                )));
+            }
             if let Err(e) = feed(st, msg.data).await {
                 fail(uploads, key, st);
                 return Err(e.into());
             }
-            st.set_committed(st.committed() + len);
+            st.advance(len);
             if msg.finish_write {
-                uploads.remove(key);
                 if st.decoder.as_ref().is_some_and(|d| !d.at_frame_end()) {
-                    st.upload = None;
+                    fail(uploads, key, st);
                     return Err(Status::invalid_argument(format!(
                         "compressed upload of {} ends inside a zstd frame",
                         name.digest
@@ -106,9 +135,13 @@ impl ByteStreamService {
                 }
                 let upload = st.upload.take().expect("upload in progress");
                 st.decoder = None;
-                upload.finish().await?;
+                let done = upload.finish().await;
+                // Forgotten only now: a client resuming meanwhile waits for the lock and
+                // then sees whether the blob was stored.
+                uploads.remove_if(key, st);
+                done?;
                 return Ok(Response::new(WriteResponse {
-                    committed_size: st.committed(),
+                    committed_size: st.offset(),
                 }));
             }
             if self.state.cas.contains(&name.digest)? {
@@ -116,18 +149,37 @@ impl ByteStreamService {
                 fail(uploads, key, st);
                 return Ok(Self::already_present(name));
             }
-            msg = match stream.message().await? {
-                Some(m) => m,
-                None => {
-                    return Err(Status::invalid_argument(format!(
-                        "Write stream for {key:?} ended without finish_write at {} bytes; \
-                         resume with QueryWriteStatus",
-                        st.committed()
+            msg = match tokio::time::timeout(idle, stream.message()).await {
+                Err(_) => {
+                    return Err(Status::aborted(format!(
+                        "Write stream for {key:?} sent nothing for {}s; resume with \
+                         QueryWriteStatus",
+                        idle.as_secs()
                     )));
                 }
+                Ok(m) => match m? {
+                    Some(m) => m,
+                    None => {
+                        return Err(Status::invalid_argument(format!(
+                            "Write stream for {key:?} ended without finish_write at {} bytes; \
+                             resume with QueryWriteStatus",
+                            st.offset()
+                        )));
+                    }
+                },
             };
         }
     }
+}
+
+/// How long a Write stream may hold its upload without sending anything (at most the
+/// upload idle timeout): a silent client must not pin buffers and its upload for ever.
+const STREAM_IDLE: Duration = Duration::from_secs(60);
+
+/// The most compressed bytes a zstd upload of `size` bytes may send: zstd's worst case
+/// (incompressible data in raw blocks) plus room for frame headers.
+fn max_compressed_len(size: u64) -> u64 {
+    size + size / 128 + (128 << 10)
 }
 
 type UploadStateRef = super::uploads::UploadEntry;
@@ -155,7 +207,7 @@ impl Drop for Feeding {
 fn fail(uploads: &UploadRegistry, key: &str, st: &mut UploadState) {
     st.upload = None;
     st.decoder = None;
-    uploads.remove(key);
+    uploads.remove_if(key, st);
 }
 
 /// Feeds one request's data into an upload, decompressing if needed. A compressed chunk is
@@ -245,7 +297,15 @@ impl ByteStream for ByteStreamService {
                     futures::stream::iter(chunks.into_iter().map(|data| Ok(ReadResponse { data })));
                 Ok(Response::new(Box::pin(stream)))
             }
-            Compression::Zstd => Ok(Response::new(compressed_read(blob, offset, chunk))),
+            Compression::Zstd => {
+                let slot = self
+                    .compress_slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Status::unavailable("server stopping"))?;
+                Ok(Response::new(compressed_read(blob, offset, chunk, slot)))
+            }
         }
     }
 
@@ -296,8 +356,16 @@ impl ByteStream for ByteStreamService {
         let Some(entry) = entry else {
             return Ok(Self::already_present(&name));
         };
+        let idle = self.state.limits.upload_idle_timeout.min(STREAM_IDLE);
+        let Ok(state) = tokio::time::timeout(idle, entry.state.lock_owned()).await else {
+            return Err(Status::aborted(format!(
+                "another stream has been feeding upload {key:?} for over {}s; ask \
+                 QueryWriteStatus again",
+                idle.as_secs()
+            )));
+        };
         let mut feeding = Feeding {
-            state: entry.state.lock_owned().await,
+            state,
             registry: self.state.uploads.clone(),
             key: key.clone(),
             _reservation: reservation,
@@ -305,6 +373,7 @@ impl ByteStream for ByteStreamService {
         if feeding.state.upload.is_none() {
             // Another stream finished this upload while we waited: a success only if the
             // blob is really stored.
+            self.state.uploads.remove_if(&key, &feeding.state);
             if self.state.cas.contains(&name.digest)? {
                 return Ok(Self::already_present(&name));
             }
@@ -346,9 +415,15 @@ impl ByteStream for ByteStreamService {
 /// compressed reads: the offset counts uncompressed bytes and the result is a complete zstd
 /// stream of the rest). Compression runs on a blocking thread, a few chunks ahead of the
 /// client, and stops when the client goes away.
-fn compressed_read(blob: Blob, offset: u64, chunk: usize) -> ReadStream {
+fn compressed_read(
+    blob: Blob,
+    offset: u64,
+    chunk: usize,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> ReadStream {
     let (tx, mut rx) = mpsc::channel::<Result<ReadResponse, Status>>(4);
     tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let sink = ChunkSink {
             tx: tx.clone(),
             chunk,

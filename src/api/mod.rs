@@ -25,6 +25,9 @@ use std::time::Duration;
 use tonic::Status;
 use tonic::codec::CompressionEncoding;
 
+/// Largest ByteStream WriteRequest accepted: gRPC's default message limit plus framing room.
+pub const MAX_STREAM_MESSAGE: usize = (4 << 20) + (64 << 10);
+
 /// Request limits of the front end; each is advertised or documented to clients.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -105,21 +108,23 @@ impl CacheServices {
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         );
+        // gRPC-level compression is sent when asked for but not accepted: tonic decodes it
+        // with zstd's default 128 MiB window, and REAPI has its own bounded compressors.
         routes.add_service(
             ContentAddressableStorageServer::new(cas::CasService::new(self.clone()))
-                .accept_compressed(zstd)
                 .send_compressed(zstd)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         );
+        // A Write message is one chunk of a stream: no client needs more than gRPC's default
+        // 4 MiB, so a stream cannot make tonic buffer a 64 MiB message before it is checked.
         routes.add_service(
             ByteStreamServer::new(bytestream::ByteStreamService::new(self.clone()))
-                .max_decoding_message_size(max)
+                .max_decoding_message_size(max.min(MAX_STREAM_MESSAGE))
                 .max_encoding_message_size(max),
         );
         routes.add_service(
             ActionCacheServer::new(action_cache::ActionCacheService::new(self.clone()))
-                .accept_compressed(zstd)
                 .send_compressed(zstd)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),

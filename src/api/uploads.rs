@@ -35,9 +35,12 @@ pub(super) struct UploadState {
     pub upload: Option<Upload>,
     /// Decoder for `compressed-blobs` uploads.
     pub decoder: Option<StreamDecoder>,
-    /// Bytes of the request stream accepted so far (compressed bytes for compressed uploads).
-    /// Shared with the registry so QueryWriteStatus reads it without waiting for the stream
-    /// that holds the upload.
+    /// Bytes of the request stream accepted so far (compressed bytes for compressed uploads):
+    /// where the stream holding the upload must continue.
+    offset: i64,
+    /// What QueryWriteStatus reports, read without the lock: only progress that survives the
+    /// stream ending (whole parts on disk for plain uploads; 0 for compressed ones, which
+    /// restart). A client resuming from it is never ahead of what a park keeps.
     committed: Arc<AtomicI64>,
     last_used: Instant,
 }
@@ -47,19 +50,32 @@ impl UploadState {
         Self {
             upload: Some(upload),
             decoder,
+            offset: 0,
             committed: Arc::default(),
             last_used: Instant::now(),
         }
     }
 
     /// Bytes of the request stream accepted so far.
-    pub(super) fn committed(&self) -> i64 {
-        self.committed.load(Ordering::Acquire)
+    pub(super) fn offset(&self) -> i64 {
+        self.offset
     }
 
-    /// Records the bytes accepted so far.
-    pub(super) fn set_committed(&self, n: i64) {
-        self.committed.store(n, Ordering::Release);
+    /// Records that `len` more request bytes were accepted, and publishes what would survive
+    /// the stream ending now.
+    pub(super) fn advance(&mut self, len: i64) {
+        self.offset += len;
+        let durable = match (&self.upload, &self.decoder) {
+            (Some(upload), None) => upload.resumable_from() as i64,
+            _ => 0,
+        };
+        self.committed.store(durable, Ordering::Release);
+    }
+
+    /// Sets the offset after a park cut the upload back.
+    fn rewind_to(&mut self, kept: i64) {
+        self.offset = kept;
+        self.committed.store(kept, Ordering::Release);
     }
 }
 
@@ -99,6 +115,8 @@ pub(super) struct UploadRegistry {
     idle_timeout: Duration,
     max_open: usize,
     max_buffer_bytes: u64,
+    /// The budget in KiB permits.
+    permits: usize,
     buffers: Arc<Semaphore>,
     counters: Counters,
 }
@@ -112,6 +130,7 @@ impl UploadRegistry {
         // Permits count KiB so that budgets beyond 4 GiB fit the semaphore's u32 acquire.
         let permits = (max_buffer_bytes >> 10).min(Semaphore::MAX_PERMITS as u64) as usize;
         let me = Arc::new(Self {
+            permits,
             map: Mutex::default(),
             idle_timeout,
             max_open,
@@ -146,8 +165,19 @@ impl UploadRegistry {
             self.sweep_locked(&mut map, self.idle_timeout);
         }
         if map.len() >= self.max_open && !map.contains_key(name) {
-            // Still full: drop the longest-idle parked upload, if any is idle at all.
-            self.sweep_locked(&mut map, Duration::ZERO);
+            // Still full: drop the one parked upload idle longest (at least a second).
+            let oldest = map
+                .iter()
+                .filter_map(|(k, e)| {
+                    let s = e.state.try_lock().ok()?;
+                    let idle = s.last_used.elapsed();
+                    (idle >= Duration::from_secs(1)).then(|| (idle, k.clone()))
+                })
+                .max();
+            if let Some((_, k)) = oldest {
+                map.remove(&k);
+                self.counters.swept.fetch_add(1, Ordering::Relaxed);
+            }
         }
         if map.len() >= self.max_open && !map.contains_key(name) {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -180,6 +210,18 @@ impl UploadRegistry {
         self.map.lock().expect("upload registry lock").remove(name);
     }
 
+    /// Forgets the upload under `name` only if it is still the one `state` belongs to: a
+    /// restart at offset 0 may have put a new upload under the same name meanwhile.
+    pub(super) fn remove_if(&self, name: &str, state: &UploadState) {
+        let mut map = self.map.lock().expect("upload registry lock");
+        if map
+            .get(name)
+            .is_some_and(|e| Arc::ptr_eq(&e.committed, &state.committed))
+        {
+            map.remove(name);
+        }
+    }
+
     /// Marks an upload as used now.
     pub(super) fn touch(state: &mut UploadState) {
         state.last_used = Instant::now();
@@ -193,12 +235,12 @@ impl UploadRegistry {
             _ => None,
         };
         if let Some(kept) = kept {
-            state.set_committed(kept as i64);
+            state.rewind_to(kept as i64);
             self.counters.parked.fetch_add(1, Ordering::Relaxed);
         } else {
             state.upload = None;
             state.decoder = None;
-            self.remove(name);
+            self.remove_if(name, state);
         }
         Self::touch(state);
     }
@@ -229,8 +271,8 @@ impl UploadRegistry {
     /// Gauges for `/metrics`: open uploads, buffer bytes reserved, refusals, sweeps, parks.
     pub(super) fn gauges(&self) -> Vec<(&'static str, &'static str, i64)> {
         let open = self.map.lock().expect("upload registry lock").len() as i64;
-        let free_kib = self.buffers.available_permits() as u64;
-        let reserved = self.max_buffer_bytes.saturating_sub(free_kib << 10) as i64;
+        let used_kib = self.permits - self.buffers.available_permits();
+        let reserved = (used_kib as i64) << 10;
         let c = &self.counters;
         vec![
             (

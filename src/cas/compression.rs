@@ -76,6 +76,11 @@ pub struct StreamDecoder {
     inner: zstd::stream::raw::Decoder<'static>,
     pending: Bytes,
     finished_frame: bool,
+    /// Output space reused by every step (allocated on first use).
+    buf: Vec<u8>,
+    /// Whether the decoder may still hold output for input it consumed: false once a step
+    /// ended with room to spare and no input left, so an empty push costs nothing.
+    may_have_output: bool,
 }
 
 impl StreamDecoder {
@@ -87,6 +92,8 @@ impl StreamDecoder {
             inner,
             pending: Bytes::new(),
             finished_frame: false,
+            buf: Vec::new(),
+            may_have_output: false,
         })
     }
 
@@ -94,19 +101,27 @@ impl StreamDecoder {
     /// (`next_chunk` returned `None`).
     pub fn push(&mut self, input: Bytes) {
         debug_assert!(self.pending.is_empty(), "push before draining");
-        self.pending = input;
+        if !input.is_empty() {
+            self.pending = input;
+            self.may_have_output = true;
+        }
     }
 
     /// The next piece of output (at most 256 KiB), or `None` once the pushed input is used up
     /// and nothing is left to flush. Fails with [`DecodeError::TooLarge`] as soon as the output
     /// would exceed `remaining` bytes: at most `remaining + 1` bytes are ever decoded.
     pub fn next_chunk(&mut self, remaining: u64) -> Result<Option<Bytes>, DecodeError> {
+        if self.pending.is_empty() && !self.may_have_output {
+            return Ok(None);
+        }
         let cap = remaining.saturating_add(1).min(CHUNK as u64) as usize;
-        let mut out = vec![0u8; cap];
+        if self.buf.len() < CHUNK {
+            self.buf = vec![0u8; CHUNK];
+        }
         loop {
             let had_input = !self.pending.is_empty();
             let mut inb = InBuffer::around(&self.pending[..]);
-            let mut outb = OutBuffer::around(&mut out[..]);
+            let mut outb = OutBuffer::around(&mut self.buf[..cap]);
             let hint = self.inner.run(&mut inb, &mut outb)?;
             let (consumed, produced) = (inb.pos(), outb.pos());
             let _ = self.pending.split_to(consumed);
@@ -119,10 +134,11 @@ impl StreamDecoder {
                 return Err(DecodeError::TooLarge);
             }
             if produced > 0 {
-                out.truncate(produced);
-                return Ok(Some(Bytes::from(out)));
+                self.may_have_output = produced == cap || !self.pending.is_empty();
+                return Ok(Some(Bytes::copy_from_slice(&self.buf[..produced])));
             }
             if self.pending.is_empty() || consumed == 0 {
+                self.may_have_output = false;
                 return Ok(None);
             }
         }

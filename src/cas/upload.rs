@@ -11,17 +11,22 @@ pub struct Upload {
     digest: Digest,
     hasher: Hasher,
     writer: Box<dyn BlobWriter>,
-    /// The hash state at the last multiple of the writer's rewind step, so that
-    /// [`Upload::park`] can cut the upload back to what is on disk.
+    /// The writer's rewind step, when the blob spans more than one (a smaller blob stays in
+    /// memory until commit and can only be cut back to nothing).
+    step: Option<u64>,
+    /// The hash state at the last multiple of `step`, so that [`Upload::park`] can cut the
+    /// upload back to what is on disk.
     mark: Option<Hasher>,
 }
 
 impl Upload {
     pub(super) fn new(digest: Digest, writer: Box<dyn BlobWriter>) -> Self {
+        let step = writer.rewind_step().filter(|s| *s > 0 && digest.size > *s);
         Self {
             digest,
             hasher: digest.function.hasher(),
             writer,
+            step,
             mark: None,
         }
     }
@@ -48,7 +53,7 @@ impl Upload {
                 expected: self.digest,
             });
         }
-        match self.writer.rewind_step() {
+        match self.step {
             None => self.hasher.update(&chunk),
             Some(step) => {
                 // Hash up to each step boundary separately and remember the state there.
@@ -66,6 +71,12 @@ impl Upload {
         }
         self.writer.write(chunk).await?;
         Ok(())
+    }
+
+    /// The bytes a [`Upload::park`] now would keep: the whole steps already handed to the
+    /// disk, or 0 when the writer cannot be cut back.
+    pub fn resumable_from(&self) -> u64 {
+        self.mark.as_ref().map_or(0, Hasher::size)
     }
 
     /// Frees the bytes this upload buffers in memory while it waits to be resumed, cutting it

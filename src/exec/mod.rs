@@ -84,7 +84,13 @@ struct Shared {
     config: SchedulerConfig,
     state: Mutex<State>,
     wake: watch::Sender<u64>,
+    /// Input checks running at once: each may decode a Command and walk a large input tree
+    /// on a blocking thread, so their number (not only their size) is bounded.
+    prepare_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Input checks (`prepare`) running at once; more Executes wait their turn.
+const PREPARE_SLOTS: usize = 8;
 
 /// The scheduler. Cheap to clone; every clone shares one state.
 #[derive(Clone)]
@@ -104,6 +110,7 @@ impl Scheduler {
                 config,
                 state: Mutex::default(),
                 wake,
+                prepare_slots: Arc::new(tokio::sync::Semaphore::new(PREPARE_SLOTS)),
             }),
         }
     }
@@ -156,13 +163,24 @@ impl Scheduler {
                 Err(e) => return Err(e.into()),
             }
         }
+        // The slot moves into the blocking task, so a client going away does not free it
+        // while the check still runs.
+        let slot = self
+            .shared
+            .prepare_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ExecError::InvalidArgument("scheduler stopped".into()))?;
         let cas = self.shared.cas.clone();
         let timeouts = self.shared.config.timeouts;
         let limits = self.shared.config.action_limits;
-        let prepared =
-            tokio::task::spawn_blocking(move || prepare::prepare(&cas, &digest, timeouts, limits))
-                .await
-                .map_err(|e| ExecError::InvalidArgument(format!("input check failed: {e}")))??;
+        let prepared = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            prepare::prepare(&cas, &digest, timeouts, limits)
+        })
+        .await
+        .map_err(|e| ExecError::InvalidArgument(format!("input check failed: {e}")))??;
         let mergeable = !prepared.action.do_not_cache;
         let handle = {
             let mut st = self.lock();

@@ -39,6 +39,8 @@ pub struct ActionLimits {
     pub max_input_depth: usize,
     /// Most distinct directories in one input tree.
     pub max_input_directories: usize,
+    /// Most distinct input files (by digest) in one input tree.
+    pub max_input_files: usize,
 }
 
 impl Default for ActionLimits {
@@ -49,6 +51,7 @@ impl Default for ActionLimits {
             max_directory_bytes: 4 << 20,
             max_input_depth: 256,
             max_input_directories: 1 << 20,
+            max_input_files: 1 << 20,
         }
     }
 }
@@ -222,9 +225,14 @@ fn check_inputs(cas: &Cas, root: &Digest, limits: &ActionLimits) -> Result<(), E
     let mut missing = Vec::new();
     let mut files = HashSet::new();
     let mut children: HashMap<Digest, Vec<Digest>> = HashMap::new();
-    let mut queue = VecDeque::from([*root]);
+    // Breadth first with each directory's shallowest depth: a level past the limit is already
+    // too deep, so such a tree is refused before it is loaded whole.
+    let mut queue = VecDeque::from([(*root, 0usize)]);
     children.insert(*root, Vec::new());
-    while let Some(d) = queue.pop_front() {
+    while let Some((d, depth)) = queue.pop_front() {
+        if depth > limits.max_input_depth {
+            return Err(too_deep(root, limits.max_input_depth));
+        }
         let dir: Directory = match load(
             cas,
             &d,
@@ -246,6 +254,13 @@ fn check_inputs(cas: &Cas, root: &Digest, limits: &ActionLimits) -> Result<(), E
                 "FileNode.digest",
             )?);
         }
+        if files.len() > limits.max_input_files {
+            return Err(ExecError::InvalidArgument(format!(
+                "input tree {root} has more than {} distinct files \
+                 (execution.max_input_files)",
+                limits.max_input_files
+            )));
+        }
         let mut subdirs = Vec::with_capacity(dir.directories.len());
         for c in &dir.directories {
             let c = digest_field(root.function, c.digest.as_ref(), "DirectoryNode.digest")?;
@@ -259,7 +274,7 @@ fn check_inputs(cas: &Cas, root: &Digest, limits: &ActionLimits) -> Result<(), E
                     )));
                 }
                 children.insert(c, Vec::new());
-                queue.push_back(c);
+                queue.push_back((c, depth + 1));
             }
         }
         children.insert(d, subdirs);
@@ -278,6 +293,12 @@ fn check_inputs(cas: &Cas, root: &Digest, limits: &ActionLimits) -> Result<(), E
 fn check_names(digest: &Digest, dir: &Directory) -> Result<(), ExecError> {
     crate::cas::directory::check_entries(dir)
         .map_err(|e| bad("Directory", format!("{digest}: {e}")))
+}
+
+fn too_deep(root: &Digest, max: usize) -> ExecError {
+    ExecError::InvalidArgument(format!(
+        "input tree {root} is deeper than {max} levels (execution.max_input_depth)"
+    ))
 }
 
 /// Fails when the longest path from `root` (a directory reached by several paths counts at
@@ -302,9 +323,7 @@ fn check_depth(
                 .max()
                 .unwrap_or(0);
             if h > max {
-                return Err(ExecError::InvalidArgument(format!(
-                    "input tree {root} is deeper than {max} levels (execution.max_input_depth)"
-                )));
+                return Err(too_deep(root, max));
             }
             height.insert(d, h);
         } else {

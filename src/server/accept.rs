@@ -104,15 +104,17 @@ pub fn incoming<L: Accept>(
     async_stream::stream! {
         let mut backoff = Duration::ZERO;
         loop {
-            let Ok(permit) = limit.permits.clone().acquire_owned().await else {
-                break;
-            };
             match listener.accept().await {
                 Ok(io) => {
                     if !backoff.is_zero() {
                         tracing::info!("accepting connections again");
                         backoff = Duration::ZERO;
                     }
+                    // At the cap this waits, holding the one new socket, until a connection
+                    // closes; the listeners sharing the cap then take turns fairly.
+                    let Ok(permit) = limit.permits.clone().acquire_owned().await else {
+                        break;
+                    };
                     yield Ok(Limited { io, _permit: permit });
                 }
                 Err(e) if is_exhaustion(&e) => {
@@ -120,7 +122,7 @@ pub fn incoming<L: Accept>(
                     if backoff.is_zero() {
                         tracing::warn!(
                             error = %e,
-                            open = limit.open() - 1,
+                            open = limit.open(),
                             "cannot accept connections: out of file descriptors or memory; \
                              backing off (raise `ulimit -n` or lower server.max_connections)"
                         );
@@ -128,7 +130,6 @@ pub fn incoming<L: Accept>(
                     } else {
                         backoff = (backoff * 2).min(Duration::from_secs(1));
                     }
-                    drop(permit);
                     tokio::time::sleep(backoff).await;
                 }
                 Err(e) => {
@@ -197,8 +198,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Limited<T> {
 pub fn raise_fd_limit() -> io::Result<u64> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(io::Error::from)?;
+    // An unlimited hard limit cannot be the soft one: Linux caps it at fs.nr_open.
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let target = hard.min(nr_open);
+    if soft < target {
+        setrlimit(Resource::RLIMIT_NOFILE, target, hard).map_err(io::Error::from)?;
+        return Ok(target);
     }
-    Ok(hard.max(soft))
+    Ok(soft)
 }

@@ -23,8 +23,14 @@ pub struct Listeners {
     pub connections: ConnectionLimit,
 }
 
+/// Most concurrent calls on one HTTP/2 connection: each may make tonic buffer a message of up
+/// to the message limit before any handler sees it, so this (with `server.max_connections`)
+/// bounds that memory. Clients open more connections when they need more (Bazel does).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
 fn builder() -> Server {
     Server::builder()
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
