@@ -148,11 +148,7 @@ fn main() -> ExitCode {
             }
             let report = kiln::admin::verify(&config).map_err(|e| e.to_string())?;
             println!("{}", kiln::admin::describe(&report));
-            if report.corrupt_records + report.check_failures > 0 {
-                Err("verify found damaged data (served as misses; re-upload fixes them)".into())
-            } else {
-                Ok(())
-            }
+            kiln::admin::outcome(&report)
         }),
         Command::Status { metrics } => runtime
             .block_on(kiln::admin::status(&metrics))

@@ -2,8 +2,8 @@
 
 use super::config::EngineConfig;
 use super::format::{
-    InvalidRange, MAX_INVALID_RANGES, SEGMENT_HEADER_LEN, STATE_SLOT_LEN, SegmentHeader, State,
-    state_slot_offset,
+    InvalidRange, MAX_INVALID_RANGES, Pos, SEGMENT_HEADER_LEN, STATE_SLOT_LEN, SegmentHeader,
+    State, state_slot_offset,
 };
 use super::index::Index;
 use super::segment::{SegMap, Segments};
@@ -55,35 +55,76 @@ impl Engine {
         let seg_dir = cfg.dir.join("segments");
         std::fs::create_dir_all(&seg_dir)?;
         let n = cfg.segments();
-        let state_file = IoFile::open(&cfg.dir.join("state"))?;
+        let state_path = cfg.dir.join("state");
+        let state_file = IoFile::open(&state_path)?;
+        // Both slots allocated up front: a later state write can never be the one that finds
+        // the disk full (a roll or a sync round must not fail for want of 8 KiB).
+        sys::allocate_fully(&state_file.file, state_slot_offset(2))
+            .map_err(|e| no_space("state file", &state_path, e))?;
         let mut state = read_state(&mut *io, &state_file)?;
+        let index_path = cfg.dir.join("index");
         let (mut index, created) = Index::open(
-            &cfg.dir.join("index"),
+            &index_path,
             cfg.effective_index_slots() as usize,
             cfg.probe_limit as usize,
-        )?;
+        )
+        .map_err(|e| no_space("index file", &index_path, e))?;
         let fresh = state.is_none();
         let mut st = state.take().unwrap_or(State {
             tail: 1,
             segments: n,
             ..State::default()
         });
-        if created || fresh || st.segments != n {
-            // Without a state (lost, or never written) old segment files may still hold
-            // records: continue after the highest seq on disk, so none of them can ever pass
-            // the seq-seeded header check in a new segment.
-            st.head = st.head.max(highest_segment_seq(&seg_dir));
-            if st.head > 0 {
-                tracing::warn!(
-                    "storage: index, state or ring size changed; starting with an empty cache"
-                );
-            }
+        // Why the index cannot be used as it is (then it is rebuilt from the segment records
+        // where the ring is known, else the cache starts empty).
+        let mut reset: Option<&str> = None;
+        let mut ring = None;
+        if fresh {
+            reset = Some("state file lost or unreadable");
+            ring = ring_on_disk(&seg_dir, n, cfg.segment_size);
+        } else if st.segments != n {
+            reset = Some("ring size changed");
+        } else if created {
+            reset = Some("index file missing, resized or with a damaged header");
+            ring = Some((st.tail, st.head)).filter(|(t, h)| t <= h);
+        }
+        let mut rebuild = false;
+        if let Some(why) = reset {
             index.reset();
-            st.tail = st.head + 1;
-            st.segments = n;
             st.invalid.clear();
             st.durable = st.durable.max(st.limit);
             st.limit = st.durable + 1;
+            st.segments = n;
+            if let Some((tail, head)) = ring {
+                tracing::warn!(
+                    reason = why,
+                    tail,
+                    head,
+                    "storage: index unusable; rebuilding it from the segment records"
+                );
+                st.tail = tail;
+                st.head = head;
+                if fresh || st.synced.seq == 0 {
+                    st.synced = Pos {
+                        seq: head,
+                        off: cfg.segment_size,
+                    };
+                }
+                st.checkpoint = Pos {
+                    seq: tail,
+                    off: SEGMENT_HEADER_LEN,
+                };
+                rebuild = true;
+            } else {
+                // Without a state (lost, or never written) old segment files may still hold
+                // records: continue after the highest seq on disk, so none of them can ever
+                // pass the seq-seeded header check in a new segment.
+                st.head = st.head.max(highest_segment_seq(&seg_dir));
+                if st.head > 0 {
+                    tracing::warn!(reason = why, "storage: starting with an empty cache");
+                }
+                st.tail = st.head + 1;
+            }
             io.sync(&[Arc::clone(index.file())])?;
         }
         // Epochs used after the last durable point are lost; remember them as invalid.
@@ -103,12 +144,22 @@ impl Engine {
         st.invalid.retain(|r| r.max_seq >= tail && r.lo < r.hi);
         if st.invalid.len() > MAX_INVALID_RANGES {
             tracing::warn!(
-                "storage: too many unclean stops within one ring cycle; starting with an empty cache"
+                "storage: too many unclean stops within one ring cycle; rebuilding the index from the segment records"
             );
             index.reset();
             io.sync(&[Arc::clone(index.file())])?;
             st.invalid.clear();
-            st.tail = st.head + 1;
+            if st.synced.seq == 0 {
+                st.synced = Pos {
+                    seq: st.head,
+                    off: cfg.segment_size,
+                };
+            }
+            st.checkpoint = Pos {
+                seq: st.tail,
+                off: SEGMENT_HEADER_LEN,
+            };
+            rebuild = true;
         }
         let epoch = st.limit.max(st.durable + 1);
         st.limit = epoch + EPOCH_RESERVE;
@@ -128,7 +179,7 @@ impl Engine {
             io_name: io.name(),
         });
         let mut w = Writer::new(Arc::clone(&sh), io, state_file, st, epoch)?;
-        w.open_round()?;
+        w.open_round(rebuild)?;
         let (tx, rx) = unbounded();
         let (ttx, trx) = bounded(TOUCH_QUEUE);
         let thread = std::thread::Builder::new()
@@ -282,6 +333,49 @@ fn highest_segment_seq(dir: &std::path::Path) -> u32 {
         })
         .max()
         .unwrap_or(0)
+}
+
+/// A clear error for a file kiln must allocate at open: a full disk is `Full` (the server
+/// refuses to start and says why), anything else an I/O error naming the file.
+fn no_space(what: &str, path: &std::path::Path, e: std::io::Error) -> StorageError {
+    let msg = format!("cannot allocate the {what} {}: {e}", path.display());
+    if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
+        StorageError::Full(format!("{msg}; free disk space or lower the capacity"))
+    } else {
+        StorageError::Io(std::io::Error::new(e.kind(), msg))
+    }
+}
+
+/// The ring as the segment headers on disk describe it, for a store whose state file is lost:
+/// the highest seq whose header sits in its own file slot (`seq % n`) with the configured
+/// size, and the run of consecutive seqs below it (at most `n`). Reads one header per file.
+fn ring_on_disk(dir: &std::path::Path, n: u32, size: u64) -> Option<(u32, u32)> {
+    use std::io::Read;
+    let mut seqs = std::collections::HashSet::new();
+    for slot in 0..n {
+        let path = super::segment::segment_path(dir, n, slot);
+        let mut b = [0u8; 64];
+        let Ok(mut f) = std::fs::File::open(&path) else {
+            continue;
+        };
+        if f.read_exact(&mut b).is_err() {
+            continue;
+        }
+        if let Ok(h) = SegmentHeader::decode(&b)
+            && h.size == size
+            && let Ok(seq) = u32::try_from(h.seq)
+            && seq > 0
+            && seq % n == slot
+        {
+            seqs.insert(seq);
+        }
+    }
+    let head = *seqs.iter().max()?;
+    let mut tail = head;
+    while tail > 1 && seqs.contains(&(tail - 1)) && head - (tail - 1) < n {
+        tail -= 1;
+    }
+    Some((tail, head))
 }
 
 /// Maps segments `tail..=head` whose header names the expected sequence number. Reads one

@@ -116,22 +116,37 @@ impl Shared {
         }
     }
 
-    /// `read_blob`, counting corruption and logging it.
+    /// `read_blob`, counting corruption and logging it. A record that fails its checks has
+    /// its index entry dropped at once: `contains` (FindMissingBlobs) then reports the blob
+    /// missing, so clients upload it again, and the new copy is what later reads find.
     pub fn get(&self, key: &Key) -> Option<(Entry, Blob)> {
-        let e = self.lookup(key)?;
+        let (slot, version, e) = self.index.lookup_slot(key, |e| self.valid(e))?;
         match self.read_blob(&e) {
             Ok(b) => Some((e, b)),
             Err(Miss::Gone) => None,
             Err(Miss::Corrupt) => {
                 inc(&self.counters.corruptions);
+                let _ = self.drop_entry(slot, version);
                 tracing::warn!(
                     ?key,
                     seq = e.seq,
                     off = e.off,
-                    "storage: record failed its checks; served as a miss"
+                    "storage: record failed its checks; served as a miss and dropped from the index"
                 );
                 None
             }
         }
+    }
+
+    /// Drops the entry in `slot` if it still holds `version` (nothing else replaced it
+    /// meanwhile), and counts it. Safe from any thread: the slot's seqlock orders it with the
+    /// writer's inserts. The cleared slot reaches the index file at the next checkpoint; should
+    /// a crash come first, the entry is back and the next read drops it again.
+    pub fn drop_entry(&self, slot: usize, version: u64) -> bool {
+        let dropped = self.index.clear_if(slot, version);
+        if dropped {
+            inc(&self.counters.dropped_entries);
+        }
+        dropped
     }
 }

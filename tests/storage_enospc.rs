@@ -1,0 +1,290 @@
+//! A store on a file system that fills up: a small tmpfs and a loop-mounted ext4 (the ext4
+//! case is the one that used to die with SIGBUS on the sparse mapped index). Needs root (CI
+//! runs as root) and `mkfs.ext4`; without them these tests fail loudly, they never skip.
+//!
+//! Each test runs on both I/O engines: no SIGBUS or abort, writes make room by evicting the
+//! store's own oldest segments, `Full` only when nothing can be evicted, reads go on, and
+//! writes succeed again after a restart.
+
+use bytes::Bytes;
+use kiln::storage::sys::{self, IoBackend, IoEngine};
+use kiln::storage::{Engine, EngineConfig, Key, StorageError, Store};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BACKENDS: [IoBackend; 2] = [IoBackend::Psync, IoBackend::IoUring];
+
+fn io(b: IoBackend) -> Box<dyn IoEngine> {
+    sys::build(b).expect("io_uring must be available on kiln's build machines")
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd} (these tests need root and e2fsprogs): {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed (these tests need root, loop devices and e2fsprogs): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A mounted file system, unmounted (and its loop device released) on drop, failed test or not.
+struct Mount {
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Mount {
+    /// A tmpfs of `size` bytes.
+    fn tmpfs(size: u64) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("mnt");
+        std::fs::create_dir(&dir).unwrap();
+        run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                dir.to_str().unwrap(),
+            ],
+        );
+        Self { dir, _tmp: tmp }
+    }
+
+    /// An ext4 of `size` bytes in an image file, loop-mounted (no reserved blocks).
+    fn ext4(size: u64) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let img = tmp.path().join("fs.img");
+        let dir = tmp.path().join("mnt");
+        std::fs::create_dir(&dir).unwrap();
+        run(
+            "truncate",
+            &["-s", &size.to_string(), img.to_str().unwrap()],
+        );
+        run("mkfs.ext4", &["-q", "-F", "-m", "0", img.to_str().unwrap()]);
+        run(
+            "mount",
+            &["-o", "loop", img.to_str().unwrap(), dir.to_str().unwrap()],
+        );
+        Self { dir, _tmp: tmp }
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.join("store")
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        // A loop mount made by `mount -o loop` is detached by the unmount (autoclear).
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
+
+fn both_fs(mut f: impl FnMut(&str, &Mount, IoBackend)) {
+    for b in BACKENDS {
+        f("tmpfs", &Mount::tmpfs(6 << 20), b);
+        f("ext4", &Mount::ext4(16 << 20), b);
+    }
+}
+
+/// A configured capacity far larger than the file system: the disk fills before the ring does.
+fn cfg(dir: &Path) -> EngineConfig {
+    let mut c = EngineConfig::new(dir);
+    c.segment_size = 256 << 10;
+    c.capacity_bytes = 64 << 20;
+    c.max_blob_size = 1 << 20;
+    c.part_size = 16 << 10;
+    c.index_slots = 4096;
+    c
+}
+
+fn key(n: u64) -> Key {
+    let mut id = [0u8; 32];
+    id[..8].copy_from_slice(&n.to_le_bytes());
+    id[31] = 0x5e;
+    Key::new(Key::SPACE_CAS, id)
+}
+
+fn data(n: u64, len: usize) -> Bytes {
+    (0..len)
+        .map(|i| (i as u64).wrapping_mul(131).wrapping_add(n * 7) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+const BLOB: usize = 12 << 10;
+const BATCH: u64 = 16;
+
+/// Writes batches `from..to` (BATCH blobs of BLOB bytes each).
+fn write_batches(rt: &tokio::runtime::Runtime, e: &Engine, from: u64, to: u64) {
+    for batch in from..to {
+        let items = (batch * BATCH..(batch + 1) * BATCH)
+            .map(|n| (key(n), data(n, BLOB)))
+            .collect();
+        rt.block_on(e.put_many(items))
+            .unwrap_or_else(|err| panic!("batch {batch}: {err} ({:?})", e.stats()));
+    }
+}
+
+fn assert_batch_readable(e: &Engine, batch: u64, what: &str) {
+    for n in batch * BATCH..(batch + 1) * BATCH {
+        assert_eq!(
+            e.get(&key(n)).unwrap().map(|b| b.to_bytes()),
+            Some(data(n, BLOB)),
+            "{what}: blob {n}"
+        );
+    }
+}
+
+/// Fills the file system with a file of zeros until it refuses more.
+fn fill(dir: &Path) -> PathBuf {
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 64 << 10];
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    // Small writes may still fit a last partial block.
+    while f.write(&[0u8; 512]).is_ok_and(|n| n > 0) {}
+    let _ = f.sync_all();
+    path
+}
+
+/// Three file systems' worth of writes into a store whose capacity exceeds the disk: every
+/// write succeeds because the store evicts its own oldest segments when the disk is full; the
+/// newest blobs read back; old ones are misses, never wrong bytes. After a restart on the full
+/// disk, writes still succeed.
+#[test]
+fn full_filesystem_evicts_own_oldest_segments_and_keeps_writing() {
+    let rt = rt();
+    both_fs(|fs, m, b| {
+        let what = format!("{fs} {b:?}");
+        let batch_bytes = BATCH * BLOB as u64;
+        let fs_size = if fs == "tmpfs" { 6u64 << 20 } else { 16 << 20 };
+        let batches = 3 * fs_size / batch_bytes;
+        {
+            let e = Engine::open_with_io(cfg(&m.store()), io(b)).unwrap();
+            write_batches(&rt, &e, 0, batches);
+            let st = e.stats();
+            assert!(st.enospc_evictions > 0, "{what}: {st:?}");
+            assert_eq!(st.full_errors, 0, "{what}: {st:?}");
+            for batch in batches - 4..batches {
+                assert_batch_readable(&e, batch, &what);
+            }
+            for n in 0..batches * BATCH {
+                if let Some(got) = e.get(&key(n)).unwrap() {
+                    assert_eq!(got.to_bytes(), data(n, BLOB), "{what}: blob {n}");
+                }
+            }
+            assert!(
+                !e.contains(&key(0)).unwrap(),
+                "{what}: the oldest blob must have been evicted"
+            );
+        }
+        // Restart with the disk full of the store's own segments.
+        let e = Engine::open_with_io(cfg(&m.store()), io(b)).unwrap();
+        assert_batch_readable(&e, batches - 1, &what);
+        write_batches(&rt, &e, batches, batches + 40);
+        assert!(e.stats().enospc_evictions > 0, "{what}: {:?}", e.stats());
+        assert_batch_readable(&e, batches + 39, &what);
+    });
+}
+
+/// When the disk is full of someone else's data and the store has nothing it may evict (only
+/// its head segment), writes fail with `Full`, reads go on, and once space is freed (or after
+/// a restart) writes succeed again.
+#[test]
+fn full_filesystem_with_nothing_to_evict_answers_full_and_recovers() {
+    let rt = rt();
+    both_fs(|fs, m, b| {
+        let what = format!("{fs} {b:?}");
+        let e = Engine::open_with_io(cfg(&m.store()), io(b)).unwrap();
+        write_batches(&rt, &e, 0, 1);
+        let filler = fill(&m.dir);
+        // The head segment still has room (it is preallocated); past it, nothing fits.
+        let mut full = None;
+        for n in 1000..1100u64 {
+            match rt.block_on(e.put(key(n), data(n, BLOB))) {
+                Ok(()) => {}
+                Err(StorageError::Full(msg)) => {
+                    full = Some(n);
+                    assert!(!msg.is_empty());
+                    break;
+                }
+                Err(other) => panic!("{what}: {other}"),
+            }
+        }
+        let first_full = full.unwrap_or_else(|| panic!("{what}: never Full: {:?}", e.stats()));
+        assert!(!e.contains(&key(first_full)).unwrap(), "{what}");
+        assert!(
+            matches!(
+                rt.block_on(e.put(key(2000), data(2000, BLOB))),
+                Err(StorageError::Full(_))
+            ),
+            "{what}"
+        );
+        assert_batch_readable(&e, 0, &what);
+        assert!(e.stats().full_errors > 0, "{what}");
+        std::fs::remove_file(&filler).unwrap();
+        rt.block_on(e.put(key(2001), data(2001, BLOB))).unwrap();
+        drop(e);
+        let e = Engine::open_with_io(cfg(&m.store()), io(b)).unwrap();
+        rt.block_on(e.put(key(2002), data(2002, BLOB))).unwrap();
+        for n in [2001, 2002] {
+            assert_eq!(
+                e.get(&key(n)).unwrap().map(|b| b.to_bytes()),
+                Some(data(n, BLOB)),
+                "{what}"
+            );
+        }
+        assert_batch_readable(&e, 0, &what);
+    });
+}
+
+/// A new store on a full disk: the index (a mapped file) cannot be allocated, and open says
+/// so with `Full` instead of mapping a sparse file that would SIGBUS on first use.
+#[test]
+fn index_that_does_not_fit_is_a_clear_error_at_open() {
+    both_fs(|fs, m, b| {
+        let what = format!("{fs} {b:?}");
+        let filler = fill(&m.dir);
+        // Free a little, far less than the index needs (65536 slots: 4 MiB).
+        let len = std::fs::metadata(&filler).unwrap().len();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&filler)
+            .unwrap();
+        f.set_len(len.saturating_sub(256 << 10)).unwrap();
+        drop(f);
+        let mut c = cfg(&m.store());
+        c.index_slots = 65536;
+        match Engine::open_with_io(c.clone(), io(b)) {
+            Err(StorageError::Full(msg)) => assert!(msg.contains("index"), "{what}: {msg}"),
+            Err(other) => panic!("{what}: expected Full, got {other}"),
+            Ok(e) => panic!("{what}: opened on a full disk: {:?}", e.stats()),
+        }
+        std::fs::remove_file(&filler).unwrap();
+        let e = Engine::open_with_io(c, io(b)).unwrap();
+        rt().block_on(e.put(key(1), data(1, 100))).unwrap();
+        assert_eq!(e.get(&key(1)).unwrap().unwrap().to_bytes(), data(1, 100));
+    });
+}
