@@ -51,7 +51,8 @@ use bytes::Bytes;
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Looks a blob up. `Ok(None)` is a miss (including a record that failed its checksum,
-    /// which the engine counts and never returns). A hit counts as a touch for eviction.
+    /// which the engine counts, never returns, and drops from its index so that `contains`
+    /// reports the blob missing from then on). A hit counts as a touch for eviction.
     fn get(&self, key: &Key) -> Result<Option<Blob>, StorageError>;
 
     /// Whether a blob is present, without reading it. A hit counts as a touch for eviction.
