@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::setup::{self, SetupError};
 use crate::storage::{Blob, Engine, Key, VerifyReport};
 use sha2::{Digest as _, Sha256};
+use std::fmt::Write as _;
 use std::time::Instant;
 
 /// Scrubs the store of `config`: record checksums, and SHA-256 of every CAS blob against its
@@ -65,10 +66,11 @@ pub fn describe(report: &VerifyReport) -> String {
         report.dropped_entries,
     );
     if report.torn_tail_regions > 0 {
-        s.push_str(&format!(
+        let _ = write!(
+            s,
             "; unacknowledged torn tail: {} bytes in {} regions (writes a crash interrupted before they were acknowledged; not corruption)",
             report.torn_tail_bytes, report.torn_tail_regions
-        ));
+        );
     }
     s
 }

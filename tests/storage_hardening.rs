@@ -397,7 +397,7 @@ fn crash_images_verify_without_corruption() {
             // when the power goes off, so the crash image keeps, drops or tears its pages.
             let mut c = cfg(dir.path());
             c.durability = Durability::Periodic {
-                interval: std::time::Duration::from_secs(3600),
+                interval: std::time::Duration::from_hours(1),
             };
             {
                 let e = Engine::open_with_io(c, fio).unwrap();

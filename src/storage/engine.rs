@@ -62,7 +62,7 @@ impl Engine {
         // Both slots allocated up front: a later state write can never be the one that finds
         // the disk full (a roll or a sync round must not fail for want of 8 KiB).
         sys::allocate_fully(&state_file.file, state_slot_offset(2))
-            .map_err(|e| no_space("state file", &state_path, e))?;
+            .map_err(|e| no_space("state file", &state_path, &e))?;
         let mut state = read_state(&mut *io, &state_file)?;
         let index_path = cfg.dir.join("index");
         let (mut index, created) = Index::open(
@@ -70,7 +70,7 @@ impl Engine {
             cfg.effective_index_slots() as usize,
             cfg.probe_limit as usize,
         )
-        .map_err(|e| no_space("index file", &index_path, e))?;
+        .map_err(|e| no_space("index file", &index_path, &e))?;
         let fresh = state.is_none();
         let mut st = state.take().unwrap_or(State {
             tail: 1,
@@ -339,7 +339,7 @@ fn highest_segment_seq(dir: &std::path::Path) -> u32 {
 
 /// A clear error for a file kiln must allocate at open: a full disk is `Full` (the server
 /// refuses to start and says why), anything else an I/O error naming the file.
-fn no_space(what: &str, path: &std::path::Path, e: std::io::Error) -> StorageError {
+fn no_space(what: &str, path: &std::path::Path, e: &std::io::Error) -> StorageError {
     let msg = format!("cannot allocate the {what} {}: {e}", path.display());
     if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
         StorageError::Full(format!("{msg}; free disk space or lower the capacity"))

@@ -17,6 +17,9 @@ use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+/// A segment file ready for records, with its old mapping when the file was reused in place.
+type NewSegment = (Arc<IoFile>, Option<memmap2::Mmap>);
+
 impl Writer {
     pub(super) fn flush_ops(&mut self) -> Result<(), StorageError> {
         self.end_run();
@@ -214,7 +217,7 @@ impl Writer {
         &mut self,
         new: u32,
         reused: Option<Result<SegMap, Arc<SegMap>>>,
-    ) -> Result<(Arc<IoFile>, Option<memmap2::Mmap>), (&'static str, std::io::Error)> {
+    ) -> Result<NewSegment, (&'static str, std::io::Error)> {
         let path = self.sh.segs.path(new);
         let size = self.sh.cfg.segment_size;
         let (file, map) = match reused {
