@@ -6,7 +6,13 @@
 //! store's own oldest segments, `Full` only when nothing can be evicted, reads go on, and
 //! writes succeed again after a restart.
 
+mod common;
+
 use bytes::Bytes;
+use kiln::proto::reapi::{
+    BatchReadBlobsRequest, BatchUpdateBlobsRequest, FindMissingBlobsRequest,
+    batch_update_blobs_request,
+};
 use kiln::storage::sys::{self, IoBackend, IoEngine};
 use kiln::storage::{Engine, EngineConfig, Key, StorageError, Store};
 use std::io::Write;
@@ -287,4 +293,117 @@ fn index_that_does_not_fit_is_a_clear_error_at_open() {
         rt().block_on(e.put(key(1), data(1, 100))).unwrap();
         assert_eq!(e.get(&key(1)).unwrap().unwrap().to_bytes(), data(1, 100));
     });
+}
+
+/// BatchUpdateBlobs of blobs `from..to` (16 KiB each); the per-item status codes.
+async fn upload(s: &common::TestServer, from: u64, to: u64) -> Vec<i32> {
+    let requests = (from..to)
+        .map(|n| {
+            let b = common::bytes(16 << 10, n);
+            batch_update_blobs_request::Request {
+                digest: Some(common::digest(&b).to_proto()),
+                data: Bytes::from(b),
+                compressor: 0,
+            }
+        })
+        .collect();
+    s.cas()
+        .await
+        .batch_update_blobs(BatchUpdateBlobsRequest {
+            requests,
+            ..Default::default()
+        })
+        .await
+        .expect("the call itself succeeds; items carry their status")
+        .into_inner()
+        .responses
+        .into_iter()
+        .map(|r| r.status.map_or(0, |st| st.code))
+        .collect()
+}
+
+/// Whether blobs `from..to` read back with the right bytes (BatchReadBlobs).
+async fn readable(s: &common::TestServer, from: u64, to: u64) -> bool {
+    let digests: Vec<_> = (from..to)
+        .map(|n| common::digest(&common::bytes(16 << 10, n)).to_proto())
+        .collect();
+    let r = s
+        .cas()
+        .await
+        .batch_read_blobs(BatchReadBlobsRequest {
+            digests,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    r.responses.iter().zip(from..to).all(|(x, n)| {
+        x.status.as_ref().is_none_or(|st| st.code == 0) && x.data == common::bytes(16 << 10, n)
+    })
+}
+
+/// The whole server on a full tmpfs: RESOURCE_EXHAUSTED (never a crash) while nothing can be
+/// evicted, uploads again once space is free, then three disks' worth of uploads that succeed
+/// because the store evicts its own oldest segments, reads throughout, and a restart on the
+/// full disk that still accepts uploads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_on_a_full_disk_answers_resource_exhausted_then_evicts_its_own_segments() {
+    const FS: u64 = 24 << 20;
+    let m = Mount::tmpfs(FS);
+    let store = m.dir.join("data");
+    let tweak = |c: &mut kiln::config::Config| {
+        c.server.data_dir.clone_from(&store);
+        c.storage.capacity_bytes = 256 << 20;
+        c.storage.segment_size_bytes = 4 << 20;
+        c.storage.max_blob_size_bytes = 8 << 20;
+        c.storage.index_slots = 4096;
+    };
+    let s = common::TestServer::start_with(tweak).await;
+    let filler = fill(&m.dir);
+    let codes = upload(&s, 0, 8).await;
+    assert!(
+        codes
+            .iter()
+            .all(|&c| c == tonic::Code::ResourceExhausted as i32),
+        "{codes:?}"
+    );
+    let missing = s
+        .cas()
+        .await
+        .find_missing_blobs(FindMissingBlobsRequest {
+            blob_digests: vec![common::digest(&common::bytes(16 << 10, 0)).to_proto()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .missing_blob_digests;
+    assert_eq!(missing.len(), 1);
+    std::fs::remove_file(&filler).unwrap();
+    // 64 blobs of 16 KiB per call: three file systems' worth.
+    let calls = 3 * FS / (64 * (16 << 10));
+    for c in 0..calls {
+        let codes = upload(&s, c * 64, (c + 1) * 64).await;
+        assert!(codes.iter().all(|&x| x == 0), "call {c}: {codes:?}");
+    }
+    assert!(readable(&s, (calls - 1) * 64, calls * 64).await);
+    let metrics = s.http_get("/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("kiln_storage_enospc_evictions ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    s.stop().await;
+    let s = common::TestServer::start_with(tweak).await;
+    assert!(readable(&s, (calls - 1) * 64, calls * 64).await);
+    for c in calls..calls + 8 {
+        let codes = upload(&s, c * 64, (c + 1) * 64).await;
+        assert!(
+            codes.iter().all(|&x| x == 0),
+            "after restart, call {c}: {codes:?}"
+        );
+    }
+    assert!(readable(&s, (calls + 7) * 64, (calls + 8) * 64).await);
+    s.stop().await;
 }
