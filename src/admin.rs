@@ -68,7 +68,7 @@ pub fn describe(report: &VerifyReport) -> String {
     if report.torn_tail_regions > 0 {
         let _ = write!(
             s,
-            "; unacknowledged torn tail: {} bytes in {} regions (writes a crash interrupted before they were acknowledged; not corruption)",
+            "; unacknowledged torn tail: {} bytes in {} regions (after the last record the index references in their segment: writes a crash interrupted before they were acknowledged, or records already dropped from the index; nothing served depends on them, not counted as corruption)",
             report.torn_tail_bytes, report.torn_tail_regions
         );
     }
