@@ -238,7 +238,7 @@ fn flipped_index_slot_is_found_dropped_and_repaired_by_reupload() {
 #[test]
 fn damaged_or_missing_index_is_rebuilt_from_the_segments() {
     for b in BACKENDS {
-        for damage in ["magic", "slot count word", "missing file"] {
+        for damage in ["magic", "slot count word", "hash seed", "missing file"] {
             let what = format!("{b:?} {damage}");
             let dir = tempfile::tempdir().unwrap();
             populate(dir.path(), b);
@@ -246,6 +246,7 @@ fn damaged_or_missing_index_is_rebuilt_from_the_segments() {
             match damage {
                 "magic" => flip(&ix, 3),
                 "slot count word" => flip(&ix, 16),
+                "hash seed" => flip(&ix, 33),
                 _ => std::fs::remove_file(&ix).unwrap(),
             }
             {

@@ -25,6 +25,19 @@ pub const SLOT_WORDS: usize = 8;
 const HEADER_WORDS: usize = 512;
 const MAGIC: u64 = u64::from_le_bytes(*b"KLNINDX1");
 const ENDIAN: u64 = 0x0102_0304_0506_0708;
+/// Header words covered by the header checksum (magic, endian, slots, probe, seed); the
+/// checksum is word 5. Without it a flipped seed bit would silently send every lookup to the
+/// wrong slots: the whole cache lost without a word in the log.
+const CHECKED_WORDS: usize = 5;
+
+/// xxh3 of the first `CHECKED_WORDS` header words (little-endian bytes).
+fn header_checksum(w: &[AtomicU64]) -> u64 {
+    let mut b = [0u8; CHECKED_WORDS * 8];
+    for (i, x) in w[..CHECKED_WORDS].iter().enumerate() {
+        b[i * 8..i * 8 + 8].copy_from_slice(&x.load(Ordering::Relaxed).to_le_bytes());
+    }
+    xxh3_64_with_seed(&b, 0)
+}
 const EPOCH_MASK: u64 = (1 << 48) - 1;
 const LEN_MASK: u64 = (1 << 40) - 1;
 
@@ -156,6 +169,7 @@ impl Index {
         let w = map.words();
         let ok = w[0].load(Ordering::Relaxed) == MAGIC
             && w[1].load(Ordering::Relaxed) == ENDIAN
+            && w[CHECKED_WORDS].load(Ordering::Relaxed) == header_checksum(w)
             && w[2].load(Ordering::Relaxed) == slots as u64
             && w[3].load(Ordering::Relaxed) == probe as u64;
         let seed = w[4].load(Ordering::Relaxed);
@@ -183,6 +197,7 @@ impl Index {
         if w.len() < HEADER_WORDS
             || w[0].load(Ordering::Acquire) != MAGIC
             || w[1].load(Ordering::Relaxed) != ENDIAN
+            || w[CHECKED_WORDS].load(Ordering::Relaxed) != header_checksum(w)
         {
             return Err(bad("header does not match"));
         }
@@ -214,7 +229,8 @@ impl Index {
         w[3].store(self.probe as u64, Ordering::Relaxed);
         w[2].store(self.slots as u64, Ordering::Relaxed);
         w[1].store(ENDIAN, Ordering::Relaxed);
-        w[0].store(MAGIC, Ordering::Release);
+        w[0].store(MAGIC, Ordering::Relaxed);
+        w[CHECKED_WORDS].store(header_checksum(w), Ordering::Release);
     }
 
     /// The backing file (the engine fdatasyncs it as part of each durable epoch).
