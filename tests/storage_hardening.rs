@@ -259,6 +259,11 @@ fn damaged_or_missing_index_is_rebuilt_from_the_segments() {
             let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
             assert_eq!(e.stats().index_rebuilds, 0, "{what}");
             assert_all_served(&e, &what);
+            // A co-located worker reads the rebuilt index (header checksum included).
+            let peek = kiln::storage::Peek::open(dir.path()).unwrap();
+            let mut out = Vec::new();
+            assert!(peek.copy_to(&cas(BIG), &mut out).unwrap(), "{what}");
+            assert_eq!(out, data(BIG, BIG_LEN), "{what}");
         }
     }
 }
