@@ -83,7 +83,10 @@ impl Engine {
         let mut ring = None;
         if fresh {
             reset = Some("state file lost or unreadable");
-            ring = ring_on_disk(&seg_dir, n, cfg.segment_size);
+            // Only when the files agree with the ring size: a header with a higher seq outside
+            // its slot (another ring size) must still push new seqs past it.
+            let highest = highest_segment_seq(&seg_dir);
+            ring = ring_on_disk(&seg_dir, n, cfg.segment_size).filter(|&(_, h)| h >= highest);
         } else if st.segments != n {
             reset = Some("ring size changed");
         } else if created {
