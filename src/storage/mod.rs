@@ -8,7 +8,8 @@
 //! `kiln serve` ([`Engine`], configured by [`EngineConfig`]; on-disk format in `FORMAT.md`).
 //!
 //! Engine files: `config.rs` (EngineConfig, validate), `engine.rs` (open, Store impl, upload
-//! handle), `writer.rs` (the I/O thread: batching, group commit, segment roll/eviction,
+//! handle), `open.rs` (what open reads from disk: state slots, the ring from segment headers,
+//! segment maps), `writer.rs` (the I/O thread: batching, group commit, segment roll/eviction,
 //! copy-forward), `shared.rs` (read path and validity rules), `index.rs` (lock-free mapped slot
 //! table), `segment.rs` (mapped segment table), `format.rs` (every on-disk byte layout),
 //! `verify.rs` (scrub), `stats.rs` (metrics), `sys/` (the only `unsafe`: io_uring, psync,
@@ -23,6 +24,7 @@ pub mod fuzzing;
 pub mod index;
 mod key;
 mod memory;
+mod open;
 mod peek;
 mod segment;
 mod shared;

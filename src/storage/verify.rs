@@ -116,6 +116,11 @@ impl Engine {
         let sh = self.shared();
         let mut rep = VerifyReport::default();
         let walk = walk_records(sh, &mut rep, progress, check);
+        tracing::info!(
+            records = rep.records,
+            damaged = walk.damage.len(),
+            "verify: records walked; checking every index entry against its records"
+        );
         let last_ref = check_index(sh, &walk, &mut rep);
         for d in &walk.damage {
             if walk.bad.contains(&(d.seq, d.start)) && d.end == d.start {
