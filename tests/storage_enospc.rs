@@ -93,6 +93,16 @@ impl Drop for Mount {
     }
 }
 
+/// One test of this file at a time: a child process another test spawns (`mount`, `mkfs`)
+/// holds a copy of every open file descriptor until it execs, and a segment file unlinked in
+/// that window keeps its blocks: the engine would rightly answer `Full` for that write, but
+/// the tests here count blocks exactly.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn both_fs(mut f: impl FnMut(&str, &Mount, IoBackend)) {
     for b in BACKENDS {
         f("tmpfs", &Mount::tmpfs(6 << 20), b);
@@ -181,6 +191,7 @@ fn fill(dir: &Path) -> PathBuf {
 /// disk, writes still succeed.
 #[test]
 fn full_filesystem_evicts_own_oldest_segments_and_keeps_writing() {
+    let _one = one_at_a_time();
     let rt = rt();
     both_fs(|fs, m, b| {
         let what = format!("{fs} {b:?}");
@@ -215,11 +226,49 @@ fn full_filesystem_evicts_own_oldest_segments_and_keeps_writing() {
     });
 }
 
+/// In a ring shrunk by a full disk, a blob that keeps being read is copied forward before its
+/// segment is evicted (the copy-forward window follows the ring's current size, not the
+/// configured one).
+#[test]
+fn hot_blob_survives_in_a_ring_shrunk_by_a_full_disk() {
+    let _one = one_at_a_time();
+    let rt = rt();
+    both_fs(|fs, m, b| {
+        let what = format!("{fs} {b:?}");
+        let fs_size = if fs == "tmpfs" { 6u64 << 20 } else { 16 << 20 };
+        // A quarter more than the disk holds: the ring has shrunk and cycles; then as much
+        // again, so every segment live at the start is evicted by the end.
+        let batches = fs_size * 5 / 4 / (BATCH * BLOB as u64);
+        let e = Engine::open_with_io(cfg(&m.store()), io(b)).unwrap();
+        write_batches(&rt, &e, 0, batches);
+        assert!(e.stats().enospc_evictions > 0, "{what}");
+        // The oldest blob still live: the next to be evicted.
+        let hot = (0..batches * BATCH)
+            .find(|&n| e.contains(&key(n)).unwrap())
+            .unwrap();
+        for batch in batches..2 * batches {
+            assert_eq!(
+                e.get(&key(hot)).unwrap().map(|b| b.to_bytes()),
+                Some(data(hot, BLOB)),
+                "{what}: hot blob {hot} lost before batch {batch}: {:?}",
+                e.stats()
+            );
+            write_batches(&rt, &e, batch, batch + 1);
+        }
+        assert!(e.stats().copy_forwards > 0, "{what}: {:?}", e.stats());
+        assert!(
+            !e.contains(&key(hot + 1)).unwrap(),
+            "{what}: cold neighbour evicted"
+        );
+    });
+}
+
 /// When the disk is full of someone else's data and the store has nothing it may evict (only
 /// its head segment), writes fail with `Full`, reads go on, and once space is freed (or after
 /// a restart) writes succeed again.
 #[test]
 fn full_filesystem_with_nothing_to_evict_answers_full_and_recovers() {
+    let _one = one_at_a_time();
     let rt = rt();
     both_fs(|fs, m, b| {
         let what = format!("{fs} {b:?}");
@@ -270,6 +319,7 @@ fn full_filesystem_with_nothing_to_evict_answers_full_and_recovers() {
 /// so with `Full` instead of mapping a sparse file that would SIGBUS on first use.
 #[test]
 fn index_that_does_not_fit_is_a_clear_error_at_open() {
+    let _one = one_at_a_time();
     both_fs(|fs, m, b| {
         let what = format!("{fs} {b:?}");
         let filler = fill(&m.dir);
@@ -348,6 +398,7 @@ async fn readable(s: &common::TestServer, from: u64, to: u64) -> bool {
 /// full disk that still accepts uploads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_on_a_full_disk_answers_resource_exhausted_then_evicts_its_own_segments() {
+    let _one = one_at_a_time();
     const FS: u64 = 24 << 20;
     let m = Mount::tmpfs(FS);
     let store = m.dir.join("data");

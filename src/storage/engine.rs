@@ -171,6 +171,7 @@ impl Engine {
         map_live_segments(&segs, st.tail, st.head, cfg.segment_size);
         let sh = Arc::new(Shared {
             copy_window: cfg.effective_copy_forward(),
+            ring_limit: AtomicU32::new(n),
             cfg,
             index,
             segs,

@@ -33,6 +33,10 @@ pub(crate) struct Shared {
     /// Epoch ranges lost in earlier crashes; fixed for the life of the process.
     pub invalid: Vec<InvalidRange>,
     pub copy_window: u32,
+    /// Segments the ring holds at most right now: the ring size, or fewer after the file
+    /// system filled up first (ENOSPC evictions shrink it; rolls that fit grow it back).
+    /// Written by the writer, read by `is_old`.
+    pub ring_limit: AtomicU32,
     pub counters: Counters,
     pub poison: OnceLock<String>,
     pub io_name: &'static str,
@@ -55,11 +59,19 @@ impl Shared {
 
     /// Whether a hit on `e` should be copied forward: its oldest segment will be evicted
     /// within the next `copy_window` rolls. A segment `s` is evicted when the head reaches
-    /// `s + n` (n = ring size), so in a full ring this is `s < tail + copy_window`, and in a
-    /// ring still filling up nothing is old (copying there would only add writes).
+    /// `s + n` (n = the ring's current limit), so in a full ring this is `s < tail +
+    /// copy_window`, and in a ring still filling up nothing is old (copying there would only
+    /// add writes). In a ring shrunk by a full disk the window shrinks with it (an eighth).
     pub fn is_old(&self, e: &Entry) -> bool {
         let head = u64::from(self.head.load(Ordering::Acquire));
-        u64::from(e.oldest_seq()) + u64::from(self.segs.len()) <= head + u64::from(self.copy_window)
+        let n = self.segs.len();
+        let limit = self.ring_limit.load(Ordering::Relaxed).clamp(1, n);
+        let window = if limit < n {
+            (limit / 8).max(1)
+        } else {
+            self.copy_window
+        };
+        u64::from(e.oldest_seq()) + u64::from(limit) <= head + u64::from(window)
     }
 
     /// Reads and checks one record, returning a zero-copy view of its payload.

@@ -256,22 +256,23 @@ impl Writer {
 
     /// Makes room on a full file system by evicting the oldest segment (`tail`) and removing
     /// its file. Never evicts the head nor a segment holding records laid out in the batch
-    /// being written (their commits are not answered yet). False when nothing may be evicted:
-    /// the write fails with `Full`. Same order as a roll's eviction: the new tail is durable
-    /// before the file goes.
-    fn evict_for_space(&mut self, cause: &std::io::Error) -> Result<bool, StorageError> {
+    /// being written (their commits are not answered yet). `None` when nothing may be
+    /// evicted (the write fails with `Full`), else whether the evicted segment's space is free
+    /// now (no reader held its mapping). Same order as a roll's eviction: the new tail is
+    /// durable before the file goes.
+    fn evict_for_space(&mut self, cause: &std::io::Error) -> Result<Option<bool>, StorageError> {
         let sh = Arc::clone(&self.sh);
         let tail = self.state.tail;
         let keep_from = self.pinned.unwrap_or(u32::MAX).min(self.state.head);
         if tail >= keep_from {
-            return Ok(false);
+            return Ok(None);
         }
         self.state.tail = tail + 1;
         sh.tail.store(tail + 1, Ordering::Release);
         let old = sh.segs.take_slot(tail);
         self.write_state()
             .map_err(|e| self.io_err("state write", &e))?;
-        drop(old);
+        let freed = old.is_none_or(|m| Arc::try_unwrap(m).is_ok());
         // Readers still holding views keep the inode (and its blocks) until they finish.
         if let Err(e) = std::fs::remove_file(sh.segs.path(tail))
             && e.kind() != std::io::ErrorKind::NotFound
@@ -283,10 +284,11 @@ impl Writer {
         tracing::warn!(
             seq = tail,
             live_segments = self.state.head - self.state.tail + 1,
+            held_by_a_reader = !freed,
             error = %cause,
             "storage: file system full; evicted the oldest segment to make room (the ring shrinks to fit the disk)"
         );
-        Ok(true)
+        Ok(Some(freed))
     }
 
     /// Seals the active segment and opens the next one, evicting the oldest when the ring is
@@ -314,17 +316,34 @@ impl Writer {
         let mut reused = reused.map(Arc::try_unwrap);
         // A full file system: evict our own oldest segments until the new one fits (the ring
         // shrinks to what the disk holds, and grows back on later rolls once space is free).
+        // Evicting a segment a reader still holds frees nothing yet (the inode lives on), so
+        // the loop goes on past such segments; but once a segment nobody held was evicted and
+        // the disk is still full, someone else holds the space: the write fails with `Full`
+        // rather than the whole ring going at once (the next write may evict one more).
+        let mut shrunk = false;
+        let mut freed = false;
         let (file, map) = loop {
             match self.create_segment(new, reused.take()) {
                 Ok(f) => break f,
-                Err((what, e)) if super::is_enospc(&e) => {
-                    if !self.evict_for_space(&e)? {
-                        return Err(self.io_err(what, &e));
+                Err((what, e)) if super::is_enospc(&e) && !freed => {
+                    match self.evict_for_space(&e)? {
+                        Some(was_free) => freed = was_free,
+                        None => return Err(self.io_err(what, &e)),
                     }
+                    shrunk = true;
                 }
                 Err((what, e)) => return Err(self.io_err(what, &e)),
             }
         };
+        // The ring's current limit (for copy-forward): what it holds now after a shrink, and
+        // never less than that after a roll that fit.
+        let live = new - self.state.tail + 1;
+        let limit = &sh.ring_limit;
+        if shrunk {
+            limit.store(live, Ordering::Relaxed);
+        } else if live > limit.load(Ordering::Relaxed) {
+            limit.store(live.min(n), Ordering::Relaxed);
+        }
         self.force_roll = false;
         self.state.head = new;
         self.write_state()
