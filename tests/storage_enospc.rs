@@ -185,7 +185,7 @@ fn fill(dir: &Path) -> PathBuf {
     path
 }
 
-/// Three file systems' worth of writes into a store whose capacity exceeds the disk: every
+/// Two file systems' worth of writes into a store whose capacity exceeds the disk: every
 /// write succeeds because the store evicts its own oldest segments when the disk is full; the
 /// newest blobs read back; old ones are misses, never wrong bytes. After a restart on the full
 /// disk, writes still succeed.
@@ -197,7 +197,7 @@ fn full_filesystem_evicts_own_oldest_segments_and_keeps_writing() {
         let what = format!("{fs} {b:?}");
         let batch_bytes = BATCH * BLOB as u64;
         let fs_size = if fs == "tmpfs" { 6u64 << 20 } else { 16 << 20 };
-        let batches = 3 * fs_size / batch_bytes;
+        let batches = 2 * fs_size / batch_bytes;
         {
             let e = Engine::open_with_io(cfg(&m.store()), io(b)).unwrap();
             write_batches(&rt, &e, 0, batches);
@@ -220,9 +220,9 @@ fn full_filesystem_evicts_own_oldest_segments_and_keeps_writing() {
         // Restart with the disk full of the store's own segments.
         let e = Engine::open_with_io(cfg(&m.store()), io(b)).unwrap();
         assert_batch_readable(&e, batches - 1, &what);
-        write_batches(&rt, &e, batches, batches + 40);
+        write_batches(&rt, &e, batches, batches + 20);
         assert!(e.stats().enospc_evictions > 0, "{what}: {:?}", e.stats());
-        assert_batch_readable(&e, batches + 39, &what);
+        assert_batch_readable(&e, batches + 19, &what);
     });
 }
 
@@ -393,7 +393,7 @@ async fn readable(s: &common::TestServer, from: u64, to: u64) -> bool {
 }
 
 /// The whole server on a full tmpfs: RESOURCE_EXHAUSTED (never a crash) while nothing can be
-/// evicted, uploads again once space is free, then three disks' worth of uploads that succeed
+/// evicted, uploads again once space is free, then two disks' worth of uploads that succeed
 /// because the store evicts its own oldest segments, reads throughout, and a restart on the
 /// full disk that still accepts uploads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,8 +431,8 @@ async fn server_on_a_full_disk_answers_resource_exhausted_then_evicts_its_own_se
         .missing_blob_digests;
     assert_eq!(missing.len(), 1);
     std::fs::remove_file(&filler).unwrap();
-    // 64 blobs of 16 KiB per call: three file systems' worth.
-    let calls = 3 * FS / (64 * (16 << 10));
+    // 64 blobs of 16 KiB per call: two file systems' worth.
+    let calls = 2 * FS / (64 * (16 << 10));
     for c in 0..calls {
         let codes = upload(&s, c * 64, (c + 1) * 64).await;
         assert!(codes.iter().all(|&x| x == 0), "call {c}: {codes:?}");
