@@ -263,6 +263,55 @@ fn hot_blob_survives_in_a_ring_shrunk_by_a_full_disk() {
     });
 }
 
+/// When evicting a segment frees nothing (another process holds its file open), the write
+/// fails with `Full` after one eviction instead of the store evicting its whole ring; once the
+/// file is let go, writes succeed again.
+#[test]
+fn eviction_that_frees_nothing_stops_at_one_segment() {
+    let _one = one_at_a_time();
+    let rt = rt();
+    both_fs(|fs, m, b| {
+        let what = format!("{fs} {b:?}");
+        let fs_size = if fs == "tmpfs" { 6u64 << 20 } else { 16 << 20 };
+        let batches = fs_size * 5 / 4 / (BATCH * BLOB as u64);
+        let e = Engine::open_with_io(cfg(&m.store()), io(b)).unwrap();
+        write_batches(&rt, &e, 0, batches);
+        let before = e.stats();
+        assert!(before.enospc_evictions > 0, "{what}");
+        // Hold every segment file open: an evicted file keeps its blocks.
+        let held: Vec<std::fs::File> = std::fs::read_dir(m.store().join("segments"))
+            .unwrap()
+            .map(|f| std::fs::File::open(f.unwrap().path()).unwrap())
+            .collect();
+        let mut full_at = None;
+        for batch in batches..batches + 8 {
+            let items = (batch * BATCH..(batch + 1) * BATCH)
+                .map(|n| (key(n), data(n, BLOB)))
+                .collect();
+            match rt.block_on(e.put_many(items)) {
+                Ok(()) => {}
+                Err(StorageError::Full(_)) => {
+                    full_at = Some(batch);
+                    break;
+                }
+                Err(other) => panic!("{what}: {other}"),
+            }
+        }
+        assert!(full_at.is_some(), "{what}: never Full: {:?}", e.stats());
+        let after = e.stats();
+        assert_eq!(
+            after.enospc_evictions - before.enospc_evictions,
+            1,
+            "{what}: one eviction, not the ring: {after:?}"
+        );
+        assert!(after.segments + 2 >= before.segments, "{what}: {after:?}");
+        drop(held);
+        let next = full_at.unwrap() + 100;
+        write_batches(&rt, &e, next, next + 2);
+        assert_batch_readable(&e, next + 1, &what);
+    });
+}
+
 /// When the disk is full of someone else's data and the store has nothing it may evict (only
 /// its head segment), writes fail with `Full`, reads go on, and once space is freed (or after
 /// a restart) writes succeed again.
