@@ -445,9 +445,18 @@ async fn readable(s: &common::TestServer, from: u64, to: u64) -> bool {
 /// evicted, uploads again once space is free, then two disks' worth of uploads that succeed
 /// because the store evicts its own oldest segments, reads throughout, and a restart on the
 /// full disk that still accepts uploads.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_on_a_full_disk_answers_resource_exhausted_then_evicts_its_own_segments() {
+#[test]
+fn server_on_a_full_disk_answers_resource_exhausted_then_evicts_its_own_segments() {
     let _one = one_at_a_time();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(server_on_a_full_disk());
+}
+
+async fn server_on_a_full_disk() {
     const FS: u64 = 24 << 20;
     let m = Mount::tmpfs(FS);
     let store = m.dir.join("data");
