@@ -37,7 +37,9 @@ enum Command {
         metrics_listen: Option<String>,
     },
     /// Scrub the store: every record's checksum and every CAS blob's SHA-256, with progress.
-    /// Run it while the server is stopped (it takes the data directory's lock).
+    /// Run it while the server is stopped (it takes the data directory's lock). Damaged blobs
+    /// are dropped from the index (clients re-upload them) and it exits 1; the torn end of an
+    /// upload a crash interrupted is reported apart and is not damage.
     Verify {
         /// TOML config file.
         #[arg(long)]
