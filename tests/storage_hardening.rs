@@ -75,25 +75,38 @@ fn populate(dir: &Path, b: IoBackend) {
     });
 }
 
-/// Every blob `populate` wrote reads back right (the AC entry at its newest value).
+/// What `populate` wrote: (key, bytes), the AC entry at its newest value.
+fn populated() -> Vec<(Key, Bytes)> {
+    let mut v: Vec<(Key, Bytes)> = (0..SMALL)
+        .map(|n| (cas(n), data(n, 3000 + n as usize)))
+        .collect();
+    v.push((cas(BIG), data(BIG, BIG_LEN)));
+    v.push((key(Key::SPACE_AC, 1), data(502, 300)));
+    v
+}
+
+/// Every blob `populate` wrote reads back right (the AC entry at its newest value). Reports
+/// lengths, never the bytes.
 fn assert_all_served(e: &Engine, what: &str) {
-    for n in 0..SMALL {
-        assert_eq!(
-            e.get(&cas(n)).unwrap().map(|b| b.to_bytes()),
-            Some(data(n, 3000 + n as usize)),
-            "{what}: blob {n}"
+    for (k, want) in populated() {
+        let got = e.get(&k).unwrap().map(|b| b.to_bytes());
+        assert!(
+            got.as_ref() == Some(&want),
+            "{what}: {k:?}: got {:?} bytes, want {}",
+            got.map(|g| g.len()),
+            want.len()
         );
     }
-    assert_eq!(
-        e.get(&cas(BIG)).unwrap().map(|b| b.to_bytes()),
-        Some(data(BIG, BIG_LEN)),
-        "{what}: big blob"
-    );
-    assert_eq!(
-        e.get(&key(Key::SPACE_AC, 1)).unwrap().map(|b| b.to_bytes()),
-        Some(data(502, 300)),
-        "{what}: AC entry"
-    );
+}
+
+/// Uploads again whatever `populate` wrote that now reads as missing, as a client would after
+/// FindMissingBlobs.
+fn reupload_missing(rt: &tokio::runtime::Runtime, e: &Engine) {
+    for (k, v) in populated() {
+        if !e.contains(&k).unwrap() {
+            rt.block_on(e.put(k, v)).unwrap();
+        }
+    }
 }
 
 /// A record found by walking the segment files: file, offset, header.
@@ -187,6 +200,50 @@ fn flipped_record_byte_reads_missing_and_reupload_is_served() {
         }
         let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
         assert_all_served(&e, &format!("{b:?} after restart"));
+    }
+}
+
+/// A flipped byte in a segment header: `open` cannot map that segment, so its blobs can never
+/// be served; the first read drops them (before, `contains` said present forever), `verify`
+/// drops every one of them, and re-uploads are served.
+#[test]
+fn damaged_segment_header_drops_its_blobs() {
+    let rt = rt();
+    for b in BACKENDS {
+        for by_verify in [false, true] {
+            let what = format!("{b:?} verify={by_verify}");
+            let dir = tempfile::tempdir().unwrap();
+            populate(dir.path(), b);
+            let recs = records(dir.path());
+            let first = &recs[0];
+            assert_eq!(first.header.key, cas(0));
+            // Keys with a record in that segment (a multi-part blob's parts included).
+            let in_first: std::collections::HashSet<Key> = recs
+                .iter()
+                .filter(|r| r.seq == first.seq)
+                .map(|r| r.header.key)
+                .collect();
+            flip(&first.path, 20);
+            let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
+            if by_verify {
+                let rep = e.verify(|_| {}, None);
+                assert_eq!(
+                    rep.dropped_entries,
+                    in_first.len() as u64,
+                    "{what}: {rep:?}"
+                );
+                assert!(kiln::admin::outcome(&rep).is_err(), "{what}");
+            } else {
+                assert!(e.get(&cas(0)).unwrap().is_none(), "{what}");
+            }
+            assert!(!e.contains(&cas(0)).unwrap(), "{what}");
+            // Reads find the rest of that segment's blobs gone and drop them too.
+            for (k, _) in populated() {
+                let _ = e.get(&k).unwrap();
+            }
+            reupload_missing(&rt, &e);
+            assert_all_served(&e, &what);
+        }
     }
 }
 

@@ -135,6 +135,18 @@ impl Shared {
         let (slot, version, e) = self.index.lookup_slot(key, |e| self.valid(e))?;
         match self.read_blob(&e) {
             Ok(b) => Some((e, b)),
+            // Evicted meanwhile: a plain miss. Still valid, yet a segment it needs is not
+            // mapped: its header was damaged or the file is gone (`open` skips such segments),
+            // so the entry can never be served: dropped like a damaged record.
+            Err(Miss::Gone) if self.valid(&e) => {
+                let _ = self.drop_entry(slot, version);
+                tracing::warn!(
+                    ?key,
+                    seq = e.seq,
+                    "storage: a segment this blob needs is missing; dropped from the index"
+                );
+                None
+            }
             Err(Miss::Gone) => None,
             Err(Miss::Corrupt) => {
                 inc(&self.counters.corruptions);
