@@ -103,16 +103,25 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Sizes of the file systems the engine tests fill (small: every byte written costs test time).
+const TMPFS: u64 = 4 << 20;
+const EXT4: u64 = 12 << 20;
+
 fn both_fs(mut f: impl FnMut(&str, &Mount, IoBackend)) {
     for b in BACKENDS {
-        f("tmpfs", &Mount::tmpfs(6 << 20), b);
-        f("ext4", &Mount::ext4(16 << 20), b);
+        f("tmpfs", &Mount::tmpfs(TMPFS), b);
+        f("ext4", &Mount::ext4(EXT4), b);
     }
 }
 
 /// A configured capacity far larger than the file system: the disk fills before the ring does.
+/// Periodic durability keeps the tests fast (a full disk shows up on allocation, not on
+/// fdatasync; the server test below runs with the default, fdatasync).
 fn cfg(dir: &Path) -> EngineConfig {
     let mut c = EngineConfig::new(dir);
+    c.durability = kiln::storage::Durability::Periodic {
+        interval: std::time::Duration::from_millis(20),
+    };
     c.segment_size = 256 << 10;
     c.capacity_bytes = 64 << 20;
     c.max_blob_size = 1 << 20;
@@ -196,7 +205,7 @@ fn full_filesystem_evicts_own_oldest_segments_and_keeps_writing() {
     both_fs(|fs, m, b| {
         let what = format!("{fs} {b:?}");
         let batch_bytes = BATCH * BLOB as u64;
-        let fs_size = if fs == "tmpfs" { 6u64 << 20 } else { 16 << 20 };
+        let fs_size = if fs == "tmpfs" { TMPFS } else { EXT4 };
         let batches = 2 * fs_size / batch_bytes;
         {
             let e = Engine::open_with_io(cfg(&m.store()), io(b)).unwrap();
@@ -235,7 +244,7 @@ fn hot_blob_survives_in_a_ring_shrunk_by_a_full_disk() {
     let rt = rt();
     both_fs(|fs, m, b| {
         let what = format!("{fs} {b:?}");
-        let fs_size = if fs == "tmpfs" { 6u64 << 20 } else { 16 << 20 };
+        let fs_size = if fs == "tmpfs" { TMPFS } else { EXT4 };
         // A quarter more than the disk holds: the ring has shrunk and cycles; then as much
         // again, so every segment live at the start is evicted by the end.
         let batches = fs_size * 5 / 4 / (BATCH * BLOB as u64);
@@ -272,7 +281,7 @@ fn eviction_that_frees_nothing_stops_at_one_segment() {
     let rt = rt();
     both_fs(|fs, m, b| {
         let what = format!("{fs} {b:?}");
-        let fs_size = if fs == "tmpfs" { 6u64 << 20 } else { 16 << 20 };
+        let fs_size = if fs == "tmpfs" { TMPFS } else { EXT4 };
         let batches = fs_size * 5 / 4 / (BATCH * BLOB as u64);
         let e = Engine::open_with_io(cfg(&m.store()), io(b)).unwrap();
         write_batches(&rt, &e, 0, batches);
@@ -372,7 +381,7 @@ fn index_that_does_not_fit_is_a_clear_error_at_open() {
     both_fs(|fs, m, b| {
         let what = format!("{fs} {b:?}");
         let filler = fill(&m.dir);
-        // Free a little, far less than the index needs (65536 slots: 4 MiB).
+        // Free a little, far less than the index needs (32768 slots: 2 MiB).
         let len = std::fs::metadata(&filler).unwrap().len();
         let f = std::fs::OpenOptions::new()
             .write(true)
@@ -381,7 +390,7 @@ fn index_that_does_not_fit_is_a_clear_error_at_open() {
         f.set_len(len.saturating_sub(256 << 10)).unwrap();
         drop(f);
         let mut c = cfg(&m.store());
-        c.index_slots = 65536;
+        c.index_slots = 32768;
         match Engine::open_with_io(c.clone(), io(b)) {
             Err(StorageError::Full(msg)) => assert!(msg.contains("index"), "{what}: {msg}"),
             Err(other) => panic!("{what}: expected Full, got {other}"),
@@ -457,14 +466,15 @@ fn server_on_a_full_disk_answers_resource_exhausted_then_evicts_its_own_segments
 }
 
 async fn server_on_a_full_disk() {
-    const FS: u64 = 24 << 20;
+    const FS: u64 = 12 << 20;
     let m = Mount::tmpfs(FS);
     let store = m.dir.join("data");
     let tweak = |c: &mut kiln::config::Config| {
         c.server.data_dir.clone_from(&store);
         c.storage.capacity_bytes = 256 << 20;
-        c.storage.segment_size_bytes = 4 << 20;
-        c.storage.max_blob_size_bytes = 8 << 20;
+        c.storage.segment_size_bytes = 1 << 20;
+        c.storage.part_size_bytes = 256 << 10;
+        c.storage.max_blob_size_bytes = 2 << 20;
         c.storage.index_slots = 4096;
     };
     let s = common::TestServer::start_with(tweak).await;
