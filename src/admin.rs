@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::setup::{self, SetupError};
 use crate::storage::{Blob, Engine, Key, VerifyReport};
 use sha2::{Digest as _, Sha256};
+use std::fmt::Write as _;
 use std::time::Instant;
 
 /// Scrubs the store of `config`: record checksums, and SHA-256 of every CAS blob against its
@@ -55,14 +56,35 @@ fn cas_blob_matches(key: &Key, blob: &Blob) -> bool {
 
 /// A one-paragraph summary of a verify report.
 pub fn describe(report: &VerifyReport) -> String {
-    format!(
-        "{} segments, {} records, {} payload bytes checked: {} corrupt records, {} CAS blobs with a wrong SHA-256",
+    let mut s = format!(
+        "{} segments, {} records, {} payload bytes checked: {} corrupt records, {} CAS blobs with a wrong SHA-256, {} index entries dropped",
         report.segments,
         report.records,
         report.bytes,
         report.corrupt_records,
-        report.check_failures
-    )
+        report.check_failures,
+        report.dropped_entries,
+    );
+    if report.torn_tail_regions > 0 {
+        let _ = write!(
+            s,
+            "; unacknowledged torn tail: {} bytes in {} regions (after the last record the index references in their segment: writes a crash interrupted before they were acknowledged, or records already dropped from the index; nothing served depends on them, not counted as corruption)",
+            report.torn_tail_bytes, report.torn_tail_regions
+        );
+    }
+    s
+}
+
+/// The verdict of `kiln verify` (its exit status): `Err` with what to tell the operator when
+/// it found real damage. A torn unacknowledged tail alone is not damage.
+pub fn outcome(report: &VerifyReport) -> Result<(), String> {
+    if !report.damaged() {
+        return Ok(());
+    }
+    Err(format!(
+        "verify found damaged data; {} index entries that pointed at it were dropped, so FindMissingBlobs now reports those blobs missing and clients upload them again (damaged records no entry points at are never served)",
+        report.dropped_entries
+    ))
 }
 
 /// Fetches `/status` from a running server's metrics address (`HOST:PORT`).

@@ -270,6 +270,21 @@ pub fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, 
                 "Records replayed into the index at open after an unclean stop",
                 s.replayed as i64,
             ),
+            (
+                "storage_dropped_entries",
+                "Index entries dropped because their record failed its checks (the blob reads as missing until re-uploaded)",
+                s.dropped_entries as i64,
+            ),
+            (
+                "storage_enospc_evictions",
+                "Segments evicted early because the file system was full",
+                s.enospc_evictions as i64,
+            ),
+            (
+                "storage_index_rebuilds",
+                "Index rebuilds from the segment records at open",
+                s.index_rebuilds as i64,
+            ),
         ]
     }));
     Ok(engine)

@@ -5,7 +5,9 @@ mod common;
 use bytes::Bytes;
 use common::{TestServer, bytes, digest};
 use kiln::proto::bytestream::ReadRequest;
-use kiln::proto::reapi::{BatchUpdateBlobsRequest, batch_update_blobs_request};
+use kiln::proto::reapi::{
+    BatchUpdateBlobsRequest, FindMissingBlobsRequest, batch_update_blobs_request,
+};
 use tonic::Code;
 
 /// Runs `kiln verify` on a stopped server's data.
@@ -75,9 +77,34 @@ async fn verify_counts_records_and_damage_is_a_miss() {
         "{}",
         kiln::admin::describe(&report)
     );
+    // Real damage: `kiln verify` exits 1, and the entry of the damaged blob is dropped, so
+    // the message's promise (clients re-upload it) holds.
+    assert_eq!(
+        report.dropped_entries,
+        1,
+        "{}",
+        kiln::admin::describe(&report)
+    );
+    let verdict = kiln::admin::outcome(&report).expect_err("damage must fail verify");
+    assert!(verdict.contains("upload them again"), "{verdict}");
+    assert_eq!(report.torn_tail_regions, 0);
 
     // Restart on the same data: the damaged blob is a miss, the others still read back.
     let s2 = TestServer::start_with(|c| *c = config.clone()).await;
+    // Before any read: FindMissingBlobs reports the damaged blob missing (verify dropped its
+    // entry), so clients re-upload it.
+    let missing = s2
+        .cas()
+        .await
+        .find_missing_blobs(FindMissingBlobsRequest {
+            blob_digests: vec![digest(victim).to_proto(), digest(&blobs[1]).to_proto()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .missing_blob_digests;
+    assert_eq!(missing, vec![digest(victim).to_proto()]);
     let mut bs = s2.bytestream().await;
     let read = |d: kiln::digest::Digest| ReadRequest {
         resource_name: format!("blobs/{}/{}", d.hash_hex(), d.size),
@@ -98,5 +125,25 @@ async fn verify_counts_records_and_damage_is_a_miss() {
         got.extend_from_slice(&m.data);
     }
     assert_eq!(got, blobs[1]);
+
+    // The re-upload is accepted and then served.
+    s2.cas()
+        .await
+        .batch_update_blobs(BatchUpdateBlobsRequest {
+            requests: vec![batch_update_blobs_request::Request {
+                digest: Some(digest(victim).to_proto()),
+                data: Bytes::from(victim.clone()),
+                compressor: 0,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut stream = bs.read(read(digest(victim))).await.unwrap().into_inner();
+    let mut got = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        got.extend_from_slice(&m.data);
+    }
+    assert_eq!(&got, victim);
     drop(server_dir);
 }

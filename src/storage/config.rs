@@ -39,8 +39,10 @@ pub struct EngineConfig {
     pub segment_size: u64,
     /// Total bytes of segment files (the ring). Disk use stays within capacity + one segment
     /// (plus the index file). Default 64 GiB. Recommended: the disk's free space minus 10%.
-    /// Too small: a low hit rate (`evictions` high); too large: `StorageError::Full` from the
-    /// file system (`full_errors`).
+    /// Too small: a low hit rate (`evictions` high); too large: the file system fills first,
+    /// and the engine evicts its own oldest segments to make room (`enospc_evictions`, a
+    /// warning; the ring shrinks to what the disk holds), `StorageError::Full` (`full_errors`)
+    /// only when nothing is left to evict.
     pub capacity_bytes: u64,
     /// Largest blob accepted. Default 4 GiB. Must be at most a quarter of the capacity, so a
     /// streaming upload cannot evict its own first parts. Wrong: clients see

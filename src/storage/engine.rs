@@ -2,14 +2,13 @@
 
 use super::config::EngineConfig;
 use super::format::{
-    InvalidRange, MAX_INVALID_RANGES, SEGMENT_HEADER_LEN, STATE_SLOT_LEN, SegmentHeader, State,
-    state_slot_offset,
+    InvalidRange, MAX_INVALID_RANGES, Pos, SEGMENT_HEADER_LEN, State, state_slot_offset,
 };
 use super::index::Index;
-use super::segment::{SegMap, Segments};
+use super::open::{highest_segment_seq, map_live_segments, no_space, read_state, ring_on_disk};
+use super::segment::Segments;
 use super::shared::Shared;
 use super::stats::{Counters, StorageStats, inc};
-use super::sys::mmap::map_readonly;
 use super::sys::{self, IoEngine, IoFile};
 use super::writer::{Body, EPOCH_RESERVE, Req, Writer};
 use super::{Blob, BlobWriter, Key, StorageError, Store};
@@ -39,7 +38,9 @@ pub struct Engine {
 
 impl Engine {
     /// Opens (or creates) the store described by `cfg`, with the configured I/O engine.
-    /// Cost: a few small reads and one map per segment; it never scans records.
+    /// Cost: a few small reads and one map per segment, plus after an unclean stop a replay
+    /// bounded by `checkpoint_bytes`; only when the index (or the state file) is lost or
+    /// damaged does it read every record header of the ring to rebuild the index.
     pub fn open(cfg: EngineConfig) -> Result<Self, StorageError> {
         cfg.validate()?;
         let io = sys::build(cfg.io)?;
@@ -55,35 +56,79 @@ impl Engine {
         let seg_dir = cfg.dir.join("segments");
         std::fs::create_dir_all(&seg_dir)?;
         let n = cfg.segments();
-        let state_file = IoFile::open(&cfg.dir.join("state"))?;
+        let state_path = cfg.dir.join("state");
+        let state_file = IoFile::open(&state_path)?;
+        // Both slots allocated up front: a later state write can never be the one that finds
+        // the disk full (a roll or a sync round must not fail for want of 8 KiB).
+        sys::allocate_fully(&state_file.file, state_slot_offset(2))
+            .map_err(|e| no_space("state file", &state_path, &e))?;
         let mut state = read_state(&mut *io, &state_file)?;
+        let index_path = cfg.dir.join("index");
         let (mut index, created) = Index::open(
-            &cfg.dir.join("index"),
+            &index_path,
             cfg.effective_index_slots() as usize,
             cfg.probe_limit as usize,
-        )?;
+        )
+        .map_err(|e| no_space("index file", &index_path, &e))?;
         let fresh = state.is_none();
         let mut st = state.take().unwrap_or(State {
             tail: 1,
             segments: n,
             ..State::default()
         });
-        if created || fresh || st.segments != n {
-            // Without a state (lost, or never written) old segment files may still hold
-            // records: continue after the highest seq on disk, so none of them can ever pass
-            // the seq-seeded header check in a new segment.
-            st.head = st.head.max(highest_segment_seq(&seg_dir));
-            if st.head > 0 {
-                tracing::warn!(
-                    "storage: index, state or ring size changed; starting with an empty cache"
-                );
-            }
+        // Why the index cannot be used as it is (then it is rebuilt from the segment records
+        // where the ring is known, else the cache starts empty).
+        let mut reset: Option<&str> = None;
+        let mut ring = None;
+        if fresh {
+            reset = Some("state file lost or unreadable");
+            // Only when the files agree with the ring size: a header with a higher seq outside
+            // its slot (another ring size) must still push new seqs past it.
+            let highest = highest_segment_seq(&seg_dir);
+            ring = ring_on_disk(&seg_dir, n, cfg.segment_size).filter(|&(_, h)| h >= highest);
+        } else if st.segments != n {
+            reset = Some("ring size changed");
+        } else if created {
+            reset = Some("index file missing, resized or with a damaged header");
+            ring = Some((st.tail, st.head)).filter(|(t, h)| t <= h);
+        }
+        let mut rebuild = false;
+        if let Some(why) = reset {
             index.reset();
-            st.tail = st.head + 1;
-            st.segments = n;
             st.invalid.clear();
             st.durable = st.durable.max(st.limit);
             st.limit = st.durable + 1;
+            st.segments = n;
+            if let Some((tail, head)) = ring {
+                tracing::warn!(
+                    reason = why,
+                    tail,
+                    head,
+                    "storage: index unusable; rebuilding it from the segment records"
+                );
+                st.tail = tail;
+                st.head = head;
+                if fresh || st.synced.seq == 0 {
+                    st.synced = Pos {
+                        seq: head,
+                        off: cfg.segment_size,
+                    };
+                }
+                st.checkpoint = Pos {
+                    seq: tail,
+                    off: SEGMENT_HEADER_LEN,
+                };
+                rebuild = true;
+            } else {
+                // Without a state (lost, or never written) old segment files may still hold
+                // records: continue after the highest seq on disk, so none of them can ever
+                // pass the seq-seeded header check in a new segment.
+                st.head = st.head.max(highest_segment_seq(&seg_dir));
+                if st.head > 0 {
+                    tracing::warn!(reason = why, "storage: starting with an empty cache");
+                }
+                st.tail = st.head + 1;
+            }
             io.sync(&[Arc::clone(index.file())])?;
         }
         // Epochs used after the last durable point are lost; remember them as invalid.
@@ -103,12 +148,22 @@ impl Engine {
         st.invalid.retain(|r| r.max_seq >= tail && r.lo < r.hi);
         if st.invalid.len() > MAX_INVALID_RANGES {
             tracing::warn!(
-                "storage: too many unclean stops within one ring cycle; starting with an empty cache"
+                "storage: too many unclean stops within one ring cycle; rebuilding the index from the segment records"
             );
             index.reset();
             io.sync(&[Arc::clone(index.file())])?;
             st.invalid.clear();
-            st.tail = st.head + 1;
+            if st.synced.seq == 0 {
+                st.synced = Pos {
+                    seq: st.head,
+                    off: cfg.segment_size,
+                };
+            }
+            st.checkpoint = Pos {
+                seq: st.tail,
+                off: SEGMENT_HEADER_LEN,
+            };
+            rebuild = true;
         }
         let epoch = st.limit.max(st.durable + 1);
         st.limit = epoch + EPOCH_RESERVE;
@@ -116,6 +171,7 @@ impl Engine {
         map_live_segments(&segs, st.tail, st.head, cfg.segment_size);
         let sh = Arc::new(Shared {
             copy_window: cfg.effective_copy_forward(),
+            ring_limit: AtomicU32::new(n),
             cfg,
             index,
             segs,
@@ -128,7 +184,7 @@ impl Engine {
             io_name: io.name(),
         });
         let mut w = Writer::new(Arc::clone(&sh), io, state_file, st, epoch)?;
-        w.open_round()?;
+        w.open_round(rebuild)?;
         let (tx, rx) = unbounded();
         let (ttx, trx) = bounded(TOUCH_QUEUE);
         let thread = std::thread::Builder::new()
@@ -248,61 +304,6 @@ impl Drop for Engine {
             .take()
         {
             let _ = t.join();
-        }
-    }
-}
-
-fn read_state(io: &mut dyn IoEngine, f: &IoFile) -> Result<Option<State>, StorageError> {
-    let mut slots = [[0u8; STATE_SLOT_LEN]; 2];
-    for (i, b) in slots.iter_mut().enumerate() {
-        io.read_at(f, state_slot_offset(i as u64), b)?;
-    }
-    Ok(State::newest(
-        slots.iter().map(<[u8; STATE_SLOT_LEN]>::as_slice),
-    ))
-}
-
-/// The highest segment seq named by a valid header among the files in `dir` (0 if none).
-/// Reads one header per file.
-fn highest_segment_seq(dir: &std::path::Path) -> u32 {
-    use std::io::Read;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter_map(|f| {
-            let mut b = [0u8; 64];
-            std::fs::File::open(f.path())
-                .ok()?
-                .read_exact(&mut b)
-                .ok()?;
-            let h = SegmentHeader::decode(&b).ok()?;
-            u32::try_from(h.seq).ok()
-        })
-        .max()
-        .unwrap_or(0)
-}
-
-/// Maps segments `tail..=head` whose header names the expected sequence number. Reads one
-/// page per segment, never the records.
-fn map_live_segments(segs: &Segments, tail: u32, head: u32, size: u64) {
-    for seq in tail..=head {
-        let path = segs.path(seq);
-        let Ok(file) = IoFile::open(&path) else {
-            continue;
-        };
-        let Ok(map) = map_readonly(&file.file, size as usize) else {
-            continue;
-        };
-        match SegmentHeader::decode(&map[..SEGMENT_HEADER_LEN as usize]) {
-            Ok(h) if h.seq == u64::from(seq) && h.size == size => {
-                segs.install(Arc::new(SegMap { seq, map, file }));
-            }
-            _ => tracing::warn!(
-                seq,
-                "storage: segment header missing or stale; its blobs read as misses"
-            ),
         }
     }
 }

@@ -25,6 +25,19 @@ pub const SLOT_WORDS: usize = 8;
 const HEADER_WORDS: usize = 512;
 const MAGIC: u64 = u64::from_le_bytes(*b"KLNINDX1");
 const ENDIAN: u64 = 0x0102_0304_0506_0708;
+/// Header words covered by the header checksum (magic, endian, slots, probe, seed); the
+/// checksum is word 5. Without it a flipped seed bit would silently send every lookup to the
+/// wrong slots: the whole cache lost without a word in the log.
+const CHECKED_WORDS: usize = 5;
+
+/// xxh3 of the first `CHECKED_WORDS` header words (little-endian bytes).
+fn header_checksum(w: &[AtomicU64]) -> u64 {
+    let mut b = [0u8; CHECKED_WORDS * 8];
+    for (i, x) in w[..CHECKED_WORDS].iter().enumerate() {
+        b[i * 8..i * 8 + 8].copy_from_slice(&x.load(Ordering::Relaxed).to_le_bytes());
+    }
+    xxh3_64_with_seed(&b, 0)
+}
 const EPOCH_MASK: u64 = (1 << 48) - 1;
 const LEN_MASK: u64 = (1 << 40) - 1;
 
@@ -138,16 +151,25 @@ impl Index {
             // A new file renamed into place: a process that still maps the old one (a
             // co-located worker's `Peek`) keeps a valid mapping of the old inode.
             let tmp = path.with_extension("new");
+            // Fully allocated before it is mapped (and before it replaces the old file): a
+            // store into a hole of the mapping on a full disk would be a SIGBUS.
             let f = std::fs::File::create(&tmp)?;
-            f.set_len(want_len)?;
+            if let Err(e) = crate::storage::sys::allocate_fully(&f, want_len) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
             std::fs::rename(&tmp, path)?;
             created = true;
         }
         let file = IoFile::open(path)?;
+        // An existing file may be sparse (written by kiln before it allocated the index, or
+        // copied with holes): allocate what is missing; a no-op when nothing is.
+        crate::storage::sys::allocate_fully(&file.file, want_len)?;
         let map = AtomicMap::new(&file.file)?;
         let w = map.words();
         let ok = w[0].load(Ordering::Relaxed) == MAGIC
             && w[1].load(Ordering::Relaxed) == ENDIAN
+            && w[CHECKED_WORDS].load(Ordering::Relaxed) == header_checksum(w)
             && w[2].load(Ordering::Relaxed) == slots as u64
             && w[3].load(Ordering::Relaxed) == probe as u64;
         let seed = w[4].load(Ordering::Relaxed);
@@ -175,6 +197,7 @@ impl Index {
         if w.len() < HEADER_WORDS
             || w[0].load(Ordering::Acquire) != MAGIC
             || w[1].load(Ordering::Relaxed) != ENDIAN
+            || w[CHECKED_WORDS].load(Ordering::Relaxed) != header_checksum(w)
         {
             return Err(bad("header does not match"));
         }
@@ -206,7 +229,8 @@ impl Index {
         w[3].store(self.probe as u64, Ordering::Relaxed);
         w[2].store(self.slots as u64, Ordering::Relaxed);
         w[1].store(ENDIAN, Ordering::Relaxed);
-        w[0].store(MAGIC, Ordering::Release);
+        w[0].store(MAGIC, Ordering::Relaxed);
+        w[CHECKED_WORDS].store(header_checksum(w), Ordering::Release);
     }
 
     /// The backing file (the engine fdatasyncs it as part of each durable epoch).
@@ -267,9 +291,19 @@ impl Index {
 
     /// The newest entry for `key` that `valid` accepts. Takes no lock and allocates nothing.
     pub fn lookup(&self, key: &Key, valid: impl Fn(&Entry) -> bool) -> Option<Entry> {
+        self.lookup_slot(key, valid).map(|(_, _, e)| e)
+    }
+
+    /// [`Index::lookup`] with the slot and version the entry was read from, so a caller that
+    /// finds the entry's record damaged can drop exactly that entry ([`Index::clear_if`]).
+    pub fn lookup_slot(
+        &self,
+        key: &Key,
+        valid: impl Fn(&Entry) -> bool,
+    ) -> Option<(usize, u64, Entry)> {
         let first = u64::from_ne_bytes(key.id[0..8].try_into().expect("8"));
         let home = self.home(key);
-        let mut best: Option<Entry> = None;
+        let mut best: Option<(usize, u64, Entry)> = None;
         for p in 0..self.probe {
             let i = (home + p) % self.slots;
             let s = self.slot(i);
@@ -280,13 +314,13 @@ impl Index {
             if s[1].load(Ordering::Relaxed) != first {
                 continue;
             }
-            if let Some((_, e)) = self.read(i)
+            if let Some((v, e)) = self.read(i)
                 && e.key == *key
                 && e.seq != 0
                 && valid(&e)
-                && best.is_none_or(|b| e.newer_than(&b))
+                && best.is_none_or(|(_, _, b)| e.newer_than(&b))
             {
-                best = Some(e);
+                best = Some((i, v, e));
             }
         }
         best
@@ -358,13 +392,26 @@ impl Index {
         true
     }
 
-    /// Marks slot `i` cleared if it still holds version `v` (a superseded entry).
-    pub fn clear_if(&self, i: usize, v: u64) {
+    /// Marks slot `i` cleared if it still holds version `v` (a superseded or damaged entry).
+    /// True if this call cleared it.
+    pub fn clear_if(&self, i: usize, v: u64) -> bool {
         if let Some((cur, e)) = self.read(i)
             && cur == v
+            && e.seq != 0
         {
             let dead = Entry { seq: 0, ..e };
-            let _ = self.write(i, v, &dead.pack());
+            return self.write(i, v, &dead.pack());
+        }
+        false
+    }
+
+    /// Calls `f(slot, version, entry)` for every slot holding an entry (cleared ones
+    /// included: `seq == 0`). O(slots): for `verify`, never on a request path.
+    pub fn scan(&self, mut f: impl FnMut(usize, u64, &Entry)) {
+        for i in 0..self.slots {
+            if let Some((v, e)) = self.read(i) {
+                f(i, v, &e);
+            }
         }
     }
 

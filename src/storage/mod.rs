@@ -8,7 +8,8 @@
 //! `kiln serve` ([`Engine`], configured by [`EngineConfig`]; on-disk format in `FORMAT.md`).
 //!
 //! Engine files: `config.rs` (EngineConfig, validate), `engine.rs` (open, Store impl, upload
-//! handle), `writer.rs` (the I/O thread: batching, group commit, segment roll/eviction,
+//! handle), `open.rs` (what open reads from disk: state slots, the ring from segment headers,
+//! segment maps), `writer.rs` (the I/O thread: batching, group commit, segment roll/eviction,
 //! copy-forward), `shared.rs` (read path and validity rules), `index.rs` (lock-free mapped slot
 //! table), `segment.rs` (mapped segment table), `format.rs` (every on-disk byte layout),
 //! `verify.rs` (scrub), `stats.rs` (metrics), `sys/` (the only `unsafe`: io_uring, psync,
@@ -23,6 +24,7 @@ pub mod fuzzing;
 pub mod index;
 mod key;
 mod memory;
+mod open;
 mod peek;
 mod segment;
 mod shared;
@@ -51,7 +53,8 @@ use bytes::Bytes;
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Looks a blob up. `Ok(None)` is a miss (including a record that failed its checksum,
-    /// which the engine counts and never returns). A hit counts as a touch for eviction.
+    /// which the engine counts, never returns, and drops from its index so that `contains`
+    /// reports the blob missing from then on). A hit counts as a touch for eviction.
     fn get(&self, key: &Key) -> Result<Option<Blob>, StorageError>;
 
     /// Whether a blob is present, without reading it. A hit counts as a touch for eviction.

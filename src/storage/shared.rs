@@ -33,6 +33,10 @@ pub(crate) struct Shared {
     /// Epoch ranges lost in earlier crashes; fixed for the life of the process.
     pub invalid: Vec<InvalidRange>,
     pub copy_window: u32,
+    /// Segments the ring holds at most right now: the ring size, or fewer after the file
+    /// system filled up first (ENOSPC evictions shrink it; rolls that fit grow it back).
+    /// Written by the writer, read by `is_old`.
+    pub ring_limit: AtomicU32,
     pub counters: Counters,
     pub poison: OnceLock<String>,
     pub io_name: &'static str,
@@ -55,11 +59,19 @@ impl Shared {
 
     /// Whether a hit on `e` should be copied forward: its oldest segment will be evicted
     /// within the next `copy_window` rolls. A segment `s` is evicted when the head reaches
-    /// `s + n` (n = ring size), so in a full ring this is `s < tail + copy_window`, and in a
-    /// ring still filling up nothing is old (copying there would only add writes).
+    /// `s + n` (n = the ring's current limit), so in a full ring this is `s < tail +
+    /// copy_window`, and in a ring still filling up nothing is old (copying there would only
+    /// add writes). In a ring shrunk by a full disk the window shrinks with it (an eighth).
     pub fn is_old(&self, e: &Entry) -> bool {
         let head = u64::from(self.head.load(Ordering::Acquire));
-        u64::from(e.oldest_seq()) + u64::from(self.segs.len()) <= head + u64::from(self.copy_window)
+        let n = self.segs.len();
+        let limit = self.ring_limit.load(Ordering::Relaxed).clamp(1, n);
+        let window = if limit < n {
+            (limit / 8).max(1)
+        } else {
+            self.copy_window
+        };
+        u64::from(e.oldest_seq()) + u64::from(limit) <= head + u64::from(window)
     }
 
     /// Reads and checks one record, returning a zero-copy view of its payload.
@@ -116,22 +128,49 @@ impl Shared {
         }
     }
 
-    /// `read_blob`, counting corruption and logging it.
+    /// `read_blob`, counting corruption and logging it. A record that fails its checks has
+    /// its index entry dropped at once: `contains` (FindMissingBlobs) then reports the blob
+    /// missing, so clients upload it again, and the new copy is what later reads find.
     pub fn get(&self, key: &Key) -> Option<(Entry, Blob)> {
-        let e = self.lookup(key)?;
+        let (slot, version, e) = self.index.lookup_slot(key, |e| self.valid(e))?;
         match self.read_blob(&e) {
             Ok(b) => Some((e, b)),
+            // Evicted meanwhile: a plain miss. Still valid, yet a segment it needs is not
+            // mapped: its header was damaged or the file is gone (`open` skips such segments),
+            // so the entry can never be served: dropped like a damaged record.
+            Err(Miss::Gone) if self.valid(&e) => {
+                let _ = self.drop_entry(slot, version);
+                tracing::warn!(
+                    ?key,
+                    seq = e.seq,
+                    "storage: a segment this blob needs is missing; dropped from the index"
+                );
+                None
+            }
             Err(Miss::Gone) => None,
             Err(Miss::Corrupt) => {
                 inc(&self.counters.corruptions);
+                let _ = self.drop_entry(slot, version);
                 tracing::warn!(
                     ?key,
                     seq = e.seq,
                     off = e.off,
-                    "storage: record failed its checks; served as a miss"
+                    "storage: record failed its checks; served as a miss and dropped from the index"
                 );
                 None
             }
         }
+    }
+
+    /// Drops the entry in `slot` if it still holds `version` (nothing else replaced it
+    /// meanwhile), and counts it. Safe from any thread: the slot's seqlock orders it with the
+    /// writer's inserts. The cleared slot reaches the index file at the next checkpoint; should
+    /// a crash come first, the entry is back and the next read drops it again.
+    pub fn drop_entry(&self, slot: usize, version: u64) -> bool {
+        let dropped = self.index.clear_if(slot, version);
+        if dropped {
+            inc(&self.counters.dropped_entries);
+        }
+        dropped
     }
 }

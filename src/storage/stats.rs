@@ -17,6 +17,9 @@ pub struct Counters {
     pub(crate) checkpoints: AtomicU64,
     pub(crate) replayed: AtomicU64,
     pub(crate) record_reads: AtomicU64,
+    pub(crate) dropped_entries: AtomicU64,
+    pub(crate) enospc_evictions: AtomicU64,
+    pub(crate) index_rebuilds: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -54,6 +57,13 @@ pub struct StorageStats {
     pub replayed: u64,
     /// Record headers read (gets, verify); a clean open performs none.
     pub record_reads: u64,
+    /// Index entries dropped because their record failed its checks (on read or by `verify`):
+    /// the blob then reads as missing everywhere, so clients upload it again.
+    pub dropped_entries: u64,
+    /// Segments evicted early because the file system was full (the ring shrank to fit).
+    pub enospc_evictions: u64,
+    /// Index rebuilds from the segment records at open (index header damaged, file lost).
+    pub index_rebuilds: u64,
     /// I/O engine in use.
     pub io_engine: &'static str,
 }
@@ -76,6 +86,9 @@ impl Counters {
             checkpoints: g(&self.checkpoints),
             replayed: g(&self.replayed),
             record_reads: g(&self.record_reads),
+            dropped_entries: g(&self.dropped_entries),
+            enospc_evictions: g(&self.enospc_evictions),
+            index_rebuilds: g(&self.index_rebuilds),
             io_engine,
         }
     }

@@ -98,6 +98,11 @@ pub(crate) struct Writer {
     /// that does not validate, so records after the hole must reach the index file by a
     /// checkpoint before they are acknowledged.
     hole: bool,
+    /// The oldest segment holding a record laid out in the batch being processed: a full
+    /// disk may not evict it before the batch is written and answered.
+    pinned: Option<u32>,
+    /// A segment write failed for a full disk: the next record starts a new segment.
+    force_roll: bool,
 }
 
 enum Done {
@@ -112,7 +117,7 @@ enum Done {
     Sync(oneshot::Sender<Result<(), StorageError>>),
 }
 
-fn is_enospc(e: &io::Error) -> bool {
+pub(super) fn is_enospc(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT)
 }
 
@@ -144,6 +149,8 @@ impl Writer {
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             hole: false,
+            pinned: None,
+            force_roll: false,
         })
     }
 
@@ -271,6 +278,7 @@ impl Writer {
     }
 
     fn process(&mut self, batch: Vec<Req>, touched: &[Key]) {
+        self.pinned = None;
         let mut done = Vec::with_capacity(batch.len());
         let mut copies = Vec::new();
         for k in touched {

@@ -2,8 +2,9 @@
 //!
 //! Rules (after bb-storage's memory-mapped block device): only preallocated files are mapped,
 //! mapped files are never shrunk, and bytes are written with pwrite/io_uring, never through a
-//! read-only map. A media error on a mapped page raises SIGBUS; segments are preallocated so
-//! that "file shorter than the map" (the common SIGBUS cause) cannot happen.
+//! read-only map. The index, written through its map, is allocated in full first
+//! (`sys::allocate_fully`), so a full disk cannot turn a store into SIGBUS; a media error on a
+//! mapped page still raises SIGBUS (FORMAT.md, "Mapped files, full disks and SIGBUS").
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
 use std::fs::File;

@@ -83,7 +83,9 @@ pub trait IoEngine: Send + 'static {
     fn fork(&self) -> io::Result<Box<dyn IoEngine>>;
 }
 
-/// `fallocate(fd, 0, 0, len)`, falling back to `set_len` where the file system refuses.
+/// `fallocate(fd, 0, 0, len)`, falling back to `set_len` where the file system refuses. For
+/// segments, which are only read through their (read-only) mapping: a hole reads as zeros, so a
+/// sparse segment cannot raise SIGBUS; a full disk shows up as ENOSPC on the `pwrite`.
 pub fn fallocate(file: &File, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: fallocate only reads its integer arguments; the fd is valid for the call because
@@ -102,6 +104,69 @@ pub fn fallocate(file: &File, len: u64) -> io::Result<()> {
         }
         _ => Err(err),
     }
+}
+
+/// Gives `file` at least `len` bytes with every block of `0..len` allocated on disk, for files
+/// that are written through a shared mapping (the index): a store into a hole of a mapped file
+/// needs a block at fault time, and a full file system answers that with SIGBUS. Allocating
+/// first turns "disk full" into an ordinary error here. Uses `fallocate` (existing data is kept;
+/// already allocated ranges cost nothing); where the file system does not support it, writes
+/// zeros into every hole (found with `SEEK_HOLE`/`SEEK_DATA`), never over data.
+pub fn allocate_fully(file: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: as in `fallocate`.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if !matches!(err.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) {
+        return Err(err);
+    }
+    if file.metadata()?.len() < len {
+        file.set_len(len)?;
+    }
+    fill_holes(file, len)
+}
+
+/// Writes zeros into every hole of `0..len` (the fallback of [`allocate_fully`]).
+fn fill_holes(file: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let seek = |off: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
+        // SAFETY: lseek only reads its integer arguments; the fd is valid while `file` is
+        // borrowed. It moves the file offset, which kiln never uses (all I/O is positioned).
+        let r = unsafe { libc::lseek(file.as_raw_fd(), off as libc::off_t, whence) };
+        if r >= 0 {
+            return Ok(Some(r as u64));
+        }
+        let e = io::Error::last_os_error();
+        // ENXIO: no hole/data at or after `off`.
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            Ok(None)
+        } else {
+            Err(e)
+        }
+    };
+    let zeros = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    while off < len {
+        let Some(hole) = seek(off, libc::SEEK_HOLE)? else {
+            break;
+        };
+        if hole >= len {
+            break;
+        }
+        let data = seek(hole, libc::SEEK_DATA)?.unwrap_or(len).min(len);
+        let mut at = hole;
+        while at < data {
+            let n = (data - at).min(zeros.len() as u64) as usize;
+            file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        off = data;
+    }
+    Ok(())
 }
 
 /// Shared pread loop: zero-fills past end of file.
@@ -152,5 +217,38 @@ pub fn build(kind: IoBackend) -> io::Result<Box<dyn IoEngine>> {
                 Ok(Box::new(psync::Psync))
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{FileExt, MetadataExt};
+
+    /// The fallback of `allocate_fully` (file systems without fallocate): every hole gets
+    /// blocks, existing data is kept.
+    #[test]
+    fn fill_holes_allocates_every_hole_and_keeps_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        let len = 4u64 << 20;
+        f.set_len(len).unwrap();
+        f.write_all_at(b"keep me", 1 << 20).unwrap();
+        f.sync_all().unwrap();
+        assert!(f.metadata().unwrap().blocks() * 512 < len, "starts sparse");
+        fill_holes(&f, len).unwrap();
+        f.sync_all().unwrap();
+        assert!(f.metadata().unwrap().blocks() * 512 >= len, "no hole left");
+        let mut b = [0u8; 7];
+        f.read_exact_at(&mut b, 1 << 20).unwrap();
+        assert_eq!(&b, b"keep me");
+        allocate_fully(&f, len).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), len);
     }
 }

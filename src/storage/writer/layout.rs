@@ -17,6 +17,9 @@ use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+/// A segment file ready for records, with its old mapping when the file was reused in place.
+type NewSegment = (Arc<IoFile>, Option<memmap2::Mmap>);
+
 impl Writer {
     pub(super) fn flush_ops(&mut self) -> Result<(), StorageError> {
         self.end_run();
@@ -38,7 +41,13 @@ impl Writer {
                 self.unsynced = true;
                 Ok(())
             }
-            Err(e) => Err(self.io_err("segment write", &e)),
+            Err(e) => {
+                // Nothing more goes into this segment (on a file system without fallocate
+                // the rest of it may not exist): the next record rolls, and the roll makes
+                // room by evicting the oldest segments if the disk is still full.
+                self.force_roll |= super::is_enospc(&e);
+                Err(self.io_err("segment write", &e))
+            }
         }
     }
 
@@ -156,11 +165,12 @@ impl Writer {
         let len: u64 = payload.iter().map(|p| p.len() as u64).sum();
         let span = format::record_span(len);
         let seg_size = self.sh.cfg.segment_size;
-        if self.active.as_ref().is_none_or(|a| a.pos + span > seg_size) {
+        if self.force_roll || self.active.as_ref().is_none_or(|a| a.pos + span > seg_size) {
             self.roll()?;
         }
         let a = self.active.as_mut().expect("rolled");
         let (seq, pos) = (a.seg.seq, a.pos);
+        self.pinned.get_or_insert(seq);
         a.pos += span;
         let mut h = RecordHeader {
             kind,
@@ -201,6 +211,86 @@ impl Writer {
         Ok((seq, (pos / ALIGN) as u32))
     }
 
+    /// Creates (or reuses in place) the file of segment `new`: allocated, header written and
+    /// synced. On error, which step failed.
+    fn create_segment(
+        &mut self,
+        new: u32,
+        reused: Option<Result<SegMap, Arc<SegMap>>>,
+    ) -> Result<NewSegment, (&'static str, std::io::Error)> {
+        let path = self.sh.segs.path(new);
+        let size = self.sh.cfg.segment_size;
+        let (file, map) = match reused {
+            Some(Ok(old)) => (old.file, Some(old.map)),
+            other => {
+                if let Some(Err(_held)) = other {
+                    // A reader still holds the old mapping: give it the old inode.
+                    let _ = std::fs::remove_file(&path);
+                }
+                let f = IoFile::open(&path).map_err(|e| ("segment create", e))?;
+                (f, None)
+            }
+        };
+        self.io
+            .allocate(&file, size)
+            .map_err(|e| ("segment allocate", e))?;
+        let hdr = SegmentHeader {
+            seq: u64::from(new),
+            size,
+        };
+        let mut buf = BytesMut::zeroed(SEGMENT_HEADER_LEN as usize);
+        buf[..64].copy_from_slice(&hdr.encode());
+        let op = WriteOp {
+            file: Arc::clone(&file),
+            offset: 0,
+            buf: buf.freeze(),
+        };
+        self.io
+            .write_batch(&[op])
+            .map_err(|e| ("segment header write", e))?;
+        self.io
+            .sync(&[Arc::clone(&file)])
+            .map_err(|e| ("segment header sync", e))?;
+        Ok((file, map))
+    }
+
+    /// Makes room on a full file system by evicting the oldest segment (`tail`) and removing
+    /// its file. Never evicts the head nor a segment holding records laid out in the batch
+    /// being written (their commits are not answered yet). `None` when nothing may be
+    /// evicted (the write fails with `Full`), else whether the evicted segment's space is free
+    /// now (no reader held its mapping). Same order as a roll's eviction: the new tail is
+    /// durable before the file goes.
+    fn evict_for_space(&mut self, cause: &std::io::Error) -> Result<Option<bool>, StorageError> {
+        let sh = Arc::clone(&self.sh);
+        let tail = self.state.tail;
+        let keep_from = self.pinned.unwrap_or(u32::MAX).min(self.state.head);
+        if tail >= keep_from {
+            return Ok(None);
+        }
+        self.state.tail = tail + 1;
+        sh.tail.store(tail + 1, Ordering::Release);
+        let old = sh.segs.take_slot(tail);
+        self.write_state()
+            .map_err(|e| self.io_err("state write", &e))?;
+        let freed = old.is_none_or(|m| Arc::try_unwrap(m).is_ok());
+        // Readers still holding views keep the inode (and its blocks) until they finish.
+        if let Err(e) = std::fs::remove_file(sh.segs.path(tail))
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, seq = tail, "storage: cannot remove an evicted segment file");
+        }
+        inc(&sh.counters.evictions);
+        inc(&sh.counters.enospc_evictions);
+        tracing::warn!(
+            seq = tail,
+            live_segments = self.state.head - self.state.tail + 1,
+            held_by_a_reader = !freed,
+            error = %cause,
+            "storage: file system full; evicted the oldest segment to make room (the ring shrinks to fit the disk)"
+        );
+        Ok(Some(freed))
+    }
+
     /// Seals the active segment and opens the next one, evicting the oldest when the ring is
     /// full. Order: state (new tail) durable before an evicted file is overwritten; segment
     /// header durable before the state names the segment as head.
@@ -222,39 +312,39 @@ impl Writer {
             self.write_state()
                 .map_err(|e| self.io_err("state write", &e))?;
         }
-        let path = sh.segs.path(new);
         let size = sh.cfg.segment_size;
-        let (file, map) = match reused.map(Arc::try_unwrap) {
-            Some(Ok(old)) => (old.file, Some(old.map)),
-            other => {
-                if let Some(Err(_held)) = other {
-                    // A reader still holds the old mapping: give it the old inode.
-                    let _ = std::fs::remove_file(&path);
+        let mut reused = reused.map(Arc::try_unwrap);
+        // A full file system: evict our own oldest segments until the new one fits (the ring
+        // shrinks to what the disk holds, and grows back on later rolls once space is free).
+        // Evicting a segment a reader still holds frees nothing yet (the inode lives on), so
+        // the loop goes on past such segments; but once a segment nobody held was evicted and
+        // the disk is still full, someone else holds the space: the write fails with `Full`
+        // rather than the whole ring going at once (the next write may evict one more).
+        let mut shrunk = false;
+        let mut freed = false;
+        let (file, map) = loop {
+            match self.create_segment(new, reused.take()) {
+                Ok(f) => break f,
+                Err((what, e)) if super::is_enospc(&e) && !freed => {
+                    match self.evict_for_space(&e)? {
+                        Some(was_free) => freed = was_free,
+                        None => return Err(self.io_err(what, &e)),
+                    }
+                    shrunk = true;
                 }
-                let f = IoFile::open(&path).map_err(|e| self.io_err("segment create", &e))?;
-                (f, None)
+                Err((what, e)) => return Err(self.io_err(what, &e)),
             }
         };
-        self.io
-            .allocate(&file, size)
-            .map_err(|e| self.io_err("segment allocate", &e))?;
-        let hdr = SegmentHeader {
-            seq: u64::from(new),
-            size,
-        };
-        let mut buf = BytesMut::zeroed(SEGMENT_HEADER_LEN as usize);
-        buf[..64].copy_from_slice(&hdr.encode());
-        let op = WriteOp {
-            file: Arc::clone(&file),
-            offset: 0,
-            buf: buf.freeze(),
-        };
-        self.io
-            .write_batch(&[op])
-            .map_err(|e| self.io_err("segment header write", &e))?;
-        self.io
-            .sync(&[Arc::clone(&file)])
-            .map_err(|e| self.io_err("segment header sync", &e))?;
+        // The ring's current limit (for copy-forward): what it holds now after a shrink, and
+        // never less than that after a roll that fit.
+        let live = new - self.state.tail + 1;
+        let limit = &sh.ring_limit;
+        if shrunk {
+            limit.store(live, Ordering::Relaxed);
+        } else if live > limit.load(Ordering::Relaxed) {
+            limit.store(live.min(n), Ordering::Relaxed);
+        }
+        self.force_roll = false;
         self.state.head = new;
         self.write_state()
             .map_err(|e| self.io_err("state write", &e))?;

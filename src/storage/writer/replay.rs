@@ -9,25 +9,43 @@ use crate::storage::format::{
     RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN, decode_manifest, record_span,
 };
 use crate::storage::index::Entry;
+use crate::storage::stats::inc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How often a long replay (an index rebuild) logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 use xxhash_rust::xxh3::xxh3_64;
 
 impl Writer {
     /// Replays what the last checkpoint missed, then runs a checkpoint round so the next open
     /// starts from here. Called once, by `Engine::open`, before the I/O thread starts.
-    pub(crate) fn open_round(&mut self) -> Result<(), StorageError> {
+    ///
+    /// `rebuild`: the index was reset and `[checkpoint, synced)` spans the whole live ring
+    /// (`Engine::open` sets it so): the same replay then rebuilds the index from every record,
+    /// reading record headers only (plus manifest payloads), so its cost is bounded by the data
+    /// in the ring, not by the number of blobs beyond one header read each.
+    pub(crate) fn open_round(&mut self, rebuild: bool) -> Result<(), StorageError> {
         // First make the new epoch reservation (and any invalid range) durable: replay
         // publishes in this session's first epoch.
         self.write_state()?;
         let started = Instant::now();
-        let (records, bytes) = self.replay();
-        if records > 0 {
+        let (records, bytes) = self.replay(rebuild);
+        let ms = started.elapsed().as_millis() as u64;
+        if rebuild {
+            inc(&self.sh.counters.index_rebuilds);
+            tracing::warn!(
+                records,
+                bytes,
+                ms,
+                "storage: rebuilt the index from the segment records"
+            );
+        } else if records > 0 {
             tracing::info!(
                 records,
                 bytes,
-                ms = started.elapsed().as_millis() as u64,
+                ms,
                 "storage: replayed records written after the last index checkpoint"
             );
         }
@@ -35,7 +53,8 @@ impl Writer {
     }
 
     /// Publishes every valid record in `[checkpoint, synced)`. Returns (records, bytes read).
-    fn replay(&mut self) -> (u64, u64) {
+    /// With `progress`, logs where it is every few seconds (a rebuild reads the whole ring).
+    fn replay(&mut self, progress: bool) -> (u64, u64) {
         let (from, to) = (self.state.checkpoint, self.state.synced);
         if from.seq == 0 || to <= from {
             return (0, 0);
@@ -45,7 +64,19 @@ impl Writer {
         let head = sh.head.load(Ordering::Acquire);
         let size = sh.cfg.segment_size;
         let (mut records, mut bytes) = (0u64, 0u64);
-        for seq in from.seq.max(tail)..=to.seq.min(head) {
+        let (first, last) = (from.seq.max(tail), to.seq.min(head));
+        let mut next_log = Instant::now() + PROGRESS_EVERY;
+        for seq in first..=last {
+            if progress && Instant::now() >= next_log {
+                next_log = Instant::now() + PROGRESS_EVERY;
+                tracing::info!(
+                    segment = seq - first,
+                    of = last - first + 1,
+                    records,
+                    bytes,
+                    "storage: rebuilding the index"
+                );
+            }
             let Some(seg) = sh.segs.get(seq) else {
                 continue;
             };
