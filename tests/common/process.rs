@@ -165,6 +165,11 @@ impl KilnServer {
         let _ = self.child.wait();
     }
 
+    /// The server's process id (for /proc/<pid>/status: RSS, peak RSS, fds).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The `http://` endpoint for tonic clients.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
