@@ -175,9 +175,10 @@ async fn verify(server: &KilnServer, acked: &[Acked]) {
             .missing_blob_digests;
         if !missing.is_empty() {
             server.fail(&format!(
-                "{} of {} acknowledged blobs lost: {missing:?}",
+                "{} of {} acknowledged blobs lost, first {:?}",
                 missing.len(),
-                chunk.len()
+                chunk.len(),
+                &missing[..missing.len().min(3)]
             ));
         }
     }
@@ -297,6 +298,12 @@ async fn kill9_cycles() {
         let t = Instant::now();
         server = start(cycle + 1);
         restarts.push(t.elapsed());
+        eprintln!(
+            "cycle {}: killed at {kill_at} acknowledgements, {} acknowledged in all, restart {} ms",
+            cycle + 1,
+            all.len(),
+            t.elapsed().as_millis()
+        );
         verify(&server, &all).await;
     }
     restarts.sort();
