@@ -333,7 +333,7 @@ fn batch_update_rows(max_blob: u64, max_batch: u64) -> Vec<UpdateRow> {
     });
     let mut req = BatchUpdateBlobsRequest::default();
     let mut absent = Vec::new();
-    for _ in 0..(max_batch / (256 << 10) + 1) {
+    for _ in 0..=max_batch / (256 << 10) {
         let b = fresh(256 << 10);
         absent.push(digest(&b));
         req.requests.push(batch_update_blobs_request::Request {
@@ -999,9 +999,9 @@ fn bad_action_results() -> Vec<(String, ActionResult)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_action_result() {
-    let s = TestServer::start().await;
-    let mut ac = s.ac().await;
-    let mut t = Table::new("UpdateActionResult");
+    let server = TestServer::start().await;
+    let mut ac = server.ac().await;
+    let mut table = Table::new("UpdateActionResult");
     let mut n = 0u64;
     let mut fresh_action = || {
         n += 1;
@@ -1044,10 +1044,10 @@ async fn update_action_result() {
         rows.push((name, req(Some(a.to_proto()), Some(result)), Some(a)));
     }
     for (row, r, action) in rows {
-        let before = store_writes(&s).await;
+        let before = store_writes(&server).await;
         let got = Got::of(&ac.update_action_result(r).await);
-        t.check(&row, Want::Call(IA), &got);
-        assert_nothing_stored(&mut t, &row, &s, before, &[]).await;
+        table.check(&row, Want::Call(IA), &got);
+        assert_nothing_stored(&mut table, &row, &server, before, &[]).await;
         if let Some(a) = action {
             let r = ac
                 .get_action_result(GetActionResultRequest {
@@ -1055,10 +1055,10 @@ async fn update_action_result() {
                     ..Default::default()
                 })
                 .await;
-            t.expect(&row, Got::of(&r).code == Code::NotFound, || {
+            table.expect(&row, Got::of(&r).code == Code::NotFound, || {
                 format!("GetActionResult afterwards: {:?}", Got::of(&r))
             });
         }
     }
-    t.finish();
+    table.finish();
 }

@@ -257,7 +257,7 @@ async fn execute_rejects_bad_input() {
                 a.timeout = Some(prost_types::Duration {
                     seconds: -5,
                     nanos: 0,
-                })
+                });
             }),
             IA,
         ),
@@ -267,7 +267,7 @@ async fn execute_rejects_bad_input() {
                 a.timeout = Some(prost_types::Duration {
                     seconds: 1,
                     nanos: -1,
-                })
+                });
             }),
             IA,
         ),
@@ -277,7 +277,7 @@ async fn execute_rejects_bad_input() {
                 a.timeout = Some(prost_types::Duration {
                     seconds: 1 << 40,
                     nanos: 0,
-                })
+                });
             }),
             IA,
         ),
@@ -474,7 +474,7 @@ async fn execute_rejects_bad_input() {
         (
             "Action",
             action_with(&s, &true_cmd(), &root, |a| {
-                a.salt = Bytes::from(payload.clone())
+                a.salt = Bytes::from(payload.clone());
             })
             .await,
         ),

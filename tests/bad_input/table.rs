@@ -119,11 +119,6 @@ impl Table {
         }
     }
 
-    /// Whether every row so far passed.
-    pub fn is_clean(&self) -> bool {
-        self.failures.is_empty()
-    }
-
     /// Fails if any row failed, naming each.
     pub fn finish(self) {
         eprintln!("{}: {} rows checked", self.rpc, self.rows);

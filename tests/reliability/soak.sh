@@ -97,7 +97,7 @@ trap cleanup EXIT
 server=$!
 pids+=("$server")
 deadline=$((SECONDS + 120))
-until grep -qx ready "$OUT/serve.out"; do
+until grep -qx ready "$OUT/serve.out" 2>/dev/null; do
     if ! kill -0 "$server" 2>/dev/null || ((SECONDS > deadline)); then
         echo "soak: kiln serve did not become ready" >&2
         tail -20 "$OUT/serve.log" >&2
