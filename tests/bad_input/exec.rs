@@ -161,6 +161,13 @@ async fn execute_rejects_bad_input() {
         .into_iter()
         .map(|(n, r)| (n, r, IA))
         .collect();
+    // Control: the valid action itself is accepted and queued (OK), so the rows below are
+    // refused for their defect and not for something the harness does.
+    rows.push((
+        "control: the valid action is queued".into(),
+        req(Some(valid.to_proto())),
+        Code::Ok,
+    ));
     rows.push(("action_digest missing".into(), req(None), IA));
     for (name, bad) in bad_digests() {
         rows.push((format!("action_digest: {name}"), req(Some(bad)), IA));
