@@ -176,7 +176,7 @@ impl KilnServer {
         &self.log
     }
 
-    /// The server's process id.
+    /// The server's process id (for /proc/<pid>/status: RSS, peak RSS, fds).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
