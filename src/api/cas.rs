@@ -166,7 +166,7 @@ impl ContentAddressableStorage for CasService {
             .map(|d| Digest::from_proto(function, d))
             .collect::<Result<Vec<_>, _>>()?;
         self.check_batch_total(
-            digests.iter().map(|d| d.size).sum(),
+            digests.iter().map(|d| d.size).fold(0, u64::saturating_add),
             "BatchReadBlobs requested sizes",
         )?;
         let zstd_ok = req

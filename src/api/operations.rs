@@ -39,7 +39,13 @@ impl Operations for OperationsService {
                 Status::invalid_argument(format!("invalid page_token {:?}", req.page_token))
             })?
         };
-        let size = if req.page_size <= 0 {
+        if req.page_size < 0 {
+            return Err(Status::invalid_argument(format!(
+                "negative page_size {}",
+                req.page_size
+            )));
+        }
+        let size = if req.page_size == 0 {
             DEFAULT_PAGE
         } else {
             req.page_size as usize

@@ -78,6 +78,7 @@ impl ActionCache {
         action: &Digest,
         result: &ActionResult,
     ) -> Result<(), CasError> {
+        check_outputs(result)?;
         for d in referenced_digests(result) {
             Digest::from_proto(action.function, d)?;
         }
@@ -176,6 +177,53 @@ impl ActionCache {
         }
         Ok(())
     }
+}
+
+/// Every output must name its content and a relative path inside the action's directory: an
+/// entry without a digest, or with a path like `/etc/x` or `../x`, is refused rather than stored
+/// for every later build to take.
+#[allow(deprecated)] // Bazel 2.x and other v2.0 clients still fill the older symlink lists.
+fn check_outputs(result: &ActionResult) -> Result<(), CasError> {
+    let bad = |what: &str, path: &str, why: &str| {
+        Err(CasError::InvalidArgument(format!(
+            "ActionResult.{what} {path:?}: {why}"
+        )))
+    };
+    let paths = result
+        .output_files
+        .iter()
+        .map(|f| ("output_files", f.path.as_str(), f.digest.is_none()))
+        .chain(result.output_directories.iter().map(|d| {
+            (
+                "output_directories",
+                d.path.as_str(),
+                d.tree_digest.is_none(),
+            )
+        }))
+        .chain(
+            result
+                .output_symlinks
+                .iter()
+                .chain(&result.output_file_symlinks)
+                .chain(&result.output_directory_symlinks)
+                .map(|l| ("output_symlinks", l.path.as_str(), false)),
+        );
+    for (what, path, no_digest) in paths {
+        if no_digest {
+            return bad(what, path, "has no digest");
+        }
+        if path.is_empty() && what != "output_directories" {
+            return bad(what, path, "empty path");
+        }
+        if path.starts_with('/') || path.split('/').any(|c| c == "..") {
+            return bad(
+                what,
+                path,
+                "must be relative and stay inside the action directory",
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Every blob digest an action result points at directly (trees' contents aside).
