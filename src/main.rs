@@ -19,6 +19,15 @@ struct Cli {
     command: Command,
 }
 
+/// The network actions see (`kiln worker --action-network`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ActionNetwork {
+    /// A network namespace of the action's own: loopback only.
+    None,
+    /// The worker's network.
+    Host,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the REAPI server (defaults embedded: ./kiln-data, 127.0.0.1:8980).
@@ -105,6 +114,12 @@ enum Command {
         /// sandbox), e.g. a shared scratch dir; repeat for several.
         #[arg(long = "action-writable")]
         action_writable: Vec<PathBuf>,
+        /// `none` (default): each action gets a network namespace with only its own loopback,
+        /// so it cannot reach the server's TCP port (and write the action cache) or the
+        /// network. `host`: actions share the worker's network (for builds that download);
+        /// then protect the server's ports with `[auth]` or a firewall.
+        #[arg(long = "action-network", value_enum, default_value = "none")]
+        action_network: ActionNetwork,
     },
     /// The action sandbox helper the worker runs as each action's first process (internal).
     #[command(hide = true)]
@@ -193,6 +208,7 @@ fn main() -> ExitCode {
             allow_root_actions,
             action_hide,
             action_writable,
+            action_network,
         } => runtime.block_on(async {
             let (uid, gid) = kiln::worker::resolve_user(action_user.as_deref(), allow_root_actions)
                 .map_err(|e| e.to_string())?;
@@ -204,6 +220,7 @@ fn main() -> ExitCode {
                 gid,
                 hide: action_hide,
                 writable: action_writable,
+                private_network: action_network == ActionNetwork::None,
             };
             let properties = properties
                 .iter()

@@ -248,21 +248,27 @@ async fn actions_cannot_reach_the_server_or_write_outside() {
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
     }
     let connect = r#"perl -MSocket -e 'socket(S, PF_UNIX, SOCK_STREAM, 0) or die "socket: $!\n"; if (connect(S, pack_sockaddr_un($ARGV[0]))) { print "connected\n" } else { print "refused: $!\n" }'"#;
+    // The server's gRPC TCP port (UpdateActionResult needs no socket file), and the action's
+    // own loopback, which must still work.
+    let tcp = r#"perl -MIO::Socket::INET -e 'print IO::Socket::INET->new(PeerAddr => $ARGV[0], Timeout => 3) ? "tcp-connected\n" : "tcp-refused\n"'"#;
+    let own = r#"perl -MIO::Socket::INET -e '$l = IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1:0") or die "listen: $!"; print IO::Socket::INET->new(PeerAddr => "127.0.0.1:" . $l->sockport) ? "own-loopback\n" : "no-own-loopback\n"'"#;
     let script = format!(
         "echo uid $(id -u); \
          for s in {bots} {kiln}; do {connect} \"$s\"; done; \
          touch {open}/escaped 2>/dev/null && echo wrote-outside || echo no-write-outside; \
          touch {data}/escaped 2>/dev/null && echo wrote-data || echo no-write-data; \
-         touch here && echo wrote-own",
+         touch here && echo wrote-own; \
+         {tcp} {grpc}; {own}",
         bots = bots,
         kiln = kiln_sock.display(),
         open = open.display(),
         data = server.dir.path().join("data").display(),
+        grpc = server.grpc,
     );
     let (code, msg, out) = run_in(&c, &script, c.put_msg(&Directory::default()).await).await;
     assert_eq!(code, tonic::Code::Ok, "{msg}");
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 6, "{out}");
+    assert_eq!(lines.len(), 8, "{out}");
     let uid: u32 = lines[0].strip_prefix("uid ").unwrap().parse().unwrap();
     assert_ne!(uid, 0, "the action ran as root: {out}");
     for l in &lines[1..3] {
@@ -274,6 +280,8 @@ async fn actions_cannot_reach_the_server_or_write_outside() {
     assert_eq!(lines[3], "no-write-outside", "{out}");
     assert_eq!(lines[4], "no-write-data", "{out}");
     assert_eq!(lines[5], "wrote-own", "{out}");
+    assert_eq!(lines[6], "tcp-refused", "the server's TCP port was reachable: {out}");
+    assert_eq!(lines[7], "own-loopback", "the action's own loopback is down: {out}");
     assert!(!open.join("escaped").exists());
     assert!(!server.dir.path().join("data/escaped").exists());
 }

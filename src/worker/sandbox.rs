@@ -50,6 +50,10 @@ pub struct Sandbox {
     pub hide: Vec<PathBuf>,
     /// Extra directories actions may write (`--action-writable`), e.g. a shared scratch dir.
     pub writable: Vec<PathBuf>,
+    /// Give each action a network namespace of its own (only a loopback interface), so it
+    /// cannot reach the server's TCP port or anything else on the network
+    /// (`--action-network none`, the default).
+    pub private_network: bool,
 }
 
 /// The directories of one action the sandbox needs.
@@ -151,6 +155,9 @@ impl Sandbox {
         }
         if new_proc {
             c.arg("--new-proc");
+        }
+        if self.private_network {
+            c.arg("--private-network");
         }
         match argv {
             Some((program, args)) => {

@@ -51,6 +51,9 @@ pub struct SandboxArgs {
     /// Mount a fresh /proc (the helper is the init of a new PID namespace).
     #[arg(long)]
     pub new_proc: bool,
+    /// Unshare a network namespace too: the command sees only its own loopback interface.
+    #[arg(long)]
+    pub private_network: bool,
     /// Set everything up, check the result, report, and exit 0 instead of running a command.
     #[arg(long)]
     pub probe: bool,
@@ -148,21 +151,46 @@ fn probe_checks(args: &SandboxArgs) -> Result<(), String> {
 
 type Step<T = ()> = Result<T, String>;
 
+/// Brings the new network namespace's loopback up with iproute2's `ip` (a child process, so no
+/// ioctl and no `unsafe` here), so actions that talk to themselves over 127.0.0.1 keep
+/// working. Without `ip` the loopback stays down: such actions fail, nothing else does.
+fn loopback_up() {
+    for ip in ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"] {
+        if Path::new(ip).exists() {
+            let _ = std::process::Command::new(ip)
+                .args(["link", "set", "lo", "up"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+            return;
+        }
+    }
+}
+
 fn ctx<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnce(E) -> String {
     move |e| format!("{what}: {e}")
 }
 
 fn setup(args: &SandboxArgs) -> Step<u64> {
     let uid = nix::unistd::geteuid();
+    let net = if args.private_network {
+        CloneFlags::CLONE_NEWNET
+    } else {
+        CloneFlags::empty()
+    };
     if uid.is_root() {
-        unshare(CloneFlags::CLONE_NEWNS).map_err(ctx("unshare mount namespace"))?;
+        unshare(CloneFlags::CLONE_NEWNS | net).map_err(ctx("unshare mount namespace"))?;
     } else {
         let gid = nix::unistd::getegid();
-        unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
+        unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS | net)
             .map_err(ctx("unshare user and mount namespaces"))?;
         std::fs::write("/proc/self/setgroups", "deny").map_err(ctx("setgroups deny"))?;
         std::fs::write("/proc/self/uid_map", format!("{uid} {uid} 1")).map_err(ctx("uid_map"))?;
         std::fs::write("/proc/self/gid_map", format!("{gid} {gid} 1")).map_err(ctx("gid_map"))?;
+    }
+    if args.private_network {
+        loopback_up();
     }
     mount(
         None::<&str>,
