@@ -1,0 +1,495 @@
+//! Unix-socket connections that accept any HTTP/2 `:authority`.
+//!
+//! # Why
+//! gRPC's C core (Python `grpcio`, BuildStream, recc, buildbox, the C++ reference bots) and
+//! some grpc-java setups send the Unix socket's path, often percent-encoded
+//! (`tmp%2Fdata%2Fkiln.sock` from grpcio 1.85), as the `:authority` of every request on a
+//! `unix:` channel. h2 (under hyper and tonic) parses `:authority` as a URI authority and
+//! answers RST_STREAM(PROTOCOL_ERROR) when it is not one, so those clients fail every call on
+//! kiln's `kiln.sock` and `bots.sock` while working over TCP.
+//!
+//! # Mechanism, and the ones not taken
+//! - h2 has no option for it: hyperium/h2 PR #487 ("Do not require authority for UNIX domain
+//!   sockets") has been open since 2020 and tonic/hyper expose nothing either.
+//! - A vendored h2 patch (`[patch.crates-io]`) would have to relax the rule for TCP too: h2
+//!   cannot tell which transport it runs on, and carrying a new option through hyper and tonic
+//!   means patching all three crates on every upgrade.
+//! - So this is an accept-side adapter around each *Unix* connection only (TCP is never
+//!   wrapped, so h2's rules stay exactly as they are there). It reads the client's byte stream
+//!   frame by frame; every frame except HEADERS/CONTINUATION passes through unchanged. Each
+//!   complete header block is decoded with `loona-hpack` (a maintained, fuzzed HPACK codec,
+//!   the one of the loona HTTP/2 server) holding the client's dynamic table, a `:authority`
+//!   that `http::uri::Authority` (the parser h2 itself uses) refuses is replaced by
+//!   `localhost` (what grpc-go and Kubernetes send on Unix sockets), and the block is
+//!   re-encoded for h2 with an encoder whose dynamic table is empty (size 0), so it never
+//!   refers to an entry of h2's table and the two HPACK contexts (client→adapter,
+//!   adapter→h2) are each consistent on their own. A same-length in-place rewrite would keep
+//!   one shared context but needs a home-made HPACK parser that tracks the dynamic table;
+//!   decoding and re-encoding with a real codec is the smaller, safer code.
+//! - Everything else h2 checks (pseudo-header rules, header names, sizes, flow control, ...)
+//!   it still checks: the adapter hands it the same header list, only `:authority` differs.
+//!
+//! # Hostile input
+//! Every byte comes from the client. Buffers are bounded: one frame of at most
+//! [`MAX_FRAME`] bytes, a header block of at most [`MAX_BLOCK`] encoded and [`MAX_DECODED`]
+//! decoded bytes (h2 under hyper refuses lists above 16 KiB anyway). A frame h2 rejects
+//! before HPACK decoding (a HEADERS frame on stream 0, bad padding, a stray CONTINUATION,
+//! or a connection that does not start with the HTTP/2 preface) is passed on unchanged and
+//! from then on everything is passed through, so h2 answers exactly as before. A header block
+//! the adapter cannot decode (bad HPACK, too large, interleaved frames, a PUSH_PROMISE) could
+//! leave the two HPACK contexts out of step, so it is never passed on raw: the adapter hands
+//! h2 a HEADERS frame on stream 0 instead, which h2 answers with GOAWAY(PROTOCOL_ERROR), and
+//! reads nothing more from that client.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tonic::transport::server::Connected;
+
+/// Largest HEADERS/CONTINUATION payload taken apart: h2's SETTINGS_MAX_FRAME_SIZE as kiln runs
+/// it (the HTTP/2 default; tonic and hyper do not raise it). Frames the adapter writes stay
+/// within it too.
+pub const MAX_FRAME: usize = 16_384;
+/// Largest encoded header block (HEADERS plus CONTINUATIONs) held while it is incomplete.
+pub const MAX_BLOCK: usize = 64 * 1024;
+/// Largest decoded header list (name + value + 32 per field, as HTTP/2 counts it).
+pub const MAX_DECODED: usize = 64 * 1024;
+/// What replaces a `:authority` that is not a URI authority.
+pub const REPLACEMENT: &[u8] = b"localhost";
+/// The dynamic table size h2 advertises (SETTINGS_HEADER_TABLE_SIZE, the HTTP/2 default):
+/// the most a client's encoder may use.
+const HEADER_TABLE_SIZE: usize = 4096;
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEAD: usize = 9;
+const HEADERS: u8 = 0x1;
+const PUSH_PROMISE: u8 = 0x5;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
+/// A HEADERS frame on stream 0: h2 refuses it with GOAWAY(PROTOCOL_ERROR) before decoding.
+const KILL: [u8; HEAD] = [0, 0, 0, HEADERS, END_HEADERS, 0, 0, 0, 0];
+/// Bytes read from the client at once.
+const READ_CHUNK: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for the 24-byte client preface.
+    Preface,
+    /// At a frame boundary.
+    Frames,
+    /// Passing on this many more payload bytes of a frame that is not a header frame.
+    Forward(usize),
+    /// Not HTTP/2 as the adapter understands it: everything goes to h2 unchanged.
+    Passthrough,
+    /// The connection was ended (see the module doc); client bytes are dropped.
+    Dead,
+}
+
+/// A header block whose HEADERS frame came but not yet its END_HEADERS.
+struct Block {
+    stream_id: [u8; 4],
+    end_stream: bool,
+    priority: Option<[u8; 5]>,
+    fragment: Vec<u8>,
+}
+
+/// The byte-stream rewriter, apart from any I/O so it can be tested with any input.
+pub struct Rewriter {
+    state: State,
+    input: BytesMut,
+    output: BytesMut,
+    block: Option<Block>,
+    decoder: loona_hpack::Decoder<'static>,
+    encoder: loona_hpack::Encoder<'static>,
+    rewritten: u64,
+}
+
+impl Default for Rewriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Rewriter {
+    /// A rewriter at the start of a connection.
+    pub fn new() -> Self {
+        let mut decoder = loona_hpack::Decoder::new();
+        decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE);
+        let mut encoder = loona_hpack::Encoder::new();
+        encoder.set_max_table_size(0);
+        Self {
+            state: State::Preface,
+            input: BytesMut::new(),
+            output: BytesMut::new(),
+            block: None,
+            decoder,
+            encoder,
+            rewritten: 0,
+        }
+    }
+
+    /// Takes bytes from the client; what h2 should read becomes available in [`Self::take`].
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.state == State::Dead {
+            return;
+        }
+        self.input.extend_from_slice(bytes);
+        self.process();
+    }
+
+    /// Bytes ready for h2 (empty when it needs more input).
+    pub fn take(&mut self, max: usize) -> Bytes {
+        let n = max.min(self.output.len());
+        self.output.split_to(n).freeze()
+    }
+
+    /// Whether bytes are ready for h2.
+    pub fn has_output(&self) -> bool {
+        !self.output.is_empty()
+    }
+
+    /// Whether the connection was ended because of a header block that could not be handled.
+    pub fn is_dead(&self) -> bool {
+        self.state == State::Dead
+    }
+
+    /// `:authority` values replaced so far.
+    pub fn rewritten(&self) -> u64 {
+        self.rewritten
+    }
+
+    fn process(&mut self) {
+        loop {
+            match self.state {
+                State::Dead => {
+                    self.input.clear();
+                    return;
+                }
+                State::Passthrough => {
+                    let all = self.input.split();
+                    self.output.unsplit(all);
+                    return;
+                }
+                State::Preface => {
+                    let n = self.input.len().min(PREFACE.len());
+                    if self.input[..n] != PREFACE[..n] {
+                        self.state = State::Passthrough;
+                    } else if n == PREFACE.len() {
+                        let preface = self.input.split_to(n);
+                        self.output.unsplit(preface);
+                        self.state = State::Frames;
+                    } else {
+                        return;
+                    }
+                }
+                State::Forward(left) => {
+                    let n = left.min(self.input.len());
+                    let part = self.input.split_to(n);
+                    self.output.unsplit(part);
+                    if n < left {
+                        self.state = State::Forward(left - n);
+                        return;
+                    }
+                    self.state = State::Frames;
+                }
+                State::Frames => {
+                    if !self.frame() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles the frame at the start of `input`; false when more bytes are needed.
+    fn frame(&mut self) -> bool {
+        if self.input.len() < HEAD {
+            return false;
+        }
+        let len = (usize::from(self.input[0]) << 16)
+            | (usize::from(self.input[1]) << 8)
+            | usize::from(self.input[2]);
+        let kind = self.input[3];
+        let flags = self.input[4];
+        let stream_id = [
+            self.input[5] & 0x7f,
+            self.input[6],
+            self.input[7],
+            self.input[8],
+        ];
+        let header_frame = matches!(kind, HEADERS | CONTINUATION | PUSH_PROMISE);
+        if !header_frame {
+            if self.block.is_some() {
+                self.kill("a frame between HEADERS and its CONTINUATION");
+                return true;
+            }
+            let head = self.input.split_to(HEAD);
+            self.output.unsplit(head);
+            self.state = State::Forward(len);
+            return true;
+        }
+        if kind == PUSH_PROMISE {
+            self.kill("PUSH_PROMISE from a client");
+            return true;
+        }
+        if len > MAX_FRAME {
+            self.kill("header frame larger than the frame size limit");
+            return true;
+        }
+        if self.input.len() < HEAD + len {
+            return false;
+        }
+        let frame = self.input.split_to(HEAD + len).freeze();
+        if kind == HEADERS {
+            if self.block.is_some() {
+                self.kill("HEADERS while a header block is open");
+            } else {
+                self.headers(frame, flags, stream_id);
+            }
+        } else {
+            self.continuation(frame, flags, stream_id);
+        }
+        true
+    }
+
+    fn headers(&mut self, frame: Bytes, flags: u8, stream_id: [u8; 4]) {
+        let mut p = frame.slice(HEAD..);
+        let malformed = |p: &Bytes, need: usize| p.len() < need;
+        if stream_id == [0; 4] {
+            return self.pass(frame);
+        }
+        let mut pad = 0;
+        if flags & PADDED != 0 {
+            if malformed(&p, 1) {
+                return self.pass(frame);
+            }
+            pad = usize::from(p.get_u8());
+        }
+        let mut priority = None;
+        if flags & PRIORITY != 0 {
+            if malformed(&p, 5) {
+                return self.pass(frame);
+            }
+            let mut dep = [0u8; 5];
+            p.copy_to_slice(&mut dep);
+            if [dep[0] & 0x7f, dep[1], dep[2], dep[3]] == stream_id {
+                // h2 resets only the stream and skips the block: HPACK contexts would drift.
+                return self.kill("a stream depending on itself");
+            }
+            priority = Some(dep);
+        }
+        if pad > p.len() {
+            return self.pass(frame);
+        }
+        p.truncate(p.len() - pad);
+        self.block = Some(Block {
+            stream_id,
+            end_stream: flags & END_STREAM != 0,
+            priority,
+            fragment: p.to_vec(),
+        });
+        if flags & END_HEADERS != 0 {
+            self.finish();
+        }
+    }
+
+    fn continuation(&mut self, frame: Bytes, flags: u8, stream_id: [u8; 4]) {
+        let Some(block) = self.block.as_mut() else {
+            // h2 refuses an unexpected CONTINUATION before decoding anything.
+            return self.pass(frame);
+        };
+        if block.stream_id != stream_id {
+            return self.kill("CONTINUATION on another stream");
+        }
+        if block.fragment.len() + frame.len() - HEAD > MAX_BLOCK {
+            return self.kill("header block larger than the limit");
+        }
+        block.fragment.extend_from_slice(&frame[HEAD..]);
+        if flags & END_HEADERS != 0 {
+            self.finish();
+        }
+    }
+
+    /// Decodes the complete block, replaces a bad `:authority`, re-encodes it for h2.
+    fn finish(&mut self) {
+        let Some(block) = self.block.take() else {
+            return;
+        };
+        let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut decoded = 0usize;
+        let mut too_large = false;
+        let result = self.decoder.decode_with_cb(&block.fragment, |name, value| {
+            decoded = decoded.saturating_add(name.len() + value.len() + 32);
+            if decoded > MAX_DECODED {
+                too_large = true;
+            } else {
+                fields.push((name.into_owned(), value.into_owned()));
+            }
+        });
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "unix socket: undecodable header block");
+            return self.kill("bad HPACK");
+        }
+        if too_large {
+            return self.kill("decoded header list larger than the limit");
+        }
+        for (name, value) in &mut fields {
+            if name == b":authority" && http::uri::Authority::try_from(&value[..]).is_err() {
+                tracing::trace!(authority = ?String::from_utf8_lossy(value), "replaced :authority");
+                *value = REPLACEMENT.to_vec();
+                self.rewritten += 1;
+            }
+        }
+        let mut encoded = Vec::with_capacity(block.fragment.len() + 64);
+        let fields = fields.iter().map(|(n, v)| (&n[..], &v[..]));
+        if self.encoder.encode_into(fields, &mut encoded).is_err() {
+            return self.kill("re-encoding failed");
+        }
+        self.emit(&block, &encoded);
+    }
+
+    /// Writes `encoded` as one HEADERS frame and as many CONTINUATIONs as it needs.
+    fn emit(&mut self, block: &Block, encoded: &[u8]) {
+        let prio_len = block.priority.map_or(0, |p| p.len());
+        let first = encoded.len().min(MAX_FRAME - prio_len);
+        let mut flags = 0;
+        if block.end_stream {
+            flags |= END_STREAM;
+        }
+        if block.priority.is_some() {
+            flags |= PRIORITY;
+        }
+        let (head, mut rest) = encoded.split_at(first);
+        if rest.is_empty() {
+            flags |= END_HEADERS;
+        }
+        self.put_head(prio_len + head.len(), HEADERS, flags, block.stream_id);
+        if let Some(p) = block.priority {
+            self.output.put_slice(&p);
+        }
+        self.output.put_slice(head);
+        while !rest.is_empty() {
+            let n = rest.len().min(MAX_FRAME);
+            let (chunk, tail) = rest.split_at(n);
+            let flags = if tail.is_empty() { END_HEADERS } else { 0 };
+            self.put_head(n, CONTINUATION, flags, block.stream_id);
+            self.output.put_slice(chunk);
+            rest = tail;
+        }
+    }
+
+    fn put_head(&mut self, len: usize, kind: u8, flags: u8, stream_id: [u8; 4]) {
+        let len = len as u32;
+        self.output.put_slice(&len.to_be_bytes()[1..]);
+        self.output.put_u8(kind);
+        self.output.put_u8(flags);
+        self.output.put_slice(&stream_id);
+    }
+
+    /// Passes a frame h2 refuses before decoding, and everything after it, unchanged.
+    fn pass(&mut self, frame: Bytes) {
+        self.output.put_slice(&frame);
+        self.state = State::Passthrough;
+    }
+
+    /// Ends the connection through h2 (see the module doc).
+    fn kill(&mut self, why: &'static str) {
+        tracing::debug!(why, "unix socket: ending an HTTP/2 connection");
+        self.block = None;
+        self.input.clear();
+        self.output.put_slice(&KILL);
+        self.state = State::Dead;
+    }
+}
+
+/// A Unix-socket connection whose HTTP/2 header blocks go through a [`Rewriter`].
+pub struct AnyAuthority<T> {
+    io: T,
+    rewriter: Rewriter,
+    buf: Box<[u8]>,
+    eof: bool,
+}
+
+impl<T> AnyAuthority<T> {
+    /// Wraps an accepted connection.
+    pub fn new(io: T) -> Self {
+        Self {
+            io,
+            rewriter: Rewriter::new(),
+            buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            eof: false,
+        }
+    }
+}
+
+impl<T: Connected> Connected for AnyAuthority<T> {
+    type ConnectInfo = T::ConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for AnyAuthority<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if this.rewriter.has_output() {
+                let bytes = this.rewriter.take(out.remaining());
+                out.put_slice(&bytes);
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof || this.rewriter.is_dead() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut rb = ReadBuf::new(&mut this.buf);
+            ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
+            if rb.filled().is_empty() {
+                this.eof = true;
+            } else {
+                this.rewriter.feed(rb.filled());
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for AnyAuthority<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+#[path = "authority_tests.rs"]
+mod tests;
