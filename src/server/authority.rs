@@ -248,15 +248,15 @@ impl Rewriter {
             if self.block.is_some() {
                 self.kill("HEADERS while a header block is open");
             } else {
-                self.headers(frame, flags, stream_id);
+                self.headers(&frame, flags, stream_id);
             }
         } else {
-            self.continuation(frame, flags, stream_id);
+            self.continuation(&frame, flags, stream_id);
         }
         true
     }
 
-    fn headers(&mut self, frame: Bytes, flags: u8, stream_id: [u8; 4]) {
+    fn headers(&mut self, frame: &Bytes, flags: u8, stream_id: [u8; 4]) {
         let mut p = frame.slice(HEAD..);
         let malformed = |p: &Bytes, need: usize| p.len() < need;
         if stream_id == [0; 4] {
@@ -297,7 +297,7 @@ impl Rewriter {
         }
     }
 
-    fn continuation(&mut self, frame: Bytes, flags: u8, stream_id: [u8; 4]) {
+    fn continuation(&mut self, frame: &Bytes, flags: u8, stream_id: [u8; 4]) {
         let Some(block) = self.block.as_mut() else {
             // h2 refuses an unexpected CONTINUATION before decoding anything.
             return self.pass(frame);
@@ -391,8 +391,8 @@ impl Rewriter {
     }
 
     /// Passes a frame h2 refuses before decoding, and everything after it, unchanged.
-    fn pass(&mut self, frame: Bytes) {
-        self.output.put_slice(&frame);
+    fn pass(&mut self, frame: &[u8]) {
+        self.output.put_slice(frame);
         self.state = State::Passthrough;
     }
 
