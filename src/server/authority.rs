@@ -10,7 +10,8 @@
 //!
 //! # Mechanism, and the ones not taken
 //! - h2 has no option for it: hyperium/h2 PR #487 ("Do not require authority for UNIX domain
-//!   sockets") has been open since 2020 and tonic/hyper expose nothing either.
+//!   sockets") is still open, and tonic/hyper expose nothing either. Clients are slowly moving
+//!   to `localhost` (grpc-go, grpc-dart, grpcurl did), but grpcio 1.85 still sends the path.
 //! - A vendored h2 patch (`[patch.crates-io]`) would have to relax the rule for TCP too: h2
 //!   cannot tell which transport it runs on, and carrying a new option through hyper and tonic
 //!   means patching all three crates on every upgrade.
@@ -139,6 +140,19 @@ impl Rewriter {
         }
         self.input.extend_from_slice(bytes);
         self.process();
+    }
+
+    /// Reads from `io` straight into the input buffer (about [`READ_CHUNK`] at most) and
+    /// processes what came. `Ok(0)` at end of stream.
+    fn poll_fill<T: AsyncRead + Unpin>(
+        &mut self,
+        io: Pin<&mut T>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        self.input.reserve(READ_CHUNK);
+        let n = ready!(tokio_util::io::poll_read_buf(io, cx, &mut self.input))?;
+        self.process();
+        Poll::Ready(Ok(n))
     }
 
     /// Bytes ready for h2 (empty when it needs more input).
@@ -410,7 +424,6 @@ impl Rewriter {
 pub struct AnyAuthority<T> {
     io: T,
     rewriter: Rewriter,
-    buf: Box<[u8]>,
     eof: bool,
 }
 
@@ -420,7 +433,6 @@ impl<T> AnyAuthority<T> {
         Self {
             io,
             rewriter: Rewriter::new(),
-            buf: vec![0; READ_CHUNK].into_boxed_slice(),
             eof: false,
         }
     }
@@ -449,13 +461,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for AnyAuthority<T> {
             if this.eof || this.rewriter.is_dead() {
                 return Poll::Ready(Ok(()));
             }
-            let mut rb = ReadBuf::new(&mut this.buf);
-            ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
-            if rb.filled().is_empty() {
-                this.eof = true;
-            } else {
-                this.rewriter.feed(rb.filled());
-            }
+            let n = ready!(this.rewriter.poll_fill(Pin::new(&mut this.io), cx))?;
+            this.eof = n == 0;
         }
     }
 }
