@@ -17,30 +17,35 @@
 //!   means patching all three crates on every upgrade.
 //! - So this is an accept-side adapter around each *Unix* connection only (TCP is never
 //!   wrapped, so h2's rules stay exactly as they are there). It reads the client's byte stream
-//!   frame by frame; every frame except HEADERS/CONTINUATION passes through unchanged. Each
-//!   complete header block is decoded with `loona-hpack` (a maintained, fuzzed HPACK codec,
-//!   the one of the loona HTTP/2 server) holding the client's dynamic table, a `:authority`
-//!   that `http::uri::Authority` (the parser h2 itself uses) refuses is replaced by
-//!   `localhost` (what grpc-go and Kubernetes send on Unix sockets), and the block is
-//!   re-encoded for h2 with an encoder whose dynamic table is empty (size 0), so it never
-//!   refers to an entry of h2's table and the two HPACK contexts (client→adapter,
-//!   adapter→h2) are each consistent on their own. A same-length in-place rewrite would keep
-//!   one shared context but needs a home-made HPACK parser that tracks the dynamic table;
-//!   decoding and re-encoding with a real codec is the smaller, safer code.
+//!   frame by frame; every frame except HEADERS/CONTINUATION passes through unchanged. The
+//!   connection's first header block is decoded with `loona-hpack` (a maintained HPACK codec,
+//!   the one of the loona HTTP/2 server). If its `:authority` is one `http::uri::Authority`
+//!   (the parser h2 itself uses) accepts, or absent, the adapter steps aside: that block and
+//!   everything after it reach h2 byte for byte (tonic clients, `kiln worker`, Bazel: one
+//!   decode per connection, no other cost). gRPC clients fix `:authority` per channel, so a
+//!   client that sends the socket path sends it on every request: then each header block is
+//!   decoded with the client's dynamic table, the `:authority` replaced by `localhost` (what
+//!   grpc-go and Kubernetes send on Unix sockets), and re-encoded for h2 with an encoder
+//!   whose dynamic table is empty (size 0), so it never refers to an entry of h2's table and
+//!   the two HPACK contexts (client→adapter, adapter→h2) are each consistent on their own.
+//!   A same-length in-place rewrite would keep one shared context but needs a home-made
+//!   HPACK parser that tracks the dynamic table; decoding and re-encoding with a real codec
+//!   is the smaller, safer code.
 //! - Everything else h2 checks (pseudo-header rules, header names, sizes, flow control, ...)
 //!   it still checks: the adapter hands it the same header list, only `:authority` differs.
 //!
 //! # Hostile input
 //! Every byte comes from the client. Buffers are bounded: one frame of at most
 //! [`MAX_FRAME`] bytes, a header block of at most [`MAX_BLOCK`] encoded and [`MAX_DECODED`]
-//! decoded bytes (h2 under hyper refuses lists above 16 KiB anyway). A frame h2 rejects
-//! before HPACK decoding (a HEADERS frame on stream 0, bad padding, a stray CONTINUATION,
-//! or a connection that does not start with the HTTP/2 preface) is passed on unchanged and
-//! from then on everything is passed through, so h2 answers exactly as before. A header block
-//! the adapter cannot decode (bad HPACK, too large, interleaved frames, a PUSH_PROMISE) could
-//! leave the two HPACK contexts out of step, so it is never passed on raw: the adapter hands
-//! h2 a HEADERS frame on stream 0 instead, which h2 answers with GOAWAY(PROTOCOL_ERROR), and
-//! reads nothing more from that client.
+//! decoded bytes (h2 under hyper refuses lists above 16 KiB anyway). Until the adapter has
+//! re-encoded a block, anything it does not take apart (not the HTTP/2 preface, bad HPACK,
+//! oversized frames or blocks, interleaved frames, a PUSH_PROMISE, bad padding) is passed to
+//! h2 unchanged together with everything after it, so h2 answers exactly as it always did.
+//! Once it re-encodes, h2's HPACK context is no longer the client's, so a block it cannot
+//! handle is never passed on raw: the adapter hands h2 a HEADERS frame on stream 0 instead,
+//! which h2 answers with GOAWAY(PROTOCOL_ERROR), and reads nothing more from that client.
+//! Frames h2 refuses before any HPACK decoding (a stray CONTINUATION, bad padding, stream 0)
+//! are passed on unchanged in both cases.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::io;
@@ -92,6 +97,9 @@ enum State {
 
 /// A header block whose HEADERS frame came but not yet its END_HEADERS.
 struct Block {
+    /// The block's frames as the client sent them (kept only until the connection's mode is
+    /// decided, to pass them on unchanged).
+    raw: Vec<u8>,
     stream_id: [u8; 4],
     end_stream: bool,
     priority: Option<[u8; 5]>,
@@ -106,6 +114,8 @@ pub struct Rewriter {
     block: Option<Block>,
     decoder: loona_hpack::Decoder<'static>,
     encoder: loona_hpack::Encoder<'static>,
+    /// Whether header blocks are re-encoded (decided on the first one).
+    rewriting: bool,
     rewritten: u64,
 }
 
@@ -129,6 +139,7 @@ impl Rewriter {
             block: None,
             decoder,
             encoder,
+            rewriting: false,
             rewritten: 0,
         }
     }
@@ -164,6 +175,11 @@ impl Rewriter {
     /// Whether bytes are ready for h2.
     pub fn has_output(&self) -> bool {
         !self.output.is_empty()
+    }
+
+    /// Whether header blocks are decoded and re-encoded on this connection.
+    pub fn is_rewriting(&self) -> bool {
+        self.rewriting
     }
 
     /// Whether the connection was ended because of a header block that could not be handled.
@@ -238,7 +254,7 @@ impl Rewriter {
         let header_frame = matches!(kind, HEADERS | CONTINUATION | PUSH_PROMISE);
         if !header_frame {
             if self.block.is_some() {
-                self.kill("a frame between HEADERS and its CONTINUATION");
+                self.give_up("a frame between HEADERS and its CONTINUATION", &[]);
                 return true;
             }
             let head = self.input.split_to(HEAD);
@@ -247,11 +263,21 @@ impl Rewriter {
             return true;
         }
         if kind == PUSH_PROMISE {
-            self.kill("PUSH_PROMISE from a client");
+            self.give_up("PUSH_PROMISE from a client", &[]);
             return true;
         }
         if len > MAX_FRAME {
-            self.kill("header frame larger than the frame size limit");
+            self.give_up("header frame larger than the frame size limit", &[]);
+            return true;
+        }
+        if kind == HEADERS && self.block.is_some() {
+            self.give_up("HEADERS while a header block is open", &[]);
+            return true;
+        }
+        if let Some(block) = &self.block
+            && block.stream_id != stream_id
+        {
+            self.give_up("CONTINUATION on another stream", &[]);
             return true;
         }
         if self.input.len() < HEAD + len {
@@ -259,13 +285,9 @@ impl Rewriter {
         }
         let frame = self.input.split_to(HEAD + len).freeze();
         if kind == HEADERS {
-            if self.block.is_some() {
-                self.kill("HEADERS while a header block is open");
-            } else {
-                self.headers(&frame, flags, stream_id);
-            }
+            self.headers(&frame, flags, stream_id);
         } else {
-            self.continuation(&frame, flags, stream_id);
+            self.continuation(&frame, flags);
         }
         true
     }
@@ -292,7 +314,7 @@ impl Rewriter {
             p.copy_to_slice(&mut dep);
             if [dep[0] & 0x7f, dep[1], dep[2], dep[3]] == stream_id {
                 // h2 resets only the stream and skips the block: HPACK contexts would drift.
-                return self.kill("a stream depending on itself");
+                return self.give_up("a stream depending on itself", frame);
             }
             priority = Some(dep);
         }
@@ -301,6 +323,11 @@ impl Rewriter {
         }
         p.truncate(p.len() - pad);
         self.block = Some(Block {
+            raw: if self.rewriting {
+                Vec::new()
+            } else {
+                frame.to_vec()
+            },
             stream_id,
             end_stream: flags & END_STREAM != 0,
             priority,
@@ -311,26 +338,28 @@ impl Rewriter {
         }
     }
 
-    fn continuation(&mut self, frame: &Bytes, flags: u8, stream_id: [u8; 4]) {
+    fn continuation(&mut self, frame: &Bytes, flags: u8) {
         let Some(block) = self.block.as_mut() else {
             // h2 refuses an unexpected CONTINUATION before decoding anything.
             return self.pass(frame);
         };
-        if block.stream_id != stream_id {
-            return self.kill("CONTINUATION on another stream");
-        }
         if block.fragment.len() + frame.len() - HEAD > MAX_BLOCK {
-            return self.kill("header block larger than the limit");
+            return self.give_up("header block larger than the limit", frame);
         }
         block.fragment.extend_from_slice(&frame[HEAD..]);
+        if !self.rewriting {
+            block.raw.extend_from_slice(frame);
+        }
         if flags & END_HEADERS != 0 {
             self.finish();
         }
     }
 
-    /// Decodes the complete block, replaces a bad `:authority`, re-encodes it for h2.
+    /// Decodes the complete block, replaces a bad `:authority`, re-encodes it for h2. On the
+    /// connection's first block, a `:authority` that needs no rewrite (or a block that cannot
+    /// be decoded) turns the adapter off: the block and everything after it go to h2 as sent.
     fn finish(&mut self) {
-        let Some(block) = self.block.take() else {
+        let Some(mut block) = self.block.take() else {
             return;
         };
         let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
@@ -346,13 +375,26 @@ impl Rewriter {
         });
         if let Err(e) = result {
             tracing::debug!(error = %e, "unix socket: undecodable header block");
-            return self.kill("bad HPACK");
+            self.block = Some(block);
+            return self.give_up("bad HPACK", &[]);
         }
         if too_large {
-            return self.kill("decoded header list larger than the limit");
+            self.block = Some(block);
+            return self.give_up("decoded header list larger than the limit", &[]);
+        }
+        let bad = |name: &[u8], value: &[u8]| {
+            name == b":authority" && http::uri::Authority::try_from(value).is_err()
+        };
+        if !self.rewriting {
+            if !fields.iter().any(|(n, v)| bad(n, v)) {
+                let raw = std::mem::take(&mut block.raw);
+                return self.pass(&raw);
+            }
+            tracing::debug!("unix socket: client sends a path as :authority; rewriting");
+            self.rewriting = true;
         }
         for (name, value) in &mut fields {
-            if name == b":authority" && http::uri::Authority::try_from(&value[..]).is_err() {
+            if bad(name, value) {
                 tracing::trace!(authority = ?String::from_utf8_lossy(value), "replaced :authority");
                 *value = REPLACEMENT.to_vec();
                 self.rewritten += 1;
@@ -361,7 +403,7 @@ impl Rewriter {
         let mut encoded = Vec::with_capacity(block.fragment.len() + 64);
         let fields = fields.iter().map(|(n, v)| (&n[..], &v[..]));
         if self.encoder.encode_into(fields, &mut encoded).is_err() {
-            return self.kill("re-encoding failed");
+            return self.give_up("re-encoding failed", &[]);
         }
         self.emit(&block, &encoded);
     }
@@ -408,6 +450,21 @@ impl Rewriter {
     fn pass(&mut self, frame: &[u8]) {
         self.output.put_slice(frame);
         self.state = State::Passthrough;
+    }
+
+    /// Something the adapter does not take apart. Before any block was re-encoded, h2 gets
+    /// the open block's frames, then `consumed` (bytes of the current frame already taken
+    /// from the input), then everything else, unchanged: it answers as it always did. Once
+    /// blocks are re-encoded the HPACK contexts differ, so the connection is ended instead.
+    fn give_up(&mut self, why: &'static str, consumed: &[u8]) {
+        if self.rewriting {
+            return self.kill(why);
+        }
+        tracing::debug!(why, "unix socket: passing the connection through unchanged");
+        if let Some(block) = self.block.take() {
+            self.output.put_slice(&block.raw);
+        }
+        self.pass(consumed);
     }
 
     /// Ends the connection through h2 (see the module doc).

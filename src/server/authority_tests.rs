@@ -186,12 +186,47 @@ async fn dynamic_table_continuation_padding_priority() {
 
 #[tokio::test]
 async fn undecodable_block_ends_the_connection_through_h2() {
-    // Index 0 is invalid HPACK; index 200 refers past both tables.
+    // Index 0 is invalid HPACK; index 200 refers past both tables. As the first block h2
+    // gets it unchanged and refuses it itself; after a rewritten block the adapter ends the
+    // connection the same way.
     for block in [vec![0x80], vec![0xff, 0x49]] {
-        let bytes = connection(&[frame(HEADERS, END_HEADERS | END_STREAM, 1, &block)]);
-        let got = exchange(true, bytes, 1).await;
-        assert_eq!(got, [Outcome::GoAway(1)], "block {block:?}");
+        let bad = frame(HEADERS, END_HEADERS | END_STREAM, 3, &block);
+        let got = exchange(true, connection(&[bad.clone()]), 1).await;
+        assert!(
+            matches!(got[..], [Outcome::GoAway(_)]),
+            "block {block:?} first: {got:?}"
+        );
+        // h2 may close before it answers stream 1.
+        let got = exchange(true, rewriting(&[bad]), 2).await;
+        assert_eq!(
+            got.last(),
+            Some(&Outcome::GoAway(1)),
+            "after a rewrite: {got:?}"
+        );
     }
+}
+
+#[tokio::test]
+async fn a_valid_first_authority_turns_the_adapter_off() {
+    let mut enc = loona_hpack::Encoder::new();
+    let b1 = request_block(&mut enc, Some(b"localhost"));
+    let b3 = request_block(&mut enc, Some(GRPCIO));
+    let bytes = connection(&[
+        frame(HEADERS, END_HEADERS | END_STREAM, 1, &b1),
+        frame(HEADERS, END_HEADERS | END_STREAM, 3, &b3),
+    ]);
+    let (out, r) = rewrite(&bytes);
+    assert!(
+        out == bytes && !r.is_rewriting(),
+        "not passed through unchanged"
+    );
+    // gRPC clients keep one authority per channel; one that switches gets h2's answer.
+    let mut got = exchange(true, bytes, 2).await;
+    got.sort_by_key(|o| format!("{o:?}"));
+    assert_eq!(
+        got,
+        [Outcome::Reset(1), Outcome::Served("localhost".into())]
+    );
 }
 
 fn rewrite(bytes: &[u8]) -> (Vec<u8>, Rewriter) {
@@ -201,11 +236,31 @@ fn rewrite(bytes: &[u8]) -> (Vec<u8>, Rewriter) {
     (out, r)
 }
 
-fn kill_after_settings() -> Vec<u8> {
-    let mut want = PREFACE.to_vec();
-    want.extend(frame(SETTINGS, 0, 0, &[]));
-    want.extend_from_slice(&KILL);
-    want
+/// A connection whose first request (stream 1) has grpcio's `:authority`, so the adapter
+/// re-encodes from then on, followed by `frames`.
+fn rewriting(frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut all = vec![frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &request_block(&mut loona_hpack::Encoder::new(), Some(GRPCIO)),
+    )];
+    all.extend_from_slice(frames);
+    connection(&all)
+}
+
+/// Before any rewrite `frames` reach h2 unchanged; after one they end the connection.
+fn unchanged_then_killed(frames: &[Vec<u8>]) {
+    let bytes = connection(frames);
+    let (out, r) = rewrite(&bytes);
+    assert!(out == bytes, "first: not passed through unchanged");
+    assert!(!r.is_dead() && !r.is_rewriting());
+    let (out, r) = rewrite(&rewriting(frames));
+    assert!(
+        out.ends_with(&KILL) && r.is_dead(),
+        "after a rewrite: not ended"
+    );
+    assert_eq!(r.rewritten(), 1);
 }
 
 #[test]
@@ -236,46 +291,55 @@ fn truncated_input_waits_and_other_frames_pass_unchanged() {
 
 #[test]
 fn huge_lengths() {
-    // A DATA frame announcing 16 MiB is h2's to refuse: passed on as is.
+    // A DATA frame announcing 16 MiB is h2's to refuse: passed on as is, in both modes.
     let mut data = vec![0xff, 0xff, 0xff, DATA, 0, 0, 0, 0, 1];
     data.extend_from_slice(&[1; 10]);
-    let bytes = connection(&[data]);
+    let bytes = connection(std::slice::from_ref(&data));
     assert_eq!(rewrite(&bytes).0, bytes);
+    let bytes = rewriting(&[data]);
+    assert!(rewrite(&bytes).0.ends_with(&[1; 10]));
     // A header frame that large is never buffered.
-    let bytes = connection(&[vec![0xff, 0xff, 0xff, HEADERS, END_HEADERS, 0, 0, 0, 1]]);
-    let (out, r) = rewrite(&bytes);
-    assert_eq!(out, kill_after_settings());
-    assert!(r.is_dead());
+    unchanged_then_killed(&[vec![0xff, 0xff, 0xff, HEADERS, END_HEADERS, 0, 0, 0, 3]]);
 }
 
 #[test]
-fn continuation_flood_and_interleaving_end_the_connection() {
-    let mut frames = vec![frame(HEADERS, 0, 1, &[0x82])];
+fn continuation_flood_and_interleaving() {
+    let mut frames = vec![frame(HEADERS, 0, 3, &[0x82])];
     for _ in 0..=MAX_BLOCK / MAX_FRAME {
-        frames.push(frame(CONTINUATION, 0, 1, &[0x82; MAX_FRAME]));
+        frames.push(frame(CONTINUATION, 0, 3, &[0x82; MAX_FRAME]));
     }
-    assert_eq!(rewrite(&connection(&frames)).0, kill_after_settings());
-    let frames = [frame(HEADERS, 0, 1, &[0x82]), frame(DATA, 0, 1, b"x")];
-    assert_eq!(rewrite(&connection(&frames)).0, kill_after_settings());
-    let frames = [
-        frame(HEADERS, 0, 1, &[0x82]),
-        frame(CONTINUATION, END_HEADERS, 3, &[0x84]),
-    ];
-    assert_eq!(rewrite(&connection(&frames)).0, kill_after_settings());
+    unchanged_then_killed(&frames);
+    unchanged_then_killed(&[frame(HEADERS, 0, 3, &[0x82]), frame(DATA, 0, 3, b"x")]);
+    unchanged_then_killed(&[
+        frame(HEADERS, 0, 3, &[0x82]),
+        frame(CONTINUATION, END_HEADERS, 5, &[0x84]),
+    ]);
+    unchanged_then_killed(&[frame(HEADERS, 0, 3, &[0x82]), frame(HEADERS, 0, 5, &[0x82])]);
+    unchanged_then_killed(&[frame(PUSH_PROMISE, END_HEADERS, 3, &[0, 0, 0, 4, 0x82])]);
+}
+
+#[test]
+fn bad_hpack() {
+    unchanged_then_killed(&[frame(HEADERS, END_HEADERS, 3, &[0x80])]);
+    unchanged_then_killed(&[frame(HEADERS, END_HEADERS, 3, &[0xff, 0x49])]);
+    // A literal whose string length runs past the block, Huffman-coded.
+    unchanged_then_killed(&[frame(HEADERS, END_HEADERS, 3, &[0x00, 0x85, 0xff, 0xff])]);
 }
 
 #[test]
 fn frames_h2_refuses_before_decoding_pass_unchanged() {
     for f in [
-        frame(CONTINUATION, END_HEADERS, 1, &[0x82]), // no HEADERS before it
+        frame(CONTINUATION, END_HEADERS, 3, &[0x82]), // no HEADERS before it
         frame(HEADERS, END_HEADERS, 0, &[0x82]),      // stream 0
-        frame(HEADERS, END_HEADERS | PADDED, 1, &[9, 0x82]), // padding past the end
-        frame(HEADERS, END_HEADERS | PRIORITY, 1, &[0, 0]), // priority cut short
+        frame(HEADERS, END_HEADERS | PADDED, 3, &[9, 0x82]), // padding past the end
+        frame(HEADERS, END_HEADERS | PRIORITY, 3, &[0, 0]), // priority cut short
     ] {
-        let bytes = connection(&[f.clone(), frame(DATA, 0, 1, b"after")]);
-        let (out, r) = rewrite(&bytes);
-        assert_eq!(out, bytes, "frame {f:?}");
-        assert!(!r.is_dead());
+        let tail = [f.clone(), frame(DATA, 0, 3, b"after")];
+        for bytes in [connection(&tail), rewriting(&tail)] {
+            let (out, r) = rewrite(&bytes);
+            assert!(out.ends_with(&tail.concat()), "frame {f:?}");
+            assert!(!r.is_dead());
+        }
     }
 }
 
@@ -291,8 +355,7 @@ fn hpack_bomb_is_bounded() {
     block.push(n as u8);
     block.extend_from_slice(&[b'v'; 4000]);
     block.extend_from_slice(&[0xbe; 100]); // index 62: the newest dynamic entry
-    let bytes = connection(&[frame(HEADERS, END_HEADERS, 1, &block)]);
-    assert_eq!(rewrite(&bytes).0, kill_after_settings());
+    unchanged_then_killed(&[frame(HEADERS, END_HEADERS, 3, &block)]);
 }
 
 #[test]
