@@ -191,7 +191,7 @@ async fn undecodable_block_ends_the_connection_through_h2() {
     // connection the same way.
     for block in [vec![0x80], vec![0xff, 0x49]] {
         let bad = frame(HEADERS, END_HEADERS | END_STREAM, 3, &block);
-        let got = exchange(true, connection(&[bad.clone()]), 1).await;
+        let got = exchange(true, connection(std::slice::from_ref(&bad)), 1).await;
         assert!(
             matches!(got[..], [Outcome::GoAway(_)]),
             "block {block:?} first: {got:?}"
