@@ -1,5 +1,6 @@
 //! The rewriter against the real h2 server (the one tonic runs) and against hostile bytes.
 
+use super::rewriter::*;
 use super::*;
 use proptest::prelude::*;
 use std::time::Duration;
