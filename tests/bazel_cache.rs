@@ -722,3 +722,41 @@ fn remote_execution_then_all_hits() {
     assert_same_outputs("remote-exec-warm", &first, &second, |_| true);
     bazel.shutdown("ob2");
 }
+
+/// Bazel 2.1.0 through kiln's Unix socket (`--remote_cache=grpc://localhost
+/// --remote_proxy=unix:<data>/kiln.sock`): a cold build uploads, and after
+/// `clean --expunge` every spawn is a hit with the same outputs. Nothing
+/// listens on `localhost`'s gRPC port, so every byte went through the socket.
+#[test]
+fn unix_socket_remote_proxy_all_hits() {
+    let _guard = lock();
+    let bin = bazel_binary();
+    let tmp = tempfile::tempdir().unwrap();
+    let server = KilnServer::start(&tmp.path().join("kiln-data"), &tmp.path().join("kiln.log"));
+    let Some(socket) = server.unix_socket.clone() else {
+        server.fail("kiln printed no `listening unix:` line")
+    };
+    let proxy = format!("--remote_proxy=unix:{}", socket.display());
+    let flags = [
+        "--remote_download_outputs=all",
+        "--remote_cache=grpc://localhost",
+        proxy.as_str(),
+    ];
+    let mut bazel = Bazel::new(bin, tmp.path(), &server);
+
+    let cold = bazel.build("ob1", "cold-unix", &flags);
+    assert_cold_build(&bazel, &cold);
+    let first = snapshot_outputs(&bazel.output_base("ob1"));
+    assert!(
+        first.contains_key("k8-fastbuild/bin/big.bin"),
+        "cold build lacks big.bin: {first:?}"
+    );
+    bazel.clean_expunge("ob1");
+    bazel.shutdown("ob1");
+
+    let warm = bazel.build("ob2", "warm-unix", &flags);
+    assert_all_hits(&bazel, "warm-unix", &warm);
+    let second = snapshot_outputs(&bazel.output_base("ob2"));
+    assert_same_outputs("warm-unix", &first, &second, |_| true);
+    bazel.shutdown("ob2");
+}

@@ -80,10 +80,13 @@ impl Accept for TcpListener {
     }
 }
 
+/// Unix connections accept any `:authority` (see [`super::authority`]); TCP ones keep h2's rule.
 impl Accept for UnixListener {
-    type Io = tokio::net::UnixStream;
+    type Io = super::authority::AnyAuthority<tokio::net::UnixStream>;
     async fn accept(&self) -> io::Result<Self::Io> {
-        Ok(UnixListener::accept(self).await?.0)
+        Ok(super::authority::AnyAuthority::new(
+            UnixListener::accept(self).await?.0,
+        ))
     }
 }
 

@@ -3,6 +3,7 @@
 //! Taking bound listeners (mini-redis style) lets tests bind port 0 and talk to the real thing.
 
 mod accept;
+pub mod authority;
 
 pub use accept::{ConnectionLimit, DEFAULT_MAX_CONNECTIONS, incoming, raise_fd_limit};
 

@@ -1,0 +1,296 @@
+#!/usr/bin/env python3
+"""Python grpcio (gRPC C-core) against a running `kiln serve`.
+
+Used by tests/unix_socket_clients.rs. gRPC C-core clients send the Unix socket path
+(percent-encoded since grpcio 1.57) as the HTTP/2 `:authority`, which is not a valid URI
+authority; kiln must serve them on its Unix sockets anyway. Every scenario asserts what the
+server answered and exits non-zero (with a message) on the first failure.
+
+Usage:
+  grpc_clients.py --proto DIR --out DIR --client TARGET [--bots TARGET]
+                  [--authority VALUE] SCENARIO...
+
+TARGET is a grpcio target: `unix:/abs/path` or `127.0.0.1:PORT`. `--authority` sets the
+channel option `grpc.default_authority` (what goes into `:authority`). Scenarios:
+  capabilities   GetCapabilities
+  cas            BatchUpdateBlobs, FindMissingBlobs, BatchReadBlobs round trip
+  bytestream     ByteStream Write (several chunks) then Read
+  bots           a bot session on --bots: CreateBotSession, an Execute from --client,
+                 UpdateBotSession taking the lease and completing it with an ActionResult,
+                 and the Execute stream ending COMPLETED with that result
+  rejected       GetCapabilities must FAIL with INTERNAL / RST_STREAM (h2's rule on TCP)
+"""
+
+import argparse
+import glob
+import hashlib
+import os
+import queue
+import sys
+import threading
+import time
+import uuid
+
+TIMEOUT = 30.0
+
+
+def fail(msg):
+    print(f"grpc_clients.py: FAIL: {msg}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def generate_stubs(proto_dir, out_dir):
+    """Compiles every .proto under proto_dir into out_dir with grpc_tools' protoc."""
+    import grpc_tools
+    from grpc_tools import protoc
+
+    wkt = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
+    files = sorted(
+        os.path.relpath(p, proto_dir)
+        for p in glob.glob(os.path.join(proto_dir, "**", "*.proto"), recursive=True)
+    )
+    if not files:
+        fail(f"no .proto files under {proto_dir}")
+    os.makedirs(out_dir, exist_ok=True)
+    args = ["protoc", f"-I{proto_dir}", f"-I{wkt}", f"--python_out={out_dir}",
+            f"--grpc_python_out={out_dir}", *files]
+    rc = protoc.main(args)
+    if rc != 0:
+        fail(f"protoc failed with {rc}: {args}")
+    sys.path.insert(0, out_dir)
+
+
+def sha256_digest(re_pb2, data):
+    return re_pb2.Digest(hash=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
+
+
+def channel(target, authority):
+    import grpc
+
+    options = [("grpc.max_receive_message_length", 64 << 20)]
+    if authority is not None:
+        options.append(("grpc.default_authority", authority))
+    return grpc.insecure_channel(target, options=options)
+
+
+def scenario_capabilities(ch, mods):
+    re_pb2, re_grpc = mods["re_pb2"], mods["re_grpc"]
+    caps = re_grpc.CapabilitiesStub(ch).GetCapabilities(
+        re_pb2.GetCapabilitiesRequest(instance_name=""), timeout=TIMEOUT)
+    fns = list(caps.cache_capabilities.digest_functions)
+    if re_pb2.DigestFunction.SHA256 not in fns:
+        fail(f"Capabilities without SHA256: {caps}")
+    print(f"capabilities ok: digest functions {fns}", flush=True)
+
+
+def scenario_cas(ch, mods):
+    re_pb2, re_grpc = mods["re_pb2"], mods["re_grpc"]
+    cas = re_grpc.ContentAddressableStorageStub(ch)
+    blobs = [os.urandom(n) + b"grpcio-cas" for n in (0, 1, 1000, 200_000)]
+    reqs = [re_pb2.BatchUpdateBlobsRequest.Request(digest=sha256_digest(re_pb2, b), data=b)
+            for b in blobs]
+    up = cas.BatchUpdateBlobs(re_pb2.BatchUpdateBlobsRequest(requests=reqs), timeout=TIMEOUT)
+    if len(up.responses) != len(blobs) or any(r.status.code != 0 for r in up.responses):
+        fail(f"BatchUpdateBlobs: {up}")
+    digests = [sha256_digest(re_pb2, b) for b in blobs]
+    missing = cas.FindMissingBlobs(
+        re_pb2.FindMissingBlobsRequest(blob_digests=digests), timeout=TIMEOUT)
+    if list(missing.missing_blob_digests):
+        fail(f"FindMissingBlobs after upload: {missing}")
+    got = cas.BatchReadBlobs(re_pb2.BatchReadBlobsRequest(digests=digests), timeout=TIMEOUT)
+    by_hash = {r.digest.hash: r for r in got.responses}
+    for d, b in zip(digests, blobs):
+        r = by_hash.get(d.hash)
+        if r is None or r.status.code != 0 or r.data != b:
+            fail(f"BatchReadBlobs {d.hash}/{d.size_bytes}: {r and r.status}")
+    print(f"cas ok: {len(blobs)} blobs round trip", flush=True)
+
+
+def scenario_bytestream(ch, mods):
+    re_pb2, bs_pb2, bs_grpc = mods["re_pb2"], mods["bs_pb2"], mods["bs_grpc"]
+    stub = bs_grpc.ByteStreamStub(ch)
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    d = sha256_digest(re_pb2, data)
+    name = f"uploads/{uuid.uuid4()}/blobs/{d.hash}/{d.size_bytes}"
+    chunk = 256 * 1024
+
+    def requests():
+        for off in range(0, len(data), chunk):
+            piece = data[off:off + chunk]
+            yield bs_pb2.WriteRequest(
+                resource_name=name if off == 0 else "", write_offset=off, data=piece,
+                finish_write=off + len(piece) == len(data))
+
+    resp = stub.Write(requests(), timeout=TIMEOUT)
+    if resp.committed_size != len(data):
+        fail(f"ByteStream Write committed {resp.committed_size}, want {len(data)}")
+    got = b"".join(r.data for r in stub.Read(
+        bs_pb2.ReadRequest(resource_name=f"blobs/{d.hash}/{d.size_bytes}"), timeout=TIMEOUT))
+    if got != data:
+        fail(f"ByteStream Read returned {len(got)} bytes that differ from the {len(data)} written")
+    print(f"bytestream ok: {len(data)} bytes written and read back", flush=True)
+
+
+def scenario_bots(ch, bots_ch, mods):
+    re_pb2, re_grpc = mods["re_pb2"], mods["re_grpc"]
+    bots_pb2, bots_grpc = mods["bots_pb2"], mods["bots_grpc"]
+    ops_pb2 = mods["ops_pb2"]
+    from google.protobuf import any_pb2
+
+    bots = bots_grpc.BotsStub(bots_ch)
+    bot_id = f"grpcio-bot-{uuid.uuid4()}"
+    session = bots.CreateBotSession(bots_pb2.CreateBotSessionRequest(
+        parent="", bot_session=bots_pb2.BotSession(
+            bot_id=bot_id, status=bots_pb2.BotStatus.OK)), timeout=TIMEOUT)
+    if not session.name:
+        fail(f"CreateBotSession returned no name: {session}")
+
+    # An action nobody could have run before (a unique argument), so no cache hit.
+    marker = str(uuid.uuid4())
+    command = re_pb2.Command(arguments=["/bin/echo", marker])
+    cmd_bytes = command.SerializeToString()
+    root = re_pb2.Directory().SerializeToString()
+    action = re_pb2.Action(command_digest=sha256_digest(re_pb2, cmd_bytes),
+                           input_root_digest=sha256_digest(re_pb2, root),
+                           do_not_cache=True)
+    act_bytes = action.SerializeToString()
+    cas = re_grpc.ContentAddressableStorageStub(ch)
+    up = cas.BatchUpdateBlobs(re_pb2.BatchUpdateBlobsRequest(requests=[
+        re_pb2.BatchUpdateBlobsRequest.Request(digest=sha256_digest(re_pb2, b), data=b)
+        for b in (cmd_bytes, root, act_bytes)]), timeout=TIMEOUT)
+    if any(r.status.code != 0 for r in up.responses):
+        fail(f"uploading the action: {up}")
+    stdout = f"{marker}\n".encode()
+    stdout_digest = sha256_digest(re_pb2, stdout)
+    up = cas.BatchUpdateBlobs(re_pb2.BatchUpdateBlobsRequest(requests=[
+        re_pb2.BatchUpdateBlobsRequest.Request(digest=stdout_digest, data=stdout)]),
+        timeout=TIMEOUT)
+    if any(r.status.code != 0 for r in up.responses):
+        fail(f"uploading stdout: {up}")
+
+    ops = queue.Queue()
+
+    def execute():
+        try:
+            stream = re_grpc.ExecutionStub(ch).Execute(re_pb2.ExecuteRequest(
+                action_digest=sha256_digest(re_pb2, act_bytes), skip_cache_lookup=True),
+                timeout=120)
+            for op in stream:
+                ops.put(op)
+            ops.put(None)
+        except Exception as e:  # reported by the main thread
+            ops.put(e)
+
+    threading.Thread(target=execute, daemon=True).start()
+
+    deadline = time.monotonic() + 90
+    lease = None
+    while lease is None:
+        if time.monotonic() > deadline:
+            fail("no lease offered within 90 s")
+        del session.leases[:]
+        session = bots.UpdateBotSession(bots_pb2.UpdateBotSessionRequest(
+            name=session.name, bot_session=session), timeout=TIMEOUT)
+        pending = [l for l in session.leases if l.state == bots_pb2.LeaseState.PENDING]
+        lease = pending[0] if pending else None
+    offered = re_pb2.Action()
+    if not lease.payload.Unpack(offered):
+        fail(f"lease payload is not an Action: {lease.payload.type_url}")
+    if offered.command_digest != action.command_digest:
+        fail(f"leased action {offered} is not the one executed {action}")
+
+    result = re_pb2.ActionResult(exit_code=0, stdout_digest=stdout_digest)
+    packed = any_pb2.Any()
+    packed.Pack(result)
+    done = bots_pb2.Lease(id=lease.id, state=bots_pb2.LeaseState.COMPLETED, result=packed)
+    done.status.code = 0
+    del session.leases[:]
+    session.leases.append(done)
+    session = bots.UpdateBotSession(bots_pb2.UpdateBotSessionRequest(
+        name=session.name, bot_session=session), timeout=TIMEOUT)
+
+    last = None
+    while True:
+        try:
+            item = ops.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            fail("Execute stream did not end after the lease completed")
+        if isinstance(item, Exception):
+            fail(f"Execute failed: {item}")
+        if item is None:
+            break
+        last = item
+    if last is None or not last.done:
+        fail(f"Execute stream ended without a done operation: {last}")
+    meta = re_pb2.ExecuteOperationMetadata()
+    last.metadata.Unpack(meta)
+    if meta.stage != re_pb2.ExecutionStage.COMPLETED:
+        fail(f"last operation stage {meta.stage}, want COMPLETED")
+    resp = re_pb2.ExecuteResponse()
+    if not last.response.Unpack(resp):
+        fail(f"operation response is not an ExecuteResponse: {last}")
+    if resp.status.code != 0 or resp.result.stdout_digest != stdout_digest:
+        fail(f"ExecuteResponse does not carry the bot's result: {resp}")
+    print(f"bots ok: lease {lease.id} completed by {bot_id}, Execute COMPLETED", flush=True)
+
+
+def scenario_rejected(ch, mods):
+    import grpc
+
+    re_pb2, re_grpc = mods["re_pb2"], mods["re_grpc"]
+    try:
+        caps = re_grpc.CapabilitiesStub(ch).GetCapabilities(
+            re_pb2.GetCapabilitiesRequest(instance_name=""), timeout=TIMEOUT)
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.INTERNAL and "RST_STREAM" in (e.details() or ""):
+            print(f"rejected ok: {e.code()} {e.details()}", flush=True)
+            return
+        fail(f"rejected with an unexpected error: {e.code()} {e.details()}")
+    fail(f"a malformed :authority was served: {caps}")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--proto", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--client", required=True)
+    p.add_argument("--bots")
+    p.add_argument("--authority")
+    p.add_argument("scenarios", nargs="+")
+    a = p.parse_args()
+
+    import grpc
+
+    print(f"grpcio {grpc.__version__}, client {a.client}, bots {a.bots}, "
+          f"authority {a.authority!r}", flush=True)
+    generate_stubs(a.proto, a.out)
+    from build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+    from build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
+    from google.bytestream import bytestream_pb2 as bs_pb2
+    from google.bytestream import bytestream_pb2_grpc as bs_grpc
+    from google.devtools.remoteworkers.v1test2 import bots_pb2, bots_pb2_grpc as bots_grpc
+    from google.longrunning import operations_pb2 as ops_pb2
+
+    mods = dict(re_pb2=re_pb2, re_grpc=re_grpc, bs_pb2=bs_pb2, bs_grpc=bs_grpc,
+                bots_pb2=bots_pb2, bots_grpc=bots_grpc, ops_pb2=ops_pb2)
+    ch = channel(a.client, a.authority)
+    for s in a.scenarios:
+        if s == "capabilities":
+            scenario_capabilities(ch, mods)
+        elif s == "cas":
+            scenario_cas(ch, mods)
+        elif s == "bytestream":
+            scenario_bytestream(ch, mods)
+        elif s == "bots":
+            if not a.bots:
+                fail("scenario bots needs --bots")
+            scenario_bots(ch, channel(a.bots, a.authority), mods)
+        elif s == "rejected":
+            scenario_rejected(ch, mods)
+        else:
+            fail(f"unknown scenario {s}")
+    print("all scenarios passed", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+//! Real gRPC C-core clients on kiln's Unix sockets: Python `grpcio` (PyPI, pinned in
+//! tests/python/install-grpcio.sh) runs tests/python/grpc_clients.py against `kiln serve`.
+//!
+//! grpcio sends the socket path (percent-encoded) as `:authority`, which h2 refuses; kiln's
+//! Unix listeners must serve it anyway (src/server/authority.rs) while TCP keeps h2's rule.
+//! grpcio is installed by the test itself (once, into target/python-grpcio); the test never
+//! skips: if Python or pip is missing it fails and says so.
+
+mod common;
+
+use common::process::KilnServer;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Deadline for one run of the Python script.
+const SCRIPT_TIMEOUT: Duration = Duration::from_mins(4);
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The directory holding grpcio, installed on first use.
+fn grpcio() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(repo().join("tests/python/install-grpcio.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run tests/python/install-grpcio.sh (needs bash)");
+        let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            out.status.success() && !dir.is_empty(),
+            "installing grpcio failed ({}); this test needs python3 with pip and PyPI \
+             access and is never skipped: run `bash tests/python/install-grpcio.sh`",
+            out.status
+        );
+        PathBuf::from(dir)
+    })
+}
+
+/// Runs the script with `args`; returns (success, stdout + stderr).
+fn run_script(server: &KilnServer, stubs: &Path, args: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo().join("tests/python/grpc_clients.py"))
+        .arg("--proto")
+        .arg(repo().join("proto"))
+        .arg("--out")
+        .arg(stubs)
+        .args(args)
+        .env("PYTHONPATH", grpcio())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn python3");
+    let deadline = std::time::Instant::now() + SCRIPT_TIMEOUT;
+    loop {
+        if child.try_wait().expect("wait for python3").is_some() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            server.fail(&format!(
+                "grpc_clients.py {args:?} did not finish in {SCRIPT_TIMEOUT:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("python3 output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("grpc_clients.py {args:?}:\n{text}");
+    (out.status.success(), text)
+}
+
+fn must_pass(server: &KilnServer, stubs: &Path, args: &[&str]) -> String {
+    let (ok, text) = run_script(server, stubs, args);
+    if !ok {
+        server.fail(&format!("grpc_clients.py {args:?} failed:\n{text}"));
+    }
+    text
+}
+
+fn start(tmp: &Path) -> (KilnServer, String, String) {
+    let server = KilnServer::start(&tmp.join("data"), &tmp.join("kiln.log"));
+    let client = server
+        .unix_socket
+        .clone()
+        .unwrap_or_else(|| server.fail("no `listening unix:` line"));
+    let bots = server
+        .bots_socket
+        .clone()
+        .unwrap_or_else(|| server.fail("no `listening bots unix:` line"));
+    let (c, b) = (
+        format!("unix:{}", client.display()),
+        format!("unix:{}", bots.display()),
+    );
+    (server, c, b)
+}
+
+/// grpcio's own `:authority` (the percent-encoded path) on both sockets: Capabilities, a
+/// BatchUpdate/BatchRead round trip, ByteStream Write/Read, and a bot session on bots.sock
+/// taking the lease of an Execute sent on kiln.sock and completing it.
+#[test]
+fn grpcio_default_authority_on_unix_sockets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, client, bots) = start(tmp.path());
+    let stubs = tmp.path().join("stubs");
+    let out = must_pass(
+        &server,
+        &stubs,
+        &[
+            "--client",
+            &client,
+            "--bots",
+            &bots,
+            "capabilities",
+            "cas",
+            "bytestream",
+            "bots",
+        ],
+    );
+    assert!(
+        out.contains("bots ok:") && out.contains("all scenarios passed"),
+        "{out}"
+    );
+}
+
+/// Other `:authority` values clients send on Unix sockets: the raw path, `localhost`, a
+/// host:port, and bytes no URI allows (set with grpcio's `grpc.default_authority`).
+#[test]
+fn other_authorities_on_unix_sockets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, client, bots) = start(tmp.path());
+    let stubs = tmp.path().join("stubs");
+    let raw = client.trim_start_matches("unix:").to_string();
+    for authority in [raw.as_str(), "localhost", "kiln.example:8980", "a b%zz/\\"] {
+        must_pass(
+            &server,
+            &stubs,
+            &[
+                "--client",
+                &client,
+                "--authority",
+                authority,
+                "capabilities",
+                "cas",
+            ],
+        );
+        must_pass(
+            &server,
+            &stubs,
+            &["--client", &bots, "--authority", authority, "capabilities"],
+        );
+    }
+}
+
+/// Over TCP the same calls work, and h2's rule is unchanged: a malformed `:authority` is
+/// refused with RST_STREAM(PROTOCOL_ERROR).
+#[test]
+fn tcp_unchanged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, client, _) = start(tmp.path());
+    let stubs = tmp.path().join("stubs");
+    let tcp = format!("127.0.0.1:{}", server.port);
+    must_pass(
+        &server,
+        &stubs,
+        &["--client", &tcp, "capabilities", "cas", "bytestream"],
+    );
+    let raw = client.trim_start_matches("unix:").to_string();
+    for bad in [raw.as_str(), "tmp%2Fkiln.sock"] {
+        let out = must_pass(
+            &server,
+            &stubs,
+            &["--client", &tcp, "--authority", bad, "rejected"],
+        );
+        assert!(out.contains("rejected ok:"), "{out}");
+    }
+}
