@@ -355,7 +355,14 @@ async fn namespace_isolation_hides_network_ipc_hostname_and_processes() {
         &["sandbox=ns"],
         &["--isolation", "namespaces"],
     );
-    let _plain = server.worker(1, &["sandbox=none"]);
+    // The control worker shares the host's network (`--action-network host`); by default
+    // actions get a network namespace of their own even without `--isolation`.
+    let _plain = server.worker_with(
+        &server.bots,
+        1,
+        &["sandbox=none"],
+        &["--action-network", "host"],
+    );
     let c = server.client().await;
     let script = "readlink /proc/self/ns/net /proc/self/ns/ipc /proc/self/ns/uts; \
                   cat /proc/sys/kernel/hostname; \

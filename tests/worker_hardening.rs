@@ -280,8 +280,14 @@ async fn actions_cannot_reach_the_server_or_write_outside() {
     assert_eq!(lines[3], "no-write-outside", "{out}");
     assert_eq!(lines[4], "no-write-data", "{out}");
     assert_eq!(lines[5], "wrote-own", "{out}");
-    assert_eq!(lines[6], "tcp-refused", "the server's TCP port was reachable: {out}");
-    assert_eq!(lines[7], "own-loopback", "the action's own loopback is down: {out}");
+    assert_eq!(
+        lines[6], "tcp-refused",
+        "the server's TCP port was reachable: {out}"
+    );
+    assert_eq!(
+        lines[7], "own-loopback",
+        "the action's own loopback is down: {out}"
+    );
     assert!(!open.join("escaped").exists());
     assert!(!server.dir.path().join("data/escaped").exists());
 }

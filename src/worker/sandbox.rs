@@ -25,9 +25,12 @@
 //! `--action-user` must then name that user. Staged directories are chowned to the action
 //! user so it can create outputs; staged files stay the worker's read-only hardlinks.
 //!
-//! Limits: the network is the host's unless `--isolation namespaces` (then also a PID
-//! namespace with its own `/proc`); a TCP bots listener (`execution.bots_listen`) is reachable
-//! from actions without it. Concurrent actions share the action user, so without a PID
+//! Network: by default (`--action-network none`) the helper also unshares a network namespace
+//! and brings its loopback up, so an action reaches neither the server's TCP ports (where,
+//! without auth, it could write the action cache) nor the network; `--action-network host`
+//! shares the worker's network. `--isolation namespaces` adds PID, IPC and UTS namespaces.
+//!
+//! Limits: concurrent actions share the action user, so without a PID
 //! namespace they can see (and signal) each other's processes. A socket outside the data dir
 //! (an absolute `server.unix_socket`) must be hidden with `--action-hide`.
 
