@@ -153,12 +153,7 @@ async fn compressed_read_offsets_are_uncompressed_and_limits_refused() {
     let data = bytes(300_000, 7);
     let d = digest(&data);
     let mut bs = server.bytestream().await;
-    let name = format!(
-        "uploads/{}/blobs/{}/{}",
-        uuid::Uuid::new_v4(),
-        d.hash_hex(),
-        d.size
-    );
+    let name = upload_name(&d);
     bs.write(futures::stream::iter(vec![write_req(
         &name,
         0,
@@ -227,6 +222,28 @@ async fn open_write(
     (tx, call)
 }
 
+/// A fresh upload resource name for `d`.
+fn upload_name(d: &Digest) -> String {
+    format!(
+        "uploads/{}/blobs/{}/{}",
+        uuid::Uuid::new_v4(),
+        d.hash_hex(),
+        d.size
+    )
+}
+
+/// Polls QueryWriteStatus until it reports `want`, failing after 30 s.
+async fn wait_committed(q: &mut ByteStreamClient<Channel>, name: &str, want: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while committed(q, name).await != want {
+        assert!(
+            Instant::now() < deadline,
+            "upload {name} never reached {want} bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn committed(bs: &mut ByteStreamClient<Channel>, name: &str) -> i64 {
     bs.query_write_status(QueryWriteStatusRequest {
         resource_name: name.into(),
@@ -245,22 +262,13 @@ async fn abandoned_uploads_free_their_buffers_and_resume_from_disk() {
     let part = server.config.storage.part_size_bytes as usize;
     let data = bytes(5 * part + 1234, 3);
     let d = digest(&data);
-    let name = format!(
-        "uploads/{}/blobs/{}/{}",
-        uuid::Uuid::new_v4(),
-        d.hash_hex(),
-        d.size
-    );
+    let name = upload_name(&d);
     let bs = server.bytestream().await;
     let cut = 2 * part + part / 2;
     let (tx, call) = open_write(&bs, &name, 0, data[..cut].to_vec()).await;
     let mut q = server.bytestream().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
     // While the stream is open, QueryWriteStatus reports only what survives it: whole parts.
-    while committed(&mut q, &name).await != 2 * part as i64 {
-        assert!(Instant::now() < deadline, "upload never reached two parts");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_committed(&mut q, &name, 2 * part as i64).await;
     let m = server.http_get("/metrics").await;
     assert!(metric(&m, "kiln_uploads_buffer_reserved_bytes") > 0, "{m}");
     drop(tx);
@@ -321,12 +329,7 @@ async fn open_uploads_and_buffers_are_bounded_and_swept() {
                 size: big,
                 ..digest(&i.to_le_bytes())
             };
-            format!(
-                "uploads/{}/blobs/{}/{}",
-                uuid::Uuid::new_v4(),
-                d.hash_hex(),
-                d.size
-            )
+            upload_name(&d)
         })
         .collect();
     let name = |i: usize| names[i].clone();
@@ -443,21 +446,12 @@ async fn a_resume_race_never_reports_success_for_a_blob_not_stored() {
     let server = TestServer::start().await;
     let data = bytes(3 << 20, 11);
     let d = digest(&data);
-    let name = format!(
-        "uploads/{}/blobs/{}/{}",
-        uuid::Uuid::new_v4(),
-        d.hash_hex(),
-        d.size
-    );
+    let name = upload_name(&d);
     let bs = server.bytestream().await;
     let mut q = server.bytestream().await;
     // A first stream writes 1 MiB and goes away.
     let (tx, call) = open_write(&bs, &name, 0, data[..1 << 20].to_vec()).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while committed(&mut q, &name).await != 1 << 20 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_committed(&mut q, &name, 1 << 20).await;
     drop(tx);
     let _ = call.await.unwrap();
     let at = committed(&mut q, &name).await;
@@ -496,20 +490,11 @@ async fn a_resume_waiting_behind_a_successful_finish_reports_the_full_size() {
     let server = TestServer::start().await;
     let data = bytes(3 << 20, 12);
     let d = digest(&data);
-    let name = format!(
-        "uploads/{}/blobs/{}/{}",
-        uuid::Uuid::new_v4(),
-        d.hash_hex(),
-        d.size
-    );
+    let name = upload_name(&d);
     let bs = server.bytestream().await;
     let (a_tx, a_call) = open_write(&bs, &name, 0, data[..1 << 20].to_vec()).await;
     let mut q = server.bytestream().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while committed(&mut q, &name).await != 1 << 20 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_committed(&mut q, &name, 1 << 20).await;
     let (b_tx, b_call) = open_write(&bs, &name, 1 << 20, data[1 << 20..].to_vec()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     a_tx.send(write_req(&name, 1 << 20, data[1 << 20..].to_vec(), true))
@@ -529,12 +514,7 @@ async fn a_resume_from_a_status_read_before_the_stream_ended_succeeds() {
     let part = server.config.storage.part_size_bytes as usize;
     let data = bytes(4 * part + 99, 13);
     let d = digest(&data);
-    let name = format!(
-        "uploads/{}/blobs/{}/{}",
-        uuid::Uuid::new_v4(),
-        d.hash_hex(),
-        d.size
-    );
+    let name = upload_name(&d);
     let bs = server.bytestream().await;
     let sent = 3 * part + part / 2;
     let (tx, call) = open_write(&bs, &name, 0, data[..sent].to_vec()).await;

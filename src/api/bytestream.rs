@@ -174,7 +174,7 @@ impl ByteStreamService {
 
 /// How long a Write stream may hold its upload without sending anything (at most the
 /// upload idle timeout): a silent client must not pin buffers and its upload for ever.
-const STREAM_IDLE: Duration = Duration::from_secs(60);
+const STREAM_IDLE: Duration = Duration::from_mins(1);
 
 /// The most compressed bytes a zstd upload of `size` bytes may send: zstd's worst case
 /// (incompressible data in raw blocks) plus room for frame headers.
