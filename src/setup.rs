@@ -430,6 +430,7 @@ impl Prepared {
             limits.push(("bots", l.connections.clone()));
         }
         metrics.add_gauge_source(Box::new(move || connection_gauges(&limits)));
+        metrics.add_gauge_source(Box::new(server::authority::gauges));
         let metrics_listener = match config.server.metrics_listen.as_str() {
             "" => None,
             addr => Some(

@@ -131,6 +131,26 @@ fn grpcio_default_authority_on_unix_sockets() {
         out.contains("bots ok:") && out.contains("all scenarios passed"),
         "{out}"
     );
+    // The server counted the rewrites it made.
+    let metrics = server.metrics.clone().expect("metrics address");
+    let text = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(kiln::admin::http_get(&metrics, "/metrics"))
+        .unwrap();
+    let value = |name: &str| -> i64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+    };
+    assert!(
+        value("kiln_unix_authority_rewriting_connections") >= 2,
+        "{text}"
+    );
+    assert!(
+        value("kiln_unix_authority_rewritten_requests") >= 4,
+        "{text}"
+    );
 }
 
 /// Other `:authority` values clients send on Unix sockets: the raw path, `localhost`, a

@@ -53,15 +53,39 @@ pub use rewriter::{MAX_BLOCK, MAX_DECODED, MAX_FRAME, REPLACEMENT, Rewriter};
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
+
+/// Requests whose `:authority` was replaced, across all connections (for `/metrics`).
+static REWRITTEN_REQUESTS: AtomicU64 = AtomicU64::new(0);
+/// Connections that needed rewriting (their clients send a socket path as `:authority`).
+static REWRITING_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Gauges for `/metrics`: connections and requests whose `:authority` was rewritten.
+pub fn gauges() -> Vec<(&'static str, &'static str, i64)> {
+    vec![
+        (
+            "unix_authority_rewriting_connections",
+            "Unix-socket connections whose clients send a path as :authority (rewritten)",
+            REWRITING_CONNECTIONS.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "unix_authority_rewritten_requests",
+            "Requests on Unix sockets whose :authority was replaced by localhost",
+            REWRITTEN_REQUESTS.load(Ordering::Relaxed) as i64,
+        ),
+    ]
+}
 
 /// A Unix-socket connection whose HTTP/2 header blocks go through a [`Rewriter`].
 pub struct AnyAuthority<T> {
     io: T,
     rewriter: Rewriter,
     eof: bool,
+    /// Rewrites already added to the process-wide counters.
+    counted: u64,
 }
 
 impl<T> AnyAuthority<T> {
@@ -71,6 +95,7 @@ impl<T> AnyAuthority<T> {
             io,
             rewriter: Rewriter::new(),
             eof: false,
+            counted: 0,
         }
     }
 }
@@ -100,6 +125,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for AnyAuthority<T> {
             }
             let n = ready!(this.rewriter.poll_fill(Pin::new(&mut this.io), cx))?;
             this.eof = n == 0;
+            let done = this.rewriter.rewritten();
+            if done > this.counted {
+                if this.counted == 0 {
+                    REWRITING_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+                }
+                REWRITTEN_REQUESTS.fetch_add(done - this.counted, Ordering::Relaxed);
+                this.counted = done;
+            }
         }
     }
 }
