@@ -421,6 +421,43 @@ pub fn reload_on_sighup(auth: Arc<Authorizer>) -> Result<(), SetupError> {
     Ok(())
 }
 
+/// Warns loudly (at start, and as `auth_open_network_listeners` in `/metrics` and `/status`)
+/// when a TCP listener is reachable from other machines while every request may do everything.
+fn warn_if_open(auth: &Authorizer, grpc: &Listeners, bots: Option<&Listeners>, metrics: &Metrics) {
+    if auth.enabled() {
+        return;
+    }
+    let open: Vec<std::net::SocketAddr> = grpc
+        .tcp
+        .iter()
+        .chain(bots.into_iter().flat_map(|b| b.tcp.iter()))
+        .filter_map(|l| l.local_addr().ok())
+        .filter(|a| !a.ip().is_loopback())
+        .collect();
+    if open.is_empty() {
+        return;
+    }
+    let text = open
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    tracing::warn!(
+        listeners = %text,
+        "!!! NO AUTH: kiln listens on {text} (not loopback) and every client that reaches it \
+         may read, write the cache and run actions. Set [auth] tokens_file (kiln token add) or \
+         firewall these ports. !!!"
+    );
+    let n = open.len() as i64;
+    metrics.add_gauge_source(Box::new(move || {
+        vec![(
+            "auth_open_network_listeners",
+            "WARNING when > 0: listeners on non-loopback addresses with no [auth] configured",
+            n,
+        )]
+    }));
+}
+
 /// A server whose listeners are bound and whose objects are built, not yet serving.
 pub struct Prepared {
     _lock: nix::fcntl::Flock<std::fs::File>,
@@ -480,6 +517,7 @@ impl Prepared {
         }
         metrics.add_gauge_source(Box::new(move || connection_gauges(&limits)));
         metrics.add_gauge_source(Box::new(server::authority::gauges));
+        warn_if_open(&auth, &listeners, bots.as_ref().map(|(_, l)| l), &metrics);
         let metrics_listener = match config.server.metrics_listen.as_str() {
             "" => None,
             addr => Some(

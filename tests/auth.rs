@@ -364,3 +364,27 @@ fn sighup_reloads_the_tokens_file_and_a_bad_file_keeps_the_old_one() {
     }
     assert_eq!(find(CI), Err(Code::Unauthenticated));
 }
+
+#[tokio::test]
+async fn network_listener_without_auth_is_flagged_in_status() {
+    let open = TestServer::start_with(|c| c.server.listen = vec!["0.0.0.0:0".into()]).await;
+    let status = open.http_get("/status").await;
+    assert!(
+        status.contains("auth_open_network_listeners: 1"),
+        "{status}"
+    );
+    open.stop().await;
+    let local = TestServer::start().await;
+    let status = local.http_get("/status").await;
+    assert!(!status.contains("auth_open_network_listeners"), "{status}");
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(dir.path(), &[("ci", CI, "read")], &[]);
+    let tokens = tokens.to_str().unwrap().to_string();
+    let guarded = TestServer::start_with(move |c| {
+        c.server.listen = vec!["0.0.0.0:0".into()];
+        c.auth.tokens_file = tokens;
+    })
+    .await;
+    let status = guarded.http_get("/status").await;
+    assert!(!status.contains("auth_open_network_listeners"), "{status}");
+}
