@@ -126,6 +126,72 @@ enum Command {
     ActionSandbox(kiln::worker::SandboxArgs),
     /// Measure any REAPI endpoint (or this box's limits with `bench baseline`).
     Bench(kiln::bench::BenchArgs),
+    /// Manage the tokens file of `[auth]` (send the server SIGHUP to apply).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+        /// The tokens file (default: `auth.tokens_file` of --config).
+        #[arg(long, global = true)]
+        file: Option<PathBuf>,
+        /// A config whose `auth.tokens_file` names the file.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Adds a principal and prints its new token once (only its SHA-256 is stored).
+    Add {
+        /// Principal name (shown in logs and metrics).
+        name: String,
+        /// Comma-separated rights: read, write, cache-write, execute, bot.
+        #[arg(long)]
+        rights: String,
+    },
+    /// Lists principals and their rights (no secrets).
+    List,
+    /// Removes a principal.
+    Revoke {
+        /// Principal name.
+        name: String,
+    },
+}
+
+fn token_command(
+    action: TokenAction,
+    file: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> Result<(), String> {
+    use kiln::auth::admin;
+    let path = match (file, config) {
+        (Some(f), _) => f,
+        (None, Some(c)) => {
+            let c = load(Some(c))?;
+            if c.auth.tokens_file.is_empty() {
+                return Err("the config sets no auth.tokens_file; pass --file".into());
+            }
+            PathBuf::from(c.auth.tokens_file)
+        }
+        (None, None) => return Err("pass --file PATH or --config kiln.toml".into()),
+    };
+    match action {
+        TokenAction::Add { name, rights } => {
+            let token = admin::add(&path, &name, &rights).map_err(|e| e.to_string())?;
+            println!("{token}");
+            eprintln!(
+                "kiln: added {name} to {}; the token above is shown only now. \
+                 Send the server SIGHUP to apply.",
+                path.display()
+            );
+        }
+        TokenAction::List => print!("{}", admin::list(&path).map_err(|e| e.to_string())?),
+        TokenAction::Revoke { name } => {
+            admin::revoke(&path, &name).map_err(|e| e.to_string())?;
+            eprintln!("kiln: revoked {name}; send the server SIGHUP to apply.");
+        }
+    }
+    Ok(())
 }
 
 fn load(config: Option<PathBuf>) -> Result<Config, String> {
@@ -251,6 +317,11 @@ fn main() -> ExitCode {
             }
         }),
         Command::Bench(args) => runtime.block_on(kiln::bench::run(args)),
+        Command::Token {
+            action,
+            file,
+            config,
+        } => token_command(action, file, config),
         Command::ActionSandbox(_) => unreachable!("handled before the runtime starts"),
     };
     match result {

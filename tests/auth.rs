@@ -298,6 +298,22 @@ async fn a_bot_without_the_bot_right_cannot_take_work() {
         .expect("a peer uid with `bot` opens a session");
 }
 
+/// Runs `kiln token ARGS PATH` and returns its stdout.
+fn token_cmd(args: &[&str], file: &Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("token")
+        .args(args)
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kiln token {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[test]
 fn sighup_reloads_the_tokens_file_and_a_bad_file_keeps_the_old_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -330,9 +346,8 @@ fn sighup_reloads_the_tokens_file_and_a_bad_file_keeps_the_old_one() {
                 .map_err(|e| e.code())
         })
     };
-    const NEW: &str = "new-0123456789abcdef";
     assert_eq!(find(CI), Ok(()));
-    assert_eq!(find(NEW), Err(Code::Unauthenticated));
+    assert_eq!(find("new-0123456789abcdef"), Err(Code::Unauthenticated));
 
     let hup = |server: &KilnServer| {
         nix::sys::signal::kill(
@@ -354,11 +369,18 @@ fn sighup_reloads_the_tokens_file_and_a_bad_file_keeps_the_old_one() {
     }
     assert_eq!(find(CI), Ok(()));
 
-    // A good file replaces the table; connections are not dropped.
-    tokens_file(dir.path(), &[("new", NEW, "read")], &[]);
+    // `kiln token add` / `revoke` edit the file; SIGHUP applies it.
+    tokens_file(dir.path(), &[("ci", CI, "read")], &[]);
+    let new = token_cmd(&["add", "new", "--rights", "read,write", "--file"], &tokens);
+    let new = new.trim().to_string();
+    assert_eq!(new.len(), 64, "{new:?}");
+    assert!(!std::fs::read_to_string(&tokens).unwrap().contains(&new));
+    token_cmd(&["revoke", "ci", "--file"], &tokens);
+    assert_eq!(token_cmd(&["list", "--file"], &tokens), "new\tread,write\n");
+    let new: &'static str = Box::leak(new.into_boxed_str());
     hup(&server);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while find(NEW) != Ok(()) {
+    while find(new) != Ok(()) {
         assert!(Instant::now() < deadline, "{}", server.log_tail());
         std::thread::sleep(Duration::from_millis(50));
     }
