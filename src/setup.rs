@@ -413,7 +413,7 @@ pub fn reload_on_sighup(auth: Arc<Authorizer>) -> Result<(), SetupError> {
             match auth.reload() {
                 Ok(()) => tracing::info!("SIGHUP: tokens file reloaded"),
                 Err(e) => {
-                    tracing::error!(error = %e, "SIGHUP: tokens file not reloaded; the old one stays in force")
+                    tracing::error!(error = %e, "SIGHUP: tokens file not reloaded; the old one stays in force");
                 }
             }
         }

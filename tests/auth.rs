@@ -12,6 +12,7 @@ use kiln::proto::reapi::{
     batch_update_blobs_request,
 };
 use kiln::proto::rwapi::{BotSession, CreateBotSessionRequest};
+use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tonic::Code;
@@ -30,14 +31,16 @@ fn tokens_file(dir: &Path, principals: &[(&str, &str, &str)], peers: &[(u32, &st
             .join(", ")
     };
     for (name, token, rights) in principals {
-        text += &format!(
+        let _ = write!(
+            text,
             "[[principal]]\nname = {name:?}\ntoken_sha256 = {:?}\nrights = [{}]\n\n",
             token_sha256(token),
             list(rights)
         );
     }
     for (uid, rights) in peers {
-        text += &format!(
+        let _ = write!(
+            text,
             "[[unix_peer]]\nuid = {uid}\nrights = [{}]\n\n",
             list(rights)
         );

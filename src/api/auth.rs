@@ -96,10 +96,12 @@ pub fn check<B>(auth: &Authorizer, req: &http::Request<B>) -> Result<(), AuthErr
             }),
         }
     };
-    if auth.record(&caller, outcome.is_err()) {
-        if let Err(e) = &outcome {
-            tracing::warn!(principal = %caller.name, error = %e, "request denied (logged once a minute per principal)");
-        }
+    if let Err(e) = &outcome
+        && auth.record(&caller, true)
+    {
+        tracing::warn!(principal = %caller.name, error = %e, "request denied (logged once a minute per principal)");
+    } else if outcome.is_ok() {
+        auth.record(&caller, false);
     }
     outcome
 }

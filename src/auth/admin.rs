@@ -2,6 +2,7 @@
 //! its SHA-256 is stored.
 
 use super::{AuthFileError, PrincipalEntry, Rights, Table, TokensFile, token_sha256};
+use std::fmt::Write;
 use std::path::Path;
 
 /// Reads the file, or an empty one when it does not exist yet.
@@ -53,10 +54,10 @@ pub fn list(path: &Path) -> Result<String, AuthFileError> {
     let file = TokensFile::read(path)?;
     let mut out = String::new();
     for p in &file.principal {
-        out += &format!("{}\t{}\n", p.name, p.rights.join(","));
+        let _ = writeln!(out, "{}\t{}", p.name, p.rights.join(","));
     }
     for u in &file.unix_peer {
-        out += &format!("uid:{}\t{}\n", u.uid, u.rights.join(","));
+        let _ = writeln!(out, "uid:{}\t{}", u.uid, u.rights.join(","));
     }
     Ok(out)
 }

@@ -248,8 +248,8 @@ impl Table {
         let mut found = None;
         for p in &self.principals {
             let mut diff = 0u8;
-            for i in 0..32 {
-                diff |= p.digest[i] ^ d[i];
+            for (a, b) in p.digest.iter().zip(d.iter()) {
+                diff |= a ^ b;
             }
             if std::hint::black_box(diff) == 0 {
                 found = Some(p);
@@ -340,7 +340,10 @@ impl Authorizer {
             return Ok(());
         }
         let table = Table::from_file(&TokensFile::read(&self.path)?)?;
-        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        *self
+            .table
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(table);
         Ok(())
     }
 
@@ -353,7 +356,11 @@ impl Authorizer {
                 unknown_token: false,
             };
         }
-        let table = self.table.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let table = self
+            .table
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         if let Some(token) = token {
             return match table.find(token) {
                 Some(p) => Caller {
@@ -368,14 +375,12 @@ impl Authorizer {
                 },
             };
         }
-        if let Some(uid) = unix_uid {
-            if let Some(r) = table.unix_peers.get(&uid) {
-                return Caller {
-                    name: format!("uid:{uid}").into(),
-                    rights: *r,
-                    unknown_token: false,
-                };
-            }
+        if let Some((uid, r)) = unix_uid.and_then(|u| Some((u, table.unix_peers.get(&u)?))) {
+            return Caller {
+                name: format!("uid:{uid}").into(),
+                rights: *r,
+                unknown_token: false,
+            };
         }
         Caller {
             name: "anonymous".into(),
@@ -385,7 +390,10 @@ impl Authorizer {
     }
 
     fn counts(&self, name: &Arc<str>) -> Arc<Counts> {
-        let mut m = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Names come from the file (bounded) plus `uid:N` and two fixed ones; cap anyway.
         if m.len() >= MAX_ENTRIES * 2 && !m.contains_key(name) {
             return Arc::default();
@@ -408,9 +416,12 @@ impl Authorizer {
         }
         self.denied.get_or_create(&label).inc();
         let c = self.counts(&caller.name);
-        let mut last = c.last_log.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = c
+            .last_log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
-        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(60)) {
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_mins(1)) {
             return false;
         }
         *last = Some(now);
@@ -419,7 +430,10 @@ impl Authorizer {
 
     /// `(principal, requests, denied)` for every caller refused at least once.
     pub fn counters(&self) -> Vec<(String, u64, u64)> {
-        let m = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let m = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut v: Vec<_> = m
             .keys()
             .map(|n| {
