@@ -120,6 +120,10 @@ enum Command {
         /// then protect the server's ports with `[auth]` or a firewall.
         #[arg(long = "action-network", value_enum, default_value = "none")]
         action_network: ActionNetwork,
+        /// A file holding the token sent as `authorization: Bearer` (needs the `bot` right;
+        /// not needed on `bots.sock` when the worker's uid is a `[[unix_peer]]` with `bot`).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// The action sandbox helper the worker runs as each action's first process (internal).
     #[command(hide = true)]
@@ -275,7 +279,12 @@ fn main() -> ExitCode {
             action_hide,
             action_writable,
             action_network,
+            token_file,
         } => runtime.block_on(async {
+            let bearer = match &token_file {
+                Some(p) => kiln::auth::Bearer::from_file(p).map_err(|e| e.to_string())?,
+                None => kiln::auth::Bearer::none(),
+            };
             let (uid, gid) = kiln::worker::resolve_user(action_user.as_deref(), allow_root_actions)
                 .map_err(|e| e.to_string())?;
             let helper = std::env::current_exe()
@@ -312,7 +321,7 @@ fn main() -> ExitCode {
                 server_data_dir,
             };
             tokio::select! {
-                r = kiln::worker::run(config) => r.map_err(|e| e.to_string()),
+                r = kiln::worker::run_with(config, bearer) => r.map_err(|e| e.to_string()),
                 () = shutdown_signal() => Ok(()),
             }
         }),

@@ -413,3 +413,73 @@ async fn network_listener_without_auth_is_flagged_in_status() {
     let status = guarded.http_get("/status").await;
     assert!(!status.contains("auth_open_network_listeners"), "{status}");
 }
+
+#[tokio::test]
+async fn bench_token_file_sends_the_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(dir.path(), &[("ci", CI, "read,write,cache-write")], &[]);
+    let token_file = dir.path().join("ci.token");
+    std::fs::write(&token_file, format!("{CI}\n")).unwrap();
+    let server = start(&tokens, None).await;
+    let target = format!("grpc://{}", server.addr);
+    let token_file = token_file.to_str().unwrap();
+    let base = [
+        "--target",
+        &target,
+        "--quiet",
+        "--workload",
+        "ac-update",
+        "--ops",
+        "5",
+    ];
+    let mut with = base.to_vec();
+    with.extend(["--token-file", token_file]);
+    let r = kiln::bench::run_load(&kiln::bench::parse(with).unwrap().load)
+        .await
+        .expect("bench with a token");
+    assert!(r.ops > 0 && r.errors == 0, "{:?}", r.error_samples);
+    let without = kiln::bench::run_load(&kiln::bench::parse(base).unwrap().load).await;
+    let without = format!("{without:?}");
+    assert!(without.contains("needs a token"), "{without}");
+}
+
+#[test]
+fn worker_token_file_sends_the_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(dir.path(), &[("worker", CI, "bot")], &[]);
+    let token_file = dir.path().join("worker.token");
+    std::fs::write(&token_file, CI).unwrap();
+    let config = dir.path().join("kiln.toml");
+    std::fs::write(
+        &config,
+        format!("[auth]\ntokens_file = {:?}\n", tokens.to_str().unwrap()),
+    )
+    .unwrap();
+    let server = KilnServer::start_with(
+        &dir.path().join("data"),
+        &dir.path().join("kiln.log"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let bots = server.bots_socket.clone().unwrap();
+    let _worker = common::process::KilnWorker::start_with(
+        &format!("unix:{}", bots.display()),
+        &dir.path().join("work"),
+        &dir.path().join("worker.log"),
+        1,
+        &["--token-file", token_file.to_str().unwrap()],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let metrics = server.metrics.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = rt
+            .block_on(kiln::admin::http_get(&metrics, "/metrics"))
+            .unwrap();
+        assert!(!text.contains("kiln_auth_denied_total"), "{text}");
+        if text.contains("kiln_auth_requests_total{principal=\"worker\"}") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

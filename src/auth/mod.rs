@@ -10,6 +10,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 pub mod admin;
+mod bearer;
+
+pub use bearer::{AuthChannel, Bearer};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
