@@ -507,7 +507,7 @@ impl Prepared {
             let mut bot_routes = tonic::service::RoutesBuilder::default();
             services.add_to(&mut bot_routes);
             crate::bots::add_to(&scheduler, &mut bot_routes);
-            let bot_routes = crate::api::auth::protect(bot_routes.routes(), &auth);
+            let bot_routes = crate::api::auth::protect(bot_routes.routes(), &auth, true);
             bots = Some((bot_routes, bind_bots(config).await?));
         }
         let listeners = bind(config).await?;
@@ -528,7 +528,7 @@ impl Prepared {
         };
         Ok(Self {
             _lock: lock,
-            routes: crate::api::auth::protect(routes.routes(), &auth),
+            routes: crate::api::auth::protect(routes.routes(), &auth, false),
             listeners,
             metrics,
             metrics_listener,

@@ -290,6 +290,18 @@ async fn a_bot_without_the_bot_right_cannot_take_work() {
     assert!(e.message().contains("`bot`"), "{e:?}");
     let e = create_bot_session(&socket, None).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    // Nothing else on the bots socket either: its CAS is for bots.
+    let ci = kiln::worker::connect_with(
+        &format!("unix:{}", socket.display()),
+        kiln::auth::Bearer::from_token(CI).unwrap(),
+    )
+    .await
+    .unwrap();
+    let e = ci.batch_read(&[digest(b"input")]).await.unwrap_err();
+    assert!(
+        matches!(&e, kiln::worker::WorkerError::Rpc { status, .. } if status.code() == Code::PermissionDenied),
+        "{e:?}"
+    );
     server.stop().await;
 
     // The worker's uid granted `bot` in the file: its peer credentials are enough.
@@ -299,6 +311,15 @@ async fn a_bot_without_the_bot_right_cannot_take_work() {
     create_bot_session(&socket, None)
         .await
         .expect("a peer uid with `bot` opens a session");
+    // ... and reads the bots socket's CAS (a missing input, not a refusal).
+    let bot = kiln::worker::connect(&format!("unix:{}", socket.display()))
+        .await
+        .unwrap();
+    let e = bot.batch_read(&[digest(b"input")]).await.unwrap_err();
+    assert!(
+        matches!(e, kiln::worker::WorkerError::MissingInput(_)),
+        "{e:?}"
+    );
 }
 
 /// Runs `kiln token ARGS PATH` and returns its stdout.

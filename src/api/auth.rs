@@ -59,8 +59,10 @@ pub fn required_right(path: &str) -> Option<Right> {
     Some(r)
 }
 
-/// Decides one request: `Ok` or the reason it is refused. Counts it per principal.
-pub fn check<B>(auth: &Authorizer, req: &http::Request<B>) -> Result<(), AuthError> {
+/// Decides one request: `Ok` or the reason it is refused. Counts it per principal. On the
+/// bots listeners (`bots`) every method needs `bot`: a bot reads inputs and uploads outputs
+/// there, and nothing else may use that server.
+pub fn check<B>(auth: &Authorizer, req: &http::Request<B>, bots: bool) -> Result<(), AuthError> {
     if !auth.enabled() {
         return Ok(());
     }
@@ -81,7 +83,12 @@ pub fn check<B>(auth: &Authorizer, req: &http::Request<B>) -> Result<(), AuthErr
     let outcome = if caller.unknown_token {
         Err(AuthError::UnknownToken)
     } else {
-        match required_right(method) {
+        let needed = if bots {
+            Some(Right::Bot)
+        } else {
+            required_right(method)
+        };
+        match needed {
             None => Err(AuthError::UnknownMethod {
                 method: method.into(),
             }),
@@ -108,14 +115,18 @@ pub fn check<B>(auth: &Authorizer, req: &http::Request<B>) -> Result<(), AuthErr
 
 /// The tower layer: wraps a route table's service with [`AuthService`].
 #[derive(Clone)]
-pub struct AuthLayer(pub Arc<Authorizer>);
+pub struct AuthLayer {
+    auth: Arc<Authorizer>,
+    bots: bool,
+}
 
 impl<S> tower::Layer<S> for AuthLayer {
     type Service = AuthService<S>;
     fn layer(&self, inner: S) -> Self::Service {
         AuthService {
             inner,
-            auth: self.0.clone(),
+            auth: self.auth.clone(),
+            bots: self.bots,
         }
     }
 }
@@ -125,6 +136,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     auth: Arc<Authorizer>,
+    bots: bool,
 }
 
 impl<S, B, RB> tower::Service<http::Request<B>> for AuthService<S>
@@ -143,7 +155,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        match check(&self.auth, &req) {
+        match check(&self.auth, &req, self.bots) {
             Ok(()) => Box::pin(self.inner.call(req)),
             Err(e) => {
                 // A trailers-only gRPC response: the status is in the headers, the body empty.
@@ -154,12 +166,21 @@ where
     }
 }
 
-/// Puts the auth layer in front of every route of `routes` (unless auth is off).
-pub fn protect(routes: tonic::service::Routes, auth: &Arc<Authorizer>) -> tonic::service::Routes {
+/// Puts the auth layer in front of every route of `routes` (unless auth is off); `bots` for
+/// the bots listeners, where every method needs the `bot` right.
+pub fn protect(
+    routes: tonic::service::Routes,
+    auth: &Arc<Authorizer>,
+    bots: bool,
+) -> tonic::service::Routes {
     if !auth.enabled() {
         return routes;
     }
-    tonic::service::Routes::from(routes.into_axum_router().layer(AuthLayer(auth.clone())))
+    let layer = AuthLayer {
+        auth: auth.clone(),
+        bots,
+    };
+    tonic::service::Routes::from(routes.into_axum_router().layer(layer))
 }
 
 #[cfg(test)]
