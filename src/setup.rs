@@ -421,6 +421,38 @@ pub fn reload_on_sighup(auth: Arc<Authorizer>) -> Result<(), SetupError> {
     Ok(())
 }
 
+/// How often the tokens file's modification time and size are checked.
+pub const TOKENS_FILE_POLL: Duration = Duration::from_secs(2);
+
+/// Re-reads the tokens file when its modification time or size changes (checked every
+/// [`TOKENS_FILE_POLL`]), until `stop`; a bad file keeps the old table and logs why.
+async fn reload_on_change(auth: Arc<Authorizer>, stop: impl Future<Output = ()>) {
+    let stamp = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut last = stamp(auth.path());
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(TOKENS_FILE_POLL) => {}
+        }
+        let now = stamp(auth.path());
+        if now == last {
+            continue;
+        }
+        last = now;
+        match auth.reload() {
+            Ok(()) => tracing::info!("tokens file changed: reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "tokens file changed but not reloaded; the old one stays in force");
+            }
+        }
+    }
+}
+
 /// Warns loudly (at start, and as `auth_open_network_listeners` in `/metrics` and `/status`)
 /// when a TCP listener is reachable from other machines while every request may do everything.
 fn warn_if_open(auth: &Authorizer, grpc: &Listeners, bots: Option<&Listeners>, metrics: &Metrics) {
@@ -569,6 +601,9 @@ impl Prepared {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), SetupError> {
         let stop = server::Shutdown::new(shutdown);
+        if self.auth.enabled() {
+            tokio::spawn(reload_on_change(self.auth.clone(), stop.signal()));
+        }
         if let Some(l) = self.metrics_listener {
             tokio::spawn(crate::metrics::serve_http(
                 l,

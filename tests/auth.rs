@@ -408,6 +408,14 @@ fn sighup_reloads_the_tokens_file_and_a_bad_file_keeps_the_old_one() {
         assert!(Instant::now() < deadline, "{}", server.log_tail());
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The signal did it (the file watcher may have been first, but SIGHUP reloads too).
+    while !std::fs::read_to_string(server.log_path())
+        .unwrap()
+        .contains("SIGHUP: tokens file reloaded")
+    {
+        assert!(Instant::now() < deadline, "{}", server.log_tail());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(find(CI), Err(Code::Unauthenticated));
 }
 
@@ -503,4 +511,30 @@ fn worker_token_file_sends_the_header() {
         assert!(Instant::now() < deadline, "{text}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[tokio::test]
+async fn a_changed_tokens_file_is_reloaded_without_a_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(dir.path(), &[("ci", CI, "read")], &[]);
+    let server = start(&tokens, None).await;
+    let mut cas = server.cas().await;
+    cas.find_missing_blobs(req(missing(&[b"x"]), Some(CI)))
+        .await
+        .expect("old token");
+    tokens_file(dir.path(), &[("laptop", LAPTOP, "read")], &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cas
+        .find_missing_blobs(req(missing(&[b"x"]), Some(LAPTOP)))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the new file was not picked up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let e = cas
+        .find_missing_blobs(req(missing(&[b"x"]), Some(CI)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
 }

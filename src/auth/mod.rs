@@ -332,6 +332,11 @@ impl Authorizer {
         }))
     }
 
+    /// The tokens file (empty when auth is off).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Whether a tokens file is in force.
     pub fn enabled(&self) -> bool {
         self.enabled
