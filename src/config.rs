@@ -17,6 +17,26 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Remote execution: scheduler and bots.
     pub execution: ExecutionConfig,
+    /// Token authentication and rights (none by default: everything allowed).
+    pub auth: AuthConfig,
+}
+
+/// Who may do what. Without a `tokens_file` every request may do everything (today's
+/// behaviour, right for a laptop or a loopback-only box); with one, each request is allowed
+/// only the rights of its token (`authorization: Bearer <token>`), of its Unix peer uid, or of
+/// `anonymous`. Rights: `read`, `write`, `cache-write`, `execute`, `bot`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The tokens file (TOML: `[[principal]]` with `name`, `token_sha256`, `rights`, and
+    /// `[[unix_peer]]` with `uid`, `rights`), relative to the working directory. Default empty:
+    /// no auth. Manage it with `kiln token add/list/revoke`; SIGHUP re-reads it. Metric:
+    /// `kiln_auth_requests{principal}`, `kiln_auth_denied{principal}`.
+    pub tokens_file: String,
+    /// Rights of a request without a token (and of a Unix peer not in the file). Default:
+    /// none when `tokens_file` is set, everything when it is not. Recommended: `["read"]` for a
+    /// team whose laptops only read, unset for a box that must not leak sources.
+    pub anonymous: Option<Vec<String>>,
 }
 
 /// Where kiln listens and keeps its data.
@@ -297,6 +317,17 @@ impl Config {
 
     /// Rejects values that cannot work, naming the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for r in self.auth.anonymous.iter().flatten() {
+            if !crate::auth::RIGHT_NAMES.contains(&r.as_str()) {
+                return Err(ConfigError::Invalid {
+                    field: "auth.anonymous",
+                    reason: format!(
+                        "unknown right {r:?} (rights: {})",
+                        crate::auth::RIGHT_NAMES.join(", ")
+                    ),
+                });
+            }
+        }
         let invalid = |field, reason: &str| {
             Err(ConfigError::Invalid {
                 field,

@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod bots;
 pub mod cas;

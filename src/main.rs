@@ -120,12 +120,82 @@ enum Command {
         /// then protect the server's ports with `[auth]` or a firewall.
         #[arg(long = "action-network", value_enum, default_value = "none")]
         action_network: ActionNetwork,
+        /// A file holding the token sent as `authorization: Bearer` (needs the `bot` right;
+        /// not needed on `bots.sock` when the worker's uid is a `[[unix_peer]]` with `bot`).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// The action sandbox helper the worker runs as each action's first process (internal).
     #[command(hide = true)]
     ActionSandbox(kiln::worker::SandboxArgs),
     /// Measure any REAPI endpoint (or this box's limits with `bench baseline`).
     Bench(kiln::bench::BenchArgs),
+    /// Manage the tokens file of `[auth]` (send the server SIGHUP to apply).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+        /// The tokens file (default: `auth.tokens_file` of --config).
+        #[arg(long, global = true)]
+        file: Option<PathBuf>,
+        /// A config whose `auth.tokens_file` names the file.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Adds a principal and prints its new token once (only its SHA-256 is stored).
+    Add {
+        /// Principal name (shown in logs and metrics).
+        name: String,
+        /// Comma-separated rights: read, write, cache-write, execute, bot.
+        #[arg(long)]
+        rights: String,
+    },
+    /// Lists principals and their rights (no secrets).
+    List,
+    /// Removes a principal.
+    Revoke {
+        /// Principal name.
+        name: String,
+    },
+}
+
+fn token_command(
+    action: TokenAction,
+    file: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> Result<(), String> {
+    use kiln::auth::admin;
+    let path = match (file, config) {
+        (Some(f), _) => f,
+        (None, Some(c)) => {
+            let c = load(Some(c))?;
+            if c.auth.tokens_file.is_empty() {
+                return Err("the config sets no auth.tokens_file; pass --file".into());
+            }
+            PathBuf::from(c.auth.tokens_file)
+        }
+        (None, None) => return Err("pass --file PATH or --config kiln.toml".into()),
+    };
+    match action {
+        TokenAction::Add { name, rights } => {
+            let token = admin::add(&path, &name, &rights).map_err(|e| e.to_string())?;
+            println!("{token}");
+            eprintln!(
+                "kiln: added {name} to {}; the token above is shown only now. \
+                 Send the server SIGHUP to apply.",
+                path.display()
+            );
+        }
+        TokenAction::List => print!("{}", admin::list(&path).map_err(|e| e.to_string())?),
+        TokenAction::Revoke { name } => {
+            admin::revoke(&path, &name).map_err(|e| e.to_string())?;
+            eprintln!("kiln: revoked {name}; send the server SIGHUP to apply.");
+        }
+    }
+    Ok(())
 }
 
 fn load(config: Option<PathBuf>) -> Result<Config, String> {
@@ -209,7 +279,12 @@ fn main() -> ExitCode {
             action_hide,
             action_writable,
             action_network,
+            token_file,
         } => runtime.block_on(async {
+            let bearer = match &token_file {
+                Some(p) => kiln::auth::Bearer::from_file(p).map_err(|e| e.to_string())?,
+                None => kiln::auth::Bearer::none(),
+            };
             let (uid, gid) = kiln::worker::resolve_user(action_user.as_deref(), allow_root_actions)
                 .map_err(|e| e.to_string())?;
             let helper = std::env::current_exe()
@@ -246,11 +321,16 @@ fn main() -> ExitCode {
                 server_data_dir,
             };
             tokio::select! {
-                r = kiln::worker::run(config) => r.map_err(|e| e.to_string()),
+                r = kiln::worker::run_with(config, bearer) => r.map_err(|e| e.to_string()),
                 () = shutdown_signal() => Ok(()),
             }
         }),
         Command::Bench(args) => runtime.block_on(kiln::bench::run(args)),
+        Command::Token {
+            action,
+            file,
+            config,
+        } => token_command(action, file, config),
         Command::ActionSandbox(_) => unreachable!("handled before the runtime starts"),
     };
     match result {

@@ -1,6 +1,7 @@
 //! The one place that turns a [`Config`] into live objects and starts them.
 
 use crate::api::{CacheServices, Limits};
+use crate::auth::{Authorizer, Rights};
 use crate::cas::{ActionCache, Cas};
 use crate::config::Config;
 use crate::config::{DurabilityMode, IoBackendName};
@@ -32,6 +33,9 @@ pub enum SetupError {
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The tokens file of `[auth]` cannot be used.
+    #[error("auth.tokens_file: {0}")]
+    Auth(#[from] crate::auth::AuthFileError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SetupError {
@@ -385,6 +389,107 @@ fn set_socket_mode(path: &std::path::Path) -> Result<(), SetupError> {
         .map_err(io(format!("cannot chmod {}", path.display())))
 }
 
+/// The rights table a config asks for: everything allowed without `auth.tokens_file`.
+pub fn authorizer(config: &Config) -> Result<Arc<Authorizer>, SetupError> {
+    let a = &config.auth;
+    if a.tokens_file.is_empty() {
+        return Ok(Authorizer::open());
+    }
+    let anonymous = match &a.anonymous {
+        None => Rights::NONE,
+        Some(names) => Rights::parse(names)?,
+    };
+    let auth = Authorizer::load(std::path::Path::new(&a.tokens_file), anonymous)?;
+    tracing::info!(tokens_file = %a.tokens_file, anonymous = ?anonymous.names(), "auth on");
+    Ok(auth)
+}
+
+/// Re-reads the tokens file on every SIGHUP; a bad file keeps the old table and logs why.
+pub fn reload_on_sighup(auth: Arc<Authorizer>) -> Result<(), SetupError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).map_err(io("cannot watch SIGHUP"))?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match auth.reload() {
+                Ok(()) => tracing::info!("SIGHUP: tokens file reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: tokens file not reloaded; the old one stays in force");
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// How often the tokens file's modification time and size are checked.
+pub const TOKENS_FILE_POLL: Duration = Duration::from_secs(2);
+
+/// Re-reads the tokens file when its modification time or size changes (checked every
+/// [`TOKENS_FILE_POLL`]), until `stop`; a bad file keeps the old table and logs why.
+async fn reload_on_change(auth: Arc<Authorizer>, stop: impl Future<Output = ()>) {
+    let stamp = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut last = stamp(auth.path());
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(TOKENS_FILE_POLL) => {}
+        }
+        let now = stamp(auth.path());
+        if now == last {
+            continue;
+        }
+        last = now;
+        match auth.reload() {
+            Ok(()) => tracing::info!("tokens file changed: reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "tokens file changed but not reloaded; the old one stays in force");
+            }
+        }
+    }
+}
+
+/// Warns loudly (at start, and as `auth_open_network_listeners` in `/metrics` and `/status`)
+/// when a TCP listener is reachable from other machines while every request may do everything.
+fn warn_if_open(auth: &Authorizer, grpc: &Listeners, bots: Option<&Listeners>, metrics: &Metrics) {
+    if auth.enabled() {
+        return;
+    }
+    let open: Vec<std::net::SocketAddr> = grpc
+        .tcp
+        .iter()
+        .chain(bots.into_iter().flat_map(|b| b.tcp.iter()))
+        .filter_map(|l| l.local_addr().ok())
+        .filter(|a| !a.ip().is_loopback())
+        .collect();
+    if open.is_empty() {
+        return;
+    }
+    let text = open
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    tracing::warn!(
+        listeners = %text,
+        "!!! NO AUTH: kiln listens on {text} (not loopback) and every client that reaches it \
+         may read, write the cache and run actions. Set [auth] tokens_file (kiln token add) or \
+         firewall these ports. !!!"
+    );
+    let n = open.len() as i64;
+    metrics.add_gauge_source(Box::new(move || {
+        vec![(
+            "auth_open_network_listeners",
+            "WARNING when > 0: listeners on non-loopback addresses with no [auth] configured",
+            n,
+        )]
+    }));
+}
+
 /// A server whose listeners are bound and whose objects are built, not yet serving.
 pub struct Prepared {
     _lock: nix::fcntl::Flock<std::fs::File>,
@@ -394,6 +499,7 @@ pub struct Prepared {
     bots: Option<(tonic::service::Routes, Listeners)>,
     metrics: Arc<Metrics>,
     metrics_listener: Option<tokio::net::TcpListener>,
+    auth: Arc<Authorizer>,
 }
 
 impl Prepared {
@@ -401,7 +507,18 @@ impl Prepared {
     pub async fn new(config: &Config) -> Result<Self, SetupError> {
         config.validate()?;
         let lock = lock_data_dir(config)?;
+        let auth = authorizer(config)?;
         let metrics = Metrics::new();
+        metrics.register(
+            "auth_requests",
+            "Requests per principal (with auth on)",
+            auth.requests.clone(),
+        );
+        metrics.register(
+            "auth_denied",
+            "Requests refused per principal (with auth on)",
+            auth.denied.clone(),
+        );
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(
             open_store(config, &metrics)?,
             metrics.clone(),
@@ -422,7 +539,8 @@ impl Prepared {
             let mut bot_routes = tonic::service::RoutesBuilder::default();
             services.add_to(&mut bot_routes);
             crate::bots::add_to(&scheduler, &mut bot_routes);
-            bots = Some((bot_routes.routes(), bind_bots(config).await?));
+            let bot_routes = crate::api::auth::protect(bot_routes.routes(), &auth, true);
+            bots = Some((bot_routes, bind_bots(config).await?));
         }
         let listeners = bind(config).await?;
         let mut limits = vec![("grpc", listeners.connections.clone())];
@@ -431,6 +549,7 @@ impl Prepared {
         }
         metrics.add_gauge_source(Box::new(move || connection_gauges(&limits)));
         metrics.add_gauge_source(Box::new(server::authority::gauges));
+        warn_if_open(&auth, &listeners, bots.as_ref().map(|(_, l)| l), &metrics);
         let metrics_listener = match config.server.metrics_listen.as_str() {
             "" => None,
             addr => Some(
@@ -441,11 +560,12 @@ impl Prepared {
         };
         Ok(Self {
             _lock: lock,
-            routes: routes.routes(),
+            routes: crate::api::auth::protect(routes.routes(), &auth, false),
             listeners,
             metrics,
             metrics_listener,
             bots,
+            auth,
         })
     }
 
@@ -454,6 +574,11 @@ impl Prepared {
         self.metrics_listener
             .as_ref()
             .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The rights table of this server (reloaded on SIGHUP by `kiln serve`).
+    pub fn auth(&self) -> Arc<Authorizer> {
+        self.auth.clone()
     }
 
     /// The metrics registry of this server.
@@ -476,6 +601,9 @@ impl Prepared {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), SetupError> {
         let stop = server::Shutdown::new(shutdown);
+        if self.auth.enabled() {
+            tokio::spawn(reload_on_change(self.auth.clone(), stop.signal()));
+        }
         if let Some(l) = self.metrics_listener {
             tokio::spawn(crate::metrics::serve_http(
                 l,
@@ -506,6 +634,7 @@ pub async fn serve(
         Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
     }
     let prepared = Prepared::new(&config).await?;
+    reload_on_sighup(prepared.auth())?;
     tracing::info!(data_dir = %config.server.data_dir.display(), "kiln ready");
     {
         // One line per listener, then `ready`: scripts and tests read these to learn the ports.

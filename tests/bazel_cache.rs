@@ -760,3 +760,87 @@ fn unix_socket_remote_proxy_all_hits() {
     assert_same_outputs("warm-unix", &first, &second, |_| true);
     bazel.shutdown("ob2");
 }
+
+/// Bazel 2.1.0 against a kiln with `[auth]`. Bazel 2.1 sends `--remote_header`
+/// only to HTTP caches, never over gRPC (checked: kiln sees no `authorization`
+/// header), so it gets rights the other way kiln offers: through the Unix
+/// socket (`--remote_proxy`), as a `[[unix_peer]]` uid with read, write and
+/// cache-write. A cold build uploads, a second build is all hits; the same
+/// build over TCP, where it is anonymous (no rights), is refused with
+/// UNAUTHENTICATED and gets no hit.
+#[test]
+fn auth_unix_peer_all_hits_and_anonymous_tcp_denied() {
+    let _guard = lock();
+    let bin = bazel_binary();
+    let tmp = tempfile::tempdir().unwrap();
+    let uid = nix::unistd::getuid().as_raw();
+    let tokens = tmp.path().join("tokens.toml");
+    fs::write(
+        &tokens,
+        format!(
+            "[[principal]]\nname = \"ci\"\ntoken_sha256 = {:?}\nrights = [\"read\"]\n\n\
+             [[unix_peer]]\nuid = {uid}\nrights = [\"read\", \"write\", \"cache-write\"]\n",
+            kiln::auth::token_sha256("unused-token")
+        ),
+    )
+    .unwrap();
+    let config = tmp.path().join("kiln.toml");
+    fs::write(
+        &config,
+        format!("[auth]\ntokens_file = {:?}\n", tokens.to_str().unwrap()),
+    )
+    .unwrap();
+    let server = KilnServer::start_with(
+        &tmp.path().join("kiln-data"),
+        &tmp.path().join("kiln.log"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let Some(socket) = server.unix_socket.clone() else {
+        server.fail("kiln printed no `listening unix:` line")
+    };
+    let proxy = format!("--remote_proxy=unix:{}", socket.display());
+    let flags = [
+        "--remote_download_outputs=all",
+        "--remote_cache=grpc://localhost",
+        proxy.as_str(),
+    ];
+    let mut bazel = Bazel::new(bin, tmp.path(), &server);
+
+    let cold = bazel.build("ob1", "cold-peer", &flags);
+    assert_cold_build(&bazel, &cold);
+    let first = snapshot_outputs(&bazel.output_base("ob1"));
+    bazel.clean_expunge("ob1");
+    bazel.shutdown("ob1");
+
+    let warm = bazel.build("ob2", "warm-peer", &flags);
+    assert_all_hits(&bazel, "warm-peer", &warm);
+    let second = snapshot_outputs(&bazel.output_base("ob2"));
+    assert_same_outputs("warm-peer", &first, &second, |_| true);
+    bazel.shutdown("ob2");
+
+    // The same build over TCP: anonymous, refused.
+    let ob3 = bazel.output_base("ob3");
+    let args: Vec<String> = [
+        "--color=no",
+        "--curses=no",
+        "--noshow_progress",
+        "--symlink_prefix=/",
+        "--remote_timeout=60",
+        "--incompatible_strict_action_env",
+    ]
+    .iter()
+    .map(|s| (*s).to_string())
+    .chain([format!("--remote_cache={}", server.url()), "//...".into()])
+    .collect();
+    let (ok, _, stderr) = bazel.run(&ob3, "build", &args);
+    eprintln!("[anonymous-tcp] ok={ok}\n{stderr}");
+    assert!(
+        stderr.contains("UNAUTHENTICATED"),
+        "anonymous build did not see UNAUTHENTICATED:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("remote cache hit"),
+        "anonymous build got cache hits:\n{stderr}"
+    );
+    bazel.shutdown("ob3");
+}

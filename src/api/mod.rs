@@ -2,6 +2,7 @@
 //! (or `exec`), encode the answer. Status codes are chosen in [`status`] only.
 
 mod action_cache;
+pub mod auth;
 mod bytestream;
 mod capabilities;
 mod cas;

@@ -3,6 +3,7 @@
 //! Codes follow the REAPI spec: malformed requests and digest mismatches are INVALID_ARGUMENT,
 //! misses NOT_FOUND, a full store RESOURCE_EXHAUSTED, offsets past the end OUT_OF_RANGE.
 
+use super::auth::AuthError;
 use super::resource_name::ResourceNameError;
 use crate::cas::CasError;
 use crate::digest::DigestError;
@@ -166,5 +167,18 @@ impl From<ExecError> for Status {
             status.message.clone(),
             status.encode_to_vec().into(),
         )
+    }
+}
+
+/// The status of a refused request: UNAUTHENTICATED without a known token, PERMISSION_DENIED
+/// (naming the missing right) for a known caller lacking it.
+pub fn auth_status(err: &AuthError) -> Status {
+    match err {
+        AuthError::NoToken { .. } | AuthError::UnknownToken => {
+            Status::unauthenticated(err.to_string())
+        }
+        AuthError::Denied { .. } | AuthError::UnknownMethod { .. } => {
+            Status::permission_denied(err.to_string())
+        }
     }
 }

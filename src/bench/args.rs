@@ -81,6 +81,9 @@ pub struct LoadArgs {
     /// REAPI instance name.
     #[arg(long, default_value = "")]
     pub instance: String,
+    /// A file holding the token sent as `authorization: Bearer` (servers with `[auth]`).
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
     /// What to send.
     #[arg(long, value_enum)]
     pub workload: Option<WorkloadKind>,

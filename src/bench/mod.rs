@@ -52,7 +52,13 @@ pub async fn run_load(args: &LoadArgs) -> Result<Report, BenchError> {
     for _ in 0..args.connections.max(1) {
         channels.push(target.connect().await?);
     }
-    let clients = Arc::new(Clients::new(channels, args.instance.clone()));
+    let bearer = match &args.token_file {
+        Some(p) => {
+            crate::auth::Bearer::from_file(p).map_err(|e| BenchError::Usage(e.to_string()))?
+        }
+        None => crate::auth::Bearer::none(),
+    };
+    let clients = Arc::new(Clients::new(channels, args.instance.clone()).with_bearer(bearer));
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

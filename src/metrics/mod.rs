@@ -102,6 +102,19 @@ impl Metrics {
         Arc::new(m)
     }
 
+    /// Registers a metric owned by another layer (the per-principal auth counters).
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.registry
+            .lock()
+            .expect("metrics lock")
+            .register(name, help, metric);
+    }
+
     /// Adds gauges read at every scrape, e.g. the storage engine's statistics.
     pub fn add_gauge_source(&self, source: GaugeSource) {
         self.extra.lock().expect("metrics lock").push(source);

@@ -3,6 +3,7 @@
 //! FindMissingBlobs + BatchUpdateBlobs / ByteStream writes for outputs.
 
 use super::error::{WorkerError, io, rpc};
+use crate::auth::{AuthChannel, Bearer};
 use crate::digest::{Digest, DigestFunction};
 use crate::proto::bytestream::byte_stream_client::ByteStreamClient;
 use crate::proto::bytestream::{ReadRequest, WriteRequest};
@@ -16,7 +17,7 @@ use bytes::Bytes;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncWriteExt;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Endpoint, Uri};
 
 /// Blobs up to this size travel in batches; larger ones stream through ByteStream.
 pub const BATCH_BLOB_LIMIT: u64 = 1 << 20;
@@ -37,13 +38,18 @@ pub enum Source {
 #[derive(Clone)]
 pub struct Client {
     /// Bots service.
-    pub bots: BotsClient<Channel>,
-    cas: ContentAddressableStorageClient<Channel>,
-    bytestream: ByteStreamClient<Channel>,
+    pub bots: BotsClient<AuthChannel>,
+    cas: ContentAddressableStorageClient<AuthChannel>,
+    bytestream: ByteStreamClient<AuthChannel>,
 }
 
 /// Connects to `unix:PATH` or `grpc://HOST:PORT` (also `http://`).
 pub async fn connect(server: &str) -> Result<Client, WorkerError> {
+    connect_with(server, Bearer::none()).await
+}
+
+/// Connects, sending `bearer`'s `authorization` header on every call (`--token-file`).
+pub async fn connect_with(server: &str, bearer: Bearer) -> Result<Client, WorkerError> {
     let fail = |reason: String| WorkerError::Connect {
         server: server.to_string(),
         reason,
@@ -71,11 +77,13 @@ pub async fn connect(server: &str) -> Result<Client, WorkerError> {
             .map_err(|e| fail(e.to_string()))?
     };
     Ok(Client {
-        bots: BotsClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE),
-        cas: ContentAddressableStorageClient::new(channel.clone())
+        bots: BotsClient::with_interceptor(channel.clone(), bearer.clone())
+            .max_decoding_message_size(MAX_MESSAGE),
+        cas: ContentAddressableStorageClient::with_interceptor(channel.clone(), bearer.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE),
-        bytestream: ByteStreamClient::new(channel).max_decoding_message_size(MAX_MESSAGE),
+        bytestream: ByteStreamClient::with_interceptor(channel, bearer)
+            .max_decoding_message_size(MAX_MESSAGE),
     })
 }
 

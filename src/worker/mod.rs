@@ -29,7 +29,7 @@ mod sandbox_helper;
 mod session;
 mod stage;
 
-pub use client::{Client, connect};
+pub use client::{Client, connect, connect_with};
 pub use error::WorkerError;
 pub use isolation::Isolation;
 pub use run::Limits;
@@ -111,7 +111,15 @@ fn hostname() -> String {
 
 /// Connects and runs `concurrency` slots until the process is stopped. Prints `worker ready`
 /// to stdout once connected.
-pub async fn run(mut config: WorkerConfig) -> Result<(), WorkerError> {
+pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
+    run_with(config, crate::auth::Bearer::none()).await
+}
+
+/// [`run`], sending `bearer`'s `authorization` header on every call (`--token-file`).
+pub async fn run_with(
+    mut config: WorkerConfig,
+    bearer: crate::auth::Bearer,
+) -> Result<(), WorkerError> {
     if config.limits.isolation == Isolation::Namespaces {
         isolation::probe().map_err(error::io(
             "--isolation namespaces: cannot create network/IPC/UTS/PID namespaces (needs CAP_SYS_ADMIN)",
@@ -119,7 +127,7 @@ pub async fn run(mut config: WorkerConfig) -> Result<(), WorkerError> {
     }
     reaper::enable().map_err(error::io("PR_SET_CHILD_SUBREAPER"))?;
     let data_dir = server_data_dir(&config);
-    let client = connect(&config.server).await?;
+    let client = connect_with(&config.server, bearer).await?;
     let cache = Arc::new(cache::FileCache::open(
         config.work_dir.join("cache"),
         config.cache_max_bytes,

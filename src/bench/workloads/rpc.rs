@@ -1,5 +1,6 @@
 //! Clients for the target and the RPC helpers the workloads share (standard REAPI only).
 
+use crate::auth::{AuthChannel, Bearer};
 use crate::bench::BenchError;
 use crate::bench::data::Blob;
 use crate::bench::target::MAX_MESSAGE;
@@ -13,6 +14,7 @@ use crate::proto::reapi::content_addressable_storage_client::ContentAddressableS
 use crate::proto::reapi::execution_client::ExecutionClient;
 use crate::proto::reapi::{BatchUpdateBlobsRequest, GetCapabilitiesRequest, ServerCapabilities};
 use futures::StreamExt;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// Bytes per ByteStream write message (Bazel sends 16–64 KiB).
@@ -34,42 +36,57 @@ pub struct Clients {
     channels: Vec<Channel>,
     /// The REAPI instance name.
     pub instance: String,
+    bearer: Bearer,
 }
 
 impl Clients {
     /// Wraps open connections.
     pub fn new(channels: Vec<Channel>, instance: String) -> Self {
         assert!(!channels.is_empty(), "at least one connection");
-        Self { channels, instance }
+        Self {
+            channels,
+            instance,
+            bearer: Bearer::none(),
+        }
     }
 
-    fn channel(&self, worker: usize) -> Channel {
-        self.channels[worker % self.channels.len()].clone()
+    /// Sends `bearer`'s `authorization` header on every call (`--token-file`).
+    #[must_use]
+    pub fn with_bearer(mut self, bearer: Bearer) -> Self {
+        self.bearer = bearer;
+        self
+    }
+
+    fn channel(&self, worker: usize) -> AuthChannel {
+        InterceptedService::new(
+            self.channels[worker % self.channels.len()].clone(),
+            self.bearer.clone(),
+        )
     }
 
     /// CAS client for a worker.
-    pub fn cas(&self, worker: usize) -> ContentAddressableStorageClient<Channel> {
+    pub fn cas(&self, worker: usize) -> ContentAddressableStorageClient<AuthChannel> {
         ContentAddressableStorageClient::new(self.channel(worker))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)
     }
 
     /// ByteStream client for a worker.
-    pub fn bytestream(&self, worker: usize) -> ByteStreamClient<Channel> {
+    pub fn bytestream(&self, worker: usize) -> ByteStreamClient<AuthChannel> {
         ByteStreamClient::new(self.channel(worker))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)
     }
 
     /// Action cache client for a worker.
-    pub fn ac(&self, worker: usize) -> ActionCacheClient<Channel> {
+    pub fn ac(&self, worker: usize) -> ActionCacheClient<AuthChannel> {
         ActionCacheClient::new(self.channel(worker))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)
     }
 
     /// Execution client for a worker.
-    pub fn execution(&self, worker: usize) -> ExecutionClient<Channel> {
+    pub fn execution(&self, worker: usize) -> ExecutionClient<AuthChannel> {
         ExecutionClient::new(self.channel(worker))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)
