@@ -108,16 +108,7 @@ impl Engine {
                 );
                 st.tail = tail;
                 st.head = head;
-                if fresh || st.synced.seq == 0 {
-                    st.synced = Pos {
-                        seq: head,
-                        off: cfg.segment_size,
-                    };
-                }
-                st.checkpoint = Pos {
-                    seq: tail,
-                    off: SEGMENT_HEADER_LEN,
-                };
+                replay_whole_ring(&mut st, cfg.segment_size, fresh);
                 rebuild = true;
             } else {
                 // Without a state (lost, or never written) old segment files may still hold
@@ -153,16 +144,7 @@ impl Engine {
             index.reset();
             io.sync(&[Arc::clone(index.file())])?;
             st.invalid.clear();
-            if st.synced.seq == 0 {
-                st.synced = Pos {
-                    seq: st.head,
-                    off: cfg.segment_size,
-                };
-            }
-            st.checkpoint = Pos {
-                seq: st.tail,
-                off: SEGMENT_HEADER_LEN,
-            };
+            replay_whole_ring(&mut st, cfg.segment_size, false);
             rebuild = true;
         }
         let epoch = st.limit.max(st.durable + 1);
@@ -306,6 +288,23 @@ impl Drop for Engine {
             let _ = t.join();
         }
     }
+}
+
+/// Points the replay at the whole ring `tail..=head` (the index is rebuilt from its records):
+/// the checkpoint at the tail's first record, and, when no synced position is known (or
+/// `forget_synced`, the state having been lost), everything up to the head's end counted as
+/// synced.
+fn replay_whole_ring(st: &mut State, segment_size: u64, forget_synced: bool) {
+    if forget_synced || st.synced.seq == 0 {
+        st.synced = Pos {
+            seq: st.head,
+            off: segment_size,
+        };
+    }
+    st.checkpoint = Pos {
+        seq: st.tail,
+        off: SEGMENT_HEADER_LEN,
+    };
 }
 
 #[async_trait]
