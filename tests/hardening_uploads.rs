@@ -539,3 +539,34 @@ async fn a_resume_from_a_status_read_before_the_stream_ended_succeeds() {
         .unwrap();
     assert_eq!(r_call.await.unwrap().unwrap(), data.len() as i64);
 }
+
+/// A compressed upload may send at most what zstd needs for its declared size: frames that
+/// decode to nothing (skippable frames) cannot keep a stream and its reservation busy for ever.
+#[tokio::test]
+async fn compressed_input_past_the_zstd_bound_is_refused() {
+    let server = TestServer::start().await;
+    let d = digest(b"0123456789");
+    let name = format!(
+        "uploads/{}/compressed-blobs/zstd/{}/{}",
+        uuid::Uuid::new_v4(),
+        d.hash_hex(),
+        d.size
+    );
+    // Skippable frames: magic 0x184D2A50, a 4-byte length, then that many ignored bytes.
+    let mut junk = Vec::new();
+    while junk.len() < 200 << 10 {
+        junk.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+        junk.extend_from_slice(&4096u32.to_le_bytes());
+        junk.extend(std::iter::repeat_n(0u8, 4096));
+    }
+    let bs = server.bytestream().await;
+    let (tx, call) = open_write(&bs, &name, 0, junk).await;
+    let result = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("the stream was not refused while it stayed open")
+        .unwrap();
+    let err = result.expect_err("200 KiB of compressed input for a 10-byte blob");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("more than"), "{err:?}");
+    drop(tx);
+}
