@@ -317,6 +317,17 @@ impl Config {
 
     /// Rejects values that cannot work, naming the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth.anonymous.is_some() && self.auth.tokens_file.is_empty() {
+            // Without a tokens file auth is off and every request may do everything: an
+            // `anonymous` list there would look like a restriction and be none.
+            return Err(ConfigError::Invalid {
+                field: "auth.anonymous",
+                reason: "set, but auth.tokens_file is empty, so auth is off and every request \
+                         may do everything; name a tokens file (`kiln token add` creates it) or \
+                         remove auth.anonymous"
+                    .into(),
+            });
+        }
         for r in self.auth.anonymous.iter().flatten() {
             if !crate::auth::RIGHT_NAMES.contains(&r.as_str()) {
                 return Err(ConfigError::Invalid {
@@ -477,5 +488,14 @@ mod tests {
                 .contains("max_message_bytes")
         );
         assert!(toml::from_str::<Config>("[server]\nbogus = 1").is_err());
+        let mut c = Config::default();
+        c.auth.anonymous = Some(vec!["read".into()]);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("auth.anonymous") && e.contains("tokens_file"),
+            "{e}"
+        );
+        c.auth.tokens_file = "tokens.toml".into();
+        c.validate().unwrap();
     }
 }

@@ -5,6 +5,35 @@ use super::{AuthFileError, PrincipalEntry, Rights, Table, TokensFile, token_sha2
 use std::fmt::Write;
 use std::path::Path;
 
+/// Runs one read-modify-write of the tokens file under an exclusive lock on `<file>.lock`, so
+/// two `kiln token` commands at once (two admins, a provisioning script) cannot lose each
+/// other's change or share the temporary file the new version is written to.
+fn locked<T>(
+    path: &Path,
+    edit: impl FnOnce() -> Result<T, AuthFileError>,
+) -> Result<T, AuthFileError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = std::path::PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| AuthFileError::Io {
+            path: lock_path.clone(),
+            source,
+        })?;
+    let _guard =
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
+            AuthFileError::Io {
+                path: lock_path,
+                source: e.into(),
+            }
+        })?;
+    edit()
+}
+
 /// Reads the file, or an empty one when it does not exist yet.
 fn read_or_empty(path: &Path) -> Result<TokensFile, AuthFileError> {
     match TokensFile::read(path) {
@@ -25,6 +54,10 @@ pub fn new_token() -> Result<String, AuthFileError> {
 
 /// Adds principal `name` with `rights` (comma-separated) and returns its new token.
 pub fn add(path: &Path, name: &str, rights: &str) -> Result<String, AuthFileError> {
+    locked(path, || add_unlocked(path, name, rights))
+}
+
+fn add_unlocked(path: &Path, name: &str, rights: &str) -> Result<String, AuthFileError> {
     let mut file = read_or_empty(path)?;
     let rights: Vec<String> = rights
         .split(',')
@@ -64,6 +97,10 @@ pub fn list(path: &Path) -> Result<String, AuthFileError> {
 
 /// Removes principal `name` (a running server forgets it on SIGHUP).
 pub fn revoke(path: &Path, name: &str) -> Result<(), AuthFileError> {
+    locked(path, || revoke_unlocked(path, name))
+}
+
+fn revoke_unlocked(path: &Path, name: &str) -> Result<(), AuthFileError> {
     let mut file = TokensFile::read(path)?;
     let before = file.principal.len();
     file.principal.retain(|p| p.name != name);
@@ -98,5 +135,28 @@ mod tests {
         revoke(&p, "ci").unwrap();
         assert!(revoke(&p, "ci").is_err());
         assert_eq!(list(&p).unwrap(), "");
+    }
+
+    /// Concurrent `kiln token add`s each keep their principal (without the lock they read the
+    /// same old file, and all but the last rename lose their entry or fail on the shared
+    /// temporary file).
+    #[test]
+    fn concurrent_adds_keep_every_principal() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tokens.toml");
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    for j in 0..5 {
+                        add(&p, &format!("p{i}-{j}"), "read").unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(list(&p).unwrap().lines().count(), 40);
     }
 }
