@@ -163,9 +163,19 @@ pub struct StorageConfig {
     pub sync_interval_ms: u64,
     /// `auto` (default), `io_uring` or `psync`.
     pub io_backend: IoBackendName,
-    /// Index slots of 64 bytes; 0 = derive from capacity (capacity / 16 KiB, at least 65536).
-    /// Symptom when too small: `kiln_index_displaced` above 0.
+    /// Initial index slots of 64 bytes; 0 = derive from capacity (capacity / 16 KiB, at least
+    /// 65536). The index grows by itself while serving (see `index_max_slots`), and a larger
+    /// value here rebuilds the index from the segment records at the next start, keeping
+    /// every blob. Metric: `kiln_storage_index_slots`.
     pub index_slots: u64,
+    /// Most slots the index grows to; 0 = capacity / 512 rounded up to a power of two (at
+    /// most an eighth of the capacity on disk). Symptom when too small:
+    /// `kiln_storage_index_displaced` above 0 while `kiln_storage_index_slots` equals
+    /// `kiln_storage_index_max_slots`.
+    pub index_max_slots: u64,
+    /// Share of live slots at which the index doubles. Default 0.5 (a lookup reads one or two
+    /// cache lines on average). Metric: `kiln_storage_index_load_permille`.
+    pub index_grow_load: f64,
     /// Slots probed per lookup. Default 32.
     pub probe_limit: u32,
     /// Bytes per record when a large blob is streamed in parts. Default 1 MiB.
@@ -197,6 +207,8 @@ impl Default for StorageConfig {
             sync_interval_ms: 200,
             io_backend: IoBackendName::Auto,
             index_slots: 0,
+            index_max_slots: 0,
+            index_grow_load: 0.5,
             probe_limit: 32,
             part_size_bytes: 1 << 20,
             copy_forward_segments: 0,

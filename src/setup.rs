@@ -150,6 +150,8 @@ pub fn engine_config(config: &Config) -> Result<EngineConfig, SetupError> {
         IoBackendName::Psync => IoBackend::Psync,
     };
     e.index_slots = st.index_slots;
+    e.index_max_slots = st.index_max_slots;
+    e.index_grow_load = st.index_grow_load;
     e.probe_limit = st.probe_limit;
     e.part_size = st.part_size_bytes;
     e.copy_forward_segments = st.copy_forward_segments;
@@ -288,6 +290,31 @@ pub fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, 
                 "storage_index_rebuilds",
                 "Index rebuilds from the segment records at open",
                 s.index_rebuilds as i64,
+            ),
+            (
+                "storage_index_slots",
+                "Slots of the index in force (64 bytes each)",
+                s.index_slots as i64,
+            ),
+            (
+                "storage_index_max_slots",
+                "Most slots the index may grow to (storage.index_max_slots)",
+                s.index_max_slots as i64,
+            ),
+            (
+                "storage_index_load_permille",
+                "Share of index slots holding a live entry at the last check, in thousandths (sampled)",
+                s.index_load_permille as i64,
+            ),
+            (
+                "storage_index_growths",
+                "Times the index was doubled online because its load passed storage.index_grow_load",
+                s.index_growths as i64,
+            ),
+            (
+                "storage_index_grow_failures",
+                "Index growths that could not be done (no disk space for the larger file, ...)",
+                s.index_grow_failures as i64,
             ),
         ]
     }));

@@ -60,6 +60,21 @@ pub struct EngineConfig {
     /// blobs (load factor <= 0.66). Too small: `index_displaced` grows and blobs become
     /// unreachable before eviction.
     pub index_slots: u64,
+    /// Most slots the index grows to while serving (it doubles when the share of live slots
+    /// passes `index_grow_load`). 0 = derive: capacity / 512 rounded up to a power of two
+    /// (the index file then takes at most an eighth of the capacity, 2 GiB for 16 GiB, and
+    /// holds at least capacity / 1 KiB entries at the threshold), never below `index_slots`.
+    /// Too small for a store of many small blobs: `index_displaced` grows once the index is
+    /// at its maximum (the oldest entries go first).
+    pub index_max_slots: u64,
+    /// Share of live slots at which the index is grown. Default 0.5: a hit probes about 1.5
+    /// slots and a miss about 2.5 on average (linear probing), so most lookups read one or
+    /// two cache lines. Must be in 0.1..=0.9.
+    pub index_grow_load: f64,
+    /// Pause of the index-growth copier before it copies (tests: widens the window in which
+    /// a crash lands during a growth, as a slow disk would). Default 0.
+    #[doc(hidden)]
+    pub grow_copy_delay: Duration,
     /// Slots probed per lookup/insert. Default 32 (a 2 KiB window; measured at load 0.5 over
     /// 1M inserts: 16 slots displaced ~0.03% of entries, 32 a handful). Larger tolerates higher
     /// load factors but slows misses. Wrong: `index_displaced` grows at a low load factor.
@@ -96,6 +111,9 @@ impl EngineConfig {
             durability: Durability::default(),
             io: IoBackend::default(),
             index_slots: 0,
+            index_max_slots: 0,
+            index_grow_load: 0.5,
+            grow_copy_delay: Duration::ZERO,
             probe_limit: 32,
             part_size: MIB,
             copy_forward_segments: 0,
@@ -119,6 +137,18 @@ impl EngineConfig {
         } else {
             self.index_slots
         }
+    }
+
+    /// Largest index after applying the default (never below the initial size).
+    pub fn effective_index_max_slots(&self) -> u64 {
+        let derived = if self.index_max_slots == 0 {
+            (self.capacity_bytes / 512).next_power_of_two()
+        } else {
+            self.index_max_slots
+        };
+        derived
+            .min(super::index::MAX_SLOTS)
+            .max(self.effective_index_slots())
     }
 
     /// Copy-forward window after applying the default.
@@ -185,6 +215,12 @@ impl EngineConfig {
         if slots < u64::from(self.probe_limit) || slots > 1 << 34 {
             return bad(format!(
                 "index_slots {slots} must be at least probe_limit and at most 2^34"
+            ));
+        }
+        if !(0.1..=0.9).contains(&self.index_grow_load) {
+            return bad(format!(
+                "index_grow_load {} must be in 0.1..=0.9",
+                self.index_grow_load
             ));
         }
         if self.effective_copy_forward() >= self.segments() {

@@ -4,7 +4,7 @@ use super::config::EngineConfig;
 use super::format::{
     InvalidRange, MAX_INVALID_RANGES, Pos, SEGMENT_HEADER_LEN, State, state_slot_offset,
 };
-use super::index::Index;
+use super::index::{self, Index};
 use super::open::{highest_segment_seq, map_live_segments, no_space, read_state, ring_on_disk};
 use super::segment::Segments;
 use super::shared::Shared;
@@ -64,12 +64,26 @@ impl Engine {
             .map_err(|e| no_space("state file", &state_path, &e))?;
         let mut state = read_state(&mut *io, &state_file)?;
         let index_path = cfg.dir.join("index");
-        let (mut index, created) = Index::open(
-            &index_path,
-            cfg.effective_index_slots() as usize,
-            cfg.probe_limit as usize,
-        )
-        .map_err(|e| no_space("index file", &index_path, &e))?;
+        let probe = cfg.probe_limit as usize;
+        let mut slots = cfg.effective_index_slots() as usize;
+        // A growth a crash interrupted: the index may lack entries pushed out of it while the
+        // copy ran (they were only in the new table). Rebuild it from the segment records at
+        // the size the growth aimed for; `index.grow` goes only once that is done.
+        let grow_path = cfg.dir.join("index.grow");
+        let interrupted_growth = grow_path.exists();
+        if interrupted_growth {
+            let target = index::existing_slots(&grow_path, probe)
+                .or_else(|| index::existing_slots(&index_path, probe).map(|s| s * 2))
+                .unwrap_or(slots);
+            slots = slots.max(target);
+            match std::fs::remove_file(&index_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let (mut index, created) = Index::open(&index_path, slots, probe)
+            .map_err(|e| no_space("index file", &index_path, &e))?;
         let fresh = state.is_none();
         let mut st = state.take().unwrap_or(State {
             tail: 1,
@@ -89,7 +103,11 @@ impl Engine {
         } else if st.segments != n {
             reset = Some("ring size changed");
         } else if created {
-            reset = Some("index file missing, resized or with a damaged header");
+            reset = Some(if interrupted_growth {
+                "an index growth was interrupted"
+            } else {
+                "index file missing, resized or with a damaged header"
+            });
             ring = Some((st.tail, st.head)).filter(|(t, h)| t <= h);
         }
         let mut rebuild = false;
@@ -151,22 +169,34 @@ impl Engine {
         st.limit = epoch + EPOCH_RESERVE;
         let segs = Segments::new(&seg_dir, n);
         map_live_segments(&segs, st.tail, st.head, cfg.segment_size);
+        let counters = Counters::default();
+        counters
+            .index_slots
+            .store(index.slots() as u64, Ordering::Relaxed);
         let sh = Arc::new(Shared {
             copy_window: cfg.effective_copy_forward(),
             ring_limit: AtomicU32::new(n),
             cfg,
-            index,
+            index: arc_swap::ArcSwap::from_pointee(index),
+            growing: arc_swap::ArcSwapOption::empty(),
             segs,
             tail: AtomicU32::new(st.tail),
             head: AtomicU32::new(st.head),
             head_end: std::sync::atomic::AtomicU64::new(u64::MAX),
             invalid: st.invalid.clone(),
-            counters: Counters::default(),
+            counters,
             poison: OnceLock::new(),
             io_name: io.name(),
         });
         let mut w = Writer::new(Arc::clone(&sh), io, state_file, st, epoch)?;
         w.open_round(rebuild)?;
+        // (A growth during the rebuild may have used and renamed the file already; the state
+        // names the whole ring as to be replayed from the moment the rebuild began.)
+        if interrupted_growth && let Err(e) = std::fs::remove_file(&grow_path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(e.into());
+            }
+        }
         let (tx, rx) = unbounded();
         let (ttx, trx) = bounded(TOUCH_QUEUE);
         let thread = std::thread::Builder::new()
@@ -236,12 +266,14 @@ impl Engine {
         );
         s.segments = u64::from(h.saturating_sub(t) + u32::from(h >= t));
         s.bytes_used = s.segments * self.sh.cfg.segment_size;
+        s.index_max_slots = self.sh.cfg.effective_index_max_slots().max(s.index_slots);
+        s.index_growing = self.sh.growing.load().is_some();
         s
     }
 
     /// Live index entries, by scanning the whole index (slow; for `kiln status`).
     pub fn count_entries(&self) -> u64 {
-        self.sh.index.count(|e| self.sh.valid(e))
+        self.sh.index.load().count(|e| self.sh.valid(e))
     }
 
     /// Name of the I/O engine in use ("io_uring", "psync", "fault").
@@ -327,13 +359,14 @@ impl Store for Engine {
         // Slots of a large index are cache (and TLB) misses: start loading the slot of a key
         // a few lookups ahead, so the misses overlap instead of queueing one after another.
         const AHEAD: usize = 8;
+        let index = self.sh.index.load();
         for k in keys.iter().take(AHEAD) {
-            self.sh.index.prefetch(k);
+            index.prefetch(k);
         }
         let mut out = Vec::with_capacity(keys.len());
         for (i, k) in keys.iter().enumerate() {
             if let Some(next) = keys.get(i + AHEAD) {
-                self.sh.index.prefetch(next);
+                index.prefetch(next);
             }
             out.push(self.contains(k)?);
         }

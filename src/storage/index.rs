@@ -32,11 +32,50 @@ const CHECKED_WORDS: usize = 5;
 
 /// xxh3 of the first `CHECKED_WORDS` header words (little-endian bytes).
 fn header_checksum(w: &[AtomicU64]) -> u64 {
+    let mut v = [0u64; CHECKED_WORDS];
+    for (d, x) in v.iter_mut().zip(w) {
+        *d = x.load(Ordering::Relaxed);
+    }
+    checksum_of(&v)
+}
+
+fn checksum_of(v: &[u64; CHECKED_WORDS]) -> u64 {
     let mut b = [0u8; CHECKED_WORDS * 8];
-    for (i, x) in w[..CHECKED_WORDS].iter().enumerate() {
-        b[i * 8..i * 8 + 8].copy_from_slice(&x.load(Ordering::Relaxed).to_le_bytes());
+    for (i, x) in v.iter().enumerate() {
+        b[i * 8..i * 8 + 8].copy_from_slice(&x.to_le_bytes());
     }
     xxh3_64_with_seed(&b, 0)
+}
+
+/// Bytes of an index file with `slots` slots.
+pub fn file_len(slots: usize) -> u64 {
+    ((HEADER_WORDS + slots * SLOT_WORDS) * 8) as u64
+}
+
+/// Most slots an index may have (offsets and lengths stay far inside 64 bits).
+pub const MAX_SLOTS: u64 = 1 << 34;
+
+/// The slot count of the index file at `path` if its header is intact, names `probe` and
+/// matches the file's size: how a grown index (larger than configured) is recognised at open.
+pub fn existing_slots(path: &Path, probe: usize) -> Option<usize> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut b = [0u8; (CHECKED_WORDS + 1) * 8];
+    f.read_exact(&mut b).ok()?;
+    let w: Vec<u64> = b
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().expect("8")))
+        .collect();
+    let checked: [u64; CHECKED_WORDS] = w[..CHECKED_WORDS].try_into().expect("5 words");
+    let slots = w[2];
+    let ok = w[0] == MAGIC
+        && w[1] == ENDIAN
+        && w[CHECKED_WORDS] == checksum_of(&checked)
+        && w[3] == probe as u64
+        && slots > 0
+        && slots <= MAX_SLOTS
+        && f.metadata().ok()?.len() == file_len(slots as usize);
+    ok.then_some(slots as usize)
 }
 const EPOCH_MASK: u64 = (1 << 48) - 1;
 const LEN_MASK: u64 = (1 << 40) - 1;
@@ -128,8 +167,8 @@ impl Entry {
 pub struct Inserted {
     /// Older entries of the same key: `(slot, version)` to clear once the new one is durable.
     pub superseded: Vec<(usize, u64)>,
-    /// The window was full of live entries and the oldest one was overwritten.
-    pub displaced: bool,
+    /// The window was full of live entries and the oldest one (this entry) was overwritten.
+    pub displaced: Option<Entry>,
 }
 
 /// The slot table. See the module docs for the concurrency contract.
@@ -144,8 +183,14 @@ pub struct Index {
 impl Index {
     /// Opens the index at `path`, or creates an empty one when it is missing or was made with
     /// other parameters (then `created` is true and the caller treats the store as empty).
+    ///
+    /// An intact index larger than `slots` (grown while serving, see [`Index::create`]) is
+    /// kept at its own size: asking for fewer slots never empties a grown index.
     pub fn open(path: &Path, slots: usize, probe: usize) -> io::Result<(Self, bool)> {
-        let want_len = ((HEADER_WORDS + slots * SLOT_WORDS) * 8) as u64;
+        let slots = existing_slots(path, probe)
+            .filter(|&s| s > slots)
+            .unwrap_or(slots);
+        let want_len = file_len(slots);
         let mut created = false;
         if std::fs::metadata(path).map_or(true, |m| m.len() != want_len) {
             // A new file renamed into place: a process that still maps the old one (a
@@ -214,6 +259,84 @@ impl Index {
             seed,
             file,
         })
+    }
+
+    /// Creates an empty index of `slots` slots at `path` (replacing any file there), fully
+    /// allocated before it is mapped: the target of an online growth, renamed over `index`
+    /// once filled.
+    pub fn create(path: &Path, slots: usize, probe: usize) -> io::Result<Self> {
+        let want_len = file_len(slots);
+        let f = std::fs::File::create(path)?;
+        if let Err(e) = crate::storage::sys::allocate_fully(&f, want_len) {
+            drop(f);
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+        let file = IoFile::open(path)?;
+        let map = AtomicMap::new(&file.file)?;
+        let mut me = Self {
+            map,
+            slots,
+            probe,
+            seed: 0,
+            file,
+        };
+        me.reset();
+        Ok(me)
+    }
+
+    /// Re-opens the backing file under `path` after it was renamed there, so later syncs name
+    /// the file by where it now lives (the mapping is unchanged: same inode).
+    pub fn moved_to(&mut self, path: &Path) -> io::Result<()> {
+        self.file = IoFile::open(path)?;
+        Ok(())
+    }
+
+    /// Number of slots.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Estimates the share of slots holding a live entry from `samples` evenly spaced slots
+    /// starting at `start` (callers vary it): a few thousand slot reads instead of a scan, so
+    /// the writer can check its load as it goes and a restart needs no count.
+    pub fn sample_load(&self, start: usize, samples: usize, valid: impl Fn(&Entry) -> bool) -> f64 {
+        let samples = samples.clamp(1, self.slots);
+        let stride = self.slots / samples;
+        let live = (0..samples)
+            .filter(|k| {
+                let i = (start + k * stride) % self.slots;
+                self.slot(i)[0].load(Ordering::Relaxed) != 0
+                    && self.read(i).is_some_and(|(_, e)| e.seq != 0 && valid(&e))
+            })
+            .count();
+        live as f64 / samples as f64
+    }
+
+    /// Inserts every live entry of this table into `dst` (a larger one), slot by slot. Runs
+    /// beside lookups and inserts on both tables. Returns the entries copied; `progress` sees
+    /// the slots walked so far.
+    pub fn copy_live_into(
+        &self,
+        dst: &Index,
+        valid: impl Fn(&Entry) -> bool,
+        mut progress: impl FnMut(usize),
+    ) -> u64 {
+        let mut copied = 0;
+        for i in 0..self.slots {
+            if i % 4096 == 0 {
+                progress(i);
+            }
+            if let Some((_, e)) = self.read(i)
+                && e.seq != 0
+                && valid(&e)
+            {
+                if dst.insert_copy(&e, &valid) {
+                    copied += 1;
+                }
+            }
+        }
+        copied
     }
 
     /// Empties the table and writes a fresh header (new hash seed).
@@ -334,7 +457,7 @@ impl Index {
         'retry: loop {
             let mut out = Inserted::default();
             let mut target: Option<(usize, u64)> = None;
-            let mut oldest: Option<(usize, u64, u32)> = None;
+            let mut oldest: Option<(usize, u64, Entry)> = None;
             for p in 0..self.probe {
                 let i = (home + p) % self.slots;
                 let v = self.slot(i)[0].load(Ordering::Acquire);
@@ -351,14 +474,16 @@ impl Index {
                     target.get_or_insert((i, v));
                 } else if e.key == entry.key {
                     out.superseded.push((i, v));
-                } else if oldest.is_none_or(|(_, _, s)| e.seq < s) {
-                    oldest = Some((i, v, e.seq));
+                } else if oldest.is_none_or(|(_, _, o)| (e.seq, e.off) < (o.seq, o.off)) {
+                    // Oldest by log position: of two blobs in one window, the one written
+                    // later is never pushed out first.
+                    oldest = Some((i, v, e));
                 }
             }
             let (i, v) = match (target, oldest) {
                 (Some(t), _) => t,
-                (None, Some((i, v, _))) => {
-                    out.displaced = true;
+                (None, Some((i, v, e))) => {
+                    out.displaced = Some(e);
                     (i, v)
                 }
                 // Every slot busy being written or holding this key: overwrite the oldest copy.
@@ -373,6 +498,30 @@ impl Index {
             }
             return out;
         }
+    }
+
+    /// [`Index::insert`] for a copy into a table being grown: nothing is written when the
+    /// window already holds this entry or a newer one of its key (the writer publishes into
+    /// both tables while the copy runs; without this check each growth would carry those
+    /// entries twice, and the duplicates would pile up growth after growth).
+    pub fn insert_copy(&self, entry: &Entry, valid: impl Fn(&Entry) -> bool) -> bool {
+        let home = self.home(&entry.key);
+        for p in 0..self.probe {
+            let i = (home + p) % self.slots;
+            if self.slot(i)[0].load(Ordering::Acquire) == 0 {
+                break;
+            }
+            if let Some((_, e)) = self.read(i)
+                && e.key == entry.key
+                && e.seq != 0
+                && valid(&e)
+                && !entry.newer_than(&e)
+            {
+                return false;
+            }
+        }
+        self.insert(entry, valid);
+        true
     }
 
     /// Seqlock write: claim by CAS `v -> v+1`, store, release `v+2`. False if the slot changed.
@@ -496,7 +645,7 @@ mod tests {
             ix.insert(&entry(n, 1, 10 + n as u32), |_| true);
         }
         let r = ix.insert(&entry(99, 1, 50), |_| true);
-        assert!(r.displaced);
+        assert_eq!(r.displaced.map(|e| e.key), Some(key(0)));
         assert!(ix.lookup(&key(0), |_| true).is_none());
         assert!(ix.lookup(&key(99), |_| true).is_some());
     }

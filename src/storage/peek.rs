@@ -21,7 +21,12 @@ const CHUNK: usize = 1 << 20;
 
 /// A read-only view of the store in a data directory.
 pub struct Peek {
-    index: Index,
+    /// The owner's index as last mapped. The owner replaces the file when it grows the index
+    /// (a new inode renamed into place): a miss checks for that and maps the new one.
+    index: arc_swap::ArcSwap<Index>,
+    index_path: PathBuf,
+    /// Inode of the mapped index file.
+    index_ino: std::sync::atomic::AtomicU64,
     segments: PathBuf,
     ring: u32,
 }
@@ -32,17 +37,45 @@ impl Peek {
         let raw = std::fs::read(data_dir.join("state"))?;
         let state = State::newest((0..2).filter_map(|i| raw.get(state_slot_offset(i) as usize..)))
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no valid state slot"))?;
+        let index_path = data_dir.join("index");
+        let (index, ino) = Self::map_index(&index_path)?;
         Ok(Self {
-            index: Index::open_readonly(&data_dir.join("index"))?,
+            index: arc_swap::ArcSwap::from_pointee(index),
+            index_path,
+            index_ino: std::sync::atomic::AtomicU64::new(ino),
             segments: data_dir.join("segments"),
             ring: state.segments,
         })
     }
 
+    fn map_index(path: &Path) -> io::Result<(Index, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(path)?.ino();
+        Ok((Index::open_readonly(path)?, ino))
+    }
+
+    /// Looks `key` up; on a miss, maps the owner's index again if the file was replaced (the
+    /// owner grew it) and looks again.
+    fn lookup(&self, key: &Key) -> Option<super::index::Entry> {
+        use std::os::unix::fs::MetadataExt;
+        use std::sync::atomic::Ordering;
+        if let Some(e) = self.index.load().lookup(key, |_| true) {
+            return Some(e);
+        }
+        let ino = std::fs::metadata(&self.index_path).ok()?.ino();
+        if ino == self.index_ino.load(Ordering::Relaxed) {
+            return None;
+        }
+        let (index, ino) = Self::map_index(&self.index_path).ok()?;
+        self.index.store(std::sync::Arc::new(index));
+        self.index_ino.store(ino, Ordering::Relaxed);
+        self.index.load().lookup(key, |_| true)
+    }
+
     /// Copies blob `key` into `out`. `Ok(false)`: not in the store, or a record failed its
     /// checks (`out` may then hold a partial copy: discard it). `Err`: writing `out` failed.
     pub fn copy_to(&self, key: &Key, out: &mut impl Write) -> io::Result<bool> {
-        let Some(e) = self.index.lookup(key, |_| true) else {
+        let Some(e) = self.lookup(key) else {
             return Ok(false);
         };
         let off = u64::from(e.off) * ALIGN;

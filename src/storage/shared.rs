@@ -7,6 +7,7 @@ use super::segment::Segments;
 use super::stats::{Counters, inc};
 use super::{Blob, EngineConfig, Key};
 use crate::storage::format::InvalidRange;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -22,7 +23,14 @@ pub(crate) enum Miss {
 
 pub(crate) struct Shared {
     pub cfg: EngineConfig,
-    pub index: Index,
+    /// The index in force. Replaced whole when the writer grows it (readers that loaded the
+    /// old one finish on it; its file lives until the last of them drops it). Load it once
+    /// per operation: a slot number is only meaningful in the table it came from.
+    pub index: ArcSwap<Index>,
+    /// The larger table being filled while the index grows: lookups that miss in `index`
+    /// look here too (the writer puts every new entry, and every entry it pushes out of
+    /// `index`, into both while the copy runs).
+    pub growing: arc_swap::ArcSwapOption<Index>,
     pub segs: Segments,
     /// Oldest live segment. Written by the writer (Release), read anywhere (Acquire).
     pub tail: AtomicU32,
@@ -54,7 +62,10 @@ impl Shared {
     }
 
     pub fn lookup(&self, key: &Key) -> Option<Entry> {
-        self.index.lookup(key, |e| self.valid(e))
+        self.index
+            .load()
+            .lookup(key, |e| self.valid(e))
+            .or_else(|| self.growing.load().as_ref()?.lookup(key, |e| self.valid(e)))
     }
 
     /// Whether a hit on `e` should be copied forward: its oldest segment will be evicted
@@ -132,14 +143,30 @@ impl Shared {
     /// its index entry dropped at once: `contains` (FindMissingBlobs) then reports the blob
     /// missing, so clients upload it again, and the new copy is what later reads find.
     pub fn get(&self, key: &Key) -> Option<(Entry, Blob)> {
-        let (slot, version, e) = self.index.lookup_slot(key, |e| self.valid(e))?;
+        let index = self.index.load();
+        if let Some(hit) = index.lookup_slot(key, |e| self.valid(e)) {
+            return self.serve(&index, key, hit);
+        }
+        let growing = self.growing.load();
+        let ix = growing.as_ref()?;
+        let hit = ix.lookup_slot(key, |e| self.valid(e))?;
+        self.serve(ix, key, hit)
+    }
+
+    /// Reads the blob of entry `e`, found in `slot` of `index` at `version`.
+    fn serve(
+        &self,
+        index: &Index,
+        key: &Key,
+        (slot, version, e): (usize, u64, Entry),
+    ) -> Option<(Entry, Blob)> {
         match self.read_blob(&e) {
             Ok(b) => Some((e, b)),
             // Evicted meanwhile: a plain miss. Still valid, yet a segment it needs is not
             // mapped: its header was damaged or the file is gone (`open` skips such segments),
             // so the entry can never be served: dropped like a damaged record.
             Err(Miss::Gone) if self.valid(&e) => {
-                let _ = self.drop_entry(slot, version);
+                let _ = self.drop_entry(index, slot, version);
                 tracing::warn!(
                     ?key,
                     seq = e.seq,
@@ -150,7 +177,7 @@ impl Shared {
             Err(Miss::Gone) => None,
             Err(Miss::Corrupt) => {
                 inc(&self.counters.corruptions);
-                let _ = self.drop_entry(slot, version);
+                let _ = self.drop_entry(index, slot, version);
                 tracing::warn!(
                     ?key,
                     seq = e.seq,
@@ -162,12 +189,12 @@ impl Shared {
         }
     }
 
-    /// Drops the entry in `slot` if it still holds `version` (nothing else replaced it
+    /// Drops the entry in `slot` of `index` (the table it was read from) if it still holds `version` (nothing else replaced it
     /// meanwhile), and counts it. Safe from any thread: the slot's seqlock orders it with the
     /// writer's inserts. The cleared slot reaches the index file at the next checkpoint; should
     /// a crash come first, the entry is back and the next read drops it again.
-    pub fn drop_entry(&self, slot: usize, version: u64) -> bool {
-        let dropped = self.index.clear_if(slot, version);
+    pub fn drop_entry(&self, index: &Index, slot: usize, version: u64) -> bool {
+        let dropped = index.clear_if(slot, version);
         if dropped {
             inc(&self.counters.dropped_entries);
         }

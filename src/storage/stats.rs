@@ -20,6 +20,12 @@ pub struct Counters {
     pub(crate) dropped_entries: AtomicU64,
     pub(crate) enospc_evictions: AtomicU64,
     pub(crate) index_rebuilds: AtomicU64,
+    pub(crate) index_growths: AtomicU64,
+    pub(crate) index_grow_failures: AtomicU64,
+    /// Gauges kept here for the snapshot: slots of the index in force, and the live share of
+    /// slots at the last load check, in thousandths.
+    pub(crate) index_slots: AtomicU64,
+    pub(crate) index_load_permille: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -64,6 +70,18 @@ pub struct StorageStats {
     pub enospc_evictions: u64,
     /// Index rebuilds from the segment records at open (index header damaged, file lost).
     pub index_rebuilds: u64,
+    /// Times the index was grown online (doubled) because its load passed the threshold.
+    pub index_growths: u64,
+    /// Growths that could not be done (no disk space for the larger file, ...).
+    pub index_grow_failures: u64,
+    /// Slots of the index in force.
+    pub index_slots: u64,
+    /// Most slots the index may grow to (`index_max_slots`).
+    pub index_max_slots: u64,
+    /// Share of slots holding a live entry at the last load check, in thousandths (sampled).
+    pub index_load_permille: u64,
+    /// A growth is under way (a larger table is being filled).
+    pub index_growing: bool,
     /// I/O engine in use.
     pub io_engine: &'static str,
 }
@@ -89,6 +107,12 @@ impl Counters {
             dropped_entries: g(&self.dropped_entries),
             enospc_evictions: g(&self.enospc_evictions),
             index_rebuilds: g(&self.index_rebuilds),
+            index_growths: g(&self.index_growths),
+            index_grow_failures: g(&self.index_grow_failures),
+            index_slots: g(&self.index_slots),
+            index_max_slots: 0,
+            index_load_permille: g(&self.index_load_permille),
+            index_growing: false,
             io_engine,
         }
     }

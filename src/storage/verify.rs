@@ -134,7 +134,7 @@ impl Engine {
             }
         }
         if rep.dropped_entries > 0
-            && let Err(e) = sh.index.file().file.sync_data()
+            && let Err(e) = sh.index.load().file().file.sync_data()
         {
             tracing::warn!(error = %e, "verify: could not sync the index after dropping entries");
         }
@@ -260,7 +260,8 @@ fn walk_records(
 fn check_index(sh: &Shared, walk: &Walk, rep: &mut VerifyReport) -> HashMap<u32, u64> {
     let mut last_ref: HashMap<u32, u64> = HashMap::new();
     let mut refs = Vec::new();
-    sh.index.scan(|slot, version, e| {
+    let index = sh.index.load();
+    index.scan(|slot, version, e| {
         if e.seq == 0 || !sh.valid(e) {
             return;
         }
@@ -270,7 +271,7 @@ fn check_index(sh: &Shared, walk: &Walk, rep: &mut VerifyReport) -> HashMap<u32,
             let r = last_ref.entry(seq).or_default();
             *r = (*r).max(end);
         }
-        if !ok && sh.drop_entry(slot, version) {
+        if !ok && sh.drop_entry(&index, slot, version) {
             rep.dropped_entries += 1;
             tracing::warn!(key = ?e.key, seq = e.seq, off = e.off, "verify: dropped an index entry whose record is damaged");
         }

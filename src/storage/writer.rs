@@ -6,6 +6,7 @@
 //! (`rounds`); in `Fdatasync` mode a commit is answered when the round covering it is
 //! durable (group commit). See FORMAT.md for the fsync order.
 
+mod grow;
 mod layout;
 mod replay;
 mod rounds;
@@ -103,6 +104,8 @@ pub(crate) struct Writer {
     pinned: Option<u32>,
     /// A segment write failed for a full disk: the next record starts a new segment.
     force_roll: bool,
+    /// Online index growth (`grow`).
+    growth: grow::Growth,
 }
 
 enum Done {
@@ -151,6 +154,7 @@ impl Writer {
             hole: false,
             pinned: None,
             force_roll: false,
+            growth: grow::Growth::default(),
         })
     }
 
@@ -230,7 +234,7 @@ impl Writer {
                     self.maybe_start_round();
                     continue;
                 },
-                default(self.round_timeout()) => None,
+                default(self.grow_wait(self.round_timeout())) => None,
             };
             let mut batch: Vec<Req> = Vec::new();
             let mut stop = false;
@@ -250,6 +254,7 @@ impl Writer {
             let touched: Vec<Key> = touch.try_iter().take(256).collect();
             self.process(batch, &touched);
             self.maybe_start_round();
+            self.grow_tick();
             if stop {
                 break;
             }
@@ -258,6 +263,7 @@ impl Writer {
     }
 
     fn shutdown(&mut self) {
+        self.finish_growth_now();
         let _ = self.join_round();
         if self.poisoned().is_some() {
             self.maybe_start_round(); // answers the waiters with the error
@@ -356,8 +362,11 @@ impl Writer {
             ..*e
         };
         let sh = Arc::clone(&self.sh);
-        let r = sh.index.insert(&e, |x| sh.valid(x));
-        if r.displaced {
+        let r = sh.index.load().insert(&e, |x| sh.valid(x));
+        if !self.grow_publish(&e, r.displaced.as_ref())
+            && let Some(d) = r.displaced
+            && !self.grow_for_displaced(&d)
+        {
             inc(&sh.counters.index_displaced);
         }
         inc(&sh.counters.entries_published);

@@ -42,6 +42,8 @@ struct Inner {
     /// Syncs waiting at the hold now.
     held: u64,
     syncs: u64,
+    /// Renames done after the power went off (`freeze`): undone by `crash_image`.
+    renames: Vec<(PathBuf, PathBuf)>,
 }
 
 impl FaultState {
@@ -110,7 +112,15 @@ impl FaultState {
     /// Rewrites every file touched through this engine as a power loss would leave it.
     /// `seed` drives the choice per page. Call after the engine is dropped.
     pub fn crash_image(&self, seed: u64) -> io::Result<()> {
-        let g = self.lock();
+        let mut g = self.lock();
+        // Renames after the power went off never reached the disk: each file goes back to
+        // its old name, and what the old name held at the freeze is there again.
+        for (from, to) in std::mem::take(&mut g.renames).into_iter().rev() {
+            std::fs::rename(&to, &from)?;
+            if let Some(old) = g.at_freeze.as_ref().and_then(|s| s.get(&to)) {
+                std::fs::write(&to, old)?;
+            }
+        }
         let mut rng = seed | 1;
         let mut next = move || {
             rng ^= rng << 13;
@@ -249,6 +259,22 @@ impl IoEngine for FaultIo {
         g.syncs += 1;
         if !g.frozen {
             g.durable.extend(images);
+        }
+        Ok(())
+    }
+
+    fn rename_durably(&mut self, from: &std::path::Path, to: &std::path::Path) -> io::Result<()> {
+        super::rename_durably(from, to)?;
+        let mut g = self.state.lock();
+        if g.frozen {
+            g.renames.push((from.to_path_buf(), to.to_path_buf()));
+        } else if let Some(img) = g.durable.remove(from) {
+            g.durable.insert(to.to_path_buf(), img);
+        } else {
+            // The file at `to` is now another one, never synced through this engine: what
+            // the rename made durable is what it held (the caller synced it first).
+            let img = std::fs::read(to).unwrap_or_default();
+            g.durable.insert(to.to_path_buf(), img);
         }
         Ok(())
     }

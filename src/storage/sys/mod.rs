@@ -78,9 +78,25 @@ pub trait IoEngine: Send + 'static {
     fn allocate(&mut self, file: &IoFile, len: u64) -> io::Result<()>;
     /// Reads exactly `buf.len()` bytes at `offset` (zero-filled past the end of the file).
     fn read_at(&mut self, file: &IoFile, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Renames `from` to `to` (replacing it) and fsyncs the directory holding `to`, making
+    /// the rename durable. The fault engine records it, so a crash image taken after a power
+    /// loss that came first puts both files back as they were.
+    fn rename_durably(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        rename_durably(from, to)
+    }
     /// A second engine of the same kind for another thread (the syncer). A fault-injecting
     /// engine's fork shares its bookkeeping, so crash images see both threads' I/O.
     fn fork(&self) -> io::Result<Box<dyn IoEngine>>;
+}
+
+/// `rename(from, to)`, then an fsync of `to`'s directory.
+pub fn rename_durably(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::rename(from, to)?;
+    let dir = to
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()
 }
 
 /// `fallocate(fd, 0, 0, len)`, falling back to `set_len` where the file system refuses. For

@@ -138,6 +138,7 @@ impl Writer {
                         .is_some_and(|x| (x.seq, x.off) == (e.seq, e.off))
                 {
                     self.publish(&e);
+                    self.grow_blocking();
                     records += 1;
                 }
                 off += span;

@@ -154,7 +154,7 @@ impl Writer {
         let mut next = self.state.clone();
         next.synced = pos;
         if checkpoint {
-            files.push(Arc::clone(self.sh.index.file()));
+            files.push(Arc::clone(self.sh.index.load().file()));
             next.checkpoint = pos;
             // A hole before this point is covered; one made later sets the flag again.
             self.hole = false;
@@ -210,8 +210,9 @@ impl Writer {
                     inc(&self.sh.counters.checkpoints);
                 }
                 inc(&self.sh.counters.syncs);
+                let index = self.sh.index.load();
                 for (slot, v) in f.clear {
-                    self.sh.index.clear_if(slot, v);
+                    index.clear_if(slot, v);
                 }
                 Ok(())
             }

@@ -1,0 +1,302 @@
+//! Online growth of the index: when the share of live slots passes `index_grow_load`, a
+//! table twice the size is filled in the background from the current one while service goes
+//! on, then swapped in (FORMAT.md "Index growth").
+//!
+//! Steps, all driven from the I/O thread except the copy:
+//! 1. **Check**: every `check_every` publishes, a sample of a few thousand slots estimates the
+//!    live share (no count is kept, so a restart needs none).
+//! 2. **Start**: `index.grow` is created and fully allocated (a full disk fails the growth,
+//!    counted and logged; the old table goes on and the next check tries again later); a
+//!    copier thread inserts every live entry of the current table into it.
+//! 3. **Meanwhile** the writer publishes every new entry into both tables, so the new one
+//!    misses nothing published after the copier walked past its slot. Readers keep using the
+//!    old table. Entries superseded or dropped meanwhile may survive in the new table as
+//!    older duplicates: lookups return the newest valid entry, and eviction invalidates them.
+//! 4. **Switch**: after the copy, the writer waits for the sync round in flight (its clears
+//!    name slots of the old table and are applied there), forgets the clears still pending
+//!    for the old table (same reason), fdatasyncs the new file, renames it over `index`,
+//!    fsyncs the directory and publishes the new table to readers. A crash before the rename
+//!    leaves the old index (and a stray `index.grow`, removed at open); after it, the new
+//!    file, which holds everything the old one held plus what was published since: the
+//!    state's checkpoint stays true of it, and open replays from there as after any crash.
+
+use super::Writer;
+use crate::storage::index::{Entry, Index};
+use crate::storage::stats::inc;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Slots read per load check.
+const SAMPLES: usize = 4096;
+
+/// Growth bookkeeping of the writer.
+#[derive(Default)]
+pub(crate) struct Growth {
+    /// Publishes since the last load check.
+    since_check: u64,
+    /// Where the next sample starts (moves on every check so all slots get looked at).
+    sample_start: usize,
+    job: Option<Job>,
+    /// After a failed growth: no new attempt before this many more publishes.
+    backoff: u64,
+}
+
+struct Job {
+    new: Arc<Index>,
+    path: PathBuf,
+    thread: JoinHandle<u64>,
+    started: Instant,
+    from: usize,
+}
+
+impl Writer {
+    fn grow_path(&self) -> PathBuf {
+        self.sh.cfg.dir.join("index.grow")
+    }
+
+    /// Publishes between load checks: a small share of the table, so the load cannot pass
+    /// the threshold by much before a check sees it.
+    fn check_every(slots: usize) -> u64 {
+        (slots as u64 / 64).clamp(64, 65_536)
+    }
+
+    /// A full probe window pushed `displaced` out of the index: unless the index is at its
+    /// maximum, a growth starts at once (whatever the sampled load says; windows fill up
+    /// before the average load does) and the entry goes into the new table, where lookups
+    /// find it until the switch. False if it is lost (the index cannot grow).
+    pub(super) fn grow_for_displaced(&mut self, displaced: &Entry) -> bool {
+        let index = self.sh.index.load_full();
+        let max = self.sh.cfg.effective_index_max_slots() as usize;
+        if index.slots() * 2 > max {
+            return false;
+        }
+        self.start_growth(&index, index.slots() * 2);
+        let Some(job) = &self.growth.job else {
+            return false;
+        };
+        let sh = &self.sh;
+        job.new.insert(displaced, |y| sh.valid(y));
+        true
+    }
+
+    /// How long the I/O thread may sleep: not long while a copy runs, so the switch follows
+    /// its end even when no request arrives.
+    pub(super) fn grow_wait(&self, otherwise: Duration) -> Duration {
+        if self.growth.job.is_some() {
+            otherwise.min(Duration::from_millis(50))
+        } else {
+            otherwise
+        }
+    }
+
+    /// Also publishes `e` into the table being filled, if a growth is under way, together
+    /// with the entry `e` pushed out of the current table (if any): readers look in the new
+    /// table when the current one misses, so nothing is lost while the copy runs. True if a
+    /// growth took them.
+    pub(super) fn grow_publish(&mut self, e: &Entry, displaced: Option<&Entry>) -> bool {
+        self.growth.since_check += 1;
+        let Some(job) = &self.growth.job else {
+            return false;
+        };
+        let sh = &self.sh;
+        for x in std::iter::once(e).chain(displaced) {
+            if job.new.insert(x, |y| sh.valid(y)).displaced.is_some() {
+                inc(&sh.counters.index_displaced);
+            }
+        }
+        true
+    }
+
+    /// Called by the I/O thread between batches: finishes a growth whose copy is done, or
+    /// checks the load and starts one.
+    pub(super) fn grow_tick(&mut self) {
+        if let Some(job) = &self.growth.job {
+            if job.thread.is_finished() {
+                self.finish_growth();
+            }
+            return;
+        }
+        let index = self.sh.index.load_full();
+        let slots = index.slots();
+        if self.growth.since_check < Self::check_every(slots).max(self.growth.backoff) {
+            return;
+        }
+        self.growth.since_check = 0;
+        self.growth.backoff = 0;
+        let start = self.growth.sample_start;
+        self.growth.sample_start = start.wrapping_add(7919) % slots;
+        let load = index.sample_load(start, SAMPLES, |e| self.sh.valid(e));
+        self.sh
+            .counters
+            .index_load_permille
+            .store((load * 1000.0) as u64, Ordering::Relaxed);
+        let max = self.sh.cfg.effective_index_max_slots() as usize;
+        if load < self.sh.cfg.index_grow_load || slots * 2 > max {
+            return;
+        }
+        self.start_growth(&index, slots * 2);
+    }
+
+    fn start_growth(&mut self, old: &Arc<Index>, to: usize) {
+        let path = self.grow_path();
+        let probe = self.sh.cfg.probe_limit as usize;
+        let new = match Index::create(&path, to, probe) {
+            Ok(ix) => Arc::new(ix),
+            Err(e) => {
+                inc(&self.sh.counters.index_grow_failures);
+                tracing::warn!(
+                    error = %e,
+                    slots = to,
+                    file = %path.display(),
+                    "storage: cannot create a larger index (the current one goes on; retrying later)"
+                );
+                self.growth.backoff = Self::check_every(old.slots()) * 16;
+                return;
+            }
+        };
+        tracing::info!(
+            from = old.slots(),
+            to,
+            "storage: the index passed its load threshold; growing it in the background"
+        );
+        // The directory entry is made durable first: after any crash, an `index.grow` at open
+        // says the current index may lack entries pushed out of it during the growth.
+        if let Err(e) = std::fs::File::open(&self.sh.cfg.dir).and_then(|d| d.sync_all()) {
+            tracing::warn!(error = %e, "storage: cannot sync the data directory; not growing the index");
+            drop(new);
+            let _ = std::fs::remove_file(&path);
+            inc(&self.sh.counters.index_grow_failures);
+            self.growth.backoff = Self::check_every(old.slots()) * 16;
+            return;
+        }
+        self.sh.growing.store(Some(Arc::clone(&new)));
+        let (sh, src, dst) = (Arc::clone(&self.sh), Arc::clone(old), Arc::clone(&new));
+        let delay = self.sh.cfg.grow_copy_delay;
+        let spawned = std::thread::Builder::new()
+            .name("kiln-index-grow".into())
+            .spawn(move || {
+                std::thread::sleep(delay);
+                let mut last = Instant::now();
+                let total = src.slots();
+                src.copy_live_into(
+                    &dst,
+                    |e| sh.valid(e),
+                    |done| {
+                        if last.elapsed() >= Duration::from_secs(2) {
+                            last = Instant::now();
+                            tracing::info!(
+                                done,
+                                total,
+                                "storage: growing the index: slots copied so far"
+                            );
+                        }
+                    },
+                )
+            });
+        match spawned {
+            Ok(thread) => {
+                self.growth.job = Some(Job {
+                    new,
+                    path,
+                    thread,
+                    started: Instant::now(),
+                    from: old.slots(),
+                });
+            }
+            Err(e) => {
+                self.sh.growing.store(None);
+                inc(&self.sh.counters.index_grow_failures);
+                tracing::warn!(error = %e, "storage: cannot start the index growth thread");
+                let _ = std::fs::remove_file(&path);
+                self.growth.backoff = Self::check_every(old.slots()) * 16;
+            }
+        }
+    }
+
+    /// Switches readers to the filled table. Every way out of here switches: the new table
+    /// holds entries the current one lost during the copy. If the file cannot be put in place
+    /// the table is used from memory and `index.grow` stays, so the next start rebuilds.
+    fn finish_growth(&mut self) {
+        let Some(job) = self.growth.job.take() else {
+            return;
+        };
+        let copied = match job.thread.join() {
+            Ok(n) => n,
+            Err(_) => {
+                // Entries pushed out meanwhile are only in the half-filled table: leave its
+                // file, so the next start rebuilds the index from the segment records.
+                self.sh.growing.store(None);
+                inc(&self.sh.counters.index_grow_failures);
+                tracing::error!(
+                    "storage: the index growth thread panicked; some entries may read as missing until the next start rebuilds the index"
+                );
+                return;
+            }
+        };
+        // Clears recorded so far name slots of the old table: the round in flight applies its
+        // own there; the pending ones are dropped (they would hit unrelated slots of the new
+        // table). What they would have cleared stays as older duplicates; see the module docs.
+        let _ = self.join_round();
+        self.pending_clear.clear();
+        let index_path = self.sh.cfg.dir.join("index");
+        let mut new = job.new;
+        // The fdatasync before the rename makes the new table durable first; the rename goes
+        // through the I/O engine, so the fault engine's crash model knows the file by its new
+        // name from then on (and undoes the rename in a crash image if the power went first).
+        let swap = new
+            .file()
+            .file
+            .sync_data()
+            .and_then(|()| self.io.rename_durably(&job.path, &index_path));
+        match swap {
+            Ok(()) => {
+                if let Some(ix) = Arc::get_mut(&mut new)
+                    && let Err(e) = ix.moved_to(&index_path)
+                {
+                    tracing::warn!(error = %e, "storage: could not reopen the grown index by its new name");
+                }
+            }
+            Err(e) => {
+                inc(&self.sh.counters.index_grow_failures);
+                tracing::warn!(
+                    error = %e,
+                    "storage: could not put the larger index in place; serving it from memory, the next start rebuilds the index"
+                );
+            }
+        }
+        let to = new.slots();
+        self.sh.index.store(new);
+        self.sh.growing.store(None);
+        self.sh
+            .counters
+            .index_slots
+            .store(to as u64, Ordering::Relaxed);
+        inc(&self.sh.counters.index_growths);
+        tracing::info!(
+            from = job.from,
+            to,
+            copied,
+            ms = job.started.elapsed().as_millis() as u64,
+            "storage: index grown"
+        );
+    }
+
+    /// During open's replay or rebuild: checks the load like `grow_tick` and, when it starts
+    /// a growth, waits for it (nothing is serving yet), so a rebuild never squeezes more
+    /// entries into the table than it can hold.
+    pub(super) fn grow_blocking(&mut self) {
+        self.grow_tick();
+        self.finish_growth_now();
+    }
+
+    /// At shutdown: a growth under way is finished (the copy waited for), since the new table
+    /// may hold entries the current one lost.
+    pub(super) fn finish_growth_now(&mut self) {
+        if self.growth.job.is_some() {
+            self.finish_growth();
+        }
+    }
+}
