@@ -381,3 +381,28 @@ fn sigkill_during_and_right_after_a_growth_keeps_every_acknowledged_blob() {
         }
     }
 }
+
+/// A co-located reader (a worker's `Peek`, another process in real use) keeps finding blobs
+/// after the owner grew the index: the grown file is a new inode renamed over `index`, so the
+/// reader maps it again when a lookup misses.
+#[test]
+fn co_located_reader_follows_a_grown_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let e = Engine::open(cfg(dir.path())).unwrap();
+    let acked = AtomicU64::new(0);
+    rt.block_on(insert(&e, 0, 100, 100, &acked));
+    rt.block_on(e.sync()).unwrap();
+    let peek = kiln::storage::Peek::open(dir.path()).unwrap();
+    let mut out = Vec::new();
+    assert!(peek.copy_to(&key(5), &mut out).unwrap());
+    assert_eq!(out, data(5));
+    rt.block_on(insert(&e, 100, 10_000, 250, &acked));
+    rt.block_on(e.sync()).unwrap();
+    assert!(e.stats().index_growths >= 2, "{:?}", e.stats());
+    for n in [5, 9_999, 5_000] {
+        let mut out = Vec::new();
+        assert!(peek.copy_to(&key(n), &mut out).unwrap(), "blob {n} after the growth");
+        assert_eq!(out, data(n));
+    }
+}
