@@ -402,7 +402,10 @@ fn co_located_reader_follows_a_grown_index() {
     assert!(e.stats().index_growths >= 2, "{:?}", e.stats());
     for n in [5, 9_999, 5_000] {
         let mut out = Vec::new();
-        assert!(peek.copy_to(&key(n), &mut out).unwrap(), "blob {n} after the growth");
+        assert!(
+            peek.copy_to(&key(n), &mut out).unwrap(),
+            "blob {n} after the growth"
+        );
         assert_eq!(out, data(n));
     }
 }

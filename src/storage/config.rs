@@ -55,10 +55,10 @@ pub struct EngineConfig {
     /// Which I/O engine writes. Default `Auto` (io_uring, else pread/pwrite with one log line).
     /// Recommended: `Auto`. Force `Psync` if io_uring misbehaves on a kernel.
     pub io: IoBackend,
-    /// Index slots (64 bytes each, file size = slots x 64 + 4 KiB). 0 = derive: capacity / 16 KiB
-    /// rounded up to a power of two, at least 65 536. Recommended: 1.5-2x the expected number of
-    /// blobs (load factor <= 0.66). Too small: `index_displaced` grows and blobs become
-    /// unreachable before eviction.
+    /// Initial index slots (64 bytes each, file size = slots x 64 + 4 KiB). 0 = derive:
+    /// capacity / 16 KiB rounded up to a power of two, at least 65 536. The index doubles by
+    /// itself while serving (`index_grow_load`, up to `index_max_slots`); a larger value at
+    /// restart rebuilds it from the segment records, a smaller one keeps a grown index as is.
     pub index_slots: u64,
     /// Most slots the index grows to while serving (it doubles when the share of live slots
     /// passes `index_grow_load`). 0 = derive: capacity / 512 rounded up to a power of two
