@@ -120,7 +120,7 @@ fn grows_online_while_reads_and_writes_go_on_and_forgets_nothing() {
         "the reader ran alongside the writes ({reads})"
     );
     // A growth started by the last writes finishes without further writes.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_mins(1);
     while e.stats().index_growing {
         assert!(Instant::now() < deadline, "growth never finished");
         std::thread::sleep(Duration::from_millis(10));
@@ -331,7 +331,7 @@ fn sigkill_during_and_right_after_a_growth_keeps_every_acknowledged_blob() {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + Duration::from_mins(2);
         let mut growths_at_start = None;
         let mut after_growth = 0;
         let killed_when = loop {

@@ -192,10 +192,11 @@ impl Engine {
         w.open_round(rebuild)?;
         // (A growth during the rebuild may have used and renamed the file already; the state
         // names the whole ring as to be replayed from the moment the rebuild began.)
-        if interrupted_growth && let Err(e) = std::fs::remove_file(&grow_path) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                return Err(e.into());
-            }
+        if interrupted_growth
+            && let Err(e) = std::fs::remove_file(&grow_path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(e.into());
         }
         let (tx, rx) = unbounded();
         let (ttx, trx) = bounded(TOUCH_QUEUE);

@@ -330,10 +330,9 @@ impl Index {
             if let Some((_, e)) = self.read(i)
                 && e.seq != 0
                 && valid(&e)
+                && dst.insert_copy(&e, &valid)
             {
-                if dst.insert_copy(&e, &valid) {
-                    copied += 1;
-                }
+                copied += 1;
             }
         }
         copied

@@ -223,18 +223,15 @@ impl Writer {
         let Some(job) = self.growth.job.take() else {
             return;
         };
-        let copied = match job.thread.join() {
-            Ok(n) => n,
-            Err(_) => {
-                // Entries pushed out meanwhile are only in the half-filled table: leave its
-                // file, so the next start rebuilds the index from the segment records.
-                self.sh.growing.store(None);
-                inc(&self.sh.counters.index_grow_failures);
-                tracing::error!(
-                    "storage: the index growth thread panicked; some entries may read as missing until the next start rebuilds the index"
-                );
-                return;
-            }
+        let Ok(copied) = job.thread.join() else {
+            // Entries pushed out meanwhile are only in the half-filled table: leave its file,
+            // so the next start rebuilds the index from the segment records.
+            self.sh.growing.store(None);
+            inc(&self.sh.counters.index_grow_failures);
+            tracing::error!(
+                "storage: the index growth thread panicked; some entries may read as missing until the next start rebuilds the index"
+            );
+            return;
         };
         // Clears recorded so far name slots of the old table: the round in flight applies its
         // own there; the pending ones are dropped (they would hit unrelated slots of the new
