@@ -1,0 +1,407 @@
+//! What `/`, `/status`, `/status.json` and `kiln status` show: one [`Summary`] built from a
+//! fresh [`Snapshot`] of the registry (plus the history ring for rates), rendered three ways.
+//! Every figure names the `/metrics` series it comes from (`metric`), so a reader (and the
+//! browser test) can check it against `/metrics`.
+
+use super::history::History;
+use super::snapshot::{Snapshot, buckets, quantile};
+use std::fmt::Write as _;
+
+/// How a figure's value reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    /// A plain number.
+    Count,
+    /// Bytes (shown as KiB/MiB/GiB).
+    Bytes,
+    /// A fraction 0..1 (shown as a percentage).
+    Ratio,
+    /// Seconds (shown as ms or s).
+    Seconds,
+    /// Per second.
+    PerSecond,
+    /// Bytes per second.
+    BytesPerSecond,
+}
+
+/// One number on the page.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Figure {
+    /// The `/metrics` series it is (exactly as exposed), or "" for a derived figure.
+    pub metric: String,
+    /// What a person reads next to it.
+    pub label: String,
+    /// The value.
+    pub value: f64,
+    /// How to show it.
+    pub unit: Unit,
+}
+
+/// One RPC method's traffic and latency.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RpcRow {
+    /// `Service/Method`.
+    pub method: String,
+    /// Finished requests, every code.
+    pub requests: f64,
+    /// Of them, not OK.
+    pub errors: f64,
+    /// p50, p90, p99 in seconds (bucket interpolation), `None` before the first request.
+    pub quantiles: [Option<f64>; 3],
+}
+
+/// A slow action the scheduler finished lately (digest as the client sent it: hostile text).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SlowAction {
+    /// `hash/size` of the Action.
+    pub digest: String,
+    /// How long it ran, in seconds.
+    pub seconds: f64,
+    /// The command's exit code, `None` when it produced no result.
+    pub exit_code: Option<i32>,
+    /// Seconds since it finished.
+    pub ago_seconds: f64,
+}
+
+/// Quantiles the latency table shows.
+pub const QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
+
+/// Everything the status views show.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Summary {
+    /// kiln's version.
+    pub version: &'static str,
+    /// Seconds since start.
+    pub uptime_seconds: f64,
+    /// Samples in the history ring.
+    pub samples: usize,
+    /// Capacity, use, blob count, evictions.
+    pub storage: Vec<Figure>,
+    /// Hits, misses, bytes.
+    pub cache: Vec<Figure>,
+    /// Rates between the last two samples (empty before there are two).
+    pub rates: Vec<Figure>,
+    /// Bots, queue, running actions.
+    pub execution: Vec<Figure>,
+    /// Auth warnings and refusals.
+    pub auth: Vec<Figure>,
+    /// Requests that did not end OK, by method and code.
+    pub errors: Vec<Figure>,
+    /// Per-method traffic and latency.
+    pub rpcs: Vec<RpcRow>,
+    /// The slowest actions finished lately.
+    pub slow_actions: Vec<SlowAction>,
+    /// Every other gauge (connections, uploads, index state).
+    pub other: Vec<Figure>,
+}
+
+fn fig(snap: &Snapshot, metric: &str, label: &str, unit: Unit) -> Figure {
+    Figure {
+        metric: metric.into(),
+        label: label.into(),
+        value: snap.get(metric),
+        unit,
+    }
+}
+
+fn derived(label: &str, value: f64, unit: Unit) -> Figure {
+    Figure {
+        metric: String::new(),
+        label: label.into(),
+        value,
+        unit,
+    }
+}
+
+/// Gauges placed in a section of their own (the rest go to `other`).
+const PLACED: [&str; 10] = [
+    "kiln_storage_capacity_bytes",
+    "kiln_storage_bytes_used",
+    "kiln_storage_blobs",
+    "kiln_storage_segments",
+    "kiln_storage_evictions",
+    "kiln_storage_copy_forwards",
+    "kiln_storage_corruptions",
+    "kiln_exec_bots_connected",
+    "kiln_exec_queued_actions",
+    "kiln_exec_running_actions",
+];
+
+impl Summary {
+    /// Builds the summary from a fresh snapshot, the history ring and the slow-action list.
+    pub fn build(snap: &Snapshot, history: &History, slow_actions: Vec<SlowAction>) -> Self {
+        use Unit::{Bytes, BytesPerSecond, Count, PerSecond, Ratio};
+        let storage = vec![
+            fig(snap, "kiln_storage_capacity_bytes", "capacity", Bytes),
+            fig(snap, "kiln_storage_bytes_used", "used", Bytes),
+            fig(snap, "kiln_storage_blobs", "blobs", Count),
+            fig(snap, "kiln_storage_segments", "segments", Count),
+            fig(
+                snap,
+                "kiln_storage_evictions",
+                "evictions (segments)",
+                Count,
+            ),
+            fig(snap, "kiln_storage_copy_forwards", "copy-forwards", Count),
+            fig(snap, "kiln_storage_corruptions", "corruptions", Count),
+        ];
+        let ac = |r| format!("kiln_store_gets_total{{space=\"ac\",result=\"{r}\"}}");
+        let cas = |r| format!("kiln_store_gets_total{{space=\"cas\",result=\"{r}\"}}");
+        let exists = |r| format!("kiln_store_contains_total{{space=\"cas\",result=\"{r}\"}}");
+        let (ac_hits, ac_misses) = (snap.get(&ac("hit")), snap.get(&ac("miss")));
+        let mut cache = vec![
+            fig(snap, &ac("hit"), "action cache hits", Count),
+            fig(snap, &ac("miss"), "action cache misses", Count),
+        ];
+        if ac_hits + ac_misses > 0.0 {
+            cache.push(derived(
+                "action cache hit ratio",
+                ac_hits / (ac_hits + ac_misses),
+                Ratio,
+            ));
+        }
+        cache.extend([
+            fig(snap, &cas("hit"), "CAS reads that hit", Count),
+            fig(snap, &cas("miss"), "CAS reads that missed", Count),
+            fig(snap, &exists("hit"), "CAS existence checks found", Count),
+            fig(snap, &exists("miss"), "CAS existence checks missing", Count),
+            fig(snap, "kiln_store_writes_total", "blobs written", Count),
+            fig(
+                snap,
+                "kiln_store_written_bytes_total",
+                "bytes written",
+                Bytes,
+            ),
+            fig(snap, "kiln_store_read_bytes_total", "bytes read", Bytes),
+            fig(snap, "kiln_store_write_errors_total", "write errors", Count),
+        ]);
+        let rates = [
+            (
+                "requests/s",
+                PerSecond,
+                history.current_rate(|s| s.requests),
+            ),
+            (
+                "read bytes/s",
+                BytesPerSecond,
+                history.current_rate(|s| s.bytes_read),
+            ),
+            (
+                "written bytes/s",
+                BytesPerSecond,
+                history.current_rate(|s| s.bytes_written),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(label, unit, v)| v.map(|v| derived(label, v, unit)))
+        .collect();
+        let execution = vec![
+            fig(snap, "kiln_exec_bots_connected", "bots connected", Count),
+            fig(snap, "kiln_exec_queued_actions", "queued actions", Count),
+            fig(snap, "kiln_exec_running_actions", "running actions", Count),
+        ];
+        let mut auth = Vec::new();
+        if let Some(v) = snap.find("kiln_auth_open_network_listeners") {
+            let label = "auth_open_network_listeners (NO AUTH on a network listener!)";
+            auth.push(Figure {
+                metric: "kiln_auth_open_network_listeners".into(),
+                label: label.into(),
+                value: v,
+                unit: Count,
+            });
+        }
+        for s in snap.family("kiln_auth_denied_total") {
+            auth.push(Figure {
+                metric: s.key.into(),
+                label: format!("denied requests of {}", s.label("principal")),
+                value: s.value,
+                unit: Count,
+            });
+        }
+        let mut errors = Vec::new();
+        let mut rpcs: Vec<RpcRow> = Vec::new();
+        for s in snap.family("kiln_grpc_requests_total") {
+            let method = s.label("method").to_string();
+            let failed = s.label("code") != "OK";
+            if failed {
+                errors.push(Figure {
+                    metric: s.key.into(),
+                    label: format!("{method} {}", s.label("code")),
+                    value: s.value,
+                    unit: Count,
+                });
+            }
+            let row = match rpcs.iter_mut().find(|r| r.method == method) {
+                Some(r) => r,
+                None => {
+                    rpcs.push(RpcRow {
+                        method: method.clone(),
+                        requests: 0.0,
+                        errors: 0.0,
+                        quantiles: [None; 3],
+                    });
+                    rpcs.last_mut().expect("just pushed")
+                }
+            };
+            row.requests += s.value;
+            if failed {
+                row.errors += s.value;
+            }
+        }
+        for row in &mut rpcs {
+            let b = buckets(snap, "kiln_grpc_request_duration_seconds", |s| {
+                s.label("method") == row.method
+            });
+            row.quantiles = QUANTILES.map(|q| quantile(q, &b));
+        }
+        let other = snap
+            .unlabelled()
+            .filter(|(key, _)| {
+                !key.ends_with("_total")
+                    && !PLACED.contains(key)
+                    && *key != "kiln_auth_open_network_listeners"
+                    && *key != "kiln_uptime_seconds"
+            })
+            .map(|(key, value)| Figure {
+                metric: key.into(),
+                label: key.trim_start_matches("kiln_").into(),
+                value,
+                unit: Count,
+            })
+            .collect();
+        Self {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: snap.get("kiln_uptime_seconds"),
+            samples: history.len(),
+            storage,
+            cache,
+            rates,
+            execution,
+            auth,
+            errors,
+            rpcs,
+            slow_actions,
+            other,
+        }
+    }
+
+    /// The plain-text rendering (`/status`, `kiln status`): the same figures as the page.
+    pub fn text(&self) -> String {
+        let mut s = format!("kiln {}\nuptime: {}s\n", self.version, self.uptime_seconds);
+        // The summary lines scripts grep for (kept from earlier versions).
+        let f = |label: &str| {
+            self.cache
+                .iter()
+                .find(|f| f.label == label)
+                .map_or(0.0, |f| f.value)
+        };
+        let _ = writeln!(
+            s,
+            "cas: {} hits, {} misses\naction cache: {} hits, {} misses\n\
+             written: {} blobs, {} bytes ({} errors)\nread: {} bytes",
+            f("CAS reads that hit") + f("CAS existence checks found"),
+            f("CAS reads that missed") + f("CAS existence checks missing"),
+            f("action cache hits"),
+            f("action cache misses"),
+            f("blobs written"),
+            f("bytes written"),
+            f("write errors"),
+            f("bytes read"),
+        );
+        for (title, figures) in [
+            ("storage", &self.storage),
+            ("cache", &self.cache),
+            ("rates (last sample interval)", &self.rates),
+            ("execution", &self.execution),
+            ("auth", &self.auth),
+            ("errors", &self.errors),
+        ] {
+            if figures.is_empty() {
+                continue;
+            }
+            let _ = writeln!(s, "\n[{title}]");
+            for fig in figures {
+                let _ = writeln!(s, "{}: {}", fig.label, human(fig.value, fig.unit));
+            }
+        }
+        if !self.rpcs.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n[latency per RPC since start (p50/p90/p99 interpolated in histogram buckets)]"
+            );
+            for r in &self.rpcs {
+                let q = r
+                    .quantiles
+                    .map(|q| q.map_or("-".into(), |v| human(v, Unit::Seconds)));
+                let _ = writeln!(
+                    s,
+                    "{}: {} requests, {} errors, p50 {} p90 {} p99 {}",
+                    r.method, r.requests, r.errors, q[0], q[1], q[2]
+                );
+            }
+        }
+        if !self.slow_actions.is_empty() {
+            let _ = writeln!(s, "\n[slowest recent actions]");
+            for a in &self.slow_actions {
+                let exit = a.exit_code.map_or("none".into(), |c| c.to_string());
+                let _ = writeln!(
+                    s,
+                    "{}: {} (exit {exit}, {} ago)",
+                    a.digest.escape_debug(),
+                    human(a.seconds, Unit::Seconds),
+                    human(a.ago_seconds, Unit::Seconds)
+                );
+            }
+        }
+        if !self.other.is_empty() {
+            let _ = writeln!(s, "\n[other]");
+        }
+        for fig in &self.other {
+            let _ = writeln!(s, "{}: {}", fig.label, fig.value);
+        }
+        s
+    }
+}
+
+/// A value for people: sizes in KiB/MiB/GiB, ratios in %, seconds in ms/s.
+pub fn human(v: f64, unit: Unit) -> String {
+    let sized = |v: f64| {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+        let mut x = v;
+        let mut i = 0;
+        while x.abs() >= 1024.0 && i + 1 < units.len() {
+            x /= 1024.0;
+            i += 1;
+        }
+        if i == 0 {
+            format!("{x:.0} B")
+        } else {
+            format!("{x:.1} {}", units[i])
+        }
+    };
+    match unit {
+        Unit::Count if v.fract() == 0.0 => format!("{v:.0}"),
+        Unit::Count => format!("{v:.2}"),
+        Unit::Bytes => sized(v),
+        Unit::BytesPerSecond => format!("{}/s", sized(v)),
+        Unit::Ratio => format!("{:.1}%", v * 100.0),
+        Unit::PerSecond => format!("{v:.1}/s"),
+        Unit::Seconds if v < 1.0 => format!("{:.2} ms", v * 1000.0),
+        Unit::Seconds => format!("{v:.2} s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human(512.0, Unit::Bytes), "512 B");
+        assert_eq!(human(3.0 * 1024.0 * 1024.0, Unit::Bytes), "3.0 MiB");
+        assert_eq!(human(0.25, Unit::Ratio), "25.0%");
+        assert_eq!(human(0.0015, Unit::Seconds), "1.50 ms");
+        assert_eq!(human(7.0, Unit::Count), "7");
+    }
+}
