@@ -151,11 +151,16 @@ fn plots(h: &mut String, history: &History) {
             .map(|s| (s.at, hit(s) / (hit(s) + miss(s))))
             .collect::<Vec<_>>()
     };
-    h.push_str("<h2>Last hour</h2><div class=plots>");
+    let span = (
+        history.samples().next().map_or(0.0, |s| s.at),
+        history.samples().last().map_or(0.0, |s| s.at),
+    );
+    h.push_str("<h2>History (the last 720 samples: one hour at the default interval)</h2><div class=plots>");
     plot(
         h,
         "Disk: capacity and use",
         Unit::Bytes,
+        span,
         &[
             ("capacity", "#9aa5b8", pts(|s| s.capacity)),
             ("used", "#2f6fde", pts(|s| s.used)),
@@ -165,12 +170,14 @@ fn plots(h: &mut String, history: &History) {
         h,
         "Blobs stored",
         Unit::Count,
+        span,
         &[("blobs", "#2f6fde", pts(|s| s.blobs))],
     );
     plot(
         h,
         "Hit ratio since start",
         Unit::Ratio,
+        span,
         &[
             (
                 "action cache",
@@ -184,12 +191,14 @@ fn plots(h: &mut String, history: &History) {
         h,
         "Requests per second",
         Unit::PerSecond,
+        span,
         &[("requests/s", "#e07b00", history.rates(|s| s.requests))],
     );
     plot(
         h,
         "Bytes per second",
         Unit::BytesPerSecond,
+        span,
         &[
             ("read", "#2f6fde", history.rates(|s| s.bytes_read)),
             ("written", "#d6336c", history.rates(|s| s.bytes_written)),
@@ -198,20 +207,40 @@ fn plots(h: &mut String, history: &History) {
     h.push_str("</div>");
 }
 
-/// One SVG line chart; x is time (the ring's span), y starts at 0.
-fn plot(h: &mut String, title: &str, unit: Unit, lines: &[Line]) {
+/// The smallest "round" number (1, 2, 2.5 or 5 times a power of ten; for bytes, of the KiB/MiB/..
+/// unit it is shown in) at or above `v`, so axis labels read well. At least 1.
+fn nice_ceiling(v: f64, unit: Unit) -> f64 {
+    if v.is_nan() || v <= 1.0 {
+        return 1.0;
+    }
+    let mut scale = 1.0;
+    if matches!(unit, Unit::Bytes | Unit::BytesPerSecond) {
+        while v / scale >= 1024.0 {
+            scale *= 1024.0;
+        }
+    }
+    let x = v / scale;
+    let pow = 10f64.powf(x.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .into_iter()
+        .find(|m| m * pow >= x)
+        .unwrap_or(10.0);
+    step * pow * scale
+}
+
+/// One SVG line chart over the ring's time span `(t0, t1)`; y starts at 0.
+fn plot(h: &mut String, title: &str, unit: Unit, (t0, t1): (f64, f64), lines: &[Line]) {
     const W: f64 = 540.0;
     const H: f64 = 150.0;
     const LEFT: f64 = 78.0;
     const BOTTOM: f64 = 20.0;
-    let all = lines.iter().flat_map(|l| l.2.iter());
-    let (t0, t1, ymax) = all.fold((f64::MAX, f64::MIN, 0.0_f64), |(a, b, m), &(t, v)| {
-        (a.min(t), b.max(t), m.max(v))
-    });
+    let ymax = lines
+        .iter()
+        .flat_map(|l| l.2.iter())
+        .fold(0.0_f64, |m, &(_, v)| m.max(v));
     let ymax = match unit {
         Unit::Ratio => 1.0,
-        _ if ymax <= 0.0 => 1.0,
-        _ => ymax * 1.1,
+        _ => nice_ceiling(ymax, unit),
     };
     let _ = write!(h, "<div class=plot><h3>{}</h3><div class=key>", esc(title));
     for (name, colour, points) in lines {
@@ -343,6 +372,17 @@ mod tests {
     use super::*;
     use crate::metrics::summary::SlowAction;
     use crate::metrics::{Snapshot, history::History};
+
+    #[test]
+    fn axis_ceilings_are_round() {
+        assert_eq!(nice_ceiling(0.0, Unit::Count), 1.0);
+        assert_eq!(nice_ceiling(19801.0, Unit::Count), 20000.0);
+        assert_eq!(nice_ceiling(1655.0, Unit::PerSecond), 2000.0);
+        assert_eq!(nice_ceiling(3.0, Unit::Count), 5.0);
+        let mib = 1024.0 * 1024.0;
+        assert_eq!(nice_ceiling(256.0 * mib, Unit::Bytes), 500.0 * mib);
+        assert_eq!(nice_ceiling(80.0 * mib, Unit::Bytes), 100.0 * mib);
+    }
 
     #[test]
     fn hostile_text_is_escaped_and_an_empty_ring_renders() {
