@@ -130,6 +130,14 @@ impl Metrics {
             "Seconds since the server started",
             m.uptime.clone(),
         );
+        // Every keyspace/outcome series exists from the start (a scraper and the status page
+        // see 0, not a missing series).
+        for space in ["cas", "ac"] {
+            for result in ["hit", "miss", "error"] {
+                drop(m.gets.get_or_create(&OpLabels { space, result }));
+                drop(m.contains.get_or_create(&OpLabels { space, result }));
+            }
+        }
         *m.registry.lock().expect("metrics lock") = registry;
         Arc::new(m)
     }

@@ -82,6 +82,9 @@ pub fn render(summary: &Summary, history: &History) -> String {
     );
     section(&mut h, "Cache", &summary.cache);
     section(&mut h, "Execution", &summary.execution);
+    if summary.execution.is_empty() {
+        h.push_str("<p class=note>Execution is disabled ([execution] enabled = false).</p>");
+    }
     slow_actions(&mut h, summary);
     latency(&mut h, summary);
     section(&mut h, "Errors by method and gRPC code", &summary.errors);

@@ -96,13 +96,15 @@ pub struct Summary {
     pub other: Vec<Figure>,
 }
 
-fn fig(snap: &Snapshot, metric: &str, label: &str, unit: Unit) -> Figure {
-    Figure {
+/// The figure of series `metric`, `None` when `/metrics` does not expose it (e.g. the
+/// execution gauges of a cache-only server).
+fn fig(snap: &Snapshot, metric: &str, label: &str, unit: Unit) -> Option<Figure> {
+    Some(Figure {
         metric: metric.into(),
         label: label.into(),
-        value: snap.get(metric),
+        value: snap.find(metric)?,
         unit,
-    }
+    })
 }
 
 fn derived(label: &str, value: f64, unit: Unit) -> Figure {
@@ -132,7 +134,7 @@ impl Summary {
     /// Builds the summary from a fresh snapshot, the history ring and the slow-action list.
     pub fn build(snap: &Snapshot, history: &History, slow_actions: Vec<SlowAction>) -> Self {
         use Unit::{Bytes, BytesPerSecond, Count, PerSecond, Ratio};
-        let storage = vec![
+        let storage = [
             fig(snap, "kiln_storage_capacity_bytes", "capacity", Bytes),
             fig(snap, "kiln_storage_bytes_used", "used", Bytes),
             fig(snap, "kiln_storage_blobs", "blobs", Count),
@@ -145,15 +147,21 @@ impl Summary {
             ),
             fig(snap, "kiln_storage_copy_forwards", "copy-forwards", Count),
             fig(snap, "kiln_storage_corruptions", "corruptions", Count),
-        ];
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let ac = |r| format!("kiln_store_gets_total{{space=\"ac\",result=\"{r}\"}}");
         let cas = |r| format!("kiln_store_gets_total{{space=\"cas\",result=\"{r}\"}}");
         let exists = |r| format!("kiln_store_contains_total{{space=\"cas\",result=\"{r}\"}}");
         let (ac_hits, ac_misses) = (snap.get(&ac("hit")), snap.get(&ac("miss")));
-        let mut cache = vec![
+        let mut cache: Vec<Figure> = [
             fig(snap, &ac("hit"), "action cache hits", Count),
             fig(snap, &ac("miss"), "action cache misses", Count),
-        ];
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         if ac_hits + ac_misses > 0.0 {
             cache.push(derived(
                 "action cache hit ratio",
@@ -161,21 +169,25 @@ impl Summary {
                 Ratio,
             ));
         }
-        cache.extend([
-            fig(snap, &cas("hit"), "CAS reads that hit", Count),
-            fig(snap, &cas("miss"), "CAS reads that missed", Count),
-            fig(snap, &exists("hit"), "CAS existence checks found", Count),
-            fig(snap, &exists("miss"), "CAS existence checks missing", Count),
-            fig(snap, "kiln_store_writes_total", "blobs written", Count),
-            fig(
-                snap,
-                "kiln_store_written_bytes_total",
-                "bytes written",
-                Bytes,
-            ),
-            fig(snap, "kiln_store_read_bytes_total", "bytes read", Bytes),
-            fig(snap, "kiln_store_write_errors_total", "write errors", Count),
-        ]);
+        cache.extend(
+            [
+                fig(snap, &cas("hit"), "CAS reads that hit", Count),
+                fig(snap, &cas("miss"), "CAS reads that missed", Count),
+                fig(snap, &exists("hit"), "CAS existence checks found", Count),
+                fig(snap, &exists("miss"), "CAS existence checks missing", Count),
+                fig(snap, "kiln_store_writes_total", "blobs written", Count),
+                fig(
+                    snap,
+                    "kiln_store_written_bytes_total",
+                    "bytes written",
+                    Bytes,
+                ),
+                fig(snap, "kiln_store_read_bytes_total", "bytes read", Bytes),
+                fig(snap, "kiln_store_write_errors_total", "write errors", Count),
+            ]
+            .into_iter()
+            .flatten(),
+        );
         let rates = [
             (
                 "requests/s",
@@ -196,11 +208,14 @@ impl Summary {
         .into_iter()
         .filter_map(|(label, unit, v)| v.map(|v| derived(label, v, unit)))
         .collect();
-        let execution = vec![
+        let execution = [
             fig(snap, "kiln_exec_bots_connected", "bots connected", Count),
             fig(snap, "kiln_exec_queued_actions", "queued actions", Count),
             fig(snap, "kiln_exec_running_actions", "running actions", Count),
-        ];
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let mut auth = Vec::new();
         if let Some(v) = snap.find("kiln_auth_open_network_listeners") {
             let label = "auth_open_network_listeners (NO AUTH on a network listener!)";
