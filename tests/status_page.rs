@@ -6,6 +6,7 @@
 //!
 //! Needs Chromium at /usr/bin/chromium (Debian: `apt-get install -y chromium`; `.ci/run`
 //! installs it).
+#![allow(clippy::float_cmp)] // figures must equal /metrics exactly
 
 mod exec_support;
 
@@ -54,22 +55,22 @@ fn decode(s: &str) -> String {
 /// Every start tag of `html`, in document order (quoted attribute values may hold `>`).
 fn tags(html: &str) -> Vec<Tag> {
     let mut out = Vec::new();
-    let b = html.as_bytes();
-    let mut i = 0;
-    while let Some(start) = html[i..].find('<').map(|p| p + i) {
-        let mut j = start + 1;
+    let bytes = html.as_bytes();
+    let mut pos = 0;
+    while let Some(start) = html[pos..].find('<').map(|p| p + pos) {
+        let mut end = start + 1;
         let mut quote = None;
-        while j < b.len() {
-            match (b[j], quote) {
-                (b'"' | b'\'', None) => quote = Some(b[j]),
-                (c, Some(q)) if c == q => quote = None,
+        while end < bytes.len() {
+            match (bytes[end], quote) {
+                (b'"' | b'\'', None) => quote = Some(bytes[end]),
+                (ch, Some(open)) if ch == open => quote = None,
                 (b'>', None) => break,
                 _ => {}
             }
-            j += 1;
+            end += 1;
         }
-        let inner = &html[start + 1..j.min(html.len())];
-        i = j + 1;
+        let inner = &html[start + 1..end.min(html.len())];
+        pos = end + 1;
         if inner.starts_with('/') || inner.starts_with('!') {
             continue;
         }
@@ -206,21 +207,18 @@ fn mismatches(dom: &[Tag], metrics: &BTreeMap<String, f64>) -> (usize, Vec<Strin
             continue;
         };
         let shown: f64 = value.parse().expect("data-value is a number");
-        let (key, want) = match t.attrs.get("data-quantile") {
-            Some(q) => {
-                let q: f64 = q.parse().unwrap();
-                let key = format!("{metric} {method} q{q}");
-                (key, expected_quantile(q, metrics, &method))
-            }
-            None => match metrics.get(metric) {
-                Some(v) => (metric.clone(), *v),
-                None => {
-                    bad.push(format!("{metric}: on the page, not in /metrics"));
-                    continue;
-                }
-            },
+        let (key, want) = if let Some(q) = t.attrs.get("data-quantile") {
+            let q: f64 = q.parse().unwrap();
+            let key = format!("{metric} {method} q{q}");
+            let want = expected_quantile(q, metrics, &method);
+            (key, want)
+        } else if let Some(v) = metrics.get(metric) {
+            (metric.clone(), *v)
+        } else {
+            bad.push(format!("{metric}: on the page, not in /metrics"));
+            continue;
         };
-        if key.contains("method=\"Bots/") || (key.contains(" Bots/")) {
+        if key.contains("method=\"Bots/") || key.contains(" Bots/") {
             continue;
         }
         checked += 1;

@@ -57,7 +57,7 @@ impl Finished {
             .filter(|a| a.at.elapsed() < RECENT)
             .cloned()
             .collect();
-        v.sort_by(|a, b| b.ran.cmp(&a.ran));
+        v.sort_by_key(|a| std::cmp::Reverse(a.ran));
         v.truncate(n);
         v
     }

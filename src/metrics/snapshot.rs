@@ -165,6 +165,7 @@ pub fn buckets(snap: &Snapshot, name: &str, keep: impl Fn(&Series<'_>) -> bool) 
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp)] // exact values are the point
 mod tests {
     use super::*;
 

@@ -371,6 +371,7 @@ fn slow_actions(h: &mut String, summary: &Summary) {
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp)] // exact values are the point
 mod tests {
     use super::*;
     use crate::metrics::summary::SlowAction;

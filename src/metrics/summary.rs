@@ -247,18 +247,18 @@ impl Summary {
                     unit: Count,
                 });
             }
-            let row = match rpcs.iter_mut().find(|r| r.method == method) {
-                Some(r) => r,
-                None => {
-                    rpcs.push(RpcRow {
-                        method: method.clone(),
-                        requests: 0.0,
-                        errors: 0.0,
-                        quantiles: [None; 3],
-                    });
-                    rpcs.last_mut().expect("just pushed")
-                }
-            };
+            if !rpcs.iter().any(|r| r.method == method) {
+                rpcs.push(RpcRow {
+                    method: method.clone(),
+                    requests: 0.0,
+                    errors: 0.0,
+                    quantiles: [None; 3],
+                });
+            }
+            let row = rpcs
+                .iter_mut()
+                .find(|r| r.method == method)
+                .expect("pushed above");
             row.requests += s.value;
             if failed {
                 row.errors += s.value;
