@@ -218,7 +218,8 @@ impl Summary {
         .collect();
         let mut auth = Vec::new();
         if let Some(v) = snap.find("kiln_auth_open_network_listeners") {
-            let label = "auth_open_network_listeners (NO AUTH on a network listener!)";
+            // The exact name, so scripts grepping `/status` for it keep working.
+            let label = "auth_open_network_listeners";
             auth.push(Figure {
                 metric: "kiln_auth_open_network_listeners".into(),
                 label: label.into(),
@@ -304,6 +305,16 @@ impl Summary {
     /// The plain-text rendering (`/status`, `kiln status`): the same figures as the page.
     pub fn text(&self) -> String {
         let mut s = format!("kiln {}\nuptime: {}s\n", self.version, self.uptime_seconds);
+        if self
+            .auth
+            .iter()
+            .any(|f| f.metric == "kiln_auth_open_network_listeners" && f.value > 0.0)
+        {
+            s.push_str(
+                "!!! NO AUTH: kiln listens on a non-loopback address and every client that \
+                 reaches it may read, write the cache and run actions ([auth] tokens_file) !!!\n",
+            );
+        }
         // The summary lines scripts grep for (kept from earlier versions).
         let f = |label: &str| {
             self.cache
