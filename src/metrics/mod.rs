@@ -8,6 +8,7 @@ mod history;
 mod http;
 mod snapshot;
 mod status_page;
+mod status_text;
 mod store;
 mod summary;
 

@@ -8,7 +8,8 @@
 //! names) is HTML-escaped.
 
 use super::history::{History, Sample};
-use super::summary::{Figure, QUANTILES, Summary, Unit, human};
+use super::status_text::human;
+use super::summary::{Figure, QUANTILES, Summary, Unit};
 use std::fmt::Write as _;
 
 /// Seconds between the page's reloads.
@@ -31,21 +32,8 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}\
-header{background:#1d2330;color:#fff;padding:14px 24px}header h1{margin:0;font-size:20px}\
-header p{margin:2px 0 0;color:#b8c0d0;font-size:13px}main{padding:8px 24px 24px}\
-h2{font-size:15px;margin:22px 0 8px;color:#39445a;text-transform:uppercase;letter-spacing:.04em}\
-.figs{display:flex;flex-wrap:wrap;gap:10px}.fig{background:#fff;border-radius:6px;padding:8px 14px;\
-min-width:130px;box-shadow:0 1px 2px #0002}.fig .v{display:block;font-size:20px;font-weight:600}\
-.fig .l{color:#5b6578;font-size:12px}.warn{background:#b3261e;color:#fff;padding:10px 24px;\
-font-weight:600}.fig.bad{border-left:4px solid #b3261e}.plots{display:grid;\
-grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:14px}.plot{background:#fff;\
-border-radius:6px;padding:8px 12px;box-shadow:0 1px 2px #0002}.plot h3{margin:0 0 4px;font-size:14px}\
-.key span{margin-right:14px;font-size:12px}.key i{display:inline-block;width:10px;height:10px;\
-margin-right:4px;border-radius:2px}table{border-collapse:collapse;background:#fff;\
-box-shadow:0 1px 2px #0002;border-radius:6px}td,th{padding:5px 12px;text-align:right;\
-border-bottom:1px solid #e6e8ee}th{background:#eef0f4;font-size:12px}td:first-child,\
-th:first-child{text-align:left}.note{color:#5b6578;font-size:12px}code{font-size:12px}";
+/// The page's style sheet, inlined into every page.
+const STYLE: &str = include_str!("status_page.css");
 
 /// The whole page.
 pub fn render(summary: &Summary, history: &History) -> String {
