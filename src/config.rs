@@ -485,5 +485,16 @@ mod tests {
                 .contains("max_message_bytes")
         );
         assert!(toml::from_str::<Config>("[server]\nbogus = 1").is_err());
+        for bad in [0, 99, 60_001] {
+            let mut c = Config::default();
+            c.server.status_sample_interval_ms = bad;
+            assert!(
+                c.validate()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("status_sample_interval_ms"),
+                "{bad}"
+            );
+        }
     }
 }
