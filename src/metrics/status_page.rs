@@ -107,6 +107,7 @@ fn figure(h: &mut String, f: &Figure) {
         && (f.label.contains("corruption")
             || f.label.contains("denied")
             || f.label.contains("errors")
+            || (f.metric.contains("code=") && !f.metric.contains("code=\"OK\""))
             || f.metric == "kiln_auth_open_network_listeners");
     let _ = write!(
         h,

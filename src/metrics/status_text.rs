@@ -103,8 +103,10 @@ pub fn human(v: f64, unit: Unit) -> String {
             x /= 1024.0;
             i += 1;
         }
-        if i == 0 {
+        if i == 0 && (x.fract() == 0.0 || x.abs() >= 10.0) {
             format!("{x:.0} B")
+        } else if i == 0 {
+            format!("{x:.1} B")
         } else {
             format!("{x:.1} {}", units[i])
         }
@@ -128,6 +130,7 @@ mod tests {
     #[test]
     fn human_units() {
         assert_eq!(human(512.0, Unit::Bytes), "512 B");
+        assert_eq!(human(0.5, Unit::BytesPerSecond), "0.5 B/s");
         assert_eq!(human(3.0 * 1024.0 * 1024.0, Unit::Bytes), "3.0 MiB");
         assert_eq!(human(0.25, Unit::Ratio), "25.0%");
         assert_eq!(human(0.0015, Unit::Seconds), "1.50 ms");

@@ -282,7 +282,11 @@ impl Summary {
                 metric: key.into(),
                 label: key.trim_start_matches("kiln_").into(),
                 value,
-                unit: Count,
+                unit: if key.ends_with("_bytes") {
+                    Bytes
+                } else {
+                    Count
+                },
             })
             .collect();
         Self {
