@@ -30,6 +30,29 @@ fn series(text: &str, key: &str) -> Option<f64> {
 }
 
 #[tokio::test]
+async fn status_page_is_html_never_cached_and_renders_before_the_plots_have_data() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start_with(|c| c.server.status_sample_interval_ms = 60_000).await;
+    let mut conn = tokio::net::TcpStream::connect(s.metrics_addr)
+        .await
+        .unwrap();
+    conn.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    assert!(head.contains("content-type: text/html"), "{head}");
+    assert!(head.contains("cache-control: no-store"), "{head}");
+    // One sample a minute: the ring holds at most one, too few to draw a line.
+    assert!(body.contains("collecting…"), "{body}");
+    assert!(body.contains("http-equiv=refresh"), "{body}");
+    assert!(body.ends_with("</html>\n"), "{body}");
+}
+
+#[tokio::test]
 async fn every_rpc_is_counted_with_its_code_and_timed() {
     use kiln::proto::bytestream::ReadRequest;
     use kiln::proto::reapi::{

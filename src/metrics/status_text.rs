@@ -51,7 +51,9 @@ impl Summary {
             }
             let _ = writeln!(s, "\n[{title}]");
             for fig in figures {
-                let _ = writeln!(s, "{}: {}", fig.label, human(fig.value, fig.unit));
+                // Labels may hold label values (principal names): no control characters.
+                let label = fig.label.escape_debug();
+                let _ = writeln!(s, "{label}: {}", human(fig.value, fig.unit));
             }
         }
         if !self.rpcs.is_empty() {
