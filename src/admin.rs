@@ -87,9 +87,10 @@ pub fn outcome(report: &VerifyReport) -> Result<(), String> {
     ))
 }
 
-/// Fetches `/status` from a running server's metrics address (`HOST:PORT`).
-pub async fn status(addr: &str) -> Result<String, String> {
-    http_get(addr, "/status").await
+/// Fetches `/status` (or `/status.json`) from a running server's metrics address
+/// (`HOST:PORT`): the figures of the status page.
+pub async fn status(addr: &str, json: bool) -> Result<String, String> {
+    http_get(addr, if json { "/status.json" } else { "/status" }).await
 }
 
 /// GETs `path` from kiln's metrics endpoint at `addr` and returns the body of a 200 answer.

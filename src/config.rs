@@ -61,6 +61,10 @@ pub struct ServerConfig {
     /// kiln raises to the hard limit at start; metric: `kiln_connections_open`,
     /// `kiln_accept_fd_exhausted`.
     pub max_connections: u64,
+    /// Milliseconds between the status page's samples (its plots keep the last 720: one hour
+    /// at the default). Default 5000; 100..=60000. Lower only for tests; each sample reads
+    /// every metric once.
+    pub status_sample_interval_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +75,7 @@ impl Default for ServerConfig {
             unix_socket: "kiln.sock".into(),
             metrics_listen: "127.0.0.1:8981".into(),
             max_connections: 4096,
+            status_sample_interval_ms: 5000,
         }
     }
 }
@@ -383,6 +388,9 @@ impl Config {
                 reason: format!("{:?} is not an IP:port address", self.server.metrics_listen),
             });
         }
+        if !(100..=60_000).contains(&self.server.status_sample_interval_ms) {
+            return invalid("server.status_sample_interval_ms", "must be 100..=60000");
+        }
         if self.cache.max_batch_total_size_bytes < 1024 {
             return invalid("cache.max_batch_total_size_bytes", "must be at least 1024");
         }
@@ -509,5 +517,16 @@ mod tests {
         );
         c.auth.tokens_file = "tokens.toml".into();
         c.validate().unwrap();
+        for bad in [0, 99, 60_001] {
+            let mut c = Config::default();
+            c.server.status_sample_interval_ms = bad;
+            assert!(
+                c.validate()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("status_sample_interval_ms"),
+                "{bad}"
+            );
+        }
     }
 }

@@ -62,6 +62,9 @@ enum Command {
         /// The server's metrics address (server.metrics_listen).
         #[arg(long, default_value = "127.0.0.1:8981")]
         metrics: String,
+        /// Print the figures as JSON (`/status.json`) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Run actions for a server as a Remote Worker API bot.
     Worker {
@@ -261,8 +264,8 @@ fn main() -> ExitCode {
             println!("{}", kiln::admin::describe(&report));
             kiln::admin::outcome(&report)
         }),
-        Command::Status { metrics } => runtime
-            .block_on(kiln::admin::status(&metrics))
+        Command::Status { metrics, json } => runtime
+            .block_on(kiln::admin::status(&metrics, json))
             .map(|s| print!("{s}")),
         Command::Worker {
             server,

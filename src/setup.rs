@@ -212,6 +212,9 @@ pub fn resolve_capacity(config: &Config) -> Result<u64, SetupError> {
     Ok(capacity)
 }
 
+/// How stale `kiln_storage_blobs` may be: counting scans the whole index.
+const BLOB_COUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Opens the storage engine the config describes, and exports its statistics as metrics.
 pub fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, SetupError> {
     let engine = Arc::new(Engine::open(engine_config(config)?)?);
@@ -223,9 +226,33 @@ pub fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, 
         "storage engine open"
     );
     let e = engine.clone();
+    let capacity = engine.config().capacity_bytes;
+    // Counting live entries scans the whole index, so it runs at most every BLOB_COUNT_EVERY.
+    let blobs = std::sync::Mutex::new(None::<(std::time::Instant, u64)>);
     metrics.add_gauge_source(Box::new(move || {
         let s = e.stats();
+        let blob_count = {
+            let mut cached = blobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match *cached {
+                Some((at, n)) if at.elapsed() < BLOB_COUNT_EVERY => n,
+                _ => {
+                    let n = e.count_entries();
+                    *cached = Some((std::time::Instant::now(), n));
+                    n
+                }
+            }
+        };
         vec![
+            (
+                "storage_capacity_bytes",
+                "Bytes of segment files the ring may use (storage.capacity_bytes)",
+                capacity as i64,
+            ),
+            (
+                "storage_blobs",
+                "Live index entries (CAS blobs and action results), recounted at most every 10 s",
+                blob_count as i64,
+            ),
             (
                 "storage_bytes_used",
                 "Bytes of live segment files",
@@ -517,6 +544,44 @@ fn warn_if_open(auth: &Authorizer, grpc: &Listeners, bots: Option<&Listeners>, m
     }));
 }
 
+/// The scheduler's figures for `/metrics` and the status page.
+fn export_exec_stats(scheduler: &Scheduler, metrics: &Metrics) {
+    let s = scheduler.clone();
+    metrics.add_gauge_source(Box::new(move || {
+        let st = s.stats();
+        vec![
+            ("exec_bots_connected", "Bot sessions open", st.bots as i64),
+            (
+                "exec_queued_actions",
+                "Actions waiting for a bot",
+                st.queued as i64,
+            ),
+            (
+                "exec_running_actions",
+                "Actions leased to a bot",
+                st.running as i64,
+            ),
+        ]
+    }));
+    let s = scheduler.clone();
+    metrics.set_slow_actions(Box::new(move || {
+        s.slowest_recent(10)
+            .into_iter()
+            .map(|a| crate::metrics::SlowAction {
+                digest: a.digest.to_string(),
+                seconds: a.ran.as_secs_f64(),
+                exit_code: a.exit_code,
+                ago_seconds: a.at.elapsed().as_secs_f64(),
+            })
+            .collect()
+    }));
+}
+
+/// Puts the RPC metrics layer (counts, codes, latency) in front of every route of `routes`.
+fn instrument(routes: tonic::service::Routes, metrics: &Metrics) -> tonic::service::Routes {
+    tonic::service::Routes::from(routes.into_axum_router().layer(metrics.grpc.clone()))
+}
+
 /// A server whose listeners are bound and whose objects are built, not yet serving.
 pub struct Prepared {
     _lock: nix::fcntl::Flock<std::fs::File>,
@@ -527,6 +592,7 @@ pub struct Prepared {
     metrics: Arc<Metrics>,
     metrics_listener: Option<tokio::net::TcpListener>,
     auth: Arc<Authorizer>,
+    sample_interval: std::time::Duration,
 }
 
 impl Prepared {
@@ -562,11 +628,13 @@ impl Prepared {
         if config.execution.enabled {
             let scheduler = Scheduler::new(cas, ac, scheduler_config(config));
             scheduler.spawn_reaper();
+            export_exec_stats(&scheduler, &metrics);
             crate::api::add_exec_services(&scheduler, max_message, &mut routes);
             let mut bot_routes = tonic::service::RoutesBuilder::default();
             services.add_to(&mut bot_routes);
             crate::bots::add_to(&scheduler, &mut bot_routes);
             let bot_routes = crate::api::auth::protect(bot_routes.routes(), &auth, true);
+            let bot_routes = instrument(bot_routes, &metrics);
             bots = Some((bot_routes, bind_bots(config).await?));
         }
         let listeners = bind(config).await?;
@@ -587,12 +655,18 @@ impl Prepared {
         };
         Ok(Self {
             _lock: lock,
-            routes: crate::api::auth::protect(routes.routes(), &auth, false),
+            routes: instrument(
+                crate::api::auth::protect(routes.routes(), &auth, false),
+                &metrics,
+            ),
             listeners,
             metrics,
             metrics_listener,
             bots,
             auth,
+            sample_interval: std::time::Duration::from_millis(
+                config.server.status_sample_interval_ms,
+            ),
         })
     }
 
@@ -631,6 +705,11 @@ impl Prepared {
         if self.auth.enabled() {
             tokio::spawn(reload_on_change(self.auth.clone(), stop.signal()));
         }
+        tokio::spawn(
+            self.metrics
+                .clone()
+                .run_sampler(self.sample_interval, stop.signal()),
+        );
         if let Some(l) = self.metrics_listener {
             tokio::spawn(crate::metrics::serve_http(
                 l,

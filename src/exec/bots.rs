@@ -56,6 +56,7 @@ struct Completion {
     digest: Digest,
     write_ac: bool,
     queued_at: SystemTime,
+    leased_at: Option<Instant>,
     bot_id: String,
     status: Option<rpc::Status>,
     result: Option<ActionResult>,
@@ -211,6 +212,7 @@ impl Scheduler {
                 digest: op.digest,
                 write_ac: !op.action.do_not_cache,
                 queued_at: op.queued_at,
+                leased_at: op.leased_at,
                 bot_id: bot_id.clone(),
                 status: r.status,
                 result: r.result,
@@ -267,6 +269,7 @@ impl Scheduler {
                     session: session.to_string(),
                 };
                 op.unmatched_since = None;
+                op.leased_at = Some(Instant::now());
                 op.tx.send_replace(OpSnapshot::at(Stage::Executing));
                 views.push(LeaseView {
                     id: name.clone(),
@@ -319,7 +322,17 @@ impl Scheduler {
         } else {
             None
         };
-        self.lock().finish(
+        let mut st = self.lock();
+        st.finished.record(super::FinishedAction {
+            digest: c.digest,
+            ran: c.leased_at.map(|t| t.elapsed()).unwrap_or_default(),
+            exit_code: result
+                .as_ref()
+                .filter(|_| error.is_none())
+                .map(|r| r.exit_code),
+            at: Instant::now(),
+        });
+        st.finish(
             &c.name,
             Outcome {
                 result,

@@ -14,6 +14,7 @@ pub mod platform;
 mod prepare;
 mod reaper;
 mod state;
+mod stats;
 #[cfg(test)]
 mod tests;
 
@@ -21,6 +22,7 @@ pub use bots::{LeaseReport, LeaseState, LeaseView};
 pub use error::ExecError;
 pub use operation::{OpHandle, OpSnapshot, Outcome, Stage};
 pub use prepare::{ActionLimits, PreparedAction, Timeouts, within_root};
+pub use stats::{ExecStats, FinishedAction};
 
 use crate::cas::{ActionCache, Cas, CasError, InlineRequest};
 use crate::digest::Digest;

@@ -39,6 +39,8 @@ pub(super) struct Op {
     pub queued_at: SystemTime,
     /// Since when no connected bot can run it (queued operations only).
     pub unmatched_since: Option<Instant>,
+    /// When a bot was last handed it (for the slowest-actions list).
+    pub leased_at: Option<Instant>,
     seq: u64,
 }
 
@@ -85,6 +87,8 @@ pub(super) struct State {
     /// (priority, arrival) -> operation name; lower priority values run first.
     queue: BTreeSet<(i32, u64, String)>,
     pub bots: HashMap<String, Bot>,
+    /// The last actions bots finished, for the status page.
+    pub finished: super::stats::Finished,
     seq: u64,
 }
 
@@ -118,6 +122,7 @@ impl State {
             attempts: 0,
             queued_at: SystemTime::now(),
             unmatched_since: None,
+            leased_at: None,
             seq: 0,
         };
         self.ops.insert(name.to_string(), op);

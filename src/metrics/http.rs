@@ -1,5 +1,7 @@
-//! The metrics endpoint: `GET /metrics` (Prometheus text) and `GET /status` (plain text), over
-//! HTTP/1.1 with hyper. Separate from the gRPC port so scrapers need no gRPC.
+//! The metrics endpoint: `GET /metrics` (Prometheus text), `GET /` (the status page, HTML),
+//! `GET /status` (the same figures as plain text) and `GET /status.json`, over HTTP/1.1 with
+//! hyper. Separate from the gRPC port so scrapers need no gRPC. Nothing is cached by browsers
+//! or proxies (`cache-control: no-store`): every answer is the state now.
 
 use super::Metrics;
 use bytes::Bytes;
@@ -18,20 +20,31 @@ fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.encode(),
         ),
-        (&hyper::Method::GET, "/status" | "/") => (
+        (&hyper::Method::GET, "/") => (
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            metrics.status_page(),
+        ),
+        (&hyper::Method::GET, "/status") => (
             StatusCode::OK,
             "text/plain; charset=utf-8",
             metrics.status(),
         ),
+        (&hyper::Method::GET, "/status.json") => (
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string_pretty(&metrics.summary()).expect("a summary serializes") + "\n",
+        ),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
-            "not found: try /metrics or /status\n".into(),
+            "not found: try /, /metrics, /status or /status.json\n".into(),
         ),
     };
     Response::builder()
         .status(status)
         .header("content-type", content_type)
+        .header("cache-control", "no-store")
         .body(Full::new(Bytes::from(body)))
         .expect("static response parts are valid")
 }

@@ -1,19 +1,32 @@
-//! Prometheus metrics: one registry, counters fed by decorators (see [`MeteredStore`]) and a
-//! plain HTTP endpoint serving `/metrics` (Prometheus text format) and `/status`.
+//! Prometheus metrics: one registry, counters fed by decorators (see [`MeteredStore`],
+//! [`GrpcMetrics`]) and a plain HTTP endpoint serving `/metrics` (Prometheus text format), the
+//! status page `/` and `/status`. The status views read the registry's own exposition
+//! ([`Snapshot`]), sampled into a bounded ring ([`History`]) for the page's plots.
 
+mod grpc;
+mod history;
 mod http;
+mod snapshot;
+mod status_page;
+mod status_text;
 mod store;
+mod summary;
 
+pub use grpc::GrpcMetrics;
+pub use history::{History, Sample};
 pub use http::serve_http;
+pub use snapshot::{Snapshot, quantile};
 pub use store::MeteredStore;
+pub use summary::{SlowAction, Summary};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Label of store operations: which keyspace and which outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -26,6 +39,9 @@ pub struct OpLabels {
 
 /// A source of extra gauges read at scrape time (the storage engine's own statistics).
 pub type GaugeSource = Box<dyn Fn() -> Vec<(&'static str, &'static str, i64)> + Send + Sync>;
+
+/// The slowest actions finished lately (read from the scheduler when a status view renders).
+pub type SlowActionSource = Box<dyn Fn() -> Vec<SlowAction> + Send + Sync>;
 
 /// Every metric kiln exports. Cheap to clone handles; counters are atomics.
 pub struct Metrics {
@@ -42,9 +58,13 @@ pub struct Metrics {
     pub writes: Counter,
     /// Writes that failed (storage errors, not verification).
     pub write_errors: Counter,
+    /// Requests, codes and latency per RPC method.
+    pub grpc: GrpcMetrics,
     started: Instant,
     uptime: Gauge,
     extra: Mutex<Vec<GaugeSource>>,
+    history: Mutex<History>,
+    slow_actions: Mutex<Option<SlowActionSource>>,
 }
 
 impl Metrics {
@@ -59,10 +79,23 @@ impl Metrics {
             bytes_written: Counter::default(),
             writes: Counter::default(),
             write_errors: Counter::default(),
+            grpc: GrpcMetrics::default(),
             started: Instant::now(),
             uptime: Gauge::default(),
             extra: Mutex::default(),
+            history: Mutex::default(),
+            slow_actions: Mutex::default(),
         };
+        registry.register(
+            "grpc_requests",
+            "Finished gRPC requests by method and status code",
+            m.grpc.requests.clone(),
+        );
+        registry.register(
+            "grpc_request_duration_seconds",
+            "gRPC request latency by method, from the call to the end of the response",
+            m.grpc.latency.clone(),
+        );
         registry.register(
             "store_gets",
             "Store lookups by keyspace and result",
@@ -98,6 +131,14 @@ impl Metrics {
             "Seconds since the server started",
             m.uptime.clone(),
         );
+        // Every keyspace/outcome series exists from the start (a scraper and the status page
+        // see 0, not a missing series).
+        for space in ["cas", "ac"] {
+            for result in ["hit", "miss", "error"] {
+                drop(m.gets.get_or_create(&OpLabels { space, result }));
+                drop(m.contains.get_or_create(&OpLabels { space, result }));
+            }
+        }
         *m.registry.lock().expect("metrics lock") = registry;
         Arc::new(m)
     }
@@ -140,30 +181,60 @@ impl Metrics {
         out
     }
 
-    /// A short human-readable summary for `/status` and `kiln status`.
-    pub fn status(&self) -> String {
-        let count = |f: &Family<OpLabels, Counter>, space, result| {
-            f.get_or_create(&OpLabels { space, result }).get()
-        };
-        let cas_hits = count(&self.gets, "cas", "hit") + count(&self.contains, "cas", "hit");
-        let cas_misses = count(&self.gets, "cas", "miss") + count(&self.contains, "cas", "miss");
-        let ac_hits = count(&self.gets, "ac", "hit");
-        let ac_misses = count(&self.gets, "ac", "miss");
-        let mut s = format!(
-            "kiln {}\nuptime: {}s\ncas: {cas_hits} hits, {cas_misses} misses\naction cache: {ac_hits} hits, {ac_misses} misses\n\
-             written: {} blobs, {} bytes ({} errors)\nread: {} bytes\n",
-            env!("CARGO_PKG_VERSION"),
-            self.started.elapsed().as_secs(),
-            self.writes.get(),
-            self.bytes_written.get(),
-            self.write_errors.get(),
-            self.bytes_read.get(),
-        );
-        for source in self.extra.lock().expect("metrics lock").iter() {
-            for (name, _, value) in source() {
-                s.push_str(&format!("{name}: {value}\n"));
+    /// Sets where the status views read the slowest recent actions from (the scheduler).
+    pub fn set_slow_actions(&self, source: SlowActionSource) {
+        *self.slow_actions.lock().expect("metrics lock") = Some(source);
+    }
+
+    /// Every metric as exposed right now, parsed.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::parse(&self.encode())
+    }
+
+    /// Takes one sample into the history ring.
+    pub fn sample(&self) {
+        let s = Sample::of(&self.snapshot(), self.started.elapsed().as_secs_f64());
+        self.history.lock().expect("metrics lock").push(s);
+    }
+
+    /// Samples every `interval` until `shutdown` resolves (started by the server).
+    pub async fn run_sampler(
+        self: Arc<Self>,
+        interval: Duration,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                _ = tick.tick() => self.sample(),
             }
         }
-        s
+    }
+
+    /// What the status views show, from a fresh snapshot and the ring.
+    pub fn summary(&self) -> Summary {
+        let snap = self.snapshot();
+        let slow = self
+            .slow_actions
+            .lock()
+            .expect("metrics lock")
+            .as_ref()
+            .map(|f| f())
+            .unwrap_or_default();
+        Summary::build(&snap, &self.history.lock().expect("metrics lock"), slow)
+    }
+
+    /// The status page (`GET /`): the summary and the ring's plots, as HTML.
+    pub fn status_page(&self) -> String {
+        let summary = self.summary();
+        status_page::render(&summary, &self.history.lock().expect("metrics lock"))
+    }
+
+    /// A human-readable summary for `/status` and `kiln status`: the page's figures as text.
+    pub fn status(&self) -> String {
+        self.summary().text()
     }
 }

@@ -63,6 +63,19 @@ impl Server {
         }
     }
 
+    /// `HOST:PORT` of the server's metrics endpoint (`/metrics`, `/`, `/status`).
+    pub fn metrics_addr(&self) -> String {
+        self.process
+            .metrics
+            .clone()
+            .unwrap_or_else(|| self.process.fail("no `listening http://` line"))
+    }
+
+    /// The last lines of the server's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        self.process.log_tail()
+    }
+
     pub async fn client(&self) -> Client {
         let ch = Channel::from_shared(format!("http://{}", self.grpc))
             .unwrap()
