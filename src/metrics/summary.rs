@@ -116,7 +116,12 @@ fn derived(label: &str, value: f64, unit: Unit) -> Figure {
 }
 
 /// Gauges placed in a section of their own (the rest go to `other`).
-const PLACED: [&str; 10] = [
+const PLACED: [&str; 15] = [
+    "kiln_storage_index_slots",
+    "kiln_storage_index_max_slots",
+    "kiln_storage_index_load_permille",
+    "kiln_storage_index_growths",
+    "kiln_storage_index_displaced",
     "kiln_storage_capacity_bytes",
     "kiln_storage_bytes_used",
     "kiln_storage_blobs",
@@ -146,6 +151,26 @@ impl Summary {
             ),
             fig(snap, "kiln_storage_copy_forwards", "copy-forwards", Count),
             fig(snap, "kiln_storage_corruptions", "corruptions", Count),
+            fig(snap, "kiln_storage_index_slots", "index slots", Count),
+            fig(
+                snap,
+                "kiln_storage_index_max_slots",
+                "index slots at most",
+                Count,
+            ),
+            fig(
+                snap,
+                "kiln_storage_index_load_permille",
+                "index load (per mille, sampled)",
+                Count,
+            ),
+            fig(snap, "kiln_storage_index_growths", "index growths", Count),
+            fig(
+                snap,
+                "kiln_storage_index_displaced",
+                "index entries pushed out (lost)",
+                Count,
+            ),
         ]
         .into_iter()
         .flatten()
