@@ -516,7 +516,10 @@ fn warn_if_open(auth: &Authorizer, grpc: &Listeners, bots: Option<&Listeners>, m
         .tcp
         .iter()
         .chain(grpc.tls.iter())
-        .chain(bots.into_iter().flat_map(|b| b.tcp.iter().chain(b.tls.iter())))
+        .chain(
+            bots.into_iter()
+                .flat_map(|b| b.tcp.iter().chain(b.tls.iter())),
+        )
         .filter_map(|l| l.local_addr().ok())
         .filter(|a| !a.ip().is_loopback())
         .collect();

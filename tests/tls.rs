@@ -3,18 +3,17 @@
 //! `kiln worker` and `kiln bench`. Bazel is in tests/bazel_cache.rs.
 
 mod exec_support;
+#[path = "common/pki.rs"]
+mod pki;
 
 use exec_support::{Client, KilnServer, Server, sh};
-use kiln::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use kiln::proto::reapi::capabilities_client::CapabilitiesClient;
+use kiln::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use kiln::proto::reapi::{
     BatchReadBlobsRequest, BatchUpdateBlobsRequest, FindMissingBlobsRequest,
     GetCapabilitiesRequest, batch_update_blobs_request,
 };
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
-};
+use pki::Ca;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -23,47 +22,6 @@ use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// A throwaway certificate authority.
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().unwrap();
-        let pem = params.self_signed(&key).unwrap().pem();
-        Self {
-            pem,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A leaf certificate and its key (PEM): `cn` as subject CN, `sans` as SANs.
-    fn leaf(&self, cn: &str, sans: &[&str], server: bool) -> (String, String) {
-        let mut params =
-            CertificateParams::new(sans.iter().map(|s| (*s).to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.use_authority_key_identifier_extension = true;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![if server {
-            ExtendedKeyUsagePurpose::ServerAuth
-        } else {
-            ExtendedKeyUsagePurpose::ClientAuth
-        }];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 /// Files of one test: a CA, the server's certificate and key, written under `dir`.
 struct Pki {
@@ -179,7 +137,10 @@ async fn round_trip(ch: Channel, data: &[u8]) -> Result<(), tonic::Status> {
         .into_inner();
     assert!(caps.cache_capabilities.is_some(), "{caps:?}");
     let mut cas = ContentAddressableStorageClient::new(ch);
-    let up = cas.batch_update_blobs(blob_request(data)).await?.into_inner();
+    let up = cas
+        .batch_update_blobs(blob_request(data))
+        .await?
+        .into_inner();
     assert_eq!(up.responses[0].status.as_ref().map_or(0, |s| s.code), 0);
     let got = cas
         .batch_read_blobs(BatchReadBlobsRequest {
@@ -247,7 +208,9 @@ async fn tonic_round_trip_over_tls_and_plain_clients_fail_cleanly() {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let _ = s.shutdown().await;
     }
 
@@ -255,7 +218,9 @@ async fn tonic_round_trip_over_tls_and_plain_clients_fail_cleanly() {
     round_trip(ch.clone(), b"still there").await.unwrap();
     let fresh = tls_channel(port, &pki.ca_file, None).await.unwrap();
     round_trip(fresh, b"fresh connection").await.unwrap();
-    round_trip(server.client().await.ch, b"plain loopback").await.unwrap();
+    round_trip(server.client().await.ch, b"plain loopback")
+        .await
+        .unwrap();
 
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -266,7 +231,10 @@ async fn tonic_round_trip_over_tls_and_plain_clients_fail_cleanly() {
             drop(ch);
             break;
         }
-        assert!(Instant::now() < deadline, "handshake failures not counted:\n{m}");
+        assert!(
+            Instant::now() < deadline,
+            "handshake failures not counted:\n{m}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -298,7 +266,9 @@ async fn mtls_certificate_names_the_principal() {
     let ci_ch = tls_channel(port, &pki.ca_file, Some(&ci)).await.unwrap();
     round_trip(ci_ch.clone(), b"written by ci").await.unwrap();
 
-    let laptop_ch = tls_channel(port, &pki.ca_file, Some(&laptop)).await.unwrap();
+    let laptop_ch = tls_channel(port, &pki.ca_file, Some(&laptop))
+        .await
+        .unwrap();
     CapabilitiesClient::new(laptop_ch.clone())
         .get_capabilities(GetCapabilitiesRequest::default())
         .await
@@ -321,7 +291,11 @@ async fn mtls_certificate_names_the_principal() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(missing.missing_blob_digests.len(), 1, "a denied write stored the blob");
+    assert_eq!(
+        missing.missing_blob_digests.len(),
+        1,
+        "a denied write stored the blob"
+    );
 
     // No certificate: the handshake is refused (TLS 1.3 reports it on first use).
     let none = match tls_channel(port, &pki.ca_file, None).await {
@@ -356,7 +330,10 @@ async fn mtls_certificate_names_the_principal() {
             );
             break;
         }
-        assert!(Instant::now() < deadline, "client-cert failures not counted:\n{m}");
+        assert!(
+            Instant::now() < deadline,
+            "client-cert failures not counted:\n{m}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -438,7 +415,15 @@ fn grpcio_over_tls_and_mutual_tls() {
         let out = python(
             server.process(),
             &stubs,
-            &["--client", &target, "--tls-ca", &ca, "capabilities", "cas", "bytestream"],
+            &[
+                "--client",
+                &target,
+                "--tls-ca",
+                &ca,
+                "capabilities",
+                "cas",
+                "bytestream",
+            ],
         );
         assert!(out.contains("all scenarios passed"), "{out}");
     }
@@ -497,7 +482,10 @@ async fn sighup_reloads_the_certificate_and_a_bad_file_keeps_the_old_one() {
         assert!(Instant::now() < deadline, "{}", server.process().log_tail());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(metric(&metrics(&server).await, "kiln_tls_reload_failures"), 1);
+    assert_eq!(
+        metric(&metrics(&server).await, "kiln_tls_reload_failures"),
+        1
+    );
     let again = tls_channel(port, &pki.ca_file, None).await.unwrap();
     round_trip(again, b"old certificate kept").await.unwrap();
 
@@ -523,7 +511,9 @@ async fn sighup_reloads_the_certificate_and_a_bad_file_keeps_the_old_one() {
         Err(e) => Err(e),
     };
     assert!(stale.is_err(), "a client of the old CA still connects");
-    round_trip(old, b"the open connection survives").await.unwrap();
+    round_trip(old, b"the open connection survives")
+        .await
+        .unwrap();
 }
 
 /// `kiln worker` over TLS (with a client certificate: mutual TLS required) on a TCP bots
@@ -533,11 +523,7 @@ async fn worker_and_bench_over_mutual_tls() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(tmp.path());
     let (cert, key) = pki.client("worker", "worker.example", &[]);
-    let server = start(
-        &pki,
-        "required",
-        "bots_tls_listen = [\"127.0.0.1:0\"]\n",
-    );
+    let server = start(&pki, "required", "bots_tls_listen = [\"127.0.0.1:0\"]\n");
     let bots = server
         .process()
         .bots_tls
@@ -568,8 +554,19 @@ async fn worker_and_bench_over_mutual_tls() {
 
     let target = format!("grpcs://localhost:{}", tls_port(&server));
     let args = [
-        "--target", &target, "--quiet", "--workload", "ac-update", "--ops", "5", "--tls-ca", ca,
-        "--tls-cert", cert, "--tls-key", key,
+        "--target",
+        &target,
+        "--quiet",
+        "--workload",
+        "ac-update",
+        "--ops",
+        "5",
+        "--tls-ca",
+        ca,
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
     ];
     let r = kiln::bench::run_load(&kiln::bench::parse(args).unwrap().load)
         .await

@@ -47,8 +47,7 @@ impl ClientTls {
     pub fn config(&self, host: &str) -> Result<ClientTlsConfig, AuthFileError> {
         let Some(ca) = &self.ca else {
             return Err(AuthFileError::Invalid(
-                "a grpcs:// server needs --tls-ca FILE (the CA that signed its certificate)"
-                    .into(),
+                "a grpcs:// server needs --tls-ca FILE (the CA that signed its certificate)".into(),
             ));
         };
         let mut c = ClientTlsConfig::new()

@@ -264,8 +264,7 @@ impl Table {
             t.unix_peers.insert(u.uid, Rights::parse(&u.rights)?);
         }
         for (i, c) in file.tls_client.iter().enumerate() {
-            if c.subject.is_empty() || c.subject.len() > MAX_NAME_BYTES || c.subject.contains('"')
-            {
+            if c.subject.is_empty() || c.subject.len() > MAX_NAME_BYTES || c.subject.contains('"') {
                 return Err(AuthFileError::Invalid(format!(
                     "tls_client subject {:?} must be 1..={MAX_NAME_BYTES} bytes without quotes",
                     c.subject
@@ -568,7 +567,10 @@ mod tests {
         assert!(ci.rights.has(Right::Write));
         // Both names match: the entry first in the file wins.
         let both = peer(&["spiffe://example/laptop", "ci.example"]);
-        assert_eq!(&*a.identify_peer(None, None, Some(&both)).name, "tls:ci.example");
+        assert_eq!(
+            &*a.identify_peer(None, None, Some(&both)).name,
+            "tls:ci.example"
+        );
         // A token outranks the certificate.
         let t = a.identify_peer(Some(b"secret"), None, Some(&both));
         assert_eq!(&*t.name, "ci");

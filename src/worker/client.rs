@@ -65,7 +65,9 @@ pub async fn connect_tls(
         reason,
     };
     if tls.is_set() && !server.starts_with("grpcs://") {
-        return Err(fail("--tls-* options need a grpcs://HOST:PORT server".into()));
+        return Err(fail(
+            "--tls-* options need a grpcs://HOST:PORT server".into(),
+        ));
     }
     let channel = if let Some(path) = server.strip_prefix("unix:") {
         let path = PathBuf::from(path);

@@ -116,7 +116,10 @@ pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
 }
 
 /// [`run`], sending `bearer`'s `authorization` header on every call (`--token-file`).
-pub async fn run_with(config: WorkerConfig, bearer: crate::auth::Bearer) -> Result<(), WorkerError> {
+pub async fn run_with(
+    config: WorkerConfig,
+    bearer: crate::auth::Bearer,
+) -> Result<(), WorkerError> {
     run_tls(config, bearer, crate::auth::ClientTls::default()).await
 }
 
