@@ -583,3 +583,47 @@ async fn worker_and_bench_over_mutual_tls() {
         ),
     }
 }
+
+/// A client that opens a connection and never finishes its handshake does not hold up
+/// others: handshakes run on their own tasks (here with a 60 s handshake timeout, twice the
+/// connect deadline of the good client); with a short timeout the stalled connection is
+/// dropped and counted.
+#[tokio::test]
+async fn a_stalled_handshake_does_not_block_other_clients() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    for (timeout_ms, check_timeout) in [(60_000, false), (300, true)] {
+        let server = Server::start_with(&format!(
+            "[server]\ntls_listen = [\"127.0.0.1:0\"]\n{}handshake_timeout_ms = {timeout_ms}\n{}",
+            pki.config("none"),
+            exec_support::EXEC_CONFIG
+        ));
+        let port = tls_port(&server);
+        // Three connections that send half a ClientHello record header and stall.
+        let mut stalled = Vec::new();
+        for _ in 0..3 {
+            use tokio::io::AsyncWriteExt;
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            s.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+            stalled.push(s);
+        }
+        let ch = tls_channel(port, &pki.ca_file, None)
+            .await
+            .expect("a good client is served while others stall");
+        round_trip(ch, b"not blocked").await.unwrap();
+        if check_timeout {
+            let deadline = Instant::now() + DEADLINE;
+            loop {
+                let m = metrics(&server).await;
+                if metric(&m, "kiln_tls_handshake_failures_timeout") >= 3 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "timeouts not counted:\n{m}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        drop(stalled);
+    }
+}
