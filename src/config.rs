@@ -581,4 +581,25 @@ mod tests {
         );
         assert!(toml::from_str::<Config>("[server]\nbogus = 1").is_err());
     }
+
+    #[test]
+    fn tls_listeners_need_their_files() {
+        let err = |c: &Config| c.validate().unwrap_err().to_string();
+        let mut c = Config::default();
+        c.server.tls_listen = vec!["127.0.0.1:0".into()];
+        assert!(err(&c).contains("tls.cert_file"));
+        c.tls.cert_file = "c.pem".into();
+        c.tls.key_file = "k.pem".into();
+        c.validate().unwrap();
+        c.tls.client_auth = ClientAuth::Required;
+        assert!(err(&c).contains("tls.client_ca_file"));
+        c.tls.client_ca_file = "ca.pem".into();
+        c.validate().unwrap();
+        c.server.tls_listen = vec!["nonsense".into()];
+        assert!(err(&c).contains("server.tls_listen"));
+        let parsed: Config =
+            toml::from_str("[tls]\nclient_auth = \"optional\"\nclient_ca_file = \"x\"").unwrap();
+        assert_eq!(parsed.tls.client_auth, ClientAuth::Optional);
+        assert!(toml::from_str::<Config>("[tls]\nclient_auth = \"maybe\"").is_err());
+    }
 }
