@@ -83,8 +83,9 @@ impl Default for TlsConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// The tokens file (TOML: `[[principal]]` with `name`, `token_sha256`, `rights`, and
-    /// `[[unix_peer]]` with `uid`, `rights`), relative to the working directory. Default empty:
+    /// The tokens file (TOML: `[[principal]]` with `name`, `token_sha256`, `rights`,
+    /// `[[unix_peer]]` with `uid`, `rights`, and `[[tls_client]]` with `subject`, `rights` for
+    /// client certificates, see `[tls]`), relative to the working directory. Default empty:
     /// no auth. Manage it with `kiln token add/list/revoke`; SIGHUP re-reads it. Metric:
     /// `kiln_auth_requests{principal}`, `kiln_auth_denied{principal}`.
     pub tokens_file: String,
