@@ -362,8 +362,8 @@ fn grpcio() -> &'static Path {
     })
 }
 
-/// Runs tests/python/grpc_clients.py with `args`; fails the test unless it exits with
-/// `want_ok`. Returns its output.
+/// Runs tests/python/grpc_clients.py with `args` (every scenario asserts what the server
+/// answered); fails the test unless the script succeeds. Returns its output.
 fn python(server: &KilnServer, stubs: &Path, args: &[&str]) -> String {
     let mut child = Command::new("python3")
         .arg(repo().join("tests/python/grpc_clients.py"))
