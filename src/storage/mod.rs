@@ -30,6 +30,7 @@ mod segment;
 mod shared;
 mod stats;
 pub mod sys;
+mod touch;
 mod verify;
 mod writer;
 

@@ -121,40 +121,6 @@ impl Writer {
         Ok(Entry::manifest(*key, seq, off, total, parts))
     }
 
-    /// Re-appends a touched blob still in the oldest part of the ring. The entry is published
-    /// after the batch's write succeeds.
-    pub(super) fn copy_forward(&mut self, key: &Key) -> Option<Entry> {
-        if self.poisoned().is_some() {
-            return None;
-        }
-        let sh = Arc::clone(&self.sh);
-        let e = sh.lookup(key).filter(|e| sh.is_old(e))?;
-        let blob = sh.read_blob(&e).ok()?;
-        let r = if e.kind == RecordKind::Manifest {
-            let mut parts = Vec::new();
-            for ext in blob.chunks(0, u64::MAX, self.sh.cfg.part_size as usize) {
-                let (seq, off) = self.append(RecordKind::Part, key, &[&ext]).ok()?;
-                parts.push(PartLoc {
-                    seq,
-                    off,
-                    len: ext.len() as u64,
-                });
-            }
-            self.manifest(key, blob.len(), &parts).ok()
-        } else {
-            let b = blob.to_bytes();
-            let (seq, off) = self.append(RecordKind::Blob, key, &[&b]).ok()?;
-            Some(Entry {
-                seq,
-                off,
-                span: 0,
-                ..e
-            })
-        };
-        drop(blob);
-        r
-    }
-
     /// Lays one record out at the end of the active segment (rolling when it does not fit).
     pub(super) fn append(
         &mut self,
@@ -166,6 +132,11 @@ impl Writer {
         let span = format::record_span(len);
         let seg_size = self.sh.cfg.segment_size;
         if self.force_roll || self.active.as_ref().is_none_or(|a| a.pos + span > seg_size) {
+            if self.copying {
+                return Err(StorageError::Full(
+                    "a copy-forward does not fit the segment".into(),
+                ));
+            }
             self.roll()?;
         }
         let a = self.active.as_mut().expect("rolled");
@@ -267,6 +238,7 @@ impl Writer {
         if tail >= keep_from {
             return Ok(None);
         }
+        self.copies_durable()?;
         self.state.tail = tail + 1;
         sh.tail.store(tail + 1, Ordering::Release);
         let old = sh.segs.take_slot(tail);
@@ -302,6 +274,8 @@ impl Writer {
         let new = self.state.head + 1;
         let mut reused: Option<Arc<SegMap>> = None;
         if new - self.state.tail >= n {
+            // Copies out of the segment about to go are durable before it goes.
+            self.copies_durable()?;
             // Ring full: drop the oldest segment (it shares the file slot with `new`).
             self.state.tail = new - n + 1;
             sh.tail.store(self.state.tail, Ordering::Release);
@@ -365,6 +339,8 @@ impl Writer {
             seg,
             pos: SEGMENT_HEADER_LEN,
         });
+        // The tail is the next segment to go: keep what was used out of it.
+        self.copy_forward_tail();
         Ok(())
     }
 }

@@ -1,0 +1,206 @@
+//! Copy-forward at eviction: before the tail segment is dropped, the blobs in it that were
+//! touched within the horizon are re-appended at the head and republished, oldest first,
+//! within a byte budget per evicted segment (FORMAT.md "Eviction and copy-forward").
+//!
+//! When: right after a roll that leaves the ring full, for the segment the *next* roll will
+//! evict (the tail). The copies go into the fresh head segment: the segment being evicted by a
+//! roll shares its file with the new head, so its blobs cannot be copied into the new head at
+//! that moment, and copying them into the remaining room of the old head would need room kept
+//! free in every segment. Deciding one segment early costs only this: a blob of the tail whose
+//! first touch in the horizon comes during the last segment of writes before its eviction is
+//! not kept (it was untouched for at least `horizon - 1` segments before).
+//!
+//! Crash safety: the copies' records are durable (a sync round covering `copy_end`) before the
+//! state with the tail moved past their source is written (`copies_durable`, called by every
+//! eviction); the old entries are cleared only after the copies' epoch is durable (the usual
+//! supersede rule), so a crash at any point leaves one readable version of each blob.
+
+use super::Writer;
+use crate::storage::StorageError;
+use crate::storage::format::{
+    PartLoc, RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN, record_span,
+};
+use crate::storage::index::Entry;
+use crate::storage::stats::inc;
+use crate::storage::touch::within_horizon;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+impl Writer {
+    /// Makes the copies laid out so far durable (one sync round if the last one did not cover
+    /// them): called before any eviction writes the state with a new tail.
+    pub(super) fn copies_durable(&mut self) -> Result<(), StorageError> {
+        if self.copy_end > self.state.synced {
+            self.flush_ops()?;
+            // Not a checkpoint: the copies' entries are published after the batch is written,
+            // so a checkpoint here would name records whose slots it does not hold. A crash
+            // before the next checkpoint replays them (they lie before `synced`).
+            self.sync_round(false)?;
+        }
+        Ok(())
+    }
+
+    /// Copies the touched blobs of the tail segment to the head when the ring is full (the
+    /// next roll evicts the tail). Failures are not errors: a blob not copied is evicted, as it
+    /// would be without copy-forward, and counted in `copy_forward_budget_cuts`.
+    pub(super) fn copy_forward_tail(&mut self) {
+        let sh = Arc::clone(&self.sh);
+        let budget = sh.cfg.effective_copy_forward_budget();
+        let head = self.state.head;
+        let tail = self.state.tail;
+        let limit = sh.ring_limit.load(Ordering::Relaxed);
+        if budget == 0 || tail >= head || head - tail + 1 < limit || self.poisoned().is_some() {
+            return;
+        }
+        // A shrunk ring (full disk) scales the horizon with it.
+        let n = sh.segs.len();
+        let horizon = if limit < n {
+            (sh.cfg.effective_copy_forward_horizon() * limit / n).max(1)
+        } else {
+            sh.cfg.effective_copy_forward_horizon()
+        };
+        let Some(seg) = sh.segs.get(tail) else {
+            return;
+        };
+        let size = sh.cfg.segment_size;
+        let mut seen = HashSet::new();
+        let (mut spent, mut oldest_touch_age) = (0u64, 0u64);
+        let mut off = SEGMENT_HEADER_LEN;
+        // The records in log order (oldest first), read as replay reads them: the first header
+        // that does not validate ends the segment's written part.
+        while off + RECORD_HEADER_LEN as u64 <= size {
+            let Ok(h) = RecordHeader::decode(&seg.map[off as usize..], tail) else {
+                break;
+            };
+            let span = record_span(h.len);
+            if h.len > size || off + span > size {
+                break;
+            }
+            off += span;
+            // Parts belong to a manifest entry that depends on this segment: the whole blob
+            // (every part, then a new manifest) is copied or none of it.
+            let Some((slot, _, e)) = sh.index.lookup_slot(&h.key, |e| sh.valid(e)) else {
+                continue;
+            };
+            if e.oldest_seq() != tail || !seen.insert(h.key) {
+                continue;
+            }
+            let hint = sh.touches.get(slot);
+            if !within_horizon(hint, head, e.oldest_seq(), horizon) {
+                continue;
+            }
+            let cost = copy_cost(&e, sh.cfg.part_size);
+            if spent + cost > budget {
+                inc(&sh.counters.copy_forward_budget_cuts);
+                continue;
+            }
+            let before = self.position();
+            self.copying = true;
+            let copied = self.copy_entry(&e);
+            self.copying = false;
+            match copied {
+                Some(new) => {
+                    let after = self.position();
+                    let wrote = if after.seq == before.seq {
+                        after.off - before.off
+                    } else {
+                        cost
+                    };
+                    spent += wrote;
+                    self.copied.push(new);
+                    self.copy_end = after;
+                    inc(&sh.counters.copy_forwards);
+                    sh.counters
+                        .copy_forward_bytes
+                        .fetch_add(wrote, Ordering::Relaxed);
+                    oldest_touch_age = oldest_touch_age.max(u64::from(head.wrapping_sub(hint)));
+                }
+                None => inc(&sh.counters.copy_forward_budget_cuts),
+            }
+        }
+        if oldest_touch_age > 0 || spent > 0 {
+            sh.counters
+                .copy_forward_touch_age
+                .store(oldest_touch_age, Ordering::Relaxed);
+        }
+        if spent > 0 {
+            tracing::debug!(
+                seq = tail,
+                bytes = spent,
+                "storage: copied touched blobs forward before eviction"
+            );
+        }
+    }
+
+    /// Re-appends the blob of `e` (every part and a new manifest for a large one). The entry
+    /// is published after the batch's write succeeds. `None` if its records fail their
+    /// checks (it goes with its segment; a read drops it first) or it does not fit.
+    fn copy_entry(&mut self, e: &Entry) -> Option<Entry> {
+        let blob = self.sh.read_blob(e).ok()?;
+        if e.kind == RecordKind::Manifest {
+            let mut parts = Vec::new();
+            for ext in blob.chunks(0, u64::MAX, self.sh.cfg.part_size as usize) {
+                let (seq, off) = self.append(RecordKind::Part, &e.key, &[&ext]).ok()?;
+                parts.push(PartLoc {
+                    seq,
+                    off,
+                    len: ext.len() as u64,
+                });
+            }
+            self.manifest(&e.key, blob.len(), &parts).ok()
+        } else {
+            let b = blob.to_bytes();
+            let (seq, off) = self.append(RecordKind::Blob, &e.key, &[&b]).ok()?;
+            Some(Entry {
+                seq,
+                off,
+                span: 0,
+                ..*e
+            })
+        }
+    }
+}
+
+/// Bytes the copy of `e` appends: its records with headers and padding (a manifest: one
+/// part record per `part_size` bytes, then the manifest record).
+fn copy_cost(e: &Entry, part_size: u64) -> u64 {
+    if e.kind == RecordKind::Manifest {
+        let parts = e.len.div_ceil(part_size.max(1));
+        let full = e.len / part_size.max(1);
+        let last = e.len % part_size.max(1);
+        full * record_span(part_size)
+            + u64::from(last > 0) * record_span(last)
+            + record_span(16 + 16 * parts)
+    } else {
+        record_span(e.len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Key;
+
+    #[test]
+    fn copy_cost_counts_headers_and_padding() {
+        let k = Key::new(1, [0; 32]);
+        let blob = Entry {
+            key: k,
+            kind: RecordKind::Blob,
+            epoch: 0,
+            seq: 1,
+            off: 0,
+            len: 100,
+            span: 0,
+        };
+        assert_eq!(copy_cost(&blob, 1 << 20), 192);
+        let m = Entry {
+            kind: RecordKind::Manifest,
+            len: (2 << 20) + 1,
+            ..blob
+        };
+        // Two full parts, a 1-byte last part (128), a manifest of 3 parts (64 + 64).
+        assert_eq!(copy_cost(&m, 1 << 20), 2 * ((1 << 20) + 64) + 128 + 128);
+    }
+}
