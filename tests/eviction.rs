@@ -162,3 +162,103 @@ fn untouched_or_stale_blobs_are_evicted() {
         Some(hot_data(1))
     );
 }
+
+/// An ActionCache hit keeps the blobs its result references alive (output files, stdout, the
+/// output tree and the files in it): its completeness check asks the store for each of them,
+/// and every such hit is a touch. The same blobs without an AC entry referencing them go.
+#[test]
+fn action_cache_hit_keeps_its_outputs() {
+    use kiln::cas::{ActionCache, Cas, InlineRequest};
+    use kiln::digest::{Digest, DigestFunction};
+    use kiln::proto::reapi::{
+        ActionResult, Directory, FileNode, OutputDirectory, OutputFile, Tree,
+    };
+    use prost::Message;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = EngineConfig::new(dir.path());
+    c.segment_size = 256 << 10;
+    c.capacity_bytes = 8 * c.segment_size;
+    c.max_blob_size = c.capacity_bytes / 4;
+    c.part_size = 16 << 10;
+    c.index_slots = 1 << 14;
+    let seg = c.segment_size;
+    let cap = c.capacity_bytes;
+    let store: Arc<dyn Store> = Arc::new(Engine::open(c).unwrap());
+    let cas = Cas::new(Arc::clone(&store));
+    let ac = ActionCache::new(cas.clone(), Arc::clone(&store));
+    let rt = rt();
+    let blob = |tag: &str, n: u64| -> (Digest, Bytes) {
+        let b = Bytes::from(format!("{tag} {n} ").repeat(1000));
+        (DigestFunction::Sha256.digest_of(&b), b)
+    };
+    let put = |d: &Digest, b: &Bytes| rt.block_on(cas.put(d, b.clone())).unwrap();
+    // Two sets of the same shape: "kept" is referenced by an AC entry, "cold" is not.
+    let mut sets = Vec::new();
+    for tag in ["kept", "cold"] {
+        let out = blob(tag, 1);
+        let stdout = blob(tag, 2);
+        let in_tree = blob(tag, 3);
+        let tree = Tree {
+            root: Some(Directory {
+                files: vec![FileNode {
+                    name: "f".into(),
+                    digest: Some(in_tree.0.to_proto()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            children: vec![],
+        };
+        let tree_bytes = Bytes::from(tree.encode_to_vec());
+        let tree_blob = (DigestFunction::Sha256.digest_of(&tree_bytes), tree_bytes);
+        let action = blob(tag, 0);
+        for (d, b) in [&out, &stdout, &in_tree, &tree_blob, &action] {
+            put(d, b);
+        }
+        sets.push((action, vec![out, stdout, in_tree, tree_blob]));
+    }
+    let (action, outputs) = &sets[0];
+    let result = ActionResult {
+        output_files: vec![OutputFile {
+            path: "o".into(),
+            digest: Some(outputs[0].0.to_proto()),
+            ..Default::default()
+        }],
+        stdout_digest: Some(outputs[1].0.to_proto()),
+        output_directories: vec![OutputDirectory {
+            path: "d".into(),
+            tree_digest: Some(outputs[3].0.to_proto()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    rt.block_on(ac.update("", &action.0, &result)).unwrap();
+    // Three capacities of other uploads; an AC hit every three segments of writes (older
+    // than copy-forward's old window of one segment before issue #17, within the horizon of
+    // four segments now), nothing else touches the outputs.
+    let other = Bytes::from(vec![9u8; 4000]);
+    let per_hit = 3 * seg / 4096;
+    for n in 0..3 * cap / 4096 {
+        rt.block_on(store.put(other_key(n), other.clone())).unwrap();
+        if n % per_hit == 0 {
+            ac.get("", &action.0, &InlineRequest::default())
+                .unwrap_or_else(|e| panic!("AC hit lost after {n} uploads: {e}"));
+        }
+    }
+    for (d, b) in outputs {
+        assert_eq!(
+            cas.get(d).unwrap().map(|x| x.to_bytes()),
+            Some(b.clone()),
+            "output {d} of a used action evicted"
+        );
+    }
+    let (_, cold) = &sets[1];
+    for (d, _) in cold {
+        assert!(
+            !cas.contains(d).unwrap(),
+            "unreferenced {d} should be evicted"
+        );
+    }
+}
