@@ -46,11 +46,34 @@ impl Writer {
     /// would be without copy-forward, and counted in `copy_forward_budget_cuts`.
     pub(super) fn copy_forward_tail(&mut self) {
         let sh = Arc::clone(&self.sh);
-        let budget = sh.cfg.effective_copy_forward_budget();
-        let head = self.state.head;
-        let tail = self.state.tail;
+        let (head, tail) = (self.state.head, self.state.tail);
         let limit = sh.ring_limit.load(Ordering::Relaxed);
-        if budget == 0 || tail >= head || head - tail + 1 < limit || self.poisoned().is_some() {
+        if tail >= head || head - tail + 1 < limit {
+            return;
+        }
+        let budget = sh.cfg.effective_copy_forward_budget();
+        self.copy_forward_from(tail, budget);
+    }
+
+    /// At the eviction of `victim` itself: copies the blobs touched since the early pass (their
+    /// entries still point into it) into the room kept free at the end of the head segment
+    /// (`copy_reserve`); what does not fit is evicted and counted as a budget cut.
+    pub(super) fn copy_forward_late(&mut self, victim: u32) {
+        // No head segment open yet (the first roll after open): nowhere to copy to.
+        if self.active.is_none() || self.force_roll {
+            return;
+        }
+        self.copy_forward_from(victim, u64::MAX);
+    }
+
+    /// Copies the blobs of segment `victim` whose entries depend on it and were touched within
+    /// the horizon, oldest first, at most `budget` bytes (and never rolling).
+    fn copy_forward_from(&mut self, victim: u32, budget: u64) {
+        let sh = Arc::clone(&self.sh);
+        let head = self.state.head;
+        let tail = victim;
+        let limit = sh.ring_limit.load(Ordering::Relaxed);
+        if budget == 0 || !sh.cfg.copy_forward || tail >= head || self.poisoned().is_some() {
             return;
         }
         // A shrunk ring (full disk) scales the horizon with it.
@@ -159,6 +182,17 @@ impl Writer {
                 ..*e
             })
         }
+    }
+}
+
+/// Room kept free at the end of every segment for the late pass of copy-forward (blobs first
+/// touched after the early pass of their segment): a 64th of a segment, at least one part
+/// record, none when copy-forward is off.
+pub(super) fn copy_reserve(cfg: &crate::storage::EngineConfig) -> u64 {
+    if cfg.copy_forward {
+        (cfg.segment_size / 64).max(record_span(cfg.part_size))
+    } else {
+        0
     }
 }
 

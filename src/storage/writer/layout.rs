@@ -130,7 +130,12 @@ impl Writer {
     ) -> Result<(u32, u32), StorageError> {
         let len: u64 = payload.iter().map(|p| p.len() as u64).sum();
         let span = format::record_span(len);
-        let seg_size = self.sh.cfg.segment_size;
+        // Uploads leave the segment's last `copy_reserve` bytes to the late copy-forward pass.
+        let seg_size = if self.copying {
+            self.sh.cfg.segment_size
+        } else {
+            self.sh.cfg.segment_size - super::evict::copy_reserve(&self.sh.cfg)
+        };
         if self.force_roll || self.active.as_ref().is_none_or(|a| a.pos + span > seg_size) {
             if self.copying {
                 return Err(StorageError::Full(
@@ -238,6 +243,7 @@ impl Writer {
         if tail >= keep_from {
             return Ok(None);
         }
+        self.copy_forward_late(tail);
         self.copies_durable()?;
         self.state.tail = tail + 1;
         sh.tail.store(tail + 1, Ordering::Release);
@@ -274,7 +280,9 @@ impl Writer {
         let new = self.state.head + 1;
         let mut reused: Option<Arc<SegMap>> = None;
         if new - self.state.tail >= n {
-            // Copies out of the segment about to go are durable before it goes.
+            // Blobs of the segment about to go that were touched since its early pass are
+            // copied into the head's reserve; all copies out of it are durable before it goes.
+            self.copy_forward_late(self.state.tail);
             self.copies_durable()?;
             // Ring full: drop the oldest segment (it shares the file slot with `new`).
             self.state.tail = new - n + 1;
