@@ -287,7 +287,7 @@ fn power_loss_during_copy_forward_keeps_the_hot_set() {
         c.index_slots = 1 << 14;
         c.copy_forward_budget = 128 << 10;
         c.durability = Durability::Periodic {
-            interval: Duration::from_secs(3600),
+            interval: Duration::from_hours(1),
         };
         if seed % 2 == 1 {
             c.checkpoint_bytes = 64 << 10;

@@ -73,6 +73,8 @@ struct Run {
     buf: BytesMut,
 }
 
+// Four independent flags of the I/O thread's state machine; an enum would not be clearer.
+#[allow(clippy::struct_excessive_bools)]
 pub(crate) struct Writer {
     pub sh: Arc<Shared>,
     pub io: Box<dyn IoEngine>,
