@@ -16,7 +16,9 @@
 //! A read is `contains` (FindMissingBlobs) then `get`; a miss uploads the blob again (what a
 //! client does). The hit ratio counts reads of hot and weekly blobs after their first
 //! upload. All blobs are `BLOB` bytes; keys need not be SHA-256 (the storage layer does not
-//! hash). Durability is periodic (the trace measures the policy, not the disk).
+//! hash). Durability is periodic (the trace measures the policy, not the disk). Policies:
+//! FIFO, kiln's defaults (horizon half the ring, budget a quarter segment), and kiln with the
+//! budget raised to half a segment.
 
 use bytes::Bytes;
 use kiln::storage::{Durability, Engine, EngineConfig, Key, Store};
@@ -92,7 +94,7 @@ struct Outcome {
     cuts: u64,
 }
 
-fn run(dir: &Path, capacity: u64, copy_forward: bool, days: &[Vec<Op>]) -> Outcome {
+fn run(dir: &Path, capacity: u64, copy_forward: bool, budget: u64, days: &[Vec<Op>]) -> Outcome {
     let _ = std::fs::remove_dir_all(dir);
     let mut c = EngineConfig::new(dir);
     c.segment_size = SEGMENT;
@@ -101,6 +103,7 @@ fn run(dir: &Path, capacity: u64, copy_forward: bool, days: &[Vec<Op>]) -> Outco
     c.part_size = MIB;
     c.index_slots = 1 << 16;
     c.copy_forward = copy_forward;
+    c.copy_forward_budget = budget;
     c.durability = Durability::Periodic {
         interval: Duration::from_secs(1),
     };
@@ -120,7 +123,9 @@ fn run(dir: &Path, capacity: u64, copy_forward: bool, days: &[Vec<Op>]) -> Outco
                 Op::Read(k) => {
                     let first = seen.insert(k);
                     let hit = e.contains(&k).expect("contains")
-                        && e.get(&k).expect("get").is_some_and(|b| b.len() == BLOB as u64);
+                        && e.get(&k)
+                            .expect("get")
+                            .is_some_and(|b| b.len() == BLOB as u64);
                     if !first {
                         out.reads += 1;
                         out.hits += u64::from(hit);
@@ -186,8 +191,13 @@ fn main() {
         "| store | policy | hit ratio | hot | weekly | copied / uploaded | budget cuts |\n|---|---|---|---|---|---|---|"
     );
     for mib in SIZES_MIB {
-        for (name, cf) in [("FIFO", false), ("kiln", true)] {
-            let o = run(&dir, mib * MIB, cf, &days);
+        let policies = [
+            ("FIFO", false, 0),
+            ("kiln", true, 0),
+            ("kiln, budget 1/2 segment", true, SEGMENT / 2),
+        ];
+        for (name, cf, budget) in policies {
+            let o = run(&dir, mib * MIB, cf, budget, &days);
             println!(
                 "| {mib} MiB | {name} | {} | {} | {} | {} | {} |",
                 pct(o.hits, o.reads),
