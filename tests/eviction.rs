@@ -385,3 +385,37 @@ fn blob_touched_just_before_its_eviction_survives() {
         "its untouched neighbour goes"
     );
 }
+
+/// A store written before touch hints existed (no `index.touch`) opens with its blobs, and a
+/// damaged touch file is reset rather than trusted or fatal.
+#[test]
+fn store_without_or_with_a_damaged_touch_file_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = EngineConfig::new(dir.path());
+    c.segment_size = 256 << 10;
+    c.capacity_bytes = 8 * c.segment_size;
+    c.max_blob_size = c.capacity_bytes / 4;
+    c.part_size = 16 << 10;
+    c.index_slots = 1 << 12;
+    let rt = rt();
+    {
+        let e = Engine::open(c.clone()).unwrap();
+        rt.block_on(e.put(hot_key(1), hot_data(1))).unwrap();
+    }
+    let touch = dir.path().join("index.touch");
+    assert!(touch.exists());
+    std::fs::remove_file(&touch).unwrap();
+    {
+        let e = Engine::open(c.clone()).unwrap();
+        assert_eq!(
+            e.get(&hot_key(1)).unwrap().map(|b| b.to_bytes()),
+            Some(hot_data(1))
+        );
+    }
+    std::fs::write(&touch, b"garbage").unwrap();
+    let e = Engine::open(c).unwrap();
+    assert_eq!(
+        e.get(&hot_key(1)).unwrap().map(|b| b.to_bytes()),
+        Some(hot_data(1))
+    );
+}

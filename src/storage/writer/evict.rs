@@ -2,13 +2,14 @@
 //! touched within the horizon are re-appended at the head and republished, oldest first,
 //! within a byte budget per evicted segment (FORMAT.md "Eviction and copy-forward").
 //!
-//! When: right after a roll that leaves the ring full, for the segment the *next* roll will
-//! evict (the tail). The copies go into the fresh head segment: the segment being evicted by a
-//! roll shares its file with the new head, so its blobs cannot be copied into the new head at
-//! that moment, and copying them into the remaining room of the old head would need room kept
-//! free in every segment. Deciding one segment early costs only this: a blob of the tail whose
-//! first touch in the horizon comes during the last segment of writes before its eviction is
-//! not kept (it was untouched for at least `horizon - 1` segments before).
+//! Two passes per segment. The early pass runs right after a roll that leaves the ring full,
+//! for the segment the *next* roll will evict (the tail), and copies into the fresh head
+//! segment: the segment a roll evicts shares its file with the new head, so its blobs cannot
+//! be copied into the new head at that moment, and keeping a budget's worth of room free in
+//! every segment would waste it whenever nothing is copied. The late pass runs at the eviction
+//! itself, for blobs first touched after the early pass (their entries still point into the
+//! segment), and copies into the small room uploads leave at the end of every segment
+//! (`copy_reserve`); what does not fit is evicted and counted as a budget cut.
 //!
 //! Crash safety: the copies' records are durable (a sync round covering `copy_end`) before the
 //! state with the tail moved past their source is written (`copies_durable`, called by every
