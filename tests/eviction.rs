@@ -419,3 +419,46 @@ fn store_without_or_with_a_damaged_touch_file_opens() {
         Some(hot_data(1))
     );
 }
+
+/// The same across a restart: the first roll after open evicts the tail with no head segment
+/// to copy into; the touched blobs are held and copied into the new segment.
+#[test]
+fn blob_touched_before_a_restart_survives_the_first_eviction_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = EngineConfig::new(dir.path());
+    c.segment_size = 256 << 10;
+    c.capacity_bytes = 8 * c.segment_size;
+    c.max_blob_size = c.capacity_bytes / 4;
+    c.part_size = 16 << 10;
+    c.index_slots = 1 << 14;
+    let rt = rt();
+    let blob = |n: u64| Bytes::from(n.to_le_bytes().repeat(500));
+    let total = 2 * c.capacity_bytes / 4096;
+    let oldest = {
+        let e = Engine::open(c.clone()).unwrap();
+        for n in 0..total {
+            rt.block_on(e.put(other_key(n), blob(n))).unwrap();
+        }
+        // The oldest live blob (in the tail) and its neighbour (untouched).
+        (0..total)
+            .find(|&n| e.contains(&other_key(n)).unwrap())
+            .unwrap()
+    };
+    let e = Engine::open(c).unwrap();
+    let evictions = e.stats().evictions;
+    let mut n = total;
+    while e.stats().evictions < evictions + 2 {
+        rt.block_on(e.put(other_key(n), blob(n))).unwrap();
+        n += 1;
+    }
+    assert_eq!(
+        e.get(&other_key(oldest)).unwrap().map(|b| b.to_bytes()),
+        Some(blob(oldest)),
+        "{:?}",
+        e.stats()
+    );
+    assert!(
+        !e.contains(&other_key(oldest + 1)).unwrap(),
+        "its untouched neighbour goes"
+    );
+}

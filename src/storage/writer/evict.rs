@@ -17,13 +17,13 @@
 //! supersede rule), so a crash at any point leaves one readable version of each blob.
 
 use super::Writer;
-use crate::storage::StorageError;
 use crate::storage::format::{
     PartLoc, RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN, record_span,
 };
 use crate::storage::index::Entry;
 use crate::storage::stats::inc;
 use crate::storage::touch::within_horizon;
+use crate::storage::{Blob, StorageError};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -53,23 +53,71 @@ impl Writer {
             return;
         }
         let budget = sh.cfg.effective_copy_forward_budget();
-        self.copy_forward_from(tail, budget);
+        self.copy_forward_from(tail, budget, None);
     }
 
     /// At the eviction of `victim` itself: copies the blobs touched since the early pass (their
     /// entries still point into it) into the room kept free at the end of the head segment
     /// (`copy_reserve`); what does not fit is evicted and counted as a budget cut.
     pub(super) fn copy_forward_late(&mut self, victim: u32) {
-        // No head segment open yet (the first roll after open): nowhere to copy to.
+        // No head segment open yet (the first roll after open): see `hold_for_copy`.
         if self.active.is_none() || self.force_roll {
             return;
         }
-        self.copy_forward_from(victim, u64::MAX);
+        self.copy_forward_from(victim, u64::MAX, None);
+    }
+
+    /// The first roll after open evicts the tail with no head segment to copy into (open
+    /// starts a new segment, and the new one reuses the tail's file). The touched blobs of the
+    /// tail not copied yet (the early pass of the last session did not run or was lost in a
+    /// crash, or they were touched after it) are held as views of the old mapping, at most a
+    /// budget's worth, and copied into the new segment once it exists (`copy_held`), then
+    /// synced at once. This is the one copy not durable before its source is released: a
+    /// second crash within that round evicts those blobs as if untouched (they read as
+    /// missing and are uploaded again; nothing is served wrong).
+    pub(super) fn hold_for_copy(&mut self, victim: u32) -> Vec<(Entry, Blob, u32)> {
+        let mut held = Vec::new();
+        let budget = self.sh.cfg.effective_copy_forward_budget();
+        self.copy_forward_from(victim, budget, Some(&mut held));
+        held
+    }
+
+    /// Appends the blobs `hold_for_copy` held into the new head and makes them durable.
+    pub(super) fn copy_held(&mut self, held: Vec<(Entry, Blob, u32)>) -> Result<(), StorageError> {
+        if held.is_empty() {
+            return Ok(());
+        }
+        let sh = Arc::clone(&self.sh);
+        for (e, blob, _) in held {
+            let before = self.position();
+            self.copying = true;
+            let copied = self.copy_blob(&e, &blob);
+            self.copying = false;
+            match copied {
+                Some(new) => {
+                    let after = self.position();
+                    self.copied.push(new);
+                    self.copy_end = after;
+                    inc(&sh.counters.copy_forwards);
+                    sh.counters
+                        .copy_forward_bytes
+                        .fetch_add(after.off.saturating_sub(before.off), Ordering::Relaxed);
+                }
+                None => inc(&sh.counters.copy_forward_budget_cuts),
+            }
+        }
+        self.copies_durable()
     }
 
     /// Copies the blobs of segment `victim` whose entries depend on it and were touched within
-    /// the horizon, oldest first, at most `budget` bytes (and never rolling).
-    fn copy_forward_from(&mut self, victim: u32, budget: u64) {
+    /// the horizon, oldest first, at most `budget` bytes (and never rolling); with `hold`,
+    /// collects them (entry, verified blob, hint) instead of appending.
+    fn copy_forward_from(
+        &mut self,
+        victim: u32,
+        budget: u64,
+        mut hold: Option<&mut Vec<(Entry, Blob, u32)>>,
+    ) {
         let sh = Arc::clone(&self.sh);
         let head = self.state.head;
         let tail = victim;
@@ -119,6 +167,14 @@ impl Writer {
                 inc(&sh.counters.copy_forward_budget_cuts);
                 continue;
             }
+            if let Some(held) = hold.as_deref_mut() {
+                if let Ok(blob) = sh.read_blob(&e) {
+                    spent += cost;
+                    held.push((e, blob, hint));
+                    oldest_touch_age = oldest_touch_age.max(u64::from(head.wrapping_sub(hint)));
+                }
+                continue;
+            }
             let before = self.position();
             self.copying = true;
             let copied = self.copy_entry(&e);
@@ -162,6 +218,12 @@ impl Writer {
     /// checks (it goes with its segment; a read drops it first) or it does not fit.
     fn copy_entry(&mut self, e: &Entry) -> Option<Entry> {
         let blob = self.sh.read_blob(e).ok()?;
+        self.copy_blob(e, &blob)
+    }
+
+    /// Appends `blob` (read and checked from `e`'s records) as a new record (or parts and a
+    /// manifest); the new entry, to publish after the write.
+    fn copy_blob(&mut self, e: &Entry, blob: &Blob) -> Option<Entry> {
         if e.kind == RecordKind::Manifest {
             let mut parts = Vec::new();
             for ext in blob.chunks(0, u64::MAX, self.sh.cfg.part_size as usize) {

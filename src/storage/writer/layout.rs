@@ -143,6 +143,13 @@ impl Writer {
                 ));
             }
             self.roll()?;
+            // The copies a roll lays out at the start of the new segment (at most two budgets
+            // of half a segment each, after a restart) may leave too little room for this
+            // record: roll once more (that roll's copies are at most one budget).
+            let full = self.sh.cfg.segment_size;
+            if self.active.as_ref().is_some_and(|a| a.pos + span > full) {
+                self.roll()?;
+            }
         }
         let a = self.active.as_mut().expect("rolled");
         let (seq, pos) = (a.seg.seq, a.pos);
@@ -279,10 +286,16 @@ impl Writer {
         let n = sh.segs.len();
         let new = self.state.head + 1;
         let mut reused: Option<Arc<SegMap>> = None;
+        let mut held = Vec::new();
         if new - self.state.tail >= n {
             // Blobs of the segment about to go that were touched since its early pass are
             // copied into the head's reserve; all copies out of it are durable before it goes.
-            self.copy_forward_late(self.state.tail);
+            // The first roll after open has no head to copy into: they are held for the new one.
+            if self.active.is_none() {
+                held = self.hold_for_copy(self.state.tail);
+            } else {
+                self.copy_forward_late(self.state.tail);
+            }
             self.copies_durable()?;
             // Ring full: drop the oldest segment (it shares the file slot with `new`).
             self.state.tail = new - n + 1;
@@ -347,6 +360,7 @@ impl Writer {
             seg,
             pos: SEGMENT_HEADER_LEN,
         });
+        self.copy_held(held)?;
         // The tail is the next segment to go: keep what was used out of it.
         self.copy_forward_tail();
         Ok(())
