@@ -236,6 +236,21 @@ fn sigkill_during_copy_forward_loses_nothing_acknowledged() {
                 .block_on(kiln::admin::http_get(&metrics, "/metrics"))
                 .unwrap();
             if metric(&text, "kiln_storage_copy_forwards") > 0 {
+                assert!(
+                    metric(&text, "kiln_storage_copy_forward_bytes") > 0,
+                    "{text}"
+                );
+                metric(&text, "kiln_storage_copy_forward_budget_cuts");
+                metric(&text, "kiln_storage_copy_forward_touch_age_segments");
+                let status = rt
+                    .block_on(kiln::admin::http_get(&metrics, "/status"))
+                    .unwrap();
+                for name in [
+                    "storage_copy_forward_bytes",
+                    "storage_copy_forward_budget_cuts",
+                ] {
+                    assert!(status.contains(name), "{name} not on /status:\n{status}");
+                }
                 break;
             }
             if let Some(m) = lost.lock().unwrap().clone() {
