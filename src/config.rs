@@ -236,8 +236,21 @@ pub struct StorageConfig {
     pub probe_limit: u32,
     /// Bytes per record when a large blob is streamed in parts. Default 1 MiB.
     pub part_size_bytes: u64,
-    /// Oldest segments whose touched blobs are copied forward; 0 = an eighth of the ring.
+    /// Ignored since issue #17 (copy-forward now happens at eviction for blobs touched within
+    /// `copy_forward_horizon`); accepted so old config files still load, with a warning.
     pub copy_forward_segments: u32,
+    /// Copy touched blobs forward when their segment is evicted. Default true; false makes the
+    /// ring plain first-in-first-out.
+    pub copy_forward: bool,
+    /// A blob touched (read, FindMissingBlobs, ActionCache hit) within this many segments of
+    /// writes is copied forward when its segment is evicted. 0 = half the ring's segments
+    /// (default, recommended). Larger keeps rarer-used blobs at more copy traffic
+    /// (`kiln_storage_copy_forward_bytes`).
+    pub copy_forward_horizon: u32,
+    /// Most bytes copied forward per evicted segment; 0 = a quarter of a segment (default).
+    /// At most half a segment. Symptom when too small: `kiln_storage_copy_forward_budget_cuts`
+    /// grows (touched blobs evicted).
+    pub copy_forward_budget_bytes: u64,
     /// Most bytes gathered into one write round, which ends in one sync. Default 8 MiB: with
     /// 1 MiB, 16 clients sending 100 x 4 KiB batches got 2.1k blobs/s, with 8 MiB 5.2k
     /// (`kiln bench --workload upload-small`, medians of 3). Symptom when too small:
@@ -266,6 +279,9 @@ impl Default for StorageConfig {
             probe_limit: 32,
             part_size_bytes: 1 << 20,
             copy_forward_segments: 0,
+            copy_forward: true,
+            copy_forward_horizon: 0,
+            copy_forward_budget_bytes: 0,
             max_batch_bytes: 8 << 20,
             checkpoint_bytes: 256 << 20,
             checkpoint_interval_ms: 10_000,

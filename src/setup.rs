@@ -169,7 +169,14 @@ pub fn engine_config(config: &Config) -> Result<EngineConfig, SetupError> {
     e.index_slots = st.index_slots;
     e.probe_limit = st.probe_limit;
     e.part_size = st.part_size_bytes;
-    e.copy_forward_segments = st.copy_forward_segments;
+    if st.copy_forward_segments != 0 {
+        tracing::warn!(
+            "storage.copy_forward_segments is ignored since copy-forward moved to eviction; see storage.copy_forward_horizon"
+        );
+    }
+    e.copy_forward = st.copy_forward;
+    e.copy_forward_horizon = st.copy_forward_horizon;
+    e.copy_forward_budget = st.copy_forward_budget_bytes;
     e.max_batch_bytes = st.max_batch_bytes;
     e.checkpoint_bytes = st.checkpoint_bytes;
     e.checkpoint_interval = Duration::from_millis(st.checkpoint_interval_ms.max(1));
@@ -290,8 +297,23 @@ pub fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, 
             ),
             (
                 "storage_copy_forwards",
-                "Blobs copied forward because touched while old",
+                "Blobs copied forward at eviction because touched within the horizon",
                 s.copy_forwards as i64,
+            ),
+            (
+                "storage_copy_forward_bytes",
+                "Record bytes written by copy-forward (write amplification of the eviction policy)",
+                s.copy_forward_bytes as i64,
+            ),
+            (
+                "storage_copy_forward_budget_cuts",
+                "Touched blobs evicted anyway because the per-eviction copy budget was spent",
+                s.copy_forward_budget_cuts as i64,
+            ),
+            (
+                "storage_copy_forward_touch_age_segments",
+                "Segments of writes since the touch of the least recently touched blob the last eviction kept",
+                s.copy_forward_touch_age as i64,
             ),
             (
                 "storage_index_displaced",

@@ -8,21 +8,19 @@ use super::index::Index;
 use super::open::{highest_segment_seq, map_live_segments, no_space, read_state, ring_on_disk};
 use super::segment::Segments;
 use super::shared::Shared;
-use super::stats::{Counters, StorageStats, inc};
+use super::stats::{Counters, StorageStats};
 use super::sys::{self, IoEngine, IoFile};
+use super::touch::Touches;
 use super::writer::{Body, EPOCH_RESERVE, Req, Writer};
 use super::{Blob, BlobWriter, Key, StorageError, Store};
 use crate::storage::format::PartLoc;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use crossbeam::channel::{Sender, TrySendError, bounded, unbounded};
+use crossbeam::channel::{Sender, unbounded};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use tokio::sync::oneshot;
-
-/// Touch requests queued for copy-forward before new ones are dropped.
-const TOUCH_QUEUE: usize = 4096;
 
 /// The persistent store: segments on disk, a mapped index, one I/O thread.
 ///
@@ -32,7 +30,6 @@ const TOUCH_QUEUE: usize = 4096;
 pub struct Engine {
     sh: Arc<Shared>,
     tx: Mutex<Option<Sender<Req>>>,
-    touch: Sender<Key>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -70,6 +67,9 @@ impl Engine {
             cfg.probe_limit as usize,
         )
         .map_err(|e| no_space("index file", &index_path, &e))?;
+        let touch_path = cfg.dir.join("index.touch");
+        let touches = Touches::open(&touch_path, index.slots())
+            .map_err(|e| no_space("touch file", &touch_path, &e))?;
         let fresh = state.is_none();
         let mut st = state.take().unwrap_or(State {
             tail: 1,
@@ -95,6 +95,7 @@ impl Engine {
         let mut rebuild = false;
         if let Some(why) = reset {
             index.reset();
+            touches.reset();
             st.invalid.clear();
             st.durable = st.durable.max(st.limit);
             st.limit = st.durable + 1;
@@ -142,6 +143,7 @@ impl Engine {
                 "storage: too many unclean stops within one ring cycle; rebuilding the index from the segment records"
             );
             index.reset();
+            touches.reset();
             io.sync(&[Arc::clone(index.file())])?;
             st.invalid.clear();
             replay_whole_ring(&mut st, cfg.segment_size, false);
@@ -152,7 +154,7 @@ impl Engine {
         let segs = Segments::new(&seg_dir, n);
         map_live_segments(&segs, st.tail, st.head, cfg.segment_size);
         let sh = Arc::new(Shared {
-            copy_window: cfg.effective_copy_forward(),
+            touches,
             ring_limit: AtomicU32::new(n),
             cfg,
             index,
@@ -168,15 +170,13 @@ impl Engine {
         let mut w = Writer::new(Arc::clone(&sh), io, state_file, st, epoch)?;
         w.open_round(rebuild)?;
         let (tx, rx) = unbounded();
-        let (ttx, trx) = bounded(TOUCH_QUEUE);
         let thread = std::thread::Builder::new()
             .name("kiln-storage-io".into())
-            .spawn(move || w.run(&rx, &trx))?;
+            .spawn(move || w.run(&rx))?;
         tracing::debug!(io = sh.io_name, "storage engine open");
         Ok(Self {
             sh,
             tx: Mutex::new(Some(tx)),
-            touch: ttx,
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -257,14 +257,6 @@ impl Engine {
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.sh
     }
-
-    fn touch(&self, e: &super::index::Entry) {
-        if self.sh.is_old(e)
-            && let Err(TrySendError::Full(_)) = self.touch.try_send(e.key)
-        {
-            inc(&self.sh.counters.copy_forward_dropped);
-        }
-    }
 }
 
 impl Drop for Engine {
@@ -310,17 +302,12 @@ fn replay_whole_ring(st: &mut State, segment_size: u64, forget_synced: bool) {
 #[async_trait]
 impl Store for Engine {
     fn get(&self, key: &Key) -> Result<Option<Blob>, StorageError> {
-        Ok(self.sh.get(key).map(|(e, b)| {
-            self.touch(&e);
-            b
-        }))
+        // A hit records a touch (shared.rs), read by eviction's copy-forward.
+        Ok(self.sh.get(key).map(|(_, b)| b))
     }
 
     fn contains(&self, key: &Key) -> Result<bool, StorageError> {
-        Ok(self.sh.lookup(key).is_some_and(|e| {
-            self.touch(&e);
-            true
-        }))
+        Ok(self.sh.lookup_touch(key).is_some())
     }
 
     fn contains_many(&self, keys: &[Key]) -> Result<Vec<bool>, StorageError> {

@@ -130,6 +130,8 @@ pub struct Inserted {
     pub superseded: Vec<(usize, u64)>,
     /// The window was full of live entries and the oldest one was overwritten.
     pub displaced: bool,
+    /// The slot the entry went into (its touch hint is reset by the caller).
+    pub slot: usize,
 }
 
 /// The slot table. See the module docs for the concurrency contract.
@@ -236,6 +238,11 @@ impl Index {
     /// The backing file (the engine fdatasyncs it as part of each durable epoch).
     pub fn file(&self) -> &Arc<IoFile> {
         &self.file
+    }
+
+    /// Number of slots (the touch array has one hint per slot).
+    pub fn slots(&self) -> usize {
+        self.slots
     }
 
     fn home(&self, key: &Key) -> usize {
@@ -371,6 +378,7 @@ impl Index {
             if !self.write(i, v, &entry.pack()) {
                 continue 'retry;
             }
+            out.slot = i;
             return out;
         }
     }
