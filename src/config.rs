@@ -19,6 +19,61 @@ pub struct Config {
     pub execution: ExecutionConfig,
     /// Token authentication and rights (none by default: everything allowed).
     pub auth: AuthConfig,
+    /// TLS for the listeners named in `server.tls_listen` and `execution.bots_tls_listen`.
+    pub tls: TlsConfig,
+}
+
+/// Whether TLS listeners ask clients for a certificate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// No client certificate is asked for (server-authenticated TLS only).
+    #[default]
+    None,
+    /// A client may present a certificate signed by `client_ca_file`; one that does names a
+    /// `[[tls_client]]` of the tokens file. Clients without one are anonymous (or use a token).
+    Optional,
+    /// Every client must present a certificate signed by `client_ca_file`; the handshake
+    /// fails otherwise (mutual TLS).
+    Required,
+}
+
+/// TLS (rustls, TLS 1.2 and 1.3, ALPN `h2`). Used only by the listeners in
+/// `server.tls_listen` and `execution.bots_tls_listen`, so a box can serve TLS on its network
+/// address and plain HTTP/2 on loopback and the Unix sockets at once. SIGHUP re-reads every
+/// file; a file that does not load keeps the certificate in force (logged, metric
+/// `kiln_tls_reload_failures`). Handshake failures: `kiln_tls_handshake_failures_*`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The server's certificate chain (PEM, leaf first). Default empty; required when a TLS
+    /// listener is configured.
+    pub cert_file: String,
+    /// The private key of the leaf certificate (PEM: PKCS#8, PKCS#1 or SEC1). Default empty;
+    /// keep it mode 0600.
+    pub key_file: String,
+    /// CA certificates (PEM) that sign client certificates. Required with `client_auth`
+    /// `optional` or `required`. Default empty.
+    pub client_ca_file: String,
+    /// `none` (default), `optional` or `required`: see [`ClientAuth`]. Recommended:
+    /// `required` for a box on a shared network when every client can get a certificate.
+    pub client_auth: ClientAuth,
+    /// Longest a TLS handshake may take, milliseconds; a slower client is dropped (metric
+    /// `kiln_tls_handshake_failures_timeout`). Handshakes run on their own tasks, so a slow
+    /// client never delays others. Default 10000.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: String::new(),
+            key_file: String::new(),
+            client_ca_file: String::new(),
+            client_auth: ClientAuth::None,
+            handshake_timeout_ms: 10_000,
+        }
+    }
 }
 
 /// Who may do what. Without a `tokens_file` every request may do everything (today's
@@ -28,8 +83,9 @@ pub struct Config {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// The tokens file (TOML: `[[principal]]` with `name`, `token_sha256`, `rights`, and
-    /// `[[unix_peer]]` with `uid`, `rights`), relative to the working directory. Default empty:
+    /// The tokens file (TOML: `[[principal]]` with `name`, `token_sha256`, `rights`,
+    /// `[[unix_peer]]` with `uid`, `rights`, and `[[tls_client]]` with `subject`, `rights` for
+    /// client certificates, see `[tls]`), relative to the working directory. Default empty:
     /// no auth. Manage it with `kiln token add/list/revoke`; SIGHUP re-reads it. Metric:
     /// `kiln_auth_requests{principal}`, `kiln_auth_denied{principal}`.
     pub tokens_file: String,
@@ -46,6 +102,10 @@ pub struct ServerConfig {
     /// TCP addresses for gRPC. Default `["127.0.0.1:8980"]`; use `0.0.0.0:8980` to serve a
     /// team's machines. Symptom when wrong: clients get "connection refused".
     pub listen: Vec<String>,
+    /// TCP addresses for gRPC over TLS (`grpcs://`, settings in `[tls]`). Default none.
+    /// Recommended on a shared network: TLS here on the network address, plain `listen` on
+    /// loopback only. Clients that speak plain HTTP/2 to it fail the handshake.
+    pub tls_listen: Vec<String>,
     /// Data directory (segments, index, Unix socket). Default `./kiln-data`; on a build box a
     /// dedicated NVMe filesystem.
     pub data_dir: PathBuf,
@@ -71,6 +131,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: vec!["127.0.0.1:8980".into()],
+            tls_listen: vec![],
             data_dir: PathBuf::from("./kiln-data"),
             unix_socket: "kiln.sock".into(),
             metrics_listen: "127.0.0.1:8981".into(),
@@ -185,8 +246,21 @@ pub struct StorageConfig {
     pub probe_limit: u32,
     /// Bytes per record when a large blob is streamed in parts. Default 1 MiB.
     pub part_size_bytes: u64,
-    /// Oldest segments whose touched blobs are copied forward; 0 = an eighth of the ring.
+    /// Ignored since issue #17 (copy-forward now happens at eviction for blobs touched within
+    /// `copy_forward_horizon`); accepted so old config files still load, with a warning.
     pub copy_forward_segments: u32,
+    /// Copy touched blobs forward when their segment is evicted. Default true; false makes the
+    /// ring plain first-in-first-out.
+    pub copy_forward: bool,
+    /// A blob touched (read, FindMissingBlobs, ActionCache hit) within this many segments of
+    /// writes is copied forward when its segment is evicted. 0 = half the ring's segments
+    /// (default, recommended). Larger keeps rarer-used blobs at more copy traffic
+    /// (`kiln_storage_copy_forward_bytes`).
+    pub copy_forward_horizon: u32,
+    /// Most bytes copied forward per evicted segment; 0 = a quarter of a segment (default).
+    /// At most half a segment. Symptom when too small: `kiln_storage_copy_forward_budget_cuts`
+    /// grows (touched blobs evicted).
+    pub copy_forward_budget_bytes: u64,
     /// Most bytes gathered into one write round, which ends in one sync. Default 8 MiB: with
     /// 1 MiB, 16 clients sending 100 x 4 KiB batches got 2.1k blobs/s, with 8 MiB 5.2k
     /// (`kiln bench --workload upload-small`, medians of 3). Symptom when too small:
@@ -217,6 +291,9 @@ impl Default for StorageConfig {
             probe_limit: 32,
             part_size_bytes: 1 << 20,
             copy_forward_segments: 0,
+            copy_forward: true,
+            copy_forward_horizon: 0,
+            copy_forward_budget_bytes: 0,
             max_batch_bytes: 8 << 20,
             checkpoint_bytes: 256 << 20,
             checkpoint_interval_ms: 10_000,
@@ -237,6 +314,9 @@ pub struct ExecutionConfig {
     /// Extra TCP addresses serving the Bots service (plus CAS/ByteStream) for bots on other
     /// machines. Default none: bots are co-located.
     pub bots_listen: Vec<String>,
+    /// TCP addresses serving the bots server over TLS (settings in `[tls]`; `kiln worker
+    /// --server grpcs://HOST:PORT --tls-ca ...`). Default none.
+    pub bots_tls_listen: Vec<String>,
     /// Timeout for actions that set none, seconds. Default 600.
     pub default_timeout_secs: u64,
     /// Largest timeout an action may ask for, seconds; more is INVALID_ARGUMENT. Default 3600.
@@ -280,6 +360,7 @@ impl Default for ExecutionConfig {
             enabled: true,
             bots_socket: "bots.sock".into(),
             bots_listen: vec![],
+            bots_tls_listen: vec![],
             default_timeout_secs: 600,
             max_timeout_secs: 3600,
             bot_poll_ms: 5000,
@@ -362,7 +443,11 @@ impl Config {
                 reason: reason.to_string(),
             })
         };
-        if self.server.listen.is_empty() && self.server.unix_socket.is_empty() {
+        self.validate_tls()?;
+        if self.server.listen.is_empty()
+            && self.server.unix_socket.is_empty()
+            && self.server.tls_listen.is_empty()
+        {
             return invalid(
                 "server.listen",
                 "no TCP address and no Unix socket: nothing to serve on",
@@ -475,6 +560,41 @@ impl Config {
         }
         Ok(())
     }
+
+    /// The TLS listeners' addresses parse, and `[tls]` names what they need.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: String| Err(ConfigError::Invalid { field, reason });
+        for (field, addrs) in [
+            ("server.tls_listen", &self.server.tls_listen),
+            ("execution.bots_tls_listen", &self.execution.bots_tls_listen),
+        ] {
+            if let Some(a) = addrs
+                .iter()
+                .find(|a| a.parse::<std::net::SocketAddr>().is_err())
+            {
+                return invalid(field, format!("{a:?} is not an IP:port address"));
+            }
+        }
+        let t = &self.tls;
+        let used = !self.server.tls_listen.is_empty()
+            || (self.execution.enabled && !self.execution.bots_tls_listen.is_empty());
+        if used && (t.cert_file.is_empty() || t.key_file.is_empty()) {
+            return invalid(
+                "tls.cert_file",
+                "a TLS listener is configured: set tls.cert_file and tls.key_file".into(),
+            );
+        }
+        if t.client_auth != ClientAuth::None && t.client_ca_file.is_empty() {
+            return invalid(
+                "tls.client_ca_file",
+                "tls.client_auth asks for client certificates: name the CA that signs them".into(),
+            );
+        }
+        if t.handshake_timeout_ms == 0 {
+            return invalid("tls.handshake_timeout_ms", "must be positive".into());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -528,5 +648,26 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn tls_listeners_need_their_files() {
+        let err = |c: &Config| c.validate().unwrap_err().to_string();
+        let mut c = Config::default();
+        c.server.tls_listen = vec!["127.0.0.1:0".into()];
+        assert!(err(&c).contains("tls.cert_file"));
+        c.tls.cert_file = "c.pem".into();
+        c.tls.key_file = "k.pem".into();
+        c.validate().unwrap();
+        c.tls.client_auth = ClientAuth::Required;
+        assert!(err(&c).contains("tls.client_ca_file"));
+        c.tls.client_ca_file = "ca.pem".into();
+        c.validate().unwrap();
+        c.server.tls_listen = vec!["nonsense".into()];
+        assert!(err(&c).contains("server.tls_listen"));
+        let parsed: Config =
+            toml::from_str("[tls]\nclient_auth = \"optional\"\nclient_ca_file = \"x\"").unwrap();
+        assert_eq!(parsed.tls.client_auth, ClientAuth::Optional);
+        assert!(toml::from_str::<Config>("[tls]\nclient_auth = \"maybe\"").is_err());
     }
 }

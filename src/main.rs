@@ -68,7 +68,8 @@ enum Command {
     },
     /// Run actions for a server as a Remote Worker API bot.
     Worker {
-        /// The server's bots listener: `unix:<data>/bots.sock` or `grpc://HOST:PORT`.
+        /// The server's bots listener: `unix:<data>/bots.sock`, `grpc://HOST:PORT` or
+        /// `grpcs://HOST:PORT` (TLS, with `--tls-ca`).
         #[arg(long)]
         server: String,
         /// Directory for the file cache and action directories (one filesystem, so staging
@@ -127,6 +128,15 @@ enum Command {
         /// not needed on `bots.sock` when the worker's uid is a `[[unix_peer]]` with `bot`).
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// CA certificate (PEM) that signed the server's certificate, for `grpcs://` servers.
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+        /// This worker's client certificate chain (PEM), for servers requiring mutual TLS.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of `--tls-cert`.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// The action sandbox helper the worker runs as each action's first process (internal).
     #[command(hide = true)]
@@ -283,7 +293,15 @@ fn main() -> ExitCode {
             action_writable,
             action_network,
             token_file,
+            tls_ca,
+            tls_cert,
+            tls_key,
         } => runtime.block_on(async {
+            let tls = kiln::auth::ClientTls {
+                ca: tls_ca,
+                cert: tls_cert,
+                key: tls_key,
+            };
             let bearer = match &token_file {
                 Some(p) => kiln::auth::Bearer::from_file(p).map_err(|e| e.to_string())?,
                 None => kiln::auth::Bearer::none(),
@@ -324,7 +342,7 @@ fn main() -> ExitCode {
                 server_data_dir,
             };
             tokio::select! {
-                r = kiln::worker::run_with(config, bearer) => r.map_err(|e| e.to_string()),
+                r = kiln::worker::run_tls(config, bearer, tls) => r.map_err(|e| e.to_string()),
                 () = shutdown_signal() => Ok(()),
             }
         }),

@@ -36,6 +36,9 @@ pub enum SetupError {
     /// The tokens file of `[auth]` cannot be used.
     #[error("auth.tokens_file: {0}")]
     Auth(#[from] crate::auth::AuthFileError),
+    /// A file of `[tls]` cannot be used.
+    #[error("tls: {0}")]
+    Tls(#[from] server::tls::TlsError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SetupError {
@@ -90,9 +93,13 @@ pub fn bots_socket_path(config: &Config) -> Option<PathBuf> {
 
 /// Binds the bots listeners (Unix socket, mode 0660, and any TCP addresses), printing
 /// `listening bots unix:PATH` / `listening bots grpc://ADDR` lines to stdout.
-pub async fn bind_bots(config: &Config) -> Result<Listeners, SetupError> {
+pub async fn bind_bots(
+    config: &Config,
+    tls: Option<&Arc<server::tls::TlsState>>,
+) -> Result<Listeners, SetupError> {
     let mut listeners = Listeners {
         connections: server::ConnectionLimit::new(config.server.max_connections as usize),
+        tls_state: tls.cloned(),
         ..Listeners::default()
     };
     let mut out = std::io::stdout().lock();
@@ -103,6 +110,16 @@ pub async fn bind_bots(config: &Config) -> Result<Listeners, SetupError> {
         let local = l.local_addr().map_err(io("local_addr"))?;
         let _ = writeln!(out, "listening bots grpc://{local}");
         listeners.tcp.push(l);
+    }
+    if tls.is_some() {
+        for addr in &config.execution.bots_tls_listen {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(io(format!("cannot listen on {addr}")))?;
+            let local = l.local_addr().map_err(io("local_addr"))?;
+            let _ = writeln!(out, "listening bots grpcs://{local}");
+            listeners.tls.push(l);
+        }
     }
     if let Some(path) = bots_socket_path(config) {
         listeners.unix.push(bind_unix(&path)?);
@@ -154,7 +171,14 @@ pub fn engine_config(config: &Config) -> Result<EngineConfig, SetupError> {
     e.index_grow_load = st.index_grow_load;
     e.probe_limit = st.probe_limit;
     e.part_size = st.part_size_bytes;
-    e.copy_forward_segments = st.copy_forward_segments;
+    if st.copy_forward_segments != 0 {
+        tracing::warn!(
+            "storage.copy_forward_segments is ignored since copy-forward moved to eviction; see storage.copy_forward_horizon"
+        );
+    }
+    e.copy_forward = st.copy_forward;
+    e.copy_forward_horizon = st.copy_forward_horizon;
+    e.copy_forward_budget = st.copy_forward_budget_bytes;
     e.max_batch_bytes = st.max_batch_bytes;
     e.checkpoint_bytes = st.checkpoint_bytes;
     e.checkpoint_interval = Duration::from_millis(st.checkpoint_interval_ms.max(1));
@@ -275,8 +299,23 @@ pub fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, 
             ),
             (
                 "storage_copy_forwards",
-                "Blobs copied forward because touched while old",
+                "Blobs copied forward at eviction because touched within the horizon",
                 s.copy_forwards as i64,
+            ),
+            (
+                "storage_copy_forward_bytes",
+                "Record bytes written by copy-forward (write amplification of the eviction policy)",
+                s.copy_forward_bytes as i64,
+            ),
+            (
+                "storage_copy_forward_budget_cuts",
+                "Touched blobs evicted anyway because the per-eviction copy budget was spent",
+                s.copy_forward_budget_cuts as i64,
+            ),
+            (
+                "storage_copy_forward_touch_age_segments",
+                "Segments of writes since the touch of the least recently touched blob the last eviction kept",
+                s.copy_forward_touch_age as i64,
             ),
             (
                 "storage_index_displaced",
@@ -409,11 +448,25 @@ fn connection_gauges(
 }
 
 /// Binds every listener of the config.
-pub async fn bind(config: &Config) -> Result<Listeners, SetupError> {
+pub async fn bind(
+    config: &Config,
+    tls: Option<&Arc<server::tls::TlsState>>,
+) -> Result<Listeners, SetupError> {
     let mut listeners = Listeners {
         connections: server::ConnectionLimit::new(config.server.max_connections as usize),
+        tls_state: tls.cloned(),
         ..Listeners::default()
     };
+    if tls.is_some() {
+        for addr in &config.server.tls_listen {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(io(format!("cannot listen on {addr}")))?;
+            let local = l.local_addr().map_err(io("local_addr"))?;
+            tracing::info!(%local, "listening on TCP with TLS");
+            listeners.tls.push(l);
+        }
+    }
     for addr in &config.server.listen {
         let l = tokio::net::TcpListener::bind(addr)
             .await
@@ -458,8 +511,23 @@ pub fn authorizer(config: &Config) -> Result<Arc<Authorizer>, SetupError> {
     Ok(auth)
 }
 
-/// Re-reads the tokens file on every SIGHUP; a bad file keeps the old table and logs why.
-pub fn reload_on_sighup(auth: Arc<Authorizer>) -> Result<(), SetupError> {
+/// The TLS settings a config asks for: `None` when no TLS listener is configured.
+pub fn tls_state(config: &Config) -> Result<Option<Arc<server::tls::TlsState>>, SetupError> {
+    let bots = config.execution.enabled && !config.execution.bots_tls_listen.is_empty();
+    if config.server.tls_listen.is_empty() && !bots {
+        return Ok(None);
+    }
+    let state = server::tls::TlsState::load(&config.tls)?;
+    tracing::info!(cert_file = %config.tls.cert_file, client_auth = ?config.tls.client_auth, "TLS on");
+    Ok(Some(state))
+}
+
+/// Re-reads the tokens file and the TLS certificates (if any) on every SIGHUP; a bad file
+/// keeps the old one in force and logs why.
+pub fn reload_on_sighup(
+    auth: Arc<Authorizer>,
+    tls: Option<Arc<server::tls::TlsState>>,
+) -> Result<(), SetupError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup()).map_err(io("cannot watch SIGHUP"))?;
     tokio::spawn(async move {
@@ -468,6 +536,13 @@ pub fn reload_on_sighup(auth: Arc<Authorizer>) -> Result<(), SetupError> {
                 Ok(()) => tracing::info!("SIGHUP: tokens file reloaded"),
                 Err(e) => {
                     tracing::error!(error = %e, "SIGHUP: tokens file not reloaded; the old one stays in force");
+                }
+            }
+            match tls.as_ref().map(|t| t.reload()) {
+                None => {}
+                Some(Ok(())) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "SIGHUP: TLS certificates not reloaded; the old ones stay in force");
                 }
             }
         }
@@ -516,7 +591,11 @@ fn warn_if_open(auth: &Authorizer, grpc: &Listeners, bots: Option<&Listeners>, m
     let open: Vec<std::net::SocketAddr> = grpc
         .tcp
         .iter()
-        .chain(bots.into_iter().flat_map(|b| b.tcp.iter()))
+        .chain(grpc.tls.iter())
+        .chain(
+            bots.into_iter()
+                .flat_map(|b| b.tcp.iter().chain(b.tls.iter())),
+        )
         .filter_map(|l| l.local_addr().ok())
         .filter(|a| !a.ip().is_loopback())
         .collect();
@@ -593,6 +672,7 @@ pub struct Prepared {
     metrics_listener: Option<tokio::net::TcpListener>,
     auth: Arc<Authorizer>,
     sample_interval: std::time::Duration,
+    tls: Option<Arc<server::tls::TlsState>>,
 }
 
 impl Prepared {
@@ -601,6 +681,7 @@ impl Prepared {
         config.validate()?;
         let lock = lock_data_dir(config)?;
         let auth = authorizer(config)?;
+        let tls = tls_state(config)?;
         let metrics = Metrics::new();
         metrics.register(
             "auth_requests",
@@ -635,15 +716,18 @@ impl Prepared {
             crate::bots::add_to(&scheduler, &mut bot_routes);
             let bot_routes = crate::api::auth::protect(bot_routes.routes(), &auth, true);
             let bot_routes = instrument(bot_routes, &metrics);
-            bots = Some((bot_routes, bind_bots(config).await?));
+            bots = Some((bot_routes, bind_bots(config, tls.as_ref()).await?));
         }
-        let listeners = bind(config).await?;
+        let listeners = bind(config, tls.as_ref()).await?;
         let mut limits = vec![("grpc", listeners.connections.clone())];
         if let Some((_, l)) = &bots {
             limits.push(("bots", l.connections.clone()));
         }
         metrics.add_gauge_source(Box::new(move || connection_gauges(&limits)));
         metrics.add_gauge_source(Box::new(server::authority::gauges));
+        if tls.is_some() {
+            metrics.add_gauge_source(Box::new(server::tls::gauges));
+        }
         warn_if_open(&auth, &listeners, bots.as_ref().map(|(_, l)| l), &metrics);
         let metrics_listener = match config.server.metrics_listen.as_str() {
             "" => None,
@@ -667,7 +751,22 @@ impl Prepared {
             sample_interval: std::time::Duration::from_millis(
                 config.server.status_sample_interval_ms,
             ),
+            tls,
         })
+    }
+
+    /// The TLS settings of this server, if it has TLS listeners (reloaded on SIGHUP).
+    pub fn tls(&self) -> Option<Arc<server::tls::TlsState>> {
+        self.tls.clone()
+    }
+
+    /// The bound TLS addresses (useful with port 0).
+    pub fn tls_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.listeners
+            .tls
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// The address of the metrics endpoint, if enabled.
@@ -740,13 +839,16 @@ pub async fn serve(
         Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
     }
     let prepared = Prepared::new(&config).await?;
-    reload_on_sighup(prepared.auth())?;
+    reload_on_sighup(prepared.auth(), prepared.tls())?;
     tracing::info!(data_dir = %config.server.data_dir.display(), "kiln ready");
     {
         // One line per listener, then `ready`: scripts and tests read these to learn the ports.
         let mut out = std::io::stdout().lock();
         for addr in prepared.tcp_addrs() {
             let _ = writeln!(out, "listening grpc://{addr}");
+        }
+        for addr in prepared.tls_addrs() {
+            let _ = writeln!(out, "listening grpcs://{addr}");
         }
         if let Some(path) = unix_socket_path(&config) {
             let _ = writeln!(out, "listening unix:{}", path.display());

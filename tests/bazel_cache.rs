@@ -844,3 +844,83 @@ fn auth_unix_peer_all_hits_and_anonymous_tcp_denied() {
     );
     bazel.shutdown("ob3");
 }
+
+/// Bazel 2.1.0 over TLS: `--remote_cache=grpcs://localhost:PORT --tls_certificate=ca.pem`
+/// against kiln's `server.tls_listen` with a throwaway CA (rcgen). A cold build uploads, and
+/// after `clean --expunge` every spawn is a hit with the same outputs; kiln counted the TLS
+/// handshakes. Bazel 2.1.0 has no `--tls_client_certificate`/`--tls_client_key` (added in
+/// later releases; `bazel help build` lists only `--tls_certificate`), so mutual TLS is tested
+/// with tonic, grpcio, `kiln worker` and `kiln bench` in tests/tls.rs.
+#[test]
+fn tls_remote_cache_all_hits() {
+    let _guard = lock();
+    let bin = bazel_binary();
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = common::pki::Ca::new("kiln bazel test CA");
+    let (cert, key) = ca.leaf("kiln server", &["localhost", "127.0.0.1"], true);
+    let path = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let (ca_file, cert_file, key_file) = (
+        path("ca.pem", &ca.pem),
+        path("server.pem", &cert),
+        path("server.key", &key),
+    );
+    let config = tmp.path().join("kiln.toml");
+    fs::write(
+        &config,
+        format!(
+            "[server]\ntls_listen = [\"127.0.0.1:0\"]\n\
+             [tls]\ncert_file = {cert_file:?}\nkey_file = {key_file:?}\n"
+        ),
+    )
+    .unwrap();
+    let server = KilnServer::start_with(
+        &tmp.path().join("kiln-data"),
+        &tmp.path().join("kiln.log"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let Some(tls) = server.tls.clone() else {
+        server.fail("kiln printed no `listening grpcs://` line")
+    };
+    let port = tls.rsplit(':').next().unwrap().to_string();
+    let remote = format!("--remote_cache=grpcs://localhost:{port}");
+    let trust = format!("--tls_certificate={ca_file}");
+    let flags = [
+        "--remote_download_outputs=all",
+        remote.as_str(),
+        trust.as_str(),
+    ];
+    let mut bazel = Bazel::new(bin, tmp.path(), &server);
+
+    let cold = bazel.build("ob1", "cold-tls", &flags);
+    assert_cold_build(&bazel, &cold);
+    let first = snapshot_outputs(&bazel.output_base("ob1"));
+    bazel.clean_expunge("ob1");
+    bazel.shutdown("ob1");
+
+    let warm = bazel.build("ob2", "warm-tls", &flags);
+    assert_all_hits(&bazel, "warm-tls", &warm);
+    let second = snapshot_outputs(&bazel.output_base("ob2"));
+    assert_same_outputs("warm-tls", &first, &second, |_| true);
+    bazel.shutdown("ob2");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let metrics = rt
+        .block_on(kiln::admin::http_get(
+            server.metrics.as_ref().unwrap(),
+            "/metrics",
+        ))
+        .unwrap();
+    let handshakes = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kiln_tls_handshakes "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        handshakes >= 2,
+        "Bazel's TLS handshakes not counted:\n{metrics}"
+    );
+}

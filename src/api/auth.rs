@@ -1,10 +1,11 @@
 //! The auth layer: one tower service in front of every gRPC route of a server, deciding from
 //! the method path, before any handler runs (so a denied upload stores nothing).
 //!
-//! The token comes from `authorization: Bearer <token>`; a Unix socket peer's uid from tonic's
+//! The token comes from `authorization: Bearer <token>`; a TLS client's certificate names from
+//! the [`TlsPeer`] connect info of TLS listeners; a Unix socket peer's uid from tonic's
 //! `UdsConnectInfo`. The token is never logged.
 
-use crate::auth::{Authorizer, Right};
+use crate::auth::{Authorizer, Right, TlsPeer};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -79,7 +80,8 @@ pub fn check<B>(auth: &Authorizer, req: &http::Request<B>, bots: bool) -> Result
         .get::<UdsConnectInfo>()
         .and_then(|i| i.peer_cred)
         .map(|c| c.uid());
-    let caller = auth.identify(token, uid);
+    let tls = req.extensions().get::<TlsPeer>();
+    let caller = auth.identify_peer(token, uid, tls);
     let outcome = if caller.unknown_token {
         Err(AuthError::UnknownToken)
     } else {

@@ -11,8 +11,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 pub mod admin;
 mod bearer;
+mod client_tls;
+mod tls_peer;
 
 pub use bearer::{AuthChannel, Bearer};
+pub use client_tls::ClientTls;
+pub use tls_peer::{MAX_PEER_NAMES, TlsPeer};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -131,6 +135,18 @@ pub struct UnixPeerEntry {
     pub rights: Vec<String>,
 }
 
+/// One `[[tls_client]]`: rights for TLS connections whose verified client certificate carries
+/// this name as its subject CN, a DNS SAN or a URI SAN (`client_auth` optional or required).
+/// The caller is named `tls:<subject>` in logs and metrics.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsClientEntry {
+    /// The certificate name to match (exactly, case-sensitive).
+    pub subject: String,
+    /// Rights by name.
+    pub rights: Vec<String>,
+}
+
 /// The tokens file as written.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -139,6 +155,9 @@ pub struct TokensFile {
     pub principal: Vec<PrincipalEntry>,
     /// Unix socket peers by uid.
     pub unix_peer: Vec<UnixPeerEntry>,
+    /// TLS client certificates by subject name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tls_client: Vec<TlsClientEntry>,
 }
 
 impl TokensFile {
@@ -202,12 +221,14 @@ struct Principal {
 pub struct Table {
     principals: Vec<Principal>,
     unix_peers: HashMap<u32, Rights>,
+    /// Subject name -> (position in the file, caller name, rights).
+    tls_clients: HashMap<String, (usize, Arc<str>, Rights)>,
 }
 
 impl Table {
     /// Checks a parsed file: names, digests and rights.
     pub fn from_file(file: &TokensFile) -> Result<Self, AuthFileError> {
-        if file.principal.len() + file.unix_peer.len() > MAX_ENTRIES {
+        if file.principal.len() + file.unix_peer.len() + file.tls_client.len() > MAX_ENTRIES {
             return Err(AuthFileError::Invalid(format!(
                 "more than {MAX_ENTRIES} entries"
             )));
@@ -242,7 +263,35 @@ impl Table {
         for u in &file.unix_peer {
             t.unix_peers.insert(u.uid, Rights::parse(&u.rights)?);
         }
+        for (i, c) in file.tls_client.iter().enumerate() {
+            if c.subject.is_empty() || c.subject.len() > MAX_NAME_BYTES || c.subject.contains('"') {
+                return Err(AuthFileError::Invalid(format!(
+                    "tls_client subject {:?} must be 1..={MAX_NAME_BYTES} bytes without quotes",
+                    c.subject
+                )));
+            }
+            let entry = (
+                i,
+                format!("tls:{}", c.subject).into(),
+                Rights::parse(&c.rights)?,
+            );
+            if t.tls_clients.insert(c.subject.clone(), entry).is_some() {
+                return Err(AuthFileError::Invalid(format!(
+                    "tls_client {:?} appears twice",
+                    c.subject
+                )));
+            }
+        }
         Ok(t)
+    }
+
+    /// The `[[tls_client]]` matching one of a certificate's names; the first in file order
+    /// when several match (a certificate whose CN and SAN name different entries).
+    fn find_tls(&self, names: &[String]) -> Option<&(usize, Arc<str>, Rights)> {
+        names
+            .iter()
+            .filter_map(|n| self.tls_clients.get(n))
+            .min_by_key(|e| e.0)
     }
 
     /// The principal whose token this is. Every digest is compared in full, whatever matches.
@@ -357,6 +406,17 @@ impl Authorizer {
 
     /// The caller of a request with this bearer token and Unix peer uid (if any).
     pub fn identify(&self, token: Option<&[u8]>, unix_uid: Option<u32>) -> Caller {
+        self.identify_peer(token, unix_uid, None)
+    }
+
+    /// The caller of a request: its bearer token first, then its verified TLS client
+    /// certificate, then its Unix peer uid, else anonymous.
+    pub fn identify_peer(
+        &self,
+        token: Option<&[u8]>,
+        unix_uid: Option<u32>,
+        tls: Option<&TlsPeer>,
+    ) -> Caller {
         if !self.enabled {
             return Caller {
                 name: "anonymous".into(),
@@ -381,6 +441,13 @@ impl Authorizer {
                     rights: Rights::NONE,
                     unknown_token: true,
                 },
+            };
+        }
+        if let Some((_, name, rights)) = tls.and_then(|t| table.find_tls(t.names())) {
+            return Caller {
+                name: name.clone(),
+                rights: *rights,
+                unknown_token: false,
             };
         }
         if let Some((uid, r)) = unix_uid.and_then(|u| Some((u, table.unix_peers.get(&u)?))) {
@@ -475,7 +542,42 @@ mod tests {
                 uid: 7,
                 rights: vec!["bot".into()],
             }],
+            tls_client: vec![
+                TlsClientEntry {
+                    subject: "ci.example".into(),
+                    rights: vec!["read".into(), "write".into()],
+                },
+                TlsClientEntry {
+                    subject: "spiffe://example/laptop".into(),
+                    rights: vec!["read".into()],
+                },
+            ],
         }
+    }
+
+    #[test]
+    fn tls_client_names_give_rights_after_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tokens.toml");
+        file(&["read", "cache-write"]).write(&p).unwrap();
+        let a = Authorizer::load(&p, Rights::NONE).unwrap();
+        let peer = |names: &[&str]| TlsPeer::from_names(names.iter().map(|s| (*s).to_string()));
+        let ci = a.identify_peer(None, None, Some(&peer(&["x", "ci.example"])));
+        assert_eq!(&*ci.name, "tls:ci.example");
+        assert!(ci.rights.has(Right::Write));
+        // Both names match: the entry first in the file wins.
+        let both = peer(&["spiffe://example/laptop", "ci.example"]);
+        assert_eq!(
+            &*a.identify_peer(None, None, Some(&both)).name,
+            "tls:ci.example"
+        );
+        // A token outranks the certificate.
+        let t = a.identify_peer(Some(b"secret"), None, Some(&both));
+        assert_eq!(&*t.name, "ci");
+        // An unknown name is anonymous.
+        let anon = a.identify_peer(None, None, Some(&peer(&["other"])));
+        assert_eq!(anon.rights, Rights::NONE);
+        assert_eq!(&*anon.name, "anonymous");
     }
 
     #[test]

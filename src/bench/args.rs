@@ -75,7 +75,7 @@ pub enum SmallApi {
 /// Flags of a load run.
 #[derive(Clone, Debug, Args)]
 pub struct LoadArgs {
-    /// Target: grpc://HOST:PORT or unix:PATH.
+    /// Target: grpc://HOST:PORT, grpcs://HOST:PORT (TLS) or unix:PATH.
     #[arg(long)]
     pub target: Option<String>,
     /// REAPI instance name.
@@ -84,6 +84,15 @@ pub struct LoadArgs {
     /// A file holding the token sent as `authorization: Bearer` (servers with `[auth]`).
     #[arg(long)]
     pub token_file: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) that signed the server's certificate (`grpcs://` targets).
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate chain (PEM) for servers requiring mutual TLS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// What to send.
     #[arg(long, value_enum)]
     pub workload: Option<WorkloadKind>,

@@ -49,8 +49,13 @@ pub async fn run_load(args: &LoadArgs) -> Result<Report, BenchError> {
         .ok_or_else(|| BenchError::Usage("--workload is required".into()))?;
     let target = target::Target::parse(target)?;
     let mut channels = Vec::new();
+    let tls = crate::auth::ClientTls {
+        ca: args.tls_ca.clone(),
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+    };
     for _ in 0..args.connections.max(1) {
-        channels.push(target.connect().await?);
+        channels.push(target.connect_tls(&tls).await?);
     }
     let bearer = match &args.token_file {
         Some(p) => {

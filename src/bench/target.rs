@@ -1,4 +1,5 @@
-//! Connecting to a target: `grpc://HOST:PORT` (also `http://`) or `unix:PATH`.
+//! Connecting to a target: `grpc://HOST:PORT` (also `http://`), `grpcs://HOST:PORT` (TLS, with
+//! `--tls-ca`) or `unix:PATH`.
 
 use super::BenchError;
 use tonic::transport::{Channel, Endpoint};
@@ -11,6 +12,8 @@ pub const MAX_MESSAGE: usize = 256 << 20;
 pub enum Target {
     /// A TCP `host:port`.
     Tcp(String),
+    /// A TCP `host:port` speaking TLS.
+    Tls(String),
     /// A Unix socket path.
     Unix(std::path::PathBuf),
 }
@@ -25,12 +28,19 @@ impl Target {
             }
             return Ok(Target::Unix(path.into()));
         }
+        if let Some(rest) = s.strip_prefix("grpcs://") {
+            let rest = rest.trim_end_matches('/');
+            if !rest.contains(':') {
+                return Err(BenchError::Usage(format!("target {s:?} lacks a port")));
+            }
+            return Ok(Target::Tls(rest.to_string()));
+        }
         let rest = s
             .strip_prefix("grpc://")
             .or_else(|| s.strip_prefix("http://"))
             .ok_or_else(|| {
                 BenchError::Usage(format!(
-                    "unsupported target {s:?}: use grpc://HOST:PORT or unix:PATH"
+                    "unsupported target {s:?}: use grpc://HOST:PORT, grpcs://HOST:PORT or unix:PATH"
                 ))
             })?;
         let rest = rest.trim_end_matches('/');
@@ -40,8 +50,18 @@ impl Target {
         Ok(Target::Tcp(rest.to_string()))
     }
 
-    /// Opens one HTTP/2 connection.
+    /// Opens one HTTP/2 connection (TLS settings only for a `grpcs://` target).
     pub async fn connect(&self) -> Result<Channel, BenchError> {
+        self.connect_tls(&crate::auth::ClientTls::default()).await
+    }
+
+    /// Opens one HTTP/2 connection, with `tls` for a `grpcs://` target.
+    pub async fn connect_tls(&self, tls: &crate::auth::ClientTls) -> Result<Channel, BenchError> {
+        if tls.is_set() && !matches!(self, Target::Tls(_)) {
+            return Err(BenchError::Usage(
+                "--tls-* options need a grpcs://HOST:PORT target".into(),
+            ));
+        }
         let fail = |e: tonic::transport::Error| {
             BenchError::Connect(format!(
                 "{}: {e} ({:?})",
@@ -56,6 +76,21 @@ impl Target {
                 .connect()
                 .await
                 .map_err(fail),
+            Target::Tls(hostport) => {
+                let endpoint =
+                    Endpoint::from_shared(format!("https://{hostport}")).map_err(fail)?;
+                let host = endpoint.uri().host().unwrap_or("localhost").to_string();
+                let config = tls
+                    .config(&host)
+                    .map_err(|e| BenchError::Usage(e.to_string()))?;
+                endpoint
+                    .tls_config(config)
+                    .map_err(fail)?
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await
+                    .map_err(fail)
+            }
             Target::Unix(path) => {
                 let path = path.clone();
                 // The URI is a placeholder: the connector below ignores it.
@@ -80,6 +115,7 @@ impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Target::Tcp(h) => write!(f, "grpc://{h}"),
+            Target::Tls(h) => write!(f, "grpcs://{h}"),
             Target::Unix(p) => write!(f, "unix:{}", p.display()),
         }
     }
@@ -98,6 +134,10 @@ mod tests {
         assert_eq!(
             Target::parse("unix:/tmp/k.sock").unwrap(),
             Target::Unix("/tmp/k.sock".into())
+        );
+        assert_eq!(
+            Target::parse("grpcs://box.example:8443").unwrap(),
+            Target::Tls("box.example:8443".into())
         );
         assert!(Target::parse("ftp://x:1").is_err());
         assert!(Target::parse("grpc://nohost").is_err());

@@ -4,6 +4,7 @@
 
 mod accept;
 pub mod authority;
+pub mod tls;
 
 pub use accept::{ConnectionLimit, DEFAULT_MAX_CONNECTIONS, incoming, raise_fd_limit};
 
@@ -20,6 +21,10 @@ pub struct Listeners {
     pub tcp: Vec<TcpListener>,
     /// Unix-socket listeners (co-located clients and workers).
     pub unix: Vec<UnixListener>,
+    /// TCP listeners serving gRPC over TLS with [`Listeners::tls_state`].
+    pub tls: Vec<TcpListener>,
+    /// The TLS settings of the `tls` listeners (required when there are any).
+    pub tls_state: Option<std::sync::Arc<tls::TlsState>>,
     /// The cap on connections open at once across these listeners.
     pub connections: ConnectionLimit,
 }
@@ -81,6 +86,15 @@ pub async fn run(
     for l in listeners.unix {
         let router = builder().add_routes(routes.clone());
         let incoming = accept::incoming(l, limit.clone());
+        tasks.spawn(router.serve_with_incoming_shutdown(incoming, stop.signal()));
+    }
+    for l in listeners.tls {
+        let state = listeners
+            .tls_state
+            .clone()
+            .expect("TLS listeners come with their TLS settings");
+        let router = builder().add_routes(routes.clone());
+        let incoming = tls::incoming(accept::incoming(l, limit.clone()), state);
         tasks.spawn(router.serve_with_incoming_shutdown(incoming, stop.signal()));
     }
     while let Some(done) = tasks.join_next().await {

@@ -83,10 +83,22 @@ pub struct EngineConfig {
     /// record. Default 1 MiB (PLATFORM.md: 64 KiB-1 MiB appends reach the disk's ceiling).
     /// Also the most an upload buffers in memory.
     pub part_size: u64,
-    /// Oldest segments whose blobs are copied forward when touched by `get`/`contains`.
-    /// 0 = derive: an eighth of the ring, at least 1. Too small: hot blobs are evicted
-    /// (`evicted_hits` of the cas layer); too large: needless copies (`copy_forwards`).
-    pub copy_forward_segments: u32,
+    /// Copy-forward at eviction (FORMAT.md "Eviction and copy-forward"). Default true. With
+    /// false the ring is plain first-in-first-out: every blob goes when its segment does,
+    /// however often it is read (for comparisons; `kiln bench` replays both).
+    pub copy_forward: bool,
+    /// How recent a touch (a read, FindMissingBlobs or ActionCache hit) must be for a blob to
+    /// be copied forward when its segment is evicted, in segments of writes. 0 = derive: half
+    /// the ring's segments (a blob used once per half capacity of writes stays). Larger keeps
+    /// blobs used more rarely and copies more (`copy_forward_bytes`); smaller behaves more
+    /// like FIFO. Must be below the number of segments.
+    pub copy_forward_horizon: u32,
+    /// Most bytes copied forward per evicted segment (record headers included). 0 = derive: a
+    /// quarter of a segment. The copies take this much of the next segment, so write
+    /// amplification is at most `budget / segment_size`. Touched blobs beyond it are evicted
+    /// and counted in `copy_forward_budget_cuts`: when that counter moves, raise the budget
+    /// (or the capacity). At most half a segment.
+    pub copy_forward_budget: u64,
     /// Most bytes gathered into one write submission. Default 1 MiB.
     pub max_batch_bytes: u64,
     /// Bytes written after which a sync round also syncs the index file (an index checkpoint).
@@ -116,7 +128,9 @@ impl EngineConfig {
             grow_copy_delay: Duration::ZERO,
             probe_limit: 32,
             part_size: MIB,
-            copy_forward_segments: 0,
+            copy_forward: true,
+            copy_forward_horizon: 0,
+            copy_forward_budget: 0,
             max_batch_bytes: MIB,
             checkpoint_bytes: 256 * MIB,
             checkpoint_interval: Duration::from_secs(10),
@@ -151,12 +165,26 @@ impl EngineConfig {
             .max(self.effective_index_slots())
     }
 
-    /// Copy-forward window after applying the default.
-    pub fn effective_copy_forward(&self) -> u32 {
-        if self.copy_forward_segments == 0 {
-            (self.segments() / 8).max(1)
+    /// Copy-forward horizon in segments after applying the default (0 when copy-forward is
+    /// off).
+    pub fn effective_copy_forward_horizon(&self) -> u32 {
+        if !self.copy_forward {
+            0
+        } else if self.copy_forward_horizon == 0 {
+            (self.segments() / 2).max(1)
         } else {
-            self.copy_forward_segments
+            self.copy_forward_horizon
+        }
+    }
+
+    /// Copy-forward budget per evicted segment after applying the default (0 when off).
+    pub fn effective_copy_forward_budget(&self) -> u64 {
+        if !self.copy_forward {
+            0
+        } else if self.copy_forward_budget == 0 {
+            self.segment_size / 4
+        } else {
+            self.copy_forward_budget
         }
     }
 
@@ -223,8 +251,19 @@ impl EngineConfig {
                 self.index_grow_load
             ));
         }
-        if self.effective_copy_forward() >= self.segments() {
-            return bad("copy_forward_segments must be smaller than the number of segments".into());
+        if self.effective_copy_forward_horizon() >= self.segments() {
+            return bad(format!(
+                "copy_forward_horizon {} must be smaller than the number of segments ({})",
+                self.copy_forward_horizon,
+                self.segments()
+            ));
+        }
+        if self.effective_copy_forward_budget() > self.segment_size / 2 {
+            return bad(format!(
+                "copy_forward_budget {} must be at most half a segment ({}): the copies go into the next segment",
+                self.copy_forward_budget,
+                self.segment_size / 2
+            ));
         }
         if let Durability::Periodic { interval } = self.durability
             && interval.is_zero()

@@ -8,21 +8,18 @@ use super::index::{self, Index};
 use super::open::{highest_segment_seq, map_live_segments, no_space, read_state, ring_on_disk};
 use super::segment::Segments;
 use super::shared::Shared;
-use super::stats::{Counters, StorageStats, inc};
+use super::stats::{Counters, StorageStats};
 use super::sys::{self, IoEngine, IoFile};
 use super::writer::{Body, EPOCH_RESERVE, Req, Writer};
 use super::{Blob, BlobWriter, Key, StorageError, Store};
 use crate::storage::format::PartLoc;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use crossbeam::channel::{Sender, TrySendError, bounded, unbounded};
+use crossbeam::channel::{Sender, unbounded};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use tokio::sync::oneshot;
-
-/// Touch requests queued for copy-forward before new ones are dropped.
-const TOUCH_QUEUE: usize = 4096;
 
 /// The persistent store: segments on disk, a mapped index, one I/O thread.
 ///
@@ -32,7 +29,6 @@ const TOUCH_QUEUE: usize = 4096;
 pub struct Engine {
     sh: Arc<Shared>,
     tx: Mutex<Option<Sender<Req>>>,
-    touch: Sender<Key>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -174,7 +170,6 @@ impl Engine {
             .index_slots
             .store(index.slots() as u64, Ordering::Relaxed);
         let sh = Arc::new(Shared {
-            copy_window: cfg.effective_copy_forward(),
             ring_limit: AtomicU32::new(n),
             cfg,
             index: arc_swap::ArcSwap::from_pointee(index),
@@ -192,22 +187,22 @@ impl Engine {
         w.open_round(rebuild)?;
         // (A growth during the rebuild may have used and renamed the file already; the state
         // names the whole ring as to be replayed from the moment the rebuild began.)
-        if interrupted_growth
-            && let Err(e) = std::fs::remove_file(&grow_path)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            return Err(e.into());
+        if interrupted_growth {
+            let _ = std::fs::remove_file(index::touch_path(&grow_path));
+            if let Err(e) = std::fs::remove_file(&grow_path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(e.into());
+            }
         }
         let (tx, rx) = unbounded();
-        let (ttx, trx) = bounded(TOUCH_QUEUE);
         let thread = std::thread::Builder::new()
             .name("kiln-storage-io".into())
-            .spawn(move || w.run(&rx, &trx))?;
+            .spawn(move || w.run(&rx))?;
         tracing::debug!(io = sh.io_name, "storage engine open");
         Ok(Self {
             sh,
             tx: Mutex::new(Some(tx)),
-            touch: ttx,
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -290,14 +285,6 @@ impl Engine {
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.sh
     }
-
-    fn touch(&self, e: &super::index::Entry) {
-        if self.sh.is_old(e)
-            && let Err(TrySendError::Full(_)) = self.touch.try_send(e.key)
-        {
-            inc(&self.sh.counters.copy_forward_dropped);
-        }
-    }
 }
 
 impl Drop for Engine {
@@ -343,17 +330,12 @@ fn replay_whole_ring(st: &mut State, segment_size: u64, forget_synced: bool) {
 #[async_trait]
 impl Store for Engine {
     fn get(&self, key: &Key) -> Result<Option<Blob>, StorageError> {
-        Ok(self.sh.get(key).map(|(e, b)| {
-            self.touch(&e);
-            b
-        }))
+        // A hit records a touch (shared.rs), read by eviction's copy-forward.
+        Ok(self.sh.get(key).map(|(_, b)| b))
     }
 
     fn contains(&self, key: &Key) -> Result<bool, StorageError> {
-        Ok(self.sh.lookup(key).is_some_and(|e| {
-            self.touch(&e);
-            true
-        }))
+        Ok(self.sh.lookup_touch(key).is_some())
     }
 
     fn contains_many(&self, keys: &[Key]) -> Result<Vec<bool>, StorageError> {

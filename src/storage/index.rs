@@ -13,6 +13,7 @@ use super::Key;
 use super::format::{PartLoc, RecordKind};
 use super::sys::IoFile;
 use super::sys::mmap::AtomicMap;
+use super::touch::Touches;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -169,6 +170,8 @@ pub struct Inserted {
     pub superseded: Vec<(usize, u64)>,
     /// The window was full of live entries and the oldest one (this entry) was overwritten.
     pub displaced: Option<Entry>,
+    /// The slot the entry went into (its touch hint is reset by the caller).
+    pub slot: usize,
 }
 
 /// The slot table. See the module docs for the concurrency contract.
@@ -178,6 +181,15 @@ pub struct Index {
     probe: usize,
     seed: u64,
     file: Arc<IoFile>,
+    /// Touch hints, one per slot, in `<index file>.touch` (none for a read-only index).
+    touches: Option<Touches>,
+}
+
+/// Where the touch hints of the index file at `path` live.
+pub fn touch_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".touch");
+    name.into()
 }
 
 impl Index {
@@ -218,12 +230,14 @@ impl Index {
             && w[2].load(Ordering::Relaxed) == slots as u64
             && w[3].load(Ordering::Relaxed) == probe as u64;
         let seed = w[4].load(Ordering::Relaxed);
+        let touches = Touches::open(&touch_path(path), slots)?;
         let mut me = Self {
             map,
             slots,
             probe,
             seed,
             file,
+            touches: Some(touches),
         };
         if !ok || created {
             me.reset();
@@ -258,6 +272,7 @@ impl Index {
             probe,
             seed,
             file,
+            touches: None,
         })
     }
 
@@ -274,12 +289,14 @@ impl Index {
         }
         let file = IoFile::open(path)?;
         let map = AtomicMap::new(&file.file)?;
+        let touches = Touches::open(&touch_path(path), slots)?;
         let mut me = Self {
             map,
             slots,
             probe,
             seed: 0,
             file,
+            touches: Some(touches),
         };
         me.reset();
         Ok(me)
@@ -290,6 +307,12 @@ impl Index {
     pub fn moved_to(&mut self, path: &Path) -> io::Result<()> {
         self.file = IoFile::open(path)?;
         Ok(())
+    }
+
+    /// The touch file of an index at `from` renamed along with it to `to`'s (hints only: a
+    /// crash between the two renames leaves a touch file of another size, which is reset).
+    pub fn move_touches(from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(touch_path(from), touch_path(to))
     }
 
     /// Number of slots.
@@ -330,16 +353,20 @@ impl Index {
             if let Some((_, e)) = self.read(i)
                 && e.seq != 0
                 && valid(&e)
-                && dst.insert_copy(&e, &valid)
+                && let Some(to) = dst.insert_copy(&e, &valid)
             {
+                dst.set_hint(to, self.hint(i));
                 copied += 1;
             }
         }
         copied
     }
 
-    /// Empties the table and writes a fresh header (new hash seed).
+    /// Empties the table and writes a fresh header (new hash seed); forgets every touch hint.
     pub fn reset(&mut self) {
+        if let Some(t) = &self.touches {
+            t.reset();
+        }
         let w = self.map.words();
         for x in &w[HEADER_WORDS..] {
             if x.load(Ordering::Relaxed) != 0 {
@@ -358,6 +385,33 @@ impl Index {
     /// The backing file (the engine fdatasyncs it as part of each durable epoch).
     pub fn file(&self) -> &Arc<IoFile> {
         &self.file
+    }
+
+
+    /// Records a hit on the entry in `slot` (see [`Touches::touch`]).
+    pub fn touch(&self, slot: usize, head: u32, written: u32) {
+        if let Some(t) = &self.touches {
+            t.touch(slot, head, written);
+        }
+    }
+
+    /// The touch hint of `slot` (0: none).
+    pub fn hint(&self, slot: usize) -> u32 {
+        self.touches.as_ref().map_or(0, |t| t.get(slot))
+    }
+
+    /// Sets the touch hint of `slot` (a growth carries hints to the new table).
+    fn set_hint(&self, slot: usize, hint: u32) {
+        if let Some(t) = &self.touches {
+            t.set(slot, hint);
+        }
+    }
+
+    /// Clears the hint of `slot` (a new entry was published there).
+    pub fn clear_hint(&self, slot: usize) {
+        if let Some(t) = &self.touches {
+            t.clear(slot);
+        }
     }
 
     fn home(&self, key: &Key) -> usize {
@@ -495,6 +549,7 @@ impl Index {
             if !self.write(i, v, &entry.pack()) {
                 continue 'retry;
             }
+            out.slot = i;
             return out;
         }
     }
@@ -503,7 +558,8 @@ impl Index {
     /// window already holds this entry or a newer one of its key (the writer publishes into
     /// both tables while the copy runs; without this check each growth would carry those
     /// entries twice, and the duplicates would pile up growth after growth).
-    pub fn insert_copy(&self, entry: &Entry, valid: impl Fn(&Entry) -> bool) -> bool {
+    /// Returns the slot written, if any.
+    pub fn insert_copy(&self, entry: &Entry, valid: impl Fn(&Entry) -> bool) -> Option<usize> {
         let home = self.home(&entry.key);
         for p in 0..self.probe {
             let i = (home + p) % self.slots;
@@ -516,11 +572,10 @@ impl Index {
                 && valid(&e)
                 && !entry.newer_than(&e)
             {
-                return false;
+                return None;
             }
         }
-        self.insert(entry, valid);
-        true
+        Some(self.insert(entry, valid).slot)
     }
 
     /// Seqlock write: claim by CAS `v -> v+1`, store, release `v+2`. False if the slot changed.

@@ -10,7 +10,8 @@
 //! Engine files: `config.rs` (EngineConfig, validate), `engine.rs` (open, Store impl, upload
 //! handle), `open.rs` (what open reads from disk: state slots, the ring from segment headers,
 //! segment maps), `writer.rs` (the I/O thread: batching, group commit, segment roll/eviction,
-//! copy-forward), `shared.rs` (read path and validity rules), `index.rs` (lock-free mapped slot
+//! copy-forward at eviction in `writer/evict.rs`), `shared.rs` (read path and validity rules),
+//! `touch.rs` (per-slot touch hints read by copy-forward), `index.rs` (lock-free mapped slot
 //! table), `segment.rs` (mapped segment table), `format.rs` (every on-disk byte layout),
 //! `verify.rs` (scrub), `stats.rs` (metrics), `sys/` (the only `unsafe`: io_uring, psync,
 //! fault injection, mmap, fallocate), `fuzzing/` (cfg(fuzzing) helpers).
@@ -30,6 +31,7 @@ mod segment;
 mod shared;
 mod stats;
 pub mod sys;
+mod touch;
 mod verify;
 mod writer;
 

@@ -40,10 +40,9 @@ pub(crate) struct Shared {
     pub head_end: AtomicU64,
     /// Epoch ranges lost in earlier crashes; fixed for the life of the process.
     pub invalid: Vec<InvalidRange>,
-    pub copy_window: u32,
     /// Segments the ring holds at most right now: the ring size, or fewer after the file
     /// system filled up first (ENOSPC evictions shrink it; rolls that fit grow it back).
-    /// Written by the writer, read by `is_old`.
+    /// Written and read by the writer (copy-forward follows the shrunk ring).
     pub ring_limit: AtomicU32,
     pub counters: Counters,
     pub poison: OnceLock<String>,
@@ -68,21 +67,28 @@ impl Shared {
             .or_else(|| self.growing.load().as_ref()?.lookup(key, |e| self.valid(e)))
     }
 
-    /// Whether a hit on `e` should be copied forward: its oldest segment will be evicted
-    /// within the next `copy_window` rolls. A segment `s` is evicted when the head reaches
-    /// `s + n` (n = the ring's current limit), so in a full ring this is `s < tail +
-    /// copy_window`, and in a ring still filling up nothing is old (copying there would only
-    /// add writes). In a ring shrunk by a full disk the window shrinks with it (an eighth).
-    pub fn is_old(&self, e: &Entry) -> bool {
-        let head = u64::from(self.head.load(Ordering::Acquire));
-        let n = self.segs.len();
-        let limit = self.ring_limit.load(Ordering::Relaxed).clamp(1, n);
-        let window = if limit < n {
-            (limit / 8).max(1)
-        } else {
-            self.copy_window
-        };
-        u64::from(e.oldest_seq()) + u64::from(limit) <= head + u64::from(window)
+    /// A hit on the entry `e` read from `slot`: records the ring position in the slot's touch
+    /// hint (one relaxed store, skipped when the hint is recent). No lock, no queue, no disk
+    /// write. A touch racing an insert into the same slot may tag the new entry instead: that
+    /// costs at most one needless copy of it at its eviction, never a loss (FORMAT.md).
+    pub fn touch(&self, index: &Index, slot: usize, e: &Entry) {
+        let head = self.head.load(Ordering::Relaxed);
+        index.touch(slot, head, e.oldest_seq());
+    }
+
+    /// `lookup`, recording a touch on a hit (FindMissingBlobs, the ActionCache completeness
+    /// check).
+    pub fn lookup_touch(&self, key: &Key) -> Option<Entry> {
+        let index = self.index.load();
+        if let Some((slot, _, e)) = index.lookup_slot(key, |e| self.valid(e)) {
+            self.touch(&index, slot, &e);
+            return Some(e);
+        }
+        let growing = self.growing.load();
+        let ix = growing.as_ref()?;
+        let (slot, _, e) = ix.lookup_slot(key, |e| self.valid(e))?;
+        self.touch(ix, slot, &e);
+        Some(e)
     }
 
     /// Reads and checks one record, returning a zero-copy view of its payload.
@@ -161,7 +167,10 @@ impl Shared {
         (slot, version, e): (usize, u64, Entry),
     ) -> Option<(Entry, Blob)> {
         match self.read_blob(&e) {
-            Ok(b) => Some((e, b)),
+            Ok(b) => {
+                self.touch(index, slot, &e);
+                Some((e, b))
+            }
             // Evicted meanwhile: a plain miss. Still valid, yet a segment it needs is not
             // mapped: its header was damaged or the file is gone (`open` skips such segments),
             // so the entry can never be served: dropped like a damaged record.

@@ -8,7 +8,9 @@ pub struct Counters {
     pub(crate) corruptions: AtomicU64,
     pub(crate) evictions: AtomicU64,
     pub(crate) copy_forwards: AtomicU64,
-    pub(crate) copy_forward_dropped: AtomicU64,
+    pub(crate) copy_forward_bytes: AtomicU64,
+    pub(crate) copy_forward_budget_cuts: AtomicU64,
+    pub(crate) copy_forward_touch_age: AtomicU64,
     pub(crate) index_displaced: AtomicU64,
     pub(crate) full_errors: AtomicU64,
     pub(crate) entries_published: AtomicU64,
@@ -45,10 +47,18 @@ pub struct StorageStats {
     pub corruptions: u64,
     /// Segments dropped from the ring.
     pub evictions: u64,
-    /// Blobs copied forward because they were touched while old.
+    /// Blobs copied forward at eviction because they were touched within the horizon.
     pub copy_forwards: u64,
-    /// Touches not copied because the queue was full.
-    pub copy_forward_dropped: u64,
+    /// Record bytes (headers included) those copies wrote: the write amplification of the
+    /// policy is this over `bytes_written - copy_forward_bytes`.
+    pub copy_forward_bytes: u64,
+    /// Touched blobs evicted anyway because the per-eviction budget was spent (or the copy
+    /// failed): "touched but evicted". Moving: raise `copy_forward_budget`.
+    pub copy_forward_budget_cuts: u64,
+    /// Segments of writes since the touch of the least recently touched blob the last
+    /// eviction kept (0 before any copy): how close to the horizon the survivors' last use
+    /// is. Near the horizon: blobs used a bit more rarely are being lost.
+    pub copy_forward_touch_age: u64,
     /// Live index entries overwritten because their probe window was full.
     pub index_displaced: u64,
     /// Writes refused with `StorageError::Full`.
@@ -96,7 +106,9 @@ impl Counters {
             corruptions: g(&self.corruptions),
             evictions: g(&self.evictions),
             copy_forwards: g(&self.copy_forwards),
-            copy_forward_dropped: g(&self.copy_forward_dropped),
+            copy_forward_bytes: g(&self.copy_forward_bytes),
+            copy_forward_budget_cuts: g(&self.copy_forward_budget_cuts),
+            copy_forward_touch_age: g(&self.copy_forward_touch_age),
             index_displaced: g(&self.index_displaced),
             full_errors: g(&self.full_errors),
             bytes_written: g(&self.bytes_written),

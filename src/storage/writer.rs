@@ -7,6 +7,7 @@
 //! durable (group commit). See FORMAT.md for the fsync order.
 
 mod grow;
+mod evict;
 mod layout;
 mod replay;
 mod rounds;
@@ -73,6 +74,8 @@ struct Run {
     buf: BytesMut,
 }
 
+// Four independent flags of the I/O thread's state machine; an enum would not be clearer.
+#[allow(clippy::struct_excessive_bools)]
 pub(crate) struct Writer {
     pub sh: Arc<Shared>,
     pub io: Box<dyn IoEngine>,
@@ -106,6 +109,14 @@ pub(crate) struct Writer {
     force_roll: bool,
     /// Online index growth (`grow`).
     growth: grow::Growth,
+    /// Copies made by eviction's copy-forward, published with the batch after its write.
+    copied: Vec<Entry>,
+    /// The position after the last copy laid out: it must be durable before the segment the
+    /// copies came from is evicted (FORMAT.md "fsync order").
+    copy_end: Pos,
+    /// Copy-forward is laying records out: an append that would roll fails instead (a copy
+    /// never triggers another eviction).
+    copying: bool,
 }
 
 enum Done {
@@ -155,6 +166,9 @@ impl Writer {
             pinned: None,
             force_roll: false,
             growth: grow::Growth::default(),
+            copied: Vec::new(),
+            copy_end: Pos::default(),
+            copying: false,
         })
     }
 
@@ -215,7 +229,7 @@ impl Writer {
 
     /// The thread body: runs until `Shutdown` (or every sender is gone), then syncs and marks
     /// a clean stop.
-    pub fn run(mut self, rx: &Receiver<Req>, touch: &Receiver<Key>) {
+    pub fn run(mut self, rx: &Receiver<Req>) {
         let mut done = self.syncer.done.clone();
         loop {
             let first = crossbeam::select! {
@@ -251,8 +265,7 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
-            let touched: Vec<Key> = touch.try_iter().take(256).collect();
-            self.process(batch, &touched);
+            self.process(batch);
             self.maybe_start_round();
             self.grow_tick();
             if stop {
@@ -283,15 +296,9 @@ impl Writer {
         }
     }
 
-    fn process(&mut self, batch: Vec<Req>, touched: &[Key]) {
+    fn process(&mut self, batch: Vec<Req>) {
         self.pinned = None;
         let mut done = Vec::with_capacity(batch.len());
-        let mut copies = Vec::new();
-        for k in touched {
-            if let Some(e) = self.copy_forward(k) {
-                copies.push(e);
-            }
-        }
         for r in batch {
             match r {
                 Req::Part { key, data, reply } => {
@@ -317,10 +324,11 @@ impl Writer {
         }
         // Write everything laid out.
         let wrote = self.flush_ops();
+        // Copies laid out by a roll in this batch (their records are written now).
+        let copies = std::mem::take(&mut self.copied);
         if wrote.is_ok() {
             for e in copies {
                 self.publish(&e);
-                inc(&self.sh.counters.copy_forwards);
             }
             for d in &done {
                 if let Done::Commit(_, Ok(entries)) = d {
@@ -362,13 +370,16 @@ impl Writer {
             ..*e
         };
         let sh = Arc::clone(&self.sh);
-        let r = sh.index.load().insert(&e, |x| sh.valid(x));
+        let index = sh.index.load();
+        let r = index.insert(&e, |x| sh.valid(x));
         if !self.grow_publish(&e, r.displaced.as_ref())
             && let Some(d) = r.displaced
             && !self.grow_for_displaced(&d)
         {
             inc(&sh.counters.index_displaced);
         }
+        // A new entry in the slot: "touched since written" starts afresh.
+        index.clear_hint(r.slot);
         inc(&sh.counters.entries_published);
         self.pending_clear.extend(r.superseded);
         self.unsynced = true;

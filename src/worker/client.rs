@@ -1,9 +1,9 @@
-//! The worker's connection to the server (`unix:PATH` or `grpc://HOST:PORT`) and the blob
+//! The worker's connection to the server (`unix:PATH`, `grpc://` or `grpcs://HOST:PORT`) and the blob
 //! transfers it needs: batched reads of small blobs, streamed ByteStream reads into files,
 //! FindMissingBlobs + BatchUpdateBlobs / ByteStream writes for outputs.
 
 use super::error::{WorkerError, io, rpc};
-use crate::auth::{AuthChannel, Bearer};
+use crate::auth::{AuthChannel, Bearer, ClientTls};
 use crate::digest::{Digest, DigestFunction};
 use crate::proto::bytestream::byte_stream_client::ByteStreamClient;
 use crate::proto::bytestream::{ReadRequest, WriteRequest};
@@ -50,10 +50,25 @@ pub async fn connect(server: &str) -> Result<Client, WorkerError> {
 
 /// Connects, sending `bearer`'s `authorization` header on every call (`--token-file`).
 pub async fn connect_with(server: &str, bearer: Bearer) -> Result<Client, WorkerError> {
+    connect_tls(server, bearer, &ClientTls::default()).await
+}
+
+/// Connects to `unix:PATH`, `grpc://HOST:PORT` or (with `tls`) `grpcs://HOST:PORT`, sending
+/// `bearer`'s header on every call.
+pub async fn connect_tls(
+    server: &str,
+    bearer: Bearer,
+    tls: &ClientTls,
+) -> Result<Client, WorkerError> {
     let fail = |reason: String| WorkerError::Connect {
         server: server.to_string(),
         reason,
     };
+    if tls.is_set() && !server.starts_with("grpcs://") {
+        return Err(fail(
+            "--tls-* options need a grpcs://HOST:PORT server".into(),
+        ));
+    }
     let channel = if let Some(path) = server.strip_prefix("unix:") {
         let path = PathBuf::from(path);
         Endpoint::try_from("http://localhost")
@@ -68,6 +83,17 @@ pub async fn connect_with(server: &str, bearer: Bearer) -> Result<Client, Worker
             }))
             .await
             .map_err(|e| fail(e.to_string()))?
+    } else if let Some(rest) = server.strip_prefix("grpcs://") {
+        let url = format!("https://{rest}");
+        let endpoint = Endpoint::try_from(url).map_err(|e| fail(e.to_string()))?;
+        let host = endpoint.uri().host().unwrap_or("localhost").to_string();
+        let config = tls.config(&host).map_err(|e| fail(e.to_string()))?;
+        endpoint
+            .tls_config(config)
+            .map_err(|e| fail(e.to_string()))?
+            .connect()
+            .await
+            .map_err(|e| fail(format!("{e} ({:?})", std::error::Error::source(&e))))?
     } else {
         let url = server.replacen("grpc://", "http://", 1);
         Endpoint::try_from(url)

@@ -29,7 +29,7 @@ mod sandbox_helper;
 mod session;
 mod stage;
 
-pub use client::{Client, connect, connect_with};
+pub use client::{Client, connect, connect_tls, connect_with};
 pub use error::WorkerError;
 pub use isolation::Isolation;
 pub use run::Limits;
@@ -117,8 +117,17 @@ pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
 
 /// [`run`], sending `bearer`'s `authorization` header on every call (`--token-file`).
 pub async fn run_with(
+    config: WorkerConfig,
+    bearer: crate::auth::Bearer,
+) -> Result<(), WorkerError> {
+    run_tls(config, bearer, crate::auth::ClientTls::default()).await
+}
+
+/// [`run_with`], connecting over TLS with `tls` to a `grpcs://` server.
+pub async fn run_tls(
     mut config: WorkerConfig,
     bearer: crate::auth::Bearer,
+    tls: crate::auth::ClientTls,
 ) -> Result<(), WorkerError> {
     if config.limits.isolation == Isolation::Namespaces {
         isolation::probe().map_err(error::io(
@@ -127,7 +136,7 @@ pub async fn run_with(
     }
     reaper::enable().map_err(error::io("PR_SET_CHILD_SUBREAPER"))?;
     let data_dir = server_data_dir(&config);
-    let client = connect_with(&config.server, bearer).await?;
+    let client = connect_tls(&config.server, bearer, &tls).await?;
     let cache = Arc::new(cache::FileCache::open(
         config.work_dir.join("cache"),
         config.cache_max_bytes,

@@ -31,6 +31,10 @@ pub struct KilnServer {
     pub bots_tcp: Option<String>,
     /// `HOST:PORT` of the metrics endpoint it printed.
     pub metrics: Option<String>,
+    /// `ADDR` of the first TLS listener (`listening grpcs://ADDR`), when configured.
+    pub tls: Option<String>,
+    /// `ADDR` of the first TLS bots listener (`listening bots grpcs://ADDR`), when configured.
+    pub bots_tls: Option<String>,
     log: PathBuf,
 }
 
@@ -100,6 +104,8 @@ impl KilnServer {
             bots_socket: None,
             bots_tcp: None,
             metrics: None,
+            tls: None,
+            bots_tls: None,
             log: log.to_path_buf(),
         };
         let seen = match lines {
@@ -129,6 +135,12 @@ impl KilnServer {
             }
             if let Some(rest) = line.strip_prefix("listening bots grpc://") {
                 server.bots_tcp = Some(format!("grpc://{rest}"));
+            }
+            if let Some(rest) = line.strip_prefix("listening grpcs://") {
+                server.tls.get_or_insert_with(|| rest.to_string());
+            }
+            if let Some(rest) = line.strip_prefix("listening bots grpcs://") {
+                server.bots_tls.get_or_insert_with(|| rest.to_string());
             }
         }
         if server.port == 0 {

@@ -76,6 +76,11 @@ impl Server {
         self.process.log_tail()
     }
 
+    /// The `kiln serve` process.
+    pub fn process(&self) -> &KilnServer {
+        &self.process
+    }
+
     pub async fn client(&self) -> Client {
         let ch = Channel::from_shared(format!("http://{}", self.grpc))
             .unwrap()

@@ -8,7 +8,8 @@ server answered and exits non-zero (with a message) on the first failure.
 
 Usage:
   grpc_clients.py --proto DIR --out DIR --client TARGET [--bots TARGET]
-                  [--authority VALUE] SCENARIO...
+                  [--authority VALUE] [--tls-ca PEM [--tls-cert PEM --tls-key PEM]]
+                  SCENARIO...
 
 TARGET is a grpcio target: `unix:/abs/path` or `127.0.0.1:PORT`. `--authority` sets the
 channel option `grpc.default_authority` (what goes into `:authority`). Scenarios:
@@ -19,6 +20,11 @@ channel option `grpc.default_authority` (what goes into `:authority`). Scenarios
                  UpdateBotSession taking the lease and completing it with an ActionResult,
                  and the Execute stream ending COMPLETED with that result
   rejected       GetCapabilities must FAIL with INTERNAL / RST_STREAM (h2's rule on TCP)
+  refused        GetCapabilities must FAIL with UNAVAILABLE (e.g. TLS handshake refused)
+  denied-write   BatchUpdateBlobs must FAIL with PERMISSION_DENIED naming the `write` right
+
+With --tls-ca the channel is a TLS channel (grpc.ssl_channel_credentials) trusting that CA;
+--tls-cert/--tls-key add a client certificate (mutual TLS).
 """
 
 import argparse
@@ -64,13 +70,57 @@ def sha256_digest(re_pb2, data):
     return re_pb2.Digest(hash=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
 
 
+TLS = {}
+
+
 def channel(target, authority):
     import grpc
 
     options = [("grpc.max_receive_message_length", 64 << 20)]
     if authority is not None:
         options.append(("grpc.default_authority", authority))
+    if TLS.get("ca"):
+        def read(path):
+            with open(path, "rb") as f:
+                return f.read()
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=read(TLS["ca"]),
+            private_key=read(TLS["key"]) if TLS.get("key") else None,
+            certificate_chain=read(TLS["cert"]) if TLS.get("cert") else None)
+        return grpc.secure_channel(target, creds, options=options)
     return grpc.insecure_channel(target, options=options)
+
+
+def scenario_refused(ch, mods):
+    import grpc
+
+    re_pb2, re_grpc = mods["re_pb2"], mods["re_grpc"]
+    try:
+        caps = re_grpc.CapabilitiesStub(ch).GetCapabilities(
+            re_pb2.GetCapabilitiesRequest(instance_name=""), timeout=TIMEOUT)
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.UNAVAILABLE:
+            print(f"refused ok: {e.code()} {e.details()}", flush=True)
+            return
+        fail(f"refused with an unexpected error: {e.code()} {e.details()}")
+    fail(f"served although it should have been refused: {caps}")
+
+
+def scenario_denied_write(ch, mods):
+    import grpc
+
+    re_pb2, re_grpc = mods["re_pb2"], mods["re_grpc"]
+    data = os.urandom(64) + b"denied-write"
+    req = re_pb2.BatchUpdateBlobsRequest(requests=[re_pb2.BatchUpdateBlobsRequest.Request(
+        digest=sha256_digest(re_pb2, data), data=data)])
+    try:
+        up = re_grpc.ContentAddressableStorageStub(ch).BatchUpdateBlobs(req, timeout=TIMEOUT)
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.PERMISSION_DENIED and "`write`" in (e.details() or ""):
+            print(f"denied-write ok: {e.code()} {e.details()}", flush=True)
+            return
+        fail(f"write failed with an unexpected error: {e.code()} {e.details()}")
+    fail(f"a write was accepted: {up}")
 
 
 def scenario_capabilities(ch, mods):
@@ -256,8 +306,12 @@ def main():
     p.add_argument("--client", required=True)
     p.add_argument("--bots")
     p.add_argument("--authority")
+    p.add_argument("--tls-ca")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
     p.add_argument("scenarios", nargs="+")
     a = p.parse_args()
+    TLS.update(ca=a.tls_ca, cert=a.tls_cert, key=a.tls_key)
 
     import grpc
 
@@ -287,6 +341,10 @@ def main():
             scenario_bots(ch, channel(a.bots, a.authority), mods)
         elif s == "rejected":
             scenario_rejected(ch, mods)
+        elif s == "refused":
+            scenario_refused(ch, mods)
+        elif s == "denied-write":
+            scenario_denied_write(ch, mods)
         else:
             fail(f"unknown scenario {s}")
     print("all scenarios passed", flush=True)

@@ -9,7 +9,7 @@
 use memmap2::{Mmap, MmapMut, MmapOptions};
 use std::fs::File;
 use std::io;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 
 /// Maps `len` bytes of `file` read-only.
 pub fn map_readonly(file: &File, len: usize) -> io::Result<Mmap> {
@@ -85,6 +85,17 @@ impl AtomicMap {
         unsafe {
             std::slice::from_raw_parts(ptr.cast::<AtomicU64>(), len / 8)
         }
+    }
+
+    /// The mapped bytes seen as `AtomicU32`s (the touch array, one per index slot). Every
+    /// access must go through the atomics.
+    pub fn words32(&self) -> &[AtomicU32] {
+        let w = self.words();
+        // SAFETY: the same memory as `words` (page-aligned, a multiple of 8 bytes, alive as
+        // long as `self`); two AtomicU32 occupy exactly the bytes of one AtomicU64, any bit
+        // pattern is valid, and every access goes through atomics. A slice is only ever used
+        // as u32s or as u64s by one owner (the touch file is never seen as u64 words).
+        unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<AtomicU32>(), w.len() * 2) }
     }
 
     /// Flushes dirty pages to disk (msync). The engine normally fdatasyncs the file instead.

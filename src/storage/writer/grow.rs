@@ -102,11 +102,15 @@ impl Writer {
             return false;
         };
         let sh = &self.sh;
-        for x in std::iter::once(e).chain(displaced) {
-            if job.new.insert(x, |y| sh.valid(y)).displaced.is_some() {
-                inc(&sh.counters.index_displaced);
-            }
+        let r = job.new.insert(e, |y| sh.valid(y));
+        job.new.clear_hint(r.slot);
+        let mut lost = u64::from(r.displaced.is_some());
+        if let Some(d) = displaced {
+            lost += u64::from(job.new.insert(d, |y| sh.valid(y)).displaced.is_some());
         }
+        sh.counters
+            .index_displaced
+            .fetch_add(lost, Ordering::Relaxed);
         true
     }
 
@@ -167,7 +171,7 @@ impl Writer {
         if let Err(e) = std::fs::File::open(&self.sh.cfg.dir).and_then(|d| d.sync_all()) {
             tracing::warn!(error = %e, "storage: cannot sync the data directory; not growing the index");
             drop(new);
-            let _ = std::fs::remove_file(&path);
+            remove_grow_files(&path);
             inc(&self.sh.counters.index_grow_failures);
             self.growth.backoff = Self::check_every(old.slots()) * 16;
             return;
@@ -210,7 +214,7 @@ impl Writer {
                 self.sh.growing.store(None);
                 inc(&self.sh.counters.index_grow_failures);
                 tracing::warn!(error = %e, "storage: cannot start the index growth thread");
-                let _ = std::fs::remove_file(&path);
+                remove_grow_files(&path);
                 self.growth.backoff = Self::check_every(old.slots()) * 16;
             }
         }
@@ -248,6 +252,11 @@ impl Writer {
             .file
             .sync_data()
             .and_then(|()| self.io.rename_durably(&job.path, &index_path));
+        if swap.is_ok()
+            && let Err(e) = Index::move_touches(&job.path, &index_path)
+        {
+            tracing::warn!(error = %e, "storage: could not move the touch hints of the grown index");
+        }
         match swap {
             Ok(()) => {
                 if let Some(ix) = Arc::get_mut(&mut new)
@@ -296,4 +305,10 @@ impl Writer {
             self.finish_growth();
         }
     }
+}
+
+/// Removes a growth's table and its touch file.
+fn remove_grow_files(path: &std::path::Path) {
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(crate::storage::index::touch_path(path));
 }

@@ -121,40 +121,6 @@ impl Writer {
         Ok(Entry::manifest(*key, seq, off, total, parts))
     }
 
-    /// Re-appends a touched blob still in the oldest part of the ring. The entry is published
-    /// after the batch's write succeeds.
-    pub(super) fn copy_forward(&mut self, key: &Key) -> Option<Entry> {
-        if self.poisoned().is_some() {
-            return None;
-        }
-        let sh = Arc::clone(&self.sh);
-        let e = sh.lookup(key).filter(|e| sh.is_old(e))?;
-        let blob = sh.read_blob(&e).ok()?;
-        let r = if e.kind == RecordKind::Manifest {
-            let mut parts = Vec::new();
-            for ext in blob.chunks(0, u64::MAX, self.sh.cfg.part_size as usize) {
-                let (seq, off) = self.append(RecordKind::Part, key, &[&ext]).ok()?;
-                parts.push(PartLoc {
-                    seq,
-                    off,
-                    len: ext.len() as u64,
-                });
-            }
-            self.manifest(key, blob.len(), &parts).ok()
-        } else {
-            let b = blob.to_bytes();
-            let (seq, off) = self.append(RecordKind::Blob, key, &[&b]).ok()?;
-            Some(Entry {
-                seq,
-                off,
-                span: 0,
-                ..e
-            })
-        };
-        drop(blob);
-        r
-    }
-
     /// Lays one record out at the end of the active segment (rolling when it does not fit).
     pub(super) fn append(
         &mut self,
@@ -164,9 +130,26 @@ impl Writer {
     ) -> Result<(u32, u32), StorageError> {
         let len: u64 = payload.iter().map(|p| p.len() as u64).sum();
         let span = format::record_span(len);
-        let seg_size = self.sh.cfg.segment_size;
+        // Uploads leave the segment's last `copy_reserve` bytes to the late copy-forward pass.
+        let seg_size = if self.copying {
+            self.sh.cfg.segment_size
+        } else {
+            self.sh.cfg.segment_size - super::evict::copy_reserve(&self.sh.cfg)
+        };
         if self.force_roll || self.active.as_ref().is_none_or(|a| a.pos + span > seg_size) {
+            if self.copying {
+                return Err(StorageError::Full(
+                    "a copy-forward does not fit the segment".into(),
+                ));
+            }
             self.roll()?;
+            // The copies a roll lays out at the start of the new segment (at most two budgets
+            // of half a segment each, after a restart) may leave too little room for this
+            // record: roll once more (that roll's copies are at most one budget).
+            let full = self.sh.cfg.segment_size;
+            if self.active.as_ref().is_some_and(|a| a.pos + span > full) {
+                self.roll()?;
+            }
         }
         let a = self.active.as_mut().expect("rolled");
         let (seq, pos) = (a.seg.seq, a.pos);
@@ -267,6 +250,8 @@ impl Writer {
         if tail >= keep_from {
             return Ok(None);
         }
+        self.copy_forward_late(tail);
+        self.copies_durable()?;
         self.state.tail = tail + 1;
         sh.tail.store(tail + 1, Ordering::Release);
         let old = sh.segs.take_slot(tail);
@@ -301,7 +286,17 @@ impl Writer {
         let n = sh.segs.len();
         let new = self.state.head + 1;
         let mut reused: Option<Arc<SegMap>> = None;
+        let mut held = Vec::new();
         if new - self.state.tail >= n {
+            // Blobs of the segment about to go that were touched since its early pass are
+            // copied into the head's reserve; all copies out of it are durable before it goes.
+            // The first roll after open has no head to copy into: they are held for the new one.
+            if self.active.is_none() {
+                held = self.hold_for_copy(self.state.tail);
+            } else {
+                self.copy_forward_late(self.state.tail);
+            }
+            self.copies_durable()?;
             // Ring full: drop the oldest segment (it shares the file slot with `new`).
             self.state.tail = new - n + 1;
             sh.tail.store(self.state.tail, Ordering::Release);
@@ -365,6 +360,9 @@ impl Writer {
             seg,
             pos: SEGMENT_HEADER_LEN,
         });
+        self.copy_held(held)?;
+        // The tail is the next segment to go: keep what was used out of it.
+        self.copy_forward_tail();
         Ok(())
     }
 }
