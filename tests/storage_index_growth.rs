@@ -409,3 +409,52 @@ fn co_located_reader_follows_a_grown_index() {
         assert_eq!(out, data(n));
     }
 }
+
+/// Touch hints belong to a table: a growth carries each entry's hint to its new slot, so a
+/// blob touched before the index grew is still copied forward when its segment is evicted.
+#[test]
+fn a_growth_keeps_the_touches_eviction_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let mut c = cfg(dir.path());
+    c.capacity_bytes = 32 << 20; // 8 segments of 4 MiB; horizon: the last 4 segments
+    c.index_slots = 1024;
+    c.index_max_slots = 1 << 20;
+    let e = Engine::open(c).unwrap();
+    let hot: Vec<Key> = (0..200).map(|n| key(1_000_000 + n)).collect();
+    let hot_data = |k: &Key| Bytes::from(k.id.repeat(32)); // 1 KiB
+    rt.block_on(e.put_many(hot.iter().map(|k| (*k, hot_data(k))).collect()))
+        .unwrap();
+    let head = |e: &Engine| e.stats().segments;
+    // 4 KiB fillers up to the seventh segment: few entries, the index stays small.
+    let mut n = 0u64;
+    while head(&e) < 7 {
+        let items = (n..n + 64)
+            .map(|i| (key(i), Bytes::from(vec![i as u8; 4096])))
+            .collect();
+        rt.block_on(e.put_many(items)).unwrap();
+        n += 64;
+    }
+    // One touch of the hot set, within the horizon of its segment's eviction.
+    assert!(e.contains_many(&hot).unwrap().iter().all(|&f| f));
+    let before = e.stats().index_growths;
+    // Then tiny blobs: tens of thousands of entries, several growths, and the hot set's
+    // segment is evicted.
+    while e.stats().evictions < 2 {
+        let items = (n..n + 500)
+            .map(|i| (key(i), Bytes::copy_from_slice(&i.to_le_bytes())))
+            .collect();
+        rt.block_on(e.put_many(items)).unwrap();
+        n += 500;
+    }
+    let s = e.stats();
+    assert!(
+        s.index_growths >= before + 2,
+        "the index grew after the touch: {s:?}"
+    );
+    let missing = hot.iter().filter(|k| e.get(k).unwrap().is_none()).count();
+    assert_eq!(missing, 0, "hot blobs evicted although touched: {s:?}");
+    for k in &hot {
+        assert_eq!(e.get(k).unwrap().unwrap().to_bytes(), hot_data(k));
+    }
+}

@@ -387,7 +387,6 @@ impl Index {
         &self.file
     }
 
-
     /// Records a hit on the entry in `slot` (see [`Touches::touch`]).
     pub fn touch(&self, slot: usize, head: u32, written: u32) {
         if let Some(t) = &self.touches {
@@ -401,7 +400,7 @@ impl Index {
     }
 
     /// Sets the touch hint of `slot` (a growth carries hints to the new table).
-    fn set_hint(&self, slot: usize, hint: u32) {
+    pub fn set_hint(&self, slot: usize, hint: u32) {
         if let Some(t) = &self.touches {
             t.set(slot, hint);
         }

@@ -76,6 +76,18 @@ impl Shared {
         index.touch(slot, head, e.oldest_seq());
     }
 
+    /// The table, slot, version and entry for `key`: in the index, else in a table being
+    /// grown (for the writer's own lookups; readers use `get`/`lookup_touch`).
+    pub fn find(&self, key: &Key) -> Option<(std::sync::Arc<Index>, usize, u64, Entry)> {
+        let index = self.index.load_full();
+        if let Some((slot, v, e)) = index.lookup_slot(key, |e| self.valid(e)) {
+            return Some((index, slot, v, e));
+        }
+        let ix = self.growing.load_full()?;
+        let (slot, v, e) = ix.lookup_slot(key, |e| self.valid(e))?;
+        Some((ix, slot, v, e))
+    }
+
     /// `lookup`, recording a touch on a hit (FindMissingBlobs, the ActionCache completeness
     /// check).
     pub fn lookup_touch(&self, key: &Key) -> Option<Entry> {

@@ -6,8 +6,8 @@
 //! (`rounds`); in `Fdatasync` mode a commit is answered when the round covering it is
 //! durable (group commit). See FORMAT.md for the fsync order.
 
-mod grow;
 mod evict;
+mod grow;
 mod layout;
 mod replay;
 mod rounds;
@@ -372,8 +372,10 @@ impl Writer {
         let sh = Arc::clone(&self.sh);
         let index = sh.index.load();
         let r = index.insert(&e, |x| sh.valid(x));
-        if !self.grow_publish(&e, r.displaced.as_ref())
-            && let Some(d) = r.displaced
+        // An entry pushed out keeps its touch hint where it goes.
+        let displaced = r.displaced.map(|d| (d, index.hint(r.slot)));
+        if !self.grow_publish(&e, displaced.as_ref())
+            && let Some(d) = displaced
             && !self.grow_for_displaced(&d)
         {
             inc(&sh.counters.index_displaced);

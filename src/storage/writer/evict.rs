@@ -136,9 +136,6 @@ impl Writer {
             return;
         };
         let size = sh.cfg.segment_size;
-        // (An entry only in a table being grown reads as untouched here: at worst it is
-        // evicted like an untouched one.)
-        let index = sh.index.load_full();
         let mut seen = HashSet::new();
         let (mut spent, mut oldest_touch_age) = (0u64, 0u64);
         let mut off = SEGMENT_HEADER_LEN;
@@ -155,7 +152,7 @@ impl Writer {
             off += span;
             // Parts belong to a manifest entry that depends on this segment: the whole blob
             // (every part, then a new manifest) is copied or none of it.
-            let Some((slot, _, e)) = index.lookup_slot(&h.key, |e| sh.valid(e)) else {
+            let Some((index, slot, _, e)) = sh.find(&h.key) else {
                 continue;
             };
             if e.oldest_seq() != tail || !seen.insert(h.key) {

@@ -67,7 +67,7 @@ impl Writer {
     /// maximum, a growth starts at once (whatever the sampled load says; windows fill up
     /// before the average load does) and the entry goes into the new table, where lookups
     /// find it until the switch. False if it is lost (the index cannot grow).
-    pub(super) fn grow_for_displaced(&mut self, displaced: &Entry) -> bool {
+    pub(super) fn grow_for_displaced(&mut self, (displaced, hint): &(Entry, u32)) -> bool {
         let index = self.sh.index.load_full();
         let max = self.sh.cfg.effective_index_max_slots() as usize;
         if index.slots() * 2 > max {
@@ -78,7 +78,8 @@ impl Writer {
             return false;
         };
         let sh = &self.sh;
-        job.new.insert(displaced, |y| sh.valid(y));
+        let r = job.new.insert(displaced, |y| sh.valid(y));
+        job.new.set_hint(r.slot, *hint);
         true
     }
 
@@ -96,7 +97,7 @@ impl Writer {
     /// with the entry `e` pushed out of the current table (if any): readers look in the new
     /// table when the current one misses, so nothing is lost while the copy runs. True if a
     /// growth took them.
-    pub(super) fn grow_publish(&mut self, e: &Entry, displaced: Option<&Entry>) -> bool {
+    pub(super) fn grow_publish(&mut self, e: &Entry, displaced: Option<&(Entry, u32)>) -> bool {
         self.growth.since_check += 1;
         let Some(job) = &self.growth.job else {
             return false;
@@ -105,8 +106,10 @@ impl Writer {
         let r = job.new.insert(e, |y| sh.valid(y));
         job.new.clear_hint(r.slot);
         let mut lost = u64::from(r.displaced.is_some());
-        if let Some(d) = displaced {
-            lost += u64::from(job.new.insert(d, |y| sh.valid(y)).displaced.is_some());
+        if let Some((d, hint)) = displaced {
+            let r = job.new.insert(d, |y| sh.valid(y));
+            job.new.set_hint(r.slot, *hint);
+            lost += u64::from(r.displaced.is_some());
         }
         sh.counters
             .index_displaced
