@@ -625,9 +625,14 @@ fn warn_if_open(auth: &Authorizer, grpc: &Listeners, bots: Option<&Listeners>, m
 
 /// The scheduler's figures for `/metrics` and the status page.
 fn export_exec_stats(scheduler: &Scheduler, metrics: &Metrics) {
-    let s = scheduler.clone();
+    // Weak handles: the scheduler reaches the metrics (through the metered store), so strong
+    // ones here would make a cycle that keeps the store open after the server stops (no clean
+    // stop recorded, its files held).
+    let s = scheduler.downgrade();
     metrics.add_gauge_source(Box::new(move || {
-        let st = s.stats();
+        let Some(st) = s.upgrade().map(|s| s.stats()) else {
+            return Vec::new();
+        };
         vec![
             ("exec_bots_connected", "Bot sessions open", st.bots as i64),
             (
@@ -642,9 +647,11 @@ fn export_exec_stats(scheduler: &Scheduler, metrics: &Metrics) {
             ),
         ]
     }));
-    let s = scheduler.clone();
+    let s = scheduler.downgrade();
     metrics.set_slow_actions(Box::new(move || {
-        s.slowest_recent(10)
+        s.upgrade()
+            .map(|s| s.slowest_recent(10))
+            .unwrap_or_default()
             .into_iter()
             .map(|a| crate::metrics::SlowAction {
                 digest: a.digest.to_string(),

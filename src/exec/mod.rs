@@ -100,7 +100,24 @@ pub struct Scheduler {
     shared: Arc<Shared>,
 }
 
+/// A handle that does not keep the scheduler alive (for callbacks registered with objects
+/// the scheduler itself reaches, such as the metrics registry through the metered store).
+#[derive(Clone)]
+pub struct WeakScheduler(std::sync::Weak<Shared>);
+
+impl WeakScheduler {
+    /// The scheduler, while it lives.
+    pub fn upgrade(&self) -> Option<Scheduler> {
+        self.0.upgrade().map(|shared| Scheduler { shared })
+    }
+}
+
 impl Scheduler {
+    /// A handle that does not keep the scheduler alive.
+    pub fn downgrade(&self) -> WeakScheduler {
+        WeakScheduler(Arc::downgrade(&self.shared))
+    }
+
     /// A scheduler over a CAS and action cache. Call [`Scheduler::spawn_reaper`] once inside a
     /// tokio runtime so lost bots and expired operations are cleaned up.
     pub fn new(cas: Cas, ac: ActionCache, config: SchedulerConfig) -> Self {
