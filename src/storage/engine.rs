@@ -70,14 +70,21 @@ impl Engine {
         if interrupted_growth {
             let target = index::existing_slots(&grow_path, probe)
                 .or_else(|| index::existing_slots(&index_path, probe).map(|s| s * 2))
-                .unwrap_or(slots);
+                .unwrap_or(slots)
+                .min(cfg.effective_index_max_slots() as usize);
             slots = slots.max(target);
+            // `index` goes first (durably): once it is gone, every later open rebuilds anyway,
+            // so `index.grow` may then go too, before the new table takes its space.
             match std::fs::remove_file(&index_path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e.into()),
             }
+            std::fs::File::open(&cfg.dir)?.sync_all()?;
+            std::fs::remove_file(&grow_path)?;
         }
+        // A touch file left by a growth (hints only).
+        let _ = std::fs::remove_file(index::touch_path(&grow_path));
         let (mut index, created) = Index::open(&index_path, slots, probe)
             .map_err(|e| no_space("index file", &index_path, &e))?;
         let fresh = state.is_none();
@@ -134,7 +141,7 @@ impl Engine {
                 }
                 st.tail = st.head + 1;
             }
-            io.sync(&[Arc::clone(index.file())])?;
+            io.sync(&[index.file()])?;
         }
         // Epochs used after the last durable point are lost; remember them as invalid.
         if st.limit > st.durable + 1 {
@@ -156,7 +163,7 @@ impl Engine {
                 "storage: too many unclean stops within one ring cycle; rebuilding the index from the segment records"
             );
             index.reset();
-            io.sync(&[Arc::clone(index.file())])?;
+            io.sync(&[index.file()])?;
             st.invalid.clear();
             replay_whole_ring(&mut st, cfg.segment_size, false);
             rebuild = true;
@@ -185,16 +192,6 @@ impl Engine {
         });
         let mut w = Writer::new(Arc::clone(&sh), io, state_file, st, epoch)?;
         w.open_round(rebuild)?;
-        // (A growth during the rebuild may have used and renamed the file already; the state
-        // names the whole ring as to be replayed from the moment the rebuild began.)
-        if interrupted_growth {
-            let _ = std::fs::remove_file(index::touch_path(&grow_path));
-            if let Err(e) = std::fs::remove_file(&grow_path)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                return Err(e.into());
-            }
-        }
         let (tx, rx) = unbounded();
         let thread = std::thread::Builder::new()
             .name("kiln-storage-io".into())

@@ -163,6 +163,26 @@ impl Entry {
     }
 }
 
+/// What [`Index::copy_live_into`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Copied {
+    /// Entries put into the new table.
+    pub copied: u64,
+    /// Entries that found their window in the new table full (lost to the index).
+    pub lost: u64,
+}
+
+/// What [`Index::insert_copy`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Copy {
+    /// The new table already holds this entry or a newer one of its key.
+    Present,
+    /// Put into this slot.
+    Put(usize),
+    /// No free slot in the window: not copied.
+    WindowFull,
+}
+
 /// Result of an insert.
 #[derive(Debug, Default)]
 pub struct Inserted {
@@ -180,7 +200,8 @@ pub struct Index {
     slots: usize,
     probe: usize,
     seed: u64,
-    file: Arc<IoFile>,
+    /// The backing file; replaced (same inode) when a grown table is renamed into place.
+    file: arc_swap::ArcSwap<IoFile>,
     /// Touch hints, one per slot, in `<index file>.touch` (none for a read-only index).
     touches: Option<Touches>,
 }
@@ -236,7 +257,7 @@ impl Index {
             slots,
             probe,
             seed,
-            file,
+            file: arc_swap::ArcSwap::new(file),
             touches: Some(touches),
         };
         if !ok || created {
@@ -271,7 +292,7 @@ impl Index {
             slots,
             probe,
             seed,
-            file,
+            file: arc_swap::ArcSwap::new(file),
             touches: None,
         })
     }
@@ -280,13 +301,25 @@ impl Index {
     /// allocated before it is mapped: the target of an online growth, renamed over `index`
     /// once filled.
     pub fn create(path: &Path, slots: usize, probe: usize) -> io::Result<Self> {
-        let want_len = file_len(slots);
-        let f = std::fs::File::create(path)?;
-        if let Err(e) = crate::storage::sys::allocate_fully(&f, want_len) {
-            drop(f);
+        // Never over an existing file: one of that name may be a table in use (a grown table
+        // whose rename failed is served from memory under this name).
+        let made = Self::create_new(path, slots, probe);
+        if made.is_err() {
             let _ = std::fs::remove_file(path);
-            return Err(e);
+            let _ = std::fs::remove_file(touch_path(path));
         }
+        made
+    }
+
+    fn create_new(path: &Path, slots: usize, probe: usize) -> io::Result<Self> {
+        let want_len = file_len(slots);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        crate::storage::sys::allocate_fully(&f, want_len)?;
+        drop(f);
         let file = IoFile::open(path)?;
         let map = AtomicMap::new(&file.file)?;
         let touches = Touches::open(&touch_path(path), slots)?;
@@ -295,17 +328,18 @@ impl Index {
             slots,
             probe,
             seed: 0,
-            file,
+            file: arc_swap::ArcSwap::new(file),
             touches: Some(touches),
         };
-        me.reset();
+        // The file is new and allocated as zeros: only the header needs writing.
+        me.write_header();
         Ok(me)
     }
 
     /// Re-opens the backing file under `path` after it was renamed there, so later syncs name
     /// the file by where it now lives (the mapping is unchanged: same inode).
-    pub fn moved_to(&mut self, path: &Path) -> io::Result<()> {
-        self.file = IoFile::open(path)?;
+    pub fn moved_to(&self, path: &Path) -> io::Result<()> {
+        self.file.store(IoFile::open(path)?);
         Ok(())
     }
 
@@ -344,22 +378,28 @@ impl Index {
         dst: &Index,
         valid: impl Fn(&Entry) -> bool,
         mut progress: impl FnMut(usize),
-    ) -> u64 {
-        let mut copied = 0;
+    ) -> Copied {
+        let mut out = Copied::default();
         for i in 0..self.slots {
             if i % 4096 == 0 {
                 progress(i);
             }
+            let hint = self.hint(i);
             if let Some((_, e)) = self.read(i)
                 && e.seq != 0
                 && valid(&e)
-                && let Some(to) = dst.insert_copy(&e, &valid)
             {
-                dst.set_hint(to, self.hint(i));
-                copied += 1;
+                match dst.insert_copy(&e, &valid) {
+                    Copy::Present => {}
+                    Copy::Put(to) => {
+                        dst.set_hint(to, hint);
+                        out.copied += 1;
+                    }
+                    Copy::WindowFull => out.lost += 1,
+                }
             }
         }
-        copied
+        out
     }
 
     /// Empties the table and writes a fresh header (new hash seed); forgets every touch hint.
@@ -373,6 +413,12 @@ impl Index {
                 x.store(0, Ordering::Relaxed);
             }
         }
+        self.write_header();
+    }
+
+    /// Writes a header with a fresh hash seed.
+    fn write_header(&mut self) {
+        let w = self.map.words();
         self.seed = u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().expect("8"));
         w[4].store(self.seed, Ordering::Relaxed);
         w[3].store(self.probe as u64, Ordering::Relaxed);
@@ -383,8 +429,8 @@ impl Index {
     }
 
     /// The backing file (the engine fdatasyncs it as part of each durable epoch).
-    pub fn file(&self) -> &Arc<IoFile> {
-        &self.file
+    pub fn file(&self) -> Arc<IoFile> {
+        self.file.load_full()
     }
 
     /// Records a hit on the entry in `slot` (see [`Touches::touch`]).
@@ -556,25 +602,32 @@ impl Index {
     /// [`Index::insert`] for a copy into a table being grown: nothing is written when the
     /// window already holds this entry or a newer one of its key (the writer publishes into
     /// both tables while the copy runs; without this check each growth would carry those
-    /// entries twice, and the duplicates would pile up growth after growth).
-    /// Returns the slot written, if any.
-    pub fn insert_copy(&self, entry: &Entry, valid: impl Fn(&Entry) -> bool) -> Option<usize> {
+    /// entries twice, and the duplicates would pile up growth after growth), nor when the
+    /// window is full: the copy never pushes out an entry, which could be one that only the
+    /// new table holds (the caller counts the copy as lost instead).
+    pub fn insert_copy(&self, entry: &Entry, valid: impl Fn(&Entry) -> bool) -> Copy {
         let home = self.home(&entry.key);
+        let mut room = false;
         for p in 0..self.probe {
             let i = (home + p) % self.slots;
             if self.slot(i)[0].load(Ordering::Acquire) == 0 {
+                room = true;
                 break;
             }
-            if let Some((_, e)) = self.read(i)
-                && e.key == entry.key
-                && e.seq != 0
-                && valid(&e)
-                && !entry.newer_than(&e)
-            {
-                return None;
+            match self.read(i) {
+                Some((_, e)) if e.seq != 0 && valid(&e) => {
+                    if e.key == entry.key && !entry.newer_than(&e) {
+                        return Copy::Present;
+                    }
+                }
+                Some(_) => room = true,
+                None => {}
             }
         }
-        Some(self.insert(entry, valid).slot)
+        if !room {
+            return Copy::WindowFull;
+        }
+        Copy::Put(self.insert(entry, valid).slot)
     }
 
     /// Seqlock write: claim by CAS `v -> v+1`, store, release `v+2`. False if the slot changed.

@@ -61,10 +61,14 @@ impl Shared {
     }
 
     pub fn lookup(&self, key: &Key) -> Option<Entry> {
+        // `growing` before `index`: a switch between the two loads then still leaves the entry
+        // in one of the snapshots (loaded the other way round, a reader could miss in the old
+        // table and then find `growing` already cleared).
+        let growing = self.growing.load();
         self.index
             .load()
             .lookup(key, |e| self.valid(e))
-            .or_else(|| self.growing.load().as_ref()?.lookup(key, |e| self.valid(e)))
+            .or_else(|| growing.as_ref()?.lookup(key, |e| self.valid(e)))
     }
 
     /// A hit on the entry `e` read from `slot`: records the ring position in the slot's touch
@@ -74,6 +78,20 @@ impl Shared {
     pub fn touch(&self, index: &Index, slot: usize, e: &Entry) {
         let head = self.head.load(Ordering::Relaxed);
         index.touch(slot, head, e.oldest_seq());
+    }
+
+    /// `touch`, and while the index grows the same entry's slot in the new table too (the
+    /// copier may have passed the slot already; the new table's hints are what eviction reads
+    /// after the switch). Costs a second lookup only while a growth runs.
+    fn touch_hit(&self, index: &Index, growing: Option<&Index>, slot: usize, e: &Entry) {
+        self.touch(index, slot, e);
+        if let Some(g) = growing
+            && !std::ptr::eq(g, index)
+            && let Some((s, _, x)) = g.lookup_slot(&e.key, |x| self.valid(x))
+            && (x.seq, x.off) == (e.seq, e.off)
+        {
+            self.touch(g, s, &x);
+        }
     }
 
     /// The table, slot, version and entry for `key`: in the index, else in a table being
@@ -91,12 +109,12 @@ impl Shared {
     /// `lookup`, recording a touch on a hit (FindMissingBlobs, the ActionCache completeness
     /// check).
     pub fn lookup_touch(&self, key: &Key) -> Option<Entry> {
+        let growing = self.growing.load();
         let index = self.index.load();
         if let Some((slot, _, e)) = index.lookup_slot(key, |e| self.valid(e)) {
-            self.touch(&index, slot, &e);
+            self.touch_hit(&index, growing.as_deref(), slot, &e);
             return Some(e);
         }
-        let growing = self.growing.load();
         let ix = growing.as_ref()?;
         let (slot, _, e) = ix.lookup_slot(key, |e| self.valid(e))?;
         self.touch(ix, slot, &e);
@@ -161,26 +179,27 @@ impl Shared {
     /// its index entry dropped at once: `contains` (FindMissingBlobs) then reports the blob
     /// missing, so clients upload it again, and the new copy is what later reads find.
     pub fn get(&self, key: &Key) -> Option<(Entry, Blob)> {
+        let growing = self.growing.load();
         let index = self.index.load();
         if let Some(hit) = index.lookup_slot(key, |e| self.valid(e)) {
-            return self.serve(&index, key, hit);
+            return self.serve(&index, growing.as_deref(), key, hit);
         }
-        let growing = self.growing.load();
         let ix = growing.as_ref()?;
         let hit = ix.lookup_slot(key, |e| self.valid(e))?;
-        self.serve(ix, key, hit)
+        self.serve(ix, None, key, hit)
     }
 
     /// Reads the blob of entry `e`, found in `slot` of `index` at `version`.
     fn serve(
         &self,
         index: &Index,
+        growing: Option<&Index>,
         key: &Key,
         (slot, version, e): (usize, u64, Entry),
     ) -> Option<(Entry, Blob)> {
         match self.read_blob(&e) {
             Ok(b) => {
-                self.touch(index, slot, &e);
+                self.touch_hit(index, growing, slot, &e);
                 Some((e, b))
             }
             // Evicted meanwhile: a plain miss. Still valid, yet a segment it needs is not

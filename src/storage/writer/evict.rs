@@ -34,9 +34,14 @@ impl Writer {
     pub(super) fn copies_durable(&mut self) -> Result<(), StorageError> {
         if self.copy_end > self.state.synced {
             self.flush_ops()?;
-            // Not a checkpoint: the copies' entries are published after the batch is written,
-            // so a checkpoint here would name records whose slots it does not hold. A crash
-            // before the next checkpoint replays them (they lie before `synced`).
+            // Published now that their records are written, not with the rest of the batch:
+            // the segment they came from is released next, so a later failure of the batch's
+            // own write must not leave them unpublished (they would be unreachable).
+            for e in std::mem::take(&mut self.copied) {
+                self.publish(&e);
+            }
+            // Not a checkpoint (the rest of the batch is not published yet). A crash before
+            // the next checkpoint replays the copies (they lie before `synced`).
             self.sync_round(false)?;
         }
         Ok(())

@@ -21,8 +21,9 @@
 //!    state's checkpoint stays true of it, and open replays from there as after any crash.
 
 use super::Writer;
-use crate::storage::index::{Entry, Index};
+use crate::storage::index::{Copied, Entry, Index};
 use crate::storage::stats::inc;
+use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -42,12 +43,16 @@ pub(crate) struct Growth {
     job: Option<Job>,
     /// After a failed growth: no new attempt before this many more publishes.
     backoff: u64,
+    /// No more growth until restart: a grown table could not be renamed into place (it is
+    /// served from memory under `index.grow`, which a new growth must not replace), or the
+    /// copier died (its `index.grow` must stay so the next start rebuilds).
+    disabled: bool,
 }
 
 struct Job {
     new: Arc<Index>,
     path: PathBuf,
-    thread: JoinHandle<u64>,
+    thread: JoinHandle<io::Result<Copied>>,
     started: Instant,
     from: usize,
 }
@@ -70,7 +75,7 @@ impl Writer {
     pub(super) fn grow_for_displaced(&mut self, (displaced, hint): &(Entry, u32)) -> bool {
         let index = self.sh.index.load_full();
         let max = self.sh.cfg.effective_index_max_slots() as usize;
-        if index.slots() * 2 > max {
+        if index.slots() * 2 > max || !self.may_grow() {
             return false;
         }
         self.start_growth(&index, index.slots() * 2);
@@ -81,6 +86,12 @@ impl Writer {
         let r = job.new.insert(displaced, |y| sh.valid(y));
         job.new.set_hint(r.slot, *hint);
         true
+    }
+
+    /// Whether a growth may start now: not after a failure until the backoff has passed, and
+    /// never once growth is disabled.
+    fn may_grow(&self) -> bool {
+        !self.growth.disabled && self.growth.since_check >= self.growth.backoff
     }
 
     /// How long the I/O thread may sleep: not long while a copy runs, so the switch follows
@@ -128,7 +139,9 @@ impl Writer {
         }
         let index = self.sh.index.load_full();
         let slots = index.slots();
-        if self.growth.since_check < Self::check_every(slots).max(self.growth.backoff) {
+        if self.growth.disabled
+            || self.growth.since_check < Self::check_every(slots).max(self.growth.backoff)
+        {
             return;
         }
         self.growth.since_check = 0;
@@ -160,6 +173,7 @@ impl Writer {
                     file = %path.display(),
                     "storage: cannot create a larger index (the current one goes on; retrying later)"
                 );
+                self.growth.since_check = 0;
                 self.growth.backoff = Self::check_every(old.slots()) * 16;
                 return;
             }
@@ -188,7 +202,7 @@ impl Writer {
                 std::thread::sleep(delay);
                 let mut last = Instant::now();
                 let total = src.slots();
-                src.copy_live_into(
+                let copied = src.copy_live_into(
                     &dst,
                     |e| sh.valid(e),
                     |done| {
@@ -201,7 +215,14 @@ impl Writer {
                             );
                         }
                     },
-                )
+                );
+                sh.counters
+                    .index_displaced
+                    .fetch_add(copied.lost, Ordering::Relaxed);
+                // The bulk of the new table's pages are written back here, off the I/O
+                // thread; the switch syncs again only what the writer added since.
+                dst.file().file.sync_data()?;
+                Ok(copied)
             });
         match spawned {
             Ok(thread) => {
@@ -230,15 +251,26 @@ impl Writer {
         let Some(job) = self.growth.job.take() else {
             return;
         };
-        let Ok(copied) = job.thread.join() else {
-            // Entries pushed out meanwhile are only in the half-filled table: leave its file,
-            // so the next start rebuilds the index from the segment records.
-            self.sh.growing.store(None);
-            inc(&self.sh.counters.index_grow_failures);
-            tracing::error!(
-                "storage: the index growth thread panicked; some entries may read as missing until the next start rebuilds the index"
-            );
-            return;
+        let copied = match job.thread.join() {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                // The copy is complete; only its bulk writeback failed. The switch below syncs
+                // again and reports a failure there.
+                tracing::warn!(error = %e, "storage: writeback of the grown index failed");
+                Copied::default()
+            }
+            Err(_) => {
+                // Entries pushed out meanwhile are only in the half-filled table: its file
+                // stays, growth stops until restart, and the next start rebuilds the index
+                // from the segment records.
+                self.sh.growing.store(None);
+                self.growth.disabled = true;
+                inc(&self.sh.counters.index_grow_failures);
+                tracing::error!(
+                    "storage: the index growth thread panicked; some entries may read as missing until the next start rebuilds the index"
+                );
+                return;
+            }
         };
         // Clears recorded so far name slots of the old table: the round in flight applies its
         // own there; the pending ones are dropped (they would hit unrelated slots of the new
@@ -246,7 +278,7 @@ impl Writer {
         let _ = self.join_round();
         self.pending_clear.clear();
         let index_path = self.sh.cfg.dir.join("index");
-        let mut new = job.new;
+        let new = job.new;
         // The fdatasync before the rename makes the new table durable first; the rename goes
         // through the I/O engine, so the fault engine's crash model knows the file by its new
         // name from then on (and undoes the rename in a crash image if the power went first).
@@ -255,24 +287,23 @@ impl Writer {
             .file
             .sync_data()
             .and_then(|()| self.io.rename_durably(&job.path, &index_path));
-        if swap.is_ok()
-            && let Err(e) = Index::move_touches(&job.path, &index_path)
-        {
-            tracing::warn!(error = %e, "storage: could not move the touch hints of the grown index");
-        }
         match swap {
             Ok(()) => {
-                if let Some(ix) = Arc::get_mut(&mut new)
-                    && let Err(e) = ix.moved_to(&index_path)
-                {
+                if let Err(e) = Index::move_touches(&job.path, &index_path) {
+                    tracing::warn!(error = %e, "storage: could not move the touch hints of the grown index");
+                }
+                if let Err(e) = new.moved_to(&index_path) {
                     tracing::warn!(error = %e, "storage: could not reopen the grown index by its new name");
                 }
             }
             Err(e) => {
+                // Served from memory under `index.grow`, which therefore must not be replaced:
+                // no more growth until restart, and the next start rebuilds.
+                self.growth.disabled = true;
                 inc(&self.sh.counters.index_grow_failures);
-                tracing::warn!(
+                tracing::error!(
                     error = %e,
-                    "storage: could not put the larger index in place; serving it from memory, the next start rebuilds the index"
+                    "storage: could not put the larger index in place; serving it from memory, no more growth until restart, and the next start rebuilds the index"
                 );
             }
         }
@@ -287,7 +318,8 @@ impl Writer {
         tracing::info!(
             from = job.from,
             to,
-            copied,
+            copied = copied.copied,
+            lost = copied.lost,
             ms = job.started.elapsed().as_millis() as u64,
             "storage: index grown"
         );

@@ -154,7 +154,7 @@ impl Writer {
         let mut next = self.state.clone();
         next.synced = pos;
         if checkpoint {
-            files.push(Arc::clone(self.sh.index.load().file()));
+            files.push(self.sh.index.load().file());
             next.checkpoint = pos;
             // A hole before this point is covered; one made later sets the flag again.
             self.hole = false;
