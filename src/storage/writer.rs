@@ -6,7 +6,6 @@
 //! (`rounds`); in `Fdatasync` mode a commit is answered when the round covering it is
 //! durable (group commit). See FORMAT.md for the fsync order.
 
-mod clock;
 mod evict;
 mod grow;
 mod layout;
@@ -118,8 +117,6 @@ pub(crate) struct Writer {
     /// Copy-forward is laying records out: an append that would roll fails instead (a copy
     /// never triggers another eviction).
     copying: bool,
-    /// Bytes uploaded per live segment: the clock of the copy-forward horizon (`clock`).
-    clock: clock::UploadClock,
 }
 
 enum Done {
@@ -147,7 +144,6 @@ impl Writer {
         epoch: u64,
     ) -> io::Result<Self> {
         let syncer = Syncer::spawn(io.fork()?)?;
-        let clock = clock::UploadClock::new(sh.segs.len(), sh.cfg.segment_size);
         Ok(Self {
             sh,
             io,
@@ -173,7 +169,6 @@ impl Writer {
             copied: Vec::new(),
             copy_end: Pos::default(),
             copying: false,
-            clock,
         })
     }
 

@@ -141,8 +141,6 @@ impl Writer {
             return;
         };
         let size = sh.cfg.segment_size;
-        let horizon_bytes = u64::from(horizon) * size;
-        let live = head - tail;
         let mut seen = HashSet::new();
         let (mut spent, mut oldest_touch_age) = (0u64, 0u64);
         let mut off = SEGMENT_HEADER_LEN;
@@ -165,12 +163,8 @@ impl Writer {
             if e.oldest_seq() != tail || !seen.insert(h.key) {
                 continue;
             }
-            // Touched after it was written, in the live ring, and at most a horizon's worth
-            // of uploads ago (copies do not advance that clock: `clock.rs`).
             let hint = index.hint(slot);
-            if !within_horizon(hint, head, e.oldest_seq(), live)
-                || self.clock.since(hint, head) > horizon_bytes
-            {
+            if !within_horizon(hint, head, e.oldest_seq(), horizon) {
                 continue;
             }
             let cost = copy_cost(&e, sh.cfg.part_size);

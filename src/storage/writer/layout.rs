@@ -155,9 +155,6 @@ impl Writer {
         let (seq, pos) = (a.seg.seq, a.pos);
         self.pinned.get_or_insert(seq);
         a.pos += span;
-        if !self.copying {
-            self.clock.uploaded(span);
-        }
         let mut h = RecordHeader {
             kind,
             flags: 0,
@@ -344,7 +341,6 @@ impl Writer {
         }
         self.force_roll = false;
         self.state.head = new;
-        self.clock.started(new);
         self.write_state()
             .map_err(|e| self.io_err("state write", &e))?;
         let map = match map {
