@@ -23,13 +23,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// Header: magic, then the slot count (two u32 words), padding to 64 bytes.
 const HEADER_U32: usize = 16;
 const MAGIC: u64 = u64::from_le_bytes(*b"KLNTOUC1");
-/// A hint not older than this many segments is not rewritten on a hit. 0: only a hint that
-/// already holds the current head is kept. Any more and a hint could be that much older than
-/// the last touch, so a blob touched within the horizon could be evicted as touched before it
-/// (with 1, a blob touched at heads `h` and `h + 1` kept the hint `h` and lost its last
-/// segment of horizon: tests/eviction_crash.rs, where the read-back after a restart and the
-/// next FindMissingBlobs fall one segment apart).
-const RECENT: u32 = 0;
 
 /// The mapped touch array.
 pub(crate) struct Touches {
@@ -44,11 +37,15 @@ fn after_write(hint: u32, written: u32) -> bool {
     hint != 0 && hint.wrapping_sub(written) < 1 << 31
 }
 
-/// Whether a hint needs no rewrite: it was stored at most [`RECENT`] segments ago and belongs
-/// to the entry (not left by an older entry of the slot). A hint "from the future" (damage)
-/// is rewritten.
+/// Whether a hint needs no rewrite: it already holds the current head and belongs to the entry
+/// (not left by an older entry of the slot). A hint "from the future" (damage) is rewritten.
+///
+/// Only the current head: a hint kept while one segment old (as before) could lag the last
+/// touch by that segment, so a blob touched within the horizon was evicted as if touched a
+/// segment earlier (a blob touched at heads `h` and `h + 1` kept `h`; tests/eviction_crash.rs,
+/// where the read-back after a restart and the next FindMissingBlobs fall one segment apart).
 pub(crate) fn is_recent(hint: u32, head: u32, written: u32) -> bool {
-    after_write(hint, written) && head.wrapping_sub(hint) <= RECENT
+    after_write(hint, written) && hint == head
 }
 
 /// Whether the entry whose oldest segment is `written` was touched within the last `horizon`
