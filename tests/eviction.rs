@@ -386,6 +386,60 @@ fn blob_touched_just_before_its_eviction_survives() {
     );
 }
 
+/// The horizon counts from the *last* touch: a blob touched in two consecutive segments of
+/// writes, the last time exactly a horizon (4 segments) before its segment's early pass,
+/// survives. Hints used to be kept while at most one segment old, so the second touch was
+/// not recorded and the blob went as if touched a segment earlier (tests/eviction_crash.rs
+/// after a restart: the read-back and the next FindMissingBlobs fall one segment apart). A
+/// neighbour touched only the first time goes.
+#[test]
+fn horizon_counts_from_the_last_touch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = EngineConfig::new(dir.path());
+    c.segment_size = 256 << 10;
+    c.capacity_bytes = 8 * c.segment_size;
+    c.max_blob_size = c.capacity_bytes / 4;
+    c.part_size = 16 << 10;
+    c.index_slots = 1 << 14;
+    assert_eq!(c.effective_copy_forward_horizon(), 4);
+    let e = Engine::open(c.clone()).unwrap();
+    let rt = rt();
+    let blob = |n: u64| Bytes::from(n.to_le_bytes().repeat(500));
+    let mut n = 0;
+    let mut put_until = |evictions: u64| {
+        while e.stats().evictions < evictions {
+            rt.block_on(e.put(other_key(n), blob(n))).unwrap();
+            n += 1;
+        }
+    };
+    // Ring full: every roll from here on evicts one segment.
+    put_until(1);
+    // Both in the head segment `s` (no roll between the two puts).
+    let e0 = e.stats().evictions;
+    rt.block_on(e.put(hot_key(0), hot_data(0))).unwrap();
+    rt.block_on(e.put(hot_key(1), hot_data(1))).unwrap();
+    assert_eq!(e.stats().evictions, e0, "both blobs in one segment");
+    // Head `s + 2`: both touched. Head `s + 3`: only blob 0, again.
+    put_until(e0 + 2);
+    assert!(e.contains(&hot_key(0)).unwrap() && e.contains(&hot_key(1)).unwrap());
+    put_until(e0 + 3);
+    assert!(e.contains(&hot_key(0)).unwrap());
+    // Segment `s` goes at the roll to `s + 8`; its early pass ran at `s + 7`, when blob 0's
+    // last touch was 4 segments old (within the horizon) and blob 1's 5 (beyond it).
+    put_until(e0 + 9);
+    assert_eq!(
+        e.get(&hot_key(0)).unwrap().map(|b| b.to_bytes()),
+        Some(hot_data(0)),
+        "touched at the edge of the horizon: {:?}",
+        e.stats()
+    );
+    assert!(
+        !e.contains(&hot_key(1)).unwrap(),
+        "touched beyond the horizon: {:?}",
+        e.stats()
+    );
+}
+
 /// A store written before touch hints existed (no `index.touch`) opens with its blobs, and a
 /// damaged touch file is reset rather than trusted or fatal.
 #[test]

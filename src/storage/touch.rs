@@ -7,8 +7,9 @@
 //! never SIGBUS on a full disk, and hints survive a restart). They are hints, not data: the
 //! file is never synced by the engine, a missing, short or damaged file is simply reset, and a
 //! wrong hint only costs one needless copy or misses one. A hit stores with one relaxed atomic
-//! store, no lock, no channel, no disk write; it skips the store when the hint is already
-//! recent, so hot hits do not dirty a cache line on every read.
+//! store, no lock, no channel, no disk write; it skips the store when the hint already holds
+//! the current head, so hot hits dirty the cache line once per segment of writes, not on
+//! every read.
 //!
 //! Keyed by slot, not by key: a rebuilt or grown index (issue #16) resets the array (or carries
 //! it slot by slot); the publish of an entry resets its slot's hint ("touched since written").
@@ -22,8 +23,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// Header: magic, then the slot count (two u32 words), padding to 64 bytes.
 const HEADER_U32: usize = 16;
 const MAGIC: u64 = u64::from_le_bytes(*b"KLNTOUC1");
-/// A hint not older than this many segments is not rewritten on a hit.
-const RECENT: u32 = 1;
 
 /// The mapped touch array.
 pub(crate) struct Touches {
@@ -38,11 +37,15 @@ fn after_write(hint: u32, written: u32) -> bool {
     hint != 0 && hint.wrapping_sub(written) < 1 << 31
 }
 
-/// Whether a hint needs no rewrite: it was stored at most [`RECENT`] segments ago and belongs
-/// to the entry (not left by an older entry of the slot). A hint "from the future" (damage)
-/// is rewritten.
+/// Whether a hint needs no rewrite: it already holds the current head and belongs to the entry
+/// (not left by an older entry of the slot). A hint "from the future" (damage) is rewritten.
+///
+/// Only the current head: a hint kept while one segment old (as before) could lag the last
+/// touch by that segment, so a blob touched within the horizon was evicted as if touched a
+/// segment earlier (a blob touched at heads `h` and `h + 1` kept `h`; tests/eviction_crash.rs,
+/// where the read-back after a restart and the next FindMissingBlobs fall one segment apart).
 pub(crate) fn is_recent(hint: u32, head: u32, written: u32) -> bool {
-    after_write(hint, written) && head.wrapping_sub(hint) <= RECENT
+    after_write(hint, written) && hint == head
 }
 
 /// Whether the entry whose oldest segment is `written` was touched within the last `horizon`
@@ -136,10 +139,12 @@ mod tests {
         let t = Touches::open(&dir.path().join("t"), 100).unwrap();
         t.touch(7, 10, 5);
         assert_eq!(t.get(7), 10);
-        // One segment later: still recent, kept (no store).
-        t.touch(7, 11, 5);
+        // Same segment: kept (no store).
+        t.touch(7, 10, 5);
         assert_eq!(t.get(7), 10);
-        // Two segments later: rewritten.
+        // One segment later: rewritten (a stale hint would shorten the horizon).
+        t.touch(7, 11, 5);
+        assert_eq!(t.get(7), 11);
         t.touch(7, 12, 5);
         assert_eq!(t.get(7), 12);
         // A hint left by an older entry of the slot (before this entry was written) is not
@@ -167,7 +172,8 @@ mod tests {
         // Around the u32 wrap: written at MAX-1, touched at MAX, head 2 (= MAX + 3).
         assert!(within_horizon(u32::MAX, 2, u32::MAX - 1, 4));
         assert!(!within_horizon(u32::MAX, 4, u32::MAX - 1, 4));
-        assert!(is_recent(u32::MAX, 0, u32::MAX - 3));
+        assert!(is_recent(u32::MAX, u32::MAX, u32::MAX - 3));
+        assert!(!is_recent(u32::MAX, 0, u32::MAX - 3));
         assert!(!is_recent(u32::MAX - 1, 1, u32::MAX - 3));
     }
 

@@ -1,6 +1,7 @@
 //! Copy-forward at eviction: before the tail segment is dropped, the blobs in it that were
 //! touched within the horizon are re-appended at the head and republished, oldest first,
-//! within a byte budget per evicted segment (FORMAT.md "Eviction and copy-forward").
+//! within a byte budget per evicted segment, the most recently touched chosen first when the
+//! budget cannot take them all (FORMAT.md "Eviction and copy-forward").
 //!
 //! Two passes per segment. The early pass runs right after a roll that leaves the ring full,
 //! for the segment the *next* roll will evict (the tail), and copies into the fresh head
@@ -69,7 +70,13 @@ impl Writer {
         if self.active.is_none() || self.force_roll {
             return;
         }
-        self.copy_forward_from(victim, u64::MAX, None);
+        // The room left in the head is the budget: when it cannot take them all, the most
+        // recently touched go first.
+        let room = self
+            .active
+            .as_ref()
+            .map_or(0, |a| self.sh.cfg.segment_size.saturating_sub(a.pos));
+        self.copy_forward_from(victim, room.max(1), None);
     }
 
     /// The first roll after open evicts the tail with no head segment to copy into (open
@@ -115,7 +122,8 @@ impl Writer {
     }
 
     /// Copies the blobs of segment `victim` whose entries depend on it and were touched within
-    /// the horizon, oldest first, at most `budget` bytes (and never rolling); with `hold`,
+    /// the horizon, oldest first, at most `budget` bytes (the most recently touched chosen
+    /// first when they do not all fit; never rolling); with `hold`,
     /// collects them (entry, verified blob, hint) instead of appending.
     fn copy_forward_from(
         &mut self,
@@ -142,6 +150,9 @@ impl Writer {
         };
         let size = sh.cfg.segment_size;
         let mut seen = HashSet::new();
+        // Touched within the horizon, in log order: (entry, hint, cost). At most one per
+        // record of the segment, like `seen`.
+        let mut candidates = Vec::new();
         let (mut spent, mut oldest_touch_age) = (0u64, 0u64);
         let mut off = SEGMENT_HEADER_LEN;
         // The records in log order (oldest first), read as replay reads them: the first header
@@ -167,11 +178,17 @@ impl Writer {
             if !within_horizon(hint, head, e.oldest_seq(), horizon) {
                 continue;
             }
-            let cost = copy_cost(&e, sh.cfg.part_size);
-            if spent + cost > budget {
-                inc(&sh.counters.copy_forward_budget_cuts);
-                continue;
-            }
+            candidates.push((e, hint, copy_cost(&e, sh.cfg.part_size)));
+        }
+        // When the budget cannot take them all, the most recently touched go first (a blob
+        // used again since is worth more than one touched once by a scan, which may have
+        // touched everything); the chosen ones are then copied in log order.
+        let chosen = choose(candidates, budget);
+        for &(e, hint, cost) in &chosen.cut {
+            tracing::trace!(seq = tail, ?e.key, hint, cost, "storage: copy-forward budget cut");
+            inc(&sh.counters.copy_forward_budget_cuts);
+        }
+        for (e, hint, cost) in chosen.copy {
             if let Some(held) = hold.as_deref_mut() {
                 if let Ok(blob) = sh.read_blob(&e) {
                     spent += cost;
@@ -253,6 +270,48 @@ impl Writer {
     }
 }
 
+/// The candidates of one pass split into those to copy (log order) and those the budget cuts.
+struct Chosen {
+    copy: Vec<(Entry, u32, u64)>,
+    cut: Vec<(Entry, u32, u64)>,
+}
+
+/// Picks, from `candidates` (log order), the most recently touched first (later hint; on a
+/// tie, log order) while `budget` allows, a blob over the remaining budget skipped so smaller
+/// ones may still fit; returns the picked ones in log order.
+fn choose(candidates: Vec<(Entry, u32, u64)>, budget: u64) -> Chosen {
+    let total: u64 = candidates.iter().map(|c| c.2).sum();
+    if total <= budget {
+        return Chosen {
+            copy: candidates,
+            cut: Vec::new(),
+        };
+    }
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    // Newest hint first (wrap-around: all hints lie within the live ring behind `head`, so
+    // the one with the smaller distance to the newest is the later one).
+    let newest = candidates
+        .iter()
+        .map(|c| c.1)
+        .fold(candidates[0].1, |a, h| {
+            if h.wrapping_sub(a) < 1 << 31 { h } else { a }
+        });
+    order.sort_by_key(|&i| (newest.wrapping_sub(candidates[i].1), i));
+    let mut take = vec![false; candidates.len()];
+    let mut spent = 0u64;
+    for i in order {
+        if spent + candidates[i].2 <= budget {
+            spent += candidates[i].2;
+            take[i] = true;
+        }
+    }
+    let (mut copy, mut cut) = (Vec::new(), Vec::new());
+    for (c, t) in candidates.into_iter().zip(take) {
+        if t { copy.push(c) } else { cut.push(c) }
+    }
+    Chosen { copy, cut }
+}
+
 /// Room kept free at the end of every segment for the late pass of copy-forward (blobs first
 /// touched after the early pass of their segment): a 64th of a segment, at least one part
 /// record, none when copy-forward is off.
@@ -304,5 +363,37 @@ mod tests {
         };
         // Two full parts, a 1-byte last part (128), a manifest of 3 parts (64 + 64).
         assert_eq!(copy_cost(&m, 1 << 20), 2 * ((1 << 20) + 64) + 128 + 128);
+    }
+
+    #[test]
+    fn the_budget_goes_to_the_most_recently_touched() {
+        let e = |n: u8| Entry {
+            key: Key::new(1, [n; 32]),
+            kind: RecordKind::Blob,
+            epoch: 0,
+            seq: 1,
+            off: u32::from(n),
+            len: 100,
+            span: 0,
+        };
+        let keys = |v: &[(Entry, u32, u64)]| v.iter().map(|c| c.0.key.id[0]).collect::<Vec<_>>();
+        // Everything fits: all, in log order.
+        let all = vec![(e(0), 10, 100), (e(1), 12, 100), (e(2), 11, 50)];
+        let c = choose(all.clone(), 250);
+        assert_eq!((keys(&c.copy), keys(&c.cut)), (vec![0, 1, 2], vec![]));
+        // Over budget: the later hints win (12, then 11); the copies keep log order. With log
+        // order alone blob 0 (touched once, earliest) would have taken the budget first.
+        let c = choose(all.clone(), 160);
+        assert_eq!((keys(&c.copy), keys(&c.cut)), (vec![1, 2], vec![0]));
+        // A blob over the remaining budget is skipped; a smaller one still fits.
+        let c = choose(all, 150);
+        assert_eq!((keys(&c.copy), keys(&c.cut)), (vec![1, 2], vec![0]));
+        let c = choose(vec![(e(0), 5, 100), (e(1), 9, 120), (e(2), 5, 30)], 140);
+        assert_eq!((keys(&c.copy), keys(&c.cut)), (vec![1], vec![0, 2]));
+        // Ties: log order. Hints wrap: 1 is later than u32::MAX.
+        let c = choose(vec![(e(0), 7, 100), (e(1), 7, 100)], 100);
+        assert_eq!((keys(&c.copy), keys(&c.cut)), (vec![0], vec![1]));
+        let c = choose(vec![(e(0), u32::MAX, 100), (e(1), 1, 100)], 100);
+        assert_eq!((keys(&c.copy), keys(&c.cut)), (vec![1], vec![0]));
     }
 }
