@@ -182,8 +182,7 @@ impl Writer {
         }
         // When the budget cannot take them all, the most recently touched go first (a blob
         // used again since is worth more than one touched once by a scan, which may have
-        // touched everything), and among those touched as recently the cheaper copies; the
-        // chosen ones are then copied in log order.
+        // touched everything); the chosen ones are then copied in log order.
         let chosen = choose(candidates, budget);
         for &(e, hint, cost) in &chosen.cut {
             tracing::trace!(seq = tail, ?e.key, hint, cost, "storage: copy-forward budget cut");
@@ -278,10 +277,8 @@ struct Chosen {
 }
 
 /// Picks, from `candidates` (log order), the most recently touched first (later hint; on a
-/// tie, the cheaper copy first: a budget saves the most hits when it goes to action-cache
-/// entries and small blobs before large ones touched at the same time; then log order) while
-/// `budget` allows, a blob over the remaining budget skipped so smaller ones may still fit;
-/// returns the picked ones in log order.
+/// tie, log order) while `budget` allows, a blob over the remaining budget skipped so smaller
+/// ones may still fit; returns the picked ones in log order.
 fn choose(candidates: Vec<(Entry, u32, u64)>, budget: u64) -> Chosen {
     let total: u64 = candidates.iter().map(|c| c.2).sum();
     if total <= budget {
@@ -299,7 +296,7 @@ fn choose(candidates: Vec<(Entry, u32, u64)>, budget: u64) -> Chosen {
         .fold(candidates[0].1, |a, h| {
             if h.wrapping_sub(a) < 1 << 31 { h } else { a }
         });
-    order.sort_by_key(|&i| (newest.wrapping_sub(candidates[i].1), candidates[i].2, i));
+    order.sort_by_key(|&i| (newest.wrapping_sub(candidates[i].1), i));
     let mut take = vec![false; candidates.len()];
     let mut spent = 0u64;
     for i in order {
@@ -393,11 +390,7 @@ mod tests {
         assert_eq!((keys(&c.copy), keys(&c.cut)), (vec![1, 2], vec![0]));
         let c = choose(vec![(e(0), 5, 100), (e(1), 9, 120), (e(2), 5, 30)], 140);
         assert_eq!((keys(&c.copy), keys(&c.cut)), (vec![1], vec![0, 2]));
-        // Ties on the hint: the cheaper copy first, so an action-cache entry or a small blob
-        // is not cut for a large one touched at the same time.
-        let c = choose(vec![(e(0), 7, 4000), (e(1), 7, 100), (e(2), 7, 200)], 300);
-        assert_eq!((keys(&c.copy), keys(&c.cut)), (vec![1, 2], vec![0]));
-        // Ties on hint and cost: log order. Hints wrap: 1 is later than u32::MAX.
+        // Ties: log order. Hints wrap: 1 is later than u32::MAX.
         let c = choose(vec![(e(0), 7, 100), (e(1), 7, 100)], 100);
         assert_eq!((keys(&c.copy), keys(&c.cut)), (vec![0], vec![1]));
         let c = choose(vec![(e(0), u32::MAX, 100), (e(1), 1, 100)], 100);
