@@ -323,6 +323,11 @@ pub fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, 
                 s.index_displaced as i64,
             ),
             (
+                "storage_index_displaced_bytes",
+                "Bytes of the blobs pushed out of a full index: still in the ring, unreachable, reclaimed by eviction",
+                s.index_displaced_bytes as i64,
+            ),
+            (
                 "storage_full_errors",
                 "Writes refused because the store was full",
                 s.full_errors as i64,

@@ -191,6 +191,12 @@ fn index_at_its_maximum_displaces_oldest_first() {
     let s = e.stats();
     assert_eq!(s.index_slots, 2048, "grew once, up to the maximum: {s:?}");
     assert!(s.index_displaced > 0, "{s:?}");
+    // The bytes they named are accounted as reclaimable (blobs of 40-199 bytes here).
+    assert!(
+        s.index_displaced_bytes >= 40 * s.index_displaced
+            && s.index_displaced_bytes < 200 * s.index_displaced,
+        "{s:?}"
+    );
     // Each insert into a full window pushes out the entry written earliest: what is left is
     // the newest blobs. (A hash table has no global order, so this is per window: the newest
     // thousand are nearly all there, the oldest thousand nearly all gone.)

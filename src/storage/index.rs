@@ -170,6 +170,8 @@ pub struct Copied {
     pub copied: u64,
     /// Entries that found their window in the new table full (lost to the index).
     pub lost: u64,
+    /// Bytes of the blobs those entries named.
+    pub lost_bytes: u64,
 }
 
 /// What [`Index::insert_copy`] did.
@@ -395,7 +397,10 @@ impl Index {
                         dst.set_hint(to, hint);
                         out.copied += 1;
                     }
-                    Copy::WindowFull => out.lost += 1,
+                    Copy::WindowFull => {
+                        out.lost += 1;
+                        out.lost_bytes += e.len;
+                    }
                 }
             }
         }

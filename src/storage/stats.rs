@@ -12,6 +12,7 @@ pub struct Counters {
     pub(crate) copy_forward_budget_cuts: AtomicU64,
     pub(crate) copy_forward_touch_age: AtomicU64,
     pub(crate) index_displaced: AtomicU64,
+    pub(crate) index_displaced_bytes: AtomicU64,
     pub(crate) full_errors: AtomicU64,
     pub(crate) entries_published: AtomicU64,
     pub(crate) bytes_written: AtomicU64,
@@ -28,6 +29,13 @@ pub struct Counters {
     /// slots at the last load check, in thousandths.
     pub(crate) index_slots: AtomicU64,
     pub(crate) index_load_permille: AtomicU64,
+}
+
+/// Counts an entry lost to a full index (and the bytes it named, now reclaimable only by
+/// eviction).
+pub(crate) fn lost_entry(c: &Counters, e: &super::index::Entry) {
+    inc(&c.index_displaced);
+    c.index_displaced_bytes.fetch_add(e.len, Ordering::Relaxed);
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -61,6 +69,9 @@ pub struct StorageStats {
     pub copy_forward_touch_age: u64,
     /// Live index entries overwritten because their probe window was full.
     pub index_displaced: u64,
+    /// Bytes of the blobs those entries named: their records stay in the ring, unreachable,
+    /// until eviction reclaims them.
+    pub index_displaced_bytes: u64,
     /// Writes refused with `StorageError::Full`.
     pub full_errors: u64,
     /// Payload and header bytes appended.
@@ -110,6 +121,7 @@ impl Counters {
             copy_forward_budget_cuts: g(&self.copy_forward_budget_cuts),
             copy_forward_touch_age: g(&self.copy_forward_touch_age),
             index_displaced: g(&self.index_displaced),
+            index_displaced_bytes: g(&self.index_displaced_bytes),
             full_errors: g(&self.full_errors),
             bytes_written: g(&self.bytes_written),
             syncs: g(&self.syncs),

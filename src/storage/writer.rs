@@ -378,7 +378,7 @@ impl Writer {
             && let Some(d) = displaced
             && !self.grow_for_displaced(&d)
         {
-            inc(&sh.counters.index_displaced);
+            crate::storage::stats::lost_entry(&sh.counters, &d.0);
         }
         // A new entry in the slot: "touched since written" starts afresh.
         index.clear_hint(r.slot);

@@ -116,15 +116,16 @@ impl Writer {
         let sh = &self.sh;
         let r = job.new.insert(e, |y| sh.valid(y));
         job.new.clear_hint(r.slot);
-        let mut lost = u64::from(r.displaced.is_some());
+        if let Some(x) = &r.displaced {
+            crate::storage::stats::lost_entry(&sh.counters, x);
+        }
         if let Some((d, hint)) = displaced {
             let r = job.new.insert(d, |y| sh.valid(y));
             job.new.set_hint(r.slot, *hint);
-            lost += u64::from(r.displaced.is_some());
+            if let Some(x) = &r.displaced {
+                crate::storage::stats::lost_entry(&sh.counters, x);
+            }
         }
-        sh.counters
-            .index_displaced
-            .fetch_add(lost, Ordering::Relaxed);
         true
     }
 
@@ -219,6 +220,9 @@ impl Writer {
                 sh.counters
                     .index_displaced
                     .fetch_add(copied.lost, Ordering::Relaxed);
+                sh.counters
+                    .index_displaced_bytes
+                    .fetch_add(copied.lost_bytes, Ordering::Relaxed);
                 // The bulk of the new table's pages are written back here, off the I/O
                 // thread; the switch syncs again only what the writer added since.
                 dst.file().file.sync_data()?;
