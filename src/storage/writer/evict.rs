@@ -218,7 +218,12 @@ impl Writer {
                         .fetch_add(wrote, Ordering::Relaxed);
                     oldest_touch_age = oldest_touch_age.max(u64::from(head.wrapping_sub(hint)));
                 }
-                None => inc(&sh.counters.copy_forward_budget_cuts),
+                None => {
+                    // No room left in the head segment (uploads of the same batch took it):
+                    // the blob goes with its segment, counted like a budget cut.
+                    tracing::trace!(seq = tail, ?e.key, hint, cost, "storage: copy-forward found no room");
+                    inc(&sh.counters.copy_forward_budget_cuts);
+                }
             }
         }
         if oldest_touch_age > 0 || spent > 0 {
