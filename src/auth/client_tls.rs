@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// Largest PEM file read (a chain of a few certificates is a few KiB).
-const MAX_PEM_BYTES: u64 = 1 << 20;
+/// Largest certificate or key file read.
+pub const MAX_PEM_BYTES: u64 = 1 << 20;
 
 /// TLS settings of a client; all empty means the system's defaults are not used and a
 /// `grpcs://` target needs `ca`.
@@ -21,25 +22,30 @@ pub struct ClientTls {
     pub key: Option<PathBuf>,
 }
 
-fn read_pem(path: &Path) -> Result<Vec<u8>, AuthFileError> {
+/// Reads a PEM file of at most [`MAX_PEM_BYTES`]: `Ok(None)` when it is larger (a certificate
+/// or key file is a few KiB; anything else is refused before more memory is spent on it).
+/// Shared by the client side here and the server's `[tls]` files.
+pub fn read_pem_capped(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     use std::io::Read;
-    let io = |source| AuthFileError::Io {
-        path: path.into(),
-        source,
-    };
     let mut buf = Vec::new();
-    std::fs::File::open(path)
-        .map_err(io)?
+    std::fs::File::open(path)?
         .take(MAX_PEM_BYTES + 1)
-        .read_to_end(&mut buf)
-        .map_err(io)?;
-    if buf.len() as u64 > MAX_PEM_BYTES {
-        return Err(AuthFileError::Invalid(format!(
-            "{} is larger than {MAX_PEM_BYTES} bytes",
-            path.display()
-        )));
-    }
-    Ok(buf)
+        .read_to_end(&mut buf)?;
+    Ok((buf.len() as u64 <= MAX_PEM_BYTES).then_some(buf))
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, AuthFileError> {
+    read_pem_capped(path)
+        .map_err(|source| AuthFileError::Io {
+            path: path.into(),
+            source,
+        })?
+        .ok_or_else(|| {
+            AuthFileError::Invalid(format!(
+                "{} is larger than {MAX_PEM_BYTES} bytes",
+                path.display()
+            ))
+        })
 }
 
 impl ClientTls {

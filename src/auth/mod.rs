@@ -15,7 +15,7 @@ mod client_tls;
 mod tls_peer;
 
 pub use bearer::{AuthChannel, Bearer};
-pub use client_tls::ClientTls;
+pub use client_tls::{ClientTls, MAX_PEM_BYTES, read_pem_capped};
 pub use tls_peer::{MAX_PEER_NAMES, TlsPeer};
 
 use serde::{Deserialize, Serialize};
