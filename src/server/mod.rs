@@ -2,6 +2,60 @@
 //!
 //! Taking bound listeners (mini-redis style) lets tests bind port 0 and talk to the real thing.
 
+/// Implements `AsyncWrite` (and with `read`, `AsyncRead`) for a connection wrapper by handing
+/// every call to its `io` field: the accept loop's permit holder, the Unix-socket authority
+/// adapter (which reads on its own) and the TLS connection are each a stream plus bookkeeping.
+macro_rules! forward_io {
+    (write $name:ident $(<$t:ident>)?) => {
+        impl$(<$t: tokio::io::AsyncWrite + Unpin>)? tokio::io::AsyncWrite for $name$(<$t>)? {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+            }
+
+            fn poll_write_vectored(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                self.io.is_write_vectored()
+            }
+
+            fn poll_flush(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.io).poll_flush(cx)
+            }
+
+            fn poll_shutdown(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+            }
+        }
+    };
+    (read $name:ident $(<$t:ident>)?) => {
+        impl$(<$t: tokio::io::AsyncRead + Unpin>)? tokio::io::AsyncRead for $name$(<$t>)? {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+            }
+        }
+    };
+}
+
 mod accept;
 pub mod authority;
 pub mod tls;

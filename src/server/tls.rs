@@ -14,15 +14,13 @@
 
 use super::accept::Limited;
 use crate::auth::TlsPeer;
+use crate::auth::{MAX_PEM_BYTES, read_pem_capped};
 use crate::config::{ClientAuth, TlsConfig};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -31,8 +29,6 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tonic::transport::server::Connected;
 
-/// Largest certificate, key or CA file read.
-const MAX_PEM_BYTES: u64 = 1 << 20;
 /// Handshaken connections waiting for tonic to take them.
 const READY_QUEUE: usize = 64;
 
@@ -127,24 +123,15 @@ pub fn classify(e: &io::Error) -> FailReason {
 }
 
 fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
-    use std::io::Read;
-    let io = |source| TlsError::Io {
-        path: path.into(),
-        source,
-    };
-    let mut buf = Vec::new();
-    std::fs::File::open(path)
-        .map_err(io)?
-        .take(MAX_PEM_BYTES + 1)
-        .read_to_end(&mut buf)
-        .map_err(io)?;
-    if buf.len() as u64 > MAX_PEM_BYTES {
-        return Err(TlsError::Pem {
+    read_pem_capped(path)
+        .map_err(|source| TlsError::Io {
+            path: path.into(),
+            source,
+        })?
+        .ok_or_else(|| TlsError::Pem {
             path: path.into(),
             reason: format!("larger than {MAX_PEM_BYTES} bytes"),
-        });
-    }
-    Ok(buf)
+        })
 }
 
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -314,45 +301,9 @@ impl Connected for TlsConn {
     }
 }
 
-impl AsyncRead for TlsConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
+forward_io!(read TlsConn);
 
-impl AsyncWrite for TlsConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
+forward_io!(write TlsConn);
 
 #[cfg(test)]
 mod tests;

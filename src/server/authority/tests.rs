@@ -4,7 +4,7 @@ use super::rewriter::*;
 use super::*;
 use proptest::prelude::*;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const SETTINGS: u8 = 0x4;
 const DATA: u8 = 0x0;
