@@ -78,3 +78,26 @@ impl ClientTls {
         self.ca.is_some() || self.cert.is_some() || self.key.is_some()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A PEM file one byte past the cap is refused (nothing over the cap is kept in memory);
+    /// one at the cap is read whole.
+    #[test]
+    fn pem_files_past_the_cap_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = dir.path().join("at.pem");
+        let past = dir.path().join("past.pem");
+        std::fs::write(&at, vec![b'A'; MAX_PEM_BYTES as usize]).unwrap();
+        std::fs::write(&past, vec![b'A'; MAX_PEM_BYTES as usize + 1]).unwrap();
+        assert_eq!(
+            read_pem_capped(&at).unwrap().map(|b| b.len() as u64),
+            Some(MAX_PEM_BYTES)
+        );
+        assert!(read_pem_capped(&past).unwrap().is_none());
+        let e = read_pem(&past).unwrap_err().to_string();
+        assert!(e.contains("larger than"), "{e}");
+    }
+}
