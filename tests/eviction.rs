@@ -264,6 +264,71 @@ fn action_cache_hit_keeps_its_outputs() {
     }
 }
 
+/// Storing a result is a use of the blobs it names: outputs uploaded long before the
+/// UpdateActionResult (and never read) survive their segment's eviction, while a blob
+/// uploaded with them and named by no result goes. Before, the outputs went (never touched),
+/// and the stored result read as incomplete (NOT_FOUND) from then on.
+#[test]
+fn storing_a_result_keeps_its_outputs() {
+    use kiln::cas::{ActionCache, Cas, InlineRequest};
+    use kiln::digest::DigestFunction;
+    use kiln::proto::reapi::{ActionResult, OutputFile};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = EngineConfig::new(dir.path());
+    c.segment_size = 256 << 10;
+    c.capacity_bytes = 8 * c.segment_size; // horizon: the last 4 segments of writes
+    c.max_blob_size = c.capacity_bytes / 4;
+    c.part_size = 16 << 10;
+    c.index_slots = 1 << 14;
+    let engine = Arc::new(Engine::open(c).unwrap());
+    let store: Arc<dyn Store> = Arc::clone(&engine) as Arc<dyn Store>;
+    let cas = Cas::new(Arc::clone(&store));
+    let ac = ActionCache::new(cas.clone(), Arc::clone(&store));
+    let rt = rt();
+    let blob = |tag: &str| {
+        let b = Bytes::from(format!("{tag} ").repeat(500));
+        (DigestFunction::Sha256.digest_of(&b), b)
+    };
+    let (out, cold, action) = (blob("output"), blob("cold"), blob("action"));
+    for (d, b) in [&out, &cold] {
+        rt.block_on(cas.put(d, b.clone())).unwrap();
+    }
+    let other = Bytes::from(vec![9u8; 4000]);
+    let mut n = 0;
+    let mut fill_until = |pred: &dyn Fn(&kiln::storage::StorageStats) -> bool| {
+        while !pred(&engine.stats()) {
+            rt.block_on(store.put(other_key(n), other.clone())).unwrap();
+            n += 1;
+        }
+    };
+    // Five segments of other writes: the outputs' segment is beyond the horizon by now.
+    fill_until(&|s| s.segments >= 6);
+    let result = ActionResult {
+        output_files: vec![OutputFile {
+            path: "o".into(),
+            digest: Some(out.0.to_proto()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    rt.block_on(ac.update("", &action.0, &result)).unwrap();
+    // Past the eviction of the outputs' segment (and one more).
+    fill_until(&|s| s.evictions >= 2);
+    assert_eq!(
+        cas.get(&out.0).unwrap().map(|b| b.to_bytes()),
+        Some(out.1.clone()),
+        "the output of a stored result was evicted: {:?}",
+        engine.stats()
+    );
+    assert!(
+        !cas.contains(&cold.0).unwrap(),
+        "an unreferenced blob should be evicted"
+    );
+    ac.get("", &action.0, &InlineRequest::default())
+        .expect("the stored result is complete");
+}
+
 /// A power loss at any point of a run where evictions copy a hot set forward loses no hot
 /// blob: the copies are durable before the state that evicts their source segment. Periodic
 /// durability with no periodic round in the run, so nothing but eviction itself syncs the

@@ -79,9 +79,15 @@ impl ActionCache {
         result: &ActionResult,
     ) -> Result<(), CasError> {
         check_outputs(result)?;
-        for d in referenced_digests(result) {
-            Digest::from_proto(action.function, d)?;
-        }
+        let referenced = referenced_digests(result)
+            .map(|d| Digest::from_proto(action.function, d))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Storing a result is a use of the blobs it names: the lookup records a touch, so
+        // the outputs age with the entry that needs them (FORMAT.md "Eviction and
+        // copy-forward"). A result written long after its outputs were uploaded (or a
+        // client that uploads once and stores many results) keeps them alive. Missing ones
+        // are not an error here; a lookup of the result reports it incomplete.
+        self.cas.find_missing(&referenced)?;
         let mut stored = result.clone();
         // Inline bytes are served from the CAS on demand; keep entries small.
         stored.stdout_raw = Bytes::new();

@@ -151,11 +151,8 @@ impl Workload for BazelLike {
         let seeded: Vec<_> = (0..self.count as u64).map(|n| self.action(n)).collect();
         let outs: Vec<Blob> = seeded.iter().flat_map(|(_, o)| o.iter().cloned()).collect();
         seed_blobs(clients, &outs).await?;
-        for (a, o) in &seeded {
-            super::ac::update(clients, 0, a, Self::result(o))
-                .await
-                .map_err(super::rpc::seed_error("seeding action results"))?;
-        }
+        let results: Vec<_> = seeded.iter().map(|(a, o)| (*a, Self::result(o))).collect();
+        super::ac::seed_results(clients, &results).await?;
         self.seeded = seeded;
         Ok(())
     }
