@@ -464,3 +464,36 @@ fn a_growth_keeps_the_touches_eviction_reads() {
         assert_eq!(e.get(k).unwrap().unwrap().to_bytes(), hot_data(k));
     }
 }
+
+/// A batch of many small blobs into a small index: the load passes the growth threshold in
+/// the middle of the batch, and a growth runs while the rest of it is published. Before, the
+/// load was checked only between batches and the table being filled took every publish
+/// whatever its load: its windows filled and entries were pushed out of both tables (counted
+/// as displaced; the oldest first, so an early hot set went first).
+#[test]
+fn one_batch_of_many_entries_into_a_small_index_loses_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let mut c = cfg(dir.path());
+    c.index_slots = 1024;
+    c.index_max_slots = 1 << 20;
+    let e = Engine::open(c).unwrap();
+    let mut n = 0u64;
+    for batch in [3_000u64, 500, 8_000, 500, 20_000] {
+        let items = (n..n + batch)
+            .map(|i| (key(i), Bytes::copy_from_slice(&i.to_le_bytes())))
+            .collect();
+        rt.block_on(e.put_many(items)).unwrap();
+        n += batch;
+        let s = e.stats();
+        assert_eq!(s.index_displaced, 0, "after {n} entries: {s:?}");
+    }
+    let keys: Vec<Key> = (0..n).map(key).collect();
+    let missing = e
+        .contains_many(&keys)
+        .unwrap()
+        .iter()
+        .filter(|&&f| !f)
+        .count();
+    assert_eq!(missing, 0, "{:?}", e.stats());
+}

@@ -385,6 +385,7 @@ impl Writer {
         inc(&sh.counters.entries_published);
         self.pending_clear.extend(r.superseded);
         self.unsynced = true;
+        self.grow_check_in_batch();
     }
 
     /// The position after the last record laid out: where the next one goes.

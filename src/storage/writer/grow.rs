@@ -78,7 +78,8 @@ impl Writer {
         if index.slots() * 2 > max || !self.may_grow() {
             return false;
         }
-        self.start_growth(&index, index.slots() * 2);
+        let load = self.sample(&index);
+        self.start_growth(&index, self.target_slots(index.slots(), load));
         let Some(job) = &self.growth.job else {
             return false;
         };
@@ -135,6 +136,17 @@ impl Writer {
         if let Some(job) = &self.growth.job {
             if job.thread.is_finished() {
                 self.finish_growth();
+            } else if self.growth.since_check >= Self::check_every(job.new.slots()) {
+                // The table being filled takes every publish while the copy runs: once it
+                // is as loaded as a table that should grow, its windows start to fill, and an
+                // entry pushed out of it has nowhere to go. The copy is waited for (it is
+                // bounded by the old table's size) and the table switched in, so the next
+                // check can grow it in turn.
+                self.growth.since_check = 0;
+                let new = Arc::clone(&job.new);
+                if self.sample(&new) >= self.sh.cfg.index_grow_load {
+                    self.finish_growth();
+                }
             }
             return;
         }
@@ -147,9 +159,7 @@ impl Writer {
         }
         self.growth.since_check = 0;
         self.growth.backoff = 0;
-        let start = self.growth.sample_start;
-        self.growth.sample_start = start.wrapping_add(7919) % slots;
-        let load = index.sample_load(start, SAMPLES, |e| self.sh.valid(e));
+        let load = self.sample(&index);
         self.sh
             .counters
             .index_load_permille
@@ -158,7 +168,43 @@ impl Writer {
         if load < self.sh.cfg.index_grow_load || slots * 2 > max {
             return;
         }
-        self.start_growth(&index, slots * 2);
+        self.start_growth(&index, self.target_slots(slots, load));
+    }
+
+    /// `grow_tick` from within a batch, once enough publishes passed since the last check
+    /// (a batch of many small blobs would otherwise push the load far past the threshold
+    /// before the check between batches sees it; tests/storage_index_growth.rs
+    /// `one_batch_of_many_entries_into_a_small_index_loses_none`).
+    pub(super) fn grow_check_in_batch(&mut self) {
+        let slots = match &self.growth.job {
+            Some(job) => job.new.slots(),
+            None => self.sh.index.load().slots(),
+        };
+        if self.growth.since_check >= Self::check_every(slots) {
+            self.grow_tick();
+        }
+    }
+
+    /// The sampled live share of `index` (the sample's start moves on every call).
+    fn sample(&mut self, index: &Index) -> f64 {
+        let start = self.growth.sample_start;
+        self.growth.sample_start = start.wrapping_add(7919) % index.slots();
+        index.sample_load(start, SAMPLES, |e| self.sh.valid(e))
+    }
+
+    /// The size to grow a table of `slots` at `load` to: twice the size, or more when the
+    /// load is already well past the threshold (a check that came late, or a full window
+    /// long before the threshold), so that the entries there now fill at most 60% of the
+    /// threshold in the new table and what is published while the copy runs has room; at
+    /// most the maximum.
+    fn target_slots(&self, slots: usize, load: f64) -> usize {
+        let max = self.sh.cfg.effective_index_max_slots() as usize;
+        let goal = self.sh.cfg.index_grow_load * 0.6;
+        let mut to = slots * 2;
+        while load * slots as f64 > goal * to as f64 && to * 2 <= max {
+            to *= 2;
+        }
+        to
     }
 
     fn start_growth(&mut self, old: &Arc<Index>, to: usize) {
