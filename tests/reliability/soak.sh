@@ -17,6 +17,8 @@
 #   SOAK_RSS_SLACK_MIB=16    plus this much
 #   SOAK_EXECUTE=1           start a worker and include execute-noop
 #   SOAK_CAPACITY_GIB=16     the store's ring (disk space used, at most)
+#   SOAK_COPY_BUDGET_MIB=    storage.copy_forward_budget_bytes in MiB (default: the engine's,
+#                            a quarter segment: 16 MiB of the soak's 64 MiB segments)
 #   SOAK_WORKER_ARGS=        extra `kiln worker` arguments
 #   KILN_BIN=                the kiln binary (default: target/release/kiln if built, else
 #                            target/debug/kiln, built with `cargo build --locked` if missing)
@@ -77,6 +79,7 @@ cat >"$OUT/kiln.toml" <<EOF
 capacity_bytes = $((CAPACITY_GIB << 30))
 segment_size_bytes = 67108864
 max_blob_size_bytes = 268435456
+copy_forward_budget_bytes = $(( ${SOAK_COPY_BUDGET_MIB:-0} << 20 ))
 [execution]
 # Completed operations are kept this long; short, so their memory reaches a steady state
 # within the run instead of growing for the default 10 minutes.
