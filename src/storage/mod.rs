@@ -4,7 +4,7 @@
 //! [`Key`] from a digest (or an action-cache entry) and hands bytes down. It could become its own
 //! crate without edits; `tests/layering.rs` checks that it imports nothing from the layers above.
 //!
-//! The seam is the [`Store`] trait: [`MemoryStore`] for unit tests, the segment engine for
+//! The seam is the [`Store`] trait (`store.rs`): [`MemoryStore`] for unit tests, the segment engine for
 //! `kiln serve` ([`Engine`], configured by [`EngineConfig`]; on-disk format in `FORMAT.md`).
 //!
 //! Engine files: `config.rs` (EngineConfig, validate), `engine.rs` (open, Store impl, upload
@@ -30,6 +30,7 @@ mod peek;
 mod segment;
 mod shared;
 mod stats;
+mod store;
 pub mod sys;
 mod touch;
 mod verify;
@@ -43,78 +44,5 @@ pub use key::Key;
 pub use memory::MemoryStore;
 pub use peek::Peek;
 pub use stats::StorageStats;
+pub use store::{BlobWriter, Store};
 pub use verify::{VerifyProgress, VerifyReport};
-
-use async_trait::async_trait;
-use bytes::Bytes;
-
-/// A key-value store of immutable blobs, the one interface the CAS and AC are built on.
-///
-/// Concurrency: every method may be called from many tasks at once. A blob becomes visible to
-/// `get`/`contains` only when its writer's `commit` returns, and then whole.
-#[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Looks a blob up. `Ok(None)` is a miss (including a record that failed its checksum,
-    /// which the engine counts, never returns, and drops from its index so that `contains`
-    /// reports the blob missing from then on). A hit counts as a touch for eviction.
-    fn get(&self, key: &Key) -> Result<Option<Blob>, StorageError>;
-
-    /// Whether a blob is present, without reading it. A hit counts as a touch for eviction.
-    fn contains(&self, key: &Key) -> Result<bool, StorageError>;
-
-    /// `contains` for many keys, answers in order. Engines override it to overlap the memory
-    /// latency of the lookups (FindMissingBlobs asks for thousands at once).
-    fn contains_many(&self, keys: &[Key]) -> Result<Vec<bool>, StorageError> {
-        keys.iter().map(|k| self.contains(k)).collect()
-    }
-
-    /// Starts writing a blob of exactly `len` bytes. Dropping the writer without `commit`
-    /// abandons the write; nothing becomes visible.
-    async fn begin_write(&self, key: Key, len: u64) -> Result<Box<dyn BlobWriter>, StorageError>;
-
-    /// Writes a whole blob held in memory: a convenience over `begin_write`.
-    async fn put(&self, key: Key, data: Bytes) -> Result<(), StorageError> {
-        let mut w = self.begin_write(key, data.len() as u64).await?;
-        w.write(data).await?;
-        w.commit().await
-    }
-
-    /// Writes several whole blobs held in memory. Engines override it to commit them
-    /// together (one sync round for the lot); the default writes them one after another.
-    async fn put_many(&self, items: Vec<(Key, Bytes)>) -> Result<(), StorageError> {
-        for (key, data) in items {
-            self.put(key, data).await?;
-        }
-        Ok(())
-    }
-
-    /// Largest blob this store accepts, in bytes.
-    fn max_blob_size(&self) -> u64;
-}
-
-/// An in-progress write, fed in order by one task.
-#[async_trait]
-pub trait BlobWriter: Send {
-    /// Appends the next chunk. Writing more than the announced length is an error.
-    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError>;
-
-    /// Publishes the blob once all `len` bytes arrived. When this returns `Ok`, the blob is
-    /// durable according to the store's durability setting. Replaces any older blob under
-    /// the same key (the action cache rewrites entries).
-    async fn commit(self: Box<Self>) -> Result<(), StorageError>;
-
-    /// The step at which [`BlobWriter::drop_buffered`] can cut the write back: bytes are
-    /// handed to the disk in whole multiples of it. `None` (the default) when the writer keeps
-    /// everything in memory until commit and cannot give any of it up.
-    fn rewind_step(&self) -> Option<u64> {
-        None
-    }
-
-    /// Frees the bytes buffered in memory that have not reached the disk yet, so an upload
-    /// whose client went away costs no memory while it waits to be resumed. Returns how many
-    /// bytes the write now holds (a multiple of [`BlobWriter::rewind_step`]); the next
-    /// [`BlobWriter::write`] continues from there. `None` when the writer cannot do this.
-    fn drop_buffered(&mut self) -> Option<u64> {
-        None
-    }
-}
