@@ -6,8 +6,8 @@ use super::format::{
 };
 use super::index::{self, Index};
 use super::open::{highest_segment_seq, map_live_segments, no_space, read_state, ring_on_disk};
+use super::read::Shared;
 use super::segment::Segments;
-use super::shared::Shared;
 use super::stats::{Counters, StorageStats};
 use super::sys::{self, IoEngine, IoFile};
 use super::writer::{Body, EPOCH_RESERVE, Req, Writer};

@@ -7,14 +7,22 @@
 //! The seam is the [`Store`] trait (`store.rs`): [`MemoryStore`] for unit tests, the segment engine for
 //! `kiln serve` ([`Engine`], configured by [`EngineConfig`]; on-disk format in `FORMAT.md`).
 //!
-//! Engine files: `config.rs` (EngineConfig, validate), `engine.rs` (open, Store impl, upload
-//! handle), `open.rs` (what open reads from disk: state slots, the ring from segment headers,
-//! segment maps), `writer.rs` (the I/O thread: batching, group commit, segment roll/eviction,
-//! copy-forward at eviction in `writer/evict.rs`), `shared.rs` (read path and validity rules),
-//! `touch.rs` (per-slot touch hints read by copy-forward), `index.rs` (lock-free mapped slot
-//! table), `segment.rs` (mapped segment table), `format.rs` (every on-disk byte layout),
-//! `verify.rs` (scrub), `stats.rs` (metrics), `sys/` (the only `unsafe`: io_uring, psync,
-//! fault injection, mmap, fallocate), `fuzzing/` (cfg(fuzzing) helpers).
+//! Engine files, by what a reader looks for:
+//! - configuration: `config.rs` (EngineConfig, validate); the seam: `store.rs` (Store,
+//!   BlobWriter); the engine itself: `engine.rs` (open, the Store impl, the upload handle);
+//! - appending and group commit: `writer.rs` (the I/O thread: batches, publish),
+//!   `writer/append.rs` (records laid out, runs written), `writer/rounds.rs` (sync rounds);
+//! - reclaim: `writer/evict.rs` (roll, ring eviction, full-disk eviction),
+//!   `writer/copy_forward.rs` (what eviction keeps), `touch.rs` (the touch hints it reads),
+//!   `writer/grow.rs` (online index growth);
+//! - recovery: `open.rs` (state slots, the ring from segment headers, segment maps),
+//!   `writer/recovery.rs` (replay of what the last checkpoint missed, index rebuild);
+//! - the read path: `read.rs` (the state readers share with the writer, validity rules, record
+//!   checks), `peek.rs` (read-only access from another process);
+//! - layouts and tables: `format.rs` (every on-disk byte layout), `index.rs` (lock-free mapped
+//!   slot table), `segment.rs` (mapped segment table); `verify.rs` (scrub), `stats.rs`
+//!   (metrics), `sys/` (the only `unsafe`: io_uring, psync, fault injection, mmap, fallocate),
+//!   `fuzzing/` (cfg(fuzzing) helpers).
 
 mod blob;
 mod config;
@@ -27,8 +35,8 @@ mod key;
 mod memory;
 mod open;
 mod peek;
+mod read;
 mod segment;
-mod shared;
 mod stats;
 mod store;
 pub mod sys;

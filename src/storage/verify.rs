@@ -10,7 +10,7 @@
 use super::engine::Engine;
 use super::format::{self, ALIGN, RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN};
 use super::index::Entry;
-use super::shared::Shared;
+use super::read::Shared;
 use super::stats::inc;
 use super::{Blob, Key};
 use std::collections::{HashMap, HashSet};

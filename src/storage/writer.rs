@@ -6,10 +6,11 @@
 //! (`rounds`); in `Fdatasync` mode a commit is answered when the round covering it is
 //! durable (group commit). See FORMAT.md for the fsync order.
 
+mod append;
+mod copy_forward;
 mod evict;
 mod grow;
-mod layout;
-mod replay;
+mod recovery;
 mod rounds;
 
 use super::Key;
@@ -17,8 +18,8 @@ use super::StorageError;
 use super::config::Durability;
 use super::format::{PartLoc, Pos, RecordKind, State, state_slot_offset};
 use super::index::Entry;
+use super::read::Shared;
 use super::segment::SegMap;
-use super::shared::Shared;
 use super::stats::inc;
 use super::sys::{IoEngine, IoFile, WriteOp};
 use bytes::{Bytes, BytesMut};

@@ -1,404 +1,196 @@
-//! Copy-forward at eviction: before the tail segment is dropped, the blobs in it that were
-//! touched within the horizon are re-appended at the head and republished, oldest first,
-//! within a byte budget per evicted segment, the most recently touched chosen first when the
-//! budget cannot take them all (FORMAT.md "Eviction and copy-forward").
+//! Eviction and rolling: starting the next segment when the active one is full, dropping the
+//! oldest segment when the ring is full (after copy-forward kept what was used out of it), and
+//! evicting early when the file system fills up. Part of the I/O thread.
 //!
-//! Two passes per segment. The early pass runs right after a roll that leaves the ring full,
-//! for the segment the *next* roll will evict (the tail), and copies into the fresh head
-//! segment: the segment a roll evicts shares its file with the new head, so its blobs cannot
-//! be copied into the new head at that moment, and keeping a budget's worth of room free in
-//! every segment would waste it whenever nothing is copied. The late pass runs at the eviction
-//! itself, for blobs first touched after the early pass (their entries still point into the
-//! segment), and copies into the small room uploads leave at the end of every segment
-//! (`copy_reserve`); what does not fit is evicted and counted as a budget cut.
-//!
-//! Crash safety: the copies' records are durable (a sync round covering `copy_end`) before the
-//! state with the tail moved past their source is written (`copies_durable`, called by every
-//! eviction); the old entries are cleared only after the copies' epoch is durable (the usual
-//! supersede rule), so a crash at any point leaves one readable version of each blob.
+//! Contract: the state naming the new tail is durable before the evicted segment's file is
+//! overwritten or removed, and every copy out of it is durable before that state
+//! (`copies_durable`); the new segment's header is durable before the state names it as the
+//! head (FORMAT.md "fsync order").
 
-use super::Writer;
-use crate::storage::format::{
-    PartLoc, RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN, record_span,
-};
-use crate::storage::index::Entry;
+use super::{Active, Writer};
+use crate::storage::StorageError;
+use crate::storage::format::{SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::storage::segment::SegMap;
 use crate::storage::stats::inc;
-use crate::storage::touch::within_horizon;
-use crate::storage::{Blob, StorageError};
-use std::collections::HashSet;
+use crate::storage::sys::mmap::map_readonly;
+use crate::storage::sys::{IoFile, WriteOp};
+use bytes::BytesMut;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+/// A segment file ready for records, with its old mapping when the file was reused in place.
+type NewSegment = (Arc<IoFile>, Option<memmap2::Mmap>);
+
 impl Writer {
-    /// Makes the copies laid out so far durable (one sync round if the last one did not cover
-    /// them): called before any eviction writes the state with a new tail.
-    pub(super) fn copies_durable(&mut self) -> Result<(), StorageError> {
-        if self.copy_end > self.state.synced {
-            self.flush_ops()?;
-            // Published now that their records are written, not with the rest of the batch:
-            // the segment they came from is released next, so a later failure of the batch's
-            // own write must not leave them unpublished (they would be unreachable).
-            for e in std::mem::take(&mut self.copied) {
-                self.publish(&e);
-            }
-            // Not a checkpoint (the rest of the batch is not published yet). A crash before
-            // the next checkpoint replays the copies (they lie before `synced`).
-            self.sync_round(false)?;
-        }
-        Ok(())
-    }
-
-    /// Copies the touched blobs of the tail segment to the head when the ring is full (the
-    /// next roll evicts the tail). Failures are not errors: a blob not copied is evicted, as it
-    /// would be without copy-forward, and counted in `copy_forward_budget_cuts`.
-    pub(super) fn copy_forward_tail(&mut self) {
-        let sh = Arc::clone(&self.sh);
-        let (head, tail) = (self.state.head, self.state.tail);
-        let limit = sh.ring_limit.load(Ordering::Relaxed);
-        if tail >= head || head - tail + 1 < limit {
-            return;
-        }
-        let budget = sh.cfg.effective_copy_forward_budget();
-        self.copy_forward_from(tail, budget, None);
-    }
-
-    /// At the eviction of `victim` itself: copies the blobs touched since the early pass (their
-    /// entries still point into it) into the room kept free at the end of the head segment
-    /// (`copy_reserve`); what does not fit is evicted and counted as a budget cut.
-    pub(super) fn copy_forward_late(&mut self, victim: u32) {
-        // No head segment open yet (the first roll after open): see `hold_for_copy`.
-        if self.active.is_none() || self.force_roll {
-            return;
-        }
-        // The room left in the head is the budget: when it cannot take them all, the most
-        // recently touched go first.
-        let room = self
-            .active
-            .as_ref()
-            .map_or(0, |a| self.sh.cfg.segment_size.saturating_sub(a.pos));
-        self.copy_forward_from(victim, room.max(1), None);
-    }
-
-    /// The first roll after open evicts the tail with no head segment to copy into (open
-    /// starts a new segment, and the new one reuses the tail's file). The touched blobs of the
-    /// tail not copied yet (the early pass of the last session did not run or was lost in a
-    /// crash, or they were touched after it) are held as views of the old mapping, at most a
-    /// budget's worth, and copied into the new segment once it exists (`copy_held`), then
-    /// synced at once. This is the one copy not durable before its source is released: a
-    /// second crash within that round evicts those blobs as if untouched (they read as
-    /// missing and are uploaded again; nothing is served wrong).
-    pub(super) fn hold_for_copy(&mut self, victim: u32) -> Vec<(Entry, Blob, u32)> {
-        let mut held = Vec::new();
-        let budget = self.sh.cfg.effective_copy_forward_budget();
-        self.copy_forward_from(victim, budget, Some(&mut held));
-        held
-    }
-
-    /// Appends the blobs `hold_for_copy` held into the new head and makes them durable.
-    pub(super) fn copy_held(&mut self, held: Vec<(Entry, Blob, u32)>) -> Result<(), StorageError> {
-        if held.is_empty() {
-            return Ok(());
-        }
-        let sh = Arc::clone(&self.sh);
-        for (e, blob, _) in held {
-            let before = self.position();
-            self.copying = true;
-            let copied = self.copy_blob(&e, &blob);
-            self.copying = false;
-            match copied {
-                Some(new) => {
-                    let after = self.position();
-                    self.copied.push(new);
-                    self.copy_end = after;
-                    inc(&sh.counters.copy_forwards);
-                    sh.counters
-                        .copy_forward_bytes
-                        .fetch_add(after.off.saturating_sub(before.off), Ordering::Relaxed);
-                }
-                None => inc(&sh.counters.copy_forward_budget_cuts),
-            }
-        }
-        self.copies_durable()
-    }
-
-    /// Copies the blobs of segment `victim` whose entries depend on it and were touched within
-    /// the horizon, oldest first, at most `budget` bytes (the most recently touched chosen
-    /// first when they do not all fit; never rolling); with `hold`,
-    /// collects them (entry, verified blob, hint) instead of appending.
-    fn copy_forward_from(
+    /// Creates (or reuses in place) the file of segment `new`: allocated, header written and
+    /// synced. On error, which step failed.
+    fn create_segment(
         &mut self,
-        victim: u32,
-        budget: u64,
-        mut hold: Option<&mut Vec<(Entry, Blob, u32)>>,
-    ) {
+        new: u32,
+        reused: Option<Result<SegMap, Arc<SegMap>>>,
+    ) -> Result<NewSegment, (&'static str, std::io::Error)> {
+        let path = self.sh.segs.path(new);
+        let size = self.sh.cfg.segment_size;
+        let (file, map) = match reused {
+            Some(Ok(old)) => (old.file, Some(old.map)),
+            other => {
+                if let Some(Err(_held)) = other {
+                    // A reader still holds the old mapping: give it the old inode.
+                    let _ = std::fs::remove_file(&path);
+                }
+                let f = IoFile::open(&path).map_err(|e| ("segment create", e))?;
+                (f, None)
+            }
+        };
+        self.io
+            .allocate(&file, size)
+            .map_err(|e| ("segment allocate", e))?;
+        let hdr = SegmentHeader {
+            seq: u64::from(new),
+            size,
+        };
+        let mut buf = BytesMut::zeroed(SEGMENT_HEADER_LEN as usize);
+        buf[..64].copy_from_slice(&hdr.encode());
+        let op = WriteOp {
+            file: Arc::clone(&file),
+            offset: 0,
+            buf: buf.freeze(),
+        };
+        self.io
+            .write_batch(&[op])
+            .map_err(|e| ("segment header write", e))?;
+        self.io
+            .sync(&[Arc::clone(&file)])
+            .map_err(|e| ("segment header sync", e))?;
+        Ok((file, map))
+    }
+
+    /// Makes room on a full file system by evicting the oldest segment (`tail`) and removing
+    /// its file. Never evicts the head nor a segment holding records laid out in the batch
+    /// being written (their commits are not answered yet). `None` when nothing may be
+    /// evicted (the write fails with `Full`), else whether the evicted segment's space is free
+    /// now (no reader held its mapping). Same order as a roll's eviction: the new tail is
+    /// durable before the file goes.
+    fn evict_for_space(&mut self, cause: &std::io::Error) -> Result<Option<bool>, StorageError> {
         let sh = Arc::clone(&self.sh);
-        let head = self.state.head;
-        let tail = victim;
-        let limit = sh.ring_limit.load(Ordering::Relaxed);
-        if budget == 0 || !sh.cfg.copy_forward || tail >= head || self.poisoned().is_some() {
-            return;
+        let tail = self.state.tail;
+        let keep_from = self.pinned.unwrap_or(u32::MAX).min(self.state.head);
+        if tail >= keep_from {
+            return Ok(None);
         }
-        // A shrunk ring (full disk) scales the horizon with it.
+        self.copy_forward_late(tail);
+        self.copies_durable()?;
+        self.state.tail = tail + 1;
+        sh.tail.store(tail + 1, Ordering::Release);
+        let old = sh.segs.take_slot(tail);
+        self.write_state()
+            .map_err(|e| self.io_err("state write", &e))?;
+        let freed = old.is_none_or(|m| Arc::try_unwrap(m).is_ok());
+        // Readers still holding views keep the inode (and its blocks) until they finish.
+        if let Err(e) = std::fs::remove_file(sh.segs.path(tail))
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, seq = tail, "storage: cannot remove an evicted segment file");
+        }
+        inc(&sh.counters.evictions);
+        inc(&sh.counters.enospc_evictions);
+        tracing::warn!(
+            seq = tail,
+            live_segments = self.state.head - self.state.tail + 1,
+            held_by_a_reader = !freed,
+            error = %cause,
+            "storage: file system full; evicted the oldest segment to make room (the ring shrinks to fit the disk)"
+        );
+        Ok(Some(freed))
+    }
+
+    /// Seals the active segment and opens the next one, evicting the oldest when the ring is
+    /// full. Order: state (new tail) durable before an evicted file is overwritten; segment
+    /// header durable before the state names the segment as head.
+    pub(super) fn roll(&mut self) -> Result<(), StorageError> {
+        // Pending bytes of the old segment must reach the disk before its file may change.
+        self.end_run();
+        let sh = Arc::clone(&self.sh);
         let n = sh.segs.len();
-        let horizon = if limit < n {
-            (sh.cfg.effective_copy_forward_horizon() * limit / n).max(1)
-        } else {
-            sh.cfg.effective_copy_forward_horizon()
-        };
-        let Some(seg) = sh.segs.get(tail) else {
-            return;
-        };
+        let new = self.state.head + 1;
+        let mut reused: Option<Arc<SegMap>> = None;
+        let mut held = Vec::new();
+        if new - self.state.tail >= n {
+            // Blobs of the segment about to go that were touched since its early pass are
+            // copied into the head's reserve; all copies out of it are durable before it goes.
+            // The first roll after open has no head to copy into: they are held for the new one.
+            if self.active.is_none() {
+                held = self.hold_for_copy(self.state.tail);
+            } else {
+                self.copy_forward_late(self.state.tail);
+            }
+            self.copies_durable()?;
+            // Ring full: drop the oldest segment (it shares the file slot with `new`).
+            self.state.tail = new - n + 1;
+            sh.tail.store(self.state.tail, Ordering::Release);
+            reused = sh.segs.take_slot(new);
+            inc(&sh.counters.evictions);
+            // Earlier ops may target the evicted file: write them first.
+            self.flush_ops()?;
+            self.write_state()
+                .map_err(|e| self.io_err("state write", &e))?;
+        }
         let size = sh.cfg.segment_size;
-        let mut seen = HashSet::new();
-        // Touched within the horizon, in log order: (entry, hint, cost). At most one per
-        // record of the segment, like `seen`.
-        let mut candidates = Vec::new();
-        let (mut spent, mut oldest_touch_age) = (0u64, 0u64);
-        let mut off = SEGMENT_HEADER_LEN;
-        // The records in log order (oldest first), read as replay reads them: the first header
-        // that does not validate ends the segment's written part.
-        while off + RECORD_HEADER_LEN as u64 <= size {
-            let Ok(h) = RecordHeader::decode(&seg.map[off as usize..], tail) else {
-                break;
-            };
-            let span = record_span(h.len);
-            if h.len > size || off + span > size {
-                break;
-            }
-            off += span;
-            // Parts belong to a manifest entry that depends on this segment: the whole blob
-            // (every part, then a new manifest) is copied or none of it.
-            let Some((index, slot, _, e)) = sh.find(&h.key) else {
-                continue;
-            };
-            if e.oldest_seq() != tail || !seen.insert(h.key) {
-                continue;
-            }
-            let hint = index.hint(slot);
-            if !within_horizon(hint, head, e.oldest_seq(), horizon) {
-                continue;
-            }
-            candidates.push((e, hint, copy_cost(&e, sh.cfg.part_size)));
-        }
-        // When the budget cannot take them all, the most recently touched go first (a blob
-        // used again since is worth more than one touched once by a scan, which may have
-        // touched everything); the chosen ones are then copied in log order.
-        let chosen = choose(candidates, budget);
-        for &(e, hint, cost) in &chosen.cut {
-            tracing::trace!(seq = tail, ?e.key, hint, cost, "storage: copy-forward budget cut");
-            inc(&sh.counters.copy_forward_budget_cuts);
-        }
-        for (e, hint, cost) in chosen.copy {
-            if let Some(held) = hold.as_deref_mut() {
-                if let Ok(blob) = sh.read_blob(&e) {
-                    spent += cost;
-                    held.push((e, blob, hint));
-                    oldest_touch_age = oldest_touch_age.max(u64::from(head.wrapping_sub(hint)));
+        let mut reused = reused.map(Arc::try_unwrap);
+        // A full file system: evict our own oldest segments until the new one fits (the ring
+        // shrinks to what the disk holds, and grows back on later rolls once space is free).
+        // Evicting a segment a reader still holds frees nothing yet (the inode lives on), so
+        // the loop goes on past such segments; but once a segment nobody held was evicted and
+        // the disk is still full, someone else holds the space: the write fails with `Full`
+        // rather than the whole ring going at once (the next write may evict one more).
+        let mut shrunk = false;
+        let mut freed = false;
+        let (file, map) = loop {
+            match self.create_segment(new, reused.take()) {
+                Ok(f) => break f,
+                Err((what, e)) if super::is_enospc(&e) && !freed => {
+                    match self.evict_for_space(&e)? {
+                        Some(was_free) => freed = was_free,
+                        None => return Err(self.io_err(what, &e)),
+                    }
+                    shrunk = true;
                 }
-                continue;
+                Err((what, e)) => return Err(self.io_err(what, &e)),
             }
-            let before = self.position();
-            self.copying = true;
-            let copied = self.copy_entry(&e);
-            self.copying = false;
-            match copied {
-                Some(new) => {
-                    let after = self.position();
-                    let wrote = if after.seq == before.seq {
-                        after.off - before.off
-                    } else {
-                        cost
-                    };
-                    spent += wrote;
-                    self.copied.push(new);
-                    self.copy_end = after;
-                    inc(&sh.counters.copy_forwards);
-                    sh.counters
-                        .copy_forward_bytes
-                        .fetch_add(wrote, Ordering::Relaxed);
-                    oldest_touch_age = oldest_touch_age.max(u64::from(head.wrapping_sub(hint)));
-                }
-                None => {
-                    // No room left in the head segment (uploads of the same batch took it):
-                    // the blob goes with its segment, counted like a budget cut.
-                    tracing::trace!(seq = tail, ?e.key, hint, cost, "storage: copy-forward found no room");
-                    inc(&sh.counters.copy_forward_budget_cuts);
-                }
-            }
-        }
-        if oldest_touch_age > 0 || spent > 0 {
-            sh.counters
-                .copy_forward_touch_age
-                .store(oldest_touch_age, Ordering::Relaxed);
-        }
-        if spent > 0 {
-            tracing::debug!(
-                seq = tail,
-                bytes = spent,
-                "storage: copied touched blobs forward before eviction"
-            );
-        }
-    }
-
-    /// Re-appends the blob of `e` (every part and a new manifest for a large one). The entry
-    /// is published after the batch's write succeeds. `None` if its records fail their
-    /// checks (it goes with its segment; a read drops it first) or it does not fit.
-    fn copy_entry(&mut self, e: &Entry) -> Option<Entry> {
-        let blob = self.sh.read_blob(e).ok()?;
-        self.copy_blob(e, &blob)
-    }
-
-    /// Appends `blob` (read and checked from `e`'s records) as a new record (or parts and a
-    /// manifest); the new entry, to publish after the write.
-    fn copy_blob(&mut self, e: &Entry, blob: &Blob) -> Option<Entry> {
-        if e.kind == RecordKind::Manifest {
-            let mut parts = Vec::new();
-            for ext in blob.chunks(0, u64::MAX, self.sh.cfg.part_size as usize) {
-                let (seq, off) = self.append(RecordKind::Part, &e.key, &[&ext]).ok()?;
-                parts.push(PartLoc {
-                    seq,
-                    off,
-                    len: ext.len() as u64,
-                });
-            }
-            self.manifest(&e.key, blob.len(), &parts).ok()
-        } else {
-            let b = blob.to_bytes();
-            let (seq, off) = self.append(RecordKind::Blob, &e.key, &[&b]).ok()?;
-            Some(Entry {
-                seq,
-                off,
-                span: 0,
-                ..*e
-            })
-        }
-    }
-}
-
-/// The candidates of one pass split into those to copy (log order) and those the budget cuts.
-struct Chosen {
-    copy: Vec<(Entry, u32, u64)>,
-    cut: Vec<(Entry, u32, u64)>,
-}
-
-/// Picks, from `candidates` (log order), the most recently touched first (later hint; on a
-/// tie, log order) while `budget` allows, a blob over the remaining budget skipped so smaller
-/// ones may still fit; returns the picked ones in log order.
-fn choose(candidates: Vec<(Entry, u32, u64)>, budget: u64) -> Chosen {
-    let total: u64 = candidates.iter().map(|c| c.2).sum();
-    if total <= budget {
-        return Chosen {
-            copy: candidates,
-            cut: Vec::new(),
         };
-    }
-    let mut order: Vec<usize> = (0..candidates.len()).collect();
-    // Newest hint first (wrap-around: all hints lie within the live ring behind `head`, so
-    // the one with the smaller distance to the newest is the later one).
-    let newest = candidates
-        .iter()
-        .map(|c| c.1)
-        .fold(candidates[0].1, |a, h| {
-            if h.wrapping_sub(a) < 1 << 31 { h } else { a }
+        // The ring's current limit (for copy-forward): what it holds now after a shrink, and
+        // never less than that after a roll that fit.
+        let live = new - self.state.tail + 1;
+        let limit = &sh.ring_limit;
+        if shrunk {
+            limit.store(live, Ordering::Relaxed);
+        } else if live > limit.load(Ordering::Relaxed) {
+            limit.store(live.min(n), Ordering::Relaxed);
+        }
+        self.force_roll = false;
+        self.state.head = new;
+        self.write_state()
+            .map_err(|e| self.io_err("state write", &e))?;
+        let map = match map {
+            Some(m) => m,
+            None => map_readonly(&file.file, size as usize)
+                .map_err(|e| self.io_err("segment map", &e))?,
+        };
+        let seg = Arc::new(SegMap {
+            seq: new,
+            map,
+            file,
         });
-    order.sort_by_key(|&i| (newest.wrapping_sub(candidates[i].1), i));
-    let mut take = vec![false; candidates.len()];
-    let mut spent = 0u64;
-    for i in order {
-        if spent + candidates[i].2 <= budget {
-            spent += candidates[i].2;
-            take[i] = true;
-        }
-    }
-    let (mut copy, mut cut) = (Vec::new(), Vec::new());
-    for (c, t) in candidates.into_iter().zip(take) {
-        if t { copy.push(c) } else { cut.push(c) }
-    }
-    Chosen { copy, cut }
-}
-
-/// Room kept free at the end of every segment for the late pass of copy-forward (blobs first
-/// touched after the early pass of their segment): a 64th of a segment, at least one part
-/// record, none when copy-forward is off.
-pub(super) fn copy_reserve(cfg: &crate::storage::EngineConfig) -> u64 {
-    if cfg.copy_forward {
-        (cfg.segment_size / 64).max(record_span(cfg.part_size))
-    } else {
-        0
-    }
-}
-
-/// Bytes the copy of `e` appends: its records with headers and padding (a manifest: one
-/// part record per `part_size` bytes, then the manifest record).
-fn copy_cost(e: &Entry, part_size: u64) -> u64 {
-    if e.kind == RecordKind::Manifest {
-        let parts = e.len.div_ceil(part_size.max(1));
-        let full = e.len / part_size.max(1);
-        let last = e.len % part_size.max(1);
-        full * record_span(part_size)
-            + u64::from(last > 0) * record_span(last)
-            + record_span(16 + 16 * parts)
-    } else {
-        record_span(e.len)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::storage::Key;
-
-    #[test]
-    fn copy_cost_counts_headers_and_padding() {
-        let k = Key::new(1, [0; 32]);
-        let blob = Entry {
-            key: k,
-            kind: RecordKind::Blob,
-            epoch: 0,
-            seq: 1,
-            off: 0,
-            len: 100,
-            span: 0,
-        };
-        assert_eq!(copy_cost(&blob, 1 << 20), 192);
-        let m = Entry {
-            kind: RecordKind::Manifest,
-            len: (2 << 20) + 1,
-            ..blob
-        };
-        // Two full parts, a 1-byte last part (128), a manifest of 3 parts (64 + 64).
-        assert_eq!(copy_cost(&m, 1 << 20), 2 * ((1 << 20) + 64) + 128 + 128);
-    }
-
-    #[test]
-    fn the_budget_goes_to_the_most_recently_touched() {
-        let e = |n: u8| Entry {
-            key: Key::new(1, [n; 32]),
-            kind: RecordKind::Blob,
-            epoch: 0,
-            seq: 1,
-            off: u32::from(n),
-            len: 100,
-            span: 0,
-        };
-        let keys = |v: &[(Entry, u32, u64)]| v.iter().map(|c| c.0.key.id[0]).collect::<Vec<_>>();
-        // Everything fits: all, in log order.
-        let all = vec![(e(0), 10, 100), (e(1), 12, 100), (e(2), 11, 50)];
-        let c = choose(all.clone(), 250);
-        assert_eq!((keys(&c.copy), keys(&c.cut)), (vec![0, 1, 2], vec![]));
-        // Over budget: the later hints win (12, then 11); the copies keep log order. With log
-        // order alone blob 0 (touched once, earliest) would have taken the budget first.
-        let c = choose(all.clone(), 160);
-        assert_eq!((keys(&c.copy), keys(&c.cut)), (vec![1, 2], vec![0]));
-        // A blob over the remaining budget is skipped; a smaller one still fits.
-        let c = choose(all, 150);
-        assert_eq!((keys(&c.copy), keys(&c.cut)), (vec![1, 2], vec![0]));
-        let c = choose(vec![(e(0), 5, 100), (e(1), 9, 120), (e(2), 5, 30)], 140);
-        assert_eq!((keys(&c.copy), keys(&c.cut)), (vec![1], vec![0, 2]));
-        // Ties: log order. Hints wrap: 1 is later than u32::MAX.
-        let c = choose(vec![(e(0), 7, 100), (e(1), 7, 100)], 100);
-        assert_eq!((keys(&c.copy), keys(&c.cut)), (vec![0], vec![1]));
-        let c = choose(vec![(e(0), u32::MAX, 100), (e(1), 1, 100)], 100);
-        assert_eq!((keys(&c.copy), keys(&c.cut)), (vec![1], vec![0]));
+        sh.segs.install(Arc::clone(&seg));
+        sh.head.store(new, Ordering::Release);
+        sh.head_end.store(SEGMENT_HEADER_LEN, Ordering::Release);
+        self.active = Some(Active {
+            seg,
+            pos: SEGMENT_HEADER_LEN,
+        });
+        self.copy_held(held)?;
+        // The tail is the next segment to go: keep what was used out of it.
+        self.copy_forward_tail();
+        Ok(())
     }
 }
