@@ -16,8 +16,8 @@ use crate::storage::format::PartLoc;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use crossbeam::channel::{Sender, unbounded};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
@@ -176,27 +176,22 @@ impl Engine {
         counters
             .index_slots
             .store(index.slots() as u64, Ordering::Relaxed);
-        let sh = Arc::new(Shared {
-            ring_limit: AtomicU32::new(n),
+        let sh = Arc::new(Shared::new(
             cfg,
-            index: arc_swap::ArcSwap::from_pointee(index),
-            growing: arc_swap::ArcSwapOption::empty(),
+            index,
             segs,
-            tail: AtomicU32::new(st.tail),
-            head: AtomicU32::new(st.head),
-            head_end: std::sync::atomic::AtomicU64::new(u64::MAX),
-            invalid: st.invalid.clone(),
+            (st.tail, st.head, n),
+            st.invalid.clone(),
             counters,
-            poison: OnceLock::new(),
-            io_name: io.name(),
-        });
+            io.name(),
+        ));
         let mut w = Writer::new(Arc::clone(&sh), io, state_file, st, epoch)?;
         w.open_round(rebuild)?;
         let (tx, rx) = unbounded();
         let thread = std::thread::Builder::new()
             .name("kiln-storage-io".into())
             .spawn(move || w.run(&rx))?;
-        tracing::debug!(io = sh.io_name, "storage engine open");
+        tracing::debug!(io = sh.io_name(), "storage engine open");
         Ok(Self {
             sh,
             tx: Mutex::new(Some(tx)),
@@ -231,10 +226,10 @@ impl Engine {
     /// Commits many small blobs (each at most `part_size`) in one group commit: for batch
     /// uploads. Larger blobs fall back to one `put` each.
     pub async fn put_many(&self, items: Vec<(Key, Bytes)>) -> Result<(), StorageError> {
-        let part = self.sh.cfg.part_size;
+        let part = self.sh.cfg().part_size;
         let (small, large): (Vec<_>, Vec<_>) =
             items.into_iter().partition(|(_, b)| b.len() as u64 <= part);
-        if let Some(m) = self.sh.poison.get() {
+        if let Some(m) = self.sh.poison().get() {
             return Err(StorageError::Poisoned(m.clone()));
         }
         if !small.is_empty() {
@@ -252,31 +247,28 @@ impl Engine {
 
     /// Counters for metrics, plus ring occupancy.
     pub fn stats(&self) -> StorageStats {
-        let mut s = self.sh.counters.snapshot(self.sh.io_name);
-        let (t, h) = (
-            self.sh.tail.load(Ordering::Acquire),
-            self.sh.head.load(Ordering::Acquire),
-        );
+        let mut s = self.sh.counters().snapshot(self.sh.io_name());
+        let (t, h) = (self.sh.tail(), self.sh.head());
         s.segments = u64::from(h.saturating_sub(t) + u32::from(h >= t));
-        s.bytes_used = s.segments * self.sh.cfg.segment_size;
-        s.index_max_slots = self.sh.cfg.effective_index_max_slots().max(s.index_slots);
-        s.index_growing = self.sh.growing.load().is_some();
+        s.bytes_used = s.segments * self.sh.cfg().segment_size;
+        s.index_max_slots = self.sh.cfg().effective_index_max_slots().max(s.index_slots);
+        s.index_growing = self.sh.growing().is_some();
         s
     }
 
     /// Live index entries, by scanning the whole index (slow; for `kiln status`).
     pub fn count_entries(&self) -> u64 {
-        self.sh.index.load().count(|e| self.sh.valid(e))
+        self.sh.index().count(|e| self.sh.valid(e))
     }
 
     /// Name of the I/O engine in use ("io_uring", "psync", "fault").
     pub fn io_engine(&self) -> &'static str {
-        self.sh.io_name
+        self.sh.io_name()
     }
 
     /// The configuration the engine runs with.
     pub fn config(&self) -> &EngineConfig {
-        &self.sh.cfg
+        self.sh.cfg()
     }
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {
@@ -339,7 +331,7 @@ impl Store for Engine {
         // Slots of a large index are cache (and TLB) misses: start loading the slot of a key
         // a few lookups ahead, so the misses overlap instead of queueing one after another.
         const AHEAD: usize = 8;
-        let index = self.sh.index.load();
+        let index = self.sh.index();
         for k in keys.iter().take(AHEAD) {
             index.prefetch(k);
         }
@@ -359,14 +351,14 @@ impl Store for Engine {
     }
 
     async fn begin_write(&self, key: Key, len: u64) -> Result<Box<dyn BlobWriter>, StorageError> {
-        let max = self.sh.cfg.max_blob_size;
+        let max = self.sh.cfg().max_blob_size;
         if len > max {
             return Err(StorageError::TooLarge { len, max });
         }
-        if let Some(m) = self.sh.poison.get() {
+        if let Some(m) = self.sh.poison().get() {
             return Err(StorageError::Poisoned(m.clone()));
         }
-        let part = self.sh.cfg.part_size;
+        let part = self.sh.cfg().part_size;
         Ok(Box::new(EngineWriter {
             tx: self.sender()?,
             key,
@@ -379,7 +371,7 @@ impl Store for Engine {
     }
 
     fn max_blob_size(&self) -> u64 {
-        self.sh.cfg.max_blob_size
+        self.sh.cfg().max_blob_size
     }
 }
 

@@ -21,32 +21,152 @@ pub(crate) enum Miss {
     Corrupt,
 }
 
+/// The state readers share with the writer. Contract: readers see an index entry only after
+/// its records are written (the writer publishes last), and treat an entry as servable only
+/// while [`Shared::valid`] holds; `tail`, `head` and the index table are changed only by the
+/// writer thread, through the setters below (Release), and read anywhere (Acquire).
 pub(crate) struct Shared {
-    pub cfg: EngineConfig,
+    cfg: EngineConfig,
     /// The index in force. Replaced whole when the writer grows it (readers that loaded the
     /// old one finish on it; its file lives until the last of them drops it). Load it once
     /// per operation: a slot number is only meaningful in the table it came from.
-    pub index: ArcSwap<Index>,
+    index: ArcSwap<Index>,
     /// The larger table being filled while the index grows: lookups that miss in `index`
     /// look here too (the writer puts every new entry, and every entry it pushes out of
     /// `index`, into both while the copy runs).
-    pub growing: arc_swap::ArcSwapOption<Index>,
-    pub segs: Segments,
+    growing: arc_swap::ArcSwapOption<Index>,
+    segs: Segments,
     /// Oldest live segment. Written by the writer (Release), read anywhere (Acquire).
-    pub tail: AtomicU32,
+    tail: AtomicU32,
     /// Newest segment. Written by the writer (Release) after the segment is installed.
-    pub head: AtomicU32,
+    head: AtomicU32,
     /// End of the written area of the head segment (for verify). Writer: Release.
-    pub head_end: AtomicU64,
+    head_end: AtomicU64,
     /// Epoch ranges lost in earlier crashes; fixed for the life of the process.
-    pub invalid: Vec<InvalidRange>,
+    invalid: Vec<InvalidRange>,
     /// Segments the ring holds at most right now: the ring size, or fewer after the file
     /// system filled up first (ENOSPC evictions shrink it; rolls that fit grow it back).
     /// Written and read by the writer (copy-forward follows the shrunk ring).
-    pub ring_limit: AtomicU32,
-    pub counters: Counters,
-    pub poison: OnceLock<String>,
-    pub io_name: &'static str,
+    ring_limit: AtomicU32,
+    counters: Counters,
+    poison: OnceLock<String>,
+    io_name: &'static str,
+}
+
+impl Shared {
+    /// The shared state of an engine opened with `cfg` at ring position `tail..=head`.
+    pub fn new(
+        cfg: EngineConfig,
+        index: Index,
+        segs: Segments,
+        (tail, head, ring_limit): (u32, u32, u32),
+        invalid: Vec<InvalidRange>,
+        counters: Counters,
+        io_name: &'static str,
+    ) -> Self {
+        Self {
+            cfg,
+            index: ArcSwap::from_pointee(index),
+            growing: arc_swap::ArcSwapOption::empty(),
+            segs,
+            tail: AtomicU32::new(tail),
+            head: AtomicU32::new(head),
+            head_end: AtomicU64::new(u64::MAX),
+            invalid,
+            ring_limit: AtomicU32::new(ring_limit),
+            counters,
+            poison: OnceLock::new(),
+            io_name,
+        }
+    }
+
+    pub fn cfg(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The segment table (mappings by seq).
+    pub fn segs(&self) -> &Segments {
+        &self.segs
+    }
+
+    /// The index in force (load it once per operation: a slot number means something only in
+    /// the table it came from).
+    pub fn index(&self) -> arc_swap::Guard<std::sync::Arc<Index>> {
+        self.index.load()
+    }
+
+    pub fn index_full(&self) -> std::sync::Arc<Index> {
+        self.index.load_full()
+    }
+
+    /// Writer only: switches readers to a grown table.
+    pub fn set_index(&self, index: std::sync::Arc<Index>) {
+        self.index.store(index);
+    }
+
+    /// The table being filled while the index grows, if any.
+    pub fn growing(&self) -> Option<std::sync::Arc<Index>> {
+        self.growing.load_full()
+    }
+
+    /// Writer only: starts or ends a growth.
+    pub fn set_growing(&self, index: Option<std::sync::Arc<Index>>) {
+        self.growing.store(index);
+    }
+
+    /// Oldest live segment.
+    pub fn tail(&self) -> u32 {
+        self.tail.load(Ordering::Acquire)
+    }
+
+    /// Writer only: the ring's new oldest segment (after the state naming it is durable).
+    pub fn set_tail(&self, tail: u32) {
+        self.tail.store(tail, Ordering::Release);
+    }
+
+    /// Newest segment.
+    pub fn head(&self) -> u32 {
+        self.head.load(Ordering::Acquire)
+    }
+
+    /// Writer only: a new head segment, installed in `segs` first.
+    pub fn set_head(&self, head: u32) {
+        self.head.store(head, Ordering::Release);
+    }
+
+    /// End of the written area of the head segment (for verify).
+    pub fn head_end(&self) -> u64 {
+        self.head_end.load(Ordering::Acquire)
+    }
+
+    /// Writer only.
+    pub fn set_head_end(&self, end: u64) {
+        self.head_end.store(end, Ordering::Release);
+    }
+
+    /// Segments the ring holds at most right now (fewer after a full disk shrank it).
+    pub fn ring_limit(&self) -> u32 {
+        self.ring_limit.load(Ordering::Relaxed)
+    }
+
+    /// Writer only.
+    pub fn set_ring_limit(&self, limit: u32) {
+        self.ring_limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// Set once when a write failure leaves the engine unable to go on safely.
+    pub fn poison(&self) -> &OnceLock<String> {
+        &self.poison
+    }
+
+    /// Which I/O engine the writer uses (for logs and metrics).
+    pub fn io_name(&self) -> &'static str {
+        self.io_name
+    }
 }
 
 impl Shared {

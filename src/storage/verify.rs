@@ -14,7 +14,6 @@ use super::read::Shared;
 use super::stats::inc;
 use super::{Blob, Key};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
 
 /// Damaged places remembered by position for the index pass; beyond this many the index pass
 /// checks every entry's payloads itself (slower, same result).
@@ -134,7 +133,7 @@ impl Engine {
             }
         }
         if rep.dropped_entries > 0
-            && let Err(e) = sh.index.load().file().file.sync_data()
+            && let Err(e) = sh.index().file().file.sync_data()
         {
             tracing::warn!(error = %e, "verify: could not sync the index after dropping entries");
         }
@@ -149,10 +148,7 @@ fn walk_records(
     mut progress: impl FnMut(&VerifyProgress),
     check: Option<BlobCheck<'_>>,
 ) -> Walk {
-    let (tail, head) = (
-        sh.tail.load(Ordering::Acquire),
-        sh.head.load(Ordering::Acquire),
-    );
+    let (tail, head) = (sh.tail(), sh.head());
     let mut walk = Walk::default();
     let mut prog = VerifyProgress {
         segments_total: if head >= tail { head - tail + 1 } else { 0 },
@@ -160,13 +156,11 @@ fn walk_records(
     };
     let mut next_report = 64u64 << 20;
     for seq in tail..=head {
-        let Some(seg) = sh.segs.get(seq) else {
+        let Some(seg) = sh.segs().get(seq) else {
             continue;
         };
         let end = if seq == head {
-            sh.head_end
-                .load(Ordering::Acquire)
-                .min(seg.map.len() as u64)
+            sh.head_end().min(seg.map.len() as u64)
         } else {
             seg.map.len() as u64
         };
@@ -186,7 +180,7 @@ fn walk_records(
                         };
                         walk.damaged(rep, d, false);
                     }
-                    inc(&sh.counters.record_reads);
+                    inc(&sh.counters().record_reads);
                     let p = at + RECORD_HEADER_LEN;
                     let payload = &seg.map[p..p + h.len as usize];
                     let span = format::record_span(h.len);
@@ -260,7 +254,7 @@ fn walk_records(
 fn check_index(sh: &Shared, walk: &Walk, rep: &mut VerifyReport) -> HashMap<u32, u64> {
     let mut last_ref: HashMap<u32, u64> = HashMap::new();
     let mut refs = Vec::new();
-    let index = sh.index.load();
+    let index = sh.index();
     index.scan(|slot, version, e| {
         if e.seq == 0 || !sh.valid(e) {
             return;
@@ -339,7 +333,7 @@ fn record_ok(
 ) -> Option<bytes::Bytes> {
     let start = u64::from(off) * ALIGN;
     refs.push((seq, start + RECORD_HEADER_LEN as u64));
-    let seg = sh.segs.get(seq)?;
+    let seg = sh.segs().get(seq)?;
     let h = RecordHeader::decode(seg.map.get(start as usize..)?, seq).ok()?;
     if h.kind != kind || h.key != *key || len.is_some_and(|l| l != h.len) {
         return None;

@@ -75,14 +75,23 @@ struct Run {
     buf: BytesMut,
 }
 
+/// The I/O thread's state. Contract: the only writer of segment files, the state file and
+/// index entries; everything it lays out is written before it is published, and published
+/// before it is acknowledged (after a sync round in `Fdatasync` mode). Its fields belong to
+/// the parts named in `storage/mod.rs`: `sh` to the read path (shared with readers), `io`,
+/// `active`, `run`, `ops`, `dirty`, `hole`, `pinned` and `force_roll` to appending
+/// (`append.rs`), `state`, `epoch`, `state_file`, `unsynced`, `last_round`, `syncer`,
+/// `in_flight`, `waiters`, `since_checkpoint`, `last_checkpoint` and `pending_clear` to group
+/// commit (`rounds.rs`), `copied`, `copy_end` and `copying` to copy-forward, `growth` to index
+/// growth. Private to the `writer` module and its parts.
 // Four independent flags of the I/O thread's state machine; an enum would not be clearer.
 #[allow(clippy::struct_excessive_bools)]
 pub(crate) struct Writer {
-    pub sh: Arc<Shared>,
-    pub io: Box<dyn IoEngine>,
-    pub state_file: Arc<IoFile>,
-    pub state: State,
-    pub epoch: u64,
+    sh: Arc<Shared>,
+    io: Box<dyn IoEngine>,
+    state_file: Arc<IoFile>,
+    state: State,
+    epoch: u64,
     active: Option<Active>,
     run: Option<Run>,
     ops: Vec<WriteOp>,
@@ -204,14 +213,14 @@ impl Writer {
 
     fn poisoned(&self) -> Option<StorageError> {
         self.sh
-            .poison
+            .poison()
             .get()
             .map(|m| StorageError::Poisoned(m.clone()))
     }
 
     fn poison(&self, what: &str, e: &io::Error) -> StorageError {
         let msg = format!("{what}: {e}");
-        if self.sh.poison.set(msg.clone()).is_ok() {
+        if self.sh.poison().set(msg.clone()).is_ok() {
             tracing::error!(error = %e, "storage: I/O error during {what}; all further writes are refused until restart (reads go on)");
         }
         StorageError::Poisoned(msg)
@@ -221,7 +230,7 @@ impl Writer {
         // Whatever was laid out and not written is a hole (other errors poison the store).
         self.hole = true;
         if is_enospc(e) {
-            inc(&self.sh.counters.full_errors);
+            inc(&self.sh.counters().full_errors);
             StorageError::Full(format!("{what}: {e}"))
         } else {
             self.poison(what, e)
@@ -262,7 +271,7 @@ impl Writer {
                 }
                 bytes += req_bytes(&r);
                 batch.push(r);
-                if bytes < self.sh.cfg.max_batch_bytes && batch.len() < 256 {
+                if bytes < self.sh.cfg().max_batch_bytes && batch.len() < 256 {
                     next = rx.try_recv().ok();
                 }
             }
@@ -340,7 +349,7 @@ impl Writer {
             }
         }
         // Answer what is done; commits in `Fdatasync` mode and syncs wait for a round.
-        let fdatasync = self.sh.cfg.durability == Durability::Fdatasync;
+        let fdatasync = self.sh.cfg().durability == Durability::Fdatasync;
         for d in done {
             match (d, &wrote) {
                 (Done::Part(reply, res), Ok(())) => {
@@ -371,7 +380,7 @@ impl Writer {
             ..*e
         };
         let sh = Arc::clone(&self.sh);
-        let index = sh.index.load();
+        let index = sh.index();
         let r = index.insert(&e, |x| sh.valid(x));
         // An entry pushed out keeps its touch hint where it goes.
         let displaced = r.displaced.map(|d| (d, index.hint(r.slot)));
@@ -379,11 +388,11 @@ impl Writer {
             && let Some(d) = displaced
             && !self.grow_for_displaced(&d)
         {
-            crate::storage::stats::lost_entry(&sh.counters, &d.0);
+            crate::storage::stats::lost_entry(&sh.counters(), &d.0);
         }
         // A new entry in the slot: "touched since written" starts afresh.
         index.clear_hint(r.slot);
-        inc(&sh.counters.entries_published);
+        inc(&sh.counters().entries_published);
         self.pending_clear.extend(r.superseded);
         self.unsynced = true;
         self.grow_check_in_batch();

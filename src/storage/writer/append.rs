@@ -28,12 +28,12 @@ impl Writer {
         match self.io.write_batch(&ops) {
             Ok(()) => {
                 self.sh
-                    .counters
+                    .counters()
                     .bytes_written
                     .fetch_add(n, Ordering::Relaxed);
                 self.since_checkpoint += n;
                 if let Some(a) = &self.active {
-                    self.sh.head_end.store(a.pos, Ordering::Release);
+                    self.sh.set_head_end(a.pos);
                 }
                 self.unsynced = true;
                 Ok(())
@@ -106,8 +106,8 @@ impl Writer {
         parts: &[PartLoc],
     ) -> Result<Entry, StorageError> {
         let oldest = parts.iter().map(|p| p.seq).min().unwrap_or(u32::MAX);
-        if oldest < self.sh.tail.load(Ordering::Acquire) {
-            inc(&self.sh.counters.full_errors);
+        if oldest < self.sh.tail() {
+            inc(&self.sh.counters().full_errors);
             return Err(StorageError::Full(
                 "parts of this upload were evicted before commit; capacity too small for the load"
                     .into(),
@@ -129,9 +129,9 @@ impl Writer {
         let span = format::record_span(len);
         // Uploads leave the segment's last `copy_reserve` bytes to the late copy-forward pass.
         let seg_size = if self.copying {
-            self.sh.cfg.segment_size
+            self.sh.cfg().segment_size
         } else {
-            self.sh.cfg.segment_size - super::copy_forward::copy_reserve(&self.sh.cfg)
+            self.sh.cfg().segment_size - super::copy_forward::copy_reserve(self.sh.cfg())
         };
         if self.force_roll || self.active.as_ref().is_none_or(|a| a.pos + span > seg_size) {
             if self.copying {
@@ -143,7 +143,7 @@ impl Writer {
             // The copies a roll lays out at the start of the new segment (at most two budgets
             // of half a segment each, after a restart) may leave too little room for this
             // record: roll once more (that roll's copies are at most one budget).
-            let full = self.sh.cfg.segment_size;
+            let full = self.sh.cfg().segment_size;
             if self.active.as_ref().is_some_and(|a| a.pos + span > full) {
                 self.roll()?;
             }
@@ -171,14 +171,14 @@ impl Writer {
             || self
                 .run
                 .as_ref()
-                .is_some_and(|r| r.buf.len() as u64 >= self.sh.cfg.max_batch_bytes)
+                .is_some_and(|r| r.buf.len() as u64 >= self.sh.cfg().max_batch_bytes)
         {
             self.end_run();
             let file = Arc::clone(&self.active.as_ref().expect("active").seg.file);
             self.run = Some(Run {
                 file,
                 offset: pos,
-                buf: BytesMut::with_capacity(span.max(self.sh.cfg.max_batch_bytes) as usize),
+                buf: BytesMut::with_capacity(span.max(self.sh.cfg().max_batch_bytes) as usize),
             });
         }
         let run = self.run.as_mut().expect("run");

@@ -54,11 +54,11 @@ impl Writer {
     pub(super) fn copy_forward_tail(&mut self) {
         let sh = Arc::clone(&self.sh);
         let (head, tail) = (self.state.head, self.state.tail);
-        let limit = sh.ring_limit.load(Ordering::Relaxed);
+        let limit = sh.ring_limit();
         if tail >= head || head - tail + 1 < limit {
             return;
         }
-        let budget = sh.cfg.effective_copy_forward_budget();
+        let budget = sh.cfg().effective_copy_forward_budget();
         self.copy_forward_from(tail, budget, None);
     }
 
@@ -75,7 +75,7 @@ impl Writer {
         let room = self
             .active
             .as_ref()
-            .map_or(0, |a| self.sh.cfg.segment_size.saturating_sub(a.pos));
+            .map_or(0, |a| self.sh.cfg().segment_size.saturating_sub(a.pos));
         self.copy_forward_from(victim, room.max(1), None);
     }
 
@@ -89,7 +89,7 @@ impl Writer {
     /// missing and are uploaded again; nothing is served wrong).
     pub(super) fn hold_for_copy(&mut self, victim: u32) -> Vec<(Entry, Blob, u32)> {
         let mut held = Vec::new();
-        let budget = self.sh.cfg.effective_copy_forward_budget();
+        let budget = self.sh.cfg().effective_copy_forward_budget();
         self.copy_forward_from(victim, budget, Some(&mut held));
         held
     }
@@ -110,12 +110,12 @@ impl Writer {
                     let after = self.position();
                     self.copied.push(new);
                     self.copy_end = after;
-                    inc(&sh.counters.copy_forwards);
-                    sh.counters
+                    inc(&sh.counters().copy_forwards);
+                    sh.counters()
                         .copy_forward_bytes
                         .fetch_add(after.off.saturating_sub(before.off), Ordering::Relaxed);
                 }
-                None => inc(&sh.counters.copy_forward_budget_cuts),
+                None => inc(&sh.counters().copy_forward_budget_cuts),
             }
         }
         self.copies_durable()
@@ -134,21 +134,21 @@ impl Writer {
         let sh = Arc::clone(&self.sh);
         let head = self.state.head;
         let tail = victim;
-        let limit = sh.ring_limit.load(Ordering::Relaxed);
-        if budget == 0 || !sh.cfg.copy_forward || tail >= head || self.poisoned().is_some() {
+        let limit = sh.ring_limit();
+        if budget == 0 || !sh.cfg().copy_forward || tail >= head || self.poisoned().is_some() {
             return;
         }
         // A shrunk ring (full disk) scales the horizon with it.
-        let n = sh.segs.len();
+        let n = sh.segs().len();
         let horizon = if limit < n {
-            (sh.cfg.effective_copy_forward_horizon() * limit / n).max(1)
+            (sh.cfg().effective_copy_forward_horizon() * limit / n).max(1)
         } else {
-            sh.cfg.effective_copy_forward_horizon()
+            sh.cfg().effective_copy_forward_horizon()
         };
-        let Some(seg) = sh.segs.get(tail) else {
+        let Some(seg) = sh.segs().get(tail) else {
             return;
         };
-        let size = sh.cfg.segment_size;
+        let size = sh.cfg().segment_size;
         let mut seen = HashSet::new();
         // Touched within the horizon, in log order: (entry, hint, cost). At most one per
         // record of the segment, like `seen`.
@@ -178,7 +178,7 @@ impl Writer {
             if !within_horizon(hint, head, e.oldest_seq(), horizon) {
                 continue;
             }
-            candidates.push((e, hint, copy_cost(&e, sh.cfg.part_size)));
+            candidates.push((e, hint, copy_cost(&e, sh.cfg().part_size)));
         }
         // When the budget cannot take them all, the most recently touched go first (a blob
         // used again since is worth more than one touched once by a scan, which may have
@@ -186,7 +186,7 @@ impl Writer {
         let chosen = choose(candidates, budget);
         for &(e, hint, cost) in &chosen.cut {
             tracing::trace!(seq = tail, ?e.key, hint, cost, "storage: copy-forward budget cut");
-            inc(&sh.counters.copy_forward_budget_cuts);
+            inc(&sh.counters().copy_forward_budget_cuts);
         }
         for (e, hint, cost) in chosen.copy {
             if let Some(held) = hold.as_deref_mut() {
@@ -212,8 +212,8 @@ impl Writer {
                     spent += wrote;
                     self.copied.push(new);
                     self.copy_end = after;
-                    inc(&sh.counters.copy_forwards);
-                    sh.counters
+                    inc(&sh.counters().copy_forwards);
+                    sh.counters()
                         .copy_forward_bytes
                         .fetch_add(wrote, Ordering::Relaxed);
                     oldest_touch_age = oldest_touch_age.max(u64::from(head.wrapping_sub(hint)));
@@ -222,12 +222,12 @@ impl Writer {
                     // No room left in the head segment (uploads of the same batch took it):
                     // the blob goes with its segment, counted like a budget cut.
                     tracing::trace!(seq = tail, ?e.key, hint, cost, "storage: copy-forward found no room");
-                    inc(&sh.counters.copy_forward_budget_cuts);
+                    inc(&sh.counters().copy_forward_budget_cuts);
                 }
             }
         }
         if oldest_touch_age > 0 || spent > 0 {
-            sh.counters
+            sh.counters()
                 .copy_forward_touch_age
                 .store(oldest_touch_age, Ordering::Relaxed);
         }
@@ -253,7 +253,7 @@ impl Writer {
     fn copy_blob(&mut self, e: &Entry, blob: &Blob) -> Option<Entry> {
         if e.kind == RecordKind::Manifest {
             let mut parts = Vec::new();
-            for ext in blob.chunks(0, u64::MAX, self.sh.cfg.part_size as usize) {
+            for ext in blob.chunks(0, u64::MAX, self.sh.cfg().part_size as usize) {
                 let (seq, off) = self.append(RecordKind::Part, &e.key, &[&ext]).ok()?;
                 parts.push(PartLoc {
                     seq,

@@ -16,7 +16,6 @@ use crate::storage::sys::mmap::map_readonly;
 use crate::storage::sys::{IoFile, WriteOp};
 use bytes::BytesMut;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 /// A segment file ready for records, with its old mapping when the file was reused in place.
 type NewSegment = (Arc<IoFile>, Option<memmap2::Mmap>);
@@ -29,8 +28,8 @@ impl Writer {
         new: u32,
         reused: Option<Result<SegMap, Arc<SegMap>>>,
     ) -> Result<NewSegment, (&'static str, std::io::Error)> {
-        let path = self.sh.segs.path(new);
-        let size = self.sh.cfg.segment_size;
+        let path = self.sh.segs().path(new);
+        let size = self.sh.cfg().segment_size;
         let (file, map) = match reused {
             Some(Ok(old)) => (old.file, Some(old.map)),
             other => {
@@ -81,19 +80,19 @@ impl Writer {
         self.copy_forward_late(tail);
         self.copies_durable()?;
         self.state.tail = tail + 1;
-        sh.tail.store(tail + 1, Ordering::Release);
-        let old = sh.segs.take_slot(tail);
+        sh.set_tail(tail + 1);
+        let old = sh.segs().take_slot(tail);
         self.write_state()
             .map_err(|e| self.io_err("state write", &e))?;
         let freed = old.is_none_or(|m| Arc::try_unwrap(m).is_ok());
         // Readers still holding views keep the inode (and its blocks) until they finish.
-        if let Err(e) = std::fs::remove_file(sh.segs.path(tail))
+        if let Err(e) = std::fs::remove_file(sh.segs().path(tail))
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(error = %e, seq = tail, "storage: cannot remove an evicted segment file");
         }
-        inc(&sh.counters.evictions);
-        inc(&sh.counters.enospc_evictions);
+        inc(&sh.counters().evictions);
+        inc(&sh.counters().enospc_evictions);
         tracing::warn!(
             seq = tail,
             live_segments = self.state.head - self.state.tail + 1,
@@ -111,7 +110,7 @@ impl Writer {
         // Pending bytes of the old segment must reach the disk before its file may change.
         self.end_run();
         let sh = Arc::clone(&self.sh);
-        let n = sh.segs.len();
+        let n = sh.segs().len();
         let new = self.state.head + 1;
         let mut reused: Option<Arc<SegMap>> = None;
         let mut held = Vec::new();
@@ -127,15 +126,15 @@ impl Writer {
             self.copies_durable()?;
             // Ring full: drop the oldest segment (it shares the file slot with `new`).
             self.state.tail = new - n + 1;
-            sh.tail.store(self.state.tail, Ordering::Release);
-            reused = sh.segs.take_slot(new);
-            inc(&sh.counters.evictions);
+            sh.set_tail(self.state.tail);
+            reused = sh.segs().take_slot(new);
+            inc(&sh.counters().evictions);
             // Earlier ops may target the evicted file: write them first.
             self.flush_ops()?;
             self.write_state()
                 .map_err(|e| self.io_err("state write", &e))?;
         }
-        let size = sh.cfg.segment_size;
+        let size = sh.cfg().segment_size;
         let mut reused = reused.map(Arc::try_unwrap);
         // A full file system: evict our own oldest segments until the new one fits (the ring
         // shrinks to what the disk holds, and grows back on later rolls once space is free).
@@ -161,11 +160,10 @@ impl Writer {
         // The ring's current limit (for copy-forward): what it holds now after a shrink, and
         // never less than that after a roll that fit.
         let live = new - self.state.tail + 1;
-        let limit = &sh.ring_limit;
         if shrunk {
-            limit.store(live, Ordering::Relaxed);
-        } else if live > limit.load(Ordering::Relaxed) {
-            limit.store(live.min(n), Ordering::Relaxed);
+            sh.set_ring_limit(live);
+        } else if live > sh.ring_limit() {
+            sh.set_ring_limit(live.min(n));
         }
         self.force_roll = false;
         self.state.head = new;
@@ -181,9 +179,9 @@ impl Writer {
             map,
             file,
         });
-        sh.segs.install(Arc::clone(&seg));
-        sh.head.store(new, Ordering::Release);
-        sh.head_end.store(SEGMENT_HEADER_LEN, Ordering::Release);
+        sh.segs().install(Arc::clone(&seg));
+        sh.set_head(new);
+        sh.set_head_end(SEGMENT_HEADER_LEN);
         self.active = Some(Active {
             seg,
             pos: SEGMENT_HEADER_LEN,

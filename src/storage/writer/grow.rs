@@ -59,7 +59,7 @@ struct Job {
 
 impl Writer {
     fn grow_path(&self) -> PathBuf {
-        self.sh.cfg.dir.join("index.grow")
+        self.sh.cfg().dir.join("index.grow")
     }
 
     /// Publishes between load checks: a small share of the table, so the load cannot pass
@@ -73,8 +73,8 @@ impl Writer {
     /// before the average load does) and the entry goes into the new table, where lookups
     /// find it until the switch. False if it is lost (the index cannot grow).
     pub(super) fn grow_for_displaced(&mut self, (displaced, hint): &(Entry, u32)) -> bool {
-        let index = self.sh.index.load_full();
-        let max = self.sh.cfg.effective_index_max_slots() as usize;
+        let index = self.sh.index_full();
+        let max = self.sh.cfg().effective_index_max_slots() as usize;
         if index.slots() * 2 > max || !self.may_grow() {
             return false;
         }
@@ -118,13 +118,13 @@ impl Writer {
         let r = job.new.insert(e, |y| sh.valid(y));
         job.new.clear_hint(r.slot);
         if let Some(x) = &r.displaced {
-            crate::storage::stats::lost_entry(&sh.counters, x);
+            crate::storage::stats::lost_entry(&sh.counters(), x);
         }
         if let Some((d, hint)) = displaced {
             let r = job.new.insert(d, |y| sh.valid(y));
             job.new.set_hint(r.slot, *hint);
             if let Some(x) = &r.displaced {
-                crate::storage::stats::lost_entry(&sh.counters, x);
+                crate::storage::stats::lost_entry(&sh.counters(), x);
             }
         }
         true
@@ -144,13 +144,13 @@ impl Writer {
                 // check can grow it in turn.
                 self.growth.since_check = 0;
                 let new = Arc::clone(&job.new);
-                if self.sample(&new) >= self.sh.cfg.index_grow_load {
+                if self.sample(&new) >= self.sh.cfg().index_grow_load {
                     self.finish_growth();
                 }
             }
             return;
         }
-        let index = self.sh.index.load_full();
+        let index = self.sh.index_full();
         let slots = index.slots();
         if self.growth.disabled
             || self.growth.since_check < Self::check_every(slots).max(self.growth.backoff)
@@ -161,11 +161,11 @@ impl Writer {
         self.growth.backoff = 0;
         let load = self.sample(&index);
         self.sh
-            .counters
+            .counters()
             .index_load_permille
             .store((load * 1000.0) as u64, Ordering::Relaxed);
-        let max = self.sh.cfg.effective_index_max_slots() as usize;
-        if load < self.sh.cfg.index_grow_load || slots * 2 > max {
+        let max = self.sh.cfg().effective_index_max_slots() as usize;
+        if load < self.sh.cfg().index_grow_load || slots * 2 > max {
             return;
         }
         self.start_growth(&index, self.target_slots(slots, load));
@@ -178,7 +178,7 @@ impl Writer {
     pub(super) fn grow_check_in_batch(&mut self) {
         let slots = match &self.growth.job {
             Some(job) => job.new.slots(),
-            None => self.sh.index.load().slots(),
+            None => self.sh.index().slots(),
         };
         if self.growth.since_check >= Self::check_every(slots) {
             self.grow_tick();
@@ -198,8 +198,8 @@ impl Writer {
     /// threshold in the new table and what is published while the copy runs has room; at
     /// most the maximum.
     fn target_slots(&self, slots: usize, load: f64) -> usize {
-        let max = self.sh.cfg.effective_index_max_slots() as usize;
-        let goal = self.sh.cfg.index_grow_load * 0.6;
+        let max = self.sh.cfg().effective_index_max_slots() as usize;
+        let goal = self.sh.cfg().index_grow_load * 0.6;
         let mut to = slots * 2;
         while load * slots as f64 > goal * to as f64 && to * 2 <= max {
             to *= 2;
@@ -209,11 +209,11 @@ impl Writer {
 
     fn start_growth(&mut self, old: &Arc<Index>, to: usize) {
         let path = self.grow_path();
-        let probe = self.sh.cfg.probe_limit as usize;
+        let probe = self.sh.cfg().probe_limit as usize;
         let new = match Index::create(&path, to, probe) {
             Ok(ix) => Arc::new(ix),
             Err(e) => {
-                inc(&self.sh.counters.index_grow_failures);
+                inc(&self.sh.counters().index_grow_failures);
                 tracing::warn!(
                     error = %e,
                     slots = to,
@@ -232,17 +232,17 @@ impl Writer {
         );
         // The directory entry is made durable first: after any crash, an `index.grow` at open
         // says the current index may lack entries pushed out of it during the growth.
-        if let Err(e) = std::fs::File::open(&self.sh.cfg.dir).and_then(|d| d.sync_all()) {
+        if let Err(e) = std::fs::File::open(&self.sh.cfg().dir).and_then(|d| d.sync_all()) {
             tracing::warn!(error = %e, "storage: cannot sync the data directory; not growing the index");
             drop(new);
             remove_grow_files(&path);
-            inc(&self.sh.counters.index_grow_failures);
+            inc(&self.sh.counters().index_grow_failures);
             self.growth.backoff = Self::check_every(old.slots()) * 16;
             return;
         }
-        self.sh.growing.store(Some(Arc::clone(&new)));
+        self.sh.set_growing(Some(Arc::clone(&new)));
         let (sh, src, dst) = (Arc::clone(&self.sh), Arc::clone(old), Arc::clone(&new));
-        let delay = self.sh.cfg.grow_copy_delay;
+        let delay = self.sh.cfg().grow_copy_delay;
         let spawned = std::thread::Builder::new()
             .name("kiln-index-grow".into())
             .spawn(move || {
@@ -263,10 +263,10 @@ impl Writer {
                         }
                     },
                 );
-                sh.counters
+                sh.counters()
                     .index_displaced
                     .fetch_add(copied.lost, Ordering::Relaxed);
-                sh.counters
+                sh.counters()
                     .index_displaced_bytes
                     .fetch_add(copied.lost_bytes, Ordering::Relaxed);
                 // The bulk of the new table's pages are written back here, off the I/O
@@ -285,8 +285,8 @@ impl Writer {
                 });
             }
             Err(e) => {
-                self.sh.growing.store(None);
-                inc(&self.sh.counters.index_grow_failures);
+                self.sh.set_growing(None);
+                inc(&self.sh.counters().index_grow_failures);
                 tracing::warn!(error = %e, "storage: cannot start the index growth thread");
                 remove_grow_files(&path);
                 self.growth.backoff = Self::check_every(old.slots()) * 16;
@@ -313,9 +313,9 @@ impl Writer {
                 // Entries pushed out meanwhile are only in the half-filled table: its file
                 // stays, growth stops until restart, and the next start rebuilds the index
                 // from the segment records.
-                self.sh.growing.store(None);
+                self.sh.set_growing(None);
                 self.growth.disabled = true;
-                inc(&self.sh.counters.index_grow_failures);
+                inc(&self.sh.counters().index_grow_failures);
                 tracing::error!(
                     "storage: the index growth thread panicked; some entries may read as missing until the next start rebuilds the index"
                 );
@@ -327,7 +327,7 @@ impl Writer {
         // table). What they would have cleared stays as older duplicates; see the module docs.
         let _ = self.join_round();
         self.pending_clear.clear();
-        let index_path = self.sh.cfg.dir.join("index");
+        let index_path = self.sh.cfg().dir.join("index");
         let new = job.new;
         // The fdatasync before the rename makes the new table durable first; the rename goes
         // through the I/O engine, so the fault engine's crash model knows the file by its new
@@ -350,7 +350,7 @@ impl Writer {
                 // Served from memory under `index.grow`, which therefore must not be replaced:
                 // no more growth until restart, and the next start rebuilds.
                 self.growth.disabled = true;
-                inc(&self.sh.counters.index_grow_failures);
+                inc(&self.sh.counters().index_grow_failures);
                 tracing::error!(
                     error = %e,
                     "storage: could not put the larger index in place; serving it from memory, no more growth until restart, and the next start rebuilds the index"
@@ -358,13 +358,13 @@ impl Writer {
             }
         }
         let to = new.slots();
-        self.sh.index.store(new);
-        self.sh.growing.store(None);
+        self.sh.set_index(new);
+        self.sh.set_growing(None);
         self.sh
-            .counters
+            .counters()
             .index_slots
             .store(to as u64, Ordering::Relaxed);
-        inc(&self.sh.counters.index_growths);
+        inc(&self.sh.counters().index_growths);
         tracing::info!(
             from = job.from,
             to,

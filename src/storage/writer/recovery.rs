@@ -34,7 +34,7 @@ impl Writer {
         let (records, bytes) = self.replay(rebuild);
         let ms = started.elapsed().as_millis() as u64;
         if rebuild {
-            inc(&self.sh.counters.index_rebuilds);
+            inc(&self.sh.counters().index_rebuilds);
             tracing::warn!(
                 records,
                 bytes,
@@ -60,9 +60,9 @@ impl Writer {
             return (0, 0);
         }
         let sh = Arc::clone(&self.sh);
-        let tail = sh.tail.load(Ordering::Acquire);
-        let head = sh.head.load(Ordering::Acquire);
-        let size = sh.cfg.segment_size;
+        let tail = sh.tail();
+        let head = sh.head();
+        let size = sh.cfg().segment_size;
         let (mut records, mut bytes) = (0u64, 0u64);
         let (first, last) = (from.seq.max(tail), to.seq.min(head));
         let mut next_log = Instant::now() + PROGRESS_EVERY;
@@ -77,7 +77,7 @@ impl Writer {
                     "storage: rebuilding the index"
                 );
             }
-            let Some(seg) = sh.segs.get(seq) else {
+            let Some(seg) = sh.segs().get(seq) else {
                 continue;
             };
             let start = if seq == from.seq {
@@ -145,7 +145,7 @@ impl Writer {
             }
             bytes += off - start;
         }
-        sh.counters.replayed.fetch_add(records, Ordering::Relaxed);
+        sh.counters().replayed.fetch_add(records, Ordering::Relaxed);
         (records, bytes)
     }
 }

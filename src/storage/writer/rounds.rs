@@ -99,13 +99,13 @@ pub(super) struct InFlight {
 impl Writer {
     fn checkpoint_due(&self) -> bool {
         self.hole
-            || self.since_checkpoint >= self.sh.cfg.checkpoint_bytes
-            || self.last_checkpoint.elapsed() >= self.sh.cfg.checkpoint_interval
+            || self.since_checkpoint >= self.sh.cfg().checkpoint_bytes
+            || self.last_checkpoint.elapsed() >= self.sh.cfg().checkpoint_interval
     }
 
     /// How long the I/O thread may wait for a request before a periodic round is due.
     pub(super) fn round_timeout(&self) -> Duration {
-        match self.sh.cfg.durability {
+        match self.sh.cfg().durability {
             Durability::Periodic { interval } if self.unsynced && self.in_flight.is_none() => {
                 interval
                     .saturating_sub(self.last_round.elapsed())
@@ -134,7 +134,7 @@ impl Writer {
             return;
         }
         let due = !self.waiters.is_empty()
-            || match self.sh.cfg.durability {
+            || match self.sh.cfg().durability {
                 Durability::Fdatasync => true,
                 Durability::Periodic { interval } => self.last_round.elapsed() >= interval,
             };
@@ -154,7 +154,7 @@ impl Writer {
         let mut next = self.state.clone();
         next.synced = pos;
         if checkpoint {
-            files.push(self.sh.index.load().file());
+            files.push(self.sh.index().file());
             next.checkpoint = pos;
             // A hole before this point is covered; one made later sets the flag again.
             self.hole = false;
@@ -207,10 +207,10 @@ impl Writer {
                 self.state.limit = f.next.limit;
                 self.state.generation = f.next.generation;
                 if f.checkpoint {
-                    inc(&self.sh.counters.checkpoints);
+                    inc(&self.sh.counters().checkpoints);
                 }
-                inc(&self.sh.counters.syncs);
-                let index = self.sh.index.load();
+                inc(&self.sh.counters().syncs);
+                let index = self.sh.index();
                 for (slot, v) in f.clear {
                     index.clear_if(slot, v);
                 }
