@@ -8,16 +8,19 @@ mod action_cache;
 pub mod compression;
 pub mod directory;
 mod error;
+pub mod scrub;
 mod tree;
 mod upload;
 
+/// A blob as the CAS serves it (a view of stored bytes, possibly in several parts).
+pub use crate::storage::Blob;
 pub use action_cache::{ActionCache, InlineRequest};
 pub use error::CasError;
 pub use tree::{TreePage, get_tree_page};
 pub use upload::Upload;
 
 use crate::digest::Digest;
-use crate::storage::{Blob, Key, Store};
+use crate::storage::{Key, Store};
 use bytes::Bytes;
 use std::sync::Arc;
 

@@ -43,7 +43,7 @@ pub use key::Key;
 pub use memory::MemoryStore;
 pub use peek::Peek;
 pub use stats::StorageStats;
-pub use verify::{VerifyProgress, VerifyReport};
+pub use verify::{BlobCheck, VerifyProgress, VerifyReport};
 
 use async_trait::async_trait;
 use bytes::Bytes;
