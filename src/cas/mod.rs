@@ -11,12 +11,13 @@ mod error;
 pub mod scrub;
 mod tree;
 mod upload;
+pub mod walk;
 
 /// A blob as the CAS serves it (a view of stored bytes, possibly in several parts).
 pub use crate::storage::Blob;
 pub use action_cache::{ActionCache, InlineRequest};
 pub use error::CasError;
-pub use tree::{TreePage, get_tree_page};
+pub use tree::{TreePage, TreePager, get_tree_page};
 pub use upload::Upload;
 
 use crate::digest::Digest;
