@@ -15,7 +15,7 @@ mod summary;
 pub use grpc::GrpcMetrics;
 pub use history::{History, Sample};
 pub use http::serve_http;
-pub use snapshot::{Snapshot, quantile};
+pub use snapshot::Snapshot;
 pub use store::MeteredStore;
 pub use summary::{SlowAction, Summary};
 

@@ -14,15 +14,26 @@
 //! `touch.rs` (per-slot touch hints read by copy-forward), `index.rs` (lock-free mapped slot
 //! table), `segment.rs` (mapped segment table), `format.rs` (every on-disk byte layout),
 //! `verify.rs` (scrub), `stats.rs` (metrics), `sys/` (the only `unsafe`: io_uring, psync,
-//! fault injection, mmap, fallocate), `fuzzing/` (cfg(fuzzing) helpers).
+//! fault injection, mmap, fallocate), `fuzzing/` (fuzz helpers). `format`, `index`, `sys` and
+//! `fuzzing` are public only with the `testing` feature; the fault-injecting I/O engine and the
+//! fuzz helpers are compiled only with it, so the release binary holds neither.
 
 mod blob;
 mod config;
 mod engine;
 mod error;
+// The engine's insides (byte layouts, the slot table, the I/O engines, fuzz helpers) are public
+// only with the `testing` feature, which tests, benches and fuzz targets enable.
+#[cfg(feature = "testing")]
 pub mod format;
+#[cfg(not(feature = "testing"))]
+mod format;
+#[cfg(feature = "testing")]
 pub mod fuzzing;
+#[cfg(feature = "testing")]
 pub mod index;
+#[cfg(not(feature = "testing"))]
+mod index;
 mod key;
 mod memory;
 mod open;
@@ -30,7 +41,10 @@ mod peek;
 mod segment;
 mod shared;
 mod stats;
+#[cfg(feature = "testing")]
 pub mod sys;
+#[cfg(not(feature = "testing"))]
+mod sys;
 mod touch;
 mod verify;
 mod writer;

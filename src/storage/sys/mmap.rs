@@ -95,14 +95,6 @@ impl AtomicMap {
         // as u32s or as u64s by one owner (the touch file is never seen as u64 words).
         unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<AtomicU32>(), w.len() * 2) }
     }
-
-    /// Flushes dirty pages to disk (msync). The engine normally fdatasyncs the file instead.
-    pub fn flush(&self) -> io::Result<()> {
-        match &self.map {
-            Map::Rw(m) => m.flush(),
-            Map::Ro(_) => Ok(()),
-        }
-    }
 }
 
 /// Hints the CPU to bring the cache line at `p` in (no effect where unsupported). Used to
