@@ -109,7 +109,10 @@ fn check_store(dir: &Path, what: &str) {
         for (g, w) in got.output_files.iter().zip(&want.output_files) {
             assert_eq!((&g.path, &g.digest), (&w.path, &w.digest), "{what}");
         }
-        assert_eq!(got.stdout_raw, blobs[0].1, "{what}: stdout inlined from the CAS");
+        assert_eq!(
+            got.stdout_raw, blobs[0].1,
+            "{what}: stdout inlined from the CAS"
+        );
     }
     let report = engine.verify(|_| {}, Some(kiln::cas::scrub::SCRUB));
     assert!(!report.damaged(), "{what}: {report:?}");
