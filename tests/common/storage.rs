@@ -43,14 +43,25 @@ pub fn config(
     c
 }
 
-/// Key number `n` in `space`, with `tag` in the last byte so two files' keys never collide.
-/// Bytes 8..16 spread consecutive numbers over the index.
+/// Key number `n` in `space`, with `tag` in the last byte (a test keeping two families of
+/// keys apart in one space). Bytes 0..8 hold `n` (tests that find a key's index slot read
+/// them); bytes 8..16 spread consecutive numbers over the index.
 pub fn key_in(space: u8, n: u64, tag: u8) -> Key {
     let mut id = [0u8; 32];
     id[..8].copy_from_slice(&n.to_le_bytes());
     id[8..16].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
     id[31] = tag;
     Key::new(space, id)
+}
+
+/// Key number `n` in `space`.
+pub fn key(space: u8, n: u64) -> Key {
+    key_in(space, n, 0)
+}
+
+/// Key number `n` among the CAS blobs.
+pub fn cas_key(n: u64) -> Key {
+    key(Key::SPACE_CAS, n)
 }
 
 /// `len` deterministic bytes for `seed` (xorshift: no two seeds share a prefix).

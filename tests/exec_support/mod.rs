@@ -14,10 +14,12 @@ use kiln::proto::reapi::{
 use prost::Message;
 #[path = "../common/process.rs"]
 mod process;
+#[path = "../common/wait.rs"]
+mod wait;
 
 pub use process::{KilnServer, KilnWorker};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tonic::transport::Channel;
 
 pub const DEADLINE: Duration = Duration::from_mins(1);
@@ -377,19 +379,12 @@ pub fn stage(op: &Operation) -> i32 {
         .stage
 }
 
-/// Polls `f` until it returns Some, failing after the deadline.
+/// Polls `f` until it returns Some, failing after [`DEADLINE`] (`common/wait.rs`).
 pub async fn poll<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
-    mut f: impl FnMut() -> F,
+    f: impl FnMut() -> F,
 ) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait::poll_until(what, DEADLINE, f).await
 }
 
 pub fn exists(p: &Path) -> bool {
