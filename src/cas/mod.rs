@@ -3,6 +3,10 @@
 //! This layer turns digests into storage keys, verifies every uploaded byte against its digest
 //! (hashing once, as the bytes stream in), treats the empty blob as always present, and checks
 //! action results for completeness. It knows protobuf messages but not gRPC.
+//!
+//! It owns the digest-to-key rule ([`Cas::key`]) and everything derived from it: the scrub's
+//! SHA-256 check (`scrub.rs`, for `kiln verify`) and the one Directory walk (`walk.rs`, used by
+//! GetTree in `tree.rs`, by the Execute input check and by the worker).
 
 mod action_cache;
 pub mod compression;
