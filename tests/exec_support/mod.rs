@@ -83,6 +83,15 @@ impl Server {
         &self.process
     }
 
+    /// A server with one plain worker, and a client: the preamble of most execution tests.
+    /// Bind all three (`let (server, _w, c) = ...`): dropping the worker stops it.
+    pub async fn with_one_worker() -> (Self, Worker, Client) {
+        let server = Self::start();
+        let worker = server.worker(1, &[]);
+        let client = server.client().await;
+        (server, worker, client)
+    }
+
     pub async fn client(&self) -> Client {
         let ch = Channel::from_shared(format!("http://{}", self.grpc))
             .unwrap()
@@ -197,23 +206,8 @@ impl Client {
     }
 
     pub async fn put(&self, data: &[u8]) -> Digest {
-        let d = sha(data);
-        let req = BatchUpdateBlobsRequest {
-            requests: vec![batch_update_blobs_request::Request {
-                digest: Some(d.to_proto()),
-                data: data.to_vec().into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        let resp = self
-            .cas()
-            .batch_update_blobs(req)
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(resp.responses[0].status.as_ref().map_or(0, |s| s.code), 0);
-        d
+        self.put_many(&[data.to_vec()]).await;
+        sha(data)
     }
 
     /// Uploads a blob of any size with ByteStream.Write (1 MiB messages).
@@ -319,6 +313,15 @@ impl Client {
             skip_cache_lookup,
             ..Default::default()
         }
+    }
+
+    /// Starts an Execute and returns its operation stream, for tests that watch or drop it.
+    pub async fn start_execute(&self, d: &Digest) -> tonic::Streaming<Operation> {
+        self.exec()
+            .execute(Self::request(d, false))
+            .await
+            .unwrap()
+            .into_inner()
     }
 
     /// Executes and follows the stream to the end: every operation seen, and the response.
