@@ -4,6 +4,9 @@
 //!
 //! Run: `CARGO_TARGET_DIR=/work/target-storage cargo bench --bench storage_engine`
 
+#[path = "../tests/common/storage.rs"]
+mod storage_support;
+
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use kiln::storage::format::RecordKind;
@@ -12,20 +15,11 @@ use kiln::storage::{Durability, Engine, EngineConfig, Key, Store};
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn key(n: u64) -> Key {
-    let mut id = [0u8; 32];
-    id[..8].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
-    id[8..16].copy_from_slice(&n.to_le_bytes());
-    Key::new(Key::SPACE_CAS, id)
-}
+use storage_support::{cas_key, config, rt};
 
 fn cfg(dir: &Path, durability: Durability) -> EngineConfig {
-    let mut c = EngineConfig::new(dir);
-    c.segment_size = 64 << 20;
-    c.capacity_bytes = 32 * c.segment_size;
+    let mut c = config(dir, 64 << 20, 32, 1 << 20, 1 << 21);
     c.max_blob_size = 64 << 20;
-    c.index_slots = 1 << 21;
     c.durability = durability;
     c
 }
@@ -34,13 +28,6 @@ const PERIODIC: Durability = Durability::Periodic {
     interval: Duration::from_millis(200),
 };
 const SIZES: [(usize, &str); 3] = [(1 << 10, "1KiB"), (64 << 10, "64KiB"), (4 << 20, "4MiB")];
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn put(c: &mut Criterion) {
     let rt = rt();
@@ -58,7 +45,7 @@ fn put(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new(mode, name), |b| {
                 b.iter(|| {
                     n += 1;
-                    rt.block_on(e.put(key(n), data.clone())).unwrap();
+                    rt.block_on(e.put(cas_key(n), data.clone())).unwrap();
                 });
             });
         }
@@ -90,7 +77,7 @@ fn put_durable(c: &mut Criterion) {
                     let t = Instant::now();
                     for _ in 0..iters {
                         n += 1;
-                        e.put(key(n), data.clone()).await.unwrap();
+                        e.put(cas_key(n), data.clone()).await.unwrap();
                     }
                     e.sync().await.unwrap();
                     t.elapsed()
@@ -111,7 +98,7 @@ fn get_contains(c: &mut Criterion) {
         let data = Bytes::from(vec![3u8; size]);
         rt.block_on(async {
             for n in 0..count {
-                e.put(key(n), data.clone()).await.unwrap();
+                e.put(cas_key(n), data.clone()).await.unwrap();
             }
         });
         let mut n = 0u64;
@@ -119,18 +106,18 @@ fn get_contains(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("get", name), |b| {
             b.iter(|| {
                 n = (n + 1) % count;
-                black_box(e.get(&key(n)).unwrap().unwrap());
+                black_box(e.get(&cas_key(n)).unwrap().unwrap());
             });
         });
         g.throughput(Throughput::Elements(1));
         g.bench_function(BenchmarkId::new("contains_hit", name), |b| {
             b.iter(|| {
                 n = (n + 1) % count;
-                black_box(e.contains(&key(n)).unwrap());
+                black_box(e.contains(&cas_key(n)).unwrap());
             });
         });
         // FindMissingBlobs-style batches of 1000, walking through every stored key.
-        let all: Vec<Key> = (0..count).map(key).collect();
+        let all: Vec<Key> = (0..count).map(cas_key).collect();
         let batch = 1000.min(all.len());
         let mut at = 0usize;
         g.throughput(Throughput::Elements(batch as u64));
@@ -144,7 +131,7 @@ fn get_contains(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("contains_miss", name), |b| {
             b.iter(|| {
                 n += 1;
-                black_box(e.contains(&key(u64::MAX - n)).unwrap());
+                black_box(e.contains(&cas_key(u64::MAX - n)).unwrap());
             });
         });
     }
@@ -180,7 +167,7 @@ fn index_two_threads(c: &mut Criterion) {
                         let ix = &ix;
                         s.spawn(move || {
                             for n in 0..per_thread {
-                                ix.insert(&entry(key(th << 40 | n)), |_| true);
+                                ix.insert(&entry(cas_key(th << 40 | n)), |_| true);
                             }
                         });
                     }
@@ -194,7 +181,7 @@ fn index_two_threads(c: &mut Criterion) {
     });
     let (ix, _) = Index::open(&dir.path().join("ix2"), 1 << 20, 16).unwrap();
     for n in 0..2 * per_thread {
-        ix.insert(&entry(key(n)), |_| true);
+        ix.insert(&entry(cas_key(n)), |_| true);
     }
     g.bench_function("lookup_hit", |b| {
         b.iter_custom(|iters| {
@@ -205,7 +192,7 @@ fn index_two_threads(c: &mut Criterion) {
                         let ix = &ix;
                         s.spawn(move || {
                             for n in 0..per_thread {
-                                black_box(ix.lookup(&key(th * per_thread + n), |_| true));
+                                black_box(ix.lookup(&cas_key(th * per_thread + n), |_| true));
                             }
                         });
                     }
@@ -246,7 +233,7 @@ fn reopen_at(
         rt.block_on(async {
             for batch in 0..entries_wanted / 20_000 {
                 let items = (batch * 20_000..(batch + 1) * 20_000)
-                    .map(|i| (key(i), Bytes::copy_from_slice(&i.to_le_bytes())))
+                    .map(|i| (cas_key(i), Bytes::copy_from_slice(&i.to_le_bytes())))
                     .collect();
                 engine.put_many(items).await.unwrap();
             }
@@ -266,7 +253,7 @@ fn reopen_at(
                 let t = Instant::now();
                 let engine = Engine::open(conf.clone()).unwrap();
                 total += t.elapsed();
-                assert!(engine.contains(&key(5)).unwrap());
+                assert!(engine.contains(&cas_key(5)).unwrap());
                 assert_eq!(engine.stats().replayed, 0, "a clean reopen replays nothing");
                 drop(engine);
             }

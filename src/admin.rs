@@ -1,15 +1,15 @@
 //! Offline admin commands: `kiln verify` (scrub every record with a progress bar) and
 //! `kiln status` (ask a running server's `/status` page).
 
+use crate::cas;
 use crate::config::Config;
 use crate::setup::{self, SetupError};
-use crate::storage::{Blob, Engine, Key, VerifyReport};
-use sha2::{Digest as _, Sha256};
+use crate::storage::{Engine, VerifyReport};
 use std::fmt::Write as _;
 use std::time::Instant;
 
 /// Scrubs the store of `config`: record checksums, and SHA-256 of every CAS blob against its
-/// key. Takes the data directory's lock, so it refuses to run beside a live server.
+/// key ([`cas::scrub::SCRUB`]). Takes the data directory's lock, so it refuses to run beside a live server.
 pub fn verify(config: &Config) -> Result<VerifyReport, SetupError> {
     let _lock = setup::lock_data_dir(config)?;
     let engine = Engine::open(setup::engine_config(config)?)?;
@@ -21,7 +21,6 @@ pub fn verify(config: &Config) -> Result<VerifyReport, SetupError> {
         .expect("static template"),
     );
     let started = Instant::now();
-    let check = |key: &Key, blob: &Blob| cas_blob_matches(key, blob);
     let segment_bytes = engine.config().segment_size;
     let report = engine.verify(
         |p| {
@@ -29,7 +28,7 @@ pub fn verify(config: &Config) -> Result<VerifyReport, SetupError> {
             bar.set_position(p.bytes_done);
             bar.set_message(format!("{} records", p.records));
         },
-        Some(&check),
+        Some(cas::scrub::SCRUB),
     );
     bar.finish_and_clear();
     tracing::info!(
@@ -42,16 +41,6 @@ pub fn verify(config: &Config) -> Result<VerifyReport, SetupError> {
         "verify finished"
     );
     Ok(report)
-}
-
-/// Whether a CAS blob's bytes hash to its key (SHA-256 keys are the hash itself).
-fn cas_blob_matches(key: &Key, blob: &Blob) -> bool {
-    let mut h = Sha256::new();
-    for part in blob.chunks(0, u64::MAX, 1 << 20) {
-        h.update(&part);
-    }
-    let got: [u8; 32] = h.finalize().into();
-    got == key.id
 }
 
 /// A one-paragraph summary of a verify report.

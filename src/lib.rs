@@ -3,26 +3,33 @@
 //! Layers, top to bottom (dependencies point down only):
 //! - [`setup`] and `main.rs`: CLI and config to live objects, in one place;
 //! - [`api`]: tonic services, thin: proto to validated domain types to `cas` or `exec`;
-//! - [`bots`]: the Remote Worker API Bots service (Unix socket) over `exec`;
+//! - `bots`: the Remote Worker API Bots service (Unix socket) over `exec`;
 //! - [`exec`]: the execution scheduler (operations, queue, leases, platform matching);
 //! - [`cas`]: CAS and action-cache semantics over a [`storage::Store`];
 //! - [`storage`]: the engine, keys to bytes, no protos or gRPC;
 //! - [`worker`]: `kiln worker`, a bot that reaches the server only through its socket.
 //!
 //! [`digest`] is the shared vocabulary; errors map to gRPC statuses only in `api::status`.
+//!
+//! The public surface is what `main.rs`, the tests, benches, examples and fuzz targets use.
+//! `bots`, `metrics` and `server` are the binary's alone and stay private; the storage
+//! engine's insides (`storage::format`, `index`, `sys`, `fuzzing`) are public only with the
+//! `testing` feature, which tests, benches and examples get through kiln's dev-dependency on
+//! itself and `fuzz/` enables. The release binary is built without it, so the fault-injecting
+//! I/O engine and the fuzz helpers are not in it.
 
 pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod bench;
-pub mod bots;
+mod bots;
 pub mod cas;
 pub mod config;
 pub mod digest;
 pub mod exec;
-pub mod metrics;
+mod metrics;
 pub mod proto;
-pub mod server;
+mod server;
 pub mod setup;
 pub mod storage;
 pub mod worker;

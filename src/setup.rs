@@ -214,10 +214,10 @@ pub fn resolve_capacity(config: &Config) -> Result<u64, SetupError> {
     }
     let dir = &config.server.data_dir;
     let file = dir.join("capacity");
-    if let Ok(text) = std::fs::read_to_string(&file) {
-        if let Ok(v) = text.trim().parse::<u64>() {
-            return Ok(v);
-        }
+    if let Ok(text) = std::fs::read_to_string(&file)
+        && let Ok(v) = text.trim().parse::<u64>()
+    {
+        return Ok(v);
     }
     let vfs = nix::sys::statvfs::statvfs(dir.as_path()).map_err(|e| SetupError::Io {
         what: format!("cannot measure free space of {}", dir.display()),

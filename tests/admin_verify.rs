@@ -3,7 +3,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{TestServer, bytes, digest};
+use common::{TestServer, bytes, digest, read_name};
 use kiln::proto::bytestream::ReadRequest;
 use kiln::proto::reapi::{
     BatchUpdateBlobsRequest, FindMissingBlobsRequest, batch_update_blobs_request,
@@ -22,22 +22,8 @@ async fn verify_offline(config: &kiln::config::Config) -> kiln::storage::VerifyR
 async fn verify_counts_records_and_damage_is_a_miss() {
     let s = TestServer::start().await;
     let blobs: Vec<Vec<u8>> = (0..20).map(|i| bytes(10_000 + i * 100, i as u64)).collect();
-    let requests = blobs
-        .iter()
-        .map(|b| batch_update_blobs_request::Request {
-            digest: Some(digest(b).to_proto()),
-            data: Bytes::from(b.clone()),
-            compressor: 0,
-        })
-        .collect();
-    s.cas()
-        .await
-        .batch_update_blobs(BatchUpdateBlobsRequest {
-            requests,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    s.upload(&blobs.iter().map(Vec::as_slice).collect::<Vec<_>>())
+        .await;
     let config = s.config.clone();
     let data_dir = s.dir.path().to_path_buf();
     // The lock keeps verify away from a live server.
@@ -107,7 +93,7 @@ async fn verify_counts_records_and_damage_is_a_miss() {
     assert_eq!(missing, vec![digest(victim).to_proto()]);
     let mut bs = s2.bytestream().await;
     let read = |d: kiln::digest::Digest| ReadRequest {
-        resource_name: format!("blobs/{}/{}", d.hash_hex(), d.size),
+        resource_name: read_name(&d),
         ..Default::default()
     };
     let err = match bs.read(read(digest(victim))).await {

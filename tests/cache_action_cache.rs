@@ -2,39 +2,11 @@
 
 mod common;
 
-use bytes::Bytes;
 use common::{TestServer, digest};
 use kiln::proto::reapi::{
-    ActionResult, BatchUpdateBlobsRequest, Digest as PDigest, GetActionResultRequest, OutputFile,
-    UpdateActionResultRequest, batch_update_blobs_request,
+    ActionResult, Digest as PDigest, GetActionResultRequest, OutputFile, UpdateActionResultRequest,
 };
 use tonic::Code;
-
-async fn upload(s: &TestServer, blobs: &[&[u8]]) {
-    let requests = blobs
-        .iter()
-        .map(|b| batch_update_blobs_request::Request {
-            digest: Some(digest(b).to_proto()),
-            data: Bytes::copy_from_slice(b),
-            compressor: 0,
-        })
-        .collect();
-    let resp = s
-        .cas()
-        .await
-        .batch_update_blobs(BatchUpdateBlobsRequest {
-            requests,
-            ..Default::default()
-        })
-        .await;
-    assert!(
-        resp.unwrap()
-            .into_inner()
-            .responses
-            .iter()
-            .all(|r| r.status.as_ref().unwrap().code == 0)
-    );
-}
 
 fn get(instance: &str, action: &PDigest) -> GetActionResultRequest {
     GetActionResultRequest {
@@ -82,7 +54,7 @@ async fn update_get_instances_inline_and_completeness() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    upload(&s, &[out, stdout]).await;
+    s.upload(&[out, stdout]).await;
     let got = ac
         .get_action_result(get("team", &action))
         .await

@@ -3,7 +3,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{TestServer, bytes, digest};
+use common::{TestServer, bytes, digest, upload_request};
 use kiln::proto::reapi::{
     BatchReadBlobsRequest, BatchUpdateBlobsRequest, Digest as PDigest, Directory, DirectoryNode,
     FindMissingBlobsRequest, GetCapabilitiesRequest, GetTreeRequest, batch_update_blobs_request,
@@ -28,14 +28,6 @@ async fn status_of_one(
         .unwrap()
         .into_inner();
     resp.responses[0].status.as_ref().unwrap().code
-}
-
-fn upd(data: &[u8]) -> batch_update_blobs_request::Request {
-    batch_update_blobs_request::Request {
-        digest: Some(digest(data).to_proto()),
-        data: Bytes::copy_from_slice(data),
-        compressor: 0,
-    }
 }
 
 #[tokio::test]
@@ -111,14 +103,14 @@ async fn find_missing_batch_update_and_read() {
     );
 
     // One good blob, one zstd-compressed blob, one with a wrong hash.
-    let mut compressed = upd(&b);
+    let mut compressed = upload_request(&b);
     compressed.data = Bytes::from(zstd::bulk::compress(&b, 3).unwrap());
     compressed.compressor = compressor::Value::Zstd as i32;
-    let mut wrong = upd(b"some data");
+    let mut wrong = upload_request(b"some data");
     wrong.digest = Some(digest(b"other data").to_proto());
     let resp = cas
         .batch_update_blobs(BatchUpdateBlobsRequest {
-            requests: vec![upd(&a), compressed, wrong],
+            requests: vec![upload_request(&a), compressed, wrong],
             ..Default::default()
         })
         .await
@@ -258,7 +250,7 @@ async fn bad_requests_get_invalid_argument_with_a_message() {
     let big2 = bytes(2 << 20, 4);
     let err = cas
         .batch_update_blobs(BatchUpdateBlobsRequest {
-            requests: vec![upd(&big), upd(&big2)],
+            requests: vec![upload_request(&big), upload_request(&big2)],
             ..Default::default()
         })
         .await
@@ -279,14 +271,14 @@ async fn bad_requests_get_invalid_argument_with_a_message() {
     assert_eq!(err.code(), Code::InvalidArgument);
 
     // Compressed data that does not expand to the declared size.
-    let mut liar = upd(b"hello");
+    let mut liar = upload_request(b"hello");
     liar.data = Bytes::from(zstd::bulk::compress(b"hello world", 1).unwrap());
     liar.compressor = compressor::Value::Zstd as i32;
     assert_eq!(
         status_of_one(&mut cas, liar).await,
         Code::InvalidArgument as i32
     );
-    let mut deflate = upd(b"hello");
+    let mut deflate = upload_request(b"hello");
     deflate.compressor = compressor::Value::Deflate as i32;
     assert_eq!(
         status_of_one(&mut cas, deflate).await,
@@ -315,7 +307,7 @@ async fn get_tree_streams_pages_of_the_present_tree() {
             digest: Some(digest(&enc).to_proto()),
         });
         if i != 3 {
-            uploads.push(upd(&enc));
+            uploads.push(upload_request(&enc));
         }
     }
     let root = Directory {
@@ -323,7 +315,7 @@ async fn get_tree_streams_pages_of_the_present_tree() {
         ..Default::default()
     }
     .encode_to_vec();
-    uploads.push(upd(&root));
+    uploads.push(upload_request(&root));
     cas.batch_update_blobs(BatchUpdateBlobsRequest {
         requests: uploads,
         ..Default::default()

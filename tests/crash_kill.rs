@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // a test's short list of acknowledgements
 enum Acked {
     Blob(Digest, Vec<u8>),
     Action(Digest, ActionResult),

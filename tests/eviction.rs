@@ -2,37 +2,29 @@
 //! the horizon survives its segment's eviction whenever the touch came; untouched blobs go and
 //! the store stays within its capacity.
 
+#[path = "common/storage.rs"]
+mod storage_support;
+
 use bytes::Bytes;
 use kiln::storage::{Engine, EngineConfig, Key, Store};
 use std::path::Path;
 use std::sync::Arc;
+use storage_support::{config, faulty, key_in, rt};
 
 const MIB: u64 = 1 << 20;
 const HOT: u64 = 2000;
 const HOT_LEN: usize = 16 << 10;
 
 fn cfg(dir: &Path) -> EngineConfig {
-    let mut c = EngineConfig::new(dir);
-    c.segment_size = 128 * MIB;
-    c.capacity_bytes = 8 * c.segment_size;
-    c.max_blob_size = c.capacity_bytes / 4;
-    c
-}
-
-/// Storage keys need not be SHA-256 digests: the storage layer does not hash.
-fn key(space: u8, n: u64) -> Key {
-    let mut id = [0u8; 32];
-    id[..8].copy_from_slice(&n.to_le_bytes());
-    id[31] = space;
-    Key::new(Key::SPACE_CAS, id)
+    config(dir, 128 * MIB, 8, MIB, 0)
 }
 
 fn hot_key(n: u64) -> Key {
-    key(1, n)
+    key_in(Key::SPACE_CAS, n, 1)
 }
 
 fn other_key(n: u64) -> Key {
-    key(2, n)
+    key_in(Key::SPACE_CAS, n, 2)
 }
 
 /// Distinct bytes per hot blob (cheap: one u64 pattern repeated).
@@ -44,13 +36,6 @@ fn hot_data(n: u64) -> Bytes {
         .take(HOT_LEN)
         .collect::<Vec<u8>>()
         .into()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn segment_bytes_on_disk(dir: &Path) -> u64 {
@@ -337,19 +322,13 @@ fn storing_a_result_keeps_its_outputs() {
 #[test]
 fn power_loss_during_copy_forward_keeps_the_hot_set() {
     use kiln::storage::Durability;
-    use kiln::storage::sys::fault::{FaultIo, FaultState};
-    use kiln::storage::sys::{self, IoBackend};
+    use kiln::storage::sys::IoBackend;
     use std::time::Duration;
 
     let rt = rt();
     for seed in 1..=8u64 {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = EngineConfig::new(dir.path());
-        c.segment_size = 256 << 10;
-        c.capacity_bytes = 8 * c.segment_size;
-        c.max_blob_size = c.capacity_bytes / 4;
-        c.part_size = 16 << 10;
-        c.index_slots = 1 << 14;
+        let mut c = config(dir.path(), 256 << 10, 8, 16 << 10, 1 << 14);
         c.copy_forward_budget = 128 << 10;
         c.durability = Durability::Periodic {
             interval: Duration::from_hours(1),
@@ -357,11 +336,7 @@ fn power_loss_during_copy_forward_keeps_the_hot_set() {
         if seed % 2 == 1 {
             c.checkpoint_bytes = 64 << 10;
         }
-        let fault = FaultState::new();
-        let fio = Box::new(FaultIo::new(
-            Arc::clone(&fault),
-            sys::build(IoBackend::Psync).unwrap(),
-        ));
+        let (fault, fio) = faulty(IoBackend::Psync);
         // Small blobs and one multi-part blob (copied all parts or none).
         let mut hot: Vec<(Key, Bytes)> = (0..4).map(|n| (hot_key(n), hot_data(n))).collect();
         let big: Bytes = (0..(40 << 10) + 123)

@@ -12,9 +12,7 @@ use prost::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_command_runs_and_is_cached() {
-    let server = Server::start();
-    let _w = server.worker(1, &[]);
-    let c = server.client().await;
+    let (_server, _w, c) = Server::with_one_worker().await;
     let mut spec =
         sh("echo hello; echo oops >&2; mkdir -p out; printf data > out/f; chmod +x out/f");
     spec.output_files = vec!["out/f".into()];
@@ -69,9 +67,7 @@ async fn simple_command_runs_and_is_cached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nonzero_exit_is_reported_and_not_cached() {
-    let server = Server::start();
-    let _w = server.worker(1, &[]);
-    let c = server.client().await;
+    let (_server, _w, c) = Server::with_one_worker().await;
     let d = c.action(&sh("echo failing; exit 3")).await;
     let (_, resp) = c.execute(&d).await.unwrap();
     let r = resp.result.unwrap();
@@ -83,9 +79,7 @@ async fn nonzero_exit_is_reported_and_not_cached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_returns_deadline_exceeded_with_output() {
-    let server = Server::start();
-    let _w = server.worker(1, &[]);
-    let c = server.client().await;
+    let (_server, _w, c) = Server::with_one_worker().await;
     let mut spec = sh("echo before; echo err-before >&2; exec sleep 30");
     spec.timeout_secs = 1;
     let d = c.action(&spec).await;
@@ -113,9 +107,7 @@ async fn timeout_returns_deadline_exceeded_with_output() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_output_file() {
-    let server = Server::start();
-    let _w = server.worker(1, &[]);
-    let c = server.client().await;
+    let (_server, _w, c) = Server::with_one_worker().await;
     let mut spec = sh("head -c 12000000 /dev/urandom > big; sha256sum big | cut -d' ' -f1");
     spec.output_paths = vec!["big".into()];
     let d = c.action(&spec).await;
@@ -131,9 +123,7 @@ async fn large_output_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_directory_with_nested_files_and_symlink() {
-    let server = Server::start();
-    let _w = server.worker(1, &[]);
-    let c = server.client().await;
+    let (_server, _w, c) = Server::with_one_worker().await;
     let mut spec = sh(
         "mkdir -p d/sub/deeper; printf a > d/a; printf b > d/sub/b; printf c > d/sub/deeper/c; ln -s a d/link; ln -s d/a top-link",
     );

@@ -113,9 +113,7 @@ fn alive(pid: u32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_kills_the_running_process() {
-    let server = Server::start();
-    let _w = server.worker(1, &[]);
-    let c = server.client().await;
+    let (server, _w, c) = Server::with_one_worker().await;
     let pidfile = server.dir.path().join("pid");
     let d = c
         .action(&sh(&format!(
@@ -123,12 +121,7 @@ async fn cancel_kills_the_running_process() {
             pidfile.display()
         )))
         .await;
-    let mut stream = c
-        .exec()
-        .execute(exec_support::Client::request(&d, false))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = c.start_execute(&d).await;
     let name = stream.message().await.unwrap().unwrap().name;
     let pid: u32 = poll("the action to start", || {
         let p = pidfile.clone();
@@ -214,9 +207,7 @@ async fn action_of_a_killed_worker_completes_on_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn escaping_outputs_are_rejected() {
-    let server = Server::start();
-    let _w = server.worker(1, &[]);
-    let c = server.client().await;
+    let (_server, _w, c) = Server::with_one_worker().await;
     let mut spec = sh("echo x > ../x");
     spec.output_paths = vec!["../x".into()];
     let err = c.execute(&c.action(&spec).await).await.unwrap_err();
@@ -265,12 +256,7 @@ async fn wait_execution_after_a_broken_stream() {
     let c = server.client().await;
     let d = c.action(&sh("echo waited")).await;
     let name = {
-        let mut stream = c
-            .exec()
-            .execute(exec_support::Client::request(&d, false))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = c.start_execute(&d).await;
         let op = stream.message().await.unwrap().unwrap();
         assert_eq!(stage(&op), StageV::CacheCheck as i32);
         op.name

@@ -1,7 +1,6 @@
 //! Issue #11 items 3 and 4: Execute with oversized messages, with many missing inputs, and
 //! with input trees that break the REAPI rules.
 
-#[allow(dead_code)]
 mod exec_support;
 
 use exec_support::{Client, Server, Spec, sh};

@@ -5,7 +5,8 @@
 mod common;
 
 use common::process::KilnServer;
-use common::{TestServer, bytes, digest};
+use common::wait::poll_until;
+use common::{TestServer, bytes, digest, read_name, upload_name};
 use kiln::digest::Digest;
 use kiln::proto::bytestream::byte_stream_client::ByteStreamClient;
 use kiln::proto::bytestream::{QueryWriteStatusRequest, ReadRequest, WriteRequest};
@@ -222,26 +223,14 @@ async fn open_write(
     (tx, call)
 }
 
-/// A fresh upload resource name for `d`.
-fn upload_name(d: &Digest) -> String {
-    format!(
-        "uploads/{}/blobs/{}/{}",
-        uuid::Uuid::new_v4(),
-        d.hash_hex(),
-        d.size
-    )
-}
-
 /// Polls QueryWriteStatus until it reports `want`, failing after 30 s.
-async fn wait_committed(q: &mut ByteStreamClient<Channel>, name: &str, want: i64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while committed(q, name).await != want {
-        assert!(
-            Instant::now() < deadline,
-            "upload {name} never reached {want} bytes"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+async fn wait_committed(q: &ByteStreamClient<Channel>, name: &str, want: i64) {
+    let what = format!("upload {name} reaches {want} bytes");
+    poll_until(&what, Duration::from_secs(30), || {
+        let mut q = q.clone();
+        async move { (committed(&mut q, name).await == want).then_some(()) }
+    })
+    .await;
 }
 
 async fn committed(bs: &mut ByteStreamClient<Channel>, name: &str) -> i64 {
@@ -268,7 +257,7 @@ async fn abandoned_uploads_free_their_buffers_and_resume_from_disk() {
     let (tx, call) = open_write(&bs, &name, 0, data[..cut].to_vec()).await;
     let mut q = server.bytestream().await;
     // While the stream is open, QueryWriteStatus reports only what survives it: whole parts.
-    wait_committed(&mut q, &name, 2 * part as i64).await;
+    wait_committed(&q, &name, 2 * part as i64).await;
     let m = server.http_get("/metrics").await;
     assert!(metric(&m, "kiln_uploads_buffer_reserved_bytes") > 0, "{m}");
     drop(tx);
@@ -295,7 +284,7 @@ async fn abandoned_uploads_free_their_buffers_and_resume_from_disk() {
     assert_eq!(size, data.len() as i64);
     let mut s = w
         .read(ReadRequest {
-            resource_name: format!("blobs/{}/{}", d.hash_hex(), d.size),
+            resource_name: read_name(&d),
             ..Default::default()
         })
         .await
@@ -338,13 +327,11 @@ async fn open_uploads_and_buffers_are_bounded_and_swept() {
     for i in 0..4 {
         live.push(open_write(&bs, &name(i), 0, vec![1; 100]).await);
     }
-    let m = loop {
+    let m = poll_until("four uploads open", Duration::from_secs(30), || async {
         let m = server.http_get("/metrics").await;
-        if metric(&m, "kiln_uploads_open") == 4 {
-            break m;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+        (metric(&m, "kiln_uploads_open") == 4).then_some(m)
+    })
+    .await;
     assert_eq!(metric(&m, "kiln_uploads_open_limit"), 4);
     let mut w = server.bytestream().await;
     let err = w
@@ -372,6 +359,7 @@ async fn open_uploads_and_buffers_are_bounded_and_swept() {
     // Once they have idled a second, a new upload takes the place of the longest idle one
     // only: three stay resumable.
     // Parked uploads may be given up once idle for a second.
+    // Time that must pass on the server's clock (idle > 1 s), not a wait for state.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (tx, call) = open_write(&bs, &name(10), 0, vec![1; 10]).await;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -390,16 +378,12 @@ async fn open_uploads_and_buffers_are_bounded_and_swept() {
     drop(tx);
     let _ = call.await.unwrap();
     // The timer sweeps the rest once idle past the timeout, with no new upload arriving.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let m = poll_until("idle uploads swept", Duration::from_secs(30), || async {
         let m = server.http_get("/metrics").await;
-        if metric(&m, "kiln_uploads_open") == 0 {
-            assert!(metric(&m, "kiln_uploads_swept") >= 5, "{m}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "idle uploads never swept: {m}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (metric(&m, "kiln_uploads_open") == 0).then_some(m)
+    })
+    .await;
+    assert!(metric(&m, "kiln_uploads_swept") >= 5, "{m}");
     // The buffer budget: each plain stream reserves one part; a zstd one 8.25 MiB more.
     let zd = Digest {
         size: big,
@@ -416,11 +400,10 @@ async fn open_uploads_and_buffers_are_bounded_and_swept() {
     for i in 0..2 {
         plain.push(open_write(&bs, &name(20 + i), 0, vec![1; 100]).await);
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(&server.http_get("/metrics").await, "kiln_uploads_open") < 3 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    poll_until("three uploads open", Duration::from_secs(30), || async {
+        (metric(&server.http_get("/metrics").await, "kiln_uploads_open") >= 3).then_some(())
+    })
+    .await;
     let refused_before = metric(&server.http_get("/metrics").await, "kiln_uploads_refused");
     let mut w = server.bytestream().await;
     let r = w
@@ -451,14 +434,18 @@ async fn a_resume_race_never_reports_success_for_a_blob_not_stored() {
     let mut q = server.bytestream().await;
     // A first stream writes 1 MiB and goes away.
     let (tx, call) = open_write(&bs, &name, 0, data[..1 << 20].to_vec()).await;
-    wait_committed(&mut q, &name, 1 << 20).await;
+    wait_committed(&q, &name, 1 << 20).await;
     drop(tx);
     let _ = call.await.unwrap();
     let at = committed(&mut q, &name).await;
     // A resumes and holds the upload; B resumes the same upload and waits behind A.
     let (a_tx, a_call) = open_write(&bs, &name, at, vec![]).await;
+    // An ordering nudge, not a wait for state: what is asserted below holds in either
+    // order; the pause makes the racy order (the later stream waiting) the likely one.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (b_tx, b_call) = open_write(&bs, &name, at, data[at as usize..(2 << 20)].to_vec()).await;
+    // An ordering nudge, not a wait for state: what is asserted below holds in either
+    // order; the pause makes the racy order (the later stream waiting) the likely one.
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A finishes with corrupted bytes: a digest mismatch.
     let mut bad = data[at as usize..].to_vec();
@@ -493,9 +480,11 @@ async fn a_resume_waiting_behind_a_successful_finish_reports_the_full_size() {
     let name = upload_name(&d);
     let bs = server.bytestream().await;
     let (a_tx, a_call) = open_write(&bs, &name, 0, data[..1 << 20].to_vec()).await;
-    let mut q = server.bytestream().await;
-    wait_committed(&mut q, &name, 1 << 20).await;
+    let q = server.bytestream().await;
+    wait_committed(&q, &name, 1 << 20).await;
     let (b_tx, b_call) = open_write(&bs, &name, 1 << 20, data[1 << 20..].to_vec()).await;
+    // An ordering nudge, not a wait for state: what is asserted below holds in either
+    // order; the pause makes the racy order (the later stream waiting) the likely one.
     tokio::time::sleep(Duration::from_millis(300)).await;
     a_tx.send(write_req(&name, 1 << 20, data[1 << 20..].to_vec(), true))
         .await
@@ -531,6 +520,8 @@ async fn a_resume_from_a_status_read_before_the_stream_ended_succeeds() {
     };
     // Resume while the old stream still holds the upload; it goes away afterwards.
     let (r_tx, r_call) = open_write(&bs, &name, at, data[at as usize..].to_vec()).await;
+    // An ordering nudge, not a wait for state: what is asserted below holds in either
+    // order; the pause makes the racy order (the later stream waiting) the likely one.
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(tx);
     let _ = call.await.unwrap();

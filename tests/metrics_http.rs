@@ -2,7 +2,8 @@
 
 mod common;
 
-use common::{TestServer, digest};
+use common::wait::poll_until;
+use common::{TestServer, digest, read_name};
 use kiln::proto::reapi::FindMissingBlobsRequest;
 
 #[tokio::test]
@@ -93,7 +94,7 @@ async fn every_rpc_is_counted_with_its_code_and_timed() {
         .bytestream()
         .await
         .read(ReadRequest {
-            resource_name: format!("blobs/{}/{}", d.hash_hex(), d.size),
+            resource_name: read_name(&d),
             ..Default::default()
         })
         .await
@@ -105,16 +106,16 @@ async fn every_rpc_is_counted_with_its_code_and_timed() {
     let find = r#"kiln_grpc_requests_total{method="ContentAddressableStorage/FindMissingBlobs",code="OK"}"#;
     let get = r#"kiln_grpc_requests_total{method="ActionCache/GetActionResult",code="NOT_FOUND"}"#;
     let read = r#"kiln_grpc_requests_total{method="ByteStream/Read",code="CANCELLED"}"#;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let text = loop {
-        let text = s.http_get("/metrics").await;
-        // The abandoned read is counted once the server notices the reset stream.
-        if series(&text, read).is_some() {
-            break text;
-        }
-        assert!(std::time::Instant::now() < deadline, "{text}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    // The abandoned read is counted once the server notices the reset stream.
+    let text = poll_until(
+        "the abandoned read is counted",
+        std::time::Duration::from_secs(20),
+        || async {
+            let text = s.http_get("/metrics").await;
+            series(&text, read).is_some().then_some(text)
+        },
+    )
+    .await;
     assert_eq!(series(&text, find), Some(1.0), "{text}");
     assert_eq!(series(&text, get), Some(1.0), "{text}");
     assert_eq!(series(&text, read), Some(1.0), "{text}");

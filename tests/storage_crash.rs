@@ -1,52 +1,28 @@
 //! Crash, full-disk and I/O-error tests: a fault-injecting I/O engine (over psync and over
 //! io_uring) builds the image a power loss would leave, and the engine reopens it.
 
+#[path = "common/storage.rs"]
+mod storage_support;
+#[path = "common/wait.rs"]
+mod wait;
+
 use bytes::Bytes;
-use kiln::storage::sys::fault::{FaultIo, FaultState};
-use kiln::storage::sys::{self, IoBackend, IoEngine};
+use kiln::storage::sys::fault::FaultState;
 use kiln::storage::{Engine, EngineConfig, Key, StorageError, Store};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
+use storage_support::{BACKENDS, config, data, faulty, io, key, rt, rt_threads};
+use wait::wait_until;
 
-const BACKENDS: [IoBackend; 2] = [IoBackend::Psync, IoBackend::IoUring];
-
-fn io(b: IoBackend) -> Box<dyn IoEngine> {
-    sys::build(b).expect("io_uring must be available on kiln's build machines")
-}
-
-fn faulty(b: IoBackend) -> (Arc<FaultState>, Box<dyn IoEngine>) {
-    let st = FaultState::new();
-    (Arc::clone(&st), Box::new(FaultIo::new(st, io(b))))
-}
+/// How long a crash test waits for the engine to reach a state.
+const PATIENCE: Duration = Duration::from_secs(20);
 
 fn cfg(dir: &Path) -> EngineConfig {
-    let mut c = EngineConfig::new(dir);
-    c.segment_size = 128 << 10;
-    c.capacity_bytes = 16 * c.segment_size;
+    let mut c = config(dir, 128 << 10, 16, 8 << 10, 2048);
     c.max_blob_size = 256 << 10;
-    c.part_size = 8 << 10;
-    c.index_slots = 2048;
     c
-}
-
-fn key(space: u8, n: u64) -> Key {
-    let mut id = [0u8; 32];
-    id[..8].copy_from_slice(&n.to_le_bytes());
-    Key::new(space, id)
-}
-
-fn data(seed: u64, len: usize) -> Bytes {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
 }
 
 struct Rng(u64);
@@ -57,31 +33,6 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0
     }
-}
-
-/// Polls `cond` (every 2 ms, up to 20 s) and fails the test with `what` if it never holds.
-fn wait_for(what: &str, cond: impl Fn() -> bool) {
-    let start = std::time::Instant::now();
-    while !cond() {
-        assert!(start.elapsed().as_secs() < 20, "never happened: {what}");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-}
-
-fn one_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// A runtime whose tasks run while the test thread waits on the fault engine.
-fn two_threads() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// Lifts a sync hold when a test ends, failed or not (the engine's drop waits for the round).
@@ -97,7 +48,7 @@ impl Drop for Release {
 /// that was never written for that key.
 #[test]
 fn power_loss_keeps_acknowledged_and_serves_nothing_corrupt() {
-    let rt = one_thread();
+    let rt = rt();
     for b in BACKENDS {
         let mut replayed = 0;
         for seed in 1..=12u64 {
@@ -202,7 +153,7 @@ fn power_loss_keeps_acknowledged_and_serves_nothing_corrupt() {
 
 #[test]
 fn full_disk_fails_uploads_keeps_reads_and_recovers() {
-    let rt = one_thread();
+    let rt = rt();
     for b in BACKENDS {
         let dir = tempfile::tempdir().unwrap();
         let (fault, fio) = faulty(b);
@@ -238,7 +189,7 @@ fn full_disk_fails_uploads_keeps_reads_and_recovers() {
 
 #[test]
 fn io_error_poisons_writes_but_not_reads() {
-    let rt = one_thread();
+    let rt = rt();
     for b in BACKENDS {
         for nth in 1..6 {
             let dir = tempfile::tempdir().unwrap();
@@ -275,7 +226,7 @@ fn io_error_poisons_writes_but_not_reads() {
 /// acknowledged after the disk recovers must survive a power loss some other way.
 #[test]
 fn power_loss_after_a_full_disk_keeps_later_acknowledged_writes() {
-    let rt = one_thread();
+    let rt = rt();
     for b in BACKENDS {
         for seed in 1..=6u64 {
             let dir = tempfile::tempdir().unwrap();
@@ -311,7 +262,7 @@ fn power_loss_after_a_full_disk_keeps_later_acknowledged_writes() {
 /// writes the state, which waits for the round.)
 #[test]
 fn periodic_commits_go_on_while_a_round_is_syncing() {
-    let rt = one_thread();
+    let rt = rt();
     for b in BACKENDS {
         let dir = tempfile::tempdir().unwrap();
         let mut c = cfg(dir.path());
@@ -323,7 +274,9 @@ fn periodic_commits_go_on_while_a_round_is_syncing() {
         let _release = Release(Arc::clone(&fault));
         fault.hold_syncer(true);
         rt.block_on(e.put(key(1, 0), data(0, 4000))).unwrap();
-        wait_for("a periodic round starts", || fault.held_syncs() == 1);
+        wait_until("a periodic round starts", PATIENCE, || {
+            fault.held_syncs() == 1
+        });
         let syncs = fault.syncs();
         for n in 1..20 {
             let put = async {
@@ -361,7 +314,7 @@ fn periodic_commits_go_on_while_a_round_is_syncing() {
 /// is written while that round is on the disk (pipelined group commit).
 #[test]
 fn fdatasync_commit_waits_for_its_round_while_the_next_batch_is_written() {
-    let rt = two_threads();
+    let rt = rt_threads(2);
     for b in BACKENDS {
         let dir = tempfile::tempdir().unwrap();
         let (fault, fio) = faulty(b);
@@ -375,7 +328,7 @@ fn fdatasync_commit_waits_for_its_round_while_the_next_batch_is_written() {
             let e = Arc::clone(&e);
             async move { e.put(key(1, 1), data(1, 3000)).await }
         });
-        wait_for("the first commit's round starts", || {
+        wait_until("the first commit's round starts", PATIENCE, || {
             fault.held_syncs() == 1
         });
         assert_eq!(fault.writes(), writes + 1);
@@ -383,10 +336,13 @@ fn fdatasync_commit_waits_for_its_round_while_the_next_batch_is_written() {
             let e = Arc::clone(&e);
             async move { e.put(key(1, 2), data(2, 3000)).await }
         });
-        wait_for("the second batch is written during the round", || {
-            fault.writes() == writes + 2
-        });
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        wait_until(
+            "the second batch is written during the round",
+            PATIENCE,
+            || fault.writes() == writes + 2,
+        );
+        // Not a wait for state: a window in which a premature acknowledgement would show.
+        std::thread::sleep(Duration::from_millis(50));
         assert!(
             !first.is_finished(),
             "acknowledged before its round was durable"
@@ -397,8 +353,12 @@ fn fdatasync_commit_waits_for_its_round_while_the_next_batch_is_written() {
         );
         // Let the first round finish (data sync, state sync); the second is held.
         fault.pass_syncs(2);
-        wait_for("the first commit is answered", || first.is_finished());
-        wait_for("the second round starts", || fault.held_syncs() == 1);
+        wait_until("the first commit is answered", PATIENCE, || {
+            first.is_finished()
+        });
+        wait_until("the second round starts", PATIENCE, || {
+            fault.held_syncs() == 1
+        });
         assert!(
             !second.is_finished(),
             "answered by a round that started before its batch was written"
@@ -418,14 +378,14 @@ fn fdatasync_commit_waits_for_its_round_while_the_next_batch_is_written() {
 /// during the round is served with wrong bytes.
 #[test]
 fn power_loss_with_a_round_in_flight() {
-    let rt = two_threads();
+    let rt = rt_threads(2);
     for b in BACKENDS {
         for seed in 1..=4u64 {
             let dir = tempfile::tempdir().unwrap();
             let mut c = cfg(dir.path());
             if seed % 2 == 0 {
                 c.durability = kiln::storage::Durability::Periodic {
-                    interval: std::time::Duration::from_millis(2),
+                    interval: Duration::from_millis(2),
                 };
             }
             let (fault, fio) = faulty(b);
@@ -451,8 +411,11 @@ fn power_loss_with_a_round_in_flight() {
                     })
                 })
                 .collect();
-            wait_for("a round is on the disk", || fault.held_syncs() == 1);
-            std::thread::sleep(std::time::Duration::from_millis(30 * seed));
+            wait_until("a round is on the disk", PATIENCE, || {
+                fault.held_syncs() == 1
+            });
+            // Pacing, not a wait: each seed lets the writers run a different while first.
+            std::thread::sleep(Duration::from_millis(30 * seed));
             fault.freeze();
             fault.hold_syncer(false);
             for w in writers {

@@ -1,45 +1,16 @@
 //! Black-box tests of the segment engine, each run on both I/O engines.
 
+#[path = "common/storage.rs"]
+mod storage_support;
+
 use bytes::Bytes;
-use kiln::storage::sys::{self, IoBackend, IoEngine};
-use kiln::storage::{Durability, Engine, EngineConfig, Key, StorageError, Store};
+use kiln::storage::sys::IoBackend;
+use kiln::storage::{BlobCheck, Durability, Engine, EngineConfig, Key, StorageError, Store};
 use std::path::Path;
-
-const BACKENDS: [IoBackend; 2] = [IoBackend::Psync, IoBackend::IoUring];
-
-fn io(b: IoBackend) -> Box<dyn IoEngine> {
-    sys::build(b).expect("io_uring must be available on kiln's build machines")
-}
+use storage_support::{BACKENDS, cas_key, config, data, io, rt};
 
 fn cfg(dir: &Path) -> EngineConfig {
-    let mut c = EngineConfig::new(dir);
-    c.segment_size = 256 << 10;
-    c.capacity_bytes = 8 * c.segment_size;
-    c.max_blob_size = c.capacity_bytes / 4;
-    c.part_size = 16 << 10;
-    c.index_slots = 4096;
-    c
-}
-
-fn key(n: u64) -> Key {
-    let mut id = [0u8; 32];
-    id[..8].copy_from_slice(&n.to_le_bytes());
-    id[31] = 0xab;
-    Key::new(Key::SPACE_CAS, id)
-}
-
-fn data(n: u64, len: usize) -> Bytes {
-    (0..len)
-        .map(|i| (i as u64).wrapping_mul(31).wrapping_add(n) as u8)
-        .collect::<Vec<u8>>()
-        .into()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    config(dir, 256 << 10, 8, 16 << 10, 4096)
 }
 
 #[test]
@@ -59,44 +30,44 @@ fn put_get_contains_reopen() {
             );
             rt.block_on(async {
                 for n in 0..50 {
-                    e.put(key(n), data(n, (n as usize * 97) % 5000))
+                    e.put(cas_key(n), data(n, (n as usize * 97) % 5000))
                         .await
                         .unwrap();
                 }
                 // Streamed blob spanning many parts (and segments).
                 let big = data(999, 500 << 10);
-                let mut w = e.begin_write(key(999), big.len() as u64).await.unwrap();
+                let mut w = e.begin_write(cas_key(999), big.len() as u64).await.unwrap();
                 for c in big.chunks(10_000) {
                     w.write(Bytes::copy_from_slice(c)).await.unwrap();
                 }
                 w.commit().await.unwrap();
                 assert_eq!(
-                    e.get(&key(999)).unwrap().map(|b| b.to_bytes()),
+                    e.get(&cas_key(999)).unwrap().map(|b| b.to_bytes()),
                     Some(big),
                     "{:?}",
                     e.stats()
                 );
             });
             for n in 0..50 {
-                assert!(e.contains(&key(n)).unwrap());
+                assert!(e.contains(&cas_key(n)).unwrap());
                 assert_eq!(
-                    e.get(&key(n)).unwrap().unwrap().to_bytes(),
+                    e.get(&cas_key(n)).unwrap().unwrap().to_bytes(),
                     data(n, (n as usize * 97) % 5000)
                 );
             }
-            assert!(!e.contains(&key(1000)).unwrap());
-            assert!(e.get(&key(1000)).unwrap().is_none());
+            assert!(!e.contains(&cas_key(1000)).unwrap());
+            assert!(e.get(&cas_key(1000)).unwrap().is_none());
         }
         let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
         for n in 0..50 {
             assert_eq!(
-                e.get(&key(n)).unwrap().unwrap().to_bytes(),
+                e.get(&cas_key(n)).unwrap().unwrap().to_bytes(),
                 data(n, (n as usize * 97) % 5000),
                 "{b:?} {n}"
             );
         }
         assert_eq!(
-            e.get(&key(999)).unwrap().unwrap().to_bytes(),
+            e.get(&cas_key(999)).unwrap().unwrap().to_bytes(),
             data(999, 500 << 10)
         );
         let rep = e.verify(|_| {}, None);
@@ -112,22 +83,22 @@ fn uncommitted_and_wrong_length_writes_are_invisible() {
         let dir = tempfile::tempdir().unwrap();
         let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
         rt().block_on(async {
-            let mut w = e.begin_write(key(1), 10).await.unwrap();
+            let mut w = e.begin_write(cas_key(1), 10).await.unwrap();
             w.write(Bytes::from_static(b"12345")).await.unwrap();
-            assert!(!e.contains(&key(1)).unwrap());
+            assert!(!e.contains(&cas_key(1)).unwrap());
             assert!(matches!(
                 w.commit().await,
                 Err(StorageError::LengthMismatch { .. })
             ));
-            let mut w = e.begin_write(key(2), 3).await.unwrap();
+            let mut w = e.begin_write(cas_key(2), 3).await.unwrap();
             assert!(w.write(Bytes::from_static(b"1234")).await.is_err());
             drop(w);
             assert!(matches!(
-                e.begin_write(key(3), u64::MAX).await,
+                e.begin_write(cas_key(3), u64::MAX).await,
                 Err(StorageError::TooLarge { .. })
             ));
         });
-        assert!(!e.contains(&key(1)).unwrap() && !e.contains(&key(2)).unwrap());
+        assert!(!e.contains(&cas_key(1)).unwrap() && !e.contains(&cas_key(2)).unwrap());
     }
 }
 
@@ -166,12 +137,12 @@ fn eviction_keeps_disk_bounded_and_copies_touched_blobs_forward() {
         let seg = c.segment_size;
         let e = Engine::open_with_io(c, io(b)).unwrap();
         let rt = rt();
-        rt.block_on(e.put(key(0), data(0, 1000))).unwrap();
+        rt.block_on(e.put(cas_key(0), data(0, 1000))).unwrap();
         // Write 3x the capacity; keep touching blob 0.
         for n in 1..=(3 * cap / 4096) {
-            rt.block_on(e.put(key(n), data(n, 4000))).unwrap();
+            rt.block_on(e.put(cas_key(n), data(n, 4000))).unwrap();
             assert!(
-                e.contains(&key(0)).unwrap(),
+                e.contains(&cas_key(0)).unwrap(),
                 "{b:?}: touched blob evicted after {n}"
             );
             if n == cap / 2 / 4096 {
@@ -184,7 +155,7 @@ fn eviction_keeps_disk_bounded_and_copies_touched_blobs_forward() {
         assert!(s.evictions > 0 && s.copy_forwards > 0, "{s:?}");
         assert!(s.bytes_used <= cap);
         assert!(
-            !e.contains(&key(1)).unwrap(),
+            !e.contains(&cas_key(1)).unwrap(),
             "untouched old blob should be gone"
         );
         let on_disk: u64 = std::fs::read_dir(dir.path().join("segments"))
@@ -192,7 +163,10 @@ fn eviction_keeps_disk_bounded_and_copies_touched_blobs_forward() {
             .map(|f| f.unwrap().metadata().unwrap().len())
             .sum();
         assert!(on_disk <= cap + seg, "{on_disk}");
-        assert_eq!(e.get(&key(0)).unwrap().unwrap().to_bytes(), data(0, 1000));
+        assert_eq!(
+            e.get(&cas_key(0)).unwrap().unwrap().to_bytes(),
+            data(0, 1000)
+        );
     }
 }
 
@@ -204,12 +178,12 @@ fn reader_keeps_evicted_segment_alive() {
         let cap = c.capacity_bytes;
         let e = Engine::open_with_io(c, io(b)).unwrap();
         let rt = rt();
-        rt.block_on(e.put(key(0), data(0, 3000))).unwrap();
-        let held = e.get(&key(0)).unwrap().unwrap();
+        rt.block_on(e.put(cas_key(0), data(0, 3000))).unwrap();
+        let held = e.get(&cas_key(0)).unwrap().unwrap();
         for n in 1..=(2 * cap / 4096) {
-            rt.block_on(e.put(key(n), data(n, 4000))).unwrap();
+            rt.block_on(e.put(cas_key(n), data(n, 4000))).unwrap();
         }
-        assert!(!e.contains(&key(0)).unwrap() || e.stats().copy_forwards > 0);
+        assert!(!e.contains(&cas_key(0)).unwrap() || e.stats().copy_forwards > 0);
         assert_eq!(
             held.to_bytes(),
             data(0, 3000),
@@ -228,13 +202,13 @@ fn periodic_durability_and_put_many() {
         };
         {
             let e = Engine::open_with_io(c.clone(), io(b)).unwrap();
-            rt().block_on(e.put_many((0..200).map(|n| (key(n), data(n, 100))).collect()))
+            rt().block_on(e.put_many((0..200).map(|n| (cas_key(n), data(n, 100))).collect()))
                 .unwrap();
-            assert!(e.contains(&key(199)).unwrap());
+            assert!(e.contains(&cas_key(199)).unwrap());
         }
         let e = Engine::open_with_io(c, io(b)).unwrap();
         assert_eq!(
-            e.get(&key(150)).unwrap().unwrap().to_bytes(),
+            e.get(&cas_key(150)).unwrap().unwrap().to_bytes(),
             data(150, 100)
         );
     }
@@ -248,7 +222,7 @@ fn verify_reports_corruption_and_check_failures() {
             let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
             rt().block_on(async {
                 for n in 0..10 {
-                    e.put(key(n), data(n, 500)).await.unwrap();
+                    e.put(cas_key(n), data(n, 500)).await.unwrap();
                 }
             });
         }
@@ -259,18 +233,22 @@ fn verify_reports_corruption_and_check_failures() {
         std::fs::write(&p, f).unwrap();
         let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
         assert!(
-            e.get(&key(0)).unwrap().is_none(),
+            e.get(&cas_key(0)).unwrap().is_none(),
             "corrupt record must not be served"
         );
         assert_eq!(e.stats().corruptions, 1);
         let mut calls = 0;
-        let check = |k: &Key, _: &kiln::storage::Blob| k != &key(3);
-        let rep = e.verify(|_| calls += 1, Some(&check));
+        // Only keys 0..5 are checked; of those, key 3 fails. Key 7 would fail if it were asked.
+        let check = BlobCheck {
+            wants: &|k: &Key| (0..5).any(|n| *k == cas_key(n)),
+            check: &|k: &Key, _: &kiln::storage::Blob| k != &cas_key(3) && k != &cas_key(7),
+        };
+        let rep = e.verify(|_| calls += 1, Some(check));
         assert_eq!(
             (rep.records, rep.corrupt_records, rep.check_failures),
             (9, 1, 1)
         );
-        assert_eq!(rep.failed_keys, vec![key(3)]);
+        assert_eq!(rep.failed_keys, vec![cas_key(3)]);
         assert!(calls >= 1);
     }
 }
@@ -281,7 +259,7 @@ fn drop_with_live_upload_handle_does_not_hang() {
         let dir = tempfile::tempdir().unwrap();
         let rt = rt();
         let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
-        let mut w = rt.block_on(e.begin_write(key(1), 4)).unwrap();
+        let mut w = rt.block_on(e.begin_write(cas_key(1), 4)).unwrap();
         drop(e);
         let r = rt.block_on(async {
             w.write(Bytes::from_static(b"abcd")).await?;
@@ -313,7 +291,7 @@ fn lost_state_file_rebuilds_and_continues_after_the_highest_segment_on_disk() {
         {
             let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
             for n in 1..=150 {
-                rt.block_on(e.put(key(n), data(n, 4000))).unwrap();
+                rt.block_on(e.put(cas_key(n), data(n, 4000))).unwrap();
             }
         }
         let before = max_segment_seq(dir.path());
@@ -323,18 +301,18 @@ fn lost_state_file_rebuilds_and_continues_after_the_highest_segment_on_disk() {
             let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
             // The ring is found from the segment headers and the index rebuilt from them.
             assert_eq!(
-                e.get(&key(1)).unwrap().map(|g| g.to_bytes()),
+                e.get(&cas_key(1)).unwrap().map(|g| g.to_bytes()),
                 Some(data(1, 4000)),
                 "{b:?}: lost state, cache rebuilt"
             );
             assert_eq!(e.stats().index_rebuilds, 1);
-            rt.block_on(e.put(key(500), data(500, 4000))).unwrap();
+            rt.block_on(e.put(cas_key(500), data(500, 4000))).unwrap();
         }
         // Old records can never validate in a new segment: new seqs start past the old ones.
         assert!(max_segment_seq(dir.path()) > before, "{b:?}");
         let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
         assert_eq!(
-            e.get(&key(500)).unwrap().unwrap().to_bytes(),
+            e.get(&cas_key(500)).unwrap().unwrap().to_bytes(),
             data(500, 4000)
         );
     }

@@ -6,6 +6,9 @@
 //! store's own oldest segments, `Full` only when nothing can be evicted, reads go on, and
 //! writes succeed again after a restart.
 
+#[path = "common/storage.rs"]
+mod storage_support;
+
 mod common;
 
 use bytes::Bytes;
@@ -13,17 +16,12 @@ use kiln::proto::reapi::{
     BatchReadBlobsRequest, BatchUpdateBlobsRequest, FindMissingBlobsRequest,
     batch_update_blobs_request,
 };
-use kiln::storage::sys::{self, IoBackend, IoEngine};
-use kiln::storage::{Engine, EngineConfig, Key, StorageError, Store};
+use kiln::storage::sys::IoBackend;
+use kiln::storage::{Engine, EngineConfig, StorageError, Store};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-const BACKENDS: [IoBackend; 2] = [IoBackend::Psync, IoBackend::IoUring];
-
-fn io(b: IoBackend) -> Box<dyn IoEngine> {
-    sys::build(b).expect("io_uring must be available on kiln's build machines")
-}
+use storage_support::{BACKENDS, cas_key, config, data, io, rt};
 
 fn run(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd)
@@ -118,37 +116,12 @@ fn both_fs(mut f: impl FnMut(&str, &Mount, IoBackend)) {
 /// Periodic durability keeps the tests fast (a full disk shows up on allocation, not on
 /// fdatasync; the server test below runs with the default, fdatasync).
 fn cfg(dir: &Path) -> EngineConfig {
-    let mut c = EngineConfig::new(dir);
+    let mut c = config(dir, 256 << 10, 256, 16 << 10, 4096);
+    c.max_blob_size = 1 << 20;
     c.durability = kiln::storage::Durability::Periodic {
         interval: std::time::Duration::from_millis(20),
     };
-    c.segment_size = 256 << 10;
-    c.capacity_bytes = 64 << 20;
-    c.max_blob_size = 1 << 20;
-    c.part_size = 16 << 10;
-    c.index_slots = 4096;
     c
-}
-
-fn key(n: u64) -> Key {
-    let mut id = [0u8; 32];
-    id[..8].copy_from_slice(&n.to_le_bytes());
-    id[31] = 0x5e;
-    Key::new(Key::SPACE_CAS, id)
-}
-
-fn data(n: u64, len: usize) -> Bytes {
-    (0..len)
-        .map(|i| (i as u64).wrapping_mul(131).wrapping_add(n * 7) as u8)
-        .collect::<Vec<u8>>()
-        .into()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 const BLOB: usize = 12 << 10;
@@ -158,7 +131,7 @@ const BATCH: u64 = 16;
 fn write_batches(rt: &tokio::runtime::Runtime, e: &Engine, from: u64, to: u64) {
     for batch in from..to {
         let items = (batch * BATCH..(batch + 1) * BATCH)
-            .map(|n| (key(n), data(n, BLOB)))
+            .map(|n| (cas_key(n), data(n, BLOB)))
             .collect();
         rt.block_on(e.put_many(items))
             .unwrap_or_else(|err| panic!("batch {batch}: {err} ({:?})", e.stats()));
@@ -168,7 +141,7 @@ fn write_batches(rt: &tokio::runtime::Runtime, e: &Engine, from: u64, to: u64) {
 fn assert_batch_readable(e: &Engine, batch: u64, what: &str) {
     for n in batch * BATCH..(batch + 1) * BATCH {
         assert_eq!(
-            e.get(&key(n)).unwrap().map(|b| b.to_bytes()),
+            e.get(&cas_key(n)).unwrap().map(|b| b.to_bytes()),
             Some(data(n, BLOB)),
             "{what}: blob {n}"
         );
@@ -217,12 +190,12 @@ fn full_filesystem_evicts_own_oldest_segments_and_keeps_writing() {
                 assert_batch_readable(&e, batch, &what);
             }
             for n in 0..batches * BATCH {
-                if let Some(got) = e.get(&key(n)).unwrap() {
+                if let Some(got) = e.get(&cas_key(n)).unwrap() {
                     assert_eq!(got.to_bytes(), data(n, BLOB), "{what}: blob {n}");
                 }
             }
             assert!(
-                !e.contains(&key(0)).unwrap(),
+                !e.contains(&cas_key(0)).unwrap(),
                 "{what}: the oldest blob must have been evicted"
             );
         }
@@ -253,11 +226,11 @@ fn hot_blob_survives_in_a_ring_shrunk_by_a_full_disk() {
         assert!(e.stats().enospc_evictions > 0, "{what}");
         // The oldest blob still live: the next to be evicted.
         let hot = (0..batches * BATCH)
-            .find(|&n| e.contains(&key(n)).unwrap())
+            .find(|&n| e.contains(&cas_key(n)).unwrap())
             .unwrap();
         for batch in batches..2 * batches {
             assert_eq!(
-                e.get(&key(hot)).unwrap().map(|b| b.to_bytes()),
+                e.get(&cas_key(hot)).unwrap().map(|b| b.to_bytes()),
                 Some(data(hot, BLOB)),
                 "{what}: hot blob {hot} lost before batch {batch}: {:?}",
                 e.stats()
@@ -266,7 +239,7 @@ fn hot_blob_survives_in_a_ring_shrunk_by_a_full_disk() {
         }
         assert!(e.stats().copy_forwards > 0, "{what}: {:?}", e.stats());
         assert!(
-            !e.contains(&key(hot + 1)).unwrap(),
+            !e.contains(&cas_key(hot + 1)).unwrap(),
             "{what}: cold neighbour evicted"
         );
     });
@@ -295,7 +268,7 @@ fn eviction_that_frees_nothing_stops_at_one_segment() {
         let mut full_at = None;
         for batch in batches..batches + 8 {
             let items = (batch * BATCH..(batch + 1) * BATCH)
-                .map(|n| (key(n), data(n, BLOB)))
+                .map(|n| (cas_key(n), data(n, BLOB)))
                 .collect();
             match rt.block_on(e.put_many(items)) {
                 Ok(()) => {}
@@ -336,7 +309,7 @@ fn full_filesystem_with_nothing_to_evict_answers_full_and_recovers() {
         // The head segment still has room (it is preallocated); past it, nothing fits.
         let mut full = None;
         for n in 1000..1100u64 {
-            match rt.block_on(e.put(key(n), data(n, BLOB))) {
+            match rt.block_on(e.put(cas_key(n), data(n, BLOB))) {
                 Ok(()) => {}
                 Err(StorageError::Full(msg)) => {
                     full = Some(n);
@@ -347,10 +320,10 @@ fn full_filesystem_with_nothing_to_evict_answers_full_and_recovers() {
             }
         }
         let first_full = full.unwrap_or_else(|| panic!("{what}: never Full: {:?}", e.stats()));
-        assert!(!e.contains(&key(first_full)).unwrap(), "{what}");
+        assert!(!e.contains(&cas_key(first_full)).unwrap(), "{what}");
         assert!(
             matches!(
-                rt.block_on(e.put(key(2000), data(2000, BLOB))),
+                rt.block_on(e.put(cas_key(2000), data(2000, BLOB))),
                 Err(StorageError::Full(_))
             ),
             "{what}"
@@ -358,13 +331,13 @@ fn full_filesystem_with_nothing_to_evict_answers_full_and_recovers() {
         assert_batch_readable(&e, 0, &what);
         assert!(e.stats().full_errors > 0, "{what}");
         std::fs::remove_file(&filler).unwrap();
-        rt.block_on(e.put(key(2001), data(2001, BLOB))).unwrap();
+        rt.block_on(e.put(cas_key(2001), data(2001, BLOB))).unwrap();
         drop(e);
         let e = Engine::open_with_io(cfg(&m.store()), io(b)).unwrap();
-        rt.block_on(e.put(key(2002), data(2002, BLOB))).unwrap();
+        rt.block_on(e.put(cas_key(2002), data(2002, BLOB))).unwrap();
         for n in [2001, 2002] {
             assert_eq!(
-                e.get(&key(n)).unwrap().map(|b| b.to_bytes()),
+                e.get(&cas_key(n)).unwrap().map(|b| b.to_bytes()),
                 Some(data(n, BLOB)),
                 "{what}"
             );
@@ -398,8 +371,11 @@ fn index_that_does_not_fit_is_a_clear_error_at_open() {
         }
         std::fs::remove_file(&filler).unwrap();
         let e = Engine::open_with_io(c, io(b)).unwrap();
-        rt().block_on(e.put(key(1), data(1, 100))).unwrap();
-        assert_eq!(e.get(&key(1)).unwrap().unwrap().to_bytes(), data(1, 100));
+        rt().block_on(e.put(cas_key(1), data(1, 100))).unwrap();
+        assert_eq!(
+            e.get(&cas_key(1)).unwrap().unwrap().to_bytes(),
+            data(1, 100)
+        );
     });
 }
 

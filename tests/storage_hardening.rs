@@ -4,52 +4,18 @@
 //! FindMissingBlobs uses, says so) and is served again after a re-upload. Each test runs on
 //! both I/O engines.
 
+#[path = "common/storage.rs"]
+mod storage_support;
+
 use bytes::Bytes;
 use kiln::storage::format::{RecordHeader, RecordKind, SegmentHeader, record_span};
-use kiln::storage::sys::fault::{FaultIo, FaultState};
-use kiln::storage::sys::{self, IoBackend, IoEngine};
+use kiln::storage::sys::IoBackend;
 use kiln::storage::{Durability, Engine, EngineConfig, Key, Store};
 use std::path::{Path, PathBuf};
-
-const BACKENDS: [IoBackend; 2] = [IoBackend::Psync, IoBackend::IoUring];
-
-fn io(b: IoBackend) -> Box<dyn IoEngine> {
-    sys::build(b).expect("io_uring must be available on kiln's build machines")
-}
+use storage_support::{BACKENDS, cas_key, config, data, faulty, io, key, rt};
 
 fn cfg(dir: &Path) -> EngineConfig {
-    let mut c = EngineConfig::new(dir);
-    c.segment_size = 256 << 10;
-    c.capacity_bytes = 8 * c.segment_size;
-    c.max_blob_size = c.capacity_bytes / 4;
-    c.part_size = 16 << 10;
-    c.index_slots = 4096;
-    c
-}
-
-fn key(space: u8, n: u64) -> Key {
-    let mut id = [0u8; 32];
-    id[..8].copy_from_slice(&n.to_le_bytes());
-    id[31] = 0x77;
-    Key::new(space, id)
-}
-
-fn cas(n: u64) -> Key {
-    key(Key::SPACE_CAS, n)
-}
-
-fn data(n: u64, len: usize) -> Bytes {
-    (0..len)
-        .map(|i| (i as u64).wrapping_mul(29).wrapping_add(n * 13 + 1) as u8)
-        .collect::<Vec<u8>>()
-        .into()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    config(dir, 256 << 10, 8, 16 << 10, 4096)
 }
 
 const SMALL: u64 = 40;
@@ -62,10 +28,10 @@ fn populate(dir: &Path, b: IoBackend) {
     let e = Engine::open_with_io(cfg(dir), io(b)).unwrap();
     rt.block_on(async {
         for n in 0..SMALL {
-            e.put(cas(n), data(n, 3000 + n as usize)).await.unwrap();
+            e.put(cas_key(n), data(n, 3000 + n as usize)).await.unwrap();
         }
         let big = data(BIG, BIG_LEN);
-        let mut w = e.begin_write(cas(BIG), big.len() as u64).await.unwrap();
+        let mut w = e.begin_write(cas_key(BIG), big.len() as u64).await.unwrap();
         for c in big.chunks(7000) {
             w.write(Bytes::copy_from_slice(c)).await.unwrap();
         }
@@ -78,9 +44,9 @@ fn populate(dir: &Path, b: IoBackend) {
 /// What `populate` wrote: (key, bytes), the AC entry at its newest value.
 fn populated() -> Vec<(Key, Bytes)> {
     let mut v: Vec<(Key, Bytes)> = (0..SMALL)
-        .map(|n| (cas(n), data(n, 3000 + n as usize)))
+        .map(|n| (cas_key(n), data(n, 3000 + n as usize)))
         .collect();
-    v.push((cas(BIG), data(BIG, BIG_LEN)));
+    v.push((cas_key(BIG), data(BIG, BIG_LEN)));
     v.push((key(Key::SPACE_AC, 1), data(502, 300)));
     v
 }
@@ -167,16 +133,16 @@ fn flipped_record_byte_reads_missing_and_reupload_is_served() {
         let dir = tempfile::tempdir().unwrap();
         populate(dir.path(), b);
         let recs = records(dir.path());
-        let small = recs.iter().find(|r| r.header.key == cas(7)).unwrap();
+        let small = recs.iter().find(|r| r.header.key == cas_key(7)).unwrap();
         flip(&small.path, small.off + 64 + 100);
         let part = recs
             .iter()
-            .find(|r| r.header.key == cas(BIG) && r.header.kind == RecordKind::Part)
+            .find(|r| r.header.key == cas_key(BIG) && r.header.kind == RecordKind::Part)
             .unwrap();
         flip(&part.path, part.off + 64 + 5);
         {
             let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
-            for k in [cas(7), cas(BIG)] {
+            for k in [cas_key(7), cas_key(BIG)] {
                 assert!(e.get(&k).unwrap().is_none(), "{b:?}: damaged {k:?} served");
                 assert!(
                     !e.contains(&k).unwrap(),
@@ -184,7 +150,7 @@ fn flipped_record_byte_reads_missing_and_reupload_is_served() {
                 );
             }
             assert_eq!(
-                e.contains_many(&[cas(6), cas(7), cas(BIG), cas(8)])
+                e.contains_many(&[cas_key(6), cas_key(7), cas_key(BIG), cas_key(8)])
                     .unwrap(),
                 vec![true, false, false, true]
             );
@@ -194,8 +160,9 @@ fn flipped_record_byte_reads_missing_and_reupload_is_served() {
                 (2, 2),
                 "{b:?}: {st:?}"
             );
-            rt.block_on(e.put(cas(7), data(7, 3007))).unwrap();
-            rt.block_on(e.put(cas(BIG), data(BIG, BIG_LEN))).unwrap();
+            rt.block_on(e.put(cas_key(7), data(7, 3007))).unwrap();
+            rt.block_on(e.put(cas_key(BIG), data(BIG, BIG_LEN)))
+                .unwrap();
             assert_all_served(&e, &format!("{b:?} after re-upload"));
         }
         let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
@@ -216,7 +183,7 @@ fn damaged_segment_header_drops_its_blobs() {
             populate(dir.path(), b);
             let recs = records(dir.path());
             let first = &recs[0];
-            assert_eq!(first.header.key, cas(0));
+            assert_eq!(first.header.key, cas_key(0));
             // Keys with a record in that segment (a multi-part blob's parts included).
             let in_first: std::collections::HashSet<Key> = recs
                 .iter()
@@ -234,9 +201,9 @@ fn damaged_segment_header_drops_its_blobs() {
                 );
                 assert!(kiln::admin::outcome(&rep).is_err(), "{what}");
             } else {
-                assert!(e.get(&cas(0)).unwrap().is_none(), "{what}");
+                assert!(e.get(&cas_key(0)).unwrap().is_none(), "{what}");
             }
-            assert!(!e.contains(&cas(0)).unwrap(), "{what}");
+            assert!(!e.contains(&cas_key(0)).unwrap(), "{what}");
             // Reads find the rest of that segment's blobs gone and drop them too.
             for (k, _) in populated() {
                 let _ = e.get(&k).unwrap();
@@ -270,19 +237,22 @@ fn flipped_index_slot_is_found_dropped_and_repaired_by_reupload() {
             let dir = tempfile::tempdir().unwrap();
             populate(dir.path(), b);
             // Word 6 = seq << 32 | offset/64; byte 48 is the offset's low byte.
-            flip(&dir.path().join("index"), slot_of(dir.path(), &cas(5)) + 48);
+            flip(
+                &dir.path().join("index"),
+                slot_of(dir.path(), &cas_key(5)) + 48,
+            );
             let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
             if by_verify {
                 let rep = e.verify(|_| {}, None);
                 assert_eq!(rep.dropped_entries, 1, "{what}: {rep:?}");
                 assert!(rep.damaged(), "{what}");
                 assert!(kiln::admin::outcome(&rep).is_err(), "{what}");
-                assert!(!e.contains(&cas(5)).unwrap(), "{what}");
+                assert!(!e.contains(&cas_key(5)).unwrap(), "{what}");
             } else {
-                assert!(e.get(&cas(5)).unwrap().is_none(), "{what}");
-                assert!(!e.contains(&cas(5)).unwrap(), "{what}");
+                assert!(e.get(&cas_key(5)).unwrap().is_none(), "{what}");
+                assert!(!e.contains(&cas_key(5)).unwrap(), "{what}");
             }
-            rt.block_on(e.put(cas(5), data(5, 3005))).unwrap();
+            rt.block_on(e.put(cas_key(5), data(5, 3005))).unwrap();
             assert_all_served(&e, &what);
             let rep = e.verify(|_| {}, None);
             assert!(!rep.damaged(), "{what}: {rep:?}");
@@ -319,7 +289,7 @@ fn damaged_or_missing_index_is_rebuilt_from_the_segments() {
             // A co-located worker reads the rebuilt index (header checksum included).
             let peek = kiln::storage::Peek::open(dir.path()).unwrap();
             let mut out = Vec::new();
-            assert!(peek.copy_to(&cas(BIG), &mut out).unwrap(), "{what}");
+            assert!(peek.copy_to(&cas_key(BIG), &mut out).unwrap(), "{what}");
             assert_eq!(out, data(BIG, BIG_LEN), "{what}");
         }
     }
@@ -336,7 +306,7 @@ fn rebuild_after_the_ring_wrapped_serves_live_blobs_only() {
         {
             let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
             for n in 0..total {
-                rt.block_on(e.put(cas(n), data(n, 5000))).unwrap();
+                rt.block_on(e.put(cas_key(n), data(n, 5000))).unwrap();
             }
             assert!(e.stats().evictions > 0);
         }
@@ -344,16 +314,19 @@ fn rebuild_after_the_ring_wrapped_serves_live_blobs_only() {
         let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
         assert_eq!(e.stats().index_rebuilds, 1);
         for n in 0..total {
-            if let Some(got) = e.get(&cas(n)).unwrap() {
+            if let Some(got) = e.get(&cas_key(n)).unwrap() {
                 assert_eq!(got.to_bytes(), data(n, 5000), "{b:?}: blob {n}");
             }
         }
         assert!(
-            !e.contains(&cas(0)).unwrap(),
+            !e.contains(&cas_key(0)).unwrap(),
             "{b:?}: evicted blob came back"
         );
         for n in total - 100..total {
-            assert!(e.contains(&cas(n)).unwrap(), "{b:?}: live blob {n} lost");
+            assert!(
+                e.contains(&cas_key(n)).unwrap(),
+                "{b:?}: live blob {n} lost"
+            );
         }
     }
 }
@@ -377,7 +350,7 @@ fn flipped_state_slots_lose_nothing() {
                 u64::from(slots.len() == 2),
                 "{what}"
             );
-            rt().block_on(e.put(cas(9999), data(9999, 10))).unwrap();
+            rt().block_on(e.put(cas_key(9999), data(9999, 10))).unwrap();
             assert!(!e.verify(|_| {}, None).damaged(), "{what}");
         }
     }
@@ -397,13 +370,13 @@ fn torn_unacknowledged_tail_is_not_corruption() {
         let mut at = last.off + record_span(last.header.len) as usize;
         // Torn record: full header, a third of the payload.
         let payload = data(4242, 5000);
-        let h = RecordHeader::for_payload(RecordKind::Blob, cas(4242), &payload);
+        let h = RecordHeader::for_payload(RecordKind::Blob, cas_key(4242), &payload);
         file[at..at + 64].copy_from_slice(&h.encode(last.seq));
         file[at + 64..at + 64 + 1700].copy_from_slice(&payload[..1700]);
         at += record_span(h.len) as usize;
         // A whole record after it (pages written back out of order).
         let whole = data(4243, 900);
-        let h2 = RecordHeader::for_payload(RecordKind::Blob, cas(4243), &whole);
+        let h2 = RecordHeader::for_payload(RecordKind::Blob, cas_key(4243), &whole);
         file[at..at + 64].copy_from_slice(&h2.encode(last.seq));
         file[at + 64..at + 64 + 900].copy_from_slice(&whole);
         std::fs::write(&last.path, &file).unwrap();
@@ -423,14 +396,14 @@ fn torn_unacknowledged_tail_is_not_corruption() {
             kiln::admin::describe(&rep)
         );
         assert!(kiln::admin::outcome(&rep).is_ok(), "{b:?}");
-        assert!(e.get(&cas(4242)).unwrap().is_none());
+        assert!(e.get(&cas_key(4242)).unwrap().is_none());
         assert_all_served(&e, &format!("{b:?}"));
         drop(e);
 
         // Real damage before the last referenced record: exit 1, entry dropped.
         let victim = records(dir.path())
             .into_iter()
-            .find(|r| r.header.key == cas(3))
+            .find(|r| r.header.key == cas_key(3))
             .unwrap();
         flip(&victim.path, victim.off + 64 + 1);
         let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
@@ -441,7 +414,7 @@ fn torn_unacknowledged_tail_is_not_corruption() {
             "{b:?}: {rep:?}"
         );
         assert!(kiln::admin::outcome(&rep).is_err());
-        assert!(!e.contains(&cas(3)).unwrap(), "{b:?}");
+        assert!(!e.contains(&cas_key(3)).unwrap(), "{b:?}");
     }
 }
 
@@ -454,8 +427,7 @@ fn crash_images_verify_without_corruption() {
     for b in BACKENDS {
         for seed in 1..=6u64 {
             let dir = tempfile::tempdir().unwrap();
-            let st = FaultState::new();
-            let fio: Box<dyn IoEngine> = Box::new(FaultIo::new(st.clone(), io(b)));
+            let (st, fio) = faulty(b);
             // Periodic mode with a long interval: the second half is in the page cache only
             // when the power goes off, so the crash image keeps, drops or tears its pages.
             let mut c = cfg(dir.path());
@@ -465,11 +437,11 @@ fn crash_images_verify_without_corruption() {
             {
                 let e = Engine::open_with_io(c, fio).unwrap();
                 for n in 0..30 {
-                    rt.block_on(e.put(cas(n), data(n, 9000))).unwrap();
+                    rt.block_on(e.put(cas_key(n), data(n, 9000))).unwrap();
                 }
                 rt.block_on(e.sync()).unwrap();
                 for n in 30..60 {
-                    rt.block_on(e.put(cas(n), data(n, 9000))).unwrap();
+                    rt.block_on(e.put(cas_key(n), data(n, 9000))).unwrap();
                 }
                 st.freeze();
             }
@@ -484,7 +456,7 @@ fn crash_images_verify_without_corruption() {
             torn += rep.torn_tail_regions;
             for n in 0..30 {
                 assert_eq!(
-                    e.get(&cas(n)).unwrap().map(|b| b.to_bytes()),
+                    e.get(&cas_key(n)).unwrap().map(|b| b.to_bytes()),
                     Some(data(n, 9000)),
                     "{b:?} seed {seed}: acknowledged blob {n}"
                 );

@@ -4,9 +4,13 @@
 //! engine's crash images) and a real SIGKILL during and right after a growth recover to an
 //! index that serves every acknowledged blob; a larger `index_slots` at restart keeps them.
 
+#[path = "common/storage.rs"]
+mod storage_support;
+#[path = "common/wait.rs"]
+mod wait;
+
 use bytes::Bytes;
-use kiln::storage::sys::fault::{FaultIo, FaultState};
-use kiln::storage::sys::{self, IoBackend, IoEngine};
+use kiln::storage::sys::IoBackend;
 use kiln::storage::{Durability, Engine, EngineConfig, Key, Store};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -14,51 +18,30 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use storage_support::{cas_key, config, data, faulty, rt_threads};
+use wait::wait_until;
 
 const INITIAL_SLOTS: u64 = 4096;
 
 fn cfg(dir: &Path) -> EngineConfig {
-    let mut c = EngineConfig::new(dir);
-    c.segment_size = 4 << 20;
-    c.capacity_bytes = 64 << 20;
+    let mut c = config(dir, 4 << 20, 16, 64 << 10, INITIAL_SLOTS);
     c.max_blob_size = 1 << 20;
-    c.part_size = 64 << 10;
-    c.index_slots = INITIAL_SLOTS;
     c.durability = Durability::Periodic {
         interval: Duration::from_millis(20),
     };
     c
 }
 
-fn key(n: u64) -> Key {
-    let mut id = [0u8; 32];
-    id[..8].copy_from_slice(&n.to_le_bytes());
-    id[8..16].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
-    Key::new(Key::SPACE_CAS, id)
-}
-
-fn data(n: u64) -> Bytes {
-    let len = 40 + (n % 160) as usize;
-    Bytes::from(
-        (0..len)
-            .map(|i| (n as u8).wrapping_add(i as u8).wrapping_mul(31))
-            .collect::<Vec<u8>>(),
-    )
+/// Blob `n`: 40 to 199 bytes, so many fit and the index fills before the ring.
+fn blob(n: u64) -> Bytes {
+    data(n, 40 + (n % 160) as usize)
 }
 
 fn check(e: &Engine, n: u64, when: &str) {
-    match e.get(&key(n)).unwrap() {
-        Some(b) => assert_eq!(b.to_bytes(), data(n), "{when}: wrong bytes for blob {n}"),
+    match e.get(&cas_key(n)).unwrap() {
+        Some(b) => assert_eq!(b.to_bytes(), blob(n), "{when}: wrong bytes for blob {n}"),
         None => panic!("{when}: acknowledged blob {n} not found ({:?})", e.stats()),
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// Inserts blobs `from..to` in batches of `batch`, publishing the highest acknowledged count.
@@ -66,7 +49,7 @@ async fn insert(e: &Engine, from: u64, to: u64, batch: u64, acked: &AtomicU64) {
     let mut n = from;
     while n < to {
         let end = (n + batch).min(to);
-        e.put_many((n..end).map(|i| (key(i), data(i))).collect())
+        e.put_many((n..end).map(|i| (cas_key(i), blob(i))).collect())
             .await
             .unwrap();
         acked.store(end, Ordering::Release);
@@ -85,7 +68,7 @@ async fn insert(e: &Engine, from: u64, to: u64, batch: u64, acked: &AtomicU64) {
 fn grows_online_while_reads_and_writes_go_on_and_forgets_nothing() {
     const N: u64 = 40_000; // ~10x the initial slots: five doublings at load 0.5
     let dir = tempfile::tempdir().unwrap();
-    let rt = runtime();
+    let rt = rt_threads(2);
     let e = Arc::new(Engine::open(cfg(dir.path())).unwrap());
     let acked = Arc::new(AtomicU64::new(0));
     let reader = {
@@ -120,11 +103,9 @@ fn grows_online_while_reads_and_writes_go_on_and_forgets_nothing() {
         "the reader ran alongside the writes ({reads})"
     );
     // A growth started by the last writes finishes without further writes.
-    let deadline = Instant::now() + Duration::from_mins(1);
-    while e.stats().index_growing {
-        assert!(Instant::now() < deadline, "growth never finished");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("the last growth finishes", Duration::from_mins(1), || {
+        !e.stats().index_growing
+    });
     let s = e.stats();
     assert!(s.index_growths >= 4, "{s:?}");
     assert_eq!(s.index_displaced, 0, "{s:?}");
@@ -138,7 +119,7 @@ fn grows_online_while_reads_and_writes_go_on_and_forgets_nothing() {
     );
     assert!(!dir.path().join("index.grow").exists());
     let found = e
-        .contains_many(&(0..N).map(key).collect::<Vec<_>>())
+        .contains_many(&(0..N).map(cas_key).collect::<Vec<_>>())
         .unwrap();
     assert!(
         found.iter().all(|&f| f),
@@ -180,7 +161,7 @@ fn grows_online_while_reads_and_writes_go_on_and_forgets_nothing() {
 fn index_at_its_maximum_displaces_oldest_first() {
     const N: u64 = 6000;
     let dir = tempfile::tempdir().unwrap();
-    let rt = runtime();
+    let rt = rt_threads(2);
     let mut c = cfg(dir.path());
     c.index_slots = 1024;
     c.index_max_slots = 2048;
@@ -200,23 +181,17 @@ fn index_at_its_maximum_displaces_oldest_first() {
     // Each insert into a full window pushes out the entry written earliest: what is left is
     // the newest blobs. (A hash table has no global order, so this is per window: the newest
     // thousand are nearly all there, the oldest thousand nearly all gone.)
-    let found = |r: std::ops::Range<u64>| r.filter(|&n| e.contains(&key(n)).unwrap()).count();
+    let found = |r: std::ops::Range<u64>| r.filter(|&n| e.contains(&cas_key(n)).unwrap()).count();
     let (oldest, newest) = (found(0..1000), found(N - 1000..N));
     assert!(
         oldest < 50 && newest > 900,
         "oldest kept {oldest}, newest kept {newest}"
     );
     for n in N - 1000..N {
-        if e.contains(&key(n)).unwrap() {
+        if e.contains(&cas_key(n)).unwrap() {
             check(&e, n, "kept at the maximum");
         }
     }
-}
-
-fn fault_io(b: IoBackend) -> (Arc<FaultState>, Box<dyn IoEngine>) {
-    let st = FaultState::new();
-    let io = Box::new(FaultIo::new(Arc::clone(&st), sys::build(b).unwrap()));
-    (st, io)
 }
 
 /// Power losses at many points around growths (before a switch, with the new table still being
@@ -224,7 +199,7 @@ fn fault_io(b: IoBackend) -> (Arc<FaultState>, Box<dyn IoEngine>) {
 /// before the power went is served with its bytes after reopening, and nothing is damaged.
 #[test]
 fn power_loss_around_growths_keeps_every_acknowledged_blob() {
-    let rt = runtime();
+    let rt = rt_threads(2);
     for seed in 1..=8u64 {
         let dir = tempfile::tempdir().unwrap();
         let mut c = cfg(dir.path());
@@ -235,7 +210,7 @@ fn power_loss_around_growths_keeps_every_acknowledged_blob() {
         if seed % 2 == 1 {
             c.grow_copy_delay = Duration::from_millis(300);
         }
-        let (fault, io) = fault_io(if seed % 4 < 2 {
+        let (fault, io) = faulty(if seed % 4 < 2 {
             IoBackend::Psync
         } else {
             IoBackend::IoUring
@@ -263,10 +238,10 @@ fn power_loss_around_growths_keeps_every_acknowledged_blob() {
             check(&e, n, &format!("seed {seed}: after a power loss"));
         }
         for n in freeze_at..total {
-            if let Some(b) = e.get(&key(n)).unwrap() {
+            if let Some(b) = e.get(&cas_key(n)).unwrap() {
                 assert_eq!(
                     b.to_bytes(),
-                    data(n),
+                    blob(n),
                     "seed {seed}: unacknowledged blob {n}"
                 );
             }
@@ -301,11 +276,11 @@ fn sigkill_child(dir: &Path) -> ! {
         .unwrap()
         .parse()
         .unwrap();
-    let rt = runtime();
+    let rt = rt_threads(2);
     let e = Engine::open(c).unwrap();
     let mut n = start;
     loop {
-        rt.block_on(e.put_many((n..n + 50).map(|i| (key(i), data(i))).collect()))
+        rt.block_on(e.put_many((n..n + 50).map(|i| (cas_key(i), blob(i))).collect()))
             .unwrap();
         n += 50;
         println!("acked {n} growths {}", e.stats().index_growths);
@@ -394,25 +369,25 @@ fn sigkill_during_and_right_after_a_growth_keeps_every_acknowledged_blob() {
 #[test]
 fn co_located_reader_follows_a_grown_index() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = runtime();
+    let rt = rt_threads(2);
     let e = Engine::open(cfg(dir.path())).unwrap();
     let acked = AtomicU64::new(0);
     rt.block_on(insert(&e, 0, 100, 100, &acked));
     rt.block_on(e.sync()).unwrap();
     let peek = kiln::storage::Peek::open(dir.path()).unwrap();
     let mut out = Vec::new();
-    assert!(peek.copy_to(&key(5), &mut out).unwrap());
-    assert_eq!(out, data(5));
+    assert!(peek.copy_to(&cas_key(5), &mut out).unwrap());
+    assert_eq!(out, blob(5));
     rt.block_on(insert(&e, 100, 10_000, 250, &acked));
     rt.block_on(e.sync()).unwrap();
     assert!(e.stats().index_growths >= 2, "{:?}", e.stats());
     for n in [5, 9_999, 5_000] {
         let mut out = Vec::new();
         assert!(
-            peek.copy_to(&key(n), &mut out).unwrap(),
+            peek.copy_to(&cas_key(n), &mut out).unwrap(),
             "blob {n} after the growth"
         );
-        assert_eq!(out, data(n));
+        assert_eq!(out, blob(n));
     }
 }
 
@@ -421,13 +396,13 @@ fn co_located_reader_follows_a_grown_index() {
 #[test]
 fn a_growth_keeps_the_touches_eviction_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = runtime();
+    let rt = rt_threads(2);
     let mut c = cfg(dir.path());
     c.capacity_bytes = 32 << 20; // 8 segments of 4 MiB; horizon: the last 4 segments
     c.index_slots = 1024;
     c.index_max_slots = 1 << 20;
     let e = Engine::open(c).unwrap();
-    let hot: Vec<Key> = (0..200).map(|n| key(1_000_000 + n)).collect();
+    let hot: Vec<Key> = (0..200).map(|n| cas_key(1_000_000 + n)).collect();
     let hot_data = |k: &Key| Bytes::from(k.id.repeat(32)); // 1 KiB
     rt.block_on(e.put_many(hot.iter().map(|k| (*k, hot_data(k))).collect()))
         .unwrap();
@@ -436,7 +411,7 @@ fn a_growth_keeps_the_touches_eviction_reads() {
     let mut n = 0u64;
     while head(&e) < 7 {
         let items = (n..n + 64)
-            .map(|i| (key(i), Bytes::from(vec![i as u8; 4096])))
+            .map(|i| (cas_key(i), Bytes::from(vec![i as u8; 4096])))
             .collect();
         rt.block_on(e.put_many(items)).unwrap();
         n += 64;
@@ -448,7 +423,7 @@ fn a_growth_keeps_the_touches_eviction_reads() {
     // segment is evicted.
     while e.stats().evictions < 2 {
         let items = (n..n + 500)
-            .map(|i| (key(i), Bytes::copy_from_slice(&i.to_le_bytes())))
+            .map(|i| (cas_key(i), Bytes::copy_from_slice(&i.to_le_bytes())))
             .collect();
         rt.block_on(e.put_many(items)).unwrap();
         n += 500;
@@ -473,7 +448,7 @@ fn a_growth_keeps_the_touches_eviction_reads() {
 #[test]
 fn one_batch_of_many_entries_into_a_small_index_loses_none() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = runtime();
+    let rt = rt_threads(2);
     let mut c = cfg(dir.path());
     c.index_slots = 1024;
     c.index_max_slots = 1 << 20;
@@ -481,14 +456,14 @@ fn one_batch_of_many_entries_into_a_small_index_loses_none() {
     let mut n = 0u64;
     for batch in [3_000u64, 500, 8_000, 500, 20_000] {
         let items = (n..n + batch)
-            .map(|i| (key(i), Bytes::copy_from_slice(&i.to_le_bytes())))
+            .map(|i| (cas_key(i), Bytes::copy_from_slice(&i.to_le_bytes())))
             .collect();
         rt.block_on(e.put_many(items)).unwrap();
         n += batch;
         let s = e.stats();
         assert_eq!(s.index_displaced, 0, "after {n} entries: {s:?}");
     }
-    let keys: Vec<Key> = (0..n).map(key).collect();
+    let keys: Vec<Key> = (0..n).map(cas_key).collect();
     let missing = e
         .contains_many(&keys)
         .unwrap()

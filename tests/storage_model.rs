@@ -1,12 +1,16 @@
 //! The engine against a `BTreeMap` model: put, get, contains, reopen, sync and eviction, on
 //! both I/O engines.
 
+#[path = "common/storage.rs"]
+mod storage_support;
+
 use bytes::Bytes;
-use kiln::storage::sys::{self, IoBackend};
+use kiln::storage::sys::IoBackend;
 use kiln::storage::{Engine, EngineConfig, Key, Store};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
+use storage_support::{config, io};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -28,12 +32,8 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn cfg(dir: &Path) -> EngineConfig {
-    let mut c = EngineConfig::new(dir);
-    c.segment_size = 128 << 10;
-    c.capacity_bytes = 8 * c.segment_size;
+    let mut c = config(dir, 128 << 10, 8, 8 << 10, 1024);
     c.max_blob_size = 256 << 10;
-    c.part_size = 8 << 10;
-    c.index_slots = 1024;
     c.probe_limit = 8;
     c
 }
@@ -66,7 +66,7 @@ fn run(backend: IoBackend, ops: &[Op]) {
         .enable_all()
         .build()
         .unwrap();
-    let open = || Engine::open_with_io(cfg(dir.path()), sys::build(backend).unwrap()).unwrap();
+    let open = || Engine::open_with_io(cfg(dir.path()), io(backend)).unwrap();
     let mut e = open();
     let mut model: BTreeMap<Key, (Bytes, u64)> = BTreeMap::new();
     let mut evictions_before = 0u64;

@@ -1,33 +1,24 @@
 //! Restart cost does not grow with the number of blobs: a store holding 1M small blobs
 //! reopens with two reads of the state file and without reading a single record.
 
+#[path = "common/storage.rs"]
+mod storage_support;
+
 use bytes::Bytes;
-use kiln::storage::sys::fault::{FaultIo, FaultState};
-use kiln::storage::sys::{self, IoBackend};
-use kiln::storage::{Durability, Engine, EngineConfig, Key, Store};
+use kiln::storage::{Durability, Engine, EngineConfig, Store};
 use std::path::Path;
-use std::sync::Arc;
+use storage_support::{BACKENDS, cas_key, config, faulty};
 
 const N: u64 = 1_000_000;
 
 fn cfg(dir: &Path) -> EngineConfig {
-    let mut c = EngineConfig::new(dir);
-    c.segment_size = 64 << 20;
-    c.capacity_bytes = 4 * c.segment_size;
+    let mut c = config(dir, 64 << 20, 4, 1 << 20, 2 * N);
     c.max_blob_size = 1 << 20;
-    c.index_slots = 2 * N;
     c.max_batch_bytes = 4 << 20;
     c.durability = Durability::Periodic {
         interval: std::time::Duration::from_secs(1),
     };
     c
-}
-
-fn key(n: u64) -> Key {
-    let mut id = [0u8; 32];
-    id[..8].copy_from_slice(&n.to_le_bytes());
-    id[8..16].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
-    Key::new(Key::SPACE_CAS, id)
 }
 
 #[test]
@@ -43,7 +34,7 @@ fn reopen_with_1m_blobs_reads_no_records() {
         rt.block_on(async {
             for batch in 0..N / 20_000 {
                 let items = (batch * 20_000..(batch + 1) * 20_000)
-                    .map(|n| (key(n), Bytes::copy_from_slice(&n.to_le_bytes())))
+                    .map(|n| (cas_key(n), Bytes::copy_from_slice(&n.to_le_bytes())))
                     .collect();
                 e.put_many(items).await.unwrap();
             }
@@ -54,9 +45,8 @@ fn reopen_with_1m_blobs_reads_no_records() {
         displaced = e.stats().index_displaced;
         assert!(displaced < 100, "{:?}", e.stats());
     }
-    for b in [IoBackend::Psync, IoBackend::IoUring] {
-        let fault = FaultState::new();
-        let io = Box::new(FaultIo::new(Arc::clone(&fault), sys::build(b).unwrap()));
+    for b in BACKENDS {
+        let (fault, io) = faulty(b);
         let e = Engine::open_with_io(cfg(dir.path()), io).unwrap();
         // Open read the two state slots and nothing else through the I/O engine, and parsed
         // no record header through the maps.
@@ -64,7 +54,7 @@ fn reopen_with_1m_blobs_reads_no_records() {
         assert_eq!(e.stats().record_reads, 0);
         let mut misses = 0;
         for n in (0..N).step_by(997) {
-            match e.get(&key(n)).unwrap() {
+            match e.get(&cas_key(n)).unwrap() {
                 Some(v) => assert_eq!(v.to_bytes(), Bytes::copy_from_slice(&n.to_le_bytes())),
                 None => misses += 1,
             }
@@ -73,6 +63,6 @@ fn reopen_with_1m_blobs_reads_no_records() {
             misses <= displaced,
             "{b:?}: {misses} misses, {displaced} displaced"
         );
-        assert!(!e.contains(&key(N + 1)).unwrap());
+        assert!(!e.contains(&cas_key(N + 1)).unwrap());
     }
 }

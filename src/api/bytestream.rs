@@ -3,6 +3,7 @@
 use super::CacheServices;
 use super::resource_name::{Compression, ResourceName};
 use super::uploads::{Reservation, UploadRegistry, UploadState, stream_cost};
+use crate::cas::Blob;
 use crate::cas::compression::{DecodeError, StreamDecoder, ZSTD_LEVEL};
 use crate::cas::{CasError, Upload};
 use crate::proto::bytestream::byte_stream_server::ByteStream;
@@ -10,7 +11,6 @@ use crate::proto::bytestream::{
     QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest,
     WriteResponse,
 };
-use crate::storage::Blob;
 use bytes::Bytes;
 use futures::Stream;
 use std::io::Write;

@@ -2,7 +2,7 @@
 
 use super::status::{rpc_ok, rpc_status};
 use super::{CacheServices, validate_instance};
-use crate::cas::{CasError, compression, get_tree_page};
+use crate::cas::{CasError, TreePager, compression};
 use crate::digest::{Digest, DigestFunction};
 use crate::proto::reapi::content_addressable_storage_server::ContentAddressableStorage;
 use crate::proto::reapi::{
@@ -215,8 +215,10 @@ impl ContentAddressableStorage for CasService {
             req.page_size as usize
         };
         // The first page is computed here so that a bad root or token fails the call itself.
-        let first = get_tree_page(&self.state.cas, &root, page_size, &req.page_token)?;
+        // The pager keeps its walk, so each later page continues where the last stopped.
         let cas = self.state.cas.clone();
+        let mut pager = TreePager::new(&cas, &root, &req.page_token)?;
+        let first = pager.next_page(&cas, page_size)?;
         let stream = async_stream::try_stream! {
             let mut page = first;
             loop {
@@ -225,7 +227,7 @@ impl ContentAddressableStorage for CasService {
                 if token.is_empty() {
                     break;
                 }
-                page = get_tree_page(&cas, &root, page_size, &token)?;
+                page = pager.next_page(&cas, page_size)?;
             }
         };
         Ok(Response::new(Box::pin(stream)))

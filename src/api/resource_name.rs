@@ -144,19 +144,18 @@ fn parse_blob_part<'a>(
         _ => return Err(malformed(name, "expected blobs or compressed-blobs")),
     };
     let mut function = DigestFunction::Sha256;
-    if let Some(first) = rest.first() {
-        if first.len() != 64
-            && first
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && rest.len() >= 3
-        {
-            function = match *first {
-                "sha256" => DigestFunction::Sha256,
-                other => return Err(DigestError::UnsupportedFunction(other.to_string()).into()),
-            };
-            rest = &rest[1..];
-        }
+    if let Some(first) = rest.first()
+        && first.len() != 64
+        && first
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && rest.len() >= 3
+    {
+        function = match *first {
+            "sha256" => DigestFunction::Sha256,
+            other => return Err(DigestError::UnsupportedFunction(other.to_string()).into()),
+        };
+        rest = &rest[1..];
     }
     let [hash, size, tail @ ..] = rest else {
         return Err(malformed(name, "missing hash or size"));

@@ -164,21 +164,21 @@ impl ActionCache {
                 budget -= d.size;
                 Ok(self.cas.get(&d)?.map(|b| b.to_bytes()))
             };
-        if inline.stdout {
-            if let Some(b) = take(result.stdout_digest.as_ref())? {
-                result.stdout_raw = b;
-            }
+        if inline.stdout
+            && let Some(b) = take(result.stdout_digest.as_ref())?
+        {
+            result.stdout_raw = b;
         }
-        if inline.stderr {
-            if let Some(b) = take(result.stderr_digest.as_ref())? {
-                result.stderr_raw = b;
-            }
+        if inline.stderr
+            && let Some(b) = take(result.stderr_digest.as_ref())?
+        {
+            result.stderr_raw = b;
         }
         for f in &mut result.output_files {
-            if inline.files.iter().any(|p| *p == f.path) {
-                if let Some(b) = take(f.digest.as_ref())? {
-                    f.contents = b;
-                }
+            if inline.files.contains(&f.path)
+                && let Some(b) = take(f.digest.as_ref())?
+            {
+                f.contents = b;
             }
         }
         Ok(())

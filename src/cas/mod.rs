@@ -3,21 +3,29 @@
 //! This layer turns digests into storage keys, verifies every uploaded byte against its digest
 //! (hashing once, as the bytes stream in), treats the empty blob as always present, and checks
 //! action results for completeness. It knows protobuf messages but not gRPC.
+//!
+//! It owns the digest-to-key rule ([`Cas::key`]) and everything derived from it: the scrub's
+//! SHA-256 check (`scrub.rs`, for `kiln verify`) and the one Directory walk (`walk.rs`, used by
+//! GetTree in `tree.rs`, by the Execute input check and by the worker).
 
 mod action_cache;
 pub mod compression;
 pub mod directory;
 mod error;
+pub mod scrub;
 mod tree;
 mod upload;
+pub mod walk;
 
+/// A blob as the CAS serves it (a view of stored bytes, possibly in several parts).
+pub use crate::storage::Blob;
 pub use action_cache::{ActionCache, InlineRequest};
 pub use error::CasError;
-pub use tree::{TreePage, get_tree_page};
+pub use tree::{TreePage, TreePager, get_tree_page};
 pub use upload::Upload;
 
 use crate::digest::Digest;
-use crate::storage::{Blob, Key, Store};
+use crate::storage::{Key, Store};
 use bytes::Bytes;
 use std::sync::Arc;
 

@@ -1,10 +1,22 @@
 //! GetTree: the directories reachable from a root, breadth-first, in pages.
+//!
+//! The walk is [`TreeWalk`]; a [`TreePager`] keeps one between pages, so the pages of one
+//! GetTree stream continue where the last stopped. A page token names the position for a
+//! client that resumes in a new call: `INDEX.TAG`, the count of directories already returned
+//! and the first 8 bytes (hex) of the next one's hash. Resuming walks to `INDEX` again (a new
+//! call has no walk to continue) and refuses the token unless the directory found there has
+//! that hash, so a forged or stale token is INVALID_ARGUMENT, never a silently wrong page.
 
+use super::walk::TreeWalk;
 use super::{Cas, CasError};
 use crate::digest::Digest;
 use crate::proto::reapi::Directory;
 use prost::Message;
-use std::collections::{HashSet, VecDeque};
+
+/// Longest page token accepted (`INDEX.TAG` is at most 20 + 1 + 16 characters).
+const MAX_TOKEN_LEN: usize = 64;
+/// Bytes of the next directory's hash a token carries.
+const TAG_BYTES: usize = 8;
 
 /// One page of a tree walk.
 #[derive(Debug, Default)]
@@ -15,61 +27,118 @@ pub struct TreePage {
     pub next_page_token: String,
 }
 
-/// Walks the tree under `root` breadth-first, visiting each distinct directory once, and
-/// returns up to `page_size` directories starting at `page_token` (an opaque position from an
-/// earlier page; empty for the start). Directories missing from the CAS are left out with their
-/// subtrees, as the spec asks; a missing root is `BlobNotFound`.
+/// A GetTree walk positioned between two pages. Directories missing from the CAS are left
+/// out with their subtrees, as the spec asks; a missing root is `BlobNotFound`.
+#[derive(Debug)]
+pub struct TreePager {
+    walk: TreeWalk,
+    /// Directories returned so far (the index of `next`).
+    returned: usize,
+    /// The next directory to return, already loaded; `None` once the walk is done.
+    next: Option<(Digest, Directory)>,
+}
+
+impl TreePager {
+    /// A walk of `root` positioned at `page_token` (empty for the start).
+    pub fn new(cas: &Cas, root: &Digest, page_token: &str) -> Result<Self, CasError> {
+        let mut pager = Self {
+            walk: TreeWalk::new(*root),
+            returned: 0,
+            next: None,
+        };
+        let (index, tag) = if page_token.is_empty() {
+            (0, None)
+        } else {
+            let (index, tag) = parse_token(page_token)?;
+            (index, Some(tag))
+        };
+        pager.next = pager.load_next(cas)?;
+        while pager.returned < index {
+            if pager.next.is_none() {
+                return Err(CasError::InvalidArgument(format!(
+                    "page_token {page_token:?} is past the end of the tree"
+                )));
+            }
+            pager.returned += 1;
+            pager.next = pager.load_next(cas)?;
+        }
+        if let Some(tag) = tag
+            && pager.next.as_ref().map(|(d, _)| token_tag(d)) != Some(tag)
+        {
+            return Err(CasError::InvalidArgument(format!(
+                "page_token {page_token:?} does not match the tree under {root}"
+            )));
+        }
+        Ok(pager)
+    }
+
+    /// The next page of up to `page_size` directories (at least one).
+    pub fn next_page(&mut self, cas: &Cas, page_size: usize) -> Result<TreePage, CasError> {
+        let mut page = TreePage::default();
+        while page.directories.len() < page_size.max(1) {
+            let Some((_, dir)) = self.next.take() else {
+                break;
+            };
+            page.directories.push(dir);
+            self.returned += 1;
+            self.next = self.load_next(cas)?;
+        }
+        if let Some((d, _)) = &self.next {
+            page.next_page_token = format!("{}.{}", self.returned, hex::encode(token_tag(d)));
+        }
+        Ok(page)
+    }
+
+    /// Loads the next directory present in the CAS and queues its children.
+    fn load_next(&mut self, cas: &Cas) -> Result<Option<(Digest, Directory)>, CasError> {
+        while let Some((d, depth)) = self.walk.pop() {
+            let Some(blob) = cas.get(&d)? else {
+                if depth == 0 {
+                    return Err(CasError::BlobNotFound(d));
+                }
+                continue;
+            };
+            let dir = Directory::decode(blob.to_bytes()).map_err(|e| CasError::BadMessage {
+                what: "Directory",
+                reason: format!("{d}: {e}"),
+            })?;
+            self.walk.visit(&dir, depth)?;
+            return Ok(Some((d, dir)));
+        }
+        Ok(None)
+    }
+}
+
+fn token_tag(d: &Digest) -> [u8; TAG_BYTES] {
+    d.hash[..TAG_BYTES]
+        .try_into()
+        .expect("hash is longer than a tag")
+}
+
+/// `INDEX.TAG` of a page token; anything else is INVALID_ARGUMENT.
+fn parse_token(token: &str) -> Result<(usize, [u8; TAG_BYTES]), CasError> {
+    let bad = || CasError::InvalidArgument(format!("invalid page_token {token:?}"));
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(CasError::InvalidArgument(format!(
+            "invalid page_token: {} bytes, longer than any token this server issues",
+            token.len()
+        )));
+    }
+    let (index, tag) = token.split_once('.').ok_or_else(bad)?;
+    let index = index.parse().map_err(|_| bad())?;
+    let mut out = [0u8; TAG_BYTES];
+    hex::decode_to_slice(tag, &mut out).map_err(|_| bad())?;
+    Ok((index, out))
+}
+
+/// One page of the tree under `root` starting at `page_token` (see [`TreePager`]).
 pub fn get_tree_page(
     cas: &Cas,
     root: &Digest,
     page_size: usize,
     page_token: &str,
 ) -> Result<TreePage, CasError> {
-    let skip: usize = if page_token.is_empty() {
-        0
-    } else {
-        page_token
-            .parse()
-            .map_err(|_| CasError::InvalidArgument(format!("invalid page_token {page_token:?}")))?
-    };
-    let page_size = page_size.max(1);
-    let mut queue = VecDeque::from([*root]);
-    let mut seen = HashSet::from([*root]);
-    let mut index = 0usize;
-    let mut page = TreePage::default();
-    while let Some(d) = queue.pop_front() {
-        let Some(blob) = cas.get(&d)? else {
-            if d == *root {
-                return Err(CasError::BlobNotFound(d));
-            }
-            continue;
-        };
-        let dir = Directory::decode(blob.to_bytes()).map_err(|e| CasError::BadMessage {
-            what: "Directory",
-            reason: format!("{d}: {e}"),
-        })?;
-        for child in &dir.directories {
-            let c =
-                Digest::from_field(root.function, child.digest.as_ref(), "DirectoryNode.digest")?;
-            if seen.insert(c) {
-                queue.push_back(c);
-            }
-        }
-        if index >= skip {
-            if page.directories.len() == page_size {
-                page.next_page_token = index.to_string();
-                return Ok(page);
-            }
-            page.directories.push(dir);
-        }
-        index += 1;
-    }
-    if skip > index {
-        return Err(CasError::InvalidArgument(format!(
-            "page_token {page_token:?} is past the end of the tree"
-        )));
-    }
-    Ok(page)
+    TreePager::new(cas, root, page_token)?.next_page(cas, page_size)
 }
 
 #[cfg(test)]
@@ -138,5 +207,159 @@ mod tests {
             get_tree_page(&cas, &missing, 2, ""),
             Err(CasError::BlobNotFound(_))
         ));
+    }
+
+    /// A store that counts reads, to see that pages continue instead of walking again.
+    struct Counting {
+        inner: MemoryStore,
+        gets: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::storage::Store for Counting {
+        fn get(
+            &self,
+            key: &crate::storage::Key,
+        ) -> Result<Option<crate::storage::Blob>, crate::storage::StorageError> {
+            self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.get(key)
+        }
+        fn contains(
+            &self,
+            key: &crate::storage::Key,
+        ) -> Result<bool, crate::storage::StorageError> {
+            self.inner.contains(key)
+        }
+        async fn begin_write(
+            &self,
+            key: crate::storage::Key,
+            len: u64,
+        ) -> Result<Box<dyn crate::storage::BlobWriter>, crate::storage::StorageError> {
+            self.inner.begin_write(key, len).await
+        }
+        fn max_blob_size(&self) -> u64 {
+            self.inner.max_blob_size()
+        }
+    }
+
+    /// A tree 40 levels deep, each level with 5 distinct directories that all point at the
+    /// next level's 5 (so every directory is reached many times), plus a missing one.
+    async fn deep_wide_tree(cas: &Cas) -> (Digest, usize) {
+        let missing = DigestFunction::Sha256.digest_of(b"absent");
+        let mut below: Vec<Digest> = Vec::new();
+        let mut count = 0;
+        for level in 0..40 {
+            let mut here = Vec::new();
+            for i in 0..5 {
+                let mut dirs: Vec<DirectoryNode> = below
+                    .iter()
+                    .enumerate()
+                    .map(|(j, d)| node(&format!("d{j}"), d))
+                    .collect();
+                if i == 0 {
+                    dirs.push(node("zz", &missing));
+                }
+                let dir = Directory {
+                    directories: dirs,
+                    files: vec![crate::proto::reapi::FileNode {
+                        name: format!("f{level}-{i}"),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                here.push(put_dir(cas, &dir).await);
+                count += 1;
+            }
+            below = here;
+        }
+        let root = put_dir(
+            cas,
+            &Directory {
+                directories: below.iter().map(|d| node("x", d)).collect(),
+                ..Default::default()
+            },
+        )
+        .await;
+        (root, count + 1)
+    }
+
+    #[tokio::test]
+    async fn pages_equal_one_unpaged_walk_and_continue() {
+        let store = Arc::new(Counting {
+            inner: MemoryStore::new(1 << 24),
+            gets: 0.into(),
+        });
+        let cas = Cas::new(store.clone());
+        let (root, count) = deep_wide_tree(&cas).await;
+        let all = get_tree_page(&cas, &root, 10_000, "").unwrap();
+        assert!(all.next_page_token.is_empty());
+        assert_eq!(all.directories.len(), count, "each directory once");
+        for page_size in [1, 3, 7, 200] {
+            // One pager across pages, as a GetTree stream uses it.
+            let before = store.gets.load(std::sync::atomic::Ordering::Relaxed);
+            let mut pager = TreePager::new(&cas, &root, "").unwrap();
+            let mut paged = Vec::new();
+            let mut tokens = Vec::new();
+            loop {
+                let page = pager.next_page(&cas, page_size).unwrap();
+                assert!(page.directories.len() <= page_size);
+                paged.extend(page.directories);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                tokens.push(page.next_page_token);
+            }
+            assert_eq!(paged, all.directories, "page size {page_size}");
+            let reads = store.gets.load(std::sync::atomic::Ordering::Relaxed) - before;
+            assert!(
+                reads <= count + 1,
+                "{reads} reads for {count} directories: the pages walked again"
+            );
+            // Each token also resumes in a new call at the same place.
+            let mut resumed = get_tree_page(&cas, &root, page_size, "")
+                .unwrap()
+                .directories;
+            for t in &tokens {
+                resumed.extend(
+                    get_tree_page(&cas, &root, page_size, t)
+                        .unwrap()
+                        .directories,
+                );
+            }
+            assert_eq!(resumed, all.directories, "page size {page_size}, by token");
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_tokens_are_invalid_argument() {
+        let cas = Cas::new(Arc::new(MemoryStore::new(1 << 24)));
+        let (root, count) = deep_wide_tree(&cas).await;
+        let good = get_tree_page(&cas, &root, 3, "").unwrap().next_page_token;
+        let (index, tag) = good.split_once('.').unwrap();
+        let forged_tag = format!("{index}.{}", "0".repeat(tag.len()));
+        let other_index = format!("{}.{tag}", index.parse::<usize>().unwrap() + 1);
+        let past_end = format!("{}.{tag}", count + 5);
+        let huge = format!("{}.{tag}", usize::MAX);
+        let long = "1".repeat(10_000);
+        for bad in [
+            "bogus",
+            "3",
+            "x.0011223344556677",
+            "3.zz",
+            "3.00112233",
+            forged_tag.as_str(),
+            other_index.as_str(),
+            past_end.as_str(),
+            huge.as_str(),
+            long.as_str(),
+        ] {
+            let r = get_tree_page(&cas, &root, 3, bad);
+            assert!(
+                matches!(r, Err(CasError::InvalidArgument(_))),
+                "token {:?}: {r:?}",
+                &bad[..bad.len().min(40)]
+            );
+        }
+        assert!(get_tree_page(&cas, &root, 3, &good).is_ok());
     }
 }

@@ -11,7 +11,8 @@ use crate::digest::Digest;
 use crate::proto::google::rpc;
 use crate::proto::reapi::{Action, ActionResult};
 use std::collections::{HashMap, HashSet};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
+use tokio::time::Instant;
 
 /// Lease states of the Remote Worker API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,15 +103,10 @@ impl Scheduler {
         for c in completions {
             self.complete(c).await;
         }
-        let deadline = tokio::time::Instant::now() + self.shared.config.bot_poll;
+        let deadline = Instant::now() + self.shared.config.bot_poll;
         let mut wake = self.shared.wake.subscribe();
         loop {
-            if let Some(views) = self.answer(
-                session,
-                &unknown,
-                idle,
-                tokio::time::Instant::now() >= deadline,
-            )? {
+            if let Some(views) = self.answer(session, &unknown, idle, Instant::now() >= deadline)? {
                 return Ok(views);
             }
             tokio::select! {

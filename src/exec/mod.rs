@@ -6,6 +6,10 @@
 //! synchronous sections (never across an await). Waiters (bots long-polling for work or for a
 //! cancellation) subscribe to one `watch` counter that is bumped whenever the queue or a lease
 //! changes, then re-check the state; subscribing before checking means no wake-up is lost.
+//!
+//! Time: every timestamp is a `tokio::time::Instant` (lease start, bot last seen, unmatched
+//! since, finished at), so the scheduler follows tokio's clock and its tests pause and advance
+//! it instead of sleeping; the reaper takes `now` as an argument.
 
 mod bots;
 mod error;

@@ -7,11 +7,12 @@
 
 use super::ExecError;
 use super::platform::Properties;
+use crate::cas::walk::TreeWalk;
 use crate::cas::{Cas, CasError};
 use crate::digest::Digest;
 use crate::proto::reapi::{Action, Command, Directory};
 use prost::Message;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 /// The execution timeouts of the config.
@@ -227,9 +228,8 @@ fn check_inputs(cas: &Cas, root: &Digest, limits: &ActionLimits) -> Result<(), E
     let mut children: HashMap<Digest, Vec<Digest>> = HashMap::new();
     // Breadth first with each directory's shallowest depth: a level past the limit is already
     // too deep, so such a tree is refused before it is loaded whole.
-    let mut queue = VecDeque::from([(*root, 0usize)]);
-    children.insert(*root, Vec::new());
-    while let Some((d, depth)) = queue.pop_front() {
+    let mut walk = TreeWalk::new(*root);
+    while let Some((d, depth)) = walk.pop() {
         if depth > limits.max_input_depth {
             return Err(too_deep(root, limits.max_input_depth));
         }
@@ -261,21 +261,15 @@ fn check_inputs(cas: &Cas, root: &Digest, limits: &ActionLimits) -> Result<(), E
                 limits.max_input_files
             )));
         }
-        let mut subdirs = Vec::with_capacity(dir.directories.len());
-        for c in &dir.directories {
-            let c = digest_field(root.function, c.digest.as_ref(), "DirectoryNode.digest")?;
-            subdirs.push(c);
-            if !children.contains_key(&c) {
-                if children.len() >= limits.max_input_directories {
-                    return Err(ExecError::InvalidArgument(format!(
-                        "input tree {root} has more than {} distinct directories \
-                         (execution.max_input_directories)",
-                        limits.max_input_directories
-                    )));
-                }
-                children.insert(c, Vec::new());
-                queue.push_back((c, depth + 1));
-            }
+        let subdirs = walk
+            .visit(&dir, depth)
+            .map_err(|e| ExecError::Cas(CasError::Digest(e)))?;
+        if walk.seen() > limits.max_input_directories {
+            return Err(ExecError::InvalidArgument(format!(
+                "input tree {root} has more than {} distinct directories \
+                 (execution.max_input_directories)",
+                limits.max_input_directories
+            )));
         }
         children.insert(d, subdirs);
     }

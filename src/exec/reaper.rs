@@ -6,7 +6,8 @@ use super::operation::Outcome;
 use super::platform::Properties;
 use super::state::{Run, State};
 use super::{ExecError, Scheduler, SchedulerConfig};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 impl Scheduler {
     /// Starts the housekeeping task. It stops when every clone of the scheduler is dropped.

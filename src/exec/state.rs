@@ -7,8 +7,9 @@ use super::platform::Properties;
 use crate::digest::Digest;
 use crate::proto::reapi::Action;
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// Where an operation is in its life.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,7 +5,8 @@ use super::Scheduler;
 use super::state::Run;
 use crate::digest::Digest;
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Finished actions remembered for [`Scheduler::slowest_recent`].
 const REMEMBERED: usize = 256;

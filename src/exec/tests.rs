@@ -135,7 +135,11 @@ async fn lost_leases_are_requeued_a_bounded_number_of_times() {
             s.update_bot_session(&bot, Properties::default(), vec![ack]),
         )
         .await;
-        s.reap(std::time::Instant::now() + Duration::from_hours(1));
+        // The scheduler reads tokio's clock: an hour passes at once, and the bot is lost.
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_hours(1)).await;
+        tokio::time::resume();
+        s.reap(tokio::time::Instant::now());
     }
     let snap = op.wait_done(Duration::from_secs(5)).await;
     let err = snap
@@ -194,7 +198,15 @@ async fn a_heartbeat_answer_never_carries_new_work() {
                 .unwrap()
         })
     };
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    // Until the heartbeat call waits for news (it subscribes to the wake counter first).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while s.shared.wake.receiver_count() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the heartbeat call never waited"
+        );
+        tokio::task::yield_now().await;
+    }
     let done = LeaseReport {
         id: lease.id,
         state: LeaseState::Completed,

@@ -15,7 +15,7 @@ mod summary;
 pub use grpc::GrpcMetrics;
 pub use history::{History, Sample};
 pub use http::serve_http;
-pub use snapshot::{Snapshot, quantile};
+pub use snapshot::Snapshot;
 pub use store::MeteredStore;
 pub use summary::{SlowAction, Summary};
 
@@ -24,6 +24,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -172,9 +173,11 @@ impl Metrics {
         .expect("writing to a String");
         for source in self.extra.lock().expect("metrics lock").iter() {
             for (name, help, value) in source() {
-                out.push_str(&format!(
-                    "# HELP kiln_{name} {help}\n# TYPE kiln_{name} gauge\nkiln_{name} {value}\n"
-                ));
+                writeln!(
+                    out,
+                    "# HELP kiln_{name} {help}\n# TYPE kiln_{name} gauge\nkiln_{name} {value}"
+                )
+                .expect("writing to a String");
             }
         }
         prometheus_client::encoding::text::encode_eof(&mut out).expect("writing to a String");

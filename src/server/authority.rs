@@ -49,7 +49,7 @@
 
 mod rewriter;
 
-pub use rewriter::{MAX_BLOCK, MAX_DECODED, MAX_FRAME, REPLACEMENT, Rewriter};
+pub use rewriter::Rewriter;
 
 use std::io;
 use std::pin::Pin;

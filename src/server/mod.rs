@@ -60,7 +60,7 @@ mod accept;
 pub mod authority;
 pub mod tls;
 
-pub use accept::{ConnectionLimit, DEFAULT_MAX_CONNECTIONS, incoming, raise_fd_limit};
+pub use accept::{ConnectionLimit, incoming, raise_fd_limit};
 
 use std::future::Future;
 use std::time::Duration;

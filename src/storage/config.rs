@@ -191,7 +191,7 @@ impl EngineConfig {
     /// Rejects nonsense with a message naming the field.
     pub fn validate(&self) -> Result<(), StorageError> {
         let bad = |m: String| Err(StorageError::Config(m));
-        if self.segment_size < 64 * 1024 || self.segment_size % 4096 != 0 {
+        if self.segment_size < 64 * 1024 || !self.segment_size.is_multiple_of(4096) {
             return bad(format!(
                 "segment_size {} must be a multiple of 4096 and at least 64 KiB",
                 self.segment_size

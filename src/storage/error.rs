@@ -32,6 +32,7 @@ pub enum StorageError {
 impl StorageError {
     /// A copy of this error, for reporting one failure to several waiters (an `io::Error`
     /// keeps its kind and message).
+    #[must_use]
     pub fn duplicate(&self) -> StorageError {
         match self {
             StorageError::Full(m) => StorageError::Full(m.clone()),

@@ -84,7 +84,8 @@ pub struct RecordHeader {
 }
 
 impl RecordHeader {
-    /// A header for `payload`.
+    /// A header for `payload` (tests build records by hand; the writer fills headers itself).
+    #[cfg(any(test, feature = "testing"))]
     pub fn for_payload(kind: RecordKind, key: Key, payload: &[u8]) -> Self {
         Self {
             kind,

@@ -1,8 +1,5 @@
-//! Fuzz helpers (`fuzzing/imp.rs`), compiled only under `cfg(fuzzing)`, which cargo-fuzz sets.
-//! The crate's lints do not declare that cfg, hence the `allow`, scoped to this module.
-#![allow(unexpected_cfgs)]
+//! Fuzz helpers (`fuzzing/imp.rs`) for the fuzz targets in `fuzz/`. Compiled only with the
+//! `testing` feature (this module is declared behind it), which the fuzz crate enables.
 
-#[cfg(fuzzing)]
 mod imp;
-#[cfg(fuzzing)]
 pub use imp::*;

@@ -165,6 +165,7 @@ impl Entry {
 
 /// What [`Index::copy_live_into`] did.
 #[derive(Debug, Default, Clone, Copy)]
+#[allow(clippy::struct_field_names)] // `copied` is the count the struct is named after
 pub struct Copied {
     /// Entries put into the new table.
     pub copied: u64,

@@ -23,14 +23,27 @@
 //!   slot table), `segment.rs` (mapped segment table); `verify.rs` (scrub), `stats.rs`
 //!   (metrics), `sys/` (the only `unsafe`: io_uring, psync, fault injection, mmap, fallocate),
 //!   `fuzzing/` (cfg(fuzzing) helpers).
+//!
+//! `format`, `index`, `sys` and `fuzzing` are public only with the `testing` feature; the
+//! fault-injecting I/O engine and the fuzz helpers are compiled only with it, so the release
+//! binary holds neither.
 
 mod blob;
 mod config;
 mod engine;
 mod error;
+// The engine's insides (byte layouts, the slot table, the I/O engines, fuzz helpers) are public
+// only with the `testing` feature, which tests, benches and fuzz targets enable.
+#[cfg(feature = "testing")]
 pub mod format;
+#[cfg(not(feature = "testing"))]
+mod format;
+#[cfg(feature = "testing")]
 pub mod fuzzing;
+#[cfg(feature = "testing")]
 pub mod index;
+#[cfg(not(feature = "testing"))]
+mod index;
 mod key;
 mod memory;
 mod open;
@@ -39,7 +52,10 @@ mod read;
 mod segment;
 mod stats;
 mod store;
+#[cfg(feature = "testing")]
 pub mod sys;
+#[cfg(not(feature = "testing"))]
+mod sys;
 mod touch;
 mod verify;
 mod writer;
@@ -53,4 +69,4 @@ pub use memory::MemoryStore;
 pub use peek::Peek;
 pub use stats::StorageStats;
 pub use store::{BlobWriter, Store};
-pub use verify::{VerifyProgress, VerifyReport};
+pub use verify::{BlobCheck, VerifyProgress, VerifyReport};

@@ -45,7 +45,7 @@ pub struct VerifyReport {
     /// Damaged records or regions (bad header or payload checksum) before the last record the
     /// index references in their segment: real damage.
     pub corrupt_records: u64,
-    /// CAS blobs the caller's check rejected (e.g. SHA-256 mismatch).
+    /// Blobs the caller's check rejected (for `kiln verify`, a CAS blob whose SHA-256 is wrong).
     pub check_failures: u64,
     /// Keys of the first 100 rejected blobs.
     pub failed_keys: Vec<Key>,
@@ -67,8 +67,16 @@ impl VerifyReport {
     }
 }
 
-/// A caller's check of a whole CAS blob (the cas layer passes a SHA-256 comparison).
-pub type BlobCheck<'a> = &'a (dyn Fn(&Key, &Blob) -> bool + Sync);
+/// A caller's check of whole blobs during the scrub (the cas layer passes its SHA-256
+/// comparison, `cas::scrub::SCRUB`). The engine knows no key space: `wants` picks the records.
+#[derive(Clone, Copy)]
+pub struct BlobCheck<'a> {
+    /// Whether the record under this key is checked at all.
+    pub wants: &'a (dyn Fn(&Key) -> bool + Sync),
+    /// Whether the blob's bytes are right for its key; `false` counts a check failure and
+    /// drops the index entry.
+    pub check: &'a (dyn Fn(&Key, &Blob) -> bool + Sync),
+}
 
 /// A damaged region of a segment found by the record walk.
 struct Damage {
@@ -102,8 +110,8 @@ impl Walk {
 }
 
 impl Engine {
-    /// Checks every record in the live segments (header checksum, payload xxh3 and, for CAS
-    /// blobs (space 1), `check` when given), then every index entry against its records,
+    /// Checks every record in the live segments (header checksum, payload xxh3 and, for the
+    /// keys `check.wants`, `check.check` when given), then every index entry against its records,
     /// dropping entries that cannot be served. Blocking and I/O bound: call it from a blocking
     /// thread. Meant for a stopped store (`kiln verify`); alongside writes, records written
     /// after the walk passed their position are not seen.
@@ -188,7 +196,7 @@ fn walk_records(
                         rep.records += 1;
                         rep.bytes += h.len;
                         if let Some(check) = check
-                            && h.key.space == Key::SPACE_CAS
+                            && (check.wants)(&h.key)
                         {
                             let blob = match h.kind {
                                 RecordKind::Blob => {
@@ -198,7 +206,7 @@ fn walk_records(
                                 RecordKind::Part => None,
                             };
                             if let Some(b) = blob
-                                && !check(&h.key, &b)
+                                && !(check.check)(&h.key, &b)
                             {
                                 rep.check_failures += 1;
                                 if rep.failed_keys.len() < 100 {

@@ -388,7 +388,7 @@ impl Writer {
             && let Some(d) = displaced
             && !self.grow_for_displaced(&d)
         {
-            crate::storage::stats::lost_entry(&sh.counters(), &d.0);
+            crate::storage::stats::lost_entry(sh.counters(), &d.0);
         }
         // A new entry in the slot: "touched since written" starts afresh.
         index.clear_hint(r.slot);

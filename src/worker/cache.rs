@@ -16,6 +16,7 @@
 use super::client::{BATCH_BLOB_LIMIT, Client};
 use super::error::{WorkerError, io};
 use crate::cas::Cas;
+use crate::cas::walk::TreeWalk;
 use crate::digest::Digest;
 use crate::proto::reapi::Directory;
 use crate::storage::Peek;
@@ -418,25 +419,24 @@ impl FileCache {
         max_depth: usize,
     ) -> Result<HashMap<Digest, Arc<Directory>>, WorkerError> {
         let mut out: HashMap<Digest, Arc<Directory>> = HashMap::new();
-        let mut level = vec![*root];
-        let mut depth = 0usize;
-        while !level.is_empty() {
+        let mut walk = TreeWalk::new(*root);
+        loop {
+            let (depth, level) = walk.next_level();
+            if level.is_empty() {
+                break;
+            }
             if depth > max_depth {
                 return Err(WorkerError::Invalid {
                     what: "input root",
                     reason: format!("the tree is deeper than the limit of {max_depth} levels"),
                 });
             }
-            depth += 1;
             let mut fetch = Vec::new();
-            // Directories first seen at this level: only their children can be new.
+            // This level's directories (each first seen here): only their children can be new.
             let mut added = Vec::new();
             {
                 let dirs = self.dirs.lock().expect("dir cache lock");
-                for d in level.drain(..) {
-                    if out.contains_key(&d) {
-                        continue;
-                    }
+                for d in level {
                     match dirs.get(&d) {
                         Some(dir) => {
                             out.insert(d, dir.clone());
@@ -447,7 +447,6 @@ impl FileCache {
                 }
             }
             fetch.sort_unstable_by_key(|d| d.hash);
-            fetch.dedup();
             let fetched = client.batch_read(&fetch).await?;
             let mut dirs = self.dirs.lock().expect("dir cache lock");
             if dirs.len() > MAX_DIRS {
@@ -464,21 +463,10 @@ impl FileCache {
                 added.push(dir);
             }
             drop(dirs);
-            // Next level: children of this level's directories that are not yet known.
-            let mut next = HashSet::new();
+            // Next level: children of this level's directories not met before.
             for dir in &added {
-                for c in &dir.directories {
-                    let c = Digest::from_field(
-                        root.function,
-                        c.digest.as_ref(),
-                        "DirectoryNode.digest",
-                    )?;
-                    if !out.contains_key(&c) {
-                        next.insert(c);
-                    }
-                }
+                walk.visit(dir, depth)?;
             }
-            level = next.into_iter().collect();
         }
         Ok(out)
     }

@@ -3,6 +3,7 @@
 
 pub mod pki;
 pub mod process;
+pub mod wait;
 
 use kiln::config::Config;
 use kiln::digest::{Digest, DigestFunction};
@@ -10,6 +11,7 @@ use kiln::proto::bytestream::byte_stream_client::ByteStreamClient;
 use kiln::proto::reapi::action_cache_client::ActionCacheClient;
 use kiln::proto::reapi::capabilities_client::CapabilitiesClient;
 use kiln::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+use kiln::proto::reapi::{BatchUpdateBlobsRequest, batch_update_blobs_request};
 use kiln::setup::Prepared;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -92,6 +94,25 @@ impl TestServer {
         CapabilitiesClient::new(self.channel().await)
     }
 
+    /// Uploads `blobs` in one BatchUpdateBlobs call and checks that every one was stored.
+    pub async fn upload(&self, blobs: &[&[u8]]) {
+        let requests = blobs.iter().map(|b| upload_request(b)).collect();
+        let resp = self
+            .cas()
+            .await
+            .batch_update_blobs(BatchUpdateBlobsRequest {
+                requests,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(resp.responses.len(), blobs.len());
+        for r in &resp.responses {
+            assert_eq!(r.status.as_ref().unwrap().code, 0, "{r:?}");
+        }
+    }
+
     /// GETs a path of the metrics endpoint and returns the body.
     pub async fn http_get(&self, path: &str) -> String {
         kiln::admin::http_get(&self.metrics_addr.to_string(), path)
@@ -118,6 +139,30 @@ impl Drop for TestServer {
     }
 }
 
+/// One BatchUpdateBlobs entry: `data` under its own digest, uncompressed.
+pub fn upload_request(data: &[u8]) -> batch_update_blobs_request::Request {
+    batch_update_blobs_request::Request {
+        digest: Some(digest(data).to_proto()),
+        data: ::bytes::Bytes::copy_from_slice(data),
+        compressor: 0,
+    }
+}
+
+/// `blobs/HASH/SIZE`: the ByteStream read name of `d` on the default instance.
+pub fn read_name(d: &Digest) -> String {
+    format!("blobs/{}/{}", d.hash_hex(), d.size)
+}
+
+/// `uploads/UUID/blobs/HASH/SIZE`: a fresh ByteStream upload name for `d`.
+pub fn upload_name(d: &Digest) -> String {
+    format!(
+        "uploads/{}/blobs/{}/{}",
+        uuid::Uuid::new_v4(),
+        d.hash_hex(),
+        d.size
+    )
+}
+
 /// SHA-256 digest of some bytes.
 pub fn digest(data: &[u8]) -> Digest {
     DigestFunction::Sha256.digest_of(data)
@@ -126,8 +171,8 @@ pub fn digest(data: &[u8]) -> Digest {
 /// Deterministic pseudo-random bytes.
 pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407)
+        .wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1_442_695_040_888_963_407)
         | 1;
     (0..len)
         .map(|_| {

@@ -14,10 +14,12 @@ use kiln::proto::reapi::{
 use prost::Message;
 #[path = "../common/process.rs"]
 mod process;
+#[path = "../common/wait.rs"]
+mod wait;
 
 pub use process::{KilnServer, KilnWorker};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tonic::transport::Channel;
 
 pub const DEADLINE: Duration = Duration::from_mins(1);
@@ -79,6 +81,15 @@ impl Server {
     /// The `kiln serve` process.
     pub fn process(&self) -> &KilnServer {
         &self.process
+    }
+
+    /// A server with one plain worker, and a client: the preamble of most execution tests.
+    /// Bind all three (`let (server, _w, c) = ...`): dropping the worker stops it.
+    pub async fn with_one_worker() -> (Self, Worker, Client) {
+        let server = Self::start();
+        let worker = server.worker(1, &[]);
+        let client = server.client().await;
+        (server, worker, client)
     }
 
     pub async fn client(&self) -> Client {
@@ -195,23 +206,8 @@ impl Client {
     }
 
     pub async fn put(&self, data: &[u8]) -> Digest {
-        let d = sha(data);
-        let req = BatchUpdateBlobsRequest {
-            requests: vec![batch_update_blobs_request::Request {
-                digest: Some(d.to_proto()),
-                data: data.to_vec().into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        let resp = self
-            .cas()
-            .batch_update_blobs(req)
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(resp.responses[0].status.as_ref().map_or(0, |s| s.code), 0);
-        d
+        self.put_many(&[data.to_vec()]).await;
+        sha(data)
     }
 
     /// Uploads a blob of any size with ByteStream.Write (1 MiB messages).
@@ -319,6 +315,15 @@ impl Client {
         }
     }
 
+    /// Starts an Execute and returns its operation stream, for tests that watch or drop it.
+    pub async fn start_execute(&self, d: &Digest) -> tonic::Streaming<Operation> {
+        self.exec()
+            .execute(Self::request(d, false))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// Executes and follows the stream to the end: every operation seen, and the response.
     pub async fn execute(
         &self,
@@ -377,19 +382,12 @@ pub fn stage(op: &Operation) -> i32 {
         .stage
 }
 
-/// Polls `f` until it returns Some, failing after the deadline.
+/// Polls `f` until it returns Some, failing after [`DEADLINE`] (`common/wait.rs`).
 pub async fn poll<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
-    mut f: impl FnMut() -> F,
+    f: impl FnMut() -> F,
 ) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait::poll_until(what, DEADLINE, f).await
 }
 
 pub fn exists(p: &Path) -> bool {

@@ -1,4 +1,4 @@
-//! Fuzz helpers, compiled only under `cfg(fuzzing)` (cargo-fuzz sets it), so that the targets
+//! Fuzz helpers, compiled only with the `testing` feature (the fuzz crate enables it), so that the targets
 //! in `fuzz/fuzz_targets/` stay a few lines.
 
 use crate::storage::format::{self, RecordHeader, SegmentHeader, State};

@@ -71,6 +71,7 @@ impl AtomicMap {
 
     /// The mapped words. Every access must go through the atomics (only loads on a
     /// read-only map).
+    #[allow(clippy::cast_ptr_alignment)] // page-aligned, see SAFETY
     pub fn words(&self) -> &[AtomicU64] {
         let (ptr, len) = match &self.map {
             Map::Rw(m) => (m.as_ptr(), m.len()),
@@ -81,10 +82,7 @@ impl AtomicMap {
         // the length is a multiple of 8 (checked in `new`); the mapping lives as long as
         // `self`; AtomicU64 has the same layout as u64 and any bit pattern is valid; all
         // accesses (ours and other threads') go through atomics, so there is no data race.
-        #[allow(clippy::cast_ptr_alignment)] // page-aligned, see SAFETY
-        unsafe {
-            std::slice::from_raw_parts(ptr.cast::<AtomicU64>(), len / 8)
-        }
+        unsafe { std::slice::from_raw_parts(ptr.cast::<AtomicU64>(), len / 8) }
     }
 
     /// The mapped bytes seen as `AtomicU32`s (the touch array, one per index slot). Every
@@ -96,14 +94,6 @@ impl AtomicMap {
         // pattern is valid, and every access goes through atomics. A slice is only ever used
         // as u32s or as u64s by one owner (the touch file is never seen as u64 words).
         unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<AtomicU32>(), w.len() * 2) }
-    }
-
-    /// Flushes dirty pages to disk (msync). The engine normally fdatasyncs the file instead.
-    pub fn flush(&self) -> io::Result<()> {
-        match &self.map {
-            Map::Rw(m) => m.flush(),
-            Map::Ro(_) => Ok(()),
-        }
     }
 }
 

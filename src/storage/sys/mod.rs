@@ -6,6 +6,8 @@
 //! owned buffers (`Bytes`) because io_uring needs the memory to stay put until the kernel is
 //! done with it. Both real engines run the same test suite (`tests/storage_*.rs`).
 
+/// Fault injection for crash tests: only with the `testing` feature (never in the binary).
+#[cfg(feature = "testing")]
 pub mod fault;
 pub mod mmap;
 pub mod psync;

@@ -118,13 +118,13 @@ impl Writer {
         let r = job.new.insert(e, |y| sh.valid(y));
         job.new.clear_hint(r.slot);
         if let Some(x) = &r.displaced {
-            crate::storage::stats::lost_entry(&sh.counters(), x);
+            crate::storage::stats::lost_entry(sh.counters(), x);
         }
         if let Some((d, hint)) = displaced {
             let r = job.new.insert(d, |y| sh.valid(y));
             job.new.set_hint(r.slot, *hint);
             if let Some(x) = &r.displaced {
-                crate::storage::stats::lost_entry(&sh.counters(), x);
+                crate::storage::stats::lost_entry(sh.counters(), x);
             }
         }
         true
