@@ -164,24 +164,32 @@ impl Entry {
 }
 
 /// What [`Index::copy_live_into`] did.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 #[allow(clippy::struct_field_names)] // `copied` is the count the struct is named after
 pub struct Copied {
     /// Entries put into the new table.
     pub copied: u64,
-    /// Entries that found their window in the new table full (lost to the index).
+    /// Entries that found their window in the new table full, or were pushed out of it by a
+    /// racing insert, with their touch hints: the writer places them after the switch (at
+    /// most [`MAX_OVERFLOW`]; beyond that they are counted in `lost`).
+    pub overflow: Vec<(Entry, u32)>,
+    /// Entries lost to the index (overflow past its bound).
     pub lost: u64,
     /// Bytes of the blobs those entries named.
     pub lost_bytes: u64,
 }
+
+/// Bound of [`Copied::overflow`]: entries a growth's copy could not place, kept for the writer.
+pub const MAX_OVERFLOW: usize = 1 << 16;
 
 /// What [`Index::insert_copy`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Copy {
     /// The new table already holds this entry or a newer one of its key.
     Present,
-    /// Put into this slot.
-    Put(usize),
+    /// Put into this slot; a racing insert took the free slot first and this one pushed the
+    /// entry returned out (rare; the caller must place it).
+    Put(usize, Option<Entry>),
     /// No free slot in the window: not copied.
     WindowFull,
 }
@@ -392,16 +400,25 @@ impl Index {
                 && e.seq != 0
                 && valid(&e)
             {
+                let mut keep = |x: Entry, hint: u32| {
+                    if out.overflow.len() < MAX_OVERFLOW {
+                        out.overflow.push((x, hint));
+                    } else {
+                        out.lost += 1;
+                        out.lost_bytes += x.len;
+                    }
+                };
                 match dst.insert_copy(&e, &valid) {
                     Copy::Present => {}
-                    Copy::Put(to) => {
+                    Copy::Put(to, pushed) => {
+                        let pushed_hint = dst.hint(to);
                         dst.set_hint(to, hint);
                         out.copied += 1;
+                        if let Some(x) = pushed {
+                            keep(x, pushed_hint);
+                        }
                     }
-                    Copy::WindowFull => {
-                        out.lost += 1;
-                        out.lost_bytes += e.len;
-                    }
+                    Copy::WindowFull => keep(e, hint),
                 }
             }
         }
@@ -636,7 +653,8 @@ impl Index {
         if !room {
             return Copy::WindowFull;
         }
-        Copy::Put(self.insert(entry, valid).slot)
+        let r = self.insert(entry, valid);
+        Copy::Put(r.slot, r.displaced)
     }
 
     /// Seqlock write: claim by CAS `v -> v+1`, store, release `v+2`. False if the slot changed.

@@ -384,16 +384,19 @@ impl Writer {
         let r = index.insert(&e, |x| sh.valid(x));
         // An entry pushed out keeps its touch hint where it goes.
         let displaced = r.displaced.map(|d| (d, index.hint(r.slot)));
+        // A new entry in the slot: "touched since written" starts afresh.
+        index.clear_hint(r.slot);
+        // Recorded before the growth step below: should it switch tables early, the switch
+        // drops the clears that name slots of the table it replaces.
+        self.pending_clear.extend(r.superseded);
+        drop(index);
         if !self.grow_publish(&e, displaced.as_ref())
             && let Some(d) = displaced
             && !self.grow_for_displaced(&d)
         {
             crate::storage::stats::lost_entry(sh.counters(), &d.0);
         }
-        // A new entry in the slot: "touched since written" starts afresh.
-        index.clear_hint(r.slot);
         inc(&sh.counters().entries_published);
-        self.pending_clear.extend(r.superseded);
         self.unsynced = true;
         self.grow_check_in_batch();
     }

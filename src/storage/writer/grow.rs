@@ -21,7 +21,7 @@
 //!    state's checkpoint stays true of it, and open replays from there as after any crash.
 
 use super::Writer;
-use crate::storage::index::{Copied, Entry, Index};
+use crate::storage::index::{Copied, Copy, Entry, Index};
 use crate::storage::stats::inc;
 use std::io;
 use std::path::PathBuf;
@@ -114,20 +114,68 @@ impl Writer {
         let Some(job) = &self.growth.job else {
             return false;
         };
-        let sh = &self.sh;
-        let r = job.new.insert(e, |y| sh.valid(y));
-        job.new.clear_hint(r.slot);
-        if let Some(x) = &r.displaced {
-            crate::storage::stats::lost_entry(sh.counters(), x);
+        let sh = Arc::clone(&self.sh);
+        let new = Arc::clone(&job.new);
+        // Entries pushed out of the table being filled (its window was full): after an early
+        // switch they go into the table in force like any publish.
+        let mut overflow = Vec::new();
+        let r = new.insert(e, |y| sh.valid(y));
+        if let Some(x) = r.displaced {
+            overflow.push((x, new.hint(r.slot)));
         }
+        new.clear_hint(r.slot);
         if let Some((d, hint)) = displaced {
-            let r = job.new.insert(d, |y| sh.valid(y));
-            job.new.set_hint(r.slot, *hint);
-            if let Some(x) = &r.displaced {
-                crate::storage::stats::lost_entry(sh.counters(), x);
+            let r = new.insert(d, |y| sh.valid(y));
+            if let Some(x) = r.displaced {
+                overflow.push((x, new.hint(r.slot)));
+            }
+            new.set_hint(r.slot, *hint);
+        }
+        if !overflow.is_empty() {
+            // A full window in the table being filled: wait for the copy and switch now, so
+            // the entry pushed out has a table that can grow again.
+            self.finish_growth();
+            for x in overflow {
+                self.insert_in_force(&x);
             }
         }
         true
+    }
+
+    /// Puts an entry that lost its slot during a growth into the index in force (the grown
+    /// table, after the switch). Where its window is full the oldest entry there is pushed
+    /// out and goes into a new growth; only an index at its maximum (or a second full window
+    /// in a row, in the table being filled) loses one, counted in `index_displaced`.
+    fn insert_in_force(&mut self, (x, hint): &(Entry, u32)) {
+        let sh = Arc::clone(&self.sh);
+        let index = sh.index_full();
+        let r = index.insert(x, |y| sh.valid(y));
+        let pushed = r.displaced.map(|d| (d, index.hint(r.slot)));
+        index.set_hint(r.slot, *hint);
+        self.pending_clear.extend(r.superseded);
+        let Some(d) = pushed else {
+            return;
+        };
+        match &self.growth.job {
+            Some(job) => {
+                let new = Arc::clone(&job.new);
+                match new.insert_copy(&d.0, |y| sh.valid(y)) {
+                    Copy::Present => {}
+                    Copy::Put(slot, again) => {
+                        new.set_hint(slot, d.1);
+                        if let Some(a) = again {
+                            crate::storage::stats::lost_entry(sh.counters(), &a);
+                        }
+                    }
+                    Copy::WindowFull => crate::storage::stats::lost_entry(sh.counters(), &d.0),
+                }
+            }
+            None => {
+                if !self.grow_for_displaced(&d) {
+                    crate::storage::stats::lost_entry(sh.counters(), &d.0);
+                }
+            }
+        }
     }
 
     /// Called by the I/O thread between batches: finishes a growth whose copy is done, or
@@ -369,10 +417,17 @@ impl Writer {
             from = job.from,
             to,
             copied = copied.copied,
+            overflow = copied.overflow.len(),
             lost = copied.lost,
             ms = job.started.elapsed().as_millis() as u64,
             "storage: index grown"
         );
+        // What the copy could not place (full windows of the new table): now that it is the
+        // table in force, placed like any publish (pushing out the oldest of a full window
+        // into the next growth).
+        for x in copied.overflow {
+            self.insert_in_force(&x);
+        }
     }
 
     /// During open's replay or rebuild: checks the load like `grow_tick` and, when it starts
