@@ -7,9 +7,11 @@
 //! - [`exec`]: the execution scheduler (operations, queue, leases, platform matching);
 //! - [`cas`]: CAS and action-cache semantics over a [`storage::Store`];
 //! - [`storage`]: the engine, keys to bytes, no protos or gRPC;
-//! - [`worker`]: `kiln worker`, a bot that reaches the server only through its socket.
+//! - [`worker`]: `kiln worker`, a bot that reaches the server only through its socket and, when
+//!   it shares the server's disk, the cas-level local reader (`cas::local`).
 //!
-//! [`digest`] is the shared vocabulary; errors map to gRPC statuses only in `api::status`.
+//! [`digest`] is the shared vocabulary, with [`proto`] (messages and their type URLs) and
+//! [`paths`] (the relative-path rules server and worker both apply); errors map to gRPC statuses only in `api::status`.
 //!
 //! The public surface is what `main.rs`, the tests, benches, examples and fuzz targets use.
 //! `bots`, `metrics` and `server` are the binary's alone and stay private; the storage
@@ -28,6 +30,7 @@ pub mod config;
 pub mod digest;
 pub mod exec;
 mod metrics;
+pub mod paths;
 pub mod proto;
 mod server;
 pub mod setup;

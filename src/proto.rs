@@ -43,3 +43,18 @@ pub use build::bazel::remote::execution::v2 as reapi;
 pub use google::bytestream;
 /// Short alias for the Remote Worker API.
 pub use google::devtools::remoteworkers::v1test2 as rwapi;
+
+/// `google.protobuf.Any` type URLs of the messages a Remote Worker API lease carries, shared by
+/// the Bots service and `kiln worker` (neither imports the other).
+pub mod type_url {
+    /// The lease payload.
+    pub const ACTION: &str = "type.googleapis.com/build.bazel.remote.execution.v2.Action";
+    /// An older payload form (BuildGrid before it packed the Action): the digest.
+    pub const DIGEST: &str = "type.googleapis.com/build.bazel.remote.execution.v2.Digest";
+    /// The lease result.
+    pub const ACTION_RESULT: &str =
+        "type.googleapis.com/build.bazel.remote.execution.v2.ActionResult";
+    /// A result some bots send instead (accepted).
+    pub const EXECUTE_RESPONSE: &str =
+        "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteResponse";
+}

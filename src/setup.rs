@@ -142,16 +142,11 @@ fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, SetupEr
     Ok(l)
 }
 
-/// Where the storage engine lives inside a data dir (co-located workers read it from there).
-pub fn store_dir(data_dir: &std::path::Path) -> PathBuf {
-    data_dir.join("store")
-}
-
 /// The storage engine's settings for a config, with the capacity resolved (see
 /// [`resolve_capacity`]).
 pub fn engine_config(config: &Config) -> Result<EngineConfig, SetupError> {
     let st = &config.storage;
-    let mut e = EngineConfig::new(store_dir(&config.server.data_dir));
+    let mut e = EngineConfig::new(crate::cas::local::store_dir(&config.server.data_dir));
     e.capacity_bytes = resolve_capacity(config)?;
     e.segment_size = st.segment_size_bytes;
     e.max_blob_size = max_blob_size(st.max_blob_size_bytes, e.capacity_bytes);

@@ -81,3 +81,43 @@ fn every_unsafe_block_has_a_safety_comment() {
         "expected the storage sys module to hold the engine's unsafe code"
     );
 }
+
+/// The worker reaches the server through its socket (protos, client auth) and, co-located,
+/// through the cas-level local reader; it shares the digest and path vocabulary and the
+/// Directory rules and walk, and imports nothing else of the server (no storage internals,
+/// no scheduler, no setup, no Bots service).
+#[test]
+fn worker_imports_only_its_seam() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/worker");
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    assert!(!files.is_empty());
+    let allowed = [
+        "crate::worker",
+        "crate::proto",
+        "crate::digest",
+        "crate::paths",
+        "crate::auth",
+        "crate::cas::local",
+        "crate::cas::directory",
+        "crate::cas::walk",
+    ];
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (i, _) in text.match_indices("crate::") {
+            let rest = &text[i..];
+            let path: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+                .collect();
+            assert!(
+                allowed.iter().any(|a| path.starts_with(a)),
+                "{} reaches past the worker's seam: {path}",
+                f.display()
+            );
+        }
+        for banned in ["super::super::", "kiln::"] {
+            assert!(!text.contains(banned), "{} mentions {banned}", f.display());
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! Request decoding: the first byte picks a REAPI/ByteStream request message (or an Action,
 //! Command, Directory or ActionResult as read from the CAS), the rest is decoded with prost and
 //! put through the checks the services make: `validate_instance`, `DigestFunction::from_proto`,
-//! `Digest::from_proto` on every digest, resource-name parsing, `exec::within_root` on paths.
+//! `Digest::from_proto` on every digest, resource-name parsing, `paths::within_root` on paths.
 //! Never panics; what decodes re-encodes to an equal message; accepted digests round-trip; the
 //! instance rule of requests agrees with the one inside resource names.
 #![no_main]
@@ -52,7 +52,7 @@ fn paths(cmd: &Command) {
         .chain(&cmd.output_files)
         .chain(&cmd.output_directories);
     for p in outputs {
-        if let Some(n) = kiln::exec::within_root(&cmd.working_directory, p) {
+        if let Some(n) = kiln::paths::within_root(&cmd.working_directory, p) {
             assert!(!n.starts_with('/') && !n.split('/').any(|s| s == ".." || s == "."));
         }
     }

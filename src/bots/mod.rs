@@ -11,17 +11,6 @@ pub use service::BotsService;
 use crate::exec::Scheduler;
 use crate::proto::rwapi::bots_server::BotsServer;
 
-/// Type URL of the lease payload.
-pub const ACTION_URL: &str = "type.googleapis.com/build.bazel.remote.execution.v2.Action";
-/// Type URL of an older payload form (BuildGrid before it packed the Action): the digest.
-pub const DIGEST_URL: &str = "type.googleapis.com/build.bazel.remote.execution.v2.Digest";
-/// Type URL of the lease result.
-pub const ACTION_RESULT_URL: &str =
-    "type.googleapis.com/build.bazel.remote.execution.v2.ActionResult";
-/// Type URL of a result some bots send instead (accepted).
-pub const EXECUTE_RESPONSE_URL: &str =
-    "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteResponse";
-
 /// Adds the Bots service over `scheduler` to a route table.
 pub fn add_to(scheduler: &Scheduler, routes: &mut tonic::service::RoutesBuilder) {
     routes.add_service(BotsServer::new(BotsService::new(scheduler.clone())));

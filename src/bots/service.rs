@@ -1,6 +1,5 @@
 //! CreateBotSession and UpdateBotSession: proto leases to scheduler reports and back.
 
-use super::{ACTION_RESULT_URL, ACTION_URL, EXECUTE_RESPONSE_URL};
 use crate::exec::platform::Properties;
 use crate::exec::{LeaseReport, LeaseState, LeaseView, Scheduler};
 use crate::proto::reapi::{ActionResult, ExecuteResponse};
@@ -8,6 +7,7 @@ use crate::proto::rwapi::bots_server::Bots;
 use crate::proto::rwapi::{
     self, BotSession, CreateBotSessionRequest, Lease, UpdateBotSessionRequest,
 };
+use crate::proto::type_url;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -69,8 +69,8 @@ fn result_of(
     let bad =
         |e: prost::DecodeError| Status::invalid_argument(format!("lease {} result: {e}", lease.id));
     let result = match any.type_url.as_str() {
-        ACTION_RESULT_URL => ActionResult::decode(any.value.as_slice()).map_err(bad)?,
-        EXECUTE_RESPONSE_URL => {
+        type_url::ACTION_RESULT => ActionResult::decode(any.value.as_slice()).map_err(bad)?,
+        type_url::EXECUTE_RESPONSE => {
             let r = ExecuteResponse::decode(any.value.as_slice()).map_err(bad)?;
             if status.as_ref().is_none_or(|s| s.code == 0) && r.status.is_some() {
                 status = r.status;
@@ -113,7 +113,7 @@ fn lease(view: LeaseView) -> Lease {
     Lease {
         id: view.id,
         payload: view.action.map(|a| prost_types::Any {
-            type_url: ACTION_URL.into(),
+            type_url: type_url::ACTION.into(),
             value: a.encode_to_vec(),
         }),
         state: state as i32,

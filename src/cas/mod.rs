@@ -12,6 +12,7 @@ mod action_cache;
 pub mod compression;
 pub mod directory;
 mod error;
+pub mod local;
 pub mod scrub;
 mod tree;
 mod upload;

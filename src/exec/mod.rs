@@ -25,7 +25,7 @@ mod tests;
 pub use bots::{LeaseReport, LeaseState, LeaseView};
 pub use error::ExecError;
 pub use operation::{OpHandle, OpSnapshot, Outcome, Stage};
-pub use prepare::{ActionLimits, PreparedAction, Timeouts, within_root};
+pub use prepare::{ActionLimits, PreparedAction, Timeouts};
 pub use stats::{ExecStats, FinishedAction};
 
 use crate::cas::{ActionCache, Cas, CasError, InlineRequest};

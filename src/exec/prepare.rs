@@ -10,6 +10,7 @@ use super::platform::Properties;
 use crate::cas::walk::TreeWalk;
 use crate::cas::{Cas, CasError};
 use crate::digest::Digest;
+use crate::paths::within_root;
 use crate::proto::reapi::{Action, Command, Directory};
 use prost::Message;
 use std::collections::{HashMap, HashSet};
@@ -201,24 +202,6 @@ fn check_command(command: &Command) -> Result<(), ExecError> {
     Ok(())
 }
 
-/// `base/path` normalised lexically, or `None` if it is absolute or climbs out of the root.
-pub fn within_root(base: &str, path: &str) -> Option<String> {
-    if path.starts_with('/') || base.starts_with('/') {
-        return None;
-    }
-    let mut parts: Vec<&str> = Vec::new();
-    for seg in base.split('/').chain(path.split('/')) {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                parts.pop()?;
-            }
-            s => parts.push(s),
-        }
-    }
-    Some(parts.join("/"))
-}
-
 /// Walks the input tree and reports every absent directory or file blob. Every Directory must
 /// follow the REAPI rules (names valid, sorted and unique across files, directories and
 /// symlinks); the tree's depth and size are bounded by `limits`.
@@ -330,19 +313,4 @@ fn check_depth(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::within_root;
-
-    #[test]
-    fn lexical_paths() {
-        assert_eq!(within_root("", "a/b").as_deref(), Some("a/b"));
-        assert_eq!(within_root("w", "../x").as_deref(), Some("x"));
-        assert_eq!(within_root("", "../x"), None);
-        assert_eq!(within_root("w", "../../x"), None);
-        assert_eq!(within_root("", "/etc/passwd"), None);
-        assert_eq!(within_root("", "a/./b/../c").as_deref(), Some("a/c"));
-    }
 }

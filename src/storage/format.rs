@@ -136,6 +136,31 @@ impl RecordHeader {
             checksum: u64_at(b, 48),
         })
     }
+
+    /// The header checks every reader of a record applies, written once (the engine's read
+    /// path, and a co-located reader in another process): the header of the record at `b` in
+    /// segment `seq` validates, names `kind` and `key`, and its payload is `len` bytes when a
+    /// length is expected. The payload's xxh3 against `checksum` is the caller's (one reads a
+    /// mapped slice, the other streams). `None` when any check fails.
+    pub fn decode_expected(
+        b: &[u8],
+        seq: u32,
+        kind: RecordKind,
+        key: &Key,
+        len: Option<u64>,
+    ) -> Option<Self> {
+        let h = Self::decode(b, seq).ok()?;
+        (h.kind == kind && h.key == *key && len.is_none_or(|l| l == h.len)).then_some(h)
+    }
+}
+
+/// The parts of a manifest payload whose blob is `total` bytes long (as its index entry says):
+/// `None` when it does not decode or names another length.
+pub fn manifest_parts(m: &[u8], total: u64) -> Option<Vec<PartLoc>> {
+    match decode_manifest(m) {
+        Ok((t, parts)) if t == total => Some(parts),
+        _ => None,
+    }
 }
 
 /// Bytes a record with a payload of `len` occupies, padding included.

@@ -7,7 +7,7 @@
 
 use super::Key;
 use super::format::{
-    ALIGN, RECORD_HEADER_LEN, RecordHeader, RecordKind, State, decode_manifest, state_slot_offset,
+    ALIGN, RECORD_HEADER_LEN, RecordHeader, RecordKind, State, manifest_parts, state_slot_offset,
 };
 use super::index::Index;
 use super::segment::segment_path;
@@ -79,19 +79,23 @@ impl Peek {
             return Ok(false);
         };
         let off = u64::from(e.off) * ALIGN;
+        // The engine's read rules (`read.rs` `read_blob`): the same header checks and manifest
+        // decoding, each part of the length its manifest names.
         match e.kind {
-            RecordKind::Blob => self.copy_record(e.seq, off, key, RecordKind::Blob, out),
+            RecordKind::Blob => {
+                self.copy_record(e.seq, off, key, RecordKind::Blob, Some(e.len), out)
+            }
             RecordKind::Manifest => {
                 let mut m = Vec::new();
-                if !self.copy_record(e.seq, off, key, RecordKind::Manifest, &mut m)? {
+                if !self.copy_record(e.seq, off, key, RecordKind::Manifest, None, &mut m)? {
                     return Ok(false);
                 }
-                let Ok((_, parts)) = decode_manifest(&m) else {
+                let Some(parts) = manifest_parts(&m, e.len) else {
                     return Ok(false);
                 };
                 for p in parts {
                     let off = u64::from(p.off) * ALIGN;
-                    if !self.copy_record(p.seq, off, key, RecordKind::Part, out)? {
+                    if !self.copy_record(p.seq, off, key, RecordKind::Part, Some(p.len), out)? {
                         return Ok(false);
                     }
                 }
@@ -107,6 +111,7 @@ impl Peek {
         off: u64,
         key: &Key,
         kind: RecordKind,
+        len: Option<u64>,
         out: &mut impl Write,
     ) -> io::Result<bool> {
         let Ok(file) = File::open(segment_path(&self.segments, self.ring, seq)) else {
@@ -116,12 +121,9 @@ impl Peek {
         if file.read_exact_at(&mut hdr, off).is_err() {
             return Ok(false);
         }
-        let Ok(h) = RecordHeader::decode(&hdr, seq) else {
+        let Some(h) = RecordHeader::decode_expected(&hdr, seq, kind, key, len) else {
             return Ok(false);
         };
-        if h.key != *key || h.kind != kind {
-            return Ok(false);
-        }
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         let mut buf = vec![0u8; CHUNK.min(h.len as usize)];
         let start = off + RECORD_HEADER_LEN as u64;

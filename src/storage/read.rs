@@ -253,11 +253,14 @@ impl Shared {
         inc(&self.counters.record_reads);
         let start = (u64::from(off) * ALIGN) as usize;
         let map = &seg.map[..];
-        let h = RecordHeader::decode(map.get(start..).ok_or(Miss::Corrupt)?, seq)
-            .map_err(|_| Miss::Corrupt)?;
-        if h.kind != kind || h.key != *key {
-            return Err(Miss::Corrupt);
-        }
+        let h = RecordHeader::decode_expected(
+            map.get(start..).ok_or(Miss::Corrupt)?,
+            seq,
+            kind,
+            key,
+            None,
+        )
+        .ok_or(Miss::Corrupt)?;
         let p = start + RECORD_HEADER_LEN;
         let end = p
             .checked_add(h.len as usize)
@@ -273,10 +276,7 @@ impl Shared {
     pub fn read_blob(&self, e: &Entry) -> Result<Blob, Miss> {
         if e.kind == RecordKind::Manifest {
             let m = self.read_record(e.seq, e.off, RecordKind::Manifest, &e.key)?;
-            let (total, parts) = format::decode_manifest(&m).map_err(|_| Miss::Corrupt)?;
-            if total != e.len {
-                return Err(Miss::Corrupt);
-            }
+            let parts = format::manifest_parts(&m, e.len).ok_or(Miss::Corrupt)?;
             let mut ext = Vec::with_capacity(parts.len());
             for p in parts {
                 let b = self.read_record(p.seq, p.off, RecordKind::Part, &e.key)?;

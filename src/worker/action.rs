@@ -12,7 +12,7 @@ use super::run::{Limits, run};
 use super::sandbox::Place;
 use super::stage::stage;
 use crate::digest::Digest;
-use crate::exec::within_root;
+use crate::paths::within_root;
 use crate::proto::google::rpc;
 use crate::proto::reapi::{Action, ActionResult, Command, ExecutedActionMetadata};
 use prost::Message;

@@ -1,6 +1,7 @@
 //! The worker's content-addressed file cache: one read-only file per (digest, executable) in
 //! `<work-dir>/cache/`, hardlinked into action directories. A co-located worker fills it by
-//! copying from the server's segment files ([`Peek`]); otherwise each blob crosses the socket
+//! copying from the server's store through the cas-level local reader
+//! ([`LocalReader`], which also serves the input tree's Directory protos); otherwise each blob crosses the socket
 //! once per work dir. Every later staging of it is a `link(2)`, no bytes copied. Two variants exist
 //! because a hardlink shares its inode's mode: `HASH-SIZE` (0444) and `HASH-SIZE-x` (0555).
 //! The cache is bounded (`--cache-max-bytes`): least recently used files go first, never one
@@ -15,14 +16,12 @@
 
 use super::client::{BATCH_BLOB_LIMIT, Client};
 use super::error::{WorkerError, io};
-use crate::cas::Cas;
+use crate::cas::local::LocalReader;
 use crate::cas::walk::TreeWalk;
 use crate::digest::Digest;
 use crate::proto::reapi::Directory;
-use crate::storage::Peek;
 use prost::Message;
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +29,9 @@ use std::sync::{Arc, Mutex};
 
 /// Directory protos kept in memory at most; past this the map is cleared.
 const MAX_DIRS: usize = 200_000;
+
+/// Largest Directory proto read from the co-located store (larger ones come over gRPC).
+const LOCAL_DIR_MAX: u64 = 16 << 20;
 
 /// One cached file: its size, when a staging last wanted it, and how many stagings in
 /// progress still need it (a pinned file is never evicted).
@@ -57,29 +59,11 @@ pub struct FileCache {
     dirs: Mutex<HashMap<Digest, Arc<Directory>>>,
     /// The server's store, when this worker shares its disk: files are copied from its
     /// segments, not fetched over gRPC.
-    store: Option<Arc<Peek>>,
+    store: Option<Arc<LocalReader>>,
     /// Blobs copied from the co-located store, since start.
     from_store: AtomicU64,
     /// Blobs fetched over gRPC (not co-located, or missed in the store).
     over_grpc: AtomicU64,
-}
-
-/// Hashes what passes through it.
-struct Hashing<W> {
-    inner: W,
-    hasher: crate::digest::Hasher,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(b)?;
-        self.hasher.update(&b[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 /// Keeps the files of one staging in the cache until it is dropped (after the hardlinks are
@@ -107,7 +91,7 @@ impl FileCache {
     pub fn open(
         dir: PathBuf,
         max_bytes: u64,
-        store: Option<Arc<Peek>>,
+        store: Option<Arc<LocalReader>>,
     ) -> Result<Self, WorkerError> {
         std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
         let mut entries = Entries::default();
@@ -236,7 +220,7 @@ impl FileCache {
                 fetch.iter().map(|d| (*d, self.tmp_path())).collect();
             let copied = tokio::task::spawn_blocking(move || {
                 tmps.into_iter()
-                    .filter(|(d, tmp)| copy_from_store(&store, d, tmp))
+                    .filter(|(d, tmp)| store.copy_to_file(d, tmp))
                     .collect::<Vec<_>>()
             })
             .await
@@ -409,6 +393,33 @@ impl FileCache {
         Ok(())
     }
 
+    /// Reads what it can of `fetch` from the co-located store (Directory protos of at most
+    /// `LOCAL_DIR_MAX` bytes, verified), removing those from `fetch`; the rest goes over gRPC.
+    async fn read_local(
+        &self,
+        fetch: &mut Vec<Digest>,
+    ) -> Result<Vec<(Digest, bytes::Bytes)>, WorkerError> {
+        let Some(store) = self.store.clone() else {
+            return Ok(Vec::new());
+        };
+        let want = fetch.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            want.into_iter()
+                .filter_map(|d| store.read(&d, LOCAL_DIR_MAX).map(|b| (d, b)))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| WorkerError::Invalid {
+            what: "store read task",
+            reason: e.to_string(),
+        })?;
+        let done: HashSet<Digest> = read.iter().map(|(d, _)| *d).collect();
+        fetch.retain(|d| !done.contains(d));
+        self.from_store
+            .fetch_add(done.len() as u64, Ordering::Relaxed);
+        Ok(read)
+    }
+
     /// The Directory protos of a whole tree, fetched level by level in batches; directories
     /// seen before come from memory, so repeated trees cost no round trip. A tree with more
     /// than `max_depth` levels below its root fails (INVALID_ARGUMENT) before the next fetch.
@@ -447,7 +458,8 @@ impl FileCache {
                 }
             }
             fetch.sort_unstable_by_key(|d| d.hash);
-            let fetched = client.batch_read(&fetch).await?;
+            let mut fetched = self.read_local(&mut fetch).await?;
+            fetched.extend(client.batch_read(&fetch).await?);
             let mut dirs = self.dirs.lock().expect("dir cache lock");
             if dirs.len() > MAX_DIRS {
                 dirs.clear();
@@ -469,37 +481,5 @@ impl FileCache {
             }
         }
         Ok(out)
-    }
-}
-
-/// Copies `d` from the co-located store into `tmp`, checking its SHA-256. On any miss or
-/// mismatch `tmp` is removed and the blob is fetched over gRPC instead.
-fn copy_from_store(store: &Peek, d: &Digest, tmp: &Path) -> bool {
-    let copy = || -> std::io::Result<bool> {
-        let file = std::fs::File::create(tmp)?;
-        if d.is_empty_blob() {
-            return Ok(true);
-        }
-        let mut w = Hashing {
-            inner: std::io::BufWriter::with_capacity(1 << 20, file),
-            hasher: d.function.hasher(),
-        };
-        if !store.copy_to(&Cas::key(d), &mut w)? {
-            return Ok(false);
-        }
-        w.flush()?;
-        Ok(w.hasher.finish() == *d)
-    };
-    match copy() {
-        Ok(true) => true,
-        Ok(false) => {
-            let _ = std::fs::remove_file(tmp);
-            false
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, digest = %d, "copy from the co-located store failed");
-            let _ = std::fs::remove_file(tmp);
-            false
-        }
     }
 }

@@ -9,7 +9,7 @@ use super::client::{BATCH_BLOB_LIMIT, Source};
 use super::error::{WorkerError, io};
 use super::stage::MAX_INPUT_DEPTH;
 use crate::digest::{Digest, DigestFunction};
-use crate::exec::within_root;
+use crate::paths::within_root;
 use crate::proto::reapi::{
     ActionResult, Command, Directory, DirectoryNode, FileNode, OutputDirectory, OutputFile,
     OutputSymlink, SymlinkNode, Tree,

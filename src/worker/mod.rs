@@ -74,15 +74,14 @@ fn server_data_dir(config: &WorkerConfig) -> Option<PathBuf> {
 
 /// The store of the server whose data dir is `data`, read-only. `None`, logged, when it
 /// cannot be read.
-fn co_located_store(data: &std::path::Path) -> Option<Arc<crate::storage::Peek>> {
-    let dir = crate::setup::store_dir(data);
-    match crate::storage::Peek::open(&dir) {
-        Ok(p) => {
-            tracing::info!(dir = %dir.display(), "co-located: input files are copied from the server's store");
-            Some(Arc::new(p))
+fn co_located_store(data: &std::path::Path) -> Option<Arc<crate::cas::local::LocalReader>> {
+    match crate::cas::local::LocalReader::open(data) {
+        Ok(r) => {
+            tracing::info!(dir = %data.display(), "co-located: input files and directories are read from the server's store");
+            Some(Arc::new(r))
         }
         Err(e) => {
-            tracing::info!(dir = %dir.display(), error = %e, "not reading the server's store; input files come over gRPC");
+            tracing::info!(dir = %data.display(), error = %e, "not reading the server's store; inputs come over gRPC");
             None
         }
     }

@@ -4,13 +4,13 @@
 
 use super::action::{Context, execute};
 use super::error::{WorkerError, rpc};
-use crate::bots::{ACTION_RESULT_URL, ACTION_URL, DIGEST_URL};
 use crate::digest::{Digest, DigestFunction};
 use crate::proto::reapi::{self, Action};
 use crate::proto::rwapi::{
     BotSession, BotStatus, CreateBotSessionRequest, Lease, LeaseState, UpdateBotSessionRequest,
     Worker, worker,
 };
+use crate::proto::type_url;
 use prost::Message;
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,8 +103,8 @@ async fn action_of(ctx: &Context, lease: &Lease) -> Result<Action, WorkerError> 
         reason: "missing".into(),
     })?;
     match any.type_url.as_str() {
-        ACTION_URL => Action::decode(any.value.as_slice()).map_err(bad),
-        DIGEST_URL => {
+        type_url::ACTION => Action::decode(any.value.as_slice()).map_err(bad),
+        type_url::DIGEST => {
             let d = reapi::Digest::decode(any.value.as_slice()).map_err(bad)?;
             let d = Digest::from_proto(DigestFunction::Sha256, &d)?;
             let bytes = ctx
@@ -172,7 +172,7 @@ async fn run_lease(
             state: LeaseState::Completed as i32,
             status: Some(outcome.status),
             result: outcome.result.map(|r| prost_types::Any {
-                type_url: ACTION_RESULT_URL.into(),
+                type_url: type_url::ACTION_RESULT.into(),
                 value: r.encode_to_vec(),
             }),
             ..Default::default()
