@@ -8,4 +8,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 KILN_BAZEL="$(bash tests/install-bazel.sh)"
 export KILN_BAZEL
 cargo clippy --locked --all-targets -- -D warnings
+# The library as the binary builds it (without the `testing` feature the targets above turn on).
+cargo clippy --locked --lib --bins -- -D warnings
 exec cargo test --locked "$@"

@@ -1,7 +1,8 @@
 //! The public surface stays curated (issue 14): the storage engine's insides and the
 //! fault-injecting I/O engine are reachable only with the `testing` feature, which the binary
 //! never enables. Checked on the sources, since every test build has the feature on (kiln's
-//! dev-dependency on itself); `nm target/release/kiln | grep FaultIo` finds nothing.
+//! dev-dependency on itself). By hand: after `cargo build --release`,
+//! `nm -C target/release/deps/libkiln-*.rlib | grep -c FaultIo` is 0 (a test build's is not).
 
 use std::path::Path;
 
