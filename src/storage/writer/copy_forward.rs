@@ -201,29 +201,26 @@ impl Writer {
             self.copying = true;
             let copied = self.copy_entry(&e);
             self.copying = false;
-            match copied {
-                Some(new) => {
-                    let after = self.position();
-                    let wrote = if after.seq == before.seq {
-                        after.off - before.off
-                    } else {
-                        cost
-                    };
-                    spent += wrote;
-                    self.copied.push(new);
-                    self.copy_end = after;
-                    inc(&sh.counters().copy_forwards);
-                    sh.counters()
-                        .copy_forward_bytes
-                        .fetch_add(wrote, Ordering::Relaxed);
-                    oldest_touch_age = oldest_touch_age.max(u64::from(head.wrapping_sub(hint)));
-                }
-                None => {
-                    // No room left in the head segment (uploads of the same batch took it):
-                    // the blob goes with its segment, counted like a budget cut.
-                    tracing::trace!(seq = tail, ?e.key, hint, cost, "storage: copy-forward found no room");
-                    inc(&sh.counters().copy_forward_budget_cuts);
-                }
+            if let Some(new) = copied {
+                let after = self.position();
+                let wrote = if after.seq == before.seq {
+                    after.off - before.off
+                } else {
+                    cost
+                };
+                spent += wrote;
+                self.copied.push(new);
+                self.copy_end = after;
+                inc(&sh.counters().copy_forwards);
+                sh.counters()
+                    .copy_forward_bytes
+                    .fetch_add(wrote, Ordering::Relaxed);
+                oldest_touch_age = oldest_touch_age.max(u64::from(head.wrapping_sub(hint)));
+            } else {
+                // No room left in the head segment (uploads of the same batch took it): the
+                // blob goes with its segment, counted like a budget cut.
+                tracing::trace!(seq = tail, ?e.key, hint, cost, "storage: copy-forward found no room");
+                inc(&sh.counters().copy_forward_budget_cuts);
             }
         }
         if oldest_touch_age > 0 || spent > 0 {

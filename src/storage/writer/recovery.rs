@@ -133,9 +133,9 @@ impl Writer {
                 // probe windows. In log order, a record that needs republishing is never
                 // what the current lookup finds.
                 if let Some(e) = entry
-                    && !sh
+                    && sh
                         .lookup(&e.key)
-                        .is_some_and(|x| (x.seq, x.off) == (e.seq, e.off))
+                        .is_none_or(|x| (x.seq, x.off) != (e.seq, e.off))
                 {
                     self.publish(&e);
                     self.grow_blocking();
