@@ -1,6 +1,6 @@
 //! ContentAddressableStorage: FindMissingBlobs, BatchUpdateBlobs, BatchReadBlobs, GetTree.
 
-use super::status::{rpc_ok, rpc_status};
+use super::status::{rpc_ok, rpc_status, upstream_rpc_status};
 use super::{CacheServices, validate_instance};
 use crate::cas::{CasError, compression, get_tree_page};
 use crate::digest::{Digest, DigestFunction};
@@ -104,7 +104,12 @@ impl ContentAddressableStorage for CasService {
             .iter()
             .map(|d| Digest::from_proto(function, d))
             .collect::<Result<Vec<_>, _>>()?;
-        let missing = self.state.cas.find_missing(&digests)?;
+        let mut missing = self.state.cas.find_missing(&digests)?;
+        if let Some(up) = &self.state.upstream {
+            if !missing.is_empty() {
+                missing = up.find_missing(&req.instance_name, missing).await;
+            }
+        }
         Ok(Response::new(FindMissingBlobsResponse {
             missing_blob_digests: missing.iter().map(Digest::to_proto).collect(),
         }))
@@ -172,8 +177,26 @@ impl ContentAddressableStorage for CasService {
         let zstd_ok = req
             .acceptable_compressors
             .contains(&(compressor::Value::Zstd as i32));
+        // Local misses are fetched from the upstream first (one batched call); what it cannot
+        // provide keeps its own status.
+        let mut fetched = std::collections::HashMap::new();
+        if let Some(up) = &self.state.upstream {
+            let missing = self.state.cas.find_missing(&digests)?;
+            if !missing.is_empty() {
+                fetched = up.ensure(&req.instance_name, &missing).await;
+            }
+        }
         let mut responses = Vec::with_capacity(digests.len());
         for d in digests {
+            if let Some(Err(e)) = fetched.get(&d) {
+                responses.push(batch_read_blobs_response::Response {
+                    digest: Some(d.to_proto()),
+                    data: Bytes::new(),
+                    compressor: compressor::Value::Identity as i32,
+                    status: Some(upstream_rpc_status(e)),
+                });
+                continue;
+            }
             let (data, comp, status) = match self.state.cas.get_bytes(&d) {
                 Ok(data) if zstd_ok && data.len() > 512 => (
                     compression::compress(&data),
@@ -214,6 +237,9 @@ impl ContentAddressableStorage for CasService {
         } else {
             req.page_size as usize
         };
+        if let Some(up) = &self.state.upstream {
+            up.ensure_tree(&req.instance_name, &root).await?;
+        }
         // The first page is computed here so that a bad root or token fails the call itself.
         let first = get_tree_page(&self.state.cas, &root, page_size, &req.page_token)?;
         let cas = self.state.cas.clone();

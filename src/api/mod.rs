@@ -76,6 +76,8 @@ pub struct CacheServices {
     ac: ActionCache,
     limits: Limits,
     uploads: Arc<uploads::UploadRegistry>,
+    /// The upstream tier, when `[upstream]` is configured: local misses read through it.
+    upstream: Option<crate::upstream::Upstream>,
 }
 
 impl CacheServices {
@@ -91,7 +93,15 @@ impl CacheServices {
             ac,
             limits,
             uploads,
+            upstream: None,
         }
+    }
+
+    /// The same front end reading its misses through `upstream` (and forwarding writes).
+    #[must_use]
+    pub fn with_upstream(mut self, upstream: crate::upstream::Upstream) -> Self {
+        self.upstream = Some(upstream);
+        self
     }
 
     /// Gauges of the upload registry (open uploads, buffer memory, refusals) for `/metrics`.

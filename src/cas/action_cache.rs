@@ -57,18 +57,32 @@ impl ActionCache {
         action: &Digest,
         inline: &InlineRequest,
     ) -> Result<ActionResult, CasError> {
-        let Some(blob) = self.store.get(&Self::key(instance, action))? else {
+        let Some(mut result) = self.lookup(instance, action)? else {
             return Err(CasError::ActionNotFound(*action));
         };
-        let Ok(mut result) = ActionResult::decode(blob.to_bytes()) else {
-            tracing::warn!(%action, instance, "undecodable action-cache entry treated as a miss");
-            return Err(CasError::ActionNotFound(*action));
-        };
-        if !self.is_complete(&result, action.function)? {
+        if self.missing_blobs(&result, action.function)? != Some(vec![]) {
             return Err(CasError::ActionNotFound(*action));
         }
         self.inline_outputs(&mut result, action.function, inline)?;
         Ok(result)
+    }
+
+    /// The stored entry for an action, without the completeness check: for a caller that
+    /// judges completeness itself (the upstream tier counts blobs the upstream has as
+    /// present). `None` on a miss and for an undecodable entry.
+    pub fn lookup(
+        &self,
+        instance: &str,
+        action: &Digest,
+    ) -> Result<Option<ActionResult>, CasError> {
+        let Some(blob) = self.store.get(&Self::key(instance, action))? else {
+            return Ok(None);
+        };
+        let Ok(result) = ActionResult::decode(blob.to_bytes()) else {
+            tracing::warn!(%action, instance, "undecodable action-cache entry treated as a miss");
+            return Ok(None);
+        };
+        Ok(Some(result))
     }
 
     /// Stores a result after validating every digest in it.
@@ -98,17 +112,22 @@ impl ActionCache {
         Ok(())
     }
 
-    fn is_complete(
+    /// The blobs `result` needs that the local CAS lacks (each present one's life is
+    /// extended): outputs, stdout/stderr, tree blobs, and the files of the trees stored here
+    /// (a missing tree's files are not known until it is fetched). `None` when the result can
+    /// never be complete (a digest that does not parse, a tree that does not decode).
+    pub fn missing_blobs(
         &self,
         result: &ActionResult,
         function: DigestFunction,
-    ) -> Result<bool, CasError> {
+    ) -> Result<Option<Vec<Digest>>, CasError> {
+        let mut missing = Vec::new();
         for d in referenced_digests(result) {
             let Ok(d) = Digest::from_proto(function, d) else {
-                return Ok(false);
+                return Ok(None);
             };
             if !self.cas.contains(&d)? {
-                return Ok(false);
+                missing.push(d);
             }
         }
         for dir in &result.output_directories {
@@ -116,13 +135,13 @@ impl ActionCache {
                 continue;
             };
             let Ok(tree_digest) = Digest::from_proto(function, tree_digest) else {
-                return Ok(false);
+                return Ok(None);
             };
             let Some(tree) = self.cas.get(&tree_digest)? else {
-                return Ok(false);
+                continue;
             };
             let Ok(tree) = Tree::decode(tree.to_bytes()) else {
-                return Ok(false);
+                return Ok(None);
             };
             let files = tree
                 .root
@@ -131,17 +150,19 @@ impl ActionCache {
                 .flat_map(|d| d.files.iter());
             for f in files {
                 let Some(Ok(d)) = f.digest.as_ref().map(|d| Digest::from_proto(function, d)) else {
-                    return Ok(false);
+                    return Ok(None);
                 };
                 if !self.cas.contains(&d)? {
-                    return Ok(false);
+                    missing.push(d);
                 }
             }
         }
-        Ok(true)
+        Ok(Some(missing))
     }
 
-    fn inline_outputs(
+    /// Fills the inline fields `inline` asks for from the local CAS, within its byte budget;
+    /// a blob not stored here stays referenced by digest only.
+    pub fn inline_outputs(
         &self,
         result: &mut ActionResult,
         function: DigestFunction,
