@@ -241,3 +241,47 @@ async fn read_url(url: &str, d: &Digest) -> Vec<u8> {
 
 #[allow(dead_code)]
 fn unused(_: KilnServer) {}
+
+/// An upstream that accepts connections and never answers: misses fail with UNAVAILABLE
+/// naming it after the configured timeout, hits are served as if it were not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_upstream_times_out_and_hits_do_not_wait() {
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = hole.local_addr().unwrap();
+    // Accepts and keeps every connection open without a byte in reply.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in hole.incoming() {
+            held.push(c);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let local = start_local(
+        dir.path(),
+        "local",
+        &format!("endpoint = \"grpc://{addr}\"\ntimeout_ms = 500\nconnect_timeout_ms = 500"),
+    );
+    let here = b"stored locally".to_vec();
+    put_batch(&local, &[&here]).await;
+    assert_eq!(read(&local, &digest(&here), 0, 0).await.unwrap(), here);
+    let start = Instant::now();
+    let err = read(&local, &digest(b"a miss"), 0, 0).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains(&addr.to_string()), "{err:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "a miss waited {:?} on a silent upstream with timeout_ms = 500",
+        start.elapsed()
+    );
+    let resp = cas(&local)
+        .await
+        .batch_read_blobs(BatchReadBlobsRequest {
+            digests: vec![digest(&here).to_proto(), digest(b"a miss").to_proto()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.responses[0].data.as_ref(), &here[..]);
+    assert_eq!(resp.responses[1].status.as_ref().unwrap().code, Code::Unavailable as i32);
+}

@@ -218,3 +218,6 @@ impl Upstream {
         Ok(absent)
     }
 }
+
+#[cfg(test)]
+mod tests;
