@@ -285,3 +285,24 @@ async fn a_silent_upstream_times_out_and_hits_do_not_wait() {
     assert_eq!(resp.responses[0].data.as_ref(), &here[..]);
     assert_eq!(resp.responses[1].status.as_ref().unwrap().code, Code::Unavailable as i32);
 }
+
+/// The status page of a local tier shows the upstream's figures (and a box without
+/// `[upstream]` does not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_the_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = start_plain(dir.path(), "upstream");
+    let local = start_local(dir.path(), "local", &format!("endpoint = \"{}\"", up.url()));
+    let blob = b"fetched once".to_vec();
+    put_batch(&up, &[&blob]).await;
+    assert_eq!(read(&local, &digest(&blob), 0, 0).await.unwrap(), blob);
+    let status = kiln::admin::http_get(local.metrics.as_ref().unwrap(), "/status")
+        .await
+        .unwrap();
+    assert!(status.contains("upstream: blobs fetched"), "{status}");
+    assert!(status.contains("upstream_breaker_state"), "{status}");
+    let plain = kiln::admin::http_get(up.metrics.as_ref().unwrap(), "/status")
+        .await
+        .unwrap();
+    assert!(!plain.contains("upstream"), "{plain}");
+}
