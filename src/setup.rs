@@ -706,6 +706,8 @@ pub fn upstream(
         batch_bytes: u.batch_bytes,
         write: u.write,
         execute: u.execute,
+        queue_dir: Some(config.server.data_dir.join("upstream-queue")),
+        queue_max_bytes: u.queue_max_bytes,
     };
     let up = Upstream::new(settings, bearer, cas.clone(), ac.clone())
         .map_err(|e| SetupError::Upstream(e.to_string()))?;
@@ -741,6 +743,7 @@ pub fn upstream(
         s.latency.clone(),
     );
     metrics.add_gauge_source(Box::new(up.gauges()));
+    up.start_forwarding();
     tracing::info!(endpoint = %u.endpoint, write = ?u.write, execute = ?u.execute, "upstream tier");
     Ok(Some(up))
 }
@@ -787,11 +790,17 @@ impl Prepared {
             metrics.clone(),
         ));
         let cas = Cas::new(store.clone());
-        let ac = ActionCache::new(cas.clone(), store);
+        let mut ac = ActionCache::new(cas.clone(), store);
         let limits = limits(config);
         let max_message = limits.max_message_bytes;
+        // With an upstream, every action result stored through the api or the scheduler is
+        // passed on (the tier itself stores what it fetches through the plain `ac`).
+        let up = upstream(config, &cas, &ac, &metrics)?;
+        if let Some(up) = &up {
+            ac = ac.with_update_hook(Arc::new(crate::upstream::ForwardHook(up.clone())));
+        }
         let mut services = CacheServices::new(cas.clone(), ac.clone(), limits);
-        if let Some(up) = upstream(config, &cas, &ac, &metrics)? {
+        if let Some(up) = up {
             services = services.with_upstream(up);
         }
         metrics.add_gauge_source(Box::new(services.upload_gauges()));

@@ -283,7 +283,10 @@ async fn a_silent_upstream_times_out_and_hits_do_not_wait() {
         .unwrap()
         .into_inner();
     assert_eq!(resp.responses[0].data.as_ref(), &here[..]);
-    assert_eq!(resp.responses[1].status.as_ref().unwrap().code, Code::Unavailable as i32);
+    assert_eq!(
+        resp.responses[1].status.as_ref().unwrap().code,
+        Code::Unavailable as i32
+    );
 }
 
 /// The status page of a local tier shows the upstream's figures (and a box without

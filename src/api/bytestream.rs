@@ -359,6 +359,30 @@ impl ByteStream for ByteStreamService {
         &self,
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
+        let mut written = None;
+        let response = self.write_local(request, &mut written).await?;
+        if let (Some(up), Some(name)) = (&self.state.upstream, written) {
+            // `sync`: not acknowledged until the upstream has it too.
+            up.wrote_blobs(&name.instance, &[name.digest]).await?;
+        }
+        Ok(response)
+    }
+
+    async fn query_write_status(
+        &self,
+        request: Request<QueryWriteStatusRequest>,
+    ) -> Result<Response<QueryWriteStatusResponse>, Status> {
+        self.query_write_status_local(request).await
+    }
+}
+
+impl ByteStreamService {
+    /// A Write into the local store; sets `written` to the blob's name once it is stored.
+    async fn write_local(
+        &self,
+        request: Request<Streaming<WriteRequest>>,
+        written: &mut Option<ResourceName>,
+    ) -> Result<Response<WriteResponse>, Status> {
         let mut stream = request.into_inner();
         let first = stream
             .message()
@@ -371,6 +395,7 @@ impl ByteStream for ByteStreamService {
         }
         let key = first.resource_name.clone();
         let name = ResourceName::parse_write(&key)?;
+        *written = Some(name.clone());
         let max = self.state.cas.max_blob_size();
         if name.digest.size > max {
             return Err(Status::invalid_argument(format!(
@@ -433,7 +458,7 @@ impl ByteStream for ByteStreamService {
             .await
     }
 
-    async fn query_write_status(
+    async fn query_write_status_local(
         &self,
         request: Request<QueryWriteStatusRequest>,
     ) -> Result<Response<QueryWriteStatusResponse>, Status> {

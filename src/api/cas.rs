@@ -148,12 +148,28 @@ impl ContentAddressableStorage for CasService {
                 }),
             }
         }
+        let stored_digests: Vec<Digest> = items.iter().map(|(d, _)| *d).collect();
         let results = self.state.cas.put_many(items).await;
-        for (pos, result) in positions.into_iter().zip(results) {
+        let mut forward = Vec::new();
+        for ((pos, result), d) in positions.into_iter().zip(results).zip(stored_digests) {
             responses[pos].status = Some(match result {
-                Ok(()) => rpc_ok(),
+                Ok(()) => {
+                    forward.push((pos, d));
+                    rpc_ok()
+                }
                 Err(e) => rpc_status(&e),
             });
+        }
+        if let Some(up) = &self.state.upstream {
+            let digests: Vec<Digest> = forward.iter().map(|(_, d)| *d).collect();
+            // `sync`: not acknowledged until the upstream has them too.
+            if let Err(e) = up.wrote_blobs(&req.instance_name, &digests).await {
+                for (pos, d) in forward {
+                    if !d.is_empty_blob() {
+                        responses[pos].status = Some(upstream_rpc_status(&e));
+                    }
+                }
+            }
         }
         Ok(Response::new(BatchUpdateBlobsResponse { responses }))
     }

@@ -25,6 +25,7 @@ pub fn cas_code(err: &CasError) -> Code {
         | CasError::BadCompression { .. }
         | CasError::InvalidArgument(_) => Code::InvalidArgument,
         CasError::BlobNotFound(_) | CasError::ActionNotFound(_) => Code::NotFound,
+        CasError::Forward(_) => Code::Unavailable,
         CasError::Storage(e) => storage_code(e),
     }
 }

@@ -23,17 +23,39 @@ pub struct InlineRequest {
     pub max_bytes: u64,
 }
 
+/// Told of every action result stored through an [`ActionCache`] that has it (the upstream
+/// tier forwards them, whether a client or the scheduler wrote them). Runs after the entry is
+/// stored locally; an error fails the update with [`CasError::Forward`] (the local entry stays).
+#[async_trait::async_trait]
+pub trait UpdateHook: Send + Sync {
+    /// `action`'s result was stored under `instance`.
+    async fn updated(&self, instance: &str, action: &Digest) -> Result<(), String>;
+}
+
 /// The action cache: `ActionResult`s keyed by instance name and action digest.
 #[derive(Clone)]
 pub struct ActionCache {
     cas: Cas,
     store: Arc<dyn Store>,
+    hook: Option<Arc<dyn UpdateHook>>,
 }
 
 impl ActionCache {
     /// An action cache over `store`, checking completeness against `cas`.
     pub fn new(cas: Cas, store: Arc<dyn Store>) -> Self {
-        Self { cas, store }
+        Self {
+            cas,
+            store,
+            hook: None,
+        }
+    }
+
+    /// The same cache telling `hook` of every update made through it (clones made before
+    /// this call do not).
+    #[must_use]
+    pub fn with_update_hook(mut self, hook: Arc<dyn UpdateHook>) -> Self {
+        self.hook = Some(hook);
+        self
     }
 
     /// The storage key of an entry: a hash of instance name, digest function and action digest,
@@ -109,6 +131,11 @@ impl ActionCache {
                 Bytes::from(stored.encode_to_vec()),
             )
             .await?;
+        if let Some(hook) = &self.hook {
+            hook.updated(instance, action)
+                .await
+                .map_err(CasError::Forward)?;
+        }
         Ok(())
     }
 

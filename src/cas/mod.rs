@@ -11,7 +11,7 @@ mod error;
 mod tree;
 mod upload;
 
-pub use action_cache::{ActionCache, InlineRequest};
+pub use action_cache::{ActionCache, InlineRequest, UpdateHook};
 pub use error::CasError;
 pub use tree::{TreePage, get_tree_page};
 pub use upload::Upload;

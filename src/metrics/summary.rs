@@ -219,9 +219,24 @@ impl Summary {
         cache.extend(
             [
                 fig(snap, &up("cas", "hit"), "upstream: blobs fetched", Count),
-                fig(snap, &up("cas", "miss"), "upstream: blobs it lacked too", Count),
-                fig(snap, &up("cas", "error"), "upstream: blob fetches failed", Count),
-                fig(snap, &up("ac", "hit"), "upstream: action results fetched", Count),
+                fig(
+                    snap,
+                    &up("cas", "miss"),
+                    "upstream: blobs it lacked too",
+                    Count,
+                ),
+                fig(
+                    snap,
+                    &up("cas", "error"),
+                    "upstream: blob fetches failed",
+                    Count,
+                ),
+                fig(
+                    snap,
+                    &up("ac", "hit"),
+                    "upstream: action results fetched",
+                    Count,
+                ),
                 fig(
                     snap,
                     "kiln_upstream_fetched_bytes_total",

@@ -136,17 +136,24 @@ impl Client {
         what: &str,
         call: impl Future<Output = Result<tonic::Response<T>, Status>>,
     ) -> Result<Result<T, Status>, UpstreamError> {
+        self.call_for(what, self.timeout, call).await
+    }
+
+    /// [`Client::call`] with its own time limit (an upload of a large blob).
+    pub async fn call_for<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<Result<T, Status>, UpstreamError> {
         self.admit()?;
         let start = Instant::now();
-        let r = tokio::time::timeout(self.timeout, call).await;
+        let r = tokio::time::timeout(limit, call).await;
         self.stats.latency.observe(start.elapsed().as_secs_f64());
         match r {
             Err(_) => {
                 self.breaker.failure();
-                Err(self.unavailable(format!(
-                    "{what}: no answer within {} ms",
-                    self.timeout.as_millis()
-                )))
+                Err(self.unavailable(format!("{what}: no answer within {} ms", limit.as_millis())))
             }
             Ok(Ok(resp)) => {
                 self.breaker.success();

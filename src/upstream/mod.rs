@@ -17,13 +17,18 @@ mod client;
 mod error;
 mod fetch;
 pub mod flight;
+mod forward;
+pub mod journal;
+mod queue;
 mod stats;
 mod tree;
+mod writes;
 
 pub use breaker::BreakerState;
 pub use error::UpstreamError;
 pub use fetch::{ReadThrough, UpstreamRead};
 pub use stats::{UpstreamLabels, UpstreamStats};
+pub use writes::ForwardHook;
 
 use crate::auth::{Bearer, ClientTls};
 use crate::cas::{ActionCache, Cas};
@@ -67,6 +72,11 @@ pub struct UpstreamSettings {
     pub write: UpstreamWrite,
     /// Where Execute runs.
     pub execute: UpstreamExecute,
+    /// Directory of the durable forwarding queue (`<data_dir>/upstream-queue`); `None`: no
+    /// queue (writes are then forwarded only in `sync` mode, and not retried).
+    pub queue_dir: Option<std::path::PathBuf>,
+    /// Blob bytes the queue may hold.
+    pub queue_max_bytes: u64,
 }
 
 impl UpstreamSettings {
@@ -86,6 +96,8 @@ impl UpstreamSettings {
             batch_bytes: c.batch_bytes,
             write: c.write,
             execute: c.execute,
+            queue_dir: None,
+            queue_max_bytes: c.queue_max_bytes,
         }
     }
 }
@@ -96,6 +108,7 @@ struct Inner {
     cas: Cas,
     ac: ActionCache,
     flights: Arc<Flights>,
+    queue: Option<Arc<queue::Queue>>,
 }
 
 /// The upstream tier. Cheap to clone.
@@ -119,8 +132,20 @@ impl Upstream {
                 endpoint: settings.endpoint.clone(),
                 reason,
             })?;
+        let queue = match (&settings.queue_dir, settings.write) {
+            (Some(dir), UpstreamWrite::Async | UpstreamWrite::Sync) => Some(
+                queue::Queue::open(dir, settings.queue_max_bytes).map_err(|e| {
+                    UpstreamError::Local(crate::cas::CasError::InvalidArgument(format!(
+                        "cannot open the upstream queue in {}: {e}",
+                        dir.display()
+                    )))
+                })?,
+            ),
+            _ => None,
+        };
         Ok(Self {
             inner: Arc::new(Inner {
+                queue,
                 flights: Flights::new(settings.max_fetches),
                 settings,
                 client,
@@ -159,6 +184,24 @@ impl Upstream {
                     "upstream_fetches_in_progress",
                     "Blobs being fetched from the upstream now (single-flight table)",
                     inner.flights.len() as i64,
+                ),
+                (
+                    "upstream_queue_entries",
+                    "Writes waiting to be forwarded to the upstream",
+                    inner.queue.as_ref().map_or(0, |q| q.len() as i64),
+                ),
+                (
+                    "upstream_queue_bytes",
+                    "Blob bytes waiting to be forwarded to the upstream",
+                    inner.queue.as_ref().map_or(0, |q| q.bytes() as i64),
+                ),
+                (
+                    "upstream_queue_oldest_age_seconds",
+                    "Seconds the oldest write waiting for the upstream has waited",
+                    inner
+                        .queue
+                        .as_ref()
+                        .map_or(0, |q| q.oldest_age_secs() as i64),
                 ),
             ]
         }

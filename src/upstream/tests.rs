@@ -177,11 +177,23 @@ async fn more_bytes_than_the_size_are_refused() {
         panic!("a streamed read")
     };
     let items: Vec<_> = s.collect().await;
-    let served: usize = items.iter().filter_map(|r| r.as_ref().ok()).map(Bytes::len).sum();
+    let served: usize = items
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(Bytes::len)
+        .sum();
     assert!(served <= 5, "served {served} bytes of a 5-byte blob");
-    assert!(matches!(items.last(), Some(Err(UpstreamError::BadData { .. }))));
+    assert!(matches!(
+        items.last(),
+        Some(Err(UpstreamError::BadData { .. }))
+    ));
     assert!(!cas.contains(&want).unwrap());
     // Batch path: the size check of the verification.
-    let err = up.ensure("", &[want]).await.remove(&want).unwrap().unwrap_err();
+    let err = up
+        .ensure("", &[want])
+        .await
+        .remove(&want)
+        .unwrap()
+        .unwrap_err();
     assert!(matches!(err, UpstreamError::BadData { .. }), "{err}");
 }
