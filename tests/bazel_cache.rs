@@ -924,3 +924,35 @@ fn tls_remote_cache_all_hits() {
         "Bazel's TLS handshakes not counted:\n{metrics}"
     );
 }
+
+/// The upstream tier (issue #12): a cold build's results live only in an upstream kiln; a
+/// fresh local tier in front of it (its own store empty) serves a new build entirely as remote
+/// cache hits, every output byte-identical, by reading everything through.
+#[test]
+fn cold_local_tier_reads_upstream_results_all_hits() {
+    let _guard = lock();
+    let bin = bazel_binary();
+    let tmp = tempfile::tempdir().unwrap();
+    let upstream = KilnServer::start(&tmp.path().join("up-data"), &tmp.path().join("up.log"));
+    let first = {
+        let mut bazel = Bazel::new(bin.clone(), tmp.path(), &upstream);
+        cold_build(&mut bazel)
+    };
+    let config = tmp.path().join("local.toml");
+    fs::write(
+        &config,
+        format!("[upstream]\nendpoint = \"{}\"\n", upstream.url()),
+    )
+    .unwrap();
+    let local = KilnServer::start_with(
+        &tmp.path().join("local-data"),
+        &tmp.path().join("local.log"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let mut bazel = Bazel::new(bin, tmp.path(), &local);
+    let through = bazel.build("ob2", "through", &["--remote_download_outputs=all"]);
+    assert_all_hits(&bazel, "through", &through);
+    let second = snapshot_outputs(&bazel.output_base("ob2"));
+    assert_same_outputs("through", &first, &second, |_| true);
+    bazel.shutdown("ob2");
+}
