@@ -404,7 +404,8 @@ pub enum UpstreamExecute {
     Local,
     /// Forwarded to the upstream's Execution service.
     Upstream,
-    /// On a local bot when one matches and is idle, otherwise forwarded.
+    /// On a local bot when one matches and is idle, otherwise forwarded. Not implemented
+    /// yet: refused by `validate`.
     #[serde(rename = "local-first")]
     LocalFirst,
 }
@@ -454,7 +455,9 @@ pub struct UpstreamConfig {
     pub batch_bytes: u64,
     /// `async` (default), `sync` or `none`: see [`UpstreamWrite`].
     pub write: UpstreamWrite,
-    /// `local` (default), `upstream` or `local-first`: see [`UpstreamExecute`].
+    /// `local` (default: this box's bots) or `upstream` (Execute and WaitExecution forwarded,
+    /// the inputs pushed upstream first, results kept locally; the Operations service is then
+    /// not served). `local-first` is not implemented yet.
     pub execute: UpstreamExecute,
     /// Bytes of blobs the `async` forwarding queue may hold (in `<data_dir>/upstream-queue`).
     /// Default 1 GiB. When full, further writes are still stored locally but not forwarded
@@ -536,6 +539,12 @@ impl UpstreamConfig {
         }
         if self.batch_bytes < 64 << 10 || self.batch_bytes > 64 << 20 {
             return invalid("upstream.batch_bytes", "must be 64 KiB..=64 MiB");
+        }
+        if self.execute == UpstreamExecute::LocalFirst {
+            return invalid(
+                "upstream.execute",
+                "\"local-first\" is not implemented yet; use \"local\" or \"upstream\"",
+            );
         }
         if self.write == UpstreamWrite::Async && self.queue_max_bytes == 0 {
             return invalid(
@@ -826,13 +835,13 @@ mod tests {
     fn upstream_section_is_optional_and_checked() {
         let parsed: Config = toml::from_str(
             "[upstream]\nendpoint = \"grpc://up:8980\"\nwrite = \"sync\"\n\
-             execute = \"local-first\"\n[upstream.instance_names]\nci = \"main\"",
+             execute = \"upstream\"\n[upstream.instance_names]\nci = \"main\"",
         )
         .unwrap();
         parsed.validate().unwrap();
         let u = parsed.upstream.as_ref().unwrap();
         assert_eq!(u.write, UpstreamWrite::Sync);
-        assert_eq!(u.execute, UpstreamExecute::LocalFirst);
+        assert_eq!(u.execute, UpstreamExecute::Upstream);
         assert_eq!(u.instance_names["ci"], "main");
         assert_eq!(u.timeout_ms, 10_000);
         let err = |u: UpstreamConfig| {
@@ -860,6 +869,13 @@ mod tests {
                 ..ok.clone()
             })
             .contains("upstream.timeout_ms")
+        );
+        assert!(
+            err(UpstreamConfig {
+                execute: UpstreamExecute::LocalFirst,
+                ..ok.clone()
+            })
+            .contains("not implemented")
         );
         assert!(toml::from_str::<Config>("[upstream]\nwrite = \"maybe\"").is_err());
         assert!(Config::default().upstream.is_none());

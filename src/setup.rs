@@ -791,7 +791,7 @@ impl Prepared {
         ));
         let cas = Cas::new(store.clone());
         let mut ac = ActionCache::new(cas.clone(), store);
-        let limits = limits(config);
+        let mut limits = limits(config);
         let max_message = limits.max_message_bytes;
         // With an upstream, every action result stored through the api or the scheduler is
         // passed on (the tier itself stores what it fetches through the plain `ac`).
@@ -799,6 +799,10 @@ impl Prepared {
         if let Some(up) = &up {
             ac = ac.with_update_hook(Arc::new(crate::upstream::ForwardHook(up.clone())));
         }
+        let forward_exec = up
+            .clone()
+            .filter(crate::upstream::Upstream::executes_upstream);
+        limits.exec_enabled |= forward_exec.is_some();
         let mut services = CacheServices::new(cas.clone(), ac.clone(), limits);
         if let Some(up) = up {
             services = services.with_upstream(up);
@@ -811,13 +815,18 @@ impl Prepared {
             let scheduler = Scheduler::new(cas, ac, scheduler_config(config));
             scheduler.spawn_reaper();
             export_exec_stats(&scheduler, &metrics);
-            crate::api::add_exec_services(&scheduler, max_message, &mut routes);
+            if forward_exec.is_none() {
+                crate::api::add_exec_services(&scheduler, max_message, &mut routes);
+            }
             let mut bot_routes = tonic::service::RoutesBuilder::default();
             services.add_to(&mut bot_routes);
             crate::bots::add_to(&scheduler, &mut bot_routes);
             let bot_routes = crate::api::auth::protect(bot_routes.routes(), &auth, true);
             let bot_routes = instrument(bot_routes, &metrics);
             bots = Some((bot_routes, bind_bots(config, tls.as_ref()).await?));
+        }
+        if let Some(up) = &forward_exec {
+            crate::api::add_forwarding_execution(up, max_message, &mut routes);
         }
         let listeners = bind(config, tls.as_ref()).await?;
         let mut limits = vec![("grpc", listeners.connections.clone())];

@@ -7,6 +7,7 @@ mod bytestream;
 mod capabilities;
 mod cas;
 mod execution;
+mod execution_upstream;
 mod operation;
 mod operations;
 pub mod resource_name;
@@ -158,6 +159,22 @@ pub fn add_exec_services(
         OperationsServer::new(operations::OperationsService::new(scheduler.clone()))
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes),
+    );
+}
+
+/// Adds an Execution service that forwards every Execute and WaitExecution to `upstream`
+/// (`[upstream] execute = "upstream"`), in place of the local one.
+pub fn add_forwarding_execution(
+    upstream: &crate::upstream::Upstream,
+    max_message_bytes: usize,
+    routes: &mut tonic::service::RoutesBuilder,
+) {
+    routes.add_service(
+        ExecutionServer::new(execution_upstream::ForwardingExecution::new(
+            upstream.clone(),
+        ))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes),
     );
 }
 

@@ -100,6 +100,7 @@ pub fn upstream_code(err: &UpstreamError) -> Code {
         | UpstreamError::BreakerOpen { .. }
         | UpstreamError::BadData { .. }
         | UpstreamError::Busy { .. } => Code::Unavailable,
+        UpstreamError::Refused { code, .. } => Code::from_i32(*code),
         UpstreamError::Local(e) => cas_code(e),
     }
 }
@@ -117,6 +118,14 @@ impl From<UpstreamError> for Status {
     fn from(err: UpstreamError) -> Self {
         match err {
             UpstreamError::Local(e) => e.into(),
+            UpstreamError::Refused {
+                code,
+                ref message,
+                ref details,
+                ..
+            } if !details.is_empty() => {
+                Status::with_details(Code::from_i32(code), message.clone(), details.clone())
+            }
             e => Status::new(upstream_code(&e), e.to_string()),
         }
     }

@@ -11,6 +11,7 @@ use crate::auth::{AuthChannel, Bearer};
 use crate::proto::bytestream::byte_stream_client::ByteStreamClient;
 use crate::proto::reapi::action_cache_client::ActionCacheClient;
 use crate::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+use crate::proto::reapi::execution_client::ExecutionClient;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -31,6 +32,8 @@ pub struct Client {
     pub bytestream: ByteStreamClient<AuthChannel>,
     /// ActionCache calls.
     pub ac: ActionCacheClient<AuthChannel>,
+    /// Execution calls (`execute = "upstream"`).
+    pub execution: ExecutionClient<AuthChannel>,
     /// Longest wait for one call, or one message of a stream.
     pub timeout: Duration,
     /// Stops calls to a dead upstream.
@@ -102,7 +105,10 @@ impl Client {
             bytestream: ByteStreamClient::with_interceptor(ch.clone(), bearer.clone())
                 .max_decoding_message_size(MAX_UPSTREAM_MESSAGE)
                 .max_encoding_message_size(MAX_UPSTREAM_MESSAGE),
-            ac: ActionCacheClient::with_interceptor(ch, bearer)
+            ac: ActionCacheClient::with_interceptor(ch.clone(), bearer.clone())
+                .max_decoding_message_size(MAX_UPSTREAM_MESSAGE)
+                .max_encoding_message_size(MAX_UPSTREAM_MESSAGE),
+            execution: ExecutionClient::with_interceptor(ch, bearer)
                 .max_decoding_message_size(MAX_UPSTREAM_MESSAGE)
                 .max_encoding_message_size(MAX_UPSTREAM_MESSAGE),
             timeout: s.timeout,
@@ -116,6 +122,16 @@ impl Client {
         UpstreamError::Unavailable {
             endpoint: self.endpoint.clone(),
             reason: reason.into(),
+        }
+    }
+
+    /// The upstream's answer about one forwarded request, relayed with its code and details.
+    pub fn refused(&self, what: &str, status: &Status) -> UpstreamError {
+        UpstreamError::Refused {
+            endpoint: self.endpoint.clone(),
+            code: status.code() as i32,
+            message: format!("{what}: {}", status.message()),
+            details: status.details().to_vec().into(),
         }
     }
 

@@ -28,6 +28,16 @@ pub enum UpstreamError {
     /// Too many upstream fetches in progress (the single-flight table is full).
     #[error("upstream {endpoint} unavailable: {limit} fetches already in progress")]
     Busy { endpoint: String, limit: usize },
+    /// The upstream answered a forwarded call with an error about the request itself
+    /// (FAILED_PRECONDITION for missing inputs, INVALID_ARGUMENT..): relayed with its code and
+    /// details, so the client sees what the upstream said.
+    #[error("upstream {endpoint}: {message}")]
+    Refused {
+        endpoint: String,
+        code: i32,
+        message: String,
+        details: bytes::Bytes,
+    },
     /// A failure of the local tier while storing or reading what the upstream sent.
     #[error(transparent)]
     Local(#[from] CasError),
@@ -68,6 +78,17 @@ impl UpstreamError {
             Self::Busy { endpoint, limit } => Self::Busy {
                 endpoint: endpoint.clone(),
                 limit: *limit,
+            },
+            Self::Refused {
+                endpoint,
+                code,
+                message,
+                details,
+            } => Self::Refused {
+                endpoint: endpoint.clone(),
+                code: *code,
+                message: message.clone(),
+                details: details.clone(),
             },
             Self::Local(e) => Self::Local(crate::cas::CasError::InvalidArgument(e.to_string())),
         }

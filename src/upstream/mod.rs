@@ -15,6 +15,7 @@ mod action_results;
 pub mod breaker;
 mod client;
 mod error;
+mod execute;
 mod fetch;
 pub mod flight;
 mod forward;
@@ -26,6 +27,7 @@ mod writes;
 
 pub use breaker::BreakerState;
 pub use error::UpstreamError;
+pub use execute::OperationStream;
 pub use fetch::{ReadThrough, UpstreamRead};
 pub use stats::{UpstreamLabels, UpstreamStats};
 pub use writes::ForwardHook;
