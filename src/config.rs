@@ -511,7 +511,7 @@ impl UpstreamConfig {
                 "a grpcs:// upstream needs the CA that signs its certificate",
             );
         }
-        if !tls && !(self.tls_ca_file.is_empty() && self.tls_cert_file.is_empty()) {
+        if !tls && (!self.tls_ca_file.is_empty() || !self.tls_cert_file.is_empty()) {
             return invalid(
                 "upstream.tls_ca_file",
                 "TLS files are set but the endpoint is not grpcs://",

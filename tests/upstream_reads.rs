@@ -5,6 +5,8 @@
 //! fail with UNAVAILABLE naming the upstream, the breaker opens, and closes again once the
 //! upstream is back.
 
+#![allow(clippy::float_cmp, clippy::cast_lossless)]
+
 mod common;
 mod upstream_support;
 

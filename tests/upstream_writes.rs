@@ -3,6 +3,8 @@
 //! queue, and arrive once both are back; `sync` writes are upstream when acknowledged (what
 //! the upstream has is skipped), and fail with UNAVAILABLE while it is down.
 
+#![allow(clippy::float_cmp, clippy::cast_lossless)]
+
 mod common;
 mod upstream_support;
 
@@ -86,7 +88,7 @@ async fn async_writes_survive_kill_9_and_arrive_when_the_upstream_is_back() {
     let all = [digest(&small1), digest(&small2), digest(&large)];
     wait_for(
         "queued writes to reach the upstream",
-        Duration::from_secs(60),
+        Duration::from_mins(1),
         || async { find_missing(&up, &all).await.is_empty() && has_result(&up, &action).await },
     )
     .await;

@@ -372,7 +372,7 @@ impl ByteStream for ByteStreamService {
         &self,
         request: Request<QueryWriteStatusRequest>,
     ) -> Result<Response<QueryWriteStatusResponse>, Status> {
-        self.query_write_status_local(request).await
+        self.query_write_status_local(request)
     }
 }
 
@@ -458,7 +458,7 @@ impl ByteStreamService {
             .await
     }
 
-    async fn query_write_status_local(
+    fn query_write_status_local(
         &self,
         request: Request<QueryWriteStatusRequest>,
     ) -> Result<Response<QueryWriteStatusResponse>, Status> {

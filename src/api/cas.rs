@@ -105,10 +105,10 @@ impl ContentAddressableStorage for CasService {
             .map(|d| Digest::from_proto(function, d))
             .collect::<Result<Vec<_>, _>>()?;
         let mut missing = self.state.cas.find_missing(&digests)?;
-        if let Some(up) = &self.state.upstream {
-            if !missing.is_empty() {
-                missing = up.find_missing(&req.instance_name, missing).await;
-            }
+        if let Some(up) = &self.state.upstream
+            && !missing.is_empty()
+        {
+            missing = up.find_missing(&req.instance_name, missing).await;
         }
         Ok(Response::new(FindMissingBlobsResponse {
             missing_blob_digests: missing.iter().map(Digest::to_proto).collect(),

@@ -142,7 +142,7 @@ impl Upstream {
             wanted.extend(result.stderr_digest.as_ref());
         }
         for o in &result.output_files {
-            if inline.files.iter().any(|p| *p == o.path) {
+            if inline.files.contains(&o.path) {
                 wanted.extend(o.digest.as_ref());
             }
         }

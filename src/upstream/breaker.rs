@@ -74,7 +74,7 @@ impl Breaker {
                     i.probe_at = now;
                     Ok(())
                 } else {
-                    Err(self.reset - since)
+                    Err(self.reset.saturating_sub(since))
                 }
             }
             BreakerState::Probing => {
@@ -83,7 +83,7 @@ impl Breaker {
                     i.probe_at = now;
                     Ok(())
                 } else {
-                    Err(self.reset - since)
+                    Err(self.reset.saturating_sub(since))
                 }
             }
         }

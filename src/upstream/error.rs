@@ -53,6 +53,7 @@ impl UpstreamError {
 
 impl UpstreamError {
     /// The same failure again, for each of several requests one upstream call served.
+    #[must_use]
     pub fn duplicate(&self) -> Self {
         match self {
             Self::Unavailable { endpoint, reason } => Self::Unavailable {

@@ -146,17 +146,17 @@ impl Upstream {
                 continue;
             };
             for file in &dir.files {
-                if let Some(fd) = parse(file.digest.as_ref()) {
-                    if seen.insert(fd) {
-                        out.push(fd);
-                    }
+                if let Some(fd) = parse(file.digest.as_ref())
+                    && seen.insert(fd)
+                {
+                    out.push(fd);
                 }
             }
             for sub in &dir.directories {
-                if let Some(sd) = parse(sub.digest.as_ref()) {
-                    if seen.insert(sd) {
-                        queue.push(sd);
-                    }
+                if let Some(sd) = parse(sub.digest.as_ref())
+                    && seen.insert(sd)
+                {
+                    queue.push(sd);
                 }
             }
         }

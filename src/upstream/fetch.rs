@@ -413,11 +413,11 @@ impl Upstream {
             }
             c.stats.fetched_bytes.inc_by(msg.data.len() as u64);
             upload.write(msg.data.clone()).await?;
-            if let Some(t) = tx.as_ref() {
-                if t.send(Ok(msg.data)).await.is_err() {
-                    // The client went away; the fetch goes on for the store and followers.
-                    *tx = None;
-                }
+            if let Some(t) = tx.as_ref()
+                && t.send(Ok(msg.data)).await.is_err()
+            {
+                // The client went away; the fetch goes on for the store and followers.
+                *tx = None;
             }
         }
         if upload.received() != digest.size {

@@ -218,7 +218,11 @@ mod tests {
 
     fn entry(i: u8) -> Entry {
         Entry {
-            kind: if i % 2 == 0 { Kind::Blob } else { Kind::Action },
+            kind: if i.is_multiple_of(2) {
+                Kind::Blob
+            } else {
+                Kind::Action
+            },
             digest: DigestFunction::Sha256.digest_of(&[i]),
             instance: format!("inst{i}"),
             queued_ms: u64::from(i),

@@ -253,10 +253,10 @@ impl Upstream {
             for d in &answer.missing_blob_digests {
                 // A digest we did not ask about, or one that does not parse, changes nothing:
                 // only an asked digest can be marked missing.
-                if let Ok(d) = Digest::from_proto(function, d) {
-                    if asked.contains(&d) {
-                        absent.insert(d);
-                    }
+                if let Ok(d) = Digest::from_proto(function, d)
+                    && asked.contains(&d)
+                {
+                    absent.insert(d);
                 }
             }
         }
