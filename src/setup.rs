@@ -816,7 +816,12 @@ impl Prepared {
             scheduler.spawn_reaper();
             export_exec_stats(&scheduler, &metrics);
             if forward_exec.is_none() {
-                crate::api::add_exec_services(&scheduler, max_message, &mut routes);
+                crate::api::add_exec_services_with(
+                    &scheduler,
+                    services.upstream(),
+                    max_message,
+                    &mut routes,
+                );
             }
             let mut bot_routes = tonic::service::RoutesBuilder::default();
             services.add_to(&mut bot_routes);

@@ -78,3 +78,57 @@ async fn execute_forwarding_runs_actions_on_the_upstreams_workers() {
     }
     assert!(last.expect("an operation").done);
 }
+
+/// `execute = "local"` with inputs only the upstream has (the client was told by
+/// FindMissingBlobs that they are present): the Execute fetches them before the scheduler
+/// checks, and the action runs on this box's own worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn local_execution_fetches_inputs_only_the_upstream_has() {
+    let upstream = Server::start();
+    let local = Server::start_with(&format!(
+        "{EXEC_CONFIG}[upstream]\nendpoint = \"grpc://{}\"\n",
+        upstream.grpc
+    ));
+    let _worker = local.worker(1, &[]);
+    let u = upstream.client().await;
+    let input = b"input only the upstream has\n";
+    let input_digest = u.put(input).await;
+    let root = Directory {
+        files: vec![FileNode {
+            name: "in.txt".into(),
+            digest: Some(input_digest.to_proto()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let root_digest = u.put_msg(&root).await;
+    let mut spec = sh("tr a-z A-Z < in.txt > out.txt");
+    spec.output_files = vec!["out.txt".into()];
+    spec.input_root = Some(root_digest);
+    let action = u.action(&spec).await;
+
+    let c = local.client().await;
+    let missing = c
+        .cas()
+        .find_missing_blobs(kiln::proto::reapi::FindMissingBlobsRequest {
+            blob_digests: vec![
+                action.to_proto(),
+                input_digest.to_proto(),
+                root_digest.to_proto(),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .missing_blob_digests;
+    assert!(missing.is_empty(), "the upstream has them: {missing:?}");
+    let (_, resp) = c
+        .execute(&action)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\nlocal log:\n{}", local.log_tail()));
+    let result = resp.result.expect("a result");
+    assert_eq!(result.exit_code, 0, "{result:?}");
+    let out = result.output_files[0].digest.clone().unwrap();
+    assert_eq!(c.get(&out).await, b"INPUT ONLY THE UPSTREAM HAS\n");
+}

@@ -98,6 +98,11 @@ impl CacheServices {
         }
     }
 
+    /// The upstream tier this front end reads through, if any.
+    pub fn upstream(&self) -> Option<&crate::upstream::Upstream> {
+        self.upstream.as_ref()
+    }
+
     /// The same front end reading its misses through `upstream` (and forwarding writes).
     #[must_use]
     pub fn with_upstream(mut self, upstream: crate::upstream::Upstream) -> Self {
@@ -150,10 +155,24 @@ pub fn add_exec_services(
     max_message_bytes: usize,
     routes: &mut tonic::service::RoutesBuilder,
 ) {
+    add_exec_services_with(scheduler, None, max_message_bytes, routes);
+}
+
+/// [`add_exec_services`] on a box with an upstream tier: an Execute first fetches the inputs
+/// only the upstream has.
+pub fn add_exec_services_with(
+    scheduler: &Scheduler,
+    upstream: Option<&crate::upstream::Upstream>,
+    max_message_bytes: usize,
+    routes: &mut tonic::service::RoutesBuilder,
+) {
     routes.add_service(
-        ExecutionServer::new(execution::ExecutionService::new(scheduler.clone()))
-            .max_decoding_message_size(max_message_bytes)
-            .max_encoding_message_size(max_message_bytes),
+        ExecutionServer::new(execution::ExecutionService::new(
+            scheduler.clone(),
+            upstream.cloned(),
+        ))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes),
     );
     routes.add_service(
         OperationsServer::new(operations::OperationsService::new(scheduler.clone()))

@@ -19,6 +19,7 @@ mod execute;
 mod fetch;
 pub mod flight;
 mod forward;
+mod inputs;
 pub mod journal;
 mod queue;
 mod stats;
