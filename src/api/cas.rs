@@ -193,17 +193,31 @@ impl ContentAddressableStorage for CasService {
         let zstd_ok = req
             .acceptable_compressors
             .contains(&(compressor::Value::Zstd as i32));
-        // Local misses are fetched from the upstream first (one batched call); what it cannot
-        // provide keeps its own status.
+        // Local reads first, exactly as without an upstream; only the misses are then fetched
+        // from it (one batched call) and read again. What it cannot provide keeps its status.
+        let mut read: Vec<Result<Bytes, CasError>> = digests
+            .iter()
+            .map(|d| self.state.cas.get_bytes(d))
+            .collect();
         let mut fetched = std::collections::HashMap::new();
         if let Some(up) = &self.state.upstream {
-            let missing = self.state.cas.find_missing(&digests)?;
+            let missing: Vec<Digest> = digests
+                .iter()
+                .zip(&read)
+                .filter(|(_, r)| matches!(r, Err(CasError::BlobNotFound(_))))
+                .map(|(d, _)| *d)
+                .collect();
             if !missing.is_empty() {
                 fetched = up.ensure(&req.instance_name, &missing).await;
+                for (d, r) in digests.iter().zip(read.iter_mut()) {
+                    if matches!(fetched.get(d), Some(Ok(true))) {
+                        *r = self.state.cas.get_bytes(d);
+                    }
+                }
             }
         }
         let mut responses = Vec::with_capacity(digests.len());
-        for d in digests {
+        for (d, r) in digests.into_iter().zip(read) {
             if let Some(Err(e)) = fetched.get(&d) {
                 responses.push(batch_read_blobs_response::Response {
                     digest: Some(d.to_proto()),
@@ -213,7 +227,7 @@ impl ContentAddressableStorage for CasService {
                 });
                 continue;
             }
-            let (data, comp, status) = match self.state.cas.get_bytes(&d) {
+            let (data, comp, status) = match r {
                 Ok(data) if zstd_ok && data.len() > 512 => (
                     compression::compress(&data),
                     compressor::Value::Zstd,

@@ -23,14 +23,15 @@ mod inputs;
 pub mod journal;
 mod queue;
 mod stats;
+mod stream;
 mod tree;
 mod writes;
 
 pub use breaker::BreakerState;
 pub use error::UpstreamError;
 pub use execute::OperationStream;
-pub use fetch::{ReadThrough, UpstreamRead};
 pub use stats::{UpstreamLabels, UpstreamStats};
+pub use stream::{ReadThrough, UpstreamRead};
 pub use writes::ForwardHook;
 
 use crate::auth::{Bearer, ClientTls};

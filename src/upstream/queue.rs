@@ -163,3 +163,38 @@ impl Queue {
             .map_or(0, |(_, e)| now_ms().saturating_sub(e.queued_ms) / 1000)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::DigestFunction;
+
+    fn blob(data: &[u8]) -> Entry {
+        Entry {
+            kind: Kind::Blob,
+            digest: DigestFunction::Sha256.digest_of(data),
+            instance: String::new(),
+            queued_ms: now_ms(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_and_takes_again_once_drained() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), 10).unwrap();
+        let dropped = Counter::default();
+        q.push(vec![blob(b"eight by"), blob(b"3by")], &dropped)
+            .await
+            .unwrap();
+        assert_eq!((q.len(), q.bytes(), dropped.get()), (1, 8, 1));
+        let front = q.front(10);
+        q.done(front.len(), front[0].0).await.unwrap();
+        assert_eq!((q.len(), q.bytes()), (0, 0));
+        q.push(vec![blob(b"3by")], &dropped).await.unwrap();
+        assert_eq!((q.len(), dropped.get()), (1, 1));
+        drop(q);
+        // What is queued survives a reopen; what was forwarded does not come back.
+        let q = Queue::open(dir.path(), 10).unwrap();
+        assert_eq!((q.len(), q.bytes()), (1, 3));
+    }
+}
