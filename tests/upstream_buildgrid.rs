@@ -169,7 +169,7 @@ async fn buildgrid_as_the_upstream_for_the_cache_paths() {
                 .map(
                     |b| kiln::proto::reapi::batch_update_blobs_request::Request {
                         digest: Some(digest(b).to_proto()),
-                        data: b.to_vec().into(),
+                        data: (*b).clone().into(),
                         compressor: 0,
                     },
                 )

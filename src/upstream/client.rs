@@ -43,7 +43,7 @@ pub struct Client {
 }
 
 /// Codes that are an answer of a healthy upstream about one request, not a failure of it.
-fn is_answer(code: Code) -> bool {
+pub fn is_answer(code: Code) -> bool {
     matches!(
         code,
         Code::NotFound

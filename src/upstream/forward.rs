@@ -108,16 +108,28 @@ impl Upstream {
             .call("BatchUpdateBlobs", c.cas.clone().batch_update_blobs(req))
             .await?
             .map_err(|s| c.unavailable(format!("BatchUpdateBlobs: {}", s.message())))?;
+        let mut refused = 0;
         for r in &answer.responses {
-            if let Some(s) = r.status.as_ref().filter(|s| s.code != 0) {
+            let Some(s) = r.status.as_ref().filter(|s| s.code != 0) else {
+                continue;
+            };
+            if !super::client::is_answer(tonic::Code::from_i32(s.code)) {
+                // Transient (UNAVAILABLE, RESOURCE_EXHAUSTED..): the round is tried again.
                 return Err(c.unavailable(format!(
-                    "BatchUpdateBlobs refused a blob: code {}: {}",
+                    "BatchUpdateBlobs: a blob failed: code {}: {}",
                     s.code, s.message
                 )));
             }
+            // The upstream will never take this blob: retrying would block the queue behind
+            // it for ever, so it is counted and left out.
+            refused += 1;
+            tracing::warn!(code = s.code, message = %s.message, "upstream refused a forwarded blob");
+        }
+        if refused > 0 {
+            c.stats.forward("cas", "error", refused);
         }
         c.stats.forwarded_bytes.inc_by(bytes);
-        Ok(n)
+        Ok(n - refused)
     }
 
     /// Streams one large blob from the local store; `false` when it is gone locally.
@@ -203,7 +215,7 @@ impl Upstream {
             }
             Ok(Err(s)) => {
                 c.stats.forward("ac", "error", 1);
-                Err(c.unavailable(format!("UpdateActionResult: {}", s.message())))
+                Err(c.refused("UpdateActionResult", &s))
             }
             Err(e) => {
                 c.stats.forward("ac", "error", 1);

@@ -65,17 +65,36 @@ impl ByteStream for Liar {
 
 #[tonic::async_trait]
 impl ContentAddressableStorage for Liar {
+    /// Claims to lack everything.
     async fn find_missing_blobs(
         &self,
-        _: Request<FindMissingBlobsRequest>,
+        r: Request<FindMissingBlobsRequest>,
     ) -> Result<Response<FindMissingBlobsResponse>, Status> {
-        Ok(Response::new(FindMissingBlobsResponse::default()))
+        Ok(Response::new(FindMissingBlobsResponse {
+            missing_blob_digests: r.into_inner().blob_digests,
+        }))
     }
+    /// Refuses every blob for good.
     async fn batch_update_blobs(
         &self,
-        _: Request<BatchUpdateBlobsRequest>,
+        r: Request<BatchUpdateBlobsRequest>,
     ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
-        Err(Status::unimplemented("liar"))
+        let responses = r
+            .into_inner()
+            .requests
+            .into_iter()
+            .map(
+                |q| crate::proto::reapi::batch_update_blobs_response::Response {
+                    digest: q.digest,
+                    status: Some(crate::proto::google::rpc::Status {
+                        code: tonic::Code::InvalidArgument as i32,
+                        message: "never".into(),
+                        details: vec![],
+                    }),
+                },
+            )
+            .collect();
+        Ok(Response::new(BatchUpdateBlobsResponse { responses }))
     }
     async fn batch_read_blobs(
         &self,
@@ -117,6 +136,14 @@ impl ContentAddressableStorage for Liar {
 
 /// A tier over an empty memory store in front of a liar serving `data`.
 async fn tier_in_front_of_liar(data: &'static [u8]) -> (Upstream, Cas) {
+    tier_with_queue(data, None).await
+}
+
+/// The same, with an `async` forwarding queue in `queue_dir` when given.
+async fn tier_with_queue(
+    data: &'static [u8],
+    queue_dir: Option<&std::path::Path>,
+) -> (Upstream, Cas) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let liar = Liar {
@@ -131,13 +158,9 @@ async fn tier_in_front_of_liar(data: &'static [u8]) -> (Upstream, Cas) {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(1 << 30));
     let cas = Cas::new(store.clone());
     let ac = ActionCache::new(cas.clone(), store);
-    let up = Upstream::new(
-        UpstreamSettings::new(&format!("grpc://{addr}")),
-        Bearer::none(),
-        cas.clone(),
-        ac,
-    )
-    .unwrap();
+    let mut settings = UpstreamSettings::new(&format!("grpc://{addr}"));
+    settings.queue_dir = queue_dir.map(std::path::Path::to_path_buf);
+    let up = Upstream::new(settings, Bearer::none(), cas.clone(), ac).unwrap();
     (up, cas)
 }
 
@@ -196,4 +219,36 @@ async fn more_bytes_than_the_size_are_refused() {
         .unwrap()
         .unwrap_err();
     assert!(matches!(err, UpstreamError::BadData { .. }), "{err}");
+}
+
+/// A blob the upstream refuses for good is counted and dropped from the queue, not retried
+/// for ever in front of everything queued after it.
+#[tokio::test]
+async fn a_refused_forward_does_not_block_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, cas) = tier_with_queue(b"unused", Some(dir.path())).await;
+    let data = b"refused upstream";
+    let d = sha(data);
+    cas.put(&d, Bytes::from_static(data)).await.unwrap();
+    up.wrote_blobs("", &[d]).await.unwrap();
+    let queue = up.inner.queue.clone().expect("async mode has a queue");
+    assert_eq!(queue.len(), 1);
+    up.start_forwarding();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while queue.len() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the queue stays blocked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let refused = up
+        .stats()
+        .forwards
+        .get_or_create(&super::UpstreamLabels {
+            kind: "cas",
+            result: "error",
+        })
+        .get();
+    assert_eq!(refused, 1);
 }

@@ -136,7 +136,14 @@ impl Upstream {
             self.push_blobs(instance, &digests).await?;
         }
         for (_, e) in round.iter().filter(|(_, e)| e.kind == Kind::Action) {
-            self.push_action(&e.instance, &e.digest).await?;
+            match self.push_action(&e.instance, &e.digest).await {
+                Ok(_) => {}
+                // Refused for good (an invalid result): dropped, or it would block the queue.
+                Err(UpstreamError::Refused { message, .. }) => {
+                    tracing::warn!(action = %e.digest, %message, "upstream refused a forwarded action result");
+                }
+                Err(err) => return Err(err),
+            }
         }
         Ok(())
     }
