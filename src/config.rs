@@ -21,6 +21,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// TLS for the listeners named in `server.tls_listen` and `execution.bots_tls_listen`.
     pub tls: TlsConfig,
+    /// A distributed REAPI service behind this box (see [`UpstreamConfig`]). Default: none,
+    /// and then kiln behaves exactly as without this section.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamConfig>,
 }
 
 /// Whether TLS listeners ask clients for a certificate.
@@ -378,6 +382,180 @@ impl Default for ExecutionConfig {
     }
 }
 
+/// When writes reach the upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamWrite {
+    /// Acknowledged once durable locally, forwarded by a durable background queue.
+    #[default]
+    Async,
+    /// Acknowledged only once the upstream has it too (an upstream failure fails the write).
+    Sync,
+    /// Never forwarded: the upstream is read-only for this box.
+    None,
+}
+
+/// Where Execute runs when an upstream is configured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamExecute {
+    /// On this box's own bots (the upstream serves the cache paths only).
+    #[default]
+    Local,
+    /// Forwarded to the upstream's Execution service.
+    Upstream,
+    /// On a local bot when one matches and is idle, otherwise forwarded. Not implemented
+    /// yet: refused by `validate`.
+    #[serde(rename = "local-first")]
+    LocalFirst,
+}
+
+/// The upstream tier: a team's distributed REAPI service (Buildbarn, BuildGrid, NativeLink,
+/// BuildBuddy, another kiln) behind this box. Local hits are served as without it; misses are
+/// read through (verified, stored locally, then served) and writes forwarded. Metrics:
+/// `kiln_upstream_*` (reads by result, bytes fetched and forwarded, breaker state, queue).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// `grpc://HOST:PORT`, `grpcs://HOST:PORT` (with `tls_ca_file`) or `unix:PATH`. Required.
+    pub endpoint: String,
+    /// The upstream instance name used for requests whose local instance name is not in
+    /// `instance_names`. Default "" (the upstream's default instance).
+    pub instance_name: String,
+    /// Local instance name to upstream instance name, for the names that differ. Default
+    /// empty.
+    pub instance_names: std::collections::BTreeMap<String, String>,
+    /// A file holding the bearer token sent to the upstream (`authorization: Bearer ...`).
+    /// Default empty: no token. Keep it mode 0600; it is never logged.
+    pub token_file: String,
+    /// CA certificates (PEM) that sign the upstream's certificate; required for `grpcs://`
+    /// (the system roots are not used). Default empty.
+    pub tls_ca_file: String,
+    /// Client certificate chain (PEM) for mutual TLS with the upstream. Default empty.
+    pub tls_cert_file: String,
+    /// Private key of `tls_cert_file`. Default empty.
+    pub tls_key_file: String,
+    /// Longest wait to connect to the upstream, milliseconds. Default 2000.
+    pub connect_timeout_ms: u64,
+    /// Longest wait for one upstream call (or, for a streamed read, for each message),
+    /// milliseconds. Default 10000. A miss waits at most this long before UNAVAILABLE; local
+    /// hits never wait on the upstream. Metric: `kiln_upstream_request_duration_seconds`.
+    pub timeout_ms: u64,
+    /// Consecutive upstream failures that open the circuit breaker (misses then fail at once
+    /// with UNAVAILABLE instead of waiting on a dead upstream). Default 5. Metric:
+    /// `kiln_upstream_breaker_state` (0 closed, 1 open, 2 probing).
+    pub breaker_failures: u32,
+    /// Milliseconds the breaker stays open before one probe call is let through. Default 5000.
+    pub breaker_reset_ms: u64,
+    /// Most blobs fetched from the upstream at once (the single-flight table's bound); misses
+    /// past it get UNAVAILABLE. Default 1024.
+    pub max_fetches: u64,
+    /// Largest payload of one upstream batch call, bytes; bigger blobs are streamed with
+    /// ByteStream. Default 2 MiB (under every REAPI server's 4 MiB message limit).
+    pub batch_bytes: u64,
+    /// `async` (default), `sync` or `none`: see [`UpstreamWrite`].
+    pub write: UpstreamWrite,
+    /// `local` (default: this box's bots) or `upstream` (Execute and WaitExecution forwarded,
+    /// the inputs pushed upstream first, results kept locally; the Operations service is then
+    /// not served). `local-first` is not implemented yet.
+    pub execute: UpstreamExecute,
+    /// Bytes of blobs the `async` forwarding queue may hold (in `<data_dir>/upstream-queue`).
+    /// Default 1 GiB. When full, further writes are still stored locally but not forwarded
+    /// (warning logged, metric `kiln_upstream_queue_dropped`).
+    pub queue_max_bytes: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            instance_name: String::new(),
+            instance_names: std::collections::BTreeMap::new(),
+            token_file: String::new(),
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            connect_timeout_ms: 2000,
+            timeout_ms: 10_000,
+            breaker_failures: 5,
+            breaker_reset_ms: 5000,
+            max_fetches: 1024,
+            batch_bytes: 2 << 20,
+            write: UpstreamWrite::Async,
+            execute: UpstreamExecute::Local,
+            queue_max_bytes: 1 << 30,
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// Rejects an upstream section that cannot work, naming the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.to_string(),
+            })
+        };
+        let e = &self.endpoint;
+        let tls = e.starts_with("grpcs://");
+        if !(e.starts_with("grpc://") || tls || e.starts_with("unix:")) {
+            return invalid(
+                "upstream.endpoint",
+                "must be grpc://HOST:PORT, grpcs://HOST:PORT or unix:PATH",
+            );
+        }
+        if tls && self.tls_ca_file.is_empty() {
+            return invalid(
+                "upstream.tls_ca_file",
+                "a grpcs:// upstream needs the CA that signs its certificate",
+            );
+        }
+        if !tls && (!self.tls_ca_file.is_empty() || !self.tls_cert_file.is_empty()) {
+            return invalid(
+                "upstream.tls_ca_file",
+                "TLS files are set but the endpoint is not grpcs://",
+            );
+        }
+        if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
+            return invalid(
+                "upstream.tls_cert_file",
+                "tls_cert_file and tls_key_file go together",
+            );
+        }
+        for (field, v) in [
+            ("upstream.connect_timeout_ms", self.connect_timeout_ms),
+            ("upstream.timeout_ms", self.timeout_ms),
+            ("upstream.breaker_reset_ms", self.breaker_reset_ms),
+            ("upstream.max_fetches", self.max_fetches),
+            (
+                "upstream.breaker_failures",
+                u64::from(self.breaker_failures),
+            ),
+        ] {
+            if v == 0 {
+                return invalid(field, "must be at least 1");
+            }
+        }
+        if self.batch_bytes < 64 << 10 || self.batch_bytes > 64 << 20 {
+            return invalid("upstream.batch_bytes", "must be 64 KiB..=64 MiB");
+        }
+        if self.execute == UpstreamExecute::LocalFirst {
+            return invalid(
+                "upstream.execute",
+                "\"local-first\" is not implemented yet; use \"local\" or \"upstream\"",
+            );
+        }
+        if self.write == UpstreamWrite::Async && self.queue_max_bytes == 0 {
+            return invalid(
+                "upstream.queue_max_bytes",
+                "must be positive with write = \"async\"",
+            );
+        }
+        Ok(())
+    }
+}
+
 /// A configuration that cannot work, with the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -444,6 +622,9 @@ impl Config {
             })
         };
         self.validate_tls()?;
+        if let Some(u) = &self.upstream {
+            u.validate()?;
+        }
         if self.server.listen.is_empty()
             && self.server.unix_socket.is_empty()
             && self.server.tls_listen.is_empty()
@@ -648,6 +829,56 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn upstream_section_is_optional_and_checked() {
+        let parsed: Config = toml::from_str(
+            "[upstream]\nendpoint = \"grpc://up:8980\"\nwrite = \"sync\"\n\
+             execute = \"upstream\"\n[upstream.instance_names]\nci = \"main\"",
+        )
+        .unwrap();
+        parsed.validate().unwrap();
+        let u = parsed.upstream.as_ref().unwrap();
+        assert_eq!(u.write, UpstreamWrite::Sync);
+        assert_eq!(u.execute, UpstreamExecute::Upstream);
+        assert_eq!(u.instance_names["ci"], "main");
+        assert_eq!(u.timeout_ms, 10_000);
+        let err = |u: UpstreamConfig| {
+            let c = Config {
+                upstream: Some(u),
+                ..Config::default()
+            };
+            c.validate().unwrap_err().to_string()
+        };
+        let ok = UpstreamConfig {
+            endpoint: "unix:/run/up.sock".into(),
+            ..UpstreamConfig::default()
+        };
+        assert!(err(UpstreamConfig::default()).contains("upstream.endpoint"));
+        assert!(
+            err(UpstreamConfig {
+                endpoint: "grpcs://up:443".into(),
+                ..ok.clone()
+            })
+            .contains("upstream.tls_ca_file")
+        );
+        assert!(
+            err(UpstreamConfig {
+                timeout_ms: 0,
+                ..ok.clone()
+            })
+            .contains("upstream.timeout_ms")
+        );
+        assert!(
+            err(UpstreamConfig {
+                execute: UpstreamExecute::LocalFirst,
+                ..ok.clone()
+            })
+            .contains("not implemented")
+        );
+        assert!(toml::from_str::<Config>("[upstream]\nwrite = \"maybe\"").is_err());
+        assert!(Config::default().upstream.is_none());
     }
 
     #[test]

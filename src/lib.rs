@@ -5,6 +5,8 @@
 //! - [`api`]: tonic services, thin: proto to validated domain types to `cas` or `exec`;
 //! - `bots`: the Remote Worker API Bots service (Unix socket) over `exec`;
 //! - [`exec`]: the execution scheduler (operations, queue, leases, platform matching);
+//! - [`upstream`]: the optional upstream tier between `api` and `cas` (read-through misses,
+//!   forwarded writes);
 //! - [`cas`]: CAS and action-cache semantics over a [`storage::Store`];
 //! - [`storage`]: the engine, keys to bytes, no protos or gRPC;
 //! - [`worker`]: `kiln worker`, a bot that reaches the server only through its socket and, when
@@ -35,4 +37,5 @@ pub mod proto;
 mod server;
 pub mod setup;
 pub mod storage;
+pub mod upstream;
 pub mod worker;

@@ -39,6 +39,9 @@ pub enum SetupError {
     /// A file of `[tls]` cannot be used.
     #[error("tls: {0}")]
     Tls(#[from] server::tls::TlsError),
+    /// `[upstream]` cannot be used (its token or TLS files, its endpoint).
+    #[error("upstream: {0}")]
+    Upstream(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SetupError {
@@ -663,6 +666,83 @@ fn export_exec_stats(scheduler: &Scheduler, metrics: &Metrics) {
     }));
 }
 
+/// The upstream tier `[upstream]` describes (none without the section), its metrics
+/// registered in `metrics`.
+pub fn upstream(
+    config: &Config,
+    cas: &Cas,
+    ac: &ActionCache,
+    metrics: &Metrics,
+) -> Result<Option<crate::upstream::Upstream>, SetupError> {
+    use crate::upstream::{Upstream, UpstreamSettings};
+    let Some(u) = &config.upstream else {
+        return Ok(None);
+    };
+    let file = |f: &str| (!f.is_empty()).then(|| PathBuf::from(f));
+    let bearer = match file(&u.token_file) {
+        Some(path) => crate::auth::Bearer::from_file(&path)
+            .map_err(|e| SetupError::Upstream(format!("token_file: {e}")))?,
+        None => crate::auth::Bearer::none(),
+    };
+    let settings = UpstreamSettings {
+        endpoint: u.endpoint.clone(),
+        instance_name: u.instance_name.clone(),
+        instance_names: u.instance_names.clone(),
+        tls: crate::auth::ClientTls {
+            ca: file(&u.tls_ca_file),
+            cert: file(&u.tls_cert_file),
+            key: file(&u.tls_key_file),
+        },
+        connect_timeout: Duration::from_millis(u.connect_timeout_ms),
+        timeout: Duration::from_millis(u.timeout_ms),
+        breaker_failures: u.breaker_failures,
+        breaker_reset: Duration::from_millis(u.breaker_reset_ms),
+        max_fetches: u.max_fetches as usize,
+        batch_bytes: u.batch_bytes,
+        write: u.write,
+        execute: u.execute,
+        queue_dir: Some(config.server.data_dir.join("upstream-queue")),
+        queue_max_bytes: u.queue_max_bytes,
+    };
+    let up = Upstream::new(settings, bearer, cas.clone(), ac.clone())
+        .map_err(|e| SetupError::Upstream(e.to_string()))?;
+    let s = up.stats();
+    metrics.register(
+        "upstream_reads",
+        "Local misses asked upstream, by kind (cas, ac) and result (hit, miss, error)",
+        s.reads.clone(),
+    );
+    metrics.register(
+        "upstream_fetched_bytes",
+        "Verified blob bytes fetched from the upstream",
+        s.fetched_bytes.clone(),
+    );
+    metrics.register(
+        "upstream_forwards",
+        "Writes forwarded to the upstream, by kind and result (sent, skipped, gone, error)",
+        s.forwards.clone(),
+    );
+    metrics.register(
+        "upstream_forwarded_bytes",
+        "Blob bytes forwarded to the upstream",
+        s.forwarded_bytes.clone(),
+    );
+    metrics.register(
+        "upstream_queue_dropped",
+        "Writes not queued for the upstream because the queue was full",
+        s.queue_dropped.clone(),
+    );
+    metrics.register(
+        "upstream_request_duration_seconds",
+        "Latency of upstream calls",
+        s.latency.clone(),
+    );
+    metrics.add_gauge_source(Box::new(up.gauges()));
+    up.start_forwarding();
+    tracing::info!(endpoint = %u.endpoint, write = ?u.write, execute = ?u.execute, "upstream tier");
+    Ok(Some(up))
+}
+
 /// Puts the RPC metrics layer (counts, codes, latency) in front of every route of `routes`.
 fn instrument(routes: tonic::service::Routes, metrics: &Metrics) -> tonic::service::Routes {
     tonic::service::Routes::from(routes.into_axum_router().layer(metrics.grpc.clone()))
@@ -705,10 +785,23 @@ impl Prepared {
             metrics.clone(),
         ));
         let cas = Cas::new(store.clone());
-        let ac = ActionCache::new(cas.clone(), store);
-        let limits = limits(config);
+        let mut ac = ActionCache::new(cas.clone(), store);
+        let mut limits = limits(config);
         let max_message = limits.max_message_bytes;
-        let services = CacheServices::new(cas.clone(), ac.clone(), limits);
+        // With an upstream, every action result stored through the api or the scheduler is
+        // passed on (the tier itself stores what it fetches through the plain `ac`).
+        let up = upstream(config, &cas, &ac, &metrics)?;
+        if let Some(up) = &up {
+            ac = ac.with_update_hook(Arc::new(crate::upstream::ForwardHook(up.clone())));
+        }
+        let forward_exec = up
+            .clone()
+            .filter(crate::upstream::Upstream::executes_upstream);
+        limits.exec_enabled |= forward_exec.is_some();
+        let mut services = CacheServices::new(cas.clone(), ac.clone(), limits);
+        if let Some(up) = up {
+            services = services.with_upstream(up);
+        }
         metrics.add_gauge_source(Box::new(services.upload_gauges()));
         let mut routes = tonic::service::RoutesBuilder::default();
         services.add_to(&mut routes);
@@ -717,13 +810,23 @@ impl Prepared {
             let scheduler = Scheduler::new(cas, ac, scheduler_config(config));
             scheduler.spawn_reaper();
             export_exec_stats(&scheduler, &metrics);
-            crate::api::add_exec_services(&scheduler, max_message, &mut routes);
+            if forward_exec.is_none() {
+                crate::api::add_exec_services_with(
+                    &scheduler,
+                    services.upstream(),
+                    max_message,
+                    &mut routes,
+                );
+            }
             let mut bot_routes = tonic::service::RoutesBuilder::default();
             services.add_to(&mut bot_routes);
             crate::bots::add_to(&scheduler, &mut bot_routes);
             let bot_routes = crate::api::auth::protect(bot_routes.routes(), &auth, true);
             let bot_routes = instrument(bot_routes, &metrics);
             bots = Some((bot_routes, bind_bots(config, tls.as_ref()).await?));
+        }
+        if let Some(up) = &forward_exec {
+            crate::api::add_forwarding_execution(up, max_message, &mut routes);
         }
         let listeners = bind(config, tls.as_ref()).await?;
         let mut limits = vec![("grpc", listeners.connections.clone())];

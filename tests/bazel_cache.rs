@@ -924,3 +924,124 @@ fn tls_remote_cache_all_hits() {
         "Bazel's TLS handshakes not counted:\n{metrics}"
     );
 }
+
+/// The upstream tier (issue #12): a cold build's results live only in an upstream kiln; a
+/// fresh local tier in front of it (its own store empty) serves a new build entirely as remote
+/// cache hits, every output byte-identical, by reading everything through.
+#[test]
+fn cold_local_tier_reads_upstream_results_all_hits() {
+    let _guard = lock();
+    let bin = bazel_binary();
+    let tmp = tempfile::tempdir().unwrap();
+    let upstream = KilnServer::start(&tmp.path().join("up-data"), &tmp.path().join("up.log"));
+    let first = {
+        let mut bazel = Bazel::new(bin.clone(), tmp.path(), &upstream);
+        cold_build(&mut bazel)
+    };
+    let config = tmp.path().join("local.toml");
+    fs::write(
+        &config,
+        format!("[upstream]\nendpoint = \"{}\"\n", upstream.url()),
+    )
+    .unwrap();
+    let local = KilnServer::start_with(
+        &tmp.path().join("local-data"),
+        &tmp.path().join("local.log"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let mut bazel = Bazel::new(bin, tmp.path(), &local);
+    let through = bazel.build("ob2", "through", &["--remote_download_outputs=all"]);
+    assert_all_hits(&bazel, "through", &through);
+    let second = snapshot_outputs(&bazel.output_base("ob2"));
+    assert_same_outputs("through", &first, &second, |_| true);
+    bazel.shutdown("ob2");
+}
+
+/// The upstream tier with its upstream dead (issue #12): a Bazel build against the local tier
+/// still finishes (every action runs locally, every upload is acknowledged by the local tier
+/// and queued durably); once the upstream is back the queue drains into it, and a fresh local
+/// tier in front of it then serves a new build entirely as remote cache hits.
+#[test]
+fn build_finishes_with_the_upstream_dead_and_its_results_arrive_later() {
+    let _guard = lock();
+    let bin = bazel_binary();
+    let tmp = tempfile::tempdir().unwrap();
+    let up_data = tmp.path().join("up-data");
+    let mut upstream = KilnServer::start(&up_data, &tmp.path().join("up.log"));
+    let sock = upstream.unix_socket.clone().expect("upstream unix socket");
+    upstream.kill();
+    let config = tmp.path().join("local.toml");
+    fs::write(
+        &config,
+        format!(
+            "[upstream]\nendpoint = \"unix:{}\"\nwrite = \"async\"\ntimeout_ms = 2000\n\
+             breaker_reset_ms = 200\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let local = KilnServer::start_with(
+        &tmp.path().join("local-data"),
+        &tmp.path().join("local.log"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let first = {
+        let mut bazel = Bazel::new(bin.clone(), tmp.path(), &local);
+        let build = bazel.build("ob1", "upstream-dead", &["--remote_download_outputs=all"]);
+        if build.spawns.len() != EXPECTED_SPAWNS || build.hits() != 0 {
+            bazel.fail(&format!(
+                "expected {EXPECTED_SPAWNS} local spawns, got:\n{}",
+                build.describe()
+            ));
+        }
+        let outputs = snapshot_outputs(&bazel.output_base("ob1"));
+        bazel.shutdown("ob1");
+        outputs
+    };
+    let upstream = KilnServer::start(&up_data, &tmp.path().join("up2.log"));
+    let metrics = local.metrics.clone().expect("metrics address");
+    let deadline = Instant::now() + Duration::from_mins(2);
+    loop {
+        let text = fetch_metrics(&metrics);
+        let queued = text
+            .lines()
+            .find_map(|l| l.strip_prefix("kiln_upstream_queue_entries "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        if queued == Some(0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the local tier's queue did not drain into the upstream: {queued:?}\n{}",
+            local.log_tail()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let config2 = tmp.path().join("local2.toml");
+    fs::write(
+        &config2,
+        format!("[upstream]\nendpoint = \"{}\"\n", upstream.url()),
+    )
+    .unwrap();
+    let fresh = KilnServer::start_with(
+        &tmp.path().join("local2-data"),
+        &tmp.path().join("local2.log"),
+        &["--config", config2.to_str().unwrap()],
+    );
+    let mut bazel = Bazel::new(bin, tmp.path(), &fresh);
+    let through = bazel.build("ob2", "through", &["--remote_download_outputs=all"]);
+    assert_all_hits(&bazel, "through", &through);
+    let second = snapshot_outputs(&bazel.output_base("ob2"));
+    assert_same_outputs("through", &first, &second, |_| true);
+    bazel.shutdown("ob2");
+}
+
+/// GETs `/metrics` from `addr` (HOST:PORT) with a blocking HTTP/1.0 request.
+fn fetch_metrics(addr: &str) -> String {
+    use std::io::Write as _;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}

@@ -28,11 +28,53 @@ fn storage_imports_no_upper_layer() {
             "crate::proto",
             "crate::exec",
             "crate::bots",
+            "crate::upstream",
             "tonic",
             "prost",
         ] {
             assert!(!text.contains(banned), "{} mentions {banned}", f.display());
         }
+    }
+}
+
+/// The upstream tier sits between `cas` and `api`: it may use `cas`, digests, protos and the
+/// auth client helpers, never the layers above it or the engine's internals; and `cas` below
+/// it never reaches up to it.
+#[test]
+fn upstream_sits_between_cas_and_api() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src.join("upstream"), &mut files);
+    assert!(!files.is_empty());
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for banned in [
+            "crate::api",
+            "crate::exec",
+            "crate::bots",
+            "crate::worker",
+            "crate::setup",
+            "crate::server",
+            "crate::metrics",
+            "crate::storage",
+        ] {
+            // Unit tests build a CAS over the in-memory store.
+            if banned == "crate::storage" && f.ends_with("tests.rs") {
+                continue;
+            }
+            assert!(!text.contains(banned), "{} mentions {banned}", f.display());
+        }
+    }
+    let mut below = Vec::new();
+    rust_files(&src.join("cas"), &mut below);
+    rust_files(&src.join("storage"), &mut below);
+    for f in below {
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(
+            !text.contains("crate::upstream"),
+            "{} reaches up to the upstream tier",
+            f.display()
+        );
     }
 }
 

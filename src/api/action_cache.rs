@@ -33,6 +33,12 @@ impl ActionCache for ActionCacheService {
             files: req.inline_output_files,
             max_bytes: self.state.limits.max_inline_bytes,
         };
+        if let Some(up) = &self.state.upstream {
+            return Ok(Response::new(
+                up.get_action_result(&req.instance_name, &action, &inline)
+                    .await?,
+            ));
+        }
         Ok(Response::new(self.state.ac.get(
             &req.instance_name,
             &action,

@@ -11,8 +11,9 @@ use crate::proto::bytestream::{
     QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest,
     WriteResponse,
 };
+use crate::upstream::ReadThrough;
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use std::io::Write;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -46,6 +47,49 @@ impl ByteStreamService {
             Compression::Zstd => -1,
         };
         Response::new(WriteResponse { committed_size })
+    }
+
+    /// A local read miss: served from the upstream as it streams in (plain reads), or once it
+    /// is stored (`Err(blob)`: compressed reads, and when another request fetched it). Without
+    /// an upstream, or when the upstream lacks it too, NOT_FOUND.
+    async fn read_through(
+        &self,
+        name: &ResourceName,
+        offset: u64,
+        limit: u64,
+        chunk: usize,
+    ) -> Result<Result<ReadStream, Blob>, Status> {
+        let digest = name.digest;
+        let Some(up) = &self.state.upstream else {
+            return Err(CasError::BlobNotFound(digest).into());
+        };
+        if offset > digest.size {
+            return Err(Status::out_of_range(format!(
+                "read_offset {offset} is past the end of {digest} ({} bytes)",
+                digest.size
+            )));
+        }
+        if name.compression == Compression::Identity {
+            match up
+                .read(&name.instance, digest, offset, limit, chunk)
+                .await?
+            {
+                ReadThrough::Stream(s) => {
+                    return Ok(Ok(Box::pin(s.map(|r| {
+                        r.map(|data| ReadResponse { data }).map_err(Status::from)
+                    }))));
+                }
+                ReadThrough::Missing => return Err(CasError::BlobNotFound(digest).into()),
+                ReadThrough::Local => {}
+            }
+        } else if let Some(Err(e)) = up.ensure(&name.instance, &[digest]).await.remove(&digest) {
+            return Err(e.into());
+        }
+        Ok(Err(self
+            .state
+            .cas
+            .get(&digest)?
+            .ok_or(CasError::BlobNotFound(digest))?))
     }
 
     /// Starts (or restarts) the upload under `key`; `None` when the blob is already stored.
@@ -277,11 +321,14 @@ impl ByteStream for ByteStreamService {
         } else {
             req.read_limit as u64
         };
-        let blob = self
-            .state
-            .cas
-            .get(&name.digest)?
-            .ok_or(CasError::BlobNotFound(name.digest))?;
+        let chunk = self.state.limits.read_chunk_bytes;
+        let blob = match self.state.cas.get(&name.digest)? {
+            Some(blob) => blob,
+            None => match self.read_through(&name, offset, limit, chunk).await? {
+                Ok(stream) => return Ok(Response::new(stream)),
+                Err(blob) => blob,
+            },
+        };
         if offset > blob.len() {
             return Err(Status::out_of_range(format!(
                 "read_offset {offset} is past the end of {} ({} bytes)",
@@ -289,7 +336,6 @@ impl ByteStream for ByteStreamService {
                 blob.len()
             )));
         }
-        let chunk = self.state.limits.read_chunk_bytes;
         match name.compression {
             Compression::Identity => {
                 let chunks = blob.chunks(offset, limit, chunk);
@@ -313,6 +359,30 @@ impl ByteStream for ByteStreamService {
         &self,
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
+        let mut written = None;
+        let response = self.write_local(request, &mut written).await?;
+        if let (Some(up), Some(name)) = (&self.state.upstream, written) {
+            // `sync`: not acknowledged until the upstream has it too.
+            up.wrote_blobs(&name.instance, &[name.digest]).await?;
+        }
+        Ok(response)
+    }
+
+    async fn query_write_status(
+        &self,
+        request: Request<QueryWriteStatusRequest>,
+    ) -> Result<Response<QueryWriteStatusResponse>, Status> {
+        self.query_write_status_local(request)
+    }
+}
+
+impl ByteStreamService {
+    /// A Write into the local store; sets `written` to the blob's name once it is stored.
+    async fn write_local(
+        &self,
+        request: Request<Streaming<WriteRequest>>,
+        written: &mut Option<ResourceName>,
+    ) -> Result<Response<WriteResponse>, Status> {
         let mut stream = request.into_inner();
         let first = stream
             .message()
@@ -325,6 +395,7 @@ impl ByteStream for ByteStreamService {
         }
         let key = first.resource_name.clone();
         let name = ResourceName::parse_write(&key)?;
+        *written = Some(name.clone());
         let max = self.state.cas.max_blob_size();
         if name.digest.size > max {
             return Err(Status::invalid_argument(format!(
@@ -387,7 +458,7 @@ impl ByteStream for ByteStreamService {
             .await
     }
 
-    async fn query_write_status(
+    fn query_write_status_local(
         &self,
         request: Request<QueryWriteStatusRequest>,
     ) -> Result<Response<QueryWriteStatusResponse>, Status> {

@@ -1,6 +1,6 @@
 //! ContentAddressableStorage: FindMissingBlobs, BatchUpdateBlobs, BatchReadBlobs, GetTree.
 
-use super::status::{rpc_ok, rpc_status};
+use super::status::{rpc_ok, rpc_status, upstream_rpc_status};
 use super::{CacheServices, validate_instance};
 use crate::cas::{CasError, TreePager, compression};
 use crate::digest::{Digest, DigestFunction};
@@ -104,7 +104,12 @@ impl ContentAddressableStorage for CasService {
             .iter()
             .map(|d| Digest::from_proto(function, d))
             .collect::<Result<Vec<_>, _>>()?;
-        let missing = self.state.cas.find_missing(&digests)?;
+        let mut missing = self.state.cas.find_missing(&digests)?;
+        if let Some(up) = &self.state.upstream
+            && !missing.is_empty()
+        {
+            missing = up.find_missing(&req.instance_name, missing).await;
+        }
         Ok(Response::new(FindMissingBlobsResponse {
             missing_blob_digests: missing.iter().map(Digest::to_proto).collect(),
         }))
@@ -143,12 +148,28 @@ impl ContentAddressableStorage for CasService {
                 }),
             }
         }
+        let stored_digests: Vec<Digest> = items.iter().map(|(d, _)| *d).collect();
         let results = self.state.cas.put_many(items).await;
-        for (pos, result) in positions.into_iter().zip(results) {
+        let mut forward = Vec::new();
+        for ((pos, result), d) in positions.into_iter().zip(results).zip(stored_digests) {
             responses[pos].status = Some(match result {
-                Ok(()) => rpc_ok(),
+                Ok(()) => {
+                    forward.push((pos, d));
+                    rpc_ok()
+                }
                 Err(e) => rpc_status(&e),
             });
+        }
+        if let Some(up) = &self.state.upstream {
+            let digests: Vec<Digest> = forward.iter().map(|(_, d)| *d).collect();
+            // `sync`: not acknowledged until the upstream has them too.
+            if let Err(e) = up.wrote_blobs(&req.instance_name, &digests).await {
+                for (pos, d) in forward {
+                    if !d.is_empty_blob() {
+                        responses[pos].status = Some(upstream_rpc_status(&e));
+                    }
+                }
+            }
         }
         Ok(Response::new(BatchUpdateBlobsResponse { responses }))
     }
@@ -172,9 +193,41 @@ impl ContentAddressableStorage for CasService {
         let zstd_ok = req
             .acceptable_compressors
             .contains(&(compressor::Value::Zstd as i32));
+        // Local reads first, exactly as without an upstream; only the misses are then fetched
+        // from it (one batched call) and read again. What it cannot provide keeps its status.
+        let mut read: Vec<Result<Bytes, CasError>> = digests
+            .iter()
+            .map(|d| self.state.cas.get_bytes(d))
+            .collect();
+        let mut fetched = std::collections::HashMap::new();
+        if let Some(up) = &self.state.upstream {
+            let missing: Vec<Digest> = digests
+                .iter()
+                .zip(&read)
+                .filter(|(_, r)| matches!(r, Err(CasError::BlobNotFound(_))))
+                .map(|(d, _)| *d)
+                .collect();
+            if !missing.is_empty() {
+                fetched = up.ensure(&req.instance_name, &missing).await;
+                for (d, r) in digests.iter().zip(read.iter_mut()) {
+                    if matches!(fetched.get(d), Some(Ok(true))) {
+                        *r = self.state.cas.get_bytes(d);
+                    }
+                }
+            }
+        }
         let mut responses = Vec::with_capacity(digests.len());
-        for d in digests {
-            let (data, comp, status) = match self.state.cas.get_bytes(&d) {
+        for (d, r) in digests.into_iter().zip(read) {
+            if let Some(Err(e)) = fetched.get(&d) {
+                responses.push(batch_read_blobs_response::Response {
+                    digest: Some(d.to_proto()),
+                    data: Bytes::new(),
+                    compressor: compressor::Value::Identity as i32,
+                    status: Some(upstream_rpc_status(e)),
+                });
+                continue;
+            }
+            let (data, comp, status) = match r {
                 Ok(data) if zstd_ok && data.len() > 512 => (
                     compression::compress(&data),
                     compressor::Value::Zstd,
@@ -214,6 +267,9 @@ impl ContentAddressableStorage for CasService {
         } else {
             req.page_size as usize
         };
+        if let Some(up) = &self.state.upstream {
+            up.ensure_tree(&req.instance_name, &root).await?;
+        }
         // The first page is computed here so that a bad root or token fails the call itself.
         // The pager keeps its walk, so each later page continues where the last stopped.
         let cas = self.state.cas.clone();

@@ -10,11 +10,17 @@ use tonic::{Request, Response, Status};
 
 pub(super) struct ExecutionService {
     scheduler: Scheduler,
+    /// With `[upstream]`: inputs only the upstream has are fetched before the scheduler
+    /// checks them (FindMissingBlobs told the client they are present).
+    upstream: Option<crate::upstream::Upstream>,
 }
 
 impl ExecutionService {
-    pub(super) fn new(scheduler: Scheduler) -> Self {
-        Self { scheduler }
+    pub(super) fn new(scheduler: Scheduler, upstream: Option<crate::upstream::Upstream>) -> Self {
+        Self {
+            scheduler,
+            upstream,
+        }
     }
 }
 
@@ -32,6 +38,10 @@ impl Execution for ExecutionService {
         let function = DigestFunction::from_proto(req.digest_function)?;
         let action_digest =
             Digest::from_field(function, req.action_digest.as_ref(), "action_digest")?;
+        if let Some(up) = &self.upstream {
+            up.prefetch_inputs(&req.instance_name, &action_digest)
+                .await?;
+        }
         let params = ExecuteParams {
             instance: req.instance_name,
             action_digest,

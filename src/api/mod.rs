@@ -7,6 +7,7 @@ mod bytestream;
 mod capabilities;
 mod cas;
 mod execution;
+mod execution_upstream;
 mod operation;
 mod operations;
 pub mod resource_name;
@@ -76,6 +77,8 @@ pub struct CacheServices {
     ac: ActionCache,
     limits: Limits,
     uploads: Arc<uploads::UploadRegistry>,
+    /// The upstream tier, when `[upstream]` is configured: local misses read through it.
+    upstream: Option<crate::upstream::Upstream>,
 }
 
 impl CacheServices {
@@ -91,7 +94,20 @@ impl CacheServices {
             ac,
             limits,
             uploads,
+            upstream: None,
         }
+    }
+
+    /// The upstream tier this front end reads through, if any.
+    pub fn upstream(&self) -> Option<&crate::upstream::Upstream> {
+        self.upstream.as_ref()
+    }
+
+    /// The same front end reading its misses through `upstream` (and forwarding writes).
+    #[must_use]
+    pub fn with_upstream(mut self, upstream: crate::upstream::Upstream) -> Self {
+        self.upstream = Some(upstream);
+        self
     }
 
     /// Gauges of the upload registry (open uploads, buffer memory, refusals) for `/metrics`.
@@ -139,15 +155,45 @@ pub fn add_exec_services(
     max_message_bytes: usize,
     routes: &mut tonic::service::RoutesBuilder,
 ) {
+    add_exec_services_with(scheduler, None, max_message_bytes, routes);
+}
+
+/// [`add_exec_services`] on a box with an upstream tier: an Execute first fetches the inputs
+/// only the upstream has.
+pub fn add_exec_services_with(
+    scheduler: &Scheduler,
+    upstream: Option<&crate::upstream::Upstream>,
+    max_message_bytes: usize,
+    routes: &mut tonic::service::RoutesBuilder,
+) {
     routes.add_service(
-        ExecutionServer::new(execution::ExecutionService::new(scheduler.clone()))
-            .max_decoding_message_size(max_message_bytes)
-            .max_encoding_message_size(max_message_bytes),
+        ExecutionServer::new(execution::ExecutionService::new(
+            scheduler.clone(),
+            upstream.cloned(),
+        ))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes),
     );
     routes.add_service(
         OperationsServer::new(operations::OperationsService::new(scheduler.clone()))
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes),
+    );
+}
+
+/// Adds an Execution service that forwards every Execute and WaitExecution to `upstream`
+/// (`[upstream] execute = "upstream"`), in place of the local one.
+pub fn add_forwarding_execution(
+    upstream: &crate::upstream::Upstream,
+    max_message_bytes: usize,
+    routes: &mut tonic::service::RoutesBuilder,
+) {
+    routes.add_service(
+        ExecutionServer::new(execution_upstream::ForwardingExecution::new(
+            upstream.clone(),
+        ))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes),
     );
 }
 

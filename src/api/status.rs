@@ -10,6 +10,7 @@ use crate::digest::DigestError;
 use crate::exec::ExecError;
 use crate::proto::google::rpc;
 use crate::storage::StorageError;
+use crate::upstream::UpstreamError;
 use prost::Message;
 use std::fmt::Write;
 use tonic::{Code, Status};
@@ -24,6 +25,7 @@ pub fn cas_code(err: &CasError) -> Code {
         | CasError::BadCompression { .. }
         | CasError::InvalidArgument(_) => Code::InvalidArgument,
         CasError::BlobNotFound(_) | CasError::ActionNotFound(_) => Code::NotFound,
+        CasError::Forward(_) => Code::Unavailable,
         CasError::Storage(e) => storage_code(e),
     }
 }
@@ -87,6 +89,45 @@ impl From<DigestError> for Status {
 impl From<ResourceNameError> for Status {
     fn from(err: ResourceNameError) -> Self {
         Status::invalid_argument(err.to_string())
+    }
+}
+
+/// The gRPC code for an upstream-tier error: every failure of the upstream is UNAVAILABLE
+/// (retryable, and not the local tier's fault); local failures keep their codes.
+pub fn upstream_code(err: &UpstreamError) -> Code {
+    match err {
+        UpstreamError::Unavailable { .. }
+        | UpstreamError::BreakerOpen { .. }
+        | UpstreamError::BadData { .. }
+        | UpstreamError::Busy { .. } => Code::Unavailable,
+        UpstreamError::Refused { code, .. } => Code::from_i32(*code),
+        UpstreamError::Local(e) => cas_code(e),
+    }
+}
+
+/// A per-item status for an upstream-tier error in a batch response.
+pub fn upstream_rpc_status(err: &UpstreamError) -> rpc::Status {
+    rpc::Status {
+        code: upstream_code(err) as i32,
+        message: err.to_string(),
+        details: vec![],
+    }
+}
+
+impl From<UpstreamError> for Status {
+    fn from(err: UpstreamError) -> Self {
+        match err {
+            UpstreamError::Local(e) => e.into(),
+            UpstreamError::Refused {
+                code,
+                ref message,
+                ref details,
+                ..
+            } if !details.is_empty() => {
+                Status::with_details(Code::from_i32(code), message.clone(), details.clone())
+            }
+            e => Status::new(upstream_code(&e), e.to_string()),
+        }
     }
 }
 

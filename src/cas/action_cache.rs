@@ -23,17 +23,39 @@ pub struct InlineRequest {
     pub max_bytes: u64,
 }
 
+/// Told of every action result stored through an [`ActionCache`] that has it (the upstream
+/// tier forwards them, whether a client or the scheduler wrote them). Runs after the entry is
+/// stored locally; an error fails the update with [`CasError::Forward`] (the local entry stays).
+#[async_trait::async_trait]
+pub trait UpdateHook: Send + Sync {
+    /// `action`'s result was stored under `instance`.
+    async fn updated(&self, instance: &str, action: &Digest) -> Result<(), String>;
+}
+
 /// The action cache: `ActionResult`s keyed by instance name and action digest.
 #[derive(Clone)]
 pub struct ActionCache {
     cas: Cas,
     store: Arc<dyn Store>,
+    hook: Option<Arc<dyn UpdateHook>>,
 }
 
 impl ActionCache {
     /// An action cache over `store`, checking completeness against `cas`.
     pub fn new(cas: Cas, store: Arc<dyn Store>) -> Self {
-        Self { cas, store }
+        Self {
+            cas,
+            store,
+            hook: None,
+        }
+    }
+
+    /// The same cache telling `hook` of every update made through it (clones made before
+    /// this call do not).
+    #[must_use]
+    pub fn with_update_hook(mut self, hook: Arc<dyn UpdateHook>) -> Self {
+        self.hook = Some(hook);
+        self
     }
 
     /// The storage key of an entry: a hash of instance name, digest function and action digest,
@@ -57,18 +79,32 @@ impl ActionCache {
         action: &Digest,
         inline: &InlineRequest,
     ) -> Result<ActionResult, CasError> {
-        let Some(blob) = self.store.get(&Self::key(instance, action))? else {
+        let Some(mut result) = self.lookup(instance, action)? else {
             return Err(CasError::ActionNotFound(*action));
         };
-        let Ok(mut result) = ActionResult::decode(blob.to_bytes()) else {
-            tracing::warn!(%action, instance, "undecodable action-cache entry treated as a miss");
-            return Err(CasError::ActionNotFound(*action));
-        };
-        if !self.is_complete(&result, action.function)? {
+        if self.missing_blobs(&result, action.function)? != Some(vec![]) {
             return Err(CasError::ActionNotFound(*action));
         }
         self.inline_outputs(&mut result, action.function, inline)?;
         Ok(result)
+    }
+
+    /// The stored entry for an action, without the completeness check: for a caller that
+    /// judges completeness itself (the upstream tier counts blobs the upstream has as
+    /// present). `None` on a miss and for an undecodable entry.
+    pub fn lookup(
+        &self,
+        instance: &str,
+        action: &Digest,
+    ) -> Result<Option<ActionResult>, CasError> {
+        let Some(blob) = self.store.get(&Self::key(instance, action))? else {
+            return Ok(None);
+        };
+        let Ok(result) = ActionResult::decode(blob.to_bytes()) else {
+            tracing::warn!(%action, instance, "undecodable action-cache entry treated as a miss");
+            return Ok(None);
+        };
+        Ok(Some(result))
     }
 
     /// Stores a result after validating every digest in it.
@@ -101,20 +137,30 @@ impl ActionCache {
                 Bytes::from(stored.encode_to_vec()),
             )
             .await?;
+        if let Some(hook) = &self.hook {
+            hook.updated(instance, action)
+                .await
+                .map_err(CasError::Forward)?;
+        }
         Ok(())
     }
 
-    fn is_complete(
+    /// The blobs `result` needs that the local CAS lacks (each present one's life is
+    /// extended): outputs, stdout/stderr, tree blobs, and the files of the trees stored here
+    /// (a missing tree's files are not known until it is fetched). `None` when the result can
+    /// never be complete (a digest that does not parse, a tree that does not decode).
+    pub fn missing_blobs(
         &self,
         result: &ActionResult,
         function: DigestFunction,
-    ) -> Result<bool, CasError> {
+    ) -> Result<Option<Vec<Digest>>, CasError> {
+        let mut missing = Vec::new();
         for d in referenced_digests(result) {
             let Ok(d) = Digest::from_proto(function, d) else {
-                return Ok(false);
+                return Ok(None);
             };
             if !self.cas.contains(&d)? {
-                return Ok(false);
+                missing.push(d);
             }
         }
         for dir in &result.output_directories {
@@ -122,13 +168,13 @@ impl ActionCache {
                 continue;
             };
             let Ok(tree_digest) = Digest::from_proto(function, tree_digest) else {
-                return Ok(false);
+                return Ok(None);
             };
             let Some(tree) = self.cas.get(&tree_digest)? else {
-                return Ok(false);
+                continue;
             };
             let Ok(tree) = Tree::decode(tree.to_bytes()) else {
-                return Ok(false);
+                return Ok(None);
             };
             let files = tree
                 .root
@@ -137,17 +183,19 @@ impl ActionCache {
                 .flat_map(|d| d.files.iter());
             for f in files {
                 let Some(Ok(d)) = f.digest.as_ref().map(|d| Digest::from_proto(function, d)) else {
-                    return Ok(false);
+                    return Ok(None);
                 };
                 if !self.cas.contains(&d)? {
-                    return Ok(false);
+                    missing.push(d);
                 }
             }
         }
-        Ok(true)
+        Ok(Some(missing))
     }
 
-    fn inline_outputs(
+    /// Fills the inline fields `inline` asks for from the local CAS, within its byte budget;
+    /// a blob not stored here stays referenced by digest only.
+    pub fn inline_outputs(
         &self,
         result: &mut ActionResult,
         function: DigestFunction,

@@ -34,6 +34,9 @@ pub enum CasError {
     /// Any other request problem, with its explanation.
     #[error("{0}")]
     InvalidArgument(String),
+    /// Stored locally, but an [`super::UpdateHook`] (the upstream tier) could not pass it on.
+    #[error("{0}")]
+    Forward(String),
     /// A failure of the storage engine.
     #[error(transparent)]
     Storage(#[from] StorageError),

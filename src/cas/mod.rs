@@ -20,7 +20,7 @@ pub mod walk;
 
 /// A blob as the CAS serves it (a view of stored bytes, possibly in several parts).
 pub use crate::storage::Blob;
-pub use action_cache::{ActionCache, InlineRequest};
+pub use action_cache::{ActionCache, InlineRequest, UpdateHook};
 pub use error::CasError;
 pub use tree::{TreePage, TreePager, get_tree_page};
 pub use upload::Upload;

@@ -212,6 +212,47 @@ impl Summary {
             .into_iter()
             .flatten(),
         );
+        // The upstream tier's figures, present only when `[upstream]` is configured.
+        let up = |kind: &str, r: &str| {
+            format!("kiln_upstream_reads_total{{kind=\"{kind}\",result=\"{r}\"}}")
+        };
+        cache.extend(
+            [
+                fig(snap, &up("cas", "hit"), "upstream: blobs fetched", Count),
+                fig(
+                    snap,
+                    &up("cas", "miss"),
+                    "upstream: blobs it lacked too",
+                    Count,
+                ),
+                fig(
+                    snap,
+                    &up("cas", "error"),
+                    "upstream: blob fetches failed",
+                    Count,
+                ),
+                fig(
+                    snap,
+                    &up("ac", "hit"),
+                    "upstream: action results fetched",
+                    Count,
+                ),
+                fig(
+                    snap,
+                    "kiln_upstream_fetched_bytes_total",
+                    "upstream: bytes fetched",
+                    Bytes,
+                ),
+                fig(
+                    snap,
+                    "kiln_upstream_forwarded_bytes_total",
+                    "upstream: bytes forwarded",
+                    Bytes,
+                ),
+            ]
+            .into_iter()
+            .flatten(),
+        );
         let rates = [
             (
                 "requests/s",

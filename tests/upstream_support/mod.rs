@@ -1,0 +1,209 @@
+//! Helpers for the upstream-tier tests: two real `kiln serve` processes, the local tier
+//! configured with `[upstream]` pointing at the other, and plain REAPI clients.
+#![allow(dead_code)]
+
+use crate::common::process::KilnServer;
+use kiln::digest::{Digest, DigestFunction};
+use kiln::proto::bytestream::byte_stream_client::ByteStreamClient;
+use kiln::proto::bytestream::{ReadRequest, WriteRequest};
+use kiln::proto::reapi::action_cache_client::ActionCacheClient;
+use kiln::proto::reapi::batch_update_blobs_request;
+use kiln::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+use kiln::proto::reapi::{BatchUpdateBlobsRequest, FindMissingBlobsRequest};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tonic::Status;
+use tonic::transport::Channel;
+
+/// Starts a local tier whose config file has `[upstream]` with `upstream_toml` (the lines
+/// after the header).
+pub fn start_local(dir: &Path, name: &str, upstream_toml: &str) -> KilnServer {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\ncapacity_bytes = 268435456\nsegment_size_bytes = 16777216\n\
+             max_blob_size_bytes = 67108864\n[execution]\nenabled = false\n\
+             [upstream]\n{upstream_toml}\n"
+        ),
+    )
+    .unwrap();
+    KilnServer::start_with(
+        &dir.join(format!("{name}-data")),
+        &dir.join(format!("{name}.log")),
+        &["--config", config.to_str().unwrap()],
+    )
+}
+
+/// Starts a plain kiln (the upstream) with a small store.
+pub fn start_plain(dir: &Path, name: &str) -> KilnServer {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        "[storage]\ncapacity_bytes = 268435456\nsegment_size_bytes = 16777216\n\
+         max_blob_size_bytes = 67108864\n[execution]\nenabled = false\n",
+    )
+    .unwrap();
+    KilnServer::start_with(
+        &dir.join(format!("{name}-data")),
+        &dir.join(format!("{name}.log")),
+        &["--config", config.to_str().unwrap()],
+    )
+}
+
+pub async fn channel(s: &KilnServer) -> Channel {
+    Channel::from_shared(s.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+pub async fn cas(s: &KilnServer) -> ContentAddressableStorageClient<Channel> {
+    ContentAddressableStorageClient::new(channel(s).await)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+pub async fn bytestream(s: &KilnServer) -> ByteStreamClient<Channel> {
+    ByteStreamClient::new(channel(s).await).max_decoding_message_size(64 << 20)
+}
+
+pub async fn ac(s: &KilnServer) -> ActionCacheClient<Channel> {
+    ActionCacheClient::new(channel(s).await)
+}
+
+pub fn digest(data: &[u8]) -> Digest {
+    DigestFunction::Sha256.digest_of(data)
+}
+
+/// Deterministic pseudo-random bytes (incompressible enough for the tests).
+pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Stores small blobs with one BatchUpdateBlobs, asserting every item is OK.
+pub async fn put_batch(s: &KilnServer, blobs: &[&[u8]]) {
+    let req = BatchUpdateBlobsRequest {
+        requests: blobs
+            .iter()
+            .map(|b| batch_update_blobs_request::Request {
+                digest: Some(digest(b).to_proto()),
+                data: bytes::Bytes::copy_from_slice(b),
+                compressor: 0,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let resp = cas(s)
+        .await
+        .batch_update_blobs(req)
+        .await
+        .unwrap()
+        .into_inner();
+    for r in resp.responses {
+        assert_eq!(r.status.unwrap().code, 0, "upload to {}", s.url());
+    }
+}
+
+/// Stores one blob with a ByteStream Write.
+pub async fn put_stream(s: &KilnServer, data: &[u8]) {
+    let d = digest(data);
+    let name = format!(
+        "uploads/{}/blobs/{}/{}",
+        uuid::Uuid::new_v4(),
+        d.hash_hex(),
+        d.size
+    );
+    let mut reqs = Vec::new();
+    let mut off = 0usize;
+    for piece in data.chunks(1 << 20) {
+        reqs.push(WriteRequest {
+            resource_name: if off == 0 {
+                name.clone()
+            } else {
+                String::new()
+            },
+            write_offset: off as i64,
+            finish_write: off + piece.len() == data.len(),
+            data: bytes::Bytes::copy_from_slice(piece),
+        });
+        off += piece.len();
+    }
+    let resp = bytestream(s)
+        .await
+        .write(futures::stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.committed_size, data.len() as i64);
+}
+
+/// Reads `[offset, offset+limit)` of a blob with ByteStream (limit 0: to the end).
+pub async fn read(s: &KilnServer, d: &Digest, offset: i64, limit: i64) -> Result<Vec<u8>, Status> {
+    let mut stream = bytestream(s)
+        .await
+        .read(ReadRequest {
+            resource_name: format!("blobs/{}/{}", d.hash_hex(), d.size),
+            read_offset: offset,
+            read_limit: limit,
+        })
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = stream.message().await? {
+        out.extend_from_slice(&m.data);
+    }
+    Ok(out)
+}
+
+/// FindMissingBlobs on `s`.
+pub async fn find_missing(s: &KilnServer, digests: &[Digest]) -> Vec<Digest> {
+    let resp = cas(s)
+        .await
+        .find_missing_blobs(FindMissingBlobsRequest {
+            blob_digests: digests.iter().map(Digest::to_proto).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    resp.missing_blob_digests
+        .iter()
+        .map(|d| Digest::from_proto(DigestFunction::Sha256, d).unwrap())
+        .collect()
+}
+
+/// One series of `s`'s `/metrics` (0 when absent).
+pub async fn metric(s: &KilnServer, key: &str) -> f64 {
+    let text = kiln::admin::http_get(s.metrics.as_ref().unwrap(), "/metrics")
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Polls `check` until it returns true or `timeout` passes (then panics with `what`).
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
