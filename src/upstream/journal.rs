@@ -97,6 +97,50 @@ fn decode(body: &[u8]) -> Option<Entry> {
     })
 }
 
+/// Reads records from `rest` (the log from offset `base` on) up to the first torn or damaged
+/// one: the entries, each with the offset just past it, and how many bytes were good. Every
+/// length is checked against the bytes left and `MAX_BODY` before it is used.
+pub fn parse(rest: &[u8], base: u64) -> (Vec<(u64, Entry)>, usize) {
+    let mut entries = Vec::new();
+    let mut at = 0usize;
+    while rest.len() - at >= 12 {
+        let n = u32::from_le_bytes(rest[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let sum = u64::from_le_bytes(rest[at + 4..at + 12].try_into().expect("8 bytes"));
+        if n > MAX_BODY || rest.len() - at - 12 < n {
+            break;
+        }
+        let body = &rest[at + 12..at + 12 + n];
+        if xxhash_rust::xxh3::xxh3_64(body) != sum {
+            break;
+        }
+        let Some(e) = decode(body) else { break };
+        at += 12 + n;
+        entries.push((base + at as u64, e));
+    }
+    (entries, at)
+}
+
+/// The fuzz target's check (`fuzz/fuzz_targets/upstream_journal.rs`): parsing arbitrary bytes
+/// never panics, what parses re-encodes to exactly the bytes it came from, and a log written
+/// from the parsed entries parses back to them.
+#[cfg(any(test, feature = "testing"))]
+pub fn fuzz_parse(data: &[u8]) {
+    let (entries, good) = parse(data, 0);
+    assert!(good <= data.len());
+    let mut again = Vec::new();
+    for (_, e) in &entries {
+        encode(e, &mut again);
+    }
+    assert_eq!(
+        again,
+        data[..good],
+        "parsed records re-encode to their bytes"
+    );
+    let (back, n) = parse(&again, 0);
+    assert_eq!(n, again.len());
+    assert_eq!(back, entries);
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -124,22 +168,7 @@ impl Journal {
         file.seek(SeekFrom::Start(cursor))?;
         let mut rest = Vec::new();
         file.read_to_end(&mut rest)?;
-        let mut entries = Vec::new();
-        let mut at = 0usize;
-        while rest.len() - at >= 12 {
-            let n = u32::from_le_bytes(rest[at..at + 4].try_into().expect("4 bytes")) as usize;
-            let sum = u64::from_le_bytes(rest[at + 4..at + 12].try_into().expect("8 bytes"));
-            if n > MAX_BODY || rest.len() - at - 12 < n {
-                break;
-            }
-            let body = &rest[at + 12..at + 12 + n];
-            if xxhash_rust::xxh3::xxh3_64(body) != sum {
-                break;
-            }
-            let Some(e) = decode(body) else { break };
-            at += 12 + n;
-            entries.push((cursor + at as u64, e));
-        }
+        let (entries, at) = parse(&rest, cursor);
         let good = cursor + at as u64;
         if good < len {
             tracing::warn!(
@@ -227,6 +256,34 @@ mod tests {
             instance: format!("inst{i}"),
             queued_ms: u64::from(i),
         }
+    }
+
+    /// The fuzz target's check on a valid log, every truncation of it, flipped bytes and
+    /// garbage (the fuzzer explores further).
+    #[test]
+    fn parse_never_panics_and_round_trips() {
+        let mut log = Vec::new();
+        for i in 0..4 {
+            encode(&entry(i), &mut log);
+        }
+        fuzz_parse(&log);
+        assert_eq!(parse(&log, 0).0.len(), 4);
+        for cut in 0..log.len() {
+            fuzz_parse(&log[..cut]);
+        }
+        for i in 0..log.len() {
+            let mut bad = log.clone();
+            bad[i] ^= 0x55;
+            fuzz_parse(&bad);
+        }
+        fuzz_parse(&[0xff; 64]);
+        let mut huge = u32::MAX.to_le_bytes().to_vec();
+        huge.extend_from_slice(&[0; 20]);
+        assert_eq!(
+            parse(&huge, 0).0.len(),
+            0,
+            "a length past MAX_BODY is refused"
+        );
     }
 
     #[test]
