@@ -11,6 +11,7 @@
 mod common;
 mod upstream_support;
 
+use common::wait::{Lazy, wait_until_ok};
 use kiln::proto::reapi::action_cache_client::ActionCacheClient;
 use kiln::proto::reapi::{
     ActionResult, BatchReadBlobsRequest, GetActionResultRequest, OutputFile,
@@ -19,7 +20,7 @@ use kiln::proto::reapi::{
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tonic::transport::Channel;
 use upstream_support::*;
 
@@ -109,19 +110,22 @@ impl BuildGrid {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let mut bg = Self { child, addr, log };
-        let deadline = Instant::now() + Duration::from_mins(2);
-        while std::net::TcpStream::connect(&bg.addr).is_err() {
-            if let Ok(Some(status)) = bg.child.try_wait() {
-                panic!("bgd exited ({status}) before listening:\n{}", bg.log_text());
+        let (addr, log) = (bg.addr.clone(), bg.log.clone());
+        let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+        wait_until_ok(Duration::from_mins(2), || {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "bgd not listening on {} after 2 minutes:\n{}",
-                bg.addr,
-                bg.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            if let Ok(Some(status)) = bg.child.try_wait() {
+                panic!("bgd exited ({status}) before listening:\n{}", log_text());
+            }
+            Err(Lazy(|| {
+                format!(
+                    "bgd not listening on {addr} after 2 minutes:\n{}",
+                    log_text()
+                )
+            }))
+        });
         bg
     }
 

@@ -214,10 +214,11 @@ async fn cold_local_tier_reads_through_and_survives_the_upstream_dying() {
     // through again.
     let up = start_plain(dir.path(), "upstream");
     put_batch(&up, &[b"only a miss"]).await;
-    wait_for("the breaker to close", Duration::from_secs(30), || async {
-        read(&local, &gone, 0, 0).await.is_ok()
-    })
-    .await;
+    local
+        .poll_until("the breaker to close", Duration::from_secs(30), || async {
+            read(&local, &gone, 0, 0).await.is_ok()
+        })
+        .await;
     assert_eq!(metric(&local, "kiln_upstream_breaker_state").await, 0.0);
     drop(up);
 }

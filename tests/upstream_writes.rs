@@ -86,17 +86,19 @@ async fn async_writes_survive_kill_9_and_arrive_when_the_upstream_is_back() {
     );
     let up = start_plain(dir.path(), "upstream");
     let all = [digest(&small1), digest(&small2), digest(&large)];
-    wait_for(
-        "queued writes to reach the upstream",
-        Duration::from_mins(1),
-        || async { find_missing(&up, &all).await.is_empty() && has_result(&up, &action).await },
-    )
-    .await;
+    local
+        .poll_until(
+            "queued writes to reach the upstream",
+            Duration::from_mins(1),
+            || async { find_missing(&up, &all).await.is_empty() && has_result(&up, &action).await },
+        )
+        .await;
     assert_eq!(read(&up, &digest(&large), 0, 0).await.unwrap(), large);
-    wait_for("the queue to empty", Duration::from_secs(30), || async {
-        metric(&local, "kiln_upstream_queue_entries").await == 0.0
-    })
-    .await;
+    local
+        .poll_until("the queue to empty", Duration::from_secs(30), || async {
+            metric(&local, "kiln_upstream_queue_entries").await == 0.0
+        })
+        .await;
     assert!(metric(&local, "kiln_upstream_forwarded_bytes_total").await >= (5 << 20) as f64);
 }
 

@@ -11,7 +11,6 @@ use kiln::proto::reapi::batch_update_blobs_request;
 use kiln::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use kiln::proto::reapi::{BatchUpdateBlobsRequest, FindMissingBlobsRequest};
 use std::path::Path;
-use std::time::{Duration, Instant};
 use tonic::Status;
 use tonic::transport::Channel;
 
@@ -193,17 +192,4 @@ pub async fn metric(s: &KilnServer, key: &str) -> f64 {
         .find(|(k, _)| *k == key)
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0.0)
-}
-
-/// Polls `check` until it returns true or `timeout` passes (then panics with `what`).
-pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
