@@ -9,6 +9,14 @@
 //! [`TreePager::new`], which re-walks to the token's index and checks the token there: tokens
 //! stay valid and checked either way, the cache only saves reads.
 //!
+//! When it hits: the walk is parked at the last page the stream *produced*. A client that
+//! took every page produced and then called again (or a stream ended at a page boundary)
+//! finds it. A stream broken mid-flight has usually produced pages the client never got
+//! (tonic encodes ahead, up to the HTTP/2 window), so its client's token names an earlier
+//! position and the call walks again. Rewinding a parked walk over a bounded history of the
+//! pages it produced would catch that case too; not done, as the history would cost up to a
+//! window (4 MiB) per parked walk.
+//!
 //! Bounded on purpose: every paused walk holds its queue and the set of directories it has
 //! met, and clients choose how many walks to abandon. At most [`MAX_PAUSED`] walks holding at
 //! most [`MAX_HELD`] directories between them are kept; parking past either bound evicts the
