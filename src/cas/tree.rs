@@ -100,9 +100,12 @@ impl TreePager {
         self.walk.root()
     }
 
-    /// Distinct directories the walk holds (met so far), a measure of the memory it keeps.
-    pub fn held(&self) -> usize {
-        self.walk.seen()
+    /// About how many bytes of memory the walk keeps: its digests (seen and queued) and the
+    /// next directory, loaded already.
+    pub fn held_bytes(&self) -> usize {
+        // A digest in the seen set and (at most once) in the queue, with the tables' slack.
+        const PER_DIGEST: usize = 128;
+        self.walk.seen() * PER_DIGEST + self.next.as_ref().map_or(0, |(_, d)| d.encoded_len())
     }
 
     /// Loads the next directory present in the CAS and queues its children.

@@ -17,11 +17,11 @@
 //! pages it produced would catch that case too; not done, as the history would cost up to a
 //! window (4 MiB) per parked walk.
 //!
-//! Bounded on purpose: every paused walk holds its queue and the set of directories it has
-//! met, and clients choose how many walks to abandon. At most [`MAX_PAUSED`] walks holding at
-//! most [`MAX_HELD`] directories between them are kept; parking past either bound evicts the
-//! oldest parked walks first, and a walk too big for the whole budget is not parked at all. An
-//! evicted walk costs only its re-walk when (if ever) it is resumed.
+//! Bounded on purpose: every paused walk holds its queue, the set of directories it has met
+//! and the next directory, and clients choose how many walks to abandon. At most
+//! [`MAX_PAUSED`] walks holding at most [`MAX_HELD_BYTES`] between them are kept; parking past
+//! either bound evicts the oldest parked walks first, and a walk too big for the whole budget
+//! is not parked at all. An evicted walk costs only its re-walk when (if ever) it is resumed.
 
 use super::tree::TreePager;
 use super::{Cas, CasError};
@@ -32,9 +32,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Most walks parked at once.
 pub const MAX_PAUSED: usize = 256;
-/// Most directories the parked walks hold between them (each costs a digest in the walk's
-/// seen set and at most one in its queue: about 100 bytes, so some 25 MiB in all).
-pub const MAX_HELD: usize = 1 << 18;
+/// Most memory the parked walks hold between them ([`TreePager::held_bytes`]).
+pub const MAX_HELD_BYTES: usize = 32 << 20;
 
 /// Which paused walk: the instance and root of the call, and the token of the position.
 #[derive(Debug, PartialEq, Eq)]
@@ -59,18 +58,18 @@ pub struct PausedTrees {
 #[derive(Debug, Default)]
 struct Parked {
     walks: VecDeque<(Key, TreePager)>,
-    /// Sum of `held()` over `walks`.
+    /// Sum of `held_bytes()` over `walks`.
     held: usize,
 }
 
 impl Default for PausedTrees {
     fn default() -> Self {
-        Self::with_bounds(MAX_PAUSED, MAX_HELD)
+        Self::with_bounds(MAX_PAUSED, MAX_HELD_BYTES)
     }
 }
 
 impl PausedTrees {
-    /// A cache that keeps at most `max_paused` walks holding at most `max_held` directories.
+    /// A cache that keeps at most `max_paused` walks holding at most `max_held` bytes.
     pub fn with_bounds(max_paused: usize, max_held: usize) -> Self {
         Self {
             max_paused,
@@ -102,7 +101,7 @@ impl PausedTrees {
             let mut parked = self.parked.lock().expect("paused trees lock");
             let at = parked.walks.iter().position(|(k, _)| *k == key);
             at.and_then(|i| parked.walks.remove(i)).map(|(_, pager)| {
-                parked.held -= pager.held();
+                parked.held -= pager.held_bytes();
                 pager
             })
         };
@@ -120,7 +119,7 @@ impl PausedTrees {
         let Some(token) = pager.token() else {
             return;
         };
-        if pager.held() > self.max_held || self.max_paused == 0 {
+        if pager.held_bytes() > self.max_held || self.max_paused == 0 {
             return;
         }
         let key = Key {
@@ -133,19 +132,21 @@ impl PausedTrees {
         if let Some(i) = parked.walks.iter().position(|(k, _)| *k == key)
             && let Some((_, old)) = parked.walks.remove(i)
         {
-            parked.held -= old.held();
+            parked.held -= old.held_bytes();
         }
-        while parked.walks.len() >= self.max_paused || parked.held + pager.held() > self.max_held {
+        while parked.walks.len() >= self.max_paused
+            || parked.held + pager.held_bytes() > self.max_held
+        {
             let Some((_, old)) = parked.walks.pop_front() else {
                 break;
             };
-            parked.held -= old.held();
+            parked.held -= old.held_bytes();
         }
-        parked.held += pager.held();
+        parked.held += pager.held_bytes();
         parked.walks.push_back((key, pager));
     }
 
-    /// Gauges for `/metrics`: walks parked, directories they hold, and the calls that
+    /// Gauges for `/metrics`: walks parked, the memory they hold, and the calls that
     /// resumed a parked walk or walked again.
     pub fn gauges(&self) -> Vec<(&'static str, &'static str, i64)> {
         let (paused, held) = {
@@ -159,8 +160,8 @@ impl PausedTrees {
                 i64::try_from(paused).unwrap_or(i64::MAX),
             ),
             (
-                "get_tree_paused_directories",
-                "Directories held by the parked GetTree walks",
+                "get_tree_paused_bytes",
+                "Memory held by the parked GetTree walks (about; bounded)",
                 i64::try_from(held).unwrap_or(i64::MAX),
             ),
             (
@@ -298,7 +299,7 @@ mod tests {
         let cas = Cas::new(Arc::new(MemoryStore::new(1 << 24)));
         let (root, _) = deep_wide_tree(&cas).await;
         let all = get_tree_page(&cas, &root, 10_000, "").unwrap().directories;
-        let trees = PausedTrees::with_bounds(2, MAX_HELD);
+        let trees = PausedTrees::with_bounds(2, MAX_HELD_BYTES);
         let mut tokens = Vec::new();
         for size in [1, 2, 3] {
             let mut pager = trees.resume(&cas, "", &root, "").unwrap();
@@ -317,10 +318,10 @@ mod tests {
         assert_eq!(trees.resumes(), (2, 1), "the oldest (size 1) was evicted");
 
         // A walk holding more than the whole budget is not kept.
-        let small = PausedTrees::with_bounds(8, 3);
+        let small = PausedTrees::with_bounds(8, 300);
         let mut pager = small.resume(&cas, "", &root, "").unwrap();
         let token = pager.next_page(&cas, 2).unwrap().next_page_token;
-        assert!(pager.held() > 3);
+        assert!(pager.held_bytes() > 300);
         small.pause("", pager);
         assert_eq!(small.gauges()[0].2, 0);
         small.resume(&cas, "", &root, &token).unwrap();
