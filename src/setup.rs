@@ -803,6 +803,7 @@ impl Prepared {
             services = services.with_upstream(up);
         }
         metrics.add_gauge_source(Box::new(services.upload_gauges()));
+        metrics.add_gauge_source(Box::new(services.tree_gauges()));
         let mut routes = tonic::service::RoutesBuilder::default();
         services.add_to(&mut routes);
         let mut bots = None;

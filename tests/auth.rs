@@ -3,6 +3,7 @@
 mod common;
 
 use common::process::KilnServer;
+use common::wait::{poll_until, wait_until_ok};
 use common::{TestServer, bytes, digest};
 use kiln::auth::token_sha256;
 use kiln::proto::bytestream::WriteRequest;
@@ -383,14 +384,9 @@ fn sighup_reloads_the_tokens_file_and_a_bad_file_keeps_the_old_one() {
     // A bad file: the old table stays, and the log says why.
     std::fs::write(&tokens, "this is [[ not toml").unwrap();
     hup(&server);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(server.log_path())
-        .unwrap()
-        .contains("tokens file not reloaded")
-    {
-        assert!(Instant::now() < deadline, "{}", server.log_tail());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server.wait_until("bad tokens file logged", Duration::from_secs(20), || {
+        server.logged("tokens file not reloaded")
+    });
     assert_eq!(find(CI), Ok(()));
 
     // `kiln token add` / `revoke` edit the file; SIGHUP applies it.
@@ -403,19 +399,14 @@ fn sighup_reloads_the_tokens_file_and_a_bad_file_keeps_the_old_one() {
     assert_eq!(token_cmd(&["list", "--file"], &tokens), "new\tread,write\n");
     let new: &'static str = Box::leak(new.into_boxed_str());
     hup(&server);
+    // One deadline for both waits, as before.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while find(new) != Ok(()) {
-        assert!(Instant::now() < deadline, "{}", server.log_tail());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let left = || deadline.saturating_duration_since(Instant::now());
+    server.wait_until("new token accepted", left(), || find(new) == Ok(()));
     // The signal did it (the file watcher may have been first, but SIGHUP reloads too).
-    while !std::fs::read_to_string(server.log_path())
-        .unwrap()
-        .contains("SIGHUP: tokens file reloaded")
-    {
-        assert!(Instant::now() < deadline, "{}", server.log_tail());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server.wait_until("SIGHUP reload logged", left(), || {
+        server.logged("SIGHUP: tokens file reloaded")
+    });
     assert_eq!(find(CI), Err(Code::Unauthenticated));
 }
 
@@ -499,18 +490,17 @@ fn worker_token_file_sends_the_header() {
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let metrics = server.metrics.clone().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_until_ok(Duration::from_secs(30), || {
         let text = rt
             .block_on(kiln::admin::http_get(&metrics, "/metrics"))
             .unwrap();
         assert!(!text.contains("kiln_auth_denied_total"), "{text}");
         if text.contains("kiln_auth_requests_total{principal=\"worker\"}") {
-            break;
+            Ok(())
+        } else {
+            Err(text)
         }
-        assert!(Instant::now() < deadline, "{text}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
 }
 
 #[tokio::test]
@@ -523,15 +513,19 @@ async fn a_changed_tokens_file_is_reloaded_without_a_signal() {
         .await
         .expect("old token");
     tokens_file(dir.path(), &[("laptop", LAPTOP, "read")], &[]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while cas
-        .find_missing_blobs(req(missing(&[b"x"]), Some(LAPTOP)))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "the new file was not picked up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_until(
+        "the new file was picked up",
+        Duration::from_secs(30),
+        || {
+            let mut cas = cas.clone();
+            async move {
+                cas.find_missing_blobs(req(missing(&[b"x"]), Some(LAPTOP)))
+                    .await
+                    .ok()
+            }
+        },
+    )
+    .await;
     let e = cas
         .find_missing_blobs(req(missing(&[b"x"]), Some(CI)))
         .await

@@ -1000,23 +1000,19 @@ fn build_finishes_with_the_upstream_dead_and_its_results_arrive_later() {
     };
     let upstream = KilnServer::start(&up_data, &tmp.path().join("up2.log"));
     let metrics = local.metrics.clone().expect("metrics address");
-    let deadline = Instant::now() + Duration::from_mins(2);
-    loop {
+    common::wait::wait_until_ok(Duration::from_mins(2), || {
         let text = fetch_metrics(&metrics);
         let queued = text
             .lines()
             .find_map(|l| l.strip_prefix("kiln_upstream_queue_entries "))
             .and_then(|v| v.trim().parse::<f64>().ok());
         if queued == Some(0.0) {
-            break;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "the local tier's queue did not drain into the upstream: {queued:?}\n{}",
-            local.log_tail()
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+        Err(local.report(format!(
+            "the local tier's queue did not drain into the upstream: {queued:?}"
+        )))
+    });
     let config2 = tmp.path().join("local2.toml");
     fs::write(
         &config2,

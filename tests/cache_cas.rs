@@ -373,3 +373,97 @@ async fn get_tree_streams_pages_of_the_present_tree() {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 }
+
+/// The value of one `/metrics` series of `s` (0 when absent).
+async fn gauge(s: &TestServer, name: &str) -> u64 {
+    let text = s.http_get("/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A GetTree stream the client drops part-way parks its walk (`cas::PausedTrees`); a walk
+/// read to the end is not kept; a new call with the dropped stream's token gets exactly the
+/// rest, whether it continues a parked walk or walks again.
+#[tokio::test]
+async fn a_dropped_get_tree_stream_parks_its_walk() {
+    let s = TestServer::start().await;
+    let mut cas = s.cas().await;
+    // 3,000 leaf directories of about 1 KiB each under one root: far more than the stream
+    // can run ahead of a client that stops reading.
+    let mut nodes = Vec::new();
+    let mut leaves = Vec::new();
+    for i in 0..3000u32 {
+        let enc = Directory {
+            files: vec![kiln::proto::reapi::FileNode {
+                name: format!("{i:0>1000}"),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        nodes.push(DirectoryNode {
+            name: format!("d{i}"),
+            digest: Some(digest(&enc).to_proto()),
+        });
+        leaves.push(enc);
+    }
+    let root = Directory {
+        directories: nodes,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    leaves.push(root.clone());
+    for chunk in leaves.chunks(1000) {
+        cas.batch_update_blobs(BatchUpdateBlobsRequest {
+            requests: chunk.iter().map(|b| upload_request(b)).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let req = GetTreeRequest {
+        root_digest: Some(digest(&root).to_proto()),
+        page_size: 10,
+        ..Default::default()
+    };
+
+    // Read to the end: nothing parked.
+    let mut all = Vec::new();
+    let mut stream = cas.get_tree(req.clone()).await.unwrap().into_inner();
+    while let Some(page) = stream.message().await.unwrap() {
+        all.extend(page.directories);
+    }
+    assert_eq!(all.len(), 3001);
+    assert_eq!(gauge(&s, "kiln_get_tree_paused_walks").await, 0);
+
+    // One page, then the client goes away: the walk is parked.
+    let mut stream = cas.get_tree(req.clone()).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    drop(stream);
+    common::wait::poll_until(
+        "the dropped stream's walk parked",
+        std::time::Duration::from_secs(30),
+        || async { (gauge(&s, "kiln_get_tree_paused_walks").await == 1).then_some(()) },
+    )
+    .await;
+    assert!(gauge(&s, "kiln_get_tree_paused_bytes").await > 10 * 128);
+
+    // The client resumes from the last page it got: the rest, in order.
+    let mut rest = first.directories;
+    let mut stream = cas
+        .get_tree(GetTreeRequest {
+            page_token: first.next_page_token,
+            ..req
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(page) = stream.message().await.unwrap() {
+        rest.extend(page.directories);
+    }
+    assert_eq!(rest, all);
+    let continued = gauge(&s, "kiln_get_tree_resumes_continued").await;
+    let rewalked = gauge(&s, "kiln_get_tree_resumes_rewalked").await;
+    assert_eq!(continued + rewalked, 1, "one resumed call");
+}

@@ -12,6 +12,7 @@ mod common;
 
 use bytes::Bytes;
 use common::process::KilnServer;
+use common::wait::poll_until_ok;
 use common::{bytes, digest};
 use kiln::digest::Digest;
 use kiln::proto::bytestream::WriteRequest;
@@ -124,15 +125,15 @@ async fn acknowledged_uploads_survive_sigkill() {
         )));
     }
     // Kill once enough uploads were acknowledged (uploads are still in flight then).
-    let deadline = Instant::now() + Duration::from_mins(2);
-    while acked.lock().unwrap().len() < 60 {
-        assert!(
-            Instant::now() < deadline,
-            "uploads too slow: {} acknowledged",
-            acked.lock().unwrap().len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until_ok(Duration::from_mins(2), || async {
+        let n = acked.lock().unwrap().len();
+        if n >= 60 {
+            Ok(())
+        } else {
+            Err(format!("uploads too slow: {n} acknowledged"))
+        }
+    })
+    .await;
     server.kill();
     for t in tasks {
         t.await.unwrap();
@@ -281,16 +282,15 @@ async fn kill9_cycles() {
         rng ^= rng >> 7;
         rng ^= rng << 17;
         let kill_at = 5 + (rng % 36) as usize;
-        let deadline = Instant::now() + Duration::from_mins(2);
-        while acked.lock().unwrap().len() < kill_at {
-            if Instant::now() > deadline {
-                server.fail(&format!(
-                    "cycle {cycle}: uploads too slow: {} acknowledged",
-                    acked.lock().unwrap().len()
-                ));
+        poll_until_ok(Duration::from_mins(2), || async {
+            let n = acked.lock().unwrap().len();
+            if n >= kill_at {
+                Ok(())
+            } else {
+                Err(server.report(format!("cycle {cycle}: uploads too slow: {n} acknowledged")))
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        })
+        .await;
         server.kill();
         for t in tasks {
             t.await.unwrap();

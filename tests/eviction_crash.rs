@@ -11,6 +11,7 @@ mod common;
 
 use bytes::Bytes;
 use common::process::KilnServer;
+use common::wait::wait_until_ok;
 use common::{bytes, digest};
 use kiln::digest::Digest;
 use kiln::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
@@ -20,7 +21,7 @@ use kiln::proto::reapi::{
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tonic::transport::Channel;
 
 const CYCLES: usize = 4;
@@ -252,37 +253,34 @@ fn sigkill_during_copy_forward_loses_nothing_acknowledged() {
         // random moment of the next ~2 s of uploads (an eviction with copies every few
         // requests).
         let metrics = server.metrics.clone().expect("metrics listener");
-        let deadline = Instant::now() + Duration::from_mins(2);
-        loop {
+        let text = wait_until_ok(Duration::from_mins(2), || {
             let text = rt
                 .block_on(kiln::admin::http_get(&metrics, "/metrics"))
                 .unwrap();
             if metric(&text, "kiln_storage_copy_forwards") > 0 {
-                assert!(
-                    metric(&text, "kiln_storage_copy_forward_bytes") > 0,
-                    "{text}"
-                );
-                metric(&text, "kiln_storage_copy_forward_budget_cuts");
-                metric(&text, "kiln_storage_copy_forward_touch_age_segments");
-                let status = rt
-                    .block_on(kiln::admin::http_get(&metrics, "/status"))
-                    .unwrap();
-                for name in [
-                    "storage_copy_forward_bytes",
-                    "storage_copy_forward_budget_cuts",
-                ] {
-                    assert!(status.contains(name), "{name} not on /status:\n{status}");
-                }
-                break;
+                return Ok(text);
             }
             if let Some(m) = lost.lock().unwrap().clone() {
                 server.fail(&format!("cycle {cycle}: {m}"));
             }
-            assert!(
-                Instant::now() < deadline && !task.is_finished(),
-                "cycle {cycle}: no copy-forward within 120 s\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+            let why = format!("cycle {cycle}: no copy-forward within 120 s\n{text}");
+            assert!(!task.is_finished(), "{why}");
+            Err(why)
+        });
+        assert!(
+            metric(&text, "kiln_storage_copy_forward_bytes") > 0,
+            "{text}"
+        );
+        metric(&text, "kiln_storage_copy_forward_budget_cuts");
+        metric(&text, "kiln_storage_copy_forward_touch_age_segments");
+        let status = rt
+            .block_on(kiln::admin::http_get(&metrics, "/status"))
+            .unwrap();
+        for name in [
+            "storage_copy_forward_bytes",
+            "storage_copy_forward_budget_cuts",
+        ] {
+            assert!(status.contains(name), "{name} not on /status:\n{status}");
         }
         std::thread::sleep(Duration::from_millis(next() % 2000));
         server.kill();

@@ -4,10 +4,11 @@
 mod common;
 
 use common::process::KilnServer;
+use common::wait::{poll_until, poll_until_ok};
 use kiln::proto::reapi::GetCapabilitiesRequest;
 use kiln::proto::reapi::capabilities_client::CapabilitiesClient;
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// CPU time (user + system) of a process in clock ticks, from /proc/PID/stat.
 fn cpu_ticks(pid: u32) -> u64 {
@@ -78,14 +79,17 @@ async fn fd_exhaustion_backs_off_and_recovers() {
     }
     // Wait for the accept loop to hit EMFILE (it logs once), then measure its CPU.
     let metrics = server.metrics.clone().expect("metrics address");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !server.log_tail().contains("cannot accept connections") {
-        assert!(
-            Instant::now() < deadline,
-            "the server never hit its fd limit"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_until(
+        "the server hit its fd limit",
+        Duration::from_secs(30),
+        || async {
+            server
+                .log_tail()
+                .contains("cannot accept connections")
+                .then_some(())
+        },
+    )
+    .await;
     let t0 = cpu_ticks(pid);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let used = cpu_ticks(pid) - t0;
@@ -95,13 +99,12 @@ async fn fd_exhaustion_backs_off_and_recovers() {
         "accept loop used {used} ticks of CPU in 2 s at EMFILE"
     );
     drop(flood);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !capabilities_ok(&server.endpoint()).await {
-        assert!(
-            Instant::now() < deadline,
-            "clients locked out after the flood ended"
-        );
-    }
+    poll_until(
+        "clients served after the flood ended",
+        Duration::from_secs(30),
+        || async { capabilities_ok(&server.endpoint()).await.then_some(()) },
+    )
+    .await;
     let m = kiln::admin::http_get(&metrics, "/metrics").await.unwrap();
     assert!(metric(&m, "kiln_accept_fd_exhausted") > 0, "{m}");
     let log = std::fs::read_to_string(server.log_path()).unwrap();
@@ -125,27 +128,23 @@ async fn connections_are_capped_and_served_again_when_freed() {
         40,
         "the kernel backlog takes connections past the cap"
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let m = poll_until_ok(Duration::from_secs(30), || async {
         let m = kiln::admin::http_get(&metrics, "/metrics").await.unwrap();
         let open = metric(&m, "kiln_connections_open");
         assert!(open <= 16, "{open} connections open past the cap of 16");
         if open == 16 {
-            assert_eq!(metric(&m, "kiln_connections_limit"), 16);
-            break;
+            Ok(m)
+        } else {
+            Err(format!("connections never reached the cap: {m}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "connections never reached the cap: {m}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
+    assert_eq!(metric(&m, "kiln_connections_limit"), 16);
     drop(flood);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !capabilities_ok(&server.endpoint()).await {
-        assert!(
-            Instant::now() < deadline,
-            "not served after the flood closed"
-        );
-    }
+    poll_until(
+        "served after the flood closed",
+        Duration::from_secs(30),
+        || async { capabilities_ok(&server.endpoint()).await.then_some(()) },
+    )
+    .await;
 }

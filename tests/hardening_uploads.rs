@@ -5,7 +5,7 @@
 mod common;
 
 use common::process::KilnServer;
-use common::wait::poll_until;
+use common::wait::{poll_until, poll_until_ok};
 use common::{TestServer, bytes, digest, read_name, upload_name};
 use kiln::digest::Digest;
 use kiln::proto::bytestream::byte_stream_client::ByteStreamClient;
@@ -14,7 +14,7 @@ use kiln::proto::reapi::content_addressable_storage_client::ContentAddressableSt
 use kiln::proto::reapi::{
     BatchUpdateBlobsRequest, FindMissingBlobsRequest, batch_update_blobs_request, compressor,
 };
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -362,19 +362,15 @@ async fn open_uploads_and_buffers_are_bounded_and_swept() {
     // Time that must pass on the server's clock (idle > 1 s), not a wait for state.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (tx, call) = open_write(&bs, &name(10), 0, vec![1; 10]).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    poll_until_ok(Duration::from_secs(30), || async {
         let m = server.http_get("/metrics").await;
         if metric(&m, "kiln_uploads_swept") == 1 && metric(&m, "kiln_uploads_open") == 4 {
-            break;
+            return Ok(());
         }
         assert!(!call.is_finished(), "the new upload was refused: {m}");
-        assert!(
-            Instant::now() < deadline,
-            "no parked upload was given up: {m}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        Err(format!("no parked upload was given up: {m}"))
+    })
+    .await;
     drop(tx);
     let _ = call.await.unwrap();
     // The timer sweeps the rest once idle past the timeout, with no new upload arriving.
@@ -507,17 +503,16 @@ async fn a_resume_from_a_status_read_before_the_stream_ended_succeeds() {
     let bs = server.bytestream().await;
     let sent = 3 * part + part / 2;
     let (tx, call) = open_write(&bs, &name, 0, data[..sent].to_vec()).await;
-    let mut q = server.bytestream().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let at = loop {
-        let c = committed(&mut q, &name).await;
+    let q = server.bytestream().await;
+    let at = poll_until_ok(Duration::from_secs(30), || async {
+        let c = committed(&mut q.clone(), &name).await;
         if c == 3 * part as i64 {
-            break c;
+            return Ok(c);
         }
         assert!(c < sent as i64 && c % part as i64 == 0, "reported {c}");
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+        Err(format!("committed size {c}, waiting for {}", 3 * part))
+    })
+    .await;
     // Resume while the old stream still holds the upload; it goes away afterwards.
     let (r_tx, r_call) = open_write(&bs, &name, at, data[at as usize..].to_vec()).await;
     // An ordering nudge, not a wait for state: what is asserted below holds in either

@@ -16,7 +16,7 @@ use kiln::proto::reapi::{ActionResult, GetActionResultRequest, UpdateActionResul
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -174,18 +174,16 @@ fn chromium(url: &str, png: &Path) -> String {
         .stderr(Stdio::null())
         .spawn()
         .expect("cannot start chromium");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "chromium failed: {status}");
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("chromium did not finish within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let mut status = None;
+    if !wait::holds_within(Duration::from_secs(30), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    }) {
+        let _ = child.kill();
+        panic!("chromium did not finish within 30 s");
     }
+    let status = status.expect("set when the wait held");
+    assert!(status.success(), "chromium failed: {status}");
     std::fs::read_to_string(&out_path).unwrap()
 }
 
@@ -301,36 +299,32 @@ async fn status_page_in_a_browser_matches_metrics() {
 
     // kiln_storage_blobs is recounted from the index at most every 10 s: wait for the count
     // that includes the uploads.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while parse_metrics(&get("/metrics").await)["kiln_storage_blobs"] < 20.0 {
-        assert!(
-            Instant::now() < deadline,
-            "kiln_storage_blobs stays below 20"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait::poll_until(
+        "kiln_storage_blobs reaches 20",
+        Duration::from_secs(30),
+        || async {
+            (parse_metrics(&get("/metrics").await)["kiln_storage_blobs"] >= 20.0).then_some(())
+        },
+    )
+    .await;
     // Wait for several samples after the traffic, so every plot has points from it.
     let samples = |json: &str| -> usize {
         let v: serde_json::Value = serde_json::from_str(json).unwrap();
         v["samples"].as_u64().unwrap() as usize
     };
     let after_traffic = samples(&get("/status.json").await);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while samples(&get("/status.json").await) < after_traffic + 5 {
-        assert!(
-            Instant::now() < deadline,
-            "the ring did not grow: {}",
-            server.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    server
+        .process()
+        .poll_until("the ring grew", Duration::from_secs(20), || async {
+            samples(&get("/status.json").await) >= after_traffic + 5
+        })
+        .await;
 
     // The browser's view against /metrics. kiln_storage_blobs is recounted at most every 10 s,
     // so the two reads are repeated (with a deadline) until they agree.
     let png = auth_dir.path().join("status.png");
     let url = format!("http://{addr}/");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (dom, metrics) = loop {
+    let (dom, metrics) = wait::poll_until_ok(Duration::from_secs(30), || async {
         let (url2, png2) = (url.clone(), png.clone());
         let dom = tokio::task::spawn_blocking(move || chromium(&url2, &png2))
             .await
@@ -340,13 +334,12 @@ async fn status_page_in_a_browser_matches_metrics() {
         let (checked, bad) = mismatches(&parsed, &metrics);
         if bad.is_empty() {
             assert!(checked >= 40, "only {checked} figures carry a metric hook");
-            break (parsed, metrics);
+            Ok((parsed, metrics))
+        } else {
+            Err(format!("page figures differ from /metrics: {bad:#?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "page figures differ from /metrics: {bad:#?}"
-        );
-    };
+    })
+    .await;
     let hooks: Vec<&str> = dom
         .iter()
         .filter_map(|t| t.attrs.get("data-metric").map(String::as_str))

@@ -6,7 +6,7 @@ mod exec_support;
 #[path = "common/pki.rs"]
 mod pki;
 
-use exec_support::{Client, KilnServer, Server, sh};
+use exec_support::{Client, KilnServer, Server, sh, wait};
 use kiln::proto::reapi::capabilities_client::CapabilitiesClient;
 use kiln::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use kiln::proto::reapi::{
@@ -17,7 +17,7 @@ use pki::Ca;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -158,6 +158,20 @@ async fn metrics(server: &Server) -> String {
     kiln::admin::http_get(&addr, "/metrics").await.unwrap()
 }
 
+/// The metrics text once `name` has counted to `at_least` (failing after [`DEADLINE`] with
+/// the last text seen).
+async fn counted(server: &Server, name: &str, at_least: u64) -> String {
+    wait::poll_until_ok(DEADLINE, || async {
+        let m = metrics(server).await;
+        if metric(&m, name) >= at_least {
+            Ok(m)
+        } else {
+            Err(format!("{name} >= {at_least}:\n{m}"))
+        }
+    })
+    .await
+}
+
 /// The value of a metric line `name value` (0 when absent).
 fn metric(text: &str, name: &str) -> u64 {
     text.lines()
@@ -222,21 +236,10 @@ async fn tonic_round_trip_over_tls_and_plain_clients_fail_cleanly() {
         .await
         .unwrap();
 
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let m = metrics(&server).await;
-        if metric(&m, "kiln_tls_handshake_failures_protocol") >= 2 {
-            assert!(metric(&m, "kiln_tls_handshakes") >= 2, "{m}");
-            assert!(metric(&m, "kiln_tls_connections_open") >= 1, "{m}");
-            drop(ch);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "handshake failures not counted:\n{m}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let m = counted(&server, "kiln_tls_handshake_failures_protocol", 2).await;
+    assert!(metric(&m, "kiln_tls_handshakes") >= 2, "{m}");
+    assert!(metric(&m, "kiln_tls_connections_open") >= 1, "{m}");
+    drop(ch);
 }
 
 /// The tokens file of the mTLS tests: `ci.example` may write, `laptop.example` only read.
@@ -316,26 +319,15 @@ async fn mtls_certificate_names_the_principal() {
     };
     assert!(rogue.is_err(), "a certificate of another CA was served");
 
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let m = metrics(&server).await;
-        if metric(&m, "kiln_tls_handshake_failures_client_cert") >= 2 {
-            assert!(
-                m.contains("kiln_auth_requests_total{principal=\"tls:ci.example\"}"),
-                "{m}"
-            );
-            assert!(
-                m.contains("kiln_auth_denied_total{principal=\"tls:laptop.example\"} 1"),
-                "{m}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "client-cert failures not counted:\n{m}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let m = counted(&server, "kiln_tls_handshake_failures_client_cert", 2).await;
+    assert!(
+        m.contains("kiln_auth_requests_total{principal=\"tls:ci.example\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("kiln_auth_denied_total{principal=\"tls:laptop.example\"} 1"),
+        "{m}"
+    );
 }
 
 fn repo() -> &'static Path {
@@ -379,13 +371,12 @@ fn python(server: &KilnServer, stubs: &Path, args: &[&str]) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn python3");
-    let deadline = Instant::now() + Duration::from_mins(4);
-    while child.try_wait().expect("wait for python3").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            server.fail(&format!("grpc_clients.py {args:?} did not finish"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let finished = wait::holds_within(Duration::from_mins(4), || {
+        child.try_wait().expect("wait for python3").is_some()
+    });
+    if !finished {
+        let _ = child.kill();
+        server.fail(&format!("grpc_clients.py {args:?} did not finish"));
     }
     let out = child.wait_with_output().unwrap();
     let text = format!(
@@ -474,14 +465,10 @@ async fn sighup_reloads_the_certificate_and_a_bad_file_keeps_the_old_one() {
     // A broken certificate file: kept, logged, counted.
     std::fs::write(&pki.cert_file, "not a certificate").unwrap();
     hup(server.process());
-    let deadline = Instant::now() + DEADLINE;
-    while !std::fs::read_to_string(server.process().log_path())
-        .unwrap()
-        .contains("TLS certificates not reloaded")
-    {
-        assert!(Instant::now() < deadline, "{}", server.process().log_tail());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let process = server.process();
+    process.wait_until("bad certificate logged", DEADLINE, || {
+        process.logged("TLS certificates not reloaded")
+    });
     assert_eq!(
         metric(&metrics(&server).await, "kiln_tls_reload_failures"),
         1
@@ -496,16 +483,14 @@ async fn sighup_reloads_the_certificate_and_a_bad_file_keeps_the_old_one() {
     std::fs::write(&pki.key_file, key).unwrap();
     std::fs::write(&pki.cert_file, cert).unwrap();
     hup(server.process());
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Ok(ch) = tls_channel(port, &new_ca_file, None).await
-            && round_trip(ch, b"new certificate").await.is_ok()
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{}", server.process().log_tail());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    process
+        .poll_until("new certificate served", DEADLINE, || async {
+            match tls_channel(port, &new_ca_file, None).await {
+                Ok(ch) => round_trip(ch, b"new certificate").await.is_ok(),
+                Err(_) => false,
+            }
+        })
+        .await;
     let stale = match tls_channel(port, &pki.ca_file, None).await {
         Ok(ch) => round_trip(ch, b"x").await.map_err(|e| e.to_string()),
         Err(e) => Err(e),
@@ -614,15 +599,7 @@ async fn a_stalled_handshake_does_not_block_other_clients() {
             .expect("a good client is served while others stall");
         round_trip(ch, b"not blocked").await.unwrap();
         if check_timeout {
-            let deadline = Instant::now() + DEADLINE;
-            loop {
-                let m = metrics(&server).await;
-                if metric(&m, "kiln_tls_handshake_failures_timeout") >= 3 {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "timeouts not counted:\n{m}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            counted(&server, "kiln_tls_handshake_failures_timeout", 3).await;
         }
         drop(stalled);
     }

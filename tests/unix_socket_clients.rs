@@ -9,6 +9,7 @@
 mod common;
 
 use common::process::KilnServer;
+use common::wait::holds_within;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -56,19 +57,14 @@ fn run_script(server: &KilnServer, stubs: &Path, args: &[&str]) -> (bool, String
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn python3");
-    let deadline = std::time::Instant::now() + SCRIPT_TIMEOUT;
-    loop {
-        if child.try_wait().expect("wait for python3").is_some() {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            server.fail(&format!(
-                "grpc_clients.py {args:?} did not finish in {SCRIPT_TIMEOUT:?}"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if !holds_within(SCRIPT_TIMEOUT, || {
+        child.try_wait().expect("wait for python3").is_some()
+    }) {
+        let _ = child.kill();
+        let _ = child.wait();
+        server.fail(&format!(
+            "grpc_clients.py {args:?} did not finish in {SCRIPT_TIMEOUT:?}"
+        ));
     }
     let out = child.wait_with_output().expect("python3 output");
     let text = format!(

@@ -11,15 +11,12 @@
 mod common;
 mod upstream_support;
 
-use kiln::proto::reapi::action_cache_client::ActionCacheClient;
-use kiln::proto::reapi::{
-    ActionResult, BatchReadBlobsRequest, GetActionResultRequest, OutputFile,
-    UpdateActionResultRequest,
-};
+use common::wait::{Lazy, wait_until_ok};
+use kiln::proto::reapi::{ActionResult, OutputFile};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tonic::transport::Channel;
 use upstream_support::*;
 
@@ -109,19 +106,22 @@ impl BuildGrid {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let mut bg = Self { child, addr, log };
-        let deadline = Instant::now() + Duration::from_mins(2);
-        while std::net::TcpStream::connect(&bg.addr).is_err() {
-            if let Ok(Some(status)) = bg.child.try_wait() {
-                panic!("bgd exited ({status}) before listening:\n{}", bg.log_text());
+        let (addr, log) = (bg.addr.clone(), bg.log.clone());
+        let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+        wait_until_ok(Duration::from_mins(2), || {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "bgd not listening on {} after 2 minutes:\n{}",
-                bg.addr,
-                bg.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            if let Ok(Some(status)) = bg.child.try_wait() {
+                panic!("bgd exited ({status}) before listening:\n{}", log_text());
+            }
+            Err(Lazy(|| {
+                format!(
+                    "bgd not listening on {addr} after 2 minutes:\n{}",
+                    log_text()
+                )
+            }))
+        });
         bg
     }
 
@@ -151,51 +151,13 @@ async fn buildgrid_as_the_upstream_for_the_cache_paths() {
     let dir = tempfile::tempdir().unwrap();
     let bg = BuildGrid::start(dir.path());
     let ch = bg.channel().await;
-    let mut bg_cas =
-        kiln::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient::new(
-            ch.clone(),
-        );
-    let mut bg_bs = kiln::proto::bytestream::byte_stream_client::ByteStreamClient::new(ch.clone());
-    let mut bg_ac = ActionCacheClient::new(ch);
 
     // Only BuildGrid has these: two small blobs, a large one, an action result.
     let small = b"from buildgrid".to_vec();
     let stdout = b"buildgrid stdout".to_vec();
     let large = bytes(3, 5 << 20);
-    bg_cas
-        .batch_update_blobs(kiln::proto::reapi::BatchUpdateBlobsRequest {
-            requests: [&small, &stdout]
-                .iter()
-                .map(
-                    |b| kiln::proto::reapi::batch_update_blobs_request::Request {
-                        digest: Some(digest(b).to_proto()),
-                        data: (*b).clone().into(),
-                        compressor: 0,
-                    },
-                )
-                .collect(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let d = digest(&large);
-    let name = format!(
-        "uploads/{}/blobs/{}/{}",
-        uuid::Uuid::new_v4(),
-        d.hash_hex(),
-        d.size
-    );
-    let reqs: Vec<_> = large
-        .chunks(1 << 20)
-        .enumerate()
-        .map(|(i, c)| kiln::proto::bytestream::WriteRequest {
-            resource_name: if i == 0 { name.clone() } else { String::new() },
-            write_offset: (i << 20) as i64,
-            finish_write: (i + 1) << 20 >= large.len(),
-            data: c.to_vec().into(),
-        })
-        .collect();
-    bg_bs.write(futures::stream::iter(reqs)).await.unwrap();
+    put_batch(&ch, &[&small, &stdout]).await;
+    put_stream(&ch, &large).await;
     let action = digest(b"a buildgrid action");
     let result = ActionResult {
         output_files: vec![OutputFile {
@@ -206,14 +168,7 @@ async fn buildgrid_as_the_upstream_for_the_cache_paths() {
         stdout_digest: Some(digest(&stdout).to_proto()),
         ..Default::default()
     };
-    bg_ac
-        .update_action_result(UpdateActionResultRequest {
-            action_digest: Some(action.to_proto()),
-            action_result: Some(result.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    update_result(&ch, &action, &result).await.unwrap();
 
     let local = start_local(
         dir.path(),
@@ -228,27 +183,12 @@ async fn buildgrid_as_the_upstream_for_the_cache_paths() {
         find_missing(&local, &[digest(&small), digest(&large), absent]).await,
         vec![absent]
     );
-    let resp = cas(&local)
-        .await
-        .batch_read_blobs(BatchReadBlobsRequest {
-            digests: vec![digest(&small).to_proto()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(resp.responses[0].data.as_ref(), &small[..]);
+    let got = batch_read(&local, &[digest(&small)]).await;
+    assert_eq!(got[0].data.as_ref(), &small[..]);
     assert_eq!(read(&local, &digest(&large), 0, 0).await.unwrap(), large);
-    let got = ac(&local)
+    let got = get_result(&local, &action, true)
         .await
-        .get_action_result(GetActionResultRequest {
-            action_digest: Some(action.to_proto()),
-            inline_stdout: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}\nbgd log:\n{}", bg.log_text()))
-        .into_inner();
+        .unwrap_or_else(|e| panic!("{e:?}\nbgd log:\n{}", bg.log_text()));
     assert_eq!(got.stdout_raw.as_ref(), &stdout[..]);
     assert_eq!(got.output_files, result.output_files);
     assert!(
@@ -265,36 +205,18 @@ async fn buildgrid_as_the_upstream_for_the_cache_paths() {
     put_batch(&local, &[&fresh]).await;
     let big = bytes(4, 5 << 20);
     put_stream(&local, &big).await;
-    let missing = bg_cas
-        .find_missing_blobs(kiln::proto::reapi::FindMissingBlobsRequest {
-            blob_digests: vec![digest(&fresh).to_proto(), digest(&big).to_proto()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .missing_blob_digests;
+    let missing = find_missing(&ch, &[digest(&fresh), digest(&big)]).await;
     assert!(missing.is_empty(), "not in BuildGrid: {missing:?}");
     let new_action = digest(b"a kiln action");
-    ac(&local)
-        .await
-        .update_action_result(UpdateActionResultRequest {
-            action_digest: Some(new_action.to_proto()),
-            action_result: Some(ActionResult {
-                stdout_digest: Some(digest(&fresh).to_proto()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+    let new_result = ActionResult {
+        stdout_digest: Some(digest(&fresh).to_proto()),
+        ..Default::default()
+    };
+    update_result(&local, &new_action, &new_result)
         .await
         .unwrap();
-    let there = bg_ac
-        .get_action_result(GetActionResultRequest {
-            action_digest: Some(new_action.to_proto()),
-            ..Default::default()
-        })
+    let there = get_result(&ch, &new_action, false)
         .await
-        .unwrap_or_else(|e| panic!("{e:?}\nbgd log:\n{}", bg.log_text()))
-        .into_inner();
+        .unwrap_or_else(|e| panic!("{e:?}\nbgd log:\n{}", bg.log_text()));
     assert_eq!(there.stdout_digest, Some(digest(&fresh).to_proto()));
 }

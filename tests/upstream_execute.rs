@@ -5,9 +5,29 @@
 
 mod exec_support;
 
-use exec_support::{EXEC_CONFIG, Server, sh};
+use exec_support::{Client, EXEC_CONFIG, Server, sh};
+use kiln::digest::Digest;
 use kiln::proto::reapi::action_cache_client::ActionCacheClient;
 use kiln::proto::reapi::{Directory, FileNode, GetActionResultRequest, WaitExecutionRequest};
+
+/// Puts through `c` an action that upper-cases its one input file `in.txt` into `out.txt` (then
+/// runs `and_then`), with its input and input root: (input, input root, action).
+async fn upper_case(c: &Client, input: &[u8], and_then: &str) -> (Digest, Digest, Digest) {
+    let input_digest = c.put(input).await;
+    let root = Directory {
+        files: vec![FileNode {
+            name: "in.txt".into(),
+            digest: Some(input_digest.to_proto()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let root_digest = c.put_msg(&root).await;
+    let mut spec = sh(&format!("tr a-z A-Z < in.txt > out.txt{and_then}"));
+    spec.output_files = vec!["out.txt".into()];
+    spec.input_root = Some(root_digest);
+    (input_digest, root_digest, c.action(&spec).await)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn execute_forwarding_runs_actions_on_the_upstreams_workers() {
@@ -19,21 +39,12 @@ async fn execute_forwarding_runs_actions_on_the_upstreams_workers() {
     ));
     let c = local.client().await;
     // The input exists only on the local tier until the Execute pushes it upstream.
-    let input = b"input only the local tier has\n";
-    let input_digest = c.put(input).await;
-    let root = Directory {
-        files: vec![FileNode {
-            name: "in.txt".into(),
-            digest: Some(input_digest.to_proto()),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    let root_digest = c.put_msg(&root).await;
-    let mut spec = sh("tr a-z A-Z < in.txt > out.txt && echo ran-upstream");
-    spec.output_files = vec!["out.txt".into()];
-    spec.input_root = Some(root_digest);
-    let action = c.action(&spec).await;
+    let (_, _, action) = upper_case(
+        &c,
+        b"input only the local tier has\n",
+        " && echo ran-upstream",
+    )
+    .await;
     let (ops, resp) = c.execute(&action).await.unwrap_or_else(|e| {
         panic!(
             "{e:?}\nlocal log:\n{}\nupstream log:\n{}",
@@ -91,21 +102,8 @@ async fn local_execution_fetches_inputs_only_the_upstream_has() {
     ));
     let _worker = local.worker(1, &[]);
     let u = upstream.client().await;
-    let input = b"input only the upstream has\n";
-    let input_digest = u.put(input).await;
-    let root = Directory {
-        files: vec![FileNode {
-            name: "in.txt".into(),
-            digest: Some(input_digest.to_proto()),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    let root_digest = u.put_msg(&root).await;
-    let mut spec = sh("tr a-z A-Z < in.txt > out.txt");
-    spec.output_files = vec!["out.txt".into()];
-    spec.input_root = Some(root_digest);
-    let action = u.action(&spec).await;
+    let (input_digest, root_digest, action) =
+        upper_case(&u, b"input only the upstream has\n", "").await;
 
     let c = local.client().await;
     let missing = c

@@ -10,12 +10,9 @@
 mod common;
 mod upstream_support;
 
-use common::process::KilnServer;
-use kiln::digest::Digest;
 use kiln::proto::reapi::{
-    ActionResult, BatchReadBlobsRequest, Directory, DirectoryNode, FileNode,
-    GetActionResultRequest, GetTreeRequest, OutputDirectory, OutputFile, Tree,
-    UpdateActionResultRequest,
+    ActionResult, Directory, DirectoryNode, FileNode, GetTreeRequest, OutputDirectory, OutputFile,
+    Tree,
 };
 use prost::Message;
 use std::time::{Duration, Instant};
@@ -82,15 +79,7 @@ async fn cold_local_tier_reads_through_and_survives_the_upstream_dying() {
         stdout_digest: Some(digest(&b).to_proto()),
         ..Default::default()
     };
-    ac(&up)
-        .await
-        .update_action_result(UpdateActionResultRequest {
-            action_digest: Some(action.to_proto()),
-            action_result: Some(result.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    update_result(&up, &action, &result).await.unwrap();
 
     // FindMissingBlobs: only what neither tier has.
     let absent = digest(b"nowhere");
@@ -100,25 +89,10 @@ async fn cold_local_tier_reads_through_and_survives_the_upstream_dying() {
     );
 
     // BatchReadBlobs: fetched, verified, served; a blob neither has is NOT_FOUND.
-    let resp = cas(&local)
-        .await
-        .batch_read_blobs(BatchReadBlobsRequest {
-            digests: vec![
-                digest(&a).to_proto(),
-                digest(&b).to_proto(),
-                absent.to_proto(),
-            ],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(resp.responses[0].data.as_ref(), &a[..]);
-    assert_eq!(resp.responses[1].data.as_ref(), &b[..]);
-    assert_eq!(
-        resp.responses[2].status.as_ref().unwrap().code,
-        Code::NotFound as i32
-    );
+    let got = batch_read(&local, &[digest(&a), digest(&b), absent]).await;
+    assert_eq!(got[0].data.as_ref(), &a[..]);
+    assert_eq!(got[1].data.as_ref(), &b[..]);
+    assert_eq!(got[2].status.as_ref().unwrap().code, Code::NotFound as i32);
 
     // ByteStream: a range of a large blob, streamed through.
     let got = read(&local, &digest(&large), 1000, 3 << 20).await.unwrap();
@@ -141,16 +115,7 @@ async fn cold_local_tier_reads_through_and_survives_the_upstream_dying() {
     assert_eq!(dirs, vec![root.clone(), child.clone()]);
 
     // GetActionResult: a hit kept locally, stdout inlined.
-    let got = ac(&local)
-        .await
-        .get_action_result(GetActionResultRequest {
-            action_digest: Some(action.to_proto()),
-            inline_stdout: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let got = get_result(&local, &action, true).await.unwrap();
     assert_eq!(got.stdout_raw.as_ref(), &b[..]);
     assert_eq!(got.output_files[0].digest, Some(digest(&a).to_proto()));
 
@@ -159,16 +124,15 @@ async fn cold_local_tier_reads_through_and_survives_the_upstream_dying() {
     put_stream(&up, &big2).await;
     let before = metric(&local, UPSTREAM_HIT).await;
     let d2 = digest(&big2);
-    let local_url = local.endpoint();
-    let readers: Vec<_> = (0..8)
-        .map(|_| {
-            let url = local_url.clone();
-            tokio::spawn(async move { read_url(&url, &d2).await })
-        })
-        .collect();
+    // Eight connections, then eight reads at once.
+    let mut readers = Vec::new();
+    for _ in 0..8 {
+        let ch = channel(&local).await;
+        readers.push(tokio::spawn(async move { read(&ch, &d2, 0, 0).await }));
+    }
     for r in readers {
         assert!(
-            r.await.unwrap() == big2,
+            r.await.unwrap().unwrap() == big2,
             "a concurrent read got other bytes"
         );
     }
@@ -180,15 +144,10 @@ async fn cold_local_tier_reads_through_and_survives_the_upstream_dying() {
     up.kill();
     let start = Instant::now();
     assert_eq!(read(&local, &digest(&large), 0, 0).await.unwrap(), large);
-    let got = ac(&local)
-        .await
-        .get_action_result(GetActionResultRequest {
-            action_digest: Some(action.to_proto()),
-            ..Default::default()
-        })
+    let got = get_result(&local, &action, false)
         .await
         .expect("a complete local hit needs no upstream");
-    assert_eq!(got.into_inner().exit_code, 0);
+    assert_eq!(got.exit_code, 0);
     assert!(
         start.elapsed() < Duration::from_secs(3),
         "local hits waited on the upstream"
@@ -214,35 +173,14 @@ async fn cold_local_tier_reads_through_and_survives_the_upstream_dying() {
     // through again.
     let up = start_plain(dir.path(), "upstream");
     put_batch(&up, &[b"only a miss"]).await;
-    wait_for("the breaker to close", Duration::from_secs(30), || async {
-        read(&local, &gone, 0, 0).await.is_ok()
-    })
-    .await;
+    local
+        .poll_until("the breaker to close", Duration::from_secs(30), || async {
+            read(&local, &gone, 0, 0).await.is_ok()
+        })
+        .await;
     assert_eq!(metric(&local, "kiln_upstream_breaker_state").await, 0.0);
     drop(up);
 }
-
-async fn read_url(url: &str, d: &Digest) -> Vec<u8> {
-    use kiln::proto::bytestream::ReadRequest;
-    use kiln::proto::bytestream::byte_stream_client::ByteStreamClient;
-    let mut bs = ByteStreamClient::connect(url.to_string()).await.unwrap();
-    let mut s = bs
-        .read(ReadRequest {
-            resource_name: format!("blobs/{}/{}", d.hash_hex(), d.size),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(m) = s.message().await.unwrap() {
-        out.extend_from_slice(&m.data);
-    }
-    out
-}
-
-#[allow(dead_code)]
-fn unused(_: KilnServer) {}
 
 /// An upstream that accepts connections and never answers: misses fail with UNAVAILABLE
 /// naming it after the configured timeout, hits are served as if it were not there.
@@ -275,18 +213,10 @@ async fn a_silent_upstream_times_out_and_hits_do_not_wait() {
         "a miss waited {:?} on a silent upstream with timeout_ms = 500",
         start.elapsed()
     );
-    let resp = cas(&local)
-        .await
-        .batch_read_blobs(BatchReadBlobsRequest {
-            digests: vec![digest(&here).to_proto(), digest(b"a miss").to_proto()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(resp.responses[0].data.as_ref(), &here[..]);
+    let got = batch_read(&local, &[digest(&here), digest(b"a miss")]).await;
+    assert_eq!(got[0].data.as_ref(), &here[..]);
     assert_eq!(
-        resp.responses[1].status.as_ref().unwrap().code,
+        got[1].status.as_ref().unwrap().code,
         Code::Unavailable as i32
     );
 }

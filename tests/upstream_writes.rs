@@ -10,8 +10,7 @@ mod upstream_support;
 
 use kiln::digest::Digest;
 use kiln::proto::reapi::{
-    ActionResult, BatchUpdateBlobsRequest, GetActionResultRequest, OutputFile,
-    UpdateActionResultRequest, batch_update_blobs_request,
+    ActionResult, BatchUpdateBlobsRequest, OutputFile, batch_update_blobs_request,
 };
 use std::time::Duration;
 use tonic::Code;
@@ -32,27 +31,8 @@ fn result_for(outputs: &[&[u8]]) -> ActionResult {
     }
 }
 
-async fn update_ac(s: &common::process::KilnServer, action: &Digest, result: &ActionResult) {
-    ac(s)
-        .await
-        .update_action_result(UpdateActionResultRequest {
-            action_digest: Some(action.to_proto()),
-            action_result: Some(result.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-}
-
-async fn has_result(s: &common::process::KilnServer, action: &Digest) -> bool {
-    ac(s)
-        .await
-        .get_action_result(GetActionResultRequest {
-            action_digest: Some(action.to_proto()),
-            ..Default::default()
-        })
-        .await
-        .is_ok()
+async fn has_result(s: &impl Remote, action: &Digest) -> bool {
+    get_result(s, action, false).await.is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -72,7 +52,7 @@ async fn async_writes_survive_kill_9_and_arrive_when_the_upstream_is_back() {
     put_stream(&local, &large).await;
     let action = digest(b"the action");
     let result = result_for(&[&small1, &small2, &large]);
-    update_ac(&local, &action, &result).await;
+    update_result(&local, &action, &result).await.unwrap();
     // All four writes were acknowledged with the upstream down, and are queued on disk.
     assert_eq!(metric(&local, "kiln_upstream_queue_entries").await, 4.0);
     assert!(metric(&local, "kiln_upstream_queue_bytes").await >= (5 << 20) as f64);
@@ -86,17 +66,19 @@ async fn async_writes_survive_kill_9_and_arrive_when_the_upstream_is_back() {
     );
     let up = start_plain(dir.path(), "upstream");
     let all = [digest(&small1), digest(&small2), digest(&large)];
-    wait_for(
-        "queued writes to reach the upstream",
-        Duration::from_mins(1),
-        || async { find_missing(&up, &all).await.is_empty() && has_result(&up, &action).await },
-    )
-    .await;
+    local
+        .poll_until(
+            "queued writes to reach the upstream",
+            Duration::from_mins(1),
+            || async { find_missing(&up, &all).await.is_empty() && has_result(&up, &action).await },
+        )
+        .await;
     assert_eq!(read(&up, &digest(&large), 0, 0).await.unwrap(), large);
-    wait_for("the queue to empty", Duration::from_secs(30), || async {
-        metric(&local, "kiln_upstream_queue_entries").await == 0.0
-    })
-    .await;
+    local
+        .poll_until("the queue to empty", Duration::from_secs(30), || async {
+            metric(&local, "kiln_upstream_queue_entries").await == 0.0
+        })
+        .await;
     assert!(metric(&local, "kiln_upstream_forwarded_bytes_total").await >= (5 << 20) as f64);
 }
 
@@ -134,7 +116,9 @@ async fn sync_writes_are_upstream_when_acknowledged() {
         "the blob the upstream had was not sent again"
     );
     let action = digest(b"sync action");
-    update_ac(&local, &action, &result_for(&[&fresh])).await;
+    update_result(&local, &action, &result_for(&[&fresh]))
+        .await
+        .unwrap();
     assert!(has_result(&up, &action).await);
 
     // The upstream down: a sync write is stored locally but fails with UNAVAILABLE.
@@ -159,13 +143,7 @@ async fn sync_writes_are_upstream_when_acknowledged() {
         find_missing(&local, &[digest(&late)]).await.is_empty(),
         "kept locally"
     );
-    let err = ac(&local)
-        .await
-        .update_action_result(UpdateActionResultRequest {
-            action_digest: Some(digest(b"late action").to_proto()),
-            action_result: Some(result_for(&[&late])),
-            ..Default::default()
-        })
+    let err = update_result(&local, &digest(b"late action"), &result_for(&[&late]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");

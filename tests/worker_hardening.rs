@@ -207,16 +207,12 @@ async fn setsid_children_die(worker_args: &[&str]) {
         } else {
             tonic::Code::Ok
         };
-        let left = {
-            let start = std::time::Instant::now();
-            loop {
-                let left = processes_with(&marker);
-                if left.is_empty() || start.elapsed() > std::time::Duration::from_secs(10) {
-                    break left;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-        };
+        // Not a failing wait: what is left after 10 s is asserted on below, after cleanup.
+        let mut left = Vec::new();
+        wait::holds_within(std::time::Duration::from_secs(10), || {
+            left = processes_with(&marker);
+            left.is_empty()
+        });
         kill_marked(&marker);
         assert_eq!(code, want, "{case}: {msg}");
         assert!(

@@ -2,7 +2,7 @@
 
 use super::status::{rpc_ok, rpc_status, upstream_rpc_status};
 use super::{CacheServices, validate_instance};
-use crate::cas::{CasError, TreePager, compression};
+use crate::cas::{Cas, CasError, PausedTrees, TreePage, TreePager, compression};
 use crate::digest::{Digest, DigestFunction};
 use crate::proto::reapi::content_addressable_storage_server::ContentAddressableStorage;
 use crate::proto::reapi::{
@@ -14,7 +14,39 @@ use crate::proto::reapi::{
 use bytes::Bytes;
 use futures::Stream;
 use std::pin::Pin;
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
+
+/// A GetTree stream's walk, parked in [`PausedTrees`] when the stream is dropped (finished
+/// walks and failed ones are not kept).
+struct ParkOnDrop {
+    trees: Arc<PausedTrees>,
+    instance: String,
+    pager: Option<TreePager>,
+}
+
+impl ParkOnDrop {
+    fn next_page(&mut self, cas: &Cas, page_size: usize) -> Result<TreePage, CasError> {
+        // No pager only after a failed page, which ends the stream: nothing more to send.
+        let Some(pager) = self.pager.as_mut() else {
+            return Ok(TreePage::default());
+        };
+        let page = pager.next_page(cas, page_size);
+        if page.is_err() {
+            // A walk that failed part-way is not a position to resume from.
+            self.pager = None;
+        }
+        page
+    }
+}
+
+impl Drop for ParkOnDrop {
+    fn drop(&mut self) {
+        if let Some(pager) = self.pager.take() {
+            self.trees.pause(&self.instance, pager);
+        }
+    }
+}
 
 /// Directories per GetTree page when the client does not choose.
 const DEFAULT_TREE_PAGE: usize = 1000;
@@ -271,10 +303,17 @@ impl ContentAddressableStorage for CasService {
             up.ensure_tree(&req.instance_name, &root).await?;
         }
         // The first page is computed here so that a bad root or token fails the call itself.
-        // The pager keeps its walk, so each later page continues where the last stopped.
+        // The pager keeps its walk, so each later page continues where the last stopped; a
+        // stream that ends before the walk does parks it for a call resuming with its token.
         let cas = self.state.cas.clone();
-        let mut pager = TreePager::new(&cas, &root, &req.page_token)?;
+        let trees = self.state.trees.clone();
+        let mut pager = trees.resume(&cas, &req.instance_name, &root, &req.page_token)?;
         let first = pager.next_page(&cas, page_size)?;
+        let mut parking = ParkOnDrop {
+            trees,
+            instance: req.instance_name,
+            pager: Some(pager),
+        };
         let stream = async_stream::try_stream! {
             let mut page = first;
             loop {
@@ -283,7 +322,7 @@ impl ContentAddressableStorage for CasService {
                 if token.is_empty() {
                     break;
                 }
-                page = pager.next_page(&cas, page_size)?;
+                page = parking.next_page(&cas, page_size)?;
             }
         };
         Ok(Response::new(Box::pin(stream)))

@@ -79,6 +79,8 @@ pub struct CacheServices {
     uploads: Arc<uploads::UploadRegistry>,
     /// The upstream tier, when `[upstream]` is configured: local misses read through it.
     upstream: Option<crate::upstream::Upstream>,
+    /// GetTree walks of streams that ended early, for a call resuming with their token.
+    trees: Arc<crate::cas::PausedTrees>,
 }
 
 impl CacheServices {
@@ -95,6 +97,7 @@ impl CacheServices {
             limits,
             uploads,
             upstream: None,
+            trees: Arc::default(),
         }
     }
 
@@ -114,6 +117,12 @@ impl CacheServices {
     pub fn upload_gauges(&self) -> impl Fn() -> Vec<(&'static str, &'static str, i64)> + use<> {
         let uploads = self.uploads.clone();
         move || uploads.gauges()
+    }
+
+    /// Gauges of the paused GetTree walks (kept, held, resumes continued or walked again).
+    pub fn tree_gauges(&self) -> impl Fn() -> Vec<(&'static str, &'static str, i64)> + use<> {
+        let trees = self.trees.clone();
+        move || trees.gauges()
     }
 
     /// Adds Capabilities, CAS, ByteStream and ActionCache to a route table.

@@ -15,6 +15,7 @@ mod error;
 pub mod local;
 pub mod scrub;
 mod tree;
+mod tree_pagers;
 mod upload;
 pub mod walk;
 
@@ -23,6 +24,7 @@ pub use crate::storage::Blob;
 pub use action_cache::{ActionCache, InlineRequest, UpdateHook};
 pub use error::CasError;
 pub use tree::{TreePage, TreePager, get_tree_page};
+pub use tree_pagers::PausedTrees;
 pub use upload::Upload;
 
 use crate::digest::Digest;

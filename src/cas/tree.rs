@@ -3,9 +3,11 @@
 //! The walk is [`TreeWalk`]; a [`TreePager`] keeps one between pages, so the pages of one
 //! GetTree stream continue where the last stopped. A page token names the position for a
 //! client that resumes in a new call: `INDEX.TAG`, the count of directories already returned
-//! and the first 8 bytes (hex) of the next one's hash. Resuming walks to `INDEX` again (a new
-//! call has no walk to continue) and refuses the token unless the directory found there has
-//! that hash, so a forged or stale token is INVALID_ARGUMENT, never a silently wrong page.
+//! and the first 8 bytes (hex) of the next one's hash. A call that stops early leaves its walk
+//! in [`PausedTrees`] (`tree_pagers.rs`), and a new call with that token continues it; one
+//! that finds none walks to `INDEX` again and refuses the token unless the directory found
+//! there has that hash, so a forged or stale token is INVALID_ARGUMENT, never a silently
+//! wrong page.
 
 use super::walk::TreeWalk;
 use super::{Cas, CasError};
@@ -83,10 +85,27 @@ impl TreePager {
             self.returned += 1;
             self.next = self.load_next(cas)?;
         }
-        if let Some((d, _)) = &self.next {
-            page.next_page_token = format!("{}.{}", self.returned, hex::encode(token_tag(d)));
-        }
+        page.next_page_token = self.token().unwrap_or_default();
         Ok(page)
+    }
+
+    /// The page token naming this position; `None` once the walk is done.
+    pub fn token(&self) -> Option<String> {
+        let (d, _) = self.next.as_ref()?;
+        Some(format!("{}.{}", self.returned, hex::encode(token_tag(d))))
+    }
+
+    /// The root this walk started from.
+    pub fn root(&self) -> &Digest {
+        self.walk.root()
+    }
+
+    /// About how many bytes of memory the walk keeps: its digests (seen and queued) and the
+    /// next directory, loaded already.
+    pub fn held_bytes(&self) -> usize {
+        // A digest in the seen set and (at most once) in the queue, with the tables' slack.
+        const PER_DIGEST: usize = 128;
+        self.walk.seen() * PER_DIGEST + self.next.as_ref().map_or(0, |(_, d)| d.encoded_len())
     }
 
     /// Loads the next directory present in the CAS and queues its children.
@@ -142,7 +161,7 @@ pub fn get_tree_page(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::digest::DigestFunction;
     use crate::proto::reapi::DirectoryNode;
@@ -210,9 +229,9 @@ mod tests {
     }
 
     /// A store that counts reads, to see that pages continue instead of walking again.
-    struct Counting {
-        inner: MemoryStore,
-        gets: std::sync::atomic::AtomicUsize,
+    pub(in crate::cas) struct Counting {
+        pub(in crate::cas) inner: MemoryStore,
+        pub(in crate::cas) gets: std::sync::atomic::AtomicUsize,
     }
 
     #[async_trait::async_trait]
@@ -244,7 +263,7 @@ mod tests {
 
     /// A tree 40 levels deep, each level with 5 distinct directories that all point at the
     /// next level's 5 (so every directory is reached many times), plus a missing one.
-    async fn deep_wide_tree(cas: &Cas) -> (Digest, usize) {
+    pub(in crate::cas) async fn deep_wide_tree(cas: &Cas) -> (Digest, usize) {
         let missing = DigestFunction::Sha256.digest_of(b"absent");
         let mut below: Vec<Digest> = Vec::new();
         let mut count = 0;

@@ -1,6 +1,7 @@
 //! Test harness: a real kiln server on port 0 with a temp data dir, and clients for it.
 #![allow(dead_code)]
 
+pub mod data;
 pub mod pki;
 pub mod process;
 pub mod wait;

@@ -167,11 +167,72 @@ impl KilnServer {
         tail(&fs::read_to_string(&self.log).unwrap_or_default(), 60)
     }
 
+    /// Whether the server's stderr has a line containing `text` so far.
+    pub fn logged(&self, text: &str) -> bool {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .contains(text)
+    }
+
+    /// Waits until `cond` holds; once `timeout` has passed without it, fails naming `what`
+    /// with the log tail (read only then), which is what a reader of the failure needs.
+    pub fn wait_until(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        super::wait::wait_until_ok(timeout, || {
+            if cond() {
+                Ok(())
+            } else {
+                Err(self.report(what))
+            }
+        });
+    }
+
+    /// As [`Self::wait_until`], for a condition that must await.
+    pub async fn poll_until<F>(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> F)
+    where
+        F: std::future::Future<Output = bool>,
+    {
+        super::wait::poll_until_ok(timeout, || {
+            let next = cond();
+            async move {
+                if next.await {
+                    Ok(())
+                } else {
+                    Err(self.report(what))
+                }
+            }
+        })
+        .await;
+    }
+
+    /// `msg` with the log tail as [`Self::fail`] shows it, the tail read only when shown:
+    /// the `Err` of a wait's check (`common/wait.rs`).
+    pub fn report<M: std::fmt::Display>(&self, msg: M) -> Report<'_, M> {
+        Report { server: self, msg }
+    }
+
     pub fn fail(&self, msg: &str) -> ! {
         panic!(
             "{msg}\n---- kiln stderr (last lines, full log at {}) ----\n{}",
             self.log.display(),
             self.log_tail()
+        )
+    }
+}
+
+/// A failure message with the server's log tail, read only when shown.
+pub struct Report<'a, M> {
+    server: &'a KilnServer,
+    msg: M,
+}
+
+impl<M: std::fmt::Display> std::fmt::Display for Report<'_, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}\n---- kiln stderr (last lines, full log at {}) ----\n{}",
+            self.msg,
+            self.server.log.display(),
+            self.server.log_tail()
         )
     }
 }

@@ -11,6 +11,11 @@ use kiln::storage::{EngineConfig, Key};
 use std::path::Path;
 use std::sync::Arc;
 
+// A test that also has `mod common` loads the file twice; it is only a function.
+#[allow(clippy::duplicate_mod)]
+#[path = "data.rs"]
+mod gen_data;
+
 /// Both write engines; every engine test runs on each.
 pub const BACKENDS: [IoBackend; 2] = [IoBackend::Psync, IoBackend::IoUring];
 
@@ -64,18 +69,9 @@ pub fn cas_key(n: u64) -> Key {
     key(Key::SPACE_CAS, n)
 }
 
-/// `len` deterministic bytes for `seed` (xorshift: no two seeds share a prefix).
+/// `len` deterministic bytes for `seed` (`common/data.rs`).
 pub fn data(seed: u64, len: usize) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
+    gen_data::pseudo_random(seed, len).into()
 }
 
 /// A one-thread runtime for driving the async `Store` calls from a plain test.

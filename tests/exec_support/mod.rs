@@ -15,7 +15,7 @@ use prost::Message;
 #[path = "../common/process.rs"]
 mod process;
 #[path = "../common/wait.rs"]
-mod wait;
+pub mod wait;
 
 pub use process::{KilnServer, KilnWorker};
 use std::path::Path;

@@ -9,9 +9,12 @@ use kiln::proto::bytestream::{ReadRequest, WriteRequest};
 use kiln::proto::reapi::action_cache_client::ActionCacheClient;
 use kiln::proto::reapi::batch_update_blobs_request;
 use kiln::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
-use kiln::proto::reapi::{BatchUpdateBlobsRequest, FindMissingBlobsRequest};
+use kiln::proto::reapi::{
+    ActionResult, BatchReadBlobsRequest, BatchUpdateBlobsRequest, FindMissingBlobsRequest,
+    GetActionResultRequest, UpdateActionResultRequest, batch_read_blobs_response,
+};
+use std::future::Future;
 use std::path::Path;
-use std::time::{Duration, Instant};
 use tonic::Status;
 use tonic::transport::Channel;
 
@@ -51,25 +54,57 @@ pub fn start_plain(dir: &Path, name: &str) -> KilnServer {
     )
 }
 
-pub async fn channel(s: &KilnServer) -> Channel {
-    Channel::from_shared(s.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+/// What the client helpers below talk to: a kiln process, or a channel to any other REAPI
+/// server (BuildGrid), so one set of helpers serves both.
+pub trait Remote {
+    /// A channel to the server.
+    fn channel(&self) -> impl Future<Output = Channel> + Send;
+    /// How a failure names the server.
+    fn name(&self) -> String;
 }
 
-pub async fn cas(s: &KilnServer) -> ContentAddressableStorageClient<Channel> {
+impl Remote for KilnServer {
+    fn channel(&self) -> impl Future<Output = Channel> + Send {
+        let endpoint = self.endpoint();
+        async move {
+            Channel::from_shared(endpoint)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap()
+        }
+    }
+
+    fn name(&self) -> String {
+        self.url()
+    }
+}
+
+impl Remote for Channel {
+    fn channel(&self) -> impl Future<Output = Channel> + Send {
+        std::future::ready(self.clone())
+    }
+
+    fn name(&self) -> String {
+        "the server on this channel".into()
+    }
+}
+
+pub async fn channel(s: &impl Remote) -> Channel {
+    s.channel().await
+}
+
+pub async fn cas(s: &impl Remote) -> ContentAddressableStorageClient<Channel> {
     ContentAddressableStorageClient::new(channel(s).await)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20)
 }
 
-pub async fn bytestream(s: &KilnServer) -> ByteStreamClient<Channel> {
+pub async fn bytestream(s: &impl Remote) -> ByteStreamClient<Channel> {
     ByteStreamClient::new(channel(s).await).max_decoding_message_size(64 << 20)
 }
 
-pub async fn ac(s: &KilnServer) -> ActionCacheClient<Channel> {
+pub async fn ac(s: &impl Remote) -> ActionCacheClient<Channel> {
     ActionCacheClient::new(channel(s).await)
 }
 
@@ -77,21 +112,13 @@ pub fn digest(data: &[u8]) -> Digest {
     DigestFunction::Sha256.digest_of(data)
 }
 
-/// Deterministic pseudo-random bytes (incompressible enough for the tests).
+/// Deterministic pseudo-random bytes (`common/data.rs`).
 pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    crate::common::data::pseudo_random(seed, len)
 }
 
 /// Stores small blobs with one BatchUpdateBlobs, asserting every item is OK.
-pub async fn put_batch(s: &KilnServer, blobs: &[&[u8]]) {
+pub async fn put_batch(s: &impl Remote, blobs: &[&[u8]]) {
     let req = BatchUpdateBlobsRequest {
         requests: blobs
             .iter()
@@ -110,12 +137,12 @@ pub async fn put_batch(s: &KilnServer, blobs: &[&[u8]]) {
         .unwrap()
         .into_inner();
     for r in resp.responses {
-        assert_eq!(r.status.unwrap().code, 0, "upload to {}", s.url());
+        assert_eq!(r.status.unwrap().code, 0, "upload to {}", s.name());
     }
 }
 
 /// Stores one blob with a ByteStream Write.
-pub async fn put_stream(s: &KilnServer, data: &[u8]) {
+pub async fn put_stream(s: &impl Remote, data: &[u8]) {
     let d = digest(data);
     let name = format!(
         "uploads/{}/blobs/{}/{}",
@@ -148,7 +175,7 @@ pub async fn put_stream(s: &KilnServer, data: &[u8]) {
 }
 
 /// Reads `[offset, offset+limit)` of a blob with ByteStream (limit 0: to the end).
-pub async fn read(s: &KilnServer, d: &Digest, offset: i64, limit: i64) -> Result<Vec<u8>, Status> {
+pub async fn read(s: &impl Remote, d: &Digest, offset: i64, limit: i64) -> Result<Vec<u8>, Status> {
     let mut stream = bytestream(s)
         .await
         .read(ReadRequest {
@@ -165,8 +192,59 @@ pub async fn read(s: &KilnServer, d: &Digest, offset: i64, limit: i64) -> Result
     Ok(out)
 }
 
+/// BatchReadBlobs of `digests` on `s`: one response each, in order.
+pub async fn batch_read(
+    s: &impl Remote,
+    digests: &[Digest],
+) -> Vec<batch_read_blobs_response::Response> {
+    cas(s)
+        .await
+        .batch_read_blobs(BatchReadBlobsRequest {
+            digests: digests.iter().map(Digest::to_proto).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .responses
+}
+
+/// UpdateActionResult: stores `result` for `action` in `s`'s action cache.
+pub async fn update_result(
+    s: &impl Remote,
+    action: &Digest,
+    result: &ActionResult,
+) -> Result<(), Status> {
+    ac(s)
+        .await
+        .update_action_result(UpdateActionResultRequest {
+            action_digest: Some(action.to_proto()),
+            action_result: Some(result.clone()),
+            ..Default::default()
+        })
+        .await
+        .map(drop)
+}
+
+/// GetActionResult of `action` on `s` (stdout inlined when asked).
+pub async fn get_result(
+    s: &impl Remote,
+    action: &Digest,
+    inline_stdout: bool,
+) -> Result<ActionResult, Status> {
+    ac(s)
+        .await
+        .get_action_result(GetActionResultRequest {
+            action_digest: Some(action.to_proto()),
+            inline_stdout,
+            ..Default::default()
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 /// FindMissingBlobs on `s`.
-pub async fn find_missing(s: &KilnServer, digests: &[Digest]) -> Vec<Digest> {
+pub async fn find_missing(s: &impl Remote, digests: &[Digest]) -> Vec<Digest> {
     let resp = cas(s)
         .await
         .find_missing_blobs(FindMissingBlobsRequest {
@@ -193,17 +271,4 @@ pub async fn metric(s: &KilnServer, key: &str) -> f64 {
         .find(|(k, _)| *k == key)
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0.0)
-}
-
-/// Polls `check` until it returns true or `timeout` passes (then panics with `what`).
-pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
