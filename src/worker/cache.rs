@@ -215,26 +215,13 @@ impl FileCache {
                 fetch.push(*d);
             }
         }
-        if let Some(store) = self.store.clone() {
-            let tmps: Vec<(Digest, PathBuf)> =
-                fetch.iter().map(|d| (*d, self.tmp_path())).collect();
-            let copied = tokio::task::spawn_blocking(move || {
-                tmps.into_iter()
-                    .filter(|(d, tmp)| store.copy_to_file(d, tmp))
-                    .collect::<Vec<_>>()
+        let copied = self
+            .take_from_store(&mut fetch, |store, d, tmp| {
+                store.copy_to_file(d, tmp).then(|| tmp.to_path_buf())
             })
-            .await
-            .map_err(|e| WorkerError::Invalid {
-                what: "store copy task",
-                reason: e.to_string(),
-            })?;
-            let done: HashSet<Digest> = copied.iter().map(|(d, _)| *d).collect();
-            fetch.retain(|d| !done.contains(d));
-            self.from_store
-                .fetch_add(done.len() as u64, Ordering::Relaxed);
-            for (d, tmp) in copied {
-                self.install_variants(&tmp, &d, &need[&d], &mut pin)?;
-            }
+            .await?;
+        for (d, tmp) in copied {
+            self.install_variants(&tmp, &d, &need[&d], &mut pin)?;
         }
         self.over_grpc
             .fetch_add(fetch.len() as u64, Ordering::Relaxed);
@@ -393,19 +380,21 @@ impl FileCache {
         Ok(())
     }
 
-    /// Reads what it can of `fetch` from the co-located store (Directory protos of at most
-    /// `LOCAL_DIR_MAX` bytes, verified), removing those from `fetch`; the rest goes over gRPC.
-    async fn read_local(
+    /// Takes what it can of `want` from the co-located store with `get` (on a blocking thread;
+    /// `get` is handed a fresh temporary path it may fill), removes those from `want` and
+    /// counts them; the rest goes over gRPC. Nothing when not co-located.
+    async fn take_from_store<T: Send + 'static>(
         &self,
-        fetch: &mut Vec<Digest>,
-    ) -> Result<Vec<(Digest, bytes::Bytes)>, WorkerError> {
+        want: &mut Vec<Digest>,
+        get: impl Fn(&LocalReader, &Digest, &Path) -> Option<T> + Send + 'static,
+    ) -> Result<Vec<(Digest, T)>, WorkerError> {
         let Some(store) = self.store.clone() else {
             return Ok(Vec::new());
         };
-        let want = fetch.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            want.into_iter()
-                .filter_map(|d| store.read(&d, LOCAL_DIR_MAX).map(|b| (d, b)))
+        let asks: Vec<(Digest, PathBuf)> = want.iter().map(|d| (*d, self.tmp_path())).collect();
+        let got = tokio::task::spawn_blocking(move || {
+            asks.into_iter()
+                .filter_map(|(d, tmp)| get(&store, &d, &tmp).map(|t| (d, t)))
                 .collect::<Vec<_>>()
         })
         .await
@@ -413,11 +402,11 @@ impl FileCache {
             what: "store read task",
             reason: e.to_string(),
         })?;
-        let done: HashSet<Digest> = read.iter().map(|(d, _)| *d).collect();
-        fetch.retain(|d| !done.contains(d));
+        let done: HashSet<Digest> = got.iter().map(|(d, _)| *d).collect();
+        want.retain(|d| !done.contains(d));
         self.from_store
             .fetch_add(done.len() as u64, Ordering::Relaxed);
-        Ok(read)
+        Ok(got)
     }
 
     /// The Directory protos of a whole tree, fetched level by level in batches; directories
@@ -458,7 +447,10 @@ impl FileCache {
                 }
             }
             fetch.sort_unstable_by_key(|d| d.hash);
-            let mut fetched = self.read_local(&mut fetch).await?;
+            // Directory protos of at most `LOCAL_DIR_MAX` bytes, verified, from the store.
+            let mut fetched = self
+                .take_from_store(&mut fetch, |store, d, _| store.read(d, LOCAL_DIR_MAX))
+                .await?;
             fetched.extend(client.batch_read(&fetch).await?);
             let mut dirs = self.dirs.lock().expect("dir cache lock");
             if dirs.len() > MAX_DIRS {
