@@ -404,8 +404,8 @@ pub enum UpstreamExecute {
     Local,
     /// Forwarded to the upstream's Execution service.
     Upstream,
-    /// On a local bot when one matches and is idle, otherwise forwarded. Not implemented
-    /// yet: refused by `validate`.
+    /// On a local bot when one offering the action's platform is idle (or from the local
+    /// action cache), otherwise forwarded to the upstream.
     #[serde(rename = "local-first")]
     LocalFirst,
 }
@@ -457,7 +457,10 @@ pub struct UpstreamConfig {
     pub write: UpstreamWrite,
     /// `local` (default: this box's bots) or `upstream` (Execute and WaitExecution forwarded,
     /// the inputs pushed upstream first, results kept locally; the Operations service is then
-    /// not served). `local-first` is not implemented yet.
+    /// not served), or `local-first` (a local bot when one offering the action's platform is
+    /// idle, otherwise forwarded; WaitExecution of a forwarded operation is relayed, the
+    /// Operations service answers for local ones only; with `[execution]` disabled every
+    /// Execute is forwarded). Metric: `kiln_upstream_executions{ran}`.
     pub execute: UpstreamExecute,
     /// Bytes of blobs the `async` forwarding queue may hold (in `<data_dir>/upstream-queue`).
     /// Default 1 GiB. When full, further writes are still stored locally but not forwarded
@@ -539,12 +542,6 @@ impl UpstreamConfig {
         }
         if self.batch_bytes < 64 << 10 || self.batch_bytes > 64 << 20 {
             return invalid("upstream.batch_bytes", "must be 64 KiB..=64 MiB");
-        }
-        if self.execute == UpstreamExecute::LocalFirst {
-            return invalid(
-                "upstream.execute",
-                "\"local-first\" is not implemented yet; use \"local\" or \"upstream\"",
-            );
         }
         if self.write == UpstreamWrite::Async && self.queue_max_bytes == 0 {
             return invalid(
@@ -870,13 +867,12 @@ mod tests {
             })
             .contains("upstream.timeout_ms")
         );
-        assert!(
-            err(UpstreamConfig {
-                execute: UpstreamExecute::LocalFirst,
-                ..ok.clone()
-            })
-            .contains("not implemented")
-        );
+        UpstreamConfig {
+            execute: UpstreamExecute::LocalFirst,
+            ..ok.clone()
+        }
+        .validate()
+        .unwrap();
         assert!(toml::from_str::<Config>("[upstream]\nwrite = \"maybe\"").is_err());
         assert!(Config::default().upstream.is_none());
     }

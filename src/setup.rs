@@ -733,6 +733,11 @@ pub fn upstream(
         s.queue_dropped.clone(),
     );
     metrics.register(
+        "upstream_executions",
+        "Executes with execute = \"local-first\", by where they ran (local, upstream)",
+        s.executions.clone(),
+    );
+    metrics.register(
         "upstream_request_duration_seconds",
         "Latency of upstream calls",
         s.latency.clone(),
@@ -794,9 +799,10 @@ impl Prepared {
         if let Some(up) = &up {
             ac = ac.with_update_hook(Arc::new(crate::upstream::ForwardHook(up.clone())));
         }
-        let forward_exec = up
-            .clone()
-            .filter(crate::upstream::Upstream::executes_upstream);
+        // `local-first` with no local execution has no local bot to prefer: all forwarded.
+        let forward_exec = up.clone().filter(|u| {
+            u.executes_upstream() || (u.executes_local_first() && !config.execution.enabled)
+        });
         limits.exec_enabled |= forward_exec.is_some();
         let mut services = CacheServices::new(cas.clone(), ac.clone(), limits);
         if let Some(up) = up {
