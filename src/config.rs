@@ -389,7 +389,9 @@ pub enum UpstreamWrite {
     /// Acknowledged once durable locally, forwarded by a durable background queue.
     #[default]
     Async,
-    /// Acknowledged only once the upstream has it too (an upstream failure fails the write).
+    /// Acknowledged only once the upstream has it too (an upstream failure fails a client's
+    /// write; the writes of local execution are then queued and succeed). What failed is
+    /// queued either way and arrives once the upstream is back.
     Sync,
     /// Never forwarded: the upstream is read-only for this box.
     None,

@@ -796,8 +796,14 @@ impl Prepared {
         // With an upstream, every action result stored through the api or the scheduler is
         // passed on (the tier itself stores what it fetches through the plain `ac`).
         let up = upstream(config, &cas, &ac, &metrics)?;
+        // The scheduler's results are forwarded by a hook that never fails them for the
+        // upstream's sake (`sync`: queued instead); see `Upstream::for_local_execution`.
+        let mut exec_ac = ac.clone();
         if let Some(up) = &up {
             ac = ac.with_update_hook(Arc::new(crate::upstream::ForwardHook(up.clone())));
+            exec_ac = exec_ac.with_update_hook(Arc::new(crate::upstream::ForwardHook(
+                up.for_local_execution(),
+            )));
         }
         // `local-first` with no local execution has no local bot to prefer: all forwarded.
         let forward_exec = up.clone().filter(|u| {
@@ -813,7 +819,7 @@ impl Prepared {
         services.add_to(&mut routes);
         let mut bots = None;
         if config.execution.enabled {
-            let scheduler = Scheduler::new(cas, ac, scheduler_config(config));
+            let scheduler = Scheduler::new(cas, exec_ac, scheduler_config(config));
             scheduler.spawn_reaper();
             export_exec_stats(&scheduler, &metrics);
             if forward_exec.is_none() {
@@ -825,7 +831,14 @@ impl Prepared {
                 );
             }
             let mut bot_routes = tonic::service::RoutesBuilder::default();
-            services.add_to(&mut bot_routes);
+            // The worker's uploads are writes of local execution too.
+            match services
+                .upstream()
+                .map(crate::upstream::Upstream::for_local_execution)
+            {
+                Some(up) => services.clone().with_upstream(up).add_to(&mut bot_routes),
+                None => services.add_to(&mut bot_routes),
+            }
             crate::bots::add_to(&scheduler, &mut bot_routes);
             let bot_routes = crate::api::auth::protect(bot_routes.routes(), &auth, true);
             let bot_routes = instrument(bot_routes, &metrics);
