@@ -457,9 +457,9 @@ pub struct UpstreamConfig {
     pub batch_bytes: u64,
     /// `async` (default), `sync` or `none`: see [`UpstreamWrite`].
     pub write: UpstreamWrite,
-    /// `local` (default: this box's bots) or `upstream` (Execute and WaitExecution forwarded,
-    /// the inputs pushed upstream first, results kept locally; the Operations service is then
-    /// not served), or `local-first` (a local bot when one offering the action's platform is
+    /// `local` (default: this box's bots), `upstream` (Execute and WaitExecution forwarded,
+    /// the inputs pushed upstream first, results kept locally; the Operations calls relayed
+    /// too), or `local-first` (a local bot when one offering the action's platform is
     /// idle, otherwise forwarded; WaitExecution of a forwarded operation is relayed, the
     /// Operations service answers for local ones only; with `[execution]` disabled every
     /// Execute is forwarded). Metric: `kiln_upstream_executions{ran}`.

@@ -21,6 +21,7 @@ pub mod flight;
 mod forward;
 mod inputs;
 pub mod journal;
+mod operations;
 mod passthrough;
 mod queue;
 mod stats;
