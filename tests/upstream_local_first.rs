@@ -3,6 +3,8 @@
 //! write only into its own server's temp dir, so `touch <dir>/marker` succeeds only on the
 //! worker of that server (and the action fails anywhere else).
 
+#![allow(clippy::float_cmp)]
+
 mod exec_support;
 
 use exec_support::{DEADLINE, EXEC_CONFIG, Server, poll, sh};
