@@ -314,3 +314,14 @@ async fn idle_bot_for_counts_idle_matching_bots_against_the_queue() {
     s.create_bot_session("", "bot-2", any.clone());
     assert!(s.idle_bot_for(&any));
 }
+
+/// A bot silent for longer than `bot_timeout` (gone, not yet reaped) is not an idle bot.
+#[tokio::test(start_paused = true)]
+async fn idle_bot_for_ignores_a_silent_bot() {
+    let (s, _) = scheduler(2);
+    let any = Properties::default();
+    s.create_bot_session("", "bot-1", any.clone());
+    assert!(s.idle_bot_for(&any));
+    tokio::time::advance(s.config().bot_timeout + Duration::from_secs(1)).await;
+    assert!(!s.idle_bot_for(&any), "silent past bot_timeout");
+}
