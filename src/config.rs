@@ -460,9 +460,10 @@ pub struct UpstreamConfig {
     /// `local` (default: this box's bots), `upstream` (Execute and WaitExecution forwarded,
     /// the inputs pushed upstream first, results kept locally; the Operations calls relayed
     /// too), or `local-first` (a local bot when one offering the action's platform is
-    /// idle, otherwise forwarded; WaitExecution of a forwarded operation is relayed, the
-    /// Operations service answers for local ones only; with `[execution]` disabled every
-    /// Execute is forwarded). Metric: `kiln_upstream_executions{ran}`.
+    /// idle, otherwise forwarded, or queued locally while the upstream is unavailable;
+    /// WaitExecution of a forwarded operation is relayed, the Operations service answers for
+    /// local ones only; with `[execution]` disabled every Execute is forwarded). Metric:
+    /// `kiln_upstream_executions_total{ran}`.
     pub execute: UpstreamExecute,
     /// Bytes of blobs the `async` forwarding queue may hold (in `<data_dir>/upstream-queue`).
     /// Default 1 GiB. When full, further writes are still stored locally but not forwarded

@@ -120,3 +120,50 @@ async fn local_first_runs_on_an_idle_local_bot_and_forwards_otherwise() {
     assert_eq!(resp.result.expect("a result").exit_code, 0);
     assert_eq!(metric(&local, LOCAL).await, 2.0);
 }
+
+/// `local-first` with the upstream unreachable: an action no idle local bot can start now waits
+/// in the local queue (and runs here once the bot is free) instead of failing UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn local_first_queues_locally_when_the_upstream_is_down() {
+    let gone = tempfile::tempdir().unwrap();
+    let local = Server::start_with(&format!(
+        "{EXEC_CONFIG}[upstream]\nendpoint = \"unix:{}\"\nexecute = \"local-first\"\n\
+         timeout_ms = 2000\n",
+        gone.path().join("no-upstream.sock").display()
+    ));
+    let _worker = local.worker(1, &[]);
+    wait_metric(&local, "kiln_exec_bots_connected", 1.0).await;
+    let ldir = local.dir.path();
+    let c = local.client().await;
+    let started = ldir.join("busy-started");
+    let release = ldir.join("busy-release");
+    let busy = c
+        .action(&sh(&format!(
+            "touch {}; while [ ! -e {} ]; do sleep 0.05; done",
+            started.display(),
+            release.display()
+        )))
+        .await;
+    let cc = c.clone();
+    let busy = tokio::spawn(async move { cc.execute(&busy).await });
+    poll("the long action to start on the local bot", || {
+        let started = started.clone();
+        async move { started.exists().then_some(()) }
+    })
+    .await;
+    let waiting = c.action(&sh(&touch(ldir, "ran-here"))).await;
+    let cc = c.clone();
+    let waiting = tokio::spawn(async move { cc.execute(&waiting).await });
+    wait_metric(&local, "kiln_exec_queued_actions", 1.0).await;
+    std::fs::write(&release, b"").unwrap();
+    for run in [busy, waiting] {
+        let (_, resp) = run
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e:?}\nlocal log:\n{}", local.log_tail()));
+        assert_eq!(resp.result.expect("a result").exit_code, 0);
+    }
+    assert!(ldir.join("ran-here").exists());
+    assert_eq!(metric(&local, LOCAL).await, 2.0);
+    assert_eq!(metric(&local, FORWARDED).await, 0.0);
+}

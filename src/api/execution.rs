@@ -1,7 +1,7 @@
 //! Execution: Execute and WaitExecution, streaming operation updates from the scheduler. With
 //! `[upstream] execute = "local-first"`, an Execute no idle local bot can start is forwarded
-//! (relayed like `execute = "upstream"`), and WaitExecution of a name this box does not know is
-//! asked upstream.
+//! (relayed like `execute = "upstream"`; queued locally when the upstream is unavailable), and
+//! WaitExecution of a name this box does not know is asked upstream.
 
 use super::operation::{OperationStream, follow, render};
 use super::validate_instance;
@@ -9,6 +9,7 @@ use crate::digest::{Digest, DigestFunction};
 use crate::exec::{ExecError, ExecuteParams, OpSnapshot, Scheduler, Stage};
 use crate::proto::reapi::execution_server::Execution;
 use crate::proto::reapi::{ExecuteRequest, WaitExecutionRequest};
+use crate::upstream::UpstreamError;
 use futures::StreamExt;
 use tonic::{Request, Response, Status};
 
@@ -45,11 +46,23 @@ impl Execution for ExecutionService {
         if let Some(up) = self.upstream.as_ref().filter(|u| u.executes_local_first())
             && !self.runs_here(up, &req, &action_digest).await?
         {
-            up.count_execution("upstream");
-            let ops = up.execute(req).await?;
-            return Ok(Response::new(Box::pin(
-                ops.map(|r| r.map_err(Status::from)),
-            )));
+            match up.execute(req.clone()).await {
+                Ok(ops) => {
+                    up.count_execution("upstream");
+                    return Ok(Response::new(Box::pin(
+                        ops.map(|r| r.map_err(Status::from)),
+                    )));
+                }
+                // The upstream down (or its breaker open): the action waits in the local
+                // queue instead of failing, as with `execute = "local"`.
+                Err(
+                    e @ (UpstreamError::Unavailable { .. } | UpstreamError::BreakerOpen { .. }),
+                ) => {
+                    tracing::warn!(error = %e, action = %action_digest, "local-first: upstream unavailable, queued locally");
+                    up.count_execution("local");
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         if let Some(up) = &self.upstream {
             up.prefetch_inputs(&req.instance_name, &action_digest)
