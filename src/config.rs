@@ -389,7 +389,9 @@ pub enum UpstreamWrite {
     /// Acknowledged once durable locally, forwarded by a durable background queue.
     #[default]
     Async,
-    /// Acknowledged only once the upstream has it too (an upstream failure fails the write).
+    /// Acknowledged only once the upstream has it too (an upstream failure fails a client's
+    /// write; the writes of local execution are then queued and succeed). What failed is
+    /// queued either way and arrives once the upstream is back.
     Sync,
     /// Never forwarded: the upstream is read-only for this box.
     None,
@@ -404,8 +406,8 @@ pub enum UpstreamExecute {
     Local,
     /// Forwarded to the upstream's Execution service.
     Upstream,
-    /// On a local bot when one matches and is idle, otherwise forwarded. Not implemented
-    /// yet: refused by `validate`.
+    /// On a local bot when one offering the action's platform is idle (or from the local
+    /// action cache), otherwise forwarded to the upstream.
     #[serde(rename = "local-first")]
     LocalFirst,
 }
@@ -455,9 +457,13 @@ pub struct UpstreamConfig {
     pub batch_bytes: u64,
     /// `async` (default), `sync` or `none`: see [`UpstreamWrite`].
     pub write: UpstreamWrite,
-    /// `local` (default: this box's bots) or `upstream` (Execute and WaitExecution forwarded,
-    /// the inputs pushed upstream first, results kept locally; the Operations service is then
-    /// not served). `local-first` is not implemented yet.
+    /// `local` (default: this box's bots), `upstream` (Execute and WaitExecution forwarded,
+    /// the inputs pushed upstream first, results kept locally; the Operations calls relayed
+    /// too), or `local-first` (a local bot when one offering the action's platform is
+    /// idle, otherwise forwarded, or queued locally while the upstream is unavailable;
+    /// WaitExecution of a forwarded operation is relayed, the Operations service answers for
+    /// local ones only; with `[execution]` disabled every Execute is forwarded). Metric:
+    /// `kiln_upstream_executions_total{ran}`.
     pub execute: UpstreamExecute,
     /// Bytes of blobs the `async` forwarding queue may hold (in `<data_dir>/upstream-queue`).
     /// Default 1 GiB. When full, further writes are still stored locally but not forwarded
@@ -539,12 +545,6 @@ impl UpstreamConfig {
         }
         if self.batch_bytes < 64 << 10 || self.batch_bytes > 64 << 20 {
             return invalid("upstream.batch_bytes", "must be 64 KiB..=64 MiB");
-        }
-        if self.execute == UpstreamExecute::LocalFirst {
-            return invalid(
-                "upstream.execute",
-                "\"local-first\" is not implemented yet; use \"local\" or \"upstream\"",
-            );
         }
         if self.write == UpstreamWrite::Async && self.queue_max_bytes == 0 {
             return invalid(
@@ -870,13 +870,12 @@ mod tests {
             })
             .contains("upstream.timeout_ms")
         );
-        assert!(
-            err(UpstreamConfig {
-                execute: UpstreamExecute::LocalFirst,
-                ..ok.clone()
-            })
-            .contains("not implemented")
-        );
+        UpstreamConfig {
+            execute: UpstreamExecute::LocalFirst,
+            ..ok.clone()
+        }
+        .validate()
+        .unwrap();
         assert!(toml::from_str::<Config>("[upstream]\nwrite = \"maybe\"").is_err());
         assert!(Config::default().upstream.is_none());
     }

@@ -733,6 +733,11 @@ pub fn upstream(
         s.queue_dropped.clone(),
     );
     metrics.register(
+        "upstream_executions",
+        "Executes with execute = \"local-first\", by where they ran (local, upstream)",
+        s.executions.clone(),
+    );
+    metrics.register(
         "upstream_request_duration_seconds",
         "Latency of upstream calls",
         s.latency.clone(),
@@ -791,12 +796,19 @@ impl Prepared {
         // With an upstream, every action result stored through the api or the scheduler is
         // passed on (the tier itself stores what it fetches through the plain `ac`).
         let up = upstream(config, &cas, &ac, &metrics)?;
+        // The scheduler's results are forwarded by a hook that never fails them for the
+        // upstream's sake (`sync`: queued instead); see `Upstream::for_local_execution`.
+        let mut exec_ac = ac.clone();
         if let Some(up) = &up {
             ac = ac.with_update_hook(Arc::new(crate::upstream::ForwardHook(up.clone())));
+            exec_ac = exec_ac.with_update_hook(Arc::new(crate::upstream::ForwardHook(
+                up.for_local_execution(),
+            )));
         }
-        let forward_exec = up
-            .clone()
-            .filter(crate::upstream::Upstream::executes_upstream);
+        // `local-first` with no local execution has no local bot to prefer: all forwarded.
+        let forward_exec = up.clone().filter(|u| {
+            u.executes_upstream() || (u.executes_local_first() && !config.execution.enabled)
+        });
         limits.exec_enabled |= forward_exec.is_some();
         let mut services = CacheServices::new(cas.clone(), ac.clone(), limits);
         if let Some(up) = up {
@@ -808,7 +820,7 @@ impl Prepared {
         services.add_to(&mut routes);
         let mut bots = None;
         if config.execution.enabled {
-            let scheduler = Scheduler::new(cas, ac, scheduler_config(config));
+            let scheduler = Scheduler::new(cas, exec_ac, scheduler_config(config));
             scheduler.spawn_reaper();
             export_exec_stats(&scheduler, &metrics);
             if forward_exec.is_none() {
@@ -820,7 +832,14 @@ impl Prepared {
                 );
             }
             let mut bot_routes = tonic::service::RoutesBuilder::default();
-            services.add_to(&mut bot_routes);
+            // The worker's uploads are writes of local execution too.
+            match services
+                .upstream()
+                .map(crate::upstream::Upstream::for_local_execution)
+            {
+                Some(up) => services.clone().with_upstream(up).add_to(&mut bot_routes),
+                None => services.add_to(&mut bot_routes),
+            }
             crate::bots::add_to(&scheduler, &mut bot_routes);
             let bot_routes = crate::api::auth::protect(bot_routes.routes(), &auth, true);
             let bot_routes = instrument(bot_routes, &metrics);

@@ -10,6 +10,7 @@ mod execution;
 mod execution_upstream;
 mod operation;
 mod operations;
+mod operations_upstream;
 pub mod resource_name;
 pub mod status;
 mod uploads;
@@ -190,8 +191,8 @@ pub fn add_exec_services_with(
     );
 }
 
-/// Adds an Execution service that forwards every Execute and WaitExecution to `upstream`
-/// (`[upstream] execute = "upstream"`), in place of the local one.
+/// Adds Execution and google.longrunning.Operations services that forward every call to
+/// `upstream` (`[upstream] execute = "upstream"`), in place of the local ones.
 pub fn add_forwarding_execution(
     upstream: &crate::upstream::Upstream,
     max_message_bytes: usize,
@@ -199,6 +200,13 @@ pub fn add_forwarding_execution(
 ) {
     routes.add_service(
         ExecutionServer::new(execution_upstream::ForwardingExecution::new(
+            upstream.clone(),
+        ))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes),
+    );
+    routes.add_service(
+        OperationsServer::new(operations_upstream::ForwardingOperations::new(
             upstream.clone(),
         ))
         .max_decoding_message_size(max_message_bytes)

@@ -13,6 +13,7 @@
 
 mod bots;
 mod error;
+mod local_first;
 mod operation;
 pub mod platform;
 mod prepare;

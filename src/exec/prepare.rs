@@ -158,8 +158,15 @@ pub fn prepare(
         seconds: timeout.as_secs() as i64,
         nanos: timeout.subsec_nanos() as i32,
     });
+    let platform = platform(&action, &command);
+    Ok(PreparedAction { action, platform })
+}
+
+/// What a bot must offer to run an action: the Action's platform, or the (deprecated)
+/// Command's when the Action has none.
+fn platform(action: &Action, command: &Command) -> Properties {
     let platform = action.platform.as_ref().or(command.platform.as_ref());
-    let platform = Properties(
+    Properties(
         platform
             .map(|p| {
                 p.properties
@@ -168,8 +175,36 @@ pub fn prepare(
                     .collect()
             })
             .unwrap_or_default(),
-    );
-    Ok(PreparedAction { action, platform })
+    )
+}
+
+/// The platform of a stored action, reading only its Action and Command (each bounded by
+/// `limits`), not its input tree: enough to choose where it runs.
+pub fn platform_of(
+    cas: &Cas,
+    digest: &Digest,
+    limits: ActionLimits,
+) -> Result<Properties, ExecError> {
+    let action: Action = load(
+        cas,
+        digest,
+        "Action",
+        limits.max_action_bytes,
+        "max_action_bytes",
+    )?;
+    let command_digest = digest_field(
+        digest.function,
+        action.command_digest.as_ref(),
+        "Action.command_digest",
+    )?;
+    let command: Command = load(
+        cas,
+        &command_digest,
+        "Command",
+        limits.max_command_bytes,
+        "max_command_bytes",
+    )?;
+    Ok(platform(&action, &command))
 }
 
 fn check_command(command: &Command) -> Result<(), ExecError> {

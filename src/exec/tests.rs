@@ -290,3 +290,38 @@ async fn a_heartbeat_overtaken_by_the_completion_is_ignored() {
     let snap = second.wait_done(Duration::from_secs(5)).await;
     assert!(snap.outcome.unwrap().error.is_none());
 }
+
+/// `local-first`'s question: an idle matching bot counts only while the queued actions it
+/// could take do not already claim it; a busy bot or one that does not match never counts.
+#[tokio::test]
+async fn idle_bot_for_counts_idle_matching_bots_against_the_queue() {
+    let (s, cas) = scheduler(2);
+    let any = Properties::default();
+    let gpu = Properties(vec![("gpu".into(), "1".into())]);
+    assert!(!s.idle_bot_for(&any), "no bot at all");
+    let bot = s.create_bot_session("", "bot-1", any.clone());
+    assert!(s.idle_bot_for(&any));
+    assert!(!s.idle_bot_for(&gpu), "the bot does not offer gpu=1");
+    let a = action(&cas, "a", false).await;
+    assert_eq!(s.platform_of(&a).await.unwrap(), any);
+    s.execute(params(a, 0)).await.unwrap();
+    assert!(
+        !s.idle_bot_for(&any),
+        "the queued action claims the idle bot"
+    );
+    assert!(take(&s, &bot).await.is_some());
+    assert!(!s.idle_bot_for(&any), "the bot is busy");
+    s.create_bot_session("", "bot-2", any.clone());
+    assert!(s.idle_bot_for(&any));
+}
+
+/// A bot silent for longer than `bot_timeout` (gone, not yet reaped) is not an idle bot.
+#[tokio::test(start_paused = true)]
+async fn idle_bot_for_ignores_a_silent_bot() {
+    let (s, _) = scheduler(2);
+    let any = Properties::default();
+    s.create_bot_session("", "bot-1", any.clone());
+    assert!(s.idle_bot_for(&any));
+    tokio::time::advance(s.config().bot_timeout + Duration::from_secs(1)).await;
+    assert!(!s.idle_bot_for(&any), "silent past bot_timeout");
+}

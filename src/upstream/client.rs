@@ -9,6 +9,7 @@ use super::error::UpstreamError;
 use super::stats::UpstreamStats;
 use crate::auth::{AuthChannel, Bearer};
 use crate::proto::bytestream::byte_stream_client::ByteStreamClient;
+use crate::proto::google::longrunning::operations_client::OperationsClient;
 use crate::proto::reapi::action_cache_client::ActionCacheClient;
 use crate::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use crate::proto::reapi::execution_client::ExecutionClient;
@@ -34,6 +35,8 @@ pub struct Client {
     pub ac: ActionCacheClient<AuthChannel>,
     /// Execution calls (`execute = "upstream"`).
     pub execution: ExecutionClient<AuthChannel>,
+    /// google.longrunning.Operations calls (`execute = "upstream"`).
+    pub operations: OperationsClient<AuthChannel>,
     /// Longest wait for one call, or one message of a stream.
     pub timeout: Duration,
     /// Stops calls to a dead upstream.
@@ -108,7 +111,10 @@ impl Client {
             ac: ActionCacheClient::with_interceptor(ch.clone(), bearer.clone())
                 .max_decoding_message_size(MAX_UPSTREAM_MESSAGE)
                 .max_encoding_message_size(MAX_UPSTREAM_MESSAGE),
-            execution: ExecutionClient::with_interceptor(ch, bearer)
+            execution: ExecutionClient::with_interceptor(ch.clone(), bearer.clone())
+                .max_decoding_message_size(MAX_UPSTREAM_MESSAGE)
+                .max_encoding_message_size(MAX_UPSTREAM_MESSAGE),
+            operations: OperationsClient::with_interceptor(ch, bearer)
                 .max_decoding_message_size(MAX_UPSTREAM_MESSAGE)
                 .max_encoding_message_size(MAX_UPSTREAM_MESSAGE),
             timeout: s.timeout,

@@ -28,6 +28,16 @@ impl Upstream {
         self.inner.settings.execute == crate::config::UpstreamExecute::Upstream
     }
 
+    /// Whether Execute runs on an idle matching local bot and is forwarded otherwise.
+    pub fn executes_local_first(&self) -> bool {
+        self.inner.settings.execute == crate::config::UpstreamExecute::LocalFirst
+    }
+
+    /// Counts where a `local-first` Execute went (`local` or `upstream`).
+    pub fn count_execution(&self, ran: &'static str) {
+        self.inner.client.stats.executed(ran);
+    }
+
     /// Forwards an Execute; the stream relays the upstream's operation updates.
     pub async fn execute(&self, req: ExecuteRequest) -> Result<OperationStream, UpstreamError> {
         let function =

@@ -65,6 +65,30 @@ impl Upstream {
         self.fetch_missing(instance, &missing).await
     }
 
+    /// Fetches only the Action and its Command where the local tier lacks them (enough to
+    /// read the action's platform; `execute = "local-first"` decides with it).
+    pub async fn prefetch_action(
+        &self,
+        instance: &str,
+        action: &Digest,
+    ) -> Result<(), UpstreamError> {
+        self.fetch_missing(instance, &[*action]).await?;
+        let Some(blob) = self.inner.cas.get(action)? else {
+            return Ok(());
+        };
+        let Ok(a) = Action::decode(blob.to_bytes()) else {
+            return Ok(());
+        };
+        if let Some(cmd) = a
+            .command_digest
+            .as_ref()
+            .and_then(|d| Digest::from_proto(action.function, d).ok())
+        {
+            self.fetch_missing(instance, &[cmd]).await?;
+        }
+        Ok(())
+    }
+
     /// [`Upstream::ensure`] for digests the caller believes missing; the first failure is
     /// the answer (a blob the upstream lacks too is not a failure here).
     async fn fetch_missing(&self, instance: &str, digests: &[Digest]) -> Result<(), UpstreamError> {

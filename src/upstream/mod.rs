@@ -21,6 +21,8 @@ pub mod flight;
 mod forward;
 mod inputs;
 pub mod journal;
+mod operations;
+mod passthrough;
 mod queue;
 mod stats;
 mod stream;
@@ -119,6 +121,10 @@ struct Inner {
 #[derive(Clone)]
 pub struct Upstream {
     inner: Arc<Inner>,
+    /// Writes of local execution (the worker's outputs, the scheduler's results): in `sync`
+    /// mode one the upstream does not take is queued and the write succeeds, so an upstream
+    /// outage never fails an action that ran here (see [`Upstream::for_local_execution`]).
+    local_execution: bool,
 }
 
 impl Upstream {
@@ -148,6 +154,7 @@ impl Upstream {
             _ => None,
         };
         Ok(Self {
+            local_execution: false,
             inner: Arc::new(Inner {
                 queue,
                 flights: Flights::new(settings.max_fetches),
@@ -157,6 +164,17 @@ impl Upstream {
                 ac,
             }),
         })
+    }
+
+    /// The same tier for the writes of local execution (the bots socket's services, the
+    /// scheduler's action cache): in `sync` mode a write the upstream does not take now is
+    /// queued durably and still succeeds, instead of failing the action that produced it.
+    #[must_use]
+    pub fn for_local_execution(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            local_execution: true,
+        }
     }
 
     /// The endpoint, as configured.

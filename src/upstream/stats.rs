@@ -16,6 +16,13 @@ pub struct UpstreamLabels {
     pub result: &'static str,
 }
 
+/// Label of `execute = "local-first"` decisions: where an Execute went.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExecutedLabels {
+    /// `local` (an idle local bot matched, or a local cache hit) or `upstream` (forwarded).
+    pub ran: &'static str,
+}
+
 /// Every upstream metric. Cheap to clone handles.
 #[derive(Clone)]
 pub struct UpstreamStats {
@@ -31,6 +38,8 @@ pub struct UpstreamStats {
     pub queue_dropped: Counter,
     /// Latency of each upstream call (`kiln_upstream_request_duration_seconds`).
     pub latency: Histogram,
+    /// `local-first` Executes by where they went (`kiln_upstream_executions`).
+    pub executions: Family<ExecutedLabels, Counter>,
 }
 
 impl Default for UpstreamStats {
@@ -42,7 +51,11 @@ impl Default for UpstreamStats {
             forwarded_bytes: Counter::default(),
             queue_dropped: Counter::default(),
             latency: Histogram::new(exponential_buckets(0.000_25, 2.0, 16)),
+            executions: Family::default(),
         };
+        for ran in ["local", "upstream"] {
+            drop(s.executions.get_or_create(&ExecutedLabels { ran }));
+        }
         // Every series exists from the start: a scraper sees 0, not a missing series.
         for kind in ["cas", "ac"] {
             for result in ["hit", "miss", "error"] {
@@ -62,6 +75,11 @@ impl UpstreamStats {
         self.reads
             .get_or_create(&UpstreamLabels { kind, result })
             .inc();
+    }
+
+    /// Counts one `local-first` decision.
+    pub fn executed(&self, ran: &'static str) {
+        self.executions.get_or_create(&ExecutedLabels { ran }).inc();
     }
 
     /// Counts `n` forward outcomes.

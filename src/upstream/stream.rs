@@ -18,7 +18,7 @@ use tonic::{Code, Streaming};
 
 /// Chunks buffered between the upstream and a slow client (each at most one upstream
 /// message): the fetch slows down with its reader instead of buffering the blob.
-const STREAM_BUFFER: usize = 4;
+pub(super) const STREAM_BUFFER: usize = 4;
 
 /// A blob's bytes as they arrive from the upstream. Ends with an error when the fetch fails or
 /// the bytes do not match the digest.
@@ -37,7 +37,8 @@ pub enum ReadThrough {
 impl Upstream {
     /// Serves a ByteStream read miss of `digest` (range `offset`, `limit`, in chunks of at
     /// most `chunk` bytes): from the upstream as it streams in when this call leads the
-    /// fetch, from the store once another caller's fetch of it finished.
+    /// fetch, from the store once another caller's fetch of it finished. A blob too large for
+    /// the local store is streamed through without being stored (`passthrough`).
     pub async fn read(
         &self,
         instance: &str,
@@ -46,6 +47,11 @@ impl Upstream {
         limit: u64,
         chunk: usize,
     ) -> Result<ReadThrough, UpstreamError> {
+        if self.too_large_to_keep(&digest) {
+            return self
+                .pass_through(instance, digest, offset, limit, chunk)
+                .await;
+        }
         let lead = match self.inner.flights.claim(digest) {
             Claim::Full => return Err(self.busy()),
             Claim::Follow(slot) => {
@@ -107,7 +113,7 @@ impl Upstream {
     }
 
     /// Opens the upstream read; `None` when the upstream says NOT_FOUND.
-    async fn open_read(
+    pub(super) async fn open_read(
         &self,
         instance: &str,
         digest: &Digest,
@@ -214,7 +220,7 @@ impl Upstream {
 
 /// The part `[offset, offset + limit)` of a blob arriving in `rx`, re-cut into chunks of at
 /// most `chunk` bytes; an error ends it.
-fn range(
+pub(super) fn range(
     mut rx: mpsc::Receiver<Result<Bytes, UpstreamError>>,
     offset: u64,
     limit: u64,

@@ -144,6 +144,15 @@ async fn tier_with_queue(
     data: &'static [u8],
     queue_dir: Option<&std::path::Path>,
 ) -> (Upstream, Cas) {
+    tier_with_store(data, queue_dir, 1 << 30).await
+}
+
+/// The same, over a local store keeping blobs of at most `max_blob` bytes.
+async fn tier_with_store(
+    data: &'static [u8],
+    queue_dir: Option<&std::path::Path>,
+    max_blob: u64,
+) -> (Upstream, Cas) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let liar = Liar {
@@ -155,7 +164,7 @@ async fn tier_with_queue(
             .add_service(ContentAddressableStorageServer::new(liar))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(1 << 30));
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(max_blob));
     let cas = Cas::new(store.clone());
     let ac = ActionCache::new(cas.clone(), store);
     let mut settings = UpstreamSettings::new(&format!("grpc://{addr}"));
@@ -251,4 +260,32 @@ async fn a_refused_forward_does_not_block_the_queue() {
         })
         .get();
     assert_eq!(refused, 1);
+}
+
+/// A blob too large for the local store is streamed through unstored, and verified all the
+/// same: the right bytes complete (a range of them too), wrong ones end with an error.
+#[tokio::test]
+async fn a_blob_too_large_to_keep_is_verified_as_it_streams_through() {
+    let data = b"twelve bytes";
+    let (up, cas) = tier_with_store(data, None, 8).await;
+    let right = sha(data);
+    let ReadThrough::Stream(s) = up.read("", right, 2, 5, 2).await.unwrap() else {
+        panic!("a streamed read")
+    };
+    let got: Vec<Bytes> = s
+        .map(|r| r.unwrap_or_else(|e| panic!("{e}")))
+        .collect()
+        .await;
+    assert_eq!(got.concat(), b"elve ");
+    assert!(!cas.contains(&right).unwrap(), "not stored");
+
+    let wrong = sha(b"other bytes!");
+    let ReadThrough::Stream(s) = up.read("", wrong, 0, u64::MAX, 1024).await.unwrap() else {
+        panic!("a streamed read")
+    };
+    let items: Vec<_> = s.collect().await;
+    assert!(
+        matches!(items.last(), Some(Err(UpstreamError::BadData { .. }))),
+        "the stream must end with an error"
+    );
 }

@@ -1,6 +1,7 @@
 //! Writes and the upstream: `async` queues them durably and one task forwards them in
 //! batches; `sync` forwards before the client's acknowledgement (and queues what failed, so it
-//! still arrives once the upstream is back); `none` keeps them local.
+//! still arrives once the upstream is back; the writes of local execution then succeed, see
+//! [`Upstream::for_local_execution`]); `none` keeps them local.
 
 use super::Upstream;
 use super::error::UpstreamError;
@@ -50,7 +51,7 @@ impl Upstream {
                 Ok(_) => Ok(()),
                 Err(e) => {
                     self.enqueue(Kind::Blob, instance, &digests).await;
-                    Err(e)
+                    self.sync_failed(e)
                 }
             },
         }
@@ -72,9 +73,20 @@ impl Upstream {
                 Ok(_) => Ok(()),
                 Err(e) => {
                     self.enqueue(Kind::Action, instance, &[*action]).await;
-                    Err(e)
+                    self.sync_failed(e)
                 }
             },
+        }
+    }
+
+    /// A `sync` forward failed and the write is queued: the client's error, except for the
+    /// writes of local execution, which succeed (the queue delivers them later).
+    fn sync_failed(&self, e: UpstreamError) -> Result<(), UpstreamError> {
+        if self.local_execution {
+            tracing::warn!(error = %e, "sync forward of a local execution's write failed; queued");
+            Ok(())
+        } else {
+            Err(e)
         }
     }
 
