@@ -1041,3 +1041,108 @@ fn fetch_metrics(addr: &str) -> String {
     s.read_to_string(&mut text).unwrap();
     text
 }
+
+/// The upstream killed in the middle of a build (issue #12): the build against the local tier
+/// finishes from local data and Bazel's local execution, every upload is acknowledged by the
+/// local tier, and what was queued after the kill reaches the upstream once it is back.
+///
+/// The copied workspace gets a chain of three genrules sleeping 2 s each, so the build is
+/// certainly still running when the upstream dies: the kill comes once the local tier has
+/// forwarded its first bytes (uploads of the fast targets), and the test checks that the
+/// build had not finished by then.
+#[test]
+fn upstream_killed_mid_build_and_the_build_still_finishes() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _guard = lock();
+    let bin = bazel_binary();
+    let tmp = tempfile::tempdir().unwrap();
+    let up_data = tmp.path().join("up-data");
+    let mut upstream = KilnServer::start(&up_data, &tmp.path().join("up.log"));
+    let sock = upstream.unix_socket.clone().expect("upstream unix socket");
+    let config = tmp.path().join("local.toml");
+    fs::write(
+        &config,
+        format!(
+            "[upstream]\nendpoint = \"unix:{}\"\nwrite = \"async\"\ntimeout_ms = 2000\n\
+             breaker_reset_ms = 200\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let local = KilnServer::start_with(
+        &tmp.path().join("local-data"),
+        &tmp.path().join("local.log"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let metrics = local.metrics.clone().expect("metrics address");
+    let forwarded = || {
+        fetch_metrics(&metrics)
+            .lines()
+            .filter(|l| l.starts_with("kiln_upstream_forwarded_bytes"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let mut bazel = Bazel::new(bin, tmp.path(), &local);
+    let mut build_file = fs::OpenOptions::new()
+        .append(true)
+        .open(bazel.workspace.join("BUILD"))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut build_file,
+        b"\n# Added by upstream_killed_mid_build: a slow chain that keeps the build running.\n\
+          genrule(name = \"slow1\", outs = [\"slow1.out\"], cmd = \"sleep 2; echo 1 > $@\")\n\
+          genrule(name = \"slow2\", srcs = [\":slow1\"], outs = [\"slow2.out\"], cmd = \"sleep 2; cat $< > $@; echo 2 >> $@\")\n\
+          genrule(name = \"slow3\", srcs = [\":slow2\"], outs = [\"slow3.out\"], cmd = \"sleep 2; cat $< > $@; echo 3 >> $@\")\n",
+    )
+    .unwrap();
+    drop(build_file);
+    let finished = AtomicBool::new(false);
+    let build = std::thread::scope(|s| {
+        let runner = s.spawn(|| {
+            let b = bazel.build("ob1", "upstream-killed", &["--remote_download_outputs=all"]);
+            finished.store(true, Ordering::SeqCst);
+            (b, bazel)
+        });
+        common::wait::wait_until_ok(Duration::from_mins(3), || {
+            if forwarded() > 0.0 {
+                Ok(())
+            } else if finished.load(Ordering::SeqCst) {
+                Err("the build finished before the local tier forwarded anything".to_string())
+            } else {
+                Err("the local tier has not forwarded anything yet".to_string())
+            }
+        });
+        upstream.kill();
+        let killed_mid_build = !finished.load(Ordering::SeqCst);
+        let (b, mut bazel) = runner.join().expect("build thread");
+        if !killed_mid_build {
+            bazel.fail("the build had finished before the upstream was killed");
+        }
+        if b.spawns.len() != EXPECTED_SPAWNS + 3 || b.hits() != 0 {
+            bazel.fail(&format!(
+                "expected {} local spawns, got:\n{}",
+                EXPECTED_SPAWNS + 3,
+                b.describe()
+            ));
+        }
+        bazel.shutdown("ob1");
+        b
+    });
+    drop(build);
+    // Back: what was queued after the kill drains into it.
+    let _upstream = KilnServer::start(&up_data, &tmp.path().join("up2.log"));
+    common::wait::wait_until_ok(Duration::from_mins(2), || {
+        let text = fetch_metrics(&metrics);
+        let queued = text
+            .lines()
+            .find_map(|l| l.strip_prefix("kiln_upstream_queue_entries "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        if queued == Some(0.0) {
+            Ok(())
+        } else {
+            Err(local.report(format!(
+                "the local tier's queue did not drain into the upstream: {queued:?}"
+            )))
+        }
+    });
+}
