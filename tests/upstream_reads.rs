@@ -236,6 +236,10 @@ async fn the_status_page_shows_the_upstream() {
         .unwrap();
     assert!(status.contains("upstream: blobs fetched"), "{status}");
     assert!(status.contains("upstream_breaker_state"), "{status}");
+    // The queue and the breaker too (the issue asks for them on the page).
+    for line in ["upstream: writes queued", "upstream: breaker (0 closed"] {
+        assert!(status.contains(line), "{line} missing: {status}");
+    }
     let plain = kiln::admin::http_get(up.metrics.as_ref().unwrap(), "/status")
         .await
         .unwrap();

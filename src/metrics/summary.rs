@@ -137,7 +137,7 @@ const PLACED: [&str; 15] = [
 impl Summary {
     /// Builds the summary from a fresh snapshot, the history ring and the slow-action list.
     pub fn build(snap: &Snapshot, history: &History, slow_actions: Vec<SlowAction>) -> Self {
-        use Unit::{Bytes, BytesPerSecond, Count, PerSecond, Ratio};
+        use Unit::{Bytes, BytesPerSecond, Count, PerSecond, Ratio, Seconds};
         let storage = [
             fig(snap, "kiln_storage_capacity_bytes", "capacity", Bytes),
             fig(snap, "kiln_storage_bytes_used", "used", Bytes),
@@ -248,6 +248,36 @@ impl Summary {
                     "kiln_upstream_forwarded_bytes_total",
                     "upstream: bytes forwarded",
                     Bytes,
+                ),
+                fig(
+                    snap,
+                    "kiln_upstream_queue_entries",
+                    "upstream: writes queued",
+                    Count,
+                ),
+                fig(
+                    snap,
+                    "kiln_upstream_queue_oldest_age_seconds",
+                    "upstream: oldest queued write",
+                    Seconds,
+                ),
+                fig(
+                    snap,
+                    "kiln_upstream_breaker_state",
+                    "upstream: breaker (0 closed, 1 open, 2 probing)",
+                    Count,
+                ),
+                fig(
+                    snap,
+                    "kiln_upstream_executions_total{ran=\"local\"}",
+                    "upstream: local-first Executes run here",
+                    Count,
+                ),
+                fig(
+                    snap,
+                    "kiln_upstream_executions_total{ran=\"upstream\"}",
+                    "upstream: local-first Executes forwarded",
+                    Count,
                 ),
             ]
             .into_iter()
