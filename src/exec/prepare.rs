@@ -107,30 +107,13 @@ pub fn prepare(
     timeouts: Timeouts,
     limits: ActionLimits,
 ) -> Result<PreparedAction, ExecError> {
-    let mut action: Action = load(
-        cas,
-        digest,
-        "Action",
-        limits.max_action_bytes,
-        "max_action_bytes",
-    )?;
-    let command_digest = digest_field(
-        digest.function,
-        action.command_digest.as_ref(),
-        "Action.command_digest",
-    )?;
+    let (mut action, command_digest) = load_action(cas, digest, &limits)?;
     let input_root = digest_field(
         digest.function,
         action.input_root_digest.as_ref(),
         "Action.input_root_digest",
     )?;
-    let command: Command = match load(
-        cas,
-        &command_digest,
-        "Command",
-        limits.max_command_bytes,
-        "max_command_bytes",
-    ) {
+    let command = match load_command(cas, &command_digest, &limits) {
         Err(ExecError::MissingBlobs(mut m)) => {
             // Report the input root too if it is also absent, so one round trip fixes both.
             if !cas.contains(&input_root)? {
@@ -185,6 +168,17 @@ pub fn platform_of(
     digest: &Digest,
     limits: ActionLimits,
 ) -> Result<Properties, ExecError> {
+    let (action, command_digest) = load_action(cas, digest, &limits)?;
+    let command = load_command(cas, &command_digest, &limits)?;
+    Ok(platform(&action, &command))
+}
+
+/// The Action `digest` (bounded by `max_action_bytes`) and the digest of its Command.
+fn load_action(
+    cas: &Cas,
+    digest: &Digest,
+    limits: &ActionLimits,
+) -> Result<(Action, Digest), ExecError> {
     let action: Action = load(
         cas,
         digest,
@@ -197,14 +191,18 @@ pub fn platform_of(
         action.command_digest.as_ref(),
         "Action.command_digest",
     )?;
-    let command: Command = load(
+    Ok((action, command_digest))
+}
+
+/// The Command `digest` (bounded by `max_command_bytes`).
+fn load_command(cas: &Cas, digest: &Digest, limits: &ActionLimits) -> Result<Command, ExecError> {
+    load(
         cas,
-        &command_digest,
+        digest,
         "Command",
         limits.max_command_bytes,
         "max_command_bytes",
-    )?;
-    Ok(platform(&action, &command))
+    )
 }
 
 fn check_command(command: &Command) -> Result<(), ExecError> {
