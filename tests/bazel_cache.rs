@@ -938,16 +938,10 @@ fn cold_local_tier_reads_upstream_results_all_hits() {
         let mut bazel = Bazel::new(bin.clone(), tmp.path(), &upstream);
         cold_build(&mut bazel)
     };
-    let config = tmp.path().join("local.toml");
-    fs::write(
-        &config,
-        format!("[upstream]\nendpoint = \"{}\"\n", upstream.url()),
-    )
-    .unwrap();
-    let local = KilnServer::start_with(
-        &tmp.path().join("local-data"),
-        &tmp.path().join("local.log"),
-        &["--config", config.to_str().unwrap()],
+    let local = start_local_tier(
+        tmp.path(),
+        "local",
+        &format!("endpoint = \"{}\"", upstream.url()),
     );
     let mut bazel = Bazel::new(bin, tmp.path(), &local);
     let through = bazel.build("ob2", "through", &["--remote_download_outputs=all"]);
@@ -970,21 +964,7 @@ fn build_finishes_with_the_upstream_dead_and_its_results_arrive_later() {
     let mut upstream = KilnServer::start(&up_data, &tmp.path().join("up.log"));
     let sock = upstream.unix_socket.clone().expect("upstream unix socket");
     upstream.kill();
-    let config = tmp.path().join("local.toml");
-    fs::write(
-        &config,
-        format!(
-            "[upstream]\nendpoint = \"unix:{}\"\nwrite = \"async\"\ntimeout_ms = 2000\n\
-             breaker_reset_ms = 200\n",
-            sock.display()
-        ),
-    )
-    .unwrap();
-    let local = KilnServer::start_with(
-        &tmp.path().join("local-data"),
-        &tmp.path().join("local.log"),
-        &["--config", config.to_str().unwrap()],
-    );
+    let local = start_local_tier(tmp.path(), "local", &async_upstream(&sock));
     let first = {
         let mut bazel = Bazel::new(bin.clone(), tmp.path(), &local);
         let build = bazel.build("ob1", "upstream-dead", &["--remote_download_outputs=all"]);
@@ -999,6 +979,43 @@ fn build_finishes_with_the_upstream_dead_and_its_results_arrive_later() {
         outputs
     };
     let upstream = KilnServer::start(&up_data, &tmp.path().join("up2.log"));
+    wait_queue_drained(&local);
+    let fresh = start_local_tier(
+        tmp.path(),
+        "local2",
+        &format!("endpoint = \"{}\"", upstream.url()),
+    );
+    let mut bazel = Bazel::new(bin, tmp.path(), &fresh);
+    let through = bazel.build("ob2", "through", &["--remote_download_outputs=all"]);
+    assert_all_hits(&bazel, "through", &through);
+    let second = snapshot_outputs(&bazel.output_base("ob2"));
+    assert_same_outputs("through", &first, &second, |_| true);
+    bazel.shutdown("ob2");
+}
+
+/// A local tier `kiln serve` named `name` in `dir` (`<name>.toml`, `<name>-data`, `<name>.log`)
+/// whose `[upstream]` section holds `upstream` (TOML lines).
+fn start_local_tier(dir: &Path, name: &str, upstream: &str) -> KilnServer {
+    let config = dir.join(format!("{name}.toml"));
+    fs::write(&config, format!("[upstream]\n{upstream}\n")).unwrap();
+    KilnServer::start_with(
+        &dir.join(format!("{name}-data")),
+        &dir.join(format!("{name}.log")),
+        &["--config", config.to_str().unwrap()],
+    )
+}
+
+/// `[upstream]` lines for a Unix-socket upstream with async writes and a quickly probing
+/// breaker (the tests that kill the upstream).
+fn async_upstream(sock: &Path) -> String {
+    format!(
+        "endpoint = \"unix:{}\"\nwrite = \"async\"\ntimeout_ms = 2000\nbreaker_reset_ms = 200",
+        sock.display()
+    )
+}
+
+/// Waits until `local`'s forwarding queue is empty (drained into its upstream).
+fn wait_queue_drained(local: &KilnServer) {
     let metrics = local.metrics.clone().expect("metrics address");
     common::wait::wait_until_ok(Duration::from_mins(2), || {
         let text = fetch_metrics(&metrics);
@@ -1013,23 +1030,6 @@ fn build_finishes_with_the_upstream_dead_and_its_results_arrive_later() {
             "the local tier's queue did not drain into the upstream: {queued:?}"
         )))
     });
-    let config2 = tmp.path().join("local2.toml");
-    fs::write(
-        &config2,
-        format!("[upstream]\nendpoint = \"{}\"\n", upstream.url()),
-    )
-    .unwrap();
-    let fresh = KilnServer::start_with(
-        &tmp.path().join("local2-data"),
-        &tmp.path().join("local2.log"),
-        &["--config", config2.to_str().unwrap()],
-    );
-    let mut bazel = Bazel::new(bin, tmp.path(), &fresh);
-    let through = bazel.build("ob2", "through", &["--remote_download_outputs=all"]);
-    assert_all_hits(&bazel, "through", &through);
-    let second = snapshot_outputs(&bazel.output_base("ob2"));
-    assert_same_outputs("through", &first, &second, |_| true);
-    bazel.shutdown("ob2");
 }
 
 /// GETs `/metrics` from `addr` (HOST:PORT) with a blocking HTTP/1.0 request.
@@ -1059,28 +1059,13 @@ fn upstream_killed_mid_build_and_the_build_still_finishes() {
     let up_data = tmp.path().join("up-data");
     let mut upstream = KilnServer::start(&up_data, &tmp.path().join("up.log"));
     let sock = upstream.unix_socket.clone().expect("upstream unix socket");
-    let config = tmp.path().join("local.toml");
-    fs::write(
-        &config,
-        format!(
-            "[upstream]\nendpoint = \"unix:{}\"\nwrite = \"async\"\ntimeout_ms = 2000\n\
-             breaker_reset_ms = 200\n",
-            sock.display()
-        ),
-    )
-    .unwrap();
-    let local = KilnServer::start_with(
-        &tmp.path().join("local-data"),
-        &tmp.path().join("local.log"),
-        &["--config", config.to_str().unwrap()],
-    );
+    let local = start_local_tier(tmp.path(), "local", &async_upstream(&sock));
     let metrics = local.metrics.clone().expect("metrics address");
     let forwarded = || {
-        fetch_metrics(&metrics)
-            .lines()
-            .filter(|l| l.starts_with("kiln_upstream_forwarded_bytes"))
-            .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
-            .sum::<f64>()
+        common::process::metric_value(
+            &fetch_metrics(&metrics),
+            "kiln_upstream_forwarded_bytes_total",
+        )
     };
     let mut bazel = Bazel::new(bin, tmp.path(), &local);
     let mut build_file = fs::OpenOptions::new()
@@ -1131,18 +1116,5 @@ fn upstream_killed_mid_build_and_the_build_still_finishes() {
     drop(build);
     // Back: what was queued after the kill drains into it.
     let _upstream = KilnServer::start(&up_data, &tmp.path().join("up2.log"));
-    common::wait::wait_until_ok(Duration::from_mins(2), || {
-        let text = fetch_metrics(&metrics);
-        let queued = text
-            .lines()
-            .find_map(|l| l.strip_prefix("kiln_upstream_queue_entries "))
-            .and_then(|v| v.trim().parse::<f64>().ok());
-        if queued == Some(0.0) {
-            Ok(())
-        } else {
-            Err(local.report(format!(
-                "the local tier's queue did not drain into the upstream: {queued:?}"
-            )))
-        }
-    });
+    wait_queue_drained(&local);
 }

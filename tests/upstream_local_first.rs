@@ -11,21 +11,9 @@ use exec_support::{DEADLINE, EXEC_CONFIG, Server, poll, sh};
 use kiln::proto::reapi::WaitExecutionRequest;
 use std::path::Path;
 
-async fn metric(s: &Server, key: &str) -> f64 {
-    let text = kiln::admin::http_get(&s.metrics_addr(), "/metrics")
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 async fn wait_metric(s: &Server, key: &str, want: f64) {
     poll(&format!("{key} to reach {want}"), || async move {
-        (metric(s, key).await == want).then_some(())
+        (s.metric(key).await == want).then_some(())
     })
     .await;
 }
@@ -63,8 +51,8 @@ async fn local_first_runs_on_an_idle_local_bot_and_forwards_otherwise() {
     let (_, resp) = c.execute(&a).await.unwrap_or_else(|e| fail(e));
     assert_eq!(resp.result.expect("a result").exit_code, 0, "ran upstream?");
     assert!(ldir.join("ran-a").exists());
-    assert_eq!(metric(&local, LOCAL).await, 1.0);
-    assert_eq!(metric(&local, FORWARDED).await, 0.0);
+    assert_eq!(local.metric(LOCAL).await, 1.0);
+    assert_eq!(local.metric(FORWARDED).await, 0.0);
 
     // Only the upstream's worker offers `pool=upstream-only`: forwarded, and it runs there
     // (queued locally it would fail once `unmatched_grace` passed).
@@ -74,7 +62,7 @@ async fn local_first_runs_on_an_idle_local_bot_and_forwards_otherwise() {
     let (ops, resp) = c.execute(&b).await.unwrap_or_else(|e| fail(e));
     assert_eq!(resp.result.expect("a result").exit_code, 0, "ran locally?");
     assert!(udir.join("ran-b").exists());
-    assert_eq!(metric(&local, FORWARDED).await, 1.0);
+    assert_eq!(local.metric(FORWARDED).await, 1.0);
     // WaitExecution of the forwarded operation, through the local tier.
     let mut waited = c
         .exec()
@@ -114,11 +102,11 @@ async fn local_first_runs_on_an_idle_local_bot_and_forwards_otherwise() {
     let (_, resp) = c.execute(&d).await.unwrap_or_else(|e| fail(e));
     assert_eq!(resp.result.expect("a result").exit_code, 0, "ran locally?");
     assert!(udir.join("ran-d").exists());
-    assert_eq!(metric(&local, FORWARDED).await, 2.0);
+    assert_eq!(local.metric(FORWARDED).await, 2.0);
     std::fs::write(&release, b"").unwrap();
     let (_, resp) = busy.await.unwrap().unwrap_or_else(|e| fail(e));
     assert_eq!(resp.result.expect("a result").exit_code, 0);
-    assert_eq!(metric(&local, LOCAL).await, 2.0);
+    assert_eq!(local.metric(LOCAL).await, 2.0);
 }
 
 /// `local-first` with the upstream unreachable: an action no idle local bot can start now waits
@@ -164,6 +152,6 @@ async fn local_first_queues_locally_when_the_upstream_is_down() {
         assert_eq!(resp.result.expect("a result").exit_code, 0);
     }
     assert!(ldir.join("ran-here").exists());
-    assert_eq!(metric(&local, LOCAL).await, 2.0);
-    assert_eq!(metric(&local, FORWARDED).await, 0.0);
+    assert_eq!(local.metric(LOCAL).await, 2.0);
+    assert_eq!(local.metric(FORWARDED).await, 0.0);
 }

@@ -25,18 +25,6 @@ fn start_upstream(dir: &Path) -> KilnServer {
     )
 }
 
-async fn metric(s: &Server, key: &str) -> f64 {
-    let text = kiln::admin::http_get(&s.metrics_addr(), "/metrics")
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sync_mode_queues_results_of_local_execution_while_the_upstream_is_down() {
     let dir = tempfile::tempdir().unwrap();
@@ -71,7 +59,7 @@ async fn sync_mode_queues_results_of_local_execution_while_the_upstream_is_down(
     let out = result.output_files[0].digest.clone().unwrap();
     assert_eq!(c.get(&out).await, b"output of a local run\n");
     assert!(
-        metric(&local, "kiln_upstream_queue_entries").await >= 2.0,
+        local.metric("kiln_upstream_queue_entries").await >= 2.0,
         "the output and the result are queued"
     );
 
@@ -99,7 +87,7 @@ async fn sync_mode_queues_results_of_local_execution_while_the_upstream_is_down(
     .await;
     assert_eq!(arrived.output_files, result.output_files);
     poll("the queue to empty", || async {
-        (metric(&local, "kiln_upstream_queue_entries").await == 0.0).then_some(())
+        (local.metric("kiln_upstream_queue_entries").await == 0.0).then_some(())
     })
     .await;
 }

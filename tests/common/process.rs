@@ -12,6 +12,17 @@ use std::time::{Duration, Instant};
 /// Deadline for kiln to print `ready`.
 const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// The value of the series `key` (exactly as exposed, labels included) in a `/metrics`
+/// text; 0 when absent.
+pub fn metric_value(text: &str, key: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// The last `lines` lines of `text`.
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();

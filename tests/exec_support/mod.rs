@@ -17,7 +17,7 @@ mod process;
 #[path = "../common/wait.rs"]
 pub mod wait;
 
-pub use process::{KilnServer, KilnWorker};
+pub use process::{KilnServer, KilnWorker, metric_value};
 use std::path::Path;
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -66,6 +66,14 @@ impl Server {
     }
 
     /// `HOST:PORT` of the server's metrics endpoint (`/metrics`, `/`, `/status`).
+    /// One series of this server's `/metrics` (0 when absent).
+    pub async fn metric(&self, key: &str) -> f64 {
+        let text = kiln::admin::http_get(&self.metrics_addr(), "/metrics")
+            .await
+            .unwrap();
+        metric_value(&text, key)
+    }
+
     pub fn metrics_addr(&self) -> String {
         self.process
             .metrics

@@ -265,10 +265,5 @@ pub async fn metric(s: &KilnServer, key: &str) -> f64 {
     let text = kiln::admin::http_get(s.metrics.as_ref().unwrap(), "/metrics")
         .await
         .unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0.0)
+    crate::common::process::metric_value(&text, key)
 }
