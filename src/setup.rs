@@ -648,6 +648,11 @@ fn export_exec_stats(scheduler: &Scheduler, metrics: &Metrics) {
                 "Actions leased to a bot",
                 st.running as i64,
             ),
+            (
+                "exec_actions_finished",
+                "Actions bots finished since start (with a result or an error)",
+                i64::try_from(st.finished).unwrap_or(i64::MAX),
+            ),
         ]
     }));
     let s = scheduler.downgrade();

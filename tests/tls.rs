@@ -6,7 +6,7 @@ mod exec_support;
 #[path = "common/pki.rs"]
 mod pki;
 
-use exec_support::{Client, KilnServer, Server, sh, wait};
+use exec_support::{Client, KilnServer, Server, grpcio, sh, wait};
 use kiln::proto::reapi::capabilities_client::CapabilitiesClient;
 use kiln::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use kiln::proto::reapi::{
@@ -15,8 +15,6 @@ use kiln::proto::reapi::{
 };
 use pki::Ca;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -330,65 +328,14 @@ async fn mtls_certificate_names_the_principal() {
     );
 }
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The directory holding grpcio, installed on first use (tests/python/install-grpcio.sh).
-fn grpcio() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo().join("tests/python/install-grpcio.sh"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run tests/python/install-grpcio.sh (needs bash)");
-        let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(
-            out.status.success() && !dir.is_empty(),
-            "installing grpcio failed ({}); this test needs python3 with pip and PyPI \
-             access and is never skipped: run `bash tests/python/install-grpcio.sh`",
-            out.status
-        );
-        PathBuf::from(dir)
-    })
-}
-
 /// Runs tests/python/grpc_clients.py with `args` (every scenario asserts what the server
 /// answered); fails the test unless the script succeeds. Returns its output.
 fn python(server: &KilnServer, stubs: &Path, args: &[&str]) -> String {
-    let mut child = Command::new("python3")
-        .arg(repo().join("tests/python/grpc_clients.py"))
-        .arg("--proto")
-        .arg(repo().join("proto"))
-        .arg("--out")
-        .arg(stubs)
-        .args(args)
-        .env("PYTHONPATH", grpcio())
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn python3");
-    let finished = wait::holds_within(Duration::from_mins(4), || {
-        child.try_wait().expect("wait for python3").is_some()
-    });
-    if !finished {
-        let _ = child.kill();
-        server.fail(&format!("grpc_clients.py {args:?} did not finish"));
+    match grpcio::run(stubs, args) {
+        None => server.fail(&format!("grpc_clients.py {args:?} did not finish")),
+        Some((false, text)) => server.fail(&format!("grpc_clients.py {args:?} failed:\n{text}")),
+        Some((true, text)) => text,
     }
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("grpc_clients.py {args:?}:\n{text}");
-    if !out.status.success() {
-        server.fail(&format!("grpc_clients.py {args:?} failed:\n{text}"));
-    }
-    text
 }
 
 /// Python grpcio (gRPC C-core) with `grpc.ssl_channel_credentials`: a TLS round trip; then

@@ -9,71 +9,16 @@
 mod common;
 
 use common::process::KilnServer;
-use common::wait::holds_within;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-use std::time::Duration;
-
-/// Deadline for one run of the Python script.
-const SCRIPT_TIMEOUT: Duration = Duration::from_mins(4);
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The directory holding grpcio, installed on first use.
-fn grpcio() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo().join("tests/python/install-grpcio.sh"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run tests/python/install-grpcio.sh (needs bash)");
-        let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(
-            out.status.success() && !dir.is_empty(),
-            "installing grpcio failed ({}); this test needs python3 with pip and PyPI \
-             access and is never skipped: run `bash tests/python/install-grpcio.sh`",
-            out.status
-        );
-        PathBuf::from(dir)
-    })
-}
+use std::path::Path;
 
 /// Runs the script with `args`; returns (success, stdout + stderr).
 fn run_script(server: &KilnServer, stubs: &Path, args: &[&str]) -> (bool, String) {
-    let mut cmd = Command::new("python3");
-    cmd.arg(repo().join("tests/python/grpc_clients.py"))
-        .arg("--proto")
-        .arg(repo().join("proto"))
-        .arg("--out")
-        .arg(stubs)
-        .args(args)
-        .env("PYTHONPATH", grpcio())
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn python3");
-    if !holds_within(SCRIPT_TIMEOUT, || {
-        child.try_wait().expect("wait for python3").is_some()
-    }) {
-        let _ = child.kill();
-        let _ = child.wait();
+    common::grpcio::run(stubs, args).unwrap_or_else(|| {
         server.fail(&format!(
-            "grpc_clients.py {args:?} did not finish in {SCRIPT_TIMEOUT:?}"
-        ));
-    }
-    let out = child.wait_with_output().expect("python3 output");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("grpc_clients.py {args:?}:\n{text}");
-    (out.status.success(), text)
+            "grpc_clients.py {args:?} did not finish in {:?}",
+            common::grpcio::SCRIPT_TIMEOUT
+        ))
+    })
 }
 
 fn must_pass(server: &KilnServer, stubs: &Path, args: &[&str]) -> String {

@@ -11,13 +11,6 @@ use exec_support::{DEADLINE, EXEC_CONFIG, Server, poll, sh};
 use kiln::proto::reapi::WaitExecutionRequest;
 use std::path::Path;
 
-async fn wait_metric(s: &Server, key: &str, want: f64) {
-    poll(&format!("{key} to reach {want}"), || async move {
-        (s.metric(key).await == want).then_some(())
-    })
-    .await;
-}
-
 fn touch(dir: &Path, name: &str) -> String {
     format!("touch {}", dir.join(name).display())
 }
@@ -34,8 +27,8 @@ async fn local_first_runs_on_an_idle_local_bot_and_forwards_otherwise() {
         upstream.grpc
     ));
     let _worker = local.worker(1, &[]);
-    wait_metric(&upstream, "kiln_exec_bots_connected", 1.0).await;
-    wait_metric(&local, "kiln_exec_bots_connected", 1.0).await;
+    upstream.wait_metric("kiln_exec_bots_connected", 1.0).await;
+    local.wait_metric("kiln_exec_bots_connected", 1.0).await;
     let (ldir, udir) = (local.dir.path(), upstream.dir.path());
     let c = local.client().await;
     let fail = |e: tonic::Status| -> ! {
@@ -120,7 +113,7 @@ async fn local_first_queues_locally_when_the_upstream_is_down() {
         gone.path().join("no-upstream.sock").display()
     ));
     let _worker = local.worker(1, &[]);
-    wait_metric(&local, "kiln_exec_bots_connected", 1.0).await;
+    local.wait_metric("kiln_exec_bots_connected", 1.0).await;
     let ldir = local.dir.path();
     let c = local.client().await;
     let started = ldir.join("busy-started");
@@ -142,7 +135,7 @@ async fn local_first_queues_locally_when_the_upstream_is_down() {
     let waiting = c.action(&sh(&touch(ldir, "ran-here"))).await;
     let cc = c.clone();
     let waiting = tokio::spawn(async move { cc.execute(&waiting).await });
-    wait_metric(&local, "kiln_exec_queued_actions", 1.0).await;
+    local.wait_metric("kiln_exec_queued_actions", 1.0).await;
     std::fs::write(&release, b"").unwrap();
     for run in [busy, waiting] {
         let (_, resp) = run

@@ -185,9 +185,12 @@ pub fn add_exec_services_with(
         .max_encoding_message_size(max_message_bytes),
     );
     routes.add_service(
-        OperationsServer::new(operations::OperationsService::new(scheduler.clone()))
-            .max_decoding_message_size(max_message_bytes)
-            .max_encoding_message_size(max_message_bytes),
+        OperationsServer::new(operations::OperationsService::new(
+            scheduler.clone(),
+            upstream.cloned(),
+        ))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes),
     );
 }
 

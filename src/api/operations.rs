@@ -1,8 +1,10 @@
 //! google.longrunning.Operations over the scheduler's operations (the same state Execute and
-//! WaitExecution use).
+//! WaitExecution use). With `[upstream] execute = "local-first"`, a name this box does not
+//! know may be an operation it forwarded: Get, Wait, Cancel and Delete then ask the upstream
+//! (ListOperations lists this box's operations only).
 
 use super::operation::render_handle;
-use crate::exec::Scheduler;
+use crate::exec::{ExecError, Scheduler};
 use crate::proto::google::longrunning::operations_server::Operations;
 use crate::proto::google::longrunning::{
     CancelOperationRequest, DeleteOperationRequest, GetOperationRequest, ListOperationsRequest,
@@ -17,11 +19,27 @@ const DEFAULT_PAGE: usize = 100;
 
 pub(super) struct OperationsService {
     scheduler: Scheduler,
+    /// Asked about names the scheduler does not know (`execute = "local-first"` only).
+    forwarded_to: Option<crate::upstream::Upstream>,
 }
 
 impl OperationsService {
-    pub(super) fn new(scheduler: Scheduler) -> Self {
-        Self { scheduler }
+    pub(super) fn new(scheduler: Scheduler, upstream: Option<crate::upstream::Upstream>) -> Self {
+        Self {
+            scheduler,
+            forwarded_to: upstream.filter(crate::upstream::Upstream::executes_local_first),
+        }
+    }
+
+    /// The upstream to ask when `result` says this box does not know the operation.
+    fn elsewhere<T>(
+        &self,
+        result: Result<T, ExecError>,
+    ) -> Result<Result<T, &crate::upstream::Upstream>, Status> {
+        match (result, &self.forwarded_to) {
+            (Err(ExecError::OperationNotFound(_)), Some(up)) => Ok(Err(up)),
+            (r, _) => Ok(Ok(r?)),
+        }
     }
 }
 
@@ -74,15 +92,21 @@ impl Operations for OperationsService {
         &self,
         request: Request<GetOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
-        let handle = self.scheduler.get(&request.into_inner().name)?;
-        Ok(Response::new(render_handle(&handle)))
+        let name = request.into_inner().name;
+        match self.elsewhere(self.scheduler.get(&name))? {
+            Ok(handle) => Ok(Response::new(render_handle(&handle))),
+            Err(up) => Ok(Response::new(up.get_operation(name).await?)),
+        }
     }
 
     async fn delete_operation(
         &self,
         request: Request<DeleteOperationRequest>,
     ) -> Result<Response<()>, Status> {
-        self.scheduler.delete(&request.into_inner().name)?;
+        let name = request.into_inner().name;
+        if let Err(up) = self.elsewhere(self.scheduler.delete(&name))? {
+            up.delete_operation(name).await?;
+        }
         Ok(Response::new(()))
     }
 
@@ -90,7 +114,10 @@ impl Operations for OperationsService {
         &self,
         request: Request<CancelOperationRequest>,
     ) -> Result<Response<()>, Status> {
-        self.scheduler.cancel(&request.into_inner().name)?;
+        let name = request.into_inner().name;
+        if let Err(up) = self.elsewhere(self.scheduler.cancel(&name))? {
+            up.cancel_operation(name).await?;
+        }
         Ok(Response::new(()))
     }
 
@@ -105,8 +132,12 @@ impl Operations for OperationsService {
             .map_or(MAX_WAIT, |t| {
                 Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32).min(MAX_WAIT)
             });
-        let mut handle = self.scheduler.get(&req.name)?;
-        handle.wait_done(timeout).await;
-        Ok(Response::new(render_handle(&handle)))
+        match self.elsewhere(self.scheduler.get(&req.name))? {
+            Ok(mut handle) => {
+                handle.wait_done(timeout).await;
+                Ok(Response::new(render_handle(&handle)))
+            }
+            Err(up) => Ok(Response::new(up.wait_operation(req).await?)),
+        }
     }
 }

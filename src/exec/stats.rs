@@ -22,6 +22,8 @@ pub struct ExecStats {
     pub queued: usize,
     /// Actions leased to a bot (or having their result stored).
     pub running: usize,
+    /// Actions bots finished since start (with a result or an error).
+    pub finished: u64,
 }
 
 /// An action a bot finished.
@@ -37,9 +39,9 @@ pub struct FinishedAction {
     pub at: Instant,
 }
 
-/// The last [`REMEMBERED`] finished actions, oldest first.
+/// The last [`REMEMBERED`] finished actions, oldest first, and how many finished in all.
 #[derive(Default)]
-pub(super) struct Finished(VecDeque<FinishedAction>);
+pub(super) struct Finished(VecDeque<FinishedAction>, u64);
 
 impl Finished {
     /// Remembers one finished action, forgetting the oldest past the bound.
@@ -48,6 +50,7 @@ impl Finished {
             self.0.pop_front();
         }
         self.0.push_back(a);
+        self.1 += 1;
     }
 
     /// The `n` slowest of those finished within the last hour, slowest first.
@@ -76,6 +79,7 @@ impl Scheduler {
                 .values()
                 .filter(|op| matches!(op.run, Run::Leased { .. } | Run::Finishing))
                 .count(),
+            finished: st.finished.1,
         }
     }
 
@@ -103,6 +107,11 @@ mod tests {
             });
         }
         assert_eq!(f.0.len(), REMEMBERED);
+        assert_eq!(
+            f.1,
+            REMEMBERED as u64 + 50,
+            "the total counts past the bound"
+        );
         let top = f.slowest(3);
         assert_eq!(top.len(), 3);
         assert_eq!(top[0].ran, Duration::from_millis(96));

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod data;
+pub mod grpcio;
 pub mod pki;
 pub mod process;
 pub mod wait;

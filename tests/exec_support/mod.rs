@@ -12,6 +12,8 @@ use kiln::proto::reapi::{
     ExecuteOperationMetadata, ExecuteRequest, ExecuteResponse, batch_update_blobs_request,
 };
 use prost::Message;
+#[path = "../common/grpcio.rs"]
+pub mod grpcio;
 #[path = "../common/process.rs"]
 mod process;
 #[path = "../common/wait.rs"]
@@ -65,7 +67,6 @@ impl Server {
         }
     }
 
-    /// `HOST:PORT` of the server's metrics endpoint (`/metrics`, `/`, `/status`).
     /// One series of this server's `/metrics` (0 when absent).
     pub async fn metric(&self, key: &str) -> f64 {
         let text = kiln::admin::http_get(&self.metrics_addr(), "/metrics")
@@ -74,6 +75,15 @@ impl Server {
         metric_value(&text, key)
     }
 
+    /// Waits (polling, with [`DEADLINE`]) until one series of `/metrics` reads `want`.
+    pub async fn wait_metric(&self, key: &str, want: f64) {
+        poll(&format!("{key} to reach {want}"), || async move {
+            ((self.metric(key).await - want).abs() < 1e-9).then_some(())
+        })
+        .await;
+    }
+
+    /// `HOST:PORT` of the server's metrics endpoint (`/metrics`, `/`, `/status`).
     pub fn metrics_addr(&self) -> String {
         self.process
             .metrics

@@ -19,6 +19,8 @@ channel option `grpc.default_authority` (what goes into `:authority`). Scenarios
   bots           a bot session on --bots: CreateBotSession, an Execute from --client,
                  UpdateBotSession taking the lease and completing it with an ActionResult,
                  and the Execute stream ending COMPLETED with that result
+  execute        Execute `sh -c 'echo MARKER'` (with --platform NAME=VALUE, repeatable), then
+                 WaitExecution, Operations.GetOperation, GetActionResult and the stdout read
   rejected       GetCapabilities must FAIL with INTERNAL / RST_STREAM (h2's rule on TCP)
   refused        GetCapabilities must FAIL with UNAVAILABLE (e.g. TLS handshake refused)
   denied-write   BatchUpdateBlobs must FAIL with PERMISSION_DENIED naming the `write` right
@@ -284,6 +286,71 @@ def scenario_bots(ch, bots_ch, mods):
     print(f"bots ok: lease {lease.id} completed by {bot_id}, Execute COMPLETED", flush=True)
 
 
+def scenario_execute(ch, mods, platform):
+    """Execute a real action (`sh -c 'echo MARKER'`, run by whatever worker the server uses,
+    its own or an upstream's), then WaitExecution and Operations.GetOperation of the same
+    operation, GetActionResult (now a hit) and the stdout read back through this server."""
+    re_pb2, re_grpc = mods["re_pb2"], mods["re_grpc"]
+    ops_pb2, ops_grpc = mods["ops_pb2"], mods["ops_grpc"]
+    marker = str(uuid.uuid4())
+    props = [re_pb2.Platform.Property(name=k, value=v)
+             for k, v in sorted(p.split("=", 1) for p in platform)]
+    command = re_pb2.Command(arguments=["/bin/sh", "-c", f"echo {marker}"],
+                             platform=re_pb2.Platform(properties=props))
+    cmd_bytes = command.SerializeToString()
+    root = re_pb2.Directory().SerializeToString()
+    action = re_pb2.Action(command_digest=sha256_digest(re_pb2, cmd_bytes),
+                           input_root_digest=sha256_digest(re_pb2, root),
+                           platform=re_pb2.Platform(properties=props))
+    act_bytes = action.SerializeToString()
+    act_digest = sha256_digest(re_pb2, act_bytes)
+    cas = re_grpc.ContentAddressableStorageStub(ch)
+    up = cas.BatchUpdateBlobs(re_pb2.BatchUpdateBlobsRequest(requests=[
+        re_pb2.BatchUpdateBlobsRequest.Request(digest=sha256_digest(re_pb2, b), data=b)
+        for b in (cmd_bytes, root, act_bytes)]), timeout=TIMEOUT)
+    if any(r.status.code != 0 for r in up.responses):
+        fail(f"uploading the action: {up}")
+
+    def finished(op, what):
+        if not op.done:
+            fail(f"{what}: operation not done: {op}")
+        resp = re_pb2.ExecuteResponse()
+        if not op.response.Unpack(resp):
+            fail(f"{what}: response is not an ExecuteResponse: {op}")
+        if resp.status.code != 0 or resp.result.exit_code != 0:
+            fail(f"{what}: the action failed: {resp}")
+        return resp.result
+
+    last = None
+    for op in re_grpc.ExecutionStub(ch).Execute(
+            re_pb2.ExecuteRequest(action_digest=act_digest), timeout=120):
+        last = op
+    if last is None:
+        fail("Execute returned no operation")
+    result = finished(last, "Execute")
+    waited = None
+    for op in re_grpc.ExecutionStub(ch).WaitExecution(
+            re_pb2.WaitExecutionRequest(name=last.name), timeout=TIMEOUT):
+        waited = op
+    if waited is None or finished(waited, "WaitExecution") != result:
+        fail(f"WaitExecution {last.name} ended with {waited}, not the Execute result")
+    got = ops_grpc.OperationsStub(ch).GetOperation(
+        ops_pb2.GetOperationRequest(name=last.name), timeout=TIMEOUT)
+    if got.name != last.name or finished(got, "GetOperation") != result:
+        fail(f"GetOperation {last.name}: {got}")
+    cached = re_grpc.ActionCacheStub(ch).GetActionResult(
+        re_pb2.GetActionResultRequest(action_digest=act_digest), timeout=TIMEOUT)
+    if cached != result:
+        fail(f"GetActionResult after Execute: {cached}, want {result}")
+    out = cas.BatchReadBlobs(re_pb2.BatchReadBlobsRequest(digests=[result.stdout_digest]),
+                             timeout=TIMEOUT)
+    if (len(out.responses) != 1 or out.responses[0].status.code != 0
+            or out.responses[0].data != f"{marker}\n".encode()):
+        fail(f"stdout of the action: {out}")
+    print(f"execute ok: {last.name} ran `echo {marker}` (platform {platform}), "
+          f"WaitExecution, GetOperation and GetActionResult agree", flush=True)
+
+
 def scenario_rejected(ch, mods):
     import grpc
 
@@ -309,6 +376,7 @@ def main():
     p.add_argument("--tls-ca")
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
+    p.add_argument("--platform", action="append", default=[])
     p.add_argument("scenarios", nargs="+")
     a = p.parse_args()
     TLS.update(ca=a.tls_ca, cert=a.tls_cert, key=a.tls_key)
@@ -324,9 +392,11 @@ def main():
     from google.bytestream import bytestream_pb2_grpc as bs_grpc
     from google.devtools.remoteworkers.v1test2 import bots_pb2, bots_pb2_grpc as bots_grpc
     from google.longrunning import operations_pb2 as ops_pb2
+    from google.longrunning import operations_pb2_grpc as ops_grpc
 
     mods = dict(re_pb2=re_pb2, re_grpc=re_grpc, bs_pb2=bs_pb2, bs_grpc=bs_grpc,
-                bots_pb2=bots_pb2, bots_grpc=bots_grpc, ops_pb2=ops_pb2)
+                bots_pb2=bots_pb2, bots_grpc=bots_grpc, ops_pb2=ops_pb2,
+                ops_grpc=ops_grpc)
     ch = channel(a.client, a.authority)
     for s in a.scenarios:
         if s == "capabilities":
@@ -339,6 +409,8 @@ def main():
             if not a.bots:
                 fail("scenario bots needs --bots")
             scenario_bots(ch, channel(a.bots, a.authority), mods)
+        elif s == "execute":
+            scenario_execute(ch, mods, a.platform)
         elif s == "rejected":
             scenario_rejected(ch, mods)
         elif s == "refused":
