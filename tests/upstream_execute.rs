@@ -33,10 +33,7 @@ async fn upper_case(c: &Client, input: &[u8], and_then: &str) -> (Digest, Digest
 async fn execute_forwarding_runs_actions_on_the_upstreams_workers() {
     let upstream = Server::start();
     let _worker = upstream.worker(1, &[]);
-    let local = Server::start_with(&format!(
-        "{EXEC_CONFIG}[upstream]\nendpoint = \"grpc://{}\"\nexecute = \"upstream\"\n",
-        upstream.grpc
-    ));
+    let local = Server::tier_over(&upstream, "upstream");
     let c = local.client().await;
     // The input exists only on the local tier until the Execute pushes it upstream.
     let (_, _, action) = upper_case(

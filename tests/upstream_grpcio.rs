@@ -7,7 +7,7 @@
 
 mod exec_support;
 
-use exec_support::{EXEC_CONFIG, Server, grpcio};
+use exec_support::{Server, grpcio};
 use std::path::Path;
 
 const LOCAL: &str = "kiln_upstream_executions_total{ran=\"local\"}";
@@ -37,10 +37,7 @@ fn execute(local: &Server, upstream: &Server, stubs: &Path, platform: &[&str]) -
 async fn grpcio_executes_through_the_relay() {
     let upstream = Server::start();
     let _worker = upstream.worker(1, &[]);
-    let local = Server::start_with(&format!(
-        "{EXEC_CONFIG}[upstream]\nendpoint = \"grpc://{}\"\nexecute = \"upstream\"\n",
-        upstream.grpc
-    ));
+    let local = Server::tier_over(&upstream, "upstream");
     upstream.wait_metric("kiln_exec_bots_connected", 1.0).await;
     let stubs = local.dir.path().join("stubs");
     let before = upstream.metric(UPSTREAM_RAN).await;
@@ -60,10 +57,7 @@ async fn grpcio_executes_through_the_relay() {
 async fn grpcio_local_first_runs_here_or_forwards() {
     let upstream = Server::start();
     let _up_worker = upstream.worker(1, &["pool=upstream-only"]);
-    let local = Server::start_with(&format!(
-        "{EXEC_CONFIG}[upstream]\nendpoint = \"grpc://{}\"\nexecute = \"local-first\"\n",
-        upstream.grpc
-    ));
+    let local = Server::tier_over(&upstream, "local-first");
     let _worker = local.worker(1, &[]);
     upstream.wait_metric("kiln_exec_bots_connected", 1.0).await;
     local.wait_metric("kiln_exec_bots_connected", 1.0).await;

@@ -22,10 +22,7 @@ const FORWARDED: &str = "kiln_upstream_executions_total{ran=\"upstream\"}";
 async fn local_first_runs_on_an_idle_local_bot_and_forwards_otherwise() {
     let upstream = Server::start();
     let _up_worker = upstream.worker(1, &["pool=upstream-only"]);
-    let local = Server::start_with(&format!(
-        "{EXEC_CONFIG}[upstream]\nendpoint = \"grpc://{}\"\nexecute = \"local-first\"\n",
-        upstream.grpc
-    ));
+    let local = Server::tier_over(&upstream, "local-first");
     let _worker = local.worker(1, &[]);
     upstream.wait_metric("kiln_exec_bots_connected", 1.0).await;
     local.wait_metric("kiln_exec_bots_connected", 1.0).await;

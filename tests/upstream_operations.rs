@@ -4,7 +4,7 @@
 
 mod exec_support;
 
-use exec_support::{DEADLINE, EXEC_CONFIG, Server, poll, sh};
+use exec_support::{DEADLINE, Server, poll, sh};
 use kiln::proto::google::longrunning::{
     GetOperationRequest, ListOperationsRequest, WaitOperationRequest,
 };
@@ -14,10 +14,7 @@ use tonic::Code;
 async fn operations_calls_are_relayed_to_the_upstream() {
     let upstream = Server::start();
     let _worker = upstream.worker(1, &[]);
-    let local = Server::start_with(&format!(
-        "{EXEC_CONFIG}[upstream]\nendpoint = \"grpc://{}\"\nexecute = \"upstream\"\n",
-        upstream.grpc
-    ));
+    let local = Server::tier_over(&upstream, "upstream");
     let c = local.client().await;
     let started = upstream.dir.path().join("started");
     let release = upstream.dir.path().join("release");

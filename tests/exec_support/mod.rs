@@ -45,6 +45,15 @@ impl Server {
         Self::start_with(EXEC_CONFIG)
     }
 
+    /// A local tier in front of `upstream` (`[upstream]` over its TCP port) with the given
+    /// `execute` mode.
+    pub fn tier_over(upstream: &Server, execute: &str) -> Self {
+        Self::start_with(&format!(
+            "{EXEC_CONFIG}[upstream]\nendpoint = \"grpc://{}\"\nexecute = \"{execute}\"\n",
+            upstream.grpc
+        ))
+    }
+
     pub fn start_with(config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("kiln.toml");

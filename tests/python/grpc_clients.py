@@ -72,6 +72,15 @@ def sha256_digest(re_pb2, data):
     return re_pb2.Digest(hash=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
 
 
+def upload(cas, re_pb2, blobs, what):
+    """BatchUpdateBlobs of `blobs`; fails the scenario unless every one is stored."""
+    up = cas.BatchUpdateBlobs(re_pb2.BatchUpdateBlobsRequest(requests=[
+        re_pb2.BatchUpdateBlobsRequest.Request(digest=sha256_digest(re_pb2, b), data=b)
+        for b in blobs]), timeout=TIMEOUT)
+    if any(r.status.code != 0 for r in up.responses):
+        fail(f"uploading {what}: {up}")
+
+
 TLS = {}
 
 
@@ -207,11 +216,7 @@ def scenario_bots(ch, bots_ch, mods):
                            do_not_cache=True)
     act_bytes = action.SerializeToString()
     cas = re_grpc.ContentAddressableStorageStub(ch)
-    up = cas.BatchUpdateBlobs(re_pb2.BatchUpdateBlobsRequest(requests=[
-        re_pb2.BatchUpdateBlobsRequest.Request(digest=sha256_digest(re_pb2, b), data=b)
-        for b in (cmd_bytes, root, act_bytes)]), timeout=TIMEOUT)
-    if any(r.status.code != 0 for r in up.responses):
-        fail(f"uploading the action: {up}")
+    upload(cas, re_pb2, [cmd_bytes, root, act_bytes], "the action")
     stdout = f"{marker}\n".encode()
     stdout_digest = sha256_digest(re_pb2, stdout)
     up = cas.BatchUpdateBlobs(re_pb2.BatchUpdateBlobsRequest(requests=[
@@ -305,11 +310,7 @@ def scenario_execute(ch, mods, platform):
     act_bytes = action.SerializeToString()
     act_digest = sha256_digest(re_pb2, act_bytes)
     cas = re_grpc.ContentAddressableStorageStub(ch)
-    up = cas.BatchUpdateBlobs(re_pb2.BatchUpdateBlobsRequest(requests=[
-        re_pb2.BatchUpdateBlobsRequest.Request(digest=sha256_digest(re_pb2, b), data=b)
-        for b in (cmd_bytes, root, act_bytes)]), timeout=TIMEOUT)
-    if any(r.status.code != 0 for r in up.responses):
-        fail(f"uploading the action: {up}")
+    upload(cas, re_pb2, [cmd_bytes, root, act_bytes], "the action")
 
     def finished(op, what):
         if not op.done:
