@@ -49,9 +49,10 @@ impl ByteStreamService {
         Response::new(WriteResponse { committed_size })
     }
 
-    /// A local read miss: served from the upstream as it streams in (plain reads), or once it
-    /// is stored (`Err(blob)`: compressed reads, and when another request fetched it). Without
-    /// an upstream, or when the upstream lacks it too, NOT_FOUND.
+    /// A local read miss: served from the upstream as it streams in (compressed on the way
+    /// for `compressed-blobs/zstd` reads, so a blob too large to keep locally is served that
+    /// way too), or from the store (`Err(blob)`) when another request fetched it meanwhile.
+    /// Without an upstream, or when the upstream lacks it too, NOT_FOUND.
     async fn read_through(
         &self,
         name: &ResourceName,
@@ -69,27 +70,39 @@ impl ByteStreamService {
                 digest.size
             )));
         }
-        if name.compression == Compression::Identity {
-            match up
-                .read(&name.instance, digest, offset, limit, chunk)
-                .await?
-            {
-                ReadThrough::Stream(s) => {
-                    return Ok(Ok(Box::pin(s.map(|r| {
-                        r.map(|data| ReadResponse { data }).map_err(Status::from)
-                    }))));
-                }
-                ReadThrough::Missing => return Err(CasError::BlobNotFound(digest).into()),
-                ReadThrough::Local => {}
+        match up
+            .read(&name.instance, digest, offset, limit, chunk)
+            .await?
+        {
+            ReadThrough::Stream(s) => {
+                let pieces = s.map(|r| r.map_err(Status::from));
+                return Ok(Ok(match name.compression {
+                    Compression::Identity => {
+                        Box::pin(pieces.map(|r| r.map(|data| ReadResponse { data })))
+                    }
+                    Compression::Zstd => {
+                        let slot = self.compress_slot().await?;
+                        compressed_read(pieces, digest.size - offset, chunk, slot)
+                    }
+                }));
             }
-        } else if let Some(Err(e)) = up.ensure(&name.instance, &[digest]).await.remove(&digest) {
-            return Err(e.into());
+            ReadThrough::Missing => return Err(CasError::BlobNotFound(digest).into()),
+            ReadThrough::Local => {}
         }
         Ok(Err(self
             .state
             .cas
             .get(&digest)?
             .ok_or(CasError::BlobNotFound(digest))?))
+    }
+
+    /// A turn among the [`COMPRESS_SLOTS`] compressed reads.
+    async fn compress_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.compress_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("server stopping"))
     }
 
     /// Starts (or restarts) the upload under `key`; `None` when the blob is already stored.
@@ -344,13 +357,12 @@ impl ByteStream for ByteStreamService {
                 Ok(Response::new(Box::pin(stream)))
             }
             Compression::Zstd => {
-                let slot = self
-                    .compress_slots
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| Status::unavailable("server stopping"))?;
-                Ok(Response::new(compressed_read(blob, offset, chunk, slot)))
+                let slot = self.compress_slot().await?;
+                let size = blob.len() - offset;
+                let pieces = futures::stream::iter(
+                    blob.chunks(offset, u64::MAX, 1 << 20).into_iter().map(Ok),
+                );
+                Ok(Response::new(compressed_read(pieces, size, chunk, slot)))
             }
         }
     }
@@ -482,36 +494,50 @@ impl ByteStreamService {
     }
 }
 
-/// Streams the zstd compression of `blob` from uncompressed `offset` on (the REAPI rule for
-/// compressed reads: the offset counts uncompressed bytes and the result is a complete zstd
-/// stream of the rest). Compression runs on a blocking thread, a few chunks ahead of the
-/// client, and stops when the client goes away.
+/// Streams the zstd compression of `pieces` (the blob from uncompressed offset on, `size`
+/// bytes: the REAPI rule for compressed reads is that the offset counts uncompressed bytes and
+/// the result is a complete zstd stream of the rest). Compression runs on a blocking thread,
+/// a few chunks ahead of the client, and stops when the client goes away. An error from
+/// `pieces` (e.g. an upstream read whose bytes fail their digest) ends the stream with that
+/// error, never with a complete frame.
 fn compressed_read(
-    blob: Blob,
-    offset: u64,
+    pieces: impl Stream<Item = Result<Bytes, Status>> + Send + 'static,
+    size: u64,
     chunk: usize,
     slot: tokio::sync::OwnedSemaphorePermit,
 ) -> ReadStream {
     let (tx, mut rx) = mpsc::channel::<Result<ReadResponse, Status>>(4);
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
+        let mut pieces = Box::pin(pieces);
         let sink = ChunkSink {
             tx: tx.clone(),
             chunk,
             buf: Vec::new(),
         };
+        let mut failed = None;
         let result = (|| -> std::io::Result<()> {
             let mut enc = zstd::stream::write::Encoder::new(sink, ZSTD_LEVEL)?;
-            enc.set_pledged_src_size(Some(blob.len() - offset))?;
-            for piece in blob.chunks(offset, u64::MAX, 1 << 20) {
-                enc.write_all(&piece)?;
+            enc.set_pledged_src_size(Some(size))?;
+            while let Some(piece) = runtime.block_on(pieces.next()) {
+                match piece {
+                    Ok(piece) => enc.write_all(&piece)?,
+                    Err(status) => {
+                        failed = Some(status);
+                        return Ok(());
+                    }
+                }
             }
             enc.finish()?.flush()
         })();
-        match result {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-            Err(e) => {
+        match (result, failed) {
+            (_, Some(status)) => {
+                let _ = tx.blocking_send(Err(status));
+            }
+            (Ok(()), None) => {}
+            (Err(e), None) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            (Err(e), None) => {
                 let _ = tx.blocking_send(Err(Status::internal(format!("compression failed: {e}"))));
             }
         }

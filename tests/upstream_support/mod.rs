@@ -176,10 +176,33 @@ pub async fn put_stream(s: &impl Remote, data: &[u8]) {
 
 /// Reads `[offset, offset+limit)` of a blob with ByteStream (limit 0: to the end).
 pub async fn read(s: &impl Remote, d: &Digest, offset: i64, limit: i64) -> Result<Vec<u8>, Status> {
+    read_resource(
+        s,
+        format!("blobs/{}/{}", d.hash_hex(), d.size),
+        offset,
+        limit,
+    )
+    .await
+}
+
+/// A `compressed-blobs/zstd` ByteStream Read of `d` from uncompressed `offset` on, decompressed
+/// (a stream that is not one complete zstd frame fails the test).
+pub async fn read_zstd(s: &impl Remote, d: &Digest, offset: i64) -> Result<Vec<u8>, Status> {
+    let name = format!("compressed-blobs/zstd/{}/{}", d.hash_hex(), d.size);
+    let frame = read_resource(s, name, offset, 0).await?;
+    Ok(zstd::stream::decode_all(&frame[..]).expect("a complete zstd frame"))
+}
+
+async fn read_resource(
+    s: &impl Remote,
+    resource_name: String,
+    offset: i64,
+    limit: i64,
+) -> Result<Vec<u8>, Status> {
     let mut stream = bytestream(s)
         .await
         .read(ReadRequest {
-            resource_name: format!("blobs/{}/{}", d.hash_hex(), d.size),
+            resource_name,
             read_offset: offset,
             read_limit: limit,
         })
