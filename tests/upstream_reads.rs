@@ -245,3 +245,46 @@ async fn the_status_page_shows_the_upstream() {
         .unwrap();
     assert!(!plain.contains("upstream"), "{plain}");
 }
+
+/// `kiln bench --seed-target`: the blobs are seeded into the upstream only, and read in order
+/// through the local tier, so each read is a miss the tier serves from the upstream (the
+/// bench's miss-path figure in tuning/RESULTS.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bench_seeding_the_upstream_reads_every_blob_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = start_plain(dir.path(), "upstream");
+    let local = start_local(dir.path(), "local", &format!("endpoint = \"{}\"", up.url()));
+    for (workload, extra) in [
+        ("read-small", &["--batch", "10"][..]),
+        ("read-large", &["--size", "1MiB"][..]),
+    ] {
+        let before = metric(&local, UPSTREAM_HIT).await;
+        let mut argv = vec![
+            "--target".to_string(),
+            format!("grpc://127.0.0.1:{}", local.port),
+            "--seed-target".into(),
+            up.url(),
+            "--workload".into(),
+            workload.into(),
+            "--blobs".into(),
+            "40".into(),
+            "--concurrency".into(),
+            "4".into(),
+            "--quiet".into(),
+        ];
+        argv.extend(extra.iter().map(ToString::to_string));
+        // Each of the 40 blobs read once: 4 batches of 10, or 40 single reads.
+        let ops = if workload == "read-small" { 4 } else { 40 };
+        argv.extend(["--ops".into(), ops.to_string()]);
+        let args = kiln::bench::parse(argv).unwrap();
+        let report = kiln::bench::run_load(&args.load)
+            .await
+            .unwrap_or_else(|e| local.fail(&format!("{workload}: {e}")));
+        assert_eq!(report.errors, 0, "{workload}: {}", report.text());
+        assert_eq!(
+            metric(&local, UPSTREAM_HIT).await - before,
+            40.0,
+            "{workload}: every blob read was a miss served by the upstream"
+        );
+    }
+}

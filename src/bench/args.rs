@@ -78,6 +78,13 @@ pub struct LoadArgs {
     /// Target: grpc://HOST:PORT, grpcs://HOST:PORT (TLS) or unix:PATH.
     #[arg(long)]
     pub target: Option<String>,
+    /// Seed into this target instead of `--target` (same TLS and token flags): e.g. the
+    /// upstream of a kiln local tier, so that reads through the tier miss. The read workloads
+    /// then take the seeded blobs in order instead of at random, so the first `--blobs`
+    /// blobs read (`--ops`, times `--batch` for batch reads) are each one `--target` has not
+    /// served before.
+    #[arg(long)]
+    pub seed_target: Option<String>,
     /// REAPI instance name.
     #[arg(long, default_value = "")]
     pub instance: String,

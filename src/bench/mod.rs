@@ -38,6 +38,27 @@ pub enum BenchError {
     Local(String),
 }
 
+/// `connections` connections to `target` with the TLS files and token `args` name.
+async fn connect(target: &str, connections: usize, args: &LoadArgs) -> Result<Clients, BenchError> {
+    let target = target::Target::parse(target)?;
+    let tls = crate::auth::ClientTls {
+        ca: args.tls_ca.clone(),
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+    };
+    let mut channels = Vec::new();
+    for _ in 0..connections.max(1) {
+        channels.push(target.connect_tls(&tls).await?);
+    }
+    let bearer = match &args.token_file {
+        Some(p) => {
+            crate::auth::Bearer::from_file(p).map_err(|e| BenchError::Usage(e.to_string()))?
+        }
+        None => crate::auth::Bearer::none(),
+    };
+    Ok(Clients::new(channels, args.instance.clone()).with_bearer(bearer))
+}
+
 /// Runs a load run and returns its report (the library entry point; tests use it).
 pub async fn run_load(args: &LoadArgs) -> Result<Report, BenchError> {
     let target = args
@@ -47,30 +68,18 @@ pub async fn run_load(args: &LoadArgs) -> Result<Report, BenchError> {
     let kind = args
         .workload
         .ok_or_else(|| BenchError::Usage("--workload is required".into()))?;
-    let target = target::Target::parse(target)?;
-    let mut channels = Vec::new();
-    let tls = crate::auth::ClientTls {
-        ca: args.tls_ca.clone(),
-        cert: args.tls_cert.clone(),
-        key: args.tls_key.clone(),
+    let clients = Arc::new(connect(target, args.connections, args).await?);
+    let seed_clients = match &args.seed_target {
+        Some(t) => Arc::new(connect(t, 1, args).await?),
+        None => clients.clone(),
     };
-    for _ in 0..args.connections.max(1) {
-        channels.push(target.connect_tls(&tls).await?);
-    }
-    let bearer = match &args.token_file {
-        Some(p) => {
-            crate::auth::Bearer::from_file(p).map_err(|e| BenchError::Usage(e.to_string()))?
-        }
-        None => crate::auth::Bearer::none(),
-    };
-    let clients = Arc::new(Clients::new(channels, args.instance.clone()).with_bearer(bearer));
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
     });
     let mut workload = workloads::build(kind, args, seed);
-    workload.seed(&clients).await?;
+    workload.seed(&seed_clients).await?;
     let workload: Arc<dyn workloads::Workload> = Arc::from(workload);
     let stop = args.ops.map_or(Stop::After(args.duration), Stop::Ops);
     let measured = workloads::drive(

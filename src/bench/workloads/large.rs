@@ -46,15 +46,18 @@ pub struct LargeRead {
     maker: BlobMaker,
     count: usize,
     blobs: Vec<Blob>,
+    pick: super::Pick,
 }
 
 impl LargeRead {
-    /// From `--size` (256 MiB) and `--blobs` (2 seeded; each op reads one at random).
+    /// From `--size` (256 MiB) and `--blobs` (2 seeded; each op reads one at random, or in
+    /// order with `--seed-target`).
     pub fn new(args: &LoadArgs, seed: u64) -> Self {
         Self {
             maker: BlobMaker::new(seed, args.size.unwrap_or(DEFAULT_SIZE)),
             count: args.blobs.unwrap_or(2).max(1),
             blobs: Vec::new(),
+            pick: super::Pick::from_args(args),
         }
     }
 }
@@ -73,11 +76,13 @@ impl Workload for LargeRead {
     }
 
     async fn op(&self, clients: &Clients, worker: usize, rng: &mut Rng) -> Result<u64, OpError> {
-        let b = &self.blobs[rng.below(self.blobs.len())];
+        let b = &self.blobs[self.pick.next(self.blobs.len(), rng)];
         clients.bytestream_read(worker, b).await
     }
 
     fn params(&self) -> serde_json::Value {
-        serde_json::json!({ "size": self.maker.blob(0).len(), "seeded": self.count })
+        serde_json::json!({
+            "size": self.maker.blob(0).len(), "seeded": self.count, "pick": self.pick.name(),
+        })
     }
 }

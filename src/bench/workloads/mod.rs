@@ -22,6 +22,42 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// How read workloads choose among their seeded items.
+pub enum Pick {
+    /// Uniformly at random (the default: a warm working set).
+    Random,
+    /// In seeding order, wrapping, shared by all workers (`--seed-target`: every item is read
+    /// once before any is read again, so each first read is a miss of the target).
+    InOrder(std::sync::atomic::AtomicUsize),
+}
+
+impl Pick {
+    /// The choice `args` ask for.
+    pub fn from_args(args: &LoadArgs) -> Self {
+        if args.seed_target.is_some() {
+            Self::InOrder(std::sync::atomic::AtomicUsize::new(0))
+        } else {
+            Self::Random
+        }
+    }
+
+    /// The index of the next item among `n` (n > 0).
+    pub fn next(&self, n: usize, rng: &mut Rng) -> usize {
+        match self {
+            Self::Random => rng.below(n),
+            Self::InOrder(at) => at.fetch_add(1, Ordering::Relaxed) % n,
+        }
+    }
+
+    /// `"random"` or `"in-order"`, for the report.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Random => "random",
+            Self::InOrder(_) => "in-order",
+        }
+    }
+}
+
 /// One kind of load.
 #[async_trait::async_trait]
 pub trait Workload: Send + Sync {

@@ -92,6 +92,7 @@ pub struct SmallRead {
     count: usize,
     maker: BlobMaker,
     blobs: Vec<Blob>,
+    pick: super::Pick,
 }
 
 impl SmallRead {
@@ -104,6 +105,7 @@ impl SmallRead {
             count: args.blobs.unwrap_or(1000).max(1),
             maker: BlobMaker::new(seed, size),
             blobs: Vec::new(),
+            pick: super::Pick::from_args(args),
         }
     }
 }
@@ -118,13 +120,19 @@ impl Workload for SmallRead {
     async fn op(&self, clients: &Clients, worker: usize, rng: &mut Rng) -> Result<u64, OpError> {
         match self.api {
             SmallApi::Bytestream => {
-                let b = &self.blobs[rng.below(self.blobs.len())];
+                let b = &self.blobs[self.pick.next(self.blobs.len(), rng)];
                 clients.bytestream_read(worker, b).await
             }
             SmallApi::Batch => {
                 // Distinct digests: servers may answer a repeated digest once.
                 let n = self.blobs.len();
-                let first = rng.below(n);
+                let first = match &self.pick {
+                    super::Pick::Random => rng.below(n),
+                    // Consecutive batches, so each blob is asked for once per pass.
+                    super::Pick::InOrder(_) => {
+                        self.pick.next(n.div_ceil(self.batch), rng) * self.batch
+                    }
+                };
                 let picked: Vec<&Blob> = (0..self.batch.min(n))
                     .map(|k| &self.blobs[(first + k) % n])
                     .collect();
@@ -174,7 +182,7 @@ impl Workload for SmallRead {
     fn params(&self) -> serde_json::Value {
         serde_json::json!({
             "size": self.maker.blob(0).len(), "api": api_name(self.api),
-            "batch": self.batch, "seeded": self.count,
+            "batch": self.batch, "seeded": self.count, "pick": self.pick.name(),
         })
     }
 
