@@ -7,25 +7,30 @@ use crate::proto::reapi;
 use sha2::{Digest as _, Sha256};
 use std::fmt;
 
-/// Hash functions kiln accepts. Only SHA-256 today; the enum keeps the door open and makes
-/// callers say which function they mean.
+/// Hash functions kiln accepts. Callers always say which one they mean: the two share a hash
+/// length, so a hash alone does not tell them apart, and their CAS and action-cache entries
+/// are kept apart (see `cas::Cas::key`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DigestFunction {
     /// SHA-256, the REAPI default.
     Sha256,
+    /// BLAKE3 with 32-byte output (newer Bazel: `--digest_function=blake3`).
+    Blake3,
 }
 
 impl DigestFunction {
     /// All functions, in the order Capabilities advertises them.
-    pub const ALL: [DigestFunction; 1] = [DigestFunction::Sha256];
+    pub const ALL: [DigestFunction; 2] = [DigestFunction::Sha256, DigestFunction::Blake3];
 
     /// Resolves a request's `digest_function` field. `UNKNOWN` (0) means "infer from the hash
-    /// length", which for 64 hex digits is SHA-256, as the spec asks of servers.
+    /// length", which for 64 hex digits is SHA-256, as the spec asks of servers (a BLAKE3
+    /// client must name its function).
     pub fn from_proto(value: i32) -> Result<Self, DigestError> {
         match reapi::digest_function::Value::try_from(value) {
             Ok(reapi::digest_function::Value::Unknown | reapi::digest_function::Value::Sha256) => {
                 Ok(DigestFunction::Sha256)
             }
+            Ok(reapi::digest_function::Value::Blake3) => Ok(DigestFunction::Blake3),
             Ok(other) => Err(DigestError::UnsupportedFunction(
                 other.as_str_name().to_string(),
             )),
@@ -39,6 +44,7 @@ impl DigestFunction {
     pub fn to_proto(self) -> i32 {
         match self {
             DigestFunction::Sha256 => reapi::digest_function::Value::Sha256 as i32,
+            DigestFunction::Blake3 => reapi::digest_function::Value::Blake3 as i32,
         }
     }
 
@@ -46,24 +52,30 @@ impl DigestFunction {
     pub fn name(self) -> &'static str {
         match self {
             DigestFunction::Sha256 => "sha256",
+            DigestFunction::Blake3 => "blake3",
         }
+    }
+
+    /// The function named `name` as in resource names (`blake3`), if kiln has it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
     }
 
     /// A one-byte tag, used in storage keys to keep functions apart.
     pub fn tag(self) -> u8 {
         match self {
             DigestFunction::Sha256 => 1,
+            DigestFunction::Blake3 => 2,
         }
     }
 
     /// A fresh incremental hasher for this function.
     pub fn hasher(self) -> Hasher {
-        match self {
-            DigestFunction::Sha256 => Hasher {
-                inner: Sha256::new(),
-                size: 0,
-            },
-        }
+        let inner = match self {
+            DigestFunction::Sha256 => Inner::Sha256(Sha256::new()),
+            DigestFunction::Blake3 => Inner::Blake3(Box::new(blake3::Hasher::new())),
+        };
+        Hasher { inner, size: 0 }
     }
 
     /// Digest of a whole buffer.
@@ -77,15 +89,38 @@ impl DigestFunction {
 /// Incremental hashing of streamed bytes: hash once, while the bytes arrive.
 #[derive(Clone)]
 pub struct Hasher {
-    inner: Sha256,
+    inner: Inner,
     size: u64,
 }
 
+#[derive(Clone)]
+enum Inner {
+    Sha256(Sha256),
+    // Boxed: blake3's hasher keeps a chunk stack of about 1.9 KB.
+    Blake3(Box<blake3::Hasher>),
+}
+
+// BLAKE3 is hashed on the thread that received the bytes (no rayon): its SIMD paths in
+// `update` already work across 1 KiB chunks of one call, and the box's other core serves
+// other requests.
 impl Hasher {
     /// Feeds the next bytes.
     pub fn update(&mut self, data: &[u8]) {
-        self.inner.update(data);
+        match &mut self.inner {
+            Inner::Sha256(h) => h.update(data),
+            Inner::Blake3(h) => {
+                h.update(data);
+            }
+        }
         self.size += data.len() as u64;
+    }
+
+    /// The function this hasher computes.
+    pub fn function(&self) -> DigestFunction {
+        match self.inner {
+            Inner::Sha256(_) => DigestFunction::Sha256,
+            Inner::Blake3(_) => DigestFunction::Blake3,
+        }
     }
 
     /// Bytes fed so far.
@@ -95,11 +130,13 @@ impl Hasher {
 
     /// The digest of everything fed.
     pub fn finish(self) -> Digest {
-        let out = self.inner.finalize();
-        let mut hash = [0u8; 32];
-        hash.copy_from_slice(&out);
+        let function = self.function();
+        let hash: [u8; 32] = match self.inner {
+            Inner::Sha256(h) => h.finalize().into(),
+            Inner::Blake3(h) => *h.finalize().as_bytes(),
+        };
         Digest {
-            function: DigestFunction::Sha256,
+            function,
             hash,
             size: self.size,
         }
@@ -120,9 +157,9 @@ pub struct Digest {
 /// Why a digest was rejected. Every variant names the offending value.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DigestError {
-    /// The hash is not 64 lower-case hex digits.
-    #[error("invalid hash {0:?}: expected 64 lower-case hex digits for SHA-256")]
-    BadHash(String),
+    /// The hash is not 64 lower-case hex digits (the length of both SHA-256 and BLAKE3).
+    #[error("invalid hash {0:?}: expected 64 lower-case hex digits for {1}")]
+    BadHash(String, &'static str),
     /// A negative or unparsable size.
     #[error("invalid size {0}: sizes must be non-negative integers")]
     BadSize(String),
@@ -130,7 +167,7 @@ pub enum DigestError {
     #[error("missing digest in field {0}")]
     Missing(&'static str),
     /// A digest function kiln does not implement.
-    #[error("unsupported digest function {0}; this server supports SHA256")]
+    #[error("unsupported digest function {0}; this server supports SHA256 and BLAKE3")]
     UnsupportedFunction(String),
 }
 
@@ -152,7 +189,7 @@ impl Digest {
         }
         Ok(Self {
             function,
-            hash: parse_hash(hash)?,
+            hash: parse_hash(hash).map_err(|h| DigestError::BadHash(h, function.name()))?,
             size: size as u64,
         })
     }
@@ -197,10 +234,21 @@ impl Digest {
     pub fn hash_hex(&self) -> String {
         hex::encode(self.hash)
     }
+
+    /// The digest part of a resource name: `hash/size`, with the function's name in front
+    /// (`blake3/hash/size`) for every function but SHA-256, as REAPI asks (a server infers
+    /// SHA-256 from a 64-digit hash without one).
+    pub fn resource_path(&self) -> String {
+        match self.function {
+            DigestFunction::Sha256 => format!("{}/{}", self.hash_hex(), self.size),
+            f @ DigestFunction::Blake3 => format!("{}/{}/{}", f.name(), self.hash_hex(), self.size),
+        }
+    }
 }
 
-fn parse_hash(hash: &str) -> Result<[u8; 32], DigestError> {
-    let bad = || DigestError::BadHash(truncate(hash));
+/// The 32 bytes of a 64-digit lower-case hex hash; the (shortened) input when it is not one.
+fn parse_hash(hash: &str) -> Result<[u8; 32], String> {
+    let bad = || truncate(hash);
     if hash.len() != 64
         || !hash
             .bytes()
@@ -252,15 +300,15 @@ mod tests {
         assert!(Digest::parse(f, EMPTY, 0).is_ok());
         assert!(matches!(
             Digest::parse(f, &EMPTY.to_uppercase(), 0),
-            Err(DigestError::BadHash(_))
+            Err(DigestError::BadHash(..))
         ));
         assert!(matches!(
             Digest::parse(f, &EMPTY[1..], 0),
-            Err(DigestError::BadHash(_))
+            Err(DigestError::BadHash(..))
         ));
         assert!(matches!(
             Digest::parse(f, &format!("{}g", &EMPTY[1..]), 0),
-            Err(DigestError::BadHash(_))
+            Err(DigestError::BadHash(..))
         ));
         assert!(matches!(
             Digest::parse(f, EMPTY, -1),
@@ -282,5 +330,89 @@ mod tests {
         assert_eq!(DigestFunction::from_proto(0), Ok(DigestFunction::Sha256));
         assert!(DigestFunction::from_proto(reapi::digest_function::Value::Md5 as i32).is_err());
         assert!(DigestFunction::from_proto(999).is_err());
+    }
+
+    /// BLAKE3's reference test vectors (BLAKE3-team/BLAKE3 `test_vectors/test_vectors.json`,
+    /// the `hash` mode's first 32 bytes): input `len` bytes of 0, 1, .., 250, 0, 1, ...
+    /// Fed whole and in uneven pieces, so the incremental path is checked too.
+    #[test]
+    fn blake3_reference_vectors() {
+        const CASES: &[(usize, &str)] = &[
+            (
+                0,
+                "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
+            ),
+            (
+                1,
+                "2d3adedff11b61f14c886e35afa036736dcd87a74d27b5c1510225d0f592e213",
+            ),
+            (
+                1023,
+                "10108970eeda3eb932baac1428c7a2163b0e924c9a9e25b35bba72b28f70bd11",
+            ),
+            (
+                1024,
+                "42214739f095a406f3fc83deb889744ac00df831c10daa55189b5d121c855af7",
+            ),
+            (
+                1025,
+                "d00278ae47eb27b34faecf67b4fe263f82d5412916c1ffd97c8cb7fb814b8444",
+            ),
+            (
+                2048,
+                "e776b6028c7cd22a4d0ba182a8bf62205d2ef576467e838ed6f2529b85fba24a",
+            ),
+            (
+                2049,
+                "5f4d72f40d7a5f82b15ca2b2e44b1de3c2ef86c426c95c1af0b6879522563030",
+            ),
+            (
+                3072,
+                "b98cb0ff3623be03326b373de6b9095218513e64f1ee2edd2525c7ad1e5cffd2",
+            ),
+            (
+                4096,
+                "015094013f57a5277b59d8475c0501042c0b642e531b0a1c8f58d2163229e969",
+            ),
+            (
+                5121,
+                "628bd2cb2004694adaab7bbd778a25df25c47b9d4155a55f8fbd79f2fe154cff",
+            ),
+            (
+                7169,
+                "a003fc7a51754a9b3c7fae0367ab3d782dccf28855a03d435f8cfe74605e7817",
+            ),
+        ];
+        for &(len, want) in CASES {
+            let input: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let d = DigestFunction::Blake3.digest_of(&input);
+            assert_eq!(
+                (d.hash_hex().as_str(), d.size),
+                (want, len as u64),
+                "len {len}"
+            );
+            let mut h = DigestFunction::Blake3.hasher();
+            for piece in input.chunks(333) {
+                h.update(piece);
+            }
+            assert_eq!(h.finish(), d, "len {len} in pieces");
+        }
+    }
+
+    #[test]
+    fn both_functions_resolve_and_name_themselves() {
+        let b3 = reapi::digest_function::Value::Blake3 as i32;
+        assert_eq!(DigestFunction::from_proto(b3), Ok(DigestFunction::Blake3));
+        for f in DigestFunction::ALL {
+            assert_eq!(DigestFunction::from_proto(f.to_proto()), Ok(f));
+            assert_eq!(DigestFunction::from_name(f.name()), Some(f));
+        }
+        let sha = DigestFunction::Sha256.digest_of(b"abc");
+        assert_eq!(sha.resource_path(), format!("{}/3", sha.hash_hex()));
+        let b = DigestFunction::Blake3.digest_of(b"abc");
+        assert_eq!(b.resource_path(), format!("blake3/{}/3", b.hash_hex()));
+        assert_ne!(sha.hash, b.hash);
+        let err = Digest::parse(DigestFunction::Blake3, "abc", 1).unwrap_err();
+        assert!(err.to_string().contains("blake3"), "{err}");
     }
 }

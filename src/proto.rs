@@ -58,3 +58,9 @@ pub mod type_url {
     pub const EXECUTE_RESPONSE: &str =
         "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteResponse";
 }
+
+/// The `Lease.requirements` property naming the digest function of a lease's Action when it
+/// is not SHA-256 (a value from `DigestFunction::name`, e.g. `blake3`). The Action itself does
+/// not say, and its digests must be read, and its outputs hashed, with the function the client
+/// chose. Absent: SHA-256, so leases of SHA-256 actions are what other bots have always seen.
+pub const LEASE_DIGEST_FUNCTION: &str = "kiln.digest_function";

@@ -151,10 +151,8 @@ fn parse_blob_part<'a>(
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         && rest.len() >= 3
     {
-        function = match *first {
-            "sha256" => DigestFunction::Sha256,
-            other => return Err(DigestError::UnsupportedFunction(other.to_string()).into()),
-        };
+        function = DigestFunction::from_name(first)
+            .ok_or_else(|| DigestError::UnsupportedFunction(first.to_string()))?;
         rest = &rest[1..];
     }
     let [hash, size, tail @ ..] = rest else {
@@ -195,6 +193,20 @@ mod tests {
         );
         let r = ResourceName::parse_read(&format!("i/blobs/sha256/{H}/5")).unwrap();
         assert_eq!(r.instance, "i");
+        assert_eq!(r.digest.function, DigestFunction::Sha256);
+        let r = ResourceName::parse_read(&format!("i/blobs/blake3/{H}/5")).unwrap();
+        assert_eq!(
+            (r.instance.as_str(), r.digest.function),
+            ("i", DigestFunction::Blake3)
+        );
+        let r = ResourceName::parse_read(&format!("compressed-blobs/zstd/blake3/{H}/5")).unwrap();
+        assert_eq!(r.digest.function, DigestFunction::Blake3);
+        assert!(matches!(
+            ResourceName::parse_read(&format!("blobs/md5/{H}/5")),
+            Err(ResourceNameError::Digest(DigestError::UnsupportedFunction(
+                _
+            )))
+        ));
         for bad in [
             String::new(),
             format!("blobs/{H}"),

@@ -165,7 +165,7 @@ pub fn exec_rpc_status(err: &ExecError) -> rpc::Status {
             for d in &sorted {
                 let v = rpc::precondition_failure::Violation {
                     r#type: "MISSING".into(),
-                    subject: format!("blobs/{}/{}", d.hash_hex(), d.size),
+                    subject: format!("blobs/{}", d.resource_path()),
                     description: String::new(),
                 };
                 bytes += v.encoded_len() + 3;

@@ -110,6 +110,14 @@ fn lease(view: LeaseView) -> Lease {
         LeaseState::Completed => rwapi::LeaseState::Completed,
         LeaseState::Cancelled => rwapi::LeaseState::Cancelled,
     };
+    let requirements =
+        (view.function != crate::digest::DigestFunction::Sha256).then(|| rwapi::Worker {
+            properties: vec![rwapi::worker::Property {
+                key: crate::proto::LEASE_DIGEST_FUNCTION.into(),
+                value: view.function.name().into(),
+            }],
+            ..Default::default()
+        });
     Lease {
         id: view.id,
         payload: view.action.map(|a| prost_types::Any {
@@ -117,6 +125,7 @@ fn lease(view: LeaseView) -> Lease {
             value: a.encode_to_vec(),
         }),
         state: state as i32,
+        requirements,
         ..Default::default()
     }
 }

@@ -27,7 +27,7 @@ pub use tree::{TreePage, TreePager, get_tree_page};
 pub use tree_pagers::PausedTrees;
 pub use upload::Upload;
 
-use crate::digest::Digest;
+use crate::digest::{Digest, DigestFunction};
 use crate::storage::{Key, Store};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -44,12 +44,25 @@ impl Cas {
         Self { store }
     }
 
-    /// The storage key of a blob.
+    /// The storage key of a blob: its hash, in the key space of its digest function (the
+    /// same bytes stored under SHA-256 and BLAKE3 are two entries, each verifiable alone).
     pub fn key(digest: &Digest) -> Key {
-        let mut id = digest.hash;
-        // Keep digest functions apart even if two ever share a hash length.
-        id[0] ^= digest.function.tag().wrapping_sub(1);
-        Key::new(Key::SPACE_CAS, id)
+        Key::new(Self::space(digest.function), digest.hash)
+    }
+
+    /// The key space of blobs named by `function`.
+    pub fn space(function: DigestFunction) -> u8 {
+        match function {
+            DigestFunction::Sha256 => Key::SPACE_CAS,
+            DigestFunction::Blake3 => Key::SPACE_CAS_BLAKE3,
+        }
+    }
+
+    /// The digest function whose blobs live in key space `space`, if any.
+    pub fn function_of_space(space: u8) -> Option<DigestFunction> {
+        DigestFunction::ALL
+            .into_iter()
+            .find(|f| Self::space(*f) == space)
     }
 
     /// The largest blob the store accepts.

@@ -2,11 +2,11 @@
 //! its key. The storage scrub walks records and calls this; it never learns the CAS key space.
 
 use super::Cas;
-use crate::digest::DigestFunction;
 use crate::storage::{Blob, BlobCheck, Key};
 
-/// The check `kiln verify` hands the storage scrub: every CAS blob is hashed (SHA-256, the one
-/// digest function) and its key rebuilt with [`Cas::key`]; a mismatch is a damaged blob.
+/// The check `kiln verify` hands the storage scrub: every CAS blob is hashed with the digest
+/// function of its key space (SHA-256 or BLAKE3) and its key rebuilt with [`Cas::key`]; a
+/// mismatch is a damaged blob.
 pub const SCRUB: BlobCheck<'static> = BlobCheck {
     wants: &is_cas_key,
     check: &blob_matches_key,
@@ -14,12 +14,15 @@ pub const SCRUB: BlobCheck<'static> = BlobCheck {
 
 /// Whether `key` names a CAS blob (action-cache entries are not content-addressed).
 fn is_cas_key(key: &Key) -> bool {
-    key.space == Key::SPACE_CAS
+    Cas::function_of_space(key.space).is_some()
 }
 
 /// Whether the bytes of `blob` hash to `key` under the CAS's digest-to-key rule.
 fn blob_matches_key(key: &Key, blob: &Blob) -> bool {
-    let mut h = DigestFunction::Sha256.hasher();
+    let Some(function) = Cas::function_of_space(key.space) else {
+        return false;
+    };
+    let mut h = function.hasher();
     for part in blob.chunks(0, u64::MAX, 1 << 20) {
         h.update(&part);
     }
@@ -29,6 +32,7 @@ fn blob_matches_key(key: &Key, blob: &Blob) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::DigestFunction;
     use bytes::Bytes;
 
     #[test]
@@ -42,5 +46,22 @@ mod tests {
         let other = Blob::from_bytes(Bytes::from_static(b"scrub mE"));
         assert!(!(SCRUB.check)(&key, &other));
         assert!(!(SCRUB.wants)(&Key::new(Key::SPACE_AC, key.id)));
+    }
+
+    #[test]
+    fn blake3_blobs_are_checked_with_blake3() {
+        let data = b"scrub me too";
+        let blob = Blob::from_bytes(Bytes::from_static(data));
+        let b3 = Cas::key(&DigestFunction::Blake3.digest_of(data));
+        let sha = Cas::key(&DigestFunction::Sha256.digest_of(data));
+        assert_ne!(b3, sha, "the two functions' entries are apart");
+        assert!((SCRUB.wants)(&b3));
+        assert!((SCRUB.check)(&b3, &blob));
+        // SHA-256 bytes under a BLAKE3 key (and the reverse) are damage.
+        assert!(!(SCRUB.check)(
+            &Key::new(Key::SPACE_CAS_BLAKE3, sha.id),
+            &blob
+        ));
+        assert!(!(SCRUB.check)(&Key::new(Key::SPACE_CAS, b3.id), &blob));
     }
 }

@@ -49,6 +49,8 @@ pub struct LeaseView {
     pub state: LeaseState,
     /// For new (PENDING) leases: the Action to run, with its effective timeout.
     pub action: Option<Action>,
+    /// The digest function of the Action's digests (and of the outputs to report).
+    pub function: crate::digest::DigestFunction,
 }
 
 struct Completion {
@@ -242,6 +244,7 @@ impl Scheduler {
                 id: id.clone(),
                 state: LeaseState::Cancelled,
                 action: None,
+                function: crate::digest::DigestFunction::Sha256,
             })
             .collect();
         for (id, e) in &bot.leases {
@@ -255,6 +258,7 @@ impl Scheduler {
                 id: id.clone(),
                 state,
                 action: None,
+                function: crate::digest::DigestFunction::Sha256,
             });
         }
         if idle && bot.leases.is_empty() {
@@ -271,6 +275,7 @@ impl Scheduler {
                     id: name.clone(),
                     state: LeaseState::Pending,
                     action: Some(op.action.clone()),
+                    function: op.digest.function,
                 });
                 let bot = st.bots.get_mut(session).expect("checked");
                 // A requeued lease can come back to the same session: it is live again.

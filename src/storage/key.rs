@@ -19,6 +19,9 @@ impl Key {
     pub const SPACE_CAS: u8 = 1;
     /// Namespace of action-cache entries.
     pub const SPACE_AC: u8 = 2;
+    /// Namespace of content-addressed blobs named by their BLAKE3 hash (`SPACE_CAS` holds the
+    /// SHA-256 ones). 3 and 4 are kept for chunk lists and remote-asset records.
+    pub const SPACE_CAS_BLAKE3: u8 = 5;
 
     /// Builds a key from its parts.
     pub const fn new(space: u8, id: [u8; 32]) -> Self {

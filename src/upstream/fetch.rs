@@ -17,9 +17,9 @@ const ENSURE_STEP: usize = 256;
 /// `{instance}/blobs/{hash}/{size}`: the REAPI read name of a blob.
 pub(super) fn read_name(instance: &str, d: &Digest) -> String {
     if instance.is_empty() {
-        format!("blobs/{}/{}", d.hash_hex(), d.size)
+        format!("blobs/{}", d.resource_path())
     } else {
-        format!("{instance}/blobs/{}/{}", d.hash_hex(), d.size)
+        format!("{instance}/blobs/{}", d.resource_path())
     }
 }
 

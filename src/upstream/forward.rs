@@ -4,7 +4,7 @@
 
 use super::Upstream;
 use super::error::UpstreamError;
-use crate::digest::Digest;
+use crate::digest::{Digest, DigestFunction};
 use crate::proto::bytestream::WriteRequest;
 use crate::proto::reapi::{
     BatchUpdateBlobsRequest, UpdateActionResultRequest, batch_update_blobs_request,
@@ -26,43 +26,58 @@ pub struct Pushed {
 }
 
 impl Upstream {
-    /// Makes the upstream hold `digests` (stored locally under `instance`).
+    /// Makes the upstream hold `digests` (stored locally under `instance`), one digest
+    /// function at a time (each upstream call names one).
     pub async fn push_blobs(
         &self,
         instance: &str,
         digests: &[Digest],
     ) -> Result<Pushed, UpstreamError> {
         let mut pushed = Pushed::default();
-        let digests: Vec<Digest> = digests
-            .iter()
-            .filter(|d| !d.is_empty_blob())
-            .copied()
-            .collect();
-        if digests.is_empty() {
-            return Ok(pushed);
+        for function in DigestFunction::ALL {
+            let digests: Vec<Digest> = digests
+                .iter()
+                .filter(|d| d.function == function && !d.is_empty_blob())
+                .copied()
+                .collect();
+            if !digests.is_empty() {
+                self.push_blobs_of(instance, &digests, &mut pushed).await?;
+            }
         }
-        let absent = self.upstream_missing(instance, &digests).await?;
+        Ok(pushed)
+    }
+
+    /// [`Self::push_blobs`] of non-empty blobs of one digest function.
+    async fn push_blobs_of(
+        &self,
+        instance: &str,
+        digests: &[Digest],
+        pushed: &mut Pushed,
+    ) -> Result<(), UpstreamError> {
+        let absent = self.upstream_missing(instance, digests).await?;
         let stats = &self.inner.client.stats;
-        pushed.skipped = (digests.len() - absent.len()) as u64;
-        stats.forward("cas", "skipped", pushed.skipped);
+        let skipped = (digests.len() - absent.len()) as u64;
+        pushed.skipped += skipped;
+        stats.forward("cas", "skipped", skipped);
         let batch_bytes = self.inner.settings.batch_bytes;
         let mut batch: Vec<(Digest, bytes::Bytes)> = Vec::new();
         let mut batch_size = 0u64;
+        let (mut sent, mut gone) = (0, 0);
         for d in digests.iter().filter(|d| absent.contains(d)) {
             if d.size > batch_bytes {
                 if self.write_stream(instance, d).await? {
-                    pushed.sent += 1;
+                    sent += 1;
                 } else {
-                    pushed.gone += 1;
+                    gone += 1;
                 }
                 continue;
             }
             let Some(blob) = self.inner.cas.get(d)? else {
-                pushed.gone += 1;
+                gone += 1;
                 continue;
             };
             if !batch.is_empty() && batch_size + d.size > batch_bytes {
-                pushed.sent += self
+                sent += self
                     .write_batch(instance, std::mem::take(&mut batch))
                     .await?;
                 batch_size = 0;
@@ -71,17 +86,19 @@ impl Upstream {
             batch.push((*d, blob.to_bytes()));
         }
         if !batch.is_empty() {
-            pushed.sent += self.write_batch(instance, batch).await?;
+            sent += self.write_batch(instance, batch).await?;
         }
-        stats.forward("cas", "sent", pushed.sent);
-        if pushed.gone > 0 {
+        stats.forward("cas", "sent", sent);
+        pushed.sent += sent;
+        if gone > 0 {
             tracing::warn!(
-                gone = pushed.gone,
+                gone,
                 "blobs evicted locally before they reached the upstream"
             );
-            stats.forward("cas", "gone", pushed.gone);
+            stats.forward("cas", "gone", gone);
+            pushed.gone += gone;
         }
-        Ok(pushed)
+        Ok(())
     }
 
     async fn write_batch(
@@ -92,6 +109,10 @@ impl Upstream {
         let c = &self.inner.client;
         let n = blobs.len() as u64;
         let bytes: u64 = blobs.iter().map(|(_, b)| b.len() as u64).sum();
+        // One function per batch: `push_blobs_of` never mixes them.
+        let function = blobs
+            .first()
+            .map_or(DigestFunction::Sha256, |(d, _)| d.function);
         let req = BatchUpdateBlobsRequest {
             instance_name: self.instance(instance).to_string(),
             requests: blobs
@@ -102,7 +123,7 @@ impl Upstream {
                     compressor: 0,
                 })
                 .collect(),
-            digest_function: crate::digest::DigestFunction::Sha256.to_proto(),
+            digest_function: function.to_proto(),
         };
         let answer = c
             .call("BatchUpdateBlobs", c.cas.clone().batch_update_blobs(req))
@@ -140,15 +161,14 @@ impl Upstream {
         };
         let inst = self.instance(instance);
         let name = format!(
-            "{}uploads/{}/blobs/{}/{}",
+            "{}uploads/{}/blobs/{}",
             if inst.is_empty() {
                 String::new()
             } else {
                 format!("{inst}/")
             },
             uuid::Uuid::new_v4(),
-            d.hash_hex(),
-            d.size
+            d.resource_path()
         );
         let size = d.size;
         let chunks = blob.chunks(0, u64::MAX, WRITE_CHUNK as usize);

@@ -11,7 +11,7 @@ use super::error::{WorkerError, io};
 use super::run::{Limits, run};
 use super::sandbox::Place;
 use super::stage::stage;
-use crate::digest::Digest;
+use crate::digest::{Digest, DigestFunction};
 use crate::paths::within_root;
 use crate::proto::google::rpc;
 use crate::proto::reapi::{Action, ActionResult, Command, ExecutedActionMetadata};
@@ -55,7 +55,7 @@ fn error_status(e: &WorkerError) -> rpc::Status {
             let failure = rpc::PreconditionFailure {
                 violations: vec![rpc::precondition_failure::Violation {
                     r#type: "MISSING".into(),
-                    subject: format!("blobs/{}/{}", d.hash_hex(), d.size),
+                    subject: format!("blobs/{}", d.resource_path()),
                     description: String::new(),
                 }],
             };
@@ -77,9 +77,14 @@ fn error_status(e: &WorkerError) -> rpc::Status {
 }
 
 /// Runs `action`; never fails, the failure is in the outcome's status.
-pub async fn execute(ctx: &Context, action: Action, cancel: watch::Receiver<bool>) -> LeaseOutcome {
+pub async fn execute(
+    ctx: &Context,
+    action: Action,
+    function: DigestFunction,
+    cancel: watch::Receiver<bool>,
+) -> LeaseOutcome {
     let dir = ctx.actions_dir.join(uuid::Uuid::new_v4().to_string());
-    let outcome = match execute_in(ctx, &action, &dir, cancel).await {
+    let outcome = match execute_in(ctx, &action, function, &dir, cancel).await {
         Ok(o) => o,
         Err(e) => {
             tracing::warn!(error = %e, "action failed");
@@ -105,9 +110,9 @@ fn invalid(what: &'static str, reason: impl std::fmt::Display) -> WorkerError {
 async fn prepare(
     ctx: &Context,
     action: &Action,
+    function: DigestFunction,
     dir: &Path,
 ) -> Result<(Command, PathBuf, PathBuf), WorkerError> {
-    let function = crate::digest::DigestFunction::Sha256;
     let command_digest = Digest::from_field(
         function,
         action.command_digest.as_ref(),
@@ -167,12 +172,12 @@ async fn prepare(
 
 /// Captures outputs (none for a timed-out run) plus stdout/stderr.
 async fn collect(
+    function: DigestFunction,
     cmd: Command,
     root: PathBuf,
     dir: &Path,
     timed_out: bool,
 ) -> Result<Captured, WorkerError> {
-    let function = crate::digest::DigestFunction::Sha256;
     let (stdout, stderr) = (dir.join("stdout"), dir.join("stderr"));
     tokio::task::spawn_blocking(move || -> Result<_, WorkerError> {
         // Timed-out actions still return whatever stdout/stderr they wrote, but no outputs.
@@ -196,6 +201,7 @@ async fn collect(
 async fn execute_in(
     ctx: &Context,
     action: &Action,
+    function: DigestFunction,
     dir: &Path,
     cancel: watch::Receiver<bool>,
 ) -> Result<LeaseOutcome, WorkerError> {
@@ -205,7 +211,7 @@ async fn execute_in(
         input_fetch_start_timestamp: now(),
         ..Default::default()
     };
-    let (cmd, root, workdir) = prepare(ctx, action, dir).await?;
+    let (cmd, root, workdir) = prepare(ctx, action, function, dir).await?;
     meta.input_fetch_completed_timestamp = now();
     let timeout = action
         .timeout
@@ -243,7 +249,7 @@ async fn execute_in(
         });
     }
     meta.output_upload_start_timestamp = now();
-    let captured = collect(cmd, root, dir, ran.timed_out).await?;
+    let captured = collect(function, cmd, root, dir, ran.timed_out).await?;
     ctx.client.upload(captured.blobs).await?;
     let mut result = captured.result;
     result.exit_code = ran.exit_code;

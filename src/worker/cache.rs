@@ -18,7 +18,7 @@ use super::client::{BATCH_BLOB_LIMIT, Client};
 use super::error::{WorkerError, io};
 use crate::cas::local::LocalReader;
 use crate::cas::walk::TreeWalk;
-use crate::digest::Digest;
+use crate::digest::{Digest, DigestFunction};
 use crate::proto::reapi::Directory;
 use prost::Message;
 use std::collections::{HashMap, HashSet};
@@ -145,10 +145,15 @@ impl FileCache {
         &self.dir
     }
 
-    /// The name of a cached file inside [`FileCache::dir`].
+    /// The name of a cached file inside [`FileCache::dir`]: `hash-size[-x]`, with the
+    /// function's name in front for all but SHA-256 (`blake3-hash-size`), so the same hash
+    /// under two functions is two files.
     pub fn file_name(d: &Digest, executable: bool) -> String {
         let x = if executable { "-x" } else { "" };
-        format!("{}-{}{x}", d.hash_hex(), d.size)
+        match d.function {
+            DigestFunction::Sha256 => format!("{}-{}{x}", d.hash_hex(), d.size),
+            f @ DigestFunction::Blake3 => format!("{}-{}-{}{x}", f.name(), d.hash_hex(), d.size),
+        }
     }
 
     fn parse_name(name: &str) -> Option<(Digest, bool)> {
@@ -156,13 +161,12 @@ impl FileCache {
             Some(n) => (n, true),
             None => (name, false),
         };
+        let (function, name) = match name.split_once('-') {
+            Some((f, rest)) if f.len() != 64 => (DigestFunction::from_name(f)?, rest),
+            _ => (DigestFunction::Sha256, name),
+        };
         let (hash, size) = name.split_once('-')?;
-        let d = Digest::parse(
-            crate::digest::DigestFunction::Sha256,
-            hash,
-            size.parse().ok()?,
-        )
-        .ok()?;
+        let d = Digest::parse(function, hash, size.parse().ok()?).ok()?;
         Some((d, executable))
     }
 
@@ -473,5 +477,33 @@ impl FileCache {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_keep_functions_apart() {
+        for function in DigestFunction::ALL {
+            let d = function.digest_of(b"cached");
+            for x in [false, true] {
+                let name = FileCache::file_name(&d, x);
+                assert_eq!(FileCache::parse_name(&name), Some((d, x)), "{name}");
+            }
+        }
+        let sha = DigestFunction::Sha256.digest_of(b"same");
+        let b3 = Digest {
+            function: DigestFunction::Blake3,
+            ..sha
+        };
+        assert_ne!(
+            FileCache::file_name(&sha, false),
+            FileCache::file_name(&b3, false)
+        );
+        for junk in ["x", "md5-00-1", "blake3-zz-1", "-1", "blake3--1"] {
+            assert_eq!(FileCache::parse_name(junk), None, "{junk}");
+        }
     }
 }

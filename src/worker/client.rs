@@ -161,7 +161,7 @@ impl Client {
     /// Streams one blob into `path` (created), verifying its digest.
     pub async fn read_to_file(&self, digest: &Digest, path: &Path) -> Result<(), WorkerError> {
         let req = ReadRequest {
-            resource_name: format!("blobs/{}/{}", digest.hash_hex(), digest.size),
+            resource_name: format!("blobs/{}", digest.resource_path()),
             read_offset: 0,
             read_limit: 0,
         };
@@ -273,10 +273,9 @@ impl Client {
 
     async fn write_stream(&self, d: &Digest, src: Source) -> Result<(), WorkerError> {
         let name = format!(
-            "uploads/{}/blobs/{}/{}",
+            "uploads/{}/blobs/{}",
             uuid::Uuid::new_v4(),
-            d.hash_hex(),
-            d.size
+            d.resource_path()
         );
         let total = d.size as usize;
         let request = move |start: usize, data: Bytes| WriteRequest {

@@ -93,7 +93,28 @@ async fn drive(
     }
 }
 
-async fn action_of(ctx: &Context, lease: &Lease) -> Result<Action, WorkerError> {
+/// The digest function of a lease's Action: SHA-256 unless its requirements name another
+/// (`proto::LEASE_DIGEST_FUNCTION`).
+fn function_of(lease: &Lease) -> Result<DigestFunction, WorkerError> {
+    let named = lease
+        .requirements
+        .iter()
+        .flat_map(|w| &w.properties)
+        .find(|p| p.key == crate::proto::LEASE_DIGEST_FUNCTION);
+    match named {
+        None => Ok(DigestFunction::Sha256),
+        Some(p) => DigestFunction::from_name(&p.value).ok_or_else(|| WorkerError::Invalid {
+            what: "lease requirements",
+            reason: format!("unknown digest function {:?}", p.value),
+        }),
+    }
+}
+
+async fn action_of(
+    ctx: &Context,
+    lease: &Lease,
+    function: DigestFunction,
+) -> Result<Action, WorkerError> {
     let bad = |e: prost::DecodeError| WorkerError::Invalid {
         what: "lease payload",
         reason: e.to_string(),
@@ -106,7 +127,7 @@ async fn action_of(ctx: &Context, lease: &Lease) -> Result<Action, WorkerError> 
         type_url::ACTION => Action::decode(any.value.as_slice()).map_err(bad),
         type_url::DIGEST => {
             let d = reapi::Digest::decode(any.value.as_slice()).map_err(bad)?;
-            let d = Digest::from_proto(DigestFunction::Sha256, &d)?;
+            let d = Digest::from_proto(function, &d)?;
             let bytes = ctx
                 .client
                 .batch_read(&[d])
@@ -129,7 +150,12 @@ async fn run_lease(
     lease: Lease,
 ) -> Result<BotSession, WorkerError> {
     let id = lease.id.clone();
-    let action = action_of(ctx, &lease).await;
+    let action = match function_of(&lease) {
+        Ok(function) => action_of(ctx, &lease, function)
+            .await
+            .map(|action| (action, function)),
+        Err(e) => Err(e),
+    };
     let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
     session.leases = vec![Lease {
         id: id.clone(),
@@ -145,8 +171,8 @@ async fn run_lease(
                 details: vec![],
             },
         },
-        Ok(action) => {
-            let work = execute(ctx, action, cancel_rx);
+        Ok((action, function)) => {
+            let work = execute(ctx, action, function, cancel_rx);
             tokio::pin!(work);
             loop {
                 tokio::select! {
