@@ -134,7 +134,14 @@ fn tcp_unchanged() {
     must_pass(
         &server,
         &stubs,
-        &["--client", &tcp, "capabilities", "cas", "bytestream"],
+        &[
+            "--client",
+            &tcp,
+            "capabilities",
+            "cas",
+            "bytestream",
+            "blake3",
+        ],
     );
     let raw = client.trim_start_matches("unix:").to_string();
     for bad in [raw.as_str(), "tmp%2Fkiln.sock"] {

@@ -19,6 +19,7 @@ channel option `grpc.default_authority` (what goes into `:authority`). Scenarios
   bots           a bot session on --bots: CreateBotSession, an Execute from --client,
                  UpdateBotSession taking the lease and completing it with an ActionResult,
                  and the Execute stream ending COMPLETED with that result
+  blake3         CAS and ByteStream with BLAKE3 digests from PyPI's `blake3`
   execute        Execute `sh -c 'echo MARKER'` (with --platform NAME=VALUE, repeatable), then
                  WaitExecution, Operations.GetOperation, GetActionResult and the stdout read
   rejected       GetCapabilities must FAIL with INTERNAL / RST_STREAM (h2's rule on TCP)
@@ -79,6 +80,18 @@ def upload(cas, re_pb2, blobs, what):
         for b in blobs]), timeout=TIMEOUT)
     if any(r.status.code != 0 for r in up.responses):
         fail(f"uploading {what}: {up}")
+
+
+def bs_write(stub, bs_pb2, name, data, chunk):
+    """ByteStream Write of `data` to `name` in `chunk`-byte messages; the WriteResponse."""
+    def requests():
+        for off in range(0, len(data), chunk):
+            piece = data[off:off + chunk]
+            yield bs_pb2.WriteRequest(
+                resource_name=name if off == 0 else "", write_offset=off, data=piece,
+                finish_write=off + len(piece) == len(data))
+
+    return stub.Write(requests(), timeout=TIMEOUT)
 
 
 TLS = {}
@@ -173,16 +186,7 @@ def scenario_bytestream(ch, mods):
     data = os.urandom(3 * 1024 * 1024 + 17)
     d = sha256_digest(re_pb2, data)
     name = f"uploads/{uuid.uuid4()}/blobs/{d.hash}/{d.size_bytes}"
-    chunk = 256 * 1024
-
-    def requests():
-        for off in range(0, len(data), chunk):
-            piece = data[off:off + chunk]
-            yield bs_pb2.WriteRequest(
-                resource_name=name if off == 0 else "", write_offset=off, data=piece,
-                finish_write=off + len(piece) == len(data))
-
-    resp = stub.Write(requests(), timeout=TIMEOUT)
+    resp = bs_write(stub, bs_pb2, name, data, 256 * 1024)
     if resp.committed_size != len(data):
         fail(f"ByteStream Write committed {resp.committed_size}, want {len(data)}")
     got = b"".join(r.data for r in stub.Read(
@@ -352,6 +356,72 @@ def scenario_execute(ch, mods, platform):
           f"WaitExecution, GetOperation and GetActionResult agree", flush=True)
 
 
+def blake3_digest(re_pb2, data):
+    import blake3
+    return re_pb2.Digest(hash=blake3.blake3(data).hexdigest(), size_bytes=len(data))
+
+
+def scenario_blake3(ch, mods):
+    """BLAKE3 digests computed by PyPI's `blake3`: Capabilities lists it; BatchUpdateBlobs,
+    FindMissingBlobs and BatchReadBlobs with digest_function=BLAKE3; ByteStream Write and Read
+    of `blobs/blake3/...` names; the same bytes stored under both functions and apart."""
+    re_pb2, re_grpc = mods["re_pb2"], mods["re_grpc"]
+    bs_pb2, bs_grpc = mods["bs_pb2"], mods["bs_grpc"]
+    b3 = re_pb2.DigestFunction.BLAKE3
+    caps = re_grpc.CapabilitiesStub(ch).GetCapabilities(
+        re_pb2.GetCapabilitiesRequest(instance_name=""), timeout=TIMEOUT)
+    if b3 not in caps.cache_capabilities.digest_functions:
+        fail(f"Capabilities without BLAKE3: {caps}")
+    cas = re_grpc.ContentAddressableStorageStub(ch)
+    blobs = [os.urandom(n) + b"grpcio-blake3" for n in (1, 5000, 300_000)]
+    digests = [blake3_digest(re_pb2, b) for b in blobs]
+    before = cas.FindMissingBlobs(re_pb2.FindMissingBlobsRequest(
+        blob_digests=digests, digest_function=b3), timeout=TIMEOUT)
+    if len(before.missing_blob_digests) != len(blobs):
+        fail(f"fresh BLAKE3 blobs reported present: {before}")
+    up = cas.BatchUpdateBlobs(re_pb2.BatchUpdateBlobsRequest(requests=[
+        re_pb2.BatchUpdateBlobsRequest.Request(digest=d, data=b)
+        for d, b in zip(digests, blobs)], digest_function=b3), timeout=TIMEOUT)
+    if any(r.status.code != 0 for r in up.responses):
+        fail(f"BatchUpdateBlobs (BLAKE3): {up}")
+    after = cas.FindMissingBlobs(re_pb2.FindMissingBlobsRequest(
+        blob_digests=digests, digest_function=b3), timeout=TIMEOUT)
+    if list(after.missing_blob_digests):
+        fail(f"FindMissingBlobs (BLAKE3) after upload: {after}")
+    # The same bytes are not present under SHA-256 until stored under it.
+    sha = [sha256_digest(re_pb2, b) for b in blobs]
+    absent = cas.FindMissingBlobs(re_pb2.FindMissingBlobsRequest(
+        blob_digests=sha, digest_function=re_pb2.DigestFunction.SHA256), timeout=TIMEOUT)
+    if len(absent.missing_blob_digests) != len(blobs):
+        fail(f"BLAKE3 uploads visible under SHA-256: {absent}")
+    got = cas.BatchReadBlobs(re_pb2.BatchReadBlobsRequest(
+        digests=digests, digest_function=b3), timeout=TIMEOUT)
+    by_hash = {r.digest.hash: r for r in got.responses}
+    for d, b in zip(digests, blobs):
+        r = by_hash.get(d.hash)
+        if r is None or r.status.code != 0 or r.data != b:
+            fail(f"BatchReadBlobs (BLAKE3) {d.hash}/{d.size_bytes}: {r and r.status}")
+    # A wrong BLAKE3 digest for the bytes is refused.
+    bad = cas.BatchUpdateBlobs(re_pb2.BatchUpdateBlobsRequest(requests=[
+        re_pb2.BatchUpdateBlobsRequest.Request(digest=sha[0], data=blobs[0])],
+        digest_function=b3), timeout=TIMEOUT)
+    if bad.responses[0].status.code != 3:  # INVALID_ARGUMENT
+        fail(f"a SHA-256 digest sent as BLAKE3 was not refused: {bad}")
+    stub = bs_grpc.ByteStreamStub(ch)
+    data = os.urandom(2 * 1024 * 1024 + 3)
+    d = blake3_digest(re_pb2, data)
+    name = f"uploads/{uuid.uuid4()}/blobs/blake3/{d.hash}/{d.size_bytes}"
+    resp = bs_write(stub, bs_pb2, name, data, 512 * 1024)
+    if resp.committed_size != len(data):
+        fail(f"ByteStream Write (BLAKE3) committed {resp.committed_size}, want {len(data)}")
+    got = b"".join(r.data for r in stub.Read(bs_pb2.ReadRequest(
+        resource_name=f"blobs/blake3/{d.hash}/{d.size_bytes}"), timeout=TIMEOUT))
+    if got != data:
+        fail(f"ByteStream Read (BLAKE3) returned {len(got)} bytes that differ")
+    print(f"blake3 ok: {len(blobs)} batch blobs and {len(data)} streamed bytes under BLAKE3, "
+          "apart from SHA-256", flush=True)
+
+
 def scenario_rejected(ch, mods):
     import grpc
 
@@ -410,6 +480,8 @@ def main():
             if not a.bots:
                 fail("scenario bots needs --bots")
             scenario_bots(ch, channel(a.bots, a.authority), mods)
+        elif s == "blake3":
+            scenario_blake3(ch, mods)
         elif s == "execute":
             scenario_execute(ch, mods, a.platform)
         elif s == "rejected":
