@@ -190,7 +190,7 @@ async fn baseline_runs() {
         panic!("baseline subcommand");
     };
     let r = kiln::bench::baseline::run(&b).await.expect("baseline");
-    assert!(r.sha256_mb_per_s > 0.0 && r.stream_read_mb_per_s > 0.0);
+    assert!(r.sha256_mb_per_s > 0.0 && r.blake3_mb_per_s > 0.0 && r.stream_read_mb_per_s > 0.0);
     assert!(r.unary_tcp.calls_per_s > 0.0 && r.unary_unix.calls_per_s > 0.0);
     assert_eq!(r.unary_tcp.errors + r.unary_unix.errors, 0);
     assert!(r.text().contains("sha256"));

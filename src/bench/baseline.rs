@@ -21,6 +21,7 @@ use super::data::Rng;
 use super::stats::Latency;
 use super::workloads::{Clients, OpError, Stop, Workload, drive};
 use crate::config::Config;
+use crate::digest::DigestFunction::{self, Blake3, Sha256};
 use crate::setup::Prepared;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -32,6 +33,8 @@ use std::time::{Duration, Instant};
 pub struct Baseline {
     /// SHA-256 MB/s on one core (16 MiB buffers).
     pub sha256_mb_per_s: f64,
+    /// BLAKE3 MB/s on one core (16 MiB buffers, SIMD, no extra threads: how kiln hashes).
+    pub blake3_mb_per_s: f64,
     /// Disk figures.
     pub disk: disk::DiskFigures,
     /// Empty unary calls per second over TCP loopback (and their latency).
@@ -64,12 +67,13 @@ impl Baseline {
     pub fn text(&self) -> String {
         let d = &self.disk;
         let mut s = format!(
-            "baseline\n  sha256 (1 core)            {:>9.1} MB/s\n  disk write O_DIRECT+fdatasync {:>6.1} MB/s ({} MiB in {})\n  \
+            "baseline\n  sha256 (1 core)            {:>9.1} MB/s\n  blake3 (1 core)            {:>9.1} MB/s\n  disk write O_DIRECT+fdatasync {:>6.1} MB/s ({} MiB in {})\n  \
              disk write buffered+fdatasync {:>6.1} MB/s\n  disk read O_DIRECT          {:>9.1} MB/s\n  \
              unary RPC TCP              {:>9.0} calls/s (c={}, p50 {:.3} ms, p99 {:.3} ms)\n  \
              unary RPC Unix socket      {:>9.0} calls/s (c={}, p50 {:.3} ms, p99 {:.3} ms)\n  \
              bare stream read (loopback) {:>8.1} MB/s\n  bare stream write (loopback) {:>7.1} MB/s",
             self.sha256_mb_per_s,
+            self.blake3_mb_per_s,
             d.write_direct_mb_per_s,
             d.size >> 20,
             d.dir,
@@ -96,7 +100,10 @@ impl Baseline {
 /// Measures everything.
 pub async fn run(args: &BaselineArgs) -> Result<Baseline, BenchError> {
     let secs = args.duration;
-    let sha256_mb_per_s = tokio::task::spawn_blocking(move || sha256(secs))
+    let sha256_mb_per_s = tokio::task::spawn_blocking(move || hashing(Sha256, secs))
+        .await
+        .map_err(|e| BenchError::Local(e.to_string()))?;
+    let blake3_mb_per_s = tokio::task::spawn_blocking(move || hashing(Blake3, secs))
         .await
         .map_err(|e| BenchError::Local(e.to_string()))?;
     let (dir, size) = (args.dir.clone(), args.size);
@@ -116,6 +123,7 @@ pub async fn run(args: &BaselineArgs) -> Result<Baseline, BenchError> {
     notes.extend(disk.note.clone());
     Ok(Baseline {
         sha256_mb_per_s,
+        blake3_mb_per_s,
         disk,
         unary_tcp,
         unary_unix,
@@ -125,12 +133,13 @@ pub async fn run(args: &BaselineArgs) -> Result<Baseline, BenchError> {
     })
 }
 
-fn sha256(duration: Duration) -> f64 {
+/// MB/s of `function` over a 16 MiB buffer on the calling thread.
+fn hashing(function: DigestFunction, duration: Duration) -> f64 {
     let buf = super::data::fill(1, 16 << 20);
     let start = Instant::now();
     let mut bytes = 0u64;
     while start.elapsed() < duration || bytes == 0 {
-        std::hint::black_box(crate::digest::DigestFunction::Sha256.digest_of(&buf));
+        std::hint::black_box(function.digest_of(&buf));
         bytes += buf.len() as u64;
     }
     bytes as f64 / 1e6 / start.elapsed().as_secs_f64()
