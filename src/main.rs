@@ -45,7 +45,7 @@ enum Command {
         #[arg(long)]
         metrics_listen: Option<String>,
     },
-    /// Scrub the store: every record's checksum and every CAS blob's SHA-256, with progress.
+    /// Scrub the store: every record's checksum and every CAS blob's SHA-256 or BLAKE3 hash, with progress.
     /// Run it while the server is stopped (it takes the data directory's lock). Damaged blobs
     /// are dropped from the index (clients re-upload them) and it exits 1; the torn end of an
     /// upload a crash interrupted is reported apart and is not damage.
