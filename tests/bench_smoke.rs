@@ -44,6 +44,13 @@ async fn smoke(target: &str, extra: &[&str]) -> Result<kiln::bench::Report, Benc
 fn assert_clean(r: &kiln::bench::Report) {
     assert!(r.ops > 0, "{} ran no operation", r.workload);
     assert_eq!(r.errors, 0, "{}: {:?}", r.workload, r.error_samples);
+    // The bench's own CPU time is measured (it verifies every byte, so it is never zero).
+    assert!(
+        r.client_cpu_s > 0.0 && r.client_cores > 0.0,
+        "{}: client CPU {} s",
+        r.workload,
+        r.client_cpu_s
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,6 +38,11 @@ pub struct Report {
     pub mb_per_s: f64,
     /// Latency of one operation.
     pub latency: Latency,
+    /// CPU seconds the bench process used in the timed run (user + system), and that as
+    /// cores busy on average: on a box shared with the server, the client's part of the load.
+    pub client_cpu_s: f64,
+    /// `client_cpu_s / wall_s`.
+    pub client_cores: f64,
     /// Distinct error messages and counts.
     pub error_samples: Vec<(String, u64)>,
     /// Workload-specific figures.
@@ -74,6 +79,8 @@ impl Report {
             bytes: m.bytes,
             mb_per_s: m.bytes as f64 / 1e6 / secs,
             latency: m.latency.latency(),
+            client_cpu_s: m.client_cpu.as_secs_f64(),
+            client_cores: m.client_cpu.as_secs_f64() / secs,
             error_samples: m.error_samples.clone(),
             extra,
         }
@@ -101,8 +108,16 @@ impl Report {
         let _ = write!(
             s,
             "\n  data    {:.1} MB/s ({} bytes)\n  latency p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, \
-             max {:.3} ms\n  errors  {}",
-            self.mb_per_s, self.bytes, l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms, self.errors
+             max {:.3} ms\n  client  {:.2} CPU s = {:.2} cores busy (the bench itself)\n  errors  {}",
+            self.mb_per_s,
+            self.bytes,
+            l.p50_ms,
+            l.p90_ms,
+            l.p99_ms,
+            l.max_ms,
+            self.client_cpu_s,
+            self.client_cores,
+            self.errors
         );
         for (msg, n) in &self.error_samples {
             let _ = write!(s, "\n    {n} x {msg}");

@@ -120,6 +120,20 @@ pub struct Measured {
     pub error_samples: Vec<(String, u64)>,
     /// Latency of every operation.
     pub latency: Recorder,
+    /// CPU seconds (user + system) the bench process itself spent during the timed run; with
+    /// a server on the same box, what the client took from it.
+    pub client_cpu: Duration,
+}
+
+/// CPU time (user + system) this process has used so far; zero if the kernel will not say.
+fn process_cpu() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(Duration::ZERO, |u| {
+        let tv = |t: nix::sys::time::TimeVal| {
+            Duration::new(t.tv_sec().max(0) as u64, (t.tv_usec().max(0) * 1000) as u32)
+        };
+        tv(u.user_time()) + tv(u.system_time())
+    })
 }
 
 /// Runs `workload` from `concurrency` workers until `stop`.
@@ -134,6 +148,7 @@ pub async fn drive(
     let counters = Arc::new(Counters::default());
     let _progress = progress_label.map(|l| Progress::start(l, counters.clone()));
     let next = Arc::new(AtomicU64::new(0));
+    let cpu_before = process_cpu();
     let start = Instant::now();
     let deadline = match stop {
         Stop::After(d) => Some(start + d),
@@ -177,8 +192,10 @@ pub async fn drive(
         }
     }
     let wall = start.elapsed();
+    let client_cpu = process_cpu().saturating_sub(cpu_before);
     Measured {
         wall,
+        client_cpu,
         ops: counters.ops.load(Ordering::Relaxed),
         bytes: counters.bytes.load(Ordering::Relaxed),
         errors: counters.errors.load(Ordering::Relaxed),
