@@ -248,12 +248,18 @@ async fn the_status_page_shows_the_upstream() {
 
 /// `kiln bench --seed-target`: the blobs are seeded into the upstream only, and read in order
 /// through the local tier, so each read is a miss the tier serves from the upstream (the
-/// bench's miss-path figure in tuning/RESULTS.md).
+/// bench's miss-path figure in tuning/RESULTS.md). With 4 clients reading 10 misses each at
+/// once and room for only 16 fetches, the misses past the bound wait for room instead of
+/// failing UNAVAILABLE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bench_seeding_the_upstream_reads_every_blob_through() {
     let dir = tempfile::tempdir().unwrap();
     let up = start_plain(dir.path(), "upstream");
-    let local = start_local(dir.path(), "local", &format!("endpoint = \"{}\"", up.url()));
+    let local = start_local(
+        dir.path(),
+        "local",
+        &format!("endpoint = \"{}\"\nmax_fetches = 16", up.url()),
+    );
     for (workload, extra) in [
         ("read-small", &["--batch", "10"][..]),
         ("read-large", &["--size", "1MiB"][..]),

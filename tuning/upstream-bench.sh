@@ -3,7 +3,10 @@
 # hits (read-small, ac-get, read-large) and miss paths (find-missing of absent digests,
 # ac-get misses). Three `kiln serve` on ports 19080 (upstream), 19081 (local tier), 19082
 # (plain); runs alternate the two targets. Figures: tuning/RESULTS.md (issue #12).
-# Usage: cargo build --release && tuning/upstream-bench.sh [hits]
+# `misses`: blob reads that all miss the local tier (`--seed-target` seeds the upstream, and
+# reads go through the seeded blobs once, in order) against the same reads of a plain kiln
+# seeded with them (all hits).
+# Usage: cargo build --release && tuning/upstream-bench.sh [hits|misses]
 #   KILN   the kiln binary (default target/release/kiln)
 #   OUTDIR scratch dir (default /tmp/kiln-upstream-bench; its data dirs are wiped)
 set -euo pipefail
@@ -45,7 +48,19 @@ print(f'{sys.argv[1]:28s} ops/s {r["ops_per_s"]:9.0f} items/s {r["items_per_s"]:
 P
 }
 uptime
-if [ "${1:-}" = hits ]; then
+if [ "${1:-}" = misses ]; then
+  # 3 pairs in alternating order; fresh seeds, so every run reads blobs no target has served.
+  for i in 1 2 3; do
+    if [ $((i % 2)) = 1 ]; then order="plain:19082:19082 local:19081:19080"; else order="local:19081:19080 plain:19082:19082"; fi
+    for t in $order; do
+      IFS=: read -r name port seedport <<< "$t"
+      run "$name read-small-miss" $port --workload read-small --blobs 30000 --batch 100 --ops 300 \
+        --seed-target grpc://127.0.0.1:$seedport --seed $((800+i))
+      run "$name read-large-miss" $port --workload read-large --size 64MiB --blobs 4 --ops 4 \
+        --concurrency 1 --seed-target grpc://127.0.0.1:$seedport --seed $((900+i))
+    done
+  done
+elif [ "${1:-}" = hits ]; then
   # Hits only, 4 pairs in alternating order.
   for i in 1 2 3 4; do
     if [ $((i % 2)) = 1 ]; then order="plain:19082 local:19081"; else order="local:19081 plain:19082"; fi

@@ -59,9 +59,32 @@ impl Upstream {
         digests: &[Digest],
         out: &mut HashMap<Digest, Result<bool, UpstreamError>>,
     ) {
+        // Digests the full flight table turned away wait for room, then go again: many
+        // clients' batch misses at once are served in turn, not refused.
+        let deadline = tokio::time::Instant::now() + self.inner.settings.timeout;
+        let mut pending = digests.to_vec();
+        while !pending.is_empty() {
+            let (leads, follows, full) = self.claim_all(&pending, out);
+            if leads.is_empty() && follows.is_empty() && !self.inner.flights.room(deadline).await {
+                for d in full {
+                    out.insert(d, Err(self.busy()));
+                }
+                return;
+            }
+            self.fetch_claimed(instance, leads, follows, out).await;
+            pending = full;
+        }
+    }
+
+    /// Claims the fetch of each digest not stored locally: the ones this call leads, the ones
+    /// others are fetching, and the ones the full table turned away.
+    fn claim_all(
+        &self,
+        digests: &[Digest],
+        out: &mut HashMap<Digest, Result<bool, UpstreamError>>,
+    ) -> (Vec<Lead>, Vec<(Digest, flight::Slot)>, Vec<Digest>) {
         let inner = &self.inner;
-        let mut leads: Vec<Lead> = Vec::new();
-        let mut follows = Vec::new();
+        let (mut leads, mut follows, mut full) = (Vec::new(), Vec::new(), Vec::new());
         for d in digests {
             match inner.cas.contains(d) {
                 Ok(true) => continue,
@@ -74,11 +97,22 @@ impl Upstream {
             match inner.flights.claim(*d) {
                 Claim::Lead(l) => leads.push(l),
                 Claim::Follow(slot) => follows.push((*d, slot)),
-                Claim::Full => {
-                    out.insert(*d, Err(self.busy()));
-                }
+                Claim::Full => full.push(*d),
             }
         }
+        (leads, follows, full)
+    }
+
+    /// Fetches what this call leads (small blobs in batches, large ones streamed) and waits
+    /// for what others fetch.
+    async fn fetch_claimed(
+        &self,
+        instance: &str,
+        leads: Vec<Lead>,
+        follows: Vec<(Digest, flight::Slot)>,
+        out: &mut HashMap<Digest, Result<bool, UpstreamError>>,
+    ) {
+        let inner = &self.inner;
         let batch_bytes = inner.settings.batch_bytes;
         let (small, large): (Vec<Lead>, Vec<Lead>) = leads
             .into_iter()

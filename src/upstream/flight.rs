@@ -1,6 +1,7 @@
 //! Single flight: concurrent misses of one blob make one upstream fetch. The first caller
 //! leads (gets a [`Lead`] and fetches); the others follow (wait for the leader's outcome, then
-//! read the local store). The table is bounded: past `limit` fetches a new miss is refused.
+//! read the local store). The table is bounded: past `limit` fetches a new miss waits for room
+//! (see [`Flights::room`]) and is refused only when none frees up in time.
 //!
 //! Concurrency: one mutex around the map, held only to look up, insert or remove.
 
@@ -13,12 +14,15 @@ use tokio::sync::watch;
 /// `Err` a failure (its message, shown to followers).
 pub type Outcome = Result<bool, Arc<str>>;
 
-type Slot = watch::Receiver<Option<Outcome>>;
+/// Where a follower waits for a leader's outcome.
+pub type Slot = watch::Receiver<Option<Outcome>>;
 
 /// The table of fetches in progress.
 pub struct Flights {
     map: Mutex<HashMap<Digest, Slot>>,
     limit: usize,
+    /// Told whenever a fetch leaves the table.
+    freed: tokio::sync::Notify,
 }
 
 /// What a caller does about one missing blob.
@@ -45,7 +49,39 @@ impl Flights {
         Arc::new(Self {
             map: Mutex::new(HashMap::new()),
             limit,
+            freed: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Waits until the table has room or `deadline` passes; `false` on the deadline. Callers
+    /// must hold no [`Lead`] while they wait (theirs could be the fetches that must end).
+    pub async fn room(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before the check, so a fetch ending in between is not missed.
+            freed.as_mut().enable();
+            if self.len() < self.limit {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// [`Self::claim`], waiting for room (until `deadline`) while the table is full.
+    pub async fn claim_waiting(
+        self: &Arc<Self>,
+        digest: Digest,
+        deadline: tokio::time::Instant,
+    ) -> Claim {
+        loop {
+            match self.claim(digest) {
+                Claim::Full if self.room(deadline).await => {}
+                claim => return claim,
+            }
+        }
     }
 
     /// The bound given at construction.
@@ -100,6 +136,7 @@ impl Lead {
             .lock()
             .expect("flights lock")
             .remove(&self.digest);
+        self.flights.freed.notify_waiters();
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(Some(outcome));
         }
@@ -144,6 +181,31 @@ mod tests {
         assert_eq!(waiter.await.unwrap(), Ok(true));
         assert!(flights.is_empty());
         assert!(matches!(flights.claim(b), Claim::Lead(_)));
+    }
+
+    #[tokio::test]
+    async fn a_claim_on_a_full_table_waits_for_room_until_its_deadline() {
+        use tokio::time::{Duration, Instant};
+        let flights = Flights::new(1);
+        let a = DigestFunction::Sha256.digest_of(b"a");
+        let b = DigestFunction::Sha256.digest_of(b"b");
+        let Claim::Lead(lead) = flights.claim(a) else {
+            panic!("first claim leads")
+        };
+        // No room before the deadline: Full.
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert!(matches!(flights.claim_waiting(b, soon).await, Claim::Full));
+        // Room made while waiting: the claim leads.
+        let later = Instant::now() + Duration::from_secs(30);
+        let f = flights.clone();
+        let waiter =
+            tokio::spawn(async move { matches!(f.claim_waiting(b, later).await, Claim::Lead(_)) });
+        tokio::task::yield_now().await;
+        lead.finish(Ok(true));
+        assert!(
+            waiter.await.unwrap(),
+            "the waiting claim leads once the first fetch ends"
+        );
     }
 
     #[tokio::test]

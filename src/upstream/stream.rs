@@ -52,7 +52,8 @@ impl Upstream {
                 .pass_through(instance, digest, offset, limit, chunk)
                 .await;
         }
-        let lead = match self.inner.flights.claim(digest) {
+        let deadline = tokio::time::Instant::now() + self.inner.settings.timeout;
+        let lead = match self.inner.flights.claim_waiting(digest, deadline).await {
             Claim::Full => return Err(self.busy()),
             Claim::Follow(slot) => {
                 return match flight::follow(slot).await {
