@@ -41,8 +41,9 @@ pub struct HttpCacheConfig {
     /// `127.0.0.1:8982` for local tools, or a team address with `[auth]` on (plain HTTP:
     /// tokens cross the network in clear, so only on a trusted network).
     pub listen: String,
-    /// Most HTTP cache connections open at once. Default 1024. At the cap kiln stops
-    /// accepting until one closes. Metric: `kiln_connections_open{listener="http_cache"}`.
+    /// Most HTTP cache connections open at once. Default 1024 (Bazel opens up to
+    /// `--remote_max_connections`, ccache one per compiler process). At the cap kiln stops
+    /// accepting until one closes; new clients wait in the kernel backlog.
     pub max_connections: u64,
     /// Seconds a request body may go without sending a byte (and a client may take to send
     /// its headers) before the request fails with 408. Default 60. Protects the connection
