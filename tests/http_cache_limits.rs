@@ -8,6 +8,7 @@ use common::http::{self, Body};
 use common::{TestServer, bytes, digest};
 use kiln::auth::token_sha256;
 use kiln::proto::reapi::FindMissingBlobsRequest;
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
@@ -145,10 +146,11 @@ async fn auth_rights_are_the_grpc_ones_with_bearer_or_basic_tokens() {
         ("writer", "write-token", "\"read\", \"write\""),
         ("ci", "ci-token", "\"read\", \"write\", \"cache-write\""),
     ] {
-        text.push_str(&format!(
+        let _ = write!(
+            text,
             "[[principal]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\nrights = [{rights}]\n\n",
             token_sha256(token)
-        ));
+        );
     }
     std::fs::write(&tokens, text).unwrap();
     let t = tokens.to_str().unwrap().to_string();

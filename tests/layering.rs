@@ -204,7 +204,9 @@ fn http_cache_sits_beside_api_over_cas() {
         }
     }
     let mut others = Vec::new();
-    for dir in ["cas", "storage", "api", "upstream", "exec", "worker", "auth"] {
+    for dir in [
+        "cas", "storage", "api", "upstream", "exec", "worker", "auth",
+    ] {
         rust_files(&src.join(dir), &mut others);
     }
     for f in others {

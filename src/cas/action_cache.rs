@@ -111,19 +111,15 @@ impl ActionCache {
         instance: &str,
         action: &Digest,
     ) -> Result<Option<ActionResult>, CasError> {
-        let found = match self.store.get(&Self::hash_key(instance, action))? {
-            Some(b) => Some(b),
+        let mut found = self.store.get(&Self::hash_key(instance, action))?;
+        if found.is_none() {
             // An entry stored before entries were keyed by hash alone. Probed with `contains`
             // first so a miss counts once in `kiln_store_gets_total{space="ac"}`.
-            None => {
-                let legacy = Self::key(instance, action);
-                if self.store.contains(&legacy)? {
-                    self.store.get(&legacy)?
-                } else {
-                    None
-                }
+            let legacy = Self::key(instance, action);
+            if self.store.contains(&legacy)? {
+                found = self.store.get(&legacy)?;
             }
-        };
+        }
         let Some(blob) = found else {
             return Ok(None);
         };

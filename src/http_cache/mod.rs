@@ -194,7 +194,7 @@ impl HttpCache {
                             tracing::debug!(error = %e, "HTTP cache connection ended with an error");
                         }
                     }
-                    _ = async { drop(stop.wait_for(|s| *s).await) } => {
+                    () = async { drop(stop.wait_for(|s| *s).await) } => {
                         conn.as_mut().graceful_shutdown();
                         let _ = conn.await;
                     }

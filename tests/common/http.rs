@@ -3,6 +3,7 @@
 //! so the tests see exactly the bytes on the wire (declared lengths without bodies, chunked
 //! bodies, stalls).
 
+use std::fmt::Write as _;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -54,11 +55,13 @@ pub async fn request(
     let mut s = TcpStream::connect(addr).await.unwrap();
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
+        let _ = write!(head, "{k}: {v}\r\n");
     }
     match &body {
         Body::None => {}
-        Body::Sized(b) => head.push_str(&format!("Content-Length: {}\r\n", b.len())),
+        Body::Sized(b) => {
+            let _ = write!(head, "Content-Length: {}\r\n", b.len());
+        }
         Body::Chunked(..) => head.push_str("Transfer-Encoding: chunked\r\n"),
     }
     head.push_str("\r\n");
@@ -86,7 +89,7 @@ async fn write_chunked(s: &mut TcpStream, b: &[u8], n: usize) -> std::io::Result
 pub async fn read_response(s: &mut TcpStream) -> Response {
     let mut raw = Vec::new();
     tokio::time::timeout(TIMEOUT, async {
-        let mut buf = [0u8; 64 * 1024];
+        let mut buf = vec![0u8; 64 * 1024];
         loop {
             match s.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
