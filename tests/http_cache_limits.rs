@@ -251,4 +251,12 @@ async fn methods_and_metrics() {
     ] {
         assert!(m.contains(line), "/metrics lacks {line}:\n{m}");
     }
+    // And on the status page's text form.
+    let status = server.http_get("/status").await;
+    for line in [
+        "HTTP cache: blobs uploaded: 1",
+        "HTTP cache: /ac/ misses: 1",
+    ] {
+        assert!(status.contains(line), "/status lacks {line:?}:\n{status}");
+    }
 }
