@@ -260,3 +260,52 @@ async fn methods_and_metrics() {
         assert!(status.contains(line), "/status lacks {line:?}:\n{status}");
     }
 }
+
+#[tokio::test]
+async fn uploads_past_the_memory_budget_get_503_until_it_frees() {
+    let (_server, addr) = start_with(|c| {
+        let part = c.storage.part_size_bytes;
+        c.http_cache.max_buffer_bytes = part;
+        c.http_cache.max_buffered_body_bytes = part;
+    })
+    .await;
+    // One streamed upload reserves a whole store part (the budget) and stalls mid-body.
+    let big = bytes(3 << 20, 7);
+    let mut held = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "PUT /cas/{} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        hex(&big),
+        big.len()
+    );
+    held.write_all(head.as_bytes()).await.unwrap();
+    held.write_all(&big[..1000]).await.unwrap();
+    let small = bytes(5000, 8);
+    let path = format!("/cas/{}", hex(&small));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = http::put(&addr, &path, &small).await;
+        if r.status == 503 {
+            assert!(r.text().contains("max_buffer_bytes"), "{}", r.text());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never refused: {} {}",
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The stalled client goes away: its reservation is freed and uploads go through again.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = http::put(&addr, &path, &small).await;
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(Instant::now() < deadline, "the budget was never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

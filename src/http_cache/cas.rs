@@ -32,8 +32,16 @@ impl HttpCache {
                 hex::encode(hash)
             )));
         };
-        if !head && encoding::accepts_zstd(headers) && blob.len() <= s.settings.max_buffered {
+        // Compressing needs the blob in one buffer: only within the buffered-body limit and
+        // the memory budget (held while compressing); otherwise the blob is sent as is.
+        let mut held = None;
+        if !head
+            && encoding::accepts_zstd(headers)
+            && blob.len() <= s.settings.max_buffered
+            && s.budget.grow(&mut held, blob.len()).is_ok()
+        {
             let z = encoding::compress(&blob.to_bytes());
+            drop(held);
             s.metrics.bytes_sent.inc_by(z.len() as u64);
             return Ok(Response::builder()
                 .status(StatusCode::OK)
