@@ -337,3 +337,41 @@ async fn zstd_uploads_and_downloads() {
     .await;
     assert_eq!(r.status, 415, "{}", r.text());
 }
+
+#[tokio::test]
+async fn shutdown_closes_idle_connections_and_stops_accepting() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (server, addr) = start().await;
+    // A keep-alive connection that has finished one request and waits for the next.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let req = format!("GET /cas/{} HTTP/1.1\r\nHost: x\r\n\r\n", hex(b""));
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before answering");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    server.stop().await;
+    let n = tokio::time::timeout(http::TIMEOUT, s.read(&mut buf))
+        .await
+        .expect("the idle connection stays open after shutdown")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "expected the connection closed");
+    common::wait::poll_until("the listener to close", http::TIMEOUT, || {
+        let addr = addr.clone();
+        async move {
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .is_err()
+                .then_some(())
+        }
+    })
+    .await;
+}
