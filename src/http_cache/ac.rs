@@ -5,8 +5,9 @@
 //! hash, so `GetActionResult` finds them, and `GET /ac/` finds what gRPC stored). `GET` checks
 //! that every output is still present, like `GetActionResult`, and answers 404 otherwise.
 //!
-//! ccache's `layout=bazel` stores its own result format under `/ac/` keys (its docs say a
-//! server must not validate these values). Such a body (anything that is not an ActionResult
+//! ccache's `layout=bazel` stores its own result format under `/ac/` keys (its 40 hex digit
+//! key padded to 64; its manual notes that the server may have to disable verification of
+//! action cache values, since ccache entries are not valid ActionResults). Such a body (anything that is not an ActionResult
 //! in its canonical encoding) is kept as an *opaque* value when `http_cache.opaque_ac` is on:
 //! the bytes go to the CAS under their own SHA-256, and the action cache holds a small
 //! ActionResult naming them as its stdout, under a namespace no gRPC or HTTP instance name
