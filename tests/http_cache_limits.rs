@@ -232,6 +232,7 @@ async fn methods_and_metrics() {
     let path = format!("/cas/{}", hex(&data));
     let r = http::request(&addr, "DELETE", &path, &[], Body::None).await;
     assert_eq!(r.status, 405, "{}", r.text());
+    assert_eq!(r.header("allow"), Some("GET, HEAD, PUT"));
     assert_eq!(http::put(&addr, &path, &data).await.status, 200);
     assert_eq!(http::get(&addr, &path).await.status, 200);
     assert_eq!(

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Frame;
-use hyper::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 use std::convert::Infallible;
 
@@ -53,7 +53,7 @@ pub fn stored() -> Response<Body> {
 }
 
 /// The response for an error: its status (see `status.rs`) and message; 401 carries a
-/// `WWW-Authenticate` challenge so clients know to send credentials.
+/// `WWW-Authenticate` challenge so clients know to send credentials, 405 the methods served.
 pub fn error(err: &HttpCacheError, head: bool) -> Response<Body> {
     let status = super::status::status(err);
     let text = format!("{err}\n");
@@ -62,6 +62,9 @@ pub fn error(err: &HttpCacheError, head: bool) -> Response<Body> {
         .header(CONTENT_TYPE, "text/plain; charset=utf-8")
         .header(CACHE_CONTROL, "no-store")
         .header(CONTENT_LENGTH, text.len());
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        b = b.header(ALLOW, "GET, HEAD, PUT");
+    }
     if status == StatusCode::UNAUTHORIZED {
         b = b.header(
             WWW_AUTHENTICATE,
