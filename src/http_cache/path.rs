@@ -160,4 +160,42 @@ mod tests {
         let long = format!("/{}/ac/{H}", "x".repeat(MAX_PATH_BYTES));
         assert!(matches!(parse(&long), Err(PathError::TooLong(_))));
     }
+
+    fn canonical(r: &Route) -> String {
+        let hash = hex::encode(r.hash);
+        if r.instance.is_empty() {
+            format!("/{}/{hash}", r.kind.name())
+        } else {
+            format!("/{}/{}/{hash}", r.instance, r.kind.name())
+        }
+    }
+
+    proptest::proptest! {
+        /// Arbitrary text never panics, and only a canonical path parses.
+        #[test]
+        fn only_canonical_paths_parse(text in "(/|[a-z]{1,3}|ac|cas|[0-9a-f]{64}|\\PC){0,12}") {
+            if let Ok(r) = parse(&text) {
+                proptest::prop_assert_eq!(canonical(&r), text);
+            }
+        }
+
+        /// Every valid instance, kind and hash round-trips.
+        #[test]
+        fn valid_paths_round_trip(
+            instance in "([a-z0-9_.-]{1,8}(/[a-z0-9_-]{1,8}){0,3})?",
+            cas in proptest::bool::ANY,
+            hash in proptest::array::uniform32(proptest::num::u8::ANY),
+        ) {
+            let dots = instance.split('/').any(|s| s == "." || s == "..");
+            let reserved = instance.split('/').any(|s| RESERVED.contains(&s));
+            let kind = if cas { Kind::Cas } else { Kind::Ac };
+            let r = Route { instance, kind, hash };
+            let parsed = parse(&canonical(&r));
+            if dots || reserved {
+                proptest::prop_assert!(parsed.is_err());
+            } else {
+                proptest::prop_assert_eq!(parsed, Ok(r));
+            }
+        }
+    }
 }
