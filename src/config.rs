@@ -25,6 +25,58 @@ pub struct Config {
     /// and then kiln behaves exactly as without this section.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<UpstreamConfig>,
+    /// The HTTP cache API (bazel-remote's `/ac/` and `/cas/` layout) for Bazel's
+    /// `--remote_cache=http://...` and ccache's `layout=bazel`. Off by default.
+    pub http_cache: HttpCacheConfig,
+}
+
+/// The HTTP/1.1 cache API: `GET`/`HEAD`/`PUT` of `/ac/<sha256>` and `/cas/<sha256>` (with an
+/// optional `<instance>/` prefix) over the same CAS and action cache as gRPC, with the same
+/// auth rights (token as `Authorization: Bearer` or as the password of HTTP Basic). Metrics:
+/// `kiln_http_cache_requests_total{method,kind,status}`, `kiln_http_cache_bytes_*`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpCacheConfig {
+    /// TCP address of the HTTP cache API; empty disables it. Default empty. Recommended
+    /// `127.0.0.1:8982` for local tools, or a team address with `[auth]` on (plain HTTP:
+    /// tokens cross the network in clear, so only on a trusted network).
+    pub listen: String,
+    /// Most HTTP cache connections open at once. Default 1024 (Bazel opens up to
+    /// `--remote_max_connections`, ccache one per compiler process). At the cap kiln stops
+    /// accepting until one closes; new clients wait in the kernel backlog.
+    pub max_connections: u64,
+    /// Seconds a request body may go without sending a byte (and a client may take to send
+    /// its headers) before the request fails with 408. Default 60. Protects the connection
+    /// slots and buffers from stalled or slow-loris clients.
+    pub body_idle_timeout_secs: u64,
+    /// Largest request body held in memory whose size is not known in advance (chunked or
+    /// zstd-encoded `/cas/` uploads; `/ac/` values, which are also capped by
+    /// `cache.max_message_bytes`). Default 64 MiB. A `/cas/` upload with a plain
+    /// `Content-Length` is streamed to disk instead and is capped by
+    /// `storage.max_blob_size_bytes` only.
+    pub max_buffered_body_bytes: u64,
+    /// Memory budget of the request bodies of all HTTP uploads in progress (buffered bodies
+    /// grow into it; streamed ones reserve one `storage.part_size_bytes`). Default 512 MiB.
+    /// Past it uploads get 503. Metric: `kiln_http_cache_refused_busy_total`.
+    pub max_buffer_bytes: u64,
+    /// Whether `/ac/` accepts values that are not ActionResult protos (stored as opaque
+    /// bytes, served back exactly, invisible to gRPC). Default true: ccache's `layout=bazel`
+    /// stores its own result format under `/ac/`. With false such values get 400, as
+    /// bazel-remote does without `--disable_http_ac_validation`.
+    pub opaque_ac: bool,
+}
+
+impl Default for HttpCacheConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            max_connections: 1024,
+            body_idle_timeout_secs: 60,
+            max_buffered_body_bytes: 64 << 20,
+            max_buffer_bytes: 512 << 20,
+            opaque_ac: true,
+        }
+    }
 }
 
 /// Whether TLS listeners ask clients for a certificate.
@@ -624,6 +676,19 @@ impl Config {
         self.validate_tls()?;
         if let Some(u) = &self.upstream {
             u.validate()?;
+        }
+        let h = &self.http_cache;
+        if h.max_connections == 0 {
+            return invalid("http_cache.max_connections", "must be at least 1");
+        }
+        if h.body_idle_timeout_secs == 0 {
+            return invalid("http_cache.body_idle_timeout_secs", "must be at least 1");
+        }
+        if h.max_buffered_body_bytes == 0 || h.max_buffered_body_bytes > h.max_buffer_bytes {
+            return invalid(
+                "http_cache.max_buffered_body_bytes",
+                "must be at least 1 and at most http_cache.max_buffer_bytes",
+            );
         }
         if self.server.listen.is_empty()
             && self.server.unix_socket.is_empty()

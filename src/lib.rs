@@ -31,6 +31,7 @@ pub mod cas;
 pub mod config;
 pub mod digest;
 pub mod exec;
+pub mod http_cache;
 mod metrics;
 pub mod paths;
 pub mod proto;

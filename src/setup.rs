@@ -753,6 +753,45 @@ pub fn upstream(
     Ok(Some(up))
 }
 
+/// The HTTP cache API of `[http_cache]`, bound, when its `listen` is set.
+async fn http_cache(
+    config: &Config,
+    cas: &Cas,
+    ac: ActionCache,
+    auth: &Arc<Authorizer>,
+    metrics: &Metrics,
+) -> Result<Option<(crate::http_cache::HttpCache, tokio::net::TcpListener)>, SetupError> {
+    let h = &config.http_cache;
+    if h.listen.is_empty() {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(&h.listen)
+        .await
+        .map_err(io(format!(
+            "cannot listen on {} for the HTTP cache API",
+            h.listen
+        )))?;
+    let settings = crate::http_cache::Settings {
+        idle: Duration::from_secs(h.body_idle_timeout_secs),
+        max_buffered: h.max_buffered_body_bytes,
+        max_ac_bytes: config.cache.max_message_bytes,
+        max_buffer_bytes: h.max_buffer_bytes,
+        opaque_ac: h.opaque_ac,
+        part_bytes: config.storage.part_size_bytes,
+        read_chunk: config.cache.read_chunk_bytes as usize,
+        max_connections: h.max_connections as usize,
+    };
+    let api = crate::http_cache::HttpCache::new(
+        cas.clone(),
+        ac,
+        auth.clone(),
+        crate::metrics::HttpCacheMetrics::register(metrics),
+        settings,
+    );
+    tracing::info!(listen = %h.listen, "HTTP cache API");
+    Ok(Some((api, listener)))
+}
+
 /// Puts the RPC metrics layer (counts, codes, latency) in front of every route of `routes`.
 fn instrument(routes: tonic::service::Routes, metrics: &Metrics) -> tonic::service::Routes {
     tonic::service::Routes::from(routes.into_axum_router().layer(metrics.grpc.clone()))
@@ -767,6 +806,8 @@ pub struct Prepared {
     bots: Option<(tonic::service::Routes, Listeners)>,
     metrics: Arc<Metrics>,
     metrics_listener: Option<tokio::net::TcpListener>,
+    /// The HTTP cache API and its listener, when `[http_cache] listen` is set.
+    http_cache: Option<(crate::http_cache::HttpCache, tokio::net::TcpListener)>,
     auth: Arc<Authorizer>,
     sample_interval: std::time::Duration,
     tls: Option<Arc<server::tls::TlsState>>,
@@ -796,6 +837,8 @@ impl Prepared {
         ));
         let cas = Cas::new(store.clone());
         let mut ac = ActionCache::new(cas.clone(), store);
+        // The HTTP cache API's action cache: the same entries, without the upstream hook.
+        let (http_cas, http_ac) = (cas.clone(), ac.clone());
         let mut limits = limits(config);
         let max_message = limits.max_message_bytes;
         // With an upstream, every action result stored through the api or the scheduler is
@@ -872,8 +915,10 @@ impl Prepared {
                     .map_err(io(format!("cannot listen on {addr} for metrics")))?,
             ),
         };
+        let http_cache = http_cache(config, &http_cas, http_ac, &auth, &metrics).await?;
         Ok(Self {
             _lock: lock,
+            http_cache,
             routes: instrument(
                 crate::api::auth::protect(routes.routes(), &auth, false),
                 &metrics,
@@ -909,6 +954,13 @@ impl Prepared {
         self.metrics_listener
             .as_ref()
             .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The address of the HTTP cache API, if enabled.
+    pub fn http_cache_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http_cache
+            .as_ref()
+            .and_then(|(_, l)| l.local_addr().ok())
     }
 
     /// The rights table of this server (reloaded on SIGHUP by `kiln serve`).
@@ -951,6 +1003,9 @@ impl Prepared {
                 stop.signal(),
             ));
         }
+        if let Some((api, l)) = self.http_cache {
+            tokio::spawn(api.serve(l, stop.signal()));
+        }
         let grpc = server::run(self.routes, self.listeners, stop.signal());
         match self.bots {
             None => grpc.await?,
@@ -990,6 +1045,9 @@ pub async fn serve(
         }
         if let Some(addr) = prepared.metrics_addr() {
             let _ = writeln!(out, "listening http://{addr}/metrics");
+        }
+        if let Some(addr) = prepared.http_cache_addr() {
+            let _ = writeln!(out, "listening http-cache http://{addr}");
         }
         let _ = writeln!(out, "ready");
         let _ = out.flush();

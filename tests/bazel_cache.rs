@@ -25,6 +25,9 @@
 //!   changing one source: the dependent chain misses and runs locally, which
 //!   makes Bazel fetch the remote-only outputs it needs (the 6 MiB big.bin,
 //!   the executable tool) from kiln.
+//! * `http_remote_cache_second_build_is_all_hits`: the first scenario over
+//!   the HTTP cache API (`--remote_cache=http://ADDR/team/ci`, bazel-remote's
+//!   `/ac/` and `/cas/` layout under an instance prefix).
 
 mod common;
 
@@ -137,6 +140,8 @@ struct Bazel<'a> {
     output_bases: Vec<PathBuf>,
     server: &'a KilnServer,
     invocation: usize,
+    /// `--remote_cache` when not the server's gRPC URL (the HTTP cache API's).
+    remote_cache: Option<String>,
 }
 
 impl<'a> Bazel<'a> {
@@ -159,6 +164,7 @@ impl<'a> Bazel<'a> {
             output_bases: Vec::new(),
             server,
             invocation: 0,
+            remote_cache: None,
         }
     }
 
@@ -229,7 +235,8 @@ impl<'a> Bazel<'a> {
         .iter()
         .map(|s| (*s).to_string())
         .collect();
-        args.push(format!("--remote_cache={}", self.server.url()));
+        let remote = (self.remote_cache.clone()).unwrap_or_else(|| self.server.url());
+        args.push(format!("--remote_cache={remote}"));
         args.push(format!("--execution_log_json_file={}", exec_log.display()));
         args.extend(extra.iter().map(|s| (*s).to_string()));
         args.push("//...".to_string());
@@ -593,6 +600,35 @@ fn second_build_is_all_remote_cache_hits() {
     assert_all_hits(&bazel, "warm", &warm);
     let second = snapshot_outputs(&bazel.output_base("ob2"));
     assert_same_outputs("warm", &first, &second, |_| true);
+    bazel.shutdown("ob2");
+}
+
+/// The same scenario over the HTTP cache API (`--remote_cache=http://...`, bazel-remote's
+/// layout), under an instance prefix: every spawn of the second build a remote cache hit.
+#[test]
+fn http_remote_cache_second_build_is_all_hits() {
+    let _guard = lock();
+    let bin = bazel_binary();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("kiln.toml");
+    fs::write(&config, "[http_cache]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    let server = KilnServer::start_with(
+        &tmp.path().join("kiln-data"),
+        &tmp.path().join("kiln.log"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let Some(addr) = server.http_cache.clone() else {
+        server.fail("kiln printed no `listening http-cache http://` line")
+    };
+    let mut bazel = Bazel::new(bin, tmp.path(), &server);
+    bazel.remote_cache = Some(format!("http://{addr}/team/ci"));
+
+    let first = cold_build(&mut bazel);
+
+    let warm = bazel.build("ob2", "warm-http", &["--remote_download_outputs=all"]);
+    assert_all_hits(&bazel, "warm-http", &warm);
+    let second = snapshot_outputs(&bazel.output_base("ob2"));
+    assert_same_outputs("warm-http", &first, &second, |_| true);
     bazel.shutdown("ob2");
 }
 

@@ -163,3 +163,58 @@ fn worker_imports_only_its_seam() {
         }
     }
 }
+
+/// The HTTP cache API sits beside the gRPC services, over the `cas` layer: it uses the CAS and
+/// action cache, auth, metrics, digests and protos, the shared accept loop, and from `api` only
+/// the resource-name vocabulary (the reserved instance segments). Nothing below it, nor the
+/// gRPC services, reaches up to it.
+#[test]
+fn http_cache_sits_beside_api_over_cas() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src.join("http_cache"), &mut files);
+    assert!(!files.is_empty());
+    let allowed = [
+        "crate::http_cache",
+        "crate::cas",
+        "crate::auth",
+        "crate::metrics::HttpCacheMetrics",
+        "crate::digest",
+        "crate::proto",
+        "crate::server::ConnectionLimit",
+        "crate::server::incoming",
+        "crate::api::resource_name::RESERVED",
+        "crate::storage::StorageError",
+    ];
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (i, _) in text.match_indices("crate::") {
+            let path: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+                .collect();
+            assert!(
+                allowed.iter().any(|a| path.starts_with(a)),
+                "{} reaches past the HTTP cache API's seam: {path}",
+                f.display()
+            );
+        }
+        for banned in ["tonic", "kiln::", "super::super::"] {
+            assert!(!text.contains(banned), "{} mentions {banned}", f.display());
+        }
+    }
+    let mut others = Vec::new();
+    for dir in [
+        "cas", "storage", "api", "upstream", "exec", "worker", "auth",
+    ] {
+        rust_files(&src.join(dir), &mut others);
+    }
+    for f in others {
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(
+            !text.contains("http_cache"),
+            "{} reaches the HTTP cache API",
+            f.display()
+        );
+    }
+}

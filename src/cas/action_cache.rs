@@ -71,6 +71,20 @@ impl ActionCache {
         Key::new(Key::SPACE_AC, h.finalize().into())
     }
 
+    /// The storage key of an entry by the action's hash alone: what entries are stored
+    /// under, so that a client naming the action without its size (the HTTP cache API's
+    /// `/ac/<hash>`) finds the same entry as gRPC. The hash determines the size; entries
+    /// stored under [`ActionCache::key`] by older versions are still read.
+    pub fn hash_key(instance: &str, action: &Digest) -> Key {
+        let mut h = Sha256::new();
+        h.update(b"kiln-ac-hash\0");
+        h.update((instance.len() as u64).to_le_bytes());
+        h.update(instance.as_bytes());
+        h.update([action.function.tag()]);
+        h.update(action.hash);
+        Key::new(Key::SPACE_AC, h.finalize().into())
+    }
+
     /// Looks an action up. Fails with `ActionNotFound` on a miss and when any referenced blob
     /// is missing; every referenced blob's life is extended on a hit.
     pub fn get(
@@ -97,7 +111,16 @@ impl ActionCache {
         instance: &str,
         action: &Digest,
     ) -> Result<Option<ActionResult>, CasError> {
-        let Some(blob) = self.store.get(&Self::key(instance, action))? else {
+        let mut found = self.store.get(&Self::hash_key(instance, action))?;
+        if found.is_none() {
+            // An entry stored before entries were keyed by hash alone. Probed with `contains`
+            // first so a miss counts once in `kiln_store_gets_total{space="ac"}`.
+            let legacy = Self::key(instance, action);
+            if self.store.contains(&legacy)? {
+                found = self.store.get(&legacy)?;
+            }
+        }
+        let Some(blob) = found else {
             return Ok(None);
         };
         let Ok(result) = ActionResult::decode(blob.to_bytes()) else {
@@ -133,7 +156,7 @@ impl ActionCache {
         }
         self.store
             .put(
-                Self::key(instance, action),
+                Self::hash_key(instance, action),
                 Bytes::from(stored.encode_to_vec()),
             )
             .await?;

@@ -6,6 +6,7 @@
 mod grpc;
 mod history;
 mod http;
+mod http_cache;
 mod snapshot;
 mod status_page;
 mod status_text;
@@ -15,6 +16,7 @@ mod summary;
 pub use grpc::GrpcMetrics;
 pub use history::{History, Sample};
 pub use http::serve_http;
+pub use http_cache::HttpCacheMetrics;
 pub use snapshot::Snapshot;
 pub use store::MeteredStore;
 pub use summary::{SlowAction, Summary};

@@ -283,6 +283,47 @@ impl Summary {
             .into_iter()
             .flatten(),
         );
+        // The HTTP cache API's figures, present only when `[http_cache]` listens (the request
+        // series once such a request was answered).
+        let http = |m: &str, k: &str, st: u16| {
+            format!("kiln_http_cache_requests_total{{method=\"{m}\",kind=\"{k}\",status=\"{st}\"}}")
+        };
+        cache.extend(
+            [
+                fig(
+                    snap,
+                    &http("GET", "ac", 200),
+                    "HTTP cache: /ac/ hits",
+                    Count,
+                ),
+                fig(
+                    snap,
+                    &http("GET", "ac", 404),
+                    "HTTP cache: /ac/ misses",
+                    Count,
+                ),
+                fig(
+                    snap,
+                    &http("PUT", "cas", 200),
+                    "HTTP cache: blobs uploaded",
+                    Count,
+                ),
+                fig(
+                    snap,
+                    "kiln_http_cache_bytes_received_total",
+                    "HTTP cache: bytes received",
+                    Bytes,
+                ),
+                fig(
+                    snap,
+                    "kiln_http_cache_bytes_sent_total",
+                    "HTTP cache: bytes sent",
+                    Bytes,
+                ),
+            ]
+            .into_iter()
+            .flatten(),
+        );
         let rates = [
             (
                 "requests/s",

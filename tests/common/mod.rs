@@ -3,6 +3,7 @@
 
 pub mod data;
 pub mod grpcio;
+pub mod http;
 pub mod pki;
 pub mod process;
 pub mod wait;
@@ -22,6 +23,8 @@ use tonic::transport::Channel;
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
     pub metrics_addr: std::net::SocketAddr,
+    /// The HTTP cache API's address, when `[http_cache] listen` is set.
+    pub http_cache_addr: Option<std::net::SocketAddr>,
     pub config: Config,
     pub dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
@@ -50,6 +53,7 @@ impl TestServer {
         let config_copy = config.clone();
         let addr = prepared.tcp_addrs()[0];
         let metrics_addr = prepared.metrics_addr().expect("metrics endpoint enabled");
+        let http_cache_addr = prepared.http_cache_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             prepared
@@ -62,6 +66,7 @@ impl TestServer {
         Self {
             addr,
             metrics_addr,
+            http_cache_addr,
             config: config_copy,
             dir,
             stop: Some(stop),

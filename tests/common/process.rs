@@ -46,6 +46,8 @@ pub struct KilnServer {
     pub tls: Option<String>,
     /// `ADDR` of the first TLS bots listener (`listening bots grpcs://ADDR`), when configured.
     pub bots_tls: Option<String>,
+    /// `HOST:PORT` of the HTTP cache API (`listening http-cache http://ADDR`), when configured.
+    pub http_cache: Option<String>,
     log: PathBuf,
 }
 
@@ -117,6 +119,7 @@ impl KilnServer {
             metrics: None,
             tls: None,
             bots_tls: None,
+            http_cache: None,
             log: log.to_path_buf(),
         };
         let seen = match lines {
@@ -149,6 +152,9 @@ impl KilnServer {
             }
             if let Some(rest) = line.strip_prefix("listening grpcs://") {
                 server.tls.get_or_insert_with(|| rest.to_string());
+            }
+            if let Some(rest) = line.strip_prefix("listening http-cache http://") {
+                server.http_cache = Some(rest.to_string());
             }
             if let Some(rest) = line.strip_prefix("listening bots grpcs://") {
                 server.bots_tls.get_or_insert_with(|| rest.to_string());
