@@ -198,6 +198,21 @@ async fn baseline_runs() {
     };
     let r = kiln::bench::baseline::run(&b).await.expect("baseline");
     assert!(r.sha256_mb_per_s > 0.0 && r.blake3_mb_per_s > 0.0 && r.stream_read_mb_per_s > 0.0);
+    // Streaming is measured several ways (message sizes, connections) in both directions,
+    // and the limit is the best of them.
+    assert_eq!(r.streams.len(), 6, "{:?}", r.streams);
+    assert!(
+        r.streams.iter().all(|f| f.mb_per_s > 0.0),
+        "{:?}",
+        r.streams
+    );
+    let best_write = r
+        .streams
+        .iter()
+        .filter(|f| f.direction == "write")
+        .map(|f| f.mb_per_s)
+        .fold(0.0, f64::max);
+    assert!((r.stream_write_mb_per_s - best_write).abs() < 1e-9);
     assert!(r.unary_tcp.calls_per_s > 0.0 && r.unary_unix.calls_per_s > 0.0);
     assert_eq!(r.unary_tcp.errors + r.unary_unix.errors, 0);
     assert!(r.text().contains("sha256"));

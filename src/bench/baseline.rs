@@ -12,6 +12,7 @@
 //!   64 KiB messages without storage or hashing.
 
 mod bare;
+pub use bare::StreamFigure;
 mod disk;
 mod own_runtime;
 
@@ -41,10 +42,12 @@ pub struct Baseline {
     pub unary_tcp: Rpc,
     /// The same over a Unix socket.
     pub unary_unix: Rpc,
-    /// Bare ByteStream Read MB/s over loopback (64 KiB messages).
+    /// Bare ByteStream Read MB/s over loopback: the best of [`Baseline::streams`].
     pub stream_read_mb_per_s: f64,
-    /// Bare ByteStream Write MB/s over loopback (64 KiB messages).
+    /// Bare ByteStream Write MB/s over loopback: the best of [`Baseline::streams`].
     pub stream_write_mb_per_s: f64,
+    /// Every way of streaming measured (message size, connections, streams).
+    pub streams: Vec<StreamFigure>,
     /// Notes on how figures were measured.
     pub notes: Vec<String>,
 }
@@ -71,7 +74,7 @@ impl Baseline {
              disk write buffered+fdatasync {:>6.1} MB/s\n  disk read O_DIRECT          {:>9.1} MB/s\n  \
              unary RPC TCP              {:>9.0} calls/s (c={}, p50 {:.3} ms, p99 {:.3} ms)\n  \
              unary RPC Unix socket      {:>9.0} calls/s (c={}, p50 {:.3} ms, p99 {:.3} ms)\n  \
-             bare stream read (loopback) {:>8.1} MB/s\n  bare stream write (loopback) {:>7.1} MB/s",
+             bare stream read (loopback, best) {:>8.1} MB/s\n  bare stream write (loopback, best) {:>7.1} MB/s",
             self.sha256_mb_per_s,
             self.blake3_mb_per_s,
             d.write_direct_mb_per_s,
@@ -90,6 +93,17 @@ impl Baseline {
             self.stream_read_mb_per_s,
             self.stream_write_mb_per_s,
         );
+        for f in &self.streams {
+            let _ = write!(
+                s,
+                "\n    bare {:5} {:>4} KiB messages, {} conn x {} streams {:>9.1} MB/s",
+                f.direction,
+                f.message_bytes >> 10,
+                f.connections,
+                f.streams_per_connection,
+                f.mb_per_s
+            );
+        }
         for n in &self.notes {
             let _ = write!(s, "\n  note: {n}");
         }
@@ -111,7 +125,15 @@ pub async fn run(args: &BaselineArgs) -> Result<Baseline, BenchError> {
         .await
         .map_err(|e| BenchError::Local(e.to_string()))??;
     let (unary_tcp, unary_unix) = unary(args.concurrency, secs).await?;
-    let (stream_read_mb_per_s, stream_write_mb_per_s) = bare::measure(secs).await?;
+    let streams = bare::measure(secs).await?;
+    let best = |direction: &str| {
+        streams
+            .iter()
+            .filter(|f| f.direction == direction)
+            .map(|f| f.mb_per_s)
+            .fold(0.0, f64::max)
+    };
+    let (stream_read_mb_per_s, stream_write_mb_per_s) = (best("read"), best("write"));
     let mut notes = vec![
         "disk figures use std::fs (pwrite/pread), not io_uring: the crate denies unsafe code \
          outside the storage engine; io_uring and psync reach the same disk ceiling here"
@@ -129,6 +151,7 @@ pub async fn run(args: &BaselineArgs) -> Result<Baseline, BenchError> {
         unary_unix,
         stream_read_mb_per_s,
         stream_write_mb_per_s,
+        streams,
         notes,
     })
 }

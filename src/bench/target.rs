@@ -55,7 +55,9 @@ impl Target {
         self.connect_tls(&crate::auth::ClientTls::default()).await
     }
 
-    /// Opens one HTTP/2 connection, with `tls` for a `grpcs://` target.
+    /// Opens one HTTP/2 connection, with `tls` for a `grpcs://` target. The connection has
+    /// the flow-control windows kiln's server uses (a tuned client: with h2's 64 KiB default
+    /// a stream read waits a round trip per 64 KiB).
     pub async fn connect_tls(&self, tls: &crate::auth::ClientTls) -> Result<Channel, BenchError> {
         if tls.is_set() && !matches!(self, Target::Tls(_)) {
             return Err(BenchError::Usage(
@@ -70,12 +72,12 @@ impl Target {
             ))
         };
         match self {
-            Target::Tcp(hostport) => Endpoint::from_shared(format!("http://{hostport}"))
-                .map_err(fail)?
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .map_err(fail),
+            Target::Tcp(hostport) => {
+                tuned(Endpoint::from_shared(format!("http://{hostport}")).map_err(fail)?)
+                    .connect()
+                    .await
+                    .map_err(fail)
+            }
             Target::Tls(hostport) => {
                 let endpoint =
                     Endpoint::from_shared(format!("https://{hostport}")).map_err(fail)?;
@@ -83,10 +85,7 @@ impl Target {
                 let config = tls
                     .config(&host)
                     .map_err(|e| BenchError::Usage(e.to_string()))?;
-                endpoint
-                    .tls_config(config)
-                    .map_err(fail)?
-                    .tcp_nodelay(true)
+                tuned(endpoint.tls_config(config).map_err(fail)?)
                     .connect()
                     .await
                     .map_err(fail)
@@ -94,8 +93,7 @@ impl Target {
             Target::Unix(path) => {
                 let path = path.clone();
                 // The URI is a placeholder: the connector below ignores it.
-                Endpoint::try_from("http://[::]:50051")
-                    .map_err(fail)?
+                tuned(Endpoint::try_from("http://[::]:50051").map_err(fail)?)
                     .connect_with_connector(tower::service_fn(move |_| {
                         let path = path.clone();
                         async move {
@@ -119,6 +117,15 @@ impl std::fmt::Display for Target {
             Target::Unix(p) => write!(f, "unix:{}", p.display()),
         }
     }
+}
+
+/// An endpoint with the client settings of every bench connection: no Nagle delay and the
+/// server's HTTP/2 windows.
+fn tuned(endpoint: Endpoint) -> Endpoint {
+    endpoint
+        .tcp_nodelay(true)
+        .initial_stream_window_size(crate::server::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(crate::server::CONNECTION_WINDOW_BYTES)
 }
 
 #[cfg(test)]

@@ -88,11 +88,18 @@ pub struct Listeners {
 /// bounds that memory. Clients open more connections when they need more (Bazel does).
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
+/// HTTP/2 flow-control window of each stream: how much a sender may have in flight on one
+/// call before the receiver acknowledges. The h2 default (64 KiB) caps one stream at one
+/// window per round trip, far below loopback or LAN speeds.
+pub const STREAM_WINDOW_BYTES: u32 = 4 << 20;
+/// HTTP/2 flow-control window of a whole connection (several streams' windows).
+pub const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+
 fn builder() -> Server {
     Server::builder()
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-        .initial_stream_window_size(Some(4 << 20))
-        .initial_connection_window_size(Some(16 << 20))
+        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
 }
