@@ -12,6 +12,7 @@ mod operation;
 mod operations;
 mod operations_upstream;
 pub mod resource_name;
+mod split;
 pub mod status;
 mod uploads;
 

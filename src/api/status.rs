@@ -24,7 +24,9 @@ pub fn cas_code(err: &CasError) -> Code {
         | CasError::BadMessage { .. }
         | CasError::BadCompression { .. }
         | CasError::InvalidArgument(_) => Code::InvalidArgument,
-        CasError::BlobNotFound(_) | CasError::ActionNotFound(_) => Code::NotFound,
+        CasError::BlobNotFound(_)
+        | CasError::ActionNotFound(_)
+        | CasError::ChunksMissing { .. } => Code::NotFound,
         CasError::Forward(_) => Code::Unavailable,
         CasError::Storage(e) => storage_code(e),
     }

@@ -19,6 +19,8 @@ impl Key {
     pub const SPACE_CAS: u8 = 1;
     /// Namespace of action-cache entries.
     pub const SPACE_AC: u8 = 2;
+    /// Namespace of SplitBlob chunk lists (keyed like the blob they split).
+    pub const SPACE_SPLIT: u8 = 3;
 
     /// Builds a key from its parts.
     pub const fn new(space: u8, id: [u8; 32]) -> Self {
