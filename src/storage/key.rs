@@ -21,6 +21,8 @@ impl Key {
     pub const SPACE_AC: u8 = 2;
     /// Namespace of SplitBlob chunk lists (keyed like the blob they split).
     pub const SPACE_SPLIT: u8 = 3;
+    /// Namespace of Remote Asset records (URI and qualifiers to a digest).
+    pub const SPACE_ASSET: u8 = 4;
 
     /// Builds a key from its parts.
     pub const fn new(space: u8, id: [u8; 32]) -> Self {
