@@ -40,7 +40,8 @@ fn content() -> Vec<u8> {
 
 /// A local HTTP/1.1 origin: `/file` (the content), `/other` (other bytes), `/big` (over the
 /// limit, with Content-Length), `/stream` (over the limit, chunked, no length), `/loop`
-/// (redirects to itself), `/moved` (redirects to `/file`), anything else 404. Counts requests.
+/// (redirects to itself), `/moved` (redirects to `/file`), `/private` (401 without
+/// `authorization: Bearer good`), anything else 404. Counts requests.
 struct Origin {
     addr: std::net::SocketAddr,
     hits: Arc<AtomicUsize>,
@@ -61,7 +62,16 @@ impl Origin {
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<_>| {
                         counter.fetch_add(1, Ordering::SeqCst);
-                        async move { Ok::<_, std::convert::Infallible>(serve(req.uri().path())) }
+                        let auth = req
+                            .headers()
+                            .get("authorization")
+                            .map(|v| v.as_bytes().to_vec());
+                        async move {
+                            Ok::<_, std::convert::Infallible>(serve(
+                                req.uri().path(),
+                                auth.as_deref(),
+                            ))
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
@@ -83,9 +93,16 @@ impl Origin {
 
 type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
-fn serve(path: &str) -> Response<Body> {
+fn serve(path: &str, auth: Option<&[u8]>) -> Response<Body> {
     let full = |b: Vec<u8>| Full::new(Bytes::from(b)).boxed();
     match path {
+        "/private" if auth == Some(b"Bearer good") => {
+            Response::new(full(b"secret content".to_vec()))
+        }
+        "/private" => Response::builder()
+            .status(401)
+            .body(full(Vec::new()))
+            .unwrap(),
         "/file" => Response::new(full(content())),
         "/other" => Response::new(full(b"other bytes".to_vec())),
         "/big" => Response::new(full(vec![1u8; MAX_DOWNLOAD as usize + 1])),
@@ -446,4 +463,35 @@ async fn pushed_assets_are_answered_by_uri_and_qualifiers() {
     .unwrap();
     let expired = fetch(&s, &["urn:expired".into()], vec![]).await;
     assert_eq!(code(&expired), Code::NotFound, "{:?}", expired.status);
+}
+
+#[tokio::test]
+async fn header_qualifiers_reach_the_origin_but_not_the_identity() {
+    let origin = Origin::start().await;
+    let s = start().await;
+    let url = origin.url("/private");
+    let denied = fetch(&s, std::slice::from_ref(&url), vec![]).await;
+    assert_eq!(code(&denied), Code::PermissionDenied, "{:?}", denied.status);
+    // The per-URI header (index 1 here) wins over the global one.
+    let ok = fetch(
+        &s,
+        &["urn:nothing".into(), url.clone()],
+        vec![
+            qualifier("http_header:Authorization", "Bearer bad"),
+            qualifier("http_header_url:1:Authorization", "Bearer good"),
+        ],
+    )
+    .await;
+    assert_eq!(code(&ok), Code::Ok, "{:?}", ok.status);
+    assert_eq!(ok.blob_digest, Some(digest(b"secret content").to_proto()));
+    assert_eq!(origin.hits(), 2);
+    // A rotated token names the same asset: answered without the origin.
+    let again = fetch(
+        &s,
+        std::slice::from_ref(&url),
+        vec![qualifier("http_header:Authorization", "Bearer rotated")],
+    )
+    .await;
+    assert_eq!(again.blob_digest, ok.blob_digest);
+    assert_eq!(origin.hits(), 2);
 }

@@ -54,7 +54,10 @@ fn timestamp(secs: u64) -> Option<prost_types::Timestamp> {
 }
 
 fn timeout(d: Option<&prost_types::Duration>) -> Result<Option<Duration>, AssetError> {
-    let Some(d) = d else { return Ok(None) };
+    // Unset, or zero (proto3's default): the server's own limit.
+    let Some(d) = d.filter(|d| d.seconds != 0 || d.nanos != 0) else {
+        return Ok(None);
+    };
     if d.seconds < 0 || d.nanos < 0 {
         return Err(AssetError::InvalidArgument(format!(
             "negative timeout {}s",

@@ -150,7 +150,7 @@ impl Assets {
                 instance: &req.instance,
                 function: req.function,
                 uri,
-                qualifiers: &req.qualifiers.all,
+                qualifiers: &req.qualifiers.identity,
             };
             if let Some(r) = memory::recall(&self.cas, &who)?
                 && r.usable(now, req.oldest)
@@ -180,7 +180,7 @@ impl Assets {
             instance,
             function: digest.function,
             uri,
-            qualifiers: &qualifiers.all,
+            qualifiers: &qualifiers.identity,
         };
         let record = Record {
             kind,
@@ -222,8 +222,8 @@ impl Assets {
             }
         }
         let mut last = None;
-        for uri in &req.uris {
-            match self.download(&req, uri).await {
+        for (index, uri) in req.uris.iter().enumerate() {
+            match self.download(&req, index, uri).await {
                 Ok(digest) => {
                     self.metrics.downloads.inc();
                     self.metrics.downloaded_bytes.inc_by(digest.size);
@@ -244,7 +244,12 @@ impl Assets {
     }
 
     /// Downloads one URI, verifies it, stores it and remembers it.
-    async fn download(&self, req: &FetchRequest, uri: &str) -> Result<Digest, FetchError> {
+    async fn download(
+        &self,
+        req: &FetchRequest,
+        index: usize,
+        uri: &str,
+    ) -> Result<Digest, FetchError> {
         let not_pushed = || {
             FetchError::NotFound(format!(
                 "no asset was pushed for {uri:?} with these qualifiers, and it is not an \
@@ -263,7 +268,7 @@ impl Assets {
         let max = fetcher.limits().max_bytes.min(self.cas.max_blob_size());
         let timeout = req.timeout.unwrap_or(fetcher.limits().timeout);
         let data = fetcher
-            .download(&url, &req.qualifiers.headers, timeout, max)
+            .download(&url, &req.qualifiers.headers_for(index), timeout, max)
             .await?;
         // Hashing a large body is CPU work: off the async threads.
         let quals = req.qualifiers.clone();

@@ -1,6 +1,11 @@
 //! Qualifiers of a Fetch or Push request: checked, sorted, and the ones kiln honours on a
-//! download picked out (the lexicon's `checksum.sri`, Bazel's `bazel.canonical_id` and
-//! `http_header:NAME`). Every count and length is bounded before anything is kept.
+//! download picked out (the lexicon's `checksum.sri`, Bazel's `bazel.canonical_id`,
+//! `http_header:NAME` and `http_header_url:INDEX:NAME`). Every count and length is bounded
+//! before anything is kept.
+//!
+//! Header qualifiers say how to reach the content, not what it is (Bazel sends credentials
+//! there, and they rotate), so they are left out of the asset's identity: a fetch with a new
+//! token finds what the last one downloaded.
 
 use super::AssetError;
 use base64::Engine as _;
@@ -17,6 +22,9 @@ pub const CHECKSUM_SRI: &str = "checksum.sri";
 pub const CANONICAL_ID: &str = "bazel.canonical_id";
 /// Bazel's per-request HTTP headers (`http_header:Authorization`), sent to the origin.
 pub const HTTP_HEADER: &str = "http_header:";
+/// Bazel's per-URI headers (`http_header_url:0:Authorization`: the first URI's), which take
+/// precedence over `http_header:` ones for that URI.
+pub const HTTP_HEADER_URL: &str = "http_header_url:";
 
 /// An SRI hash function kiln verifies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,12 +86,16 @@ impl Checksum {
 /// A request's qualifiers, validated.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Qualifiers {
-    /// Every qualifier, sorted by name (names are unique): the asset's identity with its URI.
+    /// Every qualifier, sorted by name (names are unique).
     pub all: Vec<(String, String)>,
+    /// The qualifiers that identify the asset with its URI: all but the header ones, sorted.
+    pub identity: Vec<(String, String)>,
     /// The `checksum.sri` hashes; content matching any one of them satisfies the qualifier.
     pub checksums: Vec<Checksum>,
-    /// `http_header:NAME` qualifiers as (name, value), sent with a download.
+    /// `http_header:NAME` qualifiers as (name, value), sent with every download.
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// `http_header_url:INDEX:NAME` qualifiers as (URI index, name, value).
+    pub url_headers: Vec<(usize, http::HeaderName, http::HeaderValue)>,
     /// Names kiln cannot honour on a download (a pushed asset may still carry them).
     pub unsupported: Vec<String>,
 }
@@ -118,18 +130,46 @@ impl Qualifiers {
             if name == CHECKSUM_SRI {
                 q.checksums = parse_sri(value)?;
             } else if let Some(header) = name.strip_prefix(HTTP_HEADER) {
-                let (Ok(n), Ok(v)) = (
-                    http::HeaderName::from_bytes(header.as_bytes()),
-                    http::HeaderValue::from_str(value),
-                ) else {
-                    return bad(format!("qualifier {name:?} is not a valid HTTP header"));
+                q.headers.push(header_of(name, header, value)?);
+                continue;
+            } else if let Some(rest) = name.strip_prefix(HTTP_HEADER_URL) {
+                let parsed = rest
+                    .split_once(':')
+                    .and_then(|(i, h)| Some((i.parse::<usize>().ok()?, h)));
+                let Some((index, header)) = parsed else {
+                    return bad(format!(
+                        "qualifier {:?} is not http_header_url:INDEX:NAME",
+                        truncate(name)
+                    ));
                 };
-                q.headers.push((n, v));
+                let (n, v) = header_of(name, header, value)?;
+                q.url_headers.push((index, n, v));
+                continue;
             } else if name != CANONICAL_ID {
                 q.unsupported.push(name.clone());
             }
+            q.identity.push((name.clone(), value.clone()));
         }
         Ok(q)
+    }
+
+    /// The headers to send to the URI at `index`: the global ones, each replaced by a
+    /// per-URI one of the same name.
+    pub fn headers_for(&self, index: usize) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        let own: Vec<_> = self
+            .url_headers
+            .iter()
+            .filter(|(i, _, _)| *i == index)
+            .map(|(_, n, v)| (n.clone(), v.clone()))
+            .collect();
+        let mut out: Vec<_> = self
+            .headers
+            .iter()
+            .filter(|(n, _)| !own.iter().any(|(o, _)| o == n))
+            .cloned()
+            .collect();
+        out.extend(own);
+        out
     }
 
     /// The SHA-256 hashes among the checksums (to look the content up in the CAS).
@@ -163,6 +203,23 @@ impl Qualifiers {
             expected.join(" or "),
             got.join(" / ")
         ))
+    }
+}
+
+fn header_of(
+    qualifier: &str,
+    name: &str,
+    value: &str,
+) -> Result<(http::HeaderName, http::HeaderValue), AssetError> {
+    match (
+        http::HeaderName::from_bytes(name.as_bytes()),
+        http::HeaderValue::from_str(value),
+    ) {
+        (Ok(n), Ok(v)) => Ok((n, v)),
+        _ => Err(AssetError::InvalidArgument(format!(
+            "qualifier {:?} is not a valid HTTP header",
+            truncate(qualifier)
+        ))),
     }
 }
 
@@ -268,5 +325,30 @@ mod tests {
         assert_eq!(ok.unsupported, vec!["resource_type".to_string()]);
         assert_eq!(ok.headers.len(), 1);
         assert_eq!(ok.all[0].0, CANONICAL_ID, "sorted by name");
+        // Headers are not part of the identity.
+        assert_eq!(ok.identity.len(), 2);
+        assert!(q(&[("http_header_url:x:Authorization", "v")]).is_err());
+        assert!(q(&[("http_header_url:0", "v")]).is_err());
+    }
+
+    #[test]
+    fn per_uri_headers_replace_global_ones() {
+        let h = q(&[
+            ("http_header:Authorization", "global"),
+            ("http_header:Accept", "*/*"),
+            ("http_header_url:1:Authorization", "second"),
+        ])
+        .unwrap();
+        assert!(h.identity.is_empty());
+        let value = |i: usize, name: &str| {
+            h.headers_for(i)
+                .into_iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.to_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(value(0, "authorization"), vec!["global"]);
+        assert_eq!(value(1, "authorization"), vec!["second"]);
+        assert_eq!(value(1, "accept"), vec!["*/*"]);
     }
 }
