@@ -208,13 +208,12 @@ impl Assets {
         }
         if req.function == DigestFunction::Sha256 {
             for hash in req.qualifiers.sha256() {
+                // Content with this hash is what was asked for, whatever its URI: nothing to
+                // remember (the lookup is as cheap as a remembered record's).
                 if let Some(digest) = self.cas.find_by_hash(req.function, hash)? {
-                    let uri = req.uris[0].clone();
-                    self.remember(Kind::Blob, &req.instance, &uri, &req.qualifiers, digest, 0)
-                        .await?;
                     self.metrics.hits.inc();
                     return Ok(Ok(Fetched {
-                        uri,
+                        uri: req.uris[0].clone(),
                         digest,
                         expire_at: 0,
                     }));
