@@ -114,13 +114,13 @@ impl Fetcher {
             return Err(FetchError::Denied(why));
         }
         let timeout = timeout.min(self.limits.timeout);
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| FetchError::Unavailable("the downloader is shutting down".into()))?;
         let what = redact(url);
+        // Waiting for a download slot counts against the timeout too.
         let work = async {
+            let _permit =
+                self.permits.acquire().await.map_err(|_| {
+                    FetchError::Unavailable("the downloader is shutting down".into())
+                })?;
             let mut req = self.client.get(url.clone());
             for (n, v) in headers {
                 req = req.header(n, v);
