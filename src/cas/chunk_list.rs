@@ -82,7 +82,9 @@ impl ChunkList {
         let seed = u32::from_le_bytes(header[14..18].try_into().expect("4 bytes"));
         let chunking = match header[5] {
             1 => Chunking::FastCdc2020 { avg, seed },
-            0 => Chunking::Unknown,
+            // One encoding per list: an unknown chunking carries no parameters.
+            0 if avg == 0 && seed == 0 => Chunking::Unknown,
+            0 => return Err(bad("parameters on an unknown chunking".into())),
             t => return Err(bad(format!("unknown chunking tag {t}"))),
         };
         let count = u32::from_le_bytes(header[18..22].try_into().expect("4 bytes")) as usize;
@@ -163,6 +165,15 @@ mod tests {
         let mut huge_count = good.clone();
         huge_count[18..22].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(ChunkList::decode(&huge_count, &blob).is_err());
+        // Found by the fuzz target: parameters under the unknown tag (decoded, then re-encoded
+        // without them).
+        let unknown = ChunkList {
+            chunking: Chunking::Unknown,
+            chunks: l.chunks.clone(),
+        };
+        let mut with_params = unknown.encode();
+        with_params[6] = 1;
+        assert!(ChunkList::decode(&with_params, &blob).is_err());
         let mut bad_magic = good;
         bad_magic[0] = b'X';
         assert!(ChunkList::decode(&bad_magic, &blob).is_err());
