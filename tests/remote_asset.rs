@@ -495,3 +495,72 @@ async fn header_qualifiers_reach_the_origin_but_not_the_identity() {
     assert_eq!(again.blob_digest, ok.blob_digest);
     assert_eq!(origin.hits(), 2);
 }
+
+/// A request with the read-only token of [`fetch_and_split_need_read_push_and_splice_need_write`].
+fn authed<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        "Bearer reader-0123456789abcdef".parse().unwrap(),
+    );
+    r
+}
+
+/// With `[auth]` on: Fetch and SplitBlob need `read`, Push and SpliceBlob `write`.
+#[tokio::test]
+async fn fetch_and_split_need_read_push_and_splice_need_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "reader-0123456789abcdef";
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "[[principal]]\nname = \"reader\"\ntoken_sha256 = {:?}\nrights = [\"read\"]\n",
+            kiln::auth::token_sha256(token)
+        ),
+    )
+    .unwrap();
+    let path = tokens.to_str().unwrap().to_string();
+    let s = TestServer::start_with(move |c| c.auth.tokens_file = path).await;
+    let fetched = FetchClient::new(s.channel().await)
+        .fetch_blob(authed(FetchBlobRequest {
+            uris: vec!["urn:nothing".into()],
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        code(&fetched),
+        Code::NotFound,
+        "allowed, and nothing pushed"
+    );
+    let denied = PushClient::new(s.channel().await)
+        .push_blob(authed(PushBlobRequest {
+            uris: vec!["urn:x".into()],
+            blob_digest: Some(digest(b"x").to_proto()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("write"), "{}", denied.message());
+
+    let mut cas = s.cas().await;
+    let split = cas
+        .split_blob(authed(kiln::proto::reapi::SplitBlobRequest {
+            blob_digest: Some(digest(b"x").to_proto()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(split.code(), Code::NotFound, "allowed: {split:?}");
+    let splice = cas
+        .splice_blob(authed(kiln::proto::reapi::SpliceBlobRequest {
+            blob_digest: Some(digest(b"x").to_proto()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(splice.code(), Code::PermissionDenied, "{splice:?}");
+}
