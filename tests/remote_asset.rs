@@ -564,3 +564,49 @@ async fn fetch_and_split_need_read_push_and_splice_need_write() {
         .unwrap_err();
     assert_eq!(splice.code(), Code::PermissionDenied, "{splice:?}");
 }
+
+/// A system without CA certificates: kiln still starts, plain HTTP downloads work, and an
+/// HTTPS one is refused with the reason instead of a TLS error (rustls-native-certs reads only
+/// `SSL_CERT_FILE`/`SSL_CERT_DIR` when they are set, so pointing them nowhere leaves no roots).
+#[tokio::test]
+async fn without_ca_roots_kiln_starts_and_says_why_https_fails() {
+    let origin = Origin::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let nowhere = tmp.path().join("no-certs");
+    let nowhere = nowhere.to_str().unwrap();
+    let server = common::process::KilnServer::start_with_env(
+        &tmp.path().join("data"),
+        &tmp.path().join("kiln.log"),
+        &[],
+        &[("SSL_CERT_FILE", nowhere), ("SSL_CERT_DIR", nowhere)],
+    );
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", server.port))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut fetch = FetchClient::new(channel);
+    let https = fetch
+        .fetch_blob(FetchBlobRequest {
+            uris: vec!["https://127.0.0.1:1/x".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&https), Code::Unavailable, "{:?}", https.status);
+    assert!(
+        https.status.unwrap().message.contains("CA certificates"),
+        "the reason is given"
+    );
+    let http = fetch
+        .fetch_blob(FetchBlobRequest {
+            uris: vec![origin.url("/other")],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&http), Code::Ok, "{:?}", http.status);
+}

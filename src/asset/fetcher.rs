@@ -60,17 +60,35 @@ pub struct Fetcher {
     client: reqwest::Client,
     limits: Arc<FetchLimits>,
     permits: Semaphore,
+    /// Why HTTPS downloads cannot work (no CA roots on this system), if they cannot.
+    no_tls: Option<String>,
 }
 
 impl Fetcher {
-    /// A client with `limits`. Fails only if the platform's TLS roots cannot be loaded.
+    /// A client with `limits`. A system without CA roots still gets one: plain HTTP works and
+    /// HTTPS downloads are refused with the reason (logged once here).
     pub fn new(limits: FetchLimits) -> Result<Self, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .and_then(rustls_platform_verifier::BuilderVerifierExt::with_platform_verifier)
-            .map_err(|e| format!("TLS client setup: {e}"))?
-            .with_no_client_auth();
+            .map_err(|e| format!("TLS client setup: {e}"))?;
+        let (tls, no_tls) =
+            match rustls_platform_verifier::BuilderVerifierExt::with_platform_verifier(
+                builder.clone(),
+            ) {
+                Ok(b) => (b.with_no_client_auth(), None),
+                Err(e) => {
+                    let why = format!(
+                        "kiln cannot verify HTTPS origins: {e} (install the system's CA \
+                         certificates, e.g. Debian's ca-certificates, and restart)"
+                    );
+                    tracing::warn!("remote asset downloads: {why}");
+                    let none = builder
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth();
+                    (none, Some(why))
+                }
+            };
         let limits = Arc::new(limits);
         let hops = limits.clone();
         let policy = redirect::Policy::custom(move |attempt| {
@@ -93,6 +111,7 @@ impl Fetcher {
             client,
             permits: Semaphore::new(limits.concurrency.max(1)),
             limits,
+            no_tls,
         })
     }
 
@@ -112,6 +131,9 @@ impl Fetcher {
     ) -> Result<Bytes, FetchError> {
         if let Some(why) = self.limits.refuse(url) {
             return Err(FetchError::Denied(why));
+        }
+        if let Some(why) = self.no_tls.as_ref().filter(|_| url.scheme() == "https") {
+            return Err(FetchError::Unavailable(why.clone()));
         }
         let timeout = timeout.min(self.limits.timeout);
         let what = redact(url);
