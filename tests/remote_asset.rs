@@ -49,6 +49,29 @@ struct Origin {
 
 impl Origin {
     async fn start() -> Self {
+        Self::start_tls(None).await
+    }
+
+    /// The origin over TLS when `tls` (certificate chain and key, PEM) is given.
+    async fn start_tls(tls: Option<(String, String)>) -> Self {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let acceptor = tls.map(|(cert, key)| {
+            let certs = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+            tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -59,6 +82,7 @@ impl Origin {
                     return;
                 };
                 let counter = counter.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<_>| {
                         counter.fetch_add(1, Ordering::SeqCst);
@@ -73,9 +97,20 @@ impl Origin {
                             ))
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match acceptor {
+                        Some(a) => match a.accept(stream).await {
+                            Ok(tls) => {
+                                http.serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                                    .await
+                            }
+                            Err(_) => return,
+                        },
+                        None => {
+                            http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .await
+                        }
+                    };
                 });
             }
         });
@@ -609,4 +644,62 @@ async fn without_ca_roots_kiln_starts_and_says_why_https_fails() {
         .unwrap()
         .into_inner();
     assert_eq!(code(&http), Code::Ok, "{:?}", http.status);
+}
+
+/// HTTPS origins: one whose certificate a CA in kiln's roots (`SSL_CERT_FILE`) signed is
+/// downloaded and verified; one signed by another CA is refused (UNAVAILABLE naming the
+/// certificate problem) and nothing is stored.
+#[tokio::test]
+async fn https_origins_are_verified_against_the_system_roots() {
+    let trusted = common::pki::Ca::new("kiln test roots");
+    let stranger = common::pki::Ca::new("someone else");
+    let good = Origin::start_tls(Some(trusted.leaf("origin", &["127.0.0.1"], true))).await;
+    let bad = Origin::start_tls(Some(stranger.leaf("origin", &["127.0.0.1"], true))).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let roots = tmp.path().join("roots.pem");
+    std::fs::write(&roots, &trusted.pem).unwrap();
+    let nowhere = tmp.path().join("no-dir");
+    let server = common::process::KilnServer::start_with_env(
+        &tmp.path().join("data"),
+        &tmp.path().join("kiln.log"),
+        &[],
+        &[
+            ("SSL_CERT_FILE", roots.to_str().unwrap()),
+            ("SSL_CERT_DIR", nowhere.to_str().unwrap()),
+        ],
+    );
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", server.port))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut fetch = FetchClient::new(channel);
+    let want = content();
+    let https = |o: &Origin| o.url("/file").replace("http://", "https://");
+    let ok = fetch
+        .fetch_blob(FetchBlobRequest {
+            uris: vec![https(&good)],
+            qualifiers: vec![qualifier("checksum.sri", &sri(&want))],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&ok), Code::Ok, "{:?}", ok.status);
+    assert_eq!(ok.blob_digest, Some(digest(&want).to_proto()));
+    assert_eq!(good.hits(), 1);
+
+    let refused = fetch
+        .fetch_blob(FetchBlobRequest {
+            uris: vec![bad.url("/other").replace("http://", "https://")],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&refused), Code::Unavailable, "{:?}", refused.status);
+    let msg = refused.status.unwrap().message;
+    assert!(msg.to_lowercase().contains("certificate"), "{msg}");
+    assert_eq!(bad.hits(), 0, "no request after a failed handshake");
 }
