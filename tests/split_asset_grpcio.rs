@@ -31,7 +31,19 @@ fn grpcio_splits_splices_fetches_and_pushes() {
         out.status
     );
     let tmp = tempfile::tempdir().unwrap();
-    let server = KilnServer::start(&tmp.path().join("data"), &tmp.path().join("kiln.log"));
+    // A small store (as TestServer's): not sized from the free space of a shared disk.
+    let config = tmp.path().join("kiln.toml");
+    std::fs::write(
+        &config,
+        "[storage]\ncapacity_bytes = 268435456\nsegment_size_bytes = 16777216\n\
+         max_blob_size_bytes = 67108864\n",
+    )
+    .unwrap();
+    let server = KilnServer::start_with(
+        &tmp.path().join("data"),
+        &tmp.path().join("kiln.log"),
+        &["--config", config.to_str().unwrap()],
+    );
     let mut child = Command::new("python3")
         .arg(repo().join("tests/python/split_asset_clients.py"))
         .arg("--proto")
