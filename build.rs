@@ -3,6 +3,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "build/bazel/remote/execution/v2/remote_execution.proto",
+        "build/bazel/remote/asset/v1/remote_asset.proto",
         "build/bazel/semver/semver.proto",
         "google/bytestream/bytestream.proto",
         "google/longrunning/operations.proto",

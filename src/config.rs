@@ -28,6 +28,8 @@ pub struct Config {
     /// The HTTP cache API (bazel-remote's `/ac/` and `/cas/` layout) for Bazel's
     /// `--remote_cache=http://...` and ccache's `layout=bazel`. Off by default.
     pub http_cache: HttpCacheConfig,
+    /// The Remote Asset API (Fetch and Push; see [`RemoteAssetConfig`]).
+    pub remote_asset: RemoteAssetConfig,
 }
 
 /// The HTTP/1.1 cache API: `GET`/`HEAD`/`PUT` of `/ac/<sha256>` and `/cas/<sha256>` (with an
@@ -76,6 +78,86 @@ impl Default for HttpCacheConfig {
             max_buffer_bytes: 512 << 20,
             opaque_ac: true,
         }
+    }
+}
+
+/// The Remote Asset API (`build.bazel.remote.asset.v1` Fetch and Push), on the same listeners
+/// and with the same rights as the cache (Fetch needs `read`, Push `write`). FetchBlob answers
+/// from pushed assets and from the CAS (a `checksum.sri` SHA-256 already stored), and otherwise
+/// downloads the URI itself: kiln then makes HTTP(S) requests to hosts its clients name, so on a
+/// network with internal services worth protecting, list the mirrors in `allowed_hosts`.
+/// Metrics: `kiln_remote_asset_*`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteAssetConfig {
+    /// Serve Fetch and Push. Default true.
+    pub enabled: bool,
+    /// URI schemes kiln downloads (`https`, `http`). Default both; empty = never download
+    /// (answer only pushed assets and content already in the CAS).
+    pub allowed_schemes: Vec<String>,
+    /// Hosts kiln downloads from: a name matches itself and, written `.example.com`, every
+    /// subdomain. Default empty = any host. Recommended on shared networks: your mirrors.
+    pub allowed_hosts: Vec<String>,
+    /// Longest one download may take, seconds, redirects included (a request's own `timeout`
+    /// may shorten it). Default 300. Metric: `kiln_remote_asset_fetch_failures_total`.
+    pub download_timeout_secs: u64,
+    /// Largest download, bytes: checked against Content-Length before reading and while the
+    /// body streams. Capped by `storage.max_blob_size_bytes`. Default 256 MiB.
+    pub max_download_bytes: u64,
+    /// Downloads in flight at once; a download holds its body in memory until it is verified,
+    /// so memory is bounded by this times `max_download_bytes`. Default 4; more wait.
+    pub max_concurrent_downloads: u64,
+    /// Redirects followed per download (each to an allowed scheme and host). Default 5.
+    pub max_redirects: u64,
+}
+
+impl Default for RemoteAssetConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            allowed_schemes: vec!["https".into(), "http".into()],
+            allowed_hosts: Vec::new(),
+            download_timeout_secs: 300,
+            max_download_bytes: 256 << 20,
+            max_concurrent_downloads: 4,
+            max_redirects: 5,
+        }
+    }
+}
+
+impl RemoteAssetConfig {
+    /// Checks the section; names the field at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.to_string(),
+            })
+        };
+        for s in &self.allowed_schemes {
+            if s != "http" && s != "https" {
+                return invalid(
+                    "remote_asset.allowed_schemes",
+                    "kiln downloads only `http` and `https`",
+                );
+            }
+        }
+        for (field, v) in [
+            (
+                "remote_asset.download_timeout_secs",
+                self.download_timeout_secs,
+            ),
+            ("remote_asset.max_download_bytes", self.max_download_bytes),
+            (
+                "remote_asset.max_concurrent_downloads",
+                self.max_concurrent_downloads,
+            ),
+        ] {
+            if v == 0 {
+                return invalid(field, "must be at least 1");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -674,6 +756,7 @@ impl Config {
             })
         };
         self.validate_tls()?;
+        self.remote_asset.validate()?;
         if let Some(u) = &self.upstream {
             u.validate()?;
         }

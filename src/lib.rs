@@ -24,6 +24,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod asset;
 pub mod auth;
 pub mod bench;
 mod bots;

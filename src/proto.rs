@@ -5,6 +5,11 @@
 pub mod build {
     pub mod bazel {
         pub mod remote {
+            pub mod asset {
+                pub mod v1 {
+                    tonic::include_proto!("build.bazel.remote.asset.v1");
+                }
+            }
             pub mod execution {
                 pub mod v2 {
                     tonic::include_proto!("build.bazel.remote.execution.v2");
@@ -37,6 +42,8 @@ pub mod google {
     }
 }
 
+/// Short alias for the Remote Asset API.
+pub use build::bazel::remote::asset::v1 as asset;
 /// Short alias for the REAPI v2 package.
 pub use build::bazel::remote::execution::v2 as reapi;
 /// Short alias for ByteStream.

@@ -792,6 +792,60 @@ async fn http_cache(
     Ok(Some((api, listener)))
 }
 
+/// The Remote Asset API's state: downloads allowed when `[remote_asset]` names a scheme.
+fn remote_assets(config: &Config, cas: &Cas) -> Result<crate::asset::Assets, SetupError> {
+    let ra = &config.remote_asset;
+    let fetcher = if ra.allowed_schemes.is_empty() {
+        None
+    } else {
+        let limits = crate::asset::FetchLimits {
+            schemes: ra.allowed_schemes.clone(),
+            hosts: ra.allowed_hosts.clone(),
+            timeout: Duration::from_secs(ra.download_timeout_secs),
+            max_bytes: ra.max_download_bytes,
+            concurrency: ra.max_concurrent_downloads as usize,
+            max_redirects: ra.max_redirects as usize,
+        };
+        Some(crate::asset::Fetcher::new(limits).map_err(|reason| {
+            crate::config::ConfigError::Invalid {
+                field: "remote_asset",
+                reason,
+            }
+        })?)
+    };
+    Ok(crate::asset::Assets::new(cas.clone(), fetcher))
+}
+
+/// Registers the Remote Asset counters in `/metrics`.
+fn export_asset_metrics(assets: &crate::asset::Assets, metrics: &Metrics) {
+    let m = assets.metrics();
+    metrics.register(
+        "remote_asset_fetch_hits",
+        "Remote Asset fetches answered without a download (pushed, remembered, or in the CAS)",
+        m.hits.clone(),
+    );
+    metrics.register(
+        "remote_asset_downloads",
+        "Remote Asset fetches answered by a download from origin",
+        m.downloads.clone(),
+    );
+    metrics.register(
+        "remote_asset_fetch_failures",
+        "Remote Asset downloads that failed (origin error, timeout, size, checksum, refused)",
+        m.failures.clone(),
+    );
+    metrics.register(
+        "remote_asset_downloaded_bytes",
+        "Bytes downloaded from origin by the Remote Asset Fetch service and stored",
+        m.downloaded_bytes.clone(),
+    );
+    metrics.register(
+        "remote_asset_pushes",
+        "URIs remembered by Remote Asset PushBlob and PushDirectory",
+        m.pushes.clone(),
+    );
+}
+
 /// Puts the RPC metrics layer (counts, codes, latency) in front of every route of `routes`.
 fn instrument(routes: tonic::service::Routes, metrics: &Metrics) -> tonic::service::Routes {
     tonic::service::Routes::from(routes.into_axum_router().layer(metrics.grpc.clone()))
@@ -866,6 +920,11 @@ impl Prepared {
         metrics.add_gauge_source(Box::new(services.tree_gauges()));
         let mut routes = tonic::service::RoutesBuilder::default();
         services.add_to(&mut routes);
+        if config.remote_asset.enabled {
+            let assets = remote_assets(config, &cas)?;
+            export_asset_metrics(&assets, &metrics);
+            crate::api::add_asset_services(&assets, max_message, &mut routes);
+        }
         let mut bots = None;
         if config.execution.enabled {
             let scheduler = Scheduler::new(cas, exec_ac, scheduler_config(config));

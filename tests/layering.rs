@@ -218,3 +218,44 @@ fn http_cache_sits_beside_api_over_cas() {
         );
     }
 }
+
+/// The Remote Asset layer sits on `cas` like the upstream tier: it may use `cas`, digests and
+/// its own modules, never the engine (its records go through `cas`), the protos (api/asset.rs
+/// converts) or the layers above; and nothing below it reaches up to it.
+#[test]
+fn asset_sits_between_cas_and_api() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src.join("asset"), &mut files);
+    assert!(!files.is_empty());
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for banned in [
+            "crate::api",
+            "crate::exec",
+            "crate::bots",
+            "crate::worker",
+            "crate::setup",
+            "crate::server",
+            "crate::metrics",
+            "crate::storage",
+            "crate::proto",
+            "crate::upstream",
+            "tonic",
+        ] {
+            assert!(!text.contains(banned), "{} mentions {banned}", f.display());
+        }
+    }
+    let mut below = Vec::new();
+    rust_files(&src.join("cas"), &mut below);
+    rust_files(&src.join("storage"), &mut below);
+    rust_files(&src.join("upstream"), &mut below);
+    for f in below {
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(
+            !text.contains("crate::asset"),
+            "{} reaches up to the asset layer",
+            f.display()
+        );
+    }
+}

@@ -41,15 +41,20 @@ pub fn required_right(path: &str) -> Option<Right> {
         ("build.bazel.remote.execution.v2.Capabilities", "GetCapabilities")
         | (
             "build.bazel.remote.execution.v2.ContentAddressableStorage",
-            "FindMissingBlobs" | "BatchReadBlobs" | "GetTree",
+            "FindMissingBlobs" | "BatchReadBlobs" | "GetTree" | "SplitBlob",
         )
         | ("google.bytestream.ByteStream", "Read" | "QueryWriteStatus")
+        | ("build.bazel.remote.asset.v1.Fetch", "FetchBlob" | "FetchDirectory")
         | ("build.bazel.remote.execution.v2.ActionCache", "GetActionResult")
         | ("google.longrunning.Operations", "GetOperation" | "ListOperations" | "WaitOperation") => {
             Right::Read
         }
-        ("build.bazel.remote.execution.v2.ContentAddressableStorage", "BatchUpdateBlobs")
-        | ("google.bytestream.ByteStream", "Write") => Right::Write,
+        (
+            "build.bazel.remote.execution.v2.ContentAddressableStorage",
+            "BatchUpdateBlobs" | "SpliceBlob",
+        )
+        | ("google.bytestream.ByteStream", "Write")
+        | ("build.bazel.remote.asset.v1.Push", "PushBlob" | "PushDirectory") => Right::Write,
         ("build.bazel.remote.execution.v2.ActionCache", "UpdateActionResult") => Right::CacheWrite,
         ("build.bazel.remote.execution.v2.Execution", "Execute" | "WaitExecution")
         | ("google.longrunning.Operations", "CancelOperation" | "DeleteOperation") => {
@@ -198,6 +203,9 @@ mod tests {
             ("ContentAddressableStorage/BatchReadBlobs", Right::Read),
             ("ContentAddressableStorage/GetTree", Right::Read),
             ("ContentAddressableStorage/BatchUpdateBlobs", Right::Write),
+            // A split stores only chunks of content already held: a read.
+            ("ContentAddressableStorage/SplitBlob", Right::Read),
+            ("ContentAddressableStorage/SpliceBlob", Right::Write),
             ("ActionCache/GetActionResult", Right::Read),
             ("ActionCache/UpdateActionResult", Right::CacheWrite),
             ("Execution/Execute", Right::Execute),
@@ -208,6 +216,15 @@ mod tests {
         let bs = "/google.bytestream.ByteStream/";
         assert_eq!(required_right(&format!("{bs}Read")), Some(Right::Read));
         assert_eq!(required_right(&format!("{bs}Write")), Some(Right::Write));
+        let asset = "/build.bazel.remote.asset.v1.";
+        for (m, r) in [
+            ("Fetch/FetchBlob", Right::Read),
+            ("Fetch/FetchDirectory", Right::Read),
+            ("Push/PushBlob", Right::Write),
+            ("Push/PushDirectory", Right::Write),
+        ] {
+            assert_eq!(required_right(&format!("{asset}{m}")), Some(r), "{m}");
+        }
         let ops = "/google.longrunning.Operations/";
         assert_eq!(
             required_right(&format!("{ops}GetOperation")),

@@ -39,21 +39,22 @@ impl Capabilities for CapabilitiesService {
         super::validate_instance(&request.get_ref().instance_name)?;
         let functions: Vec<i32> = DigestFunction::ALL.iter().map(|f| f.to_proto()).collect();
         let zstd = compressor::Value::Zstd as i32;
-        Ok(Response::new(ServerCapabilities {
-            cache_capabilities: Some(CacheCapabilities {
-                digest_functions: functions.clone(),
-                action_cache_update_capabilities: Some(ActionCacheUpdateCapabilities {
-                    update_enabled: true,
-                }),
-                cache_priority_capabilities: None,
-                max_batch_total_size_bytes: self.state.limits.max_batch_total_size_bytes as i64,
-                symlink_absolute_path_strategy: symlink_absolute_path_strategy::Value::Allowed
-                    as i32,
-                supported_compressors: vec![zstd],
-                supported_batch_update_compressors: vec![zstd],
-                max_cas_blob_size_bytes: self.state.cas.max_blob_size() as i64,
-                ..Default::default()
+        let mut cache = CacheCapabilities {
+            digest_functions: functions.clone(),
+            action_cache_update_capabilities: Some(ActionCacheUpdateCapabilities {
+                update_enabled: true,
             }),
+            cache_priority_capabilities: None,
+            max_batch_total_size_bytes: self.state.limits.max_batch_total_size_bytes as i64,
+            symlink_absolute_path_strategy: symlink_absolute_path_strategy::Value::Allowed as i32,
+            supported_compressors: vec![zstd],
+            supported_batch_update_compressors: vec![zstd],
+            max_cas_blob_size_bytes: self.state.cas.max_blob_size() as i64,
+            ..Default::default()
+        };
+        super::split::advertise(&mut cache);
+        Ok(Response::new(ServerCapabilities {
+            cache_capabilities: Some(cache),
             execution_capabilities: Some(ExecutionCapabilities {
                 digest_function: DigestFunction::Sha256.to_proto(),
                 exec_enabled: self.state.limits.exec_enabled,

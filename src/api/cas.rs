@@ -1,4 +1,5 @@
-//! ContentAddressableStorage: FindMissingBlobs, BatchUpdateBlobs, BatchReadBlobs, GetTree.
+//! ContentAddressableStorage: FindMissingBlobs, BatchUpdateBlobs, BatchReadBlobs, GetTree
+//! (SplitBlob and SpliceBlob are in `split.rs`).
 
 use super::status::{rpc_ok, rpc_status, upstream_rpc_status};
 use super::{CacheServices, validate_instance};
@@ -330,19 +331,19 @@ impl ContentAddressableStorage for CasService {
 
     async fn split_blob(
         &self,
-        _request: Request<SplitBlobRequest>,
+        request: Request<SplitBlobRequest>,
     ) -> Result<Response<SplitBlobResponse>, Status> {
-        Err(Status::unimplemented(
-            "SplitBlob is not supported (CacheCapabilities.split_blob_support is false)",
-        ))
+        super::split::split_blob(&self.state, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn splice_blob(
         &self,
-        _request: Request<SpliceBlobRequest>,
+        request: Request<SpliceBlobRequest>,
     ) -> Result<Response<SpliceBlobResponse>, Status> {
-        Err(Status::unimplemented(
-            "SpliceBlob is not supported (CacheCapabilities.splice_blob_support is false)",
-        ))
+        super::split::splice_blob(&self.state, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }

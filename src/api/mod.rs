@@ -2,6 +2,7 @@
 //! (or `exec`), encode the answer. Status codes are chosen in [`status`] only.
 
 mod action_cache;
+mod asset;
 pub mod auth;
 mod bytestream;
 mod capabilities;
@@ -12,6 +13,7 @@ mod operation;
 mod operations;
 mod operations_upstream;
 pub mod resource_name;
+mod split;
 pub mod status;
 mod uploads;
 
@@ -23,6 +25,7 @@ use crate::proto::reapi::action_cache_server::ActionCacheServer;
 use crate::proto::reapi::capabilities_server::CapabilitiesServer;
 use crate::proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;
 use crate::proto::reapi::execution_server::ExecutionServer;
+pub use asset::add_asset_services;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::Status;

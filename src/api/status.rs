@@ -5,6 +5,7 @@
 
 use super::auth::AuthError;
 use super::resource_name::ResourceNameError;
+use crate::asset::{AssetError, FetchError};
 use crate::cas::CasError;
 use crate::digest::DigestError;
 use crate::exec::ExecError;
@@ -24,7 +25,9 @@ pub fn cas_code(err: &CasError) -> Code {
         | CasError::BadMessage { .. }
         | CasError::BadCompression { .. }
         | CasError::InvalidArgument(_) => Code::InvalidArgument,
-        CasError::BlobNotFound(_) | CasError::ActionNotFound(_) => Code::NotFound,
+        CasError::BlobNotFound(_)
+        | CasError::ActionNotFound(_)
+        | CasError::ChunksMissing { .. } => Code::NotFound,
         CasError::Forward(_) => Code::Unavailable,
         CasError::Storage(e) => storage_code(e),
     }
@@ -220,6 +223,64 @@ pub fn auth_status(err: &AuthError) -> Status {
         }
         AuthError::Denied { .. } | AuthError::UnknownMethod { .. } => {
             Status::permission_denied(err.to_string())
+        }
+    }
+}
+
+/// The inline status of a fetch that failed outside kiln's control, with the spec's codes:
+/// NOT_FOUND at origin, PERMISSION_DENIED for a refused origin, DEADLINE_EXCEEDED, ABORTED for
+/// a failed checksum, RESOURCE_EXHAUSTED for a body over the size limit, UNAVAILABLE for an
+/// origin that cannot be reached or answers with an error.
+pub fn fetch_rpc_status(err: &FetchError) -> rpc::Status {
+    let code = match err {
+        FetchError::NotFound(_) => Code::NotFound,
+        FetchError::Denied(_) => Code::PermissionDenied,
+        FetchError::Timeout(_) => Code::DeadlineExceeded,
+        FetchError::TooLarge(_) => Code::ResourceExhausted,
+        FetchError::ChecksumMismatch(_) => Code::Aborted,
+        FetchError::Unavailable(_) => Code::Unavailable,
+        FetchError::Cas(e) => cas_code(e),
+    };
+    rpc::Status {
+        code: code as i32,
+        message: err.to_string(),
+        details: vec![],
+    }
+}
+
+impl From<AssetError> for Status {
+    fn from(err: AssetError) -> Self {
+        match err {
+            AssetError::Cas(e) => e.into(),
+            AssetError::UnsupportedQualifiers(ref names) => {
+                // The spec asks for a BadRequest detail naming each unsupported qualifier.
+                let detail = rpc::BadRequest {
+                    field_violations: names
+                        .iter()
+                        .map(|n| rpc::bad_request::FieldViolation {
+                            field: "qualifiers.name".into(),
+                            description: format!("{n:?} not supported"),
+                            ..Default::default()
+                        })
+                        .collect(),
+                };
+                let status = rpc::Status {
+                    code: Code::InvalidArgument as i32,
+                    message: err.to_string(),
+                    details: vec![prost_types::Any {
+                        type_url: "type.googleapis.com/google.rpc.BadRequest".into(),
+                        value: detail.encode_to_vec(),
+                    }],
+                };
+                Status::with_details(
+                    Code::InvalidArgument,
+                    err.to_string(),
+                    status.encode_to_vec().into(),
+                )
+            }
+            AssetError::InvalidArgument(_) | AssetError::NotInCas(_) => {
+                Status::invalid_argument(err.to_string())
+            }
         }
     }
 }

@@ -22,6 +22,13 @@ pub enum CasError {
     /// A blob that is not (or no longer) stored.
     #[error("blob {0} not found")]
     BlobNotFound(Digest),
+    /// A splice naming chunks the CAS does not hold.
+    #[error("cannot splice {blob}: {count} of its chunks are not in the CAS (first: {first})")]
+    ChunksMissing {
+        blob: Digest,
+        count: usize,
+        first: Digest,
+    },
     /// An action-cache miss (also: a hit whose outputs are no longer all present).
     #[error("no action result for {0}")]
     ActionNotFound(Digest),

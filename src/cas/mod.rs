@@ -9,11 +9,15 @@
 //! GetTree in `tree.rs`, by the Execute input check and by the worker).
 
 mod action_cache;
+pub mod chunk_list;
+pub mod chunking;
 pub mod compression;
 pub mod directory;
 mod error;
 pub mod local;
+mod records;
 pub mod scrub;
+mod split;
 mod tree;
 mod tree_pagers;
 mod upload;
@@ -23,6 +27,8 @@ pub mod walk;
 pub use crate::storage::Blob;
 pub use action_cache::{ActionCache, InlineRequest, UpdateHook};
 pub use error::CasError;
+pub use records::MAX_ASSET_RECORD_BYTES;
+pub use split::FAST_CDC;
 pub use tree::{TreePage, TreePager, get_tree_page};
 pub use tree_pagers::PausedTrees;
 pub use upload::Upload;

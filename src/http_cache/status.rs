@@ -39,7 +39,9 @@ fn cas_status(err: &CasError) -> StatusCode {
         | CasError::BadMessage { .. }
         | CasError::BadCompression { .. }
         | CasError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-        CasError::BlobNotFound(_) | CasError::ActionNotFound(_) => StatusCode::NOT_FOUND,
+        CasError::BlobNotFound(_)
+        | CasError::ActionNotFound(_)
+        | CasError::ChunksMissing { .. } => StatusCode::NOT_FOUND,
         CasError::Forward(_) => StatusCode::BAD_GATEWAY,
         CasError::Storage(e) => match e {
             StorageError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,

@@ -19,8 +19,12 @@ impl Key {
     pub const SPACE_CAS: u8 = 1;
     /// Namespace of action-cache entries.
     pub const SPACE_AC: u8 = 2;
+    /// Namespace of SplitBlob chunk lists (keyed like the blob they split).
+    pub const SPACE_SPLIT: u8 = 3;
+    /// Namespace of Remote Asset records (URI and qualifiers to a digest).
+    pub const SPACE_ASSET: u8 = 4;
     /// Namespace of content-addressed blobs named by their BLAKE3 hash (`SPACE_CAS` holds the
-    /// SHA-256 ones). 3 and 4 are kept for chunk lists and remote-asset records.
+    /// SHA-256 ones).
     pub const SPACE_CAS_BLAKE3: u8 = 5;
 
     /// Builds a key from its parts.

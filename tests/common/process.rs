@@ -93,6 +93,16 @@ impl KilnServer {
     /// Starts `kiln serve` on port 0 with `data_dir`, logging stderr to `log`, with `extra`
     /// arguments, and waits for `ready`.
     pub fn start_with(data_dir: &Path, log: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(data_dir, log, extra, &[])
+    }
+
+    /// [`KilnServer::start_with`] with extra environment variables for the server.
+    pub fn start_with_env(
+        data_dir: &Path,
+        log: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         fs::create_dir_all(data_dir).unwrap();
         let log_file = fs::File::create(log).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
@@ -104,6 +114,7 @@ impl KilnServer {
             .arg("--metrics-listen")
             .arg("127.0.0.1:0")
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
