@@ -161,10 +161,20 @@ pub const BAD_INSTANCES: &[&str] = &[
     "a/./b",
 ];
 
-/// `digest_function` values kiln does not implement (0, UNKNOWN, means "infer": valid).
+/// `digest_function` values kiln does not implement (0, UNKNOWN, means "infer": valid; SHA256
+/// and BLAKE3 are served).
 pub fn bad_digest_functions() -> Vec<(String, i32)> {
     use reapi::digest_function::Value as F;
-    let mut v: Vec<(String, i32)> = [F::Sha1, F::Md5, F::Sha384, F::Sha512, F::Blake3]
+    let mut v: Vec<(String, i32)> = [
+        F::Sha1,
+        F::Md5,
+        F::Sha384,
+        F::Sha512,
+        F::Vso,
+        F::Murmur3,
+        F::Sha256tree,
+        F::Gitsha1,
+    ]
         .iter()
         .map(|f| (format!("digest_function {}", f.as_str_name()), *f as i32))
         .collect();
