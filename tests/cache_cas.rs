@@ -43,7 +43,10 @@ async fn capabilities_tell_the_truth() {
     let cache = caps.cache_capabilities.unwrap();
     assert_eq!(
         cache.digest_functions,
-        vec![digest_function::Value::Sha256 as i32]
+        vec![
+            digest_function::Value::Sha256 as i32,
+            digest_function::Value::Blake3 as i32
+        ]
     );
     assert_eq!(cache.max_batch_total_size_bytes, 4 << 20);
     assert!(
