@@ -40,8 +40,13 @@ pub fn dir() -> &'static Path {
 /// Returns whether it succeeded and its output (stdout then stderr), or `None` when it did
 /// not finish within [`SCRIPT_TIMEOUT`] (it is killed then).
 pub fn run(stubs: &Path, args: &[&str]) -> Option<(bool, String)> {
+    run_script("grpc_clients.py", stubs, args)
+}
+
+/// [`run`] of another script in tests/python (which takes the same `--proto` and `--out`).
+pub fn run_script(script: &str, stubs: &Path, args: &[&str]) -> Option<(bool, String)> {
     let mut child = Command::new("python3")
-        .arg(repo().join("tests/python/grpc_clients.py"))
+        .arg(repo().join("tests/python").join(script))
         .arg("--proto")
         .arg(repo().join("proto"))
         .arg("--out")
@@ -67,6 +72,6 @@ pub fn run(stubs: &Path, args: &[&str]) -> Option<(bool, String)> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    eprintln!("grpc_clients.py {args:?}:\n{text}");
+    eprintln!("{script} {args:?}:\n{text}");
     Some((out.status.success(), text))
 }
