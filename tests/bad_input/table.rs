@@ -175,9 +175,9 @@ pub fn bad_digest_functions() -> Vec<(String, i32)> {
         F::Sha256tree,
         F::Gitsha1,
     ]
-        .iter()
-        .map(|f| (format!("digest_function {}", f.as_str_name()), *f as i32))
-        .collect();
+    .iter()
+    .map(|f| (format!("digest_function {}", f.as_str_name()), *f as i32))
+    .collect();
     v.push(("digest_function 999 (undefined)".into(), 999));
     v.push(("digest_function -1 (undefined)".into(), -1));
     v
