@@ -166,7 +166,14 @@ async fn execute_noop_reports_unsupported_or_succeeds() {
         .is_some_and(|e| e.exec_enabled);
     let r = smoke(&tcp, &["--workload", "execute-noop", "--ops", "3"]).await;
     if exec_enabled {
-        assert_clean(&r.expect("execute-noop against a server that runs actions"));
+        let r = r.expect("execute-noop against a server that runs actions");
+        assert_clean(&r);
+        // Each round trip is broken into phases from the results' metadata.
+        let phases = &r.extra.as_ref().expect("execute-noop extra")["phases"];
+        for phase in ["queued", "input_fetch", "execution", "output_upload", "outside_worker"] {
+            let p50 = phases[phase]["p50_ms"].as_f64().unwrap_or(0.0);
+            assert!(p50 > 0.0, "phase {phase} not measured: {phases}");
+        }
     } else {
         match r {
             Err(BenchError::Unsupported(msg)) => {

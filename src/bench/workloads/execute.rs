@@ -1,21 +1,32 @@
 //! `execute-noop`: Execute of a trivial action (`/bin/true`, empty input root), uncached, so
 //! every operation runs it. Uses only the standard Execution API; a target that does not run
 //! actions is reported as unsupported, not as a run full of errors.
+//!
+//! The report's `extra` breaks each round trip into phases from the result's
+//! `ExecutedActionMetadata` (queued, input fetch, execution, output upload, the rest of the
+//! worker's time) and what is left of the client's round trip (scheduler, lease delivery,
+//! result storage, the Execute stream and the network), each as p50/p99 in ms.
 
 use super::{Clients, OpError, Workload};
 use crate::bench::BenchError;
 use crate::bench::args::LoadArgs;
 use crate::bench::data::Rng;
+use crate::bench::stats::Recorder;
 use crate::digest::{Digest, DigestFunction};
 use crate::proto::google::longrunning::operation;
-use crate::proto::reapi::{Action, Command, ExecuteRequest, ExecuteResponse, command};
+use crate::proto::reapi::{
+    Action, Command, ExecuteRequest, ExecuteResponse, ExecutedActionMetadata, command,
+};
 use futures::StreamExt;
 use prost::Message;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Executes one no-op action per op.
 pub struct ExecuteNoop {
     action: Option<Digest>,
     exec_enabled: Option<bool>,
+    phases: Mutex<Phases>,
 }
 
 impl ExecuteNoop {
@@ -24,7 +35,86 @@ impl ExecuteNoop {
         Self {
             action: None,
             exec_enabled: None,
+            phases: Mutex::new(Phases::default()),
         }
+    }
+}
+
+/// Where the time of the round trips went (histograms, so memory is fixed).
+#[derive(Default)]
+struct Phases {
+    queued: Recorder,
+    input_fetch: Recorder,
+    execution: Recorder,
+    output_upload: Recorder,
+    worker_other: Recorder,
+    outside_worker: Recorder,
+}
+
+/// `b - a` of two metadata timestamps; `None` when one is missing or they run backwards.
+fn between(
+    a: Option<&prost_types::Timestamp>,
+    b: Option<&prost_types::Timestamp>,
+) -> Option<Duration> {
+    let nanos =
+        |t: &prost_types::Timestamp| i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
+    let d = nanos(b?) - nanos(a?);
+    u64::try_from(d).ok().map(Duration::from_nanos)
+}
+
+impl Phases {
+    /// Records one round trip of `round_trip` whose result carried `m`.
+    fn record(&mut self, m: &ExecutedActionMetadata, round_trip: Duration) {
+        let phase = |r: &mut Recorder, d: Option<Duration>| {
+            if let Some(d) = d {
+                r.record(d);
+            }
+        };
+        let queued = between(
+            m.queued_timestamp.as_ref(),
+            m.worker_start_timestamp.as_ref(),
+        );
+        let fetch = between(
+            m.input_fetch_start_timestamp.as_ref(),
+            m.input_fetch_completed_timestamp.as_ref(),
+        );
+        let exec = between(
+            m.execution_start_timestamp.as_ref(),
+            m.execution_completed_timestamp.as_ref(),
+        );
+        let upload = between(
+            m.output_upload_start_timestamp.as_ref(),
+            m.output_upload_completed_timestamp.as_ref(),
+        );
+        let worker = between(
+            m.worker_start_timestamp.as_ref(),
+            m.worker_completed_timestamp.as_ref(),
+        );
+        phase(&mut self.queued, queued);
+        phase(&mut self.input_fetch, fetch);
+        phase(&mut self.execution, exec);
+        phase(&mut self.output_upload, upload);
+        if let (Some(w), Some(f), Some(e), Some(u)) = (worker, fetch, exec, upload) {
+            phase(&mut self.worker_other, w.checked_sub(f + e + u));
+        }
+        if let (Some(q), Some(w)) = (queued, worker) {
+            phase(&mut self.outside_worker, round_trip.checked_sub(q + w));
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let p = |r: &Recorder| {
+            let l = r.latency();
+            serde_json::json!({ "p50_ms": l.p50_ms, "p99_ms": l.p99_ms })
+        };
+        serde_json::json!({ "phases": {
+            "queued": p(&self.queued),
+            "input_fetch": p(&self.input_fetch),
+            "execution": p(&self.execution),
+            "output_upload": p(&self.output_upload),
+            "worker_other": p(&self.worker_other),
+            "outside_worker": p(&self.outside_worker),
+        }})
     }
 }
 
@@ -33,8 +123,13 @@ fn encode(m: &impl Message) -> (Digest, bytes::Bytes) {
     (DigestFunction::Sha256.digest_of(&bytes), bytes)
 }
 
-/// Runs one Execute to completion and checks the action succeeded.
-async fn execute(clients: &Clients, worker: usize, action: &Digest) -> Result<(), OpError> {
+/// Runs one Execute to completion and checks the action succeeded; returns the result's
+/// execution metadata.
+async fn execute(
+    clients: &Clients,
+    worker: usize,
+    action: &Digest,
+) -> Result<Option<ExecutedActionMetadata>, OpError> {
     let mut stream = clients
         .execution(worker)
         .execute(ExecuteRequest {
@@ -75,7 +170,7 @@ async fn execute(clients: &Clients, worker: usize, action: &Digest) -> Result<()
                     )));
                 }
                 match r.result {
-                    Some(res) if res.exit_code == 0 => Ok(()),
+                    Some(res) if res.exit_code == 0 => Ok(res.execution_metadata),
                     Some(res) => Err(OpError::Verify(format!(
                         "no-op action exited {}",
                         res.exit_code
@@ -140,18 +235,30 @@ impl Workload for ExecuteNoop {
                 )));
             }
             Err(e) => return Err(BenchError::Seed(format!("probe Execute failed: {e}"))),
-            Ok(()) => {}
+            Ok(_) => {}
         }
         self.action = Some(action_digest);
         Ok(())
     }
 
     async fn op(&self, clients: &Clients, worker: usize, _rng: &mut Rng) -> Result<u64, OpError> {
-        execute(clients, worker, self.action.as_ref().expect("seeded")).await?;
+        let start = Instant::now();
+        let meta = execute(clients, worker, self.action.as_ref().expect("seeded")).await?;
+        if let Some(m) = meta {
+            let round_trip = start.elapsed();
+            self.phases
+                .lock()
+                .expect("phases lock")
+                .record(&m, round_trip);
+        }
         Ok(0)
     }
 
     fn params(&self) -> serde_json::Value {
         serde_json::json!({ "command": "/bin/true", "exec_enabled": self.exec_enabled })
+    }
+
+    fn extra(&self) -> Option<serde_json::Value> {
+        Some(self.phases.lock().expect("phases lock").json())
     }
 }
