@@ -49,3 +49,70 @@ async fn ac_put_of_an_opaque_value_replaces_an_earlier_action_result() {
         value.len()
     );
 }
+
+/// `PUT /ac/` needs `cache-write`, and over gRPC that right stores no CAS blob
+/// (UpdateActionResult drops inlined bytes). An opaque `/ac/` value is stored in the CAS under
+/// its own SHA-256, so it must also need `write`: otherwise a principal without `write` puts
+/// arbitrary blobs in the CAS, served to everyone by `GET /cas/` and gRPC.
+#[tokio::test]
+async fn an_opaque_ac_put_does_not_store_cas_blobs_without_the_write_right() {
+    use common::http::Body;
+    use std::fmt::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    let mut text = String::new();
+    for (name, token, rights) in [
+        ("cacher", "cache-token", "\"read\", \"cache-write\""),
+        ("reader", "read-token", "\"read\""),
+    ] {
+        let _ = write!(
+            text,
+            "[[principal]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\nrights = [{rights}]\n\n",
+            kiln::auth::token_sha256(token)
+        );
+    }
+    std::fs::write(&tokens, text).unwrap();
+    let t = tokens.to_str().unwrap().to_string();
+    let server = TestServer::start_with(move |c| {
+        c.http_cache.listen = "127.0.0.1:0".into();
+        c.auth.tokens_file = t;
+    })
+    .await;
+    let addr = server.http_cache_addr.unwrap().to_string();
+    let payload = b"any bytes the cacher wants in the CAS, no write right needed".to_vec();
+    let cas_path = format!("/cas/{}", digest(&payload).hash_hex());
+    let ac_path = format!("/ac/{}", digest(b"some key").hash_hex());
+    // Directly: refused (403), as the cacher lacks `write`.
+    let r = http::request(
+        &addr,
+        "PUT",
+        &cas_path,
+        &[("Authorization", "Bearer cache-token")],
+        Body::Sized(&payload),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    // Through an opaque /ac/ value.
+    let _ = http::request(
+        &addr,
+        "PUT",
+        &ac_path,
+        &[("Authorization", "Bearer cache-token")],
+        Body::Sized(&payload),
+    )
+    .await;
+    let r = http::request(
+        &addr,
+        "GET",
+        &cas_path,
+        &[("Authorization", "Bearer read-token")],
+        Body::None,
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        404,
+        "a principal without `write` stored a CAS blob through PUT /ac/ (GET /cas/ answered {})",
+        r.status
+    );
+}
