@@ -110,8 +110,7 @@ async fn an_opaque_ac_put_does_not_store_cas_blobs_without_the_write_right() {
     )
     .await;
     assert_eq!(
-        r.status,
-        404,
+        r.status, 404,
         "a principal without `write` stored a CAS blob through PUT /ac/ (GET /cas/ answered {})",
         r.status
     );

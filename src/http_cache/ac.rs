@@ -91,6 +91,7 @@ impl HttpCache {
         mut body: Incoming,
         instance: &str,
         hash: [u8; 32],
+        no_blob_write: Option<super::auth::BlobWriter>,
     ) -> Result<Response<Body>, HttpCacheError> {
         let s = &self.inner;
         if super::encoding::content_encoding(headers)? != super::encoding::Encoding::Identity {
@@ -120,6 +121,10 @@ impl HttpCache {
                 )));
             }
             _ => {
+                // The value becomes a CAS blob: that needs `write`, as over gRPC.
+                if let Some(caller) = no_blob_write {
+                    return Err(caller.refuse());
+                }
                 let content = DigestFunction::Sha256.digest_of(&data);
                 s.cas.put(&content, data).await?;
                 let wrapper = ActionResult {
