@@ -48,6 +48,12 @@ async fn ac_put_of_an_opaque_value_replaces_an_earlier_action_result() {
         r.body.len(),
         value.len()
     );
+    // And back: an ActionResult PUT after the opaque value is what GET serves.
+    let r = http::put(&addr, &path, &result).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = http::get(&addr, &path).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.body == result, "GET /ac/ served the older opaque value");
 }
 
 /// `PUT /ac/` needs `cache-write`, and over gRPC that right stores no CAS blob
