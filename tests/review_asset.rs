@@ -1,6 +1,5 @@
 //! Review findings on the Remote Asset API (adversarial tests; see the commit messages).
 
-#[allow(dead_code)]
 mod asset_support;
 mod common;
 
