@@ -35,6 +35,16 @@ fn opaque_instance(instance: &str) -> String {
     format!("{instance}//opaque-ac")
 }
 
+/// What the opaque namespace holds for a key.
+enum Opaque {
+    /// Nothing, or the marker of a later ActionResult: look in the action cache.
+    None,
+    /// An opaque value.
+    Value(Bytes),
+    /// An opaque value whose bytes are gone: a miss.
+    Gone,
+}
+
 impl HttpCache {
     /// `GET`/`HEAD /ac/<hash>`: the serialized ActionResult (or opaque value), or 404.
     pub(super) fn get_ac(
@@ -46,10 +56,26 @@ impl HttpCache {
         let s = &self.inner;
         let action = by_hash(hash);
         let none = InlineRequest::default();
-        let data = match s.ac.get(instance, &action, &none) {
-            Ok(result) => Bytes::from(result.encode_to_vec()),
-            Err(CasError::ActionNotFound(_)) => self.get_opaque(instance, &action)?,
-            Err(e) => return Err(e.into()),
+        // The opaque namespace first: a PUT of either kind over HTTP leaves its mark there
+        // (an opaque value, or a marker saying "an ActionResult"), so the last PUT wins.
+        let data = match self.get_opaque(instance, &action)? {
+            Opaque::Value(b) => b,
+            Opaque::Gone => {
+                return Err(HttpCacheError::NotFound(format!(
+                    "action result {}",
+                    action.hash_hex()
+                )));
+            }
+            Opaque::None => match s.ac.get(instance, &action, &none) {
+                Ok(result) => Bytes::from(result.encode_to_vec()),
+                Err(CasError::ActionNotFound(_)) => {
+                    return Err(HttpCacheError::NotFound(format!(
+                        "action result {}",
+                        action.hash_hex()
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            },
         };
         if head {
             return Ok(response::ok(data.len() as u64, response::empty()));
@@ -58,11 +84,10 @@ impl HttpCache {
         Ok(response::ok(data.len() as u64, response::full(data)))
     }
 
-    fn get_opaque(&self, instance: &str, action: &Digest) -> Result<Bytes, HttpCacheError> {
+    fn get_opaque(&self, instance: &str, action: &Digest) -> Result<Opaque, HttpCacheError> {
         let s = &self.inner;
-        let missing = || HttpCacheError::NotFound(format!("action result {}", action.hash_hex()));
         if !s.settings.opaque_ac {
-            return Err(missing());
+            return Ok(Opaque::None);
         }
         let wrapper = match s.ac.get(
             &opaque_instance(instance),
@@ -70,16 +95,17 @@ impl HttpCache {
             &InlineRequest::default(),
         ) {
             Ok(w) => w,
-            Err(CasError::ActionNotFound(_)) => return Err(missing()),
+            Err(CasError::ActionNotFound(_)) => return Ok(Opaque::None),
             Err(e) => return Err(e.into()),
         };
+        // No stdout: the marker of an ActionResult PUT after the opaque value.
         let Some(d) = wrapper.stdout_digest.as_ref() else {
-            return Err(missing());
+            return Ok(Opaque::None);
         };
         let d = Digest::from_proto(DigestFunction::Sha256, d).map_err(CasError::from)?;
         match s.cas.get_bytes(&d) {
-            Ok(b) => Ok(b),
-            Err(CasError::BlobNotFound(_)) => Err(missing()),
+            Ok(b) => Ok(Opaque::Value(b)),
+            Err(CasError::BlobNotFound(_)) => Ok(Opaque::Gone),
             Err(e) => Err(e.into()),
         }
     }
@@ -91,6 +117,7 @@ impl HttpCache {
         mut body: Incoming,
         instance: &str,
         hash: [u8; 32],
+        no_blob_write: Option<super::auth::BlobWriter>,
     ) -> Result<Response<Body>, HttpCacheError> {
         let s = &self.inner;
         if super::encoding::content_encoding(headers)? != super::encoding::Encoding::Identity {
@@ -112,6 +139,15 @@ impl HttpCache {
         match decoded {
             Ok(result) if canonical || !s.settings.opaque_ac => {
                 s.ac.update(instance, &action, &result).await?;
+                if s.settings.opaque_ac {
+                    // Hides an earlier opaque value under this key (see `get_ac`).
+                    s.ac.update(
+                        &opaque_instance(instance),
+                        &action,
+                        &ActionResult::default(),
+                    )
+                    .await?;
+                }
             }
             Err(e) if !s.settings.opaque_ac => {
                 return Err(HttpCacheError::BadBody(format!(
@@ -120,6 +156,10 @@ impl HttpCache {
                 )));
             }
             _ => {
+                // The value becomes a CAS blob: that needs `write`, as over gRPC.
+                if let Some(caller) = no_blob_write {
+                    return Err(caller.refuse());
+                }
                 let content = DigestFunction::Sha256.digest_of(&data);
                 s.cas.put(&content, data).await?;
                 let wrapper = ActionResult {

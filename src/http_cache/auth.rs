@@ -52,15 +52,16 @@ pub fn token(headers: &HeaderMap) -> Option<Vec<u8>> {
 }
 
 /// Decides one request before its body is read (so a refused upload stores nothing), and
-/// counts it per principal like the gRPC auth layer.
+/// counts it per principal like the gRPC auth layer. On success, tells whether the caller
+/// also holds `write` (an opaque `/ac/` value is stored as a CAS blob, which needs it).
 pub fn check(
     auth: &Authorizer,
     headers: &HeaderMap,
     write: bool,
     kind: Kind,
-) -> Result<(), HttpCacheError> {
+) -> Result<Option<BlobWriter>, HttpCacheError> {
     if !auth.enabled() {
-        return Ok(());
+        return Ok(None);
     }
     let (right, what) = required_right(write, kind);
     let token = token(headers);
@@ -68,7 +69,9 @@ pub fn check(
     let outcome = if caller.unknown_token {
         Err(HttpCacheError::Unauthenticated("unknown token".into()))
     } else if caller.rights.has(right) {
-        Ok(())
+        Ok((!caller.rights.has(Right::Write)).then(|| BlobWriter {
+            principal: caller.name.to_string(),
+        }))
     } else if token.is_none() && &*caller.name == "anonymous" {
         Err(HttpCacheError::Unauthenticated(format!(
             "this server needs a token (Authorization: Bearer <token>, or HTTP Basic with the \
@@ -88,6 +91,23 @@ pub fn check(
         tracing::warn!(principal = %caller.name, error = %e, "HTTP cache request denied (logged once a minute per principal)");
     }
     outcome
+}
+
+/// A caller allowed the request but *not* to write CAS blobs (`Some` from [`check`]).
+pub struct BlobWriter {
+    /// Its principal name, for the refusal.
+    pub principal: String,
+}
+
+impl BlobWriter {
+    /// The refusal of an opaque `/ac/` value (stored as a CAS blob) for this caller.
+    pub fn refuse(&self) -> HttpCacheError {
+        HttpCacheError::Forbidden {
+            principal: self.principal.clone(),
+            right: Right::Write.name(),
+            what: "PUT /ac/ of a value that is not an ActionResult (stored as a CAS blob)",
+        }
+    }
 }
 
 #[cfg(test)]

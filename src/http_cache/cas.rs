@@ -102,11 +102,9 @@ impl HttpCache {
         let mut reservation = buffered.reservation;
         let data = match encoding {
             Encoding::Identity => buffered.data,
-            Encoding::Zstd => {
-                let data = encoding::decompress(buffered.data, limit)?;
-                s.reserve(&mut reservation, data.len() as u64)?;
-                data
-            }
+            Encoding::Zstd => encoding::decompress(buffered.data, limit, &mut |n| {
+                s.reserve(&mut reservation, n)
+            })?,
         };
         let actual = DigestFunction::Sha256.digest_of(&data);
         if actual.hash != hash {

@@ -53,8 +53,13 @@ pub fn accepts_zstd(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Decompresses a zstd body to at most `limit` bytes.
-pub fn decompress(data: Bytes, limit: u64) -> Result<Bytes, HttpCacheError> {
+/// Decompresses a zstd body to at most `limit` bytes, calling `reserve` with the size of each
+/// piece of output before keeping it (so the memory budget is charged before it is spent).
+pub fn decompress(
+    data: Bytes,
+    limit: u64,
+    reserve: &mut dyn FnMut(u64) -> Result<(), HttpCacheError>,
+) -> Result<Bytes, HttpCacheError> {
     let bad =
         |e: &dyn std::fmt::Display| HttpCacheError::BadBody(format!("invalid zstd body: {e}"));
     let mut out = BytesMut::new();
@@ -63,7 +68,10 @@ pub fn decompress(data: Bytes, limit: u64) -> Result<Bytes, HttpCacheError> {
     dec.push(data);
     loop {
         match dec.next_chunk(limit - out.len() as u64) {
-            Ok(Some(chunk)) => out.extend_from_slice(&chunk),
+            Ok(Some(chunk)) => {
+                reserve(chunk.len() as u64)?;
+                out.extend_from_slice(&chunk);
+            }
             Ok(None) => break,
             Err(DecodeError::TooLarge) => {
                 return Err(HttpCacheError::TooLarge {
@@ -107,12 +115,34 @@ mod tests {
     fn decompression_is_bounded() {
         let big = vec![7u8; 1 << 20];
         let z = Bytes::from(zstd::bulk::compress(&big, 3).unwrap());
-        assert_eq!(decompress(z.clone(), 1 << 20).unwrap().len(), 1 << 20);
+        let mut any = |_| Ok(());
+        assert_eq!(
+            decompress(z.clone(), 1 << 20, &mut any).unwrap().len(),
+            1 << 20
+        );
         assert!(matches!(
-            decompress(z.clone(), (1 << 20) - 1),
+            decompress(z.clone(), (1 << 20) - 1, &mut any),
             Err(HttpCacheError::TooLarge { .. })
         ));
-        assert!(decompress(z.slice(..z.len() - 1), 1 << 20).is_err());
-        assert!(decompress(Bytes::from_static(b"not zstd"), 1 << 20).is_err());
+        assert!(decompress(z.slice(..z.len() - 1), 1 << 20, &mut any).is_err());
+        assert!(decompress(Bytes::from_static(b"not zstd"), 1 << 20, &mut any).is_err());
+        // The budget is charged as output grows, and a refusal stops the decoding.
+        let mut charged = 0u64;
+        let mut budget = |n: u64| {
+            charged += n;
+            if charged > 300_000 {
+                Err(HttpCacheError::Busy)
+            } else {
+                Ok(())
+            }
+        };
+        assert!(matches!(
+            decompress(z.clone(), 1 << 20, &mut budget),
+            Err(HttpCacheError::Busy)
+        ));
+        assert!(
+            charged < 600_000,
+            "stopped soon after the budget: {charged}"
+        );
     }
 }

@@ -1,0 +1,64 @@
+//! Review findings on SplitBlob/SpliceBlob (adversarial tests; see the commit messages).
+
+use bytes::Bytes;
+use kiln::cas::{Cas, FAST_CDC, chunking};
+use kiln::digest::{Digest, DigestFunction};
+use kiln::storage::{Blob, MemoryStore};
+use std::sync::Arc;
+
+fn sha(data: &[u8]) -> Digest {
+    DigestFunction::Sha256.digest_of(data)
+}
+
+/// Pseudo-random bytes (xorshift), so FastCDC finds content-defined cut points.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// SplitBlob answers `chunking_function = FAST_CDC_2020` with the advertised parameters, so its
+/// chunks must be the ones FastCDC cuts. A client's splice that merely *claims* FastCDC with
+/// chunks of plausible sizes must not become the blob's split.
+#[tokio::test]
+async fn a_splice_with_non_fastcdc_boundaries_does_not_become_the_split() {
+    let cas = Cas::new(Arc::new(MemoryStore::new(1 << 30)));
+    let data = noise(3 * chunking::MAX_CHUNK_BYTES as usize, 42);
+    let want: Vec<Digest> = {
+        let mut v = Vec::new();
+        let blob = Blob::from_bytes(Bytes::from(data.clone()));
+        chunking::split(&blob, DigestFunction::Sha256, |c| {
+            v.push(c.digest);
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        v
+    };
+    // The client's cut: every chunk exactly MIN_CHUNK_BYTES (the last one shorter), all within
+    // FastCDC's size bounds, but not where FastCDC cuts.
+    let mut chunks = Vec::new();
+    for piece in data.chunks(chunking::MIN_CHUNK_BYTES as usize) {
+        let d = sha(piece);
+        cas.put(&d, Bytes::copy_from_slice(piece)).await.unwrap();
+        chunks.push(d);
+    }
+    assert_ne!(chunks, want, "the test's cut must differ from FastCDC's");
+    let blob = sha(&data);
+    cas.splice(blob, &chunks, FAST_CDC).await.unwrap();
+    let split = cas.split(&blob).await.unwrap();
+    assert_eq!(
+        split.chunks.len(),
+        want.len(),
+        "SplitBlob answered the client's {} spliced chunks instead of FastCDC's {} \
+         (while saying FAST_CDC_2020)",
+        split.chunks.len(),
+        want.len()
+    );
+    assert_eq!(split.chunks, want);
+}
