@@ -170,7 +170,13 @@ async fn execute_noop_reports_unsupported_or_succeeds() {
         assert_clean(&r);
         // Each round trip is broken into phases from the results' metadata.
         let phases = &r.extra.as_ref().expect("execute-noop extra")["phases"];
-        for phase in ["queued", "input_fetch", "execution", "output_upload", "outside_worker"] {
+        for phase in [
+            "queued",
+            "input_fetch",
+            "execution",
+            "output_upload",
+            "outside_worker",
+        ] {
             let p50 = phases[phase]["p50_ms"].as_f64().unwrap_or(0.0);
             assert!(p50 > 0.0, "phase {phase} not measured: {phases}");
         }

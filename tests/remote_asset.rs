@@ -306,25 +306,40 @@ async fn header_qualifiers_reach_the_origin_but_not_the_identity() {
     let denied = fetch(&s, std::slice::from_ref(&url), vec![]).await;
     assert_eq!(code(&denied), Code::PermissionDenied, "{:?}", denied.status);
     // The per-URI header (index 1 here) wins over the global one.
+    let pin = qualifier("checksum.sri", &sri(b"secret content"));
     let ok = fetch(
         &s,
         &["urn:nothing".into(), url.clone()],
         vec![
             qualifier("http_header:Authorization", "Bearer bad"),
             qualifier("http_header_url:1:Authorization", "Bearer good"),
+            pin.clone(),
         ],
     )
     .await;
     assert_eq!(code(&ok), Code::Ok, "{:?}", ok.status);
     assert_eq!(ok.blob_digest, Some(digest(b"secret content").to_proto()));
     assert_eq!(origin.hits(), 2);
-    // A rotated token names the same asset: answered without the origin.
+    // With the content pinned by its checksum, a rotated token names the same asset:
+    // answered without the origin.
     let again = fetch(
         &s,
         std::slice::from_ref(&url),
-        vec![qualifier("http_header:Authorization", "Bearer rotated")],
+        vec![
+            qualifier("http_header:Authorization", "Bearer rotated"),
+            pin.clone(),
+        ],
     )
     .await;
     assert_eq!(again.blob_digest, ok.blob_digest);
     assert_eq!(origin.hits(), 2);
+    // Unpinned, the headers are part of the asset: a fetch without them is not answered
+    // with what the token fetched, it goes to the origin (which refuses it).
+    let unpinned = fetch(&s, std::slice::from_ref(&url), vec![]).await;
+    assert_eq!(
+        code(&unpinned),
+        Code::PermissionDenied,
+        "{:?}",
+        unpinned.status
+    );
 }

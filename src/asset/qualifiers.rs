@@ -3,9 +3,12 @@
 //! `http_header:NAME` and `http_header_url:INDEX:NAME`). Every count and length is bounded
 //! before anything is kept.
 //!
-//! Header qualifiers say how to reach the content, not what it is (Bazel sends credentials
-//! there, and they rotate), so they are left out of the asset's identity: a fetch with a new
-//! token finds what the last one downloaded.
+//! Header qualifiers say how to reach the content (Bazel sends credentials there, and they
+//! rotate), but a header can also change what an origin sends (`Range`, `Accept`, a token
+//! that grants other content). So they are left out of the asset's identity only when a
+//! `checksum.sri` pins the content: then a fetch with a new token finds what the last one
+//! downloaded. Without a checksum they are part of it, so one client's headers never decide
+//! what a fetch without them (or with others) is answered with.
 
 use super::AssetError;
 use base64::Engine as _;
@@ -114,6 +117,7 @@ impl Qualifiers {
             all: pairs,
             ..Self::default()
         };
+        let mut header_pairs = Vec::new();
         q.all.sort();
         for w in q.all.windows(2) {
             if w[0].0 == w[1].0 {
@@ -131,6 +135,7 @@ impl Qualifiers {
                 q.checksums = parse_sri(value)?;
             } else if let Some(header) = name.strip_prefix(HTTP_HEADER) {
                 q.headers.push(header_of(name, header, value)?);
+                header_pairs.push((name.clone(), value.clone()));
                 continue;
             } else if let Some(rest) = name.strip_prefix(HTTP_HEADER_URL) {
                 let parsed = rest
@@ -144,11 +149,17 @@ impl Qualifiers {
                 };
                 let (n, v) = header_of(name, header, value)?;
                 q.url_headers.push((index, n, v));
+                header_pairs.push((name.clone(), value.clone()));
                 continue;
             } else if name != CANONICAL_ID {
                 q.unsupported.push(name.clone());
             }
             q.identity.push((name.clone(), value.clone()));
+        }
+        if q.checksums.is_empty() {
+            // Unpinned content: the headers that fetched it are part of what it is.
+            q.identity.extend(header_pairs);
+            q.identity.sort();
         }
         Ok(q)
     }
@@ -325,8 +336,18 @@ mod tests {
         assert_eq!(ok.unsupported, vec!["resource_type".to_string()]);
         assert_eq!(ok.headers.len(), 1);
         assert_eq!(ok.all[0].0, CANONICAL_ID, "sorted by name");
-        // Headers are not part of the identity.
-        assert_eq!(ok.identity.len(), 2);
+        // Without a checksum the headers are part of the identity; with one they are not.
+        assert_eq!(ok.identity.len(), 3);
+        let pinned = q(&[
+            (CANONICAL_ID, "x"),
+            (
+                CHECKSUM_SRI,
+                "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=",
+            ),
+            ("http_header:Authorization", "Bearer t"),
+        ])
+        .unwrap();
+        assert_eq!(pinned.identity.len(), 2, "{:?}", pinned.identity);
         assert!(q(&[("http_header_url:x:Authorization", "v")]).is_err());
         assert!(q(&[("http_header_url:0", "v")]).is_err());
     }
@@ -339,7 +360,11 @@ mod tests {
             ("http_header_url:1:Authorization", "second"),
         ])
         .unwrap();
-        assert!(h.identity.is_empty());
+        assert_eq!(
+            h.identity.len(),
+            3,
+            "no checksum: the headers identify the asset"
+        );
         let value = |i: usize, name: &str| {
             h.headers_for(i)
                 .into_iter()

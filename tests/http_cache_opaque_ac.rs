@@ -1,4 +1,6 @@
-//! Review findings on the HTTP cache API (adversarial tests; see the commit messages).
+//! The HTTP cache API's opaque `/ac/` values (ccache's): storing one needs the `write` right
+//! too (its bytes become a CAS blob anyone may read), and the last PUT of a key wins whether it
+//! was an ActionResult or an opaque value. Found by an adversarial review.
 
 mod common;
 

@@ -1,4 +1,6 @@
-//! Review findings on the Remote Asset API (adversarial tests; see the commit messages).
+//! Remote Asset identity: without a `checksum.sri`, the header qualifiers of a download are
+//! part of the asset, so one client's headers never decide what a fetch without them gets.
+//! Found by an adversarial review.
 
 mod asset_support;
 mod common;

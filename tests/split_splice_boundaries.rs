@@ -1,4 +1,6 @@
-//! Review findings on SplitBlob/SpliceBlob (adversarial tests; see the commit messages).
+//! SpliceBlob with a client's own chunk boundaries: the spliced list is never kept as the
+//! blob's split, so SplitBlob always answers FastCDC 2020 with the advertised parameters.
+//! Found by an adversarial review.
 
 use bytes::Bytes;
 use kiln::cas::{Cas, FAST_CDC, chunking};
