@@ -98,6 +98,12 @@ pub struct RemoteAssetConfig {
     /// Hosts kiln downloads from: a name matches itself and, written `.example.com`, every
     /// subdomain. Default empty = any host. Recommended on shared networks: your mirrors.
     pub allowed_hosts: Vec<String>,
+    /// Whether kiln may download from loopback, private (RFC 1918, unique-local), link-local
+    /// and other local addresses, by IP or by a name resolving only to such. Default false:
+    /// a client with `read` cannot make the box fetch internal services (cloud metadata,
+    /// admin ports) and read the answer from the CAS. Turn on for a mirror on the LAN, ideally
+    /// with `allowed_hosts` naming it.
+    pub allow_private_addresses: bool,
     /// Longest one download may take, seconds, redirects included (a request's own `timeout`
     /// may shorten it). Default 300. Metric: `kiln_remote_asset_fetch_failures_total`.
     pub download_timeout_secs: u64,
@@ -117,6 +123,7 @@ impl Default for RemoteAssetConfig {
             enabled: true,
             allowed_schemes: vec!["https".into(), "http".into()],
             allowed_hosts: Vec::new(),
+            allow_private_addresses: false,
             download_timeout_secs: 300,
             max_download_bytes: 256 << 20,
             max_concurrent_downloads: 4,

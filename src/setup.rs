@@ -805,6 +805,7 @@ fn remote_assets(config: &Config, cas: &Cas) -> Result<crate::asset::Assets, Set
             max_bytes: ra.max_download_bytes,
             concurrency: ra.max_concurrent_downloads as usize,
             max_redirects: ra.max_redirects as usize,
+            private_addresses: ra.allow_private_addresses,
         };
         Some(crate::asset::Fetcher::new(limits).map_err(|reason| {
             crate::config::ConfigError::Invalid {

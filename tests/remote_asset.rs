@@ -343,3 +343,21 @@ async fn header_qualifiers_reach_the_origin_but_not_the_identity() {
         unpinned.status
     );
 }
+
+/// By default kiln downloads only from public addresses: an origin on 127.0.0.1, by IP or by a
+/// name that resolves only there (`localhost`), is refused with PERMISSION_DENIED naming the
+/// setting, and the origin is never contacted.
+#[tokio::test]
+async fn local_addresses_are_refused_by_default() {
+    let origin = Origin::start().await;
+    let s = TestServer::start_with(|_| {}).await;
+    let by_ip = origin.url("/file");
+    let by_name = by_ip.replace("127.0.0.1", "localhost");
+    for url in [by_ip, by_name] {
+        let r = fetch(&s, std::slice::from_ref(&url), vec![]).await;
+        assert_eq!(code(&r), Code::PermissionDenied, "{url}: {:?}", r.status);
+        let msg = r.status.unwrap().message;
+        assert!(msg.contains("allow_private_addresses"), "{url}: {msg}");
+    }
+    assert_eq!(origin.hits(), 0, "the origin was contacted");
+}

@@ -17,7 +17,7 @@ fn grpcio_splits_splices_fetches_and_pushes() {
     std::fs::write(
         &config,
         "[storage]\ncapacity_bytes = 268435456\nsegment_size_bytes = 16777216\n\
-         max_blob_size_bytes = 67108864\n",
+         max_blob_size_bytes = 67108864\n[remote_asset]\nallow_private_addresses = true\n",
     )
     .unwrap();
     let server = KilnServer::start_with(

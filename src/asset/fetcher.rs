@@ -2,10 +2,17 @@
 //! HTTP/1.1, bounded in time (the whole download, redirects included), in size (Content-Length
 //! checked before the body is read, then every chunk as it streams in) and in redirects (each
 //! hop to an allowed scheme and host). At most `max_concurrent_downloads` run at once.
+//!
+//! Unless `remote_asset.allow_private_addresses` is on, kiln downloads only from public
+//! addresses: a URL naming a loopback, private, link-local or otherwise local IP is refused,
+//! and names are resolved by [`PublicOnly`], which drops such addresses, so a client with the
+//! `read` right cannot make the box fetch its own or its network's internal services (cloud
+//! metadata at 169.254.169.254, admin ports on 127.0.0.1) and read the answer from the CAS.
 
 use super::FetchError;
 use bytes::{Bytes, BytesMut};
 use reqwest::{StatusCode, Url, redirect};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -26,6 +33,66 @@ pub struct FetchLimits {
     pub concurrency: usize,
     /// Redirects followed.
     pub max_redirects: usize,
+    /// Whether loopback, private and link-local addresses may be downloaded from.
+    pub private_addresses: bool,
+}
+
+/// The words of the refusal of a local address (also how a resolver error is recognised).
+const LOCAL_ONLY: &str = "is a loopback, private or link-local address";
+
+/// Whether `ip` is reachable on the public internet, as far as kiln should trust a client's URL:
+/// not loopback, unspecified, private (RFC 1918, unique-local), link-local, shared (CGNAT),
+/// broadcast, multicast or documentation space.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_unspecified()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
+/// A DNS resolver that keeps only public addresses (see [`is_public`]).
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<SocketAddr> =
+                all.iter().copied().filter(|a| is_public(a.ip())).collect();
+            if public.is_empty() && !all.is_empty() {
+                let msg = format!(
+                    "host {host:?} {LOCAL_ONLY} ({}); set remote_asset.allow_private_addresses to \
+                     download from it",
+                    all[0].ip()
+                );
+                return Err(msg.into());
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(public.into_iter());
+            Ok(addrs)
+        })
+    }
 }
 
 impl FetchLimits {
@@ -39,6 +106,17 @@ impl FetchLimits {
             ));
         }
         let host = url.host_str().unwrap_or("");
+        // An IP literal (`[::1]` in brackets) is connected to without a lookup: checked here.
+        let literal = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .ok();
+        if let Some(ip) = literal.filter(|ip| !self.private_addresses && !is_public(*ip)) {
+            return Some(format!(
+                "{ip} {LOCAL_ONLY}; set remote_asset.allow_private_addresses to download from it"
+            ));
+        }
         let allowed = self.hosts.is_empty()
             || self.hosts.iter().any(|h| match h.strip_prefix('.') {
                 Some(suffix) => host
@@ -100,7 +178,11 @@ impl Fetcher {
                 None => attempt.follow(),
             }
         });
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder();
+        if !limits.private_addresses {
+            client = client.dns_resolver(Arc::new(PublicOnly));
+        }
+        let client = client
             .tls_backend_preconfigured(tls)
             .redirect(policy)
             .connect_timeout(limits.timeout.min(Duration::from_secs(30)))
@@ -206,7 +288,9 @@ fn failure(what: &str, e: reqwest::Error) -> FetchError {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(": ");
-    if e.is_timeout() {
+    if detail.contains(LOCAL_ONLY) {
+        FetchError::Denied(format!("downloading {what}: {detail}"))
+    } else if e.is_timeout() {
         FetchError::Timeout(format!("downloading {what}: {detail}"))
     } else if e.is_redirect() {
         FetchError::Denied(format!("downloading {what}: {detail}"))
@@ -229,7 +313,42 @@ mod tests {
             max_bytes: 1,
             concurrency: 1,
             max_redirects: 1,
+            private_addresses: false,
         }
+    }
+
+    #[test]
+    fn local_addresses_are_refused_unless_allowed() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        let public = limits(&[]);
+        for local in [
+            "https://127.0.0.1/x",
+            "https://10.1.2.3/x",
+            "https://172.16.0.1/x",
+            "https://192.168.1.1/x",
+            "https://169.254.169.254/latest/meta-data",
+            "https://100.64.0.1/x",
+            "https://0.0.0.0/x",
+            "https://[::1]/x",
+            "https://[fd00::1]/x",
+            "https://[fe80::1]/x",
+            "https://[::ffff:127.0.0.1]/x",
+        ] {
+            let why = public.refuse(&url(local)).unwrap_or_default();
+            assert!(why.contains(LOCAL_ONLY), "{local}: {why:?}");
+        }
+        for ok in [
+            "https://8.8.8.8/x",
+            "https://[2001:4860::8888]/x",
+            "https://example.com/x",
+        ] {
+            assert!(public.refuse(&url(ok)).is_none(), "{ok}");
+        }
+        let lan = FetchLimits {
+            private_addresses: true,
+            ..limits(&[])
+        };
+        assert!(lan.refuse(&url("https://127.0.0.1/x")).is_none());
     }
 
     #[test]

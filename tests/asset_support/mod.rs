@@ -145,7 +145,12 @@ pub fn serve(path: &str, auth: Option<&[u8]>) -> Response<Body> {
 }
 
 pub async fn start() -> TestServer {
-    TestServer::start_with(|c| c.remote_asset.max_download_bytes = MAX_DOWNLOAD).await
+    // The test origins listen on 127.0.0.1: allowed here, refused by default.
+    TestServer::start_with(|c| {
+        c.remote_asset.max_download_bytes = MAX_DOWNLOAD;
+        c.remote_asset.allow_private_addresses = true;
+    })
+    .await
 }
 
 pub fn sri(data: &[u8]) -> String {
@@ -219,7 +224,7 @@ pub fn small_store_config(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::write(
         &path,
         "[storage]\ncapacity_bytes = 268435456\nsegment_size_bytes = 16777216\n\
-         max_blob_size_bytes = 67108864\n",
+         max_blob_size_bytes = 67108864\n[remote_asset]\nallow_private_addresses = true\n",
     )
     .unwrap();
     path
