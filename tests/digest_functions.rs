@@ -5,6 +5,8 @@
 //! independent implementation) is in tests/unix_socket_clients.rs.
 
 mod exec_support;
+#[path = "common/data.rs"]
+mod data;
 
 use exec_support::{Client, Server, response};
 use futures::StreamExt;
@@ -127,18 +129,6 @@ async fn bs_write(c: &Client, name: &str, data: &[u8]) -> Result<i64, tonic::Sta
         .committed_size)
 }
 
-fn pseudo_random(len: usize, seed: u8) -> Vec<u8> {
-    let mut x = u64::from(seed) * 0x9e37_79b9 + 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cas_and_action_cache_in_both_functions() {
     let server = Server::start();
@@ -192,7 +182,7 @@ async fn cas_and_action_cache_in_both_functions() {
     );
 
     // ByteStream: `blobs/blake3/...` names, streamed upload and reads (plain and zstd).
-    let big = pseudo_random((3 << 20) + 99, 7);
+    let big = data::pseudo_random(7, (3 << 20) + 99);
     let bd = B3.digest_of(&big);
     let name = format!(
         "uploads/{}/blobs/{}",

@@ -2,6 +2,9 @@
 //! blob's split, so SplitBlob always answers FastCDC 2020 with the advertised parameters.
 //! Found by an adversarial review.
 
+#[path = "common/data.rs"]
+mod data;
+
 use bytes::Bytes;
 use kiln::cas::{Cas, FAST_CDC, chunking};
 use kiln::digest::{Digest, DigestFunction};
@@ -12,26 +15,13 @@ fn sha(data: &[u8]) -> Digest {
     DigestFunction::Sha256.digest_of(data)
 }
 
-/// Pseudo-random bytes (xorshift), so FastCDC finds content-defined cut points.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// SplitBlob answers `chunking_function = FAST_CDC_2020` with the advertised parameters, so its
 /// chunks must be the ones FastCDC cuts. A client's splice that merely *claims* FastCDC with
 /// chunks of plausible sizes must not become the blob's split.
 #[tokio::test]
 async fn a_splice_with_non_fastcdc_boundaries_does_not_become_the_split() {
     let cas = Cas::new(Arc::new(MemoryStore::new(1 << 30)));
-    let data = noise(3 * chunking::MAX_CHUNK_BYTES as usize, 42);
+    let data = data::pseudo_random(42, 3 * chunking::MAX_CHUNK_BYTES as usize);
     let want: Vec<Digest> = {
         let mut v = Vec::new();
         let blob = Blob::from_bytes(Bytes::from(data.clone()));
