@@ -4,9 +4,9 @@
 //! hash that does not fit get INVALID_ARGUMENT. Python grpcio with PyPI's `blake3` (an
 //! independent implementation) is in tests/unix_socket_clients.rs.
 
-mod exec_support;
 #[path = "common/data.rs"]
 mod data;
+mod exec_support;
 
 use exec_support::{Client, Server, response};
 use futures::StreamExt;

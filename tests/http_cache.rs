@@ -14,20 +14,7 @@ use prost::Message;
 use tonic::Code;
 
 async fn start() -> (TestServer, String) {
-    start_with(|_| {}).await
-}
-
-async fn start_with(tweak: impl FnOnce(&mut kiln::config::Config)) -> (TestServer, String) {
-    let server = TestServer::start_with(|c| {
-        c.http_cache.listen = "127.0.0.1:0".into();
-        tweak(c);
-    })
-    .await;
-    let addr = server
-        .http_cache_addr
-        .expect("the HTTP cache API listens")
-        .to_string();
-    (server, addr)
+    TestServer::with_http_cache(|_| {}).await
 }
 
 fn hex(data: &[u8]) -> String {
@@ -206,7 +193,7 @@ async fn opaque_ac_values_round_trip_byte_for_byte_and_stay_out_of_grpc() {
     assert_eq!(err.code(), Code::NotFound, "{err}");
 
     // With opaque values off, such a body is refused and nothing is stored.
-    let (_server2, addr2) = start_with(|c| c.http_cache.opaque_ac = false).await;
+    let (_server2, addr2) = TestServer::with_http_cache(|c| c.http_cache.opaque_ac = false).await;
     let r = http::put(&addr2, &path, &value).await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(http::get(&addr2, &path).await.status, 404);

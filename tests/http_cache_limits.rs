@@ -5,22 +5,10 @@
 mod common;
 
 use common::http::{self, Body};
-use common::{TestServer, bytes, digest};
-use kiln::auth::token_sha256;
+use common::{TestServer, bytes, digest, tokens_file};
 use kiln::proto::reapi::FindMissingBlobsRequest;
-use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-
-async fn start_with(tweak: impl FnOnce(&mut kiln::config::Config)) -> (TestServer, String) {
-    let server = TestServer::start_with(|c| {
-        c.http_cache.listen = "127.0.0.1:0".into();
-        tweak(c);
-    })
-    .await;
-    let addr = server.http_cache_addr.unwrap().to_string();
-    (server, addr)
-}
 
 fn hex(data: &[u8]) -> String {
     digest(data).hash_hex()
@@ -42,7 +30,7 @@ async fn is_stored(server: &TestServer, data: &[u8]) -> bool {
 
 #[tokio::test]
 async fn a_body_that_does_not_match_its_path_is_refused_and_not_stored() {
-    let (server, addr) = start_with(|_| {}).await;
+    let (server, addr) = TestServer::with_http_cache(|_| {}).await;
     let claimed = bytes(10_000, 1);
     let sent = bytes(10_000, 2);
     let path = format!("/cas/{}", hex(&claimed));
@@ -82,7 +70,7 @@ async fn put_head_only(addr: &str, path: &str, len: u64) -> http::Response {
 
 #[tokio::test]
 async fn sizes_over_the_limits_are_refused_before_the_body_is_read() {
-    let (server, addr) = start_with(|c| {
+    let (server, addr) = TestServer::with_http_cache(|c| {
         c.cache.max_batch_total_size_bytes = 512 << 10;
         c.cache.max_message_bytes = 1 << 20;
         c.http_cache.max_buffered_body_bytes = 256 << 10;
@@ -118,7 +106,8 @@ async fn sizes_over_the_limits_are_refused_before_the_body_is_read() {
 
 #[tokio::test]
 async fn a_stalled_body_times_out() {
-    let (server, addr) = start_with(|c| c.http_cache.body_idle_timeout_secs = 1).await;
+    let (server, addr) =
+        TestServer::with_http_cache(|c| c.http_cache.body_idle_timeout_secs = 1).await;
     let data = bytes(1000, 4);
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let head = format!(
@@ -139,22 +128,15 @@ async fn a_stalled_body_times_out() {
 #[tokio::test]
 async fn auth_rights_are_the_grpc_ones_with_bearer_or_basic_tokens() {
     let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens.toml");
-    let mut text = String::new();
-    for (name, token, rights) in [
-        ("reader", "read-token", "\"read\""),
-        ("writer", "write-token", "\"read\", \"write\""),
-        ("ci", "ci-token", "\"read\", \"write\", \"cache-write\""),
-    ] {
-        let _ = write!(
-            text,
-            "[[principal]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\nrights = [{rights}]\n\n",
-            token_sha256(token)
-        );
-    }
-    std::fs::write(&tokens, text).unwrap();
-    let t = tokens.to_str().unwrap().to_string();
-    let (server, addr) = start_with(move |c| c.auth.tokens_file = t).await;
+    let t = tokens_file(
+        dir.path(),
+        &[
+            ("reader", "read-token", &["read"]),
+            ("writer", "write-token", &["read", "write"]),
+            ("ci", "ci-token", &["read", "write", "cache-write"]),
+        ],
+    );
+    let (server, addr) = TestServer::with_http_cache(move |c| c.auth.tokens_file = t).await;
     let data = bytes(500, 5);
     let path = format!("/cas/{}", hex(&data));
     let bearer = |t: &str| format!("Bearer {t}");
@@ -227,7 +209,7 @@ async fn auth_rights_are_the_grpc_ones_with_bearer_or_basic_tokens() {
 
 #[tokio::test]
 async fn methods_and_metrics() {
-    let (server, addr) = start_with(|_| {}).await;
+    let (server, addr) = TestServer::with_http_cache(|_| {}).await;
     let data = bytes(1234, 6);
     let path = format!("/cas/{}", hex(&data));
     let r = http::request(&addr, "DELETE", &path, &[], Body::None).await;
@@ -264,7 +246,7 @@ async fn methods_and_metrics() {
 
 #[tokio::test]
 async fn uploads_past_the_memory_budget_get_503_until_it_frees() {
-    let (_server, addr) = start_with(|c| {
+    let (_server, addr) = TestServer::with_http_cache(|c| {
         let part = c.storage.part_size_bytes;
         c.http_cache.max_buffer_bytes = part;
         c.http_cache.max_buffered_body_bytes = part;

@@ -5,27 +5,15 @@
 mod common;
 
 use common::http;
-use common::{TestServer, digest};
+use common::{TestServer, digest, tokens_file};
 use kiln::proto::reapi::ActionResult;
 use prost::Message;
-
-async fn start() -> (TestServer, String) {
-    let server = TestServer::start_with(|c| {
-        c.http_cache.listen = "127.0.0.1:0".into();
-    })
-    .await;
-    let addr = server
-        .http_cache_addr
-        .expect("the HTTP cache API listens")
-        .to_string();
-    (server, addr)
-}
 
 /// A PUT to `/ac/<hash>` replaces what the key held: a GET afterwards returns the last value
 /// written, whichever of the two kinds (ActionResult or opaque value) each write was.
 #[tokio::test]
 async fn ac_put_of_an_opaque_value_replaces_an_earlier_action_result() {
-    let (_server, addr) = start().await;
+    let (_server, addr) = TestServer::with_http_cache(|_| {}).await;
     let path = format!("/ac/{}", digest(b"one key, two values").hash_hex());
     // First a canonical ActionResult (no outputs: always complete).
     let result = ActionResult {
@@ -65,28 +53,15 @@ async fn ac_put_of_an_opaque_value_replaces_an_earlier_action_result() {
 #[tokio::test]
 async fn an_opaque_ac_put_does_not_store_cas_blobs_without_the_write_right() {
     use common::http::Body;
-    use std::fmt::Write as _;
     let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens.toml");
-    let mut text = String::new();
-    for (name, token, rights) in [
-        ("cacher", "cache-token", "\"read\", \"cache-write\""),
-        ("reader", "read-token", "\"read\""),
-    ] {
-        let _ = write!(
-            text,
-            "[[principal]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\nrights = [{rights}]\n\n",
-            kiln::auth::token_sha256(token)
-        );
-    }
-    std::fs::write(&tokens, text).unwrap();
-    let t = tokens.to_str().unwrap().to_string();
-    let server = TestServer::start_with(move |c| {
-        c.http_cache.listen = "127.0.0.1:0".into();
-        c.auth.tokens_file = t;
-    })
-    .await;
-    let addr = server.http_cache_addr.unwrap().to_string();
+    let t = tokens_file(
+        dir.path(),
+        &[
+            ("cacher", "cache-token", &["read", "cache-write"]),
+            ("reader", "read-token", &["read"]),
+        ],
+    );
+    let (_server, addr) = TestServer::with_http_cache(move |c| c.auth.tokens_file = t).await;
     let payload = b"any bytes the cacher wants in the CAS, no write right needed".to_vec();
     let cas_path = format!("/cas/{}", digest(&payload).hash_hex());
     let ac_path = format!("/ac/{}", digest(b"some key").hash_hex());

@@ -32,6 +32,21 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// A server with the HTTP cache API on a free port (and `tweak` applied), with that
+    /// API's `HOST:PORT`.
+    pub async fn with_http_cache(tweak: impl FnOnce(&mut Config)) -> (Self, String) {
+        let server = Self::start_with(|c| {
+            c.http_cache.listen = "127.0.0.1:0".into();
+            tweak(c);
+        })
+        .await;
+        let addr = server
+            .http_cache_addr
+            .expect("the HTTP cache API listens")
+            .to_string();
+        (server, addr)
+    }
+
     /// Starts a server with the default config on 127.0.0.1:0.
     pub async fn start() -> Self {
         Self::start_with(|_| {}).await
@@ -189,4 +204,21 @@ pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+/// Writes an `[auth]` tokens file under `dir` with one principal per (name, token, rights)
+/// and returns its path, for `config.auth.tokens_file`.
+pub fn tokens_file(dir: &std::path::Path, principals: &[(&str, &str, &[&str])]) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    for (name, token, rights) in principals {
+        let _ = write!(
+            text,
+            "[[principal]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\nrights = {rights:?}\n\n",
+            kiln::auth::token_sha256(token)
+        );
+    }
+    let path = dir.join("tokens.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
 }
