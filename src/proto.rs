@@ -71,3 +71,32 @@ pub mod type_url {
 /// not say, and its digests must be read, and its outputs hashed, with the function the client
 /// chose. Absent: SHA-256, so leases of SHA-256 actions are what other bots have always seen.
 pub const LEASE_DIGEST_FUNCTION: &str = "kiln.digest_function";
+
+/// The messages of a ByteStream Write of `chunks` (in order) to `resource_name`: the name on
+/// the first, each offset the bytes before it, `finish_write` on the last.
+pub fn write_requests(
+    resource_name: String,
+    chunks: Vec<bytes::Bytes>,
+) -> Vec<bytestream::WriteRequest> {
+    let last = chunks.len().saturating_sub(1);
+    let mut name = Some(resource_name);
+    let mut offset = 0i64;
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, data)| {
+            let r = bytestream::WriteRequest {
+                resource_name: if i == 0 {
+                    name.take().unwrap_or_default()
+                } else {
+                    String::new()
+                },
+                write_offset: offset,
+                finish_write: i == last,
+                data,
+            };
+            offset += r.data.len() as i64;
+            r
+        })
+        .collect()
+}

@@ -5,7 +5,6 @@
 use super::Upstream;
 use super::error::UpstreamError;
 use crate::digest::{Digest, DigestFunction};
-use crate::proto::bytestream::WriteRequest;
 use crate::proto::reapi::{
     BatchUpdateBlobsRequest, UpdateActionResultRequest, batch_update_blobs_request,
 };
@@ -171,22 +170,8 @@ impl Upstream {
             d.resource_path()
         );
         let size = d.size;
-        let chunks = blob.chunks(0, u64::MAX, WRITE_CHUNK as usize);
-        let mut offset = 0i64;
-        let reqs: Vec<WriteRequest> = chunks
-            .into_iter()
-            .enumerate()
-            .map(|(i, data)| {
-                let r = WriteRequest {
-                    resource_name: if i == 0 { name.clone() } else { String::new() },
-                    write_offset: offset,
-                    finish_write: offset as u64 + data.len() as u64 == size,
-                    data,
-                };
-                offset += r.data.len() as i64;
-                r
-            })
-            .collect();
+        let reqs =
+            crate::proto::write_requests(name, blob.chunks(0, u64::MAX, WRITE_CHUNK as usize));
         // A large upload may take longer than one call: the timeout grows with its size.
         let limit = c.timeout * (1 + (size / (4 << 20)) as u32);
         let answer = c

@@ -6,7 +6,7 @@ use crate::bench::data::Blob;
 use crate::bench::target::MAX_MESSAGE;
 use crate::digest::Digest;
 use crate::proto::bytestream::byte_stream_client::ByteStreamClient;
-use crate::proto::bytestream::{ReadRequest, WriteRequest};
+use crate::proto::bytestream::ReadRequest;
 use crate::proto::reapi::action_cache_client::ActionCacheClient;
 use crate::proto::reapi::batch_update_blobs_request::Request as UpdateEntry;
 use crate::proto::reapi::capabilities_client::CapabilitiesClient;
@@ -177,23 +177,7 @@ impl Clients {
     /// Uploads one blob with a ByteStream Write (zero-copy chunks) and checks committed_size.
     pub async fn bytestream_write(&self, worker: usize, blob: &Blob) -> Result<u64, OpError> {
         let name = self.write_name(&blob.digest);
-        let chunks = blob.chunks(WRITE_CHUNK);
-        let last = chunks.len() - 1;
-        let mut offset = 0i64;
-        let reqs: Vec<WriteRequest> = chunks
-            .into_iter()
-            .enumerate()
-            .map(|(i, data)| {
-                let r = WriteRequest {
-                    resource_name: if i == 0 { name.clone() } else { String::new() },
-                    write_offset: offset,
-                    finish_write: i == last,
-                    data,
-                };
-                offset += r.data.len() as i64;
-                r
-            })
-            .collect();
+        let reqs = crate::proto::write_requests(name, blob.chunks(WRITE_CHUNK));
         let resp = self
             .bytestream(worker)
             .write(futures::stream::iter(reqs))
