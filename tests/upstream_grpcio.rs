@@ -7,11 +7,9 @@
 
 mod exec_support;
 
-use exec_support::{Server, grpcio};
+use exec_support::{RAN_LOCAL, RAN_UPSTREAM, Server, grpcio, local_first_pair};
 use std::path::Path;
 
-const LOCAL: &str = "kiln_upstream_executions_total{ran=\"local\"}";
-const FORWARDED: &str = "kiln_upstream_executions_total{ran=\"upstream\"}";
 /// Actions the upstream's scheduler completed.
 const UPSTREAM_RAN: &str = "kiln_exec_actions_finished";
 
@@ -55,20 +53,15 @@ async fn grpcio_executes_through_the_relay() {
 /// WaitExecution and GetOperation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn grpcio_local_first_runs_here_or_forwards() {
-    let upstream = Server::start();
-    let _up_worker = upstream.worker(1, &["pool=upstream-only"]);
-    let local = Server::tier_over(&upstream, "local-first");
-    let _worker = local.worker(1, &[]);
-    upstream.wait_metric("kiln_exec_bots_connected", 1.0).await;
-    local.wait_metric("kiln_exec_bots_connected", 1.0).await;
+    let (upstream, local, _workers) = local_first_pair().await;
     let stubs = local.dir.path().join("stubs");
 
     execute(&local, &upstream, &stubs, &[]);
-    assert_eq!(local.metric(LOCAL).await, 1.0);
-    assert_eq!(local.metric(FORWARDED).await, 0.0);
+    assert_eq!(local.metric(RAN_LOCAL).await, 1.0);
+    assert_eq!(local.metric(RAN_UPSTREAM).await, 0.0);
 
     execute(&local, &upstream, &stubs, &["pool=upstream-only"]);
-    assert_eq!(local.metric(LOCAL).await, 1.0);
-    assert_eq!(local.metric(FORWARDED).await, 1.0);
+    assert_eq!(local.metric(RAN_LOCAL).await, 1.0);
+    assert_eq!(local.metric(RAN_UPSTREAM).await, 1.0);
     assert_eq!(upstream.metric(UPSTREAM_RAN).await, 1.0);
 }

@@ -7,7 +7,9 @@
 
 mod exec_support;
 
-use exec_support::{DEADLINE, EXEC_CONFIG, Server, poll, sh};
+use exec_support::{
+    DEADLINE, EXEC_CONFIG, RAN_LOCAL, RAN_UPSTREAM, Server, local_first_pair, poll, sh,
+};
 use kiln::proto::reapi::WaitExecutionRequest;
 use std::path::Path;
 
@@ -15,17 +17,9 @@ fn touch(dir: &Path, name: &str) -> String {
     format!("touch {}", dir.join(name).display())
 }
 
-const LOCAL: &str = "kiln_upstream_executions_total{ran=\"local\"}";
-const FORWARDED: &str = "kiln_upstream_executions_total{ran=\"upstream\"}";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn local_first_runs_on_an_idle_local_bot_and_forwards_otherwise() {
-    let upstream = Server::start();
-    let _up_worker = upstream.worker(1, &["pool=upstream-only"]);
-    let local = Server::tier_over(&upstream, "local-first");
-    let _worker = local.worker(1, &[]);
-    upstream.wait_metric("kiln_exec_bots_connected", 1.0).await;
-    local.wait_metric("kiln_exec_bots_connected", 1.0).await;
+    let (upstream, local, _workers) = local_first_pair().await;
     let (ldir, udir) = (local.dir.path(), upstream.dir.path());
     let c = local.client().await;
     let fail = |e: tonic::Status| -> ! {
@@ -41,8 +35,8 @@ async fn local_first_runs_on_an_idle_local_bot_and_forwards_otherwise() {
     let (_, resp) = c.execute(&a).await.unwrap_or_else(|e| fail(e));
     assert_eq!(resp.result.expect("a result").exit_code, 0, "ran upstream?");
     assert!(ldir.join("ran-a").exists());
-    assert_eq!(local.metric(LOCAL).await, 1.0);
-    assert_eq!(local.metric(FORWARDED).await, 0.0);
+    assert_eq!(local.metric(RAN_LOCAL).await, 1.0);
+    assert_eq!(local.metric(RAN_UPSTREAM).await, 0.0);
 
     // Only the upstream's worker offers `pool=upstream-only`: forwarded, and it runs there
     // (queued locally it would fail once `unmatched_grace` passed).
@@ -52,7 +46,7 @@ async fn local_first_runs_on_an_idle_local_bot_and_forwards_otherwise() {
     let (ops, resp) = c.execute(&b).await.unwrap_or_else(|e| fail(e));
     assert_eq!(resp.result.expect("a result").exit_code, 0, "ran locally?");
     assert!(udir.join("ran-b").exists());
-    assert_eq!(local.metric(FORWARDED).await, 1.0);
+    assert_eq!(local.metric(RAN_UPSTREAM).await, 1.0);
     // WaitExecution of the forwarded operation, through the local tier.
     let mut waited = c
         .exec()
@@ -92,11 +86,11 @@ async fn local_first_runs_on_an_idle_local_bot_and_forwards_otherwise() {
     let (_, resp) = c.execute(&d).await.unwrap_or_else(|e| fail(e));
     assert_eq!(resp.result.expect("a result").exit_code, 0, "ran locally?");
     assert!(udir.join("ran-d").exists());
-    assert_eq!(local.metric(FORWARDED).await, 2.0);
+    assert_eq!(local.metric(RAN_UPSTREAM).await, 2.0);
     std::fs::write(&release, b"").unwrap();
     let (_, resp) = busy.await.unwrap().unwrap_or_else(|e| fail(e));
     assert_eq!(resp.result.expect("a result").exit_code, 0);
-    assert_eq!(local.metric(LOCAL).await, 2.0);
+    assert_eq!(local.metric(RAN_LOCAL).await, 2.0);
 }
 
 /// `local-first` with the upstream unreachable: an action no idle local bot can start now waits
@@ -142,6 +136,6 @@ async fn local_first_queues_locally_when_the_upstream_is_down() {
         assert_eq!(resp.result.expect("a result").exit_code, 0);
     }
     assert!(ldir.join("ran-here").exists());
-    assert_eq!(local.metric(LOCAL).await, 2.0);
-    assert_eq!(local.metric(FORWARDED).await, 0.0);
+    assert_eq!(local.metric(RAN_LOCAL).await, 2.0);
+    assert_eq!(local.metric(RAN_UPSTREAM).await, 0.0);
 }

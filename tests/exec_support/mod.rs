@@ -183,6 +183,24 @@ impl Server {
 /// A running `kiln worker`.
 pub type Worker = KilnWorker;
 
+/// `kiln_upstream_executions_total` of the Executes a `local-first` tier ran itself.
+pub const RAN_LOCAL: &str = "kiln_upstream_executions_total{ran=\"local\"}";
+/// `kiln_upstream_executions_total` of the Executes a `local-first` tier forwarded.
+pub const RAN_UPSTREAM: &str = "kiln_upstream_executions_total{ran=\"upstream\"}";
+
+/// An upstream whose one bot offers only `pool=upstream-only`, and a `local-first` tier over
+/// it with one bot of its own (no properties), both bots connected. The workers run as long
+/// as the returned handles live.
+pub async fn local_first_pair() -> (Server, Server, [Worker; 2]) {
+    let upstream = Server::start();
+    let up_worker = upstream.worker(1, &["pool=upstream-only"]);
+    let local = Server::tier_over(&upstream, "local-first");
+    let worker = local.worker(1, &[]);
+    upstream.wait_metric("kiln_exec_bots_connected", 1.0).await;
+    local.wait_metric("kiln_exec_bots_connected", 1.0).await;
+    (upstream, local, [up_worker, worker])
+}
+
 /// A REAPI client.
 #[derive(Clone)]
 pub struct Client {
