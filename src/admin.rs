@@ -46,10 +46,11 @@ pub fn verify(config: &Config) -> Result<VerifyReport, SetupError> {
 /// A one-paragraph summary of a verify report.
 pub fn describe(report: &VerifyReport) -> String {
     let mut s = format!(
-        "{} segments, {} records, {} payload bytes checked: {} corrupt records, {} CAS blobs with a wrong SHA-256, {} index entries dropped",
+        "{} segments, {} records, {} payload bytes checked ({} bytes of blob content): {} corrupt records, {} CAS blobs with a wrong SHA-256, {} index entries dropped",
         report.segments,
         report.records,
         report.bytes,
+        report.logical_bytes,
         report.corrupt_records,
         report.check_failures,
         report.dropped_entries,

@@ -72,31 +72,26 @@ pub mod type_url {
 /// chose. Absent: SHA-256, so leases of SHA-256 actions are what other bots have always seen.
 pub const LEASE_DIGEST_FUNCTION: &str = "kiln.digest_function";
 
-/// The messages of a ByteStream Write of `chunks` (in order) to `resource_name`: the name on
-/// the first, each offset the bytes before it, `finish_write` on the last.
+/// The messages of a ByteStream Write of `chunks` (in order, `total` bytes in all) to
+/// `resource_name`: the name on the first, each offset the bytes before it, `finish_write` on
+/// the one that reaches `total`. Lazy: a large blob is not held in memory as messages, and
+/// chunks that stop short of `total` end the stream without `finish_write` (the server then
+/// refuses the write rather than store a short blob).
 pub fn write_requests(
     resource_name: String,
-    chunks: Vec<bytes::Bytes>,
-) -> Vec<bytestream::WriteRequest> {
-    let last = chunks.len().saturating_sub(1);
+    total: u64,
+    chunks: impl IntoIterator<Item = bytes::Bytes>,
+) -> impl Iterator<Item = bytestream::WriteRequest> {
     let mut name = Some(resource_name);
-    let mut offset = 0i64;
-    chunks
-        .into_iter()
-        .enumerate()
-        .map(|(i, data)| {
-            let r = bytestream::WriteRequest {
-                resource_name: if i == 0 {
-                    name.take().unwrap_or_default()
-                } else {
-                    String::new()
-                },
-                write_offset: offset,
-                finish_write: i == last,
-                data,
-            };
-            offset += r.data.len() as i64;
-            r
-        })
-        .collect()
+    let mut offset = 0u64;
+    chunks.into_iter().map(move |data| {
+        let r = bytestream::WriteRequest {
+            resource_name: name.take().unwrap_or_default(),
+            write_offset: offset as i64,
+            finish_write: offset + data.len() as u64 >= total,
+            data,
+        };
+        offset += r.data.len() as u64;
+        r
+    })
 }

@@ -4,11 +4,13 @@ use crate::api::{CacheServices, Limits};
 use crate::auth::{Authorizer, Rights};
 use crate::cas::{ActionCache, Cas};
 use crate::config::Config;
-use crate::config::{DurabilityMode, IoBackendName};
+use crate::config::{CompressionName, DurabilityMode, IoBackendName};
 use crate::exec::{ActionLimits, Scheduler, SchedulerConfig, Timeouts};
 use crate::metrics::{MeteredStore, Metrics};
 use crate::server::{self, Listeners};
-use crate::storage::{Durability, Engine, EngineConfig, IoBackend, StorageError, Store};
+use crate::storage::{
+    Compression, Durability, Engine, EngineConfig, IoBackend, StorageError, Store,
+};
 use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
@@ -180,6 +182,14 @@ pub fn engine_config(config: &Config) -> Result<EngineConfig, SetupError> {
     e.max_batch_bytes = st.max_batch_bytes;
     e.checkpoint_bytes = st.checkpoint_bytes;
     e.checkpoint_interval = Duration::from_millis(st.checkpoint_interval_ms.max(1));
+    e.compression = match st.compression {
+        CompressionName::None => Compression::None,
+        CompressionName::Zstd => Compression::Zstd {
+            level: st.compression_level,
+            min_size: st.compression_min_size_bytes,
+            max_ratio: st.compression_max_ratio,
+        },
+    };
     e.validate()?;
     Ok(e)
 }
@@ -384,6 +394,26 @@ pub fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, 
                 "storage_index_grow_failures",
                 "Index growths that could not be done (no disk space for the larger file, ...)",
                 s.index_grow_failures as i64,
+            ),
+            (
+                "storage_compression_logical_bytes",
+                "With storage.compression on: bytes of blobs uploaded since start",
+                s.compression_logical_bytes as i64,
+            ),
+            (
+                "storage_compression_stored_bytes",
+                "The payload bytes those uploads take on disk (stored over logical is the ratio at rest)",
+                s.compression_stored_bytes as i64,
+            ),
+            (
+                "storage_compressed_records",
+                "Records written compressed",
+                s.compressed_records as i64,
+            ),
+            (
+                "storage_compression_skipped",
+                "Records long enough to compress that were stored as they are (did not shrink to compression_max_ratio)",
+                s.compression_skipped as i64,
             ),
         ]
     }));

@@ -91,7 +91,7 @@ fn hot_set_survives_three_capacities_of_other_uploads() {
     let s = e.stats();
     for n in 0..HOT {
         assert_eq!(
-            e.get(&hot_key(n)).unwrap().map(|b| b.to_bytes()),
+            e.get(&hot_key(n)).unwrap().map(|b| b.to_bytes().unwrap()),
             Some(hot_data(n)),
             "hot blob {n} after 3 GiB of other uploads: {s:?}"
         );
@@ -144,7 +144,7 @@ fn untouched_or_stale_blobs_are_evicted() {
     }
     assert!(!e.contains(&hot_key(0)).unwrap(), "{:?}", e.stats());
     assert_eq!(
-        e.get(&hot_key(1)).unwrap().map(|b| b.to_bytes()),
+        e.get(&hot_key(1)).unwrap().map(|b| b.to_bytes().unwrap()),
         Some(hot_data(1))
     );
 }
@@ -235,7 +235,7 @@ fn action_cache_hit_keeps_its_outputs() {
     }
     for (d, b) in outputs {
         assert_eq!(
-            cas.get(d).unwrap().map(|x| x.to_bytes()),
+            cas.get(d).unwrap().map(|x| x.to_bytes().unwrap()),
             Some(b.clone()),
             "output {d} of a used action evicted"
         );
@@ -301,7 +301,7 @@ fn storing_a_result_keeps_its_outputs() {
     // Past the eviction of the outputs' segment (and one more).
     fill_until(&|s| s.evictions >= 2);
     assert_eq!(
-        cas.get(&out.0).unwrap().map(|b| b.to_bytes()),
+        cas.get(&out.0).unwrap().map(|b| b.to_bytes().unwrap()),
         Some(out.1.clone()),
         "the output of a stored result was evicted: {:?}",
         engine.stats()
@@ -375,7 +375,7 @@ fn power_loss_during_copy_forward_keeps_the_hot_set() {
         let e = Engine::open(c).unwrap();
         for (k, v) in &hot {
             assert_eq!(
-                e.get(k).unwrap().map(|b| b.to_bytes()).as_ref(),
+                e.get(k).unwrap().map(|b| b.to_bytes().unwrap()).as_ref(),
                 Some(v),
                 "seed {seed}: hot blob {k:?} lost in the power loss: {:?}",
                 e.stats()
@@ -415,7 +415,7 @@ fn blob_touched_just_before_its_eviction_survives() {
         n += 1;
     }
     assert_eq!(
-        e.get(&other_key(oldest)).unwrap().map(|b| b.to_bytes()),
+        e.get(&other_key(oldest)).unwrap().map(|b| b.to_bytes().unwrap()),
         Some(blob(oldest)),
         "{:?}",
         e.stats()
@@ -468,7 +468,7 @@ fn horizon_counts_from_the_last_touch() {
     // last touch was 4 segments old (within the horizon) and blob 1's 5 (beyond it).
     put_until(e0 + 9);
     assert_eq!(
-        e.get(&hot_key(0)).unwrap().map(|b| b.to_bytes()),
+        e.get(&hot_key(0)).unwrap().map(|b| b.to_bytes().unwrap()),
         Some(hot_data(0)),
         "touched at the edge of the horizon: {:?}",
         e.stats()
@@ -502,14 +502,14 @@ fn store_without_or_with_a_damaged_touch_file_opens() {
     {
         let e = Engine::open(c.clone()).unwrap();
         assert_eq!(
-            e.get(&hot_key(1)).unwrap().map(|b| b.to_bytes()),
+            e.get(&hot_key(1)).unwrap().map(|b| b.to_bytes().unwrap()),
             Some(hot_data(1))
         );
     }
     std::fs::write(&touch, b"garbage").unwrap();
     let e = Engine::open(c).unwrap();
     assert_eq!(
-        e.get(&hot_key(1)).unwrap().map(|b| b.to_bytes()),
+        e.get(&hot_key(1)).unwrap().map(|b| b.to_bytes().unwrap()),
         Some(hot_data(1))
     );
 }
@@ -546,7 +546,7 @@ fn blob_touched_before_a_restart_survives_the_first_eviction_after_it() {
         n += 1;
     }
     assert_eq!(
-        e.get(&other_key(oldest)).unwrap().map(|b| b.to_bytes()),
+        e.get(&other_key(oldest)).unwrap().map(|b| b.to_bytes().unwrap()),
         Some(blob(oldest)),
         "{:?}",
         e.stats()

@@ -27,7 +27,7 @@ async fn a_splice_with_non_fastcdc_boundaries_does_not_become_the_split() {
         let blob = Blob::from_bytes(Bytes::from(data.clone()));
         chunking::split(&blob, DigestFunction::Sha256, |c| {
             v.push(c.digest);
-            Ok::<_, ()>(())
+            Ok::<_, kiln::storage::StorageError>(())
         })
         .unwrap();
         v

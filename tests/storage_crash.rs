@@ -101,7 +101,7 @@ fn power_loss_keeps_acknowledged_and_serves_nothing_corrupt() {
             let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
             replayed += e.stats().replayed;
             for (k, v) in &acked {
-                let got = e.get(k).unwrap().map(|b| b.to_bytes());
+                let got = e.get(k).unwrap().map(|b| b.to_bytes().unwrap());
                 let ok = match &got {
                     None => false,
                     // A later, unacknowledged version may have made it too.
@@ -116,7 +116,7 @@ fn power_loss_keeps_acknowledged_and_serves_nothing_corrupt() {
             for (k, vs) in &written {
                 if let Some(g) = e.get(k).unwrap() {
                     assert!(
-                        vs.contains(&g.to_bytes()),
+                        vs.contains(&g.to_bytes().unwrap()),
                         "{b:?} seed {seed}: served bytes never written for {k:?}"
                     );
                 }
@@ -134,14 +134,14 @@ fn power_loss_keeps_acknowledged_and_serves_nothing_corrupt() {
             drop(e);
             let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
             assert_eq!(
-                e.get(&key(1, 5555)).unwrap().unwrap().to_bytes(),
+                e.get(&key(1, 5555)).unwrap().unwrap().to_bytes().unwrap(),
                 data(5555, 777)
             );
             for (k, v) in &acked {
                 assert!(
                     e.get(k)
                         .unwrap()
-                        .is_some_and(|g| g.to_bytes() == *v || written[k].contains(&g.to_bytes()))
+                        .is_some_and(|g| g.to_bytes().unwrap() == *v || written[k].contains(&g.to_bytes().unwrap()))
                 );
             }
         }
@@ -165,7 +165,7 @@ fn full_disk_fails_uploads_keeps_reads_and_recovers() {
             assert!(matches!(r, Err(StorageError::Full(_))), "{b:?}: {r:?}");
         }
         assert_eq!(
-            e.get(&key(1, 1)).unwrap().unwrap().to_bytes(),
+            e.get(&key(1, 1)).unwrap().unwrap().to_bytes().unwrap(),
             data(1, 1000)
         );
         assert!(!e.contains(&key(1, 2)).unwrap());
@@ -175,13 +175,13 @@ fn full_disk_fails_uploads_keeps_reads_and_recovers() {
             rt.block_on(e.put(key(1, n), data(n, 9000))).unwrap();
         }
         assert_eq!(
-            e.get(&key(1, 39)).unwrap().unwrap().to_bytes(),
+            e.get(&key(1, 39)).unwrap().unwrap().to_bytes().unwrap(),
             data(39, 9000)
         );
         drop(e);
         let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
         assert_eq!(
-            e.get(&key(1, 20)).unwrap().unwrap().to_bytes(),
+            e.get(&key(1, 20)).unwrap().unwrap().to_bytes().unwrap(),
             data(20, 9000)
         );
     }
@@ -213,10 +213,10 @@ fn io_error_poisons_writes_but_not_reads() {
                 rt.block_on(e.begin_write(key(1, 99), 1)),
                 Err(StorageError::Poisoned(_))
             ));
-            assert_eq!(e.get(&key(1, 1)).unwrap().unwrap().to_bytes(), data(1, 100));
+            assert_eq!(e.get(&key(1, 1)).unwrap().unwrap().to_bytes().unwrap(), data(1, 100));
             drop(e);
             let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
-            assert_eq!(e.get(&key(1, 1)).unwrap().unwrap().to_bytes(), data(1, 100));
+            assert_eq!(e.get(&key(1, 1)).unwrap().unwrap().to_bytes().unwrap(), data(1, 100));
             rt.block_on(e.put(key(1, 50), data(50, 100))).unwrap();
         }
     }
@@ -248,7 +248,7 @@ fn power_loss_after_a_full_disk_keeps_later_acknowledged_writes() {
             for n in (1..30).filter(|n| *n != 2) {
                 let want = data(n, if n == 1 { 1000 } else { 500 });
                 assert_eq!(
-                    e.get(&key(1, n)).unwrap().map(|g| g.to_bytes()),
+                    e.get(&key(1, n)).unwrap().map(|g| g.to_bytes().unwrap()),
                     Some(want),
                     "{b:?} seed {seed}: acknowledged blob {n} lost after the full-disk hole"
                 );
@@ -302,7 +302,7 @@ fn periodic_commits_go_on_while_a_round_is_syncing() {
         let e = Engine::open_with_io(c, io(b)).unwrap();
         for n in 0..20 {
             assert_eq!(
-                e.get(&key(1, n)).unwrap().map(|g| g.to_bytes()),
+                e.get(&key(1, n)).unwrap().map(|g| g.to_bytes().unwrap()),
                 Some(data(n, 4000)),
                 "blob {n} lost after a sync"
             );
@@ -367,7 +367,7 @@ fn fdatasync_commit_waits_for_its_round_while_the_next_batch_is_written() {
         rt.block_on(first).unwrap().unwrap();
         rt.block_on(second).unwrap().unwrap();
         assert_eq!(
-            e.get(&key(1, 2)).unwrap().unwrap().to_bytes(),
+            e.get(&key(1, 2)).unwrap().unwrap().to_bytes().unwrap(),
             data(2, 3000)
         );
     }
@@ -426,7 +426,7 @@ fn power_loss_with_a_round_in_flight() {
             let e = Engine::open_with_io(c, io(b)).unwrap();
             for n in 0..10 {
                 assert_eq!(
-                    e.get(&key(1, n)).unwrap().map(|g| g.to_bytes()),
+                    e.get(&key(1, n)).unwrap().map(|g| g.to_bytes().unwrap()),
                     Some(data(n, 7000)),
                     "durable blob {n} lost (seed {seed})"
                 );
@@ -436,12 +436,12 @@ fn power_loss_with_a_round_in_flight() {
                     let n = 100 + w * 100 + i;
                     let len = if i % 5 == 4 { 20_000 } else { 7000 };
                     if let Some(g) = e.get(&key(1, n)).unwrap() {
-                        assert_eq!(g.to_bytes(), data(n, len), "wrong bytes for {n}");
+                        assert_eq!(g.to_bytes().unwrap(), data(n, len), "wrong bytes for {n}");
                     }
                 }
             }
             if let Some(g) = e.get(&key(2, 1)).unwrap() {
-                let g = g.to_bytes();
+                let g = g.to_bytes().unwrap();
                 assert!((50..53).any(|s| g == data(s, 300)), "wrong AC bytes");
             }
         }

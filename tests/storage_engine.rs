@@ -42,7 +42,7 @@ fn put_get_contains_reopen() {
                 }
                 w.commit().await.unwrap();
                 assert_eq!(
-                    e.get(&cas_key(999)).unwrap().map(|b| b.to_bytes()),
+                    e.get(&cas_key(999)).unwrap().map(|b| b.to_bytes().unwrap()),
                     Some(big),
                     "{:?}",
                     e.stats()
@@ -51,7 +51,7 @@ fn put_get_contains_reopen() {
             for n in 0..50 {
                 assert!(e.contains(&cas_key(n)).unwrap());
                 assert_eq!(
-                    e.get(&cas_key(n)).unwrap().unwrap().to_bytes(),
+                    e.get(&cas_key(n)).unwrap().unwrap().to_bytes().unwrap(),
                     data(n, (n as usize * 97) % 5000)
                 );
             }
@@ -61,13 +61,13 @@ fn put_get_contains_reopen() {
         let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
         for n in 0..50 {
             assert_eq!(
-                e.get(&cas_key(n)).unwrap().unwrap().to_bytes(),
+                e.get(&cas_key(n)).unwrap().unwrap().to_bytes().unwrap(),
                 data(n, (n as usize * 97) % 5000),
                 "{b:?} {n}"
             );
         }
         assert_eq!(
-            e.get(&cas_key(999)).unwrap().unwrap().to_bytes(),
+            e.get(&cas_key(999)).unwrap().unwrap().to_bytes().unwrap(),
             data(999, 500 << 10)
         );
         let rep = e.verify(|_| {}, None);
@@ -111,7 +111,7 @@ fn ac_rewrite_newest_wins_across_reopen() {
             let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
             if round > 0 {
                 assert_eq!(
-                    e.get(&k).unwrap().unwrap().to_bytes(),
+                    e.get(&k).unwrap().unwrap().to_bytes().unwrap(),
                     data(round * 10 + 4, 100)
                 );
             }
@@ -119,7 +119,7 @@ fn ac_rewrite_newest_wins_across_reopen() {
                 for v in 0..5 {
                     e.put(k, data((round + 1) * 10 + v, 100)).await.unwrap();
                     assert_eq!(
-                        e.get(&k).unwrap().unwrap().to_bytes(),
+                        e.get(&k).unwrap().unwrap().to_bytes().unwrap(),
                         data((round + 1) * 10 + v, 100)
                     );
                 }
@@ -164,7 +164,7 @@ fn eviction_keeps_disk_bounded_and_copies_touched_blobs_forward() {
             .sum();
         assert!(on_disk <= cap + seg, "{on_disk}");
         assert_eq!(
-            e.get(&cas_key(0)).unwrap().unwrap().to_bytes(),
+            e.get(&cas_key(0)).unwrap().unwrap().to_bytes().unwrap(),
             data(0, 1000)
         );
     }
@@ -185,7 +185,7 @@ fn reader_keeps_evicted_segment_alive() {
         }
         assert!(!e.contains(&cas_key(0)).unwrap() || e.stats().copy_forwards > 0);
         assert_eq!(
-            held.to_bytes(),
+            held.to_bytes().unwrap(),
             data(0, 3000),
             "bytes changed under a reader"
         );
@@ -208,7 +208,7 @@ fn periodic_durability_and_put_many() {
         }
         let e = Engine::open_with_io(c, io(b)).unwrap();
         assert_eq!(
-            e.get(&cas_key(150)).unwrap().unwrap().to_bytes(),
+            e.get(&cas_key(150)).unwrap().unwrap().to_bytes().unwrap(),
             data(150, 100)
         );
     }
@@ -301,7 +301,7 @@ fn lost_state_file_rebuilds_and_continues_after_the_highest_segment_on_disk() {
             let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
             // The ring is found from the segment headers and the index rebuilt from them.
             assert_eq!(
-                e.get(&cas_key(1)).unwrap().map(|g| g.to_bytes()),
+                e.get(&cas_key(1)).unwrap().map(|g| g.to_bytes().unwrap()),
                 Some(data(1, 4000)),
                 "{b:?}: lost state, cache rebuilt"
             );
@@ -312,7 +312,7 @@ fn lost_state_file_rebuilds_and_continues_after_the_highest_segment_on_disk() {
         assert!(max_segment_seq(dir.path()) > before, "{b:?}");
         let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
         assert_eq!(
-            e.get(&cas_key(500)).unwrap().unwrap().to_bytes(),
+            e.get(&cas_key(500)).unwrap().unwrap().to_bytes().unwrap(),
             data(500, 4000)
         );
     }

@@ -141,7 +141,7 @@ fn write_batches(rt: &tokio::runtime::Runtime, e: &Engine, from: u64, to: u64) {
 fn assert_batch_readable(e: &Engine, batch: u64, what: &str) {
     for n in batch * BATCH..(batch + 1) * BATCH {
         assert_eq!(
-            e.get(&cas_key(n)).unwrap().map(|b| b.to_bytes()),
+            e.get(&cas_key(n)).unwrap().map(|b| b.to_bytes().unwrap()),
             Some(data(n, BLOB)),
             "{what}: blob {n}"
         );
@@ -191,7 +191,7 @@ fn full_filesystem_evicts_own_oldest_segments_and_keeps_writing() {
             }
             for n in 0..batches * BATCH {
                 if let Some(got) = e.get(&cas_key(n)).unwrap() {
-                    assert_eq!(got.to_bytes(), data(n, BLOB), "{what}: blob {n}");
+                    assert_eq!(got.to_bytes().unwrap(), data(n, BLOB), "{what}: blob {n}");
                 }
             }
             assert!(
@@ -230,7 +230,7 @@ fn hot_blob_survives_in_a_ring_shrunk_by_a_full_disk() {
             .unwrap();
         for batch in batches..2 * batches {
             assert_eq!(
-                e.get(&cas_key(hot)).unwrap().map(|b| b.to_bytes()),
+                e.get(&cas_key(hot)).unwrap().map(|b| b.to_bytes().unwrap()),
                 Some(data(hot, BLOB)),
                 "{what}: hot blob {hot} lost before batch {batch}: {:?}",
                 e.stats()
@@ -337,7 +337,7 @@ fn full_filesystem_with_nothing_to_evict_answers_full_and_recovers() {
         rt.block_on(e.put(cas_key(2002), data(2002, BLOB))).unwrap();
         for n in [2001, 2002] {
             assert_eq!(
-                e.get(&cas_key(n)).unwrap().map(|b| b.to_bytes()),
+                e.get(&cas_key(n)).unwrap().map(|b| b.to_bytes().unwrap()),
                 Some(data(n, BLOB)),
                 "{what}"
             );
@@ -373,7 +373,7 @@ fn index_that_does_not_fit_is_a_clear_error_at_open() {
         let e = Engine::open_with_io(c, io(b)).unwrap();
         rt().block_on(e.put(cas_key(1), data(1, 100))).unwrap();
         assert_eq!(
-            e.get(&cas_key(1)).unwrap().unwrap().to_bytes(),
+            e.get(&cas_key(1)).unwrap().unwrap().to_bytes().unwrap(),
             data(1, 100)
         );
     });

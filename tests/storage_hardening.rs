@@ -55,7 +55,7 @@ fn populated() -> Vec<(Key, Bytes)> {
 /// lengths, never the bytes.
 fn assert_all_served(e: &Engine, what: &str) {
     for (k, want) in populated() {
-        let got = e.get(&k).unwrap().map(|b| b.to_bytes());
+        let got = e.get(&k).unwrap().map(|b| b.to_bytes().unwrap());
         assert!(
             got.as_ref() == Some(&want),
             "{what}: {k:?}: got {:?} bytes, want {}",
@@ -315,7 +315,7 @@ fn rebuild_after_the_ring_wrapped_serves_live_blobs_only() {
         assert_eq!(e.stats().index_rebuilds, 1);
         for n in 0..total {
             if let Some(got) = e.get(&cas_key(n)).unwrap() {
-                assert_eq!(got.to_bytes(), data(n, 5000), "{b:?}: blob {n}");
+                assert_eq!(got.to_bytes().unwrap(), data(n, 5000), "{b:?}: blob {n}");
             }
         }
         assert!(
@@ -456,7 +456,7 @@ fn crash_images_verify_without_corruption() {
             torn += rep.torn_tail_regions;
             for n in 0..30 {
                 assert_eq!(
-                    e.get(&cas_key(n)).unwrap().map(|b| b.to_bytes()),
+                    e.get(&cas_key(n)).unwrap().map(|b| b.to_bytes().unwrap()),
                     Some(data(n, 9000)),
                     "{b:?} seed {seed}: acknowledged blob {n}"
                 );

@@ -39,7 +39,7 @@ fn blob(n: u64) -> Bytes {
 
 fn check(e: &Engine, n: u64, when: &str) {
     match e.get(&cas_key(n)).unwrap() {
-        Some(b) => assert_eq!(b.to_bytes(), blob(n), "{when}: wrong bytes for blob {n}"),
+        Some(b) => assert_eq!(b.to_bytes().unwrap(), blob(n), "{when}: wrong bytes for blob {n}"),
         None => panic!("{when}: acknowledged blob {n} not found ({:?})", e.stats()),
     }
 }
@@ -240,7 +240,7 @@ fn power_loss_around_growths_keeps_every_acknowledged_blob() {
         for n in freeze_at..total {
             if let Some(b) = e.get(&cas_key(n)).unwrap() {
                 assert_eq!(
-                    b.to_bytes(),
+                    b.to_bytes().unwrap(),
                     blob(n),
                     "seed {seed}: unacknowledged blob {n}"
                 );
@@ -436,7 +436,7 @@ fn a_growth_keeps_the_touches_eviction_reads() {
     let missing = hot.iter().filter(|k| e.get(k).unwrap().is_none()).count();
     assert_eq!(missing, 0, "hot blobs evicted although touched: {s:?}");
     for k in &hot {
-        assert_eq!(e.get(k).unwrap().unwrap().to_bytes(), hot_data(k));
+        assert_eq!(e.get(k).unwrap().unwrap().to_bytes().unwrap(), hot_data(k));
     }
 }
 

@@ -80,7 +80,7 @@ fn run(backend: IoBackend, ops: &[Op]) {
             }
             Op::Get(k) | Op::Contains(k) => {
                 let c = e.contains(&key(k)).unwrap();
-                let got = e.get(&key(k)).unwrap().map(|b| b.to_bytes());
+                let got = e.get(&key(k)).unwrap().map(|b| b.to_bytes().unwrap());
                 assert_eq!(c, got.is_some(), "contains and get disagree on {k}");
                 match (model.get(&key(k)), got) {
                     (None, None) => {}

@@ -3,7 +3,7 @@
 use super::CacheServices;
 use super::resource_name::{Compression, ResourceName};
 use super::uploads::{Reservation, UploadRegistry, UploadState, stream_cost};
-use crate::cas::Blob;
+use crate::cas::{Blob, Encoded};
 use crate::cas::compression::{DecodeError, StreamDecoder, ZSTD_LEVEL};
 use crate::cas::{CasError, Upload};
 use crate::proto::bytestream::byte_stream_server::ByteStream;
@@ -351,16 +351,21 @@ impl ByteStream for ByteStreamService {
         }
         match name.compression {
             Compression::Identity => {
-                let chunks = blob.chunks(offset, limit, chunk);
-                let stream =
-                    futures::stream::iter(chunks.into_iter().map(|data| Ok(ReadResponse { data })));
+                let chunks = blob.read(offset, limit, chunk);
+                let stream = futures::stream::iter(
+                    chunks.map(|r| r.map(|data| ReadResponse { data }).map_err(stored_damage)),
+                );
                 Ok(Response::new(Box::pin(stream)))
+            }
+            Compression::Zstd if blob.is_compressed() => {
+                let slot = self.compress_slot().await?;
+                Ok(Response::new(stored_frames_read(&blob, offset, chunk, slot)))
             }
             Compression::Zstd => {
                 let slot = self.compress_slot().await?;
                 let size = blob.len() - offset;
                 let pieces = futures::stream::iter(
-                    blob.chunks(offset, u64::MAX, 1 << 20).into_iter().map(Ok),
+                    blob.read(offset, u64::MAX, 1 << 20).map(|r| r.map_err(stored_damage)),
                 );
                 Ok(Response::new(compressed_read(pieces, size, chunk, slot)))
             }
@@ -548,6 +553,59 @@ fn compressed_read(
         }
     })
 }
+
+/// The status of a stored piece that does not decompress (damage its checksums missed).
+fn stored_damage(e: crate::storage::StorageError) -> Status {
+    tracing::warn!(error = %e, "a stored blob failed to decompress while being read");
+    CasError::from(e).into()
+}
+
+/// A compressed read of a blob stored (partly) compressed: its stored frames are sent as they
+/// are; only pieces stored plain, and a compressed piece `offset` falls inside, are
+/// compressed here (each its own frame: a zstd stream may hold several in a row).
+fn stored_frames_read(
+    blob: &Blob,
+    offset: u64,
+    chunk: usize,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> ReadStream {
+    let (tx, mut rx) = mpsc::channel::<Result<ReadResponse, Status>>(4);
+    let pieces = blob.encoded(offset);
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let mut sink = ChunkSink {
+            tx: tx.clone(),
+            chunk,
+            buf: Vec::new(),
+        };
+        let result = (|| -> Result<(), Status> {
+            let io = |e: std::io::Error| Status::internal(format!("compression failed: {e}"));
+            for piece in pieces {
+                match piece.map_err(stored_damage)? {
+                    Encoded::Zstd(frame) => sink.write_all(&frame).map_err(io)?,
+                    Encoded::Plain(data) => {
+                        let frame = zstd::bulk::compress(&data, ZSTD_LEVEL).map_err(io)?;
+                        sink.write_all(&frame).map_err(io)?;
+                    }
+                }
+            }
+            sink.flush().map_err(io)
+        })();
+        if let Err(status) = result
+            && status.message() != BROKEN_PIPE
+        {
+            let _ = tx.blocking_send(Err(status));
+        }
+    });
+    Box::pin(async_stream::stream! {
+        while let Some(item) = rx.recv().await {
+            yield item;
+        }
+    })
+}
+
+/// What a send to a reader that went away reports.
+const BROKEN_PIPE: &str = "compression failed: reader went away";
 
 /// Collects compressor output into `chunk`-sized messages.
 struct ChunkSink {

@@ -3,7 +3,7 @@
 
 use super::status::{rpc_ok, rpc_status, upstream_rpc_status};
 use super::{CacheServices, validate_instance};
-use crate::cas::{Cas, CasError, PausedTrees, TreePage, TreePager, compression};
+use crate::cas::{Blob, Cas, CasError, PausedTrees, TreePage, TreePager, compression};
 use crate::digest::{Digest, DigestFunction};
 use crate::proto::reapi::content_addressable_storage_server::ContentAddressableStorage;
 use crate::proto::reapi::{
@@ -228,10 +228,9 @@ impl ContentAddressableStorage for CasService {
             .contains(&(compressor::Value::Zstd as i32));
         // Local reads first, exactly as without an upstream; only the misses are then fetched
         // from it (one batched call) and read again. What it cannot provide keeps its status.
-        let mut read: Vec<Result<Bytes, CasError>> = digests
-            .iter()
-            .map(|d| self.state.cas.get_bytes(d))
-            .collect();
+        let cas = &self.state.cas;
+        let get = |d: &Digest| cas.get(d)?.ok_or(CasError::BlobNotFound(*d));
+        let mut read: Vec<Result<Blob, CasError>> = digests.iter().map(get).collect();
         let mut fetched = std::collections::HashMap::new();
         if let Some(up) = &self.state.upstream {
             let missing: Vec<Digest> = digests
@@ -244,7 +243,7 @@ impl ContentAddressableStorage for CasService {
                 fetched = up.ensure(&req.instance_name, &missing).await;
                 for (d, r) in digests.iter().zip(read.iter_mut()) {
                     if matches!(fetched.get(d), Some(Ok(true))) {
-                        *r = self.state.cas.get_bytes(d);
+                        *r = get(d);
                     }
                 }
             }
@@ -260,13 +259,20 @@ impl ContentAddressableStorage for CasService {
                 });
                 continue;
             }
-            let (data, comp, status) = match r {
-                Ok(data) if zstd_ok && data.len() > 512 => (
-                    compression::compress(&data),
+            // A blob stored compressed is sent as its stored frames, not compressed again.
+            let (data, comp) = match r {
+                Ok(blob) if zstd_ok && blob.len() > 512 => (
+                    compression::compress_blob(&blob).map_err(CasError::from),
                     compressor::Value::Zstd,
-                    rpc_ok(),
                 ),
-                Ok(data) => (data, compressor::Value::Identity, rpc_ok()),
+                Ok(blob) => (
+                    blob.to_bytes().map_err(CasError::from),
+                    compressor::Value::Identity,
+                ),
+                Err(e) => (Err(e), compressor::Value::Identity),
+            };
+            let (data, comp, status) = match data {
+                Ok(data) => (data, comp, rpc_ok()),
                 Err(e) => (Bytes::new(), compressor::Value::Identity, rpc_status(&e)),
             };
             responses.push(batch_read_blobs_response::Response {

@@ -123,7 +123,7 @@ impl ActionCache {
         let Some(blob) = found else {
             return Ok(None);
         };
-        let Ok(result) = ActionResult::decode(blob.to_bytes()) else {
+        let Ok(result) = ActionResult::decode(blob.to_bytes()?) else {
             tracing::warn!(%action, instance, "undecodable action-cache entry treated as a miss");
             return Ok(None);
         };
@@ -196,7 +196,7 @@ impl ActionCache {
             let Some(tree) = self.cas.get(&tree_digest)? else {
                 continue;
             };
-            let Ok(tree) = Tree::decode(tree.to_bytes()) else {
+            let Ok(tree) = Tree::decode(tree.to_bytes()?) else {
                 return Ok(None);
             };
             let files = tree
@@ -233,7 +233,7 @@ impl ActionCache {
                     return Ok(None);
                 }
                 budget -= d.size;
-                Ok(self.cas.get(&d)?.map(|b| b.to_bytes()))
+                Ok(self.cas.get(&d)?.map(|b| b.to_bytes()).transpose()?)
             };
         if inline.stdout
             && let Some(b) = take(result.stdout_digest.as_ref())?

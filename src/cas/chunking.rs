@@ -9,7 +9,7 @@
 //! shares chunks with the server.
 
 use crate::digest::{Digest, DigestFunction};
-use crate::storage::Blob;
+use crate::storage::{Blob, Chunks, StorageError};
 use bytes::Bytes;
 use fastcdc::v2020::{Normalization, StreamCDC};
 use std::io::Read;
@@ -35,23 +35,23 @@ pub struct Chunk {
     pub data: Bytes,
 }
 
-/// Reads a [`Blob`]'s extents in order without joining them.
-struct BlobReader<'a> {
-    parts: std::slice::Iter<'a, Bytes>,
-    current: &'a [u8],
+/// Reads a [`Blob`]'s pieces in order without joining them (a compressed piece is
+/// decompressed when the reader reaches it).
+struct BlobReader {
+    parts: Chunks,
+    current: Bytes,
 }
 
-impl Read for BlobReader<'_> {
+impl Read for BlobReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.current.is_empty() {
             match self.parts.next() {
-                Some(p) => self.current = p,
+                Some(p) => self.current = p.map_err(std::io::Error::other)?,
                 None => return Ok(0),
             }
         }
         let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        self.current = &self.current[n..];
+        buf[..n].copy_from_slice(&self.current.split_to(n));
         Ok(n)
     }
 }
@@ -59,15 +59,14 @@ impl Read for BlobReader<'_> {
 /// Splits `blob` with FastCDC 2020 and hashes each chunk with `function`, handing the chunks
 /// to `each` in order (so at most one chunk and the chunker's [`MAX_CHUNK_BYTES`] buffer are
 /// in memory at once). Stops at the first error `each` returns.
-pub fn split<E>(
+pub fn split<E: From<StorageError>>(
     blob: &Blob,
     function: DigestFunction,
     mut each: impl FnMut(Chunk) -> Result<(), E>,
 ) -> Result<(), E> {
-    let parts = blob.chunks(0, u64::MAX, usize::MAX);
     let reader = BlobReader {
-        parts: parts.iter(),
-        current: &[],
+        parts: blob.read(0, u64::MAX, usize::MAX),
+        current: Bytes::new(),
     };
     let chunker = StreamCDC::with_level_and_seed(
         reader,
@@ -78,8 +77,10 @@ pub fn split<E>(
         u64::from(SEED),
     );
     for chunk in chunker {
-        // The reader never fails: its bytes are already in memory.
-        let chunk = chunk.expect("reading a blob held in memory cannot fail");
+        // The reader fails only on a stored piece that does not decompress.
+        let chunk = chunk.map_err(|e| StorageError::Corrupt {
+            at: format!("a stored blob being split: {e}"),
+        })?;
         let data = Bytes::from(chunk.data);
         each(Chunk {
             offset: chunk.offset,
@@ -110,7 +111,7 @@ mod tests {
         let mut out = Vec::new();
         split(blob, DigestFunction::Sha256, |c| {
             out.push(c);
-            Ok::<(), ()>(())
+            Ok::<(), StorageError>(())
         })
         .unwrap();
         out

@@ -8,6 +8,7 @@
 
 use crate::cas::CasError;
 use crate::digest::Digest;
+use crate::storage::{Blob, Encoded, StorageError};
 use bytes::Bytes;
 use zstd::stream::raw::{DParameter, InBuffer, Operation, OutBuffer};
 
@@ -27,6 +28,19 @@ pub fn compress(data: &[u8]) -> Bytes {
     Bytes::from(
         zstd::bulk::compress(data, ZSTD_LEVEL).expect("zstd compression of an in-memory buffer"),
     )
+}
+
+/// A whole blob as one zstd stream: the frames it is stored as, as they are, and its other
+/// pieces compressed, one frame each (a zstd stream may hold several frames in a row).
+pub fn compress_blob(blob: &Blob) -> Result<Bytes, StorageError> {
+    let mut out = Vec::new();
+    for piece in blob.encoded(0) {
+        match piece? {
+            Encoded::Zstd(frame) => out.extend_from_slice(&frame),
+            Encoded::Plain(data) => out.extend_from_slice(&compress(&data)),
+        }
+    }
+    Ok(Bytes::from(out))
 }
 
 /// Decompresses a buffer that must expand to exactly `digest.size` bytes. Memory grows with the

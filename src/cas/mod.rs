@@ -24,7 +24,7 @@ mod upload;
 pub mod walk;
 
 /// A blob as the CAS serves it (a view of stored bytes, possibly in several parts).
-pub use crate::storage::Blob;
+pub use crate::storage::{Blob, Encoded};
 pub use action_cache::{ActionCache, InlineRequest, UpdateHook};
 pub use error::CasError;
 pub use records::MAX_ASSET_RECORD_BYTES;
@@ -121,8 +121,9 @@ impl Cas {
     /// Reads a blob into one buffer, or fails with `BlobNotFound`.
     pub fn get_bytes(&self, digest: &Digest) -> Result<Bytes, CasError> {
         self.get(digest)?
-            .map(|b| b.to_bytes())
-            .ok_or(CasError::BlobNotFound(*digest))
+            .ok_or(CasError::BlobNotFound(*digest))?
+            .to_bytes()
+            .map_err(CasError::from)
     }
 
     /// Stores a blob held in memory after checking it matches `digest`.

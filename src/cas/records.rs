@@ -40,7 +40,8 @@ impl Cas {
             .store
             .get(&Key::new(Key::SPACE_ASSET, id))?
             .filter(|b| b.len() <= MAX_ASSET_RECORD_BYTES as u64)
-            .map(|b| b.to_bytes()))
+            .map(|b| b.to_bytes())
+            .transpose()?)
     }
 
     /// Keeps (or replaces) the asset record under `id`.

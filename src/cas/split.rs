@@ -127,8 +127,8 @@ impl Cas {
                 count: 1,
                 first: *c,
             })?;
-            for part in data.chunks(0, u64::MAX, 1 << 20) {
-                upload.write(part).await?;
+            for part in data.read(0, u64::MAX, 1 << 20) {
+                upload.write(part?).await?;
             }
         }
         upload.finish().await.map_err(|e| match e {
@@ -151,7 +151,7 @@ impl Cas {
         let Some(record) = self.store.get(&Self::split_key(blob))? else {
             return Ok(None);
         };
-        match ChunkList::decode(&record.to_bytes(), blob) {
+        match ChunkList::decode(&record.to_bytes()?, blob) {
             Ok(list) if list.chunking == FAST_CDC => Ok(Some(list)),
             Ok(_) => Ok(None),
             Err(e) => {

@@ -117,7 +117,7 @@ impl TreePager {
                 }
                 continue;
             };
-            let dir = Directory::decode(blob.to_bytes()).map_err(|e| CasError::BadMessage {
+            let dir = Directory::decode(blob.to_bytes()?).map_err(|e| CasError::BadMessage {
                 what: "Directory",
                 reason: format!("{d}: {e}"),
             })?;

@@ -88,7 +88,8 @@ fn load<M: Message + Default>(
     }
     match cas.get(digest)? {
         None => Err(ExecError::MissingBlobs(vec![*digest])),
-        Some(blob) => M::decode(blob.to_bytes()).map_err(|e| bad(what, format!("{digest}: {e}"))),
+        Some(blob) => M::decode(blob.to_bytes().map_err(CasError::from)?)
+            .map_err(|e| bad(what, format!("{digest}: {e}"))),
     }
 }
 

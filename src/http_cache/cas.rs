@@ -11,6 +11,7 @@ use super::body;
 use super::encoding::{self, Encoding};
 use super::error::HttpCacheError;
 use super::response::{self, Body};
+use crate::cas::CasError;
 use crate::digest::{Digest, DigestFunction};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
@@ -40,7 +41,8 @@ impl HttpCache {
             && blob.len() <= s.settings.max_buffered
             && s.budget.grow(&mut held, blob.len()).is_ok()
         {
-            let z = encoding::compress(&blob.to_bytes());
+            // Stored frames go out as they are.
+            let z = crate::cas::compression::compress_blob(&blob).map_err(CasError::from)?;
             drop(held);
             s.metrics.bytes_sent.inc_by(z.len() as u64);
             return Ok(Response::builder()
@@ -55,7 +57,11 @@ impl HttpCache {
             return Ok(response::ok(blob.len(), response::empty()));
         }
         s.metrics.bytes_sent.inc_by(blob.len());
-        let parts = blob.chunks(0, blob.len(), s.settings.read_chunk);
+        // A stored piece that does not decompress ends the body short of its
+        // Content-Length: the client sees a failed download, never wrong bytes.
+        let parts = blob
+            .read(0, blob.len(), s.settings.read_chunk)
+            .map_while(Result::ok);
         Ok(response::ok(blob.len(), response::parts(parts)))
     }
 

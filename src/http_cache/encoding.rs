@@ -90,9 +90,6 @@ pub fn decompress(
 }
 
 /// Compresses a blob for a client that accepts zstd.
-pub fn compress(data: &[u8]) -> Bytes {
-    crate::cas::compression::compress(data)
-}
 
 #[cfg(test)]
 mod tests {

@@ -24,11 +24,9 @@ pub fn full(data: Bytes) -> Body {
 }
 
 /// A body of several buffers sent one after the other.
-pub fn parts(parts: Vec<Bytes>) -> Body {
+pub fn parts(parts: impl Iterator<Item = Bytes> + Send + Sync + 'static) -> Body {
     StreamBody::new(futures::stream::iter(
-        parts
-            .into_iter()
-            .map(|b| Ok::<_, Infallible>(Frame::data(b))),
+        parts.map(|b| Ok::<_, Infallible>(Frame::data(b))),
     ))
     .boxed()
 }

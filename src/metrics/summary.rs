@@ -116,7 +116,9 @@ fn derived(label: &str, value: f64, unit: Unit) -> Figure {
 }
 
 /// Gauges placed in a section of their own (the rest go to `other`).
-const PLACED: [&str; 15] = [
+const PLACED: [&str; 17] = [
+    "kiln_storage_compression_logical_bytes",
+    "kiln_storage_compression_stored_bytes",
     "kiln_storage_index_slots",
     "kiln_storage_index_max_slots",
     "kiln_storage_index_load_permille",
@@ -138,7 +140,7 @@ impl Summary {
     /// Builds the summary from a fresh snapshot, the history ring and the slow-action list.
     pub fn build(snap: &Snapshot, history: &History, slow_actions: Vec<SlowAction>) -> Self {
         use Unit::{Bytes, BytesPerSecond, Count, PerSecond, Ratio, Seconds};
-        let storage = [
+        let mut storage: Vec<Figure> = [
             fig(snap, "kiln_storage_capacity_bytes", "capacity", Bytes),
             fig(snap, "kiln_storage_bytes_used", "used", Bytes),
             fig(snap, "kiln_storage_blobs", "blobs", Count),
@@ -175,6 +177,16 @@ impl Summary {
         .into_iter()
         .flatten()
         .collect();
+        // Compression at rest: shown once something went through it.
+        let logical = snap.get("kiln_storage_compression_logical_bytes");
+        if logical > 0.0 {
+            let stored = snap.get("kiln_storage_compression_stored_bytes");
+            storage.extend([
+                derived("uploaded (logical, compression on)", logical, Bytes),
+                derived("stored for them on disk", stored, Bytes),
+                derived("stored / logical", stored / logical, Ratio),
+            ]);
+        }
         let ac = |r| format!("kiln_store_gets_total{{space=\"ac\",result=\"{r}\"}}");
         let cas = |r| format!("kiln_store_gets_total{{space=\"cas\",result=\"{r}\"}}");
         let exists = |r| format!("kiln_store_contains_total{{space=\"cas\",result=\"{r}\"}}");

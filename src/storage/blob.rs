@@ -1,33 +1,90 @@
 //! A blob handed out by a store: zero-copy views that keep their backing memory alive.
+//!
+//! A blob is a list of pieces in order (a blob larger than a segment spans several records).
+//! A piece is either bytes as they are or, with compression at rest, one zstd frame that
+//! holds a known number of bytes: such a piece is decompressed only when bytes in it are
+//! read, one piece at a time, so a read at an offset of a large blob decompresses only what
+//! it needs, and a compressed read can send the stored frames as they are ([`Blob::encoded`]).
 
+use super::StorageError;
+use super::codec;
 use bytes::{Bytes, BytesMut};
 
-/// An immutable blob: one or more byte extents in order (a blob larger than a segment spans
-/// several). Each extent is a cheap `Bytes` view, so holding a `Blob` keeps its storage alive and
-/// cloning it copies nothing.
+/// An immutable blob. Cloning it copies nothing.
 #[derive(Clone, Debug, Default)]
 pub struct Blob {
-    extents: Vec<Bytes>,
+    pieces: Vec<Piece>,
     len: u64,
+}
+
+/// One stored piece of a blob.
+#[derive(Clone, Debug)]
+pub(crate) enum Piece {
+    /// Bytes as they are.
+    Plain(Bytes),
+    /// A compressed record's payload (`logical len u64 | zstd frame`) holding `len` bytes,
+    /// with the bytes themselves when the reader has decompressed them already.
+    Zstd {
+        payload: Bytes,
+        len: u64,
+        decoded: Option<Bytes>,
+    },
+}
+
+impl Piece {
+    fn len(&self) -> u64 {
+        match self {
+            Piece::Plain(b) => b.len() as u64,
+            Piece::Zstd { len, .. } => *len,
+        }
+    }
+
+    /// The bytes of the piece, decompressing them if needed.
+    fn bytes(&self) -> Result<Bytes, StorageError> {
+        match self {
+            Piece::Plain(b) => Ok(b.clone()),
+            Piece::Zstd {
+                decoded: Some(b), ..
+            } => Ok(b.clone()),
+            Piece::Zstd { payload, len, .. } => {
+                codec::decode(payload, *len, *len).ok_or_else(|| StorageError::Corrupt {
+                    at: "a compressed record that does not decode".into(),
+                })
+            }
+        }
+    }
+}
+
+/// A stretch of a blob as [`Blob::encoded`] hands it out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Encoded {
+    /// One complete zstd frame, as stored, holding the next bytes of the blob.
+    Zstd(Bytes),
+    /// The next bytes of the blob as they are.
+    Plain(Bytes),
 }
 
 impl Blob {
     /// A blob made of one extent.
     pub fn from_bytes(bytes: Bytes) -> Self {
-        let len = bytes.len() as u64;
-        Self {
-            extents: vec![bytes],
-            len,
-        }
+        Self::from_extents(vec![bytes])
     }
 
     /// A blob made of several extents, in order.
     pub fn from_extents(extents: Vec<Bytes>) -> Self {
-        let len = extents.iter().map(|e| e.len() as u64).sum();
-        Self { extents, len }
+        Self::from_pieces(extents.into_iter().map(Piece::Plain).collect())
     }
 
-    /// Total length in bytes.
+    pub(crate) fn from_pieces(pieces: Vec<Piece>) -> Self {
+        let len = pieces.iter().map(Piece::len).sum();
+        Self { pieces, len }
+    }
+
+    pub(crate) fn pieces(&self) -> &[Piece] {
+        &self.pieces
+    }
+
+    /// Total length in bytes (of the blob, not of what stores it).
     pub fn len(&self) -> u64 {
         self.len
     }
@@ -37,50 +94,122 @@ impl Blob {
         self.len == 0
     }
 
-    /// The whole blob as one `Bytes`: free for a single extent, a copy otherwise.
-    pub fn to_bytes(&self) -> Bytes {
-        match self.extents.as_slice() {
-            [] => Bytes::new(),
-            [one] => one.clone(),
+    /// Whether some of it is stored compressed.
+    pub fn is_compressed(&self) -> bool {
+        self.pieces.iter().any(|p| matches!(p, Piece::Zstd { .. }))
+    }
+
+    /// The whole blob as one `Bytes`: free for a single plain extent, a copy otherwise.
+    /// `Err` when a compressed piece does not decode (damage the record checksums missed).
+    pub fn to_bytes(&self) -> Result<Bytes, StorageError> {
+        match self.pieces.as_slice() {
+            [] => Ok(Bytes::new()),
+            [one] => one.bytes(),
             many => {
                 let mut out = BytesMut::with_capacity(self.len as usize);
-                for e in many {
-                    out.extend_from_slice(e);
+                for p in many {
+                    out.extend_from_slice(&p.bytes()?);
                 }
-                out.freeze()
+                Ok(out.freeze())
             }
         }
     }
 
-    /// Views of the range `[offset, offset + limit)` (clamped to the blob), cut into pieces
-    /// of at most `max_chunk` bytes. No bytes are copied.
-    pub fn chunks(&self, offset: u64, limit: u64, max_chunk: usize) -> Vec<Bytes> {
-        let max_chunk = max_chunk.max(1);
+    /// The range `[offset, offset + limit)` (clamped to the blob) in pieces of at most
+    /// `max_chunk` bytes. Plain bytes are views (no copy); a compressed piece is decompressed
+    /// when the iterator reaches it, so at most one piece is held decompressed at a time.
+    pub fn read(&self, offset: u64, limit: u64, max_chunk: usize) -> Chunks {
         let end = offset.saturating_add(limit).min(self.len);
-        let mut out = Vec::new();
+        Chunks {
+            pieces: self.pieces.clone().into_iter(),
+            pos: 0,
+            offset,
+            end,
+            max_chunk: max_chunk.max(1),
+            current: None,
+        }
+    }
+
+    /// The blob from `offset` on, for a compressed read: every compressed piece that starts at
+    /// or after `offset` as its stored frame, everything else as plain bytes (the caller
+    /// compresses those). Nothing is decompressed except a compressed piece `offset` falls
+    /// inside.
+    pub fn encoded(
+        &self,
+        offset: u64,
+    ) -> impl Iterator<Item = Result<Encoded, StorageError>> + Send + 'static {
         let mut pos = 0u64;
-        for e in &self.extents {
-            let e_start = pos;
-            let e_end = pos + e.len() as u64;
-            pos = e_end;
-            if e_end <= offset || e_start >= end {
+        let mut out = Vec::new();
+        for p in &self.pieces {
+            let (start, end) = (pos, pos + p.len());
+            pos = end;
+            if end <= offset {
                 continue;
             }
-            let mut from = offset.max(e_start) - e_start;
-            let to = end.min(e_end) - e_start;
-            while from < to {
-                let n = (to - from).min(max_chunk as u64);
-                out.push(e.slice(from as usize..(from + n) as usize));
-                from += n;
-            }
+            out.push((p.clone(), offset.saturating_sub(start)));
         }
-        out
+        out.into_iter().map(|(p, skip)| match p {
+            Piece::Zstd { payload, .. } if skip == 0 => Ok(Encoded::Zstd(codec::frame(&payload))),
+            p => Ok(Encoded::Plain(p.bytes()?.slice(skip as usize..))),
+        })
+    }
+}
+
+/// The pieces of a range of a blob, decompressed one stored piece at a time.
+pub struct Chunks {
+    pieces: std::vec::IntoIter<Piece>,
+    /// Blob offset of the next stored piece.
+    pos: u64,
+    offset: u64,
+    end: u64,
+    max_chunk: usize,
+    /// The rest of the current piece's bytes in range.
+    current: Option<Bytes>,
+}
+
+impl Iterator for Chunks {
+    type Item = Result<Bytes, StorageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(cur) = &mut self.current {
+                if !cur.is_empty() {
+                    let n = cur.len().min(self.max_chunk);
+                    return Some(Ok(cur.split_to(n)));
+                }
+                self.current = None;
+            }
+            if self.pos >= self.end {
+                return None;
+            }
+            let p = self.pieces.next()?;
+            let (start, stop) = (self.pos, self.pos + p.len());
+            self.pos = stop;
+            if stop <= self.offset {
+                continue;
+            }
+            let bytes = match p.bytes() {
+                Ok(b) => b,
+                Err(e) => {
+                    self.pos = self.end;
+                    return Some(Err(e));
+                }
+            };
+            let from = self.offset.max(start) - start;
+            let to = self.end.min(stop) - start;
+            self.current = Some(bytes.slice(from as usize..to as usize));
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::config::Compression;
+
+    fn join(c: Chunks) -> Vec<u8> {
+        c.flat_map(|b| b.unwrap().to_vec()).collect()
+    }
 
     #[test]
     fn chunks_cover_ranges_across_extents() {
@@ -88,11 +217,80 @@ mod tests {
             Bytes::from_static(b"abcd"),
             Bytes::from_static(b"efgh"),
         ]);
-        let join = |v: Vec<Bytes>| v.iter().flat_map(|b| b.to_vec()).collect::<Vec<u8>>();
-        assert_eq!(join(b.chunks(0, u64::MAX, 3)), b"abcdefgh");
-        assert_eq!(join(b.chunks(3, 3, 2)), b"def");
-        assert_eq!(b.chunks(2, 4, 2).iter().map(Bytes::len).max(), Some(2));
-        assert!(b.chunks(8, 10, 4).is_empty());
-        assert_eq!(b.to_bytes(), Bytes::from_static(b"abcdefgh"));
+        assert_eq!(join(b.read(0, u64::MAX, 3)), b"abcdefgh");
+        assert_eq!(join(b.read(3, 3, 2)), b"def");
+        assert_eq!(
+            b.read(2, 4, 2).map(|c| c.unwrap().len()).max(),
+            Some(2)
+        );
+        assert_eq!(b.read(8, 10, 4).count(), 0);
+        assert_eq!(b.to_bytes().unwrap(), Bytes::from_static(b"abcdefgh"));
+    }
+
+    fn zstd_piece(data: &[u8]) -> Piece {
+        let e = codec::encode(
+            Compression::Zstd {
+                level: 1,
+                min_size: 16,
+                max_ratio: 1.0,
+            },
+            Bytes::copy_from_slice(data),
+        );
+        assert_eq!(e.flags, crate::storage::format::FLAG_ZSTD);
+        Piece::Zstd {
+            payload: e.payload,
+            len: e.logical,
+            decoded: None,
+        }
+    }
+
+    #[test]
+    fn compressed_pieces_read_like_plain_ones() {
+        let a = "a".repeat(1000);
+        let c = "c".repeat(1000);
+        let b = Blob::from_pieces(vec![
+            zstd_piece(a.as_bytes()),
+            Piece::Plain(Bytes::from_static(b"bbbb")),
+            zstd_piece(c.as_bytes()),
+        ]);
+        let whole = format!("{a}bbbb{c}");
+        assert_eq!(b.len(), 2004);
+        assert!(b.is_compressed());
+        assert_eq!(b.to_bytes().unwrap(), whole.as_bytes());
+        for (off, lim) in [(0u64, u64::MAX), (999, 6), (1003, 1), (1500, 10_000), (5, 0)] {
+            let want = &whole.as_bytes()[(off as usize).min(2004)
+                ..(off.saturating_add(lim) as usize).min(2004)];
+            assert_eq!(join(b.read(off, lim, 7)), want, "{off} {lim}");
+        }
+        // Stored frames are handed out as they are; a frame the offset falls inside is not.
+        let enc: Vec<Encoded> = b.encoded(0).map(Result::unwrap).collect();
+        assert!(matches!(&enc[0], Encoded::Zstd(f) if zstd::decode_all(&f[..]).unwrap() == a.as_bytes()));
+        assert_eq!(enc[1], Encoded::Plain(Bytes::from_static(b"bbbb")));
+        assert!(matches!(enc[2], Encoded::Zstd(_)));
+        let enc: Vec<Encoded> = b.encoded(10).map(Result::unwrap).collect();
+        assert_eq!(enc[0], Encoded::Plain(Bytes::copy_from_slice(&a.as_bytes()[10..])));
+        assert_eq!(enc.len(), 3);
+    }
+
+    #[test]
+    fn a_damaged_piece_is_an_error_not_bytes() {
+        let Piece::Zstd { payload, len, .. } = zstd_piece(&[b'x'; 500]) else {
+            unreachable!()
+        };
+        let mut bad = payload.to_vec();
+        let n = bad.len();
+        bad[n - 2] ^= 1;
+        let b = Blob::from_pieces(vec![
+            Piece::Plain(Bytes::from_static(b"ok")),
+            Piece::Zstd {
+                payload: Bytes::from(bad),
+                len,
+                decoded: None,
+            },
+        ]);
+        assert!(b.to_bytes().is_err());
+        let got: Vec<_> = b.read(0, u64::MAX, 1 << 20).collect();
+        assert_eq!(got.len(), 2);
+        assert!(got[0].is_ok() && got[1].is_err());
     }
 }

@@ -24,6 +24,29 @@ pub enum Durability {
     },
 }
 
+/// Compression of blobs at rest (FORMAT.md "Compressed records").
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub enum Compression {
+    /// Records hold the blob's bytes as they are. The default.
+    #[default]
+    None,
+    /// Each record (a blob up to `part_size`, or one part of a larger one) is one zstd frame,
+    /// kept only where it pays.
+    Zstd {
+        /// zstd level, 1..=19. Recommended 1-3: level 1 compresses at several hundred MB/s
+        /// per core; higher levels gain a few percent of space for much more CPU on every
+        /// upload (each upload compresses on the thread that receives it).
+        level: i32,
+        /// Records shorter than this are stored as they are (small blobs gain little and
+        /// would pay a decompression on every read). Recommended 1-4 KiB.
+        min_size: u64,
+        /// A record is kept compressed only if its compressed form is at most this share of
+        /// its length (0.05..=1.0); otherwise it is stored as it is (already-compressed
+        /// files: jars, images, archives). Recommended 0.9.
+        max_ratio: f64,
+    },
+}
+
 /// Everything `Engine::open` needs. Build it in code (tests) or from `kiln.toml` (the server).
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -110,6 +133,11 @@ pub struct EngineConfig {
     pub checkpoint_bytes: u64,
     /// Longest time between index checkpoints while writes go on. Default 10 s.
     pub checkpoint_interval: Duration,
+    /// Compression at rest. Default `None`. With `Zstd`, the ring holds more blobs when they
+    /// compress (capacity counts stored bytes); reads of compressed records decompress them
+    /// (`storage_compression_*` metrics show the ratio and how often it was worth it).
+    /// Changing it affects new writes only: a store holds both kinds of records.
+    pub compression: Compression,
 }
 
 impl EngineConfig {
@@ -134,6 +162,7 @@ impl EngineConfig {
             max_batch_bytes: MIB,
             checkpoint_bytes: 256 * MIB,
             checkpoint_interval: Duration::from_secs(10),
+            compression: Compression::None,
         }
     }
 
@@ -275,6 +304,19 @@ impl EngineConfig {
         }
         if self.max_batch_bytes < 4096 {
             return bad("max_batch_bytes must be at least 4096".into());
+        }
+        if let Compression::Zstd {
+            level, max_ratio, ..
+        } = self.compression
+        {
+            if !(1..=19).contains(&level) {
+                return bad(format!("compression_level {level} must be in 1..=19"));
+            }
+            if !(0.05..=1.0).contains(&max_ratio) {
+                return bad(format!(
+                    "compression_max_ratio {max_ratio} must be in 0.05..=1.0"
+                ));
+            }
         }
         Ok(())
     }

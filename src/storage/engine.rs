@@ -1,6 +1,7 @@
 //! The segment engine behind `kiln serve`: opening a store and the `Store` implementation.
 
-use super::config::EngineConfig;
+use super::codec::{self, Encoded};
+use super::config::{Compression, EngineConfig};
 use super::format::{
     InvalidRange, MAX_INVALID_RANGES, Pos, SEGMENT_HEADER_LEN, State, state_slot_offset,
 };
@@ -8,7 +9,7 @@ use super::index::{self, Index};
 use super::open::{highest_segment_seq, map_live_segments, no_space, read_state, ring_on_disk};
 use super::read::Shared;
 use super::segment::Segments;
-use super::stats::{Counters, StorageStats};
+use super::stats::{self, Counters, StorageStats};
 use super::sys::{self, IoEngine, IoFile};
 use super::writer::{Body, EPOCH_RESERVE, Req, Writer};
 use super::{Blob, BlobWriter, Key, StorageError, Store};
@@ -235,7 +236,7 @@ impl Engine {
         if !small.is_empty() {
             let items = small
                 .into_iter()
-                .map(|(k, b)| (k, Body::Single(b)))
+                .map(|(k, b)| (k, Body::Single(encode(&self.sh, b))))
                 .collect();
             self.call(|reply| Req::Commit { items, reply }).await?;
         }
@@ -360,6 +361,7 @@ impl Store for Engine {
         }
         let part = self.sh.cfg().part_size;
         Ok(Box::new(EngineWriter {
+            sh: Arc::clone(&self.sh),
             tx: self.sender()?,
             key,
             len,
@@ -375,8 +377,32 @@ impl Store for Engine {
     }
 }
 
-/// Streams one upload: buffers at most one part, sends full parts to the I/O thread.
+/// The record payload for `data` under the configured compression, counted.
+fn encode(sh: &Shared, data: Bytes) -> Encoded {
+    let c = sh.cfg().compression;
+    if c == Compression::None {
+        return Encoded::plain(data);
+    }
+    let e = codec::encode(c, data);
+    let n = sh.counters();
+    n.compression_logical_bytes
+        .fetch_add(e.logical, Ordering::Relaxed);
+    n.compression_stored_bytes
+        .fetch_add(e.payload.len() as u64, Ordering::Relaxed);
+    if e.flags != 0 {
+        stats::inc(&n.compressed_records);
+    } else if let Compression::Zstd { min_size, .. } = c
+        && e.logical >= min_size
+    {
+        stats::inc(&n.compression_skipped);
+    }
+    e
+}
+
+/// Streams one upload: buffers at most one part, sends full parts to the I/O thread (each
+/// compressed on the way when compression is on, on the task that receives the upload).
 struct EngineWriter {
+    sh: Arc<Shared>,
     tx: Sender<Req>,
     key: Key,
     len: u64,
@@ -401,7 +427,7 @@ impl BlobWriter for EngineWriter {
             let take = (self.part as usize - self.buf.len()).min(chunk.len());
             self.buf.extend_from_slice(&chunk.split_to(take));
             if self.buf.len() as u64 == self.part && self.len > self.part {
-                let data = self.buf.split().freeze();
+                let data = encode(&self.sh, self.buf.split().freeze());
                 let (otx, orx) = oneshot::channel();
                 self.tx
                     .send(Req::Part {
@@ -425,13 +451,14 @@ impl BlobWriter for EngineWriter {
             });
         }
         let me = *self;
+        let last = encode(&me.sh, me.buf.freeze());
         let body = if me.len <= me.part {
-            Body::Single(me.buf.freeze())
+            Body::Single(last)
         } else {
             Body::Parts {
                 total: me.len,
                 parts: me.parts,
-                last: me.buf.freeze(),
+                last,
             }
         };
         let (otx, orx) = oneshot::channel();

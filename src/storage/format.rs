@@ -8,6 +8,14 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// Format version written into segment, record and state headers.
 pub const VERSION: u8 = 1;
+/// Version byte of records with flags (format 1.5): compressed `Blob`/`Part` records and
+/// manifests with logical part lengths. A 1.4 binary refuses them (a miss, never the
+/// compressed bytes served as the blob); records without flags keep version 1.
+pub const RECORD_VERSION_FLAGS: u8 = 2;
+/// Record flag of a `Blob` or `Part`: the payload is `logical len u64 | zstd frame`.
+pub const FLAG_ZSTD: u8 = 1;
+/// Record flag of a `Manifest` whose entries carry logical lengths (some part compressed).
+pub const FLAG_LOGICAL: u8 = 1;
 /// Version byte of state slots: 2 since index checkpoints (format 1.1). Version 1 slots are
 /// still read (their checkpoint fields are zero); binaries that only know 1 refuse 2 and start
 /// with an empty cache instead of trusting an index that was never replayed.
@@ -73,7 +81,8 @@ impl RecordKind {
 pub struct RecordHeader {
     /// Record kind.
     pub kind: RecordKind,
-    /// Reserved for compression etc.; always 0 in version 1.
+    /// 0, or `FLAG_ZSTD` (blob, part) / `FLAG_LOGICAL` (manifest), written with record
+    /// version 2.
     pub flags: u8,
     /// Key of the blob the record belongs to.
     pub key: Key,
@@ -101,7 +110,11 @@ impl RecordHeader {
     pub fn encode(&self, seq: u32) -> [u8; RECORD_HEADER_LEN] {
         let mut b = [0u8; RECORD_HEADER_LEN];
         b[0..4].copy_from_slice(&RECORD_MAGIC);
-        b[4] = VERSION;
+        b[4] = if self.flags == 0 {
+            VERSION
+        } else {
+            RECORD_VERSION_FLAGS
+        };
         b[5] = self.kind as u8;
         b[6] = self.key.space;
         b[7] = self.flags;
@@ -119,13 +132,21 @@ impl RecordHeader {
         if b[0..4] != RECORD_MAGIC {
             return Err(FormatError::Magic);
         }
-        if b[4] != VERSION {
+        if b[4] != VERSION && b[4] != RECORD_VERSION_FLAGS {
             return Err(FormatError::Version(b[4]));
         }
         if xxh3_64_with_seed(&b[0..56], u64::from(seq)) != u64_at(b, 56) {
             return Err(FormatError::Checksum);
         }
         let kind = RecordKind::from_u8(b[5]).ok_or(FormatError::Invalid)?;
+        // Version 1 has no flags, version 2 exactly the one its kind knows.
+        let flags_ok = match b[4] {
+            VERSION => b[7] == 0,
+            _ => b[7] == FLAG_ZSTD,
+        };
+        if !flags_ok {
+            return Err(FormatError::Invalid);
+        }
         let mut id = [0u8; 32];
         id.copy_from_slice(&b[8..40]);
         Ok(Self {
@@ -219,46 +240,62 @@ pub struct PartLoc {
     pub off: u32,
     /// Payload length.
     pub len: u64,
+    /// Bytes of the blob the part holds (`len` unless the part is compressed).
+    pub logical: u64,
 }
 
-/// Format of a manifest payload: `total len u64 | count u32 | 0 u32 |
-/// count x (seq u32 | offset/64 u32 | len u64)`.
-pub fn encode_manifest(total: u64, parts: &[PartLoc]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(16 + parts.len() * 16);
+/// Format of a manifest payload: `total len u64 | count u32 | layout u32 | entries`. Layout 0
+/// (every part stored as it is): `count x (seq u32 | offset/64 u32 | len u64)`; layout 1
+/// (format 1.5, some part compressed): `count x (seq u32 | offset/64 u32 | len u64 |
+/// logical u64)`. Returns the payload and the record flags (`FLAG_LOGICAL` for layout 1).
+pub fn encode_manifest(total: u64, parts: &[PartLoc]) -> (Vec<u8>, u8) {
+    let logical = parts.iter().any(|p| p.logical != p.len);
+    let entry = if logical { 24 } else { 16 };
+    let mut v = Vec::with_capacity(16 + parts.len() * entry);
     v.extend_from_slice(&total.to_le_bytes());
     v.extend_from_slice(&(parts.len() as u32).to_le_bytes());
-    v.extend_from_slice(&0u32.to_le_bytes());
+    v.extend_from_slice(&u32::from(logical).to_le_bytes());
     for p in parts {
         v.extend_from_slice(&p.seq.to_le_bytes());
         v.extend_from_slice(&p.off.to_le_bytes());
         v.extend_from_slice(&p.len.to_le_bytes());
+        if logical {
+            v.extend_from_slice(&p.logical.to_le_bytes());
+        }
     }
-    v
+    (v, if logical { FLAG_LOGICAL } else { 0 })
 }
 
-/// Parses a manifest payload; the part lengths must add up to the total.
+/// Parses a manifest payload; the parts' logical lengths must add up to the total.
 pub fn decode_manifest(b: &[u8]) -> Result<(u64, Vec<PartLoc>), FormatError> {
     if b.len() < 16 {
         return Err(FormatError::Truncated);
     }
     let total = u64_at(b, 0);
     let count = u32_at(b, 8) as usize;
-    if b.len() != 16 + count * 16 {
+    let entry = match u32_at(b, 12) {
+        0 => 16,
+        1 => 24,
+        _ => return Err(FormatError::Invalid),
+    };
+    if Some(b.len()) != count.checked_mul(entry).and_then(|n| n.checked_add(16)) {
         return Err(FormatError::Invalid);
     }
     let parts: Vec<PartLoc> = (0..count)
         .map(|i| {
-            let o = 16 + i * 16;
+            let o = 16 + i * entry;
+            let len = u64_at(b, o + 8);
             PartLoc {
                 seq: u32_at(b, o),
                 off: u32_at(b, o + 4),
-                len: u64_at(b, o + 8),
+                len,
+                logical: if entry == 24 { u64_at(b, o + 16) } else { len },
             }
         })
         .collect();
     let sum = parts
         .iter()
-        .try_fold(0u64, |a, p| a.checked_add(p.len))
+        .try_fold(0u64, |a, p| a.checked_add(p.logical))
         .ok_or(FormatError::Invalid)?;
     if sum != total {
         return Err(FormatError::Invalid);
@@ -441,6 +478,22 @@ mod tests {
         );
         assert_eq!(record_span(0), 64);
         assert_eq!(record_span(1), 128);
+        // Flags come with version 2, and only the known one.
+        let z = RecordHeader {
+            flags: FLAG_ZSTD,
+            ..h
+        };
+        let b = z.encode(7);
+        assert_eq!(b[4], RECORD_VERSION_FLAGS);
+        assert_eq!(RecordHeader::decode(&b, 7), Ok(z));
+        for (version, flags) in [(VERSION, FLAG_ZSTD), (RECORD_VERSION_FLAGS, 0), (2, 6)] {
+            let mut b = z.encode(7);
+            b[4] = version;
+            b[7] = flags;
+            let c = xxh3_64_with_seed(&b[0..56], 7);
+            b[56..64].copy_from_slice(&c.to_le_bytes());
+            assert_eq!(RecordHeader::decode(&b, 7), Err(FormatError::Invalid));
+        }
     }
 
     #[test]
@@ -469,16 +522,26 @@ mod tests {
                 seq: 1,
                 off: 64,
                 len: 10,
+                logical: 10,
             },
             PartLoc {
                 seq: 2,
                 off: 65,
                 len: 5,
+                logical: 5,
             },
         ];
-        let m = encode_manifest(15, &parts);
+        let (m, flags) = encode_manifest(15, &parts);
+        assert_eq!((m.len(), flags), (48, 0), "plain parts keep the 1.4 layout");
         assert_eq!(decode_manifest(&m), Ok((15, parts.to_vec())));
-        assert!(decode_manifest(&encode_manifest(16, &parts)).is_err());
+        assert!(decode_manifest(&encode_manifest(16, &parts).0).is_err());
+        // A compressed part: entries carry logical lengths, which add up to the total.
+        let mut z = parts;
+        z[0].logical = 40;
+        let (m, flags) = encode_manifest(45, &z);
+        assert_eq!((m.len(), flags), (64, FLAG_LOGICAL));
+        assert_eq!(decode_manifest(&m), Ok((45, z.to_vec())));
+        assert!(decode_manifest(&encode_manifest(15, &z).0).is_err());
         let sh = SegmentHeader {
             seq: 4,
             size: 1 << 20,

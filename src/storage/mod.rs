@@ -29,6 +29,7 @@
 //! binary holds neither.
 
 mod blob;
+mod codec;
 mod config;
 mod engine;
 mod error;
@@ -60,8 +61,8 @@ mod touch;
 mod verify;
 mod writer;
 
-pub use blob::Blob;
-pub use config::{Durability, EngineConfig, IoBackend};
+pub use blob::{Blob, Chunks, Encoded};
+pub use config::{Compression, Durability, EngineConfig, IoBackend};
 pub use engine::Engine;
 pub use error::StorageError;
 pub use key::Key;

@@ -6,8 +6,9 @@
 //! entry, an evicted segment or one recycled mid-copy is therefore a miss, never wrong bytes.
 
 use super::Key;
+use super::codec;
 use super::format::{
-    ALIGN, RECORD_HEADER_LEN, RecordHeader, RecordKind, State, manifest_parts, state_slot_offset,
+    ALIGN, FLAG_ZSTD, RECORD_HEADER_LEN, RecordHeader, RecordKind, State, manifest_parts, state_slot_offset,
 };
 use super::index::Index;
 use super::segment::segment_path;
@@ -83,11 +84,12 @@ impl Peek {
         // decoding, each part of the length its manifest names.
         match e.kind {
             RecordKind::Blob => {
-                self.copy_record(e.seq, off, key, RecordKind::Blob, Some(e.len), out)
+                self.copy_record(e.seq, off, key, RecordKind::Blob, (None, e.len), out)
             }
             RecordKind::Manifest => {
                 let mut m = Vec::new();
-                if !self.copy_record(e.seq, off, key, RecordKind::Manifest, None, &mut m)? {
+                let whole = (None, u64::MAX);
+                if !self.copy_record(e.seq, off, key, RecordKind::Manifest, whole, &mut m)? {
                     return Ok(false);
                 }
                 let Some(parts) = manifest_parts(&m, e.len) else {
@@ -95,7 +97,8 @@ impl Peek {
                 };
                 for p in parts {
                     let off = u64::from(p.off) * ALIGN;
-                    if !self.copy_record(p.seq, off, key, RecordKind::Part, Some(p.len), out)? {
+                    let len = (Some(p.len), p.logical);
+                    if !self.copy_record(p.seq, off, key, RecordKind::Part, len, out)? {
                         return Ok(false);
                     }
                 }
@@ -105,13 +108,16 @@ impl Peek {
         }
     }
 
+    /// Copies the blob bytes of one record, which must have `stored` payload bytes (when
+    /// given) and hold `logical` bytes of the blob (any number for a manifest): a compressed
+    /// record is read whole, checked and decompressed.
     fn copy_record(
         &self,
         seq: u32,
         off: u64,
         key: &Key,
         kind: RecordKind,
-        len: Option<u64>,
+        (stored, logical): (Option<u64>, u64),
         out: &mut impl Write,
     ) -> io::Result<bool> {
         let Ok(file) = File::open(segment_path(&self.segments, self.ring, seq)) else {
@@ -121,9 +127,15 @@ impl Peek {
         if file.read_exact_at(&mut hdr, off).is_err() {
             return Ok(false);
         }
-        let Some(h) = RecordHeader::decode_expected(&hdr, seq, kind, key, len) else {
+        let Some(h) = RecordHeader::decode_expected(&hdr, seq, kind, key, stored) else {
             return Ok(false);
         };
+        if h.flags & FLAG_ZSTD != 0 {
+            return self.copy_compressed(&file, off, &h, logical, out);
+        }
+        if kind != RecordKind::Manifest && h.len != logical {
+            return Ok(false);
+        }
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         let mut buf = vec![0u8; CHUNK.min(h.len as usize)];
         let start = off + RECORD_HEADER_LEN as u64;
@@ -138,5 +150,34 @@ impl Peek {
             pos += n as u64;
         }
         Ok(hasher.digest() == h.checksum)
+    }
+
+    /// A compressed record: its payload read whole (at most the segment's size), checked
+    /// against its checksum, then decompressed (at most a quarter of a segment, as the
+    /// engine's reader allows) into `out`.
+    fn copy_compressed(
+        &self,
+        file: &File,
+        off: u64,
+        h: &RecordHeader,
+        logical: u64,
+        out: &mut impl Write,
+    ) -> io::Result<bool> {
+        let size = file.metadata()?.len();
+        if h.len > size {
+            return Ok(false);
+        }
+        let mut payload = vec![0u8; h.len as usize];
+        if file
+            .read_exact_at(&mut payload, off + RECORD_HEADER_LEN as u64)
+            .is_err()
+            || xxhash_rust::xxh3::xxh3_64(&payload) != h.checksum
+        {
+            return Ok(false);
+        }
+        match codec::decode(&payload, logical, codec::max_piece(size)) {
+            Some(bytes) => out.write_all(&bytes).map(|()| true),
+            None => Ok(false),
+        }
     }
 }

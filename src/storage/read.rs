@@ -1,6 +1,7 @@
 //! State shared by readers (any thread) and the writer thread: the index, the live segment
 //! table, the ring bounds and the read path.
 
+use super::codec;
 use super::format::{self, ALIGN, RECORD_HEADER_LEN, RecordHeader, RecordKind};
 use super::index::{Entry, Index};
 use super::segment::Segments;
@@ -241,14 +242,14 @@ impl Shared {
         Some(e)
     }
 
-    /// Reads and checks one record, returning a zero-copy view of its payload.
+    /// Reads and checks one record, returning its flags and a zero-copy view of its payload.
     pub fn read_record(
         &self,
         seq: u32,
         off: u32,
         kind: RecordKind,
         key: &Key,
-    ) -> Result<Bytes, Miss> {
+    ) -> Result<(u8, Bytes), Miss> {
         let seg = self.segs.get(seq).ok_or(Miss::Gone)?;
         inc(&self.counters.record_reads);
         let start = (u64::from(off) * ALIGN) as usize;
@@ -269,29 +270,31 @@ impl Shared {
         if xxhash_rust::xxh3::xxh3_64(&map[p..end]) != h.checksum {
             return Err(Miss::Corrupt);
         }
-        Ok(seg.view(p, h.len as usize))
+        Ok((h.flags, seg.view(p, h.len as usize)))
     }
 
-    /// Reads a whole blob for entry `e`, checking every record.
+    /// Reads a whole blob for entry `e`, checking every record. A compressed `Blob` record is
+    /// decompressed here (a frame that does not decode is damage, dropped like a bad
+    /// checksum); compressed parts of a large blob are checked to declare the length their
+    /// manifest names and decompressed when they are read.
     pub fn read_blob(&self, e: &Entry) -> Result<Blob, Miss> {
+        let max = codec::max_piece(self.cfg.segment_size);
         if e.kind == RecordKind::Manifest {
-            let m = self.read_record(e.seq, e.off, RecordKind::Manifest, &e.key)?;
+            let (_, m) = self.read_record(e.seq, e.off, RecordKind::Manifest, &e.key)?;
             let parts = format::manifest_parts(&m, e.len).ok_or(Miss::Corrupt)?;
-            let mut ext = Vec::with_capacity(parts.len());
+            let mut pieces = Vec::with_capacity(parts.len());
             for p in parts {
-                let b = self.read_record(p.seq, p.off, RecordKind::Part, &e.key)?;
+                let (flags, b) = self.read_record(p.seq, p.off, RecordKind::Part, &e.key)?;
                 if b.len() as u64 != p.len {
                     return Err(Miss::Corrupt);
                 }
-                ext.push(b);
+                pieces.push(codec::piece(flags, b, p.logical, max, false).ok_or(Miss::Corrupt)?);
             }
-            Ok(Blob::from_extents(ext))
+            Ok(Blob::from_pieces(pieces))
         } else {
-            let b = self.read_record(e.seq, e.off, RecordKind::Blob, &e.key)?;
-            if b.len() as u64 != e.len {
-                return Err(Miss::Corrupt);
-            }
-            Ok(Blob::from_bytes(b))
+            let (flags, b) = self.read_record(e.seq, e.off, RecordKind::Blob, &e.key)?;
+            let piece = codec::piece(flags, b, e.len, max, true).ok_or(Miss::Corrupt)?;
+            Ok(Blob::from_pieces(vec![piece]))
         }
     }
 

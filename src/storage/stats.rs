@@ -25,6 +25,10 @@ pub struct Counters {
     pub(crate) index_rebuilds: AtomicU64,
     pub(crate) index_growths: AtomicU64,
     pub(crate) index_grow_failures: AtomicU64,
+    pub(crate) compression_logical_bytes: AtomicU64,
+    pub(crate) compression_stored_bytes: AtomicU64,
+    pub(crate) compressed_records: AtomicU64,
+    pub(crate) compression_skipped: AtomicU64,
     /// Gauges kept here for the snapshot: slots of the index in force, and the live share of
     /// slots at the last load check, in thousandths.
     pub(crate) index_slots: AtomicU64,
@@ -95,6 +99,16 @@ pub struct StorageStats {
     pub index_growths: u64,
     /// Growths that could not be done (no disk space for the larger file, ...).
     pub index_grow_failures: u64,
+    /// With compression on: bytes of blobs uploaded since open (records the engine decided
+    /// on, compressed or not; copies not counted).
+    pub compression_logical_bytes: u64,
+    /// The payload bytes those took on disk: stored over logical is the ratio at rest.
+    pub compression_stored_bytes: u64,
+    /// Records written compressed.
+    pub compressed_records: u64,
+    /// Records long enough to try that were stored as they are (the frame was not at most
+    /// `max_ratio` of them: already-compressed data).
+    pub compression_skipped: u64,
     /// Slots of the index in force.
     pub index_slots: u64,
     /// Most slots the index may grow to (`index_max_slots`).
@@ -133,6 +147,10 @@ impl Counters {
             index_rebuilds: g(&self.index_rebuilds),
             index_growths: g(&self.index_growths),
             index_grow_failures: g(&self.index_grow_failures),
+            compression_logical_bytes: g(&self.compression_logical_bytes),
+            compression_stored_bytes: g(&self.compression_stored_bytes),
+            compressed_records: g(&self.compressed_records),
+            compression_skipped: g(&self.compression_skipped),
             index_slots: g(&self.index_slots),
             index_max_slots: 0,
             index_load_permille: g(&self.index_load_permille),

@@ -7,6 +7,8 @@
 //! appended in order): it is the torn end of a write a crash interrupted, reported apart and
 //! not counted as corruption.
 
+use super::codec;
+use super::format::FLAG_ZSTD;
 use super::engine::Engine;
 use super::format::{self, ALIGN, RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN};
 use super::index::Entry;
@@ -40,8 +42,11 @@ pub struct VerifyReport {
     pub segments: u32,
     /// Records whose header and payload checksums matched.
     pub records: u64,
-    /// Payload bytes in those records.
+    /// Payload bytes in those records (what they take on disk).
     pub bytes: u64,
+    /// Bytes of blob content the `Blob` and `Part` records among them hold (more than their
+    /// payload bytes where records are compressed).
+    pub logical_bytes: u64,
     /// Damaged records or regions (bad header or payload checksum) before the last record the
     /// index references in their segment: real damage.
     pub corrupt_records: u64,
@@ -195,13 +200,32 @@ fn walk_records(
                     if xxhash_rust::xxh3::xxh3_64(payload) == h.checksum {
                         rep.records += 1;
                         rep.bytes += h.len;
+                        let logical = logical_len(&h, payload);
+                        if h.kind != RecordKind::Manifest {
+                            rep.logical_bytes += logical.unwrap_or(0);
+                        }
                         if let Some(check) = check
                             && (check.wants)(&h.key)
                         {
+                            // A compressed record that does not declare a sane length is
+                            // damage like content that fails the check (an empty blob fails
+                            // any check of a key that is not the empty blob's).
                             let blob = match h.kind {
-                                RecordKind::Blob => {
-                                    Some(Blob::from_bytes(seg.view(p, h.len as usize)))
-                                }
+                                RecordKind::Blob => Some(
+                                    logical
+                                        .and_then(|l| {
+                                            codec::piece(
+                                                h.flags,
+                                                seg.view(p, h.len as usize),
+                                                l,
+                                                codec::max_piece(sh.cfg().segment_size),
+                                                false,
+                                            )
+                                        })
+                                        .map_or_else(Blob::default, |piece| {
+                                            Blob::from_pieces(vec![piece])
+                                        }),
+                                ),
                                 RecordKind::Manifest => manifest_blob(sh, &h.key, payload),
                                 RecordKind::Part => None,
                             };
@@ -307,10 +331,10 @@ fn entry_ok(sh: &Shared, walk: &Walk, e: &Entry, refs: &mut Vec<(u32, u64)>) -> 
                 (p.seq, p.off),
                 RecordKind::Part,
                 &e.key,
-                Some(p.len),
+                Some(p.logical),
                 refs,
             )
-            .is_some();
+            .is_some_and(|b| b.len() as u64 == p.len);
         }
         ok
     } else {
@@ -327,7 +351,18 @@ fn entry_ok(sh: &Shared, walk: &Walk, e: &Entry, refs: &mut Vec<(u32, u64)>) -> 
     }
 }
 
-/// Checks the record at `(seq, off x 64)`: live segment, header, kind, key, length, not found
+/// The blob bytes a `Blob` or `Part` record holds: its payload length, or for a compressed
+/// one the length its prefix declares (`None` if too short to declare one).
+fn logical_len(h: &RecordHeader, payload: &[u8]) -> Option<u64> {
+    if h.flags & FLAG_ZSTD == 0 {
+        Some(h.len)
+    } else {
+        codec::logical_len(payload)
+    }
+}
+
+/// Checks the record at `(seq, off x 64)`: live segment, header, kind, key, length (of the
+/// blob content it holds: the declared length of a compressed one), not found
 /// damaged by the walk (after an overflow of the walk's list, or for a manifest, whose payload
 /// is parsed here: its payload checksum too). Returns its payload.
 fn record_ok(
@@ -343,13 +378,16 @@ fn record_ok(
     refs.push((seq, start + RECORD_HEADER_LEN as u64));
     let seg = sh.segs().get(seq)?;
     let h = RecordHeader::decode(seg.map.get(start as usize..)?, seq).ok()?;
-    if h.kind != kind || h.key != *key || len.is_some_and(|l| l != h.len) {
+    if h.kind != kind || h.key != *key {
         return None;
     }
     let p = start as usize + RECORD_HEADER_LEN;
     let end = p
         .checked_add(h.len as usize)
         .filter(|&e| e <= seg.map.len())?;
+    if len.is_some_and(|l| Some(l) != logical_len(&h, &seg.map[p..end])) {
+        return None;
+    }
     refs.push((seq, start + format::record_span(h.len)));
     if walk.bad.contains(&(seq, start)) {
         return None;
@@ -363,9 +401,14 @@ fn record_ok(
 
 fn manifest_blob(sh: &Shared, key: &Key, payload: &[u8]) -> Option<Blob> {
     let (_, parts) = format::decode_manifest(payload).ok()?;
-    let mut ext = Vec::with_capacity(parts.len());
+    let max = codec::max_piece(sh.cfg().segment_size);
+    let mut pieces = Vec::with_capacity(parts.len());
     for p in parts {
-        ext.push(sh.read_record(p.seq, p.off, RecordKind::Part, key).ok()?);
+        let (flags, b) = sh.read_record(p.seq, p.off, RecordKind::Part, key).ok()?;
+        if b.len() as u64 != p.len {
+            return None;
+        }
+        pieces.push(codec::piece(flags, b, p.logical, max, false)?);
     }
-    Some(Blob::from_extents(ext))
+    Some(Blob::from_pieces(pieces))
 }

@@ -14,6 +14,7 @@ mod recovery;
 mod rounds;
 
 use super::Key;
+use super::codec::Encoded;
 use super::StorageError;
 use super::config::Durability;
 use super::format::{PartLoc, Pos, RecordKind, State, state_slot_offset};
@@ -33,22 +34,22 @@ use tokio::sync::oneshot;
 /// Epochs reserved ahead in the state file (see FORMAT.md "Epochs").
 pub(crate) const EPOCH_RESERVE: u64 = 1 << 16;
 
-/// What one committed blob consists of.
+/// What one committed blob consists of (payloads as `codec` encoded them).
 pub(crate) enum Body {
     /// Up to `part_size` bytes: one `Blob` record.
-    Single(Bytes),
+    Single(Encoded),
     /// Parts already written plus an optional last part; a manifest is written on commit.
     Parts {
         total: u64,
         parts: Vec<PartLoc>,
-        last: Bytes,
+        last: Encoded,
     },
 }
 
 pub(crate) enum Req {
     Part {
         key: Key,
-        data: Bytes,
+        data: Encoded,
         reply: oneshot::Sender<Result<PartLoc, StorageError>>,
     },
     Commit {
@@ -312,13 +313,15 @@ impl Writer {
         for r in batch {
             match r {
                 Req::Part { key, data, reply } => {
-                    let res = self
-                        .poisoned()
-                        .map_or_else(|| self.append(RecordKind::Part, &key, &[&data]), Err);
+                    let res = self.poisoned().map_or_else(
+                        || self.append(RecordKind::Part, &key, data.flags, &[&data.payload]),
+                        Err,
+                    );
                     let res = res.map(|(seq, off)| PartLoc {
                         seq,
                         off,
-                        len: data.len() as u64,
+                        len: data.payload.len() as u64,
+                        logical: data.logical,
                     });
                     done.push(Done::Part(reply, res));
                 }
@@ -418,12 +421,12 @@ impl Writer {
 
 fn req_bytes(r: &Req) -> u64 {
     match r {
-        Req::Part { data, .. } => data.len() as u64,
+        Req::Part { data, .. } => data.payload.len() as u64,
         Req::Commit { items, .. } => items
             .iter()
             .map(|(_, b)| match b {
-                Body::Single(d) => d.len() as u64,
-                Body::Parts { last, .. } => last.len() as u64,
+                Body::Single(d) => d.payload.len() as u64,
+                Body::Parts { last, .. } => last.payload.len() as u64,
             })
             .sum(),
         Req::Sync { .. } | Req::Shutdown => 0,

@@ -3,6 +3,7 @@
 //! and WaitExecution are relayed, and a successful result is kept in the local action cache so
 //! the next lookup of that action is a local hit.
 
+use crate::cas::CasError;
 use super::Upstream;
 use super::error::UpstreamError;
 use crate::digest::{Digest, DigestFunction};
@@ -131,7 +132,7 @@ impl Upstream {
         let Some(blob) = cas.get(action)? else {
             return Ok(vec![]);
         };
-        let Ok(a) = Action::decode(blob.to_bytes()) else {
+        let Ok(a) = Action::decode(blob.to_bytes().map_err(CasError::from)?) else {
             return Ok(out);
         };
         let f = action.function;
@@ -152,7 +153,7 @@ impl Upstream {
                 .into());
             }
             let Some(blob) = cas.get(&d)? else { continue };
-            let Ok(dir) = Directory::decode(blob.to_bytes()) else {
+            let Ok(dir) = Directory::decode(blob.to_bytes().map_err(CasError::from)?) else {
                 continue;
             };
             for file in &dir.files {

@@ -2,6 +2,7 @@
 //! upstream has is skipped; small ones in batch calls, large ones streamed from the local
 //! store) and action results (read back from the local action cache).
 
+use crate::cas::CasError;
 use super::Upstream;
 use super::error::UpstreamError;
 use crate::digest::{Digest, DigestFunction};
@@ -82,7 +83,7 @@ impl Upstream {
                 batch_size = 0;
             }
             batch_size += d.size;
-            batch.push((*d, blob.to_bytes()));
+            batch.push((*d, blob.to_bytes().map_err(CasError::from)?));
         }
         if !batch.is_empty() {
             sent += self.write_batch(instance, batch).await?;
@@ -170,8 +171,14 @@ impl Upstream {
             d.resource_path()
         );
         let size = d.size;
-        let reqs =
-            crate::proto::write_requests(name, blob.chunks(0, u64::MAX, WRITE_CHUNK as usize));
+        // A stored piece that does not decompress ends the stream short of the size: the
+        // upstream refuses the write, and the call fails.
+        let reqs = crate::proto::write_requests(
+            name,
+            size,
+            blob.read(0, u64::MAX, WRITE_CHUNK as usize)
+                .map_while(Result::ok),
+        );
         // A large upload may take longer than one call: the timeout grows with its size.
         let limit = c.timeout * (1 + (size / (4 << 20)) as u32);
         let answer = c

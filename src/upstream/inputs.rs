@@ -24,7 +24,7 @@ impl Upstream {
         let Some(blob) = cas.get(action)? else {
             return Ok(());
         };
-        let Ok(a) = Action::decode(blob.to_bytes()) else {
+        let Ok(a) = Action::decode(blob.to_bytes().map_err(CasError::from)?) else {
             return Ok(());
         };
         let f = action.function;
@@ -42,7 +42,7 @@ impl Upstream {
         let mut queue = vec![root];
         while let Some(d) = queue.pop() {
             let Some(blob) = cas.get(&d)? else { continue };
-            let Ok(dir) = Directory::decode(blob.to_bytes()) else {
+            let Ok(dir) = Directory::decode(blob.to_bytes().map_err(CasError::from)?) else {
                 continue;
             };
             files.extend(dir.files.iter().filter_map(|n| parse(n.digest.as_ref())));
@@ -76,7 +76,7 @@ impl Upstream {
         let Some(blob) = self.inner.cas.get(action)? else {
             return Ok(());
         };
-        let Ok(a) = Action::decode(blob.to_bytes()) else {
+        let Ok(a) = Action::decode(blob.to_bytes().map_err(CasError::from)?) else {
             return Ok(());
         };
         if let Some(cmd) = a

@@ -32,7 +32,7 @@ impl Upstream {
             for d in &level {
                 let Some(blob) = cas.get(d)? else { continue };
                 // A directory that does not decode is reported by the walk that serves it.
-                let Ok(dir) = Directory::decode(blob.to_bytes()) else {
+                let Ok(dir) = Directory::decode(blob.to_bytes().map_err(CasError::from)?) else {
                     continue;
                 };
                 for child in &dir.directories {

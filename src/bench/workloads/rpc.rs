@@ -177,7 +177,7 @@ impl Clients {
     /// Uploads one blob with a ByteStream Write (zero-copy chunks) and checks committed_size.
     pub async fn bytestream_write(&self, worker: usize, blob: &Blob) -> Result<u64, OpError> {
         let name = self.write_name(&blob.digest);
-        let reqs = crate::proto::write_requests(name, blob.chunks(WRITE_CHUNK));
+        let reqs = crate::proto::write_requests(name, blob.digest.size, blob.chunks(WRITE_CHUNK));
         let resp = self
             .bytestream(worker)
             .write(futures::stream::iter(reqs))

@@ -1,6 +1,7 @@
 //! Fuzz helpers, compiled only with the `testing` feature (the fuzz crate enables it), so that the targets
 //! in `fuzz/fuzz_targets/` stay a few lines.
 
+use crate::storage::codec;
 use crate::storage::format::{self, RecordHeader, SegmentHeader, State};
 use crate::storage::sys::fault::{FaultIo, FaultState};
 use crate::storage::sys::{self, IoBackend};
@@ -23,14 +24,27 @@ pub fn decode_headers(data: &[u8]) {
     }
     if let Ok((total, parts)) = format::decode_manifest(data) {
         assert_eq!(
-            format::decode_manifest(&format::encode_manifest(total, &parts)),
+            format::decode_manifest(&format::encode_manifest(total, &parts).0),
             Ok((total, parts))
         );
     }
+    // A compressed record payload: decodes to exactly the length it declares, or not at all.
+    if let Some(n) = codec::logical_len(data)
+        && let Some(out) = codec::decode(data, n, 1 << 20)
+    {
+        assert_eq!(out.len() as u64, n);
+    }
 }
 
-fn cfg(dir: &std::path::Path) -> EngineConfig {
+fn cfg(dir: &std::path::Path, compress: bool) -> EngineConfig {
     let mut c = EngineConfig::new(dir);
+    if compress {
+        c.compression = crate::storage::Compression::Zstd {
+            level: 1,
+            min_size: 64,
+            max_ratio: 0.9,
+        };
+    }
     c.segment_size = 64 << 10;
     c.capacity_bytes = 8 * c.segment_size;
     c.max_blob_size = 96 << 10;
@@ -76,7 +90,8 @@ pub fn engine_model(data: &[u8]) {
             Arc::clone(st),
             sys::build(IoBackend::Psync).expect("psync"),
         ));
-        Engine::open_with_io(cfg(dir.path()), io).expect("open")
+        // Half the inputs run with compression at rest (records of repeated bytes compress).
+        Engine::open_with_io(cfg(dir.path(), data.len() % 2 == 0), io).expect("open")
     };
     let mut fault = FaultState::new();
     let mut e = open(&fault);
@@ -102,7 +117,7 @@ pub fn engine_model(data: &[u8]) {
             }
             3 | 4 => {
                 if let Some(g) = e.get(&key).expect("get") {
-                    let g = g.to_bytes();
+                    let g = g.to_bytes().expect("a blob the engine served decodes");
                     assert!(
                         written.get(&key).is_some_and(|vs| vs.contains(&g)),
                         "served bytes never written"

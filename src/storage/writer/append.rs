@@ -71,25 +71,28 @@ impl Writer {
         for (key, body) in items {
             out.push(match body {
                 Body::Single(data) => {
-                    let (seq, off) = self.append(RecordKind::Blob, key, &[data])?;
+                    let (seq, off) =
+                        self.append(RecordKind::Blob, key, data.flags, &[&data.payload])?;
                     Entry {
                         key: *key,
                         kind: RecordKind::Blob,
                         epoch: 0,
                         seq,
                         off,
-                        len: data.len() as u64,
+                        len: data.logical,
                         span: 0,
                     }
                 }
                 Body::Parts { total, parts, last } => {
                     let mut parts = parts.clone();
-                    if !last.is_empty() {
-                        let (seq, off) = self.append(RecordKind::Part, key, &[last])?;
+                    if last.logical > 0 {
+                        let (seq, off) =
+                            self.append(RecordKind::Part, key, last.flags, &[&last.payload])?;
                         parts.push(PartLoc {
                             seq,
                             off,
-                            len: last.len() as u64,
+                            len: last.payload.len() as u64,
+                            logical: last.logical,
                         });
                     }
                     self.manifest(key, *total, &parts)?
@@ -113,8 +116,8 @@ impl Writer {
                     .into(),
             ));
         }
-        let m = Bytes::from(format::encode_manifest(total, parts));
-        let (seq, off) = self.append(RecordKind::Manifest, key, &[&m])?;
+        let (m, flags) = format::encode_manifest(total, parts);
+        let (seq, off) = self.append(RecordKind::Manifest, key, flags, &[&Bytes::from(m)])?;
         Ok(Entry::manifest(*key, seq, off, total, parts))
     }
 
@@ -123,6 +126,7 @@ impl Writer {
         &mut self,
         kind: RecordKind,
         key: &Key,
+        flags: u8,
         payload: &[&Bytes],
     ) -> Result<(u32, u32), StorageError> {
         let len: u64 = payload.iter().map(|p| p.len() as u64).sum();
@@ -154,7 +158,7 @@ impl Writer {
         a.pos += span;
         let mut h = RecordHeader {
             kind,
-            flags: 0,
+            flags,
             key: *key,
             len,
             checksum: 0,

@@ -19,11 +19,13 @@
 
 use super::Writer;
 use crate::storage::format::{
+    FLAG_ZSTD,
     PartLoc, RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN, record_span,
 };
 use crate::storage::index::Entry;
 use crate::storage::stats::inc;
 use crate::storage::touch::within_horizon;
+use crate::storage::blob::Piece;
 use crate::storage::{Blob, StorageError};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -246,22 +248,36 @@ impl Writer {
     }
 
     /// Appends `blob` (read and checked from `e`'s records) as a new record (or parts and a
-    /// manifest); the new entry, to publish after the write.
+    /// manifest), each piece as it is stored (a compressed record stays compressed); the new
+    /// entry, to publish after the write.
     fn copy_blob(&mut self, e: &Entry, blob: &Blob) -> Option<Entry> {
+        let stored = |p: &Piece| match p {
+            Piece::Plain(b) => (0, b.clone(), b.len() as u64),
+            Piece::Zstd { payload, len, .. } => (FLAG_ZSTD, payload.clone(), *len),
+        };
         if e.kind == RecordKind::Manifest {
             let mut parts = Vec::new();
-            for ext in blob.chunks(0, u64::MAX, self.sh.cfg().part_size as usize) {
-                let (seq, off) = self.append(RecordKind::Part, &e.key, &[&ext]).ok()?;
+            for p in blob.pieces() {
+                let (flags, payload, logical) = stored(p);
+                let (seq, off) = self
+                    .append(RecordKind::Part, &e.key, flags, &[&payload])
+                    .ok()?;
                 parts.push(PartLoc {
                     seq,
                     off,
-                    len: ext.len() as u64,
+                    len: payload.len() as u64,
+                    logical,
                 });
             }
             self.manifest(&e.key, blob.len(), &parts).ok()
         } else {
-            let b = blob.to_bytes();
-            let (seq, off) = self.append(RecordKind::Blob, &e.key, &[&b]).ok()?;
+            let [p] = blob.pieces() else {
+                return None;
+            };
+            let (flags, payload, _) = stored(p);
+            let (seq, off) = self
+                .append(RecordKind::Blob, &e.key, flags, &[&payload])
+                .ok()?;
             Some(Entry {
                 seq,
                 off,

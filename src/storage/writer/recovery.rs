@@ -6,8 +6,10 @@
 use super::Writer;
 use crate::storage::StorageError;
 use crate::storage::format::{
+    FLAG_ZSTD,
     RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN, decode_manifest, record_span,
 };
+use crate::storage::codec;
 use crate::storage::index::Entry;
 use crate::storage::stats::inc;
 use std::sync::Arc;
@@ -107,13 +109,19 @@ impl Writer {
                     ..(off + RECORD_HEADER_LEN as u64 + h.len) as usize;
                 let at = (off / crate::storage::format::ALIGN) as u32;
                 let entry = match h.kind {
-                    RecordKind::Blob => Some(Entry {
+                    // A compressed record's entry names the blob's length, from its prefix.
+                    RecordKind::Blob => if h.flags & FLAG_ZSTD == 0 {
+                        Some(h.len)
+                    } else {
+                        codec::logical_len(&seg.map[payload])
+                    }
+                    .map(|len| Entry {
                         key: h.key,
                         kind: h.kind,
                         epoch: 0,
                         seq,
                         off: at,
-                        len: h.len,
+                        len,
                         span: 0,
                     }),
                     RecordKind::Part => None,
