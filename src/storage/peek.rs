@@ -130,7 +130,7 @@ impl Peek {
         let Some(h) = RecordHeader::decode_expected(&hdr, seq, kind, key, stored) else {
             return Ok(false);
         };
-        if h.flags & FLAG_ZSTD != 0 {
+        if kind != RecordKind::Manifest && h.flags & FLAG_ZSTD != 0 {
             return self.copy_compressed(&file, off, &h, logical, out);
         }
         if kind != RecordKind::Manifest && h.len != logical {
