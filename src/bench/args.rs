@@ -1,5 +1,6 @@
 //! Command-line arguments of `kiln bench`: a load run against a target, or `baseline`.
 
+use super::data::Content;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -133,6 +134,12 @@ pub struct LoadArgs {
     /// API for small blobs.
     #[arg(long, value_enum, default_value = "batch")]
     pub small_api: SmallApi,
+    /// What the blobs of upload-small/large and read-small/large are made of: `random`
+    /// (incompressible, the default), `text` (build-log lines, compress several times over),
+    /// or a file or directory whose files are concatenated (at most 1 GiB read), e.g. a
+    /// Bazel output tree, to see what compression at rest does with it.
+    #[arg(long, default_value = "random", value_parser = Content::parse)]
+    pub content: Content,
     /// Seed of the pseudo-random choices and contents; vary it to avoid earlier runs' blobs.
     #[arg(long)]
     pub seed: Option<u64>,

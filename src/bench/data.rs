@@ -69,6 +69,128 @@ pub fn fill(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// What blobs are made of (`--content`).
+#[derive(Clone, Debug, Default)]
+pub enum Content {
+    /// Pseudo-random bytes: incompressible (the default).
+    #[default]
+    Random,
+    /// Build-log text (timestamps, targets, timings): compresses several times over.
+    Text,
+    /// The bytes of the files under a directory, concatenated in path order and repeated as
+    /// needed (read once when the flags are parsed, at most [`MAX_CORPUS`] bytes).
+    Files {
+        /// What was read.
+        path: std::path::PathBuf,
+        /// The files' bytes.
+        bytes: Bytes,
+    },
+}
+
+/// Most bytes `--content DIR` reads.
+pub const MAX_CORPUS: u64 = 1 << 30;
+
+impl Content {
+    /// `random`, `text`, or a file or directory to read.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "random" => Ok(Self::Random),
+            "text" => Ok(Self::Text),
+            path => {
+                let path = std::path::PathBuf::from(path);
+                let mut files = Vec::new();
+                collect_files(&path, &mut files)
+                    .map_err(|e| format!("--content {}: {e}", path.display()))?;
+                files.sort();
+                let mut bytes = Vec::new();
+                for f in files {
+                    let room = MAX_CORPUS - bytes.len() as u64;
+                    if room == 0 {
+                        break;
+                    }
+                    let data = std::fs::read(&f)
+                        .map_err(|e| format!("--content: reading {}: {e}", f.display()))?;
+                    bytes.extend_from_slice(&data[..data.len().min(room as usize)]);
+                }
+                if bytes.is_empty() {
+                    return Err(format!(
+                        "--content {}: no bytes to read (random, text, or a non-empty file or directory)",
+                        path.display()
+                    ));
+                }
+                Ok(Self::Files {
+                    path,
+                    bytes: bytes.into(),
+                })
+            }
+        }
+    }
+
+    /// How the report names it.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Random => "random".into(),
+            Self::Text => "text".into(),
+            Self::Files { path, bytes } => format!("{} ({} bytes)", path.display(), bytes.len()),
+        }
+    }
+
+    /// `len` bytes of this content for `seed`.
+    pub fn fill(&self, seed: u64, len: usize) -> Vec<u8> {
+        match self {
+            Self::Random => fill(seed, len),
+            Self::Text => text(seed, len),
+            Self::Files { bytes, .. } => bytes.iter().copied().cycle().take(len).collect(),
+        }
+    }
+}
+
+/// Regular files under `path` (or `path` itself), not following symlinks.
+fn collect_files(path: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_file() {
+        out.push(path.to_path_buf());
+    } else if meta.is_dir() {
+        for e in std::fs::read_dir(path)? {
+            collect_files(&e?.path(), out)?;
+        }
+    }
+    Ok(())
+}
+
+/// `len` bytes of build-log-like text from `seed`: lines of a timestamp, a level, a module, a
+/// target and a timing, drawn from small vocabularies as a real log repeats itself.
+pub fn text(seed: u64, len: usize) -> Vec<u8> {
+    const LEVELS: [&str; 4] = ["INFO", "INFO", "DEBUG", "WARN"];
+    const WORDS: [&str; 12] = [
+        "compiling", "linking", "testing", "caching", "fetching", "analyzing", "archive",
+        "objects", "headers", "sources", "runfiles", "outputs",
+    ];
+    let mut rng = Rng::new(seed);
+    let mut out = Vec::with_capacity(len + 160);
+    let mut ms = 0u64;
+    while out.len() < len {
+        ms += rng.next_u64() % 900;
+        let line = format!(
+            "2026-11-30T{:02}:{:02}:{:02}.{:03}Z {:5} kiln::{}: {} //src/pkg{}:lib{} ({} files) in {} ms\n",
+            ms / 3_600_000 % 24,
+            ms / 60_000 % 60,
+            ms / 1000 % 60,
+            ms % 1000,
+            LEVELS[rng.below(LEVELS.len())],
+            WORDS[rng.below(WORDS.len())],
+            WORDS[rng.below(WORDS.len())],
+            rng.below(300),
+            rng.below(40),
+            rng.below(2000),
+            rng.below(5000),
+        );
+        out.extend_from_slice(line.as_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 /// Makes distinct blobs of one size: a shared prefix plus a unique tail.
 #[derive(Clone)]
 pub struct BlobMaker {
@@ -88,10 +210,15 @@ pub struct Blob {
 }
 
 impl BlobMaker {
-    /// Blobs of `size` bytes; `seed` keeps runs apart.
+    /// Blobs of `size` random bytes; `seed` keeps runs apart.
     pub fn new(seed: u64, size: u64) -> Self {
+        Self::with_content(seed, size, &Content::Random)
+    }
+
+    /// Blobs of `size` bytes of `content`.
+    pub fn with_content(seed: u64, size: u64, content: &Content) -> Self {
         let size = size as usize;
-        let prefix = Bytes::from(fill(seed, size.saturating_sub(TAIL)));
+        let prefix = Bytes::from(content.fill(seed, size.saturating_sub(TAIL)));
         let mut prefix_hash = DigestFunction::Sha256.hasher();
         prefix_hash.update(&prefix);
         Self {
@@ -165,6 +292,26 @@ impl Blob {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn contents_compress_as_named_and_files_are_read() {
+        let ratio = |c: &Content| {
+            let v = c.fill(3, 1 << 20);
+            assert_eq!(v.len(), 1 << 20);
+            zstd::bulk::compress(&v, 1).unwrap().len() as f64 / v.len() as f64
+        };
+        assert!(ratio(&Content::Random) > 0.99);
+        let t = ratio(&Content::Text);
+        assert!(t < 0.3 && t > 0.02, "text compresses like a log: {t}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b"), b"world").unwrap();
+        std::fs::write(dir.path().join("a"), b"hello ").unwrap();
+        let c = Content::parse(dir.path().to_str().unwrap()).unwrap();
+        assert_eq!(c.fill(0, 14), b"hello worldhel");
+        assert!(Content::parse("/nonexistent/kiln").is_err());
+        let empty = tempfile::tempdir().unwrap();
+        assert!(Content::parse(empty.path().to_str().unwrap()).is_err());
+    }
 
     #[test]
     fn blobs_are_distinct_and_digests_are_right() {

@@ -91,11 +91,17 @@ pub async fn run_load(args: &LoadArgs) -> Result<Report, BenchError> {
         (!args.quiet).then(|| kind.name().to_string()),
     )
     .await;
+    let mut params = workload.params();
+    if !matches!(args.content, data::Content::Random)
+        && let Some(p) = params.as_object_mut()
+    {
+        p.insert("content".into(), args.content.name().into());
+    }
     Ok(Report::new(
         kind.name(),
         args,
         seed,
-        workload.params(),
+        params,
         workload.items_per_op(),
         &measured,
         workload.extra(),

@@ -19,7 +19,7 @@ impl LargeUpload {
     /// From `--size` (256 MiB).
     pub fn new(args: &LoadArgs, seed: u64) -> Self {
         Self {
-            maker: BlobMaker::new(seed, args.size.unwrap_or(DEFAULT_SIZE)),
+            maker: BlobMaker::with_content(seed, args.size.unwrap_or(DEFAULT_SIZE), &args.content),
             next: AtomicU64::new(0),
         }
     }
@@ -54,7 +54,7 @@ impl LargeRead {
     /// order with `--seed-target`).
     pub fn new(args: &LoadArgs, seed: u64) -> Self {
         Self {
-            maker: BlobMaker::new(seed, args.size.unwrap_or(DEFAULT_SIZE)),
+            maker: BlobMaker::with_content(seed, args.size.unwrap_or(DEFAULT_SIZE), &args.content),
             count: args.blobs.unwrap_or(2).max(1),
             blobs: Vec::new(),
             pick: super::Pick::from_args(args),

@@ -46,7 +46,7 @@ impl SmallUpload {
         Self {
             api: args.small_api,
             batch: batch_of(args, size),
-            maker: BlobMaker::new(seed, size),
+            maker: BlobMaker::with_content(seed, size, &args.content),
             next: AtomicU64::new(0),
         }
     }
@@ -103,7 +103,7 @@ impl SmallRead {
             api: args.small_api,
             batch: batch_of(args, size),
             count: args.blobs.unwrap_or(1000).max(1),
-            maker: BlobMaker::new(seed, size),
+            maker: BlobMaker::with_content(seed, size, &args.content),
             blobs: Vec::new(),
             pick: super::Pick::from_args(args),
         }
