@@ -181,3 +181,27 @@ async fn compression_off_keeps_sending_one_fresh_frame() {
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_with_pypi_zstandard_decodes_the_stored_frames() {
+    let s = TestServer::start_with(|c| c.storage.compression = CompressionName::Zstd).await;
+    let stubs = tempfile::tempdir().unwrap();
+    let target = s.addr.to_string();
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        common::grpcio::run(stubs.path(), &["--client", &target, "zstd"])
+            .expect("grpc_clients.py finished within its deadline")
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}");
+    // The 3.9 MB text blob came back as its stored frames, one per 1 MiB part.
+    let frames: u32 = out
+        .split(" frames")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no frame count in {out}"));
+    assert_eq!(frames, 4, "{out}");
+    let m = s.http_get("/metrics").await;
+    assert!(metric(&m, "kiln_storage_compressed_records") >= 4.0, "{m}");
+}

@@ -19,7 +19,8 @@
 //!   `writer/recovery.rs` (replay of what the last checkpoint missed, index rebuild);
 //! - the read path: `read.rs` (the state readers share with the writer, validity rules, record
 //!   checks), `peek.rs` (read-only access from another process);
-//! - layouts and tables: `format.rs` (every on-disk byte layout), `index.rs` (lock-free mapped
+//! - layouts and tables: `format.rs` (every on-disk byte layout), `codec.rs` (compressed
+//!   record payloads), `index.rs` (lock-free mapped
 //!   slot table), `segment.rs` (mapped segment table); `verify.rs` (scrub), `stats.rs`
 //!   (metrics), `sys/` (the only `unsafe`: io_uring, psync, fault injection, mmap, fallocate),
 //!   `fuzzing/` (cfg(fuzzing) helpers).

@@ -20,6 +20,7 @@ channel option `grpc.default_authority` (what goes into `:authority`). Scenarios
                  UpdateBotSession taking the lease and completing it with an ActionResult,
                  and the Execute stream ending COMPLETED with that result
   blake3         CAS and ByteStream with BLAKE3 digests from PyPI's `blake3`
+  zstd           compressed-blobs Write and Read, zstd BatchReadBlobs, with PyPI's `zstandard`
   execute        Execute `sh -c 'echo MARKER'` (with --platform NAME=VALUE, repeatable), then
                  WaitExecution, Operations.GetOperation, GetActionResult and the stdout read
   rejected       GetCapabilities must FAIL with INTERNAL / RST_STREAM (h2's rule on TCP)
@@ -422,6 +423,58 @@ def scenario_blake3(ch, mods):
           "apart from SHA-256", flush=True)
 
 
+def scenario_zstd(ch, mods):
+    """zstd with PyPI's `zstandard` (the C libzstd, independent of kiln's crate): a
+    `compressed-blobs/zstd` Write of a frame made here, read back plain; a compressed Read of a
+    multi-part text blob decoded across all its frames (a store with compression at rest sends
+    one stored frame per 1 MiB part; RFC 8878 allows any number of frames) and equal to the
+    bytes; a zstd BatchReadBlobs decoded the same way."""
+    import zstandard
+
+    re_pb2, re_grpc = mods["re_pb2"], mods["re_grpc"]
+    bs_pb2, bs_grpc = mods["bs_pb2"], mods["bs_grpc"]
+    stub = bs_grpc.ByteStreamStub(ch)
+    lines = [f"{i}: gcc -c -O2 src/unit_{i % 97}.c -o out/unit_{i % 97}.o\n" for i in range(80_000)]
+    text = ("".join(lines) + str(uuid.uuid4())).encode()
+    d = sha256_digest(re_pb2, text)
+    frame = zstandard.ZstdCompressor(level=3).compress(text)
+    name = f"uploads/{uuid.uuid4()}/compressed-blobs/zstd/{d.hash}/{d.size_bytes}"
+    resp = bs_write(stub, bs_pb2, name, frame, 256 * 1024)
+    if resp.committed_size not in (len(frame), -1):
+        fail(f"compressed Write committed {resp.committed_size}, sent {len(frame)}")
+    plain = b"".join(r.data for r in stub.Read(bs_pb2.ReadRequest(
+        resource_name=f"blobs/{d.hash}/{d.size_bytes}"), timeout=TIMEOUT))
+    if plain != text:
+        fail(f"identity Read after a compressed Write: {len(plain)} bytes that differ")
+    z = b"".join(r.data for r in stub.Read(bs_pb2.ReadRequest(
+        resource_name=f"compressed-blobs/zstd/{d.hash}/{d.size_bytes}"), timeout=TIMEOUT))
+    got = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True).decompress(z)
+    if got != text:
+        fail(f"compressed Read decoded to {len(got)} bytes, want {len(text)} equal ones")
+    frames, rest = 0, z
+    while rest:
+        one = zstandard.ZstdDecompressor().decompressobj()
+        one.decompress(rest)
+        if not one.eof:
+            fail("the compressed Read ends inside a frame")
+        rest, frames = one.unused_data, frames + 1
+    cas = re_grpc.ContentAddressableStorageStub(ch)
+    small = text[:20_000]
+    sd = sha256_digest(re_pb2, small)
+    up = cas.BatchUpdateBlobs(re_pb2.BatchUpdateBlobsRequest(requests=[
+        re_pb2.BatchUpdateBlobsRequest.Request(digest=sd, data=small)]), timeout=TIMEOUT)
+    if up.responses[0].status.code != 0:
+        fail(f"BatchUpdateBlobs: {up}")
+    got = cas.BatchReadBlobs(re_pb2.BatchReadBlobsRequest(
+        digests=[sd], acceptable_compressors=[re_pb2.Compressor.ZSTD]), timeout=TIMEOUT)
+    r = got.responses[0]
+    if r.status.code != 0 or r.compressor != re_pb2.Compressor.ZSTD:
+        fail(f"zstd BatchReadBlobs: {r.status} compressor {r.compressor}")
+    if zstandard.ZstdDecompressor().decompressobj(read_across_frames=True).decompress(r.data) != small:
+        fail("zstd BatchReadBlobs decoded to other bytes")
+    print(f"zstd ok: {len(text)} bytes as {len(z)} compressed bytes in {frames} frames", flush=True)
+
+
 def scenario_rejected(ch, mods):
     import grpc
 
@@ -482,6 +535,8 @@ def main():
             scenario_bots(ch, channel(a.bots, a.authority), mods)
         elif s == "blake3":
             scenario_blake3(ch, mods)
+        elif s == "zstd":
+            scenario_zstd(ch, mods)
         elif s == "execute":
             scenario_execute(ch, mods, a.platform)
         elif s == "rejected":
