@@ -198,7 +198,14 @@ pub struct BlobMaker {
     size: usize,
     prefix: Bytes,
     prefix_hash: Hasher,
+    /// With `--content PATH` and blobs of at most [`SLIDE_MAX`]: the corpus, from which blob
+    /// `n` takes its prefix at offset `n x size` (so small blobs are different files' bytes,
+    /// as a tree's outputs are, not one prefix repeated).
+    corpus: Option<Bytes>,
 }
+
+/// Largest blob whose prefix slides over a `--content PATH` corpus (hashed per blob).
+pub const SLIDE_MAX: usize = 1 << 20;
 
 /// One blob: `prefix ++ tail`.
 #[derive(Clone)]
@@ -218,6 +225,10 @@ impl BlobMaker {
     /// Blobs of `size` bytes of `content`.
     pub fn with_content(seed: u64, size: u64, content: &Content) -> Self {
         let size = size as usize;
+        let corpus = match content {
+            Content::Files { bytes, .. } if size <= SLIDE_MAX => Some(bytes.clone()),
+            _ => None,
+        };
         let prefix = Bytes::from(content.fill(seed, size.saturating_sub(TAIL)));
         let mut prefix_hash = DigestFunction::Sha256.hasher();
         prefix_hash.update(&prefix);
@@ -226,6 +237,7 @@ impl BlobMaker {
             size,
             prefix,
             prefix_hash,
+            corpus,
         }
     }
 
@@ -235,11 +247,25 @@ impl BlobMaker {
         tail[..8].copy_from_slice(&self.seed.to_le_bytes());
         tail[8..].copy_from_slice(&n.to_le_bytes());
         let tail = Bytes::copy_from_slice(&tail[..self.size.min(TAIL)]);
-        let mut h = self.prefix_hash.clone();
+        let (prefix, mut h) = match &self.corpus {
+            Some(c) => {
+                let len = self.size.saturating_sub(TAIL);
+                let at = (n as usize).wrapping_mul(self.size) % c.len();
+                let prefix: Bytes = if at + len <= c.len() {
+                    c.slice(at..at + len)
+                } else {
+                    c.iter().copied().cycle().skip(at).take(len).collect()
+                };
+                let mut h = DigestFunction::Sha256.hasher();
+                h.update(&prefix);
+                (prefix, h)
+            }
+            None => (self.prefix.clone(), self.prefix_hash.clone()),
+        };
         h.update(&tail);
         Blob {
             digest: h.finish(),
-            prefix: self.prefix.clone(),
+            prefix,
             tail,
         }
     }
@@ -308,6 +334,12 @@ mod tests {
         std::fs::write(dir.path().join("a"), b"hello ").unwrap();
         let c = Content::parse(dir.path().to_str().unwrap()).unwrap();
         assert_eq!(c.fill(0, 14), b"hello worldhel");
+        // Small blobs slide over the corpus: different bytes, right digests.
+        let m = BlobMaker::with_content(1, 20, &c);
+        let (a, b) = (m.blob(0).to_bytes(), m.blob(1).to_bytes());
+        assert_eq!(&a[..4], b"hell");
+        assert_eq!(&b[..4], b"ldhe", "blob 1 starts 20 bytes on, wrapping");
+        assert_eq!(m.blob(1).digest, DigestFunction::Sha256.digest_of(&b));
         assert!(Content::parse("/nonexistent/kiln").is_err());
         let empty = tempfile::tempdir().unwrap();
         assert!(Content::parse(empty.path().to_str().unwrap()).is_err());
