@@ -54,7 +54,12 @@ async fn uploader(channel: Channel, id: u64, acked: Arc<Mutex<Vec<Acked>>>) {
     for i in 0u64.. {
         let seed = id * 1_000_000 + i;
         let size = SIZES[(i % 4) as usize] + (seed % 977) as usize;
-        let data = bytes(size, seed);
+        // Every other blob compresses (4 letters): with compression at rest (the cycles) those
+        // are stored as compressed records.
+        let mut data = bytes(size, seed);
+        if seed % 2 == 1 {
+            data.iter_mut().for_each(|b| *b = b'a' + *b % 4);
+        }
         let d = digest(&data);
         let ok = if i % 2 == 0 {
             let name = format!("uploads/{id}-{i}/blobs/{}/{}", d.hash_hex(), d.size);
@@ -238,9 +243,10 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 /// Storage for the cycles: big enough that nothing acknowledged is evicted in 100 cycles
-/// (about 25 uploads of at most 1 MiB per cycle), small enough to set up fast.
+/// (about 25 uploads of at most 1 MiB per cycle), small enough to set up fast; with
+/// compression at rest, so kills also tear compressed records.
 const CYCLES_CONFIG: &str = "[storage]\ncapacity_bytes = 4294967296\nsegment_size_bytes = 67108864\n\
-                             [execution]\nenabled = false\n";
+                             compression = \"zstd\"\n[execution]\nenabled = false\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_cycles() {
