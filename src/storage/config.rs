@@ -104,7 +104,7 @@ pub struct EngineConfig {
     pub probe_limit: u32,
     /// Payload bytes per record when a blob is streamed in parts; blobs up to this size are one
     /// record. Default 1 MiB (PLATFORM.md: 64 KiB-1 MiB appends reach the disk's ceiling).
-    /// Also the most an upload buffers in memory.
+    /// An upload holds at most three parts in memory (one filling, two being written).
     pub part_size: u64,
     /// Copy-forward at eviction (FORMAT.md "Eviction and copy-forward"). Default true. With
     /// false the ring is plain first-in-first-out: every blob goes when its segment does,

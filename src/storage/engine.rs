@@ -29,6 +29,8 @@ use tokio::sync::oneshot;
 /// called from any number of threads or tasks; reads never block on writes.
 pub struct Engine {
     sh: Arc<Shared>,
+    /// Parts of streamed uploads being compressed at once: one per core.
+    compressing: Arc<tokio::sync::Semaphore>,
     tx: Mutex<Option<Sender<Req>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -193,8 +195,10 @@ impl Engine {
             .name("kiln-storage-io".into())
             .spawn(move || w.run(&rx))?;
         tracing::debug!(io = sh.io_name(), "storage engine open");
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         Ok(Self {
             sh,
+            compressing: Arc::new(tokio::sync::Semaphore::new(cores)),
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
         })
@@ -369,6 +373,8 @@ impl Store for Engine {
             got: 0,
             buf: BytesMut::with_capacity(len.min(part) as usize),
             parts: Vec::new(),
+            in_flight: std::collections::VecDeque::new(),
+            compressing: Arc::clone(&self.compressing),
         }))
     }
 
@@ -399,8 +405,14 @@ fn encode(sh: &Shared, data: Bytes) -> Encoded {
     e
 }
 
-/// Streams one upload: buffers at most one part, sends full parts to the I/O thread (each
-/// compressed on the way when compression is on, on the task that receives the upload).
+/// Parts of one upload handed on (being compressed, or queued for the I/O thread) whose
+/// place on disk is not known yet: while they are written, the upload takes in the next
+/// part. Bounds the memory of an upload to `PARTS_IN_FLIGHT + 1` parts.
+const PARTS_IN_FLIGHT: usize = 2;
+
+/// Streams one upload: buffers one part, hands full parts on (compressed on a blocking
+/// thread when compression is on) and takes in the next ones while up to
+/// [`PARTS_IN_FLIGHT`] of them are written.
 struct EngineWriter {
     sh: Arc<Shared>,
     tx: Sender<Req>,
@@ -409,7 +421,56 @@ struct EngineWriter {
     part: u64,
     got: u64,
     buf: BytesMut,
+    /// Parts on disk, in blob order.
     parts: Vec<PartLoc>,
+    /// Parts handed on after those, in blob order: each answers with its place on disk.
+    in_flight: std::collections::VecDeque<oneshot::Receiver<Result<PartLoc, StorageError>>>,
+    /// The engine's compression slots.
+    compressing: Arc<tokio::sync::Semaphore>,
+}
+
+impl EngineWriter {
+    /// Hands a full part on: compressed on a blocking thread (so the upload task goes on
+    /// receiving and hashing) when compression is on, then to the I/O thread.
+    async fn send_part(&mut self, data: Bytes) -> Result<(), StorageError> {
+        let (reply, answer) = oneshot::channel();
+        if self.sh.cfg().compression == Compression::None {
+            self.tx
+                .send(Req::Part {
+                    key: self.key,
+                    data: Encoded::plain(data),
+                    reply,
+                })
+                .map_err(|_| StorageError::Closed)?;
+        } else {
+            let (sh, tx, key) = (Arc::clone(&self.sh), self.tx.clone(), self.key);
+            // At most one compression per core at a time, whatever the number of uploads.
+            let slot = Arc::clone(&self.compressing)
+                .acquire_owned()
+                .await
+                .map_err(|_| StorageError::Closed)?;
+            // A send that fails (the engine closed) drops `reply`: the answer is `Closed`.
+            tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                let _ = tx.send(Req::Part {
+                    key,
+                    data: encode(&sh, data),
+                    reply,
+                });
+            });
+        }
+        self.in_flight.push_back(answer);
+        Ok(())
+    }
+
+    /// Waits for the oldest part handed on and records where it went.
+    async fn settle_one(&mut self) -> Result<(), StorageError> {
+        if let Some(answer) = self.in_flight.pop_front() {
+            self.parts
+                .push(answer.await.map_err(|_| StorageError::Closed)??);
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -427,17 +488,11 @@ impl BlobWriter for EngineWriter {
             let take = (self.part as usize - self.buf.len()).min(chunk.len());
             self.buf.extend_from_slice(&chunk.split_to(take));
             if self.buf.len() as u64 == self.part && self.len > self.part {
-                let data = encode(&self.sh, self.buf.split().freeze());
-                let (otx, orx) = oneshot::channel();
-                self.tx
-                    .send(Req::Part {
-                        key: self.key,
-                        data,
-                        reply: otx,
-                    })
-                    .map_err(|_| StorageError::Closed)?;
-                self.parts
-                    .push(orx.await.map_err(|_| StorageError::Closed)??);
+                let data = self.buf.split().freeze();
+                self.send_part(data).await?;
+                while self.in_flight.len() > PARTS_IN_FLIGHT {
+                    self.settle_one().await?;
+                }
             }
         }
         Ok(())
@@ -450,7 +505,10 @@ impl BlobWriter for EngineWriter {
                 got: self.got,
             });
         }
-        let me = *self;
+        let mut me = *self;
+        while !me.in_flight.is_empty() {
+            me.settle_one().await?;
+        }
         let last = encode(&me.sh, me.buf.freeze());
         let body = if me.len <= me.part {
             Body::Single(last)
@@ -476,9 +534,10 @@ impl BlobWriter for EngineWriter {
     }
 
     fn drop_buffered(&mut self) -> Option<u64> {
-        // Parts already sent are records on disk; only the partial part is in memory.
+        // Parts handed on are records on disk or on their way there (a part that fails
+        // fails the next write or the commit); only the partial part is in memory.
         self.buf = BytesMut::new();
-        self.got = self.parts.len() as u64 * self.part;
+        self.got = (self.parts.len() + self.in_flight.len()) as u64 * self.part;
         Some(self.got)
     }
 }
