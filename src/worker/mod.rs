@@ -19,7 +19,9 @@ mod action;
 mod beneath;
 mod cache;
 mod capture;
+mod checkin;
 mod client;
+mod dircache;
 mod error;
 mod isolation;
 mod reaper;
@@ -28,6 +30,7 @@ mod sandbox;
 mod sandbox_helper;
 mod session;
 mod stage;
+mod verify;
 
 pub use client::{Client, connect, connect_tls, connect_with};
 pub use error::WorkerError;
@@ -263,6 +266,20 @@ impl Stager {
         root: &crate::digest::Digest,
         dest: &std::path::Path,
     ) -> Result<(), WorkerError> {
-        stage::stage(&self.client, &self.cache, root, dest, None).await
+        let fresh = std::collections::HashSet::new();
+        stage::stage(&self.client, &self.cache, root, dest, None, &fresh).await
+    }
+
+    /// Hands the subtrees staged at `dest` back to the directory cache (which keeps those
+    /// still intact), as a worker does after each action; `dest` may be removed afterwards.
+    pub async fn release(&self, dest: &std::path::Path) {
+        let (cache, dest) = (self.cache.clone(), dest.to_path_buf());
+        let _ = tokio::task::spawn_blocking(move || stage::check_in(&cache, &dest)).await;
+    }
+
+    /// Trees in the directory cache and their hardlinks now.
+    pub fn dir_cache(&self) -> (usize, u64) {
+        let (n, size) = self.cache.trees().idle();
+        (n, size.files)
     }
 }
