@@ -256,6 +256,17 @@ async fn the_same_tree_at_several_paths_and_beside_outputs_with_two_slots() {
         (!trees(&work).is_empty()).then_some(())
     })
     .await;
+    // Both slots at once, lent copies or not: each sees intact trees.
+    let mut tasks = vec![];
+    for i in 0..4 {
+        let c = c.clone();
+        let script = format!("{} && {} # {i}", check_script("a"), check_script("../b"));
+        tasks.push(tokio::spawn(async move { run(&c, &script, root, &[]).await }));
+    }
+    for t in tasks {
+        let (_, out, _) = t.await.unwrap();
+        assert_eq!(out.matches("intact\n").count(), 2, "{out}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,6 +67,8 @@ pub struct FileCache {
     over_grpc: AtomicU64,
     /// Whole materialized input subtrees, in `<work-dir>/dirs` (see `dircache.rs`).
     trees: DirCache,
+    /// Threads that build one staged tree (0: chosen by its size, see `build.rs`).
+    build_threads: AtomicU64,
 }
 
 /// Keeps the files of one staging in the cache until it is dropped (after the hardlinks are
@@ -123,6 +125,7 @@ impl FileCache {
         let trees = DirCache::open(dir.with_file_name("dirs"), DEFAULT_MAX_FILES, max_bytes)?;
         let cache = Self {
             trees,
+            build_threads: AtomicU64::new(0),
             dir,
             max_bytes,
             entries: Mutex::new(entries),
@@ -179,6 +182,19 @@ impl FileCache {
     /// Bytes of cached files now.
     pub fn bytes(&self) -> u64 {
         self.lock().bytes
+    }
+
+    /// Threads to build a staged tree of `files` files in `dirs` directories with.
+    pub fn build_threads(&self, files: usize, dirs: usize) -> usize {
+        match self.build_threads.load(Ordering::Relaxed) {
+            0 => super::build::threads(files, dirs),
+            n => usize::try_from(n).unwrap_or(1),
+        }
+    }
+
+    /// Fixes the threads that build one staged tree (0: by its size); for measurements.
+    pub fn set_build_threads(&self, n: usize) {
+        self.build_threads.store(n as u64, Ordering::Relaxed);
     }
 
     /// The directory cache.

@@ -17,6 +17,7 @@
 
 mod action;
 mod beneath;
+mod build;
 mod cache;
 mod capture;
 mod checkin;
@@ -275,6 +276,12 @@ impl Stager {
     pub async fn release(&self, dest: &std::path::Path) {
         let (cache, dest) = (self.cache.clone(), dest.to_path_buf());
         let _ = tokio::task::spawn_blocking(move || stage::check_in(&cache, &dest)).await;
+    }
+
+    /// Fixes the threads that build one staged tree (0, the default: one for small trees,
+    /// up to 4 for large ones); for measurements.
+    pub fn set_build_threads(&self, n: usize) {
+        self.cache.set_build_threads(n);
     }
 
     /// Trees in the directory cache and their hardlinks now.

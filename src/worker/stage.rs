@@ -13,16 +13,16 @@
 //! After the action, [`check_in`] offers lent and newly admitted subtrees back to the
 //! directory cache, which keeps only those `verify.rs` finds intact.
 
+use super::build::{Built, Pending, materialize};
 use super::cache::FileCache;
 use super::client::Client;
 use super::dircache::{Offer, Outstanding, Plan, Tree};
 use super::error::{WorkerError, io};
 use crate::digest::Digest;
 use crate::proto::reapi::{Command, Directory};
-use rustix::fs::{AtFlags, Mode, OFlags, linkat, mkdirat, openat, renameat, symlinkat};
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::sync::Arc;
 
 /// Deepest input tree a worker stages (the root is depth 0). Deeper trees fail with
@@ -111,8 +111,11 @@ pub async fn stage(
         owner,
     };
     let (d2, c2) = (dirs.clone(), cache.clone());
-    let (failed, placed) =
-        blocking(move || materialize(&c2, &d2, vec![root_job], &mut lent, owner)).await?;
+    let threads = cache.build_threads(files.len(), dirs.len());
+    let Built { failed, placed } = blocking(move || {
+        materialize(&c2, &d2, vec![root_job], &mut lent.trees, owner, threads)
+    })
+    .await?;
     drop(pin);
     out.offers.extend(placed);
     if !failed.is_empty() {
@@ -123,14 +126,7 @@ pub async fn stage(
         }
         let _pin = cache.ensure(client, &files).await?;
         let (d2, c2) = (dirs.clone(), cache.clone());
-        blocking(move || {
-            let mut none = Lent {
-                cache: c2.clone(),
-                trees: HashMap::new(),
-            };
-            materialize(&c2, &d2, failed, &mut none, owner).map(|_| ())
-        })
-        .await?;
+        blocking(move || materialize(&c2, &d2, failed, &mut HashMap::new(), owner, 1)).await?;
     }
     out.offers
         .extend(candidates.into_iter().map(|(rel, digest, size)| Offer {
@@ -222,163 +218,5 @@ fn subtree_files(
             )?);
         }
     }
-    Ok(())
-}
-
-/// One directory still to build: its digest, where (an open parent and a name, the path
-/// relative to the input root) and how deep.
-struct Pending {
-    digest: Digest,
-    parent: Arc<OwnedFd>,
-    name: String,
-    path: PathBuf,
-    rel: String,
-    depth: usize,
-}
-
-/// Builds the trees of `start` with *at() calls relative to open directory handles (each
-/// link resolves one name, never a symlink), from an explicit stack. A directory's handle
-/// stays open only while children of it are pending, so at most one per level is open.
-/// Subtrees in `lent` are moved in from the directory cache. Returns the lent subtrees that
-/// could not be moved (still to build) and the offers for those that were.
-fn materialize(
-    cache: &FileCache,
-    dirs: &HashMap<Digest, Arc<Directory>>,
-    start: Vec<Pending>,
-    lent: &mut Lent,
-    owner: Owner,
-) -> Result<(Vec<Pending>, Vec<Offer>), WorkerError> {
-    let cache_dir = std::fs::File::open(cache.dir())
-        .map_err(io(format!("open {}", cache.dir().display())))?;
-    let cache_fd = cache_dir.as_fd();
-    let trees_dir = if lent.trees.is_empty() {
-        None
-    } else {
-        let d = cache.trees().dir();
-        Some(std::fs::File::open(d).map_err(io(format!("open {}", d.display())))?)
-    };
-    let (mut failed, mut placed) = (Vec::new(), Vec::new());
-    let mut stack = start;
-    while let Some(p) = stack.pop() {
-        if p.depth > MAX_INPUT_DEPTH {
-            return Err(too_deep());
-        }
-        if let (Some(trees_dir), Some((d, tree))) = (&trees_dir, lent.trees.remove(&p.rel)) {
-            let name = tree.name();
-            match renameat(trees_dir, name.as_str(), &*p.parent, p.name.as_str()) {
-                Ok(()) => placed.push(Offer {
-                    rel: p.rel,
-                    digest: d,
-                    size: tree.size(),
-                }),
-                Err(e) => {
-                    tracing::warn!(error = %e, tree = name, "cannot move a cached tree in; staging it file by file");
-                    cache.trees().lost(tree);
-                    failed.push(p);
-                }
-            }
-            continue;
-        }
-        let fd = make_dir(&p, owner)?;
-        // Every Directory in `dirs` was checked by `stage` before anything was made.
-        let dir = dirs
-            .get(&p.digest)
-            .ok_or(WorkerError::MissingInput(p.digest))?;
-        for f in &dir.files {
-            let d = Digest::from_field(p.digest.function, f.digest.as_ref(), "FileNode.digest")?;
-            let src = FileCache::file_name(&d, f.is_executable);
-            if linkat(
-                cache_fd,
-                src.as_str(),
-                &fd,
-                f.name.as_str(),
-                AtFlags::empty(),
-            )
-            .is_err()
-            {
-                // Too many links (EMLINK) or a cross-device work dir: fall back to a copy.
-                copy_new(cache, &d, f.is_executable, &fd, &f.name, &p.path)?;
-            }
-        }
-        for s in &dir.symlinks {
-            symlinkat(s.target.as_str(), &fd, s.name.as_str()).map_err(|e| WorkerError::Io {
-                what: format!("symlink in {}", p.path.display()),
-                source: e.into(),
-            })?;
-        }
-        if dir.directories.is_empty() {
-            continue;
-        }
-        let fd = Arc::new(fd);
-        for c in dir.directories.iter().rev() {
-            stack.push(Pending {
-                digest: Digest::from_field(
-                    p.digest.function,
-                    c.digest.as_ref(),
-                    "DirectoryNode.digest",
-                )?,
-                parent: fd.clone(),
-                name: c.name.clone(),
-                path: p.path.join(&c.name),
-                rel: if p.rel.is_empty() {
-                    c.name.clone()
-                } else {
-                    format!("{}/{}", p.rel, c.name)
-                },
-                depth: p.depth + 1,
-            });
-        }
-    }
-    Ok((failed, placed))
-}
-
-fn too_deep() -> WorkerError {
-    WorkerError::Invalid {
-        what: "input root",
-        reason: format!("the tree is deeper than the limit of {MAX_INPUT_DEPTH} levels"),
-    }
-}
-
-/// Creates one directory (owned by `owner` when given) and opens it without following a
-/// symlink.
-fn make_dir(p: &Pending, owner: Owner) -> Result<OwnedFd, WorkerError> {
-    let at = |what: &str| {
-        let what = format!("{what} {}", p.path.display());
-        move |e: rustix::io::Errno| WorkerError::Io {
-            what,
-            source: e.into(),
-        }
-    };
-    mkdirat(&*p.parent, p.name.as_str(), Mode::from_raw_mode(0o755)).map_err(at("mkdir"))?;
-    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-    let fd = openat(&*p.parent, p.name.as_str(), flags, Mode::empty()).map_err(at("open"))?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::fchown(&fd, Some(uid), Some(gid))
-            .map_err(io(format!("chown {}", p.path.display())))?;
-    }
-    Ok(fd)
-}
-
-/// Copies a cached file to a new file `name` in `dir`: created with O_EXCL (an existing name is
-/// an error, never a file written through) and given the cached file's read-only mode.
-fn copy_new(
-    cache: &FileCache,
-    d: &Digest,
-    executable: bool,
-    dir: &OwnedFd,
-    name: &str,
-    path: &Path,
-) -> Result<(), WorkerError> {
-    let to = path.join(name);
-    let mode = if executable { 0o555 } else { 0o444 };
-    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let out = openat(dir, name, flags, Mode::from_raw_mode(mode)).map_err(|e| WorkerError::Io {
-        what: format!("stage {}", to.display()),
-        source: e.into(),
-    })?;
-    let mut out = std::fs::File::from(out);
-    let mut src =
-        std::fs::File::open(cache.path(d, executable)).map_err(io(format!("open cached {d}")))?;
-    std::io::copy(&mut src, &mut out).map_err(io(format!("stage {}", to.display())))?;
     Ok(())
 }
