@@ -302,3 +302,53 @@ async fn the_directory_cache_stays_within_its_bound() {
     );
     assert!(seen_trees <= 2, "{seen_trees} trees of 16,000 bytes held");
 }
+
+/// Actions share one user, so (without `--isolation namespaces`) one action can reach another
+/// one's input root through `/proc/PID/cwd` and keep its working directory inside a tree
+/// there. Once that tree is back in the cache it must not be able to change it: idle trees
+/// belong to the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_inside_another_actions_tree_cannot_change_it_once_cached() {
+    let server = Server::start();
+    // Actions may write the server's temp dir: the test tells the attacker when to strike.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(server.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let shared = server.dir.path().to_str().unwrap().to_string();
+    let (_w, work) = start_worker(&server, 2, &["--action-writable", &shared]);
+    let c = server.client().await;
+    let tc = toolchain(&c, "held", 20, 0).await;
+    let root = root_of(&c, &[("tc", tc)]).await;
+    let (_, first, _) = run(&c, &check_script("tc"), root, &[]).await;
+
+    // The victim is the tree's second staging: kept when it ends.
+    let marker = format!("victim-{}", uuid::Uuid::new_v4().simple());
+    let (head, tail) = marker.split_at(4);
+    let go = server.dir.path().join("go");
+    let victim = format!("sleep 2 # {marker}");
+    let attacker = format!(
+        "m={head}; m=\"${{m}}{tail}\"; \
+         for i in $(seq 100); do \
+           for p in /proc/[0-9]*; do grep -qs \"$m\" $p/cmdline && pid=${{p#/proc/}}; done; \
+           [ -n \"$pid\" ] && break; sleep 0.1; done; \
+         cd /proc/$pid/cwd/tc || exit 3; echo in; \
+         for i in $(seq 600); do [ -e {go} ] && break; sleep 0.1; done; [ -e {go} ] || exit 4; \
+         if rm -f f01 2>/dev/null && echo evil > new 2>/dev/null; then echo wrote; \
+         else echo denied; fi; chmod 777 . 2>/dev/null; mkdir sub 2>/dev/null; true",
+        go = go.display()
+    );
+    let empty = c.put_msg(&Directory::default()).await;
+    let (c1, c2) = (c.clone(), c.clone());
+    let a = tokio::spawn(async move { run(&c1, &attacker, empty, &[]).await });
+    let v = tokio::spawn(async move { run(&c2, &victim, root, &[]).await });
+    v.await.unwrap();
+    poll("the victim's tree to be kept", || async {
+        (trees(&work).len() == 1).then_some(())
+    })
+    .await;
+    std::fs::write(&go, b"").unwrap();
+    let (_, out, _) = a.await.unwrap();
+    assert_eq!(out, "in\ndenied\n", "the attacker's handle in the cached tree");
+    // The next action is lent that tree: it is as it was.
+    let (_, later, _) = run(&c, &check_script("tc"), root, &[]).await;
+    assert_eq!(later, first, "an action changed a cached tree");
+}

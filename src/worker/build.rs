@@ -197,20 +197,27 @@ fn one(ctx: &Ctx<'_>, p: Pending, stack: &mut Vec<Pending>) -> Result<Step, Work
             .remove(&p.rel);
         if let Some((d, tree)) = taken {
             let name = tree.name();
-            return Ok(
-                match renameat(trees_fd, name.as_str(), &*p.parent, p.name.as_str()) {
-                    Ok(()) => Step::Placed(Offer {
-                        rel: p.rel,
-                        digest: d,
-                        size: tree.size(),
-                    }),
-                    Err(e) => {
-                        tracing::warn!(error = %e, tree = name, "cannot move a cached tree in; staging it file by file");
-                        ctx.cache.trees().lost(tree);
-                        Step::Failed(p)
+            if let Err(e) = renameat(trees_fd, name.as_str(), &*p.parent, p.name.as_str()) {
+                tracing::warn!(error = %e, tree = name, "cannot move a cached tree in; staging it file by file");
+                ctx.cache.trees().lost(tree);
+                return Ok(Step::Failed(p));
+            }
+            // Idle trees are the worker's: the action user gets its directories back.
+            if let Some(owner) = ctx.owner
+                && owner.0 != rustix::process::geteuid().as_raw()
+            {
+                super::verify::lend_to(&p.parent, &p.name, d, ctx.dirs, owner).map_err(|e| {
+                    WorkerError::Io {
+                        what: format!("chown lent tree {}: {e}", p.path.display()),
+                        source: std::io::Error::other(e),
                     }
-                },
-            );
+                })?;
+            }
+            return Ok(Step::Placed(Offer {
+                rel: p.rel,
+                digest: d,
+                size: tree.size(),
+            }));
         }
     }
     let fd = make_dir(&p, ctx.owner)?;

@@ -28,9 +28,13 @@ pub fn check_in(cache: &FileCache, root: &Path) {
     else {
         return;
     };
-    let uid = out
-        .owner
-        .map_or_else(|| rustix::process::geteuid().as_raw(), |o| o.0);
+    let me = (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
+    let uid = out.owner.map_or(me.0, |o| o.0);
+    // Idle trees belong to the worker when actions run as another user.
+    let keep_as = out.owner.filter(|o| o.0 != me.0).map(|_| me);
     out.offers.sort_by(|a, b| a.rel.cmp(&b.rel));
     let _one_at_a_time = trees.check_in_lock();
     let mut inodes = HashMap::new();
@@ -52,6 +56,7 @@ pub fn check_in(cache: &FileCache, root: &Path) {
         let mut expect = Expect {
             cache_dir: cache_fd.as_fd(),
             uid,
+            keep_as,
             inodes: &mut inodes,
         };
         if let Err(reason) = verify(top, o.digest, &out.dirs, &mut expect) {

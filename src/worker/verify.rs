@@ -4,7 +4,9 @@
 //! protos, each of the right type: files are the very inodes of the file cache's entries
 //! (which no action can write: the worker's, 0444/0555), symlinks point where the proto says,
 //! directories belong to the expected owner with no xattrs (ACLs, `user.*`) and no inode
-//! flags an owner can set (`chattr`). Directory modes are reset to 0755. Everything goes
+//! flags an owner can set (`chattr`). Directory modes are reset to 0755, and directories are
+//! given to the worker's user while the tree is idle in the cache (`lend_to` gives them back
+//! to the action user when the tree is lent). Everything goes
 //! through `*at()` calls on handles opened with `O_NOFOLLOW`, without recursion; only one
 //! handle per level is open at a time.
 
@@ -39,8 +41,12 @@ const OWNER_FLAGS: u32 = 0x0000_0080
 pub struct Expect<'a> {
     /// The file cache's directory, opened.
     pub cache_dir: BorrowedFd<'a>,
-    /// uid every directory of the tree must have.
+    /// uid every directory of the tree must have (the action user's).
     pub uid: u32,
+    /// Owner the directories are given before they are checked (the worker's, when actions
+    /// run as another user): a process of another action still running as the same user,
+    /// with a handle inside the tree, can then change nothing in it once it is checked.
+    pub keep_as: Option<(u32, u32)>,
     /// (device, inode) of cached files met so far (`None`: not in the cache now).
     pub inodes: &'a mut HashMap<(Digest, bool), Option<(u64, u64)>>,
 }
@@ -85,7 +91,7 @@ pub fn verify(
         let dir = dirs
             .get(&d)
             .ok_or_else(|| format!("{label}: no Directory {d}"))?;
-        check_dir(fd.as_fd(), expect.uid).map_err(|r| format!("{label}: {r}"))?;
+        check_dir(fd.as_fd(), expect.uid, expect.keep_as).map_err(|r| format!("{label}: {r}"))?;
         let mut entries = 0usize;
         for ent in rustix::fs::Dir::read_from(&*fd).map_err(e("read dir"))? {
             let ent = ent.map_err(e("read dir"))?;
@@ -123,14 +129,24 @@ pub fn verify(
     Ok(())
 }
 
-/// Owner, mode (reset to 0755), xattrs and inode flags of one directory.
-fn check_dir(fd: BorrowedFd<'_>, uid: u32) -> Result<(), String> {
+/// Owner (then given to `keep_as`), mode (reset to 0755), xattrs and inode flags of one
+/// directory. The owner and mode change first: from then on the action user cannot change
+/// the directory (nor its xattrs) while it is looked at.
+fn check_dir(fd: BorrowedFd<'_>, uid: u32, keep_as: Option<(u32, u32)>) -> Result<(), String> {
     let st = fstat(fd).map_err(|e| format!("stat: {e}"))?;
     if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
         return Err("not a directory".into());
     }
     if st.st_uid != uid {
         return Err(format!("owned by uid {} instead of {uid}", st.st_uid));
+    }
+    if let Some((u, g)) = keep_as {
+        rustix::fs::fchown(
+            fd,
+            Some(rustix::fs::Uid::from_raw(u)),
+            Some(rustix::fs::Gid::from_raw(g)),
+        )
+        .map_err(|e| format!("chown: {e}"))?;
     }
     if st.st_mode & 0o7777 != 0o755 {
         fchmod(fd, Mode::from_raw_mode(0o755)).map_err(|e| format!("chmod: {e}"))?;
@@ -156,6 +172,44 @@ fn check_dir(fd: BorrowedFd<'_>, uid: u32) -> Result<(), String> {
         Ok(_) | Err(rustix::io::Errno::NOTTY | rustix::io::Errno::NOTSUP) => Ok(()),
         Err(e) => Err(format!("inode flags: {e}")),
     }
+}
+
+/// Gives every directory of the tree `name` in `parent` (Directory `digest`) to `owner`: a
+/// tree from the cache, just moved into an action's input root, becomes as writable for the
+/// action as a freshly staged one.
+pub fn lend_to(
+    parent: &OwnedFd,
+    name: &str,
+    digest: Digest,
+    dirs: &HashMap<Digest, Arc<Directory>>,
+    owner: (u32, u32),
+) -> Result<(), String> {
+    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let top = openat(parent, name, flags, Mode::empty()).map_err(|e| format!("open {name}: {e}"))?;
+    let mut stack: Vec<(Arc<OwnedFd>, Option<String>, Digest)> =
+        vec![(Arc::new(top), None, digest)];
+    while let Some((p, n, d)) = stack.pop() {
+        let fd = match &n {
+            None => p,
+            Some(n) => Arc::new(
+                openat(&*p, n.as_str(), flags, Mode::empty())
+                    .map_err(|e| format!("open {n}: {e}"))?,
+            ),
+        };
+        rustix::fs::fchown(
+            &*fd,
+            Some(rustix::fs::Uid::from_raw(owner.0)),
+            Some(rustix::fs::Gid::from_raw(owner.1)),
+        )
+        .map_err(|e| format!("chown: {e}"))?;
+        let dir = dirs.get(&d).ok_or_else(|| format!("no Directory {d}"))?;
+        for c in &dir.directories {
+            let cd = Digest::from_field(d.function, c.digest.as_ref(), "DirectoryNode.digest")
+                .map_err(|x| x.to_string())?;
+            stack.push((fd.clone(), Some(c.name.clone()), cd));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
