@@ -261,7 +261,9 @@ async fn the_same_tree_at_several_paths_and_beside_outputs_with_two_slots() {
     for i in 0..4 {
         let c = c.clone();
         let script = format!("{} && {} # {i}", check_script("a"), check_script("../b"));
-        tasks.push(tokio::spawn(async move { run(&c, &script, root, &[]).await }));
+        tasks.push(tokio::spawn(
+            async move { run(&c, &script, root, &[]).await },
+        ));
     }
     for t in tasks {
         let (_, out, _) = t.await.unwrap();
@@ -347,7 +349,10 @@ async fn an_action_inside_another_actions_tree_cannot_change_it_once_cached() {
     .await;
     std::fs::write(&go, b"").unwrap();
     let (_, out, _) = a.await.unwrap();
-    assert_eq!(out, "in\ndenied\n", "the attacker's handle in the cached tree");
+    assert_eq!(
+        out, "in\ndenied\n",
+        "the attacker's handle in the cached tree"
+    );
     // The next action is lent that tree: it is as it was.
     let (_, later, _) = run(&c, &check_script("tc"), root, &[]).await;
     assert_eq!(later, first, "an action changed a cached tree");

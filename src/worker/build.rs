@@ -84,8 +84,8 @@ pub fn materialize(
     owner: Owner,
     threads: usize,
 ) -> Result<Built, WorkerError> {
-    let cache_dir = std::fs::File::open(cache.dir())
-        .map_err(io(format!("open {}", cache.dir().display())))?;
+    let cache_dir =
+        std::fs::File::open(cache.dir()).map_err(io(format!("open {}", cache.dir().display())))?;
     let trees_dir = if lent.is_empty() {
         None
     } else {
@@ -120,7 +120,9 @@ pub fn materialize(
             s.spawn(|| run(&ctx, &work, &wake));
         }
     });
-    let w = work.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let w = work
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     match w.err {
         Some(e) => Err(e),
         None => Ok(w.built),
@@ -146,7 +148,10 @@ fn record(built: &mut Built, step: Step) {
 /// One building thread: takes pending directories until none is left and none is being
 /// built (which could add more), or another thread failed.
 fn run(ctx: &Ctx<'_>, work: &Mutex<Work>, wake: &Condvar) {
-    let lock = || work.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let lock = || {
+        work.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
     loop {
         let p = {
             let mut w = lock();

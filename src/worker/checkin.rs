@@ -60,7 +60,11 @@ pub fn check_in(cache: &FileCache, root: &Path) {
             inodes: &mut inodes,
         };
         if let Err(reason) = verify(top, o.digest, &out.dirs, &mut expect) {
-            tracing::debug!(path = o.rel, reason, "input subtree not kept by the directory cache");
+            tracing::debug!(
+                path = o.rel,
+                reason,
+                "input subtree not kept by the directory cache"
+            );
             refused += 1;
             continue;
         }
@@ -79,13 +83,13 @@ pub fn check_in(cache: &FileCache, root: &Path) {
     }
     // Files of kept trees stay recently used in the file cache, so their names (the check of
     // the next check-in) outlive colder files.
-    cache.touch(
-        inodes
-            .iter()
-            .filter(|(_, v)| v.is_some())
-            .map(|(k, _)| *k),
+    cache.touch(inodes.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| *k));
+    tracing::debug!(
+        offered,
+        refused,
+        kept = kept.len(),
+        "input subtrees checked in"
     );
-    tracing::debug!(offered, refused, kept = kept.len(), "input subtrees checked in");
 }
 
 /// The directory holding `rel` (opened component by component without following symlinks)

@@ -32,6 +32,8 @@ use super::error::{WorkerError, io};
 use crate::digest::Digest;
 use crate::proto::reapi::Directory;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+mod plan;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -171,64 +173,6 @@ impl DirCache {
         (s.lru.len(), s.size)
     }
 
-    /// Decides, for the tree `root` (every Directory in `dirs`, already checked), which
-    /// subtrees come from the cache (taken out of it now) and which fresh ones to offer back
-    /// later. Paths in `fresh` (relative, the working directory's and outputs' ancestors) are
-    /// never lent nor kept. Also returns the files the rest of the tree links.
-    pub fn plan(
-        &self,
-        dirs: &HashMap<Digest, Arc<Directory>>,
-        root: Digest,
-        fresh: &HashSet<String>,
-    ) -> Result<(Plan, HashSet<(Digest, bool)>), WorkerError> {
-        let mut plan = Plan::default();
-        let mut files = HashSet::new();
-        let mut sizes: HashMap<Digest, Size> = HashMap::new();
-        let mut state = self.lock();
-        // (digest, relative path, inside a candidate)
-        let mut stack = vec![(root, String::new(), false)];
-        while let Some((digest, rel, inside)) = stack.pop() {
-            let dir = dirs.get(&digest).ok_or(WorkerError::MissingInput(digest))?;
-            for f in &dir.files {
-                files.insert((
-                    Digest::from_field(digest.function, f.digest.as_ref(), "FileNode.digest")?,
-                    f.is_executable,
-                ));
-            }
-            for c in &dir.directories {
-                let d =
-                    Digest::from_field(digest.function, c.digest.as_ref(), "DirectoryNode.digest")?;
-                let child = if rel.is_empty() {
-                    c.name.clone()
-                } else {
-                    format!("{rel}/{}", c.name)
-                };
-                if !self.enabled() || fresh.contains(&child) {
-                    stack.push((d, child, inside));
-                    continue;
-                }
-                if let Some(tree) = take(&mut state, &d) {
-                    plan.lent.insert(child, (d, tree));
-                    continue;
-                }
-                let mut candidate = false;
-                if !inside && state.seen.contains(&d) {
-                    let size = subtree_size(dirs, d, &mut sizes)?;
-                    if size.files >= MIN_TREE_FILES {
-                        plan.candidates.push((child.clone(), d, size));
-                        candidate = true;
-                    }
-                }
-                if state.seen.len() >= MAX_SEEN {
-                    state.seen.clear();
-                }
-                state.seen.insert(d);
-                stack.push((d, child, inside || candidate));
-            }
-        }
-        Ok((plan, files))
-    }
-
     /// Puts back a tree taken by [`DirCache::plan`] that never left the cache directory.
     pub fn untouched(&self, digest: Digest, tree: Tree) {
         let mut s = self.lock();
@@ -354,51 +298,6 @@ fn insert(s: &mut State, d: Digest, t: Tree) {
     s.idle.entry(d).or_default().push(t);
 }
 
-/// Files and bytes below `root` (memoized in `memo`), without recursion.
-fn subtree_size(
-    dirs: &HashMap<Digest, Arc<Directory>>,
-    root: Digest,
-    memo: &mut HashMap<Digest, Size>,
-) -> Result<Size, WorkerError> {
-    // (digest, children pushed already)
-    let mut stack = vec![(root, false)];
-    while let Some((d, expanded)) = stack.pop() {
-        if memo.contains_key(&d) {
-            continue;
-        }
-        let dir = dirs.get(&d).ok_or(WorkerError::MissingInput(d))?;
-        let children = dir
-            .directories
-            .iter()
-            .map(|c| Digest::from_field(d.function, c.digest.as_ref(), "DirectoryNode.digest"))
-            .collect::<Result<Vec<_>, _>>()?;
-        if !expanded {
-            stack.push((d, true));
-            stack.extend(
-                children
-                    .iter()
-                    .filter(|c| !memo.contains_key(c))
-                    .map(|c| (*c, false)),
-            );
-            continue;
-        }
-        let mut size = Size::default();
-        for f in &dir.files {
-            size.files += 1;
-            size.bytes = size
-                .bytes
-                .saturating_add(f.digest.as_ref().map_or(0, |x| x.size_bytes.max(0) as u64));
-        }
-        for c in &children {
-            let s = memo.get(c).copied().unwrap_or_default();
-            size.files = size.files.saturating_add(s.files);
-            size.bytes = size.bytes.saturating_add(s.bytes);
-        }
-        memo.insert(d, size);
-    }
-    Ok(memo.get(&root).copied().unwrap_or_default())
-}
-
 /// Whether `rel` is `base` or below it (`a/b` is below `a`, `ab` is not).
 pub fn is_within(rel: &str, base: &str) -> bool {
     rel == base
@@ -408,87 +307,6 @@ pub fn is_within(rel: &str, base: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::digest::DigestFunction;
-    use crate::proto::reapi::{DirectoryNode, FileNode};
-    use prost::Message;
-
-    fn tree_of(n: usize, salt: &str) -> (Digest, Directory) {
-        let files = (0..n)
-            .map(|i| FileNode {
-                name: format!("f{i:03}"),
-                digest: Some(
-                    DigestFunction::Sha256
-                        .digest_of(format!("{salt}{i}").as_bytes())
-                        .to_proto(),
-                ),
-                ..Default::default()
-            })
-            .collect();
-        let dir = Directory {
-            files,
-            ..Default::default()
-        };
-        (
-            DigestFunction::Sha256.digest_of(&dir.encode_to_vec()),
-            dir,
-        )
-    }
-
-    fn root_over(children: &[(&str, Digest)]) -> (Digest, Directory) {
-        let dir = Directory {
-            directories: children
-                .iter()
-                .map(|(n, d)| DirectoryNode {
-                    name: (*n).into(),
-                    digest: Some(d.to_proto()),
-                })
-                .collect(),
-            ..Default::default()
-        };
-        (
-            DigestFunction::Sha256.digest_of(&dir.encode_to_vec()),
-            dir,
-        )
-    }
-
-    #[test]
-    fn admits_on_the_second_staging_lends_once_and_evicts_past_the_bound() {
-        let tmp = tempfile::tempdir().unwrap();
-        // Room for two trees of 20 files.
-        let cache = DirCache::open(tmp.path().join("dirs"), 40, 0).unwrap();
-        let (a, da) = tree_of(20, "a");
-        let (small, ds) = tree_of(3, "s");
-        let (root, dr) = root_over(&[("a", a), ("out", a), ("s", small)]);
-        let dirs: HashMap<_, _> = [(a, da), (small, ds), (root, dr)]
-            .into_iter()
-            .map(|(d, x)| (d, Arc::new(x)))
-            .collect();
-        let fresh: HashSet<String> = ["out".to_string()].into();
-        let (p1, files) = cache.plan(&dirs, root, &fresh).unwrap();
-        assert!(p1.lent.is_empty());
-        assert!(p1.candidates.is_empty(), "first sight is not admitted");
-        assert_eq!(files.len(), 23);
-        let (p2, _) = cache.plan(&dirs, root, &fresh).unwrap();
-        let names: Vec<_> = p2.candidates.iter().map(|c| c.0.as_str()).collect();
-        assert_eq!(names, ["a"], "repeat admitted; small and fresh ones not");
-        let size = p2.candidates[0].2;
-        assert_eq!(size.files, 20);
-        for _ in 0..3 {
-            let t = cache.new_tree(size);
-            assert!(cache.wants(&a, size));
-            cache.make_room(size);
-            std::fs::create_dir(cache.dir().join(t.name())).unwrap();
-            cache.keep(a, t);
-        }
-        assert_eq!(cache.idle().0, 2, "bounded to 40 files");
-        assert_eq!(cache.idle().1.files, 40);
-        assert_eq!(std::fs::read_dir(cache.dir()).unwrap().count(), 2);
-        let (p3, files) = cache.plan(&dirs, root, &fresh).unwrap();
-        assert_eq!(p3.lent.len(), 1);
-        assert!(p3.lent.contains_key("a"));
-        assert_eq!(files.len(), 23, "`out` is staged fresh, `s` too");
-        assert_eq!(cache.idle().0, 1);
-    }
 
     #[test]
     fn within() {

@@ -7,6 +7,9 @@
 //! not: filling that cache (BatchReadBlobs/ByteStream over the Unix socket) and uploading
 //! outputs (FindMissingBlobs, then BatchUpdateBlobs/ByteStream). When the storage engine keeps
 //! blobs in files, the cache fill can become a reflink/copy_file_range from the segments.
+//! Repeated input subtrees are not even linked file by file: the directory cache
+//! (`dircache.rs`) keeps whole staged subtrees and moves them into an action with one rename,
+//! taking them back after the action only if they are intact (`verify.rs`, `checkin.rs`).
 //!
 //! Actions are untrusted: each runs in a sandbox (`sandbox.rs`: own mount namespace where the
 //! server's data dir, sockets and the work dir are hidden, read-only everywhere but its input

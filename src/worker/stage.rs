@@ -112,10 +112,9 @@ pub async fn stage(
     };
     let (d2, c2) = (dirs.clone(), cache.clone());
     let threads = cache.build_threads(files.len(), dirs.len());
-    let Built { failed, placed } = blocking(move || {
-        materialize(&c2, &d2, vec![root_job], &mut lent.trees, owner, threads)
-    })
-    .await?;
+    let Built { failed, placed } =
+        blocking(move || materialize(&c2, &d2, vec![root_job], &mut lent.trees, owner, threads))
+            .await?;
     drop(pin);
     out.offers.extend(placed);
     if !failed.is_empty() {
@@ -129,11 +128,11 @@ pub async fn stage(
         blocking(move || materialize(&c2, &d2, failed, &mut HashMap::new(), owner, 1)).await?;
     }
     out.offers
-        .extend(candidates.into_iter().map(|(rel, digest, size)| Offer {
-            rel,
-            digest,
-            size,
-        }));
+        .extend(
+            candidates
+                .into_iter()
+                .map(|(rel, digest, size)| Offer { rel, digest, size }),
+        );
     cache.trees().lend(dest.to_path_buf(), out);
     Ok(())
 }
@@ -219,4 +218,29 @@ fn subtree_files(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(deprecated)]
+    fn fresh_paths_are_the_working_directory_outputs_and_their_ancestors() {
+        let cmd = Command {
+            working_directory: "w/x".into(),
+            output_paths: vec!["out/a.o".into()],
+            output_files: vec!["../y/f".into()],
+            output_directories: vec!["/abs".into(), "../../../up".into()],
+            ..Default::default()
+        };
+        let mut got: Vec<String> = fresh_paths(&cmd).into_iter().collect();
+        got.sort();
+        assert_eq!(
+            got,
+            ["w", "w/x", "w/x/out", "w/x/out/a.o", "w/y", "w/y/f"],
+            "paths that leave the root are ignored (prepare rejects them)"
+        );
+        assert!(fresh_paths(&Command::default()).is_empty());
+    }
 }

@@ -106,7 +106,8 @@ pub fn verify(
         for f in &dir.files {
             let fd_digest = Digest::from_field(d.function, f.digest.as_ref(), "FileNode.digest")
                 .map_err(|x| x.to_string())?;
-            let st = statat(&*fd, f.name.as_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(e(&f.name))?;
+            let st =
+                statat(&*fd, f.name.as_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(e(&f.name))?;
             let want = expect.inode((fd_digest, f.is_executable));
             if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
                 || want != Some((st.st_dev, st.st_ino))
@@ -166,9 +167,10 @@ fn check_dir(fd: BorrowedFd<'_>, uid: u32, keep_as: Option<(u32, u32)>) -> Resul
         Err(e) => return Err(format!("list xattrs: {e}")),
     }
     match rustix::fs::ioctl_getflags(fd) {
-        Ok(f) if f.bits() & OWNER_FLAGS != 0 => {
-            Err(format!("inode flags {:#x} were set", f.bits() & OWNER_FLAGS))
-        }
+        Ok(f) if f.bits() & OWNER_FLAGS != 0 => Err(format!(
+            "inode flags {:#x} were set",
+            f.bits() & OWNER_FLAGS
+        )),
         Ok(_) | Err(rustix::io::Errno::NOTTY | rustix::io::Errno::NOTSUP) => Ok(()),
         Err(e) => Err(format!("inode flags: {e}")),
     }
@@ -185,7 +187,8 @@ pub fn lend_to(
     owner: (u32, u32),
 ) -> Result<(), String> {
     let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-    let top = openat(parent, name, flags, Mode::empty()).map_err(|e| format!("open {name}: {e}"))?;
+    let top =
+        openat(parent, name, flags, Mode::empty()).map_err(|e| format!("open {name}: {e}"))?;
     let mut stack: Vec<(Arc<OwnedFd>, Option<String>, Digest)> =
         vec![(Arc::new(top), None, digest)];
     while let Some((p, n, d)) = stack.pop() {
