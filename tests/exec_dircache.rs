@@ -313,8 +313,11 @@ async fn the_directory_cache_stays_within_its_bound() {
 async fn an_action_inside_another_actions_tree_cannot_change_it_once_cached() {
     let server = Server::start();
     // Actions may write the server's temp dir: the test tells the attacker when to strike.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(server.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(
+        server.dir.path(),
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o777),
+    )
+    .unwrap();
     let shared = server.dir.path().to_str().unwrap().to_string();
     let (_w, work) = start_worker(&server, 2, &["--action-writable", &shared]);
     let c = server.client().await;
