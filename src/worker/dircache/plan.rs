@@ -115,7 +115,7 @@ fn subtree_size(
 
 #[cfg(test)]
 mod tests {
-    use super::super::*;
+    use crate::worker::dircache::*;
     use crate::digest::DigestFunction;
     use crate::proto::reapi::{DirectoryNode, FileNode};
     use prost::Message;
