@@ -8,6 +8,8 @@
 //! * `stage_10k_files`: staging an input tree of 10,000 small files (100 dirs x 100): cold,
 //!   from the worker's file cache file by file (one thread and the default), and repeated
 //!   from the directory cache (subtrees moved in whole), with the hand-back after the action.
+//! * `stage_10k_in_actions`: the input fetch phase of 12 sequential actions on that tree run
+//!   by a real worker (cold, file by file, then from the directory cache).
 //!
 //! Measured 2026-11-28 on the shared 2-vCPU build VM with a load average of ~11 (other builds
 //! running), release build, so latency figures are inflated by CPU contention:
@@ -156,35 +158,7 @@ async fn noop_round_trip() {
 async fn stage_10k_files() {
     let server = Server::start();
     let c = server.client().await;
-    let mut dirs = vec![];
-    for i in 0..100 {
-        let mut files = vec![];
-        for j in 0..100 {
-            let d = c.put(format!("file {i}/{j}\n").as_bytes()).await;
-            files.push(FileNode {
-                name: format!("f{j:03}"),
-                digest: Some(d.to_proto()),
-                is_executable: j % 10 == 0,
-                ..Default::default()
-            });
-        }
-        let dir = c
-            .put_msg(&Directory {
-                files,
-                ..Default::default()
-            })
-            .await;
-        dirs.push(DirectoryNode {
-            name: format!("d{i:03}"),
-            digest: Some(dir.to_proto()),
-        });
-    }
-    let root = c
-        .put_msg(&Directory {
-            directories: dirs,
-            ..Default::default()
-        })
-        .await;
+    let root = tree_10k(&c).await;
     let client = kiln::worker::connect(&server.bots).await.unwrap();
     let work = server.dir.path().join("stage-work");
     let stager = kiln::worker::Stager::new(client.clone(), &work, 0, None).unwrap();
@@ -261,6 +235,82 @@ async fn stage_10k_files() {
         back[2].as_secs_f64() * 1e3
     );
     assert_eq!(trees, 100);
+}
+
+/// Uploads a tree of 100 directories of 100 distinct small files (every tenth executable).
+async fn tree_10k(c: &Client) -> kiln::digest::Digest {
+    let mut dirs = vec![];
+    for i in 0..100 {
+        let mut files = vec![];
+        for j in 0..100 {
+            let d = c.put(format!("file {i}/{j}\n").as_bytes()).await;
+            files.push(FileNode {
+                name: format!("f{j:03}"),
+                digest: Some(d.to_proto()),
+                is_executable: j % 10 == 0,
+                ..Default::default()
+            });
+        }
+        let dir = c
+            .put_msg(&Directory {
+                files,
+                ..Default::default()
+            })
+            .await;
+        dirs.push(DirectoryNode {
+            name: format!("d{i:03}"),
+            digest: Some(dir.to_proto()),
+        });
+    }
+    c.put_msg(&Directory {
+        directories: dirs,
+        ..Default::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: run with --ignored --nocapture"]
+async fn stage_10k_in_actions() {
+    let server = Server::start();
+    let c = server.client().await;
+    let root = tree_10k(&c).await;
+    let _w = server.worker(1, &[]);
+    // One after another, as a client waiting for each result would send them: the input
+    // fetch phase of each (the first fetches, the second links file by file and leaves the
+    // subtrees to the directory cache, later ones are lent them if their hand-back is done).
+    let mut fetch = vec![];
+    for i in 0..12 {
+        let mut spec = Spec {
+            args: vec!["/bin/true".into()],
+            input_root: Some(root),
+            do_not_cache: true,
+            ..Default::default()
+        };
+        spec.salt = format!("tree-{i}");
+        let d = c.action(&spec).await;
+        let (_, r) = c.execute_req(Client::request(&d, true)).await.unwrap();
+        let m = r.result.unwrap().execution_metadata.unwrap();
+        let t = |ts: &Option<prost_types::Timestamp>| {
+            std::time::SystemTime::try_from((*ts).expect("timestamp set")).unwrap()
+        };
+        fetch.push(
+            t(&m.input_fetch_completed_timestamp)
+                .duration_since(t(&m.input_fetch_start_timestamp))
+                .unwrap_or_default(),
+        );
+    }
+    let ms: Vec<String> = fetch
+        .iter()
+        .map(|d| format!("{:.1}", d.as_secs_f64() * 1e3))
+        .collect();
+    let mut later = fetch[2..].to_vec();
+    later.sort();
+    println!(
+        "10,000-file input root, 12 sequential actions on one worker, input fetch ms: {}; median of the 3rd to 12th {:.1} ms",
+        ms.join(" "),
+        later[later.len() / 2].as_secs_f64() * 1e3
+    );
 }
 
 /// Median and best of `n` timed runs of `f(i)`.

@@ -115,9 +115,9 @@ fn subtree_size(
 
 #[cfg(test)]
 mod tests {
-    use crate::worker::dircache::*;
     use crate::digest::DigestFunction;
     use crate::proto::reapi::{DirectoryNode, FileNode};
+    use crate::worker::dircache::*;
     use prost::Message;
 
     fn tree_of(n: usize, salt: &str) -> (Digest, Directory) {
