@@ -37,7 +37,8 @@ pub type Owner = Option<(u32, u32)>;
 type Dirs = Arc<HashMap<Digest, Arc<Directory>>>;
 
 /// The paths of an input root (relative, `a/b`) that must be staged as fresh directories:
-/// the working directory, every declared output and all their ancestors. The worker creates
+/// the working directory, every declared output and all their ancestors, and (marked `p/`)
+/// the outputs that may be directories, whose whole subtree is fresh. The worker creates
 /// outputs' parents there and the action writes there, so they are never lent from or kept
 /// by the directory cache.
 pub fn fresh_paths(cmd: &Command) -> HashSet<String> {
@@ -45,29 +46,35 @@ pub fn fresh_paths(cmd: &Command) -> HashSet<String> {
     let Some(wd) = crate::paths::within_root("", &cmd.working_directory) else {
         return out;
     };
-    let mut add = |rel: &str| {
-        let mut at = 0;
-        while let Some(i) = rel[at..].find('/') {
-            out.insert(rel[..at + i].to_string());
-            at += i + 1;
-        }
-        if !rel.is_empty() {
-            out.insert(rel.to_string());
-        }
-    };
-    add(&wd);
+    add(&mut out, &wd);
     #[allow(deprecated)]
-    for p in cmd
+    for (p, dir) in cmd
         .output_paths
         .iter()
-        .chain(&cmd.output_files)
-        .chain(&cmd.output_directories)
+        .map(|p| (p, true))
+        .chain(cmd.output_files.iter().map(|p| (p, false)))
+        .chain(cmd.output_directories.iter().map(|p| (p, true)))
     {
         if let Some(rel) = crate::paths::within_root(&wd, p) {
-            add(&rel);
+            add(&mut out, &rel);
+            if dir {
+                out.insert(format!("{rel}/"));
+            }
         }
     }
     out
+}
+
+/// Adds `rel` and its ancestors.
+fn add(out: &mut HashSet<String>, rel: &str) {
+    let mut at = 0;
+    while let Some(i) = rel[at..].find('/') {
+        out.insert(rel[..at + i].to_string());
+        at += i + 1;
+    }
+    if !rel.is_empty() {
+        out.insert(rel.to_string());
+    }
 }
 
 /// Fetches what is missing and builds the tree of `root` at `dest` (which must not exist).
@@ -238,9 +245,27 @@ mod tests {
         got.sort();
         assert_eq!(
             got,
-            ["w", "w/x", "w/x/out", "w/x/out/a.o", "w/y", "w/y/f"],
+            [
+                "w",
+                "w/x",
+                "w/x/out",
+                "w/x/out/a.o",
+                "w/x/out/a.o/",
+                "w/y",
+                "w/y/f"
+            ],
             "paths that leave the root are ignored (prepare rejects them)"
         );
         assert!(fresh_paths(&Command::default()).is_empty());
+        let whole = Command {
+            output_directories: vec![".".into()],
+            ..Default::default()
+        };
+        let want: HashSet<String> = ["/".to_string()].into();
+        assert_eq!(
+            fresh_paths(&whole),
+            want,
+            "the root itself is an output directory"
+        );
     }
 }

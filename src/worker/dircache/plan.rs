@@ -11,8 +11,10 @@ use std::sync::Arc;
 impl DirCache {
     /// Decides, for the tree `root` (every Directory in `dirs`, already checked), which
     /// subtrees come from the cache (taken out of it now) and which fresh ones to offer back
-    /// later. Paths in `fresh` (relative, the working directory's and outputs' ancestors) are
-    /// never lent nor kept. Also returns the files the rest of the tree links.
+    /// later. Paths in `fresh` (relative: the working directory, outputs and their ancestors;
+    /// `p/` for an output directory `p`, whose whole subtree is fresh, `/` for the root) are
+    /// never lent nor
+    /// kept. Also returns the files the rest of the tree links.
     pub fn plan(
         &self,
         dirs: &HashMap<Digest, Arc<Directory>>,
@@ -21,11 +23,32 @@ impl DirCache {
     ) -> Result<(Plan, HashSet<(Digest, bool)>), WorkerError> {
         let mut plan = Plan::default();
         let mut files = HashSet::new();
-        let mut sizes: HashMap<Digest, Size> = HashMap::new();
         let mut state = self.lock();
-        // (digest, relative path, inside a candidate)
-        let mut stack = vec![(root, String::new(), false)];
-        while let Some((digest, rel, inside)) = stack.pop() {
+        let r = self.walk(&mut state, dirs, root, fresh, &mut plan, &mut files);
+        if let Err(e) = r {
+            // Nothing was moved yet: what was taken goes back.
+            for (_, (d, t)) in plan.lent.drain() {
+                super::insert(&mut state, d, t);
+            }
+            return Err(e);
+        }
+        Ok((plan, files))
+    }
+
+    fn walk(
+        &self,
+        state: &mut super::State,
+        dirs: &HashMap<Digest, Arc<Directory>>,
+        root: Digest,
+        fresh: &HashSet<String>,
+        plan: &mut Plan,
+        files: &mut HashSet<(Digest, bool)>,
+    ) -> Result<(), WorkerError> {
+        let mut sizes: HashMap<Digest, Size> = HashMap::new();
+        // (digest, relative path, inside a candidate, inside an output directory)
+        // `/`: the input root itself is an output directory.
+        let mut stack = vec![(root, String::new(), false, fresh.contains("/"))];
+        while let Some((digest, rel, inside, output)) = stack.pop() {
             let dir = dirs.get(&digest).ok_or(WorkerError::MissingInput(digest))?;
             for f in &dir.files {
                 files.insert((
@@ -41,11 +64,12 @@ impl DirCache {
                 } else {
                     format!("{rel}/{}", c.name)
                 };
-                if !self.enabled() || fresh.contains(&child) {
-                    stack.push((d, child, inside));
+                if !self.enabled() || output || fresh.contains(&child) {
+                    let output = output || fresh.contains(&format!("{child}/"));
+                    stack.push((d, child, inside, output));
                     continue;
                 }
-                if let Some(tree) = take(&mut state, &d) {
+                if let Some(tree) = take(state, &d) {
                     plan.lent.insert(child, (d, tree));
                     continue;
                 }
@@ -61,10 +85,10 @@ impl DirCache {
                     state.seen.clear();
                 }
                 state.seen.insert(d);
-                stack.push((d, child, inside || candidate));
+                stack.push((d, child, inside || candidate, false));
             }
         }
-        Ok((plan, files))
+        Ok(())
     }
 }
 
@@ -190,5 +214,36 @@ mod tests {
         assert!(p3.lent.contains_key("a"));
         assert_eq!(files.len(), 23, "`out` is staged fresh, `s` too");
         assert_eq!(cache.idle().0, 1);
+    }
+
+    #[test]
+    fn nothing_below_an_output_directory_is_lent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = DirCache::open(tmp.path().join("dirs"), 1000, 0).unwrap();
+        let (a, da) = tree_of(20, "a");
+        let (x, dx) = root_over(&[("sub", a)]);
+        let (r1, d1) = root_over(&[("a", a)]);
+        let (r2, d2) = root_over(&[("o", x)]);
+        let dirs: HashMap<_, _> = [(a, da), (x, dx), (r1, d1), (r2, d2)]
+            .into_iter()
+            .map(|(d, x)| (d, Arc::new(x)))
+            .collect();
+        let none = HashSet::new();
+        let (_, _) = cache.plan(&dirs, r1, &none).unwrap();
+        let (p, _) = cache.plan(&dirs, r1, &none).unwrap();
+        let size = p.candidates[0].2;
+        let t = cache.new_tree(size);
+        std::fs::create_dir(cache.dir().join(t.name())).unwrap();
+        cache.keep(a, t);
+        // `o` is an output directory: its input subtree `o/sub` is staged fresh.
+        let out: HashSet<String> = ["o".to_string(), "o/".to_string()].into();
+        let (p, files) = cache.plan(&dirs, r2, &out).unwrap();
+        assert!(p.lent.is_empty() && p.candidates.is_empty());
+        assert_eq!(files.len(), 20);
+        // `o` only on the way to an output: `o/sub` may be lent.
+        let parent: HashSet<String> = ["o".to_string()].into();
+        let (p, files) = cache.plan(&dirs, r2, &parent).unwrap();
+        assert!(p.lent.contains_key("o/sub"));
+        assert!(files.is_empty());
     }
 }
