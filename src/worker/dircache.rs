@@ -15,8 +15,9 @@
 //!   protos (names, types, the very inodes of the cached files, symlink targets, owner, no
 //!   xattrs or inode flags an action could add; directory modes are reset). Anything else
 //!   and the tree is removed with the action directory.
-//! * Directories on the way to the working directory or a declared output are always staged
-//!   fresh: the worker creates outputs' parents there, and the action writes there.
+//! * Directories on the way to the working directory or a declared output, and everything
+//!   below an output directory, are always staged fresh: the worker creates outputs' parents
+//!   there, and the action writes there.
 //! * Admission: a directory is kept only from its second staging on (the first time may be
 //!   the only one), and only with at least [`MIN_TREE_FILES`] files below it (smaller ones
 //!   cost about as much to verify as to link). The outermost such directory of a path is kept
