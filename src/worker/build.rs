@@ -207,6 +207,7 @@ fn one(ctx: &Ctx<'_>, p: Pending, stack: &mut Vec<Pending>) -> Result<Step, Work
                 ctx.cache.trees().lost(tree);
                 return Ok(Step::Failed(p));
             }
+            ctx.cache.trees().moved_out(&tree);
             // Idle trees are the worker's: the action user gets its directories back.
             if let Some(owner) = ctx.owner
                 && owner.0 != rustix::process::geteuid().as_raw()

@@ -68,8 +68,12 @@ pub fn check_in(cache: &FileCache, root: &Path) {
             refused += 1;
             continue;
         }
+        if !trees.make_room(o.size) {
+            // Trees taken by stagings in progress fill the bound.
+            refused += 1;
+            continue;
+        }
         let tree = trees.new_tree(o.size);
-        trees.make_room(o.size);
         match renameat(&parent, name, &trees_fd, tree.name().as_str()) {
             Ok(()) => {
                 trees.keep(o.digest, tree);

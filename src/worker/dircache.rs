@@ -34,9 +34,10 @@ use crate::digest::Digest;
 use crate::proto::reapi::Directory;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-mod plan;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+mod plan;
 
 /// Smallest subtree (files below it, all levels) the cache keeps.
 pub const MIN_TREE_FILES: u64 = 16;
@@ -168,7 +169,7 @@ impl DirCache {
         self.max_files > 0
     }
 
-    /// Idle trees and their size now.
+    /// Idle trees, and the size of those plus the trees taken but not yet moved out.
     pub fn idle(&self) -> (usize, Size) {
         let s = self.lock();
         (s.lru.len(), s.size)
@@ -176,12 +177,23 @@ impl DirCache {
 
     /// Puts back a tree taken by [`DirCache::plan`] that never left the cache directory.
     pub fn untouched(&self, digest: Digest, tree: Tree) {
+        restore(&mut self.lock(), digest, tree);
+    }
+
+    /// A tree taken by [`DirCache::plan`] was moved into an input root: it no longer counts.
+    pub fn moved_out(&self, tree: &Tree) {
         let mut s = self.lock();
-        insert(&mut s, digest, tree);
+        s.size.files -= tree.size.files;
+        s.size.bytes -= tree.size.bytes;
     }
 
     /// Forgets a tree taken by [`DirCache::plan`] that could not be moved (and removes it).
     pub fn lost(&self, tree: Tree) {
+        self.moved_out(&tree);
+        self.remove(&tree);
+    }
+
+    fn remove(&self, tree: &Tree) {
         let path = self.dir.join(tree.name());
         let _ = std::fs::remove_dir_all(&path);
     }
@@ -236,8 +248,9 @@ impl DirCache {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Removes least recently returned idle trees until one of `size` more fits the bounds.
-    pub fn make_room(&self, size: Size) {
+    /// Removes least recently returned idle trees until one of `size` more fits the bounds;
+    /// whether it fits (trees taken by stagings in progress still count until moved out).
+    pub fn make_room(&self, size: Size) -> bool {
         let victims = {
             let mut s = self.lock();
             let mut victims = Vec::new();
@@ -260,12 +273,16 @@ impl DirCache {
                     victims.push(t);
                 }
             }
-            victims
+            let fits = s.size.files + size.files <= self.max_files
+                && (self.max_bytes == 0 || s.size.bytes + size.bytes <= self.max_bytes);
+            (victims, fits)
         };
+        let (victims, fits) = victims;
         for t in victims {
             tracing::debug!(tree = t.id, files = t.size.files, "directory cache evicted");
-            self.lost(t);
+            self.remove(&t);
         }
+        fits
     }
 
     /// Adds a verified tree, moved into the cache directory after [`DirCache::make_room`].
@@ -274,7 +291,8 @@ impl DirCache {
     }
 }
 
-/// Takes an idle tree of `d` out of the cache (the most recently returned copy).
+/// Takes an idle tree of `d` out of the cache (the most recently returned copy). It still
+/// counts in the size until [`DirCache::moved_out`] or [`DirCache::lost`]: it is still on disk.
 fn take(s: &mut State, d: &Digest) -> Option<Tree> {
     let v = s.idle.get_mut(d)?;
     let t = v.pop()?;
@@ -284,18 +302,22 @@ fn take(s: &mut State, d: &Digest) -> Option<Tree> {
     if let Some(tick) = s.returned.remove(&t.id) {
         s.lru.remove(&tick);
     }
-    s.size.files -= t.size.files;
-    s.size.bytes -= t.size.bytes;
     Some(t)
 }
 
+/// Adds a new idle tree.
 fn insert(s: &mut State, d: Digest, t: Tree) {
+    s.size.files += t.size.files;
+    s.size.bytes += t.size.bytes;
+    restore(s, d, t);
+}
+
+/// Makes a tree (counted already) idle again, as the most recently returned.
+fn restore(s: &mut State, d: Digest, t: Tree) {
     s.tick += 1;
     let tick = s.tick;
     s.lru.insert(tick, (d, t.id));
     s.returned.insert(t.id, tick);
-    s.size.files += t.size.files;
-    s.size.bytes += t.size.bytes;
     s.idle.entry(d).or_default().push(t);
 }
 

@@ -28,7 +28,7 @@ impl DirCache {
         if let Err(e) = r {
             // Nothing was moved yet: what was taken goes back.
             for (_, (d, t)) in plan.lent.drain() {
-                super::insert(&mut state, d, t);
+                super::restore(&mut state, d, t);
             }
             return Err(e);
         }
@@ -202,7 +202,7 @@ mod tests {
         for _ in 0..3 {
             let t = cache.new_tree(size);
             assert!(cache.wants(&a, size));
-            cache.make_room(size);
+            assert!(cache.make_room(size));
             std::fs::create_dir(cache.dir().join(t.name())).unwrap();
             cache.keep(a, t);
         }
@@ -214,6 +214,20 @@ mod tests {
         assert!(p3.lent.contains_key("a"));
         assert_eq!(files.len(), 23, "`out` is staged fresh, `s` too");
         assert_eq!(cache.idle().0, 1);
+        // Taken but not moved out yet, it is on disk: it still counts.
+        assert_eq!(cache.idle().1.files, 40);
+        let bigger = Size {
+            files: 21,
+            bytes: 0,
+        };
+        assert!(
+            !cache.make_room(bigger),
+            "the idle tree goes, the taken one stays: 20 + 21 files do not fit in 40"
+        );
+        assert_eq!(cache.idle().1.files, 20);
+        cache.moved_out(&p3.lent["a"].1);
+        assert_eq!(cache.idle().1.files, 0);
+        assert!(cache.make_room(size));
     }
 
     #[test]
