@@ -183,8 +183,8 @@ impl DirCache {
     /// A tree taken by [`DirCache::plan`] was moved into an input root: it no longer counts.
     pub fn moved_out(&self, tree: &Tree) {
         let mut s = self.lock();
-        s.size.files -= tree.size.files;
-        s.size.bytes -= tree.size.bytes;
+        s.size.files = s.size.files.saturating_sub(tree.size.files);
+        s.size.bytes = s.size.bytes.saturating_sub(tree.size.bytes);
     }
 
     /// Forgets a tree taken by [`DirCache::plan`] that could not be moved (and removes it).
@@ -268,8 +268,8 @@ impl DirCache {
                     if v.is_empty() {
                         s.idle.remove(&d);
                     }
-                    s.size.files -= t.size.files;
-                    s.size.bytes -= t.size.bytes;
+                    s.size.files = s.size.files.saturating_sub(t.size.files);
+                    s.size.bytes = s.size.bytes.saturating_sub(t.size.bytes);
                     victims.push(t);
                 }
             }
