@@ -94,7 +94,11 @@ pub async fn execute(
             }
         }
     };
-    tokio::task::spawn_blocking(move || remove_tree(&dir));
+    let cache = ctx.cache.clone();
+    tokio::task::spawn_blocking(move || {
+        super::stage::check_in(&cache, &dir.join("root"));
+        remove_tree(&dir);
+    });
     outcome
 }
 
@@ -141,7 +145,8 @@ async fn prepare(
             .map_err(io(format!("chown {}", tmp.display())))?;
     }
     let root = dir.join("root");
-    stage(&ctx.client, &ctx.cache, &input_root, &root, owner).await?;
+    let fresh = super::stage::fresh_paths(&cmd);
+    stage(&ctx.client, &ctx.cache, &input_root, &root, owner, &fresh).await?;
     let escape = |path: &str, reason: &str| WorkerError::Escape {
         path: path.to_string(),
         reason: reason.into(),

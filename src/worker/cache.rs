@@ -15,6 +15,7 @@
 //! `sandbox.rs`): the files stay the worker's, mode 0444/0555, and cannot be changed.
 
 use super::client::{BATCH_BLOB_LIMIT, Client};
+use super::dircache::{DEFAULT_MAX_FILES, DirCache};
 use super::error::{WorkerError, io};
 use crate::cas::local::LocalReader;
 use crate::cas::walk::TreeWalk;
@@ -64,6 +65,10 @@ pub struct FileCache {
     from_store: AtomicU64,
     /// Blobs fetched over gRPC (not co-located, or missed in the store).
     over_grpc: AtomicU64,
+    /// Whole materialized input subtrees, in `<work-dir>/dirs` (see `dircache.rs`).
+    trees: DirCache,
+    /// Threads that build one staged tree (0: chosen by its size, see `build.rs`).
+    build_threads: AtomicU64,
 }
 
 /// Keeps the files of one staging in the cache until it is dropped (after the hardlinks are
@@ -87,7 +92,8 @@ impl Drop for Pin {
 impl FileCache {
     /// Opens (creating) the cache under `dir`, bounded to `max_bytes` (0: unbounded). Files
     /// already there are trusted: they were verified when written and are renamed into place
-    /// only when complete; they count as least recently used.
+    /// only when complete; they count as least recently used. The directory cache lives
+    /// beside it (`dirs`, emptied), bounded to [`DEFAULT_MAX_FILES`] links and `max_bytes`.
     pub fn open(
         dir: PathBuf,
         max_bytes: u64,
@@ -116,7 +122,10 @@ impl FileCache {
                 }
             }
         }
+        let trees = DirCache::open(dir.with_file_name("dirs"), DEFAULT_MAX_FILES, max_bytes)?;
         let cache = Self {
+            trees,
+            build_threads: AtomicU64::new(0),
             dir,
             max_bytes,
             entries: Mutex::new(entries),
@@ -173,6 +182,36 @@ impl FileCache {
     /// Bytes of cached files now.
     pub fn bytes(&self) -> u64 {
         self.lock().bytes
+    }
+
+    /// Threads to build a staged tree of `files` files in `dirs` directories with.
+    pub fn build_threads(&self, files: usize, dirs: usize) -> usize {
+        match self.build_threads.load(Ordering::Relaxed) {
+            0 => super::build::threads(files, dirs),
+            n => usize::try_from(n).unwrap_or(1),
+        }
+    }
+
+    /// Fixes the threads that build one staged tree (0: by its size); for measurements.
+    pub fn set_build_threads(&self, n: usize) {
+        self.build_threads.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// The directory cache.
+    pub fn trees(&self) -> &DirCache {
+        &self.trees
+    }
+
+    /// Marks cached files as just used (those of trees the directory cache keeps).
+    pub fn touch(&self, keys: impl Iterator<Item = (Digest, bool)>) {
+        let mut e = self.lock();
+        e.tick += 1;
+        let tick = e.tick;
+        for k in keys {
+            if let Some(x) = e.map.get_mut(&k) {
+                x.used = tick;
+            }
+        }
     }
 
     /// Makes sure every (digest, executable) file is cached, fetching what is missing, and

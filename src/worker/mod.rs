@@ -7,6 +7,9 @@
 //! not: filling that cache (BatchReadBlobs/ByteStream over the Unix socket) and uploading
 //! outputs (FindMissingBlobs, then BatchUpdateBlobs/ByteStream). When the storage engine keeps
 //! blobs in files, the cache fill can become a reflink/copy_file_range from the segments.
+//! Repeated input subtrees are not even linked file by file: the directory cache
+//! (`dircache.rs`) keeps whole staged subtrees and moves them into an action with one rename,
+//! taking them back after the action only if they are intact (`verify.rs`, `checkin.rs`).
 //!
 //! Actions are untrusted: each runs in a sandbox (`sandbox.rs`: own mount namespace where the
 //! server's data dir, sockets and the work dir are hidden, read-only everywhere but its input
@@ -17,9 +20,12 @@
 
 mod action;
 mod beneath;
+mod build;
 mod cache;
 mod capture;
+mod checkin;
 mod client;
+mod dircache;
 mod error;
 mod isolation;
 mod reaper;
@@ -28,6 +34,7 @@ mod sandbox;
 mod sandbox_helper;
 mod session;
 mod stage;
+mod verify;
 
 pub use client::{Client, connect, connect_tls, connect_with};
 pub use error::WorkerError;
@@ -263,6 +270,26 @@ impl Stager {
         root: &crate::digest::Digest,
         dest: &std::path::Path,
     ) -> Result<(), WorkerError> {
-        stage::stage(&self.client, &self.cache, root, dest, None).await
+        let fresh = std::collections::HashSet::new();
+        stage::stage(&self.client, &self.cache, root, dest, None, &fresh).await
+    }
+
+    /// Hands the subtrees staged at `dest` back to the directory cache (which keeps those
+    /// still intact), as a worker does after each action; `dest` may be removed afterwards.
+    pub async fn release(&self, dest: &std::path::Path) {
+        let (cache, dest) = (self.cache.clone(), dest.to_path_buf());
+        let _ = tokio::task::spawn_blocking(move || stage::check_in(&cache, &dest)).await;
+    }
+
+    /// Fixes the threads that build one staged tree (0, the default: one for small trees,
+    /// up to 4 for large ones); for measurements.
+    pub fn set_build_threads(&self, n: usize) {
+        self.cache.set_build_threads(n);
+    }
+
+    /// Trees in the directory cache and their hardlinks now.
+    pub fn dir_cache(&self) -> (usize, u64) {
+        let (n, size) = self.cache.trees().idle();
+        (n, size.files)
     }
 }

@@ -1,5 +1,6 @@
 //! Stages an input root into an action directory: directories are created, files hardlinked
-//! from the [`FileCache`] (copied only if the filesystem refuses the link), symlinks recreated.
+//! from the [`FileCache`] (copied only if the filesystem refuses the link), symlinks recreated,
+//! and subtrees the directory cache holds (`dircache.rs`) moved in whole with one rename each.
 //!
 //! Every Directory is checked before anything is made from it: names must be valid, sorted and
 //! unique across its files, directories and symlinks (REAPI requires it). A name given twice
@@ -8,16 +9,20 @@
 //! reason the copy fallback only ever creates a new file (`O_CREAT|O_EXCL`), never opens an
 //! existing one for writing. The tree is walked with an explicit stack (no recursion: a deep
 //! tree cannot overflow the worker's stack) and at most [`MAX_INPUT_DEPTH`] levels deep.
+//!
+//! After the action, [`check_in`] offers lent and newly admitted subtrees back to the
+//! directory cache, which keeps only those `verify.rs` finds intact.
 
+use super::build::{Built, Pending, materialize};
 use super::cache::FileCache;
 use super::client::Client;
+use super::dircache::{Offer, Outstanding, Plan, Tree};
 use super::error::{WorkerError, io};
 use crate::digest::Digest;
-use crate::proto::reapi::Directory;
-use rustix::fs::{AtFlags, Mode, OFlags, linkat, mkdirat, openat, symlinkat};
+use crate::proto::reapi::{Command, Directory};
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::sync::Arc;
 
 /// Deepest input tree a worker stages (the root is depth 0). Deeper trees fail with
@@ -29,61 +34,148 @@ pub const MAX_INPUT_DEPTH: usize = 512;
 /// user can create its outputs; files stay the worker's (read-only hardlinks of the cache).
 pub type Owner = Option<(u32, u32)>;
 
+type Dirs = Arc<HashMap<Digest, Arc<Directory>>>;
+
+/// The paths of an input root (relative, `a/b`) that must be staged as fresh directories:
+/// the working directory, every declared output and all their ancestors, and (marked `p/`)
+/// the outputs that may be directories, whose whole subtree is fresh. The worker creates
+/// outputs' parents there and the action writes there, so they are never lent from or kept
+/// by the directory cache.
+pub fn fresh_paths(cmd: &Command) -> HashSet<String> {
+    let mut out = HashSet::new();
+    let Some(wd) = crate::paths::within_root("", &cmd.working_directory) else {
+        return out;
+    };
+    add(&mut out, &wd);
+    #[allow(deprecated)]
+    for (p, dir) in cmd
+        .output_paths
+        .iter()
+        .map(|p| (p, true))
+        .chain(cmd.output_files.iter().map(|p| (p, false)))
+        .chain(cmd.output_directories.iter().map(|p| (p, true)))
+    {
+        if let Some(rel) = crate::paths::within_root(&wd, p) {
+            add(&mut out, &rel);
+            if dir {
+                out.insert(format!("{rel}/"));
+            }
+        }
+    }
+    out
+}
+
+/// Adds `rel` and its ancestors.
+fn add(out: &mut HashSet<String>, rel: &str) {
+    let mut at = 0;
+    while let Some(i) = rel[at..].find('/') {
+        out.insert(rel[..at + i].to_string());
+        at += i + 1;
+    }
+    if !rel.is_empty() {
+        out.insert(rel.to_string());
+    }
+}
+
 /// Fetches what is missing and builds the tree of `root` at `dest` (which must not exist).
+/// Directories at the paths in `fresh` (see [`fresh_paths`]) are made, not lent.
 pub async fn stage(
     client: &Client,
     cache: &Arc<FileCache>,
     root: &Digest,
     dest: &Path,
     owner: Owner,
+    fresh: &HashSet<String>,
 ) -> Result<(), WorkerError> {
     let dirs = cache.tree(client, root, MAX_INPUT_DEPTH).await?;
-    let mut files = HashSet::new();
     for dir in dirs.values() {
         check_directory(dir)?;
-        for f in &dir.files {
-            files.insert((
-                Digest::from_field(root.function, f.digest.as_ref(), "FileNode.digest")?,
-                f.is_executable,
-            ));
-        }
     }
+    let dirs: Dirs = Arc::new(dirs);
+    let (plan, files) = cache.trees().plan(&dirs, *root, fresh)?;
+    let Plan { lent, candidates } = plan;
+    // Trees taken from the cache go back untouched if staging stops before moving them.
+    let mut lent = Lent {
+        cache: cache.clone(),
+        trees: lent,
+    };
     // Pinned until the links are made: a concurrent staging's eviction cannot remove them.
-    let _pin = cache.ensure(client, &files).await?;
-    let cache = cache.clone();
-    let (root, dest) = (*root, dest.to_path_buf());
-    tokio::task::spawn_blocking(move || {
-        let cache_dir = std::fs::File::open(cache.dir())
-            .map_err(io(format!("open {}", cache.dir().display())))?;
-        let (parent, name) = match (dest.parent(), dest.file_name().and_then(|n| n.to_str())) {
-            (Some(p), Some(n)) => (
-                std::fs::File::open(p).map_err(io(format!("open {}", p.display())))?,
-                n.to_string(),
-            ),
-            _ => {
-                return Err(WorkerError::Invalid {
-                    what: "staging directory",
-                    reason: dest.display().to_string(),
-                });
-            }
-        };
-        let parent: OwnedFd = parent.into();
-        materialize(
-            cache_dir.as_fd(),
-            &cache,
-            &dirs,
-            root,
-            Arc::new(parent),
+    let pin = cache.ensure(client, &files).await?;
+    let root_job = {
+        let (parent, name) = open_parent(dest)?;
+        Pending {
+            digest: *root,
+            parent: Arc::new(parent),
             name,
-            dest,
-            owner,
-        )
-    })
-    .await
-    .map_err(|e| WorkerError::Invalid {
-        what: "staging task",
-        reason: e.to_string(),
-    })?
+            path: dest.to_path_buf(),
+            rel: String::new(),
+            depth: 0,
+        }
+    };
+    let mut out = Outstanding {
+        offers: Vec::new(),
+        dirs: dirs.clone(),
+        owner,
+    };
+    let (d2, c2) = (dirs.clone(), cache.clone());
+    let threads = cache.build_threads(files.len(), dirs.len());
+    let Built { failed, placed } =
+        blocking(move || materialize(&c2, &d2, vec![root_job], &mut lent.trees, owner, threads))
+            .await?;
+    drop(pin);
+    out.offers.extend(placed);
+    if !failed.is_empty() {
+        // A lent tree that could not be moved in (removed meanwhile?): staged file by file.
+        let mut files = HashSet::new();
+        for p in &failed {
+            subtree_files(&dirs, p.digest, &mut files)?;
+        }
+        let _pin = cache.ensure(client, &files).await?;
+        let (d2, c2) = (dirs.clone(), cache.clone());
+        blocking(move || materialize(&c2, &d2, failed, &mut HashMap::new(), owner, 1)).await?;
+    }
+    out.offers
+        .extend(
+            candidates
+                .into_iter()
+                .map(|(rel, digest, size)| Offer { rel, digest, size }),
+        );
+    cache.trees().lend(dest.to_path_buf(), out);
+    Ok(())
+}
+
+/// Offers the subtrees lent or admitted for the input root `root` back to the directory
+/// cache once the action is over (its processes gone, outputs captured); called before the
+/// action directory is removed. Only trees that pass `verify.rs` are kept.
+pub fn check_in(cache: &FileCache, root: &Path) {
+    super::checkin::check_in(cache, root);
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, WorkerError> + Send + 'static,
+) -> Result<T, WorkerError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| WorkerError::Invalid {
+            what: "staging task",
+            reason: e.to_string(),
+        })?
+}
+
+/// The parent of `dest`, opened, and the name `dest` has in it.
+fn open_parent(dest: &Path) -> Result<(OwnedFd, String), WorkerError> {
+    match (dest.parent(), dest.file_name().and_then(|n| n.to_str())) {
+        (Some(p), Some(n)) => Ok((
+            std::fs::File::open(p)
+                .map_err(io(format!("open {}", p.display())))?
+                .into(),
+            n.to_string(),
+        )),
+        _ => Err(WorkerError::Invalid {
+            what: "staging directory",
+            reason: dest.display().to_string(),
+        }),
+    }
 }
 
 /// Checks a Directory's entries by the REAPI rules (see [`crate::cas::directory`]).
@@ -94,135 +186,86 @@ pub fn check_directory(dir: &Directory) -> Result<(), WorkerError> {
     })
 }
 
-/// One directory still to build: its digest, where (an open parent and a name) and how deep.
-struct Pending {
-    digest: Digest,
-    parent: Arc<OwnedFd>,
-    name: String,
-    path: PathBuf,
-    depth: usize,
+/// Trees taken from the directory cache for one staging, by relative path; whatever is still
+/// here when dropped was never moved and goes back to the cache as it was.
+struct Lent {
+    cache: Arc<FileCache>,
+    trees: HashMap<String, (Digest, Tree)>,
 }
 
-/// Builds the tree with *at() calls relative to open directory handles (each link resolves
-/// one name, never a symlink), from an explicit stack. A directory's handle stays open only
-/// while children of it are pending, so at most one per level is open.
-#[allow(clippy::too_many_arguments)]
-fn materialize(
-    cache_fd: std::os::fd::BorrowedFd<'_>,
-    cache: &FileCache,
+impl Drop for Lent {
+    fn drop(&mut self) {
+        for (_, (d, t)) in self.trees.drain() {
+            self.cache.trees().untouched(d, t);
+        }
+    }
+}
+
+/// Every (digest, executable) file below `root`.
+fn subtree_files(
     dirs: &HashMap<Digest, Arc<Directory>>,
     root: Digest,
-    parent: Arc<OwnedFd>,
-    name: String,
-    dest: PathBuf,
-    owner: Owner,
+    out: &mut HashSet<(Digest, bool)>,
 ) -> Result<(), WorkerError> {
-    let mut stack = vec![Pending {
-        digest: root,
-        parent,
-        name,
-        path: dest,
-        depth: 0,
-    }];
-    while let Some(p) = stack.pop() {
-        if p.depth > MAX_INPUT_DEPTH {
-            return Err(too_deep());
-        }
-        let fd = make_dir(&p, owner)?;
-        // Every Directory in `dirs` was checked by `stage` before anything was made.
-        let dir = dirs
-            .get(&p.digest)
-            .ok_or(WorkerError::MissingInput(p.digest))?;
+    let mut stack = vec![root];
+    while let Some(d) = stack.pop() {
+        let dir = dirs.get(&d).ok_or(WorkerError::MissingInput(d))?;
         for f in &dir.files {
-            let d = Digest::from_field(p.digest.function, f.digest.as_ref(), "FileNode.digest")?;
-            let src = FileCache::file_name(&d, f.is_executable);
-            if linkat(
-                cache_fd,
-                src.as_str(),
-                &fd,
-                f.name.as_str(),
-                AtFlags::empty(),
-            )
-            .is_err()
-            {
-                // Too many links (EMLINK) or a cross-device work dir: fall back to a copy.
-                copy_new(cache, &d, f.is_executable, &fd, &f.name, &p.path)?;
-            }
+            out.insert((
+                Digest::from_field(d.function, f.digest.as_ref(), "FileNode.digest")?,
+                f.is_executable,
+            ));
         }
-        for s in &dir.symlinks {
-            symlinkat(s.target.as_str(), &fd, s.name.as_str()).map_err(|e| WorkerError::Io {
-                what: format!("symlink in {}", p.path.display()),
-                source: e.into(),
-            })?;
-        }
-        if dir.directories.is_empty() {
-            continue;
-        }
-        let fd = Arc::new(fd);
-        for c in dir.directories.iter().rev() {
-            stack.push(Pending {
-                digest: Digest::from_field(
-                    p.digest.function,
-                    c.digest.as_ref(),
-                    "DirectoryNode.digest",
-                )?,
-                parent: fd.clone(),
-                name: c.name.clone(),
-                path: p.path.join(&c.name),
-                depth: p.depth + 1,
-            });
+        for c in &dir.directories {
+            stack.push(Digest::from_field(
+                d.function,
+                c.digest.as_ref(),
+                "DirectoryNode.digest",
+            )?);
         }
     }
     Ok(())
 }
 
-fn too_deep() -> WorkerError {
-    WorkerError::Invalid {
-        what: "input root",
-        reason: format!("the tree is deeper than the limit of {MAX_INPUT_DEPTH} levels"),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Creates one directory (owned by `owner` when given) and opens it without following a
-/// symlink.
-fn make_dir(p: &Pending, owner: Owner) -> Result<OwnedFd, WorkerError> {
-    let at = |what: &str| {
-        let what = format!("{what} {}", p.path.display());
-        move |e: rustix::io::Errno| WorkerError::Io {
-            what,
-            source: e.into(),
-        }
-    };
-    mkdirat(&*p.parent, p.name.as_str(), Mode::from_raw_mode(0o755)).map_err(at("mkdir"))?;
-    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-    let fd = openat(&*p.parent, p.name.as_str(), flags, Mode::empty()).map_err(at("open"))?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::fchown(&fd, Some(uid), Some(gid))
-            .map_err(io(format!("chown {}", p.path.display())))?;
+    #[test]
+    #[allow(deprecated)]
+    fn fresh_paths_are_the_working_directory_outputs_and_their_ancestors() {
+        let cmd = Command {
+            working_directory: "w/x".into(),
+            output_paths: vec!["out/a.o".into()],
+            output_files: vec!["../y/f".into()],
+            output_directories: vec!["/abs".into(), "../../../up".into()],
+            ..Default::default()
+        };
+        let mut got: Vec<String> = fresh_paths(&cmd).into_iter().collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "w",
+                "w/x",
+                "w/x/out",
+                "w/x/out/a.o",
+                "w/x/out/a.o/",
+                "w/y",
+                "w/y/f"
+            ],
+            "paths that leave the root are ignored (prepare rejects them)"
+        );
+        assert!(fresh_paths(&Command::default()).is_empty());
+        let whole = Command {
+            output_directories: vec![".".into()],
+            ..Default::default()
+        };
+        let want: HashSet<String> = ["/".to_string()].into();
+        assert_eq!(
+            fresh_paths(&whole),
+            want,
+            "the root itself is an output directory"
+        );
     }
-    Ok(fd)
-}
-
-/// Copies a cached file to a new file `name` in `dir`: created with O_EXCL (an existing name is
-/// an error, never a file written through) and given the cached file's read-only mode.
-fn copy_new(
-    cache: &FileCache,
-    d: &Digest,
-    executable: bool,
-    dir: &OwnedFd,
-    name: &str,
-    path: &Path,
-) -> Result<(), WorkerError> {
-    let to = path.join(name);
-    let mode = if executable { 0o555 } else { 0o444 };
-    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let out = openat(dir, name, flags, Mode::from_raw_mode(mode)).map_err(|e| WorkerError::Io {
-        what: format!("stage {}", to.display()),
-        source: e.into(),
-    })?;
-    let mut out = std::fs::File::from(out);
-    let mut src =
-        std::fs::File::open(cache.path(d, executable)).map_err(io(format!("open cached {d}")))?;
-    std::io::copy(&mut src, &mut out).map_err(io(format!("stage {}", to.display())))?;
-    Ok(())
 }
