@@ -58,7 +58,9 @@ async fn uploader(channel: Channel, id: u64, acked: Arc<Mutex<Vec<Acked>>>) {
         // are stored as compressed records.
         let mut data = bytes(size, seed);
         if seed % 2 == 1 {
-            data.iter_mut().for_each(|b| *b = b'a' + *b % 4);
+            for b in &mut data {
+                *b = b'a' + *b % 4;
+            }
         }
         let d = digest(&data);
         let ok = if i % 2 == 0 {

@@ -415,7 +415,9 @@ fn blob_touched_just_before_its_eviction_survives() {
         n += 1;
     }
     assert_eq!(
-        e.get(&other_key(oldest)).unwrap().map(|b| b.to_bytes().unwrap()),
+        e.get(&other_key(oldest))
+            .unwrap()
+            .map(|b| b.to_bytes().unwrap()),
         Some(blob(oldest)),
         "{:?}",
         e.stats()
@@ -546,7 +548,9 @@ fn blob_touched_before_a_restart_survives_the_first_eviction_after_it() {
         n += 1;
     }
     assert_eq!(
-        e.get(&other_key(oldest)).unwrap().map(|b| b.to_bytes().unwrap()),
+        e.get(&other_key(oldest))
+            .unwrap()
+            .map(|b| b.to_bytes().unwrap()),
         Some(blob(oldest)),
         "{:?}",
         e.stats()

@@ -13,6 +13,7 @@ use kiln::storage::format::{
 };
 use kiln::storage::{BlobCheck, Compression, Engine, EngineConfig, Key, Peek, Store};
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::path::Path;
 use storage_support::{BACKENDS, cas_key, config, data, io, rt};
 
@@ -33,10 +34,11 @@ fn text(seed: u64, len: usize) -> Bytes {
     let mut s = String::new();
     let mut i = 0u64;
     while s.len() < len {
-        s.push_str(&format!(
-            "{seed}:{i} compiler output line, warning: unused variable `x{}`\n",
+        let _ = writeln!(
+            s,
+            "{seed}:{i} compiler output line, warning: unused variable `x{}`",
             i % 17
-        ));
+        );
         i += 1;
     }
     s.truncate(len);
@@ -57,8 +59,8 @@ fn blobs() -> Vec<(Key, Bytes, bool)> {
         .collect();
     vec![
         (cas_key(1), text(1, 5000), true),
-        (cas_key(2), data(2, 5000), false),    // noise: tried, stored as it is
-        (cas_key(3), text(3, 500), false),     // under min_size
+        (cas_key(2), data(2, 5000), false), // noise: tried, stored as it is
+        (cas_key(3), text(3, 500), false),  // under min_size
         (cas_key(4), text(4, 200 << 10), true), // 13 parts, all compressed
         (cas_key(5), Bytes::from(mixed), true), // parts alternate
         (cas_key(6), text(6, (16 << 10) * 3 + 7), true), // a short last part
@@ -88,7 +90,13 @@ fn check_all(e: &Engine, blobs: &[(Key, Bytes, bool)], when: &str) {
         assert_eq!(b.is_compressed(), *compressed, "{when}: {k:?}");
         assert_eq!(b.to_bytes().unwrap(), want, "{when}: {k:?}");
         let n = want.len() as u64;
-        for (off, lim) in [(0, 10), (n / 3, 20_000), (n - 1, 5), (n / 2, u64::MAX), (n, 1)] {
+        for (off, lim) in [
+            (0, 10),
+            (n / 3, 20_000),
+            (n - 1, 5),
+            (n / 2, u64::MAX),
+            (n, 1),
+        ] {
             let got: Vec<u8> = b
                 .read(off, lim, 4_000)
                 .flat_map(|c| c.unwrap().to_vec())
@@ -122,18 +130,16 @@ fn compressed_records_read_back_after_restart_rebuild_and_through_peek() {
         let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
         check_all(&e, &blobs, "reopened");
         // The co-located reader decompresses too.
-        let peek = Peek::open(&dir.path().to_path_buf()).unwrap();
+        let peek = Peek::open(dir.path()).unwrap();
         for (k, want, _) in &blobs {
             let mut out = Vec::new();
             assert!(peek.copy_to(k, &mut out).unwrap(), "{k:?}");
             assert_eq!(out, want.to_vec(), "peek {k:?}");
         }
         // verify hashes the logical content and counts it.
-        let wanted: HashMap<Key, Bytes> =
-            blobs.iter().map(|(k, v, _)| (*k, v.clone())).collect();
-        let check = |k: &Key, blob: &kiln::storage::Blob| {
-            blob.to_bytes().ok().as_ref() == wanted.get(k)
-        };
+        let wanted: HashMap<Key, Bytes> = blobs.iter().map(|(k, v, _)| (*k, v.clone())).collect();
+        let check =
+            |k: &Key, blob: &kiln::storage::Blob| blob.to_bytes().ok().as_ref() == wanted.get(k);
         let rep = e.verify(
             |_| {},
             Some(BlobCheck {
@@ -232,7 +238,7 @@ fn a_damaged_frame_is_a_miss_or_an_error_never_wrong_bytes() {
         );
     }
     // The co-located reader refuses both.
-    let peek = Peek::open(&dir.path().to_path_buf()).unwrap();
+    let peek = Peek::open(dir.path()).unwrap();
     assert!(!peek.copy_to(&cas_key(4), &mut Vec::new()).unwrap());
     // verify finds the large one (its content does not decode) and drops it.
     let check = |_: &Key, blob: &kiln::storage::Blob| blob.to_bytes().is_ok();

@@ -61,7 +61,13 @@ fn power_loss_keeps_acknowledged_and_serves_nothing_corrupt() {
         for seed in 1..=20u64 {
             let dir = tempfile::tempdir().unwrap();
             let compress = seed > 12;
-            let data = |s: u64, len: usize| if compress { letters(s, len) } else { data(s, len) };
+            let data = |s: u64, len: usize| {
+                if compress {
+                    letters(s, len)
+                } else {
+                    data(s, len)
+                }
+            };
             // Odd seeds take index checkpoints every 64 KiB, so a crash also falls between
             // checkpoints in the middle of a segment; even seeds never checkpoint before it.
             let cfg = |dir: &Path| {
@@ -158,7 +164,8 @@ fn power_loss_keeps_acknowledged_and_serves_nothing_corrupt() {
                 assert!(
                     e.get(k)
                         .unwrap()
-                        .is_some_and(|g| g.to_bytes().unwrap() == *v || written[k].contains(&g.to_bytes().unwrap()))
+                        .is_some_and(|g| g.to_bytes().unwrap() == *v
+                            || written[k].contains(&g.to_bytes().unwrap()))
                 );
             }
         }
@@ -230,10 +237,16 @@ fn io_error_poisons_writes_but_not_reads() {
                 rt.block_on(e.begin_write(key(1, 99), 1)),
                 Err(StorageError::Poisoned(_))
             ));
-            assert_eq!(e.get(&key(1, 1)).unwrap().unwrap().to_bytes().unwrap(), data(1, 100));
+            assert_eq!(
+                e.get(&key(1, 1)).unwrap().unwrap().to_bytes().unwrap(),
+                data(1, 100)
+            );
             drop(e);
             let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
-            assert_eq!(e.get(&key(1, 1)).unwrap().unwrap().to_bytes().unwrap(), data(1, 100));
+            assert_eq!(
+                e.get(&key(1, 1)).unwrap().unwrap().to_bytes().unwrap(),
+                data(1, 100)
+            );
             rt.block_on(e.put(key(1, 50), data(50, 100))).unwrap();
         }
     }

@@ -39,7 +39,11 @@ fn blob(n: u64) -> Bytes {
 
 fn check(e: &Engine, n: u64, when: &str) {
     match e.get(&cas_key(n)).unwrap() {
-        Some(b) => assert_eq!(b.to_bytes().unwrap(), blob(n), "{when}: wrong bytes for blob {n}"),
+        Some(b) => assert_eq!(
+            b.to_bytes().unwrap(),
+            blob(n),
+            "{when}: wrong bytes for blob {n}"
+        ),
         None => panic!("{when}: acknowledged blob {n} not found ({:?})", e.stats()),
     }
 }

@@ -55,7 +55,10 @@ fn reopen_with_1m_blobs_reads_no_records() {
         let mut misses = 0;
         for n in (0..N).step_by(997) {
             match e.get(&cas_key(n)).unwrap() {
-                Some(v) => assert_eq!(v.to_bytes().unwrap(), Bytes::copy_from_slice(&n.to_le_bytes())),
+                Some(v) => assert_eq!(
+                    v.to_bytes().unwrap(),
+                    Bytes::copy_from_slice(&n.to_le_bytes())
+                ),
                 None => misses += 1,
             }
         }

@@ -26,6 +26,8 @@ enabled = false
 [storage]
 capacity_bytes = $1
 segment_size_bytes = $2
+# 10M blobs of 100 bytes are more entries than the derived maximum (capacity / 512) holds.
+index_max_slots = 33554432
 CFG
 }
 start() {

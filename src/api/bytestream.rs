@@ -3,8 +3,8 @@
 use super::CacheServices;
 use super::resource_name::{Compression, ResourceName};
 use super::uploads::{Reservation, UploadRegistry, UploadState, stream_cost};
-use crate::cas::{Blob, Encoded};
 use crate::cas::compression::{DecodeError, StreamDecoder, ZSTD_LEVEL};
+use crate::cas::{Blob, Encoded};
 use crate::cas::{CasError, Upload};
 use crate::proto::bytestream::byte_stream_server::ByteStream;
 use crate::proto::bytestream::{
@@ -359,13 +359,16 @@ impl ByteStream for ByteStreamService {
             }
             Compression::Zstd if blob.is_compressed() => {
                 let slot = self.compress_slot().await?;
-                Ok(Response::new(stored_frames_read(&blob, offset, chunk, slot)))
+                Ok(Response::new(stored_frames_read(
+                    &blob, offset, chunk, slot,
+                )))
             }
             Compression::Zstd => {
                 let slot = self.compress_slot().await?;
                 let size = blob.len() - offset;
                 let pieces = futures::stream::iter(
-                    blob.read(offset, u64::MAX, 1 << 20).map(|r| r.map_err(stored_damage)),
+                    blob.read(offset, u64::MAX, 1 << 20)
+                        .map(|r| r.map_err(stored_damage)),
                 );
                 Ok(Response::new(compressed_read(pieces, size, chunk, slot)))
             }

@@ -163,8 +163,18 @@ fn collect_files(path: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> s
 pub fn text(seed: u64, len: usize) -> Vec<u8> {
     const LEVELS: [&str; 4] = ["INFO", "INFO", "DEBUG", "WARN"];
     const WORDS: [&str; 12] = [
-        "compiling", "linking", "testing", "caching", "fetching", "analyzing", "archive",
-        "objects", "headers", "sources", "runfiles", "outputs",
+        "compiling",
+        "linking",
+        "testing",
+        "caching",
+        "fetching",
+        "analyzing",
+        "archive",
+        "objects",
+        "headers",
+        "sources",
+        "runfiles",
+        "outputs",
     ];
     let mut rng = Rng::new(seed);
     let mut out = Vec::with_capacity(len + 160);

@@ -89,8 +89,6 @@ pub fn decompress(
     Ok(out.freeze())
 }
 
-/// Compresses a blob for a client that accepts zstd.
-
 #[cfg(test)]
 mod tests {
     use super::*;

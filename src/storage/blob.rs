@@ -42,8 +42,8 @@ impl Piece {
     /// The bytes of the piece, decompressing them if needed.
     fn bytes(&self) -> Result<Bytes, StorageError> {
         match self {
-            Piece::Plain(b) => Ok(b.clone()),
-            Piece::Zstd {
+            Piece::Plain(b)
+            | Piece::Zstd {
                 decoded: Some(b), ..
             } => Ok(b.clone()),
             Piece::Zstd { payload, len, .. } => {
@@ -219,10 +219,7 @@ mod tests {
         ]);
         assert_eq!(join(b.read(0, u64::MAX, 3)), b"abcdefgh");
         assert_eq!(join(b.read(3, 3, 2)), b"def");
-        assert_eq!(
-            b.read(2, 4, 2).map(|c| c.unwrap().len()).max(),
-            Some(2)
-        );
+        assert_eq!(b.read(2, 4, 2).map(|c| c.unwrap().len()).max(), Some(2));
         assert_eq!(b.read(8, 10, 4).count(), 0);
         assert_eq!(b.to_bytes().unwrap(), Bytes::from_static(b"abcdefgh"));
     }
@@ -257,18 +254,29 @@ mod tests {
         assert_eq!(b.len(), 2004);
         assert!(b.is_compressed());
         assert_eq!(b.to_bytes().unwrap(), whole.as_bytes());
-        for (off, lim) in [(0u64, u64::MAX), (999, 6), (1003, 1), (1500, 10_000), (5, 0)] {
-            let want = &whole.as_bytes()[(off as usize).min(2004)
-                ..(off.saturating_add(lim) as usize).min(2004)];
+        for (off, lim) in [
+            (0u64, u64::MAX),
+            (999, 6),
+            (1003, 1),
+            (1500, 10_000),
+            (5, 0),
+        ] {
+            let want = &whole.as_bytes()
+                [(off as usize).min(2004)..(off.saturating_add(lim) as usize).min(2004)];
             assert_eq!(join(b.read(off, lim, 7)), want, "{off} {lim}");
         }
         // Stored frames are handed out as they are; a frame the offset falls inside is not.
         let enc: Vec<Encoded> = b.encoded(0).map(Result::unwrap).collect();
-        assert!(matches!(&enc[0], Encoded::Zstd(f) if zstd::decode_all(&f[..]).unwrap() == a.as_bytes()));
+        assert!(
+            matches!(&enc[0], Encoded::Zstd(f) if zstd::decode_all(&f[..]).unwrap() == a.as_bytes())
+        );
         assert_eq!(enc[1], Encoded::Plain(Bytes::from_static(b"bbbb")));
         assert!(matches!(enc[2], Encoded::Zstd(_)));
         let enc: Vec<Encoded> = b.encoded(10).map(Result::unwrap).collect();
-        assert_eq!(enc[0], Encoded::Plain(Bytes::copy_from_slice(&a.as_bytes()[10..])));
+        assert_eq!(
+            enc[0],
+            Encoded::Plain(Bytes::copy_from_slice(&a.as_bytes()[10..]))
+        );
         assert_eq!(enc.len(), 3);
     }
 

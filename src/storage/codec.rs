@@ -127,7 +127,13 @@ pub fn max_piece(segment_size: u64) -> u64 {
 /// `max` when compressed). With `eager` a compressed payload is decompressed now (`None` if
 /// it does not decode); otherwise only its declared length is checked and it is decompressed
 /// when read.
-pub(crate) fn piece(flags: u8, payload: Bytes, logical: u64, max: u64, eager: bool) -> Option<Piece> {
+pub(crate) fn piece(
+    flags: u8,
+    payload: Bytes,
+    logical: u64,
+    max: u64,
+    eager: bool,
+) -> Option<Piece> {
     if flags & FLAG_ZSTD == 0 {
         return (payload.len() as u64 == logical).then_some(Piece::Plain(payload));
     }

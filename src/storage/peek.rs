@@ -8,7 +8,8 @@
 use super::Key;
 use super::codec;
 use super::format::{
-    ALIGN, FLAG_ZSTD, RECORD_HEADER_LEN, RecordHeader, RecordKind, State, manifest_parts, state_slot_offset,
+    ALIGN, FLAG_ZSTD, RECORD_HEADER_LEN, RecordHeader, RecordKind, State, manifest_parts,
+    state_slot_offset,
 };
 use super::index::Index;
 use super::segment::segment_path;
@@ -131,7 +132,7 @@ impl Peek {
             return Ok(false);
         };
         if kind != RecordKind::Manifest && h.flags & FLAG_ZSTD != 0 {
-            return self.copy_compressed(&file, off, &h, logical, out);
+            return Self::copy_compressed(&file, off, &h, logical, out);
         }
         if kind != RecordKind::Manifest && h.len != logical {
             return Ok(false);
@@ -156,7 +157,6 @@ impl Peek {
     /// against its checksum, then decompressed (at most a quarter of a segment, as the
     /// engine's reader allows) into `out`.
     fn copy_compressed(
-        &self,
         file: &File,
         off: u64,
         h: &RecordHeader,

@@ -8,8 +8,8 @@
 //! not counted as corruption.
 
 use super::codec;
-use super::format::FLAG_ZSTD;
 use super::engine::Engine;
+use super::format::FLAG_ZSTD;
 use super::format::{self, ALIGN, RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN};
 use super::index::Entry;
 use super::read::Shared;

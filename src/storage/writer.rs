@@ -14,8 +14,8 @@ mod recovery;
 mod rounds;
 
 use super::Key;
-use super::codec::Encoded;
 use super::StorageError;
+use super::codec::Encoded;
 use super::config::Durability;
 use super::format::{PartLoc, Pos, RecordKind, State, state_slot_offset};
 use super::index::Entry;

@@ -3,9 +3,9 @@
 //! and WaitExecution are relayed, and a successful result is kept in the local action cache so
 //! the next lookup of that action is a local hit.
 
-use crate::cas::CasError;
 use super::Upstream;
 use super::error::UpstreamError;
+use crate::cas::CasError;
 use crate::digest::{Digest, DigestFunction};
 use crate::proto::google::longrunning::{Operation, operation};
 use crate::proto::reapi::{

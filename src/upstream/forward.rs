@@ -2,9 +2,9 @@
 //! upstream has is skipped; small ones in batch calls, large ones streamed from the local
 //! store) and action results (read back from the local action cache).
 
-use crate::cas::CasError;
 use super::Upstream;
 use super::error::UpstreamError;
+use crate::cas::CasError;
 use crate::digest::{Digest, DigestFunction};
 use crate::proto::reapi::{
     BatchUpdateBlobsRequest, UpdateActionResultRequest, batch_update_blobs_request,

@@ -91,7 +91,7 @@ pub fn engine_model(data: &[u8]) {
             sys::build(IoBackend::Psync).expect("psync"),
         ));
         // Half the inputs run with compression at rest (records of repeated bytes compress).
-        Engine::open_with_io(cfg(dir.path(), data.len() % 2 == 0), io).expect("open")
+        Engine::open_with_io(cfg(dir.path(), data.len().is_multiple_of(2)), io).expect("open")
     };
     let mut fault = FaultState::new();
     let mut e = open(&fault);

@@ -18,14 +18,14 @@
 //! supersede rule), so a crash at any point leaves one readable version of each blob.
 
 use super::Writer;
+use crate::storage::blob::Piece;
 use crate::storage::format::{
-    FLAG_ZSTD,
-    PartLoc, RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN, record_span,
+    FLAG_ZSTD, PartLoc, RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN,
+    record_span,
 };
 use crate::storage::index::Entry;
 use crate::storage::stats::inc;
 use crate::storage::touch::within_horizon;
-use crate::storage::blob::Piece;
 use crate::storage::{Blob, StorageError};
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -5,11 +5,11 @@
 
 use super::Writer;
 use crate::storage::StorageError;
-use crate::storage::format::{
-    FLAG_ZSTD,
-    RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN, decode_manifest, record_span,
-};
 use crate::storage::codec;
+use crate::storage::format::{
+    FLAG_ZSTD, RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN, decode_manifest,
+    record_span,
+};
 use crate::storage::index::Entry;
 use crate::storage::stats::inc;
 use std::sync::Arc;
