@@ -36,7 +36,10 @@ fn text(seed: u64, len: usize) -> Bytes {
     let mut s = String::new();
     let mut i = 0u64;
     while s.len() < len {
-        s.push_str(&format!("{seed}:{i} cc1plus: note: in expansion of macro `M{}`\n", i % 13));
+        s.push_str(&format!(
+            "{seed}:{i} cc1plus: note: in expansion of macro `M{}`\n",
+            i % 13
+        ));
         i += 1;
     }
     s.truncate(len);
@@ -219,7 +222,10 @@ fn a_cut_back_upload_with_parts_in_flight_resumes_to_the_right_bytes() {
                 w.commit().await.unwrap();
             });
             let b = e.get(&k).unwrap().unwrap();
-            assert!(b.to_bytes().unwrap() == v, "resumed blob {n} with {compression:?}");
+            assert!(
+                b.to_bytes().unwrap() == v,
+                "resumed blob {n} with {compression:?}"
+            );
         }
     }
 }
@@ -276,7 +282,10 @@ fn find_compressed(dir: &Path, key: &Key, kind: RecordKind, nth: usize) -> (Path
             off += record_span(h.len);
         }
     }
-    found.into_iter().nth(nth).expect("compressed record of the key")
+    found
+        .into_iter()
+        .nth(nth)
+        .expect("compressed record of the key")
 }
 
 /// Rewrites the logical-length prefix of the compressed record at `off` to `declared` and

@@ -18,7 +18,10 @@ fn text(seed: u64, len: usize) -> Vec<u8> {
     let mut s = String::new();
     let mut i = 0u64;
     while s.len() < len {
-        s.push_str(&format!("{seed}/{i}: javac: warning: [deprecation] m{}()\n", i % 23));
+        s.push_str(&format!(
+            "{seed}/{i}: javac: warning: [deprecation] m{}()\n",
+            i % 23
+        ));
         i += 1;
     }
     s.truncate(len);
@@ -109,7 +112,18 @@ async fn compressed_reads_at_boundaries_and_at_the_end_are_zstd_streams() {
             .into_inner();
         assert_eq!(resp.committed_size, data.len() as i64);
         let n = data.len();
-        for off in [0, 1, PART - 1, PART, PART + 1, 2 * PART, 3 * PART - 1, 3 * PART, n - 1, n] {
+        for off in [
+            0,
+            1,
+            PART - 1,
+            PART,
+            PART + 1,
+            2 * PART,
+            3 * PART - 1,
+            3 * PART,
+            n - 1,
+            n,
+        ] {
             let z = read(&mut bs, zname(&d), off as i64).await;
             assert!(
                 whole_frames(&z),
@@ -128,7 +142,14 @@ async fn compressed_reads_at_boundaries_and_at_the_end_are_zstd_streams() {
 async fn the_empty_blob_over_http_with_zstd_is_a_zstd_body() {
     let (_server, addr) = TestServer::with_http_cache(|_| {}).await;
     let path = format!("/cas/{}", digest(b"").hash_hex());
-    let r = http::request(&addr, "GET", &path, &[("Accept-Encoding", "zstd")], Body::None).await;
+    let r = http::request(
+        &addr,
+        "GET",
+        &path,
+        &[("Accept-Encoding", "zstd")],
+        Body::None,
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     if r.header("content-encoding") == Some("zstd") {
         assert!(
@@ -166,7 +187,13 @@ async fn a_resumed_upload_with_parts_compressed_in_flight_reads_back() {
     assert!(!st.complete);
     assert_eq!(kept, 3 * PART, "whole parts handed on are kept");
     let resp = bs
-        .write(futures::stream::iter(requests(&name, &data, kept, data.len(), true)))
+        .write(futures::stream::iter(requests(
+            &name,
+            &data,
+            kept,
+            data.len(),
+            true,
+        )))
         .await
         .unwrap()
         .into_inner();
