@@ -375,3 +375,97 @@ fn a_compressed_stream_of_nothing_is_still_a_zstd_frame() {
     );
     assert_eq!(zstd::decode_all(&z[..]).unwrap(), b"");
 }
+
+#[test]
+fn copy_forward_of_mixed_parts_survives_peek_verify_and_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let hot = vec![
+        (cas_key(100), mixed(100, (2 * PART + 5) as usize)),
+        (cas_key(101), text(101, PART as usize)),
+        (cas_key(102), mixed(102, (PART + 3) as usize)),
+    ];
+    {
+        let e = Engine::open_with_io(cfg(dir.path()), io(BACKENDS[0])).unwrap();
+        let r = rt();
+        r.block_on(async {
+            for (k, v) in &hot {
+                upload(&e, *k, v, 6_000).await;
+            }
+        });
+        for n in 0..300u64 {
+            r.block_on(e.put(cas_key(1000 + n), data(n, 20 << 10)))
+                .unwrap();
+            if n % 8 == 0 {
+                for (k, v) in &hot {
+                    let b = e
+                        .get(k)
+                        .unwrap()
+                        .unwrap_or_else(|| panic!("after {n}: hot {k:?} evicted: {:?}", e.stats()));
+                    assert!(b.to_bytes().unwrap() == v[..], "after {n}: {k:?}");
+                }
+            }
+        }
+        let s = e.stats();
+        assert!(s.evictions >= 16 && s.copy_forwards >= 6, "{s:?}");
+        for (k, v) in &hot {
+            check_blob(&e.get(k).unwrap().unwrap(), v, &format!("copied {k:?}"));
+        }
+        let wanted: std::collections::HashMap<Key, Bytes> = hot.iter().cloned().collect();
+        let check = |k: &Key, b: &Blob| {
+            wanted
+                .get(k)
+                .is_none_or(|w| b.to_bytes().ok().as_ref() == Some(w))
+        };
+        let rep = e.verify(
+            |_| {},
+            Some(BlobCheck {
+                wants: &|_| true,
+                check: &check,
+            }),
+        );
+        assert_eq!(
+            (rep.corrupt_records, rep.check_failures, rep.dropped_entries),
+            (0, 0, 0),
+            "{rep:?}"
+        );
+    }
+    let peek = Peek::open(dir.path()).unwrap();
+    for (k, v) in &hot {
+        let mut out = Vec::new();
+        assert!(peek.copy_to(k, &mut out).unwrap(), "peek {k:?}");
+        assert!(out == v[..], "peek {k:?}");
+    }
+    std::fs::remove_file(dir.path().join("index")).unwrap();
+    let e = Engine::open_with_io(cfg(dir.path()), io(BACKENDS[0])).unwrap();
+    for (k, v) in &hot {
+        let b = e.get(k).unwrap().expect("present after rebuild");
+        assert!(b.to_bytes().unwrap() == v[..], "rebuilt {k:?}");
+    }
+}
+
+#[test]
+fn copy_forward_budget_counts_the_bytes_a_compressed_blob_takes_on_disk() {
+    // The budget is "bytes copied forward per evicted segment (record headers included)":
+    // a hot text blob of 5 parts takes a few KiB compressed, far under the budget (a quarter
+    // of a 256 KiB segment), though its logical length (80 KiB) is over it.
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open_with_io(cfg(dir.path()), io(BACKENDS[0])).unwrap();
+    let k = cas_key(300);
+    let v = text(300, (5 * PART) as usize);
+    let r = rt();
+    r.block_on(upload(&e, k, &v, 6_000));
+    for n in 0..200u64 {
+        r.block_on(e.put(cas_key(1000 + n), data(n, 20 << 10)))
+            .unwrap();
+        if n % 4 == 0 {
+            let b = e.get(&k).unwrap().unwrap_or_else(|| {
+                panic!(
+                    "after {n} blobs: the hot compressed blob was evicted: {:?}",
+                    e.stats()
+                )
+            });
+            assert!(b.to_bytes().unwrap() == v);
+        }
+    }
+    assert!(e.stats().evictions >= 8);
+}
