@@ -14,6 +14,7 @@ use kiln::storage::format::{
 use kiln::storage::{
     Blob, BlobCheck, Compression, Encoded, Engine, EngineConfig, Key, Peek, Store,
 };
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use storage_support::{BACKENDS, cas_key, config, data, faulty, io, rt};
 
@@ -36,10 +37,11 @@ fn text(seed: u64, len: usize) -> Bytes {
     let mut s = String::new();
     let mut i = 0u64;
     while s.len() < len {
-        s.push_str(&format!(
-            "{seed}:{i} cc1plus: note: in expansion of macro `M{}`\n",
+        let _ = writeln!(
+            s,
+            "{seed}:{i} cc1plus: note: in expansion of macro `M{}`",
             i % 13
-        ));
+        );
         i += 1;
     }
     s.truncate(len);

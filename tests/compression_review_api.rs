@@ -10,6 +10,7 @@ use kiln::config::CompressionName;
 use kiln::digest::Digest;
 use kiln::proto::bytestream::byte_stream_client::ByteStreamClient;
 use kiln::proto::bytestream::{QueryWriteStatusRequest, ReadRequest, WriteRequest};
+use std::fmt::Write as _;
 use tonic::transport::Channel;
 
 const PART: usize = 1 << 20;
@@ -18,10 +19,11 @@ fn text(seed: u64, len: usize) -> Vec<u8> {
     let mut s = String::new();
     let mut i = 0u64;
     while s.len() < len {
-        s.push_str(&format!(
-            "{seed}/{i}: javac: warning: [deprecation] m{}()\n",
+        let _ = writeln!(
+            s,
+            "{seed}/{i}: javac: warning: [deprecation] m{}()",
             i % 23
-        ));
+        );
         i += 1;
     }
     s.truncate(len);
