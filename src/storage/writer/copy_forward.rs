@@ -195,7 +195,7 @@ impl Writer {
             if let Some(held) = hold.as_deref_mut() {
                 if let Ok(blob) = sh.read_blob(&e) {
                     spent += cost;
-                    held.push((e, blob, hint));
+                    held.push((e, as_stored(&blob), hint));
                     oldest_touch_age = oldest_touch_age.max(u64::from(head.wrapping_sub(hint)));
                 }
                 continue;
@@ -340,6 +340,21 @@ pub(super) fn copy_reserve(cfg: &crate::storage::EngineConfig) -> u64 {
     } else {
         0
     }
+}
+
+/// `blob` as its stored pieces only: a compressed record the read decompressed (a whole
+/// `Blob` record is, to check it) without its bytes. What `hold_for_copy` keeps is bounded by
+/// the budget in stored bytes; the decompressed bytes could be many times that.
+fn as_stored(blob: &Blob) -> Blob {
+    let pieces = blob.pieces().iter().map(|p| match p {
+        Piece::Zstd { payload, len, .. } => Piece::Zstd {
+            payload: payload.clone(),
+            len: *len,
+            decoded: None,
+        },
+        Piece::Plain(b) => Piece::Plain(b.clone()),
+    });
+    Blob::from_pieces(pieces.collect())
 }
 
 /// Bytes the copy of `e` appends, from its records as they are stored (the copy keeps a
