@@ -133,7 +133,7 @@ impl Blob {
     /// The blob from `offset` on, for a compressed read: every compressed piece that starts at
     /// or after `offset` as its stored frame, everything else as plain bytes (the caller
     /// compresses those). Nothing is decompressed except a compressed piece `offset` falls
-    /// inside.
+    /// inside. Never empty: with nothing from `offset` on, one empty plain piece.
     pub fn encoded(
         &self,
         offset: u64,
@@ -147,6 +147,12 @@ impl Blob {
                 continue;
             }
             out.push((p.clone(), offset.saturating_sub(start)));
+        }
+        // Nothing from `offset` on (the empty blob, or `offset == len`): one empty plain
+        // piece, so that the caller still sends a zstd stream (one empty frame), not zero
+        // bytes, which is no zstd stream.
+        if out.is_empty() {
+            out.push((Piece::Plain(Bytes::new()), 0));
         }
         out.into_iter().map(|(p, skip)| match p {
             Piece::Zstd { payload, .. } if skip == 0 => Ok(Encoded::Zstd(codec::frame(&payload))),

@@ -202,7 +202,11 @@ fn walk_records(
                         rep.bytes += h.len;
                         let logical = logical_len(&h, payload);
                         if h.kind != RecordKind::Manifest {
-                            rep.logical_bytes += logical.unwrap_or(0);
+                            // A compressed record's prefix is disk bytes: a length no record
+                            // may hold is not counted (its content check fails below).
+                            let max = codec::max_piece(sh.cfg().segment_size);
+                            let sane = logical.filter(|&l| h.flags & FLAG_ZSTD == 0 || l <= max);
+                            rep.logical_bytes = rep.logical_bytes.saturating_add(sane.unwrap_or(0));
                         }
                         if let Some(check) = check
                             && (check.wants)(&h.key)

@@ -21,9 +21,10 @@ use super::Writer;
 use crate::storage::blob::Piece;
 use crate::storage::format::{
     FLAG_ZSTD, PartLoc, RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN,
-    record_span,
+    decode_manifest, record_span,
 };
 use crate::storage::index::Entry;
+use crate::storage::read::Shared;
 use crate::storage::stats::inc;
 use crate::storage::touch::within_horizon;
 use crate::storage::{Blob, StorageError};
@@ -180,7 +181,7 @@ impl Writer {
             if !within_horizon(hint, head, e.oldest_seq(), horizon) {
                 continue;
             }
-            candidates.push((e, hint, copy_cost(&e, sh.cfg().part_size)));
+            candidates.push((e, hint, stored_cost(&sh, &e, sh.cfg().part_size)));
         }
         // When the budget cannot take them all, the most recently touched go first (a blob
         // used again since is worth more than one touched once by a scan, which may have
@@ -194,7 +195,7 @@ impl Writer {
             if let Some(held) = hold.as_deref_mut() {
                 if let Ok(blob) = sh.read_blob(&e) {
                     spent += cost;
-                    held.push((e, blob, hint));
+                    held.push((e, as_stored(&blob), hint));
                     oldest_touch_age = oldest_touch_age.max(u64::from(head.wrapping_sub(hint)));
                 }
                 continue;
@@ -341,8 +342,48 @@ pub(super) fn copy_reserve(cfg: &crate::storage::EngineConfig) -> u64 {
     }
 }
 
-/// Bytes the copy of `e` appends: its records with headers and padding (a manifest: one
-/// part record per `part_size` bytes, then the manifest record).
+/// `blob` as its stored pieces only: a compressed record the read decompressed (a whole
+/// `Blob` record is, to check it) without its bytes. What `hold_for_copy` keeps is bounded by
+/// the budget in stored bytes; the decompressed bytes could be many times that.
+fn as_stored(blob: &Blob) -> Blob {
+    let pieces = blob.pieces().iter().map(|p| match p {
+        Piece::Zstd { payload, len, .. } => Piece::Zstd {
+            payload: payload.clone(),
+            len: *len,
+            decoded: None,
+        },
+        Piece::Plain(b) => Piece::Plain(b.clone()),
+    });
+    Blob::from_pieces(pieces.collect())
+}
+
+/// Bytes the copy of `e` appends, from its records as they are stored (the copy keeps a
+/// compressed record compressed, so a blob's logical length would overstate it): the record,
+/// or every part and the manifest, with headers and padding. When the records cannot be read,
+/// the estimate from the blob's length ([`copy_cost`]); the copy then fails its checks anyway.
+fn stored_cost(sh: &Shared, e: &Entry, part_size: u64) -> u64 {
+    let kind = if e.kind == RecordKind::Manifest {
+        RecordKind::Manifest
+    } else {
+        RecordKind::Blob
+    };
+    let Ok((_, payload)) = sh.read_record(e.seq, e.off, kind, &e.key) else {
+        return copy_cost(e, part_size);
+    };
+    let own = record_span(payload.len() as u64);
+    if kind == RecordKind::Blob {
+        return own;
+    }
+    match decode_manifest(&payload) {
+        Ok((_, parts)) => parts
+            .iter()
+            .fold(own, |a, p| a.saturating_add(record_span(p.len))),
+        Err(_) => copy_cost(e, part_size),
+    }
+}
+
+/// Bytes the copy of `e` appends, estimated from its length: its records with headers and
+/// padding (a manifest: one part record per `part_size` bytes, then the manifest record).
 fn copy_cost(e: &Entry, part_size: u64) -> u64 {
     if e.kind == RecordKind::Manifest {
         let parts = e.len.div_ceil(part_size.max(1));
