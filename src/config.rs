@@ -433,7 +433,7 @@ pub struct StorageConfig {
     /// `part_size_bytes`, or one part of a larger one) is stored as one zstd frame when that
     /// saves enough, so the ring holds more; reads decompress only the parts they touch and
     /// `compressed-blobs/zstd` reads send the stored frames as they are. Costs CPU on every
-    /// upload (compression on the receiving thread) and on identity reads. Changing it
+    /// upload (compression on blocking threads, one per core) and on identity reads. Changing it
     /// affects new writes only. Metrics: `kiln_storage_compression_*_bytes` (stored over
     /// logical is the ratio), `kiln_storage_compressed_records`,
     /// `kiln_storage_compression_skipped`.

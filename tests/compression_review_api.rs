@@ -19,11 +19,7 @@ fn text(seed: u64, len: usize) -> Vec<u8> {
     let mut s = String::new();
     let mut i = 0u64;
     while s.len() < len {
-        let _ = writeln!(
-            s,
-            "{seed}/{i}: javac: warning: [deprecation] m{}()",
-            i % 23
-        );
+        let _ = writeln!(s, "{seed}/{i}: javac: warning: [deprecation] m{}()", i % 23);
         i += 1;
     }
     s.truncate(len);

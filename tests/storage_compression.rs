@@ -222,21 +222,25 @@ fn a_damaged_frame_is_a_miss_or_an_error_never_wrong_bytes() {
     assert_eq!(e.stats().corruptions, 1);
     assert!(!e.contains(&cas_key(1)).unwrap(), "dropped from the index");
     // The large one: the damaged part is an error when reached, the parts before it are
-    // served, nothing after it is.
+    // served, nothing after it is. (Parts are written as they are compressed, so the third
+    // record on disk is not always the blob's third part.)
     let b = e.get(&cas_key(4)).unwrap().unwrap();
     assert!(b.to_bytes().is_err());
     let pieces: Vec<_> = b.read(0, u64::MAX, 16 << 10).collect();
     let ok = pieces.iter().take_while(|p| p.is_ok()).count();
-    assert_eq!(ok, 2, "two whole parts, then the error");
-    assert!(pieces[2].is_err());
-    assert_eq!(pieces.len(), 3, "nothing after the error");
+    assert!(ok < 13, "one of the 13 parts fails");
+    assert!(pieces[ok].is_err());
+    assert_eq!(pieces.len(), ok + 1, "nothing after the error");
     let want = &blobs[3].1;
-    for (i, p) in pieces.iter().take(2).enumerate() {
+    for (i, p) in pieces.iter().take(ok).enumerate() {
         assert_eq!(
             p.as_ref().unwrap(),
             &want[i * (16 << 10)..(i + 1) * (16 << 10)]
         );
     }
+    // Found damaged while read: counted once and unpublished, as a bad checksum at `get` is.
+    assert_eq!(e.stats().corruptions, 2);
+    assert!(!e.contains(&cas_key(4)).unwrap(), "dropped from the index");
     // The co-located reader refuses both.
     let peek = Peek::open(dir.path()).unwrap();
     assert!(!peek.copy_to(&cas_key(4), &mut Vec::new()).unwrap());

@@ -15,6 +15,30 @@ use bytes::{Bytes, BytesMut};
 pub struct Blob {
     pieces: Vec<Piece>,
     len: u64,
+    /// Called when a compressed piece turns out not to decode: the store unpublishes the
+    /// blob then, as it does for a record that fails its checksum at `get`.
+    damage: Option<DamageHook>,
+}
+
+/// What a blob calls when a piece of it does not decode.
+#[derive(Clone)]
+pub(crate) struct DamageHook(pub(crate) std::sync::Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for DamageHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DamageHook")
+    }
+}
+
+impl DamageHook {
+    /// `p`'s bytes; on a piece that does not decode, the hook runs first.
+    fn bytes(hook: Option<&Self>, p: &Piece) -> Result<Bytes, StorageError> {
+        p.bytes().inspect_err(|_| {
+            if let Some(h) = hook {
+                (h.0)();
+            }
+        })
+    }
 }
 
 /// One stored piece of a blob.
@@ -77,7 +101,24 @@ impl Blob {
 
     pub(crate) fn from_pieces(pieces: Vec<Piece>) -> Self {
         let len = pieces.iter().map(Piece::len).sum();
-        Self { pieces, len }
+        Self {
+            pieces,
+            len,
+            damage: None,
+        }
+    }
+
+    /// Whether some piece is decompressed only when read (it may then turn out damaged).
+    pub(crate) fn decodes_lazily(&self) -> bool {
+        self.pieces
+            .iter()
+            .any(|p| matches!(p, Piece::Zstd { decoded: None, .. }))
+    }
+
+    /// The blob, with `hook` called when a piece of it does not decode.
+    pub(crate) fn on_damage(mut self, hook: DamageHook) -> Self {
+        self.damage = Some(hook);
+        self
     }
 
     pub(crate) fn pieces(&self) -> &[Piece] {
@@ -102,13 +143,14 @@ impl Blob {
     /// The whole blob as one `Bytes`: free for a single plain extent, a copy otherwise.
     /// `Err` when a compressed piece does not decode (damage the record checksums missed).
     pub fn to_bytes(&self) -> Result<Bytes, StorageError> {
+        let hook = self.damage.as_ref();
         match self.pieces.as_slice() {
             [] => Ok(Bytes::new()),
-            [one] => one.bytes(),
+            [one] => DamageHook::bytes(hook, one),
             many => {
                 let mut out = BytesMut::with_capacity(self.len as usize);
                 for p in many {
-                    out.extend_from_slice(&p.bytes()?);
+                    out.extend_from_slice(&DamageHook::bytes(hook, p)?);
                 }
                 Ok(out.freeze())
             }
@@ -127,6 +169,7 @@ impl Blob {
             end,
             max_chunk: max_chunk.max(1),
             current: None,
+            damage: self.damage.clone(),
         }
     }
 
@@ -154,9 +197,12 @@ impl Blob {
         if out.is_empty() {
             out.push((Piece::Plain(Bytes::new()), 0));
         }
-        out.into_iter().map(|(p, skip)| match p {
+        let hook = self.damage.clone();
+        out.into_iter().map(move |(p, skip)| match p {
             Piece::Zstd { payload, .. } if skip == 0 => Ok(Encoded::Zstd(codec::frame(&payload))),
-            p => Ok(Encoded::Plain(p.bytes()?.slice(skip as usize..))),
+            p => Ok(Encoded::Plain(
+                DamageHook::bytes(hook.as_ref(), &p)?.slice(skip as usize..),
+            )),
         })
     }
 }
@@ -171,6 +217,7 @@ pub struct Chunks {
     max_chunk: usize,
     /// The rest of the current piece's bytes in range.
     current: Option<Bytes>,
+    damage: Option<DamageHook>,
 }
 
 impl Iterator for Chunks {
@@ -194,7 +241,7 @@ impl Iterator for Chunks {
             if stop <= self.offset {
                 continue;
             }
-            let bytes = match p.bytes() {
+            let bytes = match DamageHook::bytes(self.damage.as_ref(), &p) {
                 Ok(b) => b,
                 Err(e) => {
                     self.pos = self.end;

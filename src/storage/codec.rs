@@ -34,10 +34,40 @@ impl Encoded {
 }
 
 thread_local! {
-    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
-        const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { RefCell::new(None) };
+}
+
+/// Compression contexts kept for reuse (a context costs a few MB at high levels, too much
+/// to keep one per thread of a blocking pool that may grow to hundreds): at most this many.
+const KEPT_COMPRESSORS: usize = 8;
+
+static COMPRESSORS: std::sync::Mutex<Vec<(i32, zstd::bulk::Compressor<'static>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// A compression context for `level` from the kept ones, or a new one.
+fn take_compressor(level: i32) -> Option<zstd::bulk::Compressor<'static>> {
+    let mut kept = COMPRESSORS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(i) = kept.iter().position(|(l, _)| *l == level) {
+        return Some(kept.swap_remove(i).1);
+    }
+    drop(kept);
+    let mut z = zstd::bulk::Compressor::new(level).ok()?;
+    z.set_parameter(zstd::stream::raw::CParameter::ChecksumFlag(true))
+        .ok()?;
+    Some(z)
+}
+
+/// Gives a context back for reuse (dropped when enough are kept).
+fn keep_compressor(level: i32, z: zstd::bulk::Compressor<'static>) {
+    let mut kept = COMPRESSORS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if kept.len() < KEPT_COMPRESSORS {
+        kept.push((level, z));
+    }
 }
 
 /// The payload to store for `data` under `c`: compressed when it is long enough and its
@@ -63,16 +93,11 @@ pub fn encode(c: Compression, data: Bytes) -> Encoded {
     }
     let mut out = vec![0u8; room];
     out[..PREFIX].copy_from_slice(&(len as u64).to_le_bytes());
-    let fitted = COMPRESSOR.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        if cell.as_ref().is_none_or(|(l, _)| *l != level) {
-            let mut z = zstd::bulk::Compressor::new(level).ok()?;
-            z.set_parameter(zstd::stream::raw::CParameter::ChecksumFlag(true))
-                .ok()?;
-            *cell = Some((level, z));
-        }
-        let (_, z) = cell.as_mut()?;
-        z.compress_to_buffer(&data[..], &mut out[PREFIX..]).ok()
+    let fitted = take_compressor(level).and_then(|mut z| {
+        // An error is "the frame does not fit": the context stays usable.
+        let n = z.compress_to_buffer(&data[..], &mut out[PREFIX..]).ok();
+        keep_compressor(level, z);
+        n
     });
     match fitted {
         Some(n) => Encoded {

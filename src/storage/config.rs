@@ -35,7 +35,7 @@ pub enum Compression {
     Zstd {
         /// zstd level, 1..=19. Recommended 1-3: level 1 compresses at several hundred MB/s
         /// per core; higher levels gain a few percent of space for much more CPU on every
-        /// upload (each upload compresses on the thread that receives it).
+        /// upload (records are compressed on blocking threads, one per core at a time).
         level: i32,
         /// Records shorter than this are stored as they are (small blobs gain little and
         /// would pay a decompression on every read). Recommended 1-4 KiB.
@@ -104,7 +104,8 @@ pub struct EngineConfig {
     pub probe_limit: u32,
     /// Payload bytes per record when a blob is streamed in parts; blobs up to this size are one
     /// record. Default 1 MiB (PLATFORM.md: 64 KiB-1 MiB appends reach the disk's ceiling).
-    /// An upload holds at most three parts in memory (one filling, two being written).
+    /// An upload fills one part in memory; the parts handed on to be written are bounded
+    /// engine-wide (8).
     pub part_size: u64,
     /// Copy-forward at eviction (FORMAT.md "Eviction and copy-forward"). Default true. With
     /// false the ring is plain first-in-first-out: every blob goes when its segment does,

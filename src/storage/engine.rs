@@ -1,7 +1,7 @@
 //! The segment engine behind `kiln serve`: opening a store and the `Store` implementation.
 
-use super::codec::{self, Encoded};
-use super::config::{Compression, EngineConfig};
+use super::blob::DamageHook;
+use super::config::EngineConfig;
 use super::format::{
     InvalidRange, MAX_INVALID_RANGES, Pos, SEGMENT_HEADER_LEN, State, state_slot_offset,
 };
@@ -9,13 +9,13 @@ use super::index::{self, Index};
 use super::open::{highest_segment_seq, map_live_segments, no_space, read_state, ring_on_disk};
 use super::read::Shared;
 use super::segment::Segments;
-use super::stats::{self, Counters, StorageStats};
+use super::stats::{Counters, StorageStats};
 use super::sys::{self, IoEngine, IoFile};
+use super::upload::{EngineWriter, Limits, encode_all};
 use super::writer::{Body, EPOCH_RESERVE, Req, Writer};
 use super::{Blob, BlobWriter, Key, StorageError, Store};
-use crate::storage::format::PartLoc;
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use crossbeam::channel::{Sender, unbounded};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -29,8 +29,8 @@ use tokio::sync::oneshot;
 /// called from any number of threads or tasks; reads never block on writes.
 pub struct Engine {
     sh: Arc<Shared>,
-    /// Parts of streamed uploads being compressed at once: one per core.
-    compressing: Arc<tokio::sync::Semaphore>,
+    /// Engine-wide bounds of what uploads hand on (`upload.rs`).
+    limits: Arc<Limits>,
     tx: Mutex<Option<Sender<Req>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -195,10 +195,9 @@ impl Engine {
             .name("kiln-storage-io".into())
             .spawn(move || w.run(&rx))?;
         tracing::debug!(io = sh.io_name(), "storage engine open");
-        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         Ok(Self {
             sh,
-            compressing: Arc::new(tokio::sync::Semaphore::new(cores)),
+            limits: Arc::new(Limits::new()),
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
         })
@@ -238,9 +237,12 @@ impl Engine {
             return Err(StorageError::Poisoned(m.clone()));
         }
         if !small.is_empty() {
-            let items = small
+            let (keys, data): (Vec<Key>, Vec<Bytes>) = small.into_iter().unzip();
+            let encoded = encode_all(&self.sh, &self.limits, data).await?;
+            let items = keys
                 .into_iter()
-                .map(|(k, b)| (k, Body::Single(encode(&self.sh, b))))
+                .zip(encoded)
+                .map(|(k, e)| (k, Body::Single(e)))
                 .collect();
             self.call(|reply| Req::Commit { items, reply }).await?;
         }
@@ -324,8 +326,23 @@ fn replay_whole_ring(st: &mut State, segment_size: u64, forget_synced: bool) {
 #[async_trait]
 impl Store for Engine {
     fn get(&self, key: &Key) -> Result<Option<Blob>, StorageError> {
-        // A hit records a touch (shared.rs), read by eviction's copy-forward.
-        Ok(self.sh.get(key).map(|(_, b)| b))
+        // A hit records a touch (shared.rs), read by eviction's copy-forward. A blob with
+        // parts decompressed only when read unpublishes itself if one turns out damaged.
+        Ok(self.sh.get(key).map(|(e, b)| {
+            if b.decodes_lazily() {
+                let sh = Arc::clone(&self.sh);
+                let key = *key;
+                // Once per blob handed out, however often its damaged part is read.
+                let fired = std::sync::atomic::AtomicBool::new(false);
+                b.on_damage(DamageHook(Arc::new(move || {
+                    if !fired.swap(true, Ordering::Relaxed) {
+                        sh.damaged(&key, e.seq, e.off);
+                    }
+                })))
+            } else {
+                b
+            }
+        }))
     }
 
     fn contains(&self, key: &Key) -> Result<bool, StorageError> {
@@ -363,181 +380,16 @@ impl Store for Engine {
         if let Some(m) = self.sh.poison().get() {
             return Err(StorageError::Poisoned(m.clone()));
         }
-        let part = self.sh.cfg().part_size;
-        Ok(Box::new(EngineWriter {
-            sh: Arc::clone(&self.sh),
-            tx: self.sender()?,
+        Ok(Box::new(EngineWriter::new(
+            Arc::clone(&self.sh),
+            Arc::clone(&self.limits),
+            self.sender()?,
             key,
             len,
-            part,
-            got: 0,
-            buf: BytesMut::with_capacity(len.min(part) as usize),
-            parts: Vec::new(),
-            in_flight: std::collections::VecDeque::new(),
-            compressing: Arc::clone(&self.compressing),
-        }))
+        )))
     }
 
     fn max_blob_size(&self) -> u64 {
         self.sh.cfg().max_blob_size
-    }
-}
-
-/// The record payload for `data` under the configured compression, counted.
-fn encode(sh: &Shared, data: Bytes) -> Encoded {
-    let c = sh.cfg().compression;
-    if c == Compression::None {
-        return Encoded::plain(data);
-    }
-    let e = codec::encode(c, data);
-    let n = sh.counters();
-    n.compression_logical_bytes
-        .fetch_add(e.logical, Ordering::Relaxed);
-    n.compression_stored_bytes
-        .fetch_add(e.payload.len() as u64, Ordering::Relaxed);
-    if e.flags != 0 {
-        stats::inc(&n.compressed_records);
-    } else if let Compression::Zstd { min_size, .. } = c
-        && e.logical >= min_size
-    {
-        stats::inc(&n.compression_skipped);
-    }
-    e
-}
-
-/// Parts of one upload handed on (being compressed, or queued for the I/O thread) whose
-/// place on disk is not known yet: while they are written, the upload takes in the next
-/// part. Bounds the memory of an upload to `PARTS_IN_FLIGHT + 1` parts.
-const PARTS_IN_FLIGHT: usize = 2;
-
-/// Streams one upload: buffers one part, hands full parts on (compressed on a blocking
-/// thread when compression is on) and takes in the next ones while up to
-/// [`PARTS_IN_FLIGHT`] of them are written.
-struct EngineWriter {
-    sh: Arc<Shared>,
-    tx: Sender<Req>,
-    key: Key,
-    len: u64,
-    part: u64,
-    got: u64,
-    buf: BytesMut,
-    /// Parts on disk, in blob order.
-    parts: Vec<PartLoc>,
-    /// Parts handed on after those, in blob order: each answers with its place on disk.
-    in_flight: std::collections::VecDeque<oneshot::Receiver<Result<PartLoc, StorageError>>>,
-    /// The engine's compression slots.
-    compressing: Arc<tokio::sync::Semaphore>,
-}
-
-impl EngineWriter {
-    /// Hands a full part on: compressed on a blocking thread (so the upload task goes on
-    /// receiving and hashing) when compression is on, then to the I/O thread.
-    async fn send_part(&mut self, data: Bytes) -> Result<(), StorageError> {
-        let (reply, answer) = oneshot::channel();
-        if self.sh.cfg().compression == Compression::None {
-            self.tx
-                .send(Req::Part {
-                    key: self.key,
-                    data: Encoded::plain(data),
-                    reply,
-                })
-                .map_err(|_| StorageError::Closed)?;
-        } else {
-            let (sh, tx, key) = (Arc::clone(&self.sh), self.tx.clone(), self.key);
-            // At most one compression per core at a time, whatever the number of uploads.
-            let slot = Arc::clone(&self.compressing)
-                .acquire_owned()
-                .await
-                .map_err(|_| StorageError::Closed)?;
-            // A send that fails (the engine closed) drops `reply`: the answer is `Closed`.
-            tokio::task::spawn_blocking(move || {
-                let _slot = slot;
-                let _ = tx.send(Req::Part {
-                    key,
-                    data: encode(&sh, data),
-                    reply,
-                });
-            });
-        }
-        self.in_flight.push_back(answer);
-        Ok(())
-    }
-
-    /// Waits for the oldest part handed on and records where it went.
-    async fn settle_one(&mut self) -> Result<(), StorageError> {
-        if let Some(answer) = self.in_flight.pop_front() {
-            self.parts
-                .push(answer.await.map_err(|_| StorageError::Closed)??);
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl BlobWriter for EngineWriter {
-    async fn write(&mut self, mut chunk: Bytes) -> Result<(), StorageError> {
-        let got = self.got + chunk.len() as u64;
-        if got > self.len {
-            return Err(StorageError::LengthMismatch {
-                announced: self.len,
-                got,
-            });
-        }
-        self.got = got;
-        while !chunk.is_empty() {
-            let take = (self.part as usize - self.buf.len()).min(chunk.len());
-            self.buf.extend_from_slice(&chunk.split_to(take));
-            if self.buf.len() as u64 == self.part && self.len > self.part {
-                let data = self.buf.split().freeze();
-                self.send_part(data).await?;
-                while self.in_flight.len() > PARTS_IN_FLIGHT {
-                    self.settle_one().await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn commit(self: Box<Self>) -> Result<(), StorageError> {
-        if self.got != self.len {
-            return Err(StorageError::LengthMismatch {
-                announced: self.len,
-                got: self.got,
-            });
-        }
-        let mut me = *self;
-        while !me.in_flight.is_empty() {
-            me.settle_one().await?;
-        }
-        let last = encode(&me.sh, me.buf.freeze());
-        let body = if me.len <= me.part {
-            Body::Single(last)
-        } else {
-            Body::Parts {
-                total: me.len,
-                parts: me.parts,
-                last,
-            }
-        };
-        let (otx, orx) = oneshot::channel();
-        me.tx
-            .send(Req::Commit {
-                items: vec![(me.key, body)],
-                reply: otx,
-            })
-            .map_err(|_| StorageError::Closed)?;
-        orx.await.map_err(|_| StorageError::Closed)?
-    }
-
-    fn rewind_step(&self) -> Option<u64> {
-        Some(self.part)
-    }
-
-    fn drop_buffered(&mut self) -> Option<u64> {
-        // Parts handed on are records on disk or on their way there (a part that fails
-        // fails the next write or the commit); only the partial part is in memory.
-        self.buf = BytesMut::new();
-        self.got = (self.parts.len() + self.in_flight.len()) as u64 * self.part;
-        Some(self.got)
     }
 }

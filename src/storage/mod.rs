@@ -59,6 +59,7 @@ pub mod sys;
 #[cfg(not(feature = "testing"))]
 mod sys;
 mod touch;
+mod upload;
 mod verify;
 mod writer;
 

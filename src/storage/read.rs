@@ -352,6 +352,24 @@ impl Shared {
         }
     }
 
+    /// A blob read through `get` turned out damaged after all (a compressed part that does
+    /// not decode): counted, logged and unpublished like a record that fails its checks at
+    /// `get`, if the index still holds that very entry.
+    pub fn damaged(&self, key: &Key, seq: u32, off: u32) {
+        inc(&self.counters.corruptions);
+        if let Some((index, slot, version, e)) = self.find(key)
+            && (e.seq, e.off) == (seq, off)
+        {
+            let _ = self.drop_entry(&index, slot, version);
+        }
+        tracing::warn!(
+            ?key,
+            seq,
+            off,
+            "storage: a compressed part failed to decode while read; dropped from the index"
+        );
+    }
+
     /// Drops the entry in `slot` of `index` (the table it was read from) if it still holds `version` (nothing else replaced it
     /// meanwhile), and counts it. Safe from any thread: the slot's seqlock orders it with the
     /// writer's inserts. The cleared slot reaches the index file at the next checkpoint; should

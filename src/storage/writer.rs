@@ -51,6 +51,8 @@ pub(crate) enum Req {
         key: Key,
         data: Encoded,
         reply: oneshot::Sender<Result<PartLoc, StorageError>>,
+        /// The upload's share of the parts in flight, returned when the request is done.
+        _permit: tokio::sync::OwnedSemaphorePermit,
     },
     Commit {
         items: Vec<(Key, Body)>,
@@ -312,7 +314,9 @@ impl Writer {
         let mut done = Vec::with_capacity(batch.len());
         for r in batch {
             match r {
-                Req::Part { key, data, reply } => {
+                Req::Part {
+                    key, data, reply, ..
+                } => {
                     let res = self.poisoned().map_or_else(
                         || self.append(RecordKind::Part, &key, data.flags, &[&data.payload]),
                         Err,
