@@ -4,8 +4,8 @@
 # find-missing (all present), ac-get and read-small; the server's RSS (anonymous, i.e. heap,
 # and file-backed, i.e. mapped index and segment pages) beside the index file's size; and the
 # restart time after kill -9 (spawn to `ready`, with the replay it needed).
-# `wrap`: upload-large of 64 MiB blobs for 60 s into a 2 GiB ring (it wraps several times,
-# copy-forward on) against the same into a 16 GiB ring that does not wrap.
+# `wrap`: upload-large of 64 MiB blobs for 20 s into a 2 GiB ring (it wraps several times,
+# copy-forward on) against the same into a 16 GiB ring that 20 s do not fill; 3 pairs.
 # Usage: cargo build --release && tuning/scale-bench.sh [sizes|wrap]
 #   KILN  the kiln binary (default target/release/kiln)
 #   DATA  scratch data dir (default /tmp/kiln-scale; wiped)
@@ -43,7 +43,7 @@ bench() { # label args...
   python3 - "$label" $D.json <<'P'
 import json,sys
 r=json.load(open(sys.argv[2])); l=r["latency"]
-print(f'  {sys.argv[1]:14s} ops/s {r["ops_per_s"]:9.0f} items/s {r["items_per_s"]:10.0f} p50 {l["p50_ms"]:7.3f} ms p99 {l["p99_ms"]:7.3f} ms errors {r["errors"]}')
+print(f'  {sys.argv[1]:14s} ops/s {r["ops_per_s"]:9.0f} items/s {r["items_per_s"]:10.0f} MB/s {r["mb_per_s"]:7.1f} p50 {l["p50_ms"]:7.3f} ms p99 {l["p99_ms"]:7.3f} ms errors {r["errors"]}')
 P
 }
 rss() {
@@ -69,12 +69,12 @@ sizes)
     kill $pid; wait $pid 2>/dev/null
   done ;;
 wrap)
-  for cap in 17179869184 2147483648; do
+  for cap in 17179869184 2147483648 2147483648 17179869184 17179869184 2147483648; do
     rm -rf $D; mkdir -p $D
     config $cap 67108864
     start
     echo "== capacity $cap, 64 MiB segments"
-    bench upload-large --workload upload-large --size 64MiB --concurrency 2 --duration 60s
+    bench upload-large --workload upload-large --size 64MiB --concurrency 2 --duration 20s
     curl -s 127.0.0.1:$MPORT/metrics | grep -E "^kiln_storage_(evictions|copy_forwards|copy_forward_bytes|copy_forward_budget_cuts|bytes_written) " | tr '\n' ' '; echo
     kill $pid; wait $pid 2>/dev/null
   done ;;
