@@ -12,11 +12,7 @@ use bytes::Bytes;
 use common::{TestServer, digest, upload_request};
 use kiln::config::CompressionName;
 use kiln::digest::Digest;
-use kiln::proto::bytestream::ReadRequest;
-use kiln::proto::bytestream::byte_stream_client::ByteStreamClient;
 use kiln::proto::reapi::{BatchReadBlobsRequest, BatchUpdateBlobsRequest, compressor};
-use std::fmt::Write as _;
-use tonic::transport::Channel;
 
 /// The value of series `key` in a `/metrics` text (0 when absent).
 fn metric(text: &str, key: &str) -> f64 {
@@ -25,39 +21,6 @@ fn metric(text: &str, key: &str) -> f64 {
         .find(|(k, _)| *k == key)
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0.0)
-}
-
-/// `len` bytes of compressible text.
-fn text(seed: u64, len: usize) -> Vec<u8> {
-    let mut s = String::new();
-    let mut i = 0u64;
-    while s.len() < len {
-        let _ = writeln!(
-            s,
-            "{seed}/{i}: ld: warning: relocation against `sym{}`",
-            i % 29
-        );
-        i += 1;
-    }
-    s.truncate(len);
-    s.into_bytes()
-}
-
-async fn read(bs: &mut ByteStreamClient<Channel>, name: String, offset: i64) -> Vec<u8> {
-    let mut stream = bs
-        .read(ReadRequest {
-            resource_name: name,
-            read_offset: offset,
-            read_limit: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(m) = stream.message().await.unwrap() {
-        out.extend_from_slice(&m.data);
-    }
-    out
 }
 
 /// The frames of a zstd stream: (has a content checksum) for each.
@@ -91,7 +54,7 @@ async fn upload(s: &TestServer, data: &[u8]) -> Digest {
 #[tokio::test]
 async fn stored_frames_are_served_and_identity_reads_decompress() {
     let s = TestServer::start_with(|c| c.storage.compression = CompressionName::Zstd).await;
-    let big = text(1, (3 << 20) + 12_345); // 4 parts
+    let big = common::data::text(1, (3 << 20) + 12_345); // 4 parts
     let d = upload(&s, &big).await;
     let mut bs = s.bytestream().await;
     let plain = |d: &Digest| format!("blobs/{}/{}", d.hash_hex(), d.size);
@@ -104,24 +67,24 @@ async fn stored_frames_are_served_and_identity_reads_decompress() {
         (5 << 19) + 3,
         big.len() - 1,
     ] {
-        let got = read(&mut bs, plain(&d), off as i64).await;
+        let got = common::read_from(&mut bs, plain(&d), off as i64).await;
         assert!(got == big[off..], "identity read at {off}");
     }
     // Compressed: the four stored frames as they are.
-    let z = read(&mut bs, zname(&d), 0).await;
+    let z = common::read_from(&mut bs, zname(&d), 0).await;
     assert_eq!(zstd::decode_all(&z[..]).unwrap(), big);
     assert_eq!(frames(&z), vec![true; 4], "the stored frames, one per part");
     assert!(z.len() < big.len() / 5);
     // From inside the second part: that part's rest compressed for the reply, then the
     // stored frames of the third and fourth.
     let off = (1 << 20) + 777;
-    let z = read(&mut bs, zname(&d), off as i64).await;
+    let z = common::read_from(&mut bs, zname(&d), off as i64).await;
     assert_eq!(zstd::decode_all(&z[..]).unwrap(), &big[off..]);
     assert_eq!(frames(&z), vec![false, true, true]);
 
     // A batch: small text compressed at rest comes back as its stored frame; noise is stored
     // as it is and compressed for the reply only.
-    let small = text(2, 8_000);
+    let small = common::data::text(2, 8_000);
     let noise = common::bytes(8_000, 3);
     let mut cas = s.cas().await;
     cas.batch_update_blobs(BatchUpdateBlobsRequest {
@@ -173,10 +136,10 @@ async fn compression_off_keeps_sending_one_fresh_frame() {
     // The control: the same reads from a store without compression at rest compress on the
     // fly, so the frame checks above cannot pass by accident.
     let s = TestServer::start().await;
-    let big = text(1, (3 << 20) + 12_345);
+    let big = common::data::text(1, (3 << 20) + 12_345);
     let d = upload(&s, &big).await;
     let mut bs = s.bytestream().await;
-    let z = read(
+    let z = common::read_from(
         &mut bs,
         format!("compressed-blobs/zstd/{}/{}", d.hash_hex(), d.size),
         0,

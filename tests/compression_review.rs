@@ -7,16 +7,12 @@
 mod storage_support;
 
 use bytes::Bytes;
-use kiln::storage::format::{
-    FLAG_ZSTD, RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN, SegmentHeader,
-    record_span,
-};
+use kiln::storage::format::{RECORD_HEADER_LEN, RecordHeader, RecordKind};
 use kiln::storage::{
     Blob, BlobCheck, Compression, Encoded, Engine, EngineConfig, Key, Peek, Store,
 };
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use storage_support::{BACKENDS, cas_key, config, data, faulty, io, rt};
+use std::path::Path;
+use storage_support::{BACKENDS, cas_key, config, data, faulty, find_compressed, io, rt, text};
 
 const PART: u64 = 16 << 10;
 
@@ -30,22 +26,6 @@ fn cfg(dir: &Path) -> EngineConfig {
     let mut c = config(dir, 256 << 10, 8, PART, 4096);
     c.compression = ZSTD;
     c
-}
-
-/// `len` bytes of compressible text, different per `seed`.
-fn text(seed: u64, len: usize) -> Bytes {
-    let mut s = String::new();
-    let mut i = 0u64;
-    while s.len() < len {
-        let _ = writeln!(
-            s,
-            "{seed}:{i} cc1plus: note: in expansion of macro `M{}`",
-            i % 13
-        );
-        i += 1;
-    }
-    s.truncate(len);
-    Bytes::from(s)
 }
 
 /// Text and noise alternating every `PART` bytes, so parts alternate compressed and plain.
@@ -269,31 +249,6 @@ fn a_part_that_fails_in_flight_never_publishes_the_blob() {
             _ => assert!(res.is_err(), "fail_at {fail_at}: acknowledged but missing"),
         }
     }
-}
-
-/// Finds the `nth` compressed record of `key` in the segment files: file, offset, seq.
-fn find_compressed(dir: &Path, key: &Key, kind: RecordKind, nth: usize) -> (PathBuf, u64, u32) {
-    let mut found = Vec::new();
-    let mut files: Vec<_> = std::fs::read_dir(dir.join("segments"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    for f in files {
-        let bytes = std::fs::read(&f).unwrap();
-        let seq = SegmentHeader::decode(&bytes).unwrap().seq as u32;
-        let mut off = SEGMENT_HEADER_LEN;
-        while let Ok(h) = RecordHeader::decode(&bytes[off as usize..], seq) {
-            if h.key == *key && h.kind == kind && h.flags & FLAG_ZSTD != 0 {
-                found.push((f.clone(), off, seq));
-            }
-            off += record_span(h.len);
-        }
-    }
-    found
-        .into_iter()
-        .nth(nth)
-        .expect("compressed record of the key")
 }
 
 /// Rewrites the logical-length prefix of the compressed record at `off` to `declared` and

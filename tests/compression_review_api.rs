@@ -8,40 +8,9 @@ use common::http::{self, Body};
 use common::{TestServer, digest};
 use kiln::config::CompressionName;
 use kiln::digest::Digest;
-use kiln::proto::bytestream::byte_stream_client::ByteStreamClient;
-use kiln::proto::bytestream::{QueryWriteStatusRequest, ReadRequest, WriteRequest};
-use std::fmt::Write as _;
-use tonic::transport::Channel;
+use kiln::proto::bytestream::{QueryWriteStatusRequest, WriteRequest};
 
 const PART: usize = 1 << 20;
-
-fn text(seed: u64, len: usize) -> Vec<u8> {
-    let mut s = String::new();
-    let mut i = 0u64;
-    while s.len() < len {
-        let _ = writeln!(s, "{seed}/{i}: javac: warning: [deprecation] m{}()", i % 23);
-        i += 1;
-    }
-    s.truncate(len);
-    s.into_bytes()
-}
-
-async fn read(bs: &mut ByteStreamClient<Channel>, name: String, offset: i64) -> Vec<u8> {
-    let mut stream = bs
-        .read(ReadRequest {
-            resource_name: name,
-            read_offset: offset,
-            read_limit: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(m) = stream.message().await.unwrap() {
-        out.extend_from_slice(&m.data);
-    }
-    out
-}
 
 /// Whether `z` is a non-empty sequence of whole zstd frames.
 fn whole_frames(z: &[u8]) -> bool {
@@ -93,9 +62,9 @@ async fn compressed_reads_at_boundaries_and_at_the_end_are_zstd_streams() {
         .await;
         let mut bs = s.bytestream().await;
         // Parts: text, text, noise (stored plain), and a short text one.
-        let mut data = text(1, 2 * PART);
+        let mut data = common::data::text(1, 2 * PART);
         data.extend_from_slice(&common::bytes(PART, 5));
-        data.extend_from_slice(&text(2, 1000));
+        data.extend_from_slice(&common::data::text(2, 1000));
         let d = digest(&data);
         let resp = bs
             .write(futures::stream::iter(requests(
@@ -122,7 +91,7 @@ async fn compressed_reads_at_boundaries_and_at_the_end_are_zstd_streams() {
             n - 1,
             n,
         ] {
-            let z = read(&mut bs, zname(&d), off as i64).await;
+            let z = common::read_from(&mut bs, zname(&d), off as i64).await;
             assert!(
                 whole_frames(&z),
                 "at_rest={at_rest}: read at {off} of {n} is not a zstd stream ({} bytes)",
@@ -162,9 +131,9 @@ async fn the_empty_blob_over_http_with_zstd_is_a_zstd_body() {
 async fn a_resumed_upload_with_parts_compressed_in_flight_reads_back() {
     let s = TestServer::start_with(|c| c.storage.compression = CompressionName::Zstd).await;
     let mut bs = s.bytestream().await;
-    let mut data = text(7, 3 * PART);
+    let mut data = common::data::text(7, 3 * PART);
     data.extend_from_slice(&common::bytes(PART, 9));
-    data.extend_from_slice(&text(8, PART + 4321));
+    data.extend_from_slice(&common::data::text(8, PART + 4321));
     let d = digest(&data);
     let name = format!("uploads/resume/blobs/{}/{}", d.hash_hex(), d.size);
     // 3.5 parts, then the stream ends without finish_write.
@@ -196,8 +165,8 @@ async fn a_resumed_upload_with_parts_compressed_in_flight_reads_back() {
         .unwrap()
         .into_inner();
     assert_eq!(resp.committed_size, data.len() as i64);
-    let got = read(&mut bs, format!("blobs/{}/{}", d.hash_hex(), d.size), 0).await;
+    let got = common::read_from(&mut bs, format!("blobs/{}/{}", d.hash_hex(), d.size), 0).await;
     assert!(got == data, "resumed upload reads back");
-    let z = read(&mut bs, zname(&d), 0).await;
+    let z = common::read_from(&mut bs, zname(&d), 0).await;
     assert!(zstd::decode_all(&z[..]).unwrap() == data);
 }

@@ -8,14 +8,11 @@
 mod storage_support;
 
 use bytes::Bytes;
-use kiln::storage::format::{
-    ALIGN, FLAG_ZSTD, RECORD_HEADER_LEN, RecordHeader, SEGMENT_HEADER_LEN, record_span,
-};
+use kiln::storage::format::{ALIGN, RECORD_HEADER_LEN, RecordHeader, RecordKind};
 use kiln::storage::{BlobCheck, Compression, Engine, EngineConfig, Key, Peek, Store};
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::path::Path;
-use storage_support::{BACKENDS, cas_key, config, data, io, rt};
+use storage_support::{BACKENDS, cas_key, config, data, find_compressed, io, rt, text};
 
 const ZSTD: Compression = Compression::Zstd {
     level: 1,
@@ -27,22 +24,6 @@ fn cfg(dir: &Path) -> EngineConfig {
     let mut c = config(dir, 256 << 10, 8, 16 << 10, 4096);
     c.compression = ZSTD;
     c
-}
-
-/// `len` bytes of text that compress well and differ per `seed`.
-fn text(seed: u64, len: usize) -> Bytes {
-    let mut s = String::new();
-    let mut i = 0u64;
-    while s.len() < len {
-        let _ = writeln!(
-            s,
-            "{seed}:{i} compiler output line, warning: unused variable `x{}`",
-            i % 17
-        );
-        i += 1;
-    }
-    s.truncate(len);
-    Bytes::from(s)
 }
 
 /// Blobs of every shape: keys 1.. with their bytes and whether some of it must be stored
@@ -164,30 +145,6 @@ fn compressed_records_read_back_after_restart_rebuild_and_through_peek() {
     }
 }
 
-/// Finds the record of `key` (kind `kind`, the `nth` one in log order) in the segment files,
-/// returning its file and offset.
-fn find_record(dir: &Path, key: &Key, nth: usize) -> (std::path::PathBuf, u64, u32) {
-    let mut found = Vec::new();
-    let mut files: Vec<_> = std::fs::read_dir(dir.join("segments"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    for f in files {
-        let bytes = std::fs::read(&f).unwrap();
-        let seg = kiln::storage::format::SegmentHeader::decode(&bytes).unwrap();
-        let seq = seg.seq as u32;
-        let mut off = SEGMENT_HEADER_LEN;
-        while let Ok(h) = RecordHeader::decode(&bytes[off as usize..], seq) {
-            if h.key == *key && h.flags & FLAG_ZSTD != 0 {
-                found.push((f.clone(), off, seq));
-            }
-            off += record_span(h.len);
-        }
-    }
-    found.into_iter().nth(nth).expect("record of the key")
-}
-
 /// Flips one bit inside the zstd frame of the record at `off` and rewrites both checksums, so
 /// the damage passes every check of the record format: only the frame's own checks are left.
 fn damage_frame(file: &Path, off: u64, seq: u32) {
@@ -212,9 +169,9 @@ fn a_damaged_frame_is_a_miss_or_an_error_never_wrong_bytes() {
         put_all(&e, &blobs);
     }
     // A whole blob in one record (key 1) and the third part of a large one (key 4).
-    let (f, off, seq) = find_record(dir.path(), &cas_key(1), 0);
+    let (f, off, seq) = find_compressed(dir.path(), &cas_key(1), RecordKind::Blob, 0);
     damage_frame(&f, off, seq);
-    let (f, off, seq) = find_record(dir.path(), &cas_key(4), 2);
+    let (f, off, seq) = find_compressed(dir.path(), &cas_key(4), RecordKind::Part, 2);
     damage_frame(&f, off, seq);
     let e = Engine::open_with_io(cfg(dir.path()), io(BACKENDS[0])).unwrap();
     // The small blob: dropped at the first read, like a record that fails its checksum.

@@ -162,6 +162,28 @@ impl Drop for TestServer {
 }
 
 /// One BatchUpdateBlobs entry: `data` under its own digest, uncompressed.
+/// The bytes of a ByteStream Read of `name` from `offset` to the end.
+pub async fn read_from(
+    bs: &mut kiln::proto::bytestream::byte_stream_client::ByteStreamClient<Channel>,
+    name: String,
+    offset: i64,
+) -> Vec<u8> {
+    let mut stream = bs
+        .read(kiln::proto::bytestream::ReadRequest {
+            resource_name: name,
+            read_offset: offset,
+            read_limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        out.extend_from_slice(&m.data);
+    }
+    out
+}
+
 pub fn upload_request(data: &[u8]) -> batch_update_blobs_request::Request {
     batch_update_blobs_request::Request {
         digest: Some(digest(data).to_proto()),

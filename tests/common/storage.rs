@@ -69,6 +69,11 @@ pub fn cas_key(n: u64) -> Key {
     key(Key::SPACE_CAS, n)
 }
 
+/// `len` bytes of compressible text for `seed` (`common/data.rs`).
+pub fn text(seed: u64, len: usize) -> Bytes {
+    gen_data::text(seed, len).into()
+}
+
 /// `len` deterministic bytes for `seed` (`common/data.rs`).
 pub fn data(seed: u64, len: usize) -> Bytes {
     gen_data::pseudo_random(seed, len).into()
@@ -89,4 +94,38 @@ pub fn rt_threads(threads: usize) -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// The `nth` compressed record of `key` and `kind` in log order across the segment files of
+/// the store in `dir`: (file, record offset, segment seq). For tests that damage one on disk.
+pub fn find_compressed(
+    dir: &Path,
+    key: &Key,
+    kind: kiln::storage::format::RecordKind,
+    nth: usize,
+) -> (std::path::PathBuf, u64, u32) {
+    use kiln::storage::format::{
+        FLAG_ZSTD, RecordHeader, SEGMENT_HEADER_LEN, SegmentHeader, record_span,
+    };
+    let mut found = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        let seq = SegmentHeader::decode(&bytes).unwrap().seq as u32;
+        let mut off = SEGMENT_HEADER_LEN;
+        while let Ok(h) = RecordHeader::decode(&bytes[off as usize..], seq) {
+            if h.key == *key && h.kind == kind && h.flags & FLAG_ZSTD != 0 {
+                found.push((f.clone(), off, seq));
+            }
+            off += record_span(h.len);
+        }
+    }
+    found
+        .into_iter()
+        .nth(nth)
+        .expect("compressed record of the key")
 }
