@@ -1,6 +1,6 @@
 //! Edge cases of compression at rest through the API (issue 13 part 2, from an adversarial
-//! review): compressed reads at part boundaries and at the very end, the empty blob over HTTP with zstd, and a
-//! resumable upload cut and resumed while parts are compressed in flight.
+//! review): compressed reads at part boundaries and at the very end, the empty blob over HTTP
+//! with zstd, and a resumable upload cut and resumed while parts are compressed in flight.
 
 mod common;
 use bytes::Bytes;

@@ -1,7 +1,8 @@
 //! Edge cases of compression at rest in the engine (issue 13 part 2, from an adversarial
-//! review): part boundaries, empty and exact-size blobs, offsets at and inside stored frames, uploads cut back and resumed with
-//! parts in flight, a part that fails while in flight, and hostile record bytes whose
-//! checksums were rewritten so that only the compressed-payload checks are left.
+//! review): part boundaries, empty and exact-size blobs, offsets at and inside stored frames,
+//! uploads cut back and resumed with parts in flight, a part that fails while in flight, and
+//! hostile record bytes whose checksums were rewritten so that only the compressed-payload
+//! checks are left.
 
 #[path = "common/storage.rs"]
 mod storage_support;
