@@ -514,53 +514,20 @@ fn compressed_read(
     chunk: usize,
     slot: tokio::sync::OwnedSemaphorePermit,
 ) -> ReadStream {
-    let (tx, mut rx) = mpsc::channel::<Result<ReadResponse, Status>>(4);
     let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        let _slot = slot;
+    compressing_stream(chunk, slot, move |sink| {
         let mut pieces = Box::pin(pieces);
-        let sink = ChunkSink {
-            tx: tx.clone(),
-            chunk,
-            buf: Vec::new(),
-        };
-        let mut failed = None;
-        let result = (|| -> std::io::Result<()> {
-            let mut enc = zstd::stream::write::Encoder::new(sink, ZSTD_LEVEL)?;
-            enc.set_pledged_src_size(Some(size))?;
-            while let Some(piece) = runtime.block_on(pieces.next()) {
-                match piece {
-                    Ok(piece) => enc.write_all(&piece)?,
-                    Err(status) => {
-                        failed = Some(status);
-                        return Ok(());
-                    }
-                }
-            }
-            enc.finish()?.flush()
-        })();
-        match (result, failed) {
-            (_, Some(status)) => {
-                let _ = tx.blocking_send(Err(status));
-            }
-            (Ok(()), None) => {}
-            (Err(e), None) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-            (Err(e), None) => {
-                let _ = tx.blocking_send(Err(Status::internal(format!("compression failed: {e}"))));
+        let mut enc = zstd::stream::write::Encoder::new(sink, ZSTD_LEVEL)?;
+        enc.set_pledged_src_size(Some(size))?;
+        while let Some(piece) = runtime.block_on(pieces.next()) {
+            match piece {
+                Ok(piece) => enc.write_all(&piece)?,
+                Err(status) => return Ok(Some(status)),
             }
         }
-    });
-    Box::pin(async_stream::stream! {
-        while let Some(item) = rx.recv().await {
-            yield item;
-        }
+        enc.finish()?.flush()?;
+        Ok(None)
     })
-}
-
-/// The status of a stored piece that does not decompress (damage its checksums missed).
-fn stored_damage(e: crate::storage::StorageError) -> Status {
-    tracing::warn!(error = %e, "a stored blob failed to decompress while being read");
-    CasError::from(e).into()
 }
 
 /// A compressed read of a blob stored (partly) compressed: its stored frames are sent as they
@@ -572,8 +539,37 @@ fn stored_frames_read(
     chunk: usize,
     slot: tokio::sync::OwnedSemaphorePermit,
 ) -> ReadStream {
-    let (tx, mut rx) = mpsc::channel::<Result<ReadResponse, Status>>(4);
     let pieces = blob.encoded(offset);
+    compressing_stream(chunk, slot, move |sink| {
+        for piece in pieces {
+            match piece {
+                Ok(Encoded::Zstd(frame)) => sink.write_all(&frame)?,
+                Ok(Encoded::Plain(data)) => {
+                    sink.write_all(&zstd::bulk::compress(&data, ZSTD_LEVEL)?)?;
+                }
+                Err(e) => return Ok(Some(stored_damage(e))),
+            }
+        }
+        sink.flush()?;
+        Ok(None)
+    })
+}
+
+/// The status of a stored piece that does not decompress (damage its checksums missed).
+fn stored_damage(e: crate::storage::StorageError) -> Status {
+    tracing::warn!(error = %e, "a stored blob failed to decompress while being read");
+    CasError::from(e).into()
+}
+
+/// Runs `work` on a blocking thread (holding `slot`), writing a reply into `chunk`-sized
+/// messages a few ahead of the client. `work` ends the stream with the status it returns; an
+/// I/O error ends it with INTERNAL, except a client that went away (nothing left to tell).
+fn compressing_stream(
+    chunk: usize,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    work: impl FnOnce(&mut ChunkSink) -> std::io::Result<Option<Status>> + Send + 'static,
+) -> ReadStream {
+    let (tx, rx) = mpsc::channel::<Result<ReadResponse, Status>>(4);
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
         let mut sink = ChunkSink {
@@ -581,34 +577,17 @@ fn stored_frames_read(
             chunk,
             buf: Vec::new(),
         };
-        let result = (|| -> Result<(), Status> {
-            let io = |e: std::io::Error| Status::internal(format!("compression failed: {e}"));
-            for piece in pieces {
-                match piece.map_err(stored_damage)? {
-                    Encoded::Zstd(frame) => sink.write_all(&frame).map_err(io)?,
-                    Encoded::Plain(data) => {
-                        let frame = zstd::bulk::compress(&data, ZSTD_LEVEL).map_err(io)?;
-                        sink.write_all(&frame).map_err(io)?;
-                    }
-                }
-            }
-            sink.flush().map_err(io)
-        })();
-        if let Err(status) = result
-            && status.message() != BROKEN_PIPE
-        {
+        let failed = match work(&mut sink) {
+            Ok(status) => status,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => None,
+            Err(e) => Some(Status::internal(format!("compression failed: {e}"))),
+        };
+        if let Some(status) = failed {
             let _ = tx.blocking_send(Err(status));
         }
     });
-    Box::pin(async_stream::stream! {
-        while let Some(item) = rx.recv().await {
-            yield item;
-        }
-    })
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
-
-/// What a send to a reader that went away reports.
-const BROKEN_PIPE: &str = "compression failed: reader went away";
 
 /// Collects compressor output into `chunk`-sized messages.
 struct ChunkSink {
