@@ -362,16 +362,12 @@ fn as_stored(blob: &Blob) -> Blob {
 /// or every part and the manifest, with headers and padding. When the records cannot be read,
 /// the estimate from the blob's length ([`copy_cost`]); the copy then fails its checks anyway.
 fn stored_cost(sh: &Shared, e: &Entry, part_size: u64) -> u64 {
-    let kind = if e.kind == RecordKind::Manifest {
-        RecordKind::Manifest
-    } else {
-        RecordKind::Blob
-    };
-    let Ok((_, payload)) = sh.read_record(e.seq, e.off, kind, &e.key) else {
+    // An index entry is a `Blob` or a `Manifest` record.
+    let Ok((_, payload)) = sh.read_record(e.seq, e.off, e.kind, &e.key) else {
         return copy_cost(e, part_size);
     };
     let own = record_span(payload.len() as u64);
-    if kind == RecordKind::Blob {
+    if e.kind != RecordKind::Manifest {
         return own;
     }
     match decode_manifest(&payload) {
