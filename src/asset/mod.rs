@@ -280,7 +280,8 @@ impl Assets {
         .await
         .map_err(|e| FetchError::Unavailable(format!("verifying {uri}: {e}")))?
         .map_err(|m| FetchError::ChecksumMismatch(format!("{uri}: {m}; nothing was stored")))?;
-        self.cas.put(&digest, data).await?;
+        // Hashed above, from these very bytes.
+        self.cas.put_hashed(&digest, data).await?;
         self.remember(Kind::Blob, &req.instance, uri, &req.qualifiers, digest, 0)
             .await
             .map_err(|e| match e {

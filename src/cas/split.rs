@@ -170,15 +170,10 @@ impl Cas {
         }
     }
 
-    /// Stores the chunks of `batch` not already present (each verified against its digest).
+    /// Stores the chunks of `batch` not already present (their digests were computed from
+    /// their bytes as they were cut; the presence check touches the ones already stored).
     async fn store_missing(&self, batch: Vec<(Digest, Bytes)>) -> Result<(), CasError> {
-        let digests: Vec<Digest> = batch.iter().map(|(d, _)| *d).collect();
-        let missing = self.find_missing(&digests)?;
-        let todo: Vec<(Digest, Bytes)> = batch
-            .into_iter()
-            .filter(|(d, _)| missing.contains(d))
-            .collect();
-        for r in self.put_many(todo).await {
+        for r in self.put_many_hashed(batch).await {
             r?;
         }
         Ok(())

@@ -161,7 +161,7 @@ impl HttpCache {
                     return Err(caller.refuse());
                 }
                 let content = DigestFunction::Sha256.digest_of(&data);
-                s.cas.put(&content, data).await?;
+                s.cas.put_hashed(&content, data).await?;
                 let wrapper = ActionResult {
                     stdout_digest: Some(content.to_proto()),
                     ..Default::default()

@@ -120,7 +120,7 @@ impl HttpCache {
                 size: actual.size,
             });
         }
-        s.cas.put(&actual, data).await?;
+        s.cas.put_hashed(&actual, data).await?;
         Ok(response::stored())
     }
 }
