@@ -74,10 +74,10 @@ pub fn verify(
     dirs: &HashMap<Digest, Arc<Directory>>,
     expect: &mut Expect<'_>,
 ) -> Result<(), String> {
-    let e = |what: &str| {
-        let what = what.to_string();
-        move |err: rustix::io::Errno| format!("{what}: {err}")
-    };
+    // The message is built only on an error (this runs for every file of a tree).
+    fn e(what: &str) -> impl FnOnce(rustix::io::Errno) -> String + '_ {
+        move |err| format!("{what}: {err}")
+    }
     let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
     // A directory to check: its handle, or its parent's handle and its name.
     let mut stack: Vec<(Arc<OwnedFd>, Option<String>, Digest)> =
