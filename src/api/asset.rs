@@ -67,7 +67,6 @@ fn timeout(d: Option<&prost_types::Duration>) -> Result<Option<Duration>, AssetE
     Ok(Some(Duration::new(d.seconds as u64, d.nanos as u32)))
 }
 
-#[allow(clippy::too_many_arguments)]
 fn fetch_request(
     instance: String,
     function: i32,

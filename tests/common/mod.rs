@@ -161,7 +161,6 @@ impl Drop for TestServer {
     }
 }
 
-/// One BatchUpdateBlobs entry: `data` under its own digest, uncompressed.
 /// The bytes of a ByteStream Read of `name` from `offset` to the end.
 pub async fn read_from(
     bs: &mut kiln::proto::bytestream::byte_stream_client::ByteStreamClient<Channel>,
@@ -184,6 +183,7 @@ pub async fn read_from(
     out
 }
 
+/// One BatchUpdateBlobs entry: `data` under its own digest, uncompressed.
 pub fn upload_request(data: &[u8]) -> batch_update_blobs_request::Request {
     batch_update_blobs_request::Request {
         digest: Some(digest(data).to_proto()),
