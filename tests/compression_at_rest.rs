@@ -14,15 +14,6 @@ use kiln::config::CompressionName;
 use kiln::digest::Digest;
 use kiln::proto::reapi::{BatchReadBlobsRequest, BatchUpdateBlobsRequest, compressor};
 
-/// The value of series `key` in a `/metrics` text (0 when absent).
-fn metric(text: &str, key: &str) -> f64 {
-    text.lines()
-        .filter_map(|l| l.rsplit_once(' '))
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// The frames of a zstd stream: (has a content checksum) for each.
 fn frames(z: &[u8]) -> Vec<bool> {
     let mut out = Vec::new();
@@ -121,12 +112,15 @@ async fn stored_frames_are_served_and_identity_reads_decompress() {
 
     // What the box reports.
     let m = s.http_get("/metrics").await;
-    let logical = metric(&m, "kiln_storage_compression_logical_bytes");
-    let stored = metric(&m, "kiln_storage_compression_stored_bytes");
+    let logical = common::process::metric_value(&m, "kiln_storage_compression_logical_bytes");
+    let stored = common::process::metric_value(&m, "kiln_storage_compression_stored_bytes");
     assert_eq!(logical as usize, big.len() + small.len() + noise.len());
     assert!(stored < logical / 3.0, "{stored} of {logical}");
-    assert!(metric(&m, "kiln_storage_compressed_records") >= 5.0);
-    assert_eq!(metric(&m, "kiln_storage_compression_skipped") as u64, 1);
+    assert!(common::process::metric_value(&m, "kiln_storage_compressed_records") >= 5.0);
+    assert_eq!(
+        common::process::metric_value(&m, "kiln_storage_compression_skipped") as u64,
+        1
+    );
     let status = s.http_get("/status").await;
     assert!(status.contains("stored / logical"), "{status}");
 }
@@ -149,7 +143,7 @@ async fn compression_off_keeps_sending_one_fresh_frame() {
     assert_eq!(frames(&z), vec![false]);
     let m = s.http_get("/metrics").await;
     assert_eq!(
-        metric(&m, "kiln_storage_compression_logical_bytes") as u64,
+        common::process::metric_value(&m, "kiln_storage_compression_logical_bytes") as u64,
         0
     );
 }
@@ -175,5 +169,8 @@ async fn grpcio_with_pypi_zstandard_decodes_the_stored_frames() {
         .unwrap_or_else(|| panic!("no frame count in {out}"));
     assert_eq!(frames, 4, "{out}");
     let m = s.http_get("/metrics").await;
-    assert!(metric(&m, "kiln_storage_compressed_records") >= 4.0, "{m}");
+    assert!(
+        common::process::metric_value(&m, "kiln_storage_compressed_records") >= 4.0,
+        "{m}"
+    );
 }
