@@ -187,6 +187,38 @@ async fn refused_origins_and_bad_requests() {
     let bad = kiln::proto::google::rpc::BadRequest::decode(&status.details[0].value[..]).unwrap();
     assert_eq!(bad.field_violations[0].field, "qualifiers.name");
     assert!(bad.field_violations[0].description.contains("vcs.commit"));
+    // As many unsupported qualifiers as a request may carry (64), with names of 8,000 bytes:
+    // the status stays small enough for gRPC clients' trailer limits (8-16 KiB). It used to
+    // repeat every name whole in the message and the details, about 1 MiB of trailers, and
+    // even tonic's client saw "h2 protocol error", not the status.
+    let long: Vec<_> = (0..64)
+        .map(|i| qualifier(&format!("x-{i:02}-{}", "\u{e9}".repeat(3998)), "v"))
+        .collect();
+    let err = client
+        .fetch_blob(FetchBlobRequest {
+            uris: vec![origin.url("/file")],
+            qualifiers: long,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let head: String = err.message().chars().take(200).collect();
+    assert_eq!(err.code(), Code::InvalidArgument, "{head}");
+    assert!(
+        err.message().len() < 1024,
+        "message of {} bytes",
+        err.message().len()
+    );
+    assert!(err.message().contains("x-00-") && err.message().ends_with("and 56 more"));
+    assert!(
+        err.details().len() < 4096,
+        "details of {} bytes",
+        err.details().len()
+    );
+    let status = kiln::proto::google::rpc::Status::decode(err.details()).unwrap();
+    let bad = kiln::proto::google::rpc::BadRequest::decode(&status.details[0].value[..]).unwrap();
+    assert!(!bad.field_violations.is_empty());
+    assert!(bad.field_violations[0].description.contains("x-00-"));
 }
 
 #[tokio::test]

@@ -253,17 +253,23 @@ impl From<AssetError> for Status {
         match err {
             AssetError::Cas(e) => e.into(),
             AssetError::UnsupportedQualifiers(ref names) => {
-                // The spec asks for a BadRequest detail naming each unsupported qualifier.
-                let detail = rpc::BadRequest {
-                    field_violations: names
-                        .iter()
-                        .map(|n| rpc::bad_request::FieldViolation {
-                            field: "qualifiers.name".into(),
-                            description: format!("{n:?} not supported"),
-                            ..Default::default()
-                        })
-                        .collect(),
-                };
+                // The spec asks for a BadRequest detail naming each unsupported qualifier: as
+                // many as fit half the trailer budget (the message, up to 8 names of at most
+                // 64 bytes each, travels twice: in `grpc-message` and inside the details).
+                let mut detail = rpc::BadRequest::default();
+                let mut bytes = 0;
+                for n in names {
+                    let v = rpc::bad_request::FieldViolation {
+                        field: "qualifiers.name".into(),
+                        description: format!("{n:?} not supported"),
+                        ..Default::default()
+                    };
+                    bytes += v.encoded_len() + 3;
+                    if bytes > MAX_VIOLATION_BYTES / 2 {
+                        break;
+                    }
+                    detail.field_violations.push(v);
+                }
                 let status = rpc::Status {
                     code: Code::InvalidArgument as i32,
                     message: err.to_string(),

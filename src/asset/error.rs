@@ -6,6 +6,7 @@
 
 use crate::cas::CasError;
 use crate::digest::Digest;
+use std::fmt::Write;
 
 /// A refused Fetch or Push request.
 #[derive(Debug, thiserror::Error)]
@@ -13,8 +14,9 @@ pub enum AssetError {
     /// A malformed request: no URI, duplicate qualifiers, a bad checksum or timestamp.
     #[error("{0}")]
     InvalidArgument(String),
-    /// Qualifiers kiln cannot honour on a download (listed by name).
-    #[error("unsupported qualifiers for a download: {}", .0.join(", "))]
+    /// Qualifiers kiln cannot honour on a download (listed by name, the first
+    /// [`NAMES_IN_MESSAGE`] in the message).
+    #[error("unsupported qualifiers for a download: {}", name_list(.0))]
     UnsupportedQualifiers(Vec<String>),
     /// A push naming content the CAS does not hold (clients must upload it first).
     #[error("cannot push {0}: it is not in the CAS; upload it first")]
@@ -22,6 +24,20 @@ pub enum AssetError {
     /// A failure of the CAS below.
     #[error(transparent)]
     Cas(#[from] CasError),
+}
+
+/// Unsupported qualifier names a message lists at most (a status travels in HTTP/2 trailers,
+/// which clients cap at 8-16 KiB).
+pub const NAMES_IN_MESSAGE: usize = 8;
+
+/// The first [`NAMES_IN_MESSAGE`] of `names`, and how many more there are.
+fn name_list(names: &[String]) -> String {
+    let shown = &names[..names.len().min(NAMES_IN_MESSAGE)];
+    let mut s = shown.join(", ");
+    if names.len() > shown.len() {
+        let _ = write!(s, " and {} more", names.len() - shown.len());
+    }
+    s
 }
 
 /// Why a download from origin failed (or was not attempted).

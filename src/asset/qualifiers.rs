@@ -99,7 +99,8 @@ pub struct Qualifiers {
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// `http_header_url:INDEX:NAME` qualifiers as (URI index, name, value).
     pub url_headers: Vec<(usize, http::HeaderName, http::HeaderValue)>,
-    /// Names kiln cannot honour on a download (a pushed asset may still carry them).
+    /// Names kiln cannot honour on a download (a pushed asset may still carry them), each cut
+    /// to 64 bytes: they are only ever reported back, in a status that must stay small.
     pub unsupported: Vec<String>,
 }
 
@@ -152,7 +153,7 @@ impl Qualifiers {
                 header_pairs.push((name.clone(), value.clone()));
                 continue;
             } else if name != CANONICAL_ID {
-                q.unsupported.push(name.clone());
+                q.unsupported.push(truncate(name).to_owned());
             }
             q.identity.push((name.clone(), value.clone()));
         }

@@ -26,7 +26,7 @@ use crate::storage::format::{
 use crate::storage::index::Entry;
 use crate::storage::read::Shared;
 use crate::storage::stats::inc;
-use crate::storage::touch::within_horizon;
+use crate::storage::touch::{age, used_again, within_horizon};
 use crate::storage::{Blob, StorageError};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -186,7 +186,7 @@ impl Writer {
         // When the budget cannot take them all, the most recently touched go first (a blob
         // used again since is worth more than one touched once by a scan, which may have
         // touched everything); the chosen ones are then copied in log order.
-        let chosen = choose(candidates, budget);
+        let chosen = choose(candidates, head, budget);
         for &(e, hint, cost) in &chosen.cut {
             tracing::trace!(seq = tail, ?e.key, hint, cost, "storage: copy-forward budget cut");
             inc(&sh.counters().copy_forward_budget_cuts);
@@ -196,7 +196,7 @@ impl Writer {
                 if let Ok(blob) = sh.read_blob(&e) {
                     spent += cost;
                     held.push((e, as_stored(&blob), hint));
-                    oldest_touch_age = oldest_touch_age.max(u64::from(head.wrapping_sub(hint)));
+                    oldest_touch_age = oldest_touch_age.max(u64::from(age(hint, head)));
                 }
                 continue;
             }
@@ -218,7 +218,7 @@ impl Writer {
                 sh.counters()
                     .copy_forward_bytes
                     .fetch_add(wrote, Ordering::Relaxed);
-                oldest_touch_age = oldest_touch_age.max(u64::from(head.wrapping_sub(hint)));
+                oldest_touch_age = oldest_touch_age.max(u64::from(age(hint, head)));
             } else {
                 // No room left in the head segment (uploads of the same batch took it): the
                 // blob goes with its segment, counted like a budget cut.
@@ -295,10 +295,12 @@ struct Chosen {
     cut: Vec<(Entry, u32, u64)>,
 }
 
-/// Picks, from `candidates` (log order), the most recently touched first (later hint; on a
-/// tie, log order) while `budget` allows, a blob over the remaining budget skipped so smaller
-/// ones may still fit; returns the picked ones in log order.
-fn choose(candidates: Vec<(Entry, u32, u64)>, budget: u64) -> Chosen {
+/// Picks, from `candidates` (log order, all touched within the horizon of `head`), first
+/// those used again (hit at least twice since written: a scan touches everything once), then
+/// by the most recent hit, then in log order, while `budget` allows, a blob over the
+/// remaining budget skipped so smaller ones may still fit; returns the picked ones in log
+/// order.
+fn choose(candidates: Vec<(Entry, u32, u64)>, head: u32, budget: u64) -> Chosen {
     let total: u64 = candidates.iter().map(|c| c.2).sum();
     if total <= budget {
         return Chosen {
@@ -307,15 +309,10 @@ fn choose(candidates: Vec<(Entry, u32, u64)>, budget: u64) -> Chosen {
         };
     }
     let mut order: Vec<usize> = (0..candidates.len()).collect();
-    // Newest hint first (wrap-around: all hints lie within the live ring behind `head`, so
-    // the one with the smaller distance to the newest is the later one).
-    let newest = candidates
-        .iter()
-        .map(|c| c.1)
-        .fold(candidates[0].1, |a, h| {
-            if h.wrapping_sub(a) < 1 << 31 { h } else { a }
-        });
-    order.sort_by_key(|&i| (newest.wrapping_sub(candidates[i].1), i));
+    order.sort_by_key(|&i| {
+        let hint = candidates[i].1;
+        (!used_again(hint), age(hint, head), i)
+    });
     let mut take = vec![false; candidates.len()];
     let mut spent = 0u64;
     for i in order {
@@ -421,7 +418,8 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_goes_to_the_most_recently_touched() {
+    fn the_budget_goes_to_blobs_used_again_then_to_the_most_recently_touched() {
+        let again = |seq: u32| seq | 1 << 31;
         let e = |n: u8| Entry {
             key: Key::new(1, [n; 32]),
             kind: RecordKind::Blob,
@@ -434,21 +432,37 @@ mod tests {
         let keys = |v: &[(Entry, u32, u64)]| v.iter().map(|c| c.0.key.id[0]).collect::<Vec<_>>();
         // Everything fits: all, in log order.
         let all = vec![(e(0), 10, 100), (e(1), 12, 100), (e(2), 11, 50)];
-        let c = choose(all.clone(), 250);
+        let c = choose(all.clone(), 13, 250);
         assert_eq!((keys(&c.copy), keys(&c.cut)), (vec![0, 1, 2], vec![]));
         // Over budget: the later hints win (12, then 11); the copies keep log order. With log
         // order alone blob 0 (touched once, earliest) would have taken the budget first.
-        let c = choose(all.clone(), 160);
+        let c = choose(all.clone(), 13, 160);
         assert_eq!((keys(&c.copy), keys(&c.cut)), (vec![1, 2], vec![0]));
         // A blob over the remaining budget is skipped; a smaller one still fits.
-        let c = choose(all, 150);
+        let c = choose(all, 13, 150);
         assert_eq!((keys(&c.copy), keys(&c.cut)), (vec![1, 2], vec![0]));
-        let c = choose(vec![(e(0), 5, 100), (e(1), 9, 120), (e(2), 5, 30)], 140);
+        let c = choose(vec![(e(0), 5, 100), (e(1), 9, 120), (e(2), 5, 30)], 9, 140);
         assert_eq!((keys(&c.copy), keys(&c.cut)), (vec![1], vec![0, 2]));
-        // Ties: log order. Hints wrap: 1 is later than u32::MAX.
-        let c = choose(vec![(e(0), 7, 100), (e(1), 7, 100)], 100);
+        // Ties: log order. Hints wrap (31 bits): 1 is later than 2^31 - 1.
+        let c = choose(vec![(e(0), 7, 100), (e(1), 7, 100)], 8, 100);
         assert_eq!((keys(&c.copy), keys(&c.cut)), (vec![0], vec![1]));
-        let c = choose(vec![(e(0), u32::MAX, 100), (e(1), 1, 100)], 100);
+        let c = choose(vec![(e(0), (1 << 31) - 1, 100), (e(1), 1, 100)], 2, 100);
         assert_eq!((keys(&c.copy), keys(&c.cut)), (vec![1], vec![0]));
+        // Used again beats touched once, however recent the single touch (a scan after a
+        // restart touches everything once, at the same head as the blobs used again).
+        let scan = vec![
+            (e(0), 7, 100),
+            (e(1), 7, 100),
+            (e(2), again(5), 100),
+            (e(3), again(7), 100),
+        ];
+        let c = choose(scan, 7, 200);
+        assert_eq!((keys(&c.copy), keys(&c.cut)), (vec![2, 3], vec![0, 1]));
+        let c = choose(
+            vec![(e(0), 7, 100), (e(1), again(6), 100), (e(2), again(7), 100)],
+            7,
+            100,
+        );
+        assert_eq!((keys(&c.copy), keys(&c.cut)), (vec![2], vec![0, 1]));
     }
 }
