@@ -151,20 +151,51 @@ fn probe_checks(args: &SandboxArgs) -> Result<(), String> {
 
 type Step<T = ()> = Result<T, String>;
 
-/// Brings the new network namespace's loopback up with iproute2's `ip` (a child process, so no
-/// ioctl and no `unsafe` here), so actions that talk to themselves over 127.0.0.1 keep
-/// working. Without `ip` the loopback stays down: such actions fail, nothing else does.
-fn loopback_up() {
-    for ip in ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"] {
-        if Path::new(ip).exists() {
-            let _ = std::process::Command::new(ip)
-                .args(["link", "set", "lo", "up"])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
-            return;
-        }
+/// Brings the new network namespace's loopback up, so actions that talk to themselves over
+/// 127.0.0.1 keep working: one `RTM_NEWLINK` request (set `IFF_UP` on interface 1, which is
+/// always the loopback of a new namespace) on a route netlink socket, and its acknowledgement
+/// read back. Plain bytes over a socket: no ioctl, no `unsafe`, and no child process (running
+/// iproute2's `ip` for it cost 1.3 ms of every action's start).
+fn loopback_up() -> Step {
+    use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
+    const RTM_NEWLINK: u16 = 16;
+    const NLMSG_ERROR: u16 = 2;
+    const NLM_F_REQUEST_ACK: u16 = 0x1 | 0x4;
+    const LOOPBACK_IFINDEX: i32 = 1;
+    const IFF_UP: u32 = 1;
+    let sock = rustix::net::socket_with(
+        AddressFamily::NETLINK,
+        SocketType::RAW,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(ctx("route netlink socket"))?;
+    // nlmsghdr (len, type, flags, seq, port) then ifinfomsg (family, pad, type, index, flags,
+    // change), native-endian as netlink is.
+    let mut req = Vec::with_capacity(32);
+    req.extend_from_slice(&32u32.to_ne_bytes());
+    req.extend_from_slice(&RTM_NEWLINK.to_ne_bytes());
+    req.extend_from_slice(&NLM_F_REQUEST_ACK.to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    req.extend_from_slice(&[0, 0, 0, 0]);
+    req.extend_from_slice(&LOOPBACK_IFINDEX.to_ne_bytes());
+    req.extend_from_slice(&IFF_UP.to_ne_bytes());
+    req.extend_from_slice(&IFF_UP.to_ne_bytes());
+    rustix::net::send(&sock, &req, SendFlags::empty()).map_err(ctx("loopback up: send"))?;
+    let mut ack = [0u8; 256];
+    let (n, _) = rustix::net::recv(&sock, &mut ack[..], RecvFlags::empty())
+        .map_err(ctx("loopback up: receive"))?;
+    // The answer: nlmsghdr of type NLMSG_ERROR, then the error code (0: done).
+    let field = |at: usize| ack.get(at..at + 4).and_then(|b| b.try_into().ok());
+    let kind = ack.get(4..6).map(|b| u16::from_ne_bytes([b[0], b[1]]));
+    match (n >= 20, kind, field(16).map(i32::from_ne_bytes)) {
+        (true, Some(NLMSG_ERROR), Some(0)) => Ok(()),
+        (true, Some(NLMSG_ERROR), Some(e)) => Err(format!(
+            "loopback up: {}",
+            rustix::io::Errno::from_raw_os_error(-e)
+        )),
+        _ => Err(format!("loopback up: unexpected answer of {n} bytes")),
     }
 }
 
@@ -190,7 +221,7 @@ fn setup(args: &SandboxArgs) -> Step<u64> {
         std::fs::write("/proc/self/gid_map", format!("{gid} {gid} 1")).map_err(ctx("gid_map"))?;
     }
     if args.private_network {
-        loopback_up();
+        loopback_up()?;
     }
     mount(
         None::<&str>,
