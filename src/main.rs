@@ -228,7 +228,23 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// `kiln action-sandbox`, parsed on its own: the worker starts one per action, and building
+/// the whole command line (every subcommand's arguments) and the log filter first cost each
+/// action's start time for nothing.
+#[derive(Parser)]
+#[command(name = "kiln action-sandbox")]
+struct SandboxCli {
+    #[command(flatten)]
+    args: kiln::worker::SandboxArgs,
+}
+
 fn main() -> ExitCode {
+    // The sandbox helper must stay single-threaded (user namespaces need it): no runtime, no
+    // logger (it reports through its stdin pipe and stderr).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "action-sandbox") {
+        let cli = SandboxCli::parse_from(std::env::args_os().skip(1));
+        return kiln::worker::sandbox_main(&cli.args);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -237,7 +253,8 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
-    // The sandbox helper must stay single-threaded (user namespaces need it): no runtime.
+    // Reached only when `action-sandbox` is not the first argument (the worker always puts
+    // it first): the same helper, with the logger already up.
     if let Command::ActionSandbox(args) = &cli.command {
         return kiln::worker::sandbox_main(args);
     }
