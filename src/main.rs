@@ -241,7 +241,10 @@ struct SandboxCli {
 fn main() -> ExitCode {
     // The sandbox helper must stay single-threaded (user namespaces need it): no runtime, no
     // logger (it reports through its stdin pipe and stderr).
-    if std::env::args_os().nth(1).is_some_and(|a| a == "action-sandbox") {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "action-sandbox")
+    {
         let cli = SandboxCli::parse_from(std::env::args_os().skip(1));
         return kiln::worker::sandbox_main(&cli.args);
     }

@@ -427,3 +427,36 @@ fn copy_forward_budget_counts_the_bytes_a_compressed_blob_takes_on_disk() {
     }
     assert!(e.stats().evictions >= 8);
 }
+
+#[test]
+fn copy_forward_budget_counts_single_record_blobs_as_stored() {
+    // Eight hot text blobs of one record each (a part's worth, 128 KiB logical in all, over
+    // the 64 KiB budget) take a few KiB each compressed: every one is copied forward at each
+    // eviction. Costed by their logical lengths, half of them were cut at the first one.
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open_with_io(cfg(dir.path()), io(BACKENDS[0])).unwrap();
+    let hot: Vec<(Key, Bytes)> = (0..8u64)
+        .map(|n| (cas_key(400 + n), text(400 + n, PART as usize)))
+        .collect();
+    let r = rt();
+    for (k, v) in &hot {
+        r.block_on(e.put(*k, v.clone())).unwrap();
+    }
+    for n in 0..200u64 {
+        r.block_on(e.put(cas_key(2000 + n), data(n, 20 << 10)))
+            .unwrap();
+        if n % 4 == 0 {
+            for (k, v) in &hot {
+                let b = e.get(k).unwrap().unwrap_or_else(|| {
+                    panic!(
+                        "after {n} blobs: a hot one-record blob was evicted: {:?}",
+                        e.stats()
+                    )
+                });
+                assert!(b.to_bytes().unwrap() == *v);
+            }
+        }
+    }
+    assert!(e.stats().evictions >= 8);
+    assert_eq!(e.stats().copy_forward_budget_cuts, 0, "{:?}", e.stats());
+}

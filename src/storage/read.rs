@@ -242,6 +242,15 @@ impl Shared {
         Some(e)
     }
 
+    /// The stored payload length of the record at (`seq`, `off`), from its header alone (the
+    /// header's own checksum, kind and key checked; the payload neither read nor checked).
+    /// For estimates only, such as what a copy will append.
+    pub fn record_len(&self, seq: u32, off: u32, kind: RecordKind, key: &Key) -> Option<u64> {
+        let seg = self.segs.get(seq)?;
+        let start = (u64::from(off) * ALIGN) as usize;
+        RecordHeader::decode_expected(seg.map.get(start..)?, seq, kind, key, None).map(|h| h.len)
+    }
+
     /// Reads and checks one record, returning its flags and a zero-copy view of its payload.
     pub fn read_record(
         &self,

@@ -359,14 +359,18 @@ fn as_stored(blob: &Blob) -> Blob {
 /// or every part and the manifest, with headers and padding. When the records cannot be read,
 /// the estimate from the blob's length ([`copy_cost`]); the copy then fails its checks anyway.
 fn stored_cost(sh: &Shared, e: &Entry, part_size: u64) -> u64 {
-    // An index entry is a `Blob` or a `Manifest` record.
+    // An index entry is a `Blob` or a `Manifest` record. A blob's cost is its record's span,
+    // known from the header: reading (and checksumming) up to a part of payload for it, as
+    // before, doubled the reads of every candidate, chosen or not.
+    if e.kind != RecordKind::Manifest {
+        return sh
+            .record_len(e.seq, e.off, e.kind, &e.key)
+            .map_or_else(|| copy_cost(e, part_size), record_span);
+    }
     let Ok((_, payload)) = sh.read_record(e.seq, e.off, e.kind, &e.key) else {
         return copy_cost(e, part_size);
     };
     let own = record_span(payload.len() as u64);
-    if e.kind != RecordKind::Manifest {
-        return own;
-    }
     match decode_manifest(&payload) {
         Ok((_, parts)) => parts
             .iter()
