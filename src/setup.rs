@@ -736,6 +736,8 @@ pub fn upstream(
         batch_bytes: u.batch_bytes,
         write: u.write,
         execute: u.execute,
+        max_action_bytes: config.execution.max_action_bytes,
+        max_directory_bytes: config.execution.max_directory_bytes,
         queue_dir: Some(config.server.data_dir.join("upstream-queue")),
         queue_max_bytes: u.queue_max_bytes,
     };

@@ -127,3 +127,45 @@ async fn local_execution_fetches_inputs_only_the_upstream_has() {
     let out = result.output_files[0].digest.clone().unwrap();
     assert_eq!(c.get(&out).await, b"INPUT ONLY THE UPSTREAM HAS\n");
 }
+
+/// The tier reads the Action and Directories of an Execute it forwards (to push the inputs
+/// upstream) only within `execution.max_action_bytes` / `max_directory_bytes`, refusing
+/// larger ones by their declared size before reading them (a client can store anything under
+/// any digest). It used to read them whole into memory and, failing to decode them, forward
+/// the Execute anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forwarded_execute_refuses_oversized_actions_and_directories_before_reading_them() {
+    let upstream = Server::start();
+    let local = Server::start_with(&format!(
+        "{EXEC_CONFIG}max_action_bytes = 65536\nmax_directory_bytes = 65536\n\
+         [upstream]\nendpoint = \"grpc://{}\"\nexecute = \"upstream\"\n",
+        upstream.grpc
+    ));
+    let c = local.client().await;
+    let noise: Vec<u8> = (0..100_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let big = c.put(&noise).await;
+    let err = c.execute(&big).await.expect_err("an oversized Action");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("execution.max_action_bytes")
+            && err.message().contains(&big.hash_hex()),
+        "{err:?}\nlocal log:\n{}",
+        local.log_tail()
+    );
+    // A real Action whose input root is the same 100 KB blob, as a Directory.
+    let mut spec = sh("true");
+    spec.input_root = Some(big);
+    let action = c.action(&spec).await;
+    let err = c
+        .execute(&action)
+        .await
+        .expect_err("an oversized Directory");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("execution.max_directory_bytes"),
+        "{err:?}\nlocal log:\n{}",
+        local.log_tail()
+    );
+}

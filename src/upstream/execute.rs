@@ -5,7 +5,7 @@
 
 use super::Upstream;
 use super::error::UpstreamError;
-use crate::cas::CasError;
+use super::message::Kind;
 use crate::digest::{Digest, DigestFunction};
 use crate::proto::google::longrunning::{Operation, operation};
 use crate::proto::reapi::{
@@ -129,10 +129,10 @@ impl Upstream {
     fn local_inputs(&self, action: &Digest) -> Result<Vec<Digest>, UpstreamError> {
         let cas = &self.inner.cas;
         let mut out = vec![*action];
-        let Some(blob) = cas.get(action)? else {
+        if !cas.contains(action)? {
             return Ok(vec![]);
-        };
-        let Ok(a) = Action::decode(blob.to_bytes().map_err(CasError::from)?) else {
+        }
+        let Some(a) = self.read_message::<Action>(Kind::Action, action)? else {
             return Ok(out);
         };
         let f = action.function;
@@ -152,8 +152,7 @@ impl Upstream {
                 ))
                 .into());
             }
-            let Some(blob) = cas.get(&d)? else { continue };
-            let Ok(dir) = Directory::decode(blob.to_bytes().map_err(CasError::from)?) else {
+            let Some(dir) = self.read_message::<Directory>(Kind::Directory, &d)? else {
                 continue;
             };
             for file in &dir.files {

@@ -5,10 +5,10 @@
 use super::Upstream;
 use super::error::UpstreamError;
 use super::execute::MAX_INPUT_BLOBS;
+use super::message::Kind;
 use crate::cas::CasError;
 use crate::digest::Digest;
 use crate::proto::reapi::{Action, Directory};
-use prost::Message;
 use std::collections::HashSet;
 
 impl Upstream {
@@ -20,11 +20,9 @@ impl Upstream {
         action: &Digest,
     ) -> Result<(), UpstreamError> {
         let cas = &self.inner.cas;
+        self.check_message_size(Kind::Action, action)?;
         self.fetch_missing(instance, &[*action]).await?;
-        let Some(blob) = cas.get(action)? else {
-            return Ok(());
-        };
-        let Ok(a) = Action::decode(blob.to_bytes().map_err(CasError::from)?) else {
+        let Some(a) = self.read_message::<Action>(Kind::Action, action)? else {
             return Ok(());
         };
         let f = action.function;
@@ -41,8 +39,7 @@ impl Upstream {
         let mut seen = HashSet::from([root]);
         let mut queue = vec![root];
         while let Some(d) = queue.pop() {
-            let Some(blob) = cas.get(&d)? else { continue };
-            let Ok(dir) = Directory::decode(blob.to_bytes().map_err(CasError::from)?) else {
+            let Some(dir) = self.read_message::<Directory>(Kind::Directory, &d)? else {
                 continue;
             };
             files.extend(dir.files.iter().filter_map(|n| parse(n.digest.as_ref())));
@@ -72,11 +69,9 @@ impl Upstream {
         instance: &str,
         action: &Digest,
     ) -> Result<(), UpstreamError> {
+        self.check_message_size(Kind::Action, action)?;
         self.fetch_missing(instance, &[*action]).await?;
-        let Some(blob) = self.inner.cas.get(action)? else {
-            return Ok(());
-        };
-        let Ok(a) = Action::decode(blob.to_bytes().map_err(CasError::from)?) else {
+        let Some(a) = self.read_message::<Action>(Kind::Action, action)? else {
             return Ok(());
         };
         if let Some(cmd) = a

@@ -21,6 +21,7 @@ pub mod flight;
 mod forward;
 mod inputs;
 pub mod journal;
+mod message;
 mod operations;
 mod passthrough;
 mod queue;
@@ -78,6 +79,11 @@ pub struct UpstreamSettings {
     pub write: UpstreamWrite,
     /// Where Execute runs.
     pub execute: UpstreamExecute,
+    /// Largest Action the tier reads to walk an action's inputs (`execution.max_action_bytes`).
+    pub max_action_bytes: u64,
+    /// Largest Directory the tier reads to walk an input tree
+    /// (`execution.max_directory_bytes`).
+    pub max_directory_bytes: u64,
     /// Directory of the durable forwarding queue (`<data_dir>/upstream-queue`); `None`: no
     /// queue (writes are then forwarded only in `sync` mode, and not retried).
     pub queue_dir: Option<std::path::PathBuf>,
@@ -102,6 +108,8 @@ impl UpstreamSettings {
             batch_bytes: c.batch_bytes,
             write: c.write,
             execute: c.execute,
+            max_action_bytes: crate::config::ExecutionConfig::default().max_action_bytes,
+            max_directory_bytes: crate::config::ExecutionConfig::default().max_directory_bytes,
             queue_dir: None,
             queue_max_bytes: c.queue_max_bytes,
         }

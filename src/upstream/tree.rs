@@ -4,10 +4,10 @@
 
 use super::Upstream;
 use super::error::UpstreamError;
+use super::message::Kind;
 use crate::cas::CasError;
 use crate::digest::Digest;
 use crate::proto::reapi::Directory;
-use prost::Message;
 use std::collections::HashSet;
 
 /// Most directories one GetTree makes local: a bound on the memory of the walk.
@@ -30,9 +30,8 @@ impl Upstream {
             }
             let mut next = Vec::new();
             for d in &level {
-                let Some(blob) = cas.get(d)? else { continue };
                 // A directory that does not decode is reported by the walk that serves it.
-                let Ok(dir) = Directory::decode(blob.to_bytes().map_err(CasError::from)?) else {
+                let Some(dir) = self.read_message::<Directory>(Kind::Directory, d)? else {
                     continue;
                 };
                 for child in &dir.directories {
