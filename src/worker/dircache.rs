@@ -249,8 +249,13 @@ impl DirCache {
         let s = self.lock();
         self.enabled()
             && s.idle.get(digest).map_or(0, Vec::len) < MAX_COPIES
-            && size.files <= self.max_files
-            && (self.max_bytes == 0 || size.bytes <= self.max_bytes)
+            && self.fits(Size::default(), size)
+    }
+
+    /// Whether `more` on top of `held` stays within the bounds.
+    fn fits(&self, held: Size, more: Size) -> bool {
+        held.files.saturating_add(more.files) <= self.max_files
+            && (self.max_bytes == 0 || held.bytes.saturating_add(more.bytes) <= self.max_bytes)
     }
 
     /// Serializes check-ins, so trees are only ever added after room was made for them and
@@ -267,9 +272,7 @@ impl DirCache {
         let victims = {
             let mut s = self.lock();
             let mut victims = Vec::new();
-            while s.size.files + size.files > self.max_files
-                || (self.max_bytes > 0 && s.size.bytes + size.bytes > self.max_bytes)
-            {
+            while !self.fits(s.size, size) {
                 let Some((_, (d, id))) = s.lru.pop_first() else {
                     break;
                 };
@@ -286,8 +289,7 @@ impl DirCache {
                     victims.push(t);
                 }
             }
-            let fits = s.size.files + size.files <= self.max_files
-                && (self.max_bytes == 0 || s.size.bytes + size.bytes <= self.max_bytes);
+            let fits = self.fits(s.size, size);
             (victims, fits)
         };
         let (victims, fits) = victims;

@@ -78,7 +78,7 @@ pub(super) fn delete_in_background(doomed: Vec<PathBuf>, before: impl FnOnce() +
                 };
                 match r {
                     Ok(()) => {
-                        tracing::debug!(path = %p.display(), "old directory-cache trees deleted")
+                        tracing::debug!(path = %p.display(), "old directory-cache trees deleted");
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => tracing::warn!(
