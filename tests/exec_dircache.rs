@@ -360,3 +360,101 @@ async fn an_action_inside_another_actions_tree_cannot_change_it_once_cached() {
     let (_, later, _) = run(&c, &check_script("tc"), root, &[]).await;
     assert_eq!(later, first, "an action changed a cached tree");
 }
+
+/// Makes a tree like the ones the cache keeps at `p`: read-only files (hardlinks of one
+/// inode) in read-only directories, `n` levels of `width` directories.
+fn old_tree(p: &Path, n: usize, width: usize) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(p).unwrap();
+    let inode = p.join("inode");
+    std::fs::write(&inode, b"old").unwrap();
+    let mut level = vec![p.to_path_buf()];
+    for _ in 0..n {
+        let mut next = vec![];
+        for d in &level {
+            for i in 0..width {
+                let sub = d.join(format!("d{i}"));
+                std::fs::create_dir(&sub).unwrap();
+                for f in 0..4 {
+                    std::fs::hard_link(&inode, sub.join(format!("f{f}"))).unwrap();
+                }
+                next.push(sub);
+            }
+        }
+        level = next;
+    }
+    std::fs::set_permissions(&inode, std::fs::Permissions::from_mode(0o444)).unwrap();
+    for d in level {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o555)).unwrap();
+    }
+}
+
+/// Entries of the work dir that hold old trees: `dirs/t*` and renamed-aside `dirs.*` dirs.
+fn old_trees(work: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(work)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("dirs."))
+        })
+        .collect();
+    out.extend(trees(work).into_iter().map(|t| t.0));
+    out
+}
+
+/// A worker restarted on a work dir full of trees (and of trees an earlier start had renamed
+/// aside but not deleted yet when it crashed) starts, deletes all of them in the background,
+/// and its directory cache works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_trees_are_deleted_in_the_background_at_start() {
+    let server = Server::start();
+    let id = uuid::Uuid::new_v4();
+    let work = server.dir.path().join(format!("work-{id}"));
+    old_tree(&work.join("dirs/t1"), 3, 6);
+    old_tree(&work.join("dirs/t7"), 1, 3);
+    old_tree(&work.join("dirs.old-1-2-0/t3"), 2, 5);
+    assert_eq!(old_trees(&work).len(), 3);
+    let _w = KilnWorker::start_with(
+        &server.bots,
+        &work,
+        &server.dir.path().join(format!("worker-{id}.log")),
+        1,
+        &[],
+    );
+    let c = server.client().await;
+    let tc = toolchain(&c, "restart", 20, 0).await;
+    let root = root_of(&c, &[("tc", tc)]).await;
+    let (_, first, _) = run(&c, &check_script("tc"), root, &[]).await;
+    assert!(first.ends_with("intact\n"), "{first}");
+    poll("the old trees to be deleted", || async {
+        let left = old_trees(&work);
+        let old = |p: &PathBuf| {
+            p.ends_with("dirs/t1") || p.ends_with("dirs/t7") || p.parent() == Some(work.as_path())
+        };
+        (!left.iter().any(old)).then_some(())
+    })
+    .await;
+    // The cache keeps (second staging) and lends (third) trees in the new `dirs/`.
+    run(&c, &check_script("tc"), root, &[]).await;
+    let held = poll("the directory cache to keep the tree", || async {
+        let t = trees(&work);
+        (t.len() == 1).then(|| t[0].1)
+    })
+    .await;
+    let (_, out, _) = run(
+        &c,
+        &format!("stat -c %i tc && {}", check_script("tc")),
+        root,
+        &[],
+    )
+    .await;
+    assert_eq!(out.lines().next().unwrap().parse::<u64>().unwrap(), held);
+    assert_eq!(body(&out), first);
+    poll("no trees but the new one", || async {
+        (old_trees(&work).len() == 1).then_some(())
+    })
+    .await;
+}

@@ -11,6 +11,13 @@ use rustix::io::Errno;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
+/// How the worker opens a directory it walks or builds in: read-only handle, closed on exec,
+/// never through a symlink (the last component is checked to be a directory, not followed).
+pub const DIR: OFlags = OFlags::DIRECTORY
+    .union(OFlags::RDONLY)
+    .union(OFlags::CLOEXEC)
+    .union(OFlags::NOFOLLOW);
+
 /// Creates `rel` (a normalised relative path, `/`-separated, no `..`) and its missing parents
 /// under `root`, giving new directories to `owner`. A component that is a symlink or not a
 /// directory is an [`WorkerError::Escape`] naming `declared` (the path as the client wrote it).
@@ -20,7 +27,7 @@ pub fn create_dirs(
     owner: Owner,
     declared: &str,
 ) -> Result<(), WorkerError> {
-    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let flags = DIR;
     let mut dir: OwnedFd =
         rustix::fs::open(root, flags, Mode::empty()).map_err(|e| WorkerError::Io {
             what: format!("open {}", root.display()),

@@ -297,7 +297,7 @@ fn make_dir(p: &Pending, owner: Owner) -> Result<OwnedFd, WorkerError> {
         }
     };
     mkdirat(&*p.parent, p.name.as_str(), Mode::from_raw_mode(0o755)).map_err(at("mkdir"))?;
-    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let flags = super::beneath::DIR;
     let fd = openat(&*p.parent, p.name.as_str(), flags, Mode::empty()).map_err(at("open"))?;
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::fchown(&fd, Some(uid), Some(gid))

@@ -6,15 +6,12 @@
 use super::cache::FileCache;
 use super::dircache::is_within;
 use super::verify::{Expect, verify};
-use rustix::fs::{Mode, OFlags, openat, renameat};
+use rustix::fs::{Mode, openat, renameat};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
-const DIR: OFlags = OFlags::DIRECTORY
-    .union(OFlags::RDONLY)
-    .union(OFlags::CLOEXEC)
-    .union(OFlags::NOFOLLOW);
+use super::beneath::DIR;
 
 /// See the module doc; `root` is the input root given to `stage`.
 pub fn check_in(cache: &FileCache, root: &Path) {

@@ -26,8 +26,8 @@
 //!   (the file cache's bound) of file bytes in idle trees, least recently returned trees
 //!   removed first; at most [`MAX_COPIES`] idle copies per digest. Trees keep their files'
 //!   inodes alive after the file cache evicts them, so the disk used by both caches stays
-//!   below twice `--cache-max-bytes`. Trees are not kept across restarts (`dirs/` is emptied
-//!   at start).
+//!   below twice `--cache-max-bytes`. Trees are not kept across restarts (`dirs/` is renamed
+//!   aside at start and deleted in the background, see `dircache/old.rs`).
 
 use super::error::{WorkerError, io};
 use crate::digest::Digest;
@@ -37,6 +37,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+mod old;
 mod plan;
 
 /// Smallest subtree (files below it, all levels) the cache keeps.
@@ -137,13 +138,25 @@ impl DirCache {
     /// Opens an empty cache in `dir` (whatever is there is removed: trees are not trusted
     /// across restarts), bounded to `max_files` links (0: the cache is off) and `max_bytes`
     /// of file bytes (0: no byte bound).
+    ///
+    /// Removing up to a million hardlinks takes seconds, so the start does not wait for it:
+    /// the old `dir` is renamed aside (`<dir>.old-<unique>`, same file system, one rename) and
+    /// a background thread deletes it, with any such directory an earlier start left behind
+    /// (a crash before its deletion finished). New trees only ever go into the fresh `dir`.
     pub fn open(dir: PathBuf, max_files: u64, max_bytes: u64) -> Result<Self, WorkerError> {
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(format!("empty {}", dir.display()))(e)),
-        }
+        Self::open_inner(dir, max_files, max_bytes, || {})
+    }
+
+    /// [`DirCache::open`]; the deleting thread calls `before_delete` first (a test hook).
+    fn open_inner(
+        dir: PathBuf,
+        max_files: u64,
+        max_bytes: u64,
+        before_delete: impl FnOnce() + Send + 'static,
+    ) -> Result<Self, WorkerError> {
+        let doomed = old::set_aside(&dir)?;
         std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+        old::delete_in_background(doomed, before_delete);
         Ok(Self {
             dir,
             max_files,
@@ -236,8 +249,13 @@ impl DirCache {
         let s = self.lock();
         self.enabled()
             && s.idle.get(digest).map_or(0, Vec::len) < MAX_COPIES
-            && size.files <= self.max_files
-            && (self.max_bytes == 0 || size.bytes <= self.max_bytes)
+            && self.fits(Size::default(), size)
+    }
+
+    /// Whether `more` on top of `held` stays within the bounds.
+    fn fits(&self, held: Size, more: Size) -> bool {
+        held.files.saturating_add(more.files) <= self.max_files
+            && (self.max_bytes == 0 || held.bytes.saturating_add(more.bytes) <= self.max_bytes)
     }
 
     /// Serializes check-ins, so trees are only ever added after room was made for them and
@@ -254,9 +272,7 @@ impl DirCache {
         let victims = {
             let mut s = self.lock();
             let mut victims = Vec::new();
-            while s.size.files + size.files > self.max_files
-                || (self.max_bytes > 0 && s.size.bytes + size.bytes > self.max_bytes)
-            {
+            while !self.fits(s.size, size) {
                 let Some((_, (d, id))) = s.lru.pop_first() else {
                     break;
                 };
@@ -273,8 +289,7 @@ impl DirCache {
                     victims.push(t);
                 }
             }
-            let fits = s.size.files + size.files <= self.max_files
-                && (self.max_bytes == 0 || s.size.bytes + size.bytes <= self.max_bytes);
+            let fits = self.fits(s.size, size);
             (victims, fits)
         };
         let (victims, fits) = victims;
@@ -337,5 +352,58 @@ mod tests {
         assert!(is_within("a", "a"));
         assert!(!is_within("ab", "a"));
         assert!(!is_within("a", "a/b"));
+    }
+
+    /// Entries of `dir` named `dirs.old-*`.
+    fn aside(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("dirs.old-"))
+            .map(|e| e.path())
+            .collect()
+    }
+
+    #[test]
+    fn old_trees_are_set_aside_at_open_and_deleted_in_the_background() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("dirs");
+        std::fs::create_dir_all(dir.join("t1/a")).unwrap();
+        std::fs::write(dir.join("t1/a/f"), b"old").unwrap();
+        // Set aside by an earlier start that crashed before deleting it.
+        std::fs::create_dir_all(tmp.path().join("dirs.old-9-9-0/t2")).unwrap();
+        std::fs::create_dir(tmp.path().join("dirsx")).unwrap();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let cache = DirCache::open_inner(dir.clone(), 100, 0, move || {
+            let _ = wait.recv();
+        })
+        .unwrap();
+        // Open returned before anything was deleted: the old trees wait aside, the cache
+        // directory is a new, empty one.
+        assert_eq!(std::fs::read_dir(cache.dir()).unwrap().count(), 0);
+        let set = aside(tmp.path());
+        assert_eq!(set.len(), 2, "{set:?}");
+        assert!(set.iter().any(|p| p.join("t1/a/f").exists()), "{set:?}");
+        // A new tree goes into the new directory, which the deletion leaves alone.
+        let t = cache.new_tree(Size::default());
+        std::fs::create_dir(cache.dir().join(t.name())).unwrap();
+        let d = crate::digest::DigestFunction::Sha256.digest_of(b"tree");
+        cache.keep(d, t);
+        go.send(()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !aside(tmp.path()).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never deleted: {:?}",
+                aside(tmp.path())
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(cache.dir().join(t.name()).is_dir());
+        assert!(
+            tmp.path().join("dirsx").is_dir(),
+            "another name was deleted"
+        );
+        assert_eq!(cache.idle().0, 1);
     }
 }

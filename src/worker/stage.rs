@@ -87,17 +87,26 @@ pub async fn stage(
     owner: Owner,
     fresh: &HashSet<String>,
 ) -> Result<(), WorkerError> {
-    let dirs = cache.tree(client, root, MAX_INPUT_DEPTH).await?;
-    for dir in dirs.values() {
-        check_directory(dir)?;
-    }
-    let dirs: Dirs = Arc::new(dirs);
-    let (plan, files) = cache.trees().plan(&dirs, *root, fresh)?;
-    let Plan { lent, candidates } = plan;
-    // Trees taken from the cache go back untouched if staging stops before moving them.
-    let mut lent = Lent {
-        cache: cache.clone(),
-        trees: lent,
+    let dirs: Dirs = Arc::new(cache.tree(client, root, MAX_INPUT_DEPTH).await?);
+    // Checking and planning walk the whole tree (maybe 100,000s of entries): on a blocking
+    // thread, not the async executor's.
+    let (mut lent, candidates, files) = {
+        let (d2, c2, root, fresh) = (dirs.clone(), cache.clone(), *root, fresh.clone());
+        blocking(move || {
+            for dir in d2.values() {
+                check_directory(dir)?;
+            }
+            let (plan, files) = c2.trees().plan(&d2, root, &fresh)?;
+            let Plan { lent, candidates } = plan;
+            // Trees taken from the cache go back untouched if staging stops before moving
+            // them (also if this staging is cancelled before this thread's result is used).
+            let lent = Lent {
+                cache: c2,
+                trees: lent,
+            };
+            Ok((lent, candidates, files))
+        })
+        .await?
     };
     // Pinned until the links are made: a concurrent staging's eviction cannot remove them.
     let pin = cache.ensure(client, &files).await?;

@@ -13,7 +13,7 @@
 use super::cache::FileCache;
 use crate::digest::Digest;
 use crate::proto::reapi::Directory;
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, fchmod, fstat, openat, readlinkat, statat};
+use rustix::fs::{AtFlags, FileType, Mode, fchmod, fstat, openat, readlinkat, statat};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -78,7 +78,7 @@ pub fn verify(
     fn e(what: &str) -> impl FnOnce(rustix::io::Errno) -> String + '_ {
         move |err| format!("{what}: {err}")
     }
-    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let flags = super::beneath::DIR;
     // A directory to check: its handle, or its parent's handle and its name.
     let mut stack: Vec<(Arc<OwnedFd>, Option<String>, Digest)> =
         vec![(Arc::new(top), None, digest)];
@@ -186,7 +186,7 @@ pub fn lend_to(
     dirs: &HashMap<Digest, Arc<Directory>>,
     owner: (u32, u32),
 ) -> Result<(), String> {
-    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let flags = super::beneath::DIR;
     let top =
         openat(parent, name, flags, Mode::empty()).map_err(|e| format!("open {name}: {e}"))?;
     let mut stack: Vec<(Arc<OwnedFd>, Option<String>, Digest)> =

@@ -1,7 +1,7 @@
 //! [`DirCache::plan`]: which subtrees of an input root a staging takes from the directory
 //! cache, which it builds fresh, and which of those to offer back after the action.
 
-use super::{DirCache, MAX_SEEN, MIN_TREE_FILES, Plan, Size, take};
+use super::{DirCache, MAX_SEEN, MIN_TREE_FILES, Plan, Size, Tree, take};
 use crate::digest::Digest;
 use crate::proto::reapi::Directory;
 use crate::worker::error::WorkerError;
@@ -13,20 +13,35 @@ impl DirCache {
     /// subtrees come from the cache (taken out of it now) and which fresh ones to offer back
     /// later. Paths in `fresh` (relative: the working directory, outputs and their ancestors;
     /// `p/` for an output directory `p`, whose whole subtree is fresh, `/` for the root) are
-    /// never lent nor
-    /// kept. Also returns the files the rest of the tree links.
+    /// never lent nor kept. Also returns the files the rest of the tree links.
+    ///
+    /// The walk over the tree (which may have 100,000s of entries) does not hold the cache's
+    /// lock: it is taken once per Directory, only to look its children up, so the other
+    /// slots' stagings and check-ins go on meanwhile. Each lookup takes what it finds at once,
+    /// so nothing found can change before it is used. Call it on a blocking thread.
     pub fn plan(
         &self,
         dirs: &HashMap<Digest, Arc<Directory>>,
         root: Digest,
         fresh: &HashSet<String>,
     ) -> Result<(Plan, HashSet<(Digest, bool)>), WorkerError> {
+        self.plan_observed(dirs, root, fresh, &mut || {})
+    }
+
+    /// [`DirCache::plan`], calling `on_dir` for each Directory the walk visits (a test hook).
+    fn plan_observed(
+        &self,
+        dirs: &HashMap<Digest, Arc<Directory>>,
+        root: Digest,
+        fresh: &HashSet<String>,
+        on_dir: &mut dyn FnMut(),
+    ) -> Result<(Plan, HashSet<(Digest, bool)>), WorkerError> {
         let mut plan = Plan::default();
         let mut files = HashSet::new();
-        let mut state = self.lock();
-        let r = self.walk(&mut state, dirs, root, fresh, &mut plan, &mut files);
+        let r = self.walk(dirs, root, fresh, &mut plan, &mut files, on_dir);
         if let Err(e) = r {
             // Nothing was moved yet: what was taken goes back.
+            let mut state = self.lock();
             for (_, (d, t)) in plan.lent.drain() {
                 super::restore(&mut state, d, t);
             }
@@ -37,18 +52,19 @@ impl DirCache {
 
     fn walk(
         &self,
-        state: &mut super::State,
         dirs: &HashMap<Digest, Arc<Directory>>,
         root: Digest,
         fresh: &HashSet<String>,
         plan: &mut Plan,
         files: &mut HashSet<(Digest, bool)>,
+        on_dir: &mut dyn FnMut(),
     ) -> Result<(), WorkerError> {
         let mut sizes: HashMap<Digest, Size> = HashMap::new();
         // (digest, relative path, inside a candidate, inside an output directory)
         // `/`: the input root itself is an output directory.
         let mut stack = vec![(root, String::new(), false, fresh.contains("/"))];
         while let Some((digest, rel, inside, output)) = stack.pop() {
+            on_dir();
             let dir = dirs.get(&digest).ok_or(WorkerError::MissingInput(digest))?;
             for f in &dir.files {
                 files.insert((
@@ -56,6 +72,7 @@ impl DirCache {
                     f.is_executable,
                 ));
             }
+            let mut kids = Vec::with_capacity(dir.directories.len());
             for c in &dir.directories {
                 let d =
                     Digest::from_field(digest.function, c.digest.as_ref(), "DirectoryNode.digest")?;
@@ -64,32 +81,77 @@ impl DirCache {
                 } else {
                     format!("{rel}/{}", c.name)
                 };
-                if !self.enabled() || output || fresh.contains(&child) {
-                    let output = output || fresh.contains(&format!("{child}/"));
-                    stack.push((d, child, inside, output));
-                    continue;
+                let kind = if !self.enabled() || output || fresh.contains(&child) {
+                    Kid::Fresh(output || fresh.contains(&format!("{child}/")))
+                } else {
+                    Kid::Lookup
+                };
+                kids.push((d, child, kind));
+            }
+            if kids.iter().any(|k| matches!(k.2, Kid::Lookup)) {
+                self.look_up(&mut kids, inside);
+            }
+            // Lent trees go into the plan first: an error below must find every tree taken,
+            // to put it back.
+            kids.retain_mut(|(d, child, kind)| {
+                if let Kid::Lent(tree) = *kind {
+                    plan.lent.insert(std::mem::take(child), (*d, tree));
+                    return false;
                 }
-                if let Some(tree) = take(state, &d) {
-                    plan.lent.insert(child, (d, tree));
-                    continue;
-                }
-                let mut candidate = false;
-                if !inside && state.seen.contains(&d) {
-                    let size = subtree_size(dirs, d, &mut sizes)?;
-                    if size.files >= MIN_TREE_FILES {
-                        plan.candidates.push((child.clone(), d, size));
-                        candidate = true;
+                true
+            });
+            for (d, child, kind) in kids {
+                match kind {
+                    Kid::Fresh(output) => stack.push((d, child, inside, output)),
+                    Kid::Seen(seen) => {
+                        let mut candidate = false;
+                        if seen {
+                            let size = subtree_size(dirs, d, &mut sizes)?;
+                            if size.files >= MIN_TREE_FILES {
+                                plan.candidates.push((child.clone(), d, size));
+                                candidate = true;
+                            }
+                        }
+                        stack.push((d, child, inside || candidate, false));
                     }
+                    Kid::Lookup | Kid::Lent(_) => {}
                 }
-                if state.seen.len() >= MAX_SEEN {
-                    state.seen.clear();
-                }
-                state.seen.insert(d);
-                stack.push((d, child, inside || candidate, false));
             }
         }
         Ok(())
     }
+
+    /// Looks the children marked [`Kid::Lookup`] up under the lock, in order: an idle tree
+    /// of the digest is taken ([`Kid::Lent`]); otherwise the digest is marked seen, and
+    /// whether it had been seen before (outside a candidate only) is noted ([`Kid::Seen`]).
+    fn look_up(&self, kids: &mut [(Digest, String, Kid)], inside: bool) {
+        let mut state = self.lock();
+        for (d, _, kind) in kids.iter_mut().filter(|k| matches!(k.2, Kid::Lookup)) {
+            if let Some(tree) = take(&mut state, d) {
+                *kind = Kid::Lent(tree);
+                continue;
+            }
+            let seen = !inside && state.seen.contains(d);
+            if state.seen.len() >= MAX_SEEN {
+                state.seen.clear();
+            }
+            state.seen.insert(*d);
+            *kind = Kid::Seen(seen);
+        }
+    }
+}
+
+/// What [`DirCache::plan`] does with a child directory.
+enum Kid {
+    /// Staged fresh (on the way to the working directory or an output, or the cache is off);
+    /// whether it is inside an output directory.
+    Fresh(bool),
+    /// To be looked up in the cache.
+    Lookup,
+    /// Taken from the cache.
+    Lent(Tree),
+    /// Staged fresh, a possible candidate: whether it was seen before.
+    Seen(bool),
 }
 
 /// Files and bytes below `root` (memoized in `memo`), without recursion.
@@ -259,5 +321,48 @@ mod tests {
         let (p, files) = cache.plan(&dirs, r2, &parent).unwrap();
         assert!(p.lent.contains_key("o/sub"));
         assert!(files.is_empty());
+    }
+
+    /// The walk over the whole input tree (the long part of a staging's plan) runs without
+    /// the cache's lock: another slot's cache operations are never held up behind it.
+    #[test]
+    fn the_walk_does_not_hold_the_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = DirCache::open(tmp.path().join("dirs"), 1000, 0).unwrap();
+        let (a, da) = tree_of(20, "a");
+        let (b, db) = tree_of(20, "b");
+        let (x, dx) = root_over(&[("a", a), ("b", b)]);
+        let (root, dr) = root_over(&[("x", x), ("a", a), ("b2", b)]);
+        let dirs: HashMap<_, _> = [(a, da), (b, db), (x, dx), (root, dr)]
+            .into_iter()
+            .map(|(d, x)| (d, Arc::new(x)))
+            .collect();
+        let none = HashSet::new();
+        // Twice: the second staging also sizes the repeated trees (admission).
+        for round in 0..2 {
+            let mut visits = 0;
+            let mut held = 0;
+            let (p, _) = cache
+                .plan_observed(&dirs, root, &none, &mut || {
+                    visits += 1;
+                    if cache.state.try_lock().is_err() {
+                        held += 1;
+                    } else {
+                        // Another slot's operation goes through meanwhile.
+                        let _ = cache.idle();
+                    }
+                })
+                .unwrap();
+            assert!(visits >= 4, "round {round}: {visits} directories visited");
+            assert_eq!(
+                held, 0,
+                "round {round}: the lock was held at {held} of {visits} directories"
+            );
+            if round == 1 {
+                let mut names: Vec<_> = p.candidates.iter().map(|c| c.0.as_str()).collect();
+                names.sort_unstable();
+                assert_eq!(names, ["a", "b2", "x"]);
+            }
+        }
     }
 }
