@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{TestServer, bytes, digest};
+use common::{TestServer, bytes, digest, write_requests as requests};
 use kiln::digest::Digest;
 use kiln::proto::bytestream::byte_stream_client::ByteStreamClient;
 use kiln::proto::bytestream::{QueryWriteStatusRequest, ReadRequest, WriteRequest, WriteResponse};
@@ -34,40 +34,6 @@ fn read_whole(d: &Digest) -> ReadRequest {
 
 fn write_name(d: &Digest, id: &str) -> String {
     format!("main/uploads/{id}/blobs/{}/{}", d.hash_hex(), d.size)
-}
-
-/// Write requests for `data` in `chunk`-sized pieces starting at `offset`, finishing if asked.
-fn requests(
-    name: &str,
-    data: &[u8],
-    offset: usize,
-    chunk: usize,
-    finish: bool,
-) -> Vec<WriteRequest> {
-    let mut out: Vec<WriteRequest> = data[offset..]
-        .chunks(chunk)
-        .scan(offset, |pos, c| {
-            let r = WriteRequest {
-                resource_name: name.to_string(),
-                write_offset: *pos as i64,
-                finish_write: false,
-                data: Bytes::copy_from_slice(c),
-            };
-            *pos += c.len();
-            Some(r)
-        })
-        .collect();
-    if out.is_empty() {
-        out.push(WriteRequest {
-            resource_name: name.into(),
-            write_offset: offset as i64,
-            ..Default::default()
-        });
-    }
-    if finish {
-        out.last_mut().unwrap().finish_write = true;
-    }
-    out
 }
 
 async fn write(

@@ -3,7 +3,6 @@
 //! with zstd, and a resumable upload cut and resumed while parts are compressed in flight.
 
 mod common;
-use bytes::Bytes;
 use common::http::{self, Body};
 use common::{TestServer, digest};
 use kiln::config::CompressionName;
@@ -27,24 +26,9 @@ fn whole_frames(z: &[u8]) -> bool {
     true
 }
 
+/// Write requests for `data[from..to]`, in pieces of 100,003 bytes.
 fn requests(name: &str, data: &[u8], from: usize, to: usize, finish: bool) -> Vec<WriteRequest> {
-    let mut out: Vec<WriteRequest> = data[from..to]
-        .chunks(100_003)
-        .scan(from, |pos, c| {
-            let r = WriteRequest {
-                resource_name: name.to_string(),
-                write_offset: *pos as i64,
-                finish_write: false,
-                data: Bytes::copy_from_slice(c),
-            };
-            *pos += c.len();
-            Some(r)
-        })
-        .collect();
-    if finish {
-        out.last_mut().unwrap().finish_write = true;
-    }
-    out
+    common::write_requests(name, &data[..to], from, 100_003, finish)
 }
 
 fn zname(d: &Digest) -> String {

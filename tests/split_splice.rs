@@ -7,7 +7,6 @@ mod common;
 use bytes::Bytes;
 use common::{TestServer, bytes, digest, upload_request};
 use kiln::digest::Digest;
-use kiln::proto::bytestream::WriteRequest;
 use kiln::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use kiln::proto::reapi::{
     BatchReadBlobsRequest, BatchUpdateBlobsRequest, Digest as PDigest, FindMissingBlobsRequest,
@@ -31,17 +30,7 @@ async fn start() -> TestServer {
 async fn upload_large(s: &TestServer, data: &[u8]) -> Digest {
     let d = digest(data);
     let name = common::upload_name(&d);
-    let mut reqs: Vec<WriteRequest> = data
-        .chunks(1 << 20)
-        .enumerate()
-        .map(|(i, c)| WriteRequest {
-            resource_name: name.clone(),
-            write_offset: (i << 20) as i64,
-            finish_write: false,
-            data: Bytes::copy_from_slice(c),
-        })
-        .collect();
-    reqs.last_mut().unwrap().finish_write = true;
+    let reqs = common::write_requests(&name, data, 0, 1 << 20, true);
     let resp = s
         .bytestream()
         .await

@@ -10,6 +10,7 @@ pub mod wait;
 
 use kiln::config::Config;
 use kiln::digest::{Digest, DigestFunction};
+use kiln::proto::bytestream::WriteRequest;
 use kiln::proto::bytestream::byte_stream_client::ByteStreamClient;
 use kiln::proto::reapi::action_cache_client::ActionCacheClient;
 use kiln::proto::reapi::capabilities_client::CapabilitiesClient;
@@ -243,4 +244,39 @@ pub fn tokens_file(dir: &std::path::Path, principals: &[(&str, &str, &[&str])]) 
     let path = dir.join("tokens.toml");
     std::fs::write(&path, text).unwrap();
     path.to_str().unwrap().to_string()
+}
+
+/// ByteStream Write requests for `data` from `offset` on, in `chunk`-sized pieces (one empty
+/// request when nothing is left), the last one finishing the write if `finish`.
+pub fn write_requests(
+    name: &str,
+    data: &[u8],
+    offset: usize,
+    chunk: usize,
+    finish: bool,
+) -> Vec<WriteRequest> {
+    let mut out: Vec<WriteRequest> = data[offset..]
+        .chunks(chunk)
+        .scan(offset, |pos, c| {
+            let r = WriteRequest {
+                resource_name: name.to_string(),
+                write_offset: *pos as i64,
+                finish_write: false,
+                data: bytes::Bytes::copy_from_slice(c),
+            };
+            *pos += c.len();
+            Some(r)
+        })
+        .collect();
+    if out.is_empty() {
+        out.push(WriteRequest {
+            resource_name: name.into(),
+            write_offset: offset as i64,
+            ..Default::default()
+        });
+    }
+    if finish {
+        out.last_mut().unwrap().finish_write = true;
+    }
+    out
 }
