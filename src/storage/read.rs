@@ -193,8 +193,8 @@ impl Shared {
     }
 
     /// A hit on the entry `e` read from `slot`: records the ring position in the slot's touch
-    /// hint (one relaxed store, skipped when the hint already holds the head). No lock, no queue, no disk
-    /// write. A touch racing an insert into the same slot may tag the new entry instead: that
+    /// hint (one relaxed store, skipped when the hint already holds the head and "used
+    /// again"). No lock, no queue, no disk write. A touch racing an insert into the same slot may tag the new entry instead: that
     /// costs at most one needless copy of it at its eviction, never a loss (FORMAT.md).
     pub fn touch(&self, index: &Index, slot: usize, e: &Entry) {
         let head = self.head.load(Ordering::Relaxed);

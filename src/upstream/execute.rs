@@ -127,13 +127,11 @@ impl Upstream {
     /// The blobs an action needs (Action, Command, every directory and file of its input
     /// root) that are stored locally; what is not local the client must have sent upstream.
     fn local_inputs(&self, action: &Digest) -> Result<Vec<Digest>, UpstreamError> {
-        let cas = &self.inner.cas;
         let mut out = vec![*action];
-        if !cas.contains(action)? {
-            return Ok(vec![]);
-        }
-        let Some(a) = self.read_message::<Action>(Kind::Action, action)? else {
-            return Ok(out);
+        let a = match self.read_message::<Action>(Kind::Action, action)? {
+            None => return Ok(vec![]),
+            Some(Err(_)) => return Ok(out),
+            Some(Ok(a)) => a,
         };
         let f = action.function;
         let parse =
@@ -152,7 +150,7 @@ impl Upstream {
                 ))
                 .into());
             }
-            let Some(dir) = self.read_message::<Directory>(Kind::Directory, &d)? else {
+            let Some(Ok(dir)) = self.read_message::<Directory>(Kind::Directory, &d)? else {
                 continue;
             };
             for file in &dir.files {

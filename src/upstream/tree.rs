@@ -31,7 +31,7 @@ impl Upstream {
             let mut next = Vec::new();
             for d in &level {
                 // A directory that does not decode is reported by the walk that serves it.
-                let Some(dir) = self.read_message::<Directory>(Kind::Directory, d)? else {
+                let Some(Ok(dir)) = self.read_message::<Directory>(Kind::Directory, d)? else {
                     continue;
                 };
                 for child in &dir.directories {
