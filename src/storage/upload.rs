@@ -200,6 +200,11 @@ impl BlobWriter for EngineWriter {
             self.buf.extend_from_slice(&chunk.split_to(take));
             if self.buf.len() as u64 == self.part && self.len > self.part {
                 let data = self.buf.split().freeze();
+                // `split` leaves no capacity: take the next part's whole buffer at once (not
+                // grown by doubling, a copy and a fresh page each time).
+                let handed = (self.parts.len() + self.ahead.len() + 1) as u64 * self.part;
+                self.buf
+                    .reserve(self.len.saturating_sub(handed).min(self.part) as usize);
                 self.send_part(data).await?;
                 while self.ahead.len() > PARTS_AHEAD {
                     self.settle_one().await?;

@@ -12,6 +12,7 @@ mod evict;
 mod grow;
 mod recovery;
 mod rounds;
+mod run;
 
 use super::Key;
 use super::StorageError;
@@ -23,9 +24,10 @@ use super::read::Shared;
 use super::segment::SegMap;
 use super::stats::inc;
 use super::sys::{IoEngine, IoFile, WriteOp};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use crossbeam::channel::Receiver;
 use rounds::{InFlight, RoundError, Syncer, Waiter};
+use run::Run;
 use std::io;
 use std::sync::Arc;
 use std::time::Instant;
@@ -69,13 +71,6 @@ pub(crate) enum Req {
 struct Active {
     seg: Arc<SegMap>,
     pos: u64,
-}
-
-/// A run of bytes being gathered for one write.
-struct Run {
-    file: Arc<IoFile>,
-    offset: u64,
-    buf: BytesMut,
 }
 
 /// The I/O thread's state. Contract: the only writer of segment files, the state file and

@@ -12,8 +12,7 @@ use crate::storage::StorageError;
 use crate::storage::format::{self, ALIGN, PartLoc, RECORD_HEADER_LEN, RecordHeader, RecordKind};
 use crate::storage::index::Entry;
 use crate::storage::stats::inc;
-use crate::storage::sys::WriteOp;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -50,16 +49,12 @@ impl Writer {
 
     pub(super) fn end_run(&mut self) {
         if let Some(run) = self.run.take()
-            && !run.buf.is_empty()
+            && run.len() > 0
         {
-            if !self.dirty.iter().any(|f| Arc::ptr_eq(f, &run.file)) {
-                self.dirty.push(Arc::clone(&run.file));
+            if !self.dirty.iter().any(|f| Arc::ptr_eq(f, run.file())) {
+                self.dirty.push(Arc::clone(run.file()));
             }
-            self.ops.push(WriteOp {
-                file: run.file,
-                offset: run.offset,
-                buf: run.buf.freeze(),
-            });
+            self.ops.extend(run.into_ops());
         }
     }
 
@@ -168,30 +163,23 @@ impl Writer {
             hasher.update(p);
         }
         h.checksum = hasher.digest();
-        let contiguous = self.run.as_ref().is_some_and(|r| {
-            Arc::ptr_eq(&r.file, &a.seg.file) && r.offset + r.buf.len() as u64 == pos
-        });
-        if !contiguous
-            || self
-                .run
-                .as_ref()
-                .is_some_and(|r| r.buf.len() as u64 >= self.sh.cfg().max_batch_bytes)
-        {
+        let max_batch = self.sh.cfg().max_batch_bytes;
+        let contiguous = self
+            .run
+            .as_ref()
+            .is_some_and(|r| Arc::ptr_eq(r.file(), &a.seg.file) && r.end() == pos);
+        if !contiguous || self.run.as_ref().is_some_and(|r| r.len() >= max_batch) {
             self.end_run();
             let file = Arc::clone(&self.active.as_ref().expect("active").seg.file);
-            self.run = Some(Run {
-                file,
-                offset: pos,
-                buf: BytesMut::with_capacity(span.max(self.sh.cfg().max_batch_bytes) as usize),
-            });
+            self.run = Some(Run::new(file, pos, span, len, max_batch));
         }
         let run = self.run.as_mut().expect("run");
-        run.buf.extend_from_slice(&h.encode(seq));
+        run.copy(&h.encode(seq));
         for p in payload {
-            run.buf.extend_from_slice(p);
+            run.payload(p);
         }
         let pad = span as usize - RECORD_HEADER_LEN - len as usize;
-        run.buf.extend_from_slice(&[0u8; ALIGN as usize][..pad]);
+        run.copy(&[0u8; ALIGN as usize][..pad]);
         Ok((seq, (pos / ALIGN) as u32))
     }
 }
