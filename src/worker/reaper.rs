@@ -89,6 +89,59 @@ fn all_procs() -> Vec<Proc> {
         .collect()
 }
 
+/// The children of every thread of `pid`, from the `children` files of `/proc`; `None` where
+/// the kernel has none (built without `CONFIG_PROC_CHILDREN`) or `pid` is gone.
+fn children_of(pid: i32) -> Option<Vec<i32>> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let mut path = task.path();
+        path.push("children");
+        match std::fs::read_to_string(&path) {
+            Ok(list) => out.extend(
+                list.split_ascii_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            ),
+            // A thread that ended meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.parent()?.exists() => {
+                return None;
+            }
+            Err(_) => {}
+        }
+    }
+    Some(out)
+}
+
+/// The processes under `me` (its children, theirs, and so on): all a sweep looks at, read
+/// without visiting every process of the box (`/proc/*/stat` of each costs about 0.4 ms per
+/// sweep on a quiet box, more on a busy one). `None` when the `children` files are missing:
+/// the caller reads every process instead.
+///
+/// Like the full scan, this sees a snapshot: a process forked while it is read may be missed,
+/// which is why a sweep repeats until a round finds nothing.
+fn procs_under(me: i32) -> Option<Vec<Proc>> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut stack = children_of(me)?;
+    while let Some(pid) = stack.pop() {
+        if !seen.insert(pid) {
+            continue;
+        }
+        if let Some(p) = read_proc(pid) {
+            out.push(p);
+            stack.extend(children_of(pid).unwrap_or_default());
+        }
+    }
+    Some(out)
+}
+
+/// The processes a sweep by the worker `me` considers: those under it.
+fn procs_for(me: i32) -> Vec<Proc> {
+    procs_under(me).unwrap_or_else(all_procs)
+}
+
 /// The inode of a process's mount namespace (`None` when it has exited).
 pub fn mount_ns(pid: i32) -> Option<u64> {
     std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
@@ -161,7 +214,7 @@ impl Reaper {
         let me = rustix::process::getpid().as_raw_nonzero().get();
         let running = self.lock();
         let firsts: HashSet<i32> = running.values().map(|r| r.pid).collect();
-        for p in all_procs() {
+        for p in procs_for(me) {
             if p.zombie
                 && p.ppid == me
                 && !firsts.contains(&p.pid)
@@ -178,7 +231,7 @@ impl Reaper {
 /// dead orphans (never `action`: tokio waits for it). Returns (killed, whether anything was
 /// found).
 fn sweep_once(me: i32, action: Option<i32>, running: &HashMap<u64, Running>) -> (usize, bool) {
-    let procs = all_procs();
+    let procs = procs_for(me);
     let firsts: HashSet<i32> = running.values().map(|r| r.pid).collect();
     let live_ns: HashSet<u64> = running.values().filter_map(|r| r.mount_ns).collect();
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
@@ -223,4 +276,45 @@ fn sweep_once(me: i32, action: Option<i32>, running: &HashMap<u64, Running>) -> 
         }
     }
     (killed, found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_processes_under_a_process_are_its_children_and_theirs() {
+        // sh (a child of this test) starts a sleep (a grandchild) and waits.
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(sh.stdout.as_mut().expect("stdout")),
+            &mut line,
+        )
+        .expect("read the grandchild's pid");
+        let grandchild: i32 = line.trim().parse().expect("a pid");
+        let me = rustix::process::getpid().as_raw_nonzero().get();
+        let under = procs_under(me).expect("this kernel has /proc/PID/task/TID/children");
+        let pids: HashSet<i32> = under.iter().map(|p| p.pid).collect();
+        let child = sh.id() as i32;
+        let _ = kill_process(Pid::from_raw(grandchild).expect("pid"), Signal::KILL);
+        let _ = sh.kill();
+        let _ = sh.wait();
+        assert!(
+            pids.contains(&child),
+            "the child {child} is found: {pids:?}"
+        );
+        assert!(
+            pids.contains(&grandchild),
+            "the grandchild {grandchild} is found: {pids:?}"
+        );
+        assert!(
+            under.iter().any(|p| p.pid == grandchild && p.ppid == child),
+            "with its parent"
+        );
+    }
 }
