@@ -137,6 +137,8 @@ class Origin(http.server.BaseHTTPRequestHandler):
 
 
 def scenario_asset(ch, re_pb2, re_grpc, ra_pb2, ra_grpc):
+    import grpc
+
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Origin)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/file"
@@ -162,6 +164,16 @@ def scenario_asset(ch, re_pb2, re_grpc, ra_pb2, ra_grpc):
         fail(f"wrong checksum: expected ABORTED, got {r.status}")
     if not is_missing(re_pb2, cas, sha256_digest(re_pb2, Origin.body)):
         fail("content with a wrong checksum was stored")
+
+    # 64 unsupported qualifiers with names of 8,000 bytes: grpcio (gRPC's C core, whose
+    # default limit on received metadata is 8-16 KiB) must see INVALID_ARGUMENT with a short
+    # message, not a connection or resource error because the status was too large to carry.
+    long = [ra_pb2.Qualifier(name=f"x-{i:02}-" + "\u00e9" * 3998, value="v") for i in range(64)]
+    details = expect_error(lambda: fetch.FetchBlob(ra_pb2.FetchBlobRequest(
+        uris=[url], qualifiers=long), timeout=TIMEOUT), grpc.StatusCode.INVALID_ARGUMENT,
+        "64 long unsupported qualifiers")
+    if len(details.encode()) >= 1024 or not details.endswith("and 56 more"):
+        fail(f"long qualifiers: a message of {len(details.encode())} bytes: {details[:200]}")
 
     pushed = b"pushed by grpcio"
     upload(re_pb2, cas, [pushed])
