@@ -6,7 +6,7 @@
 mod data;
 
 use bytes::Bytes;
-use kiln::cas::{Cas, FAST_CDC, chunking};
+use kiln::cas::{Cas, chunking};
 use kiln::digest::{Digest, DigestFunction};
 use kiln::storage::{Blob, MemoryStore};
 use std::sync::Arc;
@@ -42,7 +42,7 @@ async fn a_splice_with_non_fastcdc_boundaries_does_not_become_the_split() {
     }
     assert_ne!(chunks, want, "the test's cut must differ from FastCDC's");
     let blob = sha(&data);
-    cas.splice(blob, &chunks, FAST_CDC).await.unwrap();
+    cas.splice(blob, &chunks).await.unwrap();
     let split = cas.split(&blob).await.unwrap();
     assert_eq!(
         split.chunks.len(),

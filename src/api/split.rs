@@ -1,8 +1,7 @@
 //! SplitBlob and SpliceBlob: request validation and answers; the work is `cas::split`.
 
 use super::{CacheServices, validate_instance};
-use crate::cas::chunk_list::Chunking;
-use crate::cas::{FAST_CDC, chunking};
+use crate::cas::chunking;
 use crate::digest::{Digest, DigestFunction};
 use crate::proto::reapi::{
     CacheCapabilities, FastCdc2020Params, SpliceBlobRequest, SpliceBlobResponse, SplitBlobRequest,
@@ -20,16 +19,13 @@ pub(super) fn advertise(cache: &mut CacheCapabilities) {
     });
 }
 
-/// A request's `chunking_function`: any value is accepted (the spec lets the server choose
-/// for a split and only verify the concatenation of a splice), but unknown numbers are not.
-fn chunking_of(value: i32) -> Result<Chunking, Status> {
-    match chunking_function::Value::try_from(value) {
-        Ok(chunking_function::Value::FastCdc2020) => Ok(FAST_CDC),
-        Ok(_) => Ok(Chunking::Unknown),
-        Err(_) => Err(Status::invalid_argument(format!(
-            "unknown chunking_function {value}"
-        ))),
-    }
+/// Checks a request's `chunking_function`: any known value is accepted (the spec lets the
+/// server choose for a split and only verify the concatenation of a splice), unknown numbers
+/// are not.
+fn check_chunking(value: i32) -> Result<(), Status> {
+    chunking_function::Value::try_from(value)
+        .map(|_| ())
+        .map_err(|_| Status::invalid_argument(format!("unknown chunking_function {value}")))
 }
 
 pub(super) async fn split_blob(
@@ -38,7 +34,7 @@ pub(super) async fn split_blob(
 ) -> Result<SplitBlobResponse, Status> {
     validate_instance(&req.instance_name)?;
     let function = DigestFunction::from_proto(req.digest_function)?;
-    chunking_of(req.chunking_function)?;
+    check_chunking(req.chunking_function)?;
     let blob = Digest::from_field(function, req.blob_digest.as_ref(), "blob_digest")?;
     let list = state.cas.split(&blob).await?;
     Ok(SplitBlobResponse {
@@ -53,14 +49,14 @@ pub(super) async fn splice_blob(
 ) -> Result<SpliceBlobResponse, Status> {
     validate_instance(&req.instance_name)?;
     let function = DigestFunction::from_proto(req.digest_function)?;
-    let chunking = chunking_of(req.chunking_function)?;
+    check_chunking(req.chunking_function)?;
     let blob = Digest::from_field(function, req.blob_digest.as_ref(), "blob_digest")?;
     let chunks = req
         .chunk_digests
         .iter()
         .map(|d| Digest::from_proto(function, d))
         .collect::<Result<Vec<_>, _>>()?;
-    state.cas.splice(blob, &chunks, chunking).await?;
+    state.cas.splice(blob, &chunks).await?;
     Ok(SpliceBlobResponse {
         blob_digest: Some(blob.to_proto()),
     })

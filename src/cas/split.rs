@@ -82,16 +82,11 @@ impl Cas {
     }
 
     /// Assembles `blob` from `chunks` (all in the CAS) and stores it, verifying its digest
-    /// first. `chunking` is what the client says it used; its list is not remembered as the
-    /// blob's split, even when it says FastCDC: SplitBlob answers "FastCDC 2020 with these
-    /// parameters", and only a cut this server made is known to be that (chunk sizes within
-    /// FastCDC's bounds do not make a list FastCDC's).
-    pub async fn splice(
-        &self,
-        blob: Digest,
-        chunks: &[Digest],
-        _chunking: Chunking,
-    ) -> Result<(), CasError> {
+    /// first. Whatever chunking the client says it used, its list is not remembered as the
+    /// blob's split: SplitBlob answers "FastCDC 2020 with these parameters", and only a cut
+    /// this server made is known to be that (chunk sizes within FastCDC's bounds do not make
+    /// a list FastCDC's).
+    pub async fn splice(&self, blob: Digest, chunks: &[Digest]) -> Result<(), CasError> {
         let total = chunks
             .iter()
             .try_fold(0u64, |sum, c| sum.checked_add(c.size))
@@ -237,7 +232,7 @@ mod tests {
         cas.put(&b, Bytes::from_static(b"world")).await.unwrap();
         let blob = sha(b"hello world");
         // Chunks far below the minimum FastCDC size: stored, but not kept as the split.
-        cas.splice(blob, &[a, b], FAST_CDC).await.unwrap();
+        cas.splice(blob, &[a, b]).await.unwrap();
         assert!(cas.stored_split(&blob).unwrap().is_none());
 
         let big = vec![7u8; chunking::MIN_CHUNK_BYTES as usize];
@@ -245,12 +240,12 @@ mod tests {
         cas.put(&c, Bytes::from(big.clone())).await.unwrap();
         let joined = sha(&[&big[..], b"world"].concat());
         // Sizes within FastCDC's bounds, said to be FastCDC: still the client's word only.
-        cas.splice(joined, &[c, b], FAST_CDC).await.unwrap();
+        cas.splice(joined, &[c, b]).await.unwrap();
         assert!(cas.stored_split(&joined).unwrap().is_none());
         assert!(cas.contains(&joined).unwrap());
         // Nor when the client says it used another chunking.
         let other = sha(&[&big[..], b"hello "].concat());
-        cas.splice(other, &[c, a], Chunking::Unknown).await.unwrap();
+        cas.splice(other, &[c, a]).await.unwrap();
         assert!(cas.stored_split(&other).unwrap().is_none());
         assert!(cas.contains(&other).unwrap());
     }
