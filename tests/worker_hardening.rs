@@ -307,3 +307,76 @@ fn root_actions_need_allow_root_actions() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--allow-root-actions"), "{err}");
 }
+
+/// A shared library whose constructor appends `uid=<euid>` to `$KILN_PRELOAD_LOG` (when set)
+/// and to `preload-ran` in the working directory, built with the system's C compiler.
+fn preload_library(dir: &std::path::Path) -> Vec<u8> {
+    let src = dir.join("preload.c");
+    std::fs::write(
+        &src,
+        "#include <stdio.h>\n#include <stdlib.h>\n#include <unistd.h>\n\
+         __attribute__((constructor)) static void ran(void) {\n\
+           const char *log = getenv(\"KILN_PRELOAD_LOG\"); FILE *f;\n\
+           if (log && (f = fopen(log, \"a\"))) { fprintf(f, \"uid=%d\\n\", (int)geteuid()); fclose(f); }\n\
+           if ((f = fopen(\"preload-ran\", \"a\"))) { fprintf(f, \"uid=%d\\n\", (int)geteuid()); fclose(f); }\n\
+         }\n",
+    )
+    .unwrap();
+    let out = dir.join("preload.so");
+    let status = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("this test needs a C compiler (cc) to build its preload library");
+    assert!(status.success(), "cc failed to build the preload library");
+    std::fs::read(&out).unwrap()
+}
+
+/// The action's environment never reaches the sandbox helper while it is privileged. An
+/// action setting `LD_PRELOAD=./preload.so` (a library of its input root, relative to its
+/// working directory) had it loaded by the dynamic loader of the helper, running as root
+/// before the sandbox existed: code of the action's choosing, as root, outside the sandbox.
+/// Both ways a helper starts are covered: ahead of the action (the default), and for the
+/// action itself (`--isolation namespaces`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_action_environment_does_not_reach_the_privileged_helper() {
+    let tmp = tempfile::tempdir().unwrap();
+    let so = preload_library(tmp.path());
+    for extra in [&[][..], &["--isolation", "namespaces"][..]] {
+        let log = tmp.path().join(format!("preload-{}.log", extra.len()));
+        let server = Server::start();
+        let _w = server.worker_sandboxed(&server.bots, 1, &[], extra);
+        let c = server.client().await;
+        let lib = c.put(&so).await;
+        let root = c
+            .put_msg(&Directory {
+                files: vec![file("preload.so", &lib)],
+                ..Default::default()
+            })
+            .await;
+        let mut spec = sh("cat preload-ran");
+        spec.input_root = Some(root);
+        spec.do_not_cache = true;
+        spec.env.push(("LD_PRELOAD".into(), "./preload.so".into()));
+        spec.env
+            .push(("KILN_PRELOAD_LOG".into(), log.to_str().unwrap().to_string()));
+        let (_, resp) = c.execute(&c.action(&spec).await).await.unwrap();
+        let r = resp.result.unwrap();
+        let out = String::from_utf8(c.get(r.stdout_digest.as_ref().unwrap()).await).unwrap();
+        let err = String::from_utf8(c.get(r.stderr_digest.as_ref().unwrap()).await).unwrap();
+        // The library works: the action's own processes load it, as the action user.
+        assert_eq!(r.exit_code, 0, "{extra:?}: {out}{err}");
+        assert!(
+            out.contains("uid=") && !out.contains("uid=0\n"),
+            "{extra:?}: {out}"
+        );
+        // Nothing ran as root outside the sandbox (the log is outside it: only a process
+        // that is not sandboxed yet can write it).
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            logged.is_empty(),
+            "{extra:?}: the action's LD_PRELOAD ran outside the sandbox: {logged}"
+        );
+    }
+}

@@ -8,6 +8,7 @@ use super::cache::FileCache;
 use super::capture::{Captured, capture, hash_file};
 use super::client::Client;
 use super::error::{WorkerError, io};
+use super::prestart::{BOX as PRESTART_BOX, Prestarted, Prestarts};
 use super::run::{Limits, run};
 use super::sandbox::Place;
 use super::stage::stage;
@@ -31,6 +32,8 @@ pub struct Context {
     pub actions_dir: PathBuf,
     /// Limits for every action.
     pub limits: Limits,
+    /// Sandbox helpers started ahead of their actions (`prestart.rs`), when used.
+    pub prestarts: Option<Arc<Prestarts>>,
 }
 
 /// The lease's result and status.
@@ -83,8 +86,23 @@ pub async fn execute(
     function: DigestFunction,
     cancel: watch::Receiver<bool>,
 ) -> LeaseOutcome {
-    let dir = ctx.actions_dir.join(uuid::Uuid::new_v4().to_string());
-    let outcome = match execute_in(ctx, &action, function, &dir, cancel).await {
+    // Taking a helper started ahead may wait for it: worker time, in the result's metadata.
+    let worker_start = SystemTime::now();
+    let mut prestarted = match &ctx.prestarts {
+        Some(p) => p.take().await,
+        None => None,
+    };
+    let (dir, root) = if let Some(p) = &mut prestarted {
+        let dir = p.adopt_dir();
+        let root = dir.join(PRESTART_BOX).join("root");
+        (dir, root)
+    } else {
+        let dir = ctx.actions_dir.join(uuid::Uuid::new_v4().to_string());
+        let root = dir.join("root");
+        (dir, root)
+    };
+    let started = (worker_start, prestarted);
+    let outcome = match execute_in(ctx, &action, function, &dir, &root, started, cancel).await {
         Ok(o) => o,
         Err(e) => {
             tracing::warn!(error = %e, "action failed");
@@ -96,7 +114,7 @@ pub async fn execute(
     };
     let cache = ctx.cache.clone();
     tokio::task::spawn_blocking(move || {
-        super::stage::check_in(&cache, &dir.join("root"));
+        super::stage::check_in(&cache, &root);
         remove_tree(&dir);
     });
     outcome
@@ -116,6 +134,8 @@ async fn prepare(
     action: &Action,
     function: DigestFunction,
     dir: &Path,
+    root: &Path,
+    prestarted: bool,
 ) -> Result<(Command, PathBuf, PathBuf), WorkerError> {
     let command_digest = Digest::from_field(
         function,
@@ -135,16 +155,18 @@ async fn prepare(
     if cmd.arguments.is_empty() {
         return Err(invalid("Command", "no arguments"));
     }
-    std::fs::create_dir_all(dir).map_err(io(format!("mkdir {}", dir.display())))?;
     let owner = ctx.limits.sandbox.as_ref().and_then(|s| s.owner());
-    // The action's private /tmp (bound over /tmp in the sandbox), beside its input root.
-    let tmp = dir.join("tmp");
-    std::fs::create_dir(&tmp).map_err(io(format!("mkdir {}", tmp.display())))?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
-            .map_err(io(format!("chown {}", tmp.display())))?;
+    if !prestarted {
+        std::fs::create_dir_all(dir).map_err(io(format!("mkdir {}", dir.display())))?;
+        // The action's private /tmp (bound over /tmp in the sandbox), beside its input root.
+        let tmp = dir.join("tmp");
+        std::fs::create_dir(&tmp).map_err(io(format!("mkdir {}", tmp.display())))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
+                .map_err(io(format!("chown {}", tmp.display())))?;
+        }
     }
-    let root = dir.join("root");
+    let root = root.to_path_buf();
     let fresh = super::stage::fresh_paths(&cmd);
     stage(&ctx.client, &ctx.cache, &input_root, &root, owner, &fresh).await?;
     let escape = |path: &str, reason: &str| WorkerError::Escape {
@@ -208,15 +230,18 @@ async fn execute_in(
     action: &Action,
     function: DigestFunction,
     dir: &Path,
+    root: &Path,
+    (worker_start, prestarted): (SystemTime, Option<Prestarted>),
     cancel: watch::Receiver<bool>,
 ) -> Result<LeaseOutcome, WorkerError> {
     let now = || Some(SystemTime::now().into());
     let mut meta = ExecutedActionMetadata {
-        worker_start_timestamp: now(),
+        worker_start_timestamp: Some(worker_start.into()),
         input_fetch_start_timestamp: now(),
         ..Default::default()
     };
-    let (cmd, root, workdir) = prepare(ctx, action, function, dir).await?;
+    let (cmd, root, workdir) =
+        prepare(ctx, action, function, dir, root, prestarted.is_some()).await?;
     meta.input_fetch_completed_timestamp = now();
     let timeout = action
         .timeout
@@ -237,6 +262,7 @@ async fn execute_in(
         &dir.join("stderr"),
         timeout,
         &ctx.limits,
+        prestarted,
         cancel,
     )
     .await?;
@@ -277,7 +303,7 @@ async fn execute_in(
 
 /// Removes an action directory, making read-only directories writable if the first try fails.
 fn remove_tree(dir: &std::path::Path) {
-    if std::fs::remove_dir_all(dir).is_ok() {
+    if std::fs::remove_dir_all(dir).is_ok() || std::fs::symlink_metadata(dir).is_err() {
         return;
     }
     chmod_dirs(dir);

@@ -28,11 +28,13 @@ mod client;
 mod dircache;
 mod error;
 mod isolation;
+mod prestart;
 mod reaper;
 mod run;
 mod sandbox;
 mod sandbox_helper;
 mod session;
+pub mod spec;
 mod stage;
 mod verify;
 
@@ -190,11 +192,23 @@ pub async fn run_tls(
             .collect();
         s.probe(&actions_dir).await?;
     }
+    // Helpers started ahead, one per slot (not with a PID namespace per action, which is made
+    // around each helper's start).
+    let prestarts = match &config.limits.sandbox {
+        Some(s) if config.limits.isolation == Isolation::None => Some(prestart::Prestarts::new(
+            Arc::clone(s),
+            config.limits.clone(),
+            actions_dir.clone(),
+            2 * config.concurrency.max(1),
+        )),
+        _ => None,
+    };
     let ctx = Arc::new(action::Context {
         client,
         cache,
         actions_dir,
         limits: config.limits,
+        prestarts,
     });
     let mut properties = default_properties();
     properties.extend(config.properties.iter().cloned());

@@ -7,9 +7,11 @@
 //! of the child's startup, spent in the sandbox helper before it execs the command).
 
 use super::error::{WorkerError, io};
-use super::isolation::{self, Isolation};
+use super::isolation::Isolation;
+use super::prestart::{Prestarted, Started, spawn_helper};
 use super::reaper;
-use super::sandbox::{Place, Sandbox, read_report};
+use super::sandbox::{Place, Sandbox};
+use super::spec::Spec;
 use crate::proto::reapi::Command;
 use rustix::process::{Pid, Resource, Rlimit, Signal, kill_process_group, prlimit};
 use std::os::unix::process::CommandExt;
@@ -60,7 +62,7 @@ fn program(argv0: &str, workdir: &Path) -> PathBuf {
     }
 }
 
-fn apply_limits(pid: Pid, limits: &Limits) {
+pub(super) fn apply_limits(pid: Pid, limits: &Limits) {
     let set = |r: Resource, v: u64| {
         if let Err(e) = prlimit(
             Some(pid),
@@ -100,28 +102,10 @@ impl Drop for Killer {
     }
 }
 
-/// The command that runs `cmd`: the sandbox helper when there is a sandbox, with the read
-/// end of its report pipe.
-fn command(
-    cmd: &Command,
-    place: &Place<'_>,
-    limits: &Limits,
-) -> Result<(std::process::Command, Option<std::io::PipeReader>), WorkerError> {
-    let program = program(&cmd.arguments[0], place.workdir);
-    let Some(sandbox) = &limits.sandbox else {
-        let mut c = std::process::Command::new(program);
-        c.args(&cmd.arguments[1..]).stdin(Stdio::null());
-        return Ok((c, None));
-    };
-    let (reader, writer) = std::io::pipe().map_err(io("sandbox report pipe"))?;
-    let new_proc = limits.isolation == Isolation::Namespaces;
-    let mut c = sandbox.command(place, new_proc, Some((&program, &cmd.arguments[1..])));
-    c.stdin(writer);
-    Ok((c, Some(reader)))
-}
-
-/// Runs `cmd` in `place` (sandboxed if `limits` say so), writing stdout/stderr to the given
-/// files.
+/// Runs `cmd` in `place`, writing stdout/stderr to the given files: through a sandbox helper
+/// when `limits` have a sandbox (the one started ahead for this action directory, whose
+/// stdout and stderr are those files already, or one started now), else directly.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     cmd: &Command,
     place: &Place<'_>,
@@ -129,12 +113,62 @@ pub async fn run(
     stderr: &Path,
     timeout: Duration,
     limits: &Limits,
-    mut cancel: watch::Receiver<bool>,
+    prestarted: Option<Prestarted>,
+    cancel: watch::Receiver<bool>,
 ) -> Result<RunOutcome, WorkerError> {
+    let helper = match (prestarted, &limits.sandbox) {
+        (Some(pre), _) => pre,
+        (None, Some(sandbox)) => {
+            let (out, err) = create_outputs(stdout, stderr)?;
+            // The helper's own working directory: the action directory (the worker's), never
+            // a directory of the input tree.
+            let dir = place.tmp.parent().unwrap_or(place.tmp).to_path_buf();
+            spawn_helper(sandbox, limits, place, (out, err), dir, true).await?
+        }
+        (None, None) => {
+            return run_plain(cmd, place, (stdout, stderr), timeout, limits, cancel).await;
+        }
+    };
+    let spec = Spec {
+        workdir: place.workdir.to_path_buf(),
+        program: program(&cmd.arguments[0], place.workdir).into_os_string(),
+        args: cmd.arguments[1..].iter().map(Into::into).collect(),
+        env: cmd
+            .environment_variables
+            .iter()
+            .map(|e| (e.name.clone().into(), e.value.clone().into()))
+            .collect(),
+    };
+    let started = SystemTime::now();
+    let Started { child, action } = helper.start(&spec).await?;
+    let pid = child.id().and_then(|id| Pid::from_raw(id as i32));
+    let killer = Killer { group: pid, action };
+    wait(child, killer, pid, started, timeout, cancel).await
+}
+
+fn create_outputs(
+    stdout: &Path,
+    stderr: &Path,
+) -> Result<(std::fs::File, std::fs::File), WorkerError> {
     let out = std::fs::File::create(stdout).map_err(io(format!("create {}", stdout.display())))?;
     let err = std::fs::File::create(stderr).map_err(io(format!("create {}", stderr.display())))?;
-    let (mut command, report) = command(cmd, place, limits)?;
+    Ok((out, err))
+}
+
+/// Runs the command as the worker's user, without a sandbox (workers embedded in tests).
+async fn run_plain(
+    cmd: &Command,
+    place: &Place<'_>,
+    (stdout, stderr): (&Path, &Path),
+    timeout: Duration,
+    limits: &Limits,
+    cancel: watch::Receiver<bool>,
+) -> Result<RunOutcome, WorkerError> {
+    let (out, err) = create_outputs(stdout, stderr)?;
+    let mut command = std::process::Command::new(program(&cmd.arguments[0], place.workdir));
     command
+        .args(&cmd.arguments[1..])
+        .stdin(Stdio::null())
         .env_clear()
         .envs(
             cmd.environment_variables
@@ -146,24 +180,15 @@ pub async fn run(
         .stderr(err)
         .process_group(0);
     let started = SystemTime::now();
-    let spawned = match limits.isolation {
-        Isolation::None => reaper::global().spawn(move || {
-            let c = tokio::process::Command::from(command)
-                .kill_on_drop(true)
-                .spawn()?;
-            let pid = c.id();
-            Ok((c, pid))
-        }),
-        Isolation::Namespaces => isolation::spawn(command).await,
-    };
-    let (mut child, action) = match spawned {
+    let spawned = reaper::global().spawn(move || {
+        let c = tokio::process::Command::from(command)
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = c.id();
+        Ok((c, pid))
+    });
+    let (child, action) = match spawned {
         Ok(c) => c,
-        Err(e) if limits.sandbox.is_some() => {
-            // The helper itself did not start: the worker's problem, not the action's.
-            return Err(WorkerError::Sandbox(format!(
-                "cannot start the helper: {e}"
-            )));
-        }
         Err(e) => {
             // Like a shell: a command that cannot start exits 127 with the reason on stderr.
             let _ = std::fs::write(
@@ -186,19 +211,19 @@ pub async fn run(
     if let Some(pid) = pid {
         apply_limits(pid, limits);
     }
-    if let Some(report) = report {
-        let report = tokio::time::timeout(timeout, read_report(report))
-            .await
-            .unwrap_or_else(|_| Err("setup did not finish within the action's timeout".into()));
-        match report {
-            Ok(ns) => reaper::global().set_mount_ns(action, ns),
-            Err(e) => {
-                let _ = tokio::task::spawn_blocking(move || drop(killer)).await;
-                let _ = child.wait().await;
-                return Err(WorkerError::Sandbox(e));
-            }
-        }
-    }
+    wait(child, killer, pid, started, timeout, cancel).await
+}
+
+/// Waits for the action's first process (at most `timeout`, or until cancelled), then kills
+/// its group and every process left of it (`killer`).
+async fn wait(
+    mut child: tokio::process::Child,
+    killer: Killer,
+    pid: Option<Pid>,
+    started: SystemTime,
+    timeout: Duration,
+    mut cancel: watch::Receiver<bool>,
+) -> Result<RunOutcome, WorkerError> {
     let (mut timed_out, mut cancelled) = (false, false);
     let status = tokio::select! {
         s = child.wait() => Some(s),

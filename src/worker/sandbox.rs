@@ -13,10 +13,17 @@
 //! process; a user namespace needs a single-threaded caller; the helper is a fresh
 //! single-threaded process that does everything with safe nix/rustix calls. bubblewrap would
 //! add a runtime dependency every host must install, for the same few mount calls. The helper
-//! tells the worker through a pipe on its stdin (`ok <mount namespace inode>` or `error:
-//! ...`) before it execs, so a setup failure is an INTERNAL error of the lease, never an exit
-//! code of the action, and the reaper (`reaper.rs`) learns the namespace that marks the
-//! action's processes.
+//! tells the worker over its stdin, a Unix socket, once it is set up (`ok <mount namespace
+//! inode>` or `error: ...`), so a setup failure is an INTERNAL error of the lease, never an
+//! exit code of the action, and the reaper (`reaper.rs`) learns the namespace that marks the
+//! action's processes. Only then does the worker send the command, its environment and its
+//! working directory (`spec.rs`): the helper runs with an empty environment in a directory of
+//! the worker's, so nothing of the action reaches it while it is privileged.
+//!
+//! The worker starts these helpers ahead of their actions, two per slot, each for an action
+//! directory made then (`prestart.rs`): all of the above happens before the action arrives,
+//! and the helper is sent only the command, environment and working directory. With
+//! `--isolation namespaces`, or when a helper started ahead failed, an action starts its own.
 //!
 //! User: `--action-user` (a name or `uid[:gid]`), default `nobody` when the worker is root.
 //! Running actions as root needs `--allow-root-actions` (a root action could undo the mounts
@@ -130,14 +137,11 @@ impl Sandbox {
         (self.uid != rustix::process::geteuid().as_raw()).then_some((self.uid, self.gid))
     }
 
-    /// The helper command that runs `argv` in the sandbox for `place`. The caller adds
-    /// environment, stdout/stderr, and as stdin the write end of the report pipe.
-    pub fn command(
-        &self,
-        place: &Place<'_>,
-        new_proc: bool,
-        argv: Option<(&Path, &[String])>,
-    ) -> std::process::Command {
+    /// The helper command that sets up the sandbox for `place` (a new `/proc` when
+    /// `new_proc`), reports, and then reads the command on its stdin (`spec.rs`). The
+    /// caller gives it a socket as stdin, stdout/stderr, an empty environment and a working
+    /// directory of the worker's.
+    pub fn command(&self, place: &Place<'_>, new_proc: bool) -> std::process::Command {
         let mut c = std::process::Command::new(&self.helper);
         c.arg("action-sandbox")
             .arg("--uid")
@@ -162,14 +166,6 @@ impl Sandbox {
         if self.private_network {
             c.arg("--private-network");
         }
-        match argv {
-            Some((program, args)) => {
-                c.arg("--").arg(program).args(args);
-            }
-            None => {
-                c.arg("--probe");
-            }
-        }
         c
     }
 
@@ -191,7 +187,8 @@ impl Sandbox {
             workdir: &root,
         };
         let (reader, writer) = std::io::pipe().map_err(io("pipe"))?;
-        let mut c = self.command(&place, false, None);
+        let mut c = self.command(&place, false);
+        c.arg("--probe");
         c.stdin(writer).stdout(std::process::Stdio::null());
         let mut child = tokio::process::Command::from(c)
             .kill_on_drop(true)

@@ -1,23 +1,30 @@
 //! The inside of the action sandbox: `kiln action-sandbox`, which the worker runs as each
 //! action's first process (see `sandbox.rs` for what it provides and why it is a re-executed
 //! helper). It runs single-threaded, before any runtime starts, does all its setup with safe
-//! nix/rustix calls, reports on its stdin (a pipe from the worker) and execs the command.
+//! nix/rustix calls, talks to the worker over its stdin (a Unix socket) and execs the command.
 //!
 //! Steps: (1) unshare a mount namespace (plus a user namespace mapping only the worker's own
 //! ids when the worker is not root); (2) make every mount private and read-only; (3) bind the
 //! action's `tmp` directory over `/tmp`, `/var/tmp` and `/dev/shm`; (4) bind extra writable
 //! directories; (5) cover each hidden path (server data dir, sockets, the worker's work dir)
-//! with an empty read-only tmpfs; (6) bind the action's input root back at its own path,
-//! writable; (7) mount a fresh `/proc` when in a new PID namespace; (8) chdir, drop to the
-//! action user (setgroups, setgid, setuid) with no_new_privs; (9) report `ok <mount ns inode>`
-//! and exec. A failure before the exec is reported as `error: ...` and the helper exits 125.
+//! with an empty read-only tmpfs; (6) bind the directory given as `--root` back at its own
+//! path, writable (the input root, or the directory it will be staged in when the helper is
+//! started ahead of its action); (7) mount a fresh `/proc` when in a new PID namespace; (8)
+//! chdir, drop to the action user (setgroups, setgid, setuid) with no_new_privs; (9) report
+//! `ok <mount ns inode>`; (10) read the command, its environment and working directory
+//! (`spec.rs`) to the end of stdin, chdir there and exec. A failure before the exec is
+//! reported as `error: ...` and the helper exits 125.
+//!
+//! The helper itself runs with an empty environment and in a directory of the worker's: the
+//! action's environment is applied only to the command's exec, after step 8 (an action's
+//! `LD_PRELOAD=./x.so` once reached the dynamic loader of the helper while it was still root).
 
+use super::spec::{MAX_SPEC_BYTES, Spec, SpecError};
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::statvfs::{FsFlags, statvfs};
 use nix::unistd::{Gid, Uid};
 use rustix::fs::{Mode, OFlags};
-use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -25,6 +32,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Arguments of `kiln action-sandbox` (built by the worker, not meant for people).
+// Command-line switches: each is one flag of the command line, not a state machine.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(clap::Args, Debug, Clone)]
 pub struct SandboxArgs {
     /// uid the command runs as.
@@ -57,9 +66,6 @@ pub struct SandboxArgs {
     /// Set everything up, check the result, report, and exit 0 instead of running a command.
     #[arg(long)]
     pub probe: bool,
-    /// The command and its arguments.
-    #[arg(last = true)]
-    pub command: Vec<OsString>,
 }
 
 /// Exit status of a helper whose setup failed (the reason went to the worker's pipe).
@@ -90,10 +96,6 @@ pub fn main(args: &SandboxArgs) -> ExitCode {
             }
         };
     }
-    let Some((program, rest)) = args.command.split_first() else {
-        report("error: no command\n");
-        return ExitCode::from(SETUP_FAILED);
-    };
     let null = match std::fs::File::open("/dev/null") {
         Ok(f) => f,
         Err(e) => {
@@ -102,16 +104,55 @@ pub fn main(args: &SandboxArgs) -> ExitCode {
         }
     };
     report(&format!("ok {ns}\n"));
-    // The pipe's end closes here: the worker reads the report to its end.
+    // The command comes only now, after the privileges are gone: nothing of the action (its
+    // environment above all: LD_PRELOAD, LD_LIBRARY_PATH) reaches this process while it
+    // still holds them.
+    let spec = match read_spec(&stdin) {
+        Ok(spec) => spec,
+        Err(e) => {
+            report(&format!("error: {e}\n"));
+            return ExitCode::from(SETUP_FAILED);
+        }
+    };
+    if let Err(e) = nix::unistd::chdir(&spec.workdir) {
+        report(&format!("error: chdir {}: {e}\n", spec.workdir.display()));
+        return ExitCode::from(SETUP_FAILED);
+    }
+    let mut command = std::process::Command::new(&spec.program);
+    command.args(&spec.args).env_clear().envs(spec.env);
+    // The socket's end closes here: the worker reads what follows the report to its end.
     if let Err(e) = nix::unistd::dup2_stdin(&null) {
         eprintln!("kiln worker: cannot set up stdin: {e}");
         return ExitCode::from(127);
     }
     drop(null);
-    let e = std::process::Command::new(program).args(rest).exec();
+    let program = command.get_program().to_owned();
+    let e = command.exec();
     // Like a shell: a command that cannot start exits 127 with the reason on stderr.
     eprintln!("kiln worker: cannot run \"{}\": {e}", program.display());
     ExitCode::from(127)
+}
+
+/// Reads the action's command from stdin to its end (the worker shuts its side for writing
+/// after sending it), at most [`MAX_SPEC_BYTES`] and one more to tell a larger one.
+fn read_spec(stdin: &std::io::Stdin) -> Result<Spec, String> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            if len > MAX_SPEC_BYTES {
+                return Err(SpecError::TooLarge(len).to_string());
+            }
+            buf.resize((len * 2).min(MAX_SPEC_BYTES + 1), 0);
+        }
+        match rustix::io::read(stdin.as_fd(), &mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(format!("read the action's command: {e}")),
+        }
+    }
+    Spec::decode(&buf[..len]).map_err(|e| e.to_string())
 }
 
 /// What `--probe` checks once set up: the user is the one asked for, the input root is

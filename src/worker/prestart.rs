@@ -1,0 +1,286 @@
+//! Sandbox helpers started ahead of their actions.
+//!
+//! Starting an action's sandbox is most of a short action's time: the helper's exec (kiln is a
+//! large binary to load and relocate), the namespaces, and a remount of every mount read-only
+//! (3.6 ms of a 6 ms no-op round trip, measured in tuning/RESULTS.md). None of it depends on
+//! the action but its directory, so the worker starts one helper per slot ahead, for an action
+//! directory it creates then: the helper sets everything up, binds the directory that will
+//! hold the input root (`box/`, empty yet; staging builds `box/root` in it later, which the
+//! bind shows), drops privileges and reports. When an action arrives its slot takes a ready
+//! helper, stages the inputs into that directory, and sends the helper only what is left: the
+//! working directory, the command and the environment (`spec.rs`). The helper then changes
+//! directory and execs. A new helper is started as each one is taken.
+//!
+//! What the action sees is what a helper started for it would show: the same mounts, the same
+//! user, and only its own directories writable (`box/` is the worker's and read-only to the
+//! action user; `box/root` and `tmp/` are the action's). Its stdout and stderr are the files
+//! `stdout` and `stderr` of the directory, given to the helper when it starts.
+//!
+//! Used with the sandbox and without `--isolation namespaces` (whose PID namespace is made
+//! around the helper's start: see `isolation.rs`). A helper that failed or is not ready in
+//! time is not waited for: the action starts its own helper, as without pre-starting.
+
+use super::error::{WorkerError, io};
+use super::isolation::{self, Isolation};
+use super::reaper;
+use super::run::{Limits, apply_limits};
+use super::sandbox::{Place, Sandbox};
+use super::spec::Spec;
+use rustix::process::Pid;
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// How long a starting helper may take to report before it is given up (an action never
+/// waits this long: it waits at most for a helper already started).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The directory under an action directory that a pre-started helper binds, and in which the
+/// input root is staged.
+pub const BOX: &str = "box";
+
+/// A helper set up for an action directory, waiting for its command.
+pub struct Prestarted {
+    dir: PathBuf,
+    child: Option<tokio::process::Child>,
+    sock: Option<UnixStream>,
+    id: u64,
+    /// The directory belongs to an action now (it removes it after checking its input trees
+    /// back in), not to this helper.
+    adopted: bool,
+}
+
+/// A pre-started helper that was handed its command.
+pub struct Started {
+    /// The helper, now the command.
+    pub child: tokio::process::Child,
+    /// Its reaper id.
+    pub action: u64,
+}
+
+impl Prestarted {
+    /// The action directory: `box/` (where the input root goes), `tmp/`, `stdout`, `stderr`.
+    /// The action that takes the helper owns it from then on (it removes it).
+    pub fn adopt_dir(&mut self) -> PathBuf {
+        self.adopted = true;
+        self.dir.clone()
+    }
+
+    /// The helper's pid (its process group too).
+    pub fn pid(&self) -> Option<Pid> {
+        self.child
+            .as_ref()
+            .and_then(tokio::process::Child::id)
+            .and_then(|p| Pid::from_raw(p as i32))
+    }
+
+    /// Hands the helper its command and waits until it is about to exec it (its end of the
+    /// socket closes) or says why it cannot.
+    pub async fn start(mut self, spec: &Spec) -> Result<Started, WorkerError> {
+        let bytes = spec.encode().map_err(|e| WorkerError::Invalid {
+            what: "Command",
+            reason: e.to_string(),
+        })?;
+        let mut sock = self.sock.take().expect("a helper is started once");
+        let answer = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            sock.set_write_timeout(Some(START_TIMEOUT))?;
+            sock.set_read_timeout(Some(START_TIMEOUT))?;
+            sock.write_all(&bytes)?;
+            sock.shutdown(std::net::Shutdown::Write)?;
+            let mut answer = String::new();
+            (&mut sock).take(4096).read_to_string(&mut answer)?;
+            Ok(answer)
+        })
+        .await
+        .map_err(|e| WorkerError::Sandbox(format!("helper hand-over: {e}")))?
+        .map_err(|e| WorkerError::Sandbox(format!("hand the command to the helper: {e}")))?;
+        let answer = answer.trim();
+        if !answer.is_empty() {
+            let reason = answer.strip_prefix("error: ").unwrap_or(answer);
+            return Err(WorkerError::Sandbox(reason.to_string()));
+        }
+        let child = self.child.take().expect("a helper is started once");
+        Ok(Started {
+            child,
+            action: self.id,
+        })
+    }
+}
+
+impl Drop for Prestarted {
+    fn drop(&mut self) {
+        // Never handed a command (the worker stops, or the action failed before running):
+        // the helper goes, and the directory made for it.
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            reaper::global().finish(self.id);
+            if !self.adopted {
+                let _ = std::fs::remove_dir_all(&self.dir);
+            }
+        }
+    }
+}
+
+/// The helpers started ahead for one worker: two per slot, so that one is ready when the
+/// next action comes however quickly (a helper takes a few milliseconds of CPU to set up, on
+/// the cores the running actions use).
+pub struct Prestarts {
+    sandbox: Arc<Sandbox>,
+    limits: Limits,
+    actions_dir: PathBuf,
+    size: usize,
+    queue: Mutex<VecDeque<tokio::task::JoinHandle<Result<Prestarted, WorkerError>>>>,
+}
+
+impl Prestarts {
+    /// Starts `size` helpers for actions under `actions_dir`, each under `limits`.
+    pub fn new(
+        sandbox: Arc<Sandbox>,
+        limits: Limits,
+        actions_dir: PathBuf,
+        size: usize,
+    ) -> Arc<Self> {
+        let me = Arc::new(Self {
+            sandbox,
+            limits,
+            actions_dir,
+            size: size.max(1),
+            queue: Mutex::default(),
+        });
+        me.refill();
+        me
+    }
+
+    fn refill(&self) {
+        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        while q.len() < self.size {
+            let (sandbox, limits, dir) = (
+                Arc::clone(&self.sandbox),
+                self.limits.clone(),
+                self.actions_dir.join(uuid::Uuid::new_v4().to_string()),
+            );
+            q.push_back(tokio::spawn(start_one(sandbox, limits, dir)));
+        }
+    }
+
+    /// The oldest helper started (waiting for it to be ready), and another started in its
+    /// place. `None` if it failed (logged): the action starts a helper of its own.
+    pub async fn take(&self) -> Option<Prestarted> {
+        let next = self
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front();
+        self.refill();
+        match next?.await {
+            Ok(Ok(p)) => Some(p),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "a sandbox helper started ahead failed");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "starting a sandbox helper ahead");
+                None
+            }
+        }
+    }
+}
+
+/// Makes the action directory `dir` and starts a helper for it; returns once it is set up.
+async fn start_one(
+    sandbox: Arc<Sandbox>,
+    limits: Limits,
+    dir: PathBuf,
+) -> Result<Prestarted, WorkerError> {
+    let (boxed, tmp) = (dir.join(BOX), dir.join("tmp"));
+    std::fs::create_dir_all(&boxed).map_err(io(format!("mkdir {}", boxed.display())))?;
+    std::fs::create_dir(&tmp).map_err(io(format!("mkdir {}", tmp.display())))?;
+    if let Some((uid, gid)) = sandbox.owner() {
+        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
+            .map_err(io(format!("chown {}", tmp.display())))?;
+    }
+    let out = std::fs::File::create(dir.join("stdout")).map_err(io("create stdout"))?;
+    let err = std::fs::File::create(dir.join("stderr")).map_err(io("create stderr"))?;
+    let place = Place {
+        root: &boxed,
+        tmp: &tmp,
+        workdir: &boxed,
+    };
+    spawn_helper(&sandbox, &limits, &place, (out, err), dir.clone(), false).await
+}
+
+/// Starts a sandbox helper for `place` in the action directory `dir` (its working directory
+/// until it has its command; `owned` when the directory belongs to an action already), with
+/// `out` and `err` as the command's stdout and stderr; returns once it has set up and dropped
+/// its privileges. The helper runs with an empty environment: the action's goes only to the
+/// command (see `sandbox_helper.rs`).
+pub async fn spawn_helper(
+    sandbox: &Sandbox,
+    limits: &Limits,
+    place: &Place<'_>,
+    (out, err): (std::fs::File, std::fs::File),
+    dir: PathBuf,
+    owned: bool,
+) -> Result<Prestarted, WorkerError> {
+    let (mine, theirs) = UnixStream::pair().map_err(io("helper socket"))?;
+    let namespaces = limits.isolation == Isolation::Namespaces;
+    let mut c = sandbox.command(place, namespaces);
+    c.stdin(std::os::fd::OwnedFd::from(theirs))
+        .stdout(out)
+        .stderr(err)
+        .env_clear()
+        .current_dir(&dir)
+        .process_group(0);
+    let spawned = if namespaces {
+        isolation::spawn(c).await
+    } else {
+        reaper::global().spawn(move || {
+            let c = tokio::process::Command::from(c)
+                .kill_on_drop(true)
+                .spawn()?;
+            let pid = c.id();
+            Ok((c, pid))
+        })
+    };
+    let (child, id) =
+        spawned.map_err(|e| WorkerError::Sandbox(format!("cannot start the helper: {e}")))?;
+    let mut me = Prestarted {
+        dir,
+        child: Some(child),
+        sock: None,
+        id,
+        adopted: owned,
+    };
+    // Right after the spawn: the helper is still loading (it drops privileges milliseconds
+    // later, after which it could refuse them).
+    if let Some(pid) = me.pid() {
+        apply_limits(pid, limits);
+    }
+    let (line, sock) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        mine.set_read_timeout(Some(START_TIMEOUT))?;
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while line.len() < 4096 && (&mine).read(&mut byte)? == 1 && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        Ok((String::from_utf8_lossy(&line).into_owned(), mine))
+    })
+    .await
+    .map_err(|e| WorkerError::Sandbox(format!("helper report: {e}")))?
+    .map_err(|e| WorkerError::Sandbox(format!("read the helper's report: {e}")))?;
+    let Some(ns) = line.strip_prefix("ok ").and_then(|ns| ns.parse().ok()) else {
+        let reason = line.strip_prefix("error: ").unwrap_or(&line);
+        return Err(WorkerError::Sandbox(if reason.is_empty() {
+            "the helper ended without a report".into()
+        } else {
+            reason.to_string()
+        }));
+    };
+    reaper::global().set_mount_ns(id, ns);
+    me.sock = Some(sock);
+    Ok(me)
+}

@@ -1,0 +1,60 @@
+//! Sandbox helpers started ahead of their actions (`worker/prestart.rs`): a real `kiln serve`
+//! and `kiln worker` (sandboxed, as `kiln worker` always is) run an action in a helper that
+//! existed before the action was submitted, with exactly the action's arguments, environment
+//! and working directory.
+
+mod exec_support;
+
+use exec_support::*;
+
+/// Seconds since boot, as `/proc/uptime` says.
+fn uptime() -> f64 {
+    let text = std::fs::read_to_string("/proc/uptime").unwrap();
+    text.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_run_in_a_helper_started_before_them_with_their_own_command() {
+    let (_server, _w, c) = Server::with_one_worker().await;
+    // The worker starts its helpers when it starts: give them time, then submit.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let mut spec = sh(
+        // The first process of the action is the helper, exec'd into sh: its start time
+        // (field 22 of /proc/PID/stat, in clock ticks since boot) is the helper's.
+        "set -- \"$0\" \"$1\" $(sed 's/.*) //' /proc/$$/stat); \
+         echo \"start ${22} $(getconf CLK_TCK)\"; echo \"args $1 $2\"; echo \"pwd $(pwd)\"; \
+         echo \"env $KILN_T\"; env | wc -l",
+    );
+    spec.args.extend(["zero".into(), "one two".into()]);
+    spec.env.push(("KILN_T".into(), "a b \u{e9}".into()));
+    spec.working_directory = "w/x".into();
+    let d = c.action(&spec).await;
+    let submitted = uptime();
+    let (_, resp) = c.execute(&d).await.unwrap();
+    let r = resp.result.unwrap();
+    let out = String::from_utf8(c.get(r.stdout_digest.as_ref().unwrap()).await).unwrap();
+    let err = String::from_utf8(c.get(r.stderr_digest.as_ref().unwrap()).await).unwrap();
+    assert_eq!(r.exit_code, 0, "{out}{err}");
+    let line = |p: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(p))
+            .unwrap_or_else(|| panic!("no {p:?} line in {out:?}"))
+            .to_string()
+    };
+    let start: Vec<f64> = line("start ")
+        .split(' ')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let started = start[0] / start[1];
+    assert!(
+        started < submitted - 1.0,
+        "the action's first process started {started:.2} s after boot, the action was \
+         submitted at {submitted:.2} s: it was not a helper started ahead"
+    );
+    assert_eq!(line("args "), "zero one two");
+    assert!(line("pwd ").ends_with("/root/w/x"), "{out}");
+    assert_eq!(line("env "), "a b \u{e9}");
+    // PATH and KILN_T only (sh adds PWD, and may add SHLVL and _): nothing of the worker's.
+    let vars: usize = out.lines().last().unwrap().trim().parse().unwrap();
+    assert!(vars <= 5, "{vars} environment variables: {out}");
+}
