@@ -16,9 +16,10 @@
 //! action user; `box/root` and `tmp/` are the action's). Its stdout and stderr are the files
 //! `stdout` and `stderr` of the directory, given to the helper when it starts.
 //!
-//! Used with the sandbox and without `--isolation namespaces` (whose PID namespace is made
-//! around the helper's start: see `isolation.rs`). A helper that failed or is not ready in
-//! time is not waited for: the action starts its own helper, as without pre-starting.
+//! Used with the sandbox and without `--isolation namespaces` (there each action starts its
+//! own helper, in the namespaces made for it: `isolation.rs`). An action waits for a helper
+//! still setting up (it started earlier than a new one would); one that failed is logged and
+//! the action starts its own (`spawn_helper`, also what every helper is started with).
 
 use super::error::{WorkerError, io};
 use super::isolation::{self, Isolation};
