@@ -1,7 +1,7 @@
 //! Sandbox helpers started ahead of their actions (`worker/prestart.rs`): a real `kiln serve`
 //! and `kiln worker` (sandboxed, as `kiln worker` always is) run an action in a helper that
 //! existed before the action was submitted, with exactly the action's arguments, environment
-//! and working directory.
+//! and working directory, and a co-located worker reads the action's Command from the store.
 
 mod exec_support;
 
@@ -15,7 +15,7 @@ fn uptime() -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actions_run_in_a_helper_started_before_them_with_their_own_command() {
-    let (_server, _w, c) = Server::with_one_worker().await;
+    let (server, _w, c) = Server::with_one_worker().await;
     // The worker starts its helpers when it starts: give them time, then submit.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let mut spec = sh(
@@ -31,6 +31,13 @@ async fn actions_run_in_a_helper_started_before_them_with_their_own_command() {
     let d = c.action(&spec).await;
     let submitted = uptime();
     let (_, resp) = c.execute(&d).await.unwrap();
+    // The worker is co-located (it found the server's data dir from its socket): the Action,
+    // the Command, the input root and the files came from the server's store, none over gRPC
+    // (read before this test's own reads of stdout and stderr).
+    let batch_read =
+        r#"kiln_grpc_requests_total{method="ContentAddressableStorage/BatchReadBlobs",code="OK"}"#;
+    let calls = server.metric(batch_read).await;
+    assert!(calls < 0.5, "{calls} BatchReadBlobs calls");
     let r = resp.result.unwrap();
     let out = String::from_utf8(c.get(r.stdout_digest.as_ref().unwrap()).await).unwrap();
     let err = String::from_utf8(c.get(r.stderr_digest.as_ref().unwrap()).await).unwrap();

@@ -147,7 +147,7 @@ async fn prepare(
         action.input_root_digest.as_ref(),
         "Action.input_root_digest",
     )?;
-    let mut blobs = ctx.client.batch_read(&[command_digest]).await?;
+    let mut blobs = ctx.cache.messages(&ctx.client, &[command_digest]).await?;
     let bytes = blobs
         .remove(&command_digest)
         .ok_or(WorkerError::MissingInput(command_digest))?;

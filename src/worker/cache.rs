@@ -21,6 +21,7 @@ use crate::cas::local::LocalReader;
 use crate::cas::walk::TreeWalk;
 use crate::digest::{Digest, DigestFunction};
 use crate::proto::reapi::Directory;
+use bytes::Bytes;
 use prost::Message;
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
@@ -31,7 +32,8 @@ use std::sync::{Arc, Mutex};
 /// Directory protos kept in memory at most; past this the map is cleared.
 const MAX_DIRS: usize = 200_000;
 
-/// Largest Directory proto read from the co-located store (larger ones come over gRPC).
+/// Largest Directory or Command proto read from the co-located store (larger ones come over
+/// gRPC).
 const LOCAL_DIR_MAX: u64 = 16 << 20;
 
 /// One cached file: its size, when a staging last wanted it, and how many stagings in
@@ -449,6 +451,25 @@ impl FileCache {
         want.retain(|d| !done.contains(d));
         self.from_store
             .fetch_add(done.len() as u64, Ordering::Relaxed);
+        Ok(got)
+    }
+
+    /// Small blobs the worker decodes (an action's Command), verified: from the co-located
+    /// store where it holds them (no round trip to the server), the rest over gRPC.
+    pub async fn messages(
+        &self,
+        client: &Client,
+        digests: &[Digest],
+    ) -> Result<HashMap<Digest, Bytes>, WorkerError> {
+        let mut want = digests.to_vec();
+        let mut got: HashMap<Digest, Bytes> = self
+            .take_from_store(&mut want, |store, d, _| store.read(d, LOCAL_DIR_MAX))
+            .await?
+            .into_iter()
+            .collect();
+        if !want.is_empty() {
+            got.extend(client.batch_read(&want).await?);
+        }
         Ok(got)
     }
 

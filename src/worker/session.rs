@@ -129,8 +129,8 @@ async fn action_of(
             let d = reapi::Digest::decode(any.value.as_slice()).map_err(bad)?;
             let d = Digest::from_proto(function, &d)?;
             let bytes = ctx
-                .client
-                .batch_read(&[d])
+                .cache
+                .messages(&ctx.client, &[d])
                 .await?
                 .remove(&d)
                 .ok_or(WorkerError::MissingInput(d))?;
