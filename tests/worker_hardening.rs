@@ -380,3 +380,90 @@ async fn the_action_environment_does_not_reach_the_privileged_helper() {
         );
     }
 }
+
+/// Threads (not processes: a process whose main thread exited shows as a zombie) whose
+/// command line holds `marker` and that are not zombies.
+fn live_threads_with(marker: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        if p.file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+            .is_none()
+        {
+            continue;
+        }
+        let Ok(tasks) = std::fs::read_dir(p.path().join("task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(')')
+                .is_none_or(|(_, r)| r.trim_start().starts_with('Z'));
+            let cmdline = std::fs::read(t.path().join("cmdline")).unwrap_or_default();
+            if !zombie && String::from_utf8_lossy(&cmdline).contains(marker) {
+                out.push(t.path().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// A process whose main thread has exited shows as a zombie in `/proc` while its other
+/// threads run on. The sweep took it for one and never killed it: orphaned out of its session
+/// that way, it outlived its action (and every later sweep waited for it to go).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_whose_main_thread_exited_dies_with_its_action() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("zl.c");
+    std::fs::write(
+        &src,
+        "#include <pthread.h>\n#include <unistd.h>\n\
+         static void *sleeper(void *a) { for (;;) pause(); return a; }\n\
+         int main(void) {\n\
+           if (fork() == 0) { setsid(); pthread_t t; pthread_create(&t, 0, sleeper, 0); pthread_exit(0); }\n\
+           return 0;\n\
+         }\n",
+    )
+    .unwrap();
+    let bin = tmp.path().join("zl");
+    let status = std::process::Command::new("cc")
+        .args(["-pthread", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .expect("this test needs a C compiler (cc)");
+    assert!(status.success(), "cc failed");
+    let server = Server::start();
+    let _w = server.worker_sandboxed(&server.bots, 1, &[], &[]);
+    let c = server.client().await;
+    let exe = c.put(&std::fs::read(&bin).unwrap()).await;
+    let root = c
+        .put_msg(&Directory {
+            files: vec![FileNode {
+                is_executable: true,
+                ..file("zl", &exe)
+            }],
+            ..Default::default()
+        })
+        .await;
+    let marker = format!("zl-marker-{}", uuid::Uuid::new_v4().simple());
+    let (code, msg, out) = run_in(&c, &format!("./zl {marker}; echo started"), root).await;
+    let mut left = Vec::new();
+    wait::holds_within(std::time::Duration::from_secs(10), || {
+        left = live_threads_with(&marker);
+        left.is_empty()
+    });
+    for t in &left {
+        // `/proc/PID/task/TID`: the process goes with all its threads.
+        if let Some(pid) = t.split('/').nth(2) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", pid])
+                .status();
+        }
+    }
+    assert_eq!(code, tonic::Code::Ok, "{msg}");
+    assert_eq!(out.trim(), "started");
+    assert!(left.is_empty(), "threads {left:?} outlived their action");
+}

@@ -90,6 +90,17 @@ pub fn capture(
     root: &Path,
 ) -> Result<Captured, WorkerError> {
     let mut c = Captured::default();
+    // The input root itself must still be the directory staged (an action able to write its
+    // parent could have put a symlink there, to make this read the worker's files).
+    match std::fs::symlink_metadata(root) {
+        Ok(m) if m.file_type().is_dir() => {}
+        _ => {
+            return Err(WorkerError::Escape {
+                path: String::new(),
+                reason: "the input root is no longer a directory".into(),
+            });
+        }
+    }
     let wd = &cmd.working_directory;
     let declared: Vec<(&String, Option<bool>)> = if cmd.output_paths.is_empty() {
         cmd.output_files
@@ -246,7 +257,33 @@ fn dir_tree(
 
 #[cfg(test)]
 mod tests {
-    use super::check_symlink;
+    use super::{capture, check_symlink};
+    use crate::digest::DigestFunction;
+    use crate::proto::reapi::Command;
+
+    /// An input root replaced by a symlink (to files of the worker's) is refused, not read.
+    #[test]
+    fn an_input_root_that_is_a_symlink_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let secret = t.path().join("worker-files");
+        std::fs::create_dir(&secret).unwrap();
+        std::fs::write(secret.join("out"), b"the worker's").unwrap();
+        let root = t.path().join("root");
+        std::os::unix::fs::symlink(&secret, &root).unwrap();
+        let cmd = Command {
+            output_paths: vec!["out".into()],
+            ..Default::default()
+        };
+        let e = capture(DigestFunction::Sha256, &cmd, &root)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("input root"), "{e}");
+        // The same tree as a real directory is read.
+        std::fs::remove_file(&root).unwrap();
+        std::fs::rename(&secret, &root).unwrap();
+        let c = capture(DigestFunction::Sha256, &cmd, &root).expect("captured");
+        assert_eq!(c.result.output_files.len(), 1);
+    }
 
     #[test]
     fn symlinks_must_stay_inside() {

@@ -192,15 +192,18 @@ pub async fn run_tls(
             .collect();
         s.probe(&actions_dir).await?;
     }
-    // Helpers started ahead, one per slot (not with a PID namespace per action, which is made
-    // around each helper's start).
+    // Helpers started ahead, two per slot: not with a PID namespace per action (made around
+    // each helper's start), nor when actions run as the worker's own user (they could change
+    // the directory their input root is staged in).
     let prestarts = match &config.limits.sandbox {
-        Some(s) if config.limits.isolation == Isolation::None => Some(prestart::Prestarts::new(
-            Arc::clone(s),
-            config.limits.clone(),
-            actions_dir.clone(),
-            2 * config.concurrency.max(1),
-        )),
+        Some(s) if config.limits.isolation == Isolation::None && s.owner().is_some() => {
+            Some(prestart::Prestarts::new(
+                Arc::clone(s),
+                config.limits.clone(),
+                actions_dir.clone(),
+                2 * config.concurrency.max(1),
+            ))
+        }
         _ => None,
     };
     let ctx = Arc::new(action::Context {

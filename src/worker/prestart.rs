@@ -34,11 +34,20 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a starting helper may take to report before it is given up (an action never
 /// waits this long: it waits at most for a helper already started).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a helper started ahead may wait for its action. Its mounts and hidden directories
+/// are those of its start (a directory to hide made later, or a mount removed meanwhile, is
+/// not seen): an older one is dropped and the action starts its own.
+const MAX_IDLE: Duration = Duration::from_secs(30);
+
+/// How long a helper has to take its command before the action gives up on it (it reads it
+/// at once; one that does not was stopped or is gone) and starts a helper of its own.
+const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The directory under an action directory that a pre-started helper binds, and in which the
 /// input root is staged.
@@ -53,6 +62,8 @@ pub struct Prestarted {
     /// The directory belongs to an action now (it removes it after checking its input trees
     /// back in), not to this helper.
     adopted: bool,
+    /// When it was started: an idle helper's view of the mounts ages (see [`MAX_IDLE`]).
+    born: Instant,
 }
 
 /// A pre-started helper that was handed its command.
@@ -88,8 +99,8 @@ impl Prestarted {
         })?;
         let mut sock = self.sock.take().expect("a helper is started once");
         let answer = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-            sock.set_write_timeout(Some(START_TIMEOUT))?;
-            sock.set_read_timeout(Some(START_TIMEOUT))?;
+            sock.set_write_timeout(Some(HAND_OVER_TIMEOUT))?;
+            sock.set_read_timeout(Some(HAND_OVER_TIMEOUT))?;
             sock.write_all(&bytes)?;
             sock.shutdown(std::net::Shutdown::Write)?;
             let mut answer = String::new();
@@ -114,13 +125,22 @@ impl Prestarted {
 
 impl Drop for Prestarted {
     fn drop(&mut self) {
-        // Never handed a command (the worker stops, or the action failed before running):
-        // the helper goes, and the directory made for it.
+        // Never handed a command (the worker stops, the action failed before running, or the
+        // helper is too old): the helper goes, and the directory made for it. The sweep and
+        // the removal block: on a blocking thread when there is a runtime.
         if let Some(mut child) = self.child.take() {
             let _ = child.start_kill();
-            reaper::global().finish(self.id);
-            if !self.adopted {
-                let _ = std::fs::remove_dir_all(&self.dir);
+            let (id, dir, adopted) = (self.id, self.dir.clone(), self.adopted);
+            let clean = move || {
+                reaper::global().finish(id);
+                drop(child);
+                if !adopted {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(clean)),
+                Err(_) => clean(),
             }
         }
     }
@@ -169,7 +189,8 @@ impl Prestarts {
     }
 
     /// The oldest helper started (waiting for it to be ready), and another started in its
-    /// place. `None` if it failed (logged): the action starts a helper of its own.
+    /// place. `None` if it failed (logged), has exited, or waited longer than [`MAX_IDLE`]:
+    /// the action starts a helper of its own.
     pub async fn take(&self) -> Option<Prestarted> {
         let next = self
             .queue
@@ -177,17 +198,22 @@ impl Prestarts {
             .unwrap_or_else(PoisonError::into_inner)
             .pop_front();
         self.refill();
-        match next?.await {
-            Ok(Ok(p)) => Some(p),
+        let mut p = match next?.await {
+            Ok(Ok(p)) => p,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "a sandbox helper started ahead failed");
-                None
+                return None;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "starting a sandbox helper ahead");
-                None
+                return None;
             }
-        }
+        };
+        let alive = p
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        (alive && p.born.elapsed() < MAX_IDLE).then_some(p)
     }
 }
 
@@ -197,8 +223,39 @@ async fn start_one(
     limits: Limits,
     dir: PathBuf,
 ) -> Result<Prestarted, WorkerError> {
+    let made = make_dir(&sandbox, &dir);
+    let started = match made {
+        Ok((out, err)) => {
+            let (boxed, tmp) = (dir.join(BOX), dir.join("tmp"));
+            let place = Place {
+                root: &boxed,
+                tmp: &tmp,
+                workdir: &boxed,
+            };
+            spawn_helper(&sandbox, &limits, &place, (out, err), dir.clone(), false).await
+        }
+        Err(e) => Err(e),
+    };
+    if started.is_err() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    started
+}
+
+/// The action directory of a helper started ahead: `box/` (the worker's, mode 0755 whatever
+/// the umask: the action user must not be able to replace the input root staged in it),
+/// `tmp/` (the action user's) and the stdout and stderr files.
+fn make_dir(
+    sandbox: &Sandbox,
+    dir: &std::path::Path,
+) -> Result<(std::fs::File, std::fs::File), WorkerError> {
+    use std::os::unix::fs::PermissionsExt;
     let (boxed, tmp) = (dir.join(BOX), dir.join("tmp"));
     std::fs::create_dir_all(&boxed).map_err(io(format!("mkdir {}", boxed.display())))?;
+    for d in [dir, boxed.as_path()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
+            .map_err(io(format!("chmod {}", d.display())))?;
+    }
     std::fs::create_dir(&tmp).map_err(io(format!("mkdir {}", tmp.display())))?;
     if let Some((uid, gid)) = sandbox.owner() {
         std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
@@ -206,12 +263,7 @@ async fn start_one(
     }
     let out = std::fs::File::create(dir.join("stdout")).map_err(io("create stdout"))?;
     let err = std::fs::File::create(dir.join("stderr")).map_err(io("create stderr"))?;
-    let place = Place {
-        root: &boxed,
-        tmp: &tmp,
-        workdir: &boxed,
-    };
-    spawn_helper(&sandbox, &limits, &place, (out, err), dir.clone(), false).await
+    Ok((out, err))
 }
 
 /// Starts a sandbox helper for `place` in the action directory `dir` (its working directory
@@ -255,6 +307,7 @@ pub async fn spawn_helper(
         sock: None,
         id,
         adopted: owned,
+        born: Instant::now(),
     };
     // Right after the spawn: the helper is still loading (it drops privileges milliseconds
     // later, after which it could refuse them).

@@ -92,22 +92,30 @@ fn all_procs() -> Vec<Proc> {
 /// The children of every thread of `pid`, from the `children` files of `/proc`; `None` where
 /// the kernel has none (built without `CONFIG_PROC_CHILDREN`) or `pid` is gone.
 fn children_of(pid: i32) -> Option<Vec<i32>> {
+    use std::io::Read;
     let mut out = Vec::new();
+    // One read of the whole list: the kernel restarts each read() at a list position, so a
+    // child that exits between two reads would make it skip one still there.
+    let mut buf = vec![0u8; 64 << 10];
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))
         .ok()?
         .flatten()
     {
         let mut path = task.path();
         path.push("children");
-        match std::fs::read_to_string(&path) {
-            Ok(list) => out.extend(
-                list.split_ascii_whitespace()
+        match std::fs::File::open(&path).and_then(|mut f| f.read(&mut buf)) {
+            // Possibly cut short: the caller reads every process instead.
+            Ok(n) if n == buf.len() => return None,
+            Ok(n) => out.extend(
+                String::from_utf8_lossy(&buf[..n])
+                    .split_ascii_whitespace()
                     .filter_map(|p| p.parse::<i32>().ok()),
             ),
-            // A thread that ended meanwhile.
+            // No such file in a task that is still there: a kernel without them.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.parent()?.exists() => {
                 return None;
             }
+            // A thread that ended meanwhile.
             Err(_) => {}
         }
     }
@@ -263,6 +271,9 @@ fn sweep_once(me: i32, action: Option<i32>, running: &HashMap<u64, Running>) -> 
         };
         let orphan = procs.iter().any(|x| x.pid == pid && x.ppid == me);
         if zombies.contains(&pid) {
+            // A process whose main thread exited shows as a zombie while its other threads
+            // run on: it is killed too (a real zombie ignores the signal).
+            let _ = kill_process(p, Signal::KILL);
             if orphan && Some(pid) != action {
                 // Ours to reap (tokio only waits for the first processes it spawned).
                 let _ = waitpid(Some(p), WaitOptions::NOHANG);

@@ -116,18 +116,20 @@ pub async fn run(
     prestarted: Option<Prestarted>,
     cancel: watch::Receiver<bool>,
 ) -> Result<RunOutcome, WorkerError> {
-    let helper = match (prestarted, &limits.sandbox) {
-        (Some(pre), _) => pre,
-        (None, Some(sandbox)) => {
-            let (out, err) = create_outputs(stdout, stderr)?;
-            // The helper's own working directory: the action directory (the worker's), never
-            // a directory of the input tree.
-            let dir = place.tmp.parent().unwrap_or(place.tmp).to_path_buf();
-            spawn_helper(sandbox, limits, place, (out, err), dir, true).await?
-        }
-        (None, None) => {
-            return run_plain(cmd, place, (stdout, stderr), timeout, limits, cancel).await;
-        }
+    let Some(sandbox) = &limits.sandbox else {
+        return run_plain(cmd, place, (stdout, stderr), timeout, limits, cancel).await;
+    };
+    // A helper of the action's own: its working directory is the action directory (the
+    // worker's), never a directory of the input tree.
+    let own_helper = || async {
+        let (out, err) = create_outputs(stdout, stderr)?;
+        let dir = place.tmp.parent().unwrap_or(place.tmp).to_path_buf();
+        spawn_helper(sandbox, limits, place, (out, err), dir, true).await
+    };
+    let was_prestarted = prestarted.is_some();
+    let helper = match prestarted {
+        Some(pre) => pre,
+        None => own_helper().await?,
     };
     let spec = Spec {
         workdir: place.workdir.to_path_buf(),
@@ -140,7 +142,16 @@ pub async fn run(
             .collect(),
     };
     let started = SystemTime::now();
-    let Started { child, action } = helper.start(&spec).await?;
+    let Started { child, action } = match helper.start(&spec).await {
+        Ok(s) => s,
+        Err(e) if was_prestarted => {
+            // Killed or stopped while it waited (actions run as the same user as idle helpers
+            // and may signal them): this action starts its own.
+            tracing::warn!(error = %e, "a sandbox helper started ahead did not take its command");
+            own_helper().await?.start(&spec).await?
+        }
+        Err(e) => return Err(e),
+    };
     let pid = child.id().and_then(|id| Pid::from_raw(id as i32));
     let killer = Killer { group: pid, action };
     wait(child, killer, pid, started, timeout, cancel).await
