@@ -38,7 +38,9 @@ impl Uring {
         debug_assert!(n <= RING_ENTRIES as usize);
         for sqe in sqes.iter() {
             // SAFETY: every buffer and fd an entry points at is borrowed by the caller for the
-            // whole of `run`, and `run` does not return before every entry has completed.
+            // whole of `run`, and `run` returns only once every entry has completed, or with
+            // an error after which the caller keeps the buffers alive for ever (see
+            // `write_batch`): the kernel never reads memory that was freed.
             unsafe { self.ring.submission().push(sqe) }
                 .map_err(|_| io::Error::other("io_uring submission queue full"))?;
         }
@@ -92,7 +94,18 @@ impl IoEngine for Uring {
                         .user_data(slot as u64),
                 );
             }
-            let results = self.run(&mut sqes)?;
+            let results = match self.run(&mut sqes) {
+                Ok(r) => r,
+                Err(e) => {
+                    // Entries of this submission may still be in flight, reading from the
+                    // buffers (an upload's own, or a view of a segment's mapping): they are
+                    // leaked rather than freed under the kernel. Only a broken ring gets here.
+                    for op in ops {
+                        std::mem::forget(op.buf.clone());
+                    }
+                    return Err(e);
+                }
+            };
             let mut next = Vec::new();
             for (slot, res) in results.into_iter().enumerate() {
                 let (i, done) = pending[slot];
