@@ -7,8 +7,8 @@ use super::beneath::create_dirs;
 use super::cache::FileCache;
 use super::capture::{Captured, capture, hash_file};
 use super::client::Client;
-use super::error::{WorkerError, io};
-use super::prestart::{BOX as PRESTART_BOX, Prestarted, Prestarts};
+use super::error::WorkerError;
+use super::prestart::{BOX, Prestarted, Prestarts, make_dir};
 use super::run::{Limits, run};
 use super::sandbox::Place;
 use super::stage::stage;
@@ -92,15 +92,11 @@ pub async fn execute(
         Some(p) => p.take().await,
         None => None,
     };
-    let (dir, root) = if let Some(p) = &mut prestarted {
-        let dir = p.adopt_dir();
-        let root = dir.join(PRESTART_BOX).join("root");
-        (dir, root)
-    } else {
-        let dir = ctx.actions_dir.join(uuid::Uuid::new_v4().to_string());
-        let root = dir.join("root");
-        (dir, root)
+    let dir = match &mut prestarted {
+        Some(p) => p.adopt_dir(),
+        None => ctx.actions_dir.join(uuid::Uuid::new_v4().to_string()),
     };
+    let root = dir.join(BOX).join("root");
     let started = (worker_start, prestarted);
     let outcome = match execute_in(ctx, &action, function, &dir, &root, started, cancel).await {
         Ok(o) => o,
@@ -157,14 +153,7 @@ async fn prepare(
     }
     let owner = ctx.limits.sandbox.as_ref().and_then(|s| s.owner());
     if !prestarted {
-        std::fs::create_dir_all(dir).map_err(io(format!("mkdir {}", dir.display())))?;
-        // The action's private /tmp (bound over /tmp in the sandbox), beside its input root.
-        let tmp = dir.join("tmp");
-        std::fs::create_dir(&tmp).map_err(io(format!("mkdir {}", tmp.display())))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
-                .map_err(io(format!("chown {}", tmp.display())))?;
-        }
+        make_dir(dir, owner)?;
     }
     let root = root.to_path_buf();
     let fresh = super::stage::fresh_paths(&cmd);

@@ -454,8 +454,9 @@ impl FileCache {
         Ok(got)
     }
 
-    /// Small blobs the worker decodes (an action's Command), verified: from the co-located
-    /// store where it holds them (no round trip to the server), the rest over gRPC.
+    /// Small blobs the worker decodes (Directory protos, an action's Command), verified: from
+    /// the co-located store where it holds them, up to `LOCAL_DIR_MAX` bytes (no round trip to
+    /// the server), the rest over gRPC.
     pub async fn messages(
         &self,
         client: &Client,
@@ -511,11 +512,7 @@ impl FileCache {
                 }
             }
             fetch.sort_unstable_by_key(|d| d.hash);
-            // Directory protos of at most `LOCAL_DIR_MAX` bytes, verified, from the store.
-            let mut fetched = self
-                .take_from_store(&mut fetch, |store, d, _| store.read(d, LOCAL_DIR_MAX))
-                .await?;
-            fetched.extend(client.batch_read(&fetch).await?);
+            let fetched = self.messages(client, &fetch).await?;
             let mut dirs = self.dirs.lock().expect("dir cache lock");
             if dirs.len() > MAX_DIRS {
                 dirs.clear();

@@ -69,13 +69,7 @@ pub async fn spawn(command: std::process::Command) -> io::Result<(tokio::process
             let r = enter().and_then(|()| {
                 // The child's reaper belongs to the worker's runtime.
                 let _rt = handle.enter();
-                super::reaper::global().spawn(move || {
-                    let c = tokio::process::Command::from(command)
-                        .kill_on_drop(true)
-                        .spawn()?;
-                    let pid = c.id();
-                    Ok((c, pid))
-                })
+                super::reaper::global().spawn(command)
             });
             let _ = tx.send(r);
         })?;

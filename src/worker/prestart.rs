@@ -24,9 +24,10 @@
 use super::error::{WorkerError, io};
 use super::isolation::{self, Isolation};
 use super::reaper;
-use super::run::{Limits, apply_limits};
-use super::sandbox::{Place, Sandbox};
+use super::run::{Limits, apply_limits, create_outputs};
+use super::sandbox::{Place, Sandbox, parse_report};
 use super::spec::Spec;
+use super::stage::Owner;
 use rustix::process::Pid;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -49,8 +50,8 @@ const MAX_IDLE: Duration = Duration::from_secs(30);
 /// at once; one that does not was stopped or is gone) and starts a helper of its own.
 const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The directory under an action directory that a pre-started helper binds, and in which the
-/// input root is staged.
+/// The directory under an action directory in which the input root (`box/root`) is staged,
+/// and which a helper started ahead binds.
 pub const BOX: &str = "box";
 
 /// A helper set up for an action directory, waiting for its command.
@@ -223,32 +224,29 @@ async fn start_one(
     limits: Limits,
     dir: PathBuf,
 ) -> Result<Prestarted, WorkerError> {
-    let made = make_dir(&sandbox, &dir);
-    let started = match made {
-        Ok((out, err)) => {
-            let (boxed, tmp) = (dir.join(BOX), dir.join("tmp"));
-            let place = Place {
-                root: &boxed,
-                tmp: &tmp,
-                workdir: &boxed,
-            };
-            spawn_helper(&sandbox, &limits, &place, (out, err), dir.clone(), false).await
-        }
-        Err(e) => Err(e),
+    let (boxed, tmp) = (dir.join(BOX), dir.join("tmp"));
+    let place = Place {
+        root: &boxed,
+        tmp: &tmp,
+        workdir: &boxed,
     };
+    let started = async {
+        make_dir(&dir, sandbox.owner())?;
+        let outputs = create_outputs(&dir.join("stdout"), &dir.join("stderr"))?;
+        spawn_helper(&sandbox, &limits, &place, outputs, dir.clone(), false).await
+    }
+    .await;
     if started.is_err() {
         let _ = std::fs::remove_dir_all(&dir);
     }
     started
 }
 
-/// The action directory of a helper started ahead: `box/` (the worker's, mode 0755 whatever
-/// the umask: the action user must not be able to replace the input root staged in it),
-/// `tmp/` (the action user's) and the stdout and stderr files.
-fn make_dir(
-    sandbox: &Sandbox,
-    dir: &std::path::Path,
-) -> Result<(std::fs::File, std::fs::File), WorkerError> {
+/// Makes the action directory `dir`: `box/` (the worker's, mode 0755 whatever the umask: the
+/// action user must not be able to replace the input root staged in it, `box/root`) and
+/// `tmp/` (the action's private /tmp, given to `owner`). Every action directory has this
+/// layout, whether its helper was started ahead or not.
+pub fn make_dir(dir: &std::path::Path, owner: Owner) -> Result<(), WorkerError> {
     use std::os::unix::fs::PermissionsExt;
     let (boxed, tmp) = (dir.join(BOX), dir.join("tmp"));
     std::fs::create_dir_all(&boxed).map_err(io(format!("mkdir {}", boxed.display())))?;
@@ -257,13 +255,11 @@ fn make_dir(
             .map_err(io(format!("chmod {}", d.display())))?;
     }
     std::fs::create_dir(&tmp).map_err(io(format!("mkdir {}", tmp.display())))?;
-    if let Some((uid, gid)) = sandbox.owner() {
+    if let Some((uid, gid)) = owner {
         std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
             .map_err(io(format!("chown {}", tmp.display())))?;
     }
-    let out = std::fs::File::create(dir.join("stdout")).map_err(io("create stdout"))?;
-    let err = std::fs::File::create(dir.join("stderr")).map_err(io("create stderr"))?;
-    Ok((out, err))
+    Ok(())
 }
 
 /// Starts a sandbox helper for `place` in the action directory `dir` (its working directory
@@ -291,13 +287,7 @@ pub async fn spawn_helper(
     let spawned = if namespaces {
         isolation::spawn(c).await
     } else {
-        reaper::global().spawn(move || {
-            let c = tokio::process::Command::from(c)
-                .kill_on_drop(true)
-                .spawn()?;
-            let pid = c.id();
-            Ok((c, pid))
-        })
+        reaper::global().spawn(c)
     };
     let (child, id) =
         spawned.map_err(|e| WorkerError::Sandbox(format!("cannot start the helper: {e}")))?;
@@ -326,14 +316,7 @@ pub async fn spawn_helper(
     .await
     .map_err(|e| WorkerError::Sandbox(format!("helper report: {e}")))?
     .map_err(|e| WorkerError::Sandbox(format!("read the helper's report: {e}")))?;
-    let Some(ns) = line.strip_prefix("ok ").and_then(|ns| ns.parse().ok()) else {
-        let reason = line.strip_prefix("error: ").unwrap_or(&line);
-        return Err(WorkerError::Sandbox(if reason.is_empty() {
-            "the helper ended without a report".into()
-        } else {
-            reason.to_string()
-        }));
-    };
+    let ns = parse_report(&line).map_err(WorkerError::Sandbox)?;
     reaper::global().set_mount_ns(id, ns);
     me.sock = Some(sock);
     Ok(me)

@@ -89,21 +89,21 @@ fn all_procs() -> Vec<Proc> {
         .collect()
 }
 
-/// The children of every thread of `pid`, from the `children` files of `/proc`; `None` where
-/// the kernel has none (built without `CONFIG_PROC_CHILDREN`) or `pid` is gone.
-fn children_of(pid: i32) -> Option<Vec<i32>> {
+/// The children of every thread of `pid`, from the `children` files of `/proc` (each read
+/// with one read() into `buf`): none when `pid` is gone; `None` (cannot tell) where the
+/// kernel has no such files (built without `CONFIG_PROC_CHILDREN`) or a list fills `buf`.
+fn children_of(pid: i32, buf: &mut [u8]) -> Option<Vec<i32>> {
     use std::io::Read;
     let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Some(out);
+    };
     // One read of the whole list: the kernel restarts each read() at a list position, so a
     // child that exits between two reads would make it skip one still there.
-    let mut buf = vec![0u8; 64 << 10];
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .ok()?
-        .flatten()
-    {
+    for task in tasks.flatten() {
         let mut path = task.path();
         path.push("children");
-        match std::fs::File::open(&path).and_then(|mut f| f.read(&mut buf)) {
+        match std::fs::File::open(&path).and_then(|mut f| f.read(buf)) {
             // Possibly cut short: the caller reads every process instead.
             Ok(n) if n == buf.len() => return None,
             Ok(n) => out.extend(
@@ -124,22 +124,23 @@ fn children_of(pid: i32) -> Option<Vec<i32>> {
 
 /// The processes under `me` (its children, theirs, and so on): all a sweep looks at, read
 /// without visiting every process of the box (`/proc/*/stat` of each costs about 0.4 ms per
-/// sweep on a quiet box, more on a busy one). `None` when the `children` files are missing:
-/// the caller reads every process instead.
+/// sweep on a quiet box, more on a busy one). `None` when it cannot tell (see
+/// [`children_of`]): the caller reads every process instead.
 ///
 /// Like the full scan, this sees a snapshot: a process forked while it is read may be missed,
 /// which is why a sweep repeats until a round finds nothing.
 fn procs_under(me: i32) -> Option<Vec<Proc>> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
-    let mut stack = children_of(me)?;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut stack = children_of(me, &mut buf)?;
     while let Some(pid) = stack.pop() {
         if !seen.insert(pid) {
             continue;
         }
         if let Some(p) = read_proc(pid) {
             out.push(p);
-            stack.extend(children_of(pid).unwrap_or_default());
+            stack.extend(children_of(pid, &mut buf)?);
         }
     }
     Some(out)
@@ -162,16 +163,19 @@ impl Reaper {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `spawn` (which starts an action's first process and returns its pid) and
-    /// registers the process under the returned id, atomically with respect to sweeps.
-    pub fn spawn<T>(
+    /// Spawns `command` as an action's first process (killed when its handle is dropped) and
+    /// registers it under the returned id, atomically with respect to sweeps. Call within a
+    /// tokio runtime.
+    pub fn spawn(
         &self,
-        spawn: impl FnOnce() -> std::io::Result<(T, Option<u32>)>,
-    ) -> std::io::Result<(T, u64)> {
+        command: std::process::Command,
+    ) -> std::io::Result<(tokio::process::Child, u64)> {
         let mut running = self.lock();
-        let (child, pid) = spawn()?;
+        let child = tokio::process::Command::from(command)
+            .kill_on_drop(true)
+            .spawn()?;
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
             running.insert(
                 id,
                 Running {

@@ -157,7 +157,8 @@ pub async fn run(
     wait(child, killer, pid, started, timeout, cancel).await
 }
 
-fn create_outputs(
+/// Creates (or empties) the files the command's stdout and stderr go to.
+pub(super) fn create_outputs(
     stdout: &Path,
     stderr: &Path,
 ) -> Result<(std::fs::File, std::fs::File), WorkerError> {
@@ -191,13 +192,7 @@ async fn run_plain(
         .stderr(err)
         .process_group(0);
     let started = SystemTime::now();
-    let spawned = reaper::global().spawn(move || {
-        let c = tokio::process::Command::from(command)
-            .kill_on_drop(true)
-            .spawn()?;
-        let pid = c.id();
-        Ok((c, pid))
-    });
+    let spawned = reaper::global().spawn(command);
     let (child, action) = match spawned {
         Ok(c) => c,
         Err(e) => {

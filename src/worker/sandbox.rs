@@ -222,7 +222,11 @@ pub async fn read_report(mut reader: std::io::PipeReader) -> Result<u64, String>
     .await
     .map_err(|e| format!("report reader: {e}"))?
     .map_err(|e| format!("read report: {e}"))?;
-    let text = String::from_utf8_lossy(&text);
+    parse_report(&String::from_utf8_lossy(&text))
+}
+
+/// A helper's report: `Ok(mount namespace inode)` from `ok <inode>`, or the reason it failed.
+pub fn parse_report(text: &str) -> Result<u64, String> {
     let line = text.trim();
     if let Some(ns) = line.strip_prefix("ok ") {
         return ns

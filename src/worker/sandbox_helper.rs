@@ -19,7 +19,7 @@
 //! action's environment is applied only to the command's exec, after step 8 (an action's
 //! `LD_PRELOAD=./x.so` once reached the dynamic loader of the helper while it was still root).
 
-use super::spec::{MAX_SPEC_BYTES, Spec, SpecError};
+use super::spec::{MAX_SPEC_BYTES, Spec};
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::statvfs::{FsFlags, statvfs};
@@ -68,7 +68,7 @@ pub struct SandboxArgs {
     pub probe: bool,
 }
 
-/// Exit status of a helper whose setup failed (the reason went to the worker's pipe).
+/// Exit status of a helper whose setup failed (the reason went to the worker's socket).
 pub const SETUP_FAILED: u8 = 125;
 
 /// Runs the helper: never returns on success (the process becomes the command).
@@ -126,33 +126,27 @@ pub fn main(args: &SandboxArgs) -> ExitCode {
         return ExitCode::from(127);
     }
     drop(null);
-    let program = command.get_program().to_owned();
     let e = command.exec();
     // Like a shell: a command that cannot start exits 127 with the reason on stderr.
-    eprintln!("kiln worker: cannot run \"{}\": {e}", program.display());
+    eprintln!(
+        "kiln worker: cannot run \"{}\": {e}",
+        spec.program.to_string_lossy()
+    );
     ExitCode::from(127)
 }
 
 /// Reads the action's command from stdin to its end (the worker shuts its side for writing
-/// after sending it), at most [`MAX_SPEC_BYTES`] and one more to tell a larger one.
+/// after sending it): at most [`MAX_SPEC_BYTES`] and one more byte, which `Spec::decode`
+/// refuses as too large.
 fn read_spec(stdin: &std::io::Stdin) -> Result<Spec, String> {
-    let mut buf = vec![0u8; 64 << 10];
-    let mut len = 0;
-    loop {
-        if len == buf.len() {
-            if len > MAX_SPEC_BYTES {
-                return Err(SpecError::TooLarge(len).to_string());
-            }
-            buf.resize((len * 2).min(MAX_SPEC_BYTES + 1), 0);
-        }
-        match rustix::io::read(stdin.as_fd(), &mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(format!("read the action's command: {e}")),
-        }
-    }
-    Spec::decode(&buf[..len]).map_err(|e| e.to_string())
+    use std::io::Read;
+    let mut buf = Vec::new();
+    stdin
+        .lock()
+        .take(MAX_SPEC_BYTES as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("read the action's command: {e}"))?;
+    Spec::decode(&buf).map_err(|e| e.to_string())
 }
 
 /// What `--probe` checks once set up: the user is the one asked for, the input root is
