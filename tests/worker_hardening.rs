@@ -308,29 +308,36 @@ fn root_actions_need_allow_root_actions() {
     assert!(err.contains("--allow-root-actions"), "{err}");
 }
 
+/// Builds `source` with the system's C compiler and `flags` into `dir/name`; its bytes.
+fn build_c(dir: &std::path::Path, name: &str, source: &str, flags: &[&str]) -> Vec<u8> {
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
+    let out = dir.join(name);
+    let status = std::process::Command::new("cc")
+        .args(flags)
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("this test needs a C compiler (cc)");
+    assert!(status.success(), "cc failed to build {name}");
+    std::fs::read(&out).unwrap()
+}
+
 /// A shared library whose constructor appends `uid=<euid>` to `$KILN_PRELOAD_LOG` (when set)
-/// and to `preload-ran` in the working directory, built with the system's C compiler.
+/// and to `preload-ran` in the working directory.
 fn preload_library(dir: &std::path::Path) -> Vec<u8> {
-    let src = dir.join("preload.c");
-    std::fs::write(
-        &src,
+    build_c(
+        dir,
+        "preload.so",
         "#include <stdio.h>\n#include <stdlib.h>\n#include <unistd.h>\n\
          __attribute__((constructor)) static void ran(void) {\n\
            const char *log = getenv(\"KILN_PRELOAD_LOG\"); FILE *f;\n\
            if (log && (f = fopen(log, \"a\"))) { fprintf(f, \"uid=%d\\n\", (int)geteuid()); fclose(f); }\n\
            if ((f = fopen(\"preload-ran\", \"a\"))) { fprintf(f, \"uid=%d\\n\", (int)geteuid()); fclose(f); }\n\
          }\n",
+        &["-shared", "-fPIC"],
     )
-    .unwrap();
-    let out = dir.join("preload.so");
-    let status = std::process::Command::new("cc")
-        .args(["-shared", "-fPIC", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("this test needs a C compiler (cc) to build its preload library");
-    assert!(status.success(), "cc failed to build the preload library");
-    std::fs::read(&out).unwrap()
 }
 
 /// The action's environment never reaches the sandbox helper while it is privileged. An
@@ -381,64 +388,27 @@ async fn the_action_environment_does_not_reach_the_privileged_helper() {
     }
 }
 
-/// Threads (not processes: a process whose main thread exited shows as a zombie) whose
-/// command line holds `marker` and that are not zombies.
-fn live_threads_with(marker: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for p in std::fs::read_dir("/proc").unwrap().flatten() {
-        if p.file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-            .is_none()
-        {
-            continue;
-        }
-        let Ok(tasks) = std::fs::read_dir(p.path().join("task")) else {
-            continue;
-        };
-        for t in tasks.flatten() {
-            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit_once(')')
-                .is_none_or(|(_, r)| r.trim_start().starts_with('Z'));
-            let cmdline = std::fs::read(t.path().join("cmdline")).unwrap_or_default();
-            if !zombie && String::from_utf8_lossy(&cmdline).contains(marker) {
-                out.push(t.path().display().to_string());
-            }
-        }
-    }
-    out
-}
-
 /// A process whose main thread has exited shows as a zombie in `/proc` while its other
 /// threads run on. The sweep took it for one and never killed it: orphaned out of its session
 /// that way, it outlived its action (and every later sweep waited for it to go).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_whose_main_thread_exited_dies_with_its_action() {
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("zl.c");
-    std::fs::write(
-        &src,
+    let zl = build_c(
+        tmp.path(),
+        "zl",
         "#include <pthread.h>\n#include <unistd.h>\n\
          static void *sleeper(void *a) { for (;;) pause(); return a; }\n\
          int main(void) {\n\
            if (fork() == 0) { setsid(); pthread_t t; pthread_create(&t, 0, sleeper, 0); pthread_exit(0); }\n\
            return 0;\n\
          }\n",
-    )
-    .unwrap();
-    let bin = tmp.path().join("zl");
-    let status = std::process::Command::new("cc")
-        .args(["-pthread", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .status()
-        .expect("this test needs a C compiler (cc)");
-    assert!(status.success(), "cc failed");
+        &["-pthread"],
+    );
     let server = Server::start();
     let _w = server.worker_sandboxed(&server.bots, 1, &[], &[]);
     let c = server.client().await;
-    let exe = c.put(&std::fs::read(&bin).unwrap()).await;
+    let exe = c.put(&zl).await;
     let root = c
         .put_msg(&Directory {
             files: vec![FileNode {

@@ -492,12 +492,44 @@ pub fn processes_with(marker: &str) -> Vec<u32> {
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        });
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| zombie(&s) == Some(true));
         if !zombie && String::from_utf8_lossy(&cmdline).contains(marker) {
             out.push(pid);
+        }
+    }
+    out
+}
+
+/// Whether a `/proc/.../stat` text is a zombie's (`None` when it does not parse).
+fn zombie(stat: &str) -> Option<bool> {
+    stat.rsplit_once(')')
+        .map(|(_, r)| r.trim_start().starts_with('Z'))
+}
+
+/// Threads (not processes: a process whose main thread exited shows as a zombie while its
+/// other threads run) whose command line holds `marker` and that are not zombies, as
+/// `/proc/PID/task/TID` paths.
+pub fn live_threads_with(marker: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        if p.file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+            .is_none()
+        {
+            continue;
+        }
+        let Ok(tasks) = std::fs::read_dir(p.path().join("task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let cmdline = std::fs::read(t.path().join("cmdline")).unwrap_or_default();
+            if !zombie(&stat).unwrap_or(true) && String::from_utf8_lossy(&cmdline).contains(marker)
+            {
+                out.push(t.path().display().to_string());
+            }
         }
     }
     out
