@@ -147,6 +147,12 @@ mod tests {
         let mut s = spec();
         s.args.push(OsString::from_vec(b"a\0b".to_vec()));
         assert_eq!(s.encode(), Err(SpecError::Nul("an argument")));
+        let mut big = spec();
+        big.args = vec![OsString::from_vec(vec![b'a'; MAX_SPEC_BYTES])];
+        assert!(
+            matches!(big.encode(), Err(SpecError::TooLarge(n)) if n > MAX_SPEC_BYTES),
+            "a command past the bound is not sent"
+        );
         let good = spec().encode().unwrap();
         assert!(
             Spec::decode(&good[..good.len() - 1]).is_err(),
