@@ -8,6 +8,9 @@
 //! * `stage_10k_files`: staging an input tree of 10,000 small files (100 dirs x 100): cold,
 //!   from the worker's file cache file by file (one thread and the default), and repeated
 //!   from the directory cache (subtrees moved in whole), with the hand-back after the action.
+//! * `stage_cold_from_store`: a co-located worker's cold cache filled from the server's store:
+//!   the 10,000-file tree and a tree of 4 files of 32 MiB, each staged 5 times into a fresh
+//!   work dir (median and best).
 //! * `stage_10k_in_actions`: the input fetch phase of 12 sequential actions on that tree run
 //!   by a real worker (cold, file by file, then from the directory cache).
 //!
@@ -235,6 +238,60 @@ async fn stage_10k_files() {
         back[2].as_secs_f64() * 1e3
     );
     assert_eq!(trees, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: run with --ignored --nocapture"]
+async fn stage_cold_from_store() {
+    let server = Server::start();
+    let c = server.client().await;
+    let small = tree_10k(&c).await;
+    let mut files = vec![];
+    for i in 0..4u8 {
+        let data: Vec<u8> = (0..32u32 << 20).map(|j| (j % 251) as u8 ^ i).collect();
+        let d = c.put_stream(&data).await;
+        files.push(FileNode {
+            name: format!("big{i}"),
+            digest: Some(d.to_proto()),
+            ..Default::default()
+        });
+    }
+    let large = c
+        .put_msg(&Directory {
+            files,
+            ..Default::default()
+        })
+        .await;
+    let client = kiln::worker::connect(&server.bots).await.unwrap();
+    let data = server.dir.path().join("data");
+    for (label, root, bytes) in [
+        ("10,000 small files", small, 0u64),
+        ("4 files of 32 MiB", large, 4 << 25),
+    ] {
+        let (med, best) = median_of(5, |i| {
+            let (client, data) = (client.clone(), &data);
+            let work = server.dir.path().join(format!("cold-{bytes}-{i}"));
+            async move {
+                let s = kiln::worker::Stager::new(client, &work, 0, Some(data)).unwrap();
+                let t = Instant::now();
+                s.stage(&root, &work.join("root")).await.unwrap();
+                let took = t.elapsed();
+                assert_eq!(s.sources().1, 0, "everything from the store");
+                took
+            }
+        })
+        .await;
+        let rate = if bytes > 0 {
+            format!(", {:.0} MB/s", bytes as f64 / med.as_secs_f64() / 1e6)
+        } else {
+            String::new()
+        };
+        println!(
+            "cold staging from the co-located store, {label}: median {:.1} ms, best {:.1} ms (5 runs){rate}",
+            med.as_secs_f64() * 1e3,
+            best.as_secs_f64() * 1e3
+        );
+    }
 }
 
 /// Uploads a tree of 100 directories of 100 distinct small files (every tenth executable).

@@ -431,22 +431,43 @@ impl FileCache {
     async fn take_from_store<T: Send + 'static>(
         &self,
         want: &mut Vec<Digest>,
-        get: impl Fn(&LocalReader, &Digest, &Path) -> Option<T> + Send + 'static,
+        get: impl Fn(&LocalReader, &Digest, &Path) -> Option<T> + Send + Sync + 'static,
     ) -> Result<Vec<(Digest, T)>, WorkerError> {
         let Some(store) = self.store.clone() else {
             return Ok(Vec::new());
         };
-        let asks: Vec<(Digest, PathBuf)> = want.iter().map(|d| (*d, self.tmp_path())).collect();
-        let got = tokio::task::spawn_blocking(move || {
-            asks.into_iter()
-                .filter_map(|(d, tmp)| get(&store, &d, &tmp).map(|t| (d, t)))
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| WorkerError::Invalid {
-            what: "store read task",
-            reason: e.to_string(),
-        })?;
+        let mut asks: Vec<(Digest, PathBuf)> = want.iter().map(|d| (*d, self.tmp_path())).collect();
+        // Copies are hashed as they go (CPU) and make a file each (file system): a large batch
+        // is shared by several threads, largest blobs first, each thread taking the next.
+        asks.sort_by_key(|(d, _)| std::cmp::Reverse(d.size));
+        let threads = copy_threads(&asks);
+        let asks = Arc::new(Mutex::new(asks.into_iter()));
+        let get = Arc::new(get);
+        let mut tasks = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let (asks, get, store) = (Arc::clone(&asks), Arc::clone(&get), Arc::clone(&store));
+            tasks.push(tokio::task::spawn_blocking(move || {
+                let mut got = Vec::new();
+                loop {
+                    let next = asks
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .next();
+                    let Some((d, tmp)) = next else { break };
+                    if let Some(t) = get(&store, &d, &tmp) {
+                        got.push((d, t));
+                    }
+                }
+                got
+            }));
+        }
+        let mut got = Vec::new();
+        for task in tasks {
+            got.extend(task.await.map_err(|e| WorkerError::Invalid {
+                what: "store read task",
+                reason: e.to_string(),
+            })?);
+        }
         let done: HashSet<Digest> = got.iter().map(|(d, _)| *d).collect();
         want.retain(|d| !done.contains(d));
         self.from_store
@@ -537,6 +558,24 @@ impl FileCache {
     }
 }
 
+/// Batches with fewer blobs and fewer bytes than these are copied from the store by one
+/// thread (no thread hand-off for an action's few inputs).
+const PARALLEL_COPY_MIN_BLOBS: usize = 256;
+const PARALLEL_COPY_MIN_BYTES: u64 = 16 << 20;
+/// Most threads copying one batch from the store.
+const MAX_COPY_THREADS: usize = 4;
+
+/// Threads to copy `asks` from the co-located store with.
+fn copy_threads(asks: &[(Digest, PathBuf)]) -> usize {
+    let bytes: u64 = asks.iter().map(|(d, _)| d.size).sum();
+    if asks.len() < 2 || (asks.len() < PARALLEL_COPY_MIN_BLOBS && bytes < PARALLEL_COPY_MIN_BYTES) {
+        return 1;
+    }
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get().min(MAX_COPY_THREADS))
+        .min(asks.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -562,5 +601,49 @@ mod tests {
         for junk in ["x", "md5-00-1", "blake3-zz-1", "-1", "blake3--1"] {
             assert_eq!(FileCache::parse_name(junk), None, "{junk}");
         }
+    }
+
+    /// A batch large enough to be copied by several threads: every blob the store holds is
+    /// taken, with its exact bytes; one it lacks is left for gRPC.
+    #[test]
+    fn a_large_batch_is_copied_from_the_store_by_several_threads() {
+        let data = tempfile::tempdir().unwrap();
+        let cas = crate::cas::local::small_store(data.path());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let blobs: Vec<(Digest, Vec<u8>)> = (0..PARALLEL_COPY_MIN_BLOBS + 44)
+            .map(|i| {
+                let b = format!("input file {i}\n").repeat(i % 7 + 1).into_bytes();
+                (DigestFunction::Sha256.digest_of(&b), b)
+            })
+            .collect();
+        for (d, b) in &blobs {
+            rt.block_on(cas.put(d, Bytes::from(b.clone()))).unwrap();
+        }
+        let reader = Arc::new(LocalReader::open(data.path()).unwrap());
+        let cache = FileCache::open(data.path().join("cache"), 0, Some(reader)).unwrap();
+        let absent = DigestFunction::Sha256.digest_of(b"not in the store");
+        let mut want: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+        want.push(absent);
+        let asks: Vec<(Digest, PathBuf)> = want.iter().map(|d| (*d, PathBuf::new())).collect();
+        if std::thread::available_parallelism().map_or(1, std::num::NonZero::get) > 1 {
+            assert!(copy_threads(&asks) > 1, "this batch is shared");
+        }
+        assert_eq!(copy_threads(&asks[..3]), 1, "a few small blobs are not");
+        let got = rt
+            .block_on(cache.take_from_store(&mut want, |store, d, tmp| {
+                store.copy_to_file(d, tmp).then(|| tmp.to_path_buf())
+            }))
+            .unwrap();
+        assert_eq!(want, vec![absent], "only the absent blob is left for gRPC");
+        assert_eq!(got.len(), blobs.len());
+        let expected: HashMap<Digest, &Vec<u8>> = blobs.iter().map(|(d, b)| (*d, b)).collect();
+        for (d, path) in got {
+            assert_eq!(&std::fs::read(&path).unwrap(), expected[&d], "{d}");
+        }
+        assert_eq!(cache.sources().0, blobs.len() as u64);
     }
 }
