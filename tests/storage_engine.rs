@@ -317,3 +317,55 @@ fn lost_state_file_rebuilds_and_continues_after_the_highest_segment_on_disk() {
         );
     }
 }
+
+/// Bytes of `dir`'s files this process has mapped and resident (`/proc/self/smaps`: a
+/// mapping's line "start-end perms offset dev inode [path]", then its "Rss:" among others).
+fn mapped_resident(dir: &Path) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let dir = dir.to_string_lossy();
+    let (mut ours, mut kib) = (false, 0);
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.first() {
+            Some(&"Rss:") if ours => kib += fields[1].parse::<u64>().unwrap(),
+            Some(range) if range.contains('-') && !range.ends_with(':') => {
+                ours = fields.get(5).is_some_and(|p| p.starts_with(&*dir));
+            }
+            _ => {}
+        }
+    }
+    kib << 10
+}
+
+/// Copy-forward's passes read every record header of a segment through its map. The pages
+/// they fault in are handed back to the page cache after each pass and when a file is reused,
+/// so however often the ring wraps the process keeps little of its segment files mapped (else
+/// a ring several times the box's memory fills the memory with mapped pages).
+#[test]
+fn scanned_and_reused_segments_do_not_stay_mapped() {
+    for b in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path(), 1 << 20, 16, 64 << 10, 1 << 14);
+        let cap = c.capacity_bytes;
+        let e = Engine::open_with_io(c, io(b)).unwrap();
+        let rt = rt();
+        for n in 0..(3 * cap / 4096) {
+            rt.block_on(e.put(cas_key(n), data(n, 4000))).unwrap();
+        }
+        let s = e.stats();
+        assert!(s.evictions > 20, "{b:?}: the ring wrapped: {s:?}");
+        let mapped = mapped_resident(&dir.path().join("segments"));
+        assert!(
+            mapped < cap / 4,
+            "{b:?}: {mapped} bytes of segment files still mapped (ring {cap})"
+        );
+        assert_eq!(
+            e.get(&cas_key(3 * cap / 4096 - 1))
+                .unwrap()
+                .unwrap()
+                .to_bytes()
+                .unwrap(),
+            data(3 * cap / 4096 - 1, 4000)
+        );
+    }
+}

@@ -6,7 +6,15 @@
 # restart time after kill -9 (spawn to `ready`, with the replay it needed).
 # `wrap`: upload-large of 64 MiB blobs for 20 s into a 2 GiB ring (it wraps several times,
 # copy-forward on) against the same into a 16 GiB ring that 20 s do not fill; 3 pairs.
-# Usage: cargo build --release && tuning/scale-bench.sh [sizes|wrap]
+# `big`: a store several times the memory it may use. `kiln serve` runs in a memory cgroup of
+# MEM bytes (default 2 GiB; the page cache of its files is charged to it too) with a ring of
+# 4 x MEM; blobs of 256 KiB to 8 MiB are uploaded through the API in rounds of MEM bytes, to
+# 6 x MEM (the ring wraps in the fifth round). After each round: the round's upload rate;
+# ac-get, find-missing and read-small; reads of 8 x 64 MiB blobs written first, with the page
+# cache dropped (from disk, in order, each once); the cgroup's peak memory and the server's
+# RSS; after the third round, the restart time after kill -9. Needs root and the cgroup v1
+# memory controller (or cgroup v2's memory.max).
+# Usage: cargo build --release && tuning/scale-bench.sh [sizes|wrap|big]
 #   KILN  the kiln binary (default target/release/kiln)
 #   DATA  scratch data dir (default /tmp/kiln-scale; wiped)
 set -u
@@ -15,7 +23,7 @@ D=${DATA:-/tmp/kiln-scale}
 PORT=18992
 MPORT=18993
 
-config() { # capacity segment_size
+config() { # capacity segment_size [index_max_slots]
   cat > $D.toml <<CFG
 [server]
 listen = ["127.0.0.1:$PORT"]
@@ -27,15 +35,17 @@ enabled = false
 capacity_bytes = $1
 segment_size_bytes = $2
 # 10M blobs of 100 bytes are more entries than the derived maximum (capacity / 512) holds.
-index_max_slots = 33554432
+index_max_slots = ${3:-33554432}
 CFG
 }
 start() {
-  $K serve --config $D.toml > $D.out 2> $D.log &
+  if curl -s -o /dev/null 127.0.0.1:$MPORT/metrics; then echo "port $MPORT is taken: another server is running"; exit 1; fi
+  ${CG:+cgexec_} $K serve --config $D.toml > $D.out 2> $D.log &
   pid=$!
   local t0=$(date +%s%N)
   for i in $(seq 600); do grep -q '^ready' $D.out && break; sleep 0.05; done
   ready_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  grep -q '^ready' $D.out || { echo "kiln serve did not start:"; tail -5 $D.log; kill -9 $pid; exit 1; }
 }
 bench() { # label args...
   local label=$1; shift
@@ -50,10 +60,21 @@ rss() {
   awk '/^(VmRSS|RssAnon|RssFile)/ {printf "%s %d MiB  ", $1, $2/1024}' /proc/$pid/status
   printf 'index file %d MiB\n' $(( $(stat -c %s $D/store/index 2>/dev/null || stat -c %s $(find $D -name index | head -1)) / 1048576 ))
 }
+# Runs its arguments in the memory cgroup $CG (a directory under a cgroup file system).
+cgexec_() { exec sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$CG" "$@"; }
+cg_peak() { # the cgroup's peak and current memory, MiB
+  if [ -f $CG/memory.max_usage_in_bytes ]; then
+    echo "cgroup peak $(( $(cat $CG/memory.max_usage_in_bytes) >> 20 )) MiB now $(( $(cat $CG/memory.usage_in_bytes) >> 20 )) MiB"
+  else
+    echo "cgroup peak $(( $(cat $CG/memory.peak 2>/dev/null || echo 0) >> 20 )) MiB now $(( $(cat $CG/memory.current) >> 20 )) MiB"
+  fi
+}
+# A server left running would answer the next run's benches.
+trap '[ -n "${pid:-}" ] && kill -9 $pid 2>/dev/null' EXIT
 uptime
 case "${1:-sizes}" in
 sizes)
-  for n in 10000 1000000 10000000; do
+  for n in ${BLOBS:-10000 1000000 10000000}; do
     rm -rf $D; mkdir -p $D
     config 6442450944 268435456
     start
@@ -78,5 +99,43 @@ wrap)
     curl -s 127.0.0.1:$MPORT/metrics | grep -E "^kiln_storage_(evictions|copy_forwards|copy_forward_bytes|copy_forward_budget_cuts|bytes_written) " | tr '\n' ' '; echo
     kill $pid; wait $pid 2>/dev/null
   done ;;
+big)
+  MEM=${MEM:-2147483648}
+  if [ -d /sys/fs/cgroup/memory ]; then
+    CG=/sys/fs/cgroup/memory/kiln-scale; mkdir -p $CG; echo $MEM > $CG/memory.limit_in_bytes
+    echo 0 > $CG/memory.max_usage_in_bytes
+  elif [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    CG=/sys/fs/cgroup/kiln-scale; mkdir -p $CG; echo $MEM > $CG/memory.max
+  else
+    echo "big needs a memory cgroup (root, cgroup v1 memory controller or cgroup v2)"; exit 1
+  fi
+  rm -rf $D; mkdir -p $D
+  config $((4 * MEM)) 268435456 1048576
+  start
+  echo "== memory limit $((MEM >> 20)) MiB, ring $((4 * MEM >> 20)) MiB"
+  bench seed-reads --workload read-large --size 64MiB --blobs 8 --seed 7 --ops 8 --concurrency 1 --seed-target grpc://127.0.0.1:$PORT
+  written=$((512 << 20)); round=0
+  for size in 8MiB 1MiB 4MiB 256KiB 2MiB 8MiB; do
+    round=$((round + 1))
+    n=$(( MEM / $(numfmt --from=iec-i ${size%B}) ))
+    echo "-- round $round: $n blobs of $size"
+    bench upload --workload upload-large --size $size --ops $n --concurrency 2 --seed $((100 + round))
+    written=$((written + MEM))
+    echo "  written $((written >> 20)) MiB = $(python3 -c "print(round($written / $MEM, 2))") x memory"
+    bench ac-get --workload ac-get --duration 5s
+    bench find-missing --workload find-missing --duration 5s
+    bench read-small --workload read-small --duration 5s
+    sync; echo 1 > /proc/sys/vm/drop_caches
+    bench cold-reads --workload read-large --size 64MiB --blobs 8 --seed 7 --ops 8 --concurrency 1 --seed-target grpc://127.0.0.1:$PORT
+    curl -s 127.0.0.1:$MPORT/metrics | grep -E "^kiln_storage_(evictions|copy_forwards|blobs) " | tr '\n' ' '; echo
+    echo "  $(cg_peak)  $(rss)"
+    if [ $round = 3 ]; then
+      kill -9 $pid; wait $pid 2>/dev/null
+      start
+      echo "  restart after kill -9: ${ready_ms} ms to ready; $(grep -o 'replayed[^"]*' $D.log | head -1)"
+    fi
+  done
+  kill $pid; wait $pid 2>/dev/null
+  rmdir $CG 2>/dev/null ;;
 esac
 rm -rf $D

@@ -25,6 +25,23 @@ pub fn map_readonly(file: &File, len: usize) -> io::Result<Mmap> {
     unsafe { MmapOptions::new().len(len).map(file) }
 }
 
+/// Drops this process's page-table entries for `map`, a read-only map of a segment file. The
+/// pages stay in the page cache, no longer mapped by kiln, so under memory pressure the kernel
+/// reclaims them like any clean cache page instead of unmapping them first. For a segment whose
+/// every record header was just read through the map (copy-forward's pass) and for a file
+/// about to be reused: without it, what those passes faulted in stays mapped for the life of
+/// the segment, and a ring several times the box's memory keeps as much of it mapped as the
+/// kernel allows.
+pub fn release_pages(map: &Mmap) -> io::Result<()> {
+    // SAFETY: `map` is a shared, read-only mapping of a file (see `map_readonly`): it has no
+    // private or dirty pages, so MADV_DONTNEED only removes page-table entries, and any later
+    // access, also one racing with this call on another thread through a `&[u8]` of the map,
+    // faults the page back in from the page cache with the same file bytes. No reference into
+    // the map is invalidated (the range stays mapped). On error some entries may have been
+    // removed and others not, which is equally harmless.
+    unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) }
+}
+
 /// A file mapped and seen as an array of `AtomicU64` (the index): read-write for the engine,
 /// read-only for another process peeking at a store it does not own.
 pub struct AtomicMap {

@@ -26,6 +26,7 @@ use crate::storage::format::{
 use crate::storage::index::Entry;
 use crate::storage::read::Shared;
 use crate::storage::stats::inc;
+use crate::storage::sys::mmap::release_pages;
 use crate::storage::touch::{age, used_again, within_horizon};
 use crate::storage::{Blob, StorageError};
 use std::collections::HashSet;
@@ -225,6 +226,11 @@ impl Writer {
                 tracing::trace!(seq = tail, ?e.key, hint, cost, "storage: copy-forward found no room");
                 inc(&sh.counters().copy_forward_budget_cuts);
             }
+        }
+        // The pass read every record header through the map: leave those pages to the page
+        // cache rather than mapped for as long as the segment lives.
+        if let Err(e) = release_pages(&seg.map) {
+            tracing::debug!(error = %e, seq = tail, "storage: releasing a scanned segment's pages");
         }
         if oldest_touch_age > 0 || spent > 0 {
             sh.counters()
