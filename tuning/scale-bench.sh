@@ -17,6 +17,8 @@
 # Usage: cargo build --release && tuning/scale-bench.sh [sizes|wrap|big]
 #   KILN  the kiln binary (default target/release/kiln)
 #   DATA  scratch data dir (default /tmp/kiln-scale; wiped)
+#   STORAGE_EXTRA  more [storage] lines (e.g. "copy_forward = false")
+#   MEM   big's memory limit in bytes (default 2 GiB)
 set -u
 K=${KILN:-$(dirname "$0")/../target/release/kiln}
 D=${DATA:-/tmp/kiln-scale}
@@ -36,6 +38,7 @@ capacity_bytes = $1
 segment_size_bytes = $2
 # 10M blobs of 100 bytes are more entries than the derived maximum (capacity / 512) holds.
 index_max_slots = ${3:-33554432}
+${STORAGE_EXTRA:-}
 CFG
 }
 start() {
