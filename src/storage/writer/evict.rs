@@ -194,8 +194,9 @@ impl Writer {
             pos: SEGMENT_HEADER_LEN,
         });
         self.copy_held(held)?;
-        // The tail is the next segment to go: keep what was used out of it.
-        self.copy_forward_tail();
+        // The tail is the next segment to go: keep what was used out of it (once its records
+        // are read in, off this thread).
+        self.start_early_pass();
         Ok(())
     }
 }
