@@ -12,8 +12,8 @@
 //! segment), and copies into the small room uploads leave at the end of every segment
 //! (`copy_reserve`); what does not fit is evicted and counted as a budget cut.
 //!
-//! Both passes look at the same records: the keys in the segment whose entries depend on it.
-//! The tail is sealed, so that list only shrinks; it is read once, right after the roll that
+//! Both passes look at the same records: the keys of the segment's records. The tail is
+//! sealed, so that list does not change; it is read once, right after the roll that
 //! makes the segment the tail, by a helper thread (`TailWalk`), and kept for both passes. On a
 //! ring larger than memory the tail is on disk only and each record header is a read (~0.6 ms
 //! each measured, 120-200 ms per 256 MiB segment of 1 MiB parts), which on the I/O thread
@@ -42,7 +42,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-/// Most keys a walk keeps (33 bytes each): a tail with more live records (a segment of tiny
+/// Most keys a walk keeps (33 bytes each): a tail with more distinct keys (a segment of tiny
 /// blobs) is walked by each pass itself, as before there was a walk.
 const MAX_TAIL_KEYS: usize = 1 << 20;
 
@@ -112,15 +112,15 @@ fn records(map: &[u8], seq: u32, size: u64) -> impl Iterator<Item = RecordHeader
     })
 }
 
-/// The keys of segment `seq`'s records whose entries depend on it, each once, in log order
-/// (parts belong to a manifest entry that depends on the segment: the whole blob is copied or
-/// none of it). `None` past [`MAX_TAIL_KEYS`].
-fn live_keys(sh: &Shared, seg: &SegMap, size: u64) -> Option<Vec<Key>> {
+/// The keys of segment `seg`'s records, each once, in log order (a large blob's parts and
+/// manifest share its key). Which of them still depend on the segment is for each pass to look
+/// up: the segment is sealed, so this list is exactly what walking it again would find.
+/// `None` past [`MAX_TAIL_KEYS`].
+fn record_keys(seg: &SegMap, size: u64) -> Option<Vec<Key>> {
     let mut seen = HashSet::new();
     let mut keys = Vec::new();
     for h in records(&seg.map, seg.seq, size) {
-        let depends = sh.find(&h.key).is_some_and(|(.., e)| e.oldest_seq() == seg.seq);
-        if depends && seen.insert(h.key) {
+        if seen.insert(h.key) {
             if keys.len() == MAX_TAIL_KEYS {
                 return None;
             }
@@ -150,12 +150,16 @@ impl Writer {
         let Some(seg) = sh.segs().get(tail) else {
             return;
         };
+        let size = sh.cfg().segment_size;
         let (tx, rx) = crossbeam::channel::bounded(1);
         let walk = std::thread::Builder::new()
             .name("kiln-tail-walk".into())
             .spawn(move || {
-                let keys = live_keys(&sh, &seg, sh.cfg().segment_size);
+                let keys = record_keys(&seg, size);
                 release(&seg);
+                // Let go of the segment before the I/O thread can evict it (a segment still
+                // held when evicted gets a new file instead of being reused in place).
+                drop(seg);
                 let _ = tx.send(keys);
             });
         match walk {
@@ -299,7 +303,7 @@ impl Writer {
     /// the horizon, oldest first, at most `budget` bytes (the most recently touched chosen
     /// first when they do not all fit; never rolling); with `hold`,
     /// collects them (entry, verified blob, hint) instead of appending. `keys`: the segment's
-    /// walk (`live_keys`), else its records are walked here.
+    /// walk (`record_keys`), else its records are walked here.
     fn copy_forward_from(
         &mut self,
         victim: u32,
