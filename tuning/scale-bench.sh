@@ -50,13 +50,25 @@ start() {
   ready_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
   grep -q '^ready' $D.out || { echo "kiln serve did not start:"; tail -5 $D.log; kill -9 $pid; exit 1; }
 }
+# The server's CPU (user + system) over a bench's measured phase: its ticks are sampled every
+# 0.2 s while the bench runs, and the phase is the last `wall_s` seconds before it ended (a
+# workload's seeding, before that, is left out).
+cpu_sampler() { while kill -0 $pid 2>/dev/null; do echo "$(date +%s.%N) $(awk '{print $14 + $15}' /proc/$pid/stat)"; sleep 0.2; done; }
 bench() { # label args...
   local label=$1; shift
+  cpu_sampler > $D.cpu & local sampler=$!
   $K bench --target grpc://127.0.0.1:$PORT --quiet --json "$@" > $D.json
-  python3 - "$label" $D.json <<'P'
+  local end=$(date +%s.%N)
+  kill $sampler 2>/dev/null; wait $sampler 2>/dev/null
+  python3 - "$label" $D.json $D.cpu $end $(getconf CLK_TCK) <<'P'
 import json,sys
 r=json.load(open(sys.argv[2])); l=r["latency"]
-print(f'  {sys.argv[1]:14s} ops/s {r["ops_per_s"]:9.0f} items/s {r["items_per_s"]:10.0f} MB/s {r["mb_per_s"]:7.1f} p50 {l["p50_ms"]:7.3f} ms p99 {l["p99_ms"]:7.3f} ms errors {r["errors"]}')
+samples=[tuple(map(float, x.split())) for x in open(sys.argv[3]) if len(x.split()) == 2]
+end, hz = float(sys.argv[4]), float(sys.argv[5])
+start = end - r["wall_s"]
+inside = [s for s in samples if s[0] >= start]
+server = (inside[-1][1] - inside[0][1]) / hz / (inside[-1][0] - inside[0][0]) if len(inside) > 1 else float("nan")
+print(f'  {sys.argv[1]:14s} ops/s {r["ops_per_s"]:9.0f} items/s {r["items_per_s"]:10.0f} MB/s {r["mb_per_s"]:7.1f} p50 {l["p50_ms"]:7.3f} ms p99 {l["p99_ms"]:7.3f} ms errors {r["errors"]} cores: client {r["client_cores"]:.2f} server {server:.2f}')
 P
 }
 rss() {
