@@ -122,8 +122,10 @@ pub(crate) struct Writer {
     /// The position after the last copy laid out: it must be durable before the segment the
     /// copies came from is evicted (FORMAT.md "fsync order").
     copy_end: Pos,
-    /// The walk of the tail for its copy-forward passes (`copy_forward.rs`).
+    /// The walk of the tail for its copy-forward passes, and the walk ahead of the segment
+    /// after it (`copy_forward.rs`).
     tail_walk: Option<copy_forward::TailWalk>,
+    next_walk: Option<copy_forward::TailWalk>,
     /// Copy-forward is laying records out: an append that would roll fails instead (a copy
     /// never triggers another eviction).
     copying: bool,
@@ -180,6 +182,7 @@ impl Writer {
             copy_end: Pos::default(),
             copying: false,
             tail_walk: None,
+            next_walk: None,
         })
     }
 
@@ -309,8 +312,6 @@ impl Writer {
 
     fn process(&mut self, batch: Vec<Req>) {
         self.pinned = None;
-        // Copies laid out here are written and published with the batch.
-        self.early_pass_if_ready();
         let mut done = Vec::with_capacity(batch.len());
         for r in batch {
             match r {

@@ -12,13 +12,14 @@
 //! segment), and copies into the small room uploads leave at the end of every segment
 //! (`copy_reserve`); what does not fit is evicted and counted as a budget cut.
 //!
-//! Both passes look at the same records: the keys of the segment's records. The tail is
-//! sealed, so that list does not change; it is read once, right after the roll that
-//! makes the segment the tail, by a helper thread (`TailWalk`), and kept for both passes. On a
-//! ring larger than memory the tail is on disk only and each record header is a read (~0.6 ms
-//! each measured, 120-200 ms per 256 MiB segment of 1 MiB parts), which on the I/O thread
-//! stalled every write; now the early pass runs once the list is in (or, at the latest, when
-//! half the head segment is written), and the late pass uses it as it is.
+//! Both passes look at the same records: the keys of the segment's records. A segment is
+//! sealed once the head has moved past it, so that list does not change; it is read once by a
+//! helper thread (`TailWalk`), started by the roll *before* the one that makes the segment the
+//! tail, and kept for both passes. On a ring larger than memory the tail is on disk only and
+//! each record header is a read (~0.6 ms each measured, 120-200 ms per 256 MiB segment of 1 MiB
+//! parts), which on the I/O thread stalled every write; the passes themselves still run where
+//! they always did (the early pass at the roll, the late pass at the eviction), waiting for the
+//! walk only if a whole segment's writes did not give it time.
 //!
 //! Crash safety: the copies' records are durable (a sync round covering `copy_end`) before the
 //! state with the tail moved past their source is written (`copies_durable`, called by every
@@ -46,12 +47,11 @@ use std::sync::atomic::Ordering;
 /// blobs) is walked by each pass itself, as before there was a walk.
 const MAX_TAIL_KEYS: usize = 1 << 20;
 
-/// The walk of the tail for its two passes, on a helper thread.
+/// The walk of a segment's records for its two passes, on a helper thread.
 pub(super) struct TailWalk {
     seq: u32,
     rx: crossbeam::channel::Receiver<Option<Vec<Key>>>,
     got: Walked,
-    early_done: bool,
 }
 
 /// Where a walk is.
@@ -90,6 +90,17 @@ impl TailWalk {
         match &self.got {
             Walked::Keys(k) => Some(Arc::clone(k)),
             Walked::Pending | Walked::NotKept => None,
+        }
+    }
+}
+
+impl Drop for TailWalk {
+    /// A walk dropped unused (the ring shrank, the engine stops) is waited for: its thread
+    /// holds the segment until it is done, and a segment held when it is evicted gets a new
+    /// file instead of being reused in place.
+    fn drop(&mut self) {
+        if matches!(self.got, Walked::Pending) {
+            let _ = self.rx.recv();
         }
     }
 }
@@ -138,69 +149,62 @@ fn release(seg: &SegMap) {
 }
 
 impl Writer {
-    /// After a roll that leaves the ring full: starts the walk of the tail (the segment the
-    /// next roll evicts) for its two passes; the early pass waits for it (`early_pass_if_ready`).
-    pub(super) fn start_early_pass(&mut self) {
-        self.tail_walk = None;
-        let sh = Arc::clone(&self.sh);
+    /// At the end of a roll (the new head installed): the early pass over the tail, from the
+    /// list of its records walked ahead (`TailWalk`, waiting for it if it is not in yet; walked
+    /// here when there is none), and the walk of the segment after it started, for the next
+    /// roll. Only sealed segments are walked: the next tail must be behind the head.
+    pub(super) fn early_pass_at_roll(&mut self) {
         let (head, tail) = (self.state.head, self.state.tail);
-        if tail >= head || head - tail + 1 < sh.ring_limit() || !sh.cfg().copy_forward {
+        let next = tail + 1;
+        // Walks of other segments (the ring shrank or grew meanwhile) are dropped.
+        let (mut walk, mut ahead) = (None, None);
+        for w in [self.tail_walk.take(), self.next_walk.take()].into_iter().flatten() {
+            if w.seq == tail {
+                walk = Some(w);
+            } else if w.seq == next {
+                ahead = Some(w);
+            }
+        }
+        if let Some(w) = walk.as_mut() {
+            w.arrive(true);
+        }
+        let keys = walk.as_ref().and_then(TailWalk::keys);
+        self.copy_forward_tail(keys.as_deref().map(Vec::as_slice));
+        self.tail_walk = walk;
+        if ahead.is_some() {
+            self.next_walk = ahead;
             return;
         }
-        let Some(seg) = sh.segs().get(tail) else {
+        let sh = Arc::clone(&self.sh);
+        // The walk ahead is for a ring that is evicting: full now, or one segment short.
+        if !sh.cfg().copy_forward || next >= head || head - tail + 2 < sh.ring_limit() {
+            return;
+        }
+        let Some(seg) = sh.segs().get(next) else {
             return;
         };
         let size = sh.cfg().segment_size;
         let (tx, rx) = crossbeam::channel::bounded(1);
-        let walk = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("kiln-tail-walk".into())
             .spawn(move || {
                 let keys = record_keys(&seg, size);
                 release(&seg);
-                // Let go of the segment before the I/O thread can evict it (a segment still
-                // held when evicted gets a new file instead of being reused in place).
+                // Let go of the segment before answering (a segment still held when it is
+                // evicted gets a new file instead of being reused in place).
                 drop(seg);
                 let _ = tx.send(keys);
             });
-        match walk {
+        match spawned {
             Ok(_) => {
-                self.tail_walk = Some(TailWalk {
-                    seq: tail,
+                self.next_walk = Some(TailWalk {
+                    seq: next,
                     rx,
                     got: Walked::Pending,
-                    early_done: false,
                 });
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "storage: no thread for the tail walk; early pass here");
-                self.copy_forward_tail(None);
-            }
+            Err(e) => tracing::debug!(error = %e, "storage: no thread for the walk ahead"),
         }
-    }
-
-    /// Runs the early pass once the tail's walk is in, or once half the head segment is
-    /// written whether it is in or not (waiting for it then: the pass must run before the next
-    /// roll, since the late pass only has the room left at the end of the head, and a hot set
-    /// would be cut whenever the walk thread got no CPU).
-    pub(super) fn early_pass_if_ready(&mut self) {
-        let half_full = self
-            .active
-            .as_ref()
-            .is_some_and(|a| a.pos >= self.sh.cfg().segment_size / 2);
-        let tail = self.state.tail;
-        let Some(walk) = self.tail_walk.as_mut().filter(|w| !w.early_done) else {
-            return;
-        };
-        if walk.seq != tail {
-            self.tail_walk = None;
-            return;
-        }
-        if !walk.arrive(half_full) {
-            return;
-        }
-        walk.early_done = true;
-        let keys = walk.keys();
-        self.copy_forward_tail(keys.as_deref().map(Vec::as_slice));
     }
 
     /// Makes the copies laid out so far durable (one sync round if the last one did not cover
@@ -239,6 +243,17 @@ impl Writer {
     /// entries still point into it) into the room kept free at the end of the head segment
     /// (`copy_reserve`); what does not fit is evicted and counted as a budget cut.
     pub(super) fn copy_forward_late(&mut self, victim: u32) {
+        // The walk of the victim, if any, is waited for even when no pass runs: its thread
+        // must have let go of the segment before the segment is evicted.
+        let mut keys = None;
+        for mut w in [self.tail_walk.take(), self.next_walk.take()].into_iter().flatten() {
+            if w.seq == victim {
+                w.arrive(true);
+                keys = w.keys();
+            } else if w.seq > victim {
+                self.next_walk = Some(w); // the walk ahead of a later segment
+            }
+        }
         // No head segment open yet (the first roll after open): see `hold_for_copy`.
         if self.active.is_none() || self.force_roll {
             return;
@@ -249,11 +264,6 @@ impl Writer {
             .active
             .as_ref()
             .map_or(0, |a| self.sh.cfg().segment_size.saturating_sub(a.pos));
-        let keys = self
-            .tail_walk
-            .take()
-            .filter(|w| w.seq == victim)
-            .and_then(|mut w| w.arrive(true).then(|| w.keys()).flatten());
         self.copy_forward_from(victim, room.max(1), None, keys.as_deref().map(Vec::as_slice));
     }
 

@@ -194,9 +194,9 @@ impl Writer {
             pos: SEGMENT_HEADER_LEN,
         });
         self.copy_held(held)?;
-        // The tail is the next segment to go: keep what was used out of it (once its records
-        // are read in, off this thread).
-        self.start_early_pass();
+        // The tail is the next segment to go: keep what was used out of it (its records were
+        // read in by the walk ahead), and start the walk of the one after it.
+        self.early_pass_at_roll();
         Ok(())
     }
 }
