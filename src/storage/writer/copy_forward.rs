@@ -152,7 +152,7 @@ impl Writer {
     /// At the end of a roll (the new head installed): the early pass over the tail, from the
     /// list of its records walked ahead (`TailWalk`, waiting for it if it is not in yet; walked
     /// here when there is none), and the walk of the segment after it started, for the next
-    /// roll. Only sealed segments are walked: the next tail must be behind the head.
+    /// roll. Only sealed segments whose records are all written are walked.
     pub(super) fn early_pass_at_roll(&mut self) {
         let (head, tail) = (self.state.head, self.state.tail);
         let next = tail + 1;
@@ -183,6 +183,11 @@ impl Writer {
         let Some(seg) = sh.segs().get(next) else {
             return;
         };
+        // Records of it laid out but not written yet (a tiny ring, where the next tail is the
+        // segment this roll sealed) would be missing from the list: it is walked at its roll.
+        if self.ops.iter().any(|op| Arc::ptr_eq(&op.file, &seg.file)) {
+            return;
+        }
         let size = sh.cfg().segment_size;
         let (tx, rx) = crossbeam::channel::bounded(1);
         let spawned = std::thread::Builder::new()
