@@ -34,10 +34,10 @@ use crate::storage::format::{
 };
 use crate::storage::index::Entry;
 use crate::storage::read::Shared;
+use crate::storage::segment::SegMap;
 use crate::storage::stats::inc;
 use crate::storage::sys::mmap::release_pages;
 use crate::storage::touch::{age, used_again, within_horizon};
-use crate::storage::segment::SegMap;
 use crate::storage::{Blob, Key, StorageError};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -158,7 +158,10 @@ impl Writer {
         let next = tail + 1;
         // Walks of other segments (the ring shrank or grew meanwhile) are dropped.
         let (mut walk, mut ahead) = (None, None);
-        for w in [self.tail_walk.take(), self.next_walk.take()].into_iter().flatten() {
+        for w in [self.tail_walk.take(), self.next_walk.take()]
+            .into_iter()
+            .flatten()
+        {
             if w.seq == tail {
                 walk = Some(w);
             } else if w.seq == next {
@@ -251,7 +254,10 @@ impl Writer {
         // The walk of the victim, if any, is waited for even when no pass runs: its thread
         // must have let go of the segment before the segment is evicted.
         let mut keys = None;
-        for mut w in [self.tail_walk.take(), self.next_walk.take()].into_iter().flatten() {
+        for mut w in [self.tail_walk.take(), self.next_walk.take()]
+            .into_iter()
+            .flatten()
+        {
             if w.seq == victim {
                 w.arrive(true);
                 keys = w.keys();
@@ -269,7 +275,12 @@ impl Writer {
             .active
             .as_ref()
             .map_or(0, |a| self.sh.cfg().segment_size.saturating_sub(a.pos));
-        self.copy_forward_from(victim, room.max(1), None, keys.as_deref().map(Vec::as_slice));
+        self.copy_forward_from(
+            victim,
+            room.max(1),
+            None,
+            keys.as_deref().map(Vec::as_slice),
+        );
     }
 
     /// The first roll after open evicts the tail with no head segment to copy into (open
