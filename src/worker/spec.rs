@@ -154,26 +154,16 @@ mod tests {
             "a command past the bound is not sent"
         );
         let good = spec().encode().unwrap();
-        assert!(
-            Spec::decode(&good[..good.len() - 1]).is_err(),
-            "unterminated"
-        );
-        assert!(
-            Spec::decode(b"/w\0/bin/true\x009\0a\0").is_err(),
-            "fewer arguments"
-        );
-        assert!(
-            Spec::decode(b"/w\0/bin/true\x0099999999999\0").is_err(),
-            "huge count"
-        );
-        assert!(
-            Spec::decode(b"/w\0/bin/true\x000\0NAME\0").is_err(),
-            "name without value"
-        );
-        assert!(
-            Spec::decode(b"\0/bin/true\x000\0").is_err(),
-            "empty workdir"
-        );
+        let bad: [(&[u8], &str); 5] = [
+            (&good[..good.len() - 1], "unterminated"),
+            (b"/w\0/bin/true\x009\0a\0", "fewer arguments"),
+            (b"/w\0/bin/true\x0099999999999\0", "huge count"),
+            (b"/w\0/bin/true\x000\0NAME\0", "name without value"),
+            (b"\0/bin/true\x000\0", "empty workdir"),
+        ];
+        for (bytes, what) in bad {
+            assert!(Spec::decode(bytes).is_err(), "{what}");
+        }
         assert!(
             Spec::decode(&vec![1u8; MAX_SPEC_BYTES + 1]).is_err(),
             "too large"

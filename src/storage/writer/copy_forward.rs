@@ -65,24 +65,16 @@ enum Walked {
 }
 
 impl TailWalk {
-    /// Takes the walk's result if it is in, waiting for it when `wait` (the thread is reading
-    /// the segment in already, so waiting costs what walking here would). False: not in yet.
-    fn arrive(&mut self, wait: bool) -> bool {
+    /// Waits for the walk's result if it is not in yet (the thread has been reading the
+    /// segment in for a whole segment's writes, so waiting costs at most what walking here
+    /// would).
+    fn wait(&mut self) {
         if matches!(self.got, Walked::Pending) {
-            let got = if wait {
-                self.rx.recv().map_err(|_| ())
-            } else {
-                match self.rx.try_recv() {
-                    Err(crossbeam::channel::TryRecvError::Empty) => return false,
-                    r => r.map_err(|_| ()),
-                }
-            };
-            self.got = match got {
+            self.got = match self.rx.recv() {
                 Ok(Some(keys)) => Walked::Keys(Arc::new(keys)),
-                Ok(None) | Err(()) => Walked::NotKept,
+                Ok(None) | Err(_) => Walked::NotKept,
             };
         }
-        true
     }
 
     /// The keys, once in and kept.
@@ -141,10 +133,11 @@ fn record_keys(seg: &SegMap, size: u64) -> Option<Vec<Key>> {
     Some(keys)
 }
 
-/// Drops the page mappings a walk of `seg` made (see `release_pages`).
-fn release(seg: &SegMap) {
+/// Drops the page mappings of `seg` (see `release_pages`): after a walk, and when its file is
+/// reused for a new segment.
+pub(super) fn release(seg: &SegMap) {
     if let Err(e) = release_pages(&seg.map) {
-        tracing::debug!(error = %e, seq = seg.seq, "storage: releasing a walked segment's pages");
+        tracing::debug!(error = %e, seq = seg.seq, "storage: releasing a segment's mapped pages");
     }
 }
 
@@ -156,28 +149,18 @@ impl Writer {
     pub(super) fn early_pass_at_roll(&mut self) {
         let (head, tail) = (self.state.head, self.state.tail);
         let next = tail + 1;
-        // Walks of other segments (the ring shrank or grew meanwhile) are dropped.
-        let (mut walk, mut ahead) = (None, None);
-        for w in [self.tail_walk.take(), self.next_walk.take()]
-            .into_iter()
-            .flatten()
-        {
-            if w.seq == tail {
-                walk = Some(w);
-            } else if w.seq == next {
-                ahead = Some(w);
-            }
-        }
+        let mut walk = self.take_walk(tail);
         if let Some(w) = walk.as_mut() {
-            w.arrive(true);
+            w.wait();
         }
         let keys = walk.as_ref().and_then(TailWalk::keys);
         self.copy_forward_tail(keys.as_deref().map(Vec::as_slice));
         self.tail_walk = walk;
-        if ahead.is_some() {
-            self.next_walk = ahead;
+        if self.next_walk.as_ref().is_some_and(|w| w.seq == next) {
             return;
         }
+        // A walk of a later segment (the ring shrank meanwhile) is dropped.
+        self.next_walk = None;
         let sh = Arc::clone(&self.sh);
         // The walk ahead is for a ring that is evicting: full now, or one segment short.
         if !sh.cfg().copy_forward || next >= head || head - tail + 2 < sh.ring_limit() {
@@ -213,6 +196,23 @@ impl Writer {
             }
             Err(e) => tracing::debug!(error = %e, "storage: no thread for the walk ahead"),
         }
+    }
+
+    /// The walk of segment `seq`, if one was started; a walk of a later segment stays (the
+    /// walk ahead), any other is dropped.
+    fn take_walk(&mut self, seq: u32) -> Option<TailWalk> {
+        let mut found = None;
+        for w in [self.tail_walk.take(), self.next_walk.take()]
+            .into_iter()
+            .flatten()
+        {
+            if w.seq == seq {
+                found = Some(w);
+            } else if w.seq > seq {
+                self.next_walk = Some(w);
+            }
+        }
+        found
     }
 
     /// Makes the copies laid out so far durable (one sync round if the last one did not cover
@@ -253,18 +253,10 @@ impl Writer {
     pub(super) fn copy_forward_late(&mut self, victim: u32) {
         // The walk of the victim, if any, is waited for even when no pass runs: its thread
         // must have let go of the segment before the segment is evicted.
-        let mut keys = None;
-        for mut w in [self.tail_walk.take(), self.next_walk.take()]
-            .into_iter()
-            .flatten()
-        {
-            if w.seq == victim {
-                w.arrive(true);
-                keys = w.keys();
-            } else if w.seq > victim {
-                self.next_walk = Some(w); // the walk ahead of a later segment
-            }
-        }
+        let keys = self.take_walk(victim).and_then(|mut w| {
+            w.wait();
+            w.keys()
+        });
         // No head segment open yet (the first roll after open): see `hold_for_copy`.
         if self.active.is_none() || self.force_roll {
             return;

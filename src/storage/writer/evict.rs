@@ -12,7 +12,7 @@ use crate::storage::StorageError;
 use crate::storage::format::{SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::storage::segment::SegMap;
 use crate::storage::stats::inc;
-use crate::storage::sys::mmap::{map_readonly, release_pages};
+use crate::storage::sys::mmap::map_readonly;
 use crate::storage::sys::{IoFile, WriteOp};
 use bytes::BytesMut;
 use std::sync::Arc;
@@ -34,9 +34,7 @@ impl Writer {
             Some(Ok(old)) => {
                 // What was read through the old mapping (copy-forward's passes, reads) would
                 // stay mapped for the new segment's whole life.
-                if let Err(e) = release_pages(&old.map) {
-                    tracing::debug!(error = %e, "storage: releasing a reused segment's pages");
-                }
+                super::copy_forward::release(&old);
                 (old.file, Some(old.map))
             }
             other => {
