@@ -65,3 +65,82 @@ async fn actions_run_in_a_helper_started_before_them_with_their_own_command() {
     let vars: usize = out.lines().last().unwrap().trim().parse().unwrap();
     assert!(vars <= 5, "{vars} environment variables: {out}");
 }
+
+/// `kB` value of `field` in a `/proc` file of `name: value kB` lines.
+fn proc_kb(text: &str, field: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {text}"))
+}
+
+/// The helpers waiting for actions (started ahead for `work`, past their set-up: no longer
+/// root): their pids.
+fn waiting_helpers(work: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if !cmd.contains("action-sandbox") || !cmd.contains(work) {
+            continue;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let uid = status.lines().find_map(|l| l.strip_prefix("Uid:"));
+        if uid.is_some_and(|u| u.split_whitespace().next() != Some("0")) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// A helper lives a few milliseconds of CPU, and mimalloc (kiln's allocator) used to commit
+/// its first arena with a request for transparent huge pages: every helper zeroed a 2 MiB page
+/// at its first allocation (8% of a no-op action load's CPU). Helpers waiting for their
+/// actions hold no huge page now, and the action still gets the host's THP setting (turning
+/// THP off for the helper process, the other way to avoid it, would be inherited by the
+/// command across its exec).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_helpers_hold_no_huge_page_and_actions_keep_the_thp_setting() {
+    let (server, _w, c) = Server::with_one_worker().await;
+    let work = server.dir.path().to_str().unwrap().to_string();
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if thp.is_empty() || thp.contains("[never]") {
+        eprintln!("THP is off on this host ({thp:?}): no helper could take a huge page");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let helpers = loop {
+        let h = waiting_helpers(&work);
+        if !h.is_empty() || std::time::Instant::now() > deadline {
+            break h;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(!helpers.is_empty(), "no helper waiting under {work}");
+    for pid in &helpers {
+        let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
+            continue; // taken by an action meanwhile
+        };
+        let huge = proc_kb(&rollup, "AnonHugePages:");
+        assert_eq!(huge, 0, "helper {pid} holds {huge} kB of huge pages");
+    }
+    // The action's THP setting is the worker's, which is this test's.
+    let mine = std::fs::read_to_string("/proc/self/status").unwrap();
+    let mine = mine.lines().find(|l| l.starts_with("THP_enabled:"));
+    let mut spec = sh("grep THP_enabled: /proc/self/status || echo none");
+    spec.do_not_cache = true;
+    let (_, resp) = c.execute(&c.action(&spec).await).await.unwrap();
+    let r = resp.result.unwrap();
+    let out = String::from_utf8(c.get(r.stdout_digest.as_ref().unwrap()).await).unwrap();
+    assert_eq!(r.exit_code, 0, "{out}");
+    assert_eq!(
+        out.trim(),
+        mine.unwrap_or("none").trim(),
+        "the action's THP setting"
+    );
+}

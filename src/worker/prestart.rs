@@ -265,8 +265,8 @@ pub fn make_dir(dir: &std::path::Path, owner: Owner) -> Result<(), WorkerError> 
 /// Starts a sandbox helper for `place` in the action directory `dir` (its working directory
 /// until it has its command; `owned` when the directory belongs to an action already), with
 /// `out` and `err` as the command's stdout and stderr; returns once it has set up and dropped
-/// its privileges. The helper runs with an empty environment: the action's goes only to the
-/// command (see `sandbox_helper.rs`).
+/// its privileges. The helper runs with an environment of the worker's (`Sandbox::command`):
+/// the action's goes only to the command (see `sandbox_helper.rs`).
 pub async fn spawn_helper(
     sandbox: &Sandbox,
     limits: &Limits,
@@ -281,7 +281,6 @@ pub async fn spawn_helper(
     c.stdin(std::os::fd::OwnedFd::from(theirs))
         .stdout(out)
         .stderr(err)
-        .env_clear()
         .current_dir(&dir)
         .process_group(0);
     let spawned = if namespaces {

@@ -17,8 +17,8 @@
 //! inode>` or `error: ...`), so a setup failure is an INTERNAL error of the lease, never an
 //! exit code of the action, and the reaper (`reaper.rs`) learns the namespace that marks the
 //! action's processes. Only then does the worker send the command, its environment and its
-//! working directory (`spec.rs`): the helper runs with an empty environment in a directory of
-//! the worker's, so nothing of the action reaches it while it is privileged.
+//! working directory (`spec.rs`): the helper runs with an environment of the worker's making (empty but for one allocator
+//! setting) in a directory of the worker's, so nothing of the action reaches it while it is privileged.
 //!
 //! The worker starts these helpers ahead of their actions, two per slot, each for an action
 //! directory made then (`prestart.rs`): all of the above happens before the action arrives,
@@ -139,10 +139,19 @@ impl Sandbox {
 
     /// The helper command that sets up the sandbox for `place` (a new `/proc` when
     /// `new_proc`), reports, and then reads the command on its stdin (`spec.rs`). The
-    /// caller gives it a socket as stdin, stdout/stderr, an empty environment and a working
-    /// directory of the worker's.
+    /// caller gives it a socket as stdin, stdout/stderr and a working directory of the
+    /// worker's.
+    ///
+    /// Its environment is empty but for one allocator setting: mimalloc commits its first
+    /// arena eagerly and asks for transparent huge pages for it, so in a process that lives a
+    /// few milliseconds the first allocation zeroes a whole 2 MiB page (`perf` put 8% of a
+    /// no-op action load's CPU in that zeroing). Committing on demand takes no huge page and,
+    /// unlike `MIMALLOC_ALLOW_THP=0` (a `prctl` that the exec'd command would inherit), leaves
+    /// the action the host's THP setting. The command's environment is the action's alone
+    /// (`sandbox_helper.rs`).
     pub fn command(&self, place: &Place<'_>, new_proc: bool) -> std::process::Command {
         let mut c = std::process::Command::new(&self.helper);
+        c.env_clear().env("MIMALLOC_ARENA_EAGER_COMMIT", "0");
         c.arg("action-sandbox")
             .arg("--uid")
             .arg(self.uid.to_string())

@@ -15,7 +15,8 @@
 //! (`spec.rs`) to the end of stdin, chdir there and exec. A failure before the exec is
 //! reported as `error: ...` and the helper exits 125.
 //!
-//! The helper itself runs with an empty environment and in a directory of the worker's: the
+//! The helper itself runs with the worker's environment for it (empty but for one allocator
+//! setting, `Sandbox::command`) and in a directory of the worker's: the
 //! action's environment is applied only to the command's exec, after step 8 (an action's
 //! `LD_PRELOAD=./x.so` once reached the dynamic loader of the helper while it was still root).
 
