@@ -12,6 +12,7 @@ mod storage_support;
 mod common;
 
 use bytes::Bytes;
+use common::mount::Mount;
 use kiln::proto::reapi::{
     BatchReadBlobsRequest, BatchUpdateBlobsRequest, FindMissingBlobsRequest,
     batch_update_blobs_request,
@@ -20,76 +21,7 @@ use kiln::storage::sys::IoBackend;
 use kiln::storage::{Engine, EngineConfig, StorageError, Store};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use storage_support::{BACKENDS, cas_key, config, data, io, rt};
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd} (these tests need root and e2fsprogs): {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed (these tests need root, loop devices and e2fsprogs): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A mounted file system, unmounted (and its loop device released) on drop, failed test or not.
-struct Mount {
-    dir: PathBuf,
-    _tmp: tempfile::TempDir,
-}
-
-impl Mount {
-    /// A tmpfs of `size` bytes.
-    fn tmpfs(size: u64) -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("mnt");
-        std::fs::create_dir(&dir).unwrap();
-        run(
-            "mount",
-            &[
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size}"),
-                "tmpfs",
-                dir.to_str().unwrap(),
-            ],
-        );
-        Self { dir, _tmp: tmp }
-    }
-
-    /// An ext4 of `size` bytes in an image file, loop-mounted (no reserved blocks).
-    fn ext4(size: u64) -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let img = tmp.path().join("fs.img");
-        let dir = tmp.path().join("mnt");
-        std::fs::create_dir(&dir).unwrap();
-        run(
-            "truncate",
-            &["-s", &size.to_string(), img.to_str().unwrap()],
-        );
-        run("mkfs.ext4", &["-q", "-F", "-m", "0", img.to_str().unwrap()]);
-        run(
-            "mount",
-            &["-o", "loop", img.to_str().unwrap(), dir.to_str().unwrap()],
-        );
-        Self { dir, _tmp: tmp }
-    }
-
-    fn store(&self) -> PathBuf {
-        self.dir.join("store")
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        // A loop mount made by `mount -o loop` is detached by the unmount (autoclear).
-        let _ = Command::new("umount").arg(&self.dir).status();
-    }
-}
 
 /// One test of this file at a time: a child process another test spawns (`mount`, `mkfs`)
 /// holds a copy of every open file descriptor until it execs, and a segment file unlinked in

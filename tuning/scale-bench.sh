@@ -10,7 +10,7 @@
 # MEM bytes (default 2 GiB; the page cache of its files is charged to it too) with a ring of
 # 4 x MEM; blobs of 256 KiB to 8 MiB are uploaded through the API in rounds of MEM bytes, to
 # 6 x MEM (the ring wraps in the fifth round). After each round: the round's upload rate;
-# ac-get, find-missing and read-small; reads of 8 x 64 MiB blobs written first, with the page
+# the bytes the server read from disk meanwhile; ac-get, find-missing and read-small; reads of 8 x 64 MiB blobs written first, with the page
 # cache dropped (from disk, in order, each once); the cgroup's peak memory and the server's
 # RSS; after the third round, the restart time after kill -9. Needs root and the cgroup v1
 # memory controller (or cgroup v2's memory.max).
@@ -84,6 +84,8 @@ cg_peak() { # the cgroup's peak and current memory, MiB
     echo "cgroup peak $(( $(cat $CG/memory.peak 2>/dev/null || echo 0) >> 20 )) MiB now $(( $(cat $CG/memory.current) >> 20 )) MiB"
   fi
 }
+# Bytes the server has had read from disk (its own reads and its map faults, readahead included).
+disk_reads() { awk '/^read_bytes:/ {print $2}' /proc/$pid/io; }
 # A server left running would answer the next run's benches.
 trap '[ -n "${pid:-}" ] && kill -9 $pid 2>/dev/null' EXIT
 uptime
@@ -134,7 +136,9 @@ big)
     round=$((round + 1))
     n=$(( MEM / $(numfmt --from=iec-i ${size%B}) ))
     echo "-- round $round: $n blobs of $size"
+    r0=$(disk_reads)
     bench upload --workload upload-large --size $size --ops $n --concurrency 2 --seed $((100 + round))
+    echo "  the server read $(( ($(disk_reads) - r0) >> 20 )) MiB from disk during the upload"
     written=$((written + MEM))
     echo "  written $((written >> 20)) MiB = $(python3 -c "print(round($written / $MEM, 2))") x memory"
     bench ac-get --workload ac-get --duration 5s

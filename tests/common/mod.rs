@@ -4,6 +4,7 @@
 pub mod data;
 pub mod grpcio;
 pub mod http;
+pub mod mount;
 pub mod pki;
 pub mod process;
 pub mod wait;

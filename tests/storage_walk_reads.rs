@@ -1,0 +1,81 @@
+//! Copy-forward's walk of a segment that is no longer in the page cache reads its record
+//! headers, not the segment. Walking them through the segment's map made every header a page
+//! fault, and a fault on a shared file map reads around itself as far as the device's
+//! readahead goes: with 1 MiB records and an 8 MiB readahead (the test VM's disk) the walk
+//! read the whole segment, so a store larger than memory read back as much as it wrote while
+//! the ring wrapped. Needs root and e2fsprogs (a loop-mounted ext4 whose readahead the test
+//! sets); without them it fails loudly, never skips.
+//!
+//! Alone in its binary: it counts the bytes this process has read from disk.
+
+#[path = "common/storage.rs"]
+mod storage_support;
+
+mod common;
+
+use common::mount::Mount;
+use kiln::storage::sys::IoBackend;
+use kiln::storage::{Engine, Store};
+use storage_support::{cas_key, config, data, io, rt};
+
+/// Bytes this process has had read from disk (`read_bytes` of `/proc/self/io`).
+fn disk_reads() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("read_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("read_bytes in /proc/self/io")
+}
+
+/// Drops the clean cached pages of every segment file (they were synced when written).
+fn drop_segment_pages(store: &std::path::Path) {
+    for f in std::fs::read_dir(store.join("segments")).unwrap().flatten() {
+        let file = std::fs::File::open(f.path()).unwrap();
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    }
+}
+
+#[test]
+fn walking_a_cold_segment_reads_its_headers_not_its_payloads() {
+    const SEG: u64 = 16 << 20;
+    const BLOB: usize = (1 << 20) - 4096;
+    let m = Mount::ext4(192 << 20);
+    m.set_read_ahead_kb(8192);
+    let store = m.store();
+    // Six segments of 16 MiB, records of about 1 MiB (15 a segment): the ring is full after
+    // about 90 blobs.
+    let c = config(&store, SEG, 6, 1 << 20, 4096);
+    assert!(c.copy_forward, "copy-forward is on by default");
+    let e = Engine::open_with_io(c, io(IoBackend::Psync)).unwrap();
+    let rt = rt();
+    let mut n = 0u64;
+    let mut put = |count: u64| {
+        for _ in 0..count {
+            rt.block_on(e.put(cas_key(n), data(n, BLOB))).unwrap();
+            n += 1;
+        }
+    };
+    put(90);
+    let before = e.stats().evictions;
+    drop_segment_pages(&store);
+    let read0 = disk_reads();
+    // Three segments more: each roll walks the segment the next one evicts.
+    put(45);
+    let read = disk_reads() - read0;
+    let evicted = e.stats().evictions - before;
+    assert!(evicted >= 2, "the ring wrapped: {evicted} evictions");
+    eprintln!("{read} bytes read from disk, {evicted} segments evicted");
+    // The headers of two or three segments of 15 records, a 16 KiB read each, and the pages
+    // at the ends of the records written (partial pages of a reused file): well under a
+    // megabyte. Through the map: about a segment per walk.
+    assert!(
+        read < 4 << 20,
+        "{read} bytes read from disk while writing {} MiB ({evicted} segments evicted)",
+        45 * BLOB >> 20
+    );
+    // The walk found the records: a blob written before the wrap that is still in the ring
+    // reads back.
+    let last = n - 1;
+    let got = e.get(&cas_key(last)).unwrap().unwrap().to_bytes().unwrap();
+    assert_eq!(got, data(last, BLOB));
+}
