@@ -9,11 +9,12 @@
 # `big`: a store several times the memory it may use. `kiln serve` runs in a memory cgroup of
 # MEM bytes (default 2 GiB; the page cache of its files is charged to it too) with a ring of
 # 4 x MEM; blobs of 256 KiB to 8 MiB are uploaded through the API in rounds of MEM bytes, to
-# 6 x MEM (the ring wraps in the fifth round). After each round: the round's upload rate;
-# the bytes the server read from disk meanwhile; ac-get, find-missing and read-small; reads of 8 x 64 MiB blobs written first, with the page
-# cache dropped (from disk, in order, each once); the cgroup's peak memory and the server's
-# RSS; after the third round, the restart time after kill -9. Needs root and the cgroup v1
-# memory controller (or cgroup v2's memory.max).
+# 6 x MEM (the ring wraps in the fifth round). After each round: the round's upload rate and
+# the bytes the server read from disk meanwhile; ac-get, find-missing and read-small; reads
+# of 8 x 64 MiB blobs written first, with the page cache dropped (from disk, in order, each
+# once); the cgroup's peak memory and the server's RSS; after the third round, the restart
+# time after kill -9. Needs root and the cgroup v1 memory controller (or cgroup v2's
+# memory.max).
 # Usage: cargo build --release && tuning/scale-bench.sh [sizes|wrap|big]
 #   KILN  the kiln binary (default target/release/kiln)
 #   DATA  scratch data dir (default /tmp/kiln-scale; wiped)
@@ -85,7 +86,7 @@ cg_peak() { # the cgroup's peak and current memory, MiB
   fi
 }
 # Bytes the server has had read from disk (its own reads and its map faults, readahead included).
-disk_reads() { awk '/^read_bytes:/ {print $2}' /proc/$pid/io; }
+disk_reads() { awk '/^read_bytes:/ {print $2}' /proc/$pid/io 2>/dev/null || echo 0; }
 # A server left running would answer the next run's benches.
 trap '[ -n "${pid:-}" ] && kill -9 $pid 2>/dev/null' EXIT
 uptime

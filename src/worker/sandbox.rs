@@ -17,8 +17,9 @@
 //! inode>` or `error: ...`), so a setup failure is an INTERNAL error of the lease, never an
 //! exit code of the action, and the reaper (`reaper.rs`) learns the namespace that marks the
 //! action's processes. Only then does the worker send the command, its environment and its
-//! working directory (`spec.rs`): the helper runs with an environment of the worker's making (empty but for one allocator
-//! setting) in a directory of the worker's, so nothing of the action reaches it while it is privileged.
+//! working directory (`spec.rs`): the helper runs with an environment of the worker's making
+//! (empty but for one allocator setting) in a directory of the worker's, so nothing of the
+//! action reaches it while it is privileged.
 //!
 //! The worker starts these helpers ahead of their actions, two per slot, each for an action
 //! directory made then (`prestart.rs`): all of the above happens before the action arrives,
@@ -145,7 +146,8 @@ impl Sandbox {
     /// Its environment is empty but for one allocator setting: mimalloc commits its first
     /// arena eagerly and asks for transparent huge pages for it, so in a process that lives a
     /// few milliseconds the first allocation zeroes a whole 2 MiB page (`perf` put 8% of a
-    /// no-op action load's CPU in that zeroing). Committing on demand takes no huge page and,
+    /// no-op action load's CPU in that zeroing). Committing on demand asks for no huge page
+    /// (with THP `madvise`, the common setting, it gets none) and,
     /// unlike `MIMALLOC_ALLOW_THP=0` (a `prctl` that the exec'd command would inherit), leaves
     /// the action the host's THP setting. The command's environment is the action's alone
     /// (`sandbox_helper.rs`).

@@ -102,8 +102,9 @@ pub fn rename_durably(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 /// `fallocate(fd, 0, 0, len)`, falling back to `set_len` where the file system refuses. For
-/// segments, which are only read through their (read-only) mapping: a hole reads as zeros, so a
-/// sparse segment cannot raise SIGBUS; a full disk shows up as ENOSPC on the `pwrite`.
+/// segments, which are read through their (read-only) mapping and by `pread`: a hole reads as
+/// zeros, so a sparse segment cannot raise SIGBUS; a full disk shows up as ENOSPC on the
+/// `pwrite`.
 pub fn fallocate(file: &File, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: fallocate only reads its integer arguments; the fd is valid for the call because
