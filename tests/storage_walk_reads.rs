@@ -76,7 +76,7 @@ fn walking_a_cold_segment_reads_its_headers_not_its_payloads() {
     assert!(
         read < 4 << 20,
         "{read} bytes read from disk while writing {} MiB ({evicted} segments evicted)",
-        45 * BLOB >> 20
+        (45 * BLOB) >> 20
     );
     // The walk found the records: the blob used again was copied forward and outlived its
     // segment, whose other blobs are gone.
