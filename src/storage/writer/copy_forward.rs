@@ -16,9 +16,10 @@
 //! sealed once the head has moved past it, so that list does not change; it is read once by a
 //! helper thread (`TailWalk`), started by the roll *before* the one that makes the segment the
 //! tail, and kept for both passes. On a ring larger than memory the tail is on disk only and
-//! each record header is a read (~0.6 ms each measured, 120-200 ms per 256 MiB segment of 1 MiB
-//! parts), which on the I/O thread stalled every write; the passes themselves still run where
-//! they always did (the early pass at the roll, the late pass at the eviction), waiting for the
+//! each record header is a read (`records` reads them with `pread`: through the map, each
+//! fault read around itself and the walk read the whole segment, 120-200 ms per 256 MiB), which
+//! on the I/O thread stalled every write; the passes themselves still run where they always
+//! did (the early pass at the roll, the late pass at the eviction), waiting for the
 //! walk only if a whole segment's writes did not give it time.
 //!
 //! Crash safety: the copies' records are durable (a sync round covering `copy_end`) before the
