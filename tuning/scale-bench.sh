@@ -147,7 +147,7 @@ big)
     bench read-small --workload read-small --duration 5s
     sync; echo 1 > /proc/sys/vm/drop_caches
     bench cold-reads --workload read-large --size 64MiB --blobs 8 --seed 7 --ops 8 --concurrency 1 --seed-target grpc://127.0.0.1:$PORT
-    curl -s 127.0.0.1:$MPORT/metrics | grep -E "^kiln_storage_(evictions|copy_forwards|blobs) " | tr '\n' ' '; echo
+    curl -s 127.0.0.1:$MPORT/metrics | grep -E "^kiln_storage_(evictions|copy_forwards|copy_forward_budget_cuts|blobs) " | tr '\n' ' '; echo
     echo "  $(cg_peak)  $(rss)"
     if [ $round = 3 ]; then
       kill -9 $pid; wait $pid 2>/dev/null
