@@ -13,6 +13,7 @@ mod grow;
 mod recovery;
 mod rounds;
 mod run;
+mod walk;
 
 use super::Key;
 use super::StorageError;

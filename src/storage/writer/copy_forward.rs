@@ -16,7 +16,7 @@
 //! sealed once the head has moved past it, so that list does not change; it is read once by a
 //! helper thread (`TailWalk`), started by the roll *before* the one that makes the segment the
 //! tail, and kept for both passes. On a ring larger than memory the tail is on disk only and
-//! each record header is a read (`records` reads them with `pread`: through the map, each
+//! each record header is a read (`walk.rs` reads them with `pread`: through the map, each
 //! fault read around itself and the walk read the whole segment, 120-200 ms per 256 MiB), which
 //! on the I/O thread stalled every write; the passes themselves still run where they always
 //! did (the early pass at the roll, the late pass at the eviction), waiting for the
@@ -28,10 +28,10 @@
 //! supersede rule), so a crash at any point leaves one readable version of each blob.
 
 use super::Writer;
+use super::walk::Walk;
 use crate::storage::blob::Piece;
 use crate::storage::format::{
-    FLAG_ZSTD, PartLoc, RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN,
-    decode_manifest, record_span,
+    FLAG_ZSTD, PartLoc, RecordHeader, RecordKind, SEGMENT_HEADER_LEN, decode_manifest, record_span,
 };
 use crate::storage::index::Entry;
 use crate::storage::read::Shared;
@@ -41,7 +41,6 @@ use crate::storage::sys::mmap::release_pages;
 use crate::storage::touch::{age, used_again, within_horizon};
 use crate::storage::{Blob, Key, StorageError};
 use std::collections::HashSet;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -99,59 +98,10 @@ impl Drop for TailWalk {
     }
 }
 
-/// Most bytes a walk reads at a time: after a record smaller than this the next read takes a
-/// window of them (the kernel's readahead then sees a sequential reader); after a larger one,
-/// only the page holding the next header. Reading past a record costs its bytes at the disk's
-/// sequential rate, skipping it one random read (about 0.1-0.2 ms on NVMe, and the reads of a
-/// walk cannot overlap: each header says where the next one is), which breaks even near 256
-/// KiB at 1-2 GB/s.
-const WALK_WINDOW: u64 = 256 << 10;
-/// A page: the least a walk reads (headers are 64-byte aligned, so one never straddles two).
-const WALK_PAGE: u64 = 4096;
-
-/// The records of segment `seg` (`size` bytes) in log order, read as replay reads them: the
-/// first header that does not validate, or a read that fails, ends the segment's written part.
-///
-/// The headers are read with positioned reads, not through the segment's map: a fault on a
-/// shared file map reads around the faulting page as far as the device's readahead allows
-/// (8 MiB on the test VM), so walking the headers of a segment of 1 MiB records through the map
-/// read the whole segment from disk, and on a store larger than memory that competed with
-/// every upload for the disk and the page cache.
+/// The records of segment `seg` (`size` bytes) in log order (see `walk.rs`).
 fn records(seg: &SegMap, size: u64) -> impl Iterator<Item = RecordHeader> + '_ {
-    let mut off = SEGMENT_HEADER_LEN;
-    let mut window = Vec::new();
-    let (mut at, mut last_span) = (0u64, WALK_WINDOW);
-    std::iter::from_fn(move || {
-        if off + RECORD_HEADER_LEN as u64 > size {
-            return None;
-        }
-        let inside = off >= at && off + RECORD_HEADER_LEN as u64 <= at + window.len() as u64;
-        if !inside {
-            at = off - off % WALK_PAGE;
-            let want = if last_span < WALK_WINDOW {
-                WALK_WINDOW
-            } else {
-                WALK_PAGE
-            };
-            window.resize(usize::try_from(want.min(size - at)).ok()?, 0);
-            if let Err(e) = seg.file.file.read_exact_at(&mut window, at) {
-                // Touched blobs after this point are evicted instead of copied: misses, not
-                // wrong bytes (a read through the map would have been a SIGBUS).
-                tracing::warn!(seq = seg.seq, off, error = %e,
-                    "storage: cannot read a segment's record headers for copy-forward");
-                return None;
-            }
-        }
-        let start = usize::try_from(off - at).ok()?;
-        let h = RecordHeader::decode(&window[start..], seg.seq).ok()?;
-        let span = record_span(h.len);
-        if h.len > size || off + span > size {
-            return None;
-        }
-        off += span;
-        last_span = span;
-        Some(h)
-    })
+    let mut walk = Walk::new(seg, SEGMENT_HEADER_LEN, size);
+    std::iter::from_fn(move || walk.next_record().map(|(_, h)| h))
 }
 
 /// The keys of segment `seg`'s records, each once, in log order (a large blob's parts and

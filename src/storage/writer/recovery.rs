@@ -4,11 +4,11 @@
 //! The work is bounded by `checkpoint_bytes`, not by the number of blobs in the store.
 
 use super::Writer;
+use super::walk::Walk;
 use crate::storage::StorageError;
 use crate::storage::codec;
 use crate::storage::format::{
-    FLAG_ZSTD, RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN, decode_manifest,
-    record_span,
+    FLAG_ZSTD, RECORD_HEADER_LEN, RecordKind, SEGMENT_HEADER_LEN, decode_manifest,
 };
 use crate::storage::index::Entry;
 use crate::storage::stats::inc;
@@ -92,28 +92,18 @@ impl Writer {
             } else {
                 size
             };
-            let mut off = start;
             // The first record that does not validate ends the written part of a segment.
-            while off + RECORD_HEADER_LEN as u64 <= end {
-                let Ok(h) = RecordHeader::decode(&seg.map[off as usize..], seq) else {
-                    break;
-                };
-                if h.len > end {
-                    break;
-                }
-                let span = record_span(h.len);
-                if off + span > end {
-                    break;
-                }
-                let payload = off as usize + RECORD_HEADER_LEN
-                    ..(off + RECORD_HEADER_LEN as u64 + h.len) as usize;
+            let mut walk = Walk::new(&seg, start, end);
+            while let Some((off, h)) = walk.next_record() {
+                let payload = off + RECORD_HEADER_LEN as u64;
                 let at = (off / crate::storage::format::ALIGN) as u32;
                 let entry = match h.kind {
                     // A compressed record's entry names the blob's length, from its prefix.
                     RecordKind::Blob => if h.flags & FLAG_ZSTD == 0 {
                         Some(h.len)
                     } else {
-                        codec::logical_len(&seg.map[payload])
+                        walk.bytes(payload, h.len.min(codec::PREFIX as u64))
+                            .and_then(|p| codec::logical_len(&p))
                     }
                     .map(|len| Entry {
                         key: h.key,
@@ -125,16 +115,16 @@ impl Writer {
                         span: 0,
                     }),
                     RecordKind::Part => None,
-                    RecordKind::Manifest => {
-                        let m = &seg.map[payload];
-                        match decode_manifest(m) {
-                            Ok((total, parts)) if xxh3_64(m) == h.checksum => {
+                    RecordKind::Manifest => match walk.bytes(payload, h.len) {
+                        Some(m) => match decode_manifest(&m) {
+                            Ok((total, parts)) if xxh3_64(&m) == h.checksum => {
                                 Some(Entry::manifest(h.key, seq, at, total, &parts))
                                     .filter(|e| e.oldest_seq() >= tail)
                             }
                             _ => None,
-                        }
-                    }
+                        },
+                        None => None,
+                    },
                 };
                 // Skip records whose entry reached the index file anyway (the kernel writes
                 // mapped pages back on its own): republishing them would only crowd the
@@ -149,9 +139,8 @@ impl Writer {
                     self.grow_blocking();
                     records += 1;
                 }
-                off += span;
             }
-            bytes += off - start;
+            bytes += walk.pos() - start;
         }
         sh.counters().replayed.fetch_add(records, Ordering::Relaxed);
         (records, bytes)
