@@ -1,10 +1,11 @@
 //! Copy-forward's walk of a segment that is no longer in the page cache, and the index
-//! rebuild's replay of the whole ring, read record headers, not the segments. Walking them through the segment's map made every header a page
-//! fault, and a fault on a shared file map reads around itself as far as the device's
-//! readahead goes: with 1 MiB records and an 8 MiB readahead (the test VM's disk) the walk
-//! read the whole segment, so a store larger than memory read back as much as it wrote while
-//! the ring wrapped. Needs root and e2fsprogs (a loop-mounted ext4 whose readahead the test
-//! sets); without them it fails loudly, never skips.
+//! rebuild's replay of the whole ring, read record headers, not the segments. Reading them
+//! through the segment's map made every header a page fault, and a fault on a shared file map
+//! reads around itself as far as the device's readahead goes: with 1 MiB records and an 8 MiB
+//! readahead (the test VM's disk) the walk read the whole segment, so a store larger than
+//! memory read back as much as it wrote while the ring wrapped, and a rebuild read the whole
+//! ring. Needs root and e2fsprogs (a loop-mounted ext4 whose readahead the test sets); without
+//! them it fails loudly, never skips.
 //!
 //! Its tests count the bytes this process has read from disk: they run one at a time, alone in
 //! their binary.

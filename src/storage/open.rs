@@ -3,7 +3,7 @@
 //! errors for the files it must allocate.
 
 use super::StorageError;
-use super::format::{SEGMENT_HEADER_LEN, STATE_SLOT_LEN, SegmentHeader, State, state_slot_offset};
+use super::format::{STATE_SLOT_LEN, SegmentHeader, State, state_slot_offset};
 use super::segment::{SegMap, Segments};
 use super::sys::mmap::map_readonly;
 use super::sys::{IoEngine, IoFile};
@@ -94,19 +94,18 @@ pub(super) fn map_live_segments(segs: &Segments, tail: u32, head: u32, size: u64
         let Ok(file) = IoFile::open(&path) else {
             continue;
         };
-        let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
-        if file.file.read_exact_at(&mut header, 0).is_err() {
-            tracing::warn!(
-                seq,
-                "storage: segment header unreadable; its blobs read as misses"
-            );
-            continue;
-        }
+        // Mapping reads nothing, and refuses a file shorter than a segment.
         let Ok(map) = map_readonly(&file.file, size as usize) else {
             continue;
         };
-        match SegmentHeader::decode(&header) {
-            Ok(h) if h.seq == u64::from(seq) && h.size == size => {
+        let mut header = [0u8; 64];
+        let decoded = file
+            .file
+            .read_exact_at(&mut header, 0)
+            .ok()
+            .and_then(|()| SegmentHeader::decode(&header).ok());
+        match decoded {
+            Some(h) if h.seq == u64::from(seq) && h.size == size => {
                 segs.install(Arc::new(SegMap { seq, map, file }));
             }
             _ => tracing::warn!(

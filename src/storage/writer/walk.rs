@@ -75,8 +75,12 @@ impl<'a> Walk<'a> {
         }
         let start = usize::try_from(off - self.at).ok()?;
         let h = RecordHeader::decode(&self.window[start..], self.seg.seq).ok()?;
+        // The length first: a huge one would overflow the span.
+        if h.len > self.end {
+            return None;
+        }
         let span = record_span(h.len);
-        if h.len > self.end || off + span > self.end {
+        if off + span > self.end {
             return None;
         }
         self.off = off + span;
