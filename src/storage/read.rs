@@ -244,11 +244,18 @@ impl Shared {
 
     /// The stored payload length of the record at (`seq`, `off`), from its header alone (the
     /// header's own checksum, kind and key checked; the payload neither read nor checked).
-    /// For estimates only, such as what a copy will append.
+    /// For estimates only, such as what a copy will append. Read with `pread`: copy-forward
+    /// asks it of the tail, often on disk only, where a fault on the map would read around the
+    /// header as far as the device's readahead goes (FORMAT.md "Headers are read past the map").
     pub fn record_len(&self, seq: u32, off: u32, kind: RecordKind, key: &Key) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
         let seg = self.segs.get(seq)?;
-        let start = (u64::from(off) * ALIGN) as usize;
-        RecordHeader::decode_expected(seg.map.get(start..)?, seq, kind, key, None).map(|h| h.len)
+        let mut header = [0u8; RECORD_HEADER_LEN];
+        seg.file
+            .file
+            .read_exact_at(&mut header, u64::from(off) * ALIGN)
+            .ok()?;
+        RecordHeader::decode_expected(&header, seq, kind, key, None).map(|h| h.len)
     }
 
     /// Reads and checks one record, returning its flags and a zero-copy view of its payload.
