@@ -22,23 +22,26 @@ pub(super) fn read_state(io: &mut dyn IoEngine, f: &IoFile) -> Result<Option<Sta
 /// The highest segment seq named by a valid header among the files in `dir` (0 if none).
 /// Reads one header per file.
 pub(super) fn highest_segment_seq(dir: &std::path::Path) -> u32 {
-    use std::io::Read;
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
     entries
         .flatten()
         .filter_map(|f| {
-            let mut b = [0u8; 64];
-            std::fs::File::open(f.path())
-                .ok()?
-                .read_exact(&mut b)
-                .ok()?;
-            let h = SegmentHeader::decode(&b).ok()?;
+            let h = segment_header(&std::fs::File::open(f.path()).ok()?)?;
             u32::try_from(h.seq).ok()
         })
         .max()
         .unwrap_or(0)
+}
+
+/// The valid header at the start of a segment file, read with `pread` (a fault on a map of
+/// the file would read around it as far as the device's readahead goes).
+fn segment_header(file: &std::fs::File) -> Option<SegmentHeader> {
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; 64];
+    file.read_exact_at(&mut b, 0).ok()?;
+    SegmentHeader::decode(&b).ok()
 }
 
 /// A clear error for a file kiln must allocate at open: a full disk is `Full` (the server
@@ -56,18 +59,13 @@ pub(super) fn no_space(what: &str, path: &std::path::Path, e: &std::io::Error) -
 /// the highest seq whose header sits in its own file slot (`seq % n`) with the configured
 /// size, and the run of consecutive seqs below it (at most `n`). Reads one header per file.
 pub(super) fn ring_on_disk(dir: &std::path::Path, n: u32, size: u64) -> Option<(u32, u32)> {
-    use std::io::Read;
     let mut seqs = std::collections::HashSet::new();
     for slot in 0..n {
         let path = super::segment::segment_path(dir, n, slot);
-        let mut b = [0u8; 64];
-        let Ok(mut f) = std::fs::File::open(&path) else {
+        let Ok(f) = std::fs::File::open(&path) else {
             continue;
         };
-        if f.read_exact(&mut b).is_err() {
-            continue;
-        }
-        if let Ok(h) = SegmentHeader::decode(&b)
+        if let Some(h) = segment_header(&f)
             && h.size == size
             && let Ok(seq) = u32::try_from(h.seq)
             && seq > 0
@@ -85,10 +83,9 @@ pub(super) fn ring_on_disk(dir: &std::path::Path, n: u32, size: u64) -> Option<(
 }
 
 /// Maps segments `tail..=head` whose header names the expected sequence number. Reads one
-/// header per segment, never the records: with `pread`, as a fault on the new map would read
-/// around the header as far as the device's readahead goes (8 MiB a segment on the test VM).
+/// header per segment (`segment_header`: a fault on the new map would read around it, 8 MiB a
+/// segment on the test VM), never the records.
 pub(super) fn map_live_segments(segs: &Segments, tail: u32, head: u32, size: u64) {
-    use std::os::unix::fs::FileExt;
     for seq in tail..=head {
         let path = segs.path(seq);
         let Ok(file) = IoFile::open(&path) else {
@@ -98,13 +95,7 @@ pub(super) fn map_live_segments(segs: &Segments, tail: u32, head: u32, size: u64
         let Ok(map) = map_readonly(&file.file, size as usize) else {
             continue;
         };
-        let mut header = [0u8; 64];
-        let decoded = file
-            .file
-            .read_exact_at(&mut header, 0)
-            .ok()
-            .and_then(|()| SegmentHeader::decode(&header).ok());
-        match decoded {
+        match segment_header(&file.file) {
             Some(h) if h.seq == u64::from(seq) && h.size == size => {
                 segs.install(Arc::new(SegMap { seq, map, file }));
             }

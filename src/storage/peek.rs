@@ -12,7 +12,7 @@ use super::format::{
     state_slot_offset,
 };
 use super::index::Index;
-use super::segment::segment_path;
+use super::segment::{read_record_header, segment_path};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -124,11 +124,7 @@ impl Peek {
         let Ok(file) = File::open(segment_path(&self.segments, self.ring, seq)) else {
             return Ok(false);
         };
-        let mut hdr = [0u8; RECORD_HEADER_LEN];
-        if file.read_exact_at(&mut hdr, off).is_err() {
-            return Ok(false);
-        }
-        let Some(h) = RecordHeader::decode_expected(&hdr, seq, kind, key, stored) else {
+        let Some(h) = read_record_header(&file, off, seq, kind, key, stored) else {
             return Ok(false);
         };
         if kind != RecordKind::Manifest && h.flags & FLAG_ZSTD != 0 {

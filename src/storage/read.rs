@@ -4,7 +4,7 @@
 use super::codec;
 use super::format::{self, ALIGN, RECORD_HEADER_LEN, RecordHeader, RecordKind};
 use super::index::{Entry, Index};
-use super::segment::Segments;
+use super::segment::{Segments, read_record_header};
 use super::stats::{Counters, inc};
 use super::{Blob, EngineConfig, Key};
 use crate::storage::format::InvalidRange;
@@ -248,14 +248,9 @@ impl Shared {
     /// asks it of the tail, often on disk only, where a fault on the map would read around the
     /// header as far as the device's readahead goes (FORMAT.md "Headers are read past the map").
     pub fn record_len(&self, seq: u32, off: u32, kind: RecordKind, key: &Key) -> Option<u64> {
-        use std::os::unix::fs::FileExt;
         let seg = self.segs.get(seq)?;
-        let mut header = [0u8; RECORD_HEADER_LEN];
-        seg.file
-            .file
-            .read_exact_at(&mut header, u64::from(off) * ALIGN)
-            .ok()?;
-        RecordHeader::decode_expected(&header, seq, kind, key, None).map(|h| h.len)
+        let at = u64::from(off) * ALIGN;
+        read_record_header(&seg.file.file, at, seq, kind, key, None).map(|h| h.len)
     }
 
     /// Reads and checks one record, returning its flags and a zero-copy view of its payload.

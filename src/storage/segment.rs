@@ -11,6 +11,8 @@
 //! Concurrency: `get` may run on any thread; `install`/`remove` only on the writer thread.
 //! The per-slot `RwLock` is held only to clone or swap an `Arc` (never across I/O).
 
+use super::Key;
+use super::format::{RECORD_HEADER_LEN, RecordHeader, RecordKind};
 use super::sys::IoFile;
 use bytes::Bytes;
 use memmap2::Mmap;
@@ -48,6 +50,24 @@ impl SegMap {
             end: start + len,
         })
     }
+}
+
+/// The header of the record at byte `at` of segment `seq`'s file, read with `pread` and
+/// checked for its kind, key and (when given) payload length; `None` when it cannot be read or
+/// does not match. A fault on a map of the file would read around the header as far as the
+/// device's readahead goes.
+pub fn read_record_header(
+    file: &std::fs::File,
+    at: u64,
+    seq: u32,
+    kind: RecordKind,
+    key: &Key,
+    len: Option<u64>,
+) -> Option<RecordHeader> {
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; RECORD_HEADER_LEN];
+    file.read_exact_at(&mut b, at).ok()?;
+    RecordHeader::decode_expected(&b, seq, kind, key, len)
 }
 
 /// Path of the file holding segment `seq` in a ring of `n` files in `dir`.

@@ -115,16 +115,16 @@ impl Writer {
                         span: 0,
                     }),
                     RecordKind::Part => None,
-                    RecordKind::Manifest => match walk.bytes(payload, h.len) {
-                        Some(m) => match decode_manifest(&m) {
-                            Ok((total, parts)) if xxh3_64(&m) == h.checksum => {
-                                Some(Entry::manifest(h.key, seq, at, total, &parts))
-                                    .filter(|e| e.oldest_seq() >= tail)
-                            }
-                            _ => None,
-                        },
-                        None => None,
-                    },
+                    RecordKind::Manifest => {
+                        walk.bytes(payload, h.len)
+                            .and_then(|m| match decode_manifest(&m) {
+                                Ok((total, parts)) if xxh3_64(&m) == h.checksum => {
+                                    Some(Entry::manifest(h.key, seq, at, total, &parts))
+                                        .filter(|e| e.oldest_seq() >= tail)
+                                }
+                                _ => None,
+                            })
+                    }
                 };
                 // Skip records whose entry reached the index file anyway (the kernel writes
                 // mapped pages back on its own): republishing them would only crowd the
