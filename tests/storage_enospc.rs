@@ -12,7 +12,7 @@ mod storage_support;
 mod common;
 
 use bytes::Bytes;
-use common::mount::Mount;
+use common::mount::{Mount, one_at_a_time};
 use kiln::proto::reapi::{
     BatchReadBlobsRequest, BatchUpdateBlobsRequest, FindMissingBlobsRequest,
     batch_update_blobs_request,
@@ -22,16 +22,6 @@ use kiln::storage::{Engine, EngineConfig, StorageError, Store};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use storage_support::{BACKENDS, cas_key, config, data, io, rt};
-
-/// One test of this file at a time: a child process another test spawns (`mount`, `mkfs`)
-/// holds a copy of every open file descriptor until it execs, and a segment file unlinked in
-/// that window keeps its blocks: the engine would rightly answer `Full` for that write, but
-/// the tests here count blocks exactly.
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    ONE.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// Sizes of the file systems the engine tests fill (small: every byte written costs test time).
 const TMPFS: u64 = 4 << 20;

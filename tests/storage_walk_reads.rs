@@ -15,7 +15,7 @@ mod storage_support;
 
 mod common;
 
-use common::mount::Mount;
+use common::mount::{Mount, one_at_a_time};
 use kiln::storage::sys::IoBackend;
 use kiln::storage::{Engine, EngineConfig, Store};
 use storage_support::{cas_key, config, data, io, rt};
@@ -49,13 +49,6 @@ fn cold_store() -> (Mount, std::path::PathBuf, EngineConfig) {
     let store = m.store();
     let c = config(&store, SEG, 6, 1 << 20, 4096);
     (m, store, c)
-}
-
-/// One test of this binary at a time (each counts the process's disk reads).
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    ONE.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[test]

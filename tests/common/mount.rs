@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+/// Runs `cmd` (mount, mkfs, ...), failing the test with its stderr if it fails.
 pub fn run(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd)
         .args(args)
@@ -63,16 +64,7 @@ impl Mount {
     pub fn store(&self) -> PathBuf {
         self.dir.join("store")
     }
-}
 
-impl Drop for Mount {
-    fn drop(&mut self) {
-        // A loop mount made by `mount -o loop` is detached by the unmount (autoclear).
-        let _ = Command::new("umount").arg(&self.dir).status();
-    }
-}
-
-impl Mount {
     /// Sets the readahead of the loop device under this mount (an ext4 one) to `kb`.
     pub fn set_read_ahead_kb(&self, kb: u32) {
         let out = Command::new("findmnt")
@@ -91,4 +83,22 @@ impl Mount {
         let set = std::fs::read_to_string(&knob).unwrap_or_default();
         assert_eq!(set.trim(), kb.to_string(), "{knob}");
     }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        // A loop mount made by `mount -o loop` is detached by the unmount (autoclear).
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
+
+/// One test of a binary at a time, for tests that count what the whole process does: blocks
+/// of a small file system (a child process another test spawns, `mount` or `mkfs`, holds a
+/// copy of every open file descriptor until it execs, and a segment file unlinked in that
+/// window keeps its blocks: the engine then rightly answers `Full`, but tests counting blocks
+/// exactly would fail), or bytes read from disk.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
