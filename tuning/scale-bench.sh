@@ -15,7 +15,12 @@
 # once); the cgroup's peak memory and the server's RSS; after the third round, the restart
 # time after kill -9. Needs root and the cgroup v1 memory controller (or cgroup v2's
 # memory.max).
-# Usage: cargo build --release && tuning/scale-bench.sh [sizes|wrap|big]
+# `cold`: random reads of small blobs from a store four times the memory the server may use
+# (MEM, default 1 GiB, a memory cgroup as for big): 4 x MEM of 4 KiB blobs seeded through the
+# API, the page cache dropped, then read-small for 20 s picking at random among all of them,
+# as single-blob batches, batches of 16 neighbours (blobs seeded one after another) and
+# ByteStream reads; with the bytes the server read from disk.
+# Usage: cargo build --release && tuning/scale-bench.sh [sizes|wrap|big|cold]
 #   KILN  the kiln binary (default target/release/kiln)
 #   DATA  scratch data dir (default /tmp/kiln-scale; wiped)
 #   STORAGE_EXTRA  more [storage] lines (e.g. "copy_forward = false")
@@ -87,6 +92,17 @@ cg_peak() { # the cgroup's peak and current memory, MiB
 }
 # Bytes the server has had read from disk (its own reads and its map faults, readahead included).
 disk_reads() { awk '/^read_bytes:/ {print $2}' /proc/$pid/io 2>/dev/null || echo 0; }
+# The memory cgroup $CG limited to $MEM bytes (big and cold).
+make_cg() {
+  if [ -d /sys/fs/cgroup/memory ]; then
+    CG=/sys/fs/cgroup/memory/kiln-scale; mkdir -p $CG; echo $MEM > $CG/memory.limit_in_bytes
+    echo 0 > $CG/memory.max_usage_in_bytes
+  elif [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    CG=/sys/fs/cgroup/kiln-scale; mkdir -p $CG; echo $MEM > $CG/memory.max
+  else
+    echo "$1 needs a memory cgroup (root, cgroup v1 memory controller or cgroup v2)"; exit 1
+  fi
+}
 # A server left running would answer the next run's benches.
 trap '[ -n "${pid:-}" ] && kill -9 $pid 2>/dev/null' EXIT
 uptime
@@ -119,14 +135,7 @@ wrap)
   done ;;
 big)
   MEM=${MEM:-2147483648}
-  if [ -d /sys/fs/cgroup/memory ]; then
-    CG=/sys/fs/cgroup/memory/kiln-scale; mkdir -p $CG; echo $MEM > $CG/memory.limit_in_bytes
-    echo 0 > $CG/memory.max_usage_in_bytes
-  elif [ -f /sys/fs/cgroup/cgroup.controllers ]; then
-    CG=/sys/fs/cgroup/kiln-scale; mkdir -p $CG; echo $MEM > $CG/memory.max
-  else
-    echo "big needs a memory cgroup (root, cgroup v1 memory controller or cgroup v2)"; exit 1
-  fi
+  make_cg "${1:-}"
   rm -rf $D; mkdir -p $D
   config $((4 * MEM)) 268435456 1048576
   start
@@ -154,6 +163,23 @@ big)
       start
       echo "  restart after kill -9: ${ready_ms} ms to ready; $(grep -o 'replayed[^"]*' $D.log | head -1)"
     fi
+  done
+  kill $pid; wait $pid 2>/dev/null
+  rmdir $CG 2>/dev/null ;;
+cold)
+  MEM=${MEM:-1073741824}
+  make_cg "${1:-}"
+  rm -rf $D; mkdir -p $D
+  config $((8 * MEM)) 268435456 4194304
+  start
+  n=$(( 4 * MEM / 4096 ))
+  echo "== memory limit $((MEM >> 20)) MiB; $n blobs of 4 KiB ($((4 * MEM >> 20)) MiB) seeded, then read at random"
+  for api in "--batch 1" "--batch 16" "--small-api bytestream"; do
+    sync; echo 1 > /proc/sys/vm/drop_caches
+    r0=$(disk_reads)
+    bench "${api#--}" --workload read-small --size 4KiB --blobs $n --seed 11 $api --concurrency 16 --duration 20s
+    echo "  the server read $(( ($(disk_reads) - r0) >> 20 )) MiB from disk (seeding and reads; a seeding after the first writes nothing)"
+    echo "  $(cg_peak)"
   done
   kill $pid; wait $pid 2>/dev/null
   rmdir $CG 2>/dev/null ;;

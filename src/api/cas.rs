@@ -230,7 +230,16 @@ impl ContentAddressableStorage for CasService {
         // from it (one batched call) and read again. What it cannot provide keeps its status.
         let cas = &self.state.cas;
         let get = |d: &Digest| cas.get(d)?.ok_or(CasError::BlobNotFound(*d));
-        let mut read: Vec<Result<Blob, CasError>> = digests.iter().map(get).collect();
+        // Cold blobs are read from disk together, not one after another. Should the store
+        // fail as a whole, each digest is read alone and gets its own status.
+        let mut read: Vec<Result<Blob, CasError>> = match cas.get_many(&digests) {
+            Ok(found) => digests
+                .iter()
+                .zip(found)
+                .map(|(d, b)| b.ok_or(CasError::BlobNotFound(*d)))
+                .collect(),
+            Err(_) => digests.iter().map(get).collect(),
+        };
         let mut fetched = std::collections::HashMap::new();
         if let Some(up) = &self.state.upstream {
             let missing: Vec<Digest> = digests

@@ -4,6 +4,8 @@ use super::{Metrics, OpLabels};
 use crate::storage::{Blob, BlobWriter, Key, StorageError, Store};
 use async_trait::async_trait;
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use std::sync::Arc;
 
 /// Wraps a store and records every operation in [`Metrics`].
@@ -28,6 +30,37 @@ fn space(key: &Key) -> &'static str {
         Key::SPACE_ASSET => "asset",
         _ => "cas",
     }
+}
+
+/// Counts the answers `r` to a batched lookup of `keys` in `family`: one counter update per
+/// (space, result), not one per key; a failed batch once, under the first key's space.
+fn count_batch<T>(
+    family: &Family<OpLabels, Counter>,
+    keys: &[Key],
+    r: Result<Vec<T>, StorageError>,
+    hit: impl Fn(&T) -> bool,
+) -> Result<Vec<T>, StorageError> {
+    let Ok(answers) = r else {
+        if let Some(k) = keys.first() {
+            let labels = OpLabels {
+                space: space(k),
+                result: "error",
+            };
+            family.get_or_create(&labels).inc();
+        }
+        return r;
+    };
+    let mut counts: std::collections::HashMap<(&'static str, &'static str), u64> =
+        std::collections::HashMap::new();
+    for (k, a) in keys.iter().zip(&answers) {
+        *counts
+            .entry((space(k), if hit(a) { "hit" } else { "miss" }))
+            .or_default() += 1;
+    }
+    for ((space, result), n) in counts {
+        family.get_or_create(&OpLabels { space, result }).inc_by(n);
+    }
+    Ok(answers)
 }
 
 fn outcome<T>(r: &Result<T, StorageError>, hit: impl Fn(&T) -> bool) -> &'static str {
@@ -67,33 +100,17 @@ impl Store for MeteredStore {
         r
     }
 
+    fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Blob>>, StorageError> {
+        let r = self.inner.get_many(keys);
+        let blobs = count_batch(&self.metrics.gets, keys, r, Option::is_some)?;
+        let bytes = blobs.iter().flatten().map(Blob::len).sum();
+        self.metrics.bytes_read.inc_by(bytes);
+        Ok(blobs)
+    }
+
     fn contains_many(&self, keys: &[Key]) -> Result<Vec<bool>, StorageError> {
-        let r = self.inner.contains_many(keys).inspect_err(|_| {
-            if let Some(k) = keys.first() {
-                self.metrics
-                    .contains
-                    .get_or_create(&OpLabels {
-                        space: space(k),
-                        result: "error",
-                    })
-                    .inc();
-            }
-        })?;
-        // One counter update per (space, result), not one per key.
-        let mut counts: std::collections::HashMap<(&'static str, &'static str), u64> =
-            std::collections::HashMap::new();
-        for (k, hit) in keys.iter().zip(&r) {
-            *counts
-                .entry((space(k), if *hit { "hit" } else { "miss" }))
-                .or_default() += 1;
-        }
-        for ((space, result), n) in counts {
-            self.metrics
-                .contains
-                .get_or_create(&OpLabels { space, result })
-                .inc_by(n);
-        }
-        Ok(r)
+        let r = self.inner.contains_many(keys);
+        count_batch(&self.metrics.contains, keys, r, |hit| *hit)
     }
 
     async fn begin_write(&self, key: Key, len: u64) -> Result<Box<dyn BlobWriter>, StorageError> {
@@ -192,5 +209,25 @@ mod tests {
         assert!(text.contains("kiln_store_written_bytes_total 5"), "{text}");
         assert!(text.ends_with("# EOF\n"));
         assert!(metrics.status().contains("written: 1 blobs, 5 bytes"));
+    }
+
+    #[tokio::test]
+    async fn counts_each_key_of_a_batched_get() {
+        let metrics = Metrics::new();
+        let store = MeteredStore::new(Arc::new(MemoryStore::new(1 << 20)), metrics.clone());
+        let k = |b| Key::new(Key::SPACE_CAS, [b; 32]);
+        store.put(k(1), Bytes::from_static(b"hello")).await.unwrap();
+        store.put(k(2), Bytes::from_static(b"hi")).await.unwrap();
+        let got = store.get_many(&[k(1), k(3), k(2)]).unwrap();
+        let lens: Vec<_> = got.iter().map(|b| b.as_ref().map(Blob::len)).collect();
+        assert_eq!(lens, [Some(5), None, Some(2)]);
+        let text = metrics.encode();
+        for line in [
+            r#"kiln_store_gets_total{space="cas",result="hit"} 2"#,
+            r#"kiln_store_gets_total{space="cas",result="miss"} 1"#,
+            "kiln_store_read_bytes_total 7",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 }

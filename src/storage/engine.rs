@@ -323,26 +323,40 @@ fn replay_whole_ring(st: &mut State, segment_size: u64, forget_synced: bool) {
     };
 }
 
+impl Engine {
+    /// The blob `get` found under `key` (entry `e`), as handed to a caller: a blob with parts
+    /// decompressed only when read unpublishes itself if one turns out damaged.
+    fn hand_out(&self, key: &Key, e: &super::index::Entry, b: Blob) -> Blob {
+        if !b.decodes_lazily() {
+            return b;
+        }
+        let sh = Arc::clone(&self.sh);
+        let (key, seq, off) = (*key, e.seq, e.off);
+        // Once per blob handed out, however often its damaged part is read.
+        let fired = std::sync::atomic::AtomicBool::new(false);
+        b.on_damage(DamageHook(Arc::new(move || {
+            if !fired.swap(true, Ordering::Relaxed) {
+                sh.damaged(&key, seq, off);
+            }
+        })))
+    }
+}
+
 #[async_trait]
 impl Store for Engine {
     fn get(&self, key: &Key) -> Result<Option<Blob>, StorageError> {
-        // A hit records a touch (shared.rs), read by eviction's copy-forward. A blob with
-        // parts decompressed only when read unpublishes itself if one turns out damaged.
-        Ok(self.sh.get(key).map(|(e, b)| {
-            if b.decodes_lazily() {
-                let sh = Arc::clone(&self.sh);
-                let key = *key;
-                // Once per blob handed out, however often its damaged part is read.
-                let fired = std::sync::atomic::AtomicBool::new(false);
-                b.on_damage(DamageHook(Arc::new(move || {
-                    if !fired.swap(true, Ordering::Relaxed) {
-                        sh.damaged(&key, e.seq, e.off);
-                    }
-                })))
-            } else {
-                b
-            }
-        }))
+        // A hit records a touch (read.rs), read by eviction's copy-forward.
+        Ok(self.sh.get(key).map(|(e, b)| self.hand_out(key, &e, b)))
+    }
+
+    fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Blob>>, StorageError> {
+        Ok(self
+            .sh
+            .get_many(keys)
+            .into_iter()
+            .zip(keys)
+            .map(|(hit, key)| hit.map(|(e, b)| self.hand_out(key, &e, b)))
+            .collect())
     }
 
     fn contains(&self, key: &Key) -> Result<bool, StorageError> {

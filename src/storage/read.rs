@@ -6,12 +6,36 @@ use super::format::{self, ALIGN, RECORD_HEADER_LEN, RecordHeader, RecordKind};
 use super::index::{Entry, Index};
 use super::segment::{Segments, read_record_header};
 use super::stats::{Counters, inc};
+use super::sys::will_need;
 use super::{Blob, EngineConfig, Key};
 use crate::storage::format::InvalidRange;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// A manifest's payload length as `read_record` expects it (the true one is known from its
+/// header): its fixed part and 167 entries of 24 bytes, within a 4 KiB page with the header.
+pub(crate) const MANIFEST_EXPECT: u64 = 4096 - RECORD_HEADER_LEN as u64;
+
+/// A page: records this close are asked of the disk together (`ask_together`).
+const PAGE: u64 = 4096;
+
+/// Bytes of a large blob's parts asked of the disk ahead of the part being read.
+const PARTS_AHEAD: u64 = 32 << 20;
+
+/// The payload length `read_record` expects of the record an index entry names.
+fn first_record_expect(e: &Entry) -> u64 {
+    if e.kind == RecordKind::Manifest {
+        MANIFEST_EXPECT
+    } else {
+        e.len
+    }
+}
+
+/// Where a key was found (`Shared::hit`): the table, the other table a touch must also reach,
+/// and the slot, version and entry.
+type Hit<'a> = (&'a Index, Option<&'a Index>, (usize, u64, Entry));
 
 /// Why a record could not be served.
 #[derive(Debug)]
@@ -253,18 +277,71 @@ impl Shared {
         read_record_header(&seg.file.file, at, seq, kind, key, None).map(|h| h.len)
     }
 
+    /// Asks the disk for bytes `start..end` of segment `seq` (clamped to the segment), without
+    /// waiting: a read that follows finds the pages cached or in flight.
+    fn advise(&self, seq: u32, start: u64, end: u64) {
+        if let Some(seg) = self.segs.get(seq) {
+            let end = end.min(seg.map.len() as u64);
+            will_need(&seg.file.file, start, end.saturating_sub(start));
+        }
+    }
+
+    /// Asks the disk for the first record of each entry (a blob's record, a large blob's
+    /// manifest page) in one go, records on the same or the next page in one call: so the
+    /// records a batch reads are read together, not one after another, and a batch of
+    /// neighbours (the outputs of one action) costs one call.
+    fn ask_together<'a>(&self, entries: impl Iterator<Item = &'a Entry>) {
+        let mut ranges: Vec<(u32, u64, u64)> = entries
+            .map(|e| {
+                let start = u64::from(e.off) * ALIGN;
+                let len = first_record_expect(e).saturating_add(RECORD_HEADER_LEN as u64);
+                (e.seq, start, start.saturating_add(len))
+            })
+            .collect();
+        ranges.sort_unstable();
+        let mut ranges = ranges.into_iter();
+        let Some(mut cur) = ranges.next() else {
+            return;
+        };
+        for r in ranges {
+            if r.0 == cur.0 && r.1 <= cur.2.saturating_add(PAGE) {
+                cur.2 = cur.2.max(r.2);
+            } else {
+                self.advise(cur.0, cur.1, cur.2);
+                cur = r;
+            }
+        }
+        self.advise(cur.0, cur.1, cur.2);
+    }
+
     /// Reads and checks one record, returning its flags and a zero-copy view of its payload.
+    /// `expect` is the payload length the caller expects (a part's stored length from its
+    /// manifest, a blob's logical length, which bounds its stored one): the record's pages are
+    /// asked for before the map is touched, exactly those, unless the caller `asked` for them
+    /// already (the header and `expect` bytes). A fault on a map with no advice
+    /// reads around itself as far as the device's readahead goes (8 MiB on some virtual
+    /// disks), so that one cold read of a 4 KiB blob read 8 MiB (FORMAT.md "Records served to
+    /// clients"); asked for first, the pages are cached or in flight when the fault comes,
+    /// and a fault that finds its page reads nothing more.
     pub fn read_record(
         &self,
         seq: u32,
         off: u32,
         kind: RecordKind,
         key: &Key,
+        expect: u64,
+        asked: bool,
     ) -> Result<(u8, Bytes), Miss> {
         let seg = self.segs.get(seq).ok_or(Miss::Gone)?;
         inc(&self.counters.record_reads);
         let start = (u64::from(off) * ALIGN) as usize;
         let map = &seg.map[..];
+        let wanted = expect
+            .saturating_add(RECORD_HEADER_LEN as u64)
+            .min(map.len().saturating_sub(start) as u64);
+        if !asked {
+            will_need(&seg.file.file, start as u64, wanted);
+        }
         let h = RecordHeader::decode_expected(
             map.get(start..).ok_or(Miss::Corrupt)?,
             seq,
@@ -278,6 +355,11 @@ impl Shared {
             .checked_add(h.len as usize)
             .filter(|&e| e <= map.len())
             .ok_or(Miss::Corrupt)?;
+        // Longer than expected (a manifest of many parts): the rest too.
+        let wanted_end = start + wanted as usize;
+        if end > wanted_end {
+            will_need(&seg.file.file, wanted_end as u64, (end - wanted_end) as u64);
+        }
         if xxhash_rust::xxh3::xxh3_64(&map[p..end]) != h.checksum {
             return Err(Miss::Corrupt);
         }
@@ -288,14 +370,36 @@ impl Shared {
     /// decompressed here (a frame that does not decode is damage, dropped like a bad
     /// checksum); compressed parts of a large blob are checked to declare the length their
     /// manifest names and decompressed when they are read.
-    pub fn read_blob(&self, e: &Entry) -> Result<Blob, Miss> {
+    ///
+    /// `asked`: the caller asked the disk for the entry's first record already
+    /// ([`Shared::get_many`]).
+    pub fn read_blob(&self, e: &Entry, asked: bool) -> Result<Blob, Miss> {
         let max = codec::max_piece(self.cfg.segment_size);
         if e.kind == RecordKind::Manifest {
-            let (_, m) = self.read_record(e.seq, e.off, RecordKind::Manifest, &e.key)?;
+            let (_, m) = self.read_record(
+                e.seq,
+                e.off,
+                RecordKind::Manifest,
+                &e.key,
+                MANIFEST_EXPECT,
+                asked,
+            )?;
             let parts = format::manifest_parts(&m, e.len).ok_or(Miss::Corrupt)?;
             let mut pieces = Vec::with_capacity(parts.len());
-            for p in parts {
-                let (flags, b) = self.read_record(p.seq, p.off, RecordKind::Part, &e.key)?;
+            // Parts are asked for up to PARTS_AHEAD bytes ahead, so their reads overlap.
+            let (mut told, mut ahead) = (0, 0u64);
+            for (i, p) in parts.iter().enumerate() {
+                while told < parts.len() && (told <= i || ahead < PARTS_AHEAD) {
+                    let q = &parts[told];
+                    let start = u64::from(q.off) * ALIGN;
+                    let len = q.len.saturating_add(RECORD_HEADER_LEN as u64);
+                    self.advise(q.seq, start, start.saturating_add(len));
+                    ahead = ahead.saturating_add(q.len);
+                    told += 1;
+                }
+                ahead = ahead.saturating_sub(p.len);
+                let (flags, b) =
+                    self.read_record(p.seq, p.off, RecordKind::Part, &e.key, p.len, true)?;
                 if b.len() as u64 != p.len {
                     return Err(Miss::Corrupt);
                 }
@@ -303,7 +407,8 @@ impl Shared {
             }
             Ok(Blob::from_pieces(pieces))
         } else {
-            let (flags, b) = self.read_record(e.seq, e.off, RecordKind::Blob, &e.key)?;
+            let (flags, b) =
+                self.read_record(e.seq, e.off, RecordKind::Blob, &e.key, e.len, asked)?;
             let piece = codec::piece(flags, b, e.len, max, true).ok_or(Miss::Corrupt)?;
             Ok(Blob::from_pieces(vec![piece]))
         }
@@ -315,23 +420,50 @@ impl Shared {
     pub fn get(&self, key: &Key) -> Option<(Entry, Blob)> {
         let growing = self.growing.load();
         let index = self.index.load();
-        if let Some(hit) = index.lookup_slot(key, |e| self.valid(e)) {
-            return self.serve(&index, growing.as_deref(), key, hit);
-        }
-        let ix = growing.as_ref()?;
-        let hit = ix.lookup_slot(key, |e| self.valid(e))?;
-        self.serve(ix, None, key, hit)
+        let (table, also, hit) = self.hit(&index, growing.as_deref(), key)?;
+        self.serve(table, also, key, hit, false)
     }
 
-    /// Reads the blob of entry `e`, found in `slot` of `index` at `version`.
+    /// `get` for many keys, answers in order: every hit's first record is asked of the disk
+    /// before any is read (`ask_together`), so cold blobs are read together.
+    pub fn get_many(&self, keys: &[Key]) -> Vec<Option<(Entry, Blob)>> {
+        let growing = self.growing.load();
+        let index = self.index.load();
+        let hits: Vec<_> = keys
+            .iter()
+            .map(|k| self.hit(&index, growing.as_deref(), k))
+            .collect();
+        self.ask_together(hits.iter().flatten().map(|(_, _, (_, _, e))| e));
+        keys.iter()
+            .zip(hits)
+            .map(|(k, hit)| {
+                let (table, also, hit) = hit?;
+                self.serve(table, also, k, hit, true)
+            })
+            .collect()
+    }
+
+    /// Where `key` is: the table it was found in (the index, else the one being grown), the
+    /// other table a touch must also reach, and the slot, version and entry.
+    fn hit<'a>(&self, index: &'a Index, growing: Option<&'a Index>, key: &Key) -> Option<Hit<'a>> {
+        if let Some(hit) = index.lookup_slot(key, |e| self.valid(e)) {
+            return Some((index, growing, hit));
+        }
+        let hit = growing?.lookup_slot(key, |e| self.valid(e))?;
+        Some((growing?, None, hit))
+    }
+
+    /// Reads the blob of entry `e`, found in `slot` of `index` at `version` (`asked`: see
+    /// `read_blob`).
     fn serve(
         &self,
         index: &Index,
         growing: Option<&Index>,
         key: &Key,
         (slot, version, e): (usize, u64, Entry),
+        asked: bool,
     ) -> Option<(Entry, Blob)> {
-        match self.read_blob(&e) {
+        match self.read_blob(&e, asked) {
             Ok(b) => {
                 self.touch_hit(index, growing, slot, &e);
                 Some((e, b))

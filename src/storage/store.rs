@@ -17,6 +17,12 @@ pub trait Store: Send + Sync + 'static {
     /// reports the blob missing from then on). A hit counts as a touch for eviction.
     fn get(&self, key: &Key) -> Result<Option<Blob>, StorageError>;
 
+    /// `get` for many keys, answers in order (BatchReadBlobs). Engines override it to read
+    /// the blobs from disk together rather than one after another.
+    fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Blob>>, StorageError> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
+
     /// Whether a blob is present, without reading it. A hit counts as a touch for eviction.
     fn contains(&self, key: &Key) -> Result<bool, StorageError>;
 

@@ -408,7 +408,9 @@ fn manifest_blob(sh: &Shared, key: &Key, payload: &[u8]) -> Option<Blob> {
     let max = codec::max_piece(sh.cfg().segment_size);
     let mut pieces = Vec::with_capacity(parts.len());
     for p in parts {
-        let (flags, b) = sh.read_record(p.seq, p.off, RecordKind::Part, key).ok()?;
+        let (flags, b) = sh
+            .read_record(p.seq, p.off, RecordKind::Part, key, p.len, false)
+            .ok()?;
         if b.len() as u64 != p.len {
             return None;
         }

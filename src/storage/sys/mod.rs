@@ -91,6 +91,20 @@ pub trait IoEngine: Send + 'static {
     fn fork(&self) -> io::Result<Box<dyn IoEngine>>;
 }
 
+/// Starts reading `len` bytes of `file` at `offset` into the page cache (`POSIX_FADV_WILLNEED`),
+/// exactly those pages and no more, without waiting. Advice only: an error is ignored, and the
+/// bytes are then read by the faults that need them. Before a record is read through a map, so
+/// that the fault does not read around itself as far as the device's readahead goes (FORMAT.md
+/// "Records served to clients").
+pub fn will_need(file: &File, offset: u64, len: u64) {
+    let _ = rustix::fs::fadvise(
+        file,
+        offset,
+        std::num::NonZeroU64::new(len),
+        rustix::fs::Advice::WillNeed,
+    );
+}
+
 /// `rename(from, to)`, then an fsync of `to`'s directory.
 pub fn rename_durably(from: &Path, to: &Path) -> io::Result<()> {
     std::fs::rename(from, to)?;

@@ -34,7 +34,7 @@ use crate::storage::format::{
     FLAG_ZSTD, PartLoc, RecordHeader, RecordKind, SEGMENT_HEADER_LEN, decode_manifest, record_span,
 };
 use crate::storage::index::Entry;
-use crate::storage::read::Shared;
+use crate::storage::read::{MANIFEST_EXPECT, Shared};
 use crate::storage::segment::SegMap;
 use crate::storage::stats::inc;
 use crate::storage::sys::mmap::release_pages;
@@ -372,7 +372,7 @@ impl Writer {
         }
         for (e, hint, cost) in chosen.copy {
             if let Some(held) = hold.as_deref_mut() {
-                if let Ok(blob) = sh.read_blob(&e) {
+                if let Ok(blob) = sh.read_blob(&e, false) {
                     spent += cost;
                     held.push((e, as_stored(&blob), hint));
                     oldest_touch_age = oldest_touch_age.max(u64::from(age(hint, head)));
@@ -423,7 +423,7 @@ impl Writer {
     /// is published after the batch's write succeeds. `None` if its records fail their
     /// checks (it goes with its segment; a read drops it first) or it does not fit.
     fn copy_entry(&mut self, e: &Entry) -> Option<Entry> {
-        let blob = self.sh.read_blob(e).ok()?;
+        let blob = self.sh.read_blob(e, false).ok()?;
         self.copy_blob(e, &blob)
     }
 
@@ -546,7 +546,8 @@ fn stored_cost(sh: &Shared, e: &Entry, part_size: u64) -> u64 {
             .record_len(e.seq, e.off, e.kind, &e.key)
             .map_or_else(|| copy_cost(e, part_size), record_span);
     }
-    let Ok((_, payload)) = sh.read_record(e.seq, e.off, e.kind, &e.key) else {
+    let Ok((_, payload)) = sh.read_record(e.seq, e.off, e.kind, &e.key, MANIFEST_EXPECT, false)
+    else {
         return copy_cost(e, part_size);
     };
     let own = record_span(payload.len() as u64);
