@@ -123,6 +123,18 @@ fn flip(path: &Path, at: usize) {
     std::fs::write(path, b).unwrap();
 }
 
+/// Flips a payload byte of blob 7 and of one part of the multi-part blob.
+fn flip_blob_7_and_a_part_of_big(dir: &Path) {
+    let recs = records(dir);
+    let small = recs.iter().find(|r| r.header.key == cas_key(7)).unwrap();
+    flip(&small.path, small.off + 64 + 100);
+    let part = recs
+        .iter()
+        .find(|r| r.header.key == cas_key(BIG) && r.header.kind == RecordKind::Part)
+        .unwrap();
+    flip(&part.path, part.off + 64 + 5);
+}
+
 /// A flipped payload byte in a small blob and in one part of a multi-part blob: the reads are
 /// misses, the entries are dropped at once (so `contains`/`contains_many` say missing without
 /// waiting for anything else), a re-upload is served, and it survives a restart.
@@ -132,14 +144,7 @@ fn flipped_record_byte_reads_missing_and_reupload_is_served() {
     for b in BACKENDS {
         let dir = tempfile::tempdir().unwrap();
         populate(dir.path(), b);
-        let recs = records(dir.path());
-        let small = recs.iter().find(|r| r.header.key == cas_key(7)).unwrap();
-        flip(&small.path, small.off + 64 + 100);
-        let part = recs
-            .iter()
-            .find(|r| r.header.key == cas_key(BIG) && r.header.kind == RecordKind::Part)
-            .unwrap();
-        flip(&part.path, part.off + 64 + 5);
+        flip_blob_7_and_a_part_of_big(dir.path());
         {
             let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
             for k in [cas_key(7), cas_key(BIG)] {
@@ -167,6 +172,65 @@ fn flipped_record_byte_reads_missing_and_reupload_is_served() {
         }
         let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
         assert_all_served(&e, &format!("{b:?} after restart"));
+    }
+}
+
+/// A batched read (`get_many`, what BatchReadBlobs uses) answers like `get` key by key: a
+/// damaged record and a damaged part are misses, counted and dropped at once, while the
+/// neighbours in the batch, a repeated key, an absent key and an AC entry are answered right.
+#[test]
+fn damaged_records_in_a_batched_read_are_misses_and_the_rest_is_served() {
+    for b in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        populate(dir.path(), b);
+        flip_blob_7_and_a_part_of_big(dir.path());
+        let e = Engine::open_with_io(cfg(dir.path()), io(b)).unwrap();
+        let ac = key(Key::SPACE_AC, 1);
+        let asked = [
+            cas_key(6),
+            cas_key(7),
+            cas_key(BIG),
+            cas_key(8),
+            cas_key(999),
+            cas_key(6),
+            ac,
+        ];
+        let got: Vec<Option<Bytes>> = e
+            .get_many(&asked)
+            .unwrap()
+            .into_iter()
+            .map(|b| b.map(|b| b.to_bytes().unwrap()))
+            .collect();
+        let want = [
+            Some(data(6, 3006)),
+            None,
+            None,
+            Some(data(8, 3008)),
+            None,
+            Some(data(6, 3006)),
+            Some(data(502, 300)),
+        ];
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                g == w,
+                "{b:?}: answer {i} for {:?}: got {:?} bytes, want {:?}",
+                asked[i],
+                g.as_ref().map(Bytes::len),
+                w.as_ref().map(Bytes::len)
+            );
+        }
+        let st = e.stats();
+        assert_eq!(
+            (st.corruptions, st.dropped_entries),
+            (2, 2),
+            "{b:?}: {st:?}"
+        );
+        assert_eq!(
+            e.contains_many(&[cas_key(7), cas_key(BIG), cas_key(6)])
+                .unwrap(),
+            vec![false, false, true],
+            "{b:?}: the damaged blobs are reported missing at once"
+        );
     }
 }
 

@@ -153,7 +153,8 @@ const LARGE: usize = 3 << 20;
 /// record's pages before touching the map. Through the map with no advice, each cold read
 /// faulted and read around itself as far as the readahead goes (8 MiB here): a cold read of a
 /// 4 KiB blob read 8 MiB, and a store larger than memory served random small reads at a few
-/// hundred a second (tuning/RESULTS.md). Large blobs (parts and a manifest) are read whole.
+/// hundred a second (tuning/RESULTS.md). Large blobs (parts and a manifest) are read whole,
+/// a batch of neighbours as one range, and nothing around any of them.
 #[test]
 fn cold_reads_of_blobs_read_their_records_not_the_readahead() {
     let _one = one_at_a_time();
@@ -163,60 +164,65 @@ fn cold_reads_of_blobs_read_their_records_not_the_readahead() {
     let c = config(&store, SEG, 6, 1 << 20, 16384);
     let e = Engine::open_with_io(c, io(IoBackend::Psync)).unwrap();
     let rt = rt();
-    // 4,000 blobs of 4 KiB (a segment), then 24 of 200 KiB, then 4,000 more small ones.
+    // 4,000 blobs of 4 KiB (a segment), two of 3 parts of 1 MiB and a manifest, 24 of
+    // 200 KiB, then 4,000 more small ones: every blob read below has written data around it.
     let medium = |n: u64| data(10_000 + n, MEDIUM);
-    for n in 0..4000u64 {
-        rt.block_on(e.put(cas_key(n), data(n, SMALL))).unwrap();
-    }
-    for n in 0..24u64 {
-        rt.block_on(e.put(cas_key(10_000 + n), medium(n))).unwrap();
-    }
-    for n in 4000..8000u64 {
-        rt.block_on(e.put(cas_key(n), data(n, SMALL))).unwrap();
-    }
-    // Two blobs of 3 parts of 1 MiB and a manifest.
     let large = |n: u64| data(20_000 + n, LARGE);
-    for n in 0..2u64 {
-        rt.block_on(e.put(cas_key(20_000 + n), large(n))).unwrap();
-    }
+    let put = |n: u64, d| rt.block_on(e.put(cas_key(n), d)).unwrap();
+    (0..4000u64).for_each(|n| put(n, data(n, SMALL)));
+    (0..2u64).for_each(|n| put(20_000 + n, large(n)));
+    (0..24u64).for_each(|n| put(10_000 + n, medium(n)));
+    (4000..8000u64).for_each(|n| put(n, data(n, SMALL)));
     drop_segment_pages(&store);
-    let read0 = disk_reads();
-    // 40 small blobs 200 apart (800 KiB apart on disk), the first 20 in one `get_many` as
-    // BatchReadBlobs reads them, and 6 medium ones, 4 apart.
-    let batch: Vec<u64> = (0..4000u64).step_by(200).collect();
-    let keys: Vec<_> = batch.iter().map(|&n| cas_key(n)).collect();
-    let got = e.get_many(&keys).unwrap();
-    assert_eq!(got.len(), batch.len());
-    for (&n, b) in batch.iter().zip(got) {
-        assert_eq!(b.expect("a small blob").to_bytes().unwrap(), data(n, SMALL));
-    }
-    for n in (4000..8000u64).step_by(200) {
-        let got = e.get(&cas_key(n)).unwrap().expect("a small blob");
-        assert_eq!(got.to_bytes().unwrap(), data(n, SMALL));
-    }
-    for n in (0..24u64).step_by(4) {
-        let got = e.get(&cas_key(10_000 + n)).unwrap().expect("a medium blob");
-        assert_eq!(got.to_bytes().unwrap(), medium(n));
-    }
-    let read = disk_reads() - read0;
-    eprintln!("{read} bytes read from disk by 40 cold small reads and 6 medium ones");
-    let read1 = disk_reads();
-    for n in 0..2u64 {
-        let got = e.get(&cas_key(20_000 + n)).unwrap().expect("a large blob");
-        assert_eq!(got.to_bytes().unwrap(), large(n));
-    }
-    let read_large = disk_reads() - read1;
-    eprintln!("{read_large} bytes read from disk by 2 cold reads of 3 MiB blobs");
-    // Their parts and manifests, 6 MiB and two pages: asking for parts ahead reads no more
-    // than the blob. (Not a check of the fix: unadvised, the reads of the small blobs above
-    // had read around into these, and the large reads came to about as much.)
+    let served = |n: u64, want: bytes::Bytes| {
+        let got = e.get(&cas_key(n)).unwrap().expect("a blob");
+        assert_eq!(got.to_bytes().unwrap(), want, "blob {n}");
+    };
+    let reads = |what: &str, f: &dyn Fn()| {
+        let before = disk_reads();
+        f();
+        let read = disk_reads() - before;
+        eprintln!("{read} bytes read from disk by {what}");
+        read
+    };
+    // The parts and manifests, 6 MiB and two pages: asking for parts ahead reads no more
+    // than the blob. Unadvised, the first fault's window alone is 8 MiB.
+    let read = reads("2 cold reads of 3 MiB blobs", &|| {
+        (0..2u64).for_each(|n| served(20_000 + n, large(n)));
+    });
+    assert!(read < 7 << 20, "{read} bytes read by 2 cold reads of 3 MiB");
+    // 16 neighbours in one `get_many` (one range): their 65 KiB and the pages at its ends.
+    let read = reads("a get_many of 16 neighbours", &|| {
+        let keys: Vec<_> = (6000..6016u64).map(cas_key).collect();
+        for (n, b) in (6000u64..).zip(e.get_many(&keys).unwrap()) {
+            let b = b.expect("a small blob").to_bytes().unwrap();
+            assert_eq!(b, data(n, SMALL), "blob {n}");
+        }
+    });
     assert!(
-        read_large < 7 << 20,
-        "{read_large} bytes read from disk by 2 cold reads of 3 MiB"
+        read < 256 << 10,
+        "{read} bytes read by a batch of 16 neighbours"
     );
-    // Two pages per small record, the pages of each medium one (1.2 MiB in all), the index's
-    // pages the lookups touch: about 2 MiB. Through the map: the ~37 MiB written, as the
-    // reads' read-around windows cover all of it.
+    // 40 small blobs 200 apart (800 KiB apart on disk), the first 20 in one `get_many` as
+    // BatchReadBlobs reads them, and 6 medium ones, 4 apart: two pages per small record, the
+    // pages of each medium one (1.2 MiB in all), about 2 MiB. Unadvised: the ~37 MiB written,
+    // as the reads' windows cover all of it.
+    let read = reads("40 cold small reads and 6 medium ones", &|| {
+        let batch: Vec<u64> = (0..4000u64).step_by(200).collect();
+        let keys: Vec<_> = batch.iter().map(|&n| cas_key(n)).collect();
+        let got = e.get_many(&keys).unwrap();
+        assert_eq!(got.len(), batch.len());
+        for (&n, b) in batch.iter().zip(got) {
+            let b = b.expect("a small blob").to_bytes().unwrap();
+            assert_eq!(b, data(n, SMALL), "blob {n}");
+        }
+        (4000..8000u64)
+            .step_by(200)
+            .for_each(|n| served(n, data(n, SMALL)));
+        (0..24u64)
+            .step_by(4)
+            .for_each(|n| served(10_000 + n, medium(n)));
+    });
     assert!(
         read < 4 << 20,
         "{read} bytes read from disk by 40 cold 4 KiB reads and 6 of 200 KiB"

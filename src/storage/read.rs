@@ -290,7 +290,7 @@ impl Shared {
     /// manifest page) in one go, records on the same or the next page in one call: so the
     /// records a batch reads are read together, not one after another, and a batch of
     /// neighbours (the outputs of one action) costs one call.
-    fn ask_together<'a>(&self, entries: impl Iterator<Item = &'a Entry>) {
+    pub fn ask_together<'a>(&self, entries: impl Iterator<Item = &'a Entry>) {
         let mut ranges: Vec<(u32, u64, u64)> = entries
             .map(|e| {
                 let start = u64::from(e.off) * ALIGN;

@@ -1,6 +1,7 @@
 #![allow(unsafe_code)]
-//! The storage engine's only `unsafe`: I/O engines (io_uring, pread/pwrite, fault injection),
-//! memory maps and `fallocate`.
+//! The storage engine's only `unsafe`, and its other system calls: I/O engines (io_uring,
+//! pread/pwrite, fault injection), memory maps, `fallocate`, and the page-cache advice given
+//! before reads (`will_need`).
 //!
 //! Everything above this module talks to the disk through the [`IoEngine`] trait, which takes
 //! owned buffers (`Bytes`) because io_uring needs the memory to stay put until the kernel is
@@ -92,18 +93,29 @@ pub trait IoEngine: Send + 'static {
 }
 
 /// Starts reading `len` bytes of `file` at `offset` into the page cache (`POSIX_FADV_WILLNEED`),
-/// exactly those pages and no more, without waiting. Advice only: an error is ignored, and the
-/// bytes are then read by the faults that need them. Before a record is read through a map, so
-/// that the fault does not read around itself as far as the device's readahead goes (FORMAT.md
-/// "Records served to clients").
+/// those pages and no more, without waiting. Advice only: an error is ignored, and the bytes
+/// are then read by the faults that need them. Before a record is read through a map, so that
+/// the fault does not read around itself as far as the device's readahead goes (FORMAT.md
+/// "Records served to clients"). Asked in pieces of [`WILL_NEED_PIECE`]: Linux reads at most
+/// the device's readahead (or its largest request, if larger) per call and drops the rest.
 pub fn will_need(file: &File, offset: u64, len: u64) {
-    let _ = rustix::fs::fadvise(
-        file,
-        offset,
-        std::num::NonZeroU64::new(len),
-        rustix::fs::Advice::WillNeed,
-    );
+    let end = offset.saturating_add(len);
+    let mut at = offset;
+    while at < end {
+        let n = (end - at).min(WILL_NEED_PIECE);
+        let _ = rustix::fs::fadvise(
+            file,
+            at,
+            std::num::NonZeroU64::new(n),
+            rustix::fs::Advice::WillNeed,
+        );
+        at += n;
+    }
 }
+
+/// Bytes asked per `will_need` call: the default readahead (`read_ahead_kb` 128), the least
+/// the kernel takes whole from one call on a device with default settings.
+pub const WILL_NEED_PIECE: u64 = 128 << 10;
 
 /// `rename(from, to)`, then an fsync of `to`'s directory.
 pub fn rename_durably(from: &Path, to: &Path) -> io::Result<()> {

@@ -370,9 +370,12 @@ impl Writer {
             tracing::trace!(seq = tail, ?e.key, hint, cost, "storage: copy-forward budget cut");
             inc(&sh.counters().copy_forward_budget_cuts);
         }
+        // Their records are asked of the disk together (neighbours in one call), so a cold
+        // tail's copies are read at once rather than one record after another.
+        sh.ask_together(chosen.copy.iter().map(|(e, _, _)| e));
         for (e, hint, cost) in chosen.copy {
             if let Some(held) = hold.as_deref_mut() {
-                if let Ok(blob) = sh.read_blob(&e, false) {
+                if let Ok(blob) = sh.read_blob(&e, true) {
                     spent += cost;
                     held.push((e, as_stored(&blob), hint));
                     oldest_touch_age = oldest_touch_age.max(u64::from(age(hint, head)));
@@ -421,9 +424,10 @@ impl Writer {
 
     /// Re-appends the blob of `e` (every part and a new manifest for a large one). The entry
     /// is published after the batch's write succeeds. `None` if its records fail their
-    /// checks (it goes with its segment; a read drops it first) or it does not fit.
+    /// checks (it goes with its segment; a read drops it first) or it does not fit. Its first
+    /// record was asked of the disk by the pass (`ask_together`).
     fn copy_entry(&mut self, e: &Entry) -> Option<Entry> {
-        let blob = self.sh.read_blob(e, false).ok()?;
+        let blob = self.sh.read_blob(e, true).ok()?;
         self.copy_blob(e, &blob)
     }
 

@@ -121,3 +121,71 @@ impl<'a> Walk<'a> {
             "storage: cannot read a segment's records; the rest of it is skipped");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Key;
+    use crate::storage::format::RecordKind;
+    use crate::storage::sys::IoFile;
+    use crate::storage::sys::mmap::map_readonly;
+
+    const SEQ: u32 = 7;
+    const LEN: u64 = 64 << 10;
+    const FIRST: u64 = 4096;
+
+    /// A segment file of `LEN` bytes holding `records` (offset, header, payload).
+    fn segment(records: &[(u64, RecordHeader, &[u8])]) -> (tempfile::TempDir, SegMap) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = IoFile::open(&dir.path().join("seg")).unwrap();
+        file.file.set_len(LEN).unwrap();
+        for (off, h, payload) in records {
+            file.file.write_all_at(&h.encode(SEQ), *off).unwrap();
+            file.file
+                .write_all_at(payload, off + RECORD_HEADER_LEN as u64)
+                .unwrap();
+        }
+        let map = map_readonly(&file.file, LEN as usize).unwrap();
+        (
+            dir,
+            SegMap {
+                seq: SEQ,
+                map,
+                file,
+            },
+        )
+    }
+
+    fn header(len: u64, payload: &[u8]) -> RecordHeader {
+        RecordHeader {
+            kind: RecordKind::Blob,
+            flags: 0,
+            key: Key::new(Key::SPACE_CAS, [3; 32]),
+            len,
+            checksum: xxhash_rust::xxh3::xxh3_64(payload),
+        }
+    }
+
+    /// A header whose own checksum is good but whose length reaches past the segment (up to
+    /// 2^64 - 1, where the span would overflow) ends the walk after the record before it, and
+    /// its payload is never read (a buffer of that length is never allocated).
+    #[test]
+    fn a_valid_header_declaring_a_length_past_the_segment_ends_the_walk() {
+        let payload = b"hello";
+        let good = header(payload.len() as u64, payload);
+        let second = FIRST + record_span(good.len);
+        for len in [LEN - second, LEN, LEN << 20, u64::MAX - 64, u64::MAX] {
+            let bad = header(len, b"");
+            let (_dir, seg) = segment(&[(FIRST, good, payload), (second, bad, b"")]);
+            let mut walk = Walk::new(&seg, FIRST, LEN);
+            assert_eq!(walk.next_record(), Some((FIRST, good)), "len {len}");
+            assert_eq!(walk.next_record(), None, "len {len}");
+            assert_eq!(walk.pos(), second, "len {len}");
+            let payload_at = second + RECORD_HEADER_LEN as u64;
+            assert_eq!(walk.bytes(payload_at, len), None, "len {len}");
+            // The record before it still reads.
+            let got = walk.bytes(FIRST + RECORD_HEADER_LEN as u64, good.len);
+            assert_eq!(got.as_deref(), Some(&payload[..]), "len {len}");
+        }
+    }
+}
