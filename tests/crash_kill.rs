@@ -191,15 +191,20 @@ async fn verify(server: &KilnServer, acked: &[Acked]) {
             ));
         }
     }
-    let mut group: Vec<(&Digest, &Vec<u8>)> = Vec::new();
+    // Groups of at most VERIFY_BATCH_BYTES (a group closed only once it passed the limit could
+    // go past the server's batch limit by a blob).
+    let mut groups: Vec<Vec<(&Digest, &Vec<u8>)>> = vec![Vec::new()];
     let mut group_bytes = 0;
-    for (i, blob) in blobs.iter().enumerate() {
-        group.push(*blob);
-        group_bytes += blob.1.len();
-        let last = i + 1 == blobs.len();
-        if group_bytes < VERIFY_BATCH_BYTES && !last {
-            continue;
+    for blob in &blobs {
+        let len = blob.1.len();
+        if group_bytes + len > VERIFY_BATCH_BYTES && groups.last().is_some_and(|g| !g.is_empty()) {
+            groups.push(Vec::new());
+            group_bytes = 0;
         }
+        groups.last_mut().expect("a group").push(*blob);
+        group_bytes += len;
+    }
+    for group in groups.into_iter().filter(|g| !g.is_empty()) {
         let resp = cas
             .batch_read_blobs(BatchReadBlobsRequest {
                 digests: group.iter().map(|(d, _)| d.to_proto()).collect(),
@@ -219,8 +224,6 @@ async fn verify(server: &KilnServer, acked: &[Acked]) {
                 ));
             }
         }
-        group.clear();
-        group_bytes = 0;
     }
     for a in acked {
         if let Acked::Action(action, result) = a {
