@@ -193,18 +193,20 @@ async fn verify(server: &KilnServer, acked: &[Acked]) {
     }
     // Groups of at most VERIFY_BATCH_BYTES (a group closed only once it passed the limit could
     // go past the server's batch limit by a blob).
-    let mut groups: Vec<Vec<(&Digest, &Vec<u8>)>> = vec![Vec::new()];
+    let mut groups: Vec<Vec<(&Digest, &Vec<u8>)>> = Vec::new();
     let mut group_bytes = 0;
     for blob in &blobs {
         let len = blob.1.len();
-        if group_bytes + len > VERIFY_BATCH_BYTES && groups.last().is_some_and(|g| !g.is_empty()) {
-            groups.push(Vec::new());
-            group_bytes = 0;
+        match groups.last_mut() {
+            Some(group) if group_bytes + len <= VERIFY_BATCH_BYTES => group.push(*blob),
+            _ => {
+                groups.push(vec![*blob]);
+                group_bytes = 0;
+            }
         }
-        groups.last_mut().expect("a group").push(*blob);
         group_bytes += len;
     }
-    for group in groups.into_iter().filter(|g| !g.is_empty()) {
+    for group in groups {
         let resp = cas
             .batch_read_blobs(BatchReadBlobsRequest {
                 digests: group.iter().map(|(d, _)| d.to_proto()).collect(),

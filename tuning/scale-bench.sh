@@ -17,7 +17,8 @@
 # memory.max).
 # `cold`: random reads of small blobs from a store four times the memory the server may use
 # (MEM, default 1 GiB, a memory cgroup as for big): 4 x MEM of 4 KiB blobs seeded through the
-# API, the page cache dropped, then read-small for 20 s picking at random among all of them,
+# API, the page cache dropped (pages the server still maps stay: the cgroup is what keeps
+# three quarters of the blobs on disk), then read-small for 20 s at random among all of them,
 # as single-blob batches, batches of 16 neighbours (blobs seeded one after another) and
 # ByteStream reads; with the bytes the server read from disk.
 # Usage: cargo build --release && tuning/scale-bench.sh [sizes|wrap|big|cold]
@@ -103,15 +104,15 @@ make_cg() {
     echo "$1 needs a memory cgroup (root, cgroup v1 memory controller or cgroup v2)"; exit 1
   fi
 }
+# A new store with `config`'s arguments, and its server started.
+fresh() { rm -rf $D; mkdir -p $D; config "$@"; start; }
 # A server left running would answer the next run's benches.
 trap '[ -n "${pid:-}" ] && kill -9 $pid 2>/dev/null' EXIT
 uptime
 case "${1:-sizes}" in
 sizes)
   for n in ${BLOBS:-10000 1000000 10000000}; do
-    rm -rf $D; mkdir -p $D
-    config 6442450944 268435456
-    start
+    fresh 6442450944 268435456
     echo "== $n blobs of 100 bytes"
     bench find-missing --workload find-missing --blobs $n --size 100 --present 1.0 --duration 10s
     bench ac-get --workload ac-get --duration 10s
@@ -125,9 +126,7 @@ sizes)
   done ;;
 wrap)
   for cap in 17179869184 2147483648 2147483648 17179869184 17179869184 2147483648; do
-    rm -rf $D; mkdir -p $D
-    config $cap 67108864
-    start
+    fresh $cap 67108864
     echo "== capacity $cap, 64 MiB segments"
     bench upload-large --workload upload-large --size 64MiB --concurrency 2 --duration 20s
     curl -s 127.0.0.1:$MPORT/metrics | grep -E "^kiln_storage_(evictions|copy_forwards|copy_forward_bytes|copy_forward_budget_cuts|bytes_written) " | tr '\n' ' '; echo
@@ -136,9 +135,7 @@ wrap)
 big)
   MEM=${MEM:-2147483648}
   make_cg "${1:-}"
-  rm -rf $D; mkdir -p $D
-  config $((4 * MEM)) 268435456 1048576
-  start
+  fresh $((4 * MEM)) 268435456 1048576
   echo "== memory limit $((MEM >> 20)) MiB, ring $((4 * MEM >> 20)) MiB"
   bench seed-reads --workload read-large --size 64MiB --blobs 8 --seed 7 --ops 8 --concurrency 1 --seed-target grpc://127.0.0.1:$PORT
   written=$((512 << 20)); round=0
@@ -169,9 +166,7 @@ big)
 cold)
   MEM=${MEM:-1073741824}
   make_cg "${1:-}"
-  rm -rf $D; mkdir -p $D
-  config $((8 * MEM)) 268435456 4194304
-  start
+  fresh $((8 * MEM)) 268435456 4194304
   n=$(( 4 * MEM / 4096 ))
   echo "== memory limit $((MEM >> 20)) MiB; $n blobs of 4 KiB ($((4 * MEM >> 20)) MiB) seeded, then read at random"
   for api in "--batch 1" "--batch 16" "--small-api bytestream"; do

@@ -24,6 +24,14 @@ const PAGE: u64 = 4096;
 /// Bytes of a large blob's parts asked of the disk ahead of the part being read.
 const PARTS_AHEAD: u64 = 32 << 20;
 
+/// Bytes `start..end` of a segment holding the record at `off` (in 64-byte units): its header
+/// and `expect` bytes of payload.
+fn record_range(off: u32, expect: u64) -> (u64, u64) {
+    let start = u64::from(off) * ALIGN;
+    let len = expect.saturating_add(RECORD_HEADER_LEN as u64);
+    (start, start.saturating_add(len))
+}
+
 /// The payload length `read_record` expects of the record an index entry names.
 fn first_record_expect(e: &Entry) -> u64 {
     if e.kind == RecordKind::Manifest {
@@ -293,9 +301,8 @@ impl Shared {
     pub fn ask_together<'a>(&self, entries: impl Iterator<Item = &'a Entry>) {
         let mut ranges: Vec<(u32, u64, u64)> = entries
             .map(|e| {
-                let start = u64::from(e.off) * ALIGN;
-                let len = first_record_expect(e).saturating_add(RECORD_HEADER_LEN as u64);
-                (e.seq, start, start.saturating_add(len))
+                let (start, end) = record_range(e.off, first_record_expect(e));
+                (e.seq, start, end)
             })
             .collect();
         ranges.sort_unstable();
@@ -391,9 +398,8 @@ impl Shared {
             for (i, p) in parts.iter().enumerate() {
                 while told < parts.len() && (told <= i || ahead < PARTS_AHEAD) {
                     let q = &parts[told];
-                    let start = u64::from(q.off) * ALIGN;
-                    let len = q.len.saturating_add(RECORD_HEADER_LEN as u64);
-                    self.advise(q.seq, start, start.saturating_add(len));
+                    let (start, end) = record_range(q.off, q.len);
+                    self.advise(q.seq, start, end);
                     ahead = ahead.saturating_add(q.len);
                     told += 1;
                 }
