@@ -378,6 +378,41 @@ async fn batch_update_blobs() {
     t.finish();
 }
 
+/// BatchReadBlobs builds one lookup, one read request and one answer per digest: the request's
+/// size (`max_message_bytes`) bounds how many. Past it, the call is refused before any digest
+/// is looked up; just under it, every digest is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_read_blobs_past_the_message_limit() {
+    let s = TestServer::start_with(|c| {
+        c.cache.max_batch_total_size_bytes = 512 << 10;
+        c.cache.max_message_bytes = 1 << 20;
+    })
+    .await;
+    let mut cas = s.cas().await;
+    let stored = put(&s, b"x").await;
+    let many = |n: usize| BatchReadBlobsRequest {
+        digests: vec![stored.to_proto(); n],
+        ..Default::default()
+    };
+    // A digest of a 1-byte blob is about 72 bytes on the wire: 20,000 are ~1.4 MB.
+    let Err(err) = cas.batch_read_blobs(many(20_000)).await else {
+        panic!("a request of 20,000 digests over max_message_bytes (1 MiB) was answered");
+    };
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    let got = cas
+        .batch_read_blobs(many(10_000))
+        .await
+        .expect("a request under max_message_bytes")
+        .into_inner();
+    assert_eq!(got.responses.len(), 10_000);
+    assert!(
+        got.responses
+            .iter()
+            .all(|r| r.status.as_ref().map_or(0, |s| s.code) == 0 && r.data[..] == b"x"[..]),
+        "every digest answered with its blob"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_read_blobs() {
     let s = TestServer::start().await;
