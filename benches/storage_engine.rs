@@ -11,7 +11,7 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use kiln::storage::format::RecordKind;
 use kiln::storage::index::{Entry, Index};
-use kiln::storage::{Durability, Engine, EngineConfig, Key, Store};
+use kiln::storage::{Cached, Durability, Engine, EngineConfig, Key, Store};
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -107,6 +107,16 @@ fn get_contains(c: &mut Criterion) {
             b.iter(|| {
                 n = (n + 1) % count;
                 black_box(e.get(&cas_key(n)).unwrap().unwrap());
+            });
+        });
+        // The same through `get_cached` (async callers): a look at the page cache first.
+        g.bench_function(BenchmarkId::new("get_cached", name), |b| {
+            b.iter(|| {
+                n = (n + 1) % count;
+                match e.get_cached(&cas_key(n)).unwrap() {
+                    Cached::Read(blob) => black_box(blob.unwrap()),
+                    Cached::OnDisk => panic!("a blob just written is on disk"),
+                };
             });
         });
         g.throughput(Throughput::Elements(1));

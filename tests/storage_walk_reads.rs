@@ -17,7 +17,7 @@ mod common;
 
 use common::mount::{Mount, one_at_a_time};
 use kiln::storage::sys::IoBackend;
-use kiln::storage::{Engine, EngineConfig, Store};
+use kiln::storage::{Blob, Engine, EngineConfig, Store};
 use storage_support::{cas_key, config, data, io, rt};
 
 /// Bytes this process has had read from disk (`read_bytes` of `/proc/self/io`).
@@ -149,6 +149,17 @@ const SMALL: usize = 4096;
 const MEDIUM: usize = 200 << 10;
 const LARGE: usize = 3 << 20;
 
+/// A store for the read tests: in a loop-mounted ext4 with an 8 MiB readahead, six segments
+/// of 16 MiB, blobs streamed in parts of 1 MiB; its mount, directory and engine.
+fn read_store() -> (Mount, std::path::PathBuf, Engine) {
+    let m = Mount::ext4(192 << 20);
+    m.set_read_ahead_kb(8192);
+    let store = m.store();
+    let c = config(&store, SEG, 6, 1 << 20, 16384);
+    let e = Engine::open_with_io(c, io(IoBackend::Psync)).unwrap();
+    (m, store, e)
+}
+
 /// Blobs served to clients, read cold, read their own records: the engine asks for exactly a
 /// record's pages before touching the map. Through the map with no advice, each cold read
 /// faulted and read around itself as far as the readahead goes (8 MiB here): a cold read of a
@@ -158,11 +169,7 @@ const LARGE: usize = 3 << 20;
 #[test]
 fn cold_reads_of_blobs_read_their_records_not_the_readahead() {
     let _one = one_at_a_time();
-    let m = Mount::ext4(192 << 20);
-    m.set_read_ahead_kb(8192);
-    let store = m.store();
-    let c = config(&store, SEG, 6, 1 << 20, 16384);
-    let e = Engine::open_with_io(c, io(IoBackend::Psync)).unwrap();
+    let (_m, store, e) = read_store();
     let rt = rt();
     // 4,000 blobs of 4 KiB (a segment), two of 3 parts of 1 MiB and a manifest, 24 of
     // 200 KiB, then 4,000 more small ones: every blob read below has written data around it.
@@ -227,4 +234,198 @@ fn cold_reads_of_blobs_read_their_records_not_the_readahead() {
         read < 4 << 20,
         "{read} bytes read from disk by 40 cold 4 KiB reads and 6 of 200 KiB"
     );
+}
+
+/// `get_cached`, which async callers use so that page faults stay off the runtime's worker
+/// threads: it reads a blob whose record is in the page cache, and for one on disk answers
+/// `OnDisk` having read nothing through the map (only asked the disk for the record); a large
+/// blob (parts and a manifest) is always `OnDisk`, an absent key a miss at once.
+#[test]
+fn get_cached_reads_cached_records_and_leaves_those_on_disk() {
+    use kiln::storage::Cached;
+    let _one = one_at_a_time();
+    let (_m, store, e) = read_store();
+    let rt = rt();
+    let put = |n: u64, d| rt.block_on(e.put(cas_key(n), d)).unwrap();
+    (0..2000u64).for_each(|n| put(n, data(n, SMALL)));
+    (0..4u64).for_each(|n| put(10_000 + n, data(10_000 + n, MEDIUM)));
+    put(20_000, data(20_000, LARGE));
+    (2000..4000u64).for_each(|n| put(n, data(n, SMALL)));
+    drop_segment_pages(&store);
+    // One key through `get_cached`, more through `get_many_cached`. (Asked for, a record may
+    // be in memory soon after: each cold blob is asked about once.)
+    let on_disk = |keys: &[u64]| {
+        let keys: Vec<_> = keys.iter().map(|&n| cas_key(n)).collect();
+        if let [one] = &keys[..] {
+            matches!(e.get_cached(one).unwrap(), Cached::OnDisk)
+        } else {
+            matches!(e.get_many_cached(&keys).unwrap(), Cached::OnDisk)
+        }
+    };
+    let before = disk_reads();
+    assert!(on_disk(&[100]), "a small blob on disk");
+    assert!(on_disk(&[300, 500]), "small blobs on disk, batched");
+    assert!(on_disk(&[10_001]), "a 200 KiB blob on disk");
+    assert!(on_disk(&[10_002, 700]), "a 200 KiB blob on disk, batched");
+    assert!(on_disk(&[20_000]), "a large blob");
+    let read = disk_reads() - before;
+    assert!(
+        read < 1 << 20,
+        "{read} bytes read: more than the records asked for"
+    );
+    match e.get_cached(&cas_key(99_999)).unwrap() {
+        Cached::Read(None) => {}
+        other => panic!("an absent key: {other:?}"),
+    }
+    // Read once (by `get`), their pages are cached: read at once from then on, alone or in a
+    // batch, but not in a batch with a blob still on disk.
+    for n in [100, 10_001, 20_000] {
+        e.get(&cas_key(n)).unwrap().expect("a stored blob");
+    }
+    for n in [100u64, 10_001] {
+        let want = data(n, if n == 100 { SMALL } else { MEDIUM });
+        match e.get_cached(&cas_key(n)).unwrap() {
+            Cached::Read(Some(b)) => assert_eq!(b.to_bytes().unwrap(), want, "blob {n}"),
+            other => panic!("blob {n} after a read: {other:?}"),
+        }
+    }
+    let keys = [cas_key(100), cas_key(99_999), cas_key(10_001)];
+    match e.get_many_cached(&keys).unwrap() {
+        Cached::Read(got) => {
+            let lens: Vec<_> = got.iter().map(|b| b.as_ref().map(Blob::len)).collect();
+            assert_eq!(lens, [Some(SMALL as u64), None, Some(MEDIUM as u64)]);
+        }
+        Cached::OnDisk => panic!("a batch of cached blobs and an absent key"),
+    }
+    assert!(on_disk(&[100, 3_100]), "a batch with a blob on disk");
+    assert!(on_disk(&[20_000]), "a large blob, even cached");
+}
+
+/// The server end to end: blobs whose pages are on disk are read off the async runtime
+/// (`kiln_store_cold_reads_total` counts each such read) through ByteStream Read,
+/// BatchReadBlobs and the HTTP cache's `/cas/`, and are served right; read again, cached,
+/// they are read at once and not counted.
+#[test]
+fn the_server_reads_blobs_on_disk_off_its_runtime_and_serves_them_right() {
+    use common::process::metric_value;
+    use kiln::proto::reapi::BatchReadBlobsRequest;
+    let _one = one_at_a_time();
+    let m = Mount::ext4(192 << 20);
+    let data_dir = m.store();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (server, http) = common::TestServer::with_http_cache(|c| {
+            c.server.data_dir = data_dir.clone();
+            c.storage.capacity_bytes = 64 << 20;
+            c.storage.max_blob_size_bytes = 16 << 20;
+        })
+        .await;
+        let blobs: Vec<Vec<u8>> = (0..400u64).map(|n| common::bytes(4096, n)).collect();
+        let refs: Vec<&[u8]> = blobs.iter().map(Vec::as_slice).collect();
+        server.upload(&refs).await;
+        drop_segment_pages(&kiln::cas::local::store_dir(&data_dir));
+        // Counters are exposed as floats: whole numbers well below 2^53, so exact.
+        let at = &server;
+        let counter = move |key: &'static str| async move {
+            metric_value(&at.http_get("/metrics").await, key) as u64
+        };
+        let cold_reads = || counter("kiln_store_cold_reads_total");
+        let hits = || counter(r#"kiln_store_gets_total{space="cas",result="hit"}"#);
+        let before = cold_reads().await;
+        let hits_at_start = hits().await;
+        let d = |n: usize| common::digest(&blobs[n]);
+        let mut bs = server.bytestream().await;
+        let got = common::read_from(&mut bs, common::read_name(&d(10)), 0).await;
+        assert_eq!(got, blobs[10], "ByteStream Read of a blob on disk");
+        let batch = server
+            .cas()
+            .await
+            .batch_read_blobs(BatchReadBlobsRequest {
+                digests: vec![d(200).to_proto(), d(300).to_proto()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let got: Vec<&[u8]> = batch.responses.iter().map(|r| &r.data[..]).collect();
+        assert_eq!(got, [&blobs[200][..], &blobs[300][..]], "BatchReadBlobs");
+        let path = format!("/cas/{}", d(390).hash_hex());
+        let r = common::http::get(&http, &path).await;
+        assert_eq!(r.body, blobs[390], "GET {path}");
+        assert_eq!(cold_reads().await - before, 3, "three reads from disk");
+        // Cached now: read at once, on the runtime, and counted as a hit.
+        let hits_before = hits().await;
+        assert_eq!(
+            hits_before - hits_at_start,
+            4,
+            "the cold reads counted once each"
+        );
+        let again = common::read_from(&mut bs, common::read_name(&d(10)), 0).await;
+        assert_eq!(again, blobs[10]);
+        assert_eq!(
+            cold_reads().await - before,
+            3,
+            "a cached blob counted as cold"
+        );
+        assert_eq!(
+            hits().await - hits_before,
+            1,
+            "a cached read not counted as a hit"
+        );
+        server.stop().await;
+    });
+}
+
+/// The look at the page cache behind `get_cached`: `cachestat` (Linux 6.5) and the `mincore`
+/// it falls back to agree, page by page, on a file whose pages were dropped and then read in
+/// part through a map; neither reads anything.
+#[test]
+fn cachestat_and_mincore_agree_on_what_is_cached() {
+    use kiln::storage::sys::{mmap, resident};
+    let _one = one_at_a_time();
+    let m = Mount::ext4(64 << 20);
+    // No readahead: a fault reads its own page only.
+    m.set_read_ahead_kb(0);
+    std::fs::create_dir_all(m.store()).unwrap();
+    let path = m.store().join("pages");
+    std::fs::write(&path, vec![7u8; 8 * 4096]).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    file.sync_all().unwrap();
+    rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    let map = mmap::map_readonly(&file, 8 * 4096).unwrap();
+    assert!(
+        kiln::storage::sys::cachestat_in_use(&file),
+        "cachestat (Linux 6.5 and later) is missing or refused: mincore would be compared with itself"
+    );
+    let before = disk_reads();
+    let both = |start: u64, end: u64| {
+        let a = resident(&file, &map, start, end, false);
+        let b = mmap::mincore_resident(&map, start, end);
+        assert_eq!(a, b, "cachestat and mincore on {start}..{end}");
+        assert_eq!(
+            resident(&file, &map, start, end, true),
+            b,
+            "exact on {start}..{end}"
+        );
+        a
+    };
+    assert!(!both(0, 100), "a dropped page");
+    assert!(!both(4096, 8 * 4096), "dropped pages");
+    assert_eq!(disk_reads(), before, "looking read from disk");
+    // Pages 2 and 3 read through the map.
+    assert_eq!(map[2 * 4096 + 5] + map[3 * 4096 + 4000], 14);
+    assert!(both(2 * 4096, 4 * 4096), "pages read");
+    assert!(both(2 * 4096 + 100, 3 * 4096 + 10), "within pages read");
+    assert!(!both(2 * 4096, 4 * 4096 + 1), "a page past them");
+    assert!(!both(4096 + 4095, 3 * 4096), "a page before them");
+    assert!(both(5 * 4096, 5 * 4096), "an empty range");
+    assert!(both(9 * 4096, 10 * 4096), "past the end (nothing to read)");
 }

@@ -92,7 +92,8 @@ impl ByteStreamService {
         Ok(Err(self
             .state
             .cas
-            .get(&digest)?
+            .read(&digest)
+            .await?
             .ok_or(CasError::BlobNotFound(digest))?))
     }
 
@@ -335,7 +336,7 @@ impl ByteStream for ByteStreamService {
             req.read_limit as u64
         };
         let chunk = self.state.limits.read_chunk_bytes;
-        let blob = match self.state.cas.get(&name.digest)? {
+        let blob = match self.state.cas.read(&name.digest).await? {
             Some(blob) => blob,
             None => match self.read_through(&name, offset, limit, chunk).await? {
                 Ok(stream) => return Ok(Response::new(stream)),

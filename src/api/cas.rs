@@ -229,16 +229,23 @@ impl ContentAddressableStorage for CasService {
         // Local reads first, exactly as without an upstream; only the misses are then fetched
         // from it (one batched call) and read again. What it cannot provide keeps its status.
         let cas = &self.state.cas;
-        let get = |d: &Digest| cas.get(d)?.ok_or(CasError::BlobNotFound(*d));
-        // Cold blobs are read from disk together, not one after another. Should the store
-        // fail as a whole, each digest is read alone and gets its own status.
-        let mut read: Vec<Result<Blob, CasError>> = match cas.get_many(&digests) {
-            Ok(found) => digests
+        let get = async |d: &Digest| cas.read(d).await?.ok_or(CasError::BlobNotFound(*d));
+        // Cold blobs are read from disk together, not one after another, and off the async
+        // runtime. Should the store fail as a whole, each digest is read alone and gets its
+        // own status.
+        let mut read: Vec<Result<Blob, CasError>> = if let Ok(found) = cas.read_many(&digests).await
+        {
+            digests
                 .iter()
                 .zip(found)
                 .map(|(d, b)| b.ok_or(CasError::BlobNotFound(*d)))
-                .collect(),
-            Err(_) => digests.iter().map(get).collect(),
+                .collect()
+        } else {
+            let mut each = Vec::with_capacity(digests.len());
+            for d in &digests {
+                each.push(get(d).await);
+            }
+            each
         };
         let mut fetched = std::collections::HashMap::new();
         if let Some(up) = &self.state.upstream {
@@ -252,7 +259,7 @@ impl ContentAddressableStorage for CasService {
                 fetched = up.ensure(&req.instance_name, &missing).await;
                 for (d, r) in digests.iter().zip(read.iter_mut()) {
                     if matches!(fetched.get(d), Some(Ok(true))) {
-                        *r = get(d);
+                        *r = get(d).await;
                     }
                 }
             }

@@ -15,6 +15,7 @@ pub mod compression;
 pub mod directory;
 mod error;
 pub mod local;
+mod read;
 mod records;
 pub mod scrub;
 mod split;
@@ -27,6 +28,7 @@ pub mod walk;
 pub use crate::storage::{Blob, Encoded};
 pub use action_cache::{ActionCache, InlineRequest, UpdateHook};
 pub use error::CasError;
+pub use read::COLD_READS;
 pub use records::MAX_ASSET_RECORD_BYTES;
 pub use split::FAST_CDC;
 pub use tree::{TreePage, TreePager, get_tree_page};
@@ -42,12 +44,17 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Cas {
     store: Arc<dyn Store>,
+    /// Slots for reads that wait on the disk (`read.rs`).
+    cold: Arc<tokio::sync::Semaphore>,
 }
 
 impl Cas {
     /// A CAS over `store`. The store may be shared with an [`ActionCache`].
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            cold: Arc::new(tokio::sync::Semaphore::new(COLD_READS)),
+        }
     }
 
     /// The storage key of a blob: its hash, in the key space of its digest function (the
@@ -101,21 +108,8 @@ impl Cas {
     /// `get` for many digests, answers in order: the store reads the blobs from disk
     /// together rather than one after another (BatchReadBlobs).
     pub fn get_many(&self, digests: &[Digest]) -> Result<Vec<Option<Blob>>, CasError> {
-        let keys: Vec<Key> = digests
-            .iter()
-            .filter(|d| !d.is_empty_blob())
-            .map(Self::key)
-            .collect();
-        let mut found = self.store.get_many(&keys)?.into_iter();
-        Ok(digests
-            .iter()
-            .map(|d| {
-                if d.is_empty_blob() {
-                    return Some(Blob::default());
-                }
-                found.next().flatten().filter(|b| b.len() == d.size)
-            })
-            .collect())
+        let found = self.store.get_many(&Self::stored_keys(digests))?;
+        Ok(Self::answers(digests, found))
     }
 
     /// Reads a blob. A stored record whose length differs from the digest's size is a miss.
@@ -123,19 +117,50 @@ impl Cas {
         if digest.is_empty_blob() {
             return Ok(Some(Blob::default()));
         }
-        Ok(self
-            .store
-            .get(&Self::key(digest))?
-            .filter(|b| b.len() == digest.size))
+        Ok(Self::sized(digest, self.store.get(&Self::key(digest))?))
+    }
+
+    /// The keys of `digests` that a read asks the store for: all but the empty blob's.
+    fn stored_keys(digests: &[Digest]) -> Vec<Key> {
+        digests
+            .iter()
+            .filter(|d| !d.is_empty_blob())
+            .map(Self::key)
+            .collect()
+    }
+
+    /// The answers to a read of `digests`, from what the store `found` for their
+    /// `stored_keys`, in order.
+    fn answers(digests: &[Digest], found: Vec<Option<Blob>>) -> Vec<Option<Blob>> {
+        let mut found = found.into_iter();
+        digests
+            .iter()
+            .map(|d| {
+                if d.is_empty_blob() {
+                    return Some(Blob::default());
+                }
+                Self::sized(d, found.next().flatten())
+            })
+            .collect()
+    }
+
+    /// A stored blob as `digest` names it: one whose length differs is a miss.
+    fn sized(digest: &Digest, found: Option<Blob>) -> Option<Blob> {
+        found.filter(|b| b.len() == digest.size)
     }
 
     /// Reads a blob named by its hash alone (the HTTP cache API's `/cas/<hash>` has no size):
     /// the stored record's length is the size. `digest.size` is ignored.
     pub fn get_by_hash(&self, digest: &Digest) -> Result<Option<Blob>, CasError> {
-        if digest.hash == Digest::empty(digest.function).hash {
+        if Self::is_empty_hash(digest) {
             return Ok(Some(Blob::default()));
         }
         Ok(self.store.get(&Self::key(digest))?)
+    }
+
+    /// Whether `digest`'s hash is the empty blob's (its size aside).
+    fn is_empty_hash(digest: &Digest) -> bool {
+        digest.hash == Digest::empty(digest.function).hash
     }
 
     /// Reads a blob into one buffer, or fails with `BlobNotFound`.

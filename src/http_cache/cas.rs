@@ -19,7 +19,7 @@ use hyper::{HeaderMap, Response, StatusCode};
 
 impl HttpCache {
     /// `GET`/`HEAD /cas/<hash>`: the blob (zstd-encoded when the client accepts it), or 404.
-    pub(super) fn get_cas(
+    pub(super) async fn get_cas(
         &self,
         headers: &HeaderMap,
         hash: [u8; 32],
@@ -27,7 +27,7 @@ impl HttpCache {
     ) -> Result<Response<Body>, HttpCacheError> {
         let s = &self.inner;
         let digest = by_hash(hash);
-        let Some(blob) = s.cas.get_by_hash(&digest)? else {
+        let Some(blob) = s.cas.read_by_hash(&digest).await? else {
             return Err(HttpCacheError::NotFound(format!(
                 "blob {}",
                 hex::encode(hash)

@@ -150,7 +150,7 @@ impl HttpCache {
         let no_blob_write = auth::check(&self.inner.auth, headers, write, route.kind)?;
         let head = *method == Method::HEAD;
         match (write, route.kind) {
-            (false, path::Kind::Cas) => self.get_cas(headers, route.hash, head),
+            (false, path::Kind::Cas) => self.get_cas(headers, route.hash, head).await,
             (false, path::Kind::Ac) => self.get_ac(&route.instance, route.hash, head),
             (true, path::Kind::Cas) => self.put_cas(headers, body, route.hash).await,
             (true, path::Kind::Ac) => {

@@ -55,6 +55,9 @@ pub struct Metrics {
     pub contains: Family<OpLabels, Counter>,
     /// Bytes handed out by `get` hits.
     pub bytes_read: Counter,
+    /// Reads that found bytes on disk (`get_cached` said `OnDisk`) and so ran on a blocking
+    /// thread: one per read call, however many keys it has.
+    pub cold_reads: Counter,
     /// Bytes committed by writes.
     pub bytes_written: Counter,
     /// Writes committed.
@@ -79,6 +82,7 @@ impl Metrics {
             gets: Family::default(),
             contains: Family::default(),
             bytes_read: Counter::default(),
+            cold_reads: Counter::default(),
             bytes_written: Counter::default(),
             writes: Counter::default(),
             write_errors: Counter::default(),
@@ -113,6 +117,12 @@ impl Metrics {
             "store_read_bytes",
             "Bytes returned by store lookups",
             m.bytes_read.clone(),
+        );
+        registry.register(
+            "store_cold_reads",
+            "Store reads whose bytes were not all in memory (run on a blocking thread, off the \
+             async runtime): one per read call",
+            m.cold_reads.clone(),
         );
         registry.register(
             "store_written_bytes",

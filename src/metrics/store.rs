@@ -1,7 +1,8 @@
-//! A [`Store`] decorator that counts hits, misses and bytes. It overrides nothing else.
+//! A [`Store`] decorator that counts hits, misses, bytes and cold reads. It overrides nothing
+//! else.
 
 use super::{Metrics, OpLabels};
-use crate::storage::{Blob, BlobWriter, Key, StorageError, Store};
+use crate::storage::{Blob, BlobWriter, Cached, Key, StorageError, Store};
 use async_trait::async_trait;
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
@@ -71,10 +72,13 @@ fn outcome<T>(r: &Result<T, StorageError>, hit: impl Fn(&T) -> bool) -> &'static
     }
 }
 
-#[async_trait]
-impl Store for MeteredStore {
-    fn get(&self, key: &Key) -> Result<Option<Blob>, StorageError> {
-        let r = self.inner.get(key);
+impl MeteredStore {
+    /// Counts the answer `r` of a `get` of `key`.
+    fn count_get(
+        &self,
+        key: &Key,
+        r: Result<Option<Blob>, StorageError>,
+    ) -> Result<Option<Blob>, StorageError> {
         self.metrics
             .gets
             .get_or_create(&OpLabels {
@@ -86,6 +90,42 @@ impl Store for MeteredStore {
             self.metrics.bytes_read.inc_by(b.len());
         }
         r
+    }
+
+    /// Counts a read that must not wait (`get_cached`): one that found bytes on disk as a cold
+    /// read (the `get` that follows counts itself), any other answer with `count`.
+    fn count_cached<T>(
+        &self,
+        r: Result<Cached<T>, StorageError>,
+        count: impl FnOnce(Result<T, StorageError>) -> Result<T, StorageError>,
+    ) -> Result<Cached<T>, StorageError> {
+        match r {
+            Ok(Cached::OnDisk) => {
+                self.metrics.cold_reads.inc();
+                Ok(Cached::OnDisk)
+            }
+            Ok(Cached::Read(v)) => count(Ok(v)).map(Cached::Read),
+            Err(e) => count(Err(e)).map(Cached::Read),
+        }
+    }
+
+    /// Counts the answers `r` of a `get_many` of `keys`.
+    fn count_get_many(
+        &self,
+        keys: &[Key],
+        r: Result<Vec<Option<Blob>>, StorageError>,
+    ) -> Result<Vec<Option<Blob>>, StorageError> {
+        let blobs = count_batch(&self.metrics.gets, keys, r, Option::is_some)?;
+        let bytes = blobs.iter().flatten().map(Blob::len).sum();
+        self.metrics.bytes_read.inc_by(bytes);
+        Ok(blobs)
+    }
+}
+
+#[async_trait]
+impl Store for MeteredStore {
+    fn get(&self, key: &Key) -> Result<Option<Blob>, StorageError> {
+        self.count_get(key, self.inner.get(key))
     }
 
     fn contains(&self, key: &Key) -> Result<bool, StorageError> {
@@ -101,11 +141,17 @@ impl Store for MeteredStore {
     }
 
     fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Blob>>, StorageError> {
-        let r = self.inner.get_many(keys);
-        let blobs = count_batch(&self.metrics.gets, keys, r, Option::is_some)?;
-        let bytes = blobs.iter().flatten().map(Blob::len).sum();
-        self.metrics.bytes_read.inc_by(bytes);
-        Ok(blobs)
+        self.count_get_many(keys, self.inner.get_many(keys))
+    }
+
+    fn get_cached(&self, key: &Key) -> Result<Cached<Option<Blob>>, StorageError> {
+        self.count_cached(self.inner.get_cached(key), |r| self.count_get(key, r))
+    }
+
+    fn get_many_cached(&self, keys: &[Key]) -> Result<Cached<Vec<Option<Blob>>>, StorageError> {
+        self.count_cached(self.inner.get_many_cached(keys), |r| {
+            self.count_get_many(keys, r)
+        })
     }
 
     fn contains_many(&self, keys: &[Key]) -> Result<Vec<bool>, StorageError> {

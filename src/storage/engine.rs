@@ -13,7 +13,7 @@ use super::stats::{Counters, StorageStats};
 use super::sys::{self, IoEngine, IoFile};
 use super::upload::{EngineWriter, Limits, encode_all};
 use super::writer::{Body, EPOCH_RESERVE, Req, Writer};
-use super::{Blob, BlobWriter, Key, StorageError, Store};
+use super::{Blob, BlobWriter, Cached, Key, StorageError, Store};
 use async_trait::async_trait;
 use bytes::Bytes;
 use crossbeam::channel::{Sender, unbounded};
@@ -340,6 +340,18 @@ impl Engine {
             }
         })))
     }
+
+    /// `hand_out` for the hits of a batched read of `keys`, in order.
+    fn hand_out_all(
+        &self,
+        keys: &[Key],
+        hits: Vec<Option<(index::Entry, Blob)>>,
+    ) -> Vec<Option<Blob>> {
+        hits.into_iter()
+            .zip(keys)
+            .map(|(hit, key)| hit.map(|(e, b)| self.hand_out(key, &e, b)))
+            .collect()
+    }
 }
 
 #[async_trait]
@@ -350,13 +362,17 @@ impl Store for Engine {
     }
 
     fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Blob>>, StorageError> {
-        Ok(self
-            .sh
-            .get_many(keys)
-            .into_iter()
-            .zip(keys)
-            .map(|(hit, key)| hit.map(|(e, b)| self.hand_out(key, &e, b)))
-            .collect())
+        Ok(self.hand_out_all(keys, self.sh.get_many(keys)))
+    }
+
+    fn get_cached(&self, key: &Key) -> Result<Cached<Option<Blob>>, StorageError> {
+        let hit = self.sh.get_cached(key);
+        Ok(hit.map(|hit| hit.map(|(e, b)| self.hand_out(key, &e, b))))
+    }
+
+    fn get_many_cached(&self, keys: &[Key]) -> Result<Cached<Vec<Option<Blob>>>, StorageError> {
+        let hits = self.sh.get_many_cached(keys);
+        Ok(hits.map(|hits| self.hand_out_all(keys, hits)))
     }
 
     fn contains(&self, key: &Key) -> Result<bool, StorageError> {

@@ -71,5 +71,5 @@ pub use key::Key;
 pub use memory::MemoryStore;
 pub use peek::Peek;
 pub use stats::StorageStats;
-pub use store::{BlobWriter, Store};
+pub use store::{BlobWriter, Cached, Store};
 pub use verify::{BlobCheck, VerifyProgress, VerifyReport};

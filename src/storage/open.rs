@@ -97,7 +97,7 @@ pub(super) fn map_live_segments(segs: &Segments, tail: u32, head: u32, size: u64
         };
         match segment_header(&file.file) {
             Some(h) if h.seq == u64::from(seq) && h.size == size => {
-                segs.install(Arc::new(SegMap { seq, map, file }));
+                segs.install(Arc::new(SegMap::new(seq, map, file)));
             }
             _ => tracing::warn!(
                 seq,

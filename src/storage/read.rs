@@ -4,10 +4,10 @@
 use super::codec;
 use super::format::{self, ALIGN, RECORD_HEADER_LEN, RecordHeader, RecordKind};
 use super::index::{Entry, Index};
-use super::segment::{Segments, read_record_header};
+use super::segment::{SegMap, Segments, clock_ns, read_record_header};
 use super::stats::{Counters, inc};
-use super::sys::will_need;
-use super::{Blob, EngineConfig, Key};
+use super::sys::{resident, will_need};
+use super::{Blob, Cached, EngineConfig, Key};
 use crate::storage::format::InvalidRange;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -24,6 +24,10 @@ const PAGE: u64 = 4096;
 /// Bytes of a large blob's parts asked of the disk ahead of the part being read.
 const PARTS_AHEAD: u64 = 32 << 20;
 
+/// Blobs up to this size are looked at page by page by `Shared::in_memory`; a larger one
+/// counts as not in memory without looking (reading it takes long either way).
+const IN_MEMORY_MAX: u64 = 1 << 20;
+
 /// Bytes `start..end` of a segment holding the record at `off` (in 64-byte units): its header
 /// and `expect` bytes of payload.
 fn record_range(off: u32, expect: u64) -> (u64, u64) {
@@ -31,6 +35,22 @@ fn record_range(off: u32, expect: u64) -> (u64, u64) {
     let len = expect.saturating_add(RECORD_HEADER_LEN as u64);
     (start, start.saturating_add(len))
 }
+
+/// Bytes `offset..offset + len` of segment `seg` asked of the disk (`sys::will_need`), and the
+/// time of the ask noted on the segment (`SegMap::asked`).
+fn ask(seg: &SegMap, offset: u64, len: u64) {
+    // Noted at most once a millisecond: readers on every core load the stamp, and a store on
+    // every read would bounce its cache line between them.
+    let now = clock_ns();
+    if now.saturating_sub(seg.asked.load(Ordering::Relaxed)) > 1_000_000 {
+        seg.asked.store(now, Ordering::Relaxed);
+    }
+    will_need(&seg.file.file, offset, len);
+}
+
+/// How long after an ask a segment's pages are looked at exactly (`Shared::in_memory`): far
+/// longer than a disk takes to fill them.
+const ASKED_LATELY_NS: u64 = 100_000_000;
 
 /// The payload length `read_record` expects of the record an index entry names.
 fn first_record_expect(e: &Entry) -> u64 {
@@ -290,7 +310,7 @@ impl Shared {
     fn advise(&self, seq: u32, start: u64, end: u64) {
         if let Some(seg) = self.segs.get(seq) {
             let end = end.min(seg.map.len() as u64);
-            will_need(&seg.file.file, start, end.saturating_sub(start));
+            ask(&seg, start, end.saturating_sub(start));
         }
     }
 
@@ -347,7 +367,7 @@ impl Shared {
             .saturating_add(RECORD_HEADER_LEN as u64)
             .min(map.len().saturating_sub(start) as u64);
         if !asked {
-            will_need(&seg.file.file, start as u64, wanted);
+            ask(&seg, start as u64, wanted);
         }
         let h = RecordHeader::decode_expected(
             map.get(start..).ok_or(Miss::Corrupt)?,
@@ -365,7 +385,7 @@ impl Shared {
         // Longer than expected (a manifest of many parts): the rest too.
         let wanted_end = start + wanted as usize;
         if end > wanted_end {
-            will_need(&seg.file.file, wanted_end as u64, (end - wanted_end) as u64);
+            ask(&seg, wanted_end as u64, (end - wanted_end) as u64);
         }
         if xxhash_rust::xxh3::xxh3_64(&map[p..end]) != h.checksum {
             return Err(Miss::Corrupt);
@@ -433,20 +453,79 @@ impl Shared {
     /// `get` for many keys, answers in order: every hit's first record is asked of the disk
     /// before any is read (`ask_together`), so cold blobs are read together.
     pub fn get_many(&self, keys: &[Key]) -> Vec<Option<(Entry, Blob)>> {
+        match self.read_many(keys, false) {
+            Cached::Read(hits) => hits,
+            Cached::OnDisk => Vec::new(), // never: an uncached read reads
+        }
+    }
+
+    /// `get`, only if it waits on no disk: `OnDisk` if the record's pages are not all in the
+    /// page cache (then asked of the disk, not read). An absent key is a miss at once. A blob
+    /// larger than [`IN_MEMORY_MAX`] or split into parts is never read here. For readers on
+    /// an async runtime, who read with `get` on a blocking thread when this says `OnDisk`
+    /// (FORMAT.md "Who waits for a cold record").
+    pub fn get_cached(&self, key: &Key) -> Cached<Option<(Entry, Blob)>> {
+        let growing = self.growing.load();
+        let index = self.index.load();
+        let Some((table, also, hit)) = self.hit(&index, growing.as_deref(), key) else {
+            return Cached::Read(None);
+        };
+        if !self.in_memory(&hit.2) {
+            self.ask_together(std::iter::once(&hit.2));
+            return Cached::OnDisk;
+        }
+        // In memory: nothing to ask of the disk first.
+        Cached::Read(self.serve(table, also, key, hit, true))
+    }
+
+    /// `get_many`, only if it waits on no disk for any key (`get_cached`): `OnDisk` if some
+    /// record is not in memory (then every record is asked of the disk, none read).
+    pub fn get_many_cached(&self, keys: &[Key]) -> Cached<Vec<Option<(Entry, Blob)>>> {
+        self.read_many(keys, true)
+    }
+
+    /// `get_many`, or with `cached` `get_many_cached`.
+    fn read_many(&self, keys: &[Key], cached: bool) -> Cached<Vec<Option<(Entry, Blob)>>> {
         let growing = self.growing.load();
         let index = self.index.load();
         let hits: Vec<_> = keys
             .iter()
             .map(|k| self.hit(&index, growing.as_deref(), k))
             .collect();
-        self.ask_together(hits.iter().flatten().map(|(_, _, (_, _, e))| e));
-        keys.iter()
-            .zip(hits)
-            .map(|(k, hit)| {
-                let (table, also, hit) = hit?;
-                self.serve(table, also, k, hit, true)
-            })
-            .collect()
+        let entries = || hits.iter().flatten().map(|(_, _, (_, _, e))| e);
+        if !cached || !entries().all(|e| self.in_memory(e)) {
+            self.ask_together(entries());
+            if cached {
+                return Cached::OnDisk;
+            }
+        }
+        Cached::Read(
+            keys.iter()
+                .zip(hits)
+                .map(|(k, hit)| {
+                    let (table, also, hit) = hit?;
+                    self.serve(table, also, k, hit, true)
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether the record of entry `e` is in the page cache, every page of it (`sys::resident`;
+    /// no I/O). A blob larger than [`IN_MEMORY_MAX`] or split into parts counts as not, without
+    /// looking; one whose segment is gone as in memory (reading it misses at once).
+    fn in_memory(&self, e: &Entry) -> bool {
+        if e.kind == RecordKind::Manifest || e.len > IN_MEMORY_MAX {
+            return false;
+        }
+        // A segment gone meanwhile: `get` misses without reading.
+        let Some(seg) = self.segs.get(e.seq) else {
+            return true;
+        };
+        let (start, end) = record_range(e.off, e.len);
+        // Asked for lately, its pages may be in the cache but not filled yet: looked at
+        // exactly then.
+        let lately = clock_ns().saturating_sub(seg.asked.load(Ordering::Relaxed)) < ASKED_LATELY_NS;
+        resident(&seg.file.file, &seg.map, start, end, lately)
     }
 
     /// Where `key` is: the table it was found in (the index, else the one being grown), the

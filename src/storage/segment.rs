@@ -17,6 +17,7 @@ use super::sys::IoFile;
 use bytes::Bytes;
 use memmap2::Mmap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
 /// One live segment: its sequence number, read-only mapping and file.
@@ -27,6 +28,30 @@ pub struct SegMap {
     pub map: Mmap,
     /// The file, for writes.
     pub file: Arc<IoFile>,
+    /// When the disk was last asked for pages of this segment (`Shared::ask`), on
+    /// [`clock_ns`]'s clock; 0: never. Pages asked for are in the page cache before the disk
+    /// has filled them, so a look at the cache soon after an ask must tell the two apart.
+    pub asked: AtomicU64,
+}
+
+impl SegMap {
+    /// A live segment, its disk not asked for anything yet.
+    pub fn new(seq: u32, map: Mmap, file: Arc<IoFile>) -> Self {
+        Self {
+            seq,
+            map,
+            file,
+            asked: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Nanoseconds since this process first asked, plus one (never 0): a cheap, monotonic clock
+/// for `SegMap::asked`.
+pub fn clock_ns() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    (start.elapsed().as_nanos() as u64).saturating_add(1)
 }
 
 struct MapSlice {

@@ -23,6 +23,20 @@ pub trait Store: Send + Sync + 'static {
         keys.iter().map(|k| self.get(k)).collect()
     }
 
+    /// `get`, only if it waits on no disk: the blob's bytes are all in memory (or it is
+    /// absent). Otherwise [`Cached::OnDisk`], having read nothing (the disk may have been
+    /// asked for the bytes): the caller then reads with `get` where a wait harms nobody. Async
+    /// callers use it so that a page fault never stalls the runtime's worker threads. A store
+    /// whose reads never wait reads at once (the default).
+    fn get_cached(&self, key: &Key) -> Result<Cached<Option<Blob>>, StorageError> {
+        self.get(key).map(Cached::Read)
+    }
+
+    /// `get_many`, only if it waits on no disk for any of `keys` (see `get_cached`).
+    fn get_many_cached(&self, keys: &[Key]) -> Result<Cached<Vec<Option<Blob>>>, StorageError> {
+        self.get_many(keys).map(Cached::Read)
+    }
+
     /// Whether a blob is present, without reading it. A hit counts as a touch for eviction.
     fn contains(&self, key: &Key) -> Result<bool, StorageError>;
 
@@ -54,6 +68,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// Largest blob this store accepts, in bytes.
     fn max_blob_size(&self) -> u64;
+}
+
+/// What a read that must not wait on the disk did (`Store::get_cached`).
+#[derive(Debug)]
+pub enum Cached<T> {
+    /// Everything it needed was in memory: read.
+    Read(T),
+    /// Some bytes it needs are on disk: not read.
+    OnDisk,
+}
+
+impl<T> Cached<T> {
+    /// What was read, passed through `f`.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Cached<U> {
+        match self {
+            Cached::Read(v) => Cached::Read(f(v)),
+            Cached::OnDisk => Cached::OnDisk,
+        }
+    }
 }
 
 /// An in-progress write, fed in order by one task.

@@ -1,7 +1,7 @@
 #![allow(unsafe_code)]
 //! The storage engine's only `unsafe`, and its other system calls: I/O engines (io_uring,
-//! pread/pwrite, fault injection), memory maps, `fallocate`, and the page-cache advice given
-//! before reads (`will_need`).
+//! pread/pwrite, fault injection), memory maps, `fallocate`, the page-cache advice given
+//! before reads (`will_need`) and the look at what the page cache holds (`resident`).
 //!
 //! Everything above this module talks to the disk through the [`IoEngine`] trait, which takes
 //! owned buffers (`Bytes`) because io_uring needs the memory to stay put until the kernel is
@@ -112,6 +112,101 @@ pub fn will_need(file: &File, offset: u64, len: u64) {
         at += n;
     }
 }
+
+/// Whether bytes `start..end` of the segment `file`, mapped as `map`, are all in the page
+/// cache, so that reading them through the map waits on no disk. Reads nothing. `cachestat`
+/// (Linux 6.5) counts the file's cached pages in the range, at the cost of a `fadvise`, but it
+/// also counts pages the disk is still filling (readahead puts them in the cache first); with
+/// `exact`, and where `cachestat` is missing, `mincore` on the map (`mmap::mincore_resident`),
+/// which counts only filled pages and costs about three times as much. A hint: `false` when
+/// the kernel cannot tell.
+pub fn resident(file: &File, map: &memmap2::Mmap, start: u64, end: u64, exact: bool) -> bool {
+    let end = end.min(map.len() as u64);
+    if start >= end {
+        return true;
+    }
+    if !exact && let Some(all) = cachestat_resident(file, start, end) {
+        return all;
+    }
+    mmap::mincore_resident(map, start, end)
+}
+
+/// Whether this process looks at the page cache with `cachestat` (the kernel has it and
+/// answered): for tests, which would otherwise compare `mincore` with itself.
+pub fn cachestat_in_use(file: &File) -> bool {
+    cachestat_resident(file, 0, 1).is_some()
+}
+
+/// `cachestat`'s answer for bytes `start..end` (`start < end`) of `file`: whether every page
+/// they touch is cached; `None` where the kernel (or this architecture's build) lacks it or
+/// refuses it.
+fn cachestat_resident(file: &File, start: u64, end: u64) -> Option<bool> {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    /// Set once the kernel refused: not asked again.
+    static MISSING: AtomicBool = AtomicBool::new(false);
+    if !CACHESTAT_BUILT || MISSING.load(Ordering::Relaxed) {
+        return None;
+    }
+    let range = CachestatRange {
+        off: start,
+        len: end - start,
+    };
+    let mut stat = Cachestat::default();
+    // SAFETY: cachestat(fd, range, stat, flags) reads `range` and writes `stat`, both live
+    // for the call and laid out as the kernel's `struct cachestat_range` and `struct
+    // cachestat` (repr(C), u64 fields); the fd is valid while `file` is borrowed. It touches
+    // no other memory; on an error `stat` may be unwritten, and is then not read.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &raw const range,
+            &raw mut stat,
+            0u32,
+        )
+    };
+    if rc != 0 {
+        // ENOSYS (before 6.5), or EPERM from a seccomp filter, or anything else: no call
+        // with these arguments fails for a passing reason, so `mincore` from now on.
+        let err = io::Error::last_os_error();
+        if !MISSING.swap(true, Ordering::Relaxed) {
+            tracing::debug!(error = %err, "cachestat failed; the page cache is looked at with mincore");
+        }
+        return None;
+    }
+    let page = rustix::param::page_size() as u64;
+    let pages = (end - 1) / page - start / page + 1;
+    Some(stat.cache == pages)
+}
+
+/// The kernel's `struct cachestat_range`: bytes `off..off + len` of a file.
+#[repr(C)]
+struct CachestatRange {
+    off: u64,
+    len: u64,
+}
+
+/// The kernel's `struct cachestat` (its fields are `nr_cache` and so on): pages of the range
+/// in the page cache, dirty, under writeback, evicted, evicted lately.
+#[repr(C)]
+#[derive(Default)]
+struct Cachestat {
+    cache: u64,
+    dirty: u64,
+    writeback: u64,
+    evicted: u64,
+    recently_evicted: u64,
+}
+
+/// `cachestat`'s number: 451 on every architecture whose syscall table is the common one
+/// (x86_64, aarch64, riscv64 among them); other builds use `mincore` only.
+const SYS_CACHESTAT: libc::c_long = 451;
+const CACHESTAT_BUILT: bool = cfg!(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64"
+));
 
 /// Bytes asked per `will_need` call: the default readahead (`read_ahead_kb` 128), the least
 /// the kernel takes whole from one call on a device with default settings.

@@ -179,11 +179,7 @@ impl Writer {
             None => map_readonly(&file.file, size as usize)
                 .map_err(|e| self.io_err("segment map", &e))?,
         };
-        let seg = Arc::new(SegMap {
-            seq: new,
-            map,
-            file,
-        });
+        let seg = Arc::new(SegMap::new(new, map, file));
         sh.segs().install(Arc::clone(&seg));
         sh.set_head(new);
         sh.set_head_end(SEGMENT_HEADER_LEN);

@@ -146,14 +146,7 @@ mod tests {
                 .unwrap();
         }
         let map = map_readonly(&file.file, LEN as usize).unwrap();
-        (
-            dir,
-            SegMap {
-                seq: SEQ,
-                map,
-                file,
-            },
-        )
+        (dir, SegMap::new(SEQ, map, file))
     }
 
     fn header(len: u64, payload: &[u8]) -> RecordHeader {
