@@ -133,6 +133,7 @@ pub fn resident(file: &File, map: &memmap2::Mmap, start: u64, end: u64, exact: b
 
 /// Whether this process looks at the page cache with `cachestat` (the kernel has it and
 /// answered): for tests, which would otherwise compare `mincore` with itself.
+#[cfg(feature = "testing")]
 pub fn cachestat_in_use(file: &File) -> bool {
     cachestat_resident(file, 0, 1).is_some()
 }
