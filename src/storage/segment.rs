@@ -46,8 +46,8 @@ impl SegMap {
     }
 }
 
-/// Nanoseconds since this process first asked, plus one (never 0): a cheap, monotonic clock
-/// for `SegMap::asked`.
+/// Nanoseconds since this process first asked, plus one (never 0): a cheap clock that never
+/// goes back, for `SegMap::asked`.
 pub fn clock_ns() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     let start = START.get_or_init(std::time::Instant::now);
