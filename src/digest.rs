@@ -174,7 +174,14 @@ pub enum DigestError {
 impl Digest {
     /// The digest of the empty blob, which every CAS holds.
     pub fn empty(function: DigestFunction) -> Self {
-        function.digest_of(&[])
+        // Hashed once per function: reads compare every digest with it.
+        static EMPTY: std::sync::OnceLock<[Digest; DigestFunction::ALL.len()]> =
+            std::sync::OnceLock::new();
+        let all = EMPTY.get_or_init(|| DigestFunction::ALL.map(|f| f.digest_of(&[])));
+        all.iter()
+            .find(|d| d.function == function)
+            .copied()
+            .unwrap_or_else(|| function.digest_of(&[]))
     }
 
     /// Whether this is the empty blob's digest.

@@ -114,10 +114,7 @@ impl Cas {
 
     /// Reads a blob. A stored record whose length differs from the digest's size is a miss.
     pub fn get(&self, digest: &Digest) -> Result<Option<Blob>, CasError> {
-        if digest.is_empty_blob() {
-            return Ok(Some(Blob::default()));
-        }
-        Ok(Self::sized(digest, self.store.get(&Self::key(digest))?))
+        Ok(Self::sized(digest, self.get_by_hash(digest)?))
     }
 
     /// The keys of `digests` that a read asks the store for: all but the empty blob's.

@@ -21,16 +21,7 @@ impl Cas {
     /// `get`, for async callers (ByteStream Read): a blob on disk is read on a blocking
     /// thread.
     pub async fn read(&self, digest: &Digest) -> Result<Option<Blob>, CasError> {
-        if digest.is_empty_blob() {
-            return Ok(Some(Blob::default()));
-        }
-        match self.store.get_cached(&Self::key(digest))? {
-            Cached::Read(found) => Ok(Self::sized(digest, found)),
-            Cached::OnDisk => {
-                let d = *digest;
-                self.on_blocking_thread(move |cas| cas.get(&d)).await
-            }
-        }
+        Ok(Self::sized(digest, self.read_by_hash(digest).await?))
     }
 
     /// `get_many`, for async callers (BatchReadBlobs): if any blob is on disk, the whole
