@@ -230,7 +230,7 @@ fn action_cache_hit_keeps_its_outputs() {
     for n in 0..3 * cap / 4096 {
         rt.block_on(store.put(other_key(n), other.clone())).unwrap();
         if n % per_hit == 0 {
-            ac.get("", &action.0, &InlineRequest::default())
+            rt.block_on(ac.get("", &action.0, &InlineRequest::default()))
                 .unwrap_or_else(|e| panic!("AC hit lost after {n} uploads: {e}"));
         }
     }
@@ -311,7 +311,7 @@ fn storing_a_result_keeps_its_outputs() {
         !cas.contains(&cold.0).unwrap(),
         "an unreferenced blob should be evicted"
     );
-    ac.get("", &action.0, &InlineRequest::default())
+    rt.block_on(ac.get("", &action.0, &InlineRequest::default()))
         .expect("the stored result is complete");
 }
 

@@ -124,7 +124,7 @@ fn check_store(dir: &Path, what: &str, compress: bool) {
         max_bytes: 1 << 20,
     };
     for (instance, action, want) in actions(&blobs) {
-        let got = ac.get(instance, &action, &inline).unwrap();
+        let got = rt().block_on(ac.get(instance, &action, &inline)).unwrap();
         assert_eq!(got.exit_code, want.exit_code, "{what}: {instance}/{action}");
         assert_eq!(got.output_files.len(), want.output_files.len());
         for (g, w) in got.output_files.iter().zip(&want.output_files) {

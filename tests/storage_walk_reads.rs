@@ -301,6 +301,24 @@ fn get_cached_reads_cached_records_and_leaves_those_on_disk() {
     assert!(on_disk(&[20_000]), "a large blob, even cached");
 }
 
+/// A server (with its HTTP cache, whose address comes last) over a 64 MiB store on a
+/// loop-mounted ext4, in a runtime with two worker threads like `kiln serve`'s on this box.
+fn ext4_server() -> (Mount, tokio::runtime::Runtime, common::TestServer, String) {
+    let m = Mount::ext4(192 << 20);
+    let data_dir = m.store();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (server, http) = rt.block_on(common::TestServer::with_http_cache(|c| {
+        c.server.data_dir = data_dir;
+        c.storage.capacity_bytes = 64 << 20;
+        c.storage.max_blob_size_bytes = 16 << 20;
+    }));
+    (m, rt, server, http)
+}
+
 /// The server end to end: blobs whose pages are on disk are read off the async runtime
 /// (`kiln_store_cold_reads_total` counts each such read) through ByteStream Read,
 /// BatchReadBlobs and the HTTP cache's `/cas/`, and are served right; read again, cached,
@@ -310,20 +328,9 @@ fn the_server_reads_blobs_on_disk_off_its_runtime_and_serves_them_right() {
     use common::process::metric_value;
     use kiln::proto::reapi::BatchReadBlobsRequest;
     let _one = one_at_a_time();
-    let m = Mount::ext4(192 << 20);
+    let (m, rt, server, http) = ext4_server();
     let data_dir = m.store();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     rt.block_on(async {
-        let (server, http) = common::TestServer::with_http_cache(|c| {
-            c.server.data_dir = data_dir.clone();
-            c.storage.capacity_bytes = 64 << 20;
-            c.storage.max_blob_size_bytes = 16 << 20;
-        })
-        .await;
         let blobs: Vec<Vec<u8>> = (0..400u64).map(|n| common::bytes(4096, n)).collect();
         let refs: Vec<&[u8]> = blobs.iter().map(Vec::as_slice).collect();
         server.upload(&refs).await;
@@ -375,6 +382,166 @@ fn the_server_reads_blobs_on_disk_off_its_runtime_and_serves_them_right() {
             hits().await - hits_before,
             1,
             "a cached read not counted as a hit"
+        );
+        server.stop().await;
+    });
+}
+
+/// The action cache end to end, on a store whose pages are on disk: GetActionResult reads the
+/// entry, the output directory's tree and the inlined stdout off the runtime (three cold
+/// reads), the HTTP cache's `/ac/` reads the entry and the tree so (two more), GetTree walks a
+/// tree of directories on disk (on a blocking thread, not counted), and all of them answer
+/// right.
+#[test]
+fn action_results_and_trees_on_disk_are_read_off_the_runtime_and_served_right() {
+    use common::process::metric_value;
+    use kiln::proto::reapi::{
+        ActionResult, Directory, DirectoryNode, FileNode, GetActionResultRequest, GetTreeRequest,
+        OutputDirectory, Tree, UpdateActionResultRequest,
+    };
+    use prost::Message;
+    let _one = one_at_a_time();
+    let (m, rt, server, http) = ext4_server();
+    let data_dir = m.store();
+    rt.block_on(async {
+        // Each blob read below is stored between 100 others (400 KiB), so reading one from
+        // disk does not bring the next into memory by readahead.
+        let mut seed = 0;
+        let mut spaced = async |blob: &[u8]| {
+            let filler: Vec<Vec<u8>> = (0..100)
+                .map(|_| {
+                    seed += 1;
+                    common::bytes(4096, seed)
+                })
+                .collect();
+            let mut all: Vec<&[u8]> = filler.iter().map(Vec::as_slice).collect();
+            all.push(blob);
+            server.upload(&all).await;
+            common::digest(blob)
+        };
+        let mut stored = Vec::new();
+        for n in 0..2u64 {
+            let stdout = common::bytes(3000, 1000 + n);
+            let out = spaced(&stdout).await;
+            let tree = Tree {
+                root: Some(Directory {
+                    files: vec![FileNode {
+                        name: format!("f{n}"),
+                        digest: Some(out.to_proto()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                children: vec![],
+            }
+            .encode_to_vec();
+            let tree = spaced(&tree).await;
+            let action = common::digest(format!("action {n}").as_bytes());
+            let result = ActionResult {
+                stdout_digest: Some(out.to_proto()),
+                output_directories: vec![OutputDirectory {
+                    path: "d".into(),
+                    tree_digest: Some(tree.to_proto()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            spaced(b"").await;
+            server
+                .ac()
+                .await
+                .update_action_result(UpdateActionResultRequest {
+                    action_digest: Some(action.to_proto()),
+                    action_result: Some(result.clone()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            stored.push((action, stdout, result));
+        }
+        // A tree of directories for GetTree: a root and two leaves, each stored apart.
+        let leaves: Vec<Directory> = (0..2)
+            .map(|n| Directory {
+                files: vec![FileNode {
+                    name: format!("leaf{n}"),
+                    digest: Some(common::digest(b"").to_proto()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect();
+        let mut nodes = Vec::new();
+        for (n, leaf) in leaves.iter().enumerate() {
+            let d = spaced(&leaf.encode_to_vec()).await;
+            nodes.push(DirectoryNode {
+                name: format!("l{n}"),
+                digest: Some(d.to_proto()),
+            });
+        }
+        let root_dir = Directory {
+            directories: nodes,
+            ..Default::default()
+        };
+        let root = spaced(&root_dir.encode_to_vec()).await;
+        spaced(b"").await;
+        drop_segment_pages(&kiln::cas::local::store_dir(&data_dir));
+        let at = &server;
+        let cold_reads = async || {
+            metric_value(
+                &at.http_get("/metrics").await,
+                "kiln_store_cold_reads_total",
+            ) as u64
+        };
+        let before = cold_reads().await;
+
+        let (action, stdout, result) = &stored[0];
+        let got = server
+            .ac()
+            .await
+            .get_action_result(GetActionResultRequest {
+                action_digest: Some(action.to_proto()),
+                inline_stdout: true,
+                ..Default::default()
+            })
+            .await
+            .expect("a complete result on disk")
+            .into_inner();
+        assert_eq!(got.stdout_raw, stdout[..], "the inlined stdout");
+        assert_eq!(got.output_directories, result.output_directories);
+        assert_eq!(
+            cold_reads().await - before,
+            3,
+            "GetActionResult: the entry, the tree and stdout from disk"
+        );
+
+        let (action, _, result) = &stored[1];
+        let r = common::http::get(&http, &format!("/ac/{}", action.hash_hex())).await;
+        assert_eq!(r.status, 200, "GET /ac/");
+        assert_eq!(ActionResult::decode(&r.body[..]).unwrap(), *result);
+        assert_eq!(
+            cold_reads().await - before,
+            5,
+            "GET /ac/: the entry and the tree from disk"
+        );
+
+        let mut pages = server
+            .cas()
+            .await
+            .get_tree(GetTreeRequest {
+                root_digest: Some(root.to_proto()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut dirs = Vec::new();
+        while let Some(page) = pages.message().await.unwrap() {
+            dirs.extend(page.directories);
+        }
+        assert_eq!(
+            dirs,
+            [root_dir, leaves[0].clone(), leaves[1].clone()],
+            "GetTree"
         );
         server.stop().await;
     });

@@ -39,11 +39,12 @@ impl ActionCache for ActionCacheService {
                     .await?,
             ));
         }
-        Ok(Response::new(self.state.ac.get(
-            &req.instance_name,
-            &action,
-            &inline,
-        )?))
+        Ok(Response::new(
+            self.state
+                .ac
+                .get(&req.instance_name, &action, &inline)
+                .await?,
+        ))
     }
 
     async fn update_action_result(

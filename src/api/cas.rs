@@ -27,15 +27,22 @@ struct ParkOnDrop {
 }
 
 impl ParkOnDrop {
-    fn next_page(&mut self, cas: &Cas, page_size: usize) -> Result<TreePage, CasError> {
+    /// The walk's next page, made on a blocking thread: a page reads up to `page_size`
+    /// directories, any of which may wait on the disk.
+    async fn next_page(&mut self, cas: &Cas, page_size: usize) -> Result<TreePage, CasError> {
         // No pager only after a failed page, which ends the stream: nothing more to send.
-        let Some(pager) = self.pager.as_mut() else {
+        let Some(mut pager) = self.pager.take() else {
             return Ok(TreePage::default());
         };
-        let page = pager.next_page(cas, page_size);
-        if page.is_err() {
-            // A walk that failed part-way is not a position to resume from.
-            self.pager = None;
+        let (pager, page) = cas
+            .on_blocking_thread(move |cas| {
+                let page = pager.next_page(cas, page_size);
+                Ok((pager, page))
+            })
+            .await?;
+        // A walk that failed part-way is not a position to resume from.
+        if page.is_ok() {
+            self.pager = Some(pager);
         }
         page
     }
@@ -328,10 +335,19 @@ impl ContentAddressableStorage for CasService {
         // The first page is computed here so that a bad root or token fails the call itself.
         // The pager keeps its walk, so each later page continues where the last stopped; a
         // stream that ends before the walk does parks it for a call resuming with its token.
+        // Resuming may walk far (to the token's position) and reads as a page does, so it runs
+        // on a blocking thread with the first page.
         let cas = self.state.cas.clone();
         let trees = self.state.trees.clone();
-        let mut pager = trees.resume(&cas, &req.instance_name, &root, &req.page_token)?;
-        let first = pager.next_page(&cas, page_size)?;
+        let (pager, first) = {
+            let (trees, instance) = (trees.clone(), req.instance_name.clone());
+            cas.on_blocking_thread(move |cas| {
+                let mut pager = trees.resume(cas, &instance, &root, &req.page_token)?;
+                let first = pager.next_page(cas, page_size)?;
+                Ok((pager, first))
+            })
+            .await?
+        };
         let mut parking = ParkOnDrop {
             trees,
             instance: req.instance_name,
@@ -345,7 +361,7 @@ impl ContentAddressableStorage for CasService {
                 if token.is_empty() {
                     break;
                 }
-                page = parking.next_page(&cas, page_size)?;
+                page = parking.next_page(&cas, page_size).await?;
             }
         };
         Ok(Response::new(Box::pin(stream)))

@@ -116,7 +116,8 @@ impl ExecutionService {
     ) -> Result<bool, Status> {
         let instance = &req.instance_name;
         up.prefetch_action(instance, action).await?;
-        let here = (!req.skip_cache_lookup && self.scheduler.has_cached_result(instance, action))
+        let here = (!req.skip_cache_lookup
+            && self.scheduler.has_cached_result(instance, action).await)
             || match self.scheduler.platform_of(action).await {
                 Ok(platform) => self.scheduler.idle_bot_for(&platform),
                 Err(ExecError::MissingBlobs(_)) => true,

@@ -86,38 +86,45 @@ impl ActionCache {
     }
 
     /// Looks an action up. Fails with `ActionNotFound` on a miss and when any referenced blob
-    /// is missing; every referenced blob's life is extended on a hit.
-    pub fn get(
+    /// is missing; every referenced blob's life is extended on a hit. Every read (the entry,
+    /// its trees, the inlined outputs) is one of `Cas::read`'s: what is on disk is read on a
+    /// blocking thread, not on the caller's runtime thread.
+    pub async fn get(
         &self,
         instance: &str,
         action: &Digest,
         inline: &InlineRequest,
     ) -> Result<ActionResult, CasError> {
-        let Some(mut result) = self.lookup(instance, action)? else {
+        let Some(mut result) = self.lookup(instance, action).await? else {
             return Err(CasError::ActionNotFound(*action));
         };
-        if self.missing_blobs(&result, action.function)? != Some(vec![]) {
+        if self.missing_blobs(&result, action.function).await? != Some(vec![]) {
             return Err(CasError::ActionNotFound(*action));
         }
-        self.inline_outputs(&mut result, action.function, inline)?;
+        self.inline_outputs(&mut result, action.function, inline)
+            .await?;
         Ok(result)
     }
 
     /// The stored entry for an action, without the completeness check: for a caller that
     /// judges completeness itself (the upstream tier counts blobs the upstream has as
     /// present). `None` on a miss and for an undecodable entry.
-    pub fn lookup(
+    pub async fn lookup(
         &self,
         instance: &str,
         action: &Digest,
     ) -> Result<Option<ActionResult>, CasError> {
-        let mut found = self.store.get(&Self::hash_key(instance, action))?;
+        let store = &self.store;
+        let mut found = self
+            .cas
+            .read_key(store, Self::hash_key(instance, action))
+            .await?;
         if found.is_none() {
             // An entry stored before entries were keyed by hash alone. Probed with `contains`
             // first so a miss counts once in `kiln_store_gets_total{space="ac"}`.
             let legacy = Self::key(instance, action);
-            if self.store.contains(&legacy)? {
-                found = self.store.get(&legacy)?;
+            if store.contains(&legacy)? {
+                found = self.cas.read_key(store, legacy).await?;
             }
         }
         let Some(blob) = found else {
@@ -172,7 +179,7 @@ impl ActionCache {
     /// extended): outputs, stdout/stderr, tree blobs, and the files of the trees stored here
     /// (a missing tree's files are not known until it is fetched). `None` when the result can
     /// never be complete (a digest that does not parse, a tree that does not decode).
-    pub fn missing_blobs(
+    pub async fn missing_blobs(
         &self,
         result: &ActionResult,
         function: DigestFunction,
@@ -193,7 +200,7 @@ impl ActionCache {
             let Ok(tree_digest) = Digest::from_proto(function, tree_digest) else {
                 return Ok(None);
             };
-            let Some(tree) = self.cas.get(&tree_digest)? else {
+            let Some(tree) = self.cas.read(&tree_digest).await? else {
                 continue;
             };
             let Ok(tree) = Tree::decode(tree.to_bytes()?) else {
@@ -218,7 +225,7 @@ impl ActionCache {
 
     /// Fills the inline fields `inline` asks for from the local CAS, within its byte budget;
     /// a blob not stored here stays referenced by digest only.
-    pub fn inline_outputs(
+    pub async fn inline_outputs(
         &self,
         result: &mut ActionResult,
         function: DigestFunction,
@@ -226,28 +233,28 @@ impl ActionCache {
     ) -> Result<(), CasError> {
         let mut budget = inline.max_bytes;
         let mut take =
-            |d: Option<&crate::proto::reapi::Digest>| -> Result<Option<Bytes>, CasError> {
+            async |d: Option<&crate::proto::reapi::Digest>| -> Result<Option<Bytes>, CasError> {
                 let Some(d) = d else { return Ok(None) };
                 let d = Digest::from_proto(function, d)?;
                 if d.size > budget {
                     return Ok(None);
                 }
                 budget -= d.size;
-                Ok(self.cas.get(&d)?.map(|b| b.to_bytes()).transpose()?)
+                Ok(self.cas.read(&d).await?.map(|b| b.to_bytes()).transpose()?)
             };
         if inline.stdout
-            && let Some(b) = take(result.stdout_digest.as_ref())?
+            && let Some(b) = take(result.stdout_digest.as_ref()).await?
         {
             result.stdout_raw = b;
         }
         if inline.stderr
-            && let Some(b) = take(result.stderr_digest.as_ref())?
+            && let Some(b) = take(result.stderr_digest.as_ref()).await?
         {
             result.stderr_raw = b;
         }
         for f in &mut result.output_files {
             if inline.files.contains(&f.path)
-                && let Some(b) = take(f.digest.as_ref())?
+                && let Some(b) = take(f.digest.as_ref()).await?
             {
                 f.contents = b;
             }
@@ -353,13 +360,20 @@ mod tests {
         };
         let none = InlineRequest::default();
         assert!(matches!(
-            ac.get("a", &action, &none),
+            ac.get("a", &action, &none).await,
             Err(CasError::ActionNotFound(_))
         ));
         ac.update("a", &action, &result).await.unwrap();
-        assert_eq!(ac.get("a", &action, &none).unwrap().output_files.len(), 1);
+        assert_eq!(
+            ac.get("a", &action, &none)
+                .await
+                .unwrap()
+                .output_files
+                .len(),
+            1
+        );
         assert!(matches!(
-            ac.get("b", &action, &none),
+            ac.get("b", &action, &none).await,
             Err(CasError::ActionNotFound(_))
         ));
         let inline = InlineRequest {
@@ -368,7 +382,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            ac.get("a", &action, &inline).unwrap().output_files[0]
+            ac.get("a", &action, &inline).await.unwrap().output_files[0]
                 .contents
                 .as_ref(),
             b"output"
@@ -386,7 +400,7 @@ mod tests {
         };
         ac.update("", &action, &with_missing_stdout).await.unwrap();
         assert!(matches!(
-            ac.get("", &action, &InlineRequest::default()),
+            ac.get("", &action, &InlineRequest::default()).await,
             Err(CasError::ActionNotFound(_))
         ));
 
@@ -412,9 +426,13 @@ mod tests {
             ..Default::default()
         };
         ac.update("", &action, &with_tree).await.unwrap();
-        assert!(ac.get("", &action, &InlineRequest::default()).is_err());
+        assert!(
+            ac.get("", &action, &InlineRequest::default())
+                .await
+                .is_err()
+        );
         put(&cas, b"never uploaded").await;
-        assert!(ac.get("", &action, &InlineRequest::default()).is_ok());
+        assert!(ac.get("", &action, &InlineRequest::default()).await.is_ok());
     }
 
     #[tokio::test]

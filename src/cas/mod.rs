@@ -31,7 +31,7 @@ pub use error::CasError;
 pub use read::COLD_READS;
 pub use records::MAX_ASSET_RECORD_BYTES;
 pub use split::FAST_CDC;
-pub use tree::{TreePage, TreePager, get_tree_page};
+pub use tree::{MAX_PAGE_BYTES, TreePage, TreePager, get_tree_page};
 pub use tree_pagers::PausedTrees;
 pub use upload::Upload;
 

@@ -10,7 +10,9 @@
 
 use super::{Blob, Cas, CasError};
 use crate::digest::Digest;
-use crate::storage::{Cached, StorageError};
+use crate::storage::{Cached, Key, StorageError, Store};
+use bytes::Bytes;
+use std::sync::Arc;
 
 /// Cold reads in flight at once, each on a blocking thread. More wait (asynchronously) for a
 /// slot: enough to keep a fast disk busy, far below tokio's limit on blocking threads (512),
@@ -42,18 +44,38 @@ impl Cas {
         if Self::is_empty_hash(digest) {
             return Ok(Some(Blob::default()));
         }
-        match self.store.get_cached(&Self::key(digest))? {
+        self.read_key(&self.store, Self::key(digest)).await
+    }
+
+    /// `get_bytes`, for async callers: the blob in one buffer, or `BlobNotFound`.
+    pub async fn read_bytes(&self, digest: &Digest) -> Result<Bytes, CasError> {
+        self.read(digest)
+            .await?
+            .ok_or(CasError::BlobNotFound(*digest))?
+            .to_bytes()
+            .map_err(CasError::from)
+    }
+
+    /// `store.get(key)` for async callers: a record on disk is read on a blocking thread
+    /// (the action cache's entries, which may live in a store of their own, come this way).
+    pub(super) async fn read_key(
+        &self,
+        store: &Arc<dyn Store>,
+        key: Key,
+    ) -> Result<Option<Blob>, CasError> {
+        match store.get_cached(&key)? {
             Cached::Read(found) => Ok(found),
             Cached::OnDisk => {
-                let d = *digest;
-                self.on_blocking_thread(move |cas| cas.get_by_hash(&d))
-                    .await
+                let store = store.clone();
+                self.on_blocking_thread(move |_| Ok(store.get(&key)?)).await
             }
         }
     }
 
-    /// Runs `read` on a blocking thread once one of the [`COLD_READS`] slots is free.
-    async fn on_blocking_thread<T: Send + 'static>(
+    /// Runs `read` on a blocking thread once one of the [`COLD_READS`] slots is free: for
+    /// reads that may wait on the disk, and for work that reads many blobs in a row (a GetTree
+    /// page), which would hold a runtime thread for as long.
+    pub async fn on_blocking_thread<T: Send + 'static>(
         &self,
         read: impl FnOnce(&Cas) -> Result<T, CasError> + Send + 'static,
     ) -> Result<T, CasError> {
@@ -151,6 +173,24 @@ mod tests {
         }
     }
 
+    fn slow_disk(cold: Vec<Key>) -> Arc<SlowDisk> {
+        Arc::new(SlowDisk {
+            inner: MemoryStore::new(1 << 24),
+            cold,
+            gate: Mutex::new(false),
+            opened: Condvar::new(),
+            waiting: AtomicUsize::new(0),
+            most_waiting: AtomicUsize::new(0),
+        })
+    }
+
+    fn two_workers() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap()
+    }
+
     /// A runtime like `kiln serve`'s on this box (two worker threads), a store with `n` cold
     /// blobs and one hot one, and their digests.
     fn setup(
@@ -162,23 +202,13 @@ mod tests {
         Vec<Digest>,
         Digest,
     ) {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .build()
-            .unwrap();
+        let rt = two_workers();
         let f = DigestFunction::Sha256;
         let cold: Vec<Digest> = (0..n)
             .map(|i| f.digest_of(format!("cold {i}").as_bytes()))
             .collect();
         let hot = f.digest_of(b"hot");
-        let store = Arc::new(SlowDisk {
-            inner: MemoryStore::new(1 << 24),
-            cold: cold.iter().map(Cas::key).collect(),
-            gate: Mutex::new(false),
-            opened: Condvar::new(),
-            waiting: AtomicUsize::new(0),
-            most_waiting: AtomicUsize::new(0),
-        });
+        let store = slow_disk(cold.iter().map(Cas::key).collect());
         rt.block_on(async {
             for (i, d) in cold.iter().enumerate() {
                 let b = bytes::Bytes::from(format!("cold {i}"));
@@ -205,6 +235,26 @@ mod tests {
         panic!("{now} reads waiting on the disk at once, not {n}");
     }
 
+    /// While reads of `on_disk` wait in the store, a read of the cached blob `hot` is answered
+    /// (within 10 s); then the gate opens for them.
+    fn hot_read_answered_then_open(
+        rt: &tokio::runtime::Runtime,
+        store: &SlowDisk,
+        cas: &Cas,
+        hot: Digest,
+        on_disk: &str,
+    ) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let c = cas.clone();
+        rt.spawn(async move {
+            let _ = tx.send(c.read(&hot).await.unwrap());
+        });
+        let got = rx.recv_timeout(Duration::from_secs(10));
+        store.open_gate();
+        let got = got.unwrap_or_else(|_| panic!("no hot read answered while {on_disk} wait"));
+        assert_eq!(got.unwrap().to_bytes().unwrap(), "hot");
+    }
+
     #[test]
     fn reads_waiting_on_the_disk_leave_the_runtime_to_the_rest() {
         let (rt, store, cas, cold, hot) = setup(8);
@@ -220,16 +270,7 @@ mod tests {
         let c = cas.clone();
         cold_reads.push(rt.spawn(async move { c.read_many(&batch).await.unwrap() }));
         until_waiting(&store, 7);
-        // Meanwhile a hot read is answered at once.
-        let (tx, rx) = std::sync::mpsc::channel();
-        let c = cas.clone();
-        rt.spawn(async move {
-            let _ = tx.send(c.read(&hot).await.unwrap());
-        });
-        let got = rx.recv_timeout(Duration::from_secs(10));
-        store.open_gate();
-        let got = got.expect("a hot read answered while cold reads wait on the disk");
-        assert_eq!(got.unwrap().to_bytes().unwrap(), "hot");
+        hot_read_answered_then_open(&rt, &store, &cas, hot, "cold blobs");
         for (i, r) in cold_reads.into_iter().enumerate() {
             let blobs = rt.block_on(r).unwrap();
             for (j, b) in blobs.into_iter().enumerate() {
@@ -261,5 +302,110 @@ mod tests {
             assert_eq!(b.to_bytes().unwrap(), format!("cold {i}"));
         }
         assert_eq!(store.most_waiting.load(Ordering::SeqCst), COLD_READS);
+    }
+
+    /// The read of a GetActionResult that finds its blob on disk.
+    #[derive(Clone, Copy, Debug)]
+    enum OnDisk {
+        /// The action-cache entry.
+        Entry,
+        /// The tree of an output directory (read for the completeness check).
+        Tree,
+        /// The inlined stdout.
+        Stdout,
+    }
+
+    /// Three lookups of complete results (one output directory, stdout inlined), each finding
+    /// its `part` on disk, more than the runtime's two worker threads: a hot read is answered
+    /// while they wait, and each gets its own result once the disk answers.
+    fn action_results_on_disk_leave_the_runtime_to_the_rest(part: OnDisk) {
+        use crate::cas::{ActionCache, InlineRequest};
+        use crate::proto::reapi::{ActionResult, Directory, FileNode, OutputDirectory, Tree};
+        use prost::Message;
+        let rt = two_workers();
+        let f = DigestFunction::Sha256;
+        let n = 3;
+        let mut cold = Vec::new();
+        let mut stored = Vec::new();
+        for i in 0..n {
+            let action = f.digest_of(format!("action {i}").as_bytes());
+            let stdout = format!("stdout {i}");
+            let out = f.digest_of(stdout.as_bytes());
+            let tree = Tree {
+                root: Some(Directory {
+                    files: vec![FileNode {
+                        name: "f".into(),
+                        digest: Some(out.to_proto()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                children: vec![],
+            }
+            .encode_to_vec();
+            let tree_digest = f.digest_of(&tree);
+            cold.push(match part {
+                OnDisk::Entry => ActionCache::hash_key("", &action),
+                OnDisk::Tree => Cas::key(&tree_digest),
+                OnDisk::Stdout => Cas::key(&out),
+            });
+            let result = ActionResult {
+                stdout_digest: Some(out.to_proto()),
+                output_directories: vec![OutputDirectory {
+                    path: "d".into(),
+                    tree_digest: Some(tree_digest.to_proto()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            stored.push((action, stdout, out, tree, tree_digest, result));
+        }
+        let store = slow_disk(cold);
+        let _gate = OpenOnDrop(store.clone());
+        let cas = Cas::new(store.clone());
+        let ac = ActionCache::new(cas.clone(), store.clone());
+        let hot = f.digest_of(b"hot");
+        rt.block_on(async {
+            cas.put(&hot, "hot".into()).await.unwrap();
+            for (action, stdout, out, tree, tree_digest, result) in &stored {
+                cas.put(out, stdout.clone().into()).await.unwrap();
+                cas.put(tree_digest, tree.clone().into()).await.unwrap();
+                ac.update("", action, result).await.unwrap();
+            }
+        });
+        let lookups: Vec<_> = stored
+            .iter()
+            .map(|(action, ..)| {
+                let (ac, action) = (ac.clone(), *action);
+                let inline = InlineRequest {
+                    stdout: true,
+                    max_bytes: 1024,
+                    ..Default::default()
+                };
+                rt.spawn(async move { ac.get("", &action, &inline).await })
+            })
+            .collect();
+        until_waiting(&store, n);
+        hot_read_answered_then_open(&rt, &store, &cas, hot, &format!("{part:?}"));
+        for (r, (_, stdout, ..)) in lookups.into_iter().zip(&stored) {
+            let result = rt.block_on(r).unwrap().expect("a complete result");
+            assert_eq!(result.stdout_raw, stdout.as_bytes(), "{part:?} on disk");
+            assert_eq!(result.output_directories.len(), 1);
+        }
+    }
+
+    #[test]
+    fn action_cache_entries_on_disk_leave_the_runtime_to_the_rest() {
+        action_results_on_disk_leave_the_runtime_to_the_rest(OnDisk::Entry);
+    }
+
+    #[test]
+    fn output_trees_on_disk_leave_the_runtime_to_the_rest() {
+        action_results_on_disk_leave_the_runtime_to_the_rest(OnDisk::Tree);
+    }
+
+    #[test]
+    fn inlined_outputs_on_disk_leave_the_runtime_to_the_rest() {
+        action_results_on_disk_leave_the_runtime_to_the_rest(OnDisk::Stdout);
     }
 }

@@ -19,6 +19,11 @@ use prost::Message;
 const MAX_TOKEN_LEN: usize = 64;
 /// Bytes of the next directory's hash a token carries.
 const TAG_BYTES: usize = 8;
+/// Most encoded bytes of directories in one page: a page stops before the directory that
+/// would take it past this (but holds at least one), however large a `page_size` the client
+/// asked for. gRPC clients refuse messages over 4 MiB unless told otherwise, and the walk
+/// holds a page in memory.
+pub const MAX_PAGE_BYTES: usize = 2 << 20;
 
 /// One page of a tree walk.
 #[derive(Debug, Default)]
@@ -74,13 +79,22 @@ impl TreePager {
         Ok(pager)
     }
 
-    /// The next page of up to `page_size` directories (at least one).
+    /// The next page of up to `page_size` directories (at least one), and of at most
+    /// [`MAX_PAGE_BYTES`] unless its one directory is larger.
     pub fn next_page(&mut self, cas: &Cas, page_size: usize) -> Result<TreePage, CasError> {
         let mut page = TreePage::default();
+        let mut bytes = 0;
         while page.directories.len() < page_size.max(1) {
-            let Some((_, dir)) = self.next.take() else {
+            let Some((_, dir)) = self.next.as_ref() else {
                 break;
             };
+            // The field's tag and length prefix besides the message: at most 6 bytes.
+            let size = dir.encoded_len() + 6;
+            if !page.directories.is_empty() && bytes + size > MAX_PAGE_BYTES {
+                break;
+            }
+            bytes += size;
+            let (_, dir) = self.next.take().expect("looked at above");
             page.directories.push(dir);
             self.returned += 1;
             self.next = self.load_next(cas)?;
@@ -380,5 +394,57 @@ pub(super) mod tests {
             );
         }
         assert!(get_tree_page(&cas, &root, 3, &good).is_ok());
+    }
+
+    #[tokio::test]
+    async fn pages_stop_at_the_byte_limit_whatever_page_size_asks() {
+        use crate::proto::reapi::FileNode;
+        let cas = Cas::new(Arc::new(MemoryStore::new(1 << 26)));
+        let file = DigestFunction::Sha256.digest_of(b"f");
+        // Twelve directories of about 500 KB each (distinct by their names), under a root.
+        let big = |tag: usize| Directory {
+            files: (0..6000)
+                .map(|i| FileNode {
+                    name: format!("{tag:02}-{i:05}"),
+                    digest: Some(file.to_proto()),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut children = Vec::new();
+        for tag in 0..12 {
+            let d = put_dir(&cas, &big(tag)).await;
+            children.push(node(&format!("d{tag:02}"), &d));
+        }
+        let root = put_dir(
+            &cas,
+            &Directory {
+                directories: children,
+                ..Default::default()
+            },
+        )
+        .await;
+        let (mut token, mut pages, mut seen, mut total) = (String::new(), 0, 0, 0);
+        loop {
+            let page = get_tree_page(&cas, &root, usize::MAX, &token).unwrap();
+            let bytes: usize = page.directories.iter().map(|d| d.encoded_len() + 6).sum();
+            assert!(bytes <= MAX_PAGE_BYTES, "a page of {bytes} bytes");
+            assert!(!page.directories.is_empty());
+            total += bytes;
+            seen += page.directories.len();
+            pages += 1;
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(seen, 13, "every directory once");
+        assert!(total > 2 * MAX_PAGE_BYTES, "{total} bytes in all");
+        assert_eq!(
+            pages,
+            total.div_ceil(MAX_PAGE_BYTES),
+            "{total} bytes in {pages} pages"
+        );
     }
 }

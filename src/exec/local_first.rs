@@ -25,10 +25,11 @@ impl Scheduler {
 
     /// Whether the local action cache holds a result for the action (an Execute of it is then
     /// answered here at once, wherever it would otherwise run).
-    pub fn has_cached_result(&self, instance: &str, digest: &Digest) -> bool {
+    pub async fn has_cached_result(&self, instance: &str, digest: &Digest) -> bool {
         self.shared
             .ac
             .get(instance, digest, &InlineRequest::default())
+            .await
             .is_ok()
     }
 

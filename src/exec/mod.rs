@@ -165,6 +165,7 @@ impl Scheduler {
                 .shared
                 .ac
                 .get(&params.instance, &digest, &InlineRequest::default())
+                .await
             {
                 Ok(result) => {
                     // Cache hits are answered at once and not kept: at cache-hit rates a

@@ -47,7 +47,7 @@ enum Opaque {
 
 impl HttpCache {
     /// `GET`/`HEAD /ac/<hash>`: the serialized ActionResult (or opaque value), or 404.
-    pub(super) fn get_ac(
+    pub(super) async fn get_ac(
         &self,
         instance: &str,
         hash: [u8; 32],
@@ -58,7 +58,7 @@ impl HttpCache {
         let none = InlineRequest::default();
         // The opaque namespace first: a PUT of either kind over HTTP leaves its mark there
         // (an opaque value, or a marker saying "an ActionResult"), so the last PUT wins.
-        let data = match self.get_opaque(instance, &action)? {
+        let data = match self.get_opaque(instance, &action).await? {
             Opaque::Value(b) => b,
             Opaque::Gone => {
                 return Err(HttpCacheError::NotFound(format!(
@@ -66,7 +66,7 @@ impl HttpCache {
                     action.hash_hex()
                 )));
             }
-            Opaque::None => match s.ac.get(instance, &action, &none) {
+            Opaque::None => match s.ac.get(instance, &action, &none).await {
                 Ok(result) => Bytes::from(result.encode_to_vec()),
                 Err(CasError::ActionNotFound(_)) => {
                     return Err(HttpCacheError::NotFound(format!(
@@ -84,16 +84,20 @@ impl HttpCache {
         Ok(response::ok(data.len() as u64, response::full(data)))
     }
 
-    fn get_opaque(&self, instance: &str, action: &Digest) -> Result<Opaque, HttpCacheError> {
+    async fn get_opaque(&self, instance: &str, action: &Digest) -> Result<Opaque, HttpCacheError> {
         let s = &self.inner;
         if !s.settings.opaque_ac {
             return Ok(Opaque::None);
         }
-        let wrapper = match s.ac.get(
-            &opaque_instance(instance),
-            action,
-            &InlineRequest::default(),
-        ) {
+        let wrapper = match s
+            .ac
+            .get(
+                &opaque_instance(instance),
+                action,
+                &InlineRequest::default(),
+            )
+            .await
+        {
             Ok(w) => w,
             Err(CasError::ActionNotFound(_)) => return Ok(Opaque::None),
             Err(e) => return Err(e.into()),
@@ -103,7 +107,7 @@ impl HttpCache {
             return Ok(Opaque::None);
         };
         let d = Digest::from_proto(DigestFunction::Sha256, d).map_err(CasError::from)?;
-        match s.cas.get_bytes(&d) {
+        match s.cas.read_bytes(&d).await {
             Ok(b) => Ok(Opaque::Value(b)),
             Err(CasError::BlobNotFound(_)) => Ok(Opaque::Gone),
             Err(e) => Err(e.into()),

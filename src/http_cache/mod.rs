@@ -151,7 +151,7 @@ impl HttpCache {
         let head = *method == Method::HEAD;
         match (write, route.kind) {
             (false, path::Kind::Cas) => self.get_cas(headers, route.hash, head).await,
-            (false, path::Kind::Ac) => self.get_ac(&route.instance, route.hash, head),
+            (false, path::Kind::Ac) => self.get_ac(&route.instance, route.hash, head).await,
             (true, path::Kind::Cas) => self.put_cas(headers, body, route.hash).await,
             (true, path::Kind::Ac) => {
                 self.put_ac(headers, body, &route.instance, route.hash, no_blob_write)

@@ -20,7 +20,7 @@ impl Upstream {
     ) -> Result<ActionResult, UpstreamError> {
         let ac = &self.inner.ac;
         let stats = &self.inner.client.stats;
-        let mut result = if let Some(r) = ac.lookup(instance, action)? {
+        let mut result = if let Some(r) = ac.lookup(instance, action).await? {
             r
         } else {
             match self.fetch_action_result(instance, action).await {
@@ -59,7 +59,8 @@ impl Upstream {
         }
         self.inner
             .ac
-            .inline_outputs(&mut result, action.function, inline)?;
+            .inline_outputs(&mut result, action.function, inline)
+            .await?;
         Ok(result)
     }
 
@@ -91,7 +92,7 @@ impl Upstream {
     /// the result a miss (the client runs the action), never an error.
     async fn complete(&self, instance: &str, result: &ActionResult, f: DigestFunction) -> bool {
         let ac = &self.inner.ac;
-        let Ok(Some(mut missing)) = ac.missing_blobs(result, f) else {
+        let Ok(Some(mut missing)) = ac.missing_blobs(result, f).await else {
             return false;
         };
         if missing.is_empty() {
@@ -109,7 +110,7 @@ impl Upstream {
             if got.values().any(|r| !matches!(r, Ok(true))) {
                 return false;
             }
-            match ac.missing_blobs(result, f) {
+            match ac.missing_blobs(result, f).await {
                 Ok(Some(m)) => missing = m,
                 _ => return false,
             }

@@ -46,7 +46,7 @@ impl Upstream {
         let action = Digest::from_field(function, req.action_digest.as_ref(), "action_digest")
             .map_err(crate::cas::CasError::from)?;
         let local_instance = req.instance_name.clone();
-        let inputs = self.local_inputs(&action)?;
+        let inputs = self.local_inputs(&action).await?;
         if !inputs.is_empty() {
             self.push_blobs(&local_instance, &inputs).await?;
         }
@@ -126,9 +126,9 @@ impl Upstream {
 
     /// The blobs an action needs (Action, Command, every directory and file of its input
     /// root) that are stored locally; what is not local the client must have sent upstream.
-    fn local_inputs(&self, action: &Digest) -> Result<Vec<Digest>, UpstreamError> {
+    async fn local_inputs(&self, action: &Digest) -> Result<Vec<Digest>, UpstreamError> {
         let mut out = vec![*action];
-        let a = match self.read_message::<Action>(Kind::Action, action)? {
+        let a = match self.read_message::<Action>(Kind::Action, action).await? {
             None => return Ok(vec![]),
             Some(Err(_)) => return Ok(out),
             Some(Ok(a)) => a,
@@ -150,7 +150,7 @@ impl Upstream {
                 ))
                 .into());
             }
-            let Some(Ok(dir)) = self.read_message::<Directory>(Kind::Directory, &d)? else {
+            let Some(Ok(dir)) = self.read_message::<Directory>(Kind::Directory, &d).await? else {
                 continue;
             };
             for file in &dir.files {

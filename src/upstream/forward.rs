@@ -72,7 +72,7 @@ impl Upstream {
                 }
                 continue;
             }
-            let Some(blob) = self.inner.cas.get(d)? else {
+            let Some(blob) = self.inner.cas.read(d).await? else {
                 gone += 1;
                 continue;
             };
@@ -156,7 +156,7 @@ impl Upstream {
     /// Streams one large blob from the local store; `false` when it is gone locally.
     async fn write_stream(&self, instance: &str, d: &Digest) -> Result<bool, UpstreamError> {
         let c = &self.inner.client;
-        let Some(blob) = self.inner.cas.get(d)? else {
+        let Some(blob) = self.inner.cas.read(d).await? else {
             return Ok(false);
         };
         let inst = self.instance(instance);
@@ -206,7 +206,7 @@ impl Upstream {
         action: &Digest,
     ) -> Result<bool, UpstreamError> {
         let c = &self.inner.client;
-        let Some(result) = self.inner.ac.lookup(instance, action)? else {
+        let Some(result) = self.inner.ac.lookup(instance, action).await? else {
             c.stats.forward("ac", "gone", 1);
             return Ok(false);
         };

@@ -22,7 +22,7 @@ impl Upstream {
         let cas = &self.inner.cas;
         self.check_message_size(Kind::Action, action)?;
         self.fetch_missing(instance, &[*action]).await?;
-        let Some(Ok(a)) = self.read_message::<Action>(Kind::Action, action)? else {
+        let Some(Ok(a)) = self.read_message::<Action>(Kind::Action, action).await? else {
             return Ok(());
         };
         let f = action.function;
@@ -39,7 +39,7 @@ impl Upstream {
         let mut seen = HashSet::from([root]);
         let mut queue = vec![root];
         while let Some(d) = queue.pop() {
-            let Some(Ok(dir)) = self.read_message::<Directory>(Kind::Directory, &d)? else {
+            let Some(Ok(dir)) = self.read_message::<Directory>(Kind::Directory, &d).await? else {
                 continue;
             };
             files.extend(dir.files.iter().filter_map(|n| parse(n.digest.as_ref())));
@@ -71,7 +71,7 @@ impl Upstream {
     ) -> Result<(), UpstreamError> {
         self.check_message_size(Kind::Action, action)?;
         self.fetch_missing(instance, &[*action]).await?;
-        let Some(Ok(a)) = self.read_message::<Action>(Kind::Action, action)? else {
+        let Some(Ok(a)) = self.read_message::<Action>(Kind::Action, action).await? else {
             return Ok(());
         };
         if let Some(cmd) = a

@@ -45,13 +45,13 @@ impl Upstream {
     /// hold it, `Some(Err)` when it does not decode (the RPC that serves it reports that),
     /// INVALID_ARGUMENT naming the setting when its size is over the limit. One read, so one
     /// touch of the blob (a second would count it as used again).
-    pub(super) fn read_message<M: Message + Default>(
+    pub(super) async fn read_message<M: Message + Default>(
         &self,
         kind: Kind,
         digest: &Digest,
     ) -> Result<Option<Result<M, prost::DecodeError>>, UpstreamError> {
         self.check_message_size(kind, digest)?;
-        let Some(blob) = self.inner.cas.get(digest)? else {
+        let Some(blob) = self.inner.cas.read(digest).await? else {
             return Ok(None);
         };
         Ok(Some(M::decode(blob.to_bytes().map_err(CasError::from)?)))

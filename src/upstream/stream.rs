@@ -165,7 +165,7 @@ impl Upstream {
         let Some(mut upload) = inner.cas.begin_upload(*digest).await? else {
             // Stored meanwhile (an upload by a client): serve that copy.
             if let Some(tx) = tx.as_ref() {
-                let blob = inner.cas.get_bytes(digest)?;
+                let blob = inner.cas.read_bytes(digest).await?;
                 let _ = tx.send(Ok(blob)).await;
             }
             return Ok(true);

@@ -31,7 +31,8 @@ impl Upstream {
             let mut next = Vec::new();
             for d in &level {
                 // A directory that does not decode is reported by the walk that serves it.
-                let Some(Ok(dir)) = self.read_message::<Directory>(Kind::Directory, d)? else {
+                let Some(Ok(dir)) = self.read_message::<Directory>(Kind::Directory, d).await?
+                else {
                     continue;
                 };
                 for child in &dir.directories {
