@@ -139,6 +139,32 @@ async fn every_workload_runs_cleanly() {
     assert_clean(&r);
 }
 
+/// `--seeded` reads what an earlier run with the same seed stored, and writes nothing: on a
+/// server that holds the seed every read is right, on a fresh one every read is an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_runs_read_an_earlier_seed_and_write_nothing() {
+    let (seeded, _, _dir, _stop) = start().await;
+    let (fresh, _, _dir2, _stop2) = start().await;
+    let runs: &[&[&str]] = &[
+        &["--workload", "read-small", "--blobs", "20", "--batch", "4"],
+        &["--workload", "read-large", "--blobs", "2", "--size", "1MiB"],
+        &["--workload", "ac-get", "--blobs", "20", "--hit-ratio", "1"],
+    ];
+    for extra in runs {
+        let mut args = extra.to_vec();
+        args.extend(["--seed", "77", "--ops", "10"]);
+        let r = smoke(&seeded, &args).await.unwrap();
+        assert_clean(&r);
+        args.push("--seeded");
+        let r = smoke(&seeded, &args)
+            .await
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert_clean(&r);
+        let r = smoke(&fresh, &args).await.unwrap();
+        assert_eq!(r.errors, r.ops, "{args:?} on a server never seeded: {r:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn execute_noop_reports_unsupported_or_succeeds() {
     use kiln::proto::reapi::GetCapabilitiesRequest;

@@ -18,39 +18,75 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-/// A GetTree stream's walk, parked in [`PausedTrees`] when the stream is dropped (finished
+/// A GetTree stream's walk, parked in [`PausedTrees`] when its last holder lets go: the
+/// stream, or the page being made on a blocking thread when the stream was dropped (finished
 /// walks and failed ones are not kept).
 struct ParkOnDrop {
     trees: Arc<PausedTrees>,
     instance: String,
-    pager: Option<TreePager>,
+    /// Locked only by the blocking thread making a page, one page at a time.
+    pager: std::sync::Mutex<Option<TreePager>>,
 }
 
 impl ParkOnDrop {
-    /// The walk's next page, made on a blocking thread: a page reads up to `page_size`
-    /// directories, any of which may wait on the disk.
-    async fn next_page(&mut self, cas: &Cas, page_size: usize) -> Result<TreePage, CasError> {
-        // No pager only after a failed page, which ends the stream: nothing more to send.
-        let Some(mut pager) = self.pager.take() else {
-            return Ok(TreePage::default());
-        };
-        let (pager, page) = cas
-            .on_blocking_thread(move |cas| {
-                let page = pager.next_page(cas, page_size);
-                Ok((pager, page))
-            })
-            .await?;
-        // A walk that failed part-way is not a position to resume from.
-        if page.is_ok() {
-            self.pager = Some(pager);
-        }
-        page
+    /// The walk of `root` positioned at `page_token` and its first page, made on a blocking
+    /// thread: resuming may walk far (to the token's position), and a page reads up to
+    /// `page_size` directories, any of which may wait on the disk.
+    async fn first_page(
+        cas: &Cas,
+        trees: Arc<PausedTrees>,
+        instance: String,
+        root: Digest,
+        page_token: String,
+        page_size: usize,
+    ) -> Result<(Arc<Self>, TreePage), CasError> {
+        cas.on_blocking_thread(move |cas| {
+            let mut pager = trees.resume(cas, &instance, &root, &page_token)?;
+            let first = pager.next_page(cas, page_size)?;
+            let walk = Self {
+                trees,
+                instance,
+                pager: std::sync::Mutex::new(Some(pager)),
+            };
+            Ok((Arc::new(walk), first))
+        })
+        .await
+    }
+
+    /// The walk's next page, made on a blocking thread.
+    async fn next_page(
+        self: &Arc<Self>,
+        cas: &Cas,
+        page_size: usize,
+    ) -> Result<TreePage, CasError> {
+        let walk = self.clone();
+        cas.on_blocking_thread(move |cas| {
+            let mut pager = walk
+                .pager
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // No pager only after a failed page, which ends the stream: nothing more to send.
+            let Some(p) = pager.as_mut() else {
+                return Ok(TreePage::default());
+            };
+            let page = p.next_page(cas, page_size);
+            if page.is_err() {
+                // A walk that failed part-way is not a position to resume from.
+                *pager = None;
+            }
+            page
+        })
+        .await
     }
 }
 
 impl Drop for ParkOnDrop {
     fn drop(&mut self) {
-        if let Some(pager) = self.pager.take() {
+        let pager = self
+            .pager
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(pager) = pager.take() {
             self.trees.pause(&self.instance, pager);
         }
     }
@@ -333,26 +369,18 @@ impl ContentAddressableStorage for CasService {
             up.ensure_tree(&req.instance_name, &root).await?;
         }
         // The first page is computed here so that a bad root or token fails the call itself.
-        // The pager keeps its walk, so each later page continues where the last stopped; a
-        // stream that ends before the walk does parks it for a call resuming with its token.
-        // Resuming may walk far (to the token's position) and reads as a page does, so it runs
-        // on a blocking thread with the first page.
+        // The walk is kept, so each later page continues where the last stopped; a stream
+        // that ends before the walk does parks it for a call resuming with its token.
         let cas = self.state.cas.clone();
-        let trees = self.state.trees.clone();
-        let (pager, first) = {
-            let (trees, instance) = (trees.clone(), req.instance_name.clone());
-            cas.on_blocking_thread(move |cas| {
-                let mut pager = trees.resume(cas, &instance, &root, &req.page_token)?;
-                let first = pager.next_page(cas, page_size)?;
-                Ok((pager, first))
-            })
-            .await?
-        };
-        let mut parking = ParkOnDrop {
-            trees,
-            instance: req.instance_name,
-            pager: Some(pager),
-        };
+        let (walk, first) = ParkOnDrop::first_page(
+            &cas,
+            self.state.trees.clone(),
+            req.instance_name,
+            root,
+            req.page_token,
+            page_size,
+        )
+        .await?;
         let stream = async_stream::try_stream! {
             let mut page = first;
             loop {
@@ -361,7 +389,7 @@ impl ContentAddressableStorage for CasService {
                 if token.is_empty() {
                     break;
                 }
-                page = parking.next_page(&cas, page_size).await?;
+                page = walk.next_page(&cas, page_size).await?;
             }
         };
         Ok(Response::new(Box::pin(stream)))

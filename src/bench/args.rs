@@ -143,6 +143,13 @@ pub struct LoadArgs {
     /// Seed of the pseudo-random choices and contents; vary it to avoid earlier runs' blobs.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// The target already holds what this workload seeds (an earlier run's, with the same
+    /// `--seed`, `--blobs` and `--size`): the read workloads (read-small, read-large,
+    /// find-missing, ac-get, bazel-like) write nothing before the timed run. For reading a
+    /// store whose pages are not in memory (after a restart, or dropped) without the seeding
+    /// rewriting them first.
+    #[arg(long)]
+    pub seeded: bool,
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,

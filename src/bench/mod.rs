@@ -69,9 +69,12 @@ pub async fn run_load(args: &LoadArgs) -> Result<Report, BenchError> {
         .workload
         .ok_or_else(|| BenchError::Usage("--workload is required".into()))?;
     let clients = Arc::new(connect(target, args.connections, args).await?);
-    let seed_clients = match &args.seed_target {
-        Some(t) => Arc::new(connect(t, 1, args).await?),
-        None => clients.clone(),
+    let seed_clients = match (&args.seed_target, args.seeded) {
+        (None, false) => clients.clone(),
+        (t, seeded) => {
+            let c = connect(t.as_deref().unwrap_or(target), 1, args).await?;
+            Arc::new(if seeded { c.without_seed_writes() } else { c })
+        }
     };
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()

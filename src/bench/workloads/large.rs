@@ -66,7 +66,7 @@ impl LargeRead {
 impl Workload for LargeRead {
     async fn seed(&mut self, clients: &Clients) -> Result<(), BenchError> {
         self.blobs = (0..self.count as u64).map(|n| self.maker.blob(n)).collect();
-        for b in &self.blobs {
+        for b in self.blobs.iter().filter(|_| clients.seed_writes()) {
             clients
                 .bytestream_write(0, b)
                 .await

@@ -37,6 +37,8 @@ pub struct Clients {
     /// The REAPI instance name.
     pub instance: String,
     bearer: Bearer,
+    /// Whether seeding writes (`--seeded` turns it off).
+    seed_writes: bool,
 }
 
 impl Clients {
@@ -47,7 +49,20 @@ impl Clients {
             channels,
             instance,
             bearer: Bearer::none(),
+            seed_writes: true,
         }
+    }
+
+    /// Clients whose seeding writes nothing: the target holds the seed already (`--seeded`).
+    #[must_use]
+    pub fn without_seed_writes(mut self) -> Self {
+        self.seed_writes = false;
+        self
+    }
+
+    /// Whether seeding writes what it seeds.
+    pub fn seed_writes(&self) -> bool {
+        self.seed_writes
     }
 
     /// Sends `bearer`'s `authorization` header on every call (`--token-file`).
@@ -235,6 +250,9 @@ pub fn seed_error(step: &str) -> impl FnOnce(OpError) -> BenchError + '_ {
 
 /// Uploads blobs in batches that fit `max_batch` bytes (seeding, untimed).
 pub async fn seed_blobs(clients: &Clients, blobs: &[Blob]) -> Result<(), BenchError> {
+    if !clients.seed_writes() {
+        return Ok(());
+    }
     let max_batch: u64 = 3 << 20;
     let mut batch = Vec::new();
     let mut size = 0;
