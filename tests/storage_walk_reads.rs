@@ -552,6 +552,11 @@ fn action_results_and_trees_on_disk_are_read_off_the_runtime_and_served_right() 
             [root_dir, leaves[0].clone(), leaves[1].clone()],
             "GetTree"
         );
+        assert_eq!(
+            cold_reads().await - before,
+            5,
+            "a GetTree page is made on a blocking thread whole, its reads not counted"
+        );
         server.stop().await;
     });
 }

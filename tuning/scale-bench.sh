@@ -21,7 +21,12 @@
 # three quarters of the blobs on disk), then read-small for 20 s at random among all of them,
 # as single-blob batches, batches of 16 neighbours (blobs seeded one after another) and
 # ByteStream reads; with the bytes the server read from disk.
-# Usage: cargo build --release && tuning/scale-bench.sh [sizes|wrap|big|cold]
+# `grow`: the index growing under memory pressure. `kiln serve` runs in a memory cgroup of MEM
+# bytes (default 256 MiB) from its start, with a 2 GiB store whose index starts small; 1.3M
+# action results are seeded (`--workload ac-get`, at most 400 s), so the index doubles up to
+# 4M slots (256 MiB) while old and new tables do not both fit; prints each growth's log line
+# (its duration in ms) and how far a copy still under way got.
+# Usage: cargo build --release && tuning/scale-bench.sh [sizes|wrap|big|cold|grow]
 #   KILN  the kiln binary (default target/release/kiln)
 #   DATA  scratch data dir (default /tmp/kiln-scale; wiped)
 #   STORAGE_EXTRA  more [storage] lines (e.g. "copy_forward = false")
@@ -177,6 +182,20 @@ cold)
     echo "  $(cg_peak)"
   done
   kill $pid; wait $pid 2>/dev/null
+  rmdir $CG 2>/dev/null ;;
+grow)
+  MEM=${MEM:-268435456}
+  make_cg "${1:-}"
+  rm -rf $D; mkdir -p $D; config 2147483648 268435456 0
+  sync; echo 1 > /proc/sys/vm/drop_caches
+  start
+  t0=$(date +%s)
+  timeout 400 $K bench --target grpc://127.0.0.1:$PORT --quiet --json --workload ac-get --blobs 1300000 --seed 5 --ops 1 > /dev/null 2>&1
+  echo "== memory limit $((MEM >> 20)) MiB: seeding 1.3M action results ended after $(( $(date +%s) - t0 )) s (at most 400)"
+  sed 's/\x1b\[[0-9;]*m//g' $D.log | grep -E 'growing it in the background|index grown|copied so far' | sed 's/^\([^ ]*\).*storage: /\1 /' | grep -v 'copied so far' 
+  sed 's/\x1b\[[0-9;]*m//g' $D.log | grep 'copied so far' | tail -1
+  echo "  $(cg_peak)"
+  kill -9 $pid; wait $pid 2>/dev/null
   rmdir $CG 2>/dev/null ;;
 esac
 rm -rf $D

@@ -147,7 +147,7 @@ impl Fetch for FetchService {
             r.oldest_content_accepted.as_ref(),
         )?;
         let function = req.function;
-        let (status, uri, digest, expires_at) = answer(self.0.fetch_directory(&req)?);
+        let (status, uri, digest, expires_at) = answer(self.0.fetch_directory(&req).await?);
         Ok(Response::new(FetchDirectoryResponse {
             status: Some(status),
             uri,

@@ -40,7 +40,7 @@ impl ParkOnDrop {
         page_token: String,
         page_size: usize,
     ) -> Result<(Arc<Self>, TreePage), CasError> {
-        cas.on_blocking_thread(move |cas| {
+        cas.walk_on_blocking_thread(move |cas| {
             let mut pager = trees.resume(cas, &instance, &root, &page_token)?;
             let first = pager.next_page(cas, page_size)?;
             let walk = Self {
@@ -60,7 +60,7 @@ impl ParkOnDrop {
         page_size: usize,
     ) -> Result<TreePage, CasError> {
         let walk = self.clone();
-        cas.on_blocking_thread(move |cas| {
+        cas.walk_on_blocking_thread(move |cas| {
             let mut pager = walk
                 .pager
                 .lock()

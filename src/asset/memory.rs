@@ -131,9 +131,10 @@ impl Record {
 }
 
 /// Reads the record of `who`, if kept and of the right kind.
-pub fn recall(cas: &Cas, who: &Identity<'_>) -> Result<Option<Record>, CasError> {
+pub async fn recall(cas: &Cas, who: &Identity<'_>) -> Result<Option<Record>, CasError> {
     Ok(cas
-        .asset_record(who.id())?
+        .asset_record(who.id())
+        .await?
         .and_then(|b| Record::decode(&b, who.function))
         .filter(|r| r.kind == who.kind))
 }

@@ -142,7 +142,11 @@ impl Assets {
     }
 
     /// The remembered asset among `uris` usable now, if its content is still in the CAS.
-    fn recall_any(&self, kind: Kind, req: &FetchRequest) -> Result<Option<Fetched>, AssetError> {
+    async fn recall_any(
+        &self,
+        kind: Kind,
+        req: &FetchRequest,
+    ) -> Result<Option<Fetched>, AssetError> {
         let now = now();
         for uri in &req.uris {
             let who = Identity {
@@ -152,7 +156,7 @@ impl Assets {
                 uri,
                 qualifiers: &req.qualifiers.identity,
             };
-            if let Some(r) = memory::recall(&self.cas, &who)?
+            if let Some(r) = memory::recall(&self.cas, &who).await?
                 && r.usable(now, req.oldest)
                 && self.cas.contains(&r.digest)?
             {
@@ -195,7 +199,7 @@ impl Assets {
     /// FetchBlob: remembered, then in the CAS by checksum, then downloaded.
     pub async fn fetch_blob(&self, req: FetchRequest) -> Result<FetchOutcome, AssetError> {
         check_uris(&req.uris)?;
-        if let Some(hit) = self.recall_any(Kind::Blob, &req)? {
+        if let Some(hit) = self.recall_any(Kind::Blob, &req).await? {
             self.metrics.hits.inc();
             return Ok(Ok(hit));
         }
@@ -210,7 +214,7 @@ impl Assets {
             for hash in req.qualifiers.sha256() {
                 // Content with this hash is what was asked for, whatever its URI: nothing to
                 // remember (the lookup is as cheap as a remembered record's).
-                if let Some(digest) = self.cas.find_by_hash(req.function, hash)? {
+                if let Some(digest) = self.cas.find_by_hash(req.function, hash).await? {
                     self.metrics.hits.inc();
                     return Ok(Ok(Fetched {
                         uri: req.uris[0].clone(),
@@ -292,9 +296,9 @@ impl Assets {
     }
 
     /// FetchDirectory: only directories pushed before (kiln does not download archives).
-    pub fn fetch_directory(&self, req: &FetchRequest) -> Result<FetchOutcome, AssetError> {
+    pub async fn fetch_directory(&self, req: &FetchRequest) -> Result<FetchOutcome, AssetError> {
         check_uris(&req.uris)?;
-        if let Some(hit) = self.recall_any(Kind::Directory, req)? {
+        if let Some(hit) = self.recall_any(Kind::Directory, req).await? {
             self.metrics.hits.inc();
             return Ok(Ok(hit));
         }

@@ -148,7 +148,7 @@ pub struct LoadArgs {
     /// find-missing, ac-get, bazel-like) write nothing before the timed run. For reading a
     /// store whose pages are not in memory (after a restart, or dropped) without the seeding
     /// rewriting them first.
-    #[arg(long)]
+    #[arg(long, requires = "seed")]
     pub seeded: bool,
     /// Print the report as one JSON object on stdout.
     #[arg(long)]

@@ -87,8 +87,8 @@ impl ActionCache {
 
     /// Looks an action up. Fails with `ActionNotFound` on a miss and when any referenced blob
     /// is missing; every referenced blob's life is extended on a hit. Every read (the entry,
-    /// its trees, the inlined outputs) is one of `Cas::read`'s: what is on disk is read on a
-    /// blocking thread, not on the caller's runtime thread.
+    /// its trees, the inlined outputs) goes through `cas/read.rs`: what is on disk is read on
+    /// a blocking thread, not on the caller's runtime thread.
     pub async fn get(
         &self,
         instance: &str,

@@ -28,7 +28,7 @@ pub mod walk;
 pub use crate::storage::{Blob, Encoded};
 pub use action_cache::{ActionCache, InlineRequest, UpdateHook};
 pub use error::CasError;
-pub use read::COLD_READS;
+pub use read::{COLD_READS, TREE_WALKS};
 pub use records::MAX_ASSET_RECORD_BYTES;
 pub use split::FAST_CDC;
 pub use tree::{MAX_PAGE_BYTES, TreePage, TreePager, get_tree_page};
@@ -46,6 +46,8 @@ pub struct Cas {
     store: Arc<dyn Store>,
     /// Slots for reads that wait on the disk (`read.rs`).
     cold: Arc<tokio::sync::Semaphore>,
+    /// Slots for GetTree pages (`read.rs`).
+    walks: Arc<tokio::sync::Semaphore>,
 }
 
 impl Cas {
@@ -54,6 +56,7 @@ impl Cas {
         Self {
             store,
             cold: Arc::new(tokio::sync::Semaphore::new(COLD_READS)),
+            walks: Arc::new(tokio::sync::Semaphore::new(TREE_WALKS)),
         }
     }
 

@@ -19,6 +19,11 @@ use std::sync::Arc;
 /// which uploads and other blocking work share.
 pub const COLD_READS: usize = 64;
 
+/// GetTree pages being made at once, each on a blocking thread. A page reads many
+/// directories, so pages have slots of their own: walks of large trees never hold the slots
+/// single cold reads wait for.
+pub const TREE_WALKS: usize = 16;
+
 impl Cas {
     /// `get`, for async callers (ByteStream Read): a blob on disk is read on a blocking
     /// thread.
@@ -72,15 +77,31 @@ impl Cas {
         }
     }
 
-    /// Runs `read` on a blocking thread once one of the [`COLD_READS`] slots is free: for
-    /// reads that may wait on the disk, and for work that reads many blobs in a row (a GetTree
-    /// page), which would hold a runtime thread for as long.
-    pub async fn on_blocking_thread<T: Send + 'static>(
+    /// Runs `read` on a blocking thread once one of the [`COLD_READS`] slots is free: for a
+    /// read that may wait on the disk.
+    pub(super) async fn on_blocking_thread<T: Send + 'static>(
         &self,
         read: impl FnOnce(&Cas) -> Result<T, CasError> + Send + 'static,
     ) -> Result<T, CasError> {
-        let slot = self
-            .cold
+        self.blocking(&self.cold, read).await
+    }
+
+    /// Runs `walk` on a blocking thread once one of the [`TREE_WALKS`] slots is free: for work
+    /// that reads many blobs in a row (a GetTree page), which would hold a runtime thread for
+    /// as long.
+    pub async fn walk_on_blocking_thread<T: Send + 'static>(
+        &self,
+        walk: impl FnOnce(&Cas) -> Result<T, CasError> + Send + 'static,
+    ) -> Result<T, CasError> {
+        self.blocking(&self.walks, walk).await
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        slots: &Arc<tokio::sync::Semaphore>,
+        work: impl FnOnce(&Cas) -> Result<T, CasError> + Send + 'static,
+    ) -> Result<T, CasError> {
+        let slot = slots
             .clone()
             .acquire_owned()
             .await
@@ -88,10 +109,14 @@ impl Cas {
         let cas = self.clone();
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            read(&cas)
+            work(&cas)
         })
         .await
-        .map_err(|e| StorageError::Io(std::io::Error::other(format!("a cold read failed: {e}"))))?
+        .map_err(|e| {
+            StorageError::Io(std::io::Error::other(format!(
+                "a read on a blocking thread failed: {e}"
+            )))
+        })?
     }
 }
 

@@ -15,7 +15,7 @@ pub const MAX_ASSET_RECORD_BYTES: usize = 256;
 
 impl Cas {
     /// The stored blob with this hash, if any, as a full digest.
-    pub fn find_by_hash(
+    pub async fn find_by_hash(
         &self,
         function: DigestFunction,
         hash: [u8; 32],
@@ -28,17 +28,18 @@ impl Cas {
         if digest.is_empty_blob() {
             return Ok(Some(digest));
         }
-        Ok(self.store.get(&Self::key(&digest))?.map(|blob| {
+        let found = self.read_key(&self.store, Self::key(&digest)).await?;
+        Ok(found.map(|blob| {
             digest.size = blob.len();
             digest
         }))
     }
 
     /// The asset record under `id`, if kept (and not larger than any record written).
-    pub fn asset_record(&self, id: [u8; 32]) -> Result<Option<Bytes>, CasError> {
+    pub async fn asset_record(&self, id: [u8; 32]) -> Result<Option<Bytes>, CasError> {
         Ok(self
-            .store
-            .get(&Key::new(Key::SPACE_ASSET, id))?
+            .read_key(&self.store, Key::new(Key::SPACE_ASSET, id))
+            .await?
             .filter(|b| b.len() <= MAX_ASSET_RECORD_BYTES as u64)
             .map(|b| b.to_bytes())
             .transpose()?)

@@ -43,12 +43,15 @@ impl Cas {
         if !self.contains(blob)? {
             return Err(CasError::BlobNotFound(*blob));
         }
-        if let Some(list) = self.stored_split(blob)?
+        if let Some(list) = self.stored_split(blob).await?
             && self.find_missing(&list.chunks)?.is_empty()
         {
             return Ok(list);
         }
-        let data = self.get(blob)?.ok_or(CasError::BlobNotFound(*blob))?;
+        let data = self
+            .read(blob)
+            .await?
+            .ok_or(CasError::BlobNotFound(*blob))?;
         let cas = self.clone();
         let function = blob.function;
         let handle = tokio::runtime::Handle::current();
@@ -117,7 +120,7 @@ impl Cas {
             return Ok(());
         };
         for c in chunks.iter().filter(|c| !c.is_empty_blob()) {
-            let data = self.get(c)?.ok_or(CasError::ChunksMissing {
+            let data = self.read(c).await?.ok_or(CasError::ChunksMissing {
                 blob,
                 count: 1,
                 first: *c,
@@ -142,8 +145,8 @@ impl Cas {
 
     /// The remembered chunk list of `blob`, if one was cut with the current parameters. A
     /// damaged record is logged and ignored (the blob is split again).
-    fn stored_split(&self, blob: &Digest) -> Result<Option<ChunkList>, CasError> {
-        let Some(record) = self.store.get(&Self::split_key(blob))? else {
+    async fn stored_split(&self, blob: &Digest) -> Result<Option<ChunkList>, CasError> {
+        let Some(record) = self.read_key(&self.store, Self::split_key(blob)).await? else {
             return Ok(None);
         };
         match ChunkList::decode(&record.to_bytes()?, blob) {
@@ -233,7 +236,7 @@ mod tests {
         let blob = sha(b"hello world");
         // Chunks far below the minimum FastCDC size: stored, but not kept as the split.
         cas.splice(blob, &[a, b]).await.unwrap();
-        assert!(cas.stored_split(&blob).unwrap().is_none());
+        assert!(cas.stored_split(&blob).await.unwrap().is_none());
 
         let big = vec![7u8; chunking::MIN_CHUNK_BYTES as usize];
         let c = sha(&big);
@@ -241,12 +244,12 @@ mod tests {
         let joined = sha(&[&big[..], b"world"].concat());
         // Sizes within FastCDC's bounds, said to be FastCDC: still the client's word only.
         cas.splice(joined, &[c, b]).await.unwrap();
-        assert!(cas.stored_split(&joined).unwrap().is_none());
+        assert!(cas.stored_split(&joined).await.unwrap().is_none());
         assert!(cas.contains(&joined).unwrap());
         // Nor when the client says it used another chunking.
         let other = sha(&[&big[..], b"hello "].concat());
         cas.splice(other, &[c, a]).await.unwrap();
-        assert!(cas.stored_split(&other).unwrap().is_none());
+        assert!(cas.stored_split(&other).await.unwrap().is_none());
         assert!(cas.contains(&other).unwrap());
     }
 }

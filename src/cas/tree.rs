@@ -441,6 +441,7 @@ pub(super) mod tests {
         }
         assert_eq!(seen, 13, "every directory once");
         assert!(total > 2 * MAX_PAGE_BYTES, "{total} bytes in all");
+        // The directories are all of one size, four to a page: the fewest pages possible.
         assert_eq!(
             pages,
             total.div_ceil(MAX_PAGE_BYTES),

@@ -311,10 +311,15 @@ impl Index {
     /// Creates an empty index of `slots` slots at `path` (replacing any file there), fully
     /// allocated before it is mapped: the target of an online growth, renamed over `index`
     /// once filled.
-    pub fn create(path: &Path, slots: usize, probe: usize) -> io::Result<Self> {
+    /// A new, empty table at `path` that `from` is copied into (a growth): it hashes with
+    /// `from`'s seed, so with twice the slots an entry at home `h` there has home `h` or
+    /// `h + from.slots()` here, and the copy, walking `from` in order, writes this table in two
+    /// sequential runs instead of at random. Random writes over a table larger than the memory
+    /// left for it made a growth crawl (a page written back and read again per entry).
+    pub fn create_grown(path: &Path, slots: usize, probe: usize, from: &Index) -> io::Result<Self> {
         // Never over an existing file: one of that name may be a table in use (a grown table
         // whose rename failed is served from memory under this name).
-        let made = Self::create_new(path, slots, probe);
+        let made = Self::create_new(path, slots, probe, from.seed);
         if made.is_err() {
             let _ = std::fs::remove_file(path);
             let _ = std::fs::remove_file(touch_path(path));
@@ -322,7 +327,7 @@ impl Index {
         made
     }
 
-    fn create_new(path: &Path, slots: usize, probe: usize) -> io::Result<Self> {
+    fn create_new(path: &Path, slots: usize, probe: usize, seed: u64) -> io::Result<Self> {
         let want_len = file_len(slots);
         let f = std::fs::OpenOptions::new()
             .read(true)
@@ -343,7 +348,7 @@ impl Index {
             touches: Some(touches),
         };
         // The file is new and allocated as zeros: only the header needs writing.
-        me.write_header();
+        me.write_header(Some(seed));
         Ok(me)
     }
 
@@ -436,13 +441,15 @@ impl Index {
                 x.store(0, Ordering::Relaxed);
             }
         }
-        self.write_header();
+        self.write_header(None);
     }
 
-    /// Writes a header with a fresh hash seed.
-    fn write_header(&mut self) {
+    /// Writes a header with `seed`, or a fresh random hash seed.
+    fn write_header(&mut self, seed: Option<u64>) {
         let w = self.map.words();
-        self.seed = u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().expect("8"));
+        self.seed = seed.unwrap_or_else(|| {
+            u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().expect("8"))
+        });
         w[4].store(self.seed, Ordering::Relaxed);
         w[3].store(self.probe as u64, Ordering::Relaxed);
         w[2].store(self.slots as u64, Ordering::Relaxed);
@@ -755,6 +762,31 @@ mod tests {
         // Segment 1 evicted: its entries count as empty and their slots are reused.
         assert_eq!(ix.lookup(&key(3), |e| e.seq >= 2), None);
         assert_eq!(ix.count(|e| e.seq >= 2), 1);
+    }
+
+    /// A table grown from another hashes as it does: with twice the slots, a key's home is
+    /// its old home or that plus the old size, so the copy (walking the old table in order)
+    /// writes the new one in two ascending runs rather than at random.
+    #[test]
+    fn a_grown_table_keeps_the_hash_so_its_copy_writes_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, _) = Index::open(&dir.path().join("index"), 1024, 16).unwrap();
+        for n in 0..400 {
+            old.insert(&entry(n, 1, 1), |_| true);
+        }
+        let new = Index::create_grown(&dir.path().join("index.grow"), 2048, 16, &old).unwrap();
+        for n in 0..400 {
+            let (was, is) = (old.home(&key(n)), new.home(&key(n)));
+            assert!(
+                is == was || is == was + 1024,
+                "key {n}: home {was}, then {is}"
+            );
+        }
+        let copied = old.copy_live_into(&new, |_| true, |_| {});
+        assert_eq!((copied.copied, copied.lost), (400, 0));
+        for n in 0..400 {
+            assert_eq!(new.lookup(&key(n), |_| true).map(|e| e.len), Some(n));
+        }
     }
 
     #[test]

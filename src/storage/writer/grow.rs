@@ -258,7 +258,7 @@ impl Writer {
     fn start_growth(&mut self, old: &Arc<Index>, to: usize) {
         let path = self.grow_path();
         let probe = self.sh.cfg().probe_limit as usize;
-        let new = match Index::create(&path, to, probe) {
+        let new = match Index::create_grown(&path, to, probe, old) {
             Ok(ix) => Arc::new(ix),
             Err(e) => {
                 inc(&self.sh.counters().index_grow_failures);
