@@ -38,6 +38,9 @@ fn disk_reads() -> u64 {
         .expect("read_bytes in /proc/self/io")
 }
 
+/// Reads the server made on a blocking thread because their bytes were on disk.
+const COLD_READS: &str = "kiln_store_cold_reads_total";
+
 /// Drops the clean cached pages of every segment file (they were synced when written).
 fn drop_segment_pages(store: &std::path::Path) {
     for f in std::fs::read_dir(store.join("segments")).unwrap().flatten() {
@@ -334,7 +337,6 @@ fn ext4_server() -> (Mount, tokio::runtime::Runtime, common::TestServer, String)
 /// they are read at once and not counted.
 #[test]
 fn the_server_reads_blobs_on_disk_off_its_runtime_and_serves_them_right() {
-    use common::process::metric_value;
     use kiln::proto::reapi::BatchReadBlobsRequest;
     let _one = one_at_a_time();
     let (m, rt, server, http) = ext4_server();
@@ -344,13 +346,8 @@ fn the_server_reads_blobs_on_disk_off_its_runtime_and_serves_them_right() {
         let refs: Vec<&[u8]> = blobs.iter().map(Vec::as_slice).collect();
         server.upload(&refs).await;
         drop_segment_pages(&kiln::cas::local::store_dir(&data_dir));
-        // Counters are exposed as floats: whole numbers well below 2^53, so exact.
-        let at = &server;
-        let counter = move |key: &'static str| async move {
-            metric_value(&at.http_get("/metrics").await, key) as u64
-        };
-        let cold_reads = || counter("kiln_store_cold_reads_total");
-        let hits = || counter(r#"kiln_store_gets_total{space="cas",result="hit"}"#);
+        let cold_reads = || server.counter(COLD_READS);
+        let hits = || server.counter(r#"kiln_store_gets_total{space="cas",result="hit"}"#);
         let before = cold_reads().await;
         let hits_at_start = hits().await;
         let d = |n: usize| common::digest(&blobs[n]);
@@ -403,7 +400,6 @@ fn the_server_reads_blobs_on_disk_off_its_runtime_and_serves_them_right() {
 /// right.
 #[test]
 fn action_results_and_trees_on_disk_are_read_off_the_runtime_and_served_right() {
-    use common::process::metric_value;
     use kiln::proto::reapi::{
         ActionResult, Directory, DirectoryNode, FileNode, GetActionResultRequest, GetTreeRequest,
         OutputDirectory, Tree, UpdateActionResultRequest,
@@ -494,13 +490,7 @@ fn action_results_and_trees_on_disk_are_read_off_the_runtime_and_served_right() 
         let root = spaced(&root_dir.encode_to_vec()).await;
         spaced(b"").await;
         drop_segment_pages(&kiln::cas::local::store_dir(&data_dir));
-        let at = &server;
-        let cold_reads = async || {
-            metric_value(
-                &at.http_get("/metrics").await,
-                "kiln_store_cold_reads_total",
-            ) as u64
-        };
+        let cold_reads = || server.counter(COLD_READS);
         let before = cold_reads().await;
 
         let (action, stdout, result) = &stored[0];

@@ -165,7 +165,12 @@ impl Cas {
 
     /// Reads a blob into one buffer, or fails with `BlobNotFound`.
     pub fn get_bytes(&self, digest: &Digest) -> Result<Bytes, CasError> {
-        self.get(digest)?
+        Self::found_bytes(digest, self.get(digest)?)
+    }
+
+    /// The bytes of what a read of `digest` `found`, in one buffer, or `BlobNotFound`.
+    fn found_bytes(digest: &Digest, found: Option<Blob>) -> Result<Bytes, CasError> {
+        found
             .ok_or(CasError::BlobNotFound(*digest))?
             .to_bytes()
             .map_err(CasError::from)

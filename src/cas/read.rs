@@ -54,11 +54,7 @@ impl Cas {
 
     /// `get_bytes`, for async callers: the blob in one buffer, or `BlobNotFound`.
     pub async fn read_bytes(&self, digest: &Digest) -> Result<Bytes, CasError> {
-        self.read(digest)
-            .await?
-            .ok_or(CasError::BlobNotFound(*digest))?
-            .to_bytes()
-            .map_err(CasError::from)
+        Self::found_bytes(digest, self.read(digest).await?)
     }
 
     /// `store.get(key)` for async callers: a record on disk is read on a blocking thread

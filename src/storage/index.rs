@@ -309,13 +309,12 @@ impl Index {
     }
 
     /// Creates an empty index of `slots` slots at `path` (replacing any file there), fully
-    /// allocated before it is mapped: the target of an online growth, renamed over `index`
-    /// once filled.
-    /// A new, empty table at `path` that `from` is copied into (a growth): it hashes with
-    /// `from`'s seed, so with twice the slots an entry at home `h` there has home `h` or
-    /// `h + from.slots()` here, and the copy, walking `from` in order, writes this table in two
-    /// sequential runs instead of at random. Random writes over a table larger than the memory
-    /// left for it made a growth crawl (a page written back and read again per entry).
+    /// allocated before it is mapped: the target of an online growth from `from`, renamed over
+    /// `index` once filled. It hashes with `from`'s seed, so with twice the slots an entry at
+    /// home `h` there has home `h` or `h + from.slots()` here, and the copy, walking `from` in
+    /// order, writes this table in two sequential runs instead of at random. Random writes over
+    /// a table larger than the memory left for it made a growth crawl (a page written back and
+    /// read again per entry).
     pub fn create_grown(path: &Path, slots: usize, probe: usize, from: &Index) -> io::Result<Self> {
         // Never over an existing file: one of that name may be a table in use (a grown table
         // whose rename failed is served from memory under this name).

@@ -144,6 +144,12 @@ impl TestServer {
             .unwrap()
     }
 
+    /// One counter of this server's `/metrics` (0 when absent). Counters are exposed as
+    /// floats: whole numbers well below 2^53, so exact.
+    pub async fn counter(&self, key: &str) -> u64 {
+        process::metric_value(&self.http_get("/metrics").await, key) as u64
+    }
+
     /// Stops the server and waits for it to finish.
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {

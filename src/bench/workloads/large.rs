@@ -66,7 +66,10 @@ impl LargeRead {
 impl Workload for LargeRead {
     async fn seed(&mut self, clients: &Clients) -> Result<(), BenchError> {
         self.blobs = (0..self.count as u64).map(|n| self.maker.blob(n)).collect();
-        for b in self.blobs.iter().filter(|_| clients.seed_writes()) {
+        if !clients.seed_writes() {
+            return Ok(());
+        }
+        for b in &self.blobs {
             clients
                 .bytestream_write(0, b)
                 .await
