@@ -325,6 +325,44 @@ mod tests {
         assert_eq!(store.most_waiting.load(Ordering::SeqCst), COLD_READS);
     }
 
+    #[test]
+    fn tree_walks_in_flight_are_bounded_and_leave_cold_reads_their_slots() {
+        let extra = 4;
+        let (rt, store, cas, cold, _) = setup(TREE_WALKS + extra + 1);
+        let _gate = OpenOnDrop(store.clone());
+        // Walks (GetTree pages) that each wait on the disk, more than their slots.
+        let walks: Vec<_> = cold[..TREE_WALKS + extra]
+            .iter()
+            .map(|d| {
+                let (cas, d) = (cas.clone(), *d);
+                rt.spawn(async move {
+                    cas.walk_on_blocking_thread(move |cas| cas.get(&d))
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        until_waiting(&store, TREE_WALKS);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(store.waiting.load(Ordering::SeqCst), TREE_WALKS);
+        // A cold read is not held up behind them: its slots are its own.
+        let last = cold[TREE_WALKS + extra];
+        let c = cas.clone();
+        let read = rt.spawn(async move { c.read(&last).await.unwrap() });
+        until_waiting(&store, TREE_WALKS + 1);
+        store.open_gate();
+        for (i, w) in walks.into_iter().enumerate() {
+            let b = rt.block_on(w).unwrap().expect("a stored blob");
+            assert_eq!(b.to_bytes().unwrap(), format!("cold {i}"));
+        }
+        let b = rt.block_on(read).unwrap().expect("a stored blob");
+        assert_eq!(
+            b.to_bytes().unwrap(),
+            format!("cold {}", TREE_WALKS + extra)
+        );
+        assert_eq!(store.most_waiting.load(Ordering::SeqCst), TREE_WALKS + 1);
+    }
+
     /// The read of a GetActionResult that finds its blob on disk.
     #[derive(Clone, Copy, Debug)]
     enum OnDisk {
