@@ -395,9 +395,9 @@ fn the_server_reads_blobs_on_disk_off_its_runtime_and_serves_them_right() {
 
 /// The action cache end to end, on a store whose pages are on disk: GetActionResult reads the
 /// entry, the output directory's tree and the inlined stdout off the runtime (three cold
-/// reads), the HTTP cache's `/ac/` reads the entry and the tree so (two more), GetTree walks a
-/// tree of directories on disk (on a blocking thread, not counted), and all of them answer
-/// right.
+/// reads), the HTTP cache's `/ac/` reads the entry and the tree so (two more), GetTree finds
+/// its root on disk (one more) and walks the tree on a blocking thread from there, and all of
+/// them answer right.
 #[test]
 fn action_results_and_trees_on_disk_are_read_off_the_runtime_and_served_right() {
     use kiln::proto::reapi::{
@@ -544,8 +544,9 @@ fn action_results_and_trees_on_disk_are_read_off_the_runtime_and_served_right() 
         );
         assert_eq!(
             cold_reads().await - before,
-            5,
-            "a GetTree page is made on a blocking thread whole, its reads not counted"
+            6,
+            "GetTree: the root found on disk by the page's start on the runtime (one cold \
+             read); the page goes on on a blocking thread, its reads not counted"
         );
         server.stop().await;
     });

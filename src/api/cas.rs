@@ -3,7 +3,7 @@
 
 use super::status::{rpc_ok, rpc_status, upstream_rpc_status};
 use super::{CacheServices, validate_instance};
-use crate::cas::{Blob, Cas, CasError, PausedTrees, TreePage, TreePager, compression};
+use crate::cas::{Blob, CasError, StreamedWalk, compression};
 use crate::digest::{Digest, DigestFunction};
 use crate::proto::reapi::content_addressable_storage_server::ContentAddressableStorage;
 use crate::proto::reapi::{
@@ -15,82 +15,7 @@ use crate::proto::reapi::{
 use bytes::Bytes;
 use futures::Stream;
 use std::pin::Pin;
-use std::sync::Arc;
 use tonic::{Request, Response, Status};
-
-/// A GetTree stream's walk, parked in [`PausedTrees`] when its last holder lets go: the
-/// stream, or the page being made on a blocking thread when the stream was dropped (finished
-/// walks and failed ones are not kept).
-struct ParkOnDrop {
-    trees: Arc<PausedTrees>,
-    instance: String,
-    /// Locked only by the blocking thread making a page, one page at a time.
-    pager: std::sync::Mutex<Option<TreePager>>,
-}
-
-impl ParkOnDrop {
-    /// The walk of `root` positioned at `page_token` and its first page, made on a blocking
-    /// thread: resuming may walk far (to the token's position), and a page reads up to
-    /// `page_size` directories, any of which may wait on the disk.
-    async fn first_page(
-        cas: &Cas,
-        trees: Arc<PausedTrees>,
-        instance: String,
-        root: Digest,
-        page_token: String,
-        page_size: usize,
-    ) -> Result<(Arc<Self>, TreePage), CasError> {
-        cas.walk_on_blocking_thread(move |cas| {
-            let mut pager = trees.resume(cas, &instance, &root, &page_token)?;
-            let first = pager.next_page(cas, page_size)?;
-            let walk = Self {
-                trees,
-                instance,
-                pager: std::sync::Mutex::new(Some(pager)),
-            };
-            Ok((Arc::new(walk), first))
-        })
-        .await
-    }
-
-    /// The walk's next page, made on a blocking thread.
-    async fn next_page(
-        self: &Arc<Self>,
-        cas: &Cas,
-        page_size: usize,
-    ) -> Result<TreePage, CasError> {
-        let walk = self.clone();
-        cas.walk_on_blocking_thread(move |cas| {
-            let mut pager = walk
-                .pager
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            // No pager only after a failed page, which ends the stream: nothing more to send.
-            let Some(p) = pager.as_mut() else {
-                return Ok(TreePage::default());
-            };
-            let page = p.next_page(cas, page_size);
-            if page.is_err() {
-                // A walk that failed part-way is not a position to resume from.
-                *pager = None;
-            }
-            page
-        })
-        .await
-    }
-}
-
-impl Drop for ParkOnDrop {
-    fn drop(&mut self) {
-        let pager = self
-            .pager
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(pager) = pager.take() {
-            self.trees.pause(&self.instance, pager);
-        }
-    }
-}
 
 /// Directories per GetTree page when the client does not choose.
 const DEFAULT_TREE_PAGE: usize = 1000;
@@ -372,7 +297,7 @@ impl ContentAddressableStorage for CasService {
         // The walk is kept, so each later page continues where the last stopped; a stream
         // that ends before the walk does parks it for a call resuming with its token.
         let cas = self.state.cas.clone();
-        let (walk, first) = ParkOnDrop::first_page(
+        let (walk, first) = StreamedWalk::start(
             &cas,
             self.state.trees.clone(),
             req.instance_name,

@@ -21,6 +21,7 @@ pub mod scrub;
 mod split;
 mod tree;
 mod tree_pagers;
+mod tree_stream;
 mod upload;
 pub mod walk;
 
@@ -33,6 +34,7 @@ pub use records::MAX_ASSET_RECORD_BYTES;
 pub use split::FAST_CDC;
 pub use tree::{MAX_PAGE_BYTES, TreePage, TreePager, get_tree_page};
 pub use tree_pagers::PausedTrees;
+pub use tree_stream::StreamedWalk;
 pub use upload::Upload;
 
 use crate::digest::{Digest, DigestFunction};

@@ -19,9 +19,9 @@ use std::sync::Arc;
 /// which uploads and other blocking work share.
 pub const COLD_READS: usize = 64;
 
-/// GetTree pages being made at once, each on a blocking thread. A page reads many
-/// directories, so pages have slots of their own: walks of large trees never hold the slots
-/// single cold reads wait for.
+/// GetTree pages being finished at once on blocking threads (pages that met a directory on
+/// disk, and walks again to a token). A page reads many directories, so pages have slots of
+/// their own: walks of large trees never hold the slots single cold reads wait for.
 pub const TREE_WALKS: usize = 16;
 
 impl Cas {
@@ -50,6 +50,17 @@ impl Cas {
             return Ok(Some(Blob::default()));
         }
         self.read_key(&self.store, Self::key(digest)).await
+    }
+
+    /// `get` if the blob's bytes are all in memory; `OnDisk` (nothing read) if reading them
+    /// would wait on the disk. For async callers that make many reads in a row (a GetTree
+    /// page) and go to a blocking thread only when one is on disk.
+    pub fn get_if_cached(&self, digest: &Digest) -> Result<Cached<Option<Blob>>, CasError> {
+        if Self::is_empty_hash(digest) {
+            return Ok(Cached::Read(Self::sized(digest, Some(Blob::default()))));
+        }
+        let found = self.store.get_cached(&Self::key(digest))?;
+        Ok(found.map(|found| Self::sized(digest, found)))
     }
 
     /// `get_bytes`, for async callers: the blob in one buffer, or `BlobNotFound`.
@@ -85,7 +96,7 @@ impl Cas {
     /// Runs `walk` on a blocking thread once one of the [`TREE_WALKS`] slots is free: for work
     /// that reads many blobs in a row (a GetTree page), which would hold a runtime thread for
     /// as long.
-    pub async fn walk_on_blocking_thread<T: Send + 'static>(
+    pub(super) async fn walk_on_blocking_thread<T: Send + 'static>(
         &self,
         walk: impl FnOnce(&Cas) -> Result<T, CasError> + Send + 'static,
     ) -> Result<T, CasError> {
@@ -117,7 +128,7 @@ impl Cas {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::digest::DigestFunction;
     use crate::storage::{BlobWriter, Key, MemoryStore, Store};
@@ -127,7 +138,7 @@ mod tests {
 
     /// A store whose blobs under `cold` keys are "on disk": `get_cached` says `OnDisk`, and `get`
     /// blocks its thread until the test opens the gate, as a page fault would.
-    struct SlowDisk {
+    pub(in crate::cas) struct SlowDisk {
         inner: MemoryStore,
         cold: Vec<Key>,
         gate: Mutex<bool>,
@@ -137,7 +148,7 @@ mod tests {
     }
 
     impl SlowDisk {
-        fn open_gate(&self) {
+        pub(in crate::cas) fn open_gate(&self) {
             *self.gate.lock().unwrap() = true;
             self.opened.notify_all();
         }
@@ -186,7 +197,7 @@ mod tests {
 
     /// Opens the gate when dropped: a failing test unwinds through it before the runtime is
     /// dropped, so the runtime's threads end and the test fails instead of hanging.
-    struct OpenOnDrop(Arc<SlowDisk>);
+    pub(in crate::cas) struct OpenOnDrop(pub(in crate::cas) Arc<SlowDisk>);
 
     impl Drop for OpenOnDrop {
         fn drop(&mut self) {
@@ -194,7 +205,7 @@ mod tests {
         }
     }
 
-    fn slow_disk(cold: Vec<Key>) -> Arc<SlowDisk> {
+    pub(in crate::cas) fn slow_disk(cold: Vec<Key>) -> Arc<SlowDisk> {
         Arc::new(SlowDisk {
             inner: MemoryStore::new(1 << 24),
             cold,
@@ -245,7 +256,7 @@ mod tests {
     }
 
     /// Waits (up to 10 s) until `n` reads are blocked in the store.
-    fn until_waiting(store: &SlowDisk, n: usize) {
+    pub(in crate::cas) fn until_waiting(store: &SlowDisk, n: usize) {
         for _ in 0..1000 {
             if store.waiting.load(Ordering::SeqCst) >= n {
                 return;

@@ -13,6 +13,7 @@ use super::walk::TreeWalk;
 use super::{Cas, CasError};
 use crate::digest::Digest;
 use crate::proto::reapi::Directory;
+use crate::storage::Cached;
 use prost::Message;
 
 /// Longest page token accepted (`INDEX.TAG` is at most 20 + 1 + 16 characters).
@@ -36,41 +37,71 @@ pub struct TreePage {
 
 /// A GetTree walk positioned between two pages. Directories missing from the CAS are left
 /// out with their subtrees, as the spec asks; a missing root is `BlobNotFound`.
+///
+/// A page can be made in two goes: [`TreePager::page_if_cached`] reads only directories whose
+/// bytes are in memory (on the async runtime) and stops before one on disk, keeping the
+/// directories gathered; [`TreePager::next_page`] (on a blocking thread) goes on from there.
 #[derive(Debug)]
 pub struct TreePager {
     walk: TreeWalk,
-    /// Directories returned so far (the index of `next`).
+    /// Directories returned so far, the page being made included (the index of `next`).
     returned: usize,
-    /// The next directory to return, already loaded; `None` once the walk is done.
-    next: Option<(Digest, Directory)>,
+    next: Next,
+    /// The page being made: left here by a `page_if_cached` that stopped before a directory
+    /// on disk.
+    page: Vec<Directory>,
+    /// Encoded bytes of `page`, with each field's prefix.
+    page_bytes: usize,
+}
+
+/// What comes after the directories returned so far.
+#[derive(Debug)]
+enum Next {
+    /// Not loaded yet: the walk's next directory, or this one, already taken from the walk
+    /// and found on disk by a read that must not wait.
+    Unread(Option<(Digest, usize)>),
+    /// The next directory to return, loaded.
+    Dir(Digest, Directory),
+    /// The walk is done.
+    End,
 }
 
 impl TreePager {
-    /// A walk of `root` positioned at `page_token` (empty for the start).
-    pub fn new(cas: &Cas, root: &Digest, page_token: &str) -> Result<Self, CasError> {
-        let mut pager = Self {
-            walk: TreeWalk::new(*root),
+    /// A walk of `root` from its start, nothing read yet (a missing root is found by the
+    /// first page).
+    pub fn start(root: Digest) -> Self {
+        Self {
+            walk: TreeWalk::new(root),
             returned: 0,
-            next: None,
-        };
+            next: Next::Unread(None),
+            page: Vec::new(),
+            page_bytes: 0,
+        }
+    }
+
+    /// A walk of `root` positioned at `page_token` (empty for the start), read from wherever
+    /// the directories are (a thread that may wait on the disk).
+    pub fn new(cas: &Cas, root: &Digest, page_token: &str) -> Result<Self, CasError> {
+        let mut pager = Self::start(*root);
         let (index, tag) = if page_token.is_empty() {
             (0, None)
         } else {
             let (index, tag) = parse_token(page_token)?;
             (index, Some(tag))
         };
-        pager.next = pager.load_next(cas)?;
+        pager.next = pager.load(cas, true)?;
         while pager.returned < index {
-            if pager.next.is_none() {
+            if !matches!(pager.next, Next::Dir(..)) {
                 return Err(CasError::InvalidArgument(format!(
                     "page_token {page_token:?} is past the end of the tree"
                 )));
             }
             pager.returned += 1;
-            pager.next = pager.load_next(cas)?;
+            pager.next = Next::Unread(None);
+            pager.next = pager.load(cas, true)?;
         }
         if let Some(tag) = tag
-            && pager.next.as_ref().map(|(d, _)| token_tag(d)) != Some(tag)
+            && !matches!(&pager.next, Next::Dir(d, _) if token_tag(d) == tag)
         {
             return Err(CasError::InvalidArgument(format!(
                 "page_token {page_token:?} does not match the tree under {root}"
@@ -80,32 +111,65 @@ impl TreePager {
     }
 
     /// The next page of up to `page_size` directories (at least one), and of at most
-    /// [`MAX_PAGE_BYTES`] unless its one directory is larger.
+    /// [`MAX_PAGE_BYTES`] unless its one directory is larger. Reads may wait on the disk.
     pub fn next_page(&mut self, cas: &Cas, page_size: usize) -> Result<TreePage, CasError> {
-        let mut page = TreePage::default();
-        let mut bytes = 0;
-        while page.directories.len() < page_size.max(1) {
-            let Some((_, dir)) = self.next.as_ref() else {
-                break;
+        self.fill(cas, page_size, true)?;
+        Ok(self.take_page())
+    }
+
+    /// [`TreePager::next_page`] if every directory it needs is in memory; `None` if it
+    /// stopped before one on disk, the page's directories so far kept for `next_page`.
+    pub fn page_if_cached(
+        &mut self,
+        cas: &Cas,
+        page_size: usize,
+    ) -> Result<Option<TreePage>, CasError> {
+        Ok(self.fill(cas, page_size, false)?.then(|| self.take_page()))
+    }
+
+    /// Adds directories to the page until it is full or the walk is done (`true`), or, with
+    /// `wait` false, until the next directory is on disk (`false`).
+    fn fill(&mut self, cas: &Cas, page_size: usize, wait: bool) -> Result<bool, CasError> {
+        loop {
+            if let Next::Unread(_) = self.next {
+                self.next = self.load(cas, wait)?;
+                if let Next::Unread(_) = self.next {
+                    return Ok(false);
+                }
+            }
+            let Next::Dir(_, dir) = &self.next else {
+                return Ok(true);
             };
             // The field's tag and length prefix besides the message: at most 6 bytes.
             let size = dir.encoded_len() + 6;
-            if !page.directories.is_empty() && bytes + size > MAX_PAGE_BYTES {
-                break;
+            let full = self.page.len() >= page_size.max(1)
+                || (!self.page.is_empty() && self.page_bytes + size > MAX_PAGE_BYTES);
+            if full {
+                return Ok(true);
             }
-            bytes += size;
-            let (_, dir) = self.next.take().expect("looked at above");
-            page.directories.push(dir);
-            self.returned += 1;
-            self.next = self.load_next(cas)?;
+            if let Next::Dir(_, dir) = std::mem::replace(&mut self.next, Next::Unread(None)) {
+                self.page.push(dir);
+                self.page_bytes += size;
+                self.returned += 1;
+            }
         }
-        page.next_page_token = self.token().unwrap_or_default();
-        Ok(page)
     }
 
-    /// The page token naming this position; `None` once the walk is done.
+    /// The page made, with the token of the position after it.
+    fn take_page(&mut self) -> TreePage {
+        self.page_bytes = 0;
+        TreePage {
+            directories: std::mem::take(&mut self.page),
+            next_page_token: self.token().unwrap_or_default(),
+        }
+    }
+
+    /// The page token naming this position; `None` once the walk is done, and while a page
+    /// is half made (its next directory not read yet).
     pub fn token(&self) -> Option<String> {
-        let (d, _) = self.next.as_ref()?;
+        let Next::Dir(d, _) = &self.next else {
+            return None;
+        };
         Some(format!("{}.{}", self.returned, hex::encode(token_tag(d))))
     }
 
@@ -114,18 +178,36 @@ impl TreePager {
         self.walk.root()
     }
 
-    /// About how many bytes of memory the walk keeps: its digests (seen and queued) and the
-    /// next directory, loaded already.
+    /// About how many bytes of memory the walk keeps: its digests (seen and queued), the
+    /// next directory, loaded already, and a page half made.
     pub fn held_bytes(&self) -> usize {
         // A digest in the seen set and (at most once) in the queue, with the tables' slack.
         const PER_DIGEST: usize = 128;
-        self.walk.seen() * PER_DIGEST + self.next.as_ref().map_or(0, |(_, d)| d.encoded_len())
+        let next = match &self.next {
+            Next::Dir(_, d) => d.encoded_len(),
+            _ => 0,
+        };
+        self.walk.seen() * PER_DIGEST + next + self.page_bytes
     }
 
-    /// Loads the next directory present in the CAS and queues its children.
-    fn load_next(&mut self, cas: &Cas) -> Result<Option<(Digest, Directory)>, CasError> {
-        while let Some((d, depth)) = self.walk.pop() {
-            let Some(blob) = cas.get(&d)? else {
+    /// Loads what comes after the directories returned: the next directory present in the
+    /// CAS (its children queued), or the end. With `wait` false, a directory on disk is not
+    /// read: it is handed back as `Unread`.
+    fn load(&mut self, cas: &Cas, wait: bool) -> Result<Next, CasError> {
+        let mut taken = match std::mem::replace(&mut self.next, Next::End) {
+            Next::Unread(taken) => taken,
+            loaded => return Ok(loaded),
+        };
+        while let Some((d, depth)) = taken.take().or_else(|| self.walk.pop()) {
+            let found = if wait {
+                cas.get(&d)?
+            } else {
+                match cas.get_if_cached(&d)? {
+                    Cached::Read(found) => found,
+                    Cached::OnDisk => return Ok(Next::Unread(Some((d, depth)))),
+                }
+            };
+            let Some(blob) = found else {
                 if depth == 0 {
                     return Err(CasError::BlobNotFound(d));
                 }
@@ -136,9 +218,9 @@ impl TreePager {
                 reason: format!("{d}: {e}"),
             })?;
             self.walk.visit(&dir, depth)?;
-            return Ok(Some((d, dir)));
+            return Ok(Next::Dir(d, dir));
         }
-        Ok(None)
+        Ok(Next::End)
     }
 }
 

@@ -89,26 +89,39 @@ impl PausedTrees {
         root: &Digest,
         page_token: &str,
     ) -> Result<TreePager, CasError> {
+        match self.parked(instance, root, page_token) {
+            Some(pager) => Ok(pager),
+            None => self.rewalk(cas, root, page_token),
+        }
+    }
+
+    /// The walk of `root` at `page_token` if it can be had without reading: a walk from the
+    /// start for an empty token, else the one parked under that token, taken out.
+    pub fn parked(&self, instance: &str, root: &Digest, page_token: &str) -> Option<TreePager> {
         if page_token.is_empty() {
-            return TreePager::new(cas, root, "");
+            return Some(TreePager::start(*root));
         }
         let key = Key {
             instance: instance.to_owned(),
             root: *root,
             token: page_token.to_owned(),
         };
-        let found = {
-            let mut parked = self.parked.lock().expect("paused trees lock");
-            let at = parked.walks.iter().position(|(k, _)| *k == key);
-            at.and_then(|i| parked.walks.remove(i)).map(|(_, pager)| {
-                parked.held -= pager.held_bytes();
-                pager
-            })
-        };
-        if let Some(pager) = found {
-            self.continued.fetch_add(1, Ordering::Relaxed);
-            return Ok(pager);
-        }
+        let mut parked = self.parked.lock().expect("paused trees lock");
+        let at = parked.walks.iter().position(|(k, _)| *k == key)?;
+        let (_, pager) = parked.walks.remove(at)?;
+        parked.held -= pager.held_bytes();
+        self.continued.fetch_add(1, Ordering::Relaxed);
+        Some(pager)
+    }
+
+    /// A new walk of `root` to `page_token`'s position, for a token whose walk is not parked
+    /// (reads every directory before it, so it may wait on the disk).
+    pub fn rewalk(
+        &self,
+        cas: &Cas,
+        root: &Digest,
+        page_token: &str,
+    ) -> Result<TreePager, CasError> {
         self.rewalked.fetch_add(1, Ordering::Relaxed);
         TreePager::new(cas, root, page_token)
     }
