@@ -143,7 +143,7 @@ pub(super) mod tests {
         cold: Vec<Key>,
         gate: Mutex<bool>,
         opened: Condvar,
-        waiting: AtomicUsize,
+        pub(in crate::cas) waiting: AtomicUsize,
         most_waiting: AtomicUsize,
     }
 

@@ -15,6 +15,7 @@ use crate::digest::Digest;
 use crate::proto::reapi::Directory;
 use crate::storage::Cached;
 use prost::Message;
+use std::collections::VecDeque;
 
 /// Longest page token accepted (`INDEX.TAG` is at most 20 + 1 + 16 characters).
 const MAX_TOKEN_LEN: usize = 64;
@@ -38,32 +39,50 @@ pub struct TreePage {
 /// A GetTree walk positioned between two pages. Directories missing from the CAS are left
 /// out with their subtrees, as the spec asks; a missing root is `BlobNotFound`.
 ///
-/// A page can be made in two goes: [`TreePager::page_if_cached`] reads only directories whose
-/// bytes are in memory (on the async runtime) and stops before one on disk, keeping the
-/// directories gathered; [`TreePager::next_page`] (on a blocking thread) goes on from there.
+/// A page can be made in several goes: [`TreePager::page_if_cached`] reads only directories
+/// whose bytes are in memory (on the async runtime), a batch at a time, and stops before one
+/// on disk, keeping the directories gathered; [`TreePager::next_page`] (on a blocking thread)
+/// goes on from there. A walk stopped part-way through a page is still a position: its token
+/// names the first directory gathered, and the next page starts with them.
 #[derive(Debug)]
 pub struct TreePager {
     walk: TreeWalk,
-    /// Directories returned so far, the page being made included (the index of `next`).
+    /// Directories gathered so far, `page` included (the index of `next`).
     returned: usize,
     next: Next,
-    /// The page being made: left here by a `page_if_cached` that stopped before a directory
-    /// on disk.
-    page: Vec<Directory>,
+    /// Directories gathered for the next page and not returned yet, with their digests.
+    page: VecDeque<(Digest, Directory)>,
     /// Encoded bytes of `page`, with each field's prefix.
     page_bytes: usize,
 }
 
-/// What comes after the directories returned so far.
+/// What comes after the directories gathered so far.
 #[derive(Debug)]
 enum Next {
     /// Not loaded yet: the walk's next directory, or this one, already taken from the walk
-    /// and found on disk by a read that must not wait.
+    /// (found on disk by a read that must not wait, or its read failed).
     Unread(Option<(Digest, usize)>),
-    /// The next directory to return, loaded.
+    /// The next directory, loaded.
     Dir(Digest, Directory),
     /// The walk is done.
     End,
+}
+
+/// How far [`TreePager::page_if_cached`] got.
+#[derive(Debug)]
+pub enum CachedPage {
+    /// The page, made.
+    Made(TreePage),
+    /// Stopped before a directory on disk: [`TreePager::next_page`] goes on.
+    OnDisk,
+    /// Gathered a batch of directories: call again (after letting other tasks run).
+    Batch,
+}
+
+/// Bytes a directory takes in a page: the message and the field's tag and length prefix (at
+/// most 6 bytes).
+fn page_size_of(dir: &Directory) -> usize {
+    dir.encoded_len() + 6
 }
 
 impl TreePager {
@@ -74,7 +93,7 @@ impl TreePager {
             walk: TreeWalk::new(root),
             returned: 0,
             next: Next::Unread(None),
-            page: Vec::new(),
+            page: VecDeque::new(),
             page_bytes: 0,
         }
     }
@@ -89,7 +108,7 @@ impl TreePager {
             let (index, tag) = parse_token(page_token)?;
             (index, Some(tag))
         };
-        pager.next = pager.load(cas, true)?;
+        pager.load(cas, true)?;
         while pager.returned < index {
             if !matches!(pager.next, Next::Dir(..)) {
                 return Err(CasError::InvalidArgument(format!(
@@ -98,7 +117,7 @@ impl TreePager {
             }
             pager.returned += 1;
             pager.next = Next::Unread(None);
-            pager.next = pager.load(cas, true)?;
+            pager.load(cas, true)?;
         }
         if let Some(tag) = tag
             && !matches!(&pager.next, Next::Dir(d, _) if token_tag(d) == tag)
@@ -113,64 +132,83 @@ impl TreePager {
     /// The next page of up to `page_size` directories (at least one), and of at most
     /// [`MAX_PAGE_BYTES`] unless its one directory is larger. Reads may wait on the disk.
     pub fn next_page(&mut self, cas: &Cas, page_size: usize) -> Result<TreePage, CasError> {
-        self.fill(cas, page_size, true)?;
-        Ok(self.take_page())
+        self.fill(cas, page_size, true, usize::MAX)?;
+        Ok(self.take_page(page_size))
     }
 
-    /// [`TreePager::next_page`] if every directory it needs is in memory; `None` if it
-    /// stopped before one on disk, the page's directories so far kept for `next_page`.
+    /// [`TreePager::next_page`] if every directory it needs is in memory, reading at most
+    /// `batch` of them in this call; else how far it got (what it gathered is kept).
     pub fn page_if_cached(
         &mut self,
         cas: &Cas,
         page_size: usize,
-    ) -> Result<Option<TreePage>, CasError> {
-        Ok(self.fill(cas, page_size, false)?.then(|| self.take_page()))
+        batch: usize,
+    ) -> Result<CachedPage, CasError> {
+        Ok(match self.fill(cas, page_size, false, batch)? {
+            Fill::Full => CachedPage::Made(self.take_page(page_size)),
+            Fill::OnDisk => CachedPage::OnDisk,
+            Fill::Batch => CachedPage::Batch,
+        })
     }
 
-    /// Adds directories to the page until it is full or the walk is done (`true`), or, with
-    /// `wait` false, until the next directory is on disk (`false`).
-    fn fill(&mut self, cas: &Cas, page_size: usize, wait: bool) -> Result<bool, CasError> {
+    /// Gathers directories until the page is full or the walk is done, or (with `wait` false)
+    /// until the next directory is on disk, or until `batch` directories were read.
+    fn fill(
+        &mut self,
+        cas: &Cas,
+        page_size: usize,
+        wait: bool,
+        mut batch: usize,
+    ) -> Result<Fill, CasError> {
         loop {
             if let Next::Unread(_) = self.next {
-                self.next = self.load(cas, wait)?;
-                if let Next::Unread(_) = self.next {
-                    return Ok(false);
+                if batch == 0 {
+                    return Ok(Fill::Batch);
+                }
+                batch -= 1;
+                if !self.load(cas, wait)? {
+                    return Ok(Fill::OnDisk);
                 }
             }
             let Next::Dir(_, dir) = &self.next else {
-                return Ok(true);
+                return Ok(Fill::Full);
             };
-            // The field's tag and length prefix besides the message: at most 6 bytes.
-            let size = dir.encoded_len() + 6;
+            let size = page_size_of(dir);
             let full = self.page.len() >= page_size.max(1)
                 || (!self.page.is_empty() && self.page_bytes + size > MAX_PAGE_BYTES);
             if full {
-                return Ok(true);
+                return Ok(Fill::Full);
             }
-            if let Next::Dir(_, dir) = std::mem::replace(&mut self.next, Next::Unread(None)) {
-                self.page.push(dir);
+            if let Next::Dir(d, dir) = std::mem::replace(&mut self.next, Next::Unread(None)) {
+                self.page.push_back((d, dir));
                 self.page_bytes += size;
                 self.returned += 1;
             }
         }
     }
 
-    /// The page made, with the token of the position after it.
-    fn take_page(&mut self) -> TreePage {
-        self.page_bytes = 0;
+    /// The page made: up to `page_size` of the directories gathered (a walk parked part-way
+    /// through a page and resumed with a smaller size has more), with the token of the
+    /// position after it.
+    fn take_page(&mut self, page_size: usize) -> TreePage {
+        let n = self.page.len().min(page_size.max(1));
+        let directories: Vec<Directory> = self.page.drain(..n).map(|(_, d)| d).collect();
+        self.page_bytes = self.page.iter().map(|(_, d)| page_size_of(d)).sum();
         TreePage {
-            directories: std::mem::take(&mut self.page),
+            directories,
             next_page_token: self.token().unwrap_or_default(),
         }
     }
 
-    /// The page token naming this position; `None` once the walk is done, and while a page
-    /// is half made (its next directory not read yet).
+    /// The page token naming this position (the first directory not returned yet); `None`
+    /// once the walk is done, and at its very start while the root is not read yet.
     pub fn token(&self) -> Option<String> {
-        let Next::Dir(d, _) = &self.next else {
+        let ((Some((first, _)), _) | (None, Next::Dir(first, _))) = (self.page.front(), &self.next)
+        else {
             return None;
         };
-        Some(format!("{}.{}", self.returned, hex::encode(token_tag(d))))
+        let index = self.returned - self.page.len();
+        Some(format!("{index}.{}", hex::encode(token_tag(first))))
     }
 
     /// The root this walk started from.
@@ -179,7 +217,7 @@ impl TreePager {
     }
 
     /// About how many bytes of memory the walk keeps: its digests (seen and queued), the
-    /// next directory, loaded already, and a page half made.
+    /// next directory, loaded already, and the directories gathered for the next page.
     pub fn held_bytes(&self) -> usize {
         // A digest in the seen set and (at most once) in the queue, with the tables' slack.
         const PER_DIGEST: usize = 128;
@@ -190,21 +228,23 @@ impl TreePager {
         self.walk.seen() * PER_DIGEST + next + self.page_bytes
     }
 
-    /// Loads what comes after the directories returned: the next directory present in the
-    /// CAS (its children queued), or the end. With `wait` false, a directory on disk is not
-    /// read: it is handed back as `Unread`.
-    fn load(&mut self, cas: &Cas, wait: bool) -> Result<Next, CasError> {
-        let mut taken = match std::mem::replace(&mut self.next, Next::End) {
-            Next::Unread(taken) => taken,
-            loaded => return Ok(loaded),
+    /// Loads the next directory present in the CAS into `next` (its children queued), or the
+    /// end. With `wait` false, a directory on disk is not read: it stays `Unread` and this
+    /// returns false. A directory whose read fails stays `Unread` too.
+    fn load(&mut self, cas: &Cas, wait: bool) -> Result<bool, CasError> {
+        let Next::Unread(taken) = &mut self.next else {
+            return Ok(true);
         };
+        let mut taken = taken.take();
         while let Some((d, depth)) = taken.take().or_else(|| self.walk.pop()) {
+            // Until it is read, the directory is where the walk stands.
+            self.next = Next::Unread(Some((d, depth)));
             let found = if wait {
                 cas.get(&d)?
             } else {
                 match cas.get_if_cached(&d)? {
                     Cached::Read(found) => found,
-                    Cached::OnDisk => return Ok(Next::Unread(Some((d, depth)))),
+                    Cached::OnDisk => return Ok(false),
                 }
             };
             let Some(blob) = found else {
@@ -218,10 +258,19 @@ impl TreePager {
                 reason: format!("{d}: {e}"),
             })?;
             self.walk.visit(&dir, depth)?;
-            return Ok(Next::Dir(d, dir));
+            self.next = Next::Dir(d, dir);
+            return Ok(true);
         }
-        Ok(Next::End)
+        self.next = Next::End;
+        Ok(true)
     }
+}
+
+/// How far [`TreePager::fill`] got.
+enum Fill {
+    Full,
+    OnDisk,
+    Batch,
 }
 
 fn token_tag(d: &Digest) -> [u8; TAG_BYTES] {

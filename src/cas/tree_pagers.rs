@@ -1,21 +1,22 @@
 //! GetTree walks paused between calls, so a client that resumes with a page token in a new
 //! call continues the walk instead of walking again from the root to the token's index.
 //!
-//! A GetTree stream keeps its [`TreePager`] across its own pages; when the stream ends before
-//! the walk does (the client stopped reading, the connection broke), the pager is parked here
-//! under (instance, root, the token of its position). A call with exactly that token takes it
-//! out and goes on from there. Anything else (a token never issued, one whose pager was
-//! evicted or already taken by another call, a server restart) falls back to
-//! [`TreePager::new`], which re-walks to the token's index and checks the token there: tokens
-//! stay valid and checked either way, the cache only saves reads.
+//! A GetTree stream keeps its [`TreePager`] across its own pages (`tree_stream.rs`); when the
+//! stream ends before the walk does (the client stopped reading, the connection broke), the
+//! pager is parked here under (instance, root, the token of its position). A call with
+//! exactly that token takes it out ([`PausedTrees::parked`]) and goes on from there. Anything
+//! else (a token never issued, one whose pager was evicted or already taken by another call,
+//! a server restart) walks again ([`PausedTrees::rewalk`], [`TreePager::new`]), which re-walks
+//! to the token's index and checks the token there: tokens stay valid and checked either way,
+//! the cache only saves reads.
 //!
-//! When it hits: the walk is parked at the last page the stream *produced*. A client that
-//! took every page produced and then called again (or a stream ended at a page boundary)
-//! finds it. A stream broken mid-flight has usually produced pages the client never got
-//! (tonic encodes ahead, up to the HTTP/2 window), so its client's token names an earlier
-//! position and the call walks again. Rewinding a parked walk over a bounded history of the
-//! pages it produced would catch that case too; not done, as the history would cost up to a
-//! window (4 MiB) per parked walk.
+//! When it hits: the walk is parked at the last page the stream *produced*, or at the start of
+//! the page it was making when it stopped to wait for the disk. A client that took every page
+//! produced and then called again (or a stream ended at a page boundary) finds it. A stream
+//! broken mid-flight has usually produced pages the client never got (tonic encodes ahead, up
+//! to the HTTP/2 window), so its client's token names an earlier position and the call walks
+//! again. Rewinding a parked walk over a bounded history of the pages it produced would catch
+//! that case too; not done, as the history would cost up to a window (4 MiB) per parked walk.
 //!
 //! Bounded on purpose: every paused walk holds its queue, the set of directories it has met
 //! and the next directory, and clients choose how many walks to abandon. At most
@@ -82,6 +83,7 @@ impl PausedTrees {
 
     /// The walk of `root` positioned at `page_token` (empty for the start): the parked one
     /// if there is one, else a new walk to the token (which checks it).
+    #[cfg(test)]
     pub fn resume(
         &self,
         cas: &Cas,

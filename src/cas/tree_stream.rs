@@ -1,18 +1,27 @@
 //! A GetTree stream's walk, one page at a time, made where it does not stall the runtime.
 //!
-//! A page of directories whose bytes are all in memory is made at once, on the request's task
-//! (a hot tree costs no thread hand-off). From the first directory on disk, the rest of the
-//! page is made on a blocking thread under the [`TREE_WALKS`](super::TREE_WALKS) slots, and so
-//! is a resumed walk that must walk again to its token. A stream that ends before its walk
-//! does parks the walk in [`PausedTrees`] for a call resuming with its token: whichever holder
-//! lets go last (the stream, or a blocking thread finishing a page for a stream already
-//! gone) parks it. Finished walks, failed ones and pages half made are not kept.
+//! A page of directories whose bytes are all in memory is made on the request's task (a hot
+//! tree costs no thread hand-off), [`RUNTIME_BATCH`] directories at a time with other tasks
+//! let in between. From the first directory on disk, the rest of the page is made on a
+//! blocking thread under the [`TREE_WALKS`](super::TREE_WALKS) slots, and so is a resumed
+//! call whose walk must be walked again to its token.
+//!
+//! A stream that ends before its walk does parks the walk in [`PausedTrees`] for a call
+//! resuming with its token: whichever holder lets go last (the stream, or a blocking thread
+//! finishing a page for a stream already gone) parks it. A walk stopped part-way through a
+//! page (waiting for a slot) is parked at the page's start, the token its client holds.
+//! Finished walks and failed ones are not kept.
 
-use super::tree::{TreePage, TreePager};
+use super::tree::{CachedPage, TreePage, TreePager};
 use super::tree_pagers::PausedTrees;
 use super::{Cas, CasError};
 use crate::digest::Digest;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+/// Directories a page reads on the runtime before it lets other tasks run: each costs a
+/// lookup, a look at the page cache and a decode, so a page of thousands of small directories
+/// would otherwise hold a worker thread for milliseconds.
+const RUNTIME_BATCH: usize = 128;
 
 /// The walk of one GetTree stream.
 pub struct StreamedWalk {
@@ -33,23 +42,27 @@ impl StreamedWalk {
         page_size: usize,
     ) -> Result<(Arc<Self>, TreePage), CasError> {
         let pager = trees.parked(&instance, &root, &page_token);
+        let found = pager.is_some();
         let walk = Arc::new(Self {
             trees,
             instance,
             pager: Mutex::new(pager),
         });
-        if walk.lock().is_none() {
-            // A token whose walk is not parked: walk again to it, reading every directory
-            // before it.
-            let w = walk.clone();
-            cas.walk_on_blocking_thread(move |cas| {
+        if found {
+            let first = walk.next_page(cas, page_size).await?;
+            return Ok((walk, first));
+        }
+        // A token whose walk is not parked: walk again to it, reading every directory before
+        // it, and make the first page there too.
+        let w = walk.clone();
+        let first = cas
+            .walk_on_blocking_thread(move |cas| {
                 let pager = w.trees.rewalk(cas, &root, &page_token)?;
                 *w.lock() = Some(pager);
-                Ok(())
+                let page = w.with_pager(|p| p.next_page(cas, page_size))?;
+                Ok(page.unwrap_or_default())
             })
             .await?;
-        }
-        let first = walk.next_page(cas, page_size).await?;
         Ok((walk, first))
     }
 
@@ -59,11 +72,15 @@ impl StreamedWalk {
         cas: &Cas,
         page_size: usize,
     ) -> Result<TreePage, CasError> {
-        match self.with_pager(|p| p.page_if_cached(cas, page_size))? {
-            None => return Ok(TreePage::default()),
-            Some(Some(page)) => return Ok(page),
-            // Stopped before a directory on disk: the rest of the page waits for the disk.
-            Some(None) => {}
+        loop {
+            match self.with_pager(|p| p.page_if_cached(cas, page_size, RUNTIME_BATCH))? {
+                None => return Ok(TreePage::default()),
+                Some(CachedPage::Made(page)) => return Ok(page),
+                // A batch made on the runtime: other tasks go first, then the next one.
+                Some(CachedPage::Batch) => tokio::task::yield_now().await,
+                // Stopped before a directory on disk: the rest of the page waits for the disk.
+                Some(CachedPage::OnDisk) => break,
+            }
         }
         let walk = self.clone();
         cas.walk_on_blocking_thread(move |cas| {
@@ -108,17 +125,45 @@ impl Drop for StreamedWalk {
 mod tests {
     use super::*;
     use crate::cas::TREE_WALKS;
-    use crate::cas::read::tests::{OpenOnDrop, slow_disk, until_waiting};
+    use crate::cas::read::tests::{OpenOnDrop, SlowDisk, slow_disk, until_waiting};
     use crate::cas::tree::get_tree_page;
     use crate::cas::tree::tests::deep_wide_tree;
     use crate::digest::DigestFunction;
     use crate::proto::reapi::Directory;
     use crate::storage::MemoryStore;
     use prost::Message;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
     const PAGE: usize = 50;
     const WAIT: Duration = Duration::from_secs(10);
+
+    /// The deep, wide test tree in a store where its directories at `on_disk` (indexes in walk
+    /// order) are on disk, with every walk slot taken; its root and its directories in walk
+    /// order.
+    async fn slots_taken_and_on_disk(
+        on_disk: &[usize],
+    ) -> (
+        Cas,
+        Arc<SlowDisk>,
+        tokio::sync::OwnedSemaphorePermit,
+        Digest,
+        Vec<Directory>,
+    ) {
+        // The walk order, from a store of its own.
+        let scratch = Cas::new(Arc::new(MemoryStore::new(1 << 24)));
+        let (root, _) = deep_wide_tree(&scratch).await;
+        let all = get_tree_page(&scratch, &root, 10_000, "")
+            .unwrap()
+            .directories;
+        let key = |i: &usize| Cas::key(&DigestFunction::Sha256.digest_of(&all[*i].encode_to_vec()));
+        let store = slow_disk(on_disk.iter().map(key).collect());
+        let cas = Cas::new(store.clone());
+        deep_wide_tree(&cas).await;
+        let slots = cas.walks.clone();
+        let taken = slots.acquire_many_owned(TREE_WALKS as u32).await.unwrap();
+        (cas, store, taken, root, all)
+    }
 
     /// With every walk slot taken, pages of directories in memory are still made (on the
     /// runtime); a page that meets a directory on disk waits for a slot, reads it on a
@@ -126,30 +171,16 @@ mod tests {
     /// each directory once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cached_pages_take_no_walk_slot_and_a_page_on_disk_goes_on_where_it_stopped() {
-        // The tree's directories in walk order, from a store of its own.
-        let scratch = Cas::new(Arc::new(MemoryStore::new(1 << 24)));
-        let (root, count) = deep_wide_tree(&scratch).await;
-        assert!(
-            count > 4 * PAGE,
-            "{count} directories: enough for four pages"
-        );
-        let all = get_tree_page(&scratch, &root, 10_000, "")
-            .unwrap()
-            .directories;
-        let key =
-            |dir: &Directory| Cas::key(&DigestFunction::Sha256.digest_of(&dir.encode_to_vec()));
-        // The same tree where the 4th directory of the third page is on disk, and so is the
-        // first of the fourth page (whose hash the third page's token names).
-        let store = slow_disk(vec![key(&all[2 * PAGE + 3]), key(&all[3 * PAGE])]);
+        // The 4th directory of the third page is on disk, and so is the first of the fourth
+        // page (whose hash the third page's token names).
+        let (cas, store, taken, root, all) =
+            slots_taken_and_on_disk(&[2 * PAGE + 3, 3 * PAGE]).await;
         let _open = OpenOnDrop(store.clone());
-        let cas = Cas::new(store.clone());
-        deep_wide_tree(&cas).await;
-        let taken = cas
-            .walks
-            .clone()
-            .acquire_many_owned(TREE_WALKS as u32)
-            .await
-            .unwrap();
+        assert!(
+            all.len() > 4 * PAGE,
+            "{} directories: enough for four pages",
+            all.len()
+        );
 
         let trees = Arc::new(PausedTrees::default());
         let start = StreamedWalk::start(&cas, trees, String::new(), root, String::new(), PAGE);
@@ -170,6 +201,11 @@ mod tests {
         assert!(
             !third.is_finished(),
             "a page meeting a directory on disk waits for a walk slot"
+        );
+        assert_eq!(
+            store.waiting.load(Ordering::SeqCst),
+            0,
+            "and reads nothing from disk before it has one"
         );
         drop(taken);
         until_waiting(&store, 1);
@@ -193,5 +229,84 @@ mod tests {
             got, all,
             "the pages are the walk, each directory once, in order"
         );
+    }
+
+    /// A stream dropped while its page waits for a walk slot (stopped before a directory on
+    /// disk) leaves its walk parked at that page's start: a call with the token its client
+    /// holds continues it (no walk again), and, with a smaller page size, gets the rest of the
+    /// tree in order in pages of that size.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_walk_dropped_waiting_for_a_slot_is_parked_at_its_page() {
+        // The 4th directory of the second page is on disk (reads of it do not wait).
+        let (cas, store, taken, root, all) = slots_taken_and_on_disk(&[PAGE + 3]).await;
+        store.open_gate();
+        let trees = Arc::new(PausedTrees::default());
+
+        let start = StreamedWalk::start(&cas, trees.clone(), "i".into(), root, String::new(), PAGE);
+        let (walk, first) = start.await.unwrap();
+        let token = first.next_page_token;
+        let (w, c) = (walk.clone(), cas.clone());
+        let second = tokio::spawn(async move { w.next_page(&c, PAGE).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!second.is_finished(), "the second page waits for a slot");
+        second.abort();
+        assert!(second.await.unwrap_err().is_cancelled());
+        drop(walk);
+        drop(taken);
+
+        let small = 2;
+        let resumed = StreamedWalk::start(&cas, trees.clone(), "i".into(), root, token, small);
+        let (walk, page) = resumed.await.unwrap();
+        assert_eq!(
+            trees.resumes(),
+            (1, 0),
+            "the parked walk continued, no walk again"
+        );
+        let mut got = Vec::new();
+        let mut page = page;
+        loop {
+            assert!(page.directories.len() <= small, "pages of the size asked");
+            got.extend(page.directories);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page = walk.next_page(&cas, small).await.unwrap();
+        }
+        assert_eq!(
+            got,
+            all[PAGE..],
+            "the rest of the tree, each directory once, in order"
+        );
+    }
+
+    /// A page of more cached directories than a batch lets other tasks run while it is made
+    /// (on a one-thread runtime, a task spawned before it runs before it ends), and is still
+    /// the whole walk.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_long_cached_page_lets_other_tasks_run() {
+        let cas = Cas::new(Arc::new(MemoryStore::new(1 << 24)));
+        let (root, count) = deep_wide_tree(&cas).await;
+        assert!(
+            count > RUNTIME_BATCH,
+            "{count} directories: more than a batch"
+        );
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let t = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                t.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        });
+        let trees = Arc::new(PausedTrees::default());
+        let start = StreamedWalk::start(&cas, trees, String::new(), root, String::new(), 10_000);
+        let (_walk, page) = start.await.unwrap();
+        assert!(
+            ticks.load(Ordering::SeqCst) > 0,
+            "another task ran while the page was made"
+        );
+        ticker.abort();
+        assert_eq!(page.directories.len(), count, "one page, the whole walk");
+        assert!(page.next_page_token.is_empty());
     }
 }
