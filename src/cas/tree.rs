@@ -15,7 +15,6 @@ use crate::digest::Digest;
 use crate::proto::reapi::Directory;
 use crate::storage::Cached;
 use prost::Message;
-use std::collections::VecDeque;
 
 /// Longest page token accepted (`INDEX.TAG` is at most 20 + 1 + 16 characters).
 const MAX_TOKEN_LEN: usize = 64;
@@ -50,10 +49,38 @@ pub struct TreePager {
     /// Directories gathered so far, `page` included (the index of `next`).
     returned: usize,
     next: Next,
-    /// Directories gathered for the next page and not returned yet, with their digests.
-    page: VecDeque<(Digest, Directory)>,
-    /// Encoded bytes of `page`, with each field's prefix.
-    page_bytes: usize,
+    /// Directories gathered for the next page and not returned yet.
+    page: Gathered,
+}
+
+/// Directories gathered for a page: the messages, their digests (a page cut short names the
+/// first one left in its token) and their bytes in a page.
+#[derive(Debug, Default)]
+struct Gathered {
+    dirs: Vec<Directory>,
+    digests: Vec<Digest>,
+    bytes: usize,
+}
+
+impl Gathered {
+    fn push(&mut self, d: Digest, dir: Directory, size: usize) {
+        self.digests.push(d);
+        self.dirs.push(dir);
+        self.bytes += size;
+    }
+
+    /// The first `n` directories (all of them without a copy when that is all there are).
+    fn take(&mut self, n: usize) -> Vec<Directory> {
+        if n >= self.dirs.len() {
+            self.digests.clear();
+            self.bytes = 0;
+            return std::mem::take(&mut self.dirs);
+        }
+        let rest = self.dirs.split_off(n);
+        self.digests.drain(..n);
+        self.bytes = rest.iter().map(page_size_of).sum();
+        std::mem::replace(&mut self.dirs, rest)
+    }
 }
 
 /// What comes after the directories gathered so far.
@@ -93,8 +120,7 @@ impl TreePager {
             walk: TreeWalk::new(root),
             returned: 0,
             next: Next::Unread(None),
-            page: VecDeque::new(),
-            page_bytes: 0,
+            page: Gathered::default(),
         }
     }
 
@@ -174,14 +200,14 @@ impl TreePager {
                 return Ok(Fill::Full);
             };
             let size = page_size_of(dir);
-            let full = self.page.len() >= page_size.max(1)
-                || (!self.page.is_empty() && self.page_bytes + size > MAX_PAGE_BYTES);
+            let gathered = self.page.dirs.len();
+            let full = gathered >= page_size.max(1)
+                || (gathered > 0 && self.page.bytes + size > MAX_PAGE_BYTES);
             if full {
                 return Ok(Fill::Full);
             }
             if let Next::Dir(d, dir) = std::mem::replace(&mut self.next, Next::Unread(None)) {
-                self.page.push_back((d, dir));
-                self.page_bytes += size;
+                self.page.push(d, dir, size);
                 self.returned += 1;
             }
         }
@@ -191,11 +217,8 @@ impl TreePager {
     /// through a page and resumed with a smaller size has more), with the token of the
     /// position after it.
     fn take_page(&mut self, page_size: usize) -> TreePage {
-        let n = self.page.len().min(page_size.max(1));
-        let directories: Vec<Directory> = self.page.drain(..n).map(|(_, d)| d).collect();
-        self.page_bytes = self.page.iter().map(|(_, d)| page_size_of(d)).sum();
         TreePage {
-            directories,
+            directories: self.page.take(page_size.max(1)),
             next_page_token: self.token().unwrap_or_default(),
         }
     }
@@ -203,11 +226,12 @@ impl TreePager {
     /// The page token naming this position (the first directory not returned yet); `None`
     /// once the walk is done, and at its very start while the root is not read yet.
     pub fn token(&self) -> Option<String> {
-        let ((Some((first, _)), _) | (None, Next::Dir(first, _))) = (self.page.front(), &self.next)
+        let ((Some(first), _) | (None, Next::Dir(first, _))) =
+            (self.page.digests.first(), &self.next)
         else {
             return None;
         };
-        let index = self.returned - self.page.len();
+        let index = self.returned - self.page.dirs.len();
         Some(format!("{index}.{}", hex::encode(token_tag(first))))
     }
 
@@ -225,7 +249,7 @@ impl TreePager {
             Next::Dir(_, d) => d.encoded_len(),
             _ => 0,
         };
-        self.walk.seen() * PER_DIGEST + next + self.page_bytes
+        self.walk.seen() * PER_DIGEST + next + self.page.bytes
     }
 
     /// Loads the next directory present in the CAS into `next` (its children queued), or the
@@ -314,14 +338,14 @@ pub(super) mod tests {
     use bytes::Bytes;
     use std::sync::Arc;
 
-    async fn put_dir(cas: &Cas, dir: &Directory) -> Digest {
+    pub(in crate::cas) async fn put_dir(cas: &Cas, dir: &Directory) -> Digest {
         let bytes = dir.encode_to_vec();
         let d = DigestFunction::Sha256.digest_of(&bytes);
         cas.put(&d, Bytes::from(bytes)).await.unwrap();
         d
     }
 
-    fn node(name: &str, d: &Digest) -> DirectoryNode {
+    pub(in crate::cas) fn node(name: &str, d: &Digest) -> DirectoryNode {
         DirectoryNode {
             name: name.into(),
             digest: Some(d.to_proto()),
