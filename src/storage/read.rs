@@ -453,10 +453,10 @@ impl Shared {
     /// `get` for many keys, answers in order: every hit's first record is asked of the disk
     /// before any is read (`ask_together`), so cold blobs are read together.
     pub fn get_many(&self, keys: &[Key]) -> Vec<Option<(Entry, Blob)>> {
-        match self.read_many(keys, false) {
-            Cached::Read(hits) => hits,
-            Cached::OnDisk => Vec::new(), // never: an uncached read reads
-        }
+        let (growing, index) = (self.growing.load(), self.index.load());
+        let hits = self.hits(&index, growing.as_deref(), keys);
+        self.ask_together(hits.iter().flatten().map(|(_, _, (_, _, e))| e));
+        self.serve_all(keys, hits)
     }
 
     /// `get`, only if it waits on no disk: `OnDisk` if the record's pages are not all in the
@@ -481,33 +481,35 @@ impl Shared {
     /// `get_many`, only if it waits on no disk for any key (`get_cached`): `OnDisk` if some
     /// record is not in memory (then every record is asked of the disk, none read).
     pub fn get_many_cached(&self, keys: &[Key]) -> Cached<Vec<Option<(Entry, Blob)>>> {
-        self.read_many(keys, true)
+        let (growing, index) = (self.growing.load(), self.index.load());
+        let hits = self.hits(&index, growing.as_deref(), keys);
+        let entries = || hits.iter().flatten().map(|(_, _, (_, _, e))| e);
+        if !entries().all(|e| self.in_memory(e)) {
+            self.ask_together(entries());
+            return Cached::OnDisk;
+        }
+        Cached::Read(self.serve_all(keys, hits))
     }
 
-    /// `get_many`, or with `cached` `get_many_cached`.
-    fn read_many(&self, keys: &[Key], cached: bool) -> Cached<Vec<Option<(Entry, Blob)>>> {
-        let growing = self.growing.load();
-        let index = self.index.load();
-        let hits: Vec<_> = keys
-            .iter()
-            .map(|k| self.hit(&index, growing.as_deref(), k))
-            .collect();
-        let entries = || hits.iter().flatten().map(|(_, _, (_, _, e))| e);
-        if !cached || !entries().all(|e| self.in_memory(e)) {
-            self.ask_together(entries());
-            if cached {
-                return Cached::OnDisk;
-            }
-        }
-        Cached::Read(
-            keys.iter()
-                .zip(hits)
-                .map(|(k, hit)| {
-                    let (table, also, hit) = hit?;
-                    self.serve(table, also, k, hit, true)
-                })
-                .collect(),
-        )
+    /// Where each of `keys` is (`hit`), in order.
+    fn hits<'a>(
+        &self,
+        index: &'a Index,
+        growing: Option<&'a Index>,
+        keys: &[Key],
+    ) -> Vec<Option<Hit<'a>>> {
+        keys.iter().map(|k| self.hit(index, growing, k)).collect()
+    }
+
+    /// Reads the blobs of `hits` (of `keys`, in order), their records asked for already.
+    fn serve_all(&self, keys: &[Key], hits: Vec<Option<Hit<'_>>>) -> Vec<Option<(Entry, Blob)>> {
+        keys.iter()
+            .zip(hits)
+            .map(|(k, hit)| {
+                let (table, also, hit) = hit?;
+                self.serve(table, also, k, hit, true)
+            })
+            .collect()
     }
 
     /// Whether the record of entry `e` is in the page cache, every page of it (`sys::resident`;
