@@ -313,6 +313,14 @@ pub struct CacheConfig {
     /// upload) and gets RESOURCE_EXHAUSTED when the budget is spent. Raise it for many parallel
     /// large uploads; metric: `kiln_uploads_buffer_reserved_bytes`, `kiln_uploads_refused`.
     pub max_upload_buffer_bytes: u64,
+    /// Most distinct directories one GetTree walk holds (about 128 bytes each): a larger
+    /// tree gets INVALID_ARGUMENT naming this setting. Default 1Mi, as
+    /// `execution.max_input_directories`.
+    pub max_tree_directories: u64,
+    /// Most distinct directories all GetTree walks hold at once, walks parked for a resume
+    /// included. Default 8Mi (about 1 GiB). A walk that would pass it gets RESOURCE_EXHAUSTED
+    /// naming this setting, and may be tried again. At least `max_tree_directories`.
+    pub max_walked_directories: u64,
 }
 
 impl Default for CacheConfig {
@@ -325,6 +333,8 @@ impl Default for CacheConfig {
             read_chunk_bytes: 64 << 10,
             max_open_uploads: 4096,
             max_upload_buffer_bytes: 1 << 30,
+            max_tree_directories: 1 << 20,
+            max_walked_directories: 8 << 20,
         }
     }
 }
@@ -851,6 +861,15 @@ impl Config {
             return invalid(
                 "cache.max_message_bytes",
                 "must exceed max_batch_total_size_bytes by 64 KiB or more",
+            );
+        }
+        if self.cache.max_tree_directories == 0 {
+            return invalid("cache.max_tree_directories", "must be at least 1");
+        }
+        if self.cache.max_walked_directories < self.cache.max_tree_directories {
+            return invalid(
+                "cache.max_walked_directories",
+                "must be at least cache.max_tree_directories",
             );
         }
         if self.cache.read_chunk_bytes == 0

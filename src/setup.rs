@@ -922,7 +922,10 @@ impl Prepared {
             open_store(config, &metrics)?,
             metrics.clone(),
         ));
-        let cas = Cas::new(store.clone());
+        let cas = Cas::new(store.clone()).with_walk_limits(
+            usize::try_from(config.cache.max_tree_directories).unwrap_or(usize::MAX),
+            usize::try_from(config.cache.max_walked_directories).unwrap_or(usize::MAX),
+        );
         let mut ac = ActionCache::new(cas.clone(), store);
         // The HTTP cache API's action cache: the same entries, without the upstream hook.
         let (http_cas, http_ac) = (cas.clone(), ac.clone());

@@ -289,6 +289,99 @@ async fn bad_requests_get_invalid_argument_with_a_message() {
     );
 }
 
+type CasClient =
+    kiln::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient<
+        tonic::transport::Channel,
+    >;
+
+/// A root over `n` distinct subdirectories of about `pad` bytes each, all stored; its digest.
+async fn wide_tree(cas: &mut CasClient, n: usize, pad: usize) -> kiln::digest::Digest {
+    let mut subdirs = Vec::new();
+    let mut uploads = Vec::new();
+    for i in 0..n {
+        let d = Directory {
+            files: vec![kiln::proto::reapi::FileNode {
+                name: format!("f{i}{}", "x".repeat(pad)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        subdirs.push(DirectoryNode {
+            name: format!("d{i}"),
+            digest: Some(digest(&d).to_proto()),
+        });
+        uploads.push(upload_request(&d));
+    }
+    let root = Directory {
+        directories: subdirs,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    uploads.push(upload_request(&root));
+    for u in uploads {
+        cas.batch_update_blobs(BatchUpdateBlobsRequest {
+            requests: vec![u],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    digest(&root)
+}
+
+/// The bounds on GetTree walks, end to end: a tree of more directories than one walk may hold
+/// is INVALID_ARGUMENT naming `cache.max_tree_directories`; while a stream holds a walk, a
+/// second one that would take all walks past `cache.max_walked_directories` is
+/// RESOURCE_EXHAUSTED naming it; a tree within both is served.
+#[tokio::test]
+async fn get_tree_walks_are_bounded_one_by_one_and_together() {
+    let s = TestServer::start_with(|c| {
+        c.cache.max_tree_directories = 7;
+        c.cache.max_walked_directories = 12;
+    })
+    .await;
+    let mut cas = s.cas().await;
+    let big = wide_tree(&mut cas, 7, 0).await;
+    // Pages of 1 MB: a stream its client does not read stops at the HTTP/2 window (2 MiB for
+    // this client), its walk not done.
+    let small = wide_tree(&mut cas, 6, 1_000_000).await;
+    let req = |root: &kiln::digest::Digest| GetTreeRequest {
+        root_digest: Some(root.to_proto()),
+        page_size: 1,
+        ..Default::default()
+    };
+    let err = cas.get_tree(req(&big)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("cache.max_tree_directories"),
+        "{err:?}"
+    );
+
+    // A stream that has read one page of the small tree holds its 7 directories.
+    let mut held = cas.get_tree(req(&small)).await.unwrap().into_inner();
+    assert_eq!(held.message().await.unwrap().unwrap().directories.len(), 1);
+    let err = cas.get_tree(req(&small)).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("cache.max_walked_directories"),
+        "{err:?}"
+    );
+    // The held stream goes on to its end, and a walk done gives its directories back.
+    let mut n = 1;
+    while let Some(page) = held.message().await.unwrap() {
+        n += page.directories.len();
+    }
+    assert_eq!(n, 7);
+    drop(held);
+    let mut again = cas.get_tree(req(&small)).await.unwrap().into_inner();
+    let mut n = 0;
+    while let Some(page) = again.message().await.unwrap() {
+        n += page.directories.len();
+    }
+    assert_eq!(n, 7, "served once the first walk was done");
+}
+
 #[tokio::test]
 async fn get_tree_streams_pages_of_the_present_tree() {
     let s = TestServer::start().await;

@@ -29,6 +29,7 @@ pub fn cas_code(err: &CasError) -> Code {
         | CasError::ActionNotFound(_)
         | CasError::ChunksMissing { .. } => Code::NotFound,
         CasError::Forward(_) => Code::Unavailable,
+        CasError::Exhausted(_) => Code::ResourceExhausted,
         CasError::Storage(e) => storage_code(e),
     }
 }

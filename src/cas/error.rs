@@ -41,6 +41,10 @@ pub enum CasError {
     /// Any other request problem, with its explanation.
     #[error("{0}")]
     InvalidArgument(String),
+    /// The server is at a bound it shares between requests (the directories all GetTree
+    /// walks hold): another time may succeed.
+    #[error("{0}")]
+    Exhausted(String),
     /// Stored locally, but an [`super::UpdateHook`] (the upstream tier) could not pass it on.
     #[error("{0}")]
     Forward(String),

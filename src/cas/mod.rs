@@ -32,7 +32,11 @@ pub use error::CasError;
 pub use read::{COLD_READS, TREE_WALKS};
 pub use records::MAX_ASSET_RECORD_BYTES;
 pub use split::FAST_CDC;
-pub use tree::{MAX_PAGE_BYTES, TreePage, TreePager, get_tree_page};
+use tree::WalkBudget;
+pub use tree::{
+    MAX_PAGE_BYTES, MAX_TREE_DIRECTORIES, MAX_WALKED_DIRECTORIES, TreePage, TreePager,
+    get_tree_page,
+};
 pub use tree_pagers::PausedTrees;
 pub use tree_stream::StreamedWalk;
 pub use upload::Upload;
@@ -50,6 +54,8 @@ pub struct Cas {
     cold: Arc<tokio::sync::Semaphore>,
     /// Slots for GetTree pages (`read.rs`).
     walks: Arc<tokio::sync::Semaphore>,
+    /// The directories GetTree walks may hold (`tree.rs`).
+    walked: Arc<WalkBudget>,
 }
 
 impl Cas {
@@ -59,7 +65,19 @@ impl Cas {
             store,
             cold: Arc::new(tokio::sync::Semaphore::new(COLD_READS)),
             walks: Arc::new(tokio::sync::Semaphore::new(TREE_WALKS)),
+            walked: Arc::new(WalkBudget::new(
+                MAX_TREE_DIRECTORIES,
+                MAX_WALKED_DIRECTORIES,
+            )),
         }
+    }
+
+    /// This CAS with other bounds on the directories a GetTree walk may hold: `per_walk` for
+    /// one walk, `all_walks` for every walk at once (active and parked).
+    #[must_use]
+    pub fn with_walk_limits(mut self, per_walk: usize, all_walks: usize) -> Self {
+        self.walked = Arc::new(WalkBudget::new(per_walk, all_walks));
+        self
     }
 
     /// The storage key of a blob: its hash, in the key space of its digest function (the

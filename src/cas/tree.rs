@@ -15,6 +15,8 @@ use crate::digest::Digest;
 use crate::proto::reapi::Directory;
 use crate::storage::Cached;
 use prost::Message;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Longest page token accepted (`INDEX.TAG` is at most 20 + 1 + 16 characters).
 const MAX_TOKEN_LEN: usize = 64;
@@ -25,6 +27,75 @@ const TAG_BYTES: usize = 8;
 /// asked for. gRPC clients refuse messages over 4 MiB unless told otherwise, and the walk
 /// holds a page in memory.
 pub const MAX_PAGE_BYTES: usize = 2 << 20;
+/// Default bound on the distinct directories one GetTree walk holds (met, whether returned,
+/// queued or absent; about 128 bytes each): a tree with more is refused (INVALID_ARGUMENT), as
+/// Execute refuses an input tree of more than `execution.max_input_directories` (the same
+/// default). Setting: `cache.max_tree_directories`.
+pub const MAX_TREE_DIRECTORIES: usize = 1 << 20;
+/// Default bound on the distinct directories all GetTree walks hold at once, parked ones
+/// included (about 1 GiB): a walk that would pass it fails with RESOURCE_EXHAUSTED, and may be
+/// tried again. Setting: `cache.max_walked_directories`.
+pub const MAX_WALKED_DIRECTORIES: usize = 8 << 20;
+
+/// The bounds on the directories GetTree walks hold, and how many they hold now.
+#[derive(Debug)]
+pub(super) struct WalkBudget {
+    per_walk: usize,
+    all_walks: usize,
+    held: AtomicUsize,
+}
+
+impl WalkBudget {
+    pub(super) fn new(per_walk: usize, all_walks: usize) -> Self {
+        Self {
+            per_walk,
+            all_walks,
+            held: AtomicUsize::new(0),
+        }
+    }
+
+    /// Directories the walks hold now.
+    #[cfg(test)]
+    pub(super) fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+}
+
+/// The directories one walk holds, charged to the budget of all walks, and given back when
+/// the walk is dropped.
+#[derive(Debug)]
+struct Charge {
+    budget: Arc<WalkBudget>,
+    held: usize,
+}
+
+impl Charge {
+    /// Charges the walk of `root` for `seen` directories in all.
+    fn grow_to(&mut self, seen: usize, root: &Digest) -> Result<(), CasError> {
+        let more = seen.saturating_sub(self.held);
+        if more == 0 {
+            return Ok(());
+        }
+        let b = &self.budget;
+        let before = b.held.fetch_add(more, Ordering::Relaxed);
+        if before + more > b.all_walks {
+            b.held.fetch_sub(more, Ordering::Relaxed);
+            return Err(CasError::Exhausted(format!(
+                "GetTree of {root}: the walks under way hold {before} directories, at the \
+                 server's bound of {} (cache.max_walked_directories); try again later",
+                b.all_walks
+            )));
+        }
+        self.held = seen;
+        Ok(())
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.held, Ordering::Relaxed);
+    }
+}
 
 /// One page of a tree walk.
 #[derive(Debug, Default)]
@@ -51,6 +122,8 @@ pub struct TreePager {
     next: Next,
     /// Directories gathered for the next page and not returned yet.
     page: Gathered,
+    /// The walk's directories, charged to the budget of all walks (from its first visit).
+    charge: Option<Charge>,
 }
 
 /// Directories gathered for a page: the messages, their digests (a page cut short names the
@@ -121,6 +194,7 @@ impl TreePager {
             returned: 0,
             next: Next::Unread(None),
             page: Gathered::default(),
+            charge: None,
         }
     }
 
@@ -134,7 +208,9 @@ impl TreePager {
             let (index, tag) = parse_token(page_token)?;
             (index, Some(tag))
         };
-        pager.load(cas, true)?;
+        // Reads on this thread may wait: no batches.
+        let mut unbounded = usize::MAX;
+        pager.load(cas, true, &mut unbounded)?;
         while pager.returned < index {
             if !matches!(pager.next, Next::Dir(..)) {
                 return Err(CasError::InvalidArgument(format!(
@@ -143,7 +219,7 @@ impl TreePager {
             }
             pager.returned += 1;
             pager.next = Next::Unread(None);
-            pager.load(cas, true)?;
+            pager.load(cas, true, &mut unbounded)?;
         }
         if let Some(tag) = tag
             && !matches!(&pager.next, Next::Dir(d, _) if token_tag(d) == tag)
@@ -171,40 +247,36 @@ impl TreePager {
         batch: usize,
     ) -> Result<CachedPage, CasError> {
         Ok(match self.fill(cas, page_size, false, batch)? {
-            Fill::Full => CachedPage::Made(self.take_page(page_size)),
-            Fill::OnDisk => CachedPage::OnDisk,
-            Fill::Batch => CachedPage::Batch,
+            Progress::Done => CachedPage::Made(self.take_page(page_size)),
+            Progress::OnDisk => CachedPage::OnDisk,
+            Progress::Batch => CachedPage::Batch,
         })
     }
 
     /// Gathers directories until the page is full or the walk is done, or (with `wait` false)
-    /// until the next directory is on disk, or until `batch` directories were read.
+    /// until the next directory is on disk, or until `batch` directories (present or not)
+    /// were looked at.
     fn fill(
         &mut self,
         cas: &Cas,
         page_size: usize,
         wait: bool,
         mut batch: usize,
-    ) -> Result<Fill, CasError> {
+    ) -> Result<Progress, CasError> {
         loop {
-            if let Next::Unread(_) = self.next {
-                if batch == 0 {
-                    return Ok(Fill::Batch);
-                }
-                batch -= 1;
-                if !self.load(cas, wait)? {
-                    return Ok(Fill::OnDisk);
-                }
+            match self.load(cas, wait, &mut batch)? {
+                Progress::Done => {}
+                stopped => return Ok(stopped),
             }
             let Next::Dir(_, dir) = &self.next else {
-                return Ok(Fill::Full);
+                return Ok(Progress::Done);
             };
             let size = page_size_of(dir);
             let gathered = self.page.dirs.len();
             let full = gathered >= page_size.max(1)
                 || (gathered > 0 && self.page.bytes + size > MAX_PAGE_BYTES);
             if full {
-                return Ok(Fill::Full);
+                return Ok(Progress::Done);
             }
             if let Next::Dir(d, dir) = std::mem::replace(&mut self.next, Next::Unread(None)) {
                 self.page.push(d, dir, size);
@@ -253,14 +325,25 @@ impl TreePager {
     }
 
     /// Loads the next directory present in the CAS into `next` (its children queued), or the
-    /// end. With `wait` false, a directory on disk is not read: it stays `Unread` and this
-    /// returns false. A directory whose read fails stays `Unread` too.
-    fn load(&mut self, cas: &Cas, wait: bool) -> Result<bool, CasError> {
+    /// end (`Done`; at once if `next` is loaded already). With `wait` false, a directory on
+    /// disk is not read: it stays `Unread` (`OnDisk`). Each directory looked at, absent ones
+    /// included, takes one of `batch`; with none left it stops (`Batch`). A directory whose
+    /// read fails stays `Unread` too.
+    fn load(&mut self, cas: &Cas, wait: bool, batch: &mut usize) -> Result<Progress, CasError> {
         let Next::Unread(taken) = &mut self.next else {
-            return Ok(true);
+            return Ok(Progress::Done);
         };
         let mut taken = taken.take();
-        while let Some((d, depth)) = taken.take().or_else(|| self.walk.pop()) {
+        loop {
+            if *batch == 0 {
+                self.next = Next::Unread(taken);
+                return Ok(Progress::Batch);
+            }
+            let Some((d, depth)) = taken.take().or_else(|| self.walk.pop()) else {
+                self.next = Next::End;
+                return Ok(Progress::Done);
+            };
+            *batch -= 1;
             // Until it is read, the directory is where the walk stands.
             self.next = Next::Unread(Some((d, depth)));
             let found = if wait {
@@ -268,7 +351,7 @@ impl TreePager {
             } else {
                 match cas.get_if_cached(&d)? {
                     Cached::Read(found) => found,
-                    Cached::OnDisk => return Ok(false),
+                    Cached::OnDisk => return Ok(Progress::OnDisk),
                 }
             };
             let Some(blob) = found else {
@@ -282,17 +365,36 @@ impl TreePager {
                 reason: format!("{d}: {e}"),
             })?;
             self.walk.visit(&dir, depth)?;
+            self.account(&cas.walked)?;
             self.next = Next::Dir(d, dir);
-            return Ok(true);
+            return Ok(Progress::Done);
         }
-        self.next = Next::End;
-        Ok(true)
+    }
+
+    /// Charges the directories the walk has met to `budget`: an error past the bound on one
+    /// walk or on all of them.
+    fn account(&mut self, budget: &Arc<WalkBudget>) -> Result<(), CasError> {
+        let seen = self.walk.seen();
+        let root = *self.walk.root();
+        if seen > budget.per_walk {
+            return Err(CasError::InvalidArgument(format!(
+                "the tree under {root} has more than {} distinct directories, more than one \
+                 GetTree walks (cache.max_tree_directories)",
+                budget.per_walk
+            )));
+        }
+        let charge = self.charge.get_or_insert_with(|| Charge {
+            budget: budget.clone(),
+            held: 0,
+        });
+        charge.grow_to(seen, &root)
     }
 }
 
-/// How far [`TreePager::fill`] got.
-enum Fill {
-    Full,
+/// How far [`TreePager::load`] or [`TreePager::fill`] got: done (loaded; the page full or the
+/// walk over), stopped before a directory on disk, or out of batch.
+enum Progress {
+    Done,
     OnDisk,
     Batch,
 }
@@ -549,6 +651,65 @@ pub(super) mod tests {
             );
         }
         assert!(get_tree_page(&cas, &root, 3, &good).is_ok());
+    }
+
+    /// A walk that meets more distinct directories than one walk may hold fails with
+    /// INVALID_ARGUMENT naming the bound, and gives back what it had charged.
+    #[tokio::test]
+    async fn a_tree_past_the_bound_on_one_walk_is_refused() {
+        let cas = Cas::new(Arc::new(MemoryStore::new(1 << 24))).with_walk_limits(100, 1000);
+        let (root, count) = deep_wide_tree(&cas).await;
+        assert!(count > 100);
+        let r = get_tree_page(&cas, &root, 10_000, "");
+        let Err(CasError::InvalidArgument(m)) = r else {
+            panic!("{r:?}");
+        };
+        assert!(m.contains("more than 100 distinct directories"), "{m}");
+        assert_eq!(cas.walked.held(), 0, "the failed walk gave its charge back");
+        // A smaller tree under the same bound is walked whole.
+        let leaf = put_dir(&cas, &Directory::default()).await;
+        let small = Directory {
+            directories: vec![node("a", &leaf)],
+            ..Default::default()
+        };
+        let small = put_dir(&cas, &small).await;
+        assert_eq!(
+            get_tree_page(&cas, &small, 10, "")
+                .unwrap()
+                .directories
+                .len(),
+            2
+        );
+    }
+
+    /// Walks held at once share one bound: a walk that would take the directories held past
+    /// it fails with `Exhausted` (RESOURCE_EXHAUSTED); once the walks holding them are gone,
+    /// it succeeds.
+    #[tokio::test]
+    async fn walks_held_at_once_share_a_bound_and_give_it_back() {
+        let cas = Cas::new(Arc::new(MemoryStore::new(1 << 24))).with_walk_limits(1000, 300);
+        let (root, count) = deep_wide_tree(&cas).await;
+        // A stream's walk part-way through the tree holds what it has met.
+        let mut first = TreePager::new(&cas, &root, "").unwrap();
+        first.next_page(&cas, count / 2).unwrap();
+        let held = cas.walked.held();
+        assert!(held > 300 - count, "{held} held");
+        let r = get_tree_page(&cas, &root, 10_000, "");
+        assert!(matches!(r, Err(CasError::Exhausted(_))), "{r:?}");
+        assert_eq!(
+            cas.walked.held(),
+            held,
+            "the failed walk gave its charge back"
+        );
+        drop(first);
+        assert_eq!(cas.walked.held(), 0);
+        let all = get_tree_page(&cas, &root, 10_000, "").unwrap();
+        assert_eq!(all.directories.len(), count);
+        assert_eq!(
+            cas.walked.held(),
+            0,
+            "a walk done and dropped holds nothing"
+        );
     }
 
     #[tokio::test]

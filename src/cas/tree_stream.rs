@@ -281,9 +281,37 @@ mod tests {
         );
     }
 
-    /// A page of more cached directories than a batch lets other tasks run while it is made
-    /// (on a one-thread runtime, a task spawned before it runs before it ends), and is still
-    /// the whole walk.
+    /// The first page (of up to `page_size`) of a root over `children`, made on a one-thread
+    /// runtime beside a task that counts its turns; the page and the turns that task got
+    /// before the page was made.
+    async fn first_page_beside_another_task(
+        cas: &Cas,
+        children: Vec<crate::proto::reapi::DirectoryNode>,
+        page_size: usize,
+    ) -> (TreePage, usize) {
+        let root = Directory {
+            directories: children,
+            ..Default::default()
+        };
+        let root = put_dir(cas, &root).await;
+        let turns = Arc::new(AtomicUsize::new(0));
+        let t = turns.clone();
+        let other = tokio::spawn(async move {
+            loop {
+                t.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        });
+        let trees = Arc::new(PausedTrees::default());
+        let start = StreamedWalk::start(cas, trees, String::new(), root, String::new(), page_size);
+        let (_walk, page) = start.await.unwrap();
+        let turns = turns.load(Ordering::SeqCst);
+        other.abort();
+        (page, turns)
+    }
+
+    /// A page of more cached directories than a batch lets other tasks run while it is made,
+    /// and is still the whole walk.
     #[tokio::test(flavor = "current_thread")]
     async fn a_long_cached_page_lets_other_tasks_run() {
         let cas = Cas::new(Arc::new(MemoryStore::new(1 << 24)));
@@ -299,29 +327,33 @@ mod tests {
             };
             leaves.push(node(&format!("d{i}"), &put_dir(&cas, &leaf).await));
         }
-        let root = Directory {
-            directories: leaves,
-            ..Default::default()
-        };
-        let root = put_dir(&cas, &root).await;
-        let count = RUNTIME_BATCH + 11;
-        let ticks = Arc::new(AtomicUsize::new(0));
-        let t = ticks.clone();
-        let ticker = tokio::spawn(async move {
-            loop {
-                t.fetch_add(1, Ordering::SeqCst);
-                tokio::task::yield_now().await;
-            }
-        });
-        let trees = Arc::new(PausedTrees::default());
-        let start = StreamedWalk::start(&cas, trees, String::new(), root, String::new(), 10_000);
-        let (_walk, page) = start.await.unwrap();
-        assert!(
-            ticks.load(Ordering::SeqCst) > 0,
-            "another task ran while the page was made"
+        let (page, turns) = first_page_beside_another_task(&cas, leaves, 10_000).await;
+        assert!(turns > 0, "another task ran while the page was made");
+        assert_eq!(
+            page.directories.len(),
+            RUNTIME_BATCH + 11,
+            "one page, the whole walk"
         );
-        ticker.abort();
-        assert_eq!(page.directories.len(), count, "one page, the whole walk");
+        assert!(page.next_page_token.is_empty());
+    }
+
+    /// Directories missing from the CAS count against a batch too: a root listing more absent
+    /// children than a batch lets other tasks run while they are looked for.
+    #[tokio::test(flavor = "current_thread")]
+    async fn absent_children_let_other_tasks_run_too() {
+        let cas = Cas::new(Arc::new(MemoryStore::new(1 << 26)));
+        let absent: Vec<_> = (0..3 * RUNTIME_BATCH)
+            .map(|i| {
+                let d = DigestFunction::Sha256.digest_of(format!("absent {i}").as_bytes());
+                node(&format!("d{i}"), &d)
+            })
+            .collect();
+        let (page, turns) = first_page_beside_another_task(&cas, absent, 10).await;
+        assert!(
+            turns > 0,
+            "another task ran while the absent children were looked for"
+        );
+        assert_eq!(page.directories.len(), 1, "the root alone");
         assert!(page.next_page_token.is_empty());
     }
 }

@@ -43,6 +43,7 @@ fn cas_status(err: &CasError) -> StatusCode {
         | CasError::ActionNotFound(_)
         | CasError::ChunksMissing { .. } => StatusCode::NOT_FOUND,
         CasError::Forward(_) => StatusCode::BAD_GATEWAY,
+        CasError::Exhausted(_) => StatusCode::SERVICE_UNAVAILABLE,
         CasError::Storage(e) => match e {
             StorageError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
             StorageError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
