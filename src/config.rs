@@ -313,13 +313,15 @@ pub struct CacheConfig {
     /// upload) and gets RESOURCE_EXHAUSTED when the budget is spent. Raise it for many parallel
     /// large uploads; metric: `kiln_uploads_buffer_reserved_bytes`, `kiln_uploads_refused`.
     pub max_upload_buffer_bytes: u64,
-    /// Most distinct directories one GetTree walk holds (about 128 bytes each): a larger
+    /// Most distinct directories one GetTree walk holds (about 150 bytes each): a larger
     /// tree gets INVALID_ARGUMENT naming this setting. Default 1Mi, as
-    /// `execution.max_input_directories`.
+    /// `execution.max_input_directories`. (GetTree also reads no Directory larger than
+    /// `execution.max_directory_bytes`.)
     pub max_tree_directories: u64,
     /// Most distinct directories all GetTree walks hold at once, walks parked for a resume
-    /// included. Default 8Mi (about 1 GiB). A walk that would pass it gets RESOURCE_EXHAUSTED
+    /// included. Default 8Mi (1-1.5 GiB). A walk that would pass it gets RESOURCE_EXHAUSTED
     /// naming this setting, and may be tried again. At least `max_tree_directories`.
+    /// Metric: `kiln_get_tree_walked_directories`.
     pub max_walked_directories: u64,
 }
 

@@ -925,6 +925,7 @@ impl Prepared {
         let cas = Cas::new(store.clone()).with_walk_limits(
             usize::try_from(config.cache.max_tree_directories).unwrap_or(usize::MAX),
             usize::try_from(config.cache.max_walked_directories).unwrap_or(usize::MAX),
+            config.execution.max_directory_bytes,
         );
         let mut ac = ActionCache::new(cas.clone(), store);
         // The HTTP cache API's action cache: the same entries, without the upstream hook.

@@ -341,10 +341,18 @@ async fn get_tree_walks_are_bounded_one_by_one_and_together() {
         c.cache.max_walked_directories = 12;
     })
     .await;
-    let mut cas = s.cas().await;
+    // A client whose HTTP/2 stream window is 1 MiB: a stream it does not read stops once
+    // about that much is sent (and a page more is buffered), its walk not done.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", s.addr))
+        .unwrap()
+        .initial_stream_window_size(1 << 20)
+        .http2_adaptive_window(false)
+        .connect()
+        .await
+        .unwrap();
+    let mut cas = CasClient::new(channel).max_decoding_message_size(64 << 20);
     let big = wide_tree(&mut cas, 7, 0).await;
-    // Pages of 1 MB: a stream its client does not read stops at the HTTP/2 window (2 MiB for
-    // this client), its walk not done.
+    // Pages of 1 MB each, 6 MB in all.
     let small = wide_tree(&mut cas, 6, 1_000_000).await;
     let req = |root: &kiln::digest::Digest| GetTreeRequest {
         root_digest: Some(root.to_proto()),
@@ -367,6 +375,12 @@ async fn get_tree_walks_are_bounded_one_by_one_and_together() {
         err.message().contains("cache.max_walked_directories"),
         "{err:?}"
     );
+    let walked = || s.counter("kiln_get_tree_walked_directories");
+    assert_eq!(
+        walked().await,
+        7,
+        "the held walk's directories, on /metrics"
+    );
     // The held stream goes on to its end, and a walk done gives its directories back.
     let mut n = 1;
     while let Some(page) = held.message().await.unwrap() {
@@ -374,6 +388,14 @@ async fn get_tree_walks_are_bounded_one_by_one_and_together() {
     }
     assert_eq!(n, 7);
     drop(held);
+    // The server drops the walk as its stream ends, which may trail the client's last read.
+    for _ in 0..100 {
+        if walked().await == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(walked().await, 0, "a walk done gives its directories back");
     let mut again = cas.get_tree(req(&small)).await.unwrap().into_inner();
     let mut n = 0;
     while let Some(page) = again.message().await.unwrap() {

@@ -123,10 +123,20 @@ impl CacheServices {
         move || uploads.gauges()
     }
 
-    /// Gauges of the paused GetTree walks (kept, held, resumes continued or walked again).
+    /// Gauges of the GetTree walks: the directories they hold, and the paused ones (kept,
+    /// held, resumes continued or walked again).
     pub fn tree_gauges(&self) -> impl Fn() -> Vec<(&'static str, &'static str, i64)> + use<> {
-        let trees = self.trees.clone();
-        move || trees.gauges()
+        let (trees, cas) = (self.trees.clone(), self.cas.clone());
+        move || {
+            let mut gauges = trees.gauges();
+            gauges.push((
+                "get_tree_walked_directories",
+                "Distinct directories the GetTree walks under way and parked hold \
+                 (bounded by cache.max_walked_directories)",
+                i64::try_from(cas.walked_directories()).unwrap_or(i64::MAX),
+            ));
+            gauges
+        }
     }
 
     /// Adds Capabilities, CAS, ByteStream and ActionCache to a route table.

@@ -34,8 +34,8 @@ pub use records::MAX_ASSET_RECORD_BYTES;
 pub use split::FAST_CDC;
 use tree::WalkBudget;
 pub use tree::{
-    MAX_PAGE_BYTES, MAX_TREE_DIRECTORIES, MAX_WALKED_DIRECTORIES, TreePage, TreePager,
-    get_tree_page,
+    MAX_DIRECTORY_BYTES, MAX_PAGE_BYTES, MAX_TREE_DIRECTORIES, MAX_WALKED_DIRECTORIES, TreePage,
+    TreePager, get_tree_page,
 };
 pub use tree_pagers::PausedTrees;
 pub use tree_stream::StreamedWalk;
@@ -68,16 +68,28 @@ impl Cas {
             walked: Arc::new(WalkBudget::new(
                 MAX_TREE_DIRECTORIES,
                 MAX_WALKED_DIRECTORIES,
+                MAX_DIRECTORY_BYTES,
             )),
         }
     }
 
-    /// This CAS with other bounds on the directories a GetTree walk may hold: `per_walk` for
-    /// one walk, `all_walks` for every walk at once (active and parked).
+    /// This CAS with other bounds on GetTree walks: the distinct directories one walk may
+    /// hold (`per_walk`) and every walk at once, parked ones included (`all_walks`), and the
+    /// largest Directory a walk reads (`directory_bytes`).
     #[must_use]
-    pub fn with_walk_limits(mut self, per_walk: usize, all_walks: usize) -> Self {
-        self.walked = Arc::new(WalkBudget::new(per_walk, all_walks));
+    pub fn with_walk_limits(
+        mut self,
+        per_walk: usize,
+        all_walks: usize,
+        directory_bytes: u64,
+    ) -> Self {
+        self.walked = Arc::new(WalkBudget::new(per_walk, all_walks, directory_bytes));
         self
+    }
+
+    /// Distinct directories the GetTree walks under way (and parked) hold now.
+    pub fn walked_directories(&self) -> usize {
+        self.walked.held()
     }
 
     /// The storage key of a blob: its hash, in the key space of its digest function (the

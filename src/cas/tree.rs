@@ -28,34 +28,39 @@ const TAG_BYTES: usize = 8;
 /// holds a page in memory.
 pub const MAX_PAGE_BYTES: usize = 2 << 20;
 /// Default bound on the distinct directories one GetTree walk holds (met, whether returned,
-/// queued or absent; about 128 bytes each): a tree with more is refused (INVALID_ARGUMENT), as
+/// queued or absent; about 150 bytes each): a tree with more is refused (INVALID_ARGUMENT), as
 /// Execute refuses an input tree of more than `execution.max_input_directories` (the same
 /// default). Setting: `cache.max_tree_directories`.
 pub const MAX_TREE_DIRECTORIES: usize = 1 << 20;
 /// Default bound on the distinct directories all GetTree walks hold at once, parked ones
-/// included (about 1 GiB): a walk that would pass it fails with RESOURCE_EXHAUSTED, and may be
+/// included (1-1.5 GiB): a walk that would pass it fails with RESOURCE_EXHAUSTED, and may be
 /// tried again. Setting: `cache.max_walked_directories`.
 pub const MAX_WALKED_DIRECTORIES: usize = 8 << 20;
+/// Default bound on one Directory's encoded size: a walk refuses a larger one before reading
+/// it (INVALID_ARGUMENT), so one message cannot queue millions of children before the bounds
+/// above are looked at. Setting: `execution.max_directory_bytes`, which Execute applies too.
+pub const MAX_DIRECTORY_BYTES: u64 = 4 << 20;
 
 /// The bounds on the directories GetTree walks hold, and how many they hold now.
 #[derive(Debug)]
 pub(super) struct WalkBudget {
     per_walk: usize,
     all_walks: usize,
+    directory_bytes: u64,
     held: AtomicUsize,
 }
 
 impl WalkBudget {
-    pub(super) fn new(per_walk: usize, all_walks: usize) -> Self {
+    pub(super) fn new(per_walk: usize, all_walks: usize, directory_bytes: u64) -> Self {
         Self {
             per_walk,
             all_walks,
+            directory_bytes,
             held: AtomicUsize::new(0),
         }
     }
 
     /// Directories the walks hold now.
-    #[cfg(test)]
     pub(super) fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)
     }
@@ -77,12 +82,16 @@ impl Charge {
             return Ok(());
         }
         let b = &self.budget;
-        let before = b.held.fetch_add(more, Ordering::Relaxed);
-        if before + more > b.all_walks {
-            b.held.fetch_sub(more, Ordering::Relaxed);
+        let grown = b
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(more).filter(|&total| total <= b.all_walks)
+            });
+        if let Err(held) = grown {
             return Err(CasError::Exhausted(format!(
-                "GetTree of {root}: the walks under way hold {before} directories, at the \
-                 server's bound of {} (cache.max_walked_directories); try again later",
+                "GetTree of {root}: {more} more directories would take the walks under way \
+                 (holding {held}) past the server's bound of {} (cache.max_walked_directories); \
+                 try again later",
                 b.all_walks
             )));
         }
@@ -346,6 +355,14 @@ impl TreePager {
             *batch -= 1;
             // Until it is read, the directory is where the walk stands.
             self.next = Next::Unread(Some((d, depth)));
+            let max = cas.walked.directory_bytes;
+            if d.size > max {
+                return Err(CasError::InvalidArgument(format!(
+                    "Directory {d} of the tree under {} is larger than the {max} bytes a \
+                     GetTree walk reads (execution.max_directory_bytes)",
+                    self.walk.root()
+                )));
+            }
             let found = if wait {
                 cas.get(&d)?
             } else {
@@ -379,7 +396,7 @@ impl TreePager {
         if seen > budget.per_walk {
             return Err(CasError::InvalidArgument(format!(
                 "the tree under {root} has more than {} distinct directories, more than one \
-                 GetTree walks (cache.max_tree_directories)",
+                 GetTree walk holds (cache.max_tree_directories)",
                 budget.per_walk
             )));
         }
@@ -657,7 +674,11 @@ pub(super) mod tests {
     /// INVALID_ARGUMENT naming the bound, and gives back what it had charged.
     #[tokio::test]
     async fn a_tree_past_the_bound_on_one_walk_is_refused() {
-        let cas = Cas::new(Arc::new(MemoryStore::new(1 << 24))).with_walk_limits(100, 1000);
+        let cas = Cas::new(Arc::new(MemoryStore::new(1 << 24))).with_walk_limits(
+            100,
+            1000,
+            MAX_DIRECTORY_BYTES,
+        );
         let (root, count) = deep_wide_tree(&cas).await;
         assert!(count > 100);
         let r = get_tree_page(&cas, &root, 10_000, "");
@@ -682,12 +703,44 @@ pub(super) mod tests {
         );
     }
 
+    /// A Directory larger than a walk reads is refused before it is read (INVALID_ARGUMENT
+    /// naming the setting), wherever it is in the tree.
+    #[tokio::test]
+    async fn a_directory_past_the_size_bound_is_refused_unread() {
+        let cas = Cas::new(Arc::new(MemoryStore::new(1 << 24))).with_walk_limits(100, 1000, 1000);
+        let big = Directory {
+            files: vec![crate::proto::reapi::FileNode {
+                name: "x".repeat(2000),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let big = put_dir(&cas, &big).await;
+        let root = Directory {
+            directories: vec![node("big", &big)],
+            ..Default::default()
+        };
+        let root = put_dir(&cas, &root).await;
+        for (what, tree) in [("the root", big), ("a child", root)] {
+            let r = get_tree_page(&cas, &tree, 10, "");
+            let Err(CasError::InvalidArgument(m)) = r else {
+                panic!("{what}: {r:?}");
+            };
+            assert!(m.contains("execution.max_directory_bytes"), "{what}: {m}");
+        }
+        assert_eq!(cas.walked.held(), 0);
+    }
+
     /// Walks held at once share one bound: a walk that would take the directories held past
     /// it fails with `Exhausted` (RESOURCE_EXHAUSTED); once the walks holding them are gone,
     /// it succeeds.
     #[tokio::test]
     async fn walks_held_at_once_share_a_bound_and_give_it_back() {
-        let cas = Cas::new(Arc::new(MemoryStore::new(1 << 24))).with_walk_limits(1000, 300);
+        let cas = Cas::new(Arc::new(MemoryStore::new(1 << 24))).with_walk_limits(
+            1000,
+            300,
+            MAX_DIRECTORY_BYTES,
+        );
         let (root, count) = deep_wide_tree(&cas).await;
         // A stream's walk part-way through the tree holds what it has met.
         let mut first = TreePager::new(&cas, &root, "").unwrap();
