@@ -126,14 +126,14 @@ impl CacheServices {
     /// Gauges of the GetTree walks: the directories they hold, and the paused ones (kept,
     /// held, resumes continued or walked again).
     pub fn tree_gauges(&self) -> impl Fn() -> Vec<(&'static str, &'static str, i64)> + use<> {
-        let (trees, cas) = (self.trees.clone(), self.cas.clone());
+        let (trees, walked) = (self.trees.clone(), self.cas.walked_directories());
         move || {
             let mut gauges = trees.gauges();
             gauges.push((
                 "get_tree_walked_directories",
                 "Distinct directories the GetTree walks under way and parked hold \
                  (bounded by cache.max_walked_directories)",
-                i64::try_from(cas.walked_directories()).unwrap_or(i64::MAX),
+                i64::try_from(walked()).unwrap_or(i64::MAX),
             ));
             gauges
         }

@@ -87,9 +87,12 @@ impl Cas {
         self
     }
 
-    /// Distinct directories the GetTree walks under way (and parked) hold now.
-    pub fn walked_directories(&self) -> usize {
-        self.walked.held()
+    /// The distinct directories the GetTree walks under way (and parked) hold, read when
+    /// called. It holds the count alone, not the store: a metrics source must not keep the
+    /// storage engine alive past the server.
+    pub fn walked_directories(&self) -> impl Fn() -> usize + Send + Sync + 'static + use<> {
+        let walked = self.walked.clone();
+        move || walked.held()
     }
 
     /// The storage key of a blob: its hash, in the key space of its digest function (the
