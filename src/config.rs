@@ -320,8 +320,9 @@ pub struct CacheConfig {
     pub max_tree_directories: u64,
     /// Most distinct directories all GetTree walks hold at once, walks parked for a resume
     /// included. Default 8Mi (1-1.5 GiB). A walk that would pass it gets RESOURCE_EXHAUSTED
-    /// naming this setting, and may be tried again. At least `max_tree_directories`.
-    /// Metric: `kiln_get_tree_walked_directories`.
+    /// naming this setting, and may be tried again. At least `max_tree_directories`. A stream
+    /// not asked for a page for 60 s has its walk dropped (and ends with RESOURCE_EXHAUSTED),
+    /// so clients that stop reading cannot hold it. Metric: `kiln_get_tree_walked_directories`.
     pub max_walked_directories: u64,
 }
 

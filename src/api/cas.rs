@@ -304,6 +304,7 @@ impl ContentAddressableStorage for CasService {
             root,
             req.page_token,
             page_size,
+            crate::cas::STALLED_WALK,
         )
         .await?;
         let stream = async_stream::try_stream! {

@@ -38,7 +38,7 @@ pub use tree::{
     TreePager, get_tree_page,
 };
 pub use tree_pagers::PausedTrees;
-pub use tree_stream::StreamedWalk;
+pub use tree_stream::{STALLED_WALK, StreamedWalk};
 pub use upload::Upload;
 
 use crate::digest::{Digest, DigestFunction};

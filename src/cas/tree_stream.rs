@@ -16,7 +16,9 @@ use super::tree::{CachedPage, TreePage, TreePager};
 use super::tree_pagers::PausedTrees;
 use super::{Cas, CasError};
 use crate::digest::Digest;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 /// Directories a page reads on the runtime before it lets other tasks run: each costs a
 /// lookup, a look at the page cache and a decode (about 0.7 µs for a small one here), so a
@@ -25,16 +27,30 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 /// the I/O driver, which at 128 a batch cost 0.87x calls/s on hot 1,001-directory trees.
 const RUNTIME_BATCH: usize = 1024;
 
+/// How long a stream may go without asking for a page before its walk is dropped, giving its
+/// directories back to the bound all walks share (`cache.max_walked_directories`): a client
+/// that stops reading a GetTree stream holds it for at most about twice this long. Its stream
+/// then ends with RESOURCE_EXHAUSTED (never a tree cut short), and a call with its last page
+/// token goes on.
+pub const STALLED_WALK: Duration = Duration::from_secs(60);
+
 /// The walk of one GetTree stream.
 pub struct StreamedWalk {
     trees: Arc<PausedTrees>,
     instance: String,
     /// Locked by whoever makes the stream's page, one page at a time (never across an await).
     pager: Mutex<Option<TreePager>>,
+    /// When the stream last asked for a page, in ms after `born`.
+    asked: AtomicU64,
+    born: Instant,
+    /// Set when the walk was dropped for going unasked: the stream ends with an error.
+    stalled: AtomicBool,
 }
 
 impl StreamedWalk {
     /// The walk of `root` positioned at `page_token` (on `instance`), and its first page.
+    /// The walk is dropped if the stream then goes `stall` without asking for a page
+    /// ([`STALLED_WALK`] for the server's streams).
     pub async fn start(
         cas: &Cas,
         trees: Arc<PausedTrees>,
@@ -42,6 +58,7 @@ impl StreamedWalk {
         root: Digest,
         page_token: String,
         page_size: usize,
+        stall: Duration,
     ) -> Result<(Arc<Self>, TreePage), CasError> {
         let pager = trees.parked(&instance, &root, &page_token);
         let found = pager.is_some();
@@ -49,7 +66,11 @@ impl StreamedWalk {
             trees,
             instance,
             pager: Mutex::new(pager),
+            asked: AtomicU64::new(0),
+            born: Instant::now(),
+            stalled: AtomicBool::new(false),
         });
+        Self::watch(&walk, stall);
         if found {
             let first = walk.next_page(cas, page_size).await?;
             return Ok((walk, first));
@@ -61,6 +82,7 @@ impl StreamedWalk {
             .walk_on_blocking_thread(move |cas| {
                 let pager = w.trees.rewalk(cas, &root, &page_token)?;
                 *w.lock() = Some(pager);
+                w.asked.store(w.age_ms(), Ordering::Relaxed);
                 let page = w.with_pager(|p| p.next_page(cas, page_size))?;
                 Ok(page.unwrap_or_default())
             })
@@ -74,6 +96,7 @@ impl StreamedWalk {
         cas: &Cas,
         page_size: usize,
     ) -> Result<TreePage, CasError> {
+        self.asked.store(self.age_ms(), Ordering::Relaxed);
         loop {
             match self.with_pager(|p| p.page_if_cached(cas, page_size, RUNTIME_BATCH))? {
                 None => return Ok(TreePage::default()),
@@ -93,13 +116,21 @@ impl StreamedWalk {
     }
 
     /// `make` run on the walk; `None` if there is none (a page failed before). A walk that
-    /// fails part-way is dropped: it is not a position to resume from.
+    /// fails part-way is dropped: it is not a position to resume from. A walk dropped for
+    /// going unasked is an error.
     fn with_pager<T>(
         &self,
         make: impl FnOnce(&mut TreePager) -> Result<T, CasError>,
     ) -> Result<Option<T>, CasError> {
         let mut pager = self.lock();
         let Some(p) = pager.as_mut() else {
+            if self.stalled.load(Ordering::Relaxed) {
+                return Err(CasError::Exhausted(
+                    "this GetTree stream went unread too long, so its walk was dropped to free \
+                     what it held; call again with the last page token received"
+                        .into(),
+                ));
+            }
             return Ok(None);
         };
         let made = make(p);
@@ -111,6 +142,37 @@ impl StreamedWalk {
 
     fn lock(&self) -> MutexGuard<'_, Option<TreePager>> {
         self.pager.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn age_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Drops the walk once its stream has gone `stall` without asking for a page (looked at
+    /// every `stall`). The watch holds the walk only while it looks.
+    fn watch(walk: &Arc<Self>, stall: Duration) {
+        let walk = Arc::downgrade(walk);
+        let stall_ms = u64::try_from(stall.as_millis()).unwrap_or(u64::MAX);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(stall).await;
+                let Some(w) = walk.upgrade() else {
+                    return;
+                };
+                let idle = w.age_ms().saturating_sub(w.asked.load(Ordering::Relaxed));
+                // A page being made holds the lock: not stalled. No walk (not made yet, or
+                // done): nothing to drop.
+                if idle >= stall_ms
+                    && let Ok(mut pager) = w.pager.try_lock()
+                    && let Some(p) = pager.take()
+                {
+                    w.stalled.store(true, Ordering::Relaxed);
+                    drop(pager);
+                    tracing::debug!(root = %p.root(), "GetTree: an unread stream's walk dropped");
+                    return;
+                }
+            }
+        });
     }
 }
 
@@ -185,7 +247,15 @@ mod tests {
         );
 
         let trees = Arc::new(PausedTrees::default());
-        let start = StreamedWalk::start(&cas, trees, String::new(), root, String::new(), PAGE);
+        let start = StreamedWalk::start(
+            &cas,
+            trees,
+            String::new(),
+            root,
+            String::new(),
+            PAGE,
+            STALLED_WALK,
+        );
         let (walk, first) = tokio::time::timeout(WAIT, start)
             .await
             .expect("a page of cached directories needs no walk slot")
@@ -244,7 +314,15 @@ mod tests {
         store.open_gate();
         let trees = Arc::new(PausedTrees::default());
 
-        let start = StreamedWalk::start(&cas, trees.clone(), "i".into(), root, String::new(), PAGE);
+        let start = StreamedWalk::start(
+            &cas,
+            trees.clone(),
+            "i".into(),
+            root,
+            String::new(),
+            PAGE,
+            STALLED_WALK,
+        );
         let (walk, first) = start.await.unwrap();
         let token = first.next_page_token;
         let (w, c) = (walk.clone(), cas.clone());
@@ -257,7 +335,15 @@ mod tests {
         drop(taken);
 
         let small = 2;
-        let resumed = StreamedWalk::start(&cas, trees.clone(), "i".into(), root, token, small);
+        let resumed = StreamedWalk::start(
+            &cas,
+            trees.clone(),
+            "i".into(),
+            root,
+            token,
+            small,
+            STALLED_WALK,
+        );
         let (walk, page) = resumed.await.unwrap();
         assert_eq!(
             trees.resumes(),
@@ -303,7 +389,15 @@ mod tests {
             }
         });
         let trees = Arc::new(PausedTrees::default());
-        let start = StreamedWalk::start(cas, trees, String::new(), root, String::new(), page_size);
+        let start = StreamedWalk::start(
+            cas,
+            trees,
+            String::new(),
+            root,
+            String::new(),
+            page_size,
+            STALLED_WALK,
+        );
         let (_walk, page) = start.await.unwrap();
         let turns = turns.load(Ordering::SeqCst);
         other.abort();
@@ -355,5 +449,56 @@ mod tests {
         );
         assert_eq!(page.directories.len(), 1, "the root alone");
         assert!(page.next_page_token.is_empty());
+    }
+
+    /// A walk whose stream stops asking for pages is dropped after the stall time, giving its
+    /// directories back, and its stream then ends with RESOURCE_EXHAUSTED, never a tree cut
+    /// short; a walk asked for pages in time is kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_walk_left_unasked_is_dropped_and_its_stream_ends_with_an_error() {
+        let cas = Cas::new(Arc::new(MemoryStore::new(1 << 24)));
+        let (root, _) = deep_wide_tree(&cas).await;
+        let trees = Arc::new(PausedTrees::default());
+        let start = |stall| {
+            StreamedWalk::start(
+                &cas,
+                trees.clone(),
+                String::new(),
+                root,
+                String::new(),
+                10,
+                stall,
+            )
+        };
+
+        let (kept, _) = start(Duration::from_secs(10)).await.unwrap();
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            kept.next_page(&cas, 10).await.expect("asked for in time");
+        }
+        let held = cas.walked.held();
+        assert!(held > 0);
+
+        let (left, _) = start(Duration::from_millis(100)).await.unwrap();
+        assert!(cas.walked.held() > held, "two walks held");
+        for _ in 0..200 {
+            if cas.walked.held() == held {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            cas.walked.held(),
+            held,
+            "the unasked walk gave its directories back"
+        );
+        let r = left.next_page(&cas, 10).await;
+        let Err(CasError::Exhausted(m)) = r else {
+            panic!("{r:?}");
+        };
+        assert!(m.contains("last page token"), "{m}");
+        kept.next_page(&cas, 10)
+            .await
+            .expect("the other walk goes on");
     }
 }
