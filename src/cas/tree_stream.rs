@@ -40,8 +40,10 @@ pub struct StreamedWalk {
     instance: String,
     /// Locked by whoever makes the stream's page, one page at a time (never across an await).
     pager: Mutex<Option<TreePager>>,
-    /// When the stream last asked for a page, in ms after `born`.
+    /// When the stream last asked for a page or got one, in ms after `born`.
     asked: AtomicU64,
+    /// Pages being made (or walks to a token) now: the server's time, never a stall.
+    making: AtomicU64,
     born: Instant,
     /// Set when the walk was dropped for going unasked: the stream ends with an error.
     stalled: AtomicBool,
@@ -67,6 +69,7 @@ impl StreamedWalk {
             instance,
             pager: Mutex::new(pager),
             asked: AtomicU64::new(0),
+            making: AtomicU64::new(0),
             born: Instant::now(),
             stalled: AtomicBool::new(false),
         });
@@ -77,16 +80,17 @@ impl StreamedWalk {
         }
         // A token whose walk is not parked: walk again to it, reading every directory before
         // it, and make the first page there too.
-        let w = walk.clone();
-        let first = cas
-            .walk_on_blocking_thread(move |cas| {
+        let first = {
+            let _making = Making::new(&walk);
+            let w = walk.clone();
+            cas.walk_on_blocking_thread(move |cas| {
                 let pager = w.trees.rewalk(cas, &root, &page_token)?;
                 *w.lock() = Some(pager);
-                w.asked.store(w.age_ms(), Ordering::Relaxed);
                 let page = w.with_pager(|p| p.next_page(cas, page_size))?;
                 Ok(page.unwrap_or_default())
             })
-            .await?;
+            .await?
+        };
         Ok((walk, first))
     }
 
@@ -96,7 +100,7 @@ impl StreamedWalk {
         cas: &Cas,
         page_size: usize,
     ) -> Result<TreePage, CasError> {
-        self.asked.store(self.age_ms(), Ordering::Relaxed);
+        let _making = Making::new(self);
         loop {
             match self.with_pager(|p| p.page_if_cached(cas, page_size, RUNTIME_BATCH))? {
                 None => return Ok(TreePage::default()),
@@ -160,9 +164,10 @@ impl StreamedWalk {
                     return;
                 };
                 let idle = w.age_ms().saturating_sub(w.asked.load(Ordering::Relaxed));
-                // A page being made holds the lock: not stalled. No walk (not made yet, or
-                // done): nothing to drop.
+                // A page being made (waiting for a walk slot, or for the disk): not stalled.
+                // No walk (done, or failed): nothing to drop.
                 if idle >= stall_ms
+                    && w.making.load(Ordering::SeqCst) == 0
                     && let Ok(mut pager) = w.pager.try_lock()
                     && let Some(p) = pager.take()
                 {
@@ -173,6 +178,25 @@ impl StreamedWalk {
                 }
             }
         });
+    }
+}
+
+/// A page being made for a stream (or its walk to a token): the watch leaves the walk alone
+/// meanwhile, and the stream counts as having asked when it ends, however it ends.
+struct Making<'a>(&'a StreamedWalk);
+
+impl<'a> Making<'a> {
+    fn new(walk: &'a StreamedWalk) -> Self {
+        walk.making.fetch_add(1, Ordering::SeqCst);
+        walk.asked.store(walk.age_ms(), Ordering::Relaxed);
+        Self(walk)
+    }
+}
+
+impl Drop for Making<'_> {
+    fn drop(&mut self) {
+        self.0.asked.store(self.0.age_ms(), Ordering::Relaxed);
+        self.0.making.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -471,16 +495,17 @@ mod tests {
             )
         };
 
-        let (kept, _) = start(Duration::from_secs(10)).await.unwrap();
-        for _ in 0..5 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        // Asked for a page every 200 ms for 3 s: longer than its stall time, never as long
+        // without a page.
+        let (kept, _) = start(Duration::from_secs(2)).await.unwrap();
+        for _ in 0..15 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
             kept.next_page(&cas, 10).await.expect("asked for in time");
         }
         let held = cas.walked.held();
         assert!(held > 0);
 
         let (left, _) = start(Duration::from_millis(100)).await.unwrap();
-        assert!(cas.walked.held() > held, "two walks held");
         for _ in 0..200 {
             if cas.walked.held() == held {
                 break;
