@@ -319,15 +319,28 @@ async fn wide_tree(cas: &mut CasClient, n: usize, pad: usize) -> kiln::digest::D
     }
     .encode_to_vec();
     uploads.push(upload_request(&root));
+    // In batches under the server's 4 MiB batch limit.
+    let mut batch = Vec::new();
+    let mut bytes = 0;
     for u in uploads {
-        cas.batch_update_blobs(BatchUpdateBlobsRequest {
-            requests: vec![u],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        if !batch.is_empty() && bytes + u.data.len() > 3 << 20 {
+            send_batch(cas, std::mem::take(&mut batch)).await;
+            bytes = 0;
+        }
+        bytes += u.data.len();
+        batch.push(u);
     }
+    send_batch(cas, batch).await;
     digest(&root)
+}
+
+async fn send_batch(cas: &mut CasClient, requests: Vec<batch_update_blobs_request::Request>) {
+    cas.batch_update_blobs(BatchUpdateBlobsRequest {
+        requests,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
 }
 
 /// The bounds on GetTree walks, end to end: a tree of more directories than one walk may hold
@@ -509,39 +522,9 @@ async fn a_dropped_get_tree_stream_parks_its_walk() {
     let mut cas = s.cas().await;
     // 3,000 leaf directories of about 1 KiB each under one root: far more than the stream
     // can run ahead of a client that stops reading.
-    let mut nodes = Vec::new();
-    let mut leaves = Vec::new();
-    for i in 0..3000u32 {
-        let enc = Directory {
-            files: vec![kiln::proto::reapi::FileNode {
-                name: format!("{i:0>1000}"),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }
-        .encode_to_vec();
-        nodes.push(DirectoryNode {
-            name: format!("d{i}"),
-            digest: Some(digest(&enc).to_proto()),
-        });
-        leaves.push(enc);
-    }
-    let root = Directory {
-        directories: nodes,
-        ..Default::default()
-    }
-    .encode_to_vec();
-    leaves.push(root.clone());
-    for chunk in leaves.chunks(1000) {
-        cas.batch_update_blobs(BatchUpdateBlobsRequest {
-            requests: chunk.iter().map(|b| upload_request(b)).collect(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    }
+    let root = wide_tree(&mut cas, 3000, 1000).await;
     let req = GetTreeRequest {
-        root_digest: Some(digest(&root).to_proto()),
+        root_digest: Some(root.to_proto()),
         page_size: 10,
         ..Default::default()
     };

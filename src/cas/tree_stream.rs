@@ -40,7 +40,8 @@ pub struct StreamedWalk {
     instance: String,
     /// Locked by whoever makes the stream's page, one page at a time (never across an await).
     pager: Mutex<Option<TreePager>>,
-    /// When the stream last asked for a page or got one, in ms after `born`.
+    /// When the stream's last page (or walk to a token) was made, in ms after `born`: idle
+    /// time counts from there while no page is being made.
     asked: AtomicU64,
     /// Pages being made (or walks to a token) now: the server's time, never a stall.
     making: AtomicU64,
@@ -86,8 +87,7 @@ impl StreamedWalk {
             cas.walk_on_blocking_thread(move |cas| {
                 let pager = w.trees.rewalk(cas, &root, &page_token)?;
                 *w.lock() = Some(pager);
-                let page = w.with_pager(|p| p.next_page(cas, page_size))?;
-                Ok(page.unwrap_or_default())
+                w.page_waiting(cas, page_size)
             })
             .await?
         };
@@ -112,11 +112,14 @@ impl StreamedWalk {
             }
         }
         let walk = self.clone();
-        cas.walk_on_blocking_thread(move |cas| {
-            let page = walk.with_pager(|p| p.next_page(cas, page_size))?;
-            Ok(page.unwrap_or_default())
-        })
-        .await
+        cas.walk_on_blocking_thread(move |cas| walk.page_waiting(cas, page_size))
+            .await
+    }
+
+    /// The walk's next page, its reads waiting on the disk (on a blocking thread).
+    fn page_waiting(&self, cas: &Cas, page_size: usize) -> Result<TreePage, CasError> {
+        let page = self.with_pager(|p| p.next_page(cas, page_size))?;
+        Ok(page.unwrap_or_default())
     }
 
     /// `make` run on the walk; `None` if there is none (a page failed before). A walk that
@@ -188,7 +191,6 @@ struct Making<'a>(&'a StreamedWalk);
 impl<'a> Making<'a> {
     fn new(walk: &'a StreamedWalk) -> Self {
         walk.making.fetch_add(1, Ordering::SeqCst);
-        walk.asked.store(walk.age_ms(), Ordering::Relaxed);
         Self(walk)
     }
 }
